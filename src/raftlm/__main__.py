@@ -1,0 +1,5 @@
+import sys
+
+from raftlm.cli import main
+
+sys.exit(main())

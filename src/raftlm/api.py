@@ -1,0 +1,110 @@
+"""scikit-learn-shaped facade: ``RAFTRegressor(model=..., method="raft").fit(texts, y).predict(texts)``."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from raftlm.config import Config
+from raftlm.core import Example, RaftlmError
+
+
+class RAFTRegressor:
+    """Fine-tune a causal LM for regression (RAFT by default) and predict with a decision rule.
+
+    ``texts`` may be strings (rendered through ``prompt_template``'s ``{text}``) or dicts of fields.
+    """
+
+    def __init__(self, model: str = "gemma-3-270m", method: str = "raft", grid: str | None = "1-5",
+                 prompt_template: str = "{text}", target_range: str | list | None = "auto", decoder: str = "rail",
+                 normalize_grid: bool = False, trainable: str = "full", max_steps: int = 100, batch_size: int = 16,
+                 lr: float = 1e-5, optimizer: str = "adafactor", eval_steps: int = 50, bf16: bool = False,
+                 max_length: int = 512, seed: int = 0, output_dir: str | None = None):
+        self.model = model
+        self.method = method
+        self.grid = grid
+        self.prompt_template = prompt_template
+        self.target_range = target_range
+        self.decoder = decoder
+        self.normalize_grid = normalize_grid
+        self.trainable = trainable
+        self.max_steps = max_steps
+        self.batch_size = batch_size
+        self.lr = lr
+        self.optimizer = optimizer
+        self.eval_steps = eval_steps
+        self.bf16 = bf16
+        self.max_length = max_length
+        self.seed = seed
+        self.output_dir = output_dir
+
+    def _config(self, output_dir: str) -> Config:
+        return Config.build({
+            "model": {"name": self.model, "trainable": self.trainable},
+            "data": {"max_length": self.max_length},
+            "method": {"method": self.method, "grid": self.grid, "normalize_grid": self.normalize_grid,
+                       "target_range": "none" if self.target_range is None else self.target_range},
+            "training": {"output_dir": output_dir, "max_steps": self.max_steps, "batch_size": self.batch_size,
+                         "lr": self.lr, "optimizer": self.optimizer, "eval_steps": self.eval_steps,
+                         "bf16": self.bf16, "seed": self.seed},
+            "eval": {"decoder": self.decoder, "bf16": self.bf16},
+        })
+
+    def _examples(self, texts, y=None) -> list[Example]:
+        from raftlm.prompts import render
+
+        if y is not None and len(texts) != len(y):
+            raise RaftlmError(f"got {len(texts)} texts but {len(y)} targets: pass one target per text")
+        rows = [t if isinstance(t, dict) else {"text": t} for t in texts]
+        return [Example(render(self.prompt_template, r), None if y is None else float(y[i])) for i, r in enumerate(rows)]
+
+    def fit(self, texts, y, eval_set: tuple | None = None) -> RAFTRegressor:
+        """Fine-tune on (texts, y); ``eval_set=(texts, y)`` enables best-checkpoint selection by RMSE."""
+        from raftlm.models import set_trainable
+        from raftlm.pipeline import new_predictor
+        from raftlm.training import fit
+
+        train = self._examples(texts, y)
+        val = self._examples(*eval_set) if eval_set is not None else []
+        run_dir = Path(self.output_dir or tempfile.mkdtemp(prefix="raftlm-"))
+        cfg = self._config(str(run_dir))
+        self.predictor_ = new_predictor(cfg, train, self.prompt_template)
+        if self.method != "none":
+            self.predictor_.model = set_trainable(self.predictor_.model, self.trainable)
+            self.train_summary_ = fit(self.predictor_, train, val, cfg, run_dir)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "predictor_"):
+            raise RaftlmError("this RAFTRegressor is not fitted: call fit(texts, y) or RAFTRegressor.load(dir)")
+
+    def predict(self, texts, decoder: str | None = None) -> np.ndarray:
+        self._check_fitted()
+        ex = self._examples(texts)
+        return self.predictor_.predict([e.text for e in ex], decoder or self.decoder, self.batch_size, bf16=self.bf16).values
+
+    def predict_proba(self, texts) -> np.ndarray:
+        """Grid probabilities p(str(y)|x), shape (n, len(grid))."""
+        self._check_fitted()
+        return np.exp(self.predictor_.grid_log_probs([e.text for e in self._examples(texts)], self.batch_size, self.bf16))
+
+    def score(self, texts, y) -> float:
+        """R^2 of the predictions, as scikit-learn regressors do."""
+        from raftlm.metrics import regression_metrics
+
+        return regression_metrics(y, self.predict(texts))["r2"]
+
+    def save(self, directory: str) -> Path:
+        self._check_fitted()
+        return self.predictor_.save(directory)
+
+    @classmethod
+    def load(cls, directory: str) -> RAFTRegressor:
+        from raftlm.predictor import Predictor
+
+        predictor = Predictor.load(directory)
+        reg = cls(model=str(directory), method=predictor.method, prompt_template=predictor.template)
+        reg.predictor_ = predictor
+        return reg

@@ -1,0 +1,234 @@
+"""Command line: ``raftlm train | predict | evaluate | demo``. Flags map onto config fields (FLAGS)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from raftlm.config import SECTIONS, Config
+from raftlm.core import RaftlmError
+
+# flag -> config field; shared by every command (``--config recipe.yaml`` plus these overrides)
+FLAGS = {
+    "--model": "model.name",
+    "--trainable": "model.trainable",
+    "--dropout": "model.dropout",
+    "--dataset": "data.dataset",
+    "--data-dir": "data.data_dir",
+    "--template": "data.template",
+    "--text-column": "data.text_column",
+    "--target-column": "data.target_column",
+    "--train-size": "data.train_size",
+    "--eval-size": "data.eval_size",
+    "--max-length": "data.max_length",
+    "--method": "method.method",
+    "--grid": "method.grid",
+    "--target-range": "method.target_range",
+    "--normalize-grid": "method.normalize_grid",
+    "--answer-prefix": "method.answer_prefix",
+    "--output-dir": "training.output_dir",
+    "--max-steps": "training.max_steps",
+    "--batch-size": "training.batch_size",
+    "--grad-accum": "training.grad_accum",
+    "--lr": "training.lr",
+    "--optimizer": "training.optimizer",
+    "--scheduler": "training.scheduler",
+    "--warmup-steps": "training.warmup_steps",
+    "--eval-steps": "training.eval_steps",
+    "--patience": "training.patience",
+    "--seed": "training.seed",
+    "--bf16": "training.bf16",
+    "--decoder": "eval.decoder",
+    "--split": "eval.split",
+    "--num-samples": "eval.num_samples",
+    "--temperature": "eval.temperature",
+}
+CASTS = {"int": int, "float": float, "int | None": int, "float | None": float}
+
+
+def _field(key: str):
+    section, name = key.split(".")
+    return next(f for f in fields(SECTIONS[section]) if f.name == name)
+
+
+def add_shared(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML recipe (sections model/data/method/training/eval); flags override it")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override any config field")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--input", help="CSV/JSONL file of inputs (predict, evaluate)")
+    p.add_argument("--output", help="output file (predict: JSONL, evaluate: JSON)")
+    for flag, key in FLAGS.items():
+        f = _field(key)
+        help_text = f.metadata.get("help", "")
+        if f.type == "bool":
+            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        else:
+            p.add_argument(flag, type=CASTS.get(f.type, str), default=argparse.SUPPRESS, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from raftlm.decoders import DECODERS
+    from raftlm.methods import METHODS
+
+    parser = argparse.ArgumentParser(prog="raftlm", description="Regression with decoder LLMs: RAFT fine-tuning, RAIL inference.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="fine-tune a causal LM (raft or ce) into a run directory")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    predict = sub.add_parser("predict", help="predict numbers for a CSV/JSONL file; writes JSONL")
+    predict.add_argument("--with-probs", action="store_true", help="include grid probabilities and entropy")
+    evaluate = sub.add_parser("evaluate", help="metrics (RMSE, MAE, Pearson, Spearman, R^2) on a split or file")
+    demo = sub.add_parser("demo", help="zero-shot vs RAFT on real review snippets with the embedded Gemma 3 270M")
+    for p in (train, predict, evaluate, demo):
+        add_shared(p)
+    for p in (train, predict, evaluate, demo):
+        for action in p._actions:
+            if action.dest == "method":
+                action.choices = [*METHODS, "none"]
+            if action.dest == "decoder":
+                action.choices = list(DECODERS)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
+    overrides = {key: getattr(args, flag[2:].replace("-", "_")) for flag, key in FLAGS.items() if hasattr(args, flag[2:].replace("-", "_"))}
+    if "training.bf16" in overrides:
+        overrides["eval.bf16"] = overrides["training.bf16"]
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise RaftlmError(f"--set {item!r}: use SECTION.FIELD=VALUE, e.g. --set training.lr=1e-4")
+        overrides[key] = yaml.safe_load(value)
+    if args.config:
+        return Config.from_yaml(args.config, overrides)
+    if base is not None:
+        merged = base.to_dict()
+        return Config.build(merged, overrides)
+    return Config.build({}, overrides)
+
+
+def cmd_train(args) -> None:
+    from raftlm.pipeline import train_run
+
+    cfg = config_from_args(args)
+    out = train_run(cfg, overwrite=args.overwrite, resume=args.resume)
+    print(f"run directory: {out}")
+    _print_results(out / "eval_results.json")
+
+
+def _print_results(path: Path) -> None:
+    import json
+
+    results = json.loads(path.read_text())
+    if "test" in results:
+        print(format_table([{"split": "test", **results["test"]}]))
+
+
+def format_table(rows: list[dict], columns=("rmse", "mae", "pearson", "spearman", "r2", "n")) -> str:
+    keys = [k for k in rows[0] if k not in columns and not isinstance(rows[0][k], dict)][:3]
+    head = [*keys, *columns]
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for r in rows:
+        lines.append(" | ".join(f"{r.get(c, ''):.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in head))
+    return "\n".join(lines)
+
+
+def _run_config(args) -> Config:
+    """A run directory's own config (dataset, template) under the flags given now."""
+    from raftlm.pipeline import is_run_dir
+
+    model = getattr(args, "model", None)
+    base = None
+    if model and is_run_dir(model) and (Path(model) / "config.yaml").exists() and not args.config:
+        base = Config.from_yaml(str(Path(model) / "config.yaml"))
+    return config_from_args(args, base)
+
+
+def _file_examples(path: str, predictor, target_column: str, need_target: bool):
+    from raftlm.data import read_rows, to_examples
+
+    rows = read_rows(path)
+    has_target = target_column in rows[0]
+    if need_target and not has_target:
+        raise RaftlmError(f"{path}: target column {target_column!r} is missing: pass --target-column")
+    return to_examples(rows, predictor.template, target_column if has_target else None, path)
+
+
+def cmd_evaluate(args) -> None:
+    from raftlm.data import load_splits
+    from raftlm.io import check_writable, write_json
+    from raftlm.pipeline import evaluate_predictor, is_run_dir, load_for_eval
+
+    cfg = _run_config(args)
+    if args.output:
+        check_writable(args.output, args.overwrite)
+    splits = None if (args.input and is_run_dir(cfg.model.name)) else load_splits(cfg.data)
+    predictor = load_for_eval(cfg, splits)
+    if args.input:
+        examples = _file_examples(args.input, predictor, cfg.data.target_column, need_target=True)
+    else:
+        examples = splits.split(cfg.eval.split)
+        examples = examples[: cfg.data.eval_size] if cfg.data.eval_size else examples
+    metrics, _ = evaluate_predictor(predictor, examples, cfg)
+    row = {"model": cfg.model.name, "split": args.input or cfg.eval.split, **metrics}
+    print(format_table([row]))
+    if args.output:
+        write_json(args.output, row)
+
+
+def cmd_predict(args) -> None:
+    import numpy as np
+
+    from raftlm.data import load_splits
+    from raftlm.io import check_writable, write_jsonl
+    from raftlm.pipeline import is_run_dir, load_for_eval
+
+    if not args.input or not args.output:
+        raise RaftlmError("predict needs --input FILE (CSV/JSONL) and --output FILE (JSONL)")
+    check_writable(args.output, args.overwrite)
+    cfg = _run_config(args)
+    splits = None if is_run_dir(cfg.model.name) else load_splits(cfg.data)
+    predictor = load_for_eval(cfg, splits)
+    examples = _file_examples(args.input, predictor, cfg.data.target_column, need_target=False)
+    e = cfg.eval
+    preds = predictor.predict([x.text for x in examples], e.decoder, e.batch_size, e.num_samples, e.temperature,
+                              e.max_new_tokens, e.bf16, cfg.training.seed, desc="predict")
+    rows = []
+    for i, x in enumerate(examples):
+        row = {"index": i, "prediction": float(preds.values[i])}
+        if x.target is not None:
+            row["target"] = x.target
+        if args.with_probs and preds.probs is not None:
+            row["probs"] = dict(zip(predictor.grid.strings, np.round(preds.probs[i], 6).tolist()))
+            row["entropy"] = float(preds.entropy[i])
+        rows.append(row)
+    write_jsonl(args.output, rows)
+    print(f"wrote {len(rows)} predictions to {args.output}")
+
+
+def cmd_demo(args) -> None:
+    from raftlm.demo import run_demo
+
+    run_demo(config_from_args(args), overwrite=args.overwrite)
+
+
+COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*generation flags.*")
+    try:
+        COMMANDS[args.command](args)
+    except RaftlmError as err:
+        print(f"raftlm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

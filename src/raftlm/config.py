@@ -1,0 +1,168 @@
+"""Typed configuration, grouped by concern. YAML recipes use exactly these section and field names."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+
+import yaml
+
+from raftlm.core import RaftlmError
+
+TRAINABLE = re.compile(r"full|lora|top-\d+")
+
+
+@dataclass
+class ModelConfig:
+    name: str = field(default="tiny-random-llama", metadata={"help": "gemma-3-270m, smollm2-135m, tiny-random-llama, a path or a hub id"})
+    trainable: str = field(default="full", metadata={"help": "full, lora, or top-N (last N blocks; embeddings frozen)"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout rate set in the model config (paper: 0.1)"})
+
+    def __post_init__(self) -> None:
+        if not TRAINABLE.fullmatch(self.trainable):
+            raise RaftlmError(f"trainable={self.trainable!r}: use full, lora or top-N (e.g. top-6)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise RaftlmError(f"dropout={self.dropout}: use a rate in [0, 1)")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = field(default="stsb-1k", metadata={"help": "stsb, stsb-1k, synthetic-original1, amazon-snippets, csv:PATH, jsonl:PATH, hf:ID"})
+    data_dir: str | None = field(default=None, metadata={"help": "folder holding the dataset files (stsb)"})
+    template: str | None = field(default=None, metadata={"help": "prompt template name or format string (csv/jsonl/hf)"})
+    text_column: str = field(default="text", metadata={"help": "text column when no template is given"})
+    target_column: str = field(default="target", metadata={"help": "target column (csv/jsonl/hf)"})
+    train_size: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
+    eval_size: int | None = field(default=None, metadata={"help": "validate on the first N validation examples while training; evaluate on N examples"})
+    max_length: int = field(default=512, metadata={"help": "max prompt tokens; longer prompts are cut on the left"})
+    split_seed: int | None = field(default=None, metadata={"help": "seed of the random train/validation/test split"})
+
+    def __post_init__(self) -> None:
+        for name in ("train_size", "eval_size"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise RaftlmError(f"{name}={v}: use a positive number of examples")
+        if self.max_length < 8:
+            raise RaftlmError(f"max_length={self.max_length}: use at least 8 tokens")
+
+
+@dataclass
+class MethodConfig:
+    method: str = field(default="raft", metadata={"help": "training method: raft, ce, or none (zero-shot)"})
+    grid: str | None = field(default=None, metadata={"help": "grid spec: 1-5, 0:5:0.1, 1,2,3 or 1=a,2=b (default: the dataset's)"})
+    answer_prefix: str = field(default=" ", metadata={"help": "text between the prompt and the answer"})
+    normalize_grid: bool = field(default=False, metadata={"help": "renormalize grid probabilities to sum to 1 (table 16)"})
+    target_range: object = field(default="dataset", metadata={"help": "map targets onto the grid: none, auto, [lo, hi], or dataset"})
+    ce_decimals: int | None = field(default=None, metadata={"help": "ce: round targets to N decimals (default: nearest grid string)"})
+
+    def __post_init__(self) -> None:
+        from raftlm.methods import METHODS
+
+        if self.method not in METHODS and self.method != "none":
+            raise RaftlmError(f"unknown method {self.method!r}: use one of {sorted(METHODS)} or none")
+        tr = self.target_range
+        if isinstance(tr, str) and tr not in ("none", "auto", "dataset"):
+            parts = tr.split(",")
+            if len(parts) != 2:
+                raise RaftlmError(f"target_range={tr!r}: use none, auto, dataset or LO,HI")
+            self.target_range = [float(p) for p in parts]
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str | None = field(default=None, metadata={"help": "run directory"})
+    max_steps: int = field(default=100, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "examples per device per step"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    lr: float = field(default=1e-5, metadata={"help": "learning rate (paper sweeps 1e-4, 1e-5, 1e-6)"})
+    optimizer: str = field(default="adafactor", metadata={"help": "adafactor (paper: eps 1e-30/1e-3, decay 0.8, constant) or adamw"})
+    scheduler: str = field(default="constant", metadata={"help": "constant, cosine or linear"})
+    warmup_steps: int = field(default=0, metadata={"help": "learning-rate warmup steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 autocast (about 2x faster on recent CPUs)"})
+    seed: int = field(default=0, metadata={"help": "training seed"})
+    eval_steps: int = field(default=50, metadata={"help": "validate (and checkpoint) every N steps"})
+    patience: int | None = field(default=None, metadata={"help": "early stopping after N evaluations without improvement"})
+    logging_steps: int = field(default=10, metadata={"help": "log the training loss every N steps"})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "keep checkpoints/ after a finished run"})
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adafactor", "adamw"):
+            raise RaftlmError(f"optimizer={self.optimizer!r}: use adafactor or adamw")
+        if self.scheduler not in ("constant", "cosine", "linear"):
+            raise RaftlmError(f"scheduler={self.scheduler!r}: use constant, cosine or linear")
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise RaftlmError(f"{name}={getattr(self, name)}: use a positive integer")
+        if not self.lr > 0:
+            raise RaftlmError(f"lr={self.lr}: use a positive learning rate")
+
+
+@dataclass
+class EvalConfig:
+    decoder: str = field(default="rail", metadata={"help": "rail, mode, median, greedy or sample-rail"})
+    split: str = field(default="test", metadata={"help": "train, validation or test"})
+    batch_size: int = field(default=16, metadata={"help": "prediction batch size"})
+    num_samples: int = field(default=32, metadata={"help": "sample-rail: samples per example (eq. 4)"})
+    temperature: float = field(default=1.0, metadata={"help": "sample-rail: sampling temperature"})
+    max_new_tokens: int = field(default=6, metadata={"help": "greedy/sample-rail: tokens to decode"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 autocast at inference"})
+
+    def __post_init__(self) -> None:
+        from raftlm.decoders import DECODERS
+
+        if self.decoder not in DECODERS:
+            raise RaftlmError(f"unknown decoder {self.decoder!r}: use one of {list(DECODERS)}")
+        if self.split not in ("train", "validation", "test"):
+            raise RaftlmError(f"unknown split {self.split!r}: use train, validation or test")
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig, "training": TrainConfig, "eval": EvalConfig}
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @classmethod
+    def build(cls, recipe: dict | None = None, overrides: dict | None = None) -> Config:
+        """Merge a recipe dict ({section: {field: value}}) with overrides ({"section.field": value})."""
+        merged: dict[str, dict] = {k: dict(v or {}) for k, v in (recipe or {}).items()}
+        for key, value in (overrides or {}).items():
+            section, _, name = key.partition(".")
+            merged.setdefault(section, {})[name] = value
+        kwargs = {}
+        for section, values in merged.items():
+            if section not in SECTIONS:
+                raise RaftlmError(f"unknown config section {section!r}: use {sorted(SECTIONS)}")
+            known = {f.name for f in fields(SECTIONS[section])}
+            for name in values:
+                if name not in known:
+                    raise RaftlmError(f"unknown setting {section}.{name}: known settings are {sorted(known)}")
+            kwargs[section] = SECTIONS[section](**values)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str, overrides: dict | None = None) -> Config:
+        try:
+            with open(path) as f:
+                recipe = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise RaftlmError(f"config file {path} not found: check the --config path") from None
+        except yaml.YAMLError as err:
+            raise RaftlmError(f"config file {path} is not valid YAML ({type(err).__name__}): fix its syntax") from None
+        if not isinstance(recipe, dict):
+            raise RaftlmError(f"config file {path} must be a mapping of sections: see recipes/")
+        return cls.build(recipe, overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)

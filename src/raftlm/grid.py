@@ -1,0 +1,186 @@
+"""Y_grid: the numeric values a model may emit, each with the exact string it emits for it.
+
+Also the affine target scaling that maps a dataset's target range onto the grid's range
+(the paper scales the synthetic set to [0, 9]; lemma 3 needs both grid ends to cover the data).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from raftlm.core import RaftlmError
+
+
+def _fmt(value: float, decimals: int) -> str:
+    return f"{value:.{decimals}f}"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Grid values and their strings, e.g. ``Grid.parse("1-5")`` -> values 1..5 emitted as '1'..'5'."""
+
+    values: tuple[float, ...]
+    strings: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.values) != len(self.strings):
+            raise RaftlmError("grid needs one string per value: give as many strings as values")
+        if len(self.values) < 2:
+            raise RaftlmError(
+                f"grid has {len(self.values)} value(s): give at least 2 values, e.g. --grid 1-5 (lemma 3 needs min and max)"
+            )
+        if any(not math.isfinite(v) for v in self.values):
+            raise RaftlmError("grid values must be finite numbers: fix the --grid spec")
+        if len(set(self.values)) != len(self.values):
+            raise RaftlmError(f"grid has duplicate values {list(self.values)}: list each value once")
+        if len(set(self.strings)) != len(self.strings) or any(not s for s in self.strings):
+            raise RaftlmError(f"grid strings {list(self.strings)} must be distinct and non-empty: fix the --grid spec")
+
+    @classmethod
+    def from_values(cls, values, decimals: int | None = None) -> Grid:
+        """Grid whose strings are the values printed with ``decimals`` places (inferred when None)."""
+        values = [float(v) for v in values]
+        if decimals is None:
+            decimals = 0 if all(v == int(v) for v in values) else max(_decimals(v) for v in values)
+        return cls(tuple(values), tuple(_fmt(v, decimals) for v in values))
+
+    @classmethod
+    def range(cls, start: float, stop: float, step: float) -> Grid:
+        """Equally spaced grid start..stop inclusive, e.g. ``Grid.range(0, 5, 0.1)`` -> '0.0'..'5.0'."""
+        if step <= 0 or stop <= start:
+            raise RaftlmError(f"bad grid range {start}:{stop}:{step}: need start < stop and step > 0")
+        decimals = _decimals(step)
+        n = int(round((stop - start) / step)) + 1
+        return cls.from_values([round(start + i * step, decimals) for i in range(n)], decimals)
+
+    @classmethod
+    def parse(cls, spec: str) -> Grid:
+        """Parse a CLI grid spec.
+
+        ``1-5`` digits 1..5; ``0:5:0.1`` a range with a step; ``1,2,3`` explicit values (strings as
+        written, so ``1.0,2.0`` emits '1.0'); ``1=a,2=b,3=c`` custom strings per value (eq. 15).
+        """
+        spec = spec.strip()
+        try:
+            if "=" in spec:
+                pairs = [p.split("=", 1) for p in spec.split(",")]
+                return cls(tuple(float(v) for v, _ in pairs), tuple(s for _, s in pairs))
+            if spec.count(":") == 2:
+                start, stop, step = (float(p) for p in spec.split(":"))
+                return cls.range(start, stop, step)
+            if "," in spec or re.fullmatch(r"[+-]?[\d.]+", spec):
+                parts = [p.strip() for p in spec.split(",")]
+                return cls(tuple(float(p) for p in parts), tuple(parts))
+            digits = re.fullmatch(r"(\d+)-(\d+)", spec)
+            if digits:
+                return cls.from_values(range(int(digits[1]), int(digits[2]) + 1), 0)
+        except ValueError as err:
+            if isinstance(err, RaftlmError):
+                raise
+            raise RaftlmError(f"cannot parse grid spec {spec!r}: use e.g. 1-5, 0:5:0.1, 1,2,3 or 1=a,2=b") from None
+        raise RaftlmError(f"cannot parse grid spec {spec!r}: use e.g. 1-5, 0:5:0.1, 1,2,3 or 1=a,2=b")
+
+    @property
+    def array(self) -> np.ndarray:
+        return np.asarray(self.values, dtype=np.float64)
+
+    @property
+    def low(self) -> float:
+        return min(self.values)
+
+    @property
+    def high(self) -> float:
+        return max(self.values)
+
+    def nearest_string(self, y: float) -> str:
+        """The string of the grid value closest to y (the class label for generative classification)."""
+        return self.strings[int(np.argmin(np.abs(self.array - y)))]
+
+    def value_of(self, text: str) -> float | None:
+        """Inverse of the string map: the value a grid string stands for, else None."""
+        try:
+            return self.values[self.strings.index(text)]
+        except ValueError:
+            return None
+
+    def to_dict(self) -> dict:
+        return {"values": list(self.values), "strings": list(self.strings)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Grid:
+        return cls(tuple(d["values"]), tuple(d["strings"]))
+
+
+def _decimals(x: float) -> int:
+    text = repr(float(x))
+    return 0 if text.endswith(".0") else len(text.split(".")[1])
+
+
+@dataclass(frozen=True)
+class TargetScaler:
+    """Affine map from the data range [data_low, data_high] onto the grid range [grid_low, grid_high]."""
+
+    data_low: float
+    data_high: float
+    grid_low: float
+    grid_high: float
+
+    def __post_init__(self) -> None:
+        if not self.data_high > self.data_low:
+            raise RaftlmError(
+                f"target range [{self.data_low}, {self.data_high}] is empty: targets need at least two distinct values"
+            )
+
+    @classmethod
+    def identity(cls, grid: Grid) -> TargetScaler:
+        return cls(grid.low, grid.high, grid.low, grid.high)
+
+    @property
+    def _slope(self) -> float:
+        return (self.grid_high - self.grid_low) / (self.data_high - self.data_low)
+
+    def to_grid(self, y):
+        return self.grid_low + (np.asarray(y, dtype=np.float64) - self.data_low) * self._slope
+
+    def to_data(self, g):
+        return self.data_low + (np.asarray(g, dtype=np.float64) - self.grid_low) / self._slope
+
+    def to_dict(self) -> dict:
+        return {k: float(getattr(self, k)) for k in ("data_low", "data_high", "grid_low", "grid_high")}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TargetScaler:
+        return cls(**d)
+
+
+def make_scaler(grid: Grid, targets, target_range) -> TargetScaler:
+    """Resolve a ``target_range`` setting: None (no scaling), "auto" (the targets' min..max) or [lo, hi].
+
+    Warns when scaled targets fall outside the grid's [min, max]: the RAIL predictor cannot reach them.
+    """
+    y = np.asarray([t for t in targets if t is not None], dtype=np.float64)
+    if target_range is None or target_range == "none":
+        scaler = TargetScaler.identity(grid)
+    elif target_range == "auto":
+        if y.size == 0:
+            raise RaftlmError("target_range 'auto' needs training targets: give --target-range LO,HI")
+        scaler = TargetScaler(float(y.min()), float(y.max()), grid.low, grid.high)
+    else:
+        lo, hi = (float(v) for v in target_range)
+        scaler = TargetScaler(lo, hi, grid.low, grid.high)
+    if y.size:
+        g = scaler.to_grid(y)
+        outside = int(((g < grid.low - 1e-9) | (g > grid.high + 1e-9)).sum())
+        if outside:
+            warnings.warn(
+                f"{outside}/{y.size} targets fall outside the grid range [{grid.low:g}, {grid.high:g}] "
+                "(RAIL cannot reach them; lemma 3 needs the grid to span the targets): "
+                "set --target-range auto or widen --grid",
+                stacklevel=2,
+            )
+    return scaler

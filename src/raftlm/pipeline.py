@@ -1,0 +1,134 @@
+"""The jobs behind the CLI and the Python API: prepare, train, evaluate, predict.
+
+A run directory holds: config.yaml (resolved), the model (safetensors) and tokenizer, raftlm.json,
+metrics.jsonl, eval_results.json (written last: its presence marks a finished run), and while
+training, checkpoints/ (for resume).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from transformers import set_seed
+
+from raftlm.config import Config
+from raftlm.core import Example, RaftlmError
+from raftlm.data import Splits, load_splits
+from raftlm.grid import Grid, make_scaler
+from raftlm.io import write_json, write_text
+from raftlm.metrics import regression_metrics
+from raftlm.models import load_model, set_trainable
+from raftlm.predictor import Predictor
+
+
+def is_run_dir(path: str | Path) -> bool:
+    return (Path(path) / "raftlm.json").exists()
+
+
+def new_predictor(cfg: Config, splits_or_examples: Splits | list[Example], template: str = "{text}") -> Predictor:
+    """A pretrained model bound to a grid, target scaling and answer format from ``cfg`` and the data."""
+    if isinstance(splits_or_examples, Splits):
+        train, template = splits_or_examples.train, splits_or_examples.template
+        grid_spec, default_range = splits_or_examples.grid, splits_or_examples.target_range
+    else:
+        train, grid_spec, default_range = splits_or_examples, "1-5", "auto"
+    grid = Grid.parse(cfg.method.grid or grid_spec)
+    target_range = default_range if cfg.method.target_range == "dataset" else cfg.method.target_range
+    scaler = make_scaler(grid, [e.target for e in train], target_range)
+    set_seed(cfg.training.seed)
+    model, tok = load_model(cfg.model.name, dropout=cfg.model.dropout, seed=cfg.training.seed)
+    probes = [e.text for e in train[:8]]
+    return Predictor.create(model, tok, grid, scaler, probes, template, cfg.method.answer_prefix,
+                            cfg.method.normalize_grid, cfg.data.max_length, cfg.method.method)
+
+
+def _eval_subset(examples: list[Example], cfg: Config) -> list[Example]:
+    return examples[: cfg.data.eval_size] if cfg.data.eval_size else examples
+
+
+def evaluate_predictor(predictor: Predictor, examples: list[Example], cfg: Config, desc: str = "evaluate") -> tuple[dict, object]:
+    if not examples or any(e.target is None for e in examples):
+        raise RaftlmError("evaluation needs examples with targets: choose a split or file that has them")
+    e = cfg.eval
+    preds = predictor.predict([x.text for x in examples], e.decoder, e.batch_size, e.num_samples, e.temperature,
+                              e.max_new_tokens, e.bf16, cfg.training.seed, desc=desc)
+    metrics = regression_metrics([x.target for x in examples], preds.values)
+    metrics["decoder"] = e.decoder
+    if e.decoder in ("greedy", "sample-rail"):
+        metrics["unparsed"] = preds.n_unparsed
+    else:
+        metrics["mean_entropy"] = float(np.mean(preds.entropy))
+        metrics["mean_grid_mass"] = float(np.mean(preds.probs.sum(-1)))
+    return metrics, preds
+
+
+def _check_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if overwrite:
+        shutil.rmtree(out)
+        return
+    finished = (out / "eval_results.json").exists()
+    if resume and not finished and (out / "config.yaml").exists():
+        return
+    if finished:
+        raise RaftlmError(f"run directory {out} already holds a finished run: pass --overwrite or choose another --output-dir")
+    if (out / "config.yaml").exists():
+        raise RaftlmError(f"run directory {out} holds an unfinished run: pass --resume to continue it or --overwrite to restart")
+    raise RaftlmError(f"output directory {out} exists and is not a raftlm run: pass --overwrite or choose another --output-dir")
+
+
+def train_run(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
+    """Train per ``cfg`` into ``cfg.training.output_dir``; returns the finished run directory."""
+    from raftlm.training import fit
+
+    if cfg.method.method == "none":
+        raise RaftlmError("method none is zero-shot: use `raftlm evaluate --model NAME` instead of train")
+    if not cfg.training.output_dir:
+        raise RaftlmError("train needs --output-dir for the run directory")
+    out = Path(cfg.training.output_dir)
+    splits = load_splits(cfg.data)  # before touching the disk: bad data leaves nothing behind
+    if not splits.train:
+        raise RaftlmError(f"dataset {cfg.data.dataset} has no training examples: check the file or its split column")
+    _check_run_dir(out, overwrite, resume)
+    if resume and (out / "config.yaml").exists():
+        resumed = Config.from_yaml(str(out / "config.yaml"))
+        if resumed.to_dict() != cfg.to_dict():
+            warnings.warn("resuming with the run's saved config.yaml; flags given now are ignored", stacklevel=2)
+        cfg = resumed
+    predictor = new_predictor(cfg, splits)
+    predictor.model = set_trainable(predictor.model, cfg.model.trainable, cfg.model.lora_r, cfg.model.lora_alpha)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", cfg.to_yaml())
+    validation = _eval_subset(splits.validation, cfg)
+    summary = fit(predictor, splits.train, validation, cfg, out, resume=resume)
+    results = {"train": summary, "n_train": len(splits.train)}
+    if splits.test:
+        results["test"], _ = evaluate_predictor(predictor, splits.test, cfg, desc="test")
+    _finalize(predictor, out, results, keep_checkpoints=cfg.training.keep_checkpoints)
+    return out
+
+
+def _finalize(predictor: Predictor, out: Path, results: dict, keep_checkpoints: bool) -> None:
+    """Save the model next to the run's files, eval_results.json last (it marks a finished run)."""
+    with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as tmp:
+        predictor.save(tmp)
+        for f in Path(tmp).iterdir():
+            os.replace(f, out / f.name)
+    if not keep_checkpoints:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    write_json(out / "eval_results.json", results)
+
+
+def load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:
+    """A trained run directory as saved, or (zero-shot) a pretrained model bound to the dataset's defaults."""
+    if is_run_dir(cfg.model.name):
+        return Predictor.load(cfg.model.name)
+    if splits is None:
+        raise RaftlmError(f"{cfg.model.name} is not a run directory: zero-shot prediction needs --dataset for its prompt and grid")
+    return new_predictor(cfg, splits)

@@ -1,0 +1,181 @@
+"""A causal LM plus its answer format: grid probabilities, decoding and the decision rules.
+
+This is what a run directory loads back into: ``raftlm.json`` holds the grid, the target scaling,
+the prompt template and the answer format; the weights are an ordinary causal LM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from raftlm import decoders
+from raftlm.core import RaftlmError
+from raftlm.grid import Grid, TargetScaler
+from raftlm.scoring import AnswerFormat, GridLogProbs, PromptBatch, bind_answer, encode_prompts, left_pad
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Predictions:
+    """Point predictions in data units; grid probabilities (N, G) and their entropy when a grid rule ran."""
+
+    values: np.ndarray
+    probs: np.ndarray | None = None
+    entropy: np.ndarray | None = None
+    n_unparsed: int = 0
+
+
+def autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+class Predictor:
+    """Model + tokenizer + grid + answer format; see ``Predictor.create`` and ``Predictor.load``."""
+
+    def __init__(self, model, tokenizer, grid: Grid, fmt: AnswerFormat, scaler: TargetScaler, template: str,
+                 normalize: bool = False, max_length: int = 512, method: str = "none"):
+        self.model, self.tokenizer, self.grid, self.fmt = model, tokenizer, grid, fmt
+        self.scaler, self.template, self.normalize, self.max_length, self.method = scaler, template, normalize, max_length, method
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.scorer = GridLogProbs(fmt, self.pad_id)
+
+    @classmethod
+    def create(cls, model, tokenizer, grid: Grid, scaler: TargetScaler, probes: list[str], template: str = "{text}",
+               answer_prefix: str = " ", normalize: bool = False, max_length: int = 512, method: str = "none") -> Predictor:
+        fmt = bind_answer(tokenizer, grid, probes[:8], answer_prefix)
+        return cls(model, tokenizer, grid, fmt, scaler, template, normalize, max_length, method)
+
+    # --- batching -------------------------------------------------------------------------------
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return encode_prompts(self.tokenizer, self.fmt, texts, self.max_length)
+
+    def _batches(self, texts: list[str], batch_size: int, desc: str | None):
+        """Length-bucketed batches (sorted by token count, so padding is minimal) with their indices."""
+        ids = self.encode(texts)
+        order = np.argsort([len(s) for s in ids], kind="stable")
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        for chunk in tqdm(chunks, desc=desc, disable=desc is None, leave=False):
+            yield chunk, left_pad([ids[i] for i in chunk], self.pad_id)
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _to(self, batch: PromptBatch) -> PromptBatch:
+        dev = self._device()
+        return PromptBatch(batch.input_ids.to(dev), batch.attention_mask.to(dev), batch.position_ids.to(dev))
+
+    # --- grid scoring -----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def grid_log_probs(self, texts: list[str], batch_size: int = 16, bf16: bool = False, desc: str | None = None) -> np.ndarray:
+        """log p(str(y) | x) for every text and grid value, shape (N, G)."""
+        was_training = self.model.training
+        self.model.eval()
+        out = np.zeros((len(texts), len(self.grid.values)), dtype=np.float64)
+        try:
+            for chunk, batch in self._batches(texts, batch_size, desc):
+                with autocast(bf16):
+                    out[chunk] = self.scorer(self.model, self._to(batch)).double().cpu().numpy()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    # --- decoding ---------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(self, texts: list[str], num_return_sequences: int = 1, do_sample: bool = False,
+                 temperature: float = 1.0, max_new_tokens: int = 6, batch_size: int = 16, bf16: bool = False,
+                 seed: int = 0, desc: str | None = None) -> list[list[str]]:
+        """Decoded continuations per text (greedy, or ancestral sampling at ``temperature``)."""
+        torch.manual_seed(seed)
+        was_training = self.model.training
+        self.model.eval()
+        out: list[list[str]] = [[] for _ in texts]
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if do_sample else {"do_sample": False}
+        try:
+            for chunk, batch in self._batches(texts, batch_size, desc):
+                batch = self._to(batch)
+                with autocast(bf16):
+                    gen = self.model.generate(
+                        input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
+                        num_return_sequences=num_return_sequences, pad_token_id=self.pad_id, **sampling,
+                    )
+                decoded = self.tokenizer.batch_decode(gen[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
+                for j, i in enumerate(chunk):
+                    out[i] = decoded[j * num_return_sequences : (j + 1) * num_return_sequences]
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def predict(self, texts: list[str], decoder: str = "rail", batch_size: int = 16, num_samples: int = 32,
+                temperature: float = 1.0, max_new_tokens: int = 6, bf16: bool = False, seed: int = 0,
+                desc: str | None = None) -> Predictions:
+        """Point predictions in data units with any decoder of ``decoders.DECODERS``."""
+        if decoder in decoders.GRID_DECODERS:
+            logp = self.grid_log_probs(texts, batch_size, bf16, desc)
+            probs = np.exp(logp)
+            rule = decoders.GRID_DECODERS[decoder]
+            g = rule(self.grid.array, probs, self.normalize) if decoder == "rail" else rule(self.grid.array, probs)
+            return Predictions(self.scaler.to_data(g), probs, decoders.entropy(probs))
+        if decoder not in decoders.TEXT_DECODERS:
+            raise RaftlmError(f"unknown decoder {decoder!r}: use one of {list(decoders.DECODERS)}")
+        sample = decoder == "sample-rail"
+        k = num_samples if sample else 1
+        texts_out = self.generate(texts, k, sample, temperature, max_new_tokens, max(1, batch_size // k) if sample else batch_size, bf16, seed, desc)
+        parsed = [[decoders.parse_float(s, np.nan) for s in row] for row in texts_out]
+        n_unparsed = int(sum(np.isnan(v) for row in parsed for v in row))
+        # eq. 1: a non-numeric decode counts as 0.0 (in the model's output units, then mapped back)
+        g = np.array([np.mean(np.nan_to_num(row, nan=0.0)) for row in parsed])
+        return Predictions(self.scaler.to_data(g), n_unparsed=n_unparsed)
+
+    # --- persistence ------------------------------------------------------------------------------
+
+    def metadata(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "grid": self.grid.to_dict(),
+            "scaler": self.scaler.to_dict(),
+            "template": self.template,
+            "answer_prefix": self.fmt.answer_prefix,
+            "fold_prefix": self.fmt.fold_prefix,
+            "candidates": [list(c) for c in self.fmt.candidates],
+            "normalize_grid": self.normalize,
+            "max_length": self.max_length,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write an ordinary causal LM (safetensors), its tokenizer and ``raftlm.json`` into ``directory``."""
+        from raftlm.io import write_json
+        from raftlm.models import unwrap_for_saving
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        model = unwrap_for_saving(self.model)
+        model.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+        write_json(directory / "raftlm.json", self.metadata())
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Predictor:
+        from raftlm.models import load_model
+
+        directory = Path(directory)
+        meta_path = directory / "raftlm.json"
+        if not meta_path.exists():
+            raise RaftlmError(f"{directory} is not a raftlm model (no raftlm.json): pass a run directory from `raftlm train`")
+        meta = json.loads(meta_path.read_text())
+        model, tok = load_model(str(directory))
+        fmt = AnswerFormat(meta["answer_prefix"], meta["fold_prefix"], tuple(tuple(c) for c in meta["candidates"]))
+        return cls(model, tok, Grid.from_dict(meta["grid"]), fmt, TargetScaler.from_dict(meta["scaler"]), meta["template"],
+                   meta["normalize_grid"], meta["max_length"], meta.get("method", "none"))

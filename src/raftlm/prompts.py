@@ -1,0 +1,60 @@
+"""Named prompt templates (paper appendix D, table 6). Fields in braces come from the data."""
+
+from __future__ import annotations
+
+import string
+
+from raftlm.core import RaftlmError
+
+PROMPTS = {
+    "stsb": (
+        "What is the sentence similarity between the following two sentences measured on a scale of 0 to 5: "
+        "{sentence1}, {sentence2}. The similarity measured on a scale of 0 to 5 with 0 being unrelated and "
+        "5 being related is equal to"
+    ),
+    "amazon": (
+        "product_category: {category} product_title: {title} review_date: {date} review_headline: {headline} "
+        "review_body: {body} Question: In a star rating of 1, 2, 3, 4, 5, the higher the better, what would be "
+        "the star rating of the above review? Please only give me the final rating and I do not need any explanations."
+    ),
+    # The Amazon prompt of table 6 for inputs that only have a review text (amazon-snippets).
+    "amazon-body": (
+        "review_body: {text} Question: In a star rating of 1, 2, 3, 4, 5, the higher the better, what would be "
+        "the star rating of the above review? Please only give me the final rating and I do not need any explanations."
+    ),
+    "movielens": (
+        "Instruction: Predict the rating of a target movie based on the user's historical movie ratings. "
+        "Rating History: {history} Candidate Item: {candidate}. Output:"
+    ),
+    "synthetic": (
+        "The task is to provide your best estimate for 'output score' based on 'input score'. Please provide "
+        "that and only that, without any additional text. Input score: {x}. Output score:"
+    ),
+    "text": "{text}",
+}
+
+
+def resolve_template(template: str) -> str:
+    """A template name from PROMPTS, or a format string with {field} placeholders."""
+    if template in PROMPTS:
+        return PROMPTS[template]
+    if "{" not in template:
+        raise RaftlmError(
+            f"unknown prompt template {template!r}: use one of {sorted(PROMPTS)} or a format string with {{column}} fields"
+        )
+    return template
+
+
+def template_fields(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def render(template: str, row: dict) -> str:
+    """Fill a template from a data row; a missing column is a clear error."""
+    missing = [f for f in template_fields(template) if f not in row]
+    if missing:
+        raise RaftlmError(
+            f"column {missing[0]!r} needed by the prompt template is missing (columns: {sorted(row)}): "
+            "rename the column or pass --template with the right {field} names"
+        )
+    return template.format_map({k: ("" if v is None else str(v).strip()) for k, v in row.items()})

