@@ -24,8 +24,16 @@ RESULTS = HERE / "results" / "stsb1k.json"
 WORK = HERE / "work" / "stsb1k"
 
 # Settings sized for a 2-core CPU: top 6 of 18 blocks trained, embeddings frozen, bf16 autocast.
-TRAIN = {"max_steps": 250, "batch_size": 16, "lr": 1e-4, "optimizer": "adafactor", "scheduler": "constant",
-         "eval_steps": 50, "bf16": True, "seed": 0}
+TRAIN = {
+    "max_steps": 250,
+    "batch_size": 16,
+    "lr": 1e-4,
+    "optimizer": "adafactor",
+    "scheduler": "constant",
+    "eval_steps": 50,
+    "bf16": True,
+    "seed": 0,
+}
 MODEL = {"name": "gemma-3-270m", "trainable": "top-6", "dropout": 0.1}
 EVAL = {"batch_size": 16, "bf16": True, "max_new_tokens": 4}
 VAL_SIZE = 300  # validation examples used for best-checkpoint selection
@@ -40,19 +48,26 @@ ROWS = [  # (method, decoder): method "none" is zero-shot
 
 
 def config(method: str, decoder: str, data_dir: str) -> Config:
-    return Config.build({
-        "model": MODEL,
-        "data": {"dataset": "stsb-1k", "data_dir": data_dir, "eval_size": VAL_SIZE, "max_length": 256},
-        "method": {"method": method},
-        "training": {**TRAIN, "output_dir": str(WORK / method)},
-        "eval": {**EVAL, "decoder": decoder},
-    })
+    return Config.build(
+        {
+            "model": MODEL,
+            "data": {"dataset": "stsb-1k", "data_dir": data_dir, "eval_size": VAL_SIZE, "max_length": 256},
+            "method": {"method": method},
+            "training": {**TRAIN, "output_dir": str(WORK / method)},
+            "eval": {**EVAL, "decoder": decoder},
+        }
+    )
 
 
 def run_row(method: str, decoder: str, data_dir: str) -> dict:
     cfg = config(method, decoder, data_dir)
     splits = load_splits(cfg.data)
-    row = {"method": method if method != "none" else "zero-shot", "decoder": decoder, "model": MODEL["name"], "seed": TRAIN["seed"]}
+    row = {
+        "method": method if method != "none" else "zero-shot",
+        "decoder": decoder,
+        "model": MODEL["name"],
+        "seed": TRAIN["seed"],
+    }
     train_info = {}
     if method != "none":
         run = Path(cfg.training.output_dir)
@@ -67,25 +82,41 @@ def run_row(method: str, decoder: str, data_dir: str) -> dict:
     row.update({k: metrics[k] for k in ("rmse", "mae", "pearson", "spearman", "r2", "n")})
     row["eval_seconds"] = round(time.time() - start, 1)
     if train_info:
-        row.update(best_step=train_info["best_step"], best_validation_rmse=train_info["best_validation_rmse"],
-                   train_runtime_s=train_info["train_runtime_s"])
-    row["settings"] = {"model": MODEL, "training": TRAIN if method != "none" else None, "eval": EVAL,
-                       "validation_size": VAL_SIZE, "max_length": 256, "grid": "1-5", "dataset": "stsb-1k"}
+        row.update(
+            best_step=train_info["best_step"],
+            best_validation_rmse=train_info["best_validation_rmse"],
+            train_runtime_s=train_info["train_runtime_s"],
+        )
+    row["settings"] = {
+        "model": MODEL,
+        "training": TRAIN if method != "none" else None,
+        "eval": EVAL,
+        "validation_size": VAL_SIZE,
+        "max_length": 256,
+        "grid": "1-5",
+        "dataset": "stsb-1k",
+    }
     return row
 
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| method | decoder | RMSE | Pearson | Spearman | best step |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['decoder']} | {r['rmse']:.3f} | {r['pearson']:.3f} | {r['spearman']:.3f} | {r.get('best_step', '-')} |")
+        lines.append(
+            f"| {r['method']} | {r['decoder']} | {r['rmse']:.3f} | {r['pearson']:.3f} | {r['spearman']:.3f} | {r.get('best_step', '-')} |"
+        )
     t = TRAIN
-    lines += ["", f"Gemma 3 270M (Q4_K_M GGUF dequantized to float32), STS-B-1K: 1,000 train, validation {VAL_SIZE} of 863 "
-              f"for checkpoint selection, test = official dev split (1,500). Fine-tuning: top 6 of 18 blocks "
-              f"(embeddings frozen), dropout 0.1, Adafactor (eps 1e-30/1e-3, decay 0.8), constant LR {t['lr']}, "
-              f"batch {t['batch_size']}, {t['max_steps']} steps, validation every {t['eval_steps']}, bf16 autocast, seed {t['seed']}. "
-              "Grid '1'..'5' (paper default); prompts of table 6; greedy parses the first number (non-numeric -> 0.0). "
-              "Zero-shot RAIL here scores the grid (eq. 5), not 32 samples.",
-              "", "Reproduce: `python benchmarks/stsb1k.py --data-dir ../shared/data/stsb`"]
+    lines += [
+        "",
+        f"Gemma 3 270M (Q4_K_M GGUF dequantized to float32), STS-B-1K: 1,000 train, validation {VAL_SIZE} of 863 "
+        f"for checkpoint selection, test = official dev split (1,500). Fine-tuning: top 6 of 18 blocks "
+        f"(embeddings frozen), dropout 0.1, Adafactor (eps 1e-30/1e-3, decay 0.8), constant LR {t['lr']}, "
+        f"batch {t['batch_size']}, {t['max_steps']} steps, validation every {t['eval_steps']}, bf16 autocast, seed {t['seed']}. "
+        "Grid '1'..'5' (paper default); prompts of table 6; greedy parses the first number (non-numeric -> 0.0). "
+        "Zero-shot RAIL here scores the grid (eq. 5), not 32 samples.",
+        "",
+        "Reproduce: `python benchmarks/stsb1k.py --data-dir ../shared/data/stsb`",
+    ]
     return "\n".join(lines) + "\n"
 
 

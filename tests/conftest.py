@@ -3,10 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import write_csv
 
 from raftlm.models import tiny_random_llama
-
-from helpers import write_csv
 
 
 @pytest.fixture(scope="session")
@@ -24,5 +23,11 @@ def tiny_merged():
 @pytest.fixture
 def toy_csv(tmp_path) -> Path:
     words = ["awful", "bad", "fine", "good", "great"]
-    rows = [{"text": f"review {i}: the product was {words[i % 5]}. rating:", "target": (i % 5) + 1 + 0.5 * (i % 2)} for i in range(40)]
+    rows = [
+        {
+            "text": f"review {i}: the product was {words[i % 5]}. rating:",
+            "target": (i % 5) + 1 + 0.5 * (i % 2),
+        }
+        for i in range(40)
+    ]
     return write_csv(tmp_path / "toy.csv", rows)

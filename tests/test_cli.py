@@ -14,12 +14,36 @@ from raftlm.decoders import DECODERS
 from raftlm.methods import METHODS
 from raftlm.models import tiny_random_llama
 
-ARTIFACTS = ["config.yaml", "model.safetensors", "config.json", "tokenizer.json", "raftlm.json", "metrics.jsonl", "eval_results.json"]
+ARTIFACTS = [
+    "config.yaml",
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "raftlm.json",
+    "metrics.jsonl",
+    "eval_results.json",
+]
 
 
 def train_args(data, out, *extra):
-    return ["train", "--model", "tiny-random-llama", "--dataset", f"csv:{data}", "--output-dir", str(out),
-            "--max-steps", "4", "--eval-steps", "2", "--batch-size", "4", "--lr", "1e-2", *extra]
+    return [
+        "train",
+        "--model",
+        "tiny-random-llama",
+        "--dataset",
+        f"csv:{data}",
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "4",
+        "--eval-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-2",
+        *extra,
+    ]
 
 
 def test_cli_choices_match_the_registries():
@@ -54,7 +78,10 @@ def test_train_predict_evaluate_end_to_end(tmp_path, toy_csv):
     torch.testing.assert_close(plain.state_dict()[name], trained[name])
 
     out = tmp_path / "preds.jsonl"
-    assert main(["predict", "--model", str(run), "--input", str(toy_csv), "--output", str(out), "--with-probs"]) == 0
+    assert (
+        main(["predict", "--model", str(run), "--input", str(toy_csv), "--output", str(out), "--with-probs"])
+        == 0
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 40 and set(rows[0]) == {"index", "prediction", "target", "probs", "entropy"}
     assert list(rows[0]["probs"]) == ["1", "2", "3", "4", "5"]
@@ -111,8 +138,12 @@ def test_bad_train_input_exits_2_with_one_line_and_writes_nothing(tmp_path, toy_
 
 @pytest.mark.parametrize(
     "row, fragment",
-    [({"text": "x", "target": "high"}, "is not a number"), ({"text": "x", "target": "nan"}, "NaN or infinite"),
-     ({"text": "x", "target": "inf"}, "NaN or infinite"), ({"text": " ", "target": "1"}, "empty text")],
+    [
+        ({"text": "x", "target": "high"}, "is not a number"),
+        ({"text": "x", "target": "nan"}, "NaN or infinite"),
+        ({"text": "x", "target": "inf"}, "NaN or infinite"),
+        ({"text": " ", "target": "1"}, "empty text"),
+    ],
 )
 def test_bad_rows_exit_2(tmp_path, capsys, row, fragment):
     data = write_csv(tmp_path / "d.csv", [{"text": f"ok {i}", "target": i % 5} for i in range(20)] + [row])
@@ -129,14 +160,44 @@ def test_unknown_dataset_and_existing_outputs(tmp_path, toy_csv, capsys):
     assert code == 2 and "already holds a finished run" in line and "--overwrite" in line
     existing = tmp_path / "preds.jsonl"
     existing.write_text("keep me")
-    code, line = _bad(capsys, ["predict", "--model", str(run), "--input", str(toy_csv), "--output", str(existing)])
+    code, line = _bad(
+        capsys, ["predict", "--model", str(run), "--input", str(toy_csv), "--output", str(existing)]
+    )
     assert code == 2 and "already exists" in line and existing.read_text() == "keep me"
-    assert main(["predict", "--model", str(run), "--input", str(toy_csv), "--output", str(existing), "--overwrite"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(run),
+                "--input",
+                str(toy_csv),
+                "--output",
+                str(existing),
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     assert existing.read_text().startswith('{"index": 0')
 
 
 def test_console_script_exit_code(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "raftlm", "train", "--model", "nope", "--dataset", "synthetic-original1",
-                           "--output-dir", str(tmp_path / "r")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "raftlm",
+            "train",
+            "--model",
+            "nope",
+            "--dataset",
+            "synthetic-original1",
+            "--output-dir",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("raftlm train: error: unknown model 'nope'")

@@ -1,12 +1,11 @@
 import numpy as np
 import pytest
+from helpers import SHARED_STSB, write_csv
 
 from raftlm.config import DataConfig
 from raftlm.core import RaftlmError
 from raftlm.data import load_splits, read_rows, synthetic_original1, to_examples
 from raftlm.prompts import PROMPTS
-
-from helpers import SHARED_STSB, write_csv
 
 
 def test_synthetic_original1_matches_the_reference_generator():
@@ -22,7 +21,9 @@ def test_synthetic_dataset_scales_onto_digits_and_uses_table6_prompt():
     s = load_splits(DataConfig(dataset="synthetic-original1"))
     assert (len(s.train), len(s.validation), len(s.test)) == (10_000, 1_000, 1_000)
     assert s.grid == "0-9" and s.target_range == "auto"
-    assert s.train[0].text.startswith(PROMPTS["synthetic"].split("{")[0]) and s.train[0].text.endswith("Output score:")
+    assert s.train[0].text.startswith(PROMPTS["synthetic"].split("{")[0]) and s.train[0].text.endswith(
+        "Output score:"
+    )
 
 
 def test_csv_dataset_splits_and_errors(tmp_path):
@@ -35,7 +36,9 @@ def test_csv_dataset_splits_and_errors(tmp_path):
         load_splits(DataConfig(dataset=f"csv:{tmp_path / 'a.csv'}", template="Title: {title}. Rating:"))
 
 
-@pytest.mark.parametrize("bad, fragment", [("abc", "is not a number"), ("nan", "NaN or infinite"), ("inf", "NaN or infinite")])
+@pytest.mark.parametrize(
+    "bad, fragment", [("abc", "is not a number"), ("nan", "NaN or infinite"), ("inf", "NaN or infinite")]
+)
 def test_bad_targets_name_the_row(bad, fragment):
     rows = [{"text": "ok", "target": "1"}, {"text": "fine", "target": bad}]
     with pytest.raises(RaftlmError, match=f"row 2: target .* {fragment}"):

@@ -29,8 +29,20 @@ def test_entropy_of_uniform_is_log_g():
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("3", 3.0), (" 3.8\n\nThe", 3.8), ("4.", 4.0), ("-2e1", -20.0), (".5", 0.5), ("+1.25 stars", 1.25),
-     ("banana", 0.0), ("", 0.0), ("nan", 0.0), ("inf", 0.0), ("three", 0.0), ("35", 35.0)],
+    [
+        ("3", 3.0),
+        (" 3.8\n\nThe", 3.8),
+        ("4.", 4.0),
+        ("-2e1", -20.0),
+        (".5", 0.5),
+        ("+1.25 stars", 1.25),
+        ("banana", 0.0),
+        ("", 0.0),
+        ("nan", 0.0),
+        ("inf", 0.0),
+        ("three", 0.0),
+        ("35", 35.0),
+    ],
 )
 def test_parse_float_rules(text, expected):
     assert parse_float(text) == expected

@@ -26,7 +26,10 @@ def test_explicit_and_custom_strings_round_trip():
     assert Grid.from_dict(months.to_dict()) == months
 
 
-@pytest.mark.parametrize("spec, fragment", [("5", "at least 2"), ("1,1,2", "duplicate"), ("a-b", "cannot parse"), ("1=x,2=x", "distinct")])
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [("5", "at least 2"), ("1,1,2", "duplicate"), ("a-b", "cannot parse"), ("1=x,2=x", "distinct")],
+)
 def test_bad_grids_raise_one_line(spec, fragment):
     with pytest.raises(RaftlmError, match=fragment) as err:
         Grid.parse(spec)

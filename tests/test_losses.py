@@ -85,7 +85,9 @@ def test_raft_loss_on_a_real_model_matches_brute_force(tiny):
     fmt = bind_answer(tok, Grid.parse("1-5"), texts)
     batch = left_pad(encode_prompts(tok, fmt, texts, 64), tok.pad_token_id)
     targets = torch.tensor([4.0, 2.5])
-    loss = RAFTLoss(GridLogProbs(fmt, tok.pad_token_id), VALUES)(model, PromptBatch(batch.input_ids, batch.attention_mask, batch.position_ids), targets=targets)
+    loss = RAFTLoss(GridLogProbs(fmt, tok.pad_token_id), VALUES)(
+        model, PromptBatch(batch.input_ids, batch.attention_mask, batch.position_ids), targets=targets
+    )
     with torch.no_grad():
         pred = naive_log_probs(model, tok, fmt, texts).exp() @ VALUES
     assert_close(loss, ((pred - targets) ** 2).mean(), atol=1e-5, rtol=1e-5)

@@ -36,7 +36,9 @@ def test_merged_space_digit_tokens_stay_in_the_candidate(tiny_merged):
     assert not fmt.fold_prefix
     ids = encode_prompts(tok, fmt, TEXTS[:1], 128)[0]
     assert ids + list(fmt.candidates[2]) == tok(TEXTS[0] + " 3")["input_ids"]
-    assert_close(scores(model, tok, fmt, TEXTS), naive_log_probs(model, tok, fmt, TEXTS), atol=1e-5, rtol=1e-5)
+    assert_close(
+        scores(model, tok, fmt, TEXTS), naive_log_probs(model, tok, fmt, TEXTS), atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("fixture", ["tiny", "tiny_merged"])
@@ -48,12 +50,16 @@ def test_batched_scores_equal_one_at_a_time(fixture, request):
     assert_close(batched, single, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("spec", ["0:5:0.1", "1=January,2=February,3=March,4=April,5=May", "10,11,12,100,1000"])
+@pytest.mark.parametrize(
+    "spec", ["0:5:0.1", "1=January,2=February,3=March,4=April,5=May", "10,11,12,100,1000"]
+)
 def test_multi_token_scoring_equals_brute_force(tiny, spec):
     model, tok = tiny
     fmt = bind_answer(tok, Grid.parse(spec), TEXTS)
     assert not fmt.single_token
-    assert_close(scores(model, tok, fmt, TEXTS), naive_log_probs(model, tok, fmt, TEXTS), atol=1e-5, rtol=1e-5)
+    assert_close(
+        scores(model, tok, fmt, TEXTS), naive_log_probs(model, tok, fmt, TEXTS), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_multi_token_trie_reads_only_distinct_prefixes(tiny):

@@ -17,11 +17,26 @@ class RAFTRegressor:
     ``texts`` may be strings (rendered through ``prompt_template``'s ``{text}``) or dicts of fields.
     """
 
-    def __init__(self, model: str = "gemma-3-270m", method: str = "raft", grid: str | None = "1-5",
-                 prompt_template: str = "{text}", target_range: str | list | None = "auto", decoder: str = "rail",
-                 normalize_grid: bool = False, trainable: str = "full", max_steps: int = 100, batch_size: int = 16,
-                 lr: float = 1e-5, optimizer: str = "adafactor", eval_steps: int = 50, bf16: bool = False,
-                 max_length: int = 512, seed: int = 0, output_dir: str | None = None):
+    def __init__(
+        self,
+        model: str = "gemma-3-270m",
+        method: str = "raft",
+        grid: str | None = "1-5",
+        prompt_template: str = "{text}",
+        target_range: str | list | None = "auto",
+        decoder: str = "rail",
+        normalize_grid: bool = False,
+        trainable: str = "full",
+        max_steps: int = 100,
+        batch_size: int = 16,
+        lr: float = 1e-5,
+        optimizer: str = "adafactor",
+        eval_steps: int = 50,
+        bf16: bool = False,
+        max_length: int = 512,
+        seed: int = 0,
+        output_dir: str | None = None,
+    ):
         self.model = model
         self.method = method
         self.grid = grid
@@ -41,16 +56,29 @@ class RAFTRegressor:
         self.output_dir = output_dir
 
     def _config(self, output_dir: str) -> Config:
-        return Config.build({
-            "model": {"name": self.model, "trainable": self.trainable},
-            "data": {"max_length": self.max_length},
-            "method": {"method": self.method, "grid": self.grid, "normalize_grid": self.normalize_grid,
-                       "target_range": "none" if self.target_range is None else self.target_range},
-            "training": {"output_dir": output_dir, "max_steps": self.max_steps, "batch_size": self.batch_size,
-                         "lr": self.lr, "optimizer": self.optimizer, "eval_steps": self.eval_steps,
-                         "bf16": self.bf16, "seed": self.seed},
-            "eval": {"decoder": self.decoder, "bf16": self.bf16},
-        })
+        return Config.build(
+            {
+                "model": {"name": self.model, "trainable": self.trainable},
+                "data": {"max_length": self.max_length},
+                "method": {
+                    "method": self.method,
+                    "grid": self.grid,
+                    "normalize_grid": self.normalize_grid,
+                    "target_range": "none" if self.target_range is None else self.target_range,
+                },
+                "training": {
+                    "output_dir": output_dir,
+                    "max_steps": self.max_steps,
+                    "batch_size": self.batch_size,
+                    "lr": self.lr,
+                    "optimizer": self.optimizer,
+                    "eval_steps": self.eval_steps,
+                    "bf16": self.bf16,
+                    "seed": self.seed,
+                },
+                "eval": {"decoder": self.decoder, "bf16": self.bf16},
+            }
+        )
 
     def _examples(self, texts, y=None) -> list[Example]:
         from raftlm.prompts import render
@@ -58,7 +86,10 @@ class RAFTRegressor:
         if y is not None and len(texts) != len(y):
             raise RaftlmError(f"got {len(texts)} texts but {len(y)} targets: pass one target per text")
         rows = [t if isinstance(t, dict) else {"text": t} for t in texts]
-        return [Example(render(self.prompt_template, r), None if y is None else float(y[i])) for i, r in enumerate(rows)]
+        return [
+            Example(render(self.prompt_template, r), None if y is None else float(y[i]))
+            for i, r in enumerate(rows)
+        ]
 
     def fit(self, texts, y, eval_set: tuple | None = None) -> RAFTRegressor:
         """Fine-tune on (texts, y); ``eval_set=(texts, y)`` enables best-checkpoint selection by RMSE."""
@@ -78,17 +109,25 @@ class RAFTRegressor:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "predictor_"):
-            raise RaftlmError("this RAFTRegressor is not fitted: call fit(texts, y) or RAFTRegressor.load(dir)")
+            raise RaftlmError(
+                "this RAFTRegressor is not fitted: call fit(texts, y) or RAFTRegressor.load(dir)"
+            )
 
     def predict(self, texts, decoder: str | None = None) -> np.ndarray:
         self._check_fitted()
         ex = self._examples(texts)
-        return self.predictor_.predict([e.text for e in ex], decoder or self.decoder, self.batch_size, bf16=self.bf16).values
+        return self.predictor_.predict(
+            [e.text for e in ex], decoder or self.decoder, self.batch_size, bf16=self.bf16
+        ).values
 
     def predict_proba(self, texts) -> np.ndarray:
         """Grid probabilities p(str(y)|x), shape (n, len(grid))."""
         self._check_fitted()
-        return np.exp(self.predictor_.grid_log_probs([e.text for e in self._examples(texts)], self.batch_size, self.bf16))
+        return np.exp(
+            self.predictor_.grid_log_probs(
+                [e.text for e in self._examples(texts)], self.batch_size, self.bf16
+            )
+        )
 
     def score(self, texts, y) -> float:
         """R^2 of the predictions, as scikit-learn regressors do."""

@@ -57,8 +57,12 @@ def _field(key: str):
 
 
 def add_shared(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML recipe (sections model/data/method/training/eval); flags override it")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override any config field")
+    p.add_argument(
+        "--config", help="YAML recipe (sections model/data/method/training/eval); flags override it"
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override any config field"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--input", help="CSV/JSONL file of inputs (predict, evaluate)")
     p.add_argument("--output", help="output file (predict: JSONL, evaluate: JSON)")
@@ -75,14 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     from raftlm.decoders import DECODERS
     from raftlm.methods import METHODS
 
-    parser = argparse.ArgumentParser(prog="raftlm", description="Regression with decoder LLMs: RAFT fine-tuning, RAIL inference.")
+    parser = argparse.ArgumentParser(
+        prog="raftlm", description="Regression with decoder LLMs: RAFT fine-tuning, RAIL inference."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="fine-tune a causal LM (raft or ce) into a run directory")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    train.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from its last checkpoint"
+    )
     predict = sub.add_parser("predict", help="predict numbers for a CSV/JSONL file; writes JSONL")
     predict.add_argument("--with-probs", action="store_true", help="include grid probabilities and entropy")
-    evaluate = sub.add_parser("evaluate", help="metrics (RMSE, MAE, Pearson, Spearman, R^2) on a split or file")
-    demo = sub.add_parser("demo", help="zero-shot vs RAFT on real review snippets with the embedded Gemma 3 270M")
+    evaluate = sub.add_parser(
+        "evaluate", help="metrics (RMSE, MAE, Pearson, Spearman, R^2) on a split or file"
+    )
+    demo = sub.add_parser(
+        "demo", help="zero-shot vs RAFT on real review snippets with the embedded Gemma 3 270M"
+    )
     for p in (train, predict, evaluate, demo):
         add_shared(p)
     for p in (train, predict, evaluate, demo):
@@ -95,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
-    overrides = {key: getattr(args, flag[2:].replace("-", "_")) for flag, key in FLAGS.items() if hasattr(args, flag[2:].replace("-", "_"))}
+    overrides = {
+        key: getattr(args, flag[2:].replace("-", "_"))
+        for flag, key in FLAGS.items()
+        if hasattr(args, flag[2:].replace("-", "_"))
+    }
     if "training.bf16" in overrides:
         overrides["eval.bf16"] = overrides["training.bf16"]
     for item in args.set:
@@ -133,7 +149,11 @@ def format_table(rows: list[dict], columns=("rmse", "mae", "pearson", "spearman"
     head = [*keys, *columns]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
-        lines.append(" | ".join(f"{r.get(c, ''):.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in head))
+        lines.append(
+            " | ".join(
+                f"{r.get(c, ''):.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in head
+            )
+        )
     return "\n".join(lines)
 
 
@@ -195,15 +215,26 @@ def cmd_predict(args) -> None:
     predictor = load_for_eval(cfg, splits)
     examples = _file_examples(args.input, predictor, cfg.data.target_column, need_target=False)
     e = cfg.eval
-    preds = predictor.predict([x.text for x in examples], e.decoder, e.batch_size, e.num_samples, e.temperature,
-                              e.max_new_tokens, e.bf16, cfg.training.seed, desc="predict")
+    preds = predictor.predict(
+        [x.text for x in examples],
+        e.decoder,
+        e.batch_size,
+        e.num_samples,
+        e.temperature,
+        e.max_new_tokens,
+        e.bf16,
+        cfg.training.seed,
+        desc="predict",
+    )
     rows = []
     for i, x in enumerate(examples):
         row = {"index": i, "prediction": float(preds.values[i])}
         if x.target is not None:
             row["target"] = x.target
         if args.with_probs and preds.probs is not None:
-            row["probs"] = dict(zip(predictor.grid.strings, np.round(preds.probs[i], 6).tolist()))
+            row["probs"] = dict(
+                zip(predictor.grid.strings, np.round(preds.probs[i], 6).tolist(), strict=True)
+            )
             row["entropy"] = float(preds.entropy[i])
         rows.append(row)
     write_jsonl(args.output, rows)

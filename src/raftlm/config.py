@@ -14,11 +14,18 @@ TRAINABLE = re.compile(r"full|lora|top-\d+")
 
 @dataclass
 class ModelConfig:
-    name: str = field(default="tiny-random-llama", metadata={"help": "gemma-3-270m, smollm2-135m, tiny-random-llama, a path or a hub id"})
-    trainable: str = field(default="full", metadata={"help": "full, lora, or top-N (last N blocks; embeddings frozen)"})
+    name: str = field(
+        default="tiny-random-llama",
+        metadata={"help": "gemma-3-270m, smollm2-135m, tiny-random-llama, a path or a hub id"},
+    )
+    trainable: str = field(
+        default="full", metadata={"help": "full, lora, or top-N (last N blocks; embeddings frozen)"}
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout rate set in the model config (paper: 0.1)"})
+    dropout: float = field(
+        default=0.0, metadata={"help": "dropout rate set in the model config (paper: 0.1)"}
+    )
 
     def __post_init__(self) -> None:
         if not TRAINABLE.fullmatch(self.trainable):
@@ -29,15 +36,29 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = field(default="stsb-1k", metadata={"help": "stsb, stsb-1k, synthetic-original1, amazon-snippets, csv:PATH, jsonl:PATH, hf:ID"})
+    dataset: str = field(
+        default="stsb-1k",
+        metadata={"help": "stsb, stsb-1k, synthetic-original1, amazon-snippets, csv:PATH, jsonl:PATH, hf:ID"},
+    )
     data_dir: str | None = field(default=None, metadata={"help": "folder holding the dataset files (stsb)"})
-    template: str | None = field(default=None, metadata={"help": "prompt template name or format string (csv/jsonl/hf)"})
+    template: str | None = field(
+        default=None, metadata={"help": "prompt template name or format string (csv/jsonl/hf)"}
+    )
     text_column: str = field(default="text", metadata={"help": "text column when no template is given"})
     target_column: str = field(default="target", metadata={"help": "target column (csv/jsonl/hf)"})
     train_size: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
-    eval_size: int | None = field(default=None, metadata={"help": "validate on the first N validation examples while training; evaluate on N examples"})
-    max_length: int = field(default=512, metadata={"help": "max prompt tokens; longer prompts are cut on the left"})
-    split_seed: int | None = field(default=None, metadata={"help": "seed of the random train/validation/test split"})
+    eval_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "validate on the first N validation examples while training; evaluate on N examples"
+        },
+    )
+    max_length: int = field(
+        default=512, metadata={"help": "max prompt tokens; longer prompts are cut on the left"}
+    )
+    split_seed: int | None = field(
+        default=None, metadata={"help": "seed of the random train/validation/test split"}
+    )
 
     def __post_init__(self) -> None:
         for name in ("train_size", "eval_size"):
@@ -51,11 +72,19 @@ class DataConfig:
 @dataclass
 class MethodConfig:
     method: str = field(default="raft", metadata={"help": "training method: raft, ce, or none (zero-shot)"})
-    grid: str | None = field(default=None, metadata={"help": "grid spec: 1-5, 0:5:0.1, 1,2,3 or 1=a,2=b (default: the dataset's)"})
+    grid: str | None = field(
+        default=None, metadata={"help": "grid spec: 1-5, 0:5:0.1, 1,2,3 or 1=a,2=b (default: the dataset's)"}
+    )
     answer_prefix: str = field(default=" ", metadata={"help": "text between the prompt and the answer"})
-    normalize_grid: bool = field(default=False, metadata={"help": "renormalize grid probabilities to sum to 1 (table 16)"})
-    target_range: object = field(default="dataset", metadata={"help": "map targets onto the grid: none, auto, [lo, hi], or dataset"})
-    ce_decimals: int | None = field(default=None, metadata={"help": "ce: round targets to N decimals (default: nearest grid string)"})
+    normalize_grid: bool = field(
+        default=False, metadata={"help": "renormalize grid probabilities to sum to 1 (table 16)"}
+    )
+    target_range: object = field(
+        default="dataset", metadata={"help": "map targets onto the grid: none, auto, [lo, hi], or dataset"}
+    )
+    ce_decimals: int | None = field(
+        default=None, metadata={"help": "ce: round targets to N decimals (default: nearest grid string)"}
+    )
 
     def __post_init__(self) -> None:
         from raftlm.methods import METHODS
@@ -77,14 +106,19 @@ class TrainConfig:
     batch_size: int = field(default=16, metadata={"help": "examples per device per step"})
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     lr: float = field(default=1e-5, metadata={"help": "learning rate (paper sweeps 1e-4, 1e-5, 1e-6)"})
-    optimizer: str = field(default="adafactor", metadata={"help": "adafactor (paper: eps 1e-30/1e-3, decay 0.8, constant) or adamw"})
+    optimizer: str = field(
+        default="adafactor",
+        metadata={"help": "adafactor (paper: eps 1e-30/1e-3, decay 0.8, constant) or adamw"},
+    )
     scheduler: str = field(default="constant", metadata={"help": "constant, cosine or linear"})
     warmup_steps: int = field(default=0, metadata={"help": "learning-rate warmup steps"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast (about 2x faster on recent CPUs)"})
     seed: int = field(default=0, metadata={"help": "training seed"})
     eval_steps: int = field(default=50, metadata={"help": "validate (and checkpoint) every N steps"})
-    patience: int | None = field(default=None, metadata={"help": "early stopping after N evaluations without improvement"})
+    patience: int | None = field(
+        default=None, metadata={"help": "early stopping after N evaluations without improvement"}
+    )
     logging_steps: int = field(default=10, metadata={"help": "log the training loss every N steps"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep checkpoints/ after a finished run"})
 
@@ -119,7 +153,13 @@ class EvalConfig:
             raise RaftlmError(f"unknown split {self.split!r}: use train, validation or test")
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig, "training": TrainConfig, "eval": EvalConfig}
+SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "method": MethodConfig,
+    "training": TrainConfig,
+    "eval": EvalConfig,
+}
 
 
 @dataclass
@@ -156,7 +196,9 @@ class Config:
         except FileNotFoundError:
             raise RaftlmError(f"config file {path} not found: check the --config path") from None
         except yaml.YAMLError as err:
-            raise RaftlmError(f"config file {path} is not valid YAML ({type(err).__name__}): fix its syntax") from None
+            raise RaftlmError(
+                f"config file {path} is not valid YAML ({type(err).__name__}): fix its syntax"
+            ) from None
         if not isinstance(recipe, dict):
             raise RaftlmError(f"config file {path} must be a mapping of sections: see recipes/")
         return cls.build(recipe, overrides)

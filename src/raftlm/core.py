@@ -22,9 +22,13 @@ class Example:
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str) or not self.text.strip():
-            raise RaftlmError("empty text in an example: every input needs non-empty text (drop or fill the row)")
+            raise RaftlmError(
+                "empty text in an example: every input needs non-empty text (drop or fill the row)"
+            )
         if self.target is not None and not math.isfinite(self.target):
-            raise RaftlmError(f"non-finite target {self.target!r}: drop or fix rows whose target is NaN or inf")
+            raise RaftlmError(
+                f"non-finite target {self.target!r}: drop or fix rows whose target is NaN or inf"
+            )
 
 
 class GridScorer(Protocol):

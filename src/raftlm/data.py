@@ -86,7 +86,9 @@ def read_rows(path: str | Path) -> list[dict]:
             try:
                 rows = [json.loads(line) for line in f if line.strip()]
             except json.JSONDecodeError as err:
-                raise RaftlmError(f"{path}: invalid JSON line ({err.msg}): one JSON object per line") from None
+                raise RaftlmError(
+                    f"{path}: invalid JSON line ({err.msg}): one JSON object per line"
+                ) from None
         elif kind in ("csv", "tsv"):
             rows = list(csv.DictReader(f, delimiter="\t" if kind == "tsv" else ","))
         else:
@@ -133,7 +135,9 @@ def load_stsb(data_dir: str | None, train_size: int | None = None, n_validation:
     """Table 7: the official train split divided (fixed seed 0) into validation (863) and train;
     the official dev split (1,500) is the test set."""
     if not data_dir:
-        raise RaftlmError("dataset stsb needs --data-dir pointing at the stsbenchmark folder (sts-train.csv, sts-dev.csv)")
+        raise RaftlmError(
+            "dataset stsb needs --data-dir pointing at the stsbenchmark folder (sts-train.csv, sts-dev.csv)"
+        )
     template = PROMPTS["stsb"]
     rows = _read_stsb(Path(data_dir) / "sts-train.csv")
     idx = _shuffled(len(rows), 0)
@@ -142,14 +146,19 @@ def load_stsb(data_dir: str | None, train_size: int | None = None, n_validation:
     if train_size is not None:
         train = train[:train_size]
     test = _read_stsb(Path(data_dir) / "sts-dev.csv")
-    ex = [to_examples(part, template, "score", f"STS-B {name}") for name, part in (("train", train), ("validation", val), ("test", test))]
+    ex = [
+        to_examples(part, template, "score", f"STS-B {name}")
+        for name, part in (("train", train), ("validation", val), ("test", test))
+    ]
     return Splits(*ex, template=template, grid="1-5", target_range=None)
 
 
 # --- Synthetic "Original #1" (Vacareanu et al. 2024) ------------------------------------------------
 
 
-def synthetic_original1(n_train: int, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def synthetic_original1(
+    n_train: int, n_test: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The reference generator: returns x_train, x_test, y_train, y_test (2-decimal rounding)."""
     from sklearn.model_selection import train_test_split
 
@@ -160,17 +169,24 @@ def synthetic_original1(n_train: int, n_test: int, seed: int) -> tuple[np.ndarra
     return x_train[:, 0], x_test[:, 0], y_train[:, 0], y_test[:, 0]
 
 
-def load_synthetic(n_train: int = 10_000, n_validation: int = 1_000, n_test: int = 1_000, seed: int = 1) -> Splits:
+def load_synthetic(
+    n_train: int = 10_000, n_validation: int = 1_000, n_test: int = 1_000, seed: int = 1
+) -> Splits:
     """10k/1k/1k as in table 7; validation is the tail of the generated training part. Targets are
     scaled onto the digit grid 0..9 (table 6) from the training range."""
     template = PROMPTS["synthetic"]
     xtr, xte, ytr, yte = synthetic_original1(n_train + n_validation, n_test, seed)
 
     def ex(xs, ys):
-        return [Example(render(template, {"x": f"{a:.2f}"}), float(b)) for a, b in zip(xs, ys)]
+        return [Example(render(template, {"x": f"{a:.2f}"}), float(b)) for a, b in zip(xs, ys, strict=True)]
 
     return Splits(
-        ex(xtr[:n_train], ytr[:n_train]), ex(xtr[n_train:], ytr[n_train:]), ex(xte, yte), template, grid="0-9", target_range="auto"
+        ex(xtr[:n_train], ytr[:n_train]),
+        ex(xtr[n_train:], ytr[n_train:]),
+        ex(xte, yte),
+        template,
+        grid="0-9",
+        target_range="auto",
     )
 
 
@@ -203,7 +219,10 @@ def load_amazon_snippets(train_size: int | None = None, seed: int = 0) -> Splits
     idx = _shuffled(len(rows), seed)
     parts = {"test": idx[:500], "validation": idx[500:800], "train": idx[800:]}
     template = PROMPTS["amazon-body"]
-    ex = {k: to_examples(_subset(rows, v), template, "sentiment", f"amazon-snippets {k}") for k, v in parts.items()}
+    ex = {
+        k: to_examples(_subset(rows, v), template, "sentiment", f"amazon-snippets {k}")
+        for k, v in parts.items()
+    }
     train = ex["train"] if train_size is None else ex["train"][:train_size]
     return Splits(train, ex["validation"], ex["test"], template, grid="1-5", target_range=[-4.0, 4.0])
 
@@ -214,20 +233,28 @@ def _hub_dataset(hub_id: str, template: str | None, text_column: str, target_col
 
         ds = datasets.load_dataset(hub_id)
     except Exception as err:  # noqa: BLE001 - any hub failure becomes one clear line
-        raise RaftlmError(f"cannot load hub dataset {hub_id!r} ({type(err).__name__}): go online or use csv:/jsonl: files") from None
+        raise RaftlmError(
+            f"cannot load hub dataset {hub_id!r} ({type(err).__name__}): go online or use csv:/jsonl: files"
+        ) from None
     template = resolve_template(template or "{" + text_column + "}")
     names = {"validation": ("validation", "dev"), "test": ("test",), "train": ("train",)}
     parts = {}
     for split, options in names.items():
         found = next((s for s in options if s in ds), None)
-        parts[split] = to_examples(list(ds[found]), template, target_column, f"{hub_id} ({found})") if found else []
-    return Splits(parts["train"], parts["validation"], parts["test"], template, grid="1-5", target_range="auto")
+        parts[split] = (
+            to_examples(list(ds[found]), template, target_column, f"{hub_id} ({found})") if found else []
+        )
+    return Splits(
+        parts["train"], parts["validation"], parts["test"], template, grid="1-5", target_range="auto"
+    )
 
 
 DATASETS: dict[str, Callable[..., Splits]] = {
     "stsb": lambda cfg: load_stsb(cfg.data_dir, cfg.train_size),
     "stsb-1k": lambda cfg: load_stsb(cfg.data_dir, cfg.train_size or 1000),
-    "synthetic-original1": lambda cfg: load_synthetic(seed=cfg.split_seed if cfg.split_seed is not None else 1),
+    "synthetic-original1": lambda cfg: load_synthetic(
+        seed=cfg.split_seed if cfg.split_seed is not None else 1
+    ),
     "amazon-snippets": lambda cfg: load_amazon_snippets(cfg.train_size),
 }
 
@@ -238,13 +265,19 @@ def load_splits(cfg) -> Splits:
     if name in DATASETS:
         splits = DATASETS[name](cfg)
     elif name.startswith(("csv:", "jsonl:")):
-        splits = _file_dataset(name.split(":", 1)[1], cfg.template, cfg.text_column, cfg.target_column, cfg.split_seed or 0)
+        splits = _file_dataset(
+            name.split(":", 1)[1], cfg.template, cfg.text_column, cfg.target_column, cfg.split_seed or 0
+        )
     elif name.startswith("hf:"):
         splits = _hub_dataset(name[3:], cfg.template, cfg.text_column, cfg.target_column)
     else:
-        raise RaftlmError(f"unknown dataset {name!r}: use one of {sorted(DATASETS)}, csv:PATH, jsonl:PATH or hf:ID")
+        raise RaftlmError(
+            f"unknown dataset {name!r}: use one of {sorted(DATASETS)}, csv:PATH, jsonl:PATH or hf:ID"
+        )
     if cfg.template and name in DATASETS:
-        raise RaftlmError(f"dataset {name} has its own prompt (table 6): drop --template, or export it to csv: and template that")
+        raise RaftlmError(
+            f"dataset {name} has its own prompt (table 6): drop --template, or export it to csv: and template that"
+        )
     if cfg.train_size is not None and name not in ("stsb", "stsb-1k", "amazon-snippets"):
         splits = replace(splits, train=splits.train[: cfg.train_size])
     return splits

@@ -39,7 +39,9 @@ class Grid:
         if len(set(self.values)) != len(self.values):
             raise RaftlmError(f"grid has duplicate values {list(self.values)}: list each value once")
         if len(set(self.strings)) != len(self.strings) or any(not s for s in self.strings):
-            raise RaftlmError(f"grid strings {list(self.strings)} must be distinct and non-empty: fix the --grid spec")
+            raise RaftlmError(
+                f"grid strings {list(self.strings)} must be distinct and non-empty: fix the --grid spec"
+            )
 
     @classmethod
     def from_values(cls, values, decimals: int | None = None) -> Grid:
@@ -82,7 +84,9 @@ class Grid:
         except ValueError as err:
             if isinstance(err, RaftlmError):
                 raise
-            raise RaftlmError(f"cannot parse grid spec {spec!r}: use e.g. 1-5, 0:5:0.1, 1,2,3 or 1=a,2=b") from None
+            raise RaftlmError(
+                f"cannot parse grid spec {spec!r}: use e.g. 1-5, 0:5:0.1, 1,2,3 or 1=a,2=b"
+            ) from None
         raise RaftlmError(f"cannot parse grid spec {spec!r}: use e.g. 1-5, 0:5:0.1, 1,2,3 or 1=a,2=b")
 
     @property

@@ -56,6 +56,8 @@ class CELoss(nn.Module):
         logits = out.logits[:, :-1].float()  # position t predicts token t+1: the last k tokens
         labels = batch.input_ids[:, -k:]
         keep = torch.arange(k, device=labels.device)[None, :] >= (k - answer_len.to(labels.device))[:, None]
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none"
+        )
         nll = (nll.view(labels.shape) * keep).sum(-1)
         return nll.mean()

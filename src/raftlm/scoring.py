@@ -80,14 +80,16 @@ def bind_answer(tokenizer, grid: Grid, probes: list[str], answer_prefix: str = "
     """Decide how the model emits ``answer_prefix + str(y)`` after prompts like ``probes``."""
     probes = [p for p in probes if p] or ["Answer:"]
     errors = []
-    for fold in ((True, False) if answer_prefix else (False,)):
+    for fold in (True, False) if answer_prefix else (False,):
         try:
             cands = tuple(answer_ids(tokenizer, probes, answer_prefix, fold, s) for s in grid.strings)
         except RaftlmError as err:
             errors.append(str(err))
             continue
         if len(set(cands)) != len(cands):
-            raise RaftlmError(f"grid strings {list(grid.strings)} map to identical token ids: use distinct strings")
+            raise RaftlmError(
+                f"grid strings {list(grid.strings)} map to identical token ids: use distinct strings"
+            )
         return AnswerFormat(answer_prefix, fold, cands)
     raise RaftlmError(errors[-1])
 
@@ -203,7 +205,9 @@ class GridLogProbs:
         return (picked * self.tail_mask.to(dev)).sum(-1)
 
 
-def naive_log_probs(model, tokenizer, fmt: AnswerFormat, texts: list[str], max_length: int = 4096) -> torch.Tensor:
+def naive_log_probs(
+    model, tokenizer, fmt: AnswerFormat, texts: list[str], max_length: int = 4096
+) -> torch.Tensor:
     """Reference: re-encode prompt+candidate for every (text, grid value) pair, one at a time."""
     rows = []
     for ids in encode_prompts(tokenizer, fmt, texts, max_length):

@@ -35,18 +35,28 @@ class ListDataset(torch.utils.data.Dataset):
         return self.items[i]
 
 
-def build_features(predictor: Predictor, examples: list[Example], method: str, ce_decimals: int | None) -> list[dict]:
+def build_features(
+    predictor: Predictor, examples: list[Example], method: str, ce_decimals: int | None
+) -> list[dict]:
     """Per example: prompt token ids, the grid-space target, and (ce) the answer's token ids."""
     texts = [e.text for e in examples]
     targets = predictor.scaler.to_grid([e.target for e in examples])
     prompts = predictor.encode(texts)
-    feats = [{"prompt_ids": p, "target": float(t), "answer_ids": []} for p, t in zip(prompts, targets)]
+    feats = [
+        {"prompt_ids": p, "target": float(t), "answer_ids": []} for p, t in zip(prompts, targets, strict=True)
+    ]
     if method == "ce":
         fmt, cache = predictor.fmt, {}
         for f in feats:
-            s = predictor.grid.nearest_string(f["target"]) if ce_decimals is None else f"{f['target']:.{ce_decimals}f}"
+            s = (
+                predictor.grid.nearest_string(f["target"])
+                if ce_decimals is None
+                else f"{f['target']:.{ce_decimals}f}"
+            )
             if s not in cache:
-                cache[s] = list(answer_ids(predictor.tokenizer, texts[:8], fmt.answer_prefix, fmt.fold_prefix, s))
+                cache[s] = list(
+                    answer_ids(predictor.tokenizer, texts[:8], fmt.answer_prefix, fmt.fold_prefix, s)
+                )
             f["answer_ids"] = cache[s]
     return feats
 
@@ -80,8 +90,17 @@ class MetricsLogger(TrainerCallback):
 class RegressionTrainer(Trainer):
     """Trainer with a raftlm loss, paper-style Adafactor, and RMSE validation through the predictor."""
 
-    def __init__(self, *args, loss_fn, predictor: Predictor, val_examples: list[Example], eval_decoder: str,
-                 optimizer_name: str, eval_batch_size: int, **kwargs):
+    def __init__(
+        self,
+        *args,
+        loss_fn,
+        predictor: Predictor,
+        val_examples: list[Example],
+        eval_decoder: str,
+        optimizer_name: str,
+        eval_batch_size: int,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.loss_fn, self.predictor, self.val_examples = loss_fn, predictor, val_examples
         self.eval_decoder, self.optimizer_name, self.eval_bs = eval_decoder, optimizer_name, eval_batch_size
@@ -96,14 +115,27 @@ class RegressionTrainer(Trainer):
         if self.optimizer is None and self.optimizer_name == "adafactor":
             params = [p for p in (model or self.model).parameters() if p.requires_grad]
             # appendix D: eps1 1e-30, eps2 1e-3, decay rate 0.8 (HF spells it -0.8), no relative step
-            self.optimizer = Adafactor(params, lr=self.args.learning_rate, eps=(1e-30, 1e-3), decay_rate=-0.8,
-                                       clip_threshold=1.0, scale_parameter=False, relative_step=False, warmup_init=False)
+            self.optimizer = Adafactor(
+                params,
+                lr=self.args.learning_rate,
+                eps=(1e-30, 1e-3),
+                decay_rate=-0.8,
+                clip_threshold=1.0,
+                scale_parameter=False,
+                relative_step=False,
+                warmup_init=False,
+            )
             return self.optimizer
         return super().create_optimizer(model)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
-        preds = self.predictor.predict([e.text for e in self.val_examples], self.eval_decoder, batch_size=self.eval_bs,
-                                       bf16=self.args.bf16, desc="validation")
+        preds = self.predictor.predict(
+            [e.text for e in self.val_examples],
+            self.eval_decoder,
+            batch_size=self.eval_bs,
+            bf16=self.args.bf16,
+            desc="validation",
+        )
         m = regression_metrics([e.target for e in self.val_examples], preds.values)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in m.items() if k != "n"}
         self.log(metrics)
@@ -113,7 +145,11 @@ class RegressionTrainer(Trainer):
 
 def training_arguments(cfg: Config, checkpoint_dir: Path, has_validation: bool) -> TrainingArguments:
     t = cfg.training
-    schedule = {"constant": "constant_with_warmup" if t.warmup_steps else "constant", "cosine": "cosine", "linear": "linear"}
+    schedule = {
+        "constant": "constant_with_warmup" if t.warmup_steps else "constant",
+        "cosine": "cosine",
+        "linear": "linear",
+    }
     eval_every = min(t.eval_steps, t.max_steps)
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
@@ -144,11 +180,21 @@ def training_arguments(cfg: Config, checkpoint_dir: Path, has_validation: bool) 
     )
 
 
-def fit(predictor: Predictor, train: list[Example], validation: list[Example], cfg: Config, run_dir: Path,
-        resume: bool = False) -> dict:
+def fit(
+    predictor: Predictor,
+    train: list[Example],
+    validation: list[Example],
+    cfg: Config,
+    run_dir: Path,
+    resume: bool = False,
+) -> dict:
     """Fine-tune ``predictor.model`` in place; returns a summary (best step, best validation RMSE)."""
     method = cfg.method.method
-    loss_fn = METHODS[method](predictor.scorer, torch.tensor(predictor.grid.values), predictor.normalize) if method == "raft" else METHODS[method]()
+    loss_fn = (
+        METHODS[method](predictor.scorer, torch.tensor(predictor.grid.values), predictor.normalize)
+        if method == "raft"
+        else METHODS[method]()
+    )
     feats = build_features(predictor, train, method, cfg.method.ce_decimals)
     ckpt_dir = run_dir / "checkpoints"
     decoder = cfg.eval.decoder if cfg.eval.decoder in GRID_DECODERS else "rail"
