@@ -201,3 +201,11 @@ def test_console_script_exit_code(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("raftlm train: error: unknown model 'nope'")
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted(__import__("pathlib").Path(__file__).parents[1].glob("recipes/*.yaml"))
+)
+def test_recipes_load(recipe):
+    cfg = Config.from_yaml(str(recipe))
+    assert cfg.method.method in METHODS and cfg.training.batch_size == 16

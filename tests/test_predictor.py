@@ -1,0 +1,42 @@
+import numpy as np
+
+from raftlm.decoders import median, mode, parse_float, rail
+from raftlm.grid import Grid, TargetScaler
+from raftlm.predictor import Predictor
+
+TEXTS = ["the movie was great. rating:", "bad. rating:", "input score: 12.34. output score:"]
+
+
+def make(tiny, scaler=None):
+    model, tok = tiny
+    grid = Grid.parse("1-5")
+    return Predictor.create(model, tok, grid, scaler or TargetScaler.identity(grid), TEXTS)
+
+
+def test_grid_decoders_apply_the_pure_rules_to_the_model_probabilities(tiny):
+    p = make(tiny)
+    probs = np.exp(p.grid_log_probs(TEXTS))
+    np.testing.assert_allclose(p.predict(TEXTS, "rail").values, rail(p.grid.array, probs))
+    np.testing.assert_allclose(p.predict(TEXTS, "mode").values, mode(p.grid.array, probs))
+    np.testing.assert_allclose(p.predict(TEXTS, "median").values, median(p.grid.array, probs))
+    assert p.predict(TEXTS, "rail").entropy.shape == (3,)
+
+
+def test_predictions_are_mapped_back_through_the_scaler(tiny):
+    scaled = make(tiny, TargetScaler(-4.0, 4.0, 1.0, 5.0))
+    plain = make(tiny)
+    # the model predicts on the grid 1..5; data units are [-4, 4]: g -> -4 + (g - 1) * 2
+    np.testing.assert_allclose(
+        scaled.predict(TEXTS, "mode").values, -4 + (plain.predict(TEXTS, "mode").values - 1) * 2
+    )
+
+
+def test_greedy_is_the_parsed_decode_and_sampling_averages_k_draws(tiny):
+    p = make(tiny)
+    decoded = p.generate(TEXTS, max_new_tokens=4)
+    greedy = p.predict(TEXTS, "greedy", max_new_tokens=4)
+    np.testing.assert_allclose(greedy.values, [parse_float(d[0]) for d in decoded])
+    samples = p.generate(TEXTS, num_return_sequences=4, do_sample=True, max_new_tokens=4, seed=3)
+    assert [len(s) for s in samples] == [4, 4, 4]
+    sampled = p.predict(TEXTS, "sample-rail", num_samples=4, max_new_tokens=4, seed=3)
+    np.testing.assert_allclose(sampled.values, [np.mean([parse_float(s) for s in row]) for row in samples])

@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers.optimization import Adafactor
+
+from raftlm.config import Config
+from raftlm.models import tiny_random_llama
+from raftlm.pipeline import train_run
+
+W = "model.layers.1.mlp.down_proj.weight"
+
+
+def cfg_for(data, out, **training):
+    t = {"output_dir": str(out), "max_steps": 2, "batch_size": 8, "lr": 1e-2, "eval_steps": 2, **training}
+    model = {"name": "tiny-random-llama", "trainable": t.pop("trainable", "full")}
+    method = {
+        "method": t.pop("method", "raft"),
+        "grid": t.pop("grid", None),
+        "ce_decimals": t.pop("ce_decimals", None),
+    }
+    return Config.build({"model": model, "data": {"dataset": f"csv:{data}"}, "method": method, "training": t})
+
+
+def weights(run):
+    return load_file(run / "model.safetensors")
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path, toy_csv):
+    big = train_run(cfg_for(toy_csv, tmp_path / "big", batch_size=8, grad_accum=1))
+    acc = train_run(cfg_for(toy_csv, tmp_path / "acc", batch_size=4, grad_accum=2))
+    a, b = weights(big), weights(acc)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(a[W], tiny_random_llama(0)[0].state_dict()[W])
+
+
+def test_top_n_freezes_embeddings_and_lower_blocks(tmp_path, toy_csv):
+    run = train_run(cfg_for(toy_csv, tmp_path / "top", trainable="top-1"))
+    before, after = tiny_random_llama(0)[0].state_dict(), weights(run)
+    torch.testing.assert_close(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+    torch.testing.assert_close(
+        after["model.layers.0.mlp.down_proj.weight"], before["model.layers.0.mlp.down_proj.weight"]
+    )
+    assert not torch.allclose(after[W], before[W])
+
+
+def test_lora_run_saves_a_merged_plain_model(tmp_path, toy_csv):
+    run = train_run(cfg_for(toy_csv, tmp_path / "lora", trainable="lora", lr=5e-2))
+    after = weights(run)
+    assert not any("lora" in k for k in after)
+    assert not torch.allclose(after[W], tiny_random_llama(0)[0].state_dict()[W])
+
+
+@pytest.mark.parametrize(
+    "method, extra",
+    [("ce", {}), ("ce", {"grid": "0:5:0.5", "ce_decimals": 1}), ("raft", {"grid": "0:5:0.5"})],
+)
+def test_methods_and_multi_token_grids_train(tmp_path, toy_csv, method, extra):
+    run = train_run(cfg_for(toy_csv, tmp_path / "r", method=method, **extra))
+    res = json.loads((run / "eval_results.json").read_text())
+    assert res["train"]["global_step"] == 2 and np.isfinite(res["train"]["train_loss"])
+    assert json.loads((run / "raftlm.json").read_text())["method"] == method
+
+
+def test_paper_adafactor_settings_are_used(tmp_path, toy_csv, monkeypatch):
+    seen = {}
+    original = Adafactor.__init__
+
+    def spy(self, params, **kw):
+        seen.update(kw)
+        original(self, params, **kw)
+
+    monkeypatch.setattr(Adafactor, "__init__", spy)
+    train_run(cfg_for(toy_csv, tmp_path / "ada"))
+    assert seen["eps"] == (1e-30, 1e-3) and seen["decay_rate"] == -0.8
+    assert seen["relative_step"] is False and seen["scale_parameter"] is False
+
+
+def test_adamw_cosine_with_warmup_runs(tmp_path, toy_csv):
+    run = train_run(
+        cfg_for(
+            toy_csv,
+            tmp_path / "adamw",
+            optimizer="adamw",
+            scheduler="cosine",
+            warmup_steps=1,
+            max_steps=3,
+            logging_steps=1,
+        )
+    )
+    lrs = [
+        r["learning_rate"]
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if "learning_rate" in r
+    ]
+    # logged per step: 1 warmup step from 0 to the peak 1e-2, then cosine over the 2 remaining steps
+    np.testing.assert_allclose(lrs, [0.0, 1e-2, 5e-3], atol=1e-9)
