@@ -25,10 +25,10 @@ demo: $(STAMP)  ## zero-shot vs RAFT on Amazon review snippets with Gemma 3 270M
 	$(BIN)/raftlm demo --overwrite
 
 test: $(STAMP)  ## fast tests (tiny random models; ~minutes)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)  ## real-model tests (Gemma 3 270M)
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)  ## benchmarks (write benchmarks/results/)
 	$(BIN)/python benchmarks/stsb1k.py --data-dir ../shared/data/stsb

@@ -40,3 +40,13 @@ def test_greedy_is_the_parsed_decode_and_sampling_averages_k_draws(tiny):
     assert [len(s) for s in samples] == [4, 4, 4]
     sampled = p.predict(TEXTS, "sample-rail", num_samples=4, max_new_tokens=4, seed=3)
     np.testing.assert_allclose(sampled.values, [np.mean([parse_float(s) for s in row]) for row in samples])
+
+
+def test_max_length_is_capped_at_the_model_context(tiny):
+    model, tok = tiny
+    grid = Grid.parse("1-5")
+    import pytest
+
+    with pytest.warns(UserWarning, match="exceeds the model's context"):
+        p = Predictor.create(model, tok, grid, TargetScaler.identity(grid), TEXTS, max_length=100_000)
+    assert p.max_length == model.config.max_position_embeddings == 1024

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,13 @@ class Predictor:
         method: str = "none",
     ) -> Predictor:
         fmt = bind_answer(tokenizer, grid, probes[:8], answer_prefix)
+        context = getattr(model.config, "max_position_embeddings", None)
+        if context and max_length > context:
+            warnings.warn(
+                f"max_length={max_length} exceeds the model's context ({context}); using {context}",
+                stacklevel=2,
+            )
+            max_length = context
         return cls(model, tokenizer, grid, fmt, scaler, template, normalize, max_length, method)
 
     # --- batching -------------------------------------------------------------------------------
