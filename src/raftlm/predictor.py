@@ -46,13 +46,17 @@ class Predictor:
         model,
         tokenizer,
         grid: Grid,
-        fmt: AnswerFormat,
+        fmt: AnswerFormat | None,
         scaler: TargetScaler,
         template: str,
         normalize: bool = False,
         max_length: int = 512,
         method: str = "none",
+        head=None,
+        bidirectional: bool = False,
+        extra: dict | None = None,
     ):
+        self.head, self.bidirectional, self.extra = head, bidirectional, dict(extra or {})
         self.model, self.tokenizer, self.grid, self.fmt = model, tokenizer, grid, fmt
         self.scaler, self.template, self.normalize, self.max_length, self.method = (
             scaler,
@@ -62,7 +66,7 @@ class Predictor:
             method,
         )
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.scorer = GridLogProbs(fmt, self.pad_id)
+        self.scorer = GridLogProbs(fmt, self.pad_id) if fmt is not None else None
 
     @classmethod
     def create(
@@ -77,8 +81,11 @@ class Predictor:
         normalize: bool = False,
         max_length: int = 512,
         method: str = "none",
+        bind: bool = True,
+        bidirectional: bool = False,
     ) -> Predictor:
-        fmt = bind_answer(tokenizer, grid, probes[:8], answer_prefix)
+        """``bind=False`` for encoders, which never emit an answer (no answer format)."""
+        fmt = bind_answer(tokenizer, grid, probes[:8], answer_prefix) if bind else None
         context = getattr(model.config, "max_position_embeddings", None)
         if context and max_length > context:
             warnings.warn(
@@ -86,7 +93,18 @@ class Predictor:
                 stacklevel=2,
             )
             max_length = context
-        return cls(model, tokenizer, grid, fmt, scaler, template, normalize, max_length, method)
+        return cls(
+            model,
+            tokenizer,
+            grid,
+            fmt,
+            scaler,
+            template,
+            normalize,
+            max_length,
+            method,
+            bidirectional=bidirectional,
+        )
 
     # --- batching -------------------------------------------------------------------------------
 
@@ -99,14 +117,19 @@ class Predictor:
         order = np.argsort([len(s) for s in ids], kind="stable")
         chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         for chunk in tqdm(chunks, desc=desc, disable=desc is None, leave=False):
-            yield chunk, left_pad([ids[i] for i in chunk], self.pad_id)
+            yield chunk, left_pad([ids[i] for i in chunk], self.pad_id, self.bidirectional)
 
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def _to(self, batch: PromptBatch) -> PromptBatch:
         dev = self._device()
-        return PromptBatch(batch.input_ids.to(dev), batch.attention_mask.to(dev), batch.position_ids.to(dev))
+        return PromptBatch(
+            batch.input_ids.to(dev),
+            batch.attention_mask.to(dev),
+            batch.position_ids.to(dev),
+            batch.bidirectional,
+        )
 
     # --- grid scoring -----------------------------------------------------------------------------
 
@@ -122,6 +145,22 @@ class Predictor:
             for chunk, batch in self._batches(texts, batch_size, desc):
                 with autocast(bf16):
                     out[chunk] = self.scorer(self.model, self._to(batch)).double().cpu().numpy()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    @torch.inference_mode()
+    def head_values(
+        self, texts: list[str], batch_size: int = 16, bf16: bool = False, desc: str | None = None
+    ) -> np.ndarray:
+        """Predictive-head outputs (grid units), no decoding."""
+        was_training = self.model.training
+        self.model.eval()
+        out = np.zeros(len(texts), dtype=np.float64)
+        try:
+            for chunk, batch in self._batches(texts, batch_size, desc):
+                with autocast(bf16):
+                    out[chunk] = self.head(self.model, self._to(batch)).double().cpu().numpy()
         finally:
             self.model.train(was_training)
         return out
@@ -184,7 +223,18 @@ class Predictor:
         seed: int = 0,
         desc: str | None = None,
     ) -> Predictions:
-        """Point predictions in data units with any decoder of ``decoders.DECODERS``."""
+        """Point predictions in data units with any decoder of ``decoders.DECODERS`` (a head model
+        always predicts with its head)."""
+        if self.head is not None:
+            return Predictions(self.scaler.to_data(self.head_values(texts, batch_size, bf16, desc)))
+        if self.fmt is None:
+            raise RaftlmError(
+                "this encoder model has no head to predict with: train it with an encoder-* method"
+            )
+        if self.bidirectional and decoder in decoders.TEXT_DECODERS:
+            raise RaftlmError(
+                "decoding text needs causal attention: use --decoder rail with --attention bidirectional"
+            )
         if decoder in decoders.GRID_DECODERS:
             logp = self.grid_log_probs(texts, batch_size, bf16, desc)
             probs = np.exp(logp)
@@ -210,11 +260,20 @@ class Predictor:
             seed,
             desc,
         )
-        parsed = [[decoders.parse_float(s, np.nan) for s in row] for row in texts_out]
+        parsed = [[self._parse(s) for s in row] for row in texts_out]
         n_unparsed = int(sum(np.isnan(v) for row in parsed for v in row))
         # eq. 1: a non-numeric decode counts as 0.0 (in the model's output units, then mapped back)
         g = np.array([np.mean(np.nan_to_num(row, nan=0.0)) for row in parsed])
         return Predictions(self.scaler.to_data(g), n_unparsed=n_unparsed)
+
+    def _parse(self, text: str) -> float:
+        """A decoded answer as a number: a non-numeric grid string ('b', 'March', '<3.5>') maps to its
+        value; otherwise eq. 1's float parsing (NaN when nothing numeric, counted as 0.0)."""
+        head = text.strip()
+        for s, v in zip(self.grid.strings, self.grid.values, strict=True):
+            if head.startswith(s) and np.isnan(decoders.parse_float(s, np.nan)):
+                return v
+        return decoders.parse_float(text, np.nan)
 
     # --- persistence ------------------------------------------------------------------------------
 
@@ -226,21 +285,39 @@ class Predictor:
             "scaler": self.scaler.to_dict(),
             "template": self.template,
             "answer_prefix": self.fmt.answer_prefix,
-            "fold_prefix": self.fmt.fold_prefix,
-            "candidates": [list(c) for c in self.fmt.candidates],
+            "fold_prefix": None if self.fmt is None else self.fmt.fold_prefix,
+            "candidates": None if self.fmt is None else [list(c) for c in self.fmt.candidates],
             "normalize_grid": self.normalize,
             "max_length": self.max_length,
+            "bidirectional": self.bidirectional,
+            "head": None
+            if self.head is None
+            else {"class": type(self.head).__name__, "kwargs": self.head.config()},
+            "encoder": self.fmt is None,
+            **self.extra,
         }
 
     def save(self, directory: str | Path) -> Path:
         """Write an ordinary causal LM (safetensors), its tokenizer and ``raftlm.json`` into ``directory``."""
+        from safetensors.torch import save_file
+
         from raftlm.io import write_json
-        from raftlm.models import unwrap_for_saving
+        from raftlm.models import attach_head, detach_head, unwrap_for_saving
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        model = unwrap_for_saving(self.model)
-        model.save_pretrained(directory, safe_serialization=True)
+        self.model = unwrap_for_saving(self.model)
+        head = detach_head(self.model)  # the backbone is saved as a plain model; the head beside it
+        try:
+            self.model.save_pretrained(directory, safe_serialization=True)
+        finally:
+            if head is not None:
+                attach_head(self.model, head)
+        if self.head is not None:
+            save_file(
+                {k: v.contiguous() for k, v in self.head.state_dict().items()},
+                str(directory / "head.safetensors"),
+            )
         self.tokenizer.save_pretrained(directory)
         write_json(directory / "raftlm.json", self.metadata())
         return directory
@@ -256,10 +333,39 @@ class Predictor:
                 f"{directory} is not a raftlm model (no raftlm.json): pass a run directory from `raftlm train`"
             )
         meta = json.loads(meta_path.read_text())
-        model, tok = load_model(str(directory))
-        fmt = AnswerFormat(
-            meta["answer_prefix"], meta["fold_prefix"], tuple(tuple(c) for c in meta["candidates"])
-        )
+        encoder = meta.get("encoder", False)
+        model, tok = load_model(str(directory), encoder=encoder)
+        fmt = None
+        if not encoder:
+            fmt = AnswerFormat(
+                meta["answer_prefix"], meta["fold_prefix"], tuple(tuple(c) for c in meta["candidates"])
+            )
+        head = None
+        if meta.get("head"):
+            from safetensors.torch import load_file
+
+            from raftlm.heads import HEAD_CLASSES
+            from raftlm.models import attach_head
+
+            head = HEAD_CLASSES[meta["head"]["class"]](**meta["head"]["kwargs"])
+            head.load_state_dict(load_file(str(directory / "head.safetensors")))
+            attach_head(model, head)
+            model.eval()
+        known = {
+            "format_version",
+            "method",
+            "grid",
+            "scaler",
+            "template",
+            "answer_prefix",
+            "fold_prefix",
+            "candidates",
+            "normalize_grid",
+            "max_length",
+            "bidirectional",
+            "head",
+            "encoder",
+        }
         return cls(
             model,
             tok,
@@ -270,4 +376,7 @@ class Predictor:
             meta["normalize_grid"],
             meta["max_length"],
             meta.get("method", "none"),
+            head,
+            meta.get("bidirectional", False),
+            {k: v for k, v in meta.items() if k not in known},
         )

@@ -99,16 +99,39 @@ class PromptBatch:
     input_ids: torch.Tensor  # (B, T), left-padded
     attention_mask: torch.Tensor  # (B, T)
     position_ids: torch.Tensor  # (B, T)
+    bidirectional: bool = False  # let every prompt token attend to every other (figure 3 ablation)
+
+    def model_mask(self) -> torch.Tensor:
+        """The mask to hand the model: 2D padding mask (causal), or a 4D boolean mask in which each
+        token sees every non-pad token of its row (transformers uses a 4D mask as given)."""
+        if not self.bidirectional:
+            return self.attention_mask
+        b, t = self.attention_mask.shape
+        return self.attention_mask.bool()[:, None, None, :].expand(b, 1, t, t)
 
 
-def encode_prompts(tokenizer, fmt: AnswerFormat, texts: list[str], max_length: int) -> list[list[int]]:
+def _leading_special(tokenizer) -> int:
+    ids = tokenizer("x", add_special_tokens=True)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    n = 0
+    while n < len(ids) and ids[n] in special:
+        n += 1
+    return n
+
+
+def encode_prompts(tokenizer, fmt: AnswerFormat | None, texts: list[str], max_length: int) -> list[list[int]]:
     """Token ids of each prompt (special tokens included). Over-long prompts lose tokens on the left,
-    after the leading special tokens, so the answer cue at the end survives; a warning says so."""
-    keep = max_length - fmt.max_len
-    n_special = len(tokenizer("x", add_special_tokens=True)["input_ids"]) - len(_encode(tokenizer, "x"))
+    after the leading special tokens, so the answer cue at the end survives; a warning says so.
+    ``fmt=None`` (encoders) encodes the bare text."""
+    keep = max_length - (fmt.max_len if fmt is not None else 0)
+    n_special = _leading_special(tokenizer)
     out, cut = [], 0
     for text in texts:
-        ids = list(tokenizer(fmt.prompt_text(text), add_special_tokens=True)["input_ids"])
+        ids = list(
+            tokenizer(fmt.prompt_text(text) if fmt is not None else text, add_special_tokens=True)[
+                "input_ids"
+            ]
+        )
         if len(ids) > keep:
             ids = ids[:n_special] + ids[len(ids) - (keep - n_special) :]
             cut += 1
@@ -122,7 +145,7 @@ def encode_prompts(tokenizer, fmt: AnswerFormat, texts: list[str], max_length: i
     return out
 
 
-def left_pad(seqs: list[list[int]], pad_id: int) -> PromptBatch:
+def left_pad(seqs: list[list[int]], pad_id: int, bidirectional: bool = False) -> PromptBatch:
     """Left-pad to a batch; position ids count real tokens only, so padding cannot shift results."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -131,7 +154,7 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> PromptBatch:
         ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
         mask[i, width - len(s) :] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    return PromptBatch(ids, mask, pos)
+    return PromptBatch(ids, mask, pos, bidirectional)
 
 
 class GridLogProbs:
@@ -164,7 +187,7 @@ class GridLogProbs:
         multi = bool(self.paths)
         out = model(
             input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
+            attention_mask=batch.model_mask(),
             position_ids=batch.position_ids,
             use_cache=multi,
             logits_to_keep=1,

@@ -61,15 +61,16 @@ def build_features(
     return feats
 
 
-def make_collator(pad_id: int):
+def make_collator(pad_id: int, bidirectional: bool = False):
     def collate(features: list[dict]) -> dict:
-        batch = left_pad([f["prompt_ids"] + f["answer_ids"] for f in features], pad_id)
+        batch = left_pad([f["prompt_ids"] + f["answer_ids"] for f in features], pad_id, bidirectional)
         return {
             "input_ids": batch.input_ids,
             "attention_mask": batch.attention_mask,
             "position_ids": batch.position_ids,
             "targets": torch.tensor([f["target"] for f in features], dtype=torch.float32),
             "answer_len": torch.tensor([len(f["answer_ids"]) for f in features], dtype=torch.long),
+            "bidirectional": bidirectional,
         }
 
     return collate
@@ -107,7 +108,12 @@ class RegressionTrainer(Trainer):
         self.loss_is_scaled_for_ga = False  # our losses are per-batch means
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        batch = PromptBatch(inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"])
+        batch = PromptBatch(
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs["position_ids"],
+            inputs.get("bidirectional", False),
+        )
         loss = self.loss_fn(model, batch, targets=inputs["targets"], answer_len=inputs["answer_len"])
         return (loss, None) if return_outputs else loss
 
@@ -190,11 +196,7 @@ def fit(
 ) -> dict:
     """Fine-tune ``predictor.model`` in place; returns a summary (best step, best validation RMSE)."""
     method = cfg.method.method
-    loss_fn = (
-        METHODS[method](predictor.scorer, torch.tensor(predictor.grid.values), predictor.normalize)
-        if method == "raft"
-        else METHODS[method]()
-    )
+    loss_fn = METHODS[method].loss(predictor)
     feats = build_features(predictor, train, method, cfg.method.ce_decimals)
     ckpt_dir = run_dir / "checkpoints"
     decoder = cfg.eval.decoder if cfg.eval.decoder in GRID_DECODERS else "rail"
@@ -206,7 +208,7 @@ def fit(
         args=training_arguments(cfg, ckpt_dir, bool(validation)),
         train_dataset=ListDataset(feats),
         eval_dataset=ListDataset(validation) if validation else None,  # evaluate() reads val_examples
-        data_collator=make_collator(predictor.pad_id),
+        data_collator=make_collator(predictor.pad_id, predictor.bidirectional),
         callbacks=callbacks,
         loss_fn=loss_fn,
         predictor=predictor,

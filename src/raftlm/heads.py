@@ -1,0 +1,173 @@
+"""Predictive heads (paper section 2.5, table 2, eq. 11-12): a small module on top of the backbone,
+trained with the squared error, predicting without any decoding.
+
+Every head has the same call: ``head(model, batch) -> (B,)`` predictions in grid units, and
+``head.config()`` returns the keyword arguments that rebuild it (saved in ``raftlm.json``).
+The head is registered on the backbone as the submodule ``raftlm_head`` while training, so Trainer's
+checkpoints and optimizer include it; it is saved separately as ``head.safetensors``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from raftlm.scoring import PromptBatch
+
+
+def _last_logits(model, batch: PromptBatch) -> torch.Tensor:
+    """f_out(x)[:, L]: the LM head applied at the final position only (left padding puts it last)."""
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.model_mask(),
+        position_ids=batch.position_ids,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1].float()
+
+
+def _last_hidden(model, batch: PromptBatch) -> torch.Tensor:
+    """e_out(x): final hidden states (after the final norm), without materializing vocabulary logits."""
+    kwargs = {
+        "input_ids": batch.input_ids,
+        "attention_mask": batch.model_mask(),
+        "position_ids": batch.position_ids,
+    }
+    if model.get_output_embeddings() is not None:  # a causal LM (an encoder AutoModel has none)
+        return model(**kwargs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1].float()
+    return model(**kwargs).last_hidden_state.float()
+
+
+class SpecialTokenHead(nn.Module):
+    """b + f_out(x)[v*, L] (Fernandes et al. 2023): the final-position logit of one token v*.
+
+    Example: logit 2.5 for v*, b = 1.0 -> 3.5.
+    """
+
+    def __init__(self, token_id: int, bias: float = 0.0):
+        super().__init__()
+        self.token_id = token_id
+        self.bias = nn.Parameter(torch.tensor(float(bias)))
+
+    def forward(self, model, batch: PromptBatch) -> torch.Tensor:
+        return self.bias + _last_logits(model, batch)[:, self.token_id]
+
+    def config(self) -> dict:
+        return {"token_id": self.token_id}
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Mean / min / max over non-pad positions, or the first real token ('cls') of each row."""
+    m = mask.bool()[..., None]
+    if how == "mean":
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    if how == "min":
+        return hidden.masked_fill(~m, float("inf")).amin(1)
+    if how == "max":
+        return hidden.masked_fill(~m, float("-inf")).amax(1)
+    if how == "cls":
+        first = mask.long().argmax(1)  # first non-pad position (left padding)
+        return hidden[torch.arange(hidden.shape[0]), first]
+    raise ValueError(f"unknown pooling {how!r}")
+
+
+class PooledHead(nn.Module):
+    """b + w^T pool(e_out(x)) (Zhuang et al. 2023; table 4 mean/min/max). Also the encoder heads
+    of appendix E.4 (``cls`` or ``mean`` pooling of an encoder's output)."""
+
+    def __init__(self, hidden_size: int, pooling: str = "mean", bias: float = 0.0):
+        super().__init__()
+        if pooling not in ("mean", "min", "max", "cls"):
+            raise ValueError(f"pooling={pooling!r}: use mean, min, max or cls")
+        self.pooling = pooling
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.constant_(self.linear.bias, bias)
+
+    def forward(self, model, batch: PromptBatch) -> torch.Tensor:
+        return self.linear(pool(_last_hidden(model, batch), batch.attention_mask, self.pooling)).squeeze(-1)
+
+    def config(self) -> dict:
+        return {"hidden_size": self.linear.in_features, "pooling": self.pooling}
+
+
+class MLPLogitsHead(nn.Module):
+    """Eq. 11: b + MLP(f_out(x)[:, L]), a 2-layer MLP with sigmoid over the whole final-position logits."""
+
+    def __init__(self, vocab_size: int, hidden: int = 64, bias: float = 0.0):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(vocab_size, hidden), nn.Sigmoid(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.constant_(self.mlp[2].bias, bias)
+
+    def forward(self, model, batch: PromptBatch) -> torch.Tensor:
+        return self.mlp(_last_logits(model, batch)).squeeze(-1)
+
+    def config(self) -> dict:
+        return {"vocab_size": self.mlp[0].in_features, "hidden": self.mlp[0].out_features}
+
+
+class ProbProjectionHead(nn.Module):
+    """b + w^T p_out(x)[:, L] (table 2): a linear map of the final-position probability vector."""
+
+    def __init__(self, vocab_size: int, bias: float = 0.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(vocab_size))
+        self.bias = nn.Parameter(torch.tensor(float(bias)))
+
+    def forward(self, model, batch: PromptBatch) -> torch.Tensor:
+        return self.bias + torch.softmax(_last_logits(model, batch), -1) @ self.weight
+
+    def config(self) -> dict:
+        return {"vocab_size": self.weight.numel()}
+
+
+class LearnableRAFTHead(nn.Module):
+    """Eq. 12: sum_y w_y p_out(x)[str(y), L] with learnable w, over all tokens or the grid tokens.
+
+    Initialized at the RAFT solution w_y = float(y) (0 for other tokens): at step 0 it equals RAIL
+    (the paper found random initialization does not train). ``init="random"`` is there to show it.
+    """
+
+    def __init__(
+        self,
+        grid_token_ids: list[int],
+        grid_values: list[float],
+        vocab_size: int,
+        scope: str = "grid",
+        init: str = "raft",
+    ):
+        super().__init__()
+        if scope not in ("grid", "all"):
+            raise ValueError(f"scope={scope!r}: use grid or all")
+        self.scope, self.vocab_size, self.init, self.grid_values = scope, vocab_size, init, list(grid_values)
+        self.register_buffer("grid_ids", torch.tensor(grid_token_ids), persistent=False)
+        values = torch.tensor(grid_values, dtype=torch.float32)
+        w = torch.zeros(vocab_size) if scope == "all" else torch.zeros(len(grid_values))
+        if init == "raft":
+            if scope == "all":
+                w[self.grid_ids] = values
+            else:
+                w = values.clone()
+        else:
+            w = torch.randn_like(w) * float(values.abs().max())
+        self.weight = nn.Parameter(w)
+
+    def forward(self, model, batch: PromptBatch) -> torch.Tensor:
+        probs = torch.softmax(_last_logits(model, batch), -1)
+        return probs @ self.weight if self.scope == "all" else probs[:, self.grid_ids] @ self.weight
+
+    def config(self) -> dict:
+        return {
+            "grid_token_ids": self.grid_ids.tolist(),
+            "grid_values": self.grid_values,
+            "vocab_size": self.vocab_size,
+            "scope": self.scope,
+            "init": self.init,
+        }
+
+
+HEAD_CLASSES = {
+    c.__name__: c
+    for c in (SpecialTokenHead, PooledHead, MLPLogitsHead, ProbProjectionHead, LearnableRAFTHead)
+}
