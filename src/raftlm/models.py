@@ -164,6 +164,24 @@ def _minilm() -> str:
 ENCODERS = {"minilm-l6": _minilm}
 
 
+def tiny_random_bert(seed: int = 0):
+    """A 2-layer, 32-dim BERT encoder with the tiny BPE tokenizer: for encoder-head tests."""
+    from transformers import BertConfig, BertModel
+
+    tok = tiny_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return BertModel(config).eval(), tok
+
+
 def model_path(name: str) -> str:
     """Where ``from_pretrained`` should look for a model name (may convert a packaged GGUF once)."""
     if name in GGUF_MODELS:
@@ -180,7 +198,7 @@ def model_path(name: str) -> str:
         raise RaftlmError(f"model path {name} does not exist: check --model")
     if name.count("/") != 1:
         raise RaftlmError(
-            f"unknown model {name!r}: use one of {sorted([*GGUF_MODELS, *ENCODERS, 'tiny-random-llama'])}, a local directory or a hub id"
+            f"unknown model {name!r}: use one of {sorted([*GGUF_MODELS, *ENCODERS, 'tiny-random-llama', 'tiny-random-bert'])}, a local directory or a hub id"
         )
     return name  # a hub id
 
@@ -199,6 +217,10 @@ def load_model(
                 "tiny-random-llama is a causal LM: encoder methods need an encoder such as minilm-l6"
             )
         return tiny_random_llama(seed=seed, dropout=dropout)
+    if name == "tiny-random-bert":
+        if not encoder:
+            raise RaftlmError("tiny-random-bert is an encoder: use it with encoder-cls or encoder-mean")
+        return tiny_random_bert(seed=seed)
     path = model_path(name)
     auto = AutoModel if encoder else AutoModelForCausalLM
     try:

@@ -183,9 +183,7 @@ def train_run(cfg: Config, overwrite: bool = False, resume: bool = False) -> Pat
             )
         cfg = resumed
     predictor = new_predictor(cfg, splits)
-    predictor.model = set_trainable(
-        predictor.model, cfg.model.trainable, cfg.model.lora_r, cfg.model.lora_alpha
-    )
+    make_trainable(predictor, cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", cfg.to_yaml())
     validation = _eval_subset(splits.validation, cfg)

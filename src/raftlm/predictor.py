@@ -284,7 +284,7 @@ class Predictor:
             "grid": self.grid.to_dict(),
             "scaler": self.scaler.to_dict(),
             "template": self.template,
-            "answer_prefix": self.fmt.answer_prefix,
+            "answer_prefix": None if self.fmt is None else self.fmt.answer_prefix,
             "fold_prefix": None if self.fmt is None else self.fmt.fold_prefix,
             "candidates": None if self.fmt is None else [list(c) for c in self.fmt.candidates],
             "normalize_grid": self.normalize,
