@@ -1,6 +1,7 @@
 """Gemma 3 270M on STS-B-1K (test = official dev split, 1,500 pairs), one seed.
 
-Rows: zero-shot greedy, zero-shot RAIL, CE + greedy, CE + RAIL, RAFT + RAIL (the paper's table 8 shape).
+Rows: zero-shot greedy, zero-shot RAIL, CE + greedy, CE + RAIL, RAFT + RAIL (the paper's table 8 shape),
+then the predictive heads, learnable-RAFT, MBR and a MiniLM encoder head (tables 4 and 5).
 Resumable: finished rows are kept in benchmarks/results/stsb1k.json and skipped on rerun.
 
     python benchmarks/stsb1k.py --data-dir ../shared/data/stsb        # ~1 hour on 2 CPU cores
@@ -38,36 +39,44 @@ MODEL = {"name": "gemma-3-270m", "trainable": "top-6", "dropout": 0.1}
 EVAL = {"batch_size": 16, "bf16": True, "max_new_tokens": 4}
 VAL_SIZE = 300  # validation examples used for best-checkpoint selection
 
-ROWS = [  # (method, decoder): method "none" is zero-shot
-    ("none", "greedy"),
-    ("none", "rail"),
-    ("ce", "greedy"),
-    ("ce", "rail"),
-    ("raft", "rail"),
+# Each row: method, decoder, and settings on top of the shared ones. Heads predict without decoding.
+ROWS = [
+    {"method": "none", "decoder": "greedy"},
+    {"method": "none", "decoder": "rail"},
+    {"method": "ce", "decoder": "greedy"},
+    {"method": "ce", "decoder": "rail"},
+    {"method": "raft", "decoder": "rail"},
+    # issue 3: the shape of the paper's tables 4 and 5, same data, steps and trainable blocks as RAFT
+    {"method": "head-special-token", "decoder": "head"},
+    {"method": "head-pooled", "decoder": "head", "label": "head-pooled (mean)"},
+    {"method": "head-mlp-logits", "decoder": "head"},
+    {"method": "learnable-raft", "decoder": "head", "label": "learnable-raft (digits)"},
+    {"method": "mbr", "decoder": "rail"},
+    {"method": "encoder-cls", "decoder": "head", "model": "minilm-l6", "trainable": "full"},
 ]
 
 
-def config(method: str, decoder: str, data_dir: str) -> Config:
-    return Config.build(
-        {
-            "model": MODEL,
-            "data": {"dataset": "stsb-1k", "data_dir": data_dir, "eval_size": VAL_SIZE, "max_length": 256},
-            "method": {"method": method},
-            "training": {**TRAIN, "output_dir": str(WORK / method)},
-            "eval": {**EVAL, "decoder": decoder},
-        }
-    )
+def row_label(spec: dict) -> str:
+    return spec.get("label", spec["method"] if spec["method"] != "none" else "zero-shot")
 
 
-def run_row(method: str, decoder: str, data_dir: str) -> dict:
-    cfg = config(method, decoder, data_dir)
+def config(spec: dict, data_dir: str) -> Config:
+    model = {**MODEL, **{k: spec[k] for k in ("trainable",) if k in spec}, "name": spec.get("model", MODEL["name"])}
+    method = spec["method"]
+    return Config.build({
+        "model": model,
+        "data": {"dataset": "stsb-1k", "data_dir": data_dir, "eval_size": VAL_SIZE, "max_length": 256},
+        "method": {"method": method},
+        "training": {**TRAIN, "output_dir": str(WORK / row_label(spec).replace(" ", "_"))},
+        "eval": {**EVAL, "decoder": spec["decoder"] if spec["decoder"] != "head" else "rail"},
+    })
+
+
+def run_row(spec: dict, data_dir: str) -> dict:
+    cfg = config(spec, data_dir)
+    method = spec["method"]
     splits = load_splits(cfg.data)
-    row = {
-        "method": method if method != "none" else "zero-shot",
-        "decoder": decoder,
-        "model": MODEL["name"],
-        "seed": TRAIN["seed"],
-    }
+    row = {"method": row_label(spec), "decoder": spec["decoder"], "model": cfg.model.name, "seed": TRAIN["seed"]}
     train_info = {}
     if method != "none":
         run = Path(cfg.training.output_dir)
@@ -78,24 +87,15 @@ def run_row(method: str, decoder: str, data_dir: str) -> dict:
     assert method == "none" or is_run_dir(cfg.model.name)
     predictor = load_for_eval(cfg, splits)
     start = time.time()
-    metrics, _ = evaluate_predictor(predictor, splits.test, cfg, desc=f"{row['method']}+{decoder}")
+    metrics, _ = evaluate_predictor(predictor, splits.test, cfg, desc=f"{row['method']}+{spec['decoder']}")
     row.update({k: metrics[k] for k in ("rmse", "mae", "pearson", "spearman", "r2", "n")})
     row["eval_seconds"] = round(time.time() - start, 1)
     if train_info:
-        row.update(
-            best_step=train_info["best_step"],
-            best_validation_rmse=train_info["best_validation_rmse"],
-            train_runtime_s=train_info["train_runtime_s"],
-        )
-    row["settings"] = {
-        "model": MODEL,
-        "training": TRAIN if method != "none" else None,
-        "eval": EVAL,
-        "validation_size": VAL_SIZE,
-        "max_length": 256,
-        "grid": "1-5",
-        "dataset": "stsb-1k",
-    }
+        row.update(best_step=train_info["best_step"], best_validation_rmse=train_info["best_validation_rmse"],
+                   train_runtime_s=train_info["train_runtime_s"])
+    row["settings"] = {"model": cfg.to_dict()["model"], "method": cfg.to_dict()["method"],
+                       "training": TRAIN if method != "none" else None, "eval": EVAL,
+                       "validation_size": VAL_SIZE, "max_length": 256, "dataset": "stsb-1k"}
     return row
 
 
@@ -123,14 +123,17 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", default="../shared/data/stsb")
+    ap.add_argument("--only", nargs="*", help="run only these methods")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     done = {(r["method"], r["decoder"]) for r in rows}
-    for method, decoder in ROWS:
-        if ((method if method != "none" else "zero-shot"), decoder) in done:
+    for spec in ROWS:
+        if args.only and spec["method"] not in args.only:
             continue
-        rows.append(run_row(method, decoder, args.data_dir))
+        if (row_label(spec), spec["decoder"]) in done:
+            continue
+        rows.append(run_row(spec, args.data_dir))
         write_json(RESULTS, rows)
         write_text(RESULTS.with_suffix(".md"), markdown(rows))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "settings"}), flush=True)

@@ -209,3 +209,18 @@ def test_console_script_exit_code(tmp_path):
 def test_recipes_load(recipe):
     cfg = Config.from_yaml(str(recipe))
     assert cfg.method.method in METHODS and cfg.training.batch_size == 16
+
+
+def test_evaluate_entropy_analysis_writes_data_and_histogram(tmp_path, toy_csv):
+    run = tmp_path / "run"
+    assert main(train_args(toy_csv, run)) == 0
+    out = tmp_path / "ev.json"
+    assert main(["evaluate", "--model", str(run), "--split", "test", "--output", str(out), "--entropy"]) == 0
+    metrics = json.loads(out.read_text())
+    rows = [json.loads(line) for line in (tmp_path / "ev.entropy.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and (tmp_path / "ev.entropy.png").stat().st_size > 1000
+    import numpy as np
+
+    assert metrics["mean_entropy_after"] == pytest.approx(np.mean([r["entropy_after"] for r in rows]))
+    assert metrics["mean_entropy_after"] == pytest.approx(metrics["mean_entropy"])
+    assert all(r["change"] == pytest.approx(r["entropy_after"] - r["entropy_before"]) for r in rows)

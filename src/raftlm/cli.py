@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser(
         "evaluate", help="metrics (RMSE, MAE, Pearson, Spearman, R^2) on a split or file"
     )
+    evaluate.add_argument("--entropy", action="store_true", help="grid entropy before vs after fine-tuning (E.8)")
     demo = sub.add_parser(
         "demo", help="zero-shot vs RAFT on real review snippets with the embedded Gemma 3 270M"
     )
@@ -208,10 +209,23 @@ def cmd_evaluate(args) -> None:
         examples = splits.split(cfg.eval.split)
         examples = examples[: cfg.data.eval_size] if cfg.data.eval_size else examples
     metrics, _ = evaluate_predictor(predictor, examples, cfg)
+    if args.entropy:
+        metrics.update(_entropy(args, cfg, predictor, examples))
     row = {"model": cfg.model.name, "split": args.input or cfg.eval.split, **metrics}
     print(format_table([row]))
     if args.output:
         write_json(args.output, row)
+
+
+def _entropy(args, cfg: Config, predictor, examples) -> dict:
+    from raftlm.pipeline import entropy_change, is_run_dir, write_entropy_report
+
+    if not is_run_dir(cfg.model.name) or not (Path(cfg.model.name) / "config.yaml").exists():
+        raise RaftlmError("--entropy compares a fine-tuned run with its base model: pass --model RUN_DIR")
+    base = Config.from_yaml(str(Path(cfg.model.name) / "config.yaml")).model.name
+    before, after = entropy_change(predictor, base, [e.text for e in examples], cfg)
+    stem = Path(args.output) if args.output else Path(cfg.model.name) / f"entropy_{cfg.eval.split}"
+    return write_entropy_report(stem.with_suffix(""), before, after)
 
 
 def cmd_predict(args) -> None:

@@ -206,6 +206,53 @@ def _finalize(predictor: Predictor, out: Path, results: dict, keep_checkpoints: 
     write_json(out / "eval_results.json", results)
 
 
+def entropy_change(
+    run: Predictor, base_model: str, texts: list[str], cfg: Config
+) -> tuple[np.ndarray, np.ndarray]:
+    """Appendix E.8: per-example entropy of the grid distribution before (the base model, same grid,
+    prompt and answer format) and after fine-tuning."""
+    if run.fmt is None or run.head is not None or run.extra.get("new_tokens"):
+        raise RaftlmError(
+            "entropy analysis needs a grid model (raft, ce, mbr): heads and new tokens have no base grid"
+        )
+    model, tok = load_model(base_model, seed=cfg.training.seed)
+    base = Predictor(model, tok, run.grid, run.fmt, run.scaler, run.template, run.normalize, run.max_length)
+    e = cfg.eval
+    before = base.predict(texts, "rail", e.batch_size, bf16=e.bf16, desc="entropy (base)").entropy
+    after = run.predict(texts, "rail", e.batch_size, bf16=e.bf16, desc="entropy (fine-tuned)").entropy
+    return before, after
+
+
+def write_entropy_report(stem: Path, before: np.ndarray, after: np.ndarray) -> dict:
+    """Per-example entropies (JSONL) and the histogram of their change (PNG, figure 6)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from raftlm.io import atomic_write, write_jsonl
+
+    change = after - before
+    rows = [
+        {"index": i, "entropy_before": float(b), "entropy_after": float(a), "change": float(a - b)}
+        for i, (b, a) in enumerate(zip(before, after, strict=True))
+    ]
+    write_jsonl(stem.with_suffix(".entropy.jsonl"), rows)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(change, bins=40)
+    ax.axvline(0, color="k", lw=1)
+    ax.set_xlabel("entropy after - before fine-tuning (nats)")
+    ax.set_ylabel("examples")
+    fig.tight_layout()
+    atomic_write(stem.with_suffix(".entropy.png"), lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    return {
+        "mean_entropy_before": float(before.mean()),
+        "mean_entropy_after": float(after.mean()),
+        "entropy_decreased_fraction": float((change < 0).mean()),
+    }
+
+
 def load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:
     """A trained run directory as saved, or (zero-shot) a pretrained model bound to the dataset's defaults."""
     if is_run_dir(cfg.model.name):
