@@ -232,3 +232,46 @@ def test_every_method_trains_saves_reloads_and_predicts_identically(tmp_path, to
     assert np.all(np.isfinite(first)) and first.shape == (5,)
     np.testing.assert_allclose(first, again, rtol=1e-6, atol=1e-7)
     assert (run / "head.safetensors").exists() == (METHODS[method].head is not None)
+
+
+TABLE13_GRIDS = {
+    "digit '5' only": ("5", True),
+    "digits '1','9'": ("1,9", False),
+    "digits '7','8','9'": ("7,8,9", False),
+    "characters 'a'-'e'": ("1=a,2=b,3=c,4=d,5=e", False),
+    "reversed digits": ("1=5,2=4,3=3,4=2,5=1", False),
+    "months": ("1=January,2=February,3=March,4=April,5=May", False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TABLE13_GRIDS))
+def test_grid_ablations_of_tables_13_14_20_train(tmp_path, toy_csv, name):
+    spec, single = TABLE13_GRIDS[name]
+    cfg = Config.build(
+        {
+            "data": {"dataset": f"csv:{toy_csv}"},
+            "method": {"method": "raft", "grid": spec, "single_value_grid": single, "target_range": "1,5"},
+            "training": {
+                "output_dir": str(tmp_path / "run"),
+                "max_steps": 2,
+                "batch_size": 8,
+                "lr": 1e-2,
+                "eval_steps": 2,
+            },
+        }
+    )
+    run = train_run(cfg)
+    p = Predictor.load(run)
+    assert p.grid.strings == tuple(s.split("=")[-1] for s in spec.split(","))
+    values = p.predict(["review 1: the product was fine. rating:"]).values
+    assert np.isfinite(values).all()
+
+
+def test_single_value_grid_spans_zero_to_its_value():
+    from raftlm.core import RaftlmError
+    from raftlm.grid import Grid
+
+    with pytest.raises(RaftlmError, match="--single-value-grid"):
+        Grid.parse("5")
+    g = Grid.parse("5", single=True)
+    assert (g.low, g.high) == (0.0, 5.0) and Grid.from_dict(g.to_dict()) == g

@@ -36,6 +36,7 @@ FLAGS = {
     "--ce-decimals": "method.ce_decimals",
     "--head-token": "method.head_token",
     "--pooling": "method.pooling",
+    "--single-value-grid": "method.single_value_grid",
     "--head-hidden": "method.head_hidden",
     "--learnable-scope": "method.learnable_scope",
     "--head-init": "method.head_init",
@@ -104,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser(
         "evaluate", help="metrics (RMSE, MAE, Pearson, Spearman, R^2) on a split or file"
     )
-    evaluate.add_argument("--entropy", action="store_true", help="grid entropy before vs after fine-tuning (E.8)")
+    evaluate.add_argument(
+        "--entropy", action="store_true", help="grid entropy before vs after fine-tuning (E.8)"
+    )
     demo = sub.add_parser(
         "demo", help="zero-shot vs RAFT on real review snippets with the embedded Gemma 3 270M"
     )

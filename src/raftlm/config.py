@@ -101,6 +101,9 @@ class MethodConfig:
         default=None, metadata={"help": "head-special-token: the token v* (default: the EOS token)"}
     )
     pooling: str = field(default="mean", metadata={"help": "head-pooled: mean, min or max"})
+    single_value_grid: bool = field(
+        default=False, metadata={"help": "allow a one-value grid (table 13 ablation)"}
+    )
     head_hidden: int = field(
         default=64, metadata={"help": "head-mlp-logits: hidden units of the 2-layer MLP"}
     )

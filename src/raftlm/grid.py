@@ -26,13 +26,15 @@ class Grid:
 
     values: tuple[float, ...]
     strings: tuple[str, ...]
+    single: bool = False  # allow a one-value grid (table 13's '5' ablation: RAIL = 5 p('5'))
 
     def __post_init__(self) -> None:
         if len(self.values) != len(self.strings):
             raise RaftlmError("grid needs one string per value: give as many strings as values")
-        if len(self.values) < 2:
+        if len(self.values) < (1 if self.single else 2):
             raise RaftlmError(
-                f"grid has {len(self.values)} value(s): give at least 2 values, e.g. --grid 1-5 (lemma 3 needs min and max)"
+                f"grid has {len(self.values)} value(s): give at least 2 values, e.g. --grid 1-5 (lemma 3 needs min "
+                "and max; the one-token ablation of table 13 needs --single-value-grid)"
             )
         if any(not math.isfinite(v) for v in self.values):
             raise RaftlmError("grid values must be finite numbers: fix the --grid spec")
@@ -61,23 +63,24 @@ class Grid:
         return cls.from_values([round(start + i * step, decimals) for i in range(n)], decimals)
 
     @classmethod
-    def parse(cls, spec: str) -> Grid:
+    def parse(cls, spec: str, single: bool = False) -> Grid:
         """Parse a CLI grid spec.
 
         ``1-5`` digits 1..5; ``0:5:0.1`` a range with a step; ``1,2,3`` explicit values (strings as
         written, so ``1.0,2.0`` emits '1.0'); ``1=a,2=b,3=c`` custom strings per value (eq. 15).
+        ``single`` admits a one-value grid such as ``5`` (table 13).
         """
         spec = spec.strip()
         try:
             if "=" in spec:
                 pairs = [p.split("=", 1) for p in spec.split(",")]
-                return cls(tuple(float(v) for v, _ in pairs), tuple(s for _, s in pairs))
+                return cls(tuple(float(v) for v, _ in pairs), tuple(s for _, s in pairs), single)
             if spec.count(":") == 2:
                 start, stop, step = (float(p) for p in spec.split(":"))
                 return cls.range(start, stop, step)
             if "," in spec or re.fullmatch(r"[+-]?[\d.]+", spec):
                 parts = [p.strip() for p in spec.split(",")]
-                return cls(tuple(float(p) for p in parts), tuple(parts))
+                return cls(tuple(float(p) for p in parts), tuple(parts), single)
             digits = re.fullmatch(r"(\d+)-(\d+)", spec)
             if digits:
                 return cls.from_values(range(int(digits[1]), int(digits[2]) + 1), 0)
@@ -95,11 +98,12 @@ class Grid:
 
     @property
     def low(self) -> float:
-        return min(self.values)
+        """The smallest value RAIL can reach (a one-value grid also reaches 0, with no mass on it)."""
+        return min(self.values) if not self.single else min(0.0, self.values[0])
 
     @property
     def high(self) -> float:
-        return max(self.values)
+        return max(self.values) if not self.single else max(0.0, self.values[0])
 
     def nearest_string(self, y: float) -> str:
         """The string of the grid value closest to y (the class label for generative classification)."""
@@ -113,11 +117,11 @@ class Grid:
             return None
 
     def to_dict(self) -> dict:
-        return {"values": list(self.values), "strings": list(self.strings)}
+        return {"values": list(self.values), "strings": list(self.strings), "single": self.single}
 
     @classmethod
     def from_dict(cls, d: dict) -> Grid:
-        return cls(tuple(d["values"]), tuple(d["strings"]))
+        return cls(tuple(d["values"]), tuple(d["strings"]), d.get("single", False))
 
 
 def _decimals(x: float) -> int:

@@ -53,7 +53,7 @@ def new_predictor(
         m.grid = "0,1"  # table 15: targets scaled to [0, 1], p1 = p('1')
         if m.target_range == "dataset" and default_range is None:
             m.target_range = "auto"
-    grid = Grid.parse(m.grid or grid_spec)
+    grid = Grid.parse(m.grid or grid_spec, single=m.single_value_grid)
     target_range = default_range if m.target_range == "dataset" else m.target_range
     scaler = make_scaler(grid, [e.target for e in train], target_range)
     set_seed(cfg.training.seed)
