@@ -50,3 +50,33 @@ def test_max_length_is_capped_at_the_model_context(tiny):
     with pytest.warns(UserWarning, match="exceeds the model's context"):
         p = Predictor.create(model, tok, grid, TargetScaler.identity(grid), TEXTS, max_length=100_000)
     assert p.max_length == model.config.max_position_embeddings == 1024
+
+
+MIXED = [t * k for k, t in enumerate(TEXTS * 3, start=1)]  # 9 prompts of mixed lengths
+
+
+def test_grid_rows_only_scoring_equals_full_vocabulary_normalized_rail(tiny):
+    model, tok = tiny
+    grid = Grid.parse("1-5")
+    p = Predictor.create(model, tok, grid, TargetScaler.identity(grid), TEXTS, normalize=True)
+    assert p.scorer.grid_only
+    fast = p.predict(MIXED, "rail")
+    p.use_grid_rows(False)
+    full = p.predict(MIXED, "rail")
+    np.testing.assert_allclose(fast.values, full.values, atol=1e-5)
+    np.testing.assert_allclose(fast.probs, full.probs / full.probs.sum(-1, keepdims=True), atol=1e-5)
+
+
+def test_length_bucketing_and_fixed_padding_give_the_same_predictions(tiny):
+    p = make(tiny)
+    bucketed = p.predict(MIXED, "rail", batch_size=4).values
+    p.bucket, p.pad_to = False, 256
+    fixed = p.predict(MIXED, "rail", batch_size=4).values
+    np.testing.assert_allclose(bucketed, fixed, atol=1e-5)
+
+
+def test_bf16_autocast_stays_close_to_float32(tiny):
+    p = make(tiny)
+    f32 = p.predict(MIXED, "rail").values
+    bf16 = p.predict(MIXED, "rail", bf16=True).values
+    np.testing.assert_allclose(bf16, f32, atol=0.05)  # bf16 keeps ~3 significant digits

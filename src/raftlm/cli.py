@@ -150,8 +150,11 @@ def cmd_train(args) -> None:
 
     cfg = config_from_args(args)
     out = train_run(cfg, overwrite=args.overwrite, resume=args.resume)
-    print(f"run directory: {out}")
-    _print_results(out / "eval_results.json")
+    from raftlm.pipeline import is_main_process
+
+    if is_main_process():
+        print(f"run directory: {out}")
+        _print_results(out / "eval_results.json")
 
 
 def _print_results(path: Path) -> None:

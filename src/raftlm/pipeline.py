@@ -142,7 +142,8 @@ def _check_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
     if not out.exists() or not any(out.iterdir()):
         return
     if overwrite:
-        shutil.rmtree(out)
+        if is_main_process():
+            shutil.rmtree(out)
         return
     finished = (out / "eval_results.json").exists()
     if resume and not finished and (out / "config.yaml").exists():
@@ -160,8 +161,24 @@ def _check_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
     )
 
 
+def is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _barrier() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+
+
 def train_run(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
-    """Train per ``cfg`` into ``cfg.training.output_dir``; returns the finished run directory."""
+    """Train per ``cfg`` into ``cfg.training.output_dir``; returns the finished run directory.
+
+    Under ``accelerate launch`` every process trains (Trainer does DDP); only the main process writes
+    the run directory and evaluates on the test split.
+    """
     from raftlm.training import fit
 
     if cfg.method.method == "none":
@@ -175,6 +192,7 @@ def train_run(cfg: Config, overwrite: bool = False, resume: bool = False) -> Pat
             f"dataset {cfg.data.dataset} has no training examples: check the file or its split column"
         )
     _check_run_dir(out, overwrite, resume)
+    _barrier()
     if resume and (out / "config.yaml").exists():
         resumed = Config.from_yaml(str(out / "config.yaml"))
         if resumed.to_dict() != cfg.to_dict():
@@ -184,14 +202,18 @@ def train_run(cfg: Config, overwrite: bool = False, resume: bool = False) -> Pat
         cfg = resumed
     predictor = new_predictor(cfg, splits)
     make_trainable(predictor, cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", cfg.to_yaml())
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", cfg.to_yaml())
+    _barrier()
     validation = _eval_subset(splits.validation, cfg)
     summary = fit(predictor, splits.train, validation, cfg, out, resume=resume)
-    results = {"train": summary, "n_train": len(splits.train)}
-    if splits.test:
-        results["test"], _ = evaluate_predictor(predictor, splits.test, cfg, desc="test")
-    _finalize(predictor, out, results, keep_checkpoints=cfg.training.keep_checkpoints)
+    if is_main_process():
+        results = {"train": summary, "n_train": len(splits.train)}
+        if splits.test:
+            results["test"], _ = evaluate_predictor(predictor, splits.test, cfg, desc="test")
+        _finalize(predictor, out, results, keep_checkpoints=cfg.training.keep_checkpoints)
+    _barrier()
     return out
 
 

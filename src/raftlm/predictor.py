@@ -57,6 +57,7 @@ class Predictor:
         extra: dict | None = None,
     ):
         self.head, self.bidirectional, self.extra = head, bidirectional, dict(extra or {})
+        self.bucket, self.pad_to = True, None  # speed switches (benchmarks/speed.py measures them)
         self.model, self.tokenizer, self.grid, self.fmt = model, tokenizer, grid, fmt
         self.scaler, self.template, self.normalize, self.max_length, self.method = (
             scaler,
@@ -66,7 +67,12 @@ class Predictor:
             method,
         )
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.scorer = GridLogProbs(fmt, self.pad_id) if fmt is not None else None
+        # normalized RAIL over single-token strings needs only the grid rows of the LM head
+        self.use_grid_rows(normalize and fmt is not None and fmt.single_token)
+
+    def use_grid_rows(self, on: bool) -> None:
+        """Switch grid-rows-only scoring (normalized grids): same numbers, G instead of V head rows."""
+        self.scorer = GridLogProbs(self.fmt, self.pad_id, grid_only=on) if self.fmt is not None else None
 
     @classmethod
     def create(
@@ -112,12 +118,13 @@ class Predictor:
         return encode_prompts(self.tokenizer, self.fmt, texts, self.max_length)
 
     def _batches(self, texts: list[str], batch_size: int, desc: str | None):
-        """Length-bucketed batches (sorted by token count, so padding is minimal) with their indices."""
+        """Batches with their indices: length-bucketed (sorted by token count, so padding is minimal)
+        when ``self.bucket``; otherwise in input order, padded to ``self.pad_to`` tokens if set."""
         ids = self.encode(texts)
-        order = np.argsort([len(s) for s in ids], kind="stable")
+        order = np.argsort([len(s) for s in ids], kind="stable") if self.bucket else np.arange(len(ids))
         chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         for chunk in tqdm(chunks, desc=desc, disable=desc is None, leave=False):
-            yield chunk, left_pad([ids[i] for i in chunk], self.pad_id, self.bidirectional)
+            yield chunk, left_pad([ids[i] for i in chunk], self.pad_id, self.bidirectional, self.pad_to)
 
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device

@@ -145,9 +145,12 @@ def encode_prompts(tokenizer, fmt: AnswerFormat | None, texts: list[str], max_le
     return out
 
 
-def left_pad(seqs: list[list[int]], pad_id: int, bidirectional: bool = False) -> PromptBatch:
-    """Left-pad to a batch; position ids count real tokens only, so padding cannot shift results."""
-    width = max(len(s) for s in seqs)
+def left_pad(
+    seqs: list[list[int]], pad_id: int, bidirectional: bool = False, width: int | None = None
+) -> PromptBatch:
+    """Left-pad to a batch (to ``width`` tokens if given); position ids count real tokens only, so
+    padding cannot shift results."""
+    width = max(max(len(s) for s in seqs), width or 0)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -160,9 +163,14 @@ def left_pad(seqs: list[list[int]], pad_id: int, bidirectional: bool = False) ->
 class GridLogProbs:
     """Computes log p(str(y) | x) for all grid values; differentiable (used by the RAFT loss)."""
 
-    def __init__(self, fmt: AnswerFormat, pad_id: int):
+    def __init__(self, fmt: AnswerFormat, pad_id: int, grid_only: bool = False):
+        """``grid_only``: apply the LM head to the grid rows only and return log-probabilities
+        normalized over the grid (valid for normalized RAIL with single-token grids)."""
+        if grid_only and not fmt.single_token:
+            raise ValueError("grid_only scoring needs single-token grid strings")
         self.fmt = fmt
         self.pad_id = pad_id
+        self.grid_only = grid_only
         self.first_ids = torch.tensor([c[0] for c in fmt.candidates])
         self._build_trie()
 
@@ -184,6 +192,8 @@ class GridLogProbs:
 
     def __call__(self, model, batch: PromptBatch) -> torch.Tensor:
         dev = batch.input_ids.device
+        if self.grid_only:
+            return self._grid_rows(model, batch)
         multi = bool(self.paths)
         out = model(
             input_ids=batch.input_ids,
@@ -197,6 +207,19 @@ class GridLogProbs:
         if multi:
             lp = lp + self._tails(model, batch, out.past_key_values)
         return lp
+
+    def _grid_rows(self, model, batch: PromptBatch) -> torch.Tensor:
+        """log softmax over the grid of h_L @ E_out[grid]^T: G rows of the LM head instead of V."""
+        out = model.get_decoder()(
+            input_ids=batch.input_ids, attention_mask=batch.model_mask(), position_ids=batch.position_ids
+        )
+        hidden = out.last_hidden_state[:, -1]
+        weight = model.get_output_embeddings().weight[self.first_ids.to(hidden.device)]
+        logits = (hidden @ weight.T).float()
+        cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return torch.log_softmax(logits, dim=-1)
 
     def _tails(self, model, batch: PromptBatch, cache) -> torch.Tensor:
         """Sum of log-probs of candidate tokens 2..k, reading every path in one cached forward."""

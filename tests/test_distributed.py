@@ -1,0 +1,95 @@
+"""Multi-process training through accelerate (DDP, gloo on CPU) and its equivalences."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from raftlm.config import Config
+from raftlm.pipeline import train_run
+
+
+def args_for(data, out, batch):
+    return [
+        "train",
+        "--model",
+        "tiny-random-llama",
+        "--dataset",
+        f"csv:{data}",
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "3",
+        "--eval-steps",
+        "3",
+        "--batch-size",
+        str(batch),
+        "--lr",
+        "1e-2",
+    ]
+
+
+@pytest.fixture
+def eight_csv(tmp_path):
+    """8 training rows: a batch of 8 (or 2 ranks x 4) holds all of them, whatever the sampler order."""
+    from helpers import write_csv
+
+    words = ["awful", "bad", "fine", "good", "great"]
+    rows = [
+        {
+            "text": f"review {i}: it was {words[i % 5]}. rating:",
+            "target": 1 + (i % 5) + 0.25 * (i % 3),
+            "split": "train" if i < 8 else ("validation" if i < 10 else "test"),
+        }
+        for i in range(12)
+    ]
+    return write_csv(tmp_path / "eight.csv", rows)
+
+
+def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, eight_csv):
+    toy_csv = eight_csv
+    single = tmp_path / "single"
+    train_run(
+        Config.build(
+            {
+                "data": {"dataset": f"csv:{toy_csv}"},
+                "training": {
+                    "output_dir": str(single),
+                    "max_steps": 3,
+                    "eval_steps": 3,
+                    "batch_size": 8,
+                    "lr": 1e-2,
+                },
+            }
+        )
+    )
+    ddp = tmp_path / "ddp"
+    # torchrun starts 2 CPU processes; Trainer (through accelerate) runs DDP over gloo. (accelerate launch
+    # needs MPI for several CPU processes; on GPUs it is `accelerate launch --multi_gpu -m raftlm train`.)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        "-m",
+        "raftlm",
+        *args_for(toy_csv, ddp, 4),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = load_file(single / "model.safetensors"), load_file(ddp / "model.safetensors")
+    # same global batch (8 = 2 x 4), gradients all-reduced (averaged) across ranks: equal up to float
+    # summation order
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+    assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in single.iterdir())
+    # only rank 0 writes: one log line per event, not two
+    assert (ddp / "metrics.jsonl").read_text().count('"eval_rmse"') == 1
+    assert proc.stdout.count("run directory:") == 1
