@@ -98,3 +98,18 @@ def test_adamw_cosine_with_warmup_runs(tmp_path, toy_csv):
     ]
     # logged per step: 1 warmup step from 0 to the peak 1e-2, then cosine over the 2 remaining steps
     np.testing.assert_allclose(lrs, [0.0, 1e-2, 5e-3], atol=1e-9)
+
+
+def test_ce_answers_end_with_eos_so_greedy_decoding_stops(tiny):
+    from raftlm.core import Example
+    from raftlm.grid import Grid, TargetScaler
+    from raftlm.predictor import Predictor
+    from raftlm.training import build_features
+
+    model, tok = tiny
+    grid = Grid.parse("1-5")
+    p = Predictor.create(model, tok, grid, TargetScaler.identity(grid), ["rating:"])
+    feats = build_features(p, [Example("the product was good. rating:", 4.2)], "ce", None)
+    assert feats[0]["answer_ids"] == [*p.fmt.candidates[3], tok.eos_token_id]  # '4' (nearest) then EOS
+    one_decimal = build_features(p, [Example("x. rating:", 4.26)], "ce", 1)
+    assert tok.decode(one_decimal[0]["answer_ids"][:-1]) == "4.3"

@@ -34,8 +34,8 @@ class Predictions:
     n_unparsed: int = 0
 
 
-def autocast(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def autocast(bf16: bool, device: str = "cpu"):
+    return torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 class Predictor:
@@ -150,7 +150,7 @@ class Predictor:
         out = np.zeros((len(texts), len(self.grid.values)), dtype=np.float64)
         try:
             for chunk, batch in self._batches(texts, batch_size, desc):
-                with autocast(bf16):
+                with autocast(bf16, self._device().type):
                     out[chunk] = self.scorer(self.model, self._to(batch)).double().cpu().numpy()
         finally:
             self.model.train(was_training)
@@ -166,7 +166,7 @@ class Predictor:
         out = np.zeros(len(texts), dtype=np.float64)
         try:
             for chunk, batch in self._batches(texts, batch_size, desc):
-                with autocast(bf16):
+                with autocast(bf16, self._device().type):
                     out[chunk] = self.head(self.model, self._to(batch)).double().cpu().numpy()
         finally:
             self.model.train(was_training)
@@ -200,7 +200,7 @@ class Predictor:
         try:
             for chunk, batch in self._batches(texts, batch_size, desc):
                 batch = self._to(batch)
-                with autocast(bf16):
+                with autocast(bf16, self._device().type):
                     gen = self.model.generate(
                         input_ids=batch.input_ids,
                         attention_mask=batch.attention_mask,

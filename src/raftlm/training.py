@@ -38,7 +38,7 @@ class ListDataset(torch.utils.data.Dataset):
 def build_features(
     predictor: Predictor, examples: list[Example], method: str, ce_decimals: int | None
 ) -> list[dict]:
-    """Per example: prompt token ids, the grid-space target, and (ce) the answer's token ids."""
+    """Per example: prompt token ids, the grid-space target, and (ce) the answer's token ids + EOS."""
     texts = [e.text for e in examples]
     targets = predictor.scaler.to_grid([e.target for e in examples])
     prompts = predictor.encode(texts)
@@ -47,6 +47,10 @@ def build_features(
     ]
     if method == "ce":
         fmt, cache = predictor.fmt, {}
+        # the answer ends with EOS, as in any SFT: a CE model learns to stop, so greedy decoding
+        # yields '3', not '3333' (the EOS token is part of the loss; RAIL reads only str(y)'s tokens)
+        eos_id = predictor.tokenizer.eos_token_id
+        eos = [eos_id] if eos_id is not None else []
         for f in feats:
             s = (
                 predictor.grid.nearest_string(f["target"])
@@ -56,7 +60,7 @@ def build_features(
             if s not in cache:
                 cache[s] = list(
                     answer_ids(predictor.tokenizer, texts[:8], fmt.answer_prefix, fmt.fold_prefix, s)
-                )
+                ) + eos
             f["answer_ids"] = cache[s]
     return feats
 

@@ -1,0 +1,387 @@
+"""Speed and memory of raftlm against its peers, as ratios measured in the same run.
+
+1. training step: RAFT vs CE fine-tuning vs HF AutoModelForSequenceClassification (num_labels=1)
+2. inference throughput: grid RAIL (one forward) vs sample RAIL (K=32, T=1) vs greedy decoding
+3. multi-token grid '0.0'..'5.0' (51 strings): shared-prefix (KV cache + trie) vs naive re-encoding
+4. prediction over mixed lengths: length bucketing vs fixed padding; forward tokens/s vs matmul peak
+
+Each case runs in its own process (peak memory = that process's peak: RSS on CPU, the allocator's
+peak on CUDA). Weights are random (speed does not depend on them) unless --pretrained.
+
+    python benchmarks/speed.py                         # CPU, Gemma 3 270M + SmolLM2-135M, fp32 + bf16
+    python benchmarks/speed.py --device cuda --models gemma-3-270m
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+
+
+# ----------------------------------------------------------------------------- child side
+
+
+def _model_dir(name: str, config_dir: str | None) -> str:
+    if config_dir:
+        return str(Path(config_dir) / name)
+    from raftlm.models import model_path
+
+    return model_path(name)
+
+
+def _load(name, config_dir, pretrained, device, kind="causal"):
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    path = _model_dir(name, config_dir)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    cls = AutoModelForSequenceClassification if kind == "seqcls" else AutoModelForCausalLM
+    extra = {"num_labels": 1, "pad_token_id": tok.pad_token_id} if kind == "seqcls" else {}
+    config = AutoConfig.from_pretrained(path, **extra)
+    torch.manual_seed(0)
+    model = cls.from_pretrained(path, config=config) if pretrained else cls.from_config(config)
+    return model.float().to(device), tok
+
+
+def _timeit(fn, device, repeats):
+    import torch
+
+    times = []
+    for i in range(repeats + 2):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:  # two warm-up calls
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _peak_mb(device) -> float:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _texts(n: int, words: int, seed: int = 0) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    vocab = "the a man woman dog plays guitar sings on stage slowly quickly red blue house car".split()
+    return [
+        " ".join(rng.choice(vocab) for _ in range(words)) + ". The similarity is equal to" for _ in range(n)
+    ]
+
+
+def case_train(a) -> dict:
+    import torch
+
+    from raftlm.grid import Grid
+    from raftlm.losses import CELoss, RAFTLoss
+    from raftlm.scoring import GridLogProbs, bind_answer, encode_prompts, left_pad
+
+    kind = a.method
+    model, tok = _load(
+        a.model, a.config_dir, a.pretrained, a.device, "seqcls" if kind == "seqcls" else "causal"
+    )
+    texts = _texts(a.batch, a.words)
+    fmt = bind_answer(tok, Grid.parse("1-5"), texts)
+    ids = encode_prompts(tok, fmt, texts, 4096)
+    width = min(len(s) for s in ids)
+    ids = [s[-width:] for s in ids]  # equal lengths: no padding, identical inputs for every method
+    targets = torch.linspace(1, 5, a.batch, device=a.device)
+    if kind == "ce":
+        ids = [s + [fmt.candidates[2][0]] for s in ids]
+    batch = left_pad(ids, tok.pad_token_id)
+    batch = type(batch)(
+        *(t.to(a.device) for t in (batch.input_ids, batch.attention_mask, batch.position_ids))
+    )
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    raft = RAFTLoss(GridLogProbs(fmt, tok.pad_token_id), torch.tensor([1.0, 2, 3, 4, 5]))
+    ce = CELoss()
+
+    def loss_fn():
+        if kind == "raft":
+            return raft(model, batch, targets=targets)
+        if kind == "ce":
+            return ce(model, batch, answer_len=torch.ones(a.batch, dtype=torch.long, device=a.device))
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        return ((out.logits.squeeze(-1).float() - targets) ** 2).mean()
+
+    def step():
+        with torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if a.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = _timeit(step, a.device, a.repeats)
+    return {"seconds": seconds, "peak_mem_mb": _peak_mb(a.device), "tokens": a.batch * width}
+
+
+def _predictor(a, grid="1-5"):
+    from raftlm.grid import Grid, TargetScaler
+    from raftlm.predictor import Predictor
+
+    model, tok = _load(a.model, a.config_dir, a.pretrained, a.device)
+    g = Grid.parse(grid)
+    return Predictor.create(
+        model.eval(), tok, g, TargetScaler.identity(g), _texts(4, a.words), max_length=4096
+    )
+
+
+def case_infer(a) -> dict:
+    p = _predictor(a)
+    texts = _texts(a.n, a.words, seed=1)
+    bf16 = a.dtype == "bf16"
+
+    def run():
+        if a.decoder == "sample-rail":
+            return p.predict(texts, "sample-rail", batch_size=32, num_samples=32, max_new_tokens=4, bf16=bf16)
+        return p.predict(texts, a.decoder, batch_size=a.batch, max_new_tokens=4, bf16=bf16)
+
+    seconds = _timeit(run, a.device, a.repeats)
+    return {"seconds": seconds, "value_per_s": a.n / seconds, "peak_mem_mb": _peak_mb(a.device)}
+
+
+def case_multitoken(a) -> dict:
+    import torch
+
+    from raftlm.scoring import GridLogProbs, encode_prompts, left_pad
+
+    p = _predictor(a, grid="0:5:0.1")
+    texts = _texts(a.n, a.words, seed=2)
+    model, tok, fmt = p.model, p.tokenizer, p.fmt
+    prompts = encode_prompts(tok, fmt, texts, 4096)
+    scorer = GridLogProbs(fmt, tok.pad_token_id)
+    dev = a.device
+    autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=a.dtype == "bf16")
+
+    def shared():
+        with torch.inference_mode(), autocast:
+            b = left_pad(prompts, tok.pad_token_id)
+            return scorer(
+                model, type(b)(b.input_ids.to(dev), b.attention_mask.to(dev), b.position_ids.to(dev))
+            )
+
+    def naive():  # per example, one batch of prompt+candidate for each of the 51 grid strings
+        rows = []
+        with torch.inference_mode(), autocast:
+            for ids in prompts:
+                seqs = [ids + list(c) for c in fmt.candidates]
+                b = left_pad(seqs, tok.pad_token_id)
+                k = fmt.max_len
+                out = model(
+                    input_ids=b.input_ids.to(dev),
+                    attention_mask=b.attention_mask.to(dev),
+                    position_ids=b.position_ids.to(dev),
+                    logits_to_keep=k + 1,
+                )
+                logp = torch.log_softmax(out.logits[:, :-1].float(), -1)
+                row = []
+                for j, c in enumerate(fmt.candidates):
+                    row.append(sum(logp[j, k - len(c) + i, t] for i, t in enumerate(c)))
+                rows.append(torch.stack(row))
+        return torch.stack(rows)
+
+    diff = (shared().double() - naive().double()).abs().max().item()
+    t_shared = _timeit(shared, dev, a.repeats)
+    t_naive = _timeit(naive, dev, max(1, a.repeats // 2))
+    return {
+        "seconds": t_shared,
+        "baseline_seconds": t_naive,
+        "max_abs_logprob_diff": diff,
+        "peak_mem_mb": _peak_mb(dev),
+    }
+
+
+def case_bucket(a) -> dict:
+    import random
+
+    import torch
+
+    p = _predictor(a)
+    rng = random.Random(3)
+    texts = [t for n in range(a.n) for t in _texts(1, rng.randint(5, 4 * a.words), seed=n)]
+    lengths = [len(x) for x in p.encode(texts)]
+    bf16 = a.dtype == "bf16"
+    if a.fixed:
+        p.bucket, p.pad_to = False, max(lengths)
+    seconds = _timeit(lambda: p.predict(texts, "rail", batch_size=a.batch, bf16=bf16), a.device, a.repeats)
+    n_params = sum(w.numel() for n, w in p.model.named_parameters() if "embed" not in n)
+    flops = 2 * n_params * sum(lengths)  # forward matmul FLOPs over the real tokens
+    size, dtype = 2048, torch.bfloat16 if bf16 else torch.float32
+    x = torch.randn(size, size, device=a.device, dtype=dtype)
+    mm = _timeit(lambda: x @ x, a.device, 5)
+    return {
+        "seconds": seconds,
+        "value_per_s": a.n / seconds,
+        "tokens_per_s": sum(lengths) / seconds,
+        "forward_flops_per_s": flops / seconds,
+        "matmul_peak_flops_per_s": 2 * size**3 / mm,
+        "peak_mem_mb": _peak_mb(a.device),
+    }
+
+
+CASES = {"train": case_train, "infer": case_infer, "multitoken": case_multitoken, "bucket": case_bucket}
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+def run_case(common: list[str], **kw) -> dict:
+    args = [*common]
+    for k, v in kw.items():
+        if v is True:
+            args.append(f"--{k}")
+        elif v is not None and v is not False:
+            args += [f"--{k}", str(v)]
+    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child", action="store_true")
+    ap.add_argument("--case")
+    ap.add_argument("--method")
+    ap.add_argument("--decoder")
+    ap.add_argument("--fixed", action="store_true")
+    ap.add_argument("--model", default="gemma-3-270m")
+    ap.add_argument("--models", nargs="*", default=["gemma-3-270m", "smollm2-135m"])
+    ap.add_argument("--dtypes", nargs="*", default=["float32", "bf16"])
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--config-dir", help="folder with <model>/config.json + tokenizer (no weights needed)")
+    ap.add_argument("--pretrained", action="store_true")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--words", type=int, default=40)
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default=str(RESULTS / "speed"))
+    a = ap.parse_args()
+    if a.child:
+        import torch
+
+        torch.manual_seed(0)
+        print(json.dumps(CASES[a.case](a)))
+        return
+    rows = []
+    out = Path(a.out)
+    for model in a.models:
+        for dtype in a.dtypes:
+            common = [
+                "--model",
+                model,
+                "--dtype",
+                dtype,
+                "--device",
+                a.device,
+                "--repeats",
+                str(a.repeats),
+                "--batch",
+                str(a.batch),
+                "--words",
+                str(a.words),
+                "--n",
+                str(a.n),
+            ]
+            if a.config_dir:
+                common += ["--config-dir", a.config_dir]
+            if a.pretrained:
+                common.append("--pretrained")
+            base = {"model": model, "dtype": dtype, "device": a.device}
+            steps = {m: run_case(common, case="train", method=m) for m in ("raft", "ce", "seqcls")}
+            for m, peer in (("raft", "ce"), ("raft", "seqcls"), ("ce", "seqcls")):
+                rows.append(
+                    {
+                        **base,
+                        "name": f"train step: {m} vs {peer}",
+                        "seconds": steps[m]["seconds"],
+                        "baseline": f"{peer} {steps[peer]['seconds']:.4f}s",
+                        "ratio": steps[m]["seconds"] / steps[peer]["seconds"],
+                        "peak_mem_mb": steps[m]["peak_mem_mb"],
+                        "baseline_peak_mem_mb": steps[peer]["peak_mem_mb"],
+                    }
+                )
+            inf = {d: run_case(common, case="infer", decoder=d) for d in ("rail", "sample-rail", "greedy")}
+            for d in ("sample-rail", "greedy"):
+                rows.append(
+                    {
+                        **base,
+                        "name": f"inference: grid rail vs {d}",
+                        "value_per_s": inf["rail"]["value_per_s"],
+                        "baseline": f"{d} {inf[d]['value_per_s']:.2f}/s",
+                        "ratio": inf["rail"]["value_per_s"] / inf[d]["value_per_s"],
+                        "peak_mem_mb": inf["rail"]["peak_mem_mb"],
+                        "baseline_peak_mem_mb": inf[d]["peak_mem_mb"],
+                    }
+                )
+            mt = run_case(common, case="multitoken")
+            rows.append(
+                {
+                    **base,
+                    "name": "51-string grid: shared prefix vs naive re-encoding",
+                    "seconds": mt["seconds"],
+                    "baseline": f"naive {mt['baseline_seconds']:.3f}s",
+                    "ratio": mt["baseline_seconds"] / mt["seconds"],
+                    "max_abs_logprob_diff": mt["max_abs_logprob_diff"],
+                    "peak_mem_mb": mt["peak_mem_mb"],
+                }
+            )
+            bk, fx = run_case(common, case="bucket"), run_case(common, case="bucket", fixed=True)
+            rows.append(
+                {
+                    **base,
+                    "name": "mixed lengths: bucketing vs fixed padding",
+                    "value_per_s": bk["value_per_s"],
+                    "baseline": f"fixed {fx['value_per_s']:.2f}/s",
+                    "ratio": bk["value_per_s"] / fx["value_per_s"],
+                    "tokens_per_s": bk["tokens_per_s"],
+                    "fraction_of_matmul_peak": bk["forward_flops_per_s"] / bk["matmul_peak_flops_per_s"],
+                    "matmul_peak_gflops": bk["matmul_peak_flops_per_s"] / 1e9,
+                    "peak_mem_mb": bk["peak_mem_mb"],
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+            out.with_suffix(".json").parent.mkdir(parents=True, exist_ok=True)
+            out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    lines = [
+        "| model | dtype | device | measurement | ratio | value | baseline | peak MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        value = f"{r['seconds']:.4f}s" if "seconds" in r else f"{r['value_per_s']:.2f}/s"
+        lines.append(
+            f"| {r['model']} | {r['dtype']} | {r['device']} | {r['name']} | {r['ratio']:.2f}x | {value} | {r['baseline']} | {r['peak_mem_mb']:.0f} |"
+        )
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
