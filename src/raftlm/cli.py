@@ -26,6 +26,8 @@ FLAGS = {
     "--text-column": "data.text_column",
     "--target-column": "data.target_column",
     "--train-size": "data.train_size",
+    "--train-fraction": "data.train_fraction",
+    "--history": "data.history",
     "--eval-size": "data.eval_size",
     "--max-length": "data.max_length",
     "--method": "method.method",

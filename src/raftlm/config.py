@@ -65,6 +65,12 @@ class DataConfig:
             "help": "validate on the first N validation examples while training; evaluate on N examples"
         },
     )
+    train_fraction: float | None = field(
+        default=None, metadata={"help": "use only this fraction of the training split (figure 4 curves)"}
+    )
+    history: int = field(
+        default=10, metadata={"help": "movielens: most recent earlier ratings in the prompt"}
+    )
     max_length: int = field(
         default=512, metadata={"help": "max prompt tokens; longer prompts are cut on the left"}
     )
@@ -77,6 +83,8 @@ class DataConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise RaftlmError(f"{name}={v}: use a positive number of examples")
+        if self.train_fraction is not None and not 0 < self.train_fraction <= 1:
+            raise RaftlmError(f"train_fraction={self.train_fraction}: use a fraction in (0, 1]")
         if self.max_length < 8:
             raise RaftlmError(f"max_length={self.max_length}: use at least 8 tokens")
 

@@ -249,6 +249,12 @@ def _hub_dataset(hub_id: str, template: str | None, text_column: str, target_col
     )
 
 
+def _extra(name: str):
+    from raftlm import datasets_extra
+
+    return getattr(datasets_extra, name)
+
+
 DATASETS: dict[str, Callable[..., Splits]] = {
     "stsb": lambda cfg: load_stsb(cfg.data_dir, cfg.train_size),
     "stsb-1k": lambda cfg: load_stsb(cfg.data_dir, cfg.train_size or 1000),
@@ -256,6 +262,12 @@ DATASETS: dict[str, Callable[..., Splits]] = {
         seed=cfg.split_seed if cfg.split_seed is not None else 1
     ),
     "amazon-snippets": lambda cfg: load_amazon_snippets(cfg.train_size),
+    "movielens-100k": lambda cfg: _extra("load_movielens_100k")(cfg.data_dir, cfg.history),
+}
+# datasets named by a path: PREFIX:PATH
+PATH_DATASETS: dict[str, Callable[..., Splits]] = {
+    "amazon": lambda path, cfg: _extra("load_amazon")(path),
+    "movielens-1m": lambda path, cfg: _extra("load_movielens_1m")(path, cfg.history),
 }
 
 
@@ -264,6 +276,9 @@ def load_splits(cfg) -> Splits:
     name = cfg.dataset
     if name in DATASETS:
         splits = DATASETS[name](cfg)
+    elif name.split(":", 1)[0] in PATH_DATASETS and ":" in name:
+        prefix, path = name.split(":", 1)
+        splits = PATH_DATASETS[prefix](path, cfg)
     elif name.startswith(("csv:", "jsonl:")):
         splits = _file_dataset(
             name.split(":", 1)[1], cfg.template, cfg.text_column, cfg.target_column, cfg.split_seed or 0
@@ -272,7 +287,8 @@ def load_splits(cfg) -> Splits:
         splits = _hub_dataset(name[3:], cfg.template, cfg.text_column, cfg.target_column)
     else:
         raise RaftlmError(
-            f"unknown dataset {name!r}: use one of {sorted(DATASETS)}, csv:PATH, jsonl:PATH or hf:ID"
+            f"unknown dataset {name!r}: use one of {sorted(DATASETS)}, amazon:PATH, movielens-1m:PATH, "
+            "csv:PATH, jsonl:PATH or hf:ID"
         )
     if cfg.template and name in DATASETS:
         raise RaftlmError(
@@ -280,4 +296,6 @@ def load_splits(cfg) -> Splits:
         )
     if cfg.train_size is not None and name not in ("stsb", "stsb-1k", "amazon-snippets"):
         splits = replace(splits, train=splits.train[: cfg.train_size])
+    if cfg.train_fraction is not None:  # data-size curves (figure 4): a prefix of the (shuffled) train split
+        splits = replace(splits, train=splits.train[: max(1, round(cfg.train_fraction * len(splits.train)))])
     return splits

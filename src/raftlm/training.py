@@ -58,9 +58,10 @@ def build_features(
                 else f"{f['target']:.{ce_decimals}f}"
             )
             if s not in cache:
-                cache[s] = list(
-                    answer_ids(predictor.tokenizer, texts[:8], fmt.answer_prefix, fmt.fold_prefix, s)
-                ) + eos
+                cache[s] = (
+                    list(answer_ids(predictor.tokenizer, texts[:8], fmt.answer_prefix, fmt.fold_prefix, s))
+                    + eos
+                )
             f["answer_ids"] = cache[s]
     return feats
 
