@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for p in (train, predict, evaluate, demo):
         add_shared(p)
+    experiment = sub.add_parser(
+        "experiment", help="run a resumable sweep (datasets x models x methods x lrs x seeds)"
+    )
+    experiment.add_argument("sweep", help="sweep YAML file (see raftlm/experiment.py)")
+    report = sub.add_parser(
+        "report", help="tables (table 3 / 8 shapes), figures and an HTML page from a sweep"
+    )
+    report.add_argument("results_dir", help="the sweep's output_dir")
     for p in (train, predict, evaluate, demo):
         for action in p._actions:
             if action.dest == "method":
@@ -283,7 +291,26 @@ def cmd_demo(args) -> None:
     run_demo(config_from_args(args), overwrite=args.overwrite)
 
 
-COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo}
+def cmd_experiment(args) -> None:
+    from raftlm.experiment import run_sweep
+
+    run_sweep(args.sweep)
+
+
+def cmd_report(args) -> None:
+    from raftlm.report import write_report
+
+    write_report(args.results_dir)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "predict": cmd_predict,
+    "evaluate": cmd_evaluate,
+    "demo": cmd_demo,
+    "experiment": cmd_experiment,
+    "report": cmd_report,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -191,6 +191,13 @@ def training_arguments(cfg: Config, checkpoint_dir: Path, has_validation: bool) 
     )
 
 
+def latest_complete_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest checkpoint that was fully written (Trainer writes trainer_state.json last); a
+    checkpoint cut short by a kill is skipped, so resume falls back to the one before."""
+    done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+
+
 def fit(
     predictor: Predictor,
     train: list[Example],
@@ -222,8 +229,8 @@ def fit(
         optimizer_name=cfg.training.optimizer,
         eval_batch_size=cfg.eval.batch_size,
     )
-    has_ckpt = ckpt_dir.exists() and any(ckpt_dir.glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=True if (resume and has_ckpt) else None)
+    last = latest_complete_checkpoint(ckpt_dir) if resume else None
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     predictor.model = trainer.model
     state = trainer.state
     losses = [h["loss"] for h in state.log_history if "loss" in h]

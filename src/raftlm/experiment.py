@@ -1,0 +1,194 @@
+"""``raftlm experiment sweep.yaml``: datasets x models x methods x learning rates x seeds, resumable.
+
+A sweep file::
+
+    output_dir: benchmarks/results/table3
+    base: {model: {trainable: top-6}, training: {max_steps: 150, bf16: true}, eval: {bf16: true}}
+    datasets: [stsb-1k, amazon-snippets]          # names, or {dataset: ..., data_dir: ...} mappings
+    models: [gemma-3-270m]
+    methods: [{method: none, decoder: rail}, {method: ce, decoder: rail}, {method: raft}]
+    lrs: [1.0e-4, 1.0e-5]
+    seeds: [0, 1, 2]
+    train_fractions: [1.0]                        # optional: data-size curves (figure 4)
+
+Each cell (one training run evaluated with one decoder) writes ``cells/<id>.json`` atomically when it
+is done; rerunning skips finished cells and resumes an interrupted run from its last checkpoint.
+Zero-shot cells (method ``none``) do not depend on learning rate or seed and run once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from raftlm.config import Config
+from raftlm.core import RaftlmError
+from raftlm.io import write_json, write_text
+
+METRICS = ("rmse", "mae", "pearson", "spearman", "r2", "n")
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: dict
+    model: str
+    method: str
+    decoder: str
+    lr: float | None
+    seed: int
+    train_fraction: float | None = None
+
+    @property
+    def run_id(self) -> str:
+        """The training run this cell evaluates (shared by decoders of the same run)."""
+        parts = [
+            self.dataset["dataset"],
+            self.model,
+            self.method,
+            f"lr{self.lr:g}" if self.lr else "zs",
+            f"s{self.seed}",
+        ]
+        if self.train_fraction:
+            parts.append(f"f{self.train_fraction:g}")
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", "--".join(parts))
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.run_id}--{self.decoder}"
+
+
+def load_sweep(path: str) -> dict:
+    try:
+        sweep = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise RaftlmError(f"sweep file {path} not found: check the path") from None
+    missing = [k for k in ("output_dir", "datasets", "models", "methods") if k not in (sweep or {})]
+    if missing:
+        raise RaftlmError(f"sweep file {path} lacks {missing}: see `raftlm experiment --help` for the format")
+    return sweep
+
+
+def cells(sweep: dict) -> list[Cell]:
+    out = []
+    for d in sweep["datasets"]:
+        dataset = {"dataset": d} if isinstance(d, str) else dict(d)
+        for model in sweep["models"]:
+            for m in sweep["methods"]:
+                m = {"method": m} if isinstance(m, str) else m
+                method = m["method"]
+                decoder = m.get(
+                    "decoder", "head" if method.startswith(("head-", "encoder-", "learnable")) else "rail"
+                )
+                if method == "none":
+                    out.append(Cell(dataset, model, method, decoder, None, 0))
+                    continue
+                for frac in sweep.get("train_fractions", [None]):
+                    for lr in sweep.get("lrs", [1e-5]):
+                        for seed in sweep.get("seeds", [0]):
+                            out.append(Cell(dataset, model, method, decoder, float(lr), int(seed), frac))
+    return out
+
+
+def cell_config(sweep: dict, cell: Cell, run_dir: Path) -> Config:
+    base = {k: dict(v) for k, v in (sweep.get("base") or {}).items()}
+    base.setdefault("model", {})["name"] = cell.model
+    base.setdefault("data", {}).update(cell.dataset)
+    if cell.train_fraction:
+        base["data"]["train_fraction"] = cell.train_fraction
+    base.setdefault("method", {})["method"] = cell.method
+    training = base.setdefault("training", {})
+    training.update(output_dir=str(run_dir), seed=cell.seed)
+    if cell.lr:
+        training["lr"] = cell.lr
+    base.setdefault("eval", {})["decoder"] = cell.decoder if cell.decoder != "head" else "rail"
+    return Config.build(base)
+
+
+def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
+    from raftlm.data import load_splits
+    from raftlm.io import write_jsonl
+    from raftlm.pipeline import evaluate_predictor, load_for_eval, train_run
+
+    run_dir = root / "runs" / cell.run_id
+    cfg = cell_config(sweep, cell, run_dir)
+    splits = load_splits(cfg.data)
+    train = {}
+    if cell.method != "none":
+        if not (run_dir / "eval_results.json").exists():
+            fresh = run_dir.exists() and not (run_dir / "config.yaml").exists()
+            train_run(cfg, overwrite=fresh, resume=not fresh)
+        train = json.loads((run_dir / "eval_results.json").read_text())["train"]
+        cfg.model.name = str(run_dir)
+    predictor = load_for_eval(cfg, splits)
+    start = time.time()
+    metrics, preds = evaluate_predictor(predictor, splits.test, cfg, desc=cell.cell_id)
+    rows = [
+        {"index": i, "target": e.target, "prediction": float(preds.values[i])}
+        for i, e in enumerate(splits.test)
+    ]
+    if preds.probs is not None:
+        for i, r in enumerate(rows):
+            r["probs"] = [round(float(p), 6) for p in preds.probs[i]]
+            r["entropy"] = float(preds.entropy[i])
+    write_jsonl(root / "predictions" / f"{cell.cell_id}.jsonl", rows)
+    return {
+        "dataset": cell.dataset["dataset"],
+        "model": cell.model,
+        "method": cell.method,
+        "decoder": cell.decoder,
+        "seed": cell.seed,
+        "lr": cell.lr,
+        "train_fraction": cell.train_fraction,
+        **{k: metrics[k] for k in METRICS},
+        "best_step": train.get("best_step"),
+        "validation_rmse": train.get("best_validation_rmse"),
+        "train_runtime_s": train.get("train_runtime_s"),
+        "eval_seconds": round(time.time() - start, 1),
+        "run_id": cell.run_id,
+        "cell_id": cell.cell_id,
+        "grid": predictor.grid.strings,
+    }
+
+
+def collect(root: Path) -> list[dict]:
+    rows = [json.loads(p.read_text()) for p in sorted((root / "cells").glob("*.json"))]
+    write_json(root / "results.json", rows)
+    buf = io.StringIO()
+    if rows:
+        cols = [k for k in rows[0] if k != "grid"]
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    write_text(root / "results.csv", buf.getvalue())
+    return rows
+
+
+def run_sweep(path: str) -> Path:
+    sweep = load_sweep(path)
+    root = Path(sweep["output_dir"])
+    todo = cells(sweep)
+    (root / "cells").mkdir(parents=True, exist_ok=True)
+    write_text(root / "sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
+    done_before = sum((root / "cells" / f"{c.cell_id}.json").exists() for c in todo)
+    spent, ran = 0.0, 0
+    for cell in todo:
+        out = root / "cells" / f"{cell.cell_id}.json"
+        if out.exists():
+            continue
+        remaining = sum(not (root / "cells" / f"{c.cell_id}.json").exists() for c in todo)
+        eta = f"ETA {spent / ran * remaining / 60:.0f} min" if ran else "ETA after the first cell"
+        print(f"[{done_before + ran + 1}/{len(todo)} cells] {cell.cell_id} ({eta})", flush=True)
+        start = time.time()
+        write_json(out, run_cell(sweep, cell, root))
+        spent, ran = spent + time.time() - start, ran + 1
+        collect(root)
+    collect(root)
+    print(f"{len(todo)}/{len(todo)} cells done: {root / 'results.csv'}")
+    return root

@@ -1,0 +1,312 @@
+"""``raftlm report RESULTS_DIR``: tables shaped like the paper's table 3 / table 8 and its figures,
+from a sweep's ``results.json`` (one row per cell), plus one self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from raftlm.core import RaftlmError
+from raftlm.io import atomic_write, write_json, write_text
+
+LOWER_IS_BETTER = {"rmse": True, "mae": True, "pearson": False, "spearman": False, "r2": False}
+
+
+def label(row: dict) -> str:
+    method = "zero-shot" if row["method"] == "none" else row["method"]
+    return (
+        method
+        if row["decoder"] in ("rail", "head") and row["method"] not in ("none", "ce")
+        else f"{method} + {row['decoder']}"
+    )
+
+
+def _mean_validation(cells: list[dict]) -> float:
+    vals = [r["validation_rmse"] for r in cells if r.get("validation_rmse") is not None]
+    return float(np.mean(vals)) if vals else np.inf
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Per (dataset, model, method, decoder, train fraction): the learning rate with the lowest mean
+    validation RMSE over seeds (appendix D), and test metrics as mean and std (ddof=1) over its seeds."""
+    groups = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        key = (r["dataset"], r["model"], r["method"], r["decoder"], r.get("train_fraction"))
+        groups[key][r.get("lr")].append(r)
+    out = []
+    for (dataset, model, method, decoder, frac), by_lr in groups.items():
+        lr = min(by_lr, key=lambda x: (_mean_validation(by_lr[x]), x or 0))
+        cells = by_lr[lr]
+        agg = {
+            "dataset": dataset,
+            "model": model,
+            "method": method,
+            "decoder": decoder,
+            "train_fraction": frac,
+            "lr": lr,
+            "seeds": sorted(r["seed"] for r in cells),
+            "label": label(cells[0]),
+        }
+        for m in (*LOWER_IS_BETTER, "best_step"):
+            vals = np.array([r[m] for r in cells if r.get(m) is not None], dtype=float)
+            agg[m] = float(vals.mean()) if vals.size else None
+            agg[f"{m}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+        out.append(agg)
+    return out
+
+
+def _fmt(a: dict, metric: str) -> str:
+    if a.get(metric) is None:
+        return "-"
+    return f"{a[metric]:.3f} ± {a[f'{metric}_std']:.3f}" if len(a["seeds"]) > 1 else f"{a[metric]:.3f}"
+
+
+def table(aggs: list[dict], metric: str, rows_key: str, cols_key: str, title: str) -> str:
+    """Markdown table of ``metric`` (mean ± std); the best entry of each column in bold."""
+    rows = list(dict.fromkeys(a[rows_key] for a in aggs))
+    cols = list(dict.fromkeys(a[cols_key] for a in aggs))
+    cell = {(a[rows_key], a[cols_key]): a for a in aggs}
+    best = {}
+    for c in cols:
+        present = [cell[(r, c)] for r in rows if (r, c) in cell and cell[(r, c)].get(metric) is not None]
+        if present:
+            pick = min if LOWER_IS_BETTER[metric] else max
+            best[c] = pick(present, key=lambda a: a[metric])[metric]
+    lines = [f"**{title}**", "", "| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for r in rows:
+        vals = []
+        for c in cols:
+            a = cell.get((r, c))
+            text = _fmt(a, metric) if a else "-"
+            vals.append(
+                f"**{text}**" if a and a.get(metric) is not None and a[metric] == best.get(c) else text
+            )
+        lines.append(f"| {r} | " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def tables(aggs: list[dict]) -> str:
+    full = [a for a in aggs if not a["train_fraction"] or a["train_fraction"] == 1.0]
+    parts = []
+    for model in dict.fromkeys(a["model"] for a in full):
+        sub = [a for a in full if a["model"] == model]
+        for metric in ("rmse", "pearson", "spearman"):
+            parts.append(
+                table(sub, metric, "label", "dataset", f"{metric.upper()} on test, {model} (table 3 shape)")
+            )
+    for dataset in dict.fromkeys(a["dataset"] for a in full):
+        sub = [a for a in full if a["dataset"] == dataset]
+        parts.append(table(sub, "rmse", "model", "label", f"RMSE on {dataset} by model (table 8 shape)"))
+    return "\n".join(parts)
+
+
+# --- figures --------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    atomic_write(path, lambda p: fig.savefig(p, dpi=100, format="png"))
+    _plt().close(fig)
+    return path
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _chosen(root: Path, aggs: list[dict], rows: list[dict]):
+    """The cell of seed min(seeds) at the selected learning rate, per aggregate."""
+    for a in aggs:
+        for r in rows:
+            if (
+                r["dataset"],
+                r["model"],
+                r["method"],
+                r["decoder"],
+                r.get("train_fraction"),
+                r.get("lr"),
+                r["seed"],
+            ) == (
+                a["dataset"],
+                a["model"],
+                a["method"],
+                a["decoder"],
+                a["train_fraction"],
+                a["lr"],
+                a["seeds"][0],
+            ):
+                yield a, r
+
+
+def figures(root: Path, aggs: list[dict], rows: list[dict]) -> list[Path]:
+    plt, out = _plt(), []
+    figdir = root / "figures"
+    chosen = [
+        (a, r) for a, r in _chosen(root, aggs, rows) if not a["train_fraction"] or a["train_fraction"] == 1.0
+    ]
+    for dataset in dict.fromkeys(a["dataset"] for a, _ in chosen):
+        here = [(a, r) for a, r in chosen if a["dataset"] == dataset]
+        slug = dataset.replace(":", "_").replace("/", "_")
+        fig, ax = plt.subplots(figsize=(6, 4))  # figure 5: validation RMSE vs step
+        for a, r in here:
+            log = [x for x in _read_jsonl(root / "runs" / r["run_id"] / "metrics.jsonl") if "eval_rmse" in x]
+            if log:
+                ax.plot(
+                    [x["step"] for x in log],
+                    [x["eval_rmse"] for x in log],
+                    marker="o",
+                    label=f"{a['label']} ({a['model']})",
+                )
+        if ax.lines:
+            ax.set_xlabel("training step")
+            ax.set_ylabel("validation RMSE")
+            ax.set_title(f"{dataset}: RMSE vs step")
+            ax.legend(fontsize=7)
+            out.append(_save(fig, figdir / f"rmse_vs_step_{slug}.png"))
+        else:
+            plt.close(fig)
+        preds = {
+            a["label"] + f" ({a['model']})": _read_jsonl(root / "predictions" / f"{r['cell_id']}.jsonl")
+            for a, r in here
+        }
+        preds = {k: v for k, v in preds.items() if v}
+        if preds:  # predicted vs true per method
+            fig, axes = plt.subplots(1, len(preds), figsize=(3.2 * len(preds), 3.2), squeeze=False)
+            for ax, (name, p) in zip(axes[0], preds.items(), strict=True):
+                y, yh = [x["target"] for x in p], [x["prediction"] for x in p]
+                ax.scatter(y, yh, s=4, alpha=0.4)
+                ax.plot([min(y), max(y)], [min(y), max(y)], "k--", lw=1)
+                ax.set_title(name, fontsize=8)
+                ax.set_xlabel("true")
+            axes[0][0].set_ylabel("predicted")
+            fig.tight_layout()
+            out.append(_save(fig, figdir / f"scatter_{slug}.png"))
+        out += _entropy_figures(root, here, figdir, slug)
+    out += _convergence_figure(aggs, figdir)
+    return out
+
+
+def _entropy_figures(root: Path, here, figdir: Path, slug: str) -> list[Path]:
+    """Figure 6 (entropy change vs the zero-shot model) and figure 7 (grid probabilities)."""
+    plt, out = _plt(), []
+    zero = next((r for a, r in here if a["method"] == "none" and a["decoder"] == "rail"), None)
+    tuned = [(a, r) for a, r in here if a["method"] in ("raft", "ce", "mbr") and a["decoder"] == "rail"]
+    if zero is None or not tuned:
+        return out
+    before = _read_jsonl(root / "predictions" / f"{zero['cell_id']}.jsonl")
+    if not before or "entropy" not in before[0]:
+        return out
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for a, r in tuned:
+        after = _read_jsonl(root / "predictions" / f"{r['cell_id']}.jsonl")
+        change = [x["entropy"] - b["entropy"] for x, b in zip(after, before, strict=True) if "entropy" in x]
+        ax.hist(change, bins=40, alpha=0.5, label=a["label"])
+    ax.axvline(0, color="k", lw=1)
+    ax.set_xlabel("grid entropy after - before fine-tuning (nats)")
+    ax.legend(fontsize=7)
+    out.append(_save(fig, figdir / f"entropy_change_{slug}.png"))
+    a, r = tuned[-1]
+    after = _read_jsonl(root / "predictions" / f"{r['cell_id']}.jsonl")[:4]
+    if not after or "probs" not in after[0]:
+        return out
+    grid = r.get("grid") or [str(i) for i in range(len(after[0]["probs"]))]
+    fig, axes = plt.subplots(1, len(after), figsize=(3 * len(after), 2.8), squeeze=False)
+    for ax, x, b in zip(axes[0], after, before, strict=False):
+        pos = np.arange(len(grid))
+        ax.bar(pos - 0.2, b["probs"], width=0.4, label="zero-shot")
+        ax.bar(pos + 0.2, x["probs"], width=0.4, label=a["label"])
+        ax.set_xticks(pos, grid)
+        ax.set_title(f"target {x['target']:.2f}", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    out.append(_save(fig, figdir / f"grid_probs_{slug}.png"))
+    return out
+
+
+def _convergence_figure(aggs: list[dict], figdir: Path) -> list[Path]:
+    """Figure 4: steps to convergence (best validation step) vs training-set fraction."""
+    fracs = [a for a in aggs if a["train_fraction"] and a.get("best_step") is not None]
+    if len({a["train_fraction"] for a in fracs}) < 2:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name in dict.fromkeys(f"{a['dataset']} {a['label']}" for a in fracs):
+        pts = sorted(
+            (a["train_fraction"], a["best_step"]) for a in fracs if f"{a['dataset']} {a['label']}" == name
+        )
+        ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+    ax.set_xlabel("fraction of the training set")
+    ax.set_ylabel("steps to best validation RMSE")
+    ax.legend(fontsize=7)
+    return [_save(fig, figdir / "steps_to_convergence.png")]
+
+
+def _md_to_html(md: str) -> str:
+    out, in_table = [], False
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            tag = "th" if not in_table else "td"
+            row = "".join(f"<{tag}>{_bold(html.escape(c))}</{tag}>" for c in cells)
+            out.append(("<table>" if not in_table else "") + f"<tr>{row}</tr>")
+            in_table = True
+        else:
+            if in_table:
+                out.append("</table>")
+                in_table = False
+            if line.strip():
+                out.append(f"<p>{_bold(html.escape(line))}</p>")
+    if in_table:
+        out.append("</table>")
+    return "\n".join(out)
+
+
+def _bold(text: str) -> str:
+    parts = text.split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def write_report(results_dir: str) -> Path:
+    root = Path(results_dir)
+    path = root / "results.json"
+    if not path.exists():
+        raise RaftlmError(
+            f"{path} not found: run `raftlm experiment SWEEP.yaml` first (it writes results.json)"
+        )
+    rows = json.loads(path.read_text())
+    if not rows:
+        raise RaftlmError(f"{path} has no finished cells yet: let the sweep run")
+    aggs = aggregate(rows)
+    write_json(root / "summary.json", aggs)
+    md = tables(aggs)
+    write_text(root / "report.md", md)
+    pngs = figures(root, aggs, rows)
+    images = "".join(
+        f'<h3>{p.stem}</h3><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"/>'
+        for p in pngs
+    )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>raftlm report</title><style>"
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}</style></head><body>"
+        f"<h1>raftlm report: {html.escape(str(root))}</h1>{_md_to_html(md)}{images}</body></html>"
+    )
+    write_text(root / "report.html", page)
+    print(md)
+    print(f"report: {root / 'report.md'}, {root / 'report.html'} ({len(pngs)} figures)")
+    return root / "report.html"

@@ -1,0 +1,146 @@
+"""Issue 4: resumable sweeps and reports (hand-computed means and stds)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import yaml
+
+from raftlm.experiment import cells
+from raftlm.report import aggregate, table, write_report
+
+
+def test_cells_cross_every_axis_and_run_zero_shot_once():
+    sweep = {
+        "output_dir": "x",
+        "datasets": ["a", {"dataset": "b", "data_dir": "d"}],
+        "models": ["m"],
+        "methods": [{"method": "none", "decoder": "rail"}, "raft", {"method": "ce", "decoder": "greedy"}],
+        "lrs": [1e-4, 1e-5],
+        "seeds": [0, 1, 2],
+    }
+    cs = cells(sweep)
+    assert len(cs) == 2 * (1 + 2 * 3 + 2 * 3)
+    assert len({c.cell_id for c in cs}) == len(cs)
+    assert [c.decoder for c in cs if c.method == "raft"][0] == "rail"
+
+
+def _row(method, decoder, lr, seed, rmse, val, dataset="stsb-1k", model="gemma"):
+    return {
+        "dataset": dataset,
+        "model": model,
+        "method": method,
+        "decoder": decoder,
+        "lr": lr,
+        "seed": seed,
+        "train_fraction": None,
+        "rmse": rmse,
+        "mae": rmse,
+        "pearson": 1 - rmse,
+        "spearman": 1 - rmse,
+        "r2": 0.0,
+        "n": 10,
+        "best_step": 100 * (seed + 1),
+        "validation_rmse": val,
+        "run_id": "r",
+        "cell_id": "c",
+    }
+
+
+FIXTURE = [
+    # raft: lr 1e-4 has mean validation 0.55, lr 1e-5 has 0.60 -> 1e-4 is chosen
+    _row("raft", "rail", 1e-4, 0, 0.50, 0.50),
+    _row("raft", "rail", 1e-4, 1, 0.60, 0.55),
+    _row("raft", "rail", 1e-4, 2, 0.40, 0.60),
+    _row("raft", "rail", 1e-5, 0, 0.10, 0.60),
+    _row("raft", "rail", 1e-5, 1, 0.10, 0.60),
+    _row("raft", "rail", 1e-5, 2, 0.10, 0.60),
+    _row("ce", "rail", 1e-4, 0, 0.70, 0.70),
+    _row("ce", "rail", 1e-4, 1, 0.80, 0.70),
+    _row("none", "rail", None, 0, 1.20, None),
+]
+
+
+def test_aggregate_picks_lr_on_validation_and_reports_mean_and_std():
+    aggs = {a["label"]: a for a in aggregate(FIXTURE)}
+    raft = aggs["raft"]
+    assert raft["lr"] == 1e-4 and raft["seeds"] == [0, 1, 2]
+    # test RMSE 0.5, 0.6, 0.4: mean 0.5; sample std sqrt(((0)^2 + .1^2 + .1^2) / 2) = 0.1
+    assert np.isclose(raft["rmse"], 0.5) and np.isclose(raft["rmse_std"], 0.1)
+    assert np.isclose(raft["best_step"], 200)
+    ce = aggs["ce + rail"]  # 0.7, 0.8: mean .75, std sqrt((.05^2 * 2) / 1) = 0.0707
+    assert np.isclose(ce["rmse"], 0.75) and np.isclose(ce["rmse_std"], 0.0707107, atol=1e-6)
+    assert aggs["zero-shot + rail"]["rmse"] == 1.2
+
+
+def test_table_bolds_the_best_per_column():
+    md = table(aggregate(FIXTURE), "rmse", "label", "dataset", "RMSE")
+    assert "| raft | **0.500 ± 0.100** |" in md
+    assert "| ce + rail | 0.750 ± 0.071 |" in md and "| zero-shot + rail | 1.200 |" in md
+    md_p = table(aggregate(FIXTURE), "pearson", "label", "dataset", "Pearson")
+    assert "| raft | **0.500 ± 0.100** |" in md_p  # 1 - rmse: the highest Pearson wins
+
+
+def test_report_writes_tables_html(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps(FIXTURE))
+    page = write_report(str(tmp_path))
+    assert page.read_text().startswith("<!doctype html>") and "<b>0.500 ± 0.100</b>" in page.read_text()
+    assert "table 3 shape" in (tmp_path / "report.md").read_text()
+
+
+def test_sweep_resumes_after_being_killed_mid_cell(tmp_path, toy_csv):
+    sweep = {
+        "output_dir": str(tmp_path / "out"),
+        "base": {
+            "training": {"max_steps": 400, "eval_steps": 100, "batch_size": 4, "keep_checkpoints": True}
+        },
+        "datasets": [f"csv:{toy_csv}"],
+        "models": ["tiny-random-llama"],
+        "methods": [{"method": "none", "decoder": "rail"}, "raft"],
+        "lrs": [1e-3],
+        "seeds": [0],
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    cmd = [sys.executable, "-m", "raftlm", "experiment", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    runs = tmp_path / "out" / "runs"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(
+        runs.glob("*raft*/checkpoints/checkpoint-100/trainer_state.json")
+    ):
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    run = next(runs.glob("*raft*"))
+    assert not (run / "eval_results.json").exists()  # killed mid-cell
+    assert len(list((tmp_path / "out" / "cells").glob("*.json"))) == 1  # the zero-shot cell finished
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "[2/2 cells]" in done.stdout  # one cell left, counted from the finished one
+    evals = [
+        json.loads(line)["step"]
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if "eval_rmse" in line
+    ]
+    assert evals.count(100) == 1 and evals[-1] == 400  # continued from checkpoint-100, not restarted
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(rows) == 2 and {r["method"] for r in rows} == {"none", "raft"}
+    assert (tmp_path / "out" / "results.csv").read_text().startswith("dataset,model,method,decoder,seed,lr")
+
+
+def test_resume_skips_a_checkpoint_cut_short(tmp_path):
+    from raftlm.training import latest_complete_checkpoint
+
+    for step, complete in ((100, True), (200, True), (300, False)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        (d / "model.safetensors").write_text("x")
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+    assert latest_complete_checkpoint(tmp_path).name == "checkpoint-200"
+    assert latest_complete_checkpoint(tmp_path / "none") is None
