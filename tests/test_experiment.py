@@ -144,3 +144,16 @@ def test_resume_skips_a_checkpoint_cut_short(tmp_path):
             (d / "trainer_state.json").write_text("{}")
     assert latest_complete_checkpoint(tmp_path).name == "checkpoint-200"
     assert latest_complete_checkpoint(tmp_path / "none") is None
+
+
+def test_the_shipped_table3_sweep_builds_every_cell_config(tmp_path):
+    from pathlib import Path
+
+    from raftlm.experiment import cell_config, load_sweep
+
+    sweep = load_sweep(str(Path(__file__).parents[1] / "sweeps" / "table3-cpu.yaml"))
+    cs = cells(sweep)
+    assert len(cs) == 3 * (1 + 3 * 2 * 3)
+    for c in cs:
+        cfg = cell_config(sweep, c, tmp_path / c.run_id)
+        assert cfg.model.name == "gemma-3-270m" and cfg.training.seed == c.seed
