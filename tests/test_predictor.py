@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from raftlm.decoders import median, mode, parse_float, rail
 from raftlm.grid import Grid, TargetScaler
@@ -80,3 +81,15 @@ def test_bf16_autocast_stays_close_to_float32(tiny):
     f32 = p.predict(MIXED, "rail").values
     bf16 = p.predict(MIXED, "rail", bf16=True).values
     np.testing.assert_allclose(bf16, f32, atol=0.05)  # bf16 keeps ~3 significant digits
+
+
+@pytest.mark.slow
+def test_torch_compile_switch_keeps_predictions(tiny):
+    model, tok = tiny
+    import copy
+
+    grid = Grid.parse("1-5")
+    p = Predictor.create(copy.deepcopy(model), tok, grid, TargetScaler.identity(grid), TEXTS)
+    eager = p.predict(MIXED, "rail").values
+    p.compile()
+    np.testing.assert_allclose(p.predict(MIXED, "rail").values, eager, atol=1e-5)

@@ -59,6 +59,7 @@ FLAGS = {
     "--split": "eval.split",
     "--num-samples": "eval.num_samples",
     "--temperature": "eval.temperature",
+    "--compile": "eval.compile",
 }
 CASTS = {"int": int, "float": float, "int | None": int, "float | None": float}
 

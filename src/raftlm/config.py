@@ -187,6 +187,7 @@ class EvalConfig:
     temperature: float = field(default=1.0, metadata={"help": "sample-rail: sampling temperature"})
     max_new_tokens: int = field(default=6, metadata={"help": "greedy/sample-rail: tokens to decode"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast at inference"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model for prediction"})
 
     def __post_init__(self) -> None:
         from raftlm.decoders import DECODERS

@@ -277,6 +277,13 @@ def write_entropy_report(stem: Path, before: np.ndarray, after: np.ndarray) -> d
 
 def load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:
     """A trained run directory as saved, or (zero-shot) a pretrained model bound to the dataset's defaults."""
+    predictor = _load_for_eval(cfg, splits)
+    if cfg.eval.compile:
+        predictor.compile()
+    return predictor
+
+
+def _load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:
     if is_run_dir(cfg.model.name):
         return Predictor.load(cfg.model.name)
     if splits is None:

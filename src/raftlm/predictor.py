@@ -70,6 +70,11 @@ class Predictor:
         # normalized RAIL over single-token strings needs only the grid rows of the LM head
         self.use_grid_rows(normalize and fmt is not None and fmt.single_token)
 
+    def compile(self) -> None:
+        """torch.compile the model's forward for inference (a switch: same numbers within float
+        tolerance; worth it for long prediction jobs, the first batches pay the compile time)."""
+        self.model.forward = torch.compile(self.model.forward, dynamic=True)
+
     def use_grid_rows(self, on: bool) -> None:
         """Switch grid-rows-only scoring (normalized grids): same numbers, G instead of V head rows."""
         self.scorer = GridLogProbs(self.fmt, self.pad_id, grid_only=on) if self.fmt is not None else None
