@@ -250,7 +250,7 @@ def cmd_predict(args) -> None:
 
     from raftlm.data import load_splits
     from raftlm.io import check_writable, write_jsonl
-    from raftlm.pipeline import is_run_dir, load_for_eval
+    from raftlm.pipeline import is_run_dir, load_for_eval, predict_examples
 
     if not args.input or not args.output:
         raise RaftlmError("predict needs --input FILE (CSV/JSONL) and --output FILE (JSONL)")
@@ -259,18 +259,7 @@ def cmd_predict(args) -> None:
     splits = None if is_run_dir(cfg.model.name) else load_splits(cfg.data)
     predictor = load_for_eval(cfg, splits)
     examples = _file_examples(args.input, predictor, cfg.data.target_column, need_target=False)
-    e = cfg.eval
-    preds = predictor.predict(
-        [x.text for x in examples],
-        e.decoder,
-        e.batch_size,
-        e.num_samples,
-        e.temperature,
-        e.max_new_tokens,
-        e.bf16,
-        cfg.training.seed,
-        desc="predict",
-    )
+    preds = predict_examples(predictor, examples, cfg, desc="predict")
     rows = []
     for i, x in enumerate(examples):
         row = {"index": i, "prediction": float(preds.values[i])}

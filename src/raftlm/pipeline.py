@@ -106,14 +106,12 @@ def _eval_subset(examples: list[Example], cfg: Config) -> list[Example]:
     return examples[: cfg.data.eval_size] if cfg.data.eval_size else examples
 
 
-def evaluate_predictor(
-    predictor: Predictor, examples: list[Example], cfg: Config, desc: str = "evaluate"
-) -> tuple[dict, object]:
-    if not examples or any(e.target is None for e in examples):
-        raise RaftlmError("evaluation needs examples with targets: choose a split or file that has them")
+def predict_examples(predictor: Predictor, examples: list[Example], cfg: Config, desc: str):
+    """Predictions with the decoder and decoding settings of ``cfg.eval``."""
     e = cfg.eval
-    preds = predictor.predict(
-        [x.text for x in examples],
+    texts = [x.text for x in examples]
+    return predictor.predict(
+        texts,
         e.decoder,
         e.batch_size,
         e.num_samples,
@@ -123,16 +121,22 @@ def evaluate_predictor(
         cfg.training.seed,
         desc=desc,
     )
-    metrics = regression_metrics([x.target for x in examples], preds.values)
-    metrics["decoder"] = "head" if predictor.head is not None else e.decoder
-    if predictor.head is not None:
-        pass
-    elif e.decoder in ("greedy", "sample-rail"):
+
+
+def evaluate_predictor(
+    predictor: Predictor, examples: list[Example], cfg: Config, desc: str = "evaluate"
+) -> tuple[dict, object]:
+    if not examples or any(e.target is None for e in examples):
+        raise RaftlmError("evaluation needs examples with targets: choose a split or file that has them")
+    decoder = "head" if predictor.head is not None else cfg.eval.decoder
+    preds = predict_examples(predictor, examples, cfg, desc)
+    metrics = {**regression_metrics([x.target for x in examples], preds.values), "decoder": decoder}
+    if decoder in ("greedy", "sample-rail"):
         metrics["unparsed"] = preds.n_unparsed
         # decodes far outside the target range (e.g. '100' on a 0-5 scale) dominate RMSE: count them
         g = predictor.scaler.to_grid(preds.values)
         metrics["outside_grid_range"] = int(((g < predictor.grid.low) | (g > predictor.grid.high)).sum())
-    else:
+    elif decoder != "head":
         metrics["mean_entropy"] = float(np.mean(preds.entropy))
         metrics["mean_grid_mass"] = float(np.mean(preds.probs.sum(-1)))
     return metrics, preds
