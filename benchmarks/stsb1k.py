@@ -88,6 +88,7 @@ def config(spec: dict, data_dir: str) -> Config:
 
 def run_row(spec: dict, data_dir: str) -> dict:
     cfg = config(spec, data_dir)
+    resolved = cfg.to_dict()  # before model.name becomes the run directory
     method = spec["method"]
     splits = load_splits(cfg.data)
     row = {
@@ -116,8 +117,8 @@ def run_row(spec: dict, data_dir: str) -> dict:
             train_runtime_s=train_info["train_runtime_s"],
         )
     row["settings"] = {
-        "model": cfg.to_dict()["model"],
-        "method": cfg.to_dict()["method"],
+        "model": resolved["model"],
+        "method": resolved["method"],
         "training": train_settings(spec) if method != "none" else None,
         "eval": EVAL,
         "validation_size": VAL_SIZE,
