@@ -109,6 +109,7 @@ def run_row(spec: dict, data_dir: str) -> dict:
     start = time.time()
     metrics, _ = evaluate_predictor(predictor, splits.test, cfg, desc=f"{row['method']}+{spec['decoder']}")
     row.update({k: metrics[k] for k in ("rmse", "mae", "pearson", "spearman", "r2", "n")})
+    row.update({k: metrics[k] for k in ("unparsed", "outside_grid_range", "mean_grid_mass") if k in metrics})
     row["eval_seconds"] = round(time.time() - start, 1)
     if train_info:
         row.update(
