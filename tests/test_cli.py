@@ -224,3 +224,24 @@ def test_evaluate_entropy_analysis_writes_data_and_histogram(tmp_path, toy_csv):
     assert metrics["mean_entropy_after"] == pytest.approx(np.mean([r["entropy_after"] for r in rows]))
     assert metrics["mean_entropy_after"] == pytest.approx(metrics["mean_entropy"])
     assert all(r["change"] == pytest.approx(r["entropy_after"] - r["entropy_before"]) for r in rows)
+
+
+def test_demo_scatter_keeps_outliers_on_the_plot(tmp_path):
+    import numpy as np
+
+    from raftlm.demo import scatter
+
+    y = np.linspace(-3, 3, 20)
+    preds = {"greedy": np.r_[y[:-1], 200.0], "rail": y * 0.5}
+    scores = {k: {"rmse": 1.0, "spearman": 0.5} for k in preds}
+    scatter(tmp_path / "s.png", y, preds, scores)
+    assert (tmp_path / "s.png").stat().st_size > 5000
+
+
+def test_format_table_labels_then_metrics():
+    from raftlm.cli import format_table
+
+    text = format_table(
+        [{"method": "raft", "decoder": "rail", "rmse": 0.5, "mae": 0.4, "n": 3}], columns=("rmse", "n")
+    )
+    assert text.splitlines()[0] == "method | decoder | rmse | n"

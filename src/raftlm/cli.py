@@ -177,7 +177,7 @@ def _print_results(path: Path) -> None:
 
 
 def format_table(rows: list[dict], columns=("rmse", "mae", "pearson", "spearman", "r2", "n")) -> str:
-    keys = [k for k in rows[0] if k not in columns and not isinstance(rows[0][k], dict)][:3]
+    keys = [k for k, v in rows[0].items() if k not in columns and isinstance(v, str)][:3]
     head = [*keys, *columns]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:

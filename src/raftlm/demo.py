@@ -48,12 +48,17 @@ def scatter(path: Path, y_true: np.ndarray, preds: dict[str, np.ndarray], scores
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(preds), figsize=(4.2 * len(preds), 4), sharex=True, sharey=True)
+    lo, hi = float(y_true.min()), float(y_true.max())
+    pad = 0.15 * (hi - lo)
     for ax, (name, p) in zip(np.atleast_1d(axes), preds.items(), strict=True):
-        ax.scatter(y_true, p, s=6, alpha=0.5)
-        lo, hi = float(y_true.min()), float(y_true.max())
+        off = int(((p < lo - pad) | (p > hi + pad)).sum())  # e.g. a greedy decode of '100'
+        ax.scatter(y_true, np.clip(p, lo - pad, hi + pad), s=6, alpha=0.5)
         ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.set_ylim(lo - pad * 1.1, hi + pad * 1.1)
+        note = f"  ({off} off-scale, drawn at the edge)" if off else ""
         ax.set_title(
-            f"{name}\nRMSE {scores[name]['rmse']:.2f}  Spearman {scores[name]['spearman']:.2f}", fontsize=9
+            f"{name}\nRMSE {scores[name]['rmse']:.2f}  Spearman {scores[name]['spearman']:.2f}{note}",
+            fontsize=9,
         )
         ax.set_xlabel("human sentiment (true)")
     np.atleast_1d(axes)[0].set_ylabel("predicted")
