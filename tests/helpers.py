@@ -12,3 +12,25 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+def train_args(data, out, *extra) -> list[str]:
+    """`raftlm train` on the tiny model: 4 steps, validation (and a checkpoint) every 2."""
+    return [
+        "train",
+        "--model",
+        "tiny-random-llama",
+        "--dataset",
+        f"csv:{data}",
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "4",
+        "--eval-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-2",
+        *extra,
+    ]

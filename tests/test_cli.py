@@ -4,7 +4,7 @@ import sys
 
 import pytest
 import torch
-from helpers import write_csv
+from helpers import train_args, write_csv
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -23,27 +23,6 @@ ARTIFACTS = [
     "metrics.jsonl",
     "eval_results.json",
 ]
-
-
-def train_args(data, out, *extra):
-    return [
-        "train",
-        "--model",
-        "tiny-random-llama",
-        "--dataset",
-        f"csv:{data}",
-        "--output-dir",
-        str(out),
-        "--max-steps",
-        "4",
-        "--eval-steps",
-        "2",
-        "--batch-size",
-        "4",
-        "--lr",
-        "1e-2",
-        *extra,
-    ]
 
 
 def test_cli_choices_match_the_registries():

@@ -146,36 +146,32 @@ class Predictor:
     # --- grid scoring -----------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def grid_log_probs(
-        self, texts: list[str], batch_size: int = 16, bf16: bool = False, desc: str | None = None
+    def _map_batches(
+        self, fn, shape: tuple, texts: list[str], batch_size: int, bf16: bool, desc: str | None
     ) -> np.ndarray:
-        """log p(str(y) | x) for every text and grid value, shape (N, G)."""
+        """Run ``fn(model, batch)`` over length-bucketed batches in eval mode; rows back in input order."""
         was_training = self.model.training
         self.model.eval()
-        out = np.zeros((len(texts), len(self.grid.values)), dtype=np.float64)
+        out = np.zeros((len(texts), *shape), dtype=np.float64)
         try:
             for chunk, batch in self._batches(texts, batch_size, desc):
                 with autocast(bf16, self._device().type):
-                    out[chunk] = self.scorer(self.model, self._to(batch)).double().cpu().numpy()
+                    out[chunk] = fn(self.model, self._to(batch)).double().cpu().numpy()
         finally:
             self.model.train(was_training)
         return out
 
-    @torch.inference_mode()
+    def grid_log_probs(
+        self, texts: list[str], batch_size: int = 16, bf16: bool = False, desc: str | None = None
+    ) -> np.ndarray:
+        """log p(str(y) | x) for every text and grid value, shape (N, G)."""
+        return self._map_batches(self.scorer, (len(self.grid.values),), texts, batch_size, bf16, desc)
+
     def head_values(
         self, texts: list[str], batch_size: int = 16, bf16: bool = False, desc: str | None = None
     ) -> np.ndarray:
         """Predictive-head outputs (grid units), no decoding."""
-        was_training = self.model.training
-        self.model.eval()
-        out = np.zeros(len(texts), dtype=np.float64)
-        try:
-            for chunk, batch in self._batches(texts, batch_size, desc):
-                with autocast(bf16, self._device().type):
-                    out[chunk] = self.head(self.model, self._to(batch)).double().cpu().numpy()
-        finally:
-            self.model.train(was_training)
-        return out
+        return self._map_batches(self.head, (), texts, batch_size, bf16, desc)
 
     # --- decoding ---------------------------------------------------------------------------------
 
