@@ -94,6 +94,11 @@ def test_mbr_and_logloss_by_hand():
     assert_close(
         MBRLoss(scorer, VALUES)(None, None, targets=torch.tensor([4.0])), torch.tensor(0.5)
     )  # .5*1 + .5*0
+    # half the mass off the grid renormalizes to the same distribution: the same loss, no escape route
+    off = torch.tensor([[0.0, 0.0, 0.25, 0.25, 0.0]])
+    assert_close(
+        MBRLoss(lambda m, b: off.log(), VALUES)(None, None, targets=torch.tensor([4.0])), torch.tensor(0.5)
+    )
     two = torch.tensor([[0.2, 0.8]])
     loss = RAFTLogLoss(lambda m, b: two.log(), torch.tensor([0.0, 1.0]))(
         None, None, targets=torch.tensor([0.5])
