@@ -101,7 +101,7 @@ def run_row(spec: dict, data_dir: str) -> dict:
     if method != "none":
         run = Path(cfg.training.output_dir)
         if not (run / "eval_results.json").exists():
-            train_run(cfg, resume=True)
+            train_run(cfg, resume=True, evaluate_test=False)  # evaluated below
         train_info = json.loads((run / "eval_results.json").read_text())["train"]
         cfg.model.name = str(run)
     assert method == "none" or is_run_dir(cfg.model.name)

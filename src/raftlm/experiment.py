@@ -123,7 +123,7 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
     if cell.method != "none":
         if not (run_dir / "eval_results.json").exists():
             fresh = run_dir.exists() and not (run_dir / "config.yaml").exists()
-            train_run(cfg, overwrite=fresh, resume=not fresh)
+            train_run(cfg, overwrite=fresh, resume=not fresh, evaluate_test=False)  # evaluated below
         train = json.loads((run_dir / "eval_results.json").read_text())["train"]
         cfg.model.name = str(run_dir)
     predictor = load_for_eval(cfg, splits)

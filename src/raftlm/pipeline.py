@@ -177,7 +177,7 @@ def _barrier() -> None:
     PartialState().wait_for_everyone()
 
 
-def train_run(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
+def train_run(cfg: Config, overwrite: bool = False, resume: bool = False, evaluate_test: bool = True) -> Path:
     """Train per ``cfg`` into ``cfg.training.output_dir``; returns the finished run directory.
 
     Under ``accelerate launch`` every process trains (Trainer does DDP); only the main process writes
@@ -214,7 +214,7 @@ def train_run(cfg: Config, overwrite: bool = False, resume: bool = False) -> Pat
     summary = fit(predictor, splits.train, validation, cfg, out, resume=resume)
     if is_main_process():
         results = {"train": summary, "n_train": len(splits.train)}
-        if splits.test:
+        if splits.test and evaluate_test:  # callers that evaluate the test split themselves skip this
             results["test"], _ = evaluate_predictor(predictor, splits.test, cfg, desc="test")
         _finalize(predictor, out, results, keep_checkpoints=cfg.training.keep_checkpoints)
     _barrier()
