@@ -88,6 +88,24 @@ def test_learnable_raft_starts_at_the_raft_solution(scope):
     assert_close(head(FAKE, BATCH), (p @ VALUES)[None])
 
 
+def test_heads_keep_float32_outputs_under_bf16_autocast():
+    # bf16 has steps of 1/64 between 2 and 4: a head whose Linear ran in bf16 would round 2.7031 + d to
+    # one value and flatten regression outputs (measured: head-mlp-logits predicted one constant on STS-B)
+    pooled = PooledHead(2, "mean", bias=2.7031)
+    pooled.linear.weight.data = torch.tensor([[1e-3, 0.0]])
+    mlp = MLPLogitsHead(vocab_size=6, hidden=1, bias=2.7031)
+    mlp.mlp[2].weight.data = torch.tensor([[1e-3]])
+    proj = ProbProjectionHead(vocab_size=6, bias=2.7031)
+    proj.weight.data = torch.tensor([0.0, 1e-3, 0.0, 0.0, 0.0, 0.0])
+    learn = LearnableRAFTHead([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], vocab_size=6, scope="grid")
+    for head in (pooled, mlp, proj, learn):
+        exact = head(FAKE, BATCH)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_bf16 = head(FAKE, BATCH)
+        assert under_bf16.dtype == torch.float32
+        assert_close(under_bf16, exact, rtol=0, atol=1e-6)
+
+
 def test_mbr_and_logloss_by_hand():
     probs = torch.tensor([[0.0, 0.0, 0.5, 0.5, 0.0]])
     scorer = lambda m, b: probs.log()  # noqa: E731

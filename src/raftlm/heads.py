@@ -26,6 +26,12 @@ def _last_logits(model, batch: PromptBatch) -> torch.Tensor:
     return out.logits[:, -1].float()
 
 
+def full_precision(x: torch.Tensor):
+    """Autocast off for a head's own arithmetic: under bf16 autocast a Linear's output is rounded to
+    bf16 (8 mantissa bits: steps of 1/64 between 2 and 4), which flattens regression outputs."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def _last_hidden(model, batch: PromptBatch) -> torch.Tensor:
     """e_out(x): final hidden states (after the final norm), without materializing vocabulary logits."""
     kwargs = {
@@ -85,7 +91,9 @@ class PooledHead(nn.Module):
         nn.init.constant_(self.linear.bias, bias)
 
     def forward(self, model, batch: PromptBatch) -> torch.Tensor:
-        return self.linear(pool(_last_hidden(model, batch), batch.attention_mask, self.pooling)).squeeze(-1)
+        pooled = pool(_last_hidden(model, batch), batch.attention_mask, self.pooling)
+        with full_precision(pooled):
+            return self.linear(pooled.float()).squeeze(-1)
 
     def config(self) -> dict:
         return {"hidden_size": self.linear.in_features, "pooling": self.pooling}
@@ -101,7 +109,9 @@ class MLPLogitsHead(nn.Module):
         nn.init.constant_(self.mlp[2].bias, bias)
 
     def forward(self, model, batch: PromptBatch) -> torch.Tensor:
-        return self.mlp(_last_logits(model, batch)).squeeze(-1)
+        logits = _last_logits(model, batch)
+        with full_precision(logits):
+            return self.mlp(logits).squeeze(-1)
 
     def config(self) -> dict:
         return {"vocab_size": self.mlp[0].in_features, "hidden": self.mlp[0].out_features}
@@ -116,7 +126,9 @@ class ProbProjectionHead(nn.Module):
         self.bias = nn.Parameter(torch.tensor(float(bias)))
 
     def forward(self, model, batch: PromptBatch) -> torch.Tensor:
-        return self.bias + torch.softmax(_last_logits(model, batch), -1) @ self.weight
+        logits = _last_logits(model, batch)
+        with full_precision(logits):
+            return self.bias + torch.softmax(logits, -1) @ self.weight
 
     def config(self) -> dict:
         return {"vocab_size": self.weight.numel()}
@@ -154,8 +166,10 @@ class LearnableRAFTHead(nn.Module):
         self.weight = nn.Parameter(w)
 
     def forward(self, model, batch: PromptBatch) -> torch.Tensor:
-        probs = torch.softmax(_last_logits(model, batch), -1)
-        return probs @ self.weight if self.scope == "all" else probs[:, self.grid_ids] @ self.weight
+        logits = _last_logits(model, batch)
+        with full_precision(logits):
+            probs = torch.softmax(logits, -1)
+            return probs @ self.weight if self.scope == "all" else probs[:, self.grid_ids] @ self.weight
 
     def config(self) -> dict:
         return {
