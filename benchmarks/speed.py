@@ -104,6 +104,10 @@ def case_train(a) -> dict:
     model, tok = _load(
         a.model, a.config_dir, a.pretrained, a.device, "seqcls" if kind == "seqcls" else "causal"
     )
+    if kind != "seqcls":
+        from raftlm.models import lm_head_in_float32
+
+        lm_head_in_float32(model)  # as raftlm's Predictor does for every model it trains
     texts = _texts(a.batch, a.words)
     fmt = bind_answer(tok, Grid.parse("1-5"), texts)
     ids = encode_prompts(tok, fmt, texts, 4096)
@@ -284,6 +288,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(RESULTS / "speed"))
+    ap.add_argument(
+        "--cases",
+        nargs="*",
+        default=["train", "infer", "multitoken", "bucket"],
+        help="measure only these; their rows replace the same rows in the results file, the rest stay",
+    )
     a = ap.parse_args()
     if a.child:
         import torch
@@ -316,8 +326,12 @@ def main() -> None:
             if a.pretrained:
                 common.append("--pretrained")
             base = {"model": model, "dtype": dtype, "device": a.device}
-            steps = {m: run_case(common, case="train", method=m) for m in ("raft", "ce", "seqcls")}
-            for m, peer in (("raft", "ce"), ("raft", "seqcls"), ("ce", "seqcls")):
+            steps = (
+                {m: run_case(common, case="train", method=m) for m in ("raft", "ce", "seqcls")}
+                if "train" in a.cases
+                else {}
+            )
+            for m, peer in (("raft", "ce"), ("raft", "seqcls"), ("ce", "seqcls")) if steps else ():
                 rows.append(
                     {
                         **base,
@@ -329,8 +343,12 @@ def main() -> None:
                         "baseline_peak_mem_mb": steps[peer]["peak_mem_mb"],
                     }
                 )
-            inf = {d: run_case(common, case="infer", decoder=d) for d in ("rail", "sample-rail", "greedy")}
-            for d in ("sample-rail", "greedy"):
+            inf = (
+                {d: run_case(common, case="infer", decoder=d) for d in ("rail", "sample-rail", "greedy")}
+                if "infer" in a.cases
+                else {}
+            )
+            for d in ("sample-rail", "greedy") if inf else ():
                 rows.append(
                     {
                         **base,
@@ -342,35 +360,48 @@ def main() -> None:
                         "baseline_peak_mem_mb": inf[d]["peak_mem_mb"],
                     }
                 )
-            mt = run_case(common, case="multitoken")
-            rows.append(
-                {
-                    **base,
-                    "name": "51-string grid: shared prefix vs naive re-encoding",
-                    "seconds": mt["seconds"],
-                    "baseline": f"naive {mt['baseline_seconds']:.3f}s",
-                    "ratio": mt["baseline_seconds"] / mt["seconds"],
-                    "max_abs_logprob_diff": mt["max_abs_logprob_diff"],
-                    "peak_mem_mb": mt["peak_mem_mb"],
-                }
-            )
-            bk, fx = run_case(common, case="bucket"), run_case(common, case="bucket", fixed=True)
-            rows.append(
-                {
-                    **base,
-                    "name": "mixed lengths: bucketing vs fixed padding",
-                    "value_per_s": bk["value_per_s"],
-                    "baseline": f"fixed {fx['value_per_s']:.2f}/s",
-                    "ratio": bk["value_per_s"] / fx["value_per_s"],
-                    "tokens_per_s": bk["tokens_per_s"],
-                    "fraction_of_matmul_peak": bk["forward_flops_per_s"] / bk["matmul_peak_flops_per_s"],
-                    "matmul_peak_gflops": bk["matmul_peak_flops_per_s"] / 1e9,
-                    "peak_mem_mb": bk["peak_mem_mb"],
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
-            out.with_suffix(".json").parent.mkdir(parents=True, exist_ok=True)
-            out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+            if "multitoken" in a.cases:
+                mt = run_case(common, case="multitoken")
+                rows.append(
+                    {
+                        **base,
+                        "name": "51-string grid: shared prefix vs naive re-encoding",
+                        "seconds": mt["seconds"],
+                        "baseline": f"naive {mt['baseline_seconds']:.3f}s",
+                        "ratio": mt["baseline_seconds"] / mt["seconds"],
+                        "max_abs_logprob_diff": mt["max_abs_logprob_diff"],
+                        "peak_mem_mb": mt["peak_mem_mb"],
+                    }
+                )
+            if "bucket" in a.cases:
+                bk, fx = run_case(common, case="bucket"), run_case(common, case="bucket", fixed=True)
+                rows.append(
+                    {
+                        **base,
+                        "name": "mixed lengths: bucketing vs fixed padding",
+                        "value_per_s": bk["value_per_s"],
+                        "baseline": f"fixed {fx['value_per_s']:.2f}/s",
+                        "ratio": bk["value_per_s"] / fx["value_per_s"],
+                        "tokens_per_s": bk["tokens_per_s"],
+                        "fraction_of_matmul_peak": bk["forward_flops_per_s"] / bk["matmul_peak_flops_per_s"],
+                        "matmul_peak_gflops": bk["matmul_peak_flops_per_s"] / 1e9,
+                        "peak_mem_mb": bk["peak_mem_mb"],
+                    }
+                )
+            print(json.dumps(rows[-1] if rows else {}), flush=True)
+            write_results(out, rows)
+
+
+def write_results(out: Path, rows: list[dict]) -> None:
+    """Merge ``rows`` into ``out``.json (a row replaces the one with the same model, dtype, device and
+    name) and rewrite ``out``.md from the merged list."""
+    path = out.with_suffix(".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = lambda r: (r["model"], r["dtype"], r["device"], r["name"])  # noqa: E731
+    merged = {key(r): r for r in (json.loads(path.read_text()) if path.exists() else [])}
+    merged.update({key(r): r for r in rows})
+    rows = list(merged.values())
+    path.write_text(json.dumps(rows, indent=1))
     lines = [
         "| model | dtype | device | measurement | ratio | value | baseline | peak MB |",
         "|---|---|---|---|---|---|---|---|",
@@ -378,7 +409,8 @@ def main() -> None:
     for r in rows:
         value = f"{r['seconds']:.4f}s" if "seconds" in r else f"{r['value_per_s']:.2f}/s"
         lines.append(
-            f"| {r['model']} | {r['dtype']} | {r['device']} | {r['name']} | {r['ratio']:.2f}x | {value} | {r['baseline']} | {r['peak_mem_mb']:.0f} |"
+            f"| {r['model']} | {r['dtype']} | {r['device']} | {r['name']} | {r['ratio']:.2f}x | {value} | "
+            f"{r['baseline']} | {r['peak_mem_mb']:.0f} |"
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 

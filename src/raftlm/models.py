@@ -212,6 +212,28 @@ def model_path(name: str) -> str:
     return name  # a hub id
 
 
+def _float32_head_forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(hidden.device.type, enabled=False):
+        return torch.nn.functional.linear(hidden.to(self.weight.dtype), self.weight, self.bias)
+
+
+def lm_head_in_float32(model):
+    """Run the LM head in the weights' dtype even under bf16 autocast (idempotent).
+
+    raftlm applies the head at a few answer positions only, so its matmul is cheap, but autocast would
+    cast the whole V x D weight to bf16 on every forward (Gemma: 168M values) and round the logits to
+    bf16 (steps of 1/8 near 20). The head stays the same module with the same weights (tied, saved and
+    loaded as before); only its forward changes.
+    """
+    import types
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, torch.nn.Linear) and not getattr(head, "_raftlm_float32", False):
+        head.forward = types.MethodType(_float32_head_forward, head)
+        head._raftlm_float32 = True
+    return model
+
+
 def load_model(
     name: str, dropout: float = 0.0, seed: int = 0, encoder: bool = False, init: str = "pretrained"
 ):

@@ -56,6 +56,9 @@ class Predictor:
         bidirectional: bool = False,
         extra: dict | None = None,
     ):
+        from raftlm.models import lm_head_in_float32
+
+        lm_head_in_float32(model)
         self.head, self.bidirectional, self.extra = head, bidirectional, dict(extra or {})
         self.bucket, self.pad_to = True, None  # speed switches (benchmarks/speed.py measures them)
         self.model, self.tokenizer, self.grid, self.fmt = model, tokenizer, grid, fmt

@@ -192,8 +192,9 @@ class GridLogProbs:
 
     def __call__(self, model, batch: PromptBatch) -> torch.Tensor:
         dev = batch.input_ids.device
-        if self.grid_only:
+        if self.grid_only and hasattr(model, "get_decoder"):
             return self._grid_rows(model, batch)
+        # (a wrapper such as DDP must be called as a whole so it syncs gradients: full head, then the grid)
         multi = bool(self.paths)
         out = model(
             input_ids=batch.input_ids,
@@ -206,7 +207,7 @@ class GridLogProbs:
         lp = last[:, self.first_ids.to(dev)] - torch.logsumexp(last, dim=-1, keepdim=True)
         if multi:
             lp = lp + self._tails(model, batch, out.past_key_values)
-        return lp
+        return torch.log_softmax(lp, dim=-1) if self.grid_only else lp
 
     def _grid_rows(self, model, batch: PromptBatch) -> torch.Tensor:
         """log softmax over the grid of h_L @ E_out[grid]^T: G rows of the LM head instead of V."""
@@ -215,7 +216,9 @@ class GridLogProbs:
         )
         hidden = out.last_hidden_state[:, -1]
         weight = model.get_output_embeddings().weight[self.first_ids.to(hidden.device)]
-        logits = (hidden @ weight.T).float()
+        with torch.autocast(hidden.device.type, enabled=False):  # as lm_head_in_float32
+            logits = hidden.to(weight.dtype) @ weight.T
+        logits = logits.float()
         cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
