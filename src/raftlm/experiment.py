@@ -117,7 +117,7 @@ def cell_config(sweep: dict, cell: Cell, run_dir: Path) -> Config:
 def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
     from raftlm.data import load_splits
     from raftlm.io import write_jsonl
-    from raftlm.pipeline import evaluate_predictor, load_for_eval, train_run
+    from raftlm.pipeline import eval_subset, evaluate_predictor, load_for_eval, train_run
 
     run_dir = root / "runs" / cell.run_id
     cfg = cell_config(sweep, cell, run_dir)
@@ -131,10 +131,10 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
         cfg.model.name = str(run_dir)
     predictor = load_for_eval(cfg, splits)
     start = time.time()
-    metrics, preds = evaluate_predictor(predictor, splits.test, cfg, desc=cell.cell_id)
+    test = eval_subset(splits.test, cfg)  # data.eval_size caps the test set too, as in `raftlm evaluate`
+    metrics, preds = evaluate_predictor(predictor, test, cfg, desc=cell.cell_id)
     rows = [
-        {"index": i, "target": e.target, "prediction": float(preds.values[i])}
-        for i, e in enumerate(splits.test)
+        {"index": i, "target": e.target, "prediction": float(preds.values[i])} for i, e in enumerate(test)
     ]
     if preds.probs is not None:
         for i, r in enumerate(rows):

@@ -102,7 +102,7 @@ def make_trainable(predictor: Predictor, cfg: Config) -> None:
         attach_head(predictor.model, predictor.head)
 
 
-def _eval_subset(examples: list[Example], cfg: Config) -> list[Example]:
+def eval_subset(examples: list[Example], cfg: Config) -> list[Example]:
     return examples[: cfg.data.eval_size] if cfg.data.eval_size else examples
 
 
@@ -210,7 +210,7 @@ def train_run(cfg: Config, overwrite: bool = False, resume: bool = False, evalua
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", cfg.to_yaml())
     _barrier()
-    validation = _eval_subset(splits.validation, cfg)
+    validation = eval_subset(splits.validation, cfg)
     summary = fit(predictor, splits.train, validation, cfg, out, resume=resume)
     if is_main_process():
         results = {"train": summary, "n_train": len(splits.train)}
