@@ -65,12 +65,18 @@ def test_pooling_ignores_padding():
 
 
 def test_mlp_logits_head_by_hand():
+    # LOGITS standardized: mean m = (2.5 + ln 3) / 6, biased std sd; unit weight (0, sqrt(6), 0, ...)
+    # scaled by 1/sqrt(6) reads z_1 = (2.5 - m) / sd; first bias -z_1 -> sigmoid(0) = 0.5 -> 1 + 4 * 0.5
     head = MLPLogitsHead(vocab_size=6, hidden=1, bias=0.0)
-    head.mlp[0].weight.data = torch.tensor([[0.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
-    head.mlp[0].bias.data = torch.tensor([-2.5])
-    head.mlp[2].weight.data = torch.tensor([[4.0]])
-    head.mlp[2].bias.data = torch.tensor([1.0])
-    assert_close(head(FAKE, BATCH), torch.tensor([3.0]))  # 1 + 4 * sigmoid(2.5 - 2.5) = 1 + 4 * 0.5
+    m = (2.5 + math.log(3.0)) / 6
+    sd = math.sqrt(sum((v - m) ** 2 for v in LOGITS[0].tolist()) / 6)
+    head.inp.weight.data = torch.tensor([[0.0, math.sqrt(6.0), 0.0, 0.0, 0.0, 0.0]])
+    head.inp.bias.data = torch.tensor([-(2.5 - m) / sd])
+    head.out.weight.data = torch.tensor([[4.0]])
+    head.out.bias.data = torch.tensor([1.0])
+    assert_close(head(FAKE, BATCH), torch.tensor([3.0]))
+    fresh = MLPLogitsHead(vocab_size=6, hidden=8, bias=2.5)
+    assert_close(fresh(FAKE, BATCH), torch.tensor([2.5]))  # output weight starts at zero
 
 
 def test_prob_projection_head_by_hand():
@@ -94,7 +100,7 @@ def test_heads_keep_float32_outputs_under_bf16_autocast():
     pooled = PooledHead(2, "mean", bias=2.7031)
     pooled.linear.weight.data = torch.tensor([[1e-3, 0.0]])
     mlp = MLPLogitsHead(vocab_size=6, hidden=1, bias=2.7031)
-    mlp.mlp[2].weight.data = torch.tensor([[1e-3]])
+    mlp.out.weight.data = torch.tensor([[1e-3]])
     proj = ProbProjectionHead(vocab_size=6, bias=2.7031)
     proj.weight.data = torch.tensor([0.0, 1e-3, 0.0, 0.0, 0.0, 0.0])
     learn = LearnableRAFTHead([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], vocab_size=6, scope="grid")

@@ -10,6 +10,7 @@ checkpoints and optimizer include it; it is saved separately as ``head.safetenso
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from raftlm.scoring import PromptBatch
@@ -100,21 +101,38 @@ class PooledHead(nn.Module):
 
 
 class MLPLogitsHead(nn.Module):
-    """Eq. 11: b + MLP(f_out(x)[:, L]), a 2-layer MLP with sigmoid over the whole final-position logits."""
+    """Eq. 11: b + MLP(f_out(x)[:, L]), a 2-layer MLP with sigmoid over the whole final-position logits.
+
+    Eq. 11 leaves the input scale open; two choices keep the V-wide first layer (Gemma: 262,144 inputs)
+    trainable. The logit vector is standardized per example (a parameter-free layer norm: Gemma's
+    logits share an offset near -5 that every unit would otherwise see), and the first layer is
+    ``W / sqrt(V)`` with W ~ N(0, 1): Adafactor and Adam move each weight by about the learning rate,
+    so with a plain V-wide Linear one step moves a pre-activation by lr x ||z||_1 (~20 at lr 1e-4);
+    measured on STS-B, every sigmoid saturated at 0 or 1 within 50 steps and the head predicted one
+    constant. With the 1/sqrt(V) scale a step moves it by ~lr x ||z||_1 / sqrt(V) (~0.04).
+    Example (V=4, hidden 1): logits (0, 2, 0, 2) -> z = (-1, 1, -1, 1) (biased std); W = (0, 2, 0, 0),
+    first bias -1 -> sigmoid(2 * 1 / 2 - 1) = 0.5; output weight 4, bias 1 -> 1 + 4 * 0.5 = 3.
+    """
 
     def __init__(self, vocab_size: int, hidden: int = 64, bias: float = 0.0):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(vocab_size, hidden), nn.Sigmoid(), nn.Linear(hidden, 1))
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.constant_(self.mlp[2].bias, bias)
+        self.vocab_size = vocab_size
+        self.inp = nn.Linear(vocab_size, hidden)
+        self.out = nn.Linear(hidden, 1)
+        nn.init.normal_(self.inp.weight)
+        nn.init.zeros_(self.inp.bias)
+        nn.init.zeros_(self.out.weight)  # starts at the bias (the training mean)
+        nn.init.constant_(self.out.bias, bias)
 
     def forward(self, model, batch: PromptBatch) -> torch.Tensor:
         logits = _last_logits(model, batch)
         with full_precision(logits):
-            return self.mlp(logits).squeeze(-1)
+            z = F.layer_norm(logits, (self.vocab_size,))
+            pre = F.linear(z, self.inp.weight) * self.vocab_size**-0.5 + self.inp.bias
+            return self.out(torch.sigmoid(pre)).squeeze(-1)
 
     def config(self) -> dict:
-        return {"vocab_size": self.mlp[0].in_features, "hidden": self.mlp[0].out_features}
+        return {"vocab_size": self.vocab_size, "hidden": self.inp.out_features}
 
 
 class ProbProjectionHead(nn.Module):
