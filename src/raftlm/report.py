@@ -102,6 +102,14 @@ def tables(aggs: list[dict]) -> str:
     for dataset in dict.fromkeys(a["dataset"] for a in full):
         sub = [a for a in full if a["dataset"] == dataset]
         parts.append(table(sub, "rmse", "model", "label", f"RMSE on {dataset} by model (table 8 shape)"))
+    counts = sorted({len(a["seeds"]) for a in full if a["lr"] is not None})
+    if len(counts) > 1:  # a sweep still running (or stopped early): say which entries rest on fewer seeds
+        few = [
+            f"{a['label']} on {a['dataset']}: {len(a['seeds'])}"
+            for a in full
+            if 0 < len(a["seeds"]) < counts[-1]
+        ]
+        parts.append(f"Seeds behind trained entries: {counts[-1]}, except " + "; ".join(few) + ".\n")
     return "\n".join(parts)
 
 
