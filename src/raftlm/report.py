@@ -107,7 +107,7 @@ def tables(aggs: list[dict]) -> str:
         few = [
             f"{a['label']} on {a['dataset']}: {len(a['seeds'])}"
             for a in full
-            if 0 < len(a["seeds"]) < counts[-1]
+            if a["lr"] is not None and len(a["seeds"]) < counts[-1]
         ]
         parts.append(f"Seeds behind trained entries: {counts[-1]}, except " + "; ".join(few) + ".\n")
     return "\n".join(parts)
