@@ -415,17 +415,7 @@ def write_results(out: Path, rows: list[dict]) -> None:
     ]
     for r in rows:
         value = f"{r['seconds']:.4f}s" if "seconds" in r else f"{r['value_per_s']:.2f}/s"
-        target = TARGETS.get(r["name"])
-        verdict = (
-            "-"
-            if target is None
-            else f"{target[0]} {target[1]}x: "
-            + (
-                "met"
-                if (r["ratio"] <= target[1] if target[0] == "<=" else r["ratio"] >= target[1])
-                else "missed"
-            )
-        )
+        verdict = _verdict(r)
         base_mb = r.get("baseline_peak_mem_mb")
         lines.append(
             f"| {r['model']} | {r['dtype']} | {r['device']} | {r['name']} | {r['ratio']:.2f}x | {verdict} | "
@@ -439,6 +429,15 @@ def write_results(out: Path, rows: list[dict]) -> None:
         if "fraction_of_matmul_peak" in r
     ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def _verdict(row: dict) -> str:
+    """'<= 1.05x: met' / 'missed' against the issue-5 target for this row, '-' where none is set."""
+    if row["name"] not in TARGETS:
+        return "-"
+    op, bound = TARGETS[row["name"]]
+    met = row["ratio"] <= bound if op == "<=" else row["ratio"] >= bound
+    return f"{op} {bound}x: {'met' if met else 'missed'}"
 
 
 TARGETS = {  # issue 5: (comparison, bound) on the ratio

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raftlm.scoring import PromptBatch
+from raftlm.scoring import PromptBatch, full_precision  # heads do their own arithmetic in float32
 
 
 def _last_logits(model, batch: PromptBatch) -> torch.Tensor:
@@ -25,12 +25,6 @@ def _last_logits(model, batch: PromptBatch) -> torch.Tensor:
         logits_to_keep=1,
     )
     return out.logits[:, -1].float()
-
-
-def full_precision(x: torch.Tensor):
-    """Autocast off for a head's own arithmetic: under bf16 autocast a Linear's output is rounded to
-    bf16 (8 mantissa bits: steps of 1/64 between 2 and 4), which flattens regression outputs."""
-    return torch.autocast(x.device.type, enabled=False)
 
 
 def _last_hidden(model, batch: PromptBatch) -> torch.Tensor:

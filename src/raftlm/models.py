@@ -213,8 +213,9 @@ def model_path(name: str) -> str:
 
 
 def _float32_head_forward(self, hidden: torch.Tensor) -> torch.Tensor:
-    with torch.autocast(hidden.device.type, enabled=False):
-        return torch.nn.functional.linear(hidden.to(self.weight.dtype), self.weight, self.bias)
+    from raftlm.scoring import linear_in_weight_dtype
+
+    return linear_in_weight_dtype(hidden, self.weight, self.bias)
 
 
 def lm_head_in_float32(model):

@@ -160,6 +160,18 @@ def left_pad(
     return PromptBatch(ids, mask, pos, bidirectional)
 
 
+def full_precision(x: torch.Tensor):
+    """Autocast off (for ``x``'s device): under bf16 autocast a Linear's output is rounded to bf16
+    (8 mantissa bits: steps of 1/64 between 2 and 4, of 1/8 near 20)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def linear_in_weight_dtype(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """``F.linear`` in the weight's dtype even under autocast: no bf16 copy of the weight, no rounding."""
+    with full_precision(x):
+        return torch.nn.functional.linear(x.to(weight.dtype), weight, bias)
+
+
 class GridLogProbs:
     """Computes log p(str(y) | x) for all grid values; differentiable (used by the RAFT loss)."""
 
@@ -216,9 +228,7 @@ class GridLogProbs:
         )
         hidden = out.last_hidden_state[:, -1]
         weight = model.get_output_embeddings().weight[self.first_ids.to(hidden.device)]
-        with torch.autocast(hidden.device.type, enabled=False):  # as lm_head_in_float32
-            logits = hidden.to(weight.dtype) @ weight.T
-        logits = logits.float()
+        logits = linear_in_weight_dtype(hidden, weight).float()  # as lm_head_in_float32
         cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
