@@ -108,6 +108,8 @@ def case_train(a) -> dict:
         from raftlm.models import lm_head_in_float32
 
         lm_head_in_float32(model)  # as raftlm's Predictor does for every model it trains
+    if a.freeze_embeddings:  # raftlm's recipes: input embeddings (tied to the LM head) frozen
+        model.get_input_embeddings().weight.requires_grad_(False)
     texts = _texts(a.batch, a.words)
     fmt = bind_answer(tok, Grid.parse("1-5"), texts)
     ids = encode_prompts(tok, fmt, texts, 4096)
@@ -121,7 +123,7 @@ def case_train(a) -> dict:
         *(t.to(a.device) for t in (batch.input_ids, batch.attention_mask, batch.position_ids))
     )
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    opt = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=1e-6)
     raft = RAFTLoss(GridLogProbs(fmt, tok.pad_token_id), torch.tensor([1.0, 2, 3, 4, 5]))
     ce = CELoss()
 
@@ -260,9 +262,9 @@ def run_case(common: list[str], **kw) -> dict:
     args = [*common]
     for k, v in kw.items():
         if v is True:
-            args.append(f"--{k}")
+            args.append(f"--{k.replace('_', '-')}")
         elif v is not None and v is not False:
-            args += [f"--{k}", str(v)]
+            args += [f"--{k.replace('_', '-')}", str(v)]
     proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
@@ -276,6 +278,11 @@ def main() -> None:
     ap.add_argument("--method")
     ap.add_argument("--decoder")
     ap.add_argument("--fixed", action="store_true")
+    ap.add_argument(
+        "--freeze-embeddings",
+        action="store_true",
+        help="(child) train case with the input embeddings, and the LM head tied to them, frozen",
+    )
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--models", nargs="*", default=["gemma-3-270m", "smollm2-135m"])
     ap.add_argument("--dtypes", nargs="*", default=["float32", "bf16"])
@@ -291,8 +298,9 @@ def main() -> None:
     ap.add_argument(
         "--cases",
         nargs="*",
-        default=["train", "infer", "multitoken", "bucket"],
-        help="measure only these; their rows replace the same rows in the results file, the rest stay",
+        default=["train", "train-frozen", "infer", "multitoken", "bucket"],
+        help="measure only these (train-frozen: train steps with embeddings frozen, as raftlm's recipes); "
+        "their rows replace the same rows in the results file, the rest stay",
     )
     a = ap.parse_args()
     if a.child:
@@ -325,24 +333,32 @@ def main() -> None:
                 common += ["--config-dir", a.config_dir]
             if a.pretrained:
                 common.append("--pretrained")
-            base = {"model": model, "dtype": dtype, "device": a.device}
-            steps = (
-                {m: run_case(common, case="train", method=m) for m in ("raft", "ce", "seqcls")}
-                if "train" in a.cases
-                else {}
-            )
-            for m, peer in (("raft", "ce"), ("raft", "seqcls"), ("ce", "seqcls")) if steps else ():
-                rows.append(
-                    {
-                        **base,
-                        "name": f"train step: {m} vs {peer}",
-                        "seconds": steps[m]["seconds"],
-                        "baseline": f"{peer} {steps[peer]['seconds']:.4f}s",
-                        "ratio": steps[m]["seconds"] / steps[peer]["seconds"],
-                        "peak_mem_mb": steps[m]["peak_mem_mb"],
-                        "baseline_peak_mem_mb": steps[peer]["peak_mem_mb"],
-                    }
-                )
+            base = {
+                "model": model,
+                "dtype": dtype,
+                "device": a.device,
+                "setup": f"batch {a.batch}, {a.n} prompts of {a.words} words, median of {a.repeats}",
+            }
+            for case, tag in (("train", ""), ("train-frozen", ", embeddings frozen")):
+                if case not in a.cases:
+                    continue
+                frozen = case == "train-frozen"
+                steps = {
+                    m: run_case(common, case="train", method=m, freeze_embeddings=frozen)
+                    for m in ("raft", "ce", "seqcls")
+                }
+                for m, peer in (("raft", "ce"), ("raft", "seqcls"), ("ce", "seqcls")):
+                    rows.append(
+                        {
+                            **base,
+                            "name": f"train step{tag}: {m} vs {peer}",
+                            "seconds": steps[m]["seconds"],
+                            "baseline": f"{peer} {steps[peer]['seconds']:.4f}s",
+                            "ratio": steps[m]["seconds"] / steps[peer]["seconds"],
+                            "peak_mem_mb": steps[m]["peak_mem_mb"],
+                            "baseline_peak_mem_mb": steps[peer]["peak_mem_mb"],
+                        }
+                    )
             inf = (
                 {d: run_case(common, case="infer", decoder=d) for d in ("rail", "sample-rail", "greedy")}
                 if "infer" in a.cases
@@ -403,15 +419,18 @@ def write_results(out: Path, rows: list[dict]) -> None:
     rows = list(merged.values())
     path.write_text(json.dumps(rows, indent=1))
     lines = [
-        "Ratios measured in one run on one machine: the same model, batch 8 (train), 16 prompts "
-        "(inference) of ~50 tokens, median of 3 timed calls after 2 warm-ups, each case in its own "
-        "process. Train steps update every parameter with AdamW (the peers' full fine-tuning); peak MB is "
-        "the process's peak RSS (CPU) or allocator peak (CUDA). Reproduce: `python benchmarks/speed.py` "
-        "(`--cases train` re-measures just those rows). Targets from issue 5: RAFT step <= 1.0x CE and "
-        "<= 1.05x seqcls with lower peak memory than CE; grid RAIL >= 20x sample RAIL; shared prefix >= 5x.",
+        "Ratios measured in one run on one machine: the same model, batch (train steps) and prompts "
+        "(inference; `setup` column: batch, prompts, words per prompt, median of how many timed calls, "
+        "after 2 warm-ups), each case in its own process. Train steps use AdamW on every parameter (the "
+        "peers' full fine-tuning) or, in the `embeddings frozen` rows, on all but the input embeddings "
+        "(tied to the LM head), as raftlm's recipes train. Peak MB is the process's peak RSS (CPU) or the "
+        "allocator's peak (CUDA). Reproduce: `python benchmarks/speed.py` (`--cases train-frozen` "
+        "re-measures just those rows). Targets from issue 5: RAFT step <= 1.0x CE and <= 1.05x seqcls "
+        "with lower peak memory than CE; grid RAIL >= 20x sample RAIL; shared prefix >= 5x.",
         "",
-        "| model | dtype | device | measurement | ratio | target | value | baseline | peak MB | baseline MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | dtype | device | measurement | ratio | target | value | baseline | peak MB | baseline MB "
+        "| setup |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         value = f"{r['seconds']:.4f}s" if "seconds" in r else f"{r['value_per_s']:.2f}/s"
@@ -419,7 +438,8 @@ def write_results(out: Path, rows: list[dict]) -> None:
         base_mb = r.get("baseline_peak_mem_mb")
         lines.append(
             f"| {r['model']} | {r['dtype']} | {r['device']} | {r['name']} | {r['ratio']:.2f}x | {verdict} | "
-            f"{value} | {r['baseline']} | {r['peak_mem_mb']:.0f} | {'-' if base_mb is None else f'{base_mb:.0f}'} |"
+            f"{value} | {r['baseline']} | {r['peak_mem_mb']:.0f} | {'-' if base_mb is None else f'{base_mb:.0f}'} "
+            f"| {r.get('setup', 'batch 8, 16 prompts of 40 words, median of 3')} |"
         )
     lines += ["", "Forward pass against this machine's measured matmul peak (the physical limit):", ""]
     lines += [
@@ -428,6 +448,9 @@ def write_results(out: Path, rows: list[dict]) -> None:
         for r in rows
         if "fraction_of_matmul_peak" in r
     ]
+    notes = out.parent / f"{out.name}.notes.md"  # hand-written context for this file's runs, if any
+    if notes.exists():
+        lines += ["", notes.read_text().rstrip()]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -443,6 +466,8 @@ def _verdict(row: dict) -> str:
 TARGETS = {  # issue 5: (comparison, bound) on the ratio
     "train step: raft vs ce": ("<=", 1.0),
     "train step: raft vs seqcls": ("<=", 1.05),
+    "train step, embeddings frozen: raft vs ce": ("<=", 1.0),
+    "train step, embeddings frozen: raft vs seqcls": ("<=", 1.05),
     "inference: grid rail vs sample-rail": (">=", 20.0),
     "51-string grid: shared prefix vs naive re-encoding": (">=", 5.0),
 }

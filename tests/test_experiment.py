@@ -87,6 +87,13 @@ def test_table_bolds_the_best_per_column():
     assert "| raft | **0.500 ± 0.100** |" in md_p  # 1 - rmse: the highest Pearson wins
 
 
+def test_table8_shape_bolds_the_best_method_per_model_row():
+    md = table(aggregate(FIXTURE), "rmse", "model", "label", "RMSE", best_per="row")
+    # one model row, methods as columns: only raft's 0.500 (the lowest RMSE of the row) is bold
+    assert "| | raft | ce + rail | zero-shot + rail |" in md
+    assert "| gemma | **0.500 ± 0.100** | 0.750 ± 0.071 | 1.200 |" in md
+
+
 def test_report_writes_tables_html(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(FIXTURE))
     page = write_report(str(tmp_path))

@@ -119,6 +119,30 @@ def test_lm_head_runs_in_float32_under_bf16_autocast(tiny):
     assert clone.get_output_embeddings().forward.__self__ is clone.get_output_embeddings()
 
 
+def test_lm_head_on_a_sliced_view_runs_one_matmul_not_a_batched_one():
+    # logits_to_keep hands the head a non-contiguous (B, k, D) view; with the weight frozen (raftlm's
+    # recipes, and all inference) F.linear on it broadcasts the V x D weight into a bmm (3x slower on
+    # Gemma's head); the patched head flattens to one mm instead
+    import torch
+
+    from raftlm.models import lm_head_in_float32, tiny_random_llama
+
+    model, _ = tiny_random_llama(seed=0)
+    head = lm_head_in_float32(model).get_output_embeddings()
+    head.weight.requires_grad_(False)
+    hidden = torch.randn(3, 7, head.in_features, requires_grad=True)
+    view = hidden[:, -2:, :]
+    assert not view.is_contiguous()
+    with torch.profiler.profile() as prof:
+        logits = head(view)
+        logits.square().sum().backward()
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::bmm" not in ops and "aten::mm" in ops
+    assert logits.shape == (3, 2, head.out_features)
+    exact = torch.nn.functional.linear(view.detach(), head.weight)
+    torch.testing.assert_close(logits.detach(), exact, rtol=0, atol=1e-6)
+
+
 def test_grid_rows_scoring_through_a_wrapper_calls_the_whole_model(tiny):
     # DDP must be called as a whole to sync gradients; the grid-rows path needs get_decoder, so a
     # wrapper without it takes the full-head path, renormalized over the grid: the same numbers

@@ -66,26 +66,33 @@ def _fmt(a: dict, metric: str) -> str:
     return f"{a[metric]:.3f} ± {a[f'{metric}_std']:.3f}" if len(a["seeds"]) > 1 else f"{a[metric]:.3f}"
 
 
-def table(aggs: list[dict], metric: str, rows_key: str, cols_key: str, title: str) -> str:
-    """Markdown table of ``metric`` (mean ± std); the best entry of each column in bold."""
+def table(
+    aggs: list[dict], metric: str, rows_key: str, cols_key: str, title: str, best_per: str = "column"
+) -> str:
+    """Markdown table of ``metric`` (mean ± std); the best entry of each column (table 3: the best method
+    per dataset) or of each row (``best_per="row"``, table 8: the best method per model) in bold."""
     rows = list(dict.fromkeys(a[rows_key] for a in aggs))
     cols = list(dict.fromkeys(a[cols_key] for a in aggs))
     cell = {(a[rows_key], a[cols_key]): a for a in aggs}
-    best = {}
-    for c in cols:
-        present = [cell[(r, c)] for r in rows if (r, c) in cell and cell[(r, c)].get(metric) is not None]
+    pick = min if LOWER_IS_BETTER[metric] else max
+    groups = (
+        {c: [(r, c) for r in rows] for c in cols}
+        if best_per == "column"
+        else {r: [(r, c) for c in cols] for r in rows}
+    )
+    best = {}  # (row, col) of each winner
+    for keys in groups.values():
+        present = [k for k in keys if k in cell and cell[k].get(metric) is not None]
         if present:
-            pick = min if LOWER_IS_BETTER[metric] else max
-            best[c] = pick(present, key=lambda a: a[metric])[metric]
+            top = pick(cell[k][metric] for k in present)
+            best.update({k: True for k in present if cell[k][metric] == top})
     lines = [f"**{title}**", "", "| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for r in rows:
         vals = []
         for c in cols:
             a = cell.get((r, c))
             text = _fmt(a, metric) if a else "-"
-            vals.append(
-                f"**{text}**" if a and a.get(metric) is not None and a[metric] == best.get(c) else text
-            )
+            vals.append(f"**{text}**" if (r, c) in best else text)
         lines.append(f"| {r} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
@@ -101,7 +108,11 @@ def tables(aggs: list[dict]) -> str:
             )
     for dataset in dict.fromkeys(a["dataset"] for a in full):
         sub = [a for a in full if a["dataset"] == dataset]
-        parts.append(table(sub, "rmse", "model", "label", f"RMSE on {dataset} by model (table 8 shape)"))
+        parts.append(
+            table(
+                sub, "rmse", "model", "label", f"RMSE on {dataset} by model (table 8 shape)", best_per="row"
+            )
+        )
     counts = sorted({len(a["seeds"]) for a in full if a["lr"] is not None})
     if len(counts) > 1:  # a sweep still running (or stopped early): say which entries rest on fewer seeds
         few = [
