@@ -163,7 +163,7 @@ def test_the_shipped_table3_sweep_builds_every_cell_config(tmp_path):
 
     sweep = load_sweep(str(Path(__file__).parents[1] / "sweeps" / "table3-cpu.yaml"))
     cs = cells(sweep)
-    assert len(cs) == 3 * (1 + 3 * 1 * 3)
+    assert len(cs) == 3 * (1 + 3 * 2 * 3)  # datasets x (zero-shot + methods x LRs x seeds)
     for c in cs:
         cfg = cell_config(sweep, c, tmp_path / c.run_id)
         assert cfg.model.name == "gemma-3-270m" and cfg.training.seed == c.seed
