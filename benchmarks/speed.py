@@ -261,10 +261,11 @@ CASES = {"train": case_train, "infer": case_infer, "multitoken": case_multitoken
 def run_case(common: list[str], **kw) -> dict:
     args = [*common]
     for k, v in kw.items():
+        flag = f"--{k.replace('_', '-')}"
         if v is True:
-            args.append(f"--{k.replace('_', '-')}")
+            args.append(flag)
         elif v is not None and v is not False:
-            args += [f"--{k.replace('_', '-')}", str(v)]
+            args += [flag, str(v)]
     proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
@@ -439,7 +440,7 @@ def write_results(out: Path, rows: list[dict]) -> None:
         lines.append(
             f"| {r['model']} | {r['dtype']} | {r['device']} | {r['name']} | {r['ratio']:.2f}x | {verdict} | "
             f"{value} | {r['baseline']} | {r['peak_mem_mb']:.0f} | {'-' if base_mb is None else f'{base_mb:.0f}'} "
-            f"| {r.get('setup', 'batch 8, 16 prompts of 40 words, median of 3')} |"
+            f"| {r['setup']} |"
         )
     lines += ["", "Forward pass against this machine's measured matmul peak (the physical limit):", ""]
     lines += [

@@ -80,12 +80,12 @@ def table(
         if best_per == "column"
         else {r: [(r, c) for c in cols] for r in rows}
     )
-    best = {}  # (row, col) of each winner
+    best = set()  # (row, col) of each winner
     for keys in groups.values():
         present = [k for k in keys if k in cell and cell[k].get(metric) is not None]
         if present:
             top = pick(cell[k][metric] for k in present)
-            best.update({k: True for k in present if cell[k][metric] == top})
+            best.update(k for k in present if cell[k][metric] == top)
     lines = [f"**{title}**", "", "| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for r in rows:
         vals = []

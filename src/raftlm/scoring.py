@@ -167,9 +167,15 @@ def full_precision(x: torch.Tensor):
 
 
 def linear_in_weight_dtype(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
-    """``F.linear`` in the weight's dtype even under autocast: no bf16 copy of the weight, no rounding."""
+    """``F.linear`` in the weight's dtype even under autocast: no bf16 copy of the weight, no rounding.
+
+    Always one 2-D matmul: on a non-contiguous (B, k, D) view, such as HF's ``logits_to_keep`` slice,
+    with a weight that needs no gradient, ``F.linear`` runs a batched matmul against the broadcast
+    weight (Gemma's 262k x 640 head, batch 8: 629 ms vs 191 ms forward + backward)."""
+    flat = x.reshape(-1, x.shape[-1])
     with full_precision(x):
-        return torch.nn.functional.linear(x.to(weight.dtype), weight, bias)
+        out = torch.nn.functional.linear(flat.to(weight.dtype), weight, bias)
+    return out.view(*x.shape[:-1], -1)
 
 
 class GridLogProbs:
