@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import yaml
 
 from raftlm.experiment import cells
@@ -167,3 +168,40 @@ def test_the_shipped_table3_sweep_builds_every_cell_config(tmp_path):
     for c in cs:
         cfg = cell_config(sweep, c, tmp_path / c.run_id)
         assert cfg.model.name == "gemma-3-270m" and cfg.training.seed == c.seed
+
+
+def test_a_sweep_deletes_a_runs_weights_once_its_last_cell_is_written(tmp_path, toy_csv, capsys):
+    from raftlm.core import RaftlmError
+    from raftlm.experiment import run_sweep
+
+    sweep = {
+        "output_dir": str(tmp_path / "out"),
+        "base": {"training": {"max_steps": 4, "eval_steps": 2, "batch_size": 4}},
+        "datasets": [f"csv:{toy_csv}"],
+        "models": ["tiny-random-llama"],
+        "methods": [{"method": "raft", "decoder": "rail"}, {"method": "raft", "decoder": "mode"}],
+        "lrs": [1e-3],
+        "seeds": [0],
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    root = run_sweep(str(path))
+    run = next((root / "runs").iterdir())
+    assert len(list((root / "cells").glob("*.json"))) == 2  # both decoders evaluated the one run
+    assert not list(run.glob("*.safetensors")) and not (run / "checkpoints").exists()
+    assert (run / "eval_results.json").exists() and (run / "config.yaml").exists()
+    assert capsys.readouterr().out.count("weights deleted") == 1  # after the run's second cell, not its first
+
+    sweep["methods"].append({"method": "raft", "decoder": "median"})  # a decoder added later
+    path.write_text(yaml.safe_dump(sweep))
+    with pytest.raises(RaftlmError, match="no weights left.*keep_models: true"):
+        run_sweep(str(path))
+
+    sweep.update(output_dir=str(tmp_path / "kept"), keep_models=True)
+    path.write_text(yaml.safe_dump(sweep))
+    kept = next((run_sweep(str(path)) / "runs").iterdir())
+    assert list(kept.glob("*.safetensors"))
+    sweep["keep_models"] = "no"
+    path.write_text(yaml.safe_dump(sweep))
+    with pytest.raises(RaftlmError, match="keep_models must be true or false"):
+        run_sweep(str(path))

@@ -10,6 +10,7 @@ A sweep file::
     lrs: [1.0e-4, 1.0e-5]
     seeds: [0, 1, 2]
     train_fractions: [1.0]                        # optional: data-size curves (figure 4)
+    keep_models: false                            # optional (default false): see below
 
 Each cell (one training run evaluated with one decoder) writes ``cells/<id>.json`` atomically when it
 is done; rerunning skips finished cells and resumes an interrupted run from its last checkpoint.
@@ -73,6 +74,8 @@ def load_sweep(path: str) -> dict:
     missing = [k for k in ("output_dir", "datasets", "models", "methods") if k not in (sweep or {})]
     if missing:
         raise RaftlmError(f"sweep file {path} lacks {missing}: see `raftlm experiment --help` for the format")
+    if not isinstance(sweep.get("keep_models", False), bool):
+        raise RaftlmError(f"sweep file {path}: keep_models must be true or false, got {sweep['keep_models']!r}")
     return sweep
 
 
@@ -128,6 +131,11 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
             fresh = run_dir.exists() and not (run_dir / "config.yaml").exists()
             train_run(cfg, overwrite=fresh, resume=not fresh, evaluate_test=False)  # evaluated below
         train = json.loads((run_dir / "eval_results.json").read_text())["train"]
+        if not _weights(run_dir):
+            raise RaftlmError(
+                f"run {run_dir} has no weights left (deleted after its cells finished, keep_models: false): "
+                f"delete {run_dir} to retrain it, and set keep_models: true to keep models from now on"
+            )
         cfg.model.name = str(run_dir)
     predictor = load_for_eval(cfg, splits)
     start = time.time()
@@ -160,6 +168,29 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
     }
 
 
+WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+
+
+def _weights(run_dir: Path) -> list[Path]:
+    return [p for pattern in WEIGHTS for p in run_dir.glob(pattern)]
+
+
+def drop_weights(run_dir: Path) -> int:
+    """Delete a finished run's weight files and leftover checkpoints; returns the bytes freed. The
+    run's config.yaml, eval_results.json and metrics.jsonl stay."""
+    import shutil
+
+    freed = 0
+    for p in _weights(run_dir):
+        freed += p.stat().st_size
+        p.unlink()
+    ckpt = run_dir / "checkpoints"
+    if ckpt.exists():
+        freed += sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
+        shutil.rmtree(ckpt)
+    return freed
+
+
 def collect(root: Path) -> list[dict]:
     rows = [json.loads(p.read_text()) for p in sorted((root / "cells").glob("*.json"))]
     write_json(root / "results.json", rows)
@@ -177,6 +208,7 @@ def run_sweep(path: str) -> Path:
     sweep = load_sweep(path)
     root = Path(sweep["output_dir"])
     todo = cells(sweep)
+    keep = bool(sweep.get("keep_models", False))
     (root / "cells").mkdir(parents=True, exist_ok=True)
     write_text(root / "sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
     done_before = sum((root / "cells" / f"{c.cell_id}.json").exists() for c in todo)
@@ -191,6 +223,16 @@ def run_sweep(path: str) -> Path:
         start = time.time()
         write_json(out, run_cell(sweep, cell, root))
         spent, ran = spent + time.time() - start, ran + 1
+        run_dir = root / "runs" / cell.run_id
+        if (
+            not keep
+            and run_dir.exists()
+            and all((root / "cells" / f"{c.cell_id}.json").exists() for c in todo if c.run_id == cell.run_id)
+        ):
+            freed = drop_weights(run_dir)
+            print(
+                f"  {cell.run_id}: every cell written, weights deleted ({freed / 2**20:.0f} MB)", flush=True
+            )
         collect(root)
     collect(root)
     print(f"{len(todo)}/{len(todo)} cells done: {root / 'results.csv'}")
