@@ -51,3 +51,21 @@ def test_parse_float_rules(text, expected):
 def test_parse_float_custom_default_and_sample_mean():
     assert np.isnan(parse_float("x", default=np.nan))
     np.testing.assert_allclose(sample_mean([["1", "3", "oops"], ["4", "4.5"]]), [4 / 3, 4.25])
+
+
+def test_collapse_names_a_dead_grid_and_a_saturated_one_and_passes_live_predictions():
+    from raftlm.metrics import collapse
+
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    # grid mass 1e-9 per row (RAFT pushed it onto other tokens): unnormalized RAIL predicts ~0
+    dead = np.full((4, 5), 2e-10)
+    assert collapse(y, np.zeros(4), dead) == (
+        "the grid holds 1.0e-09 of the model's probability on average (it moved to other tokens)"
+    )
+    # all mass on '3': every prediction 3.0 (std 0 < 1e-3 * std(y) = 1.1e-3)
+    one_hot = np.tile([0.0, 0, 1, 0, 0], (4, 1))
+    assert collapse(y, np.full(4, 3.0), one_hot).startswith(
+        "every prediction is 3 (std 0.0e+00, targets' 1.12)"
+    )
+    assert collapse(y, np.array([2.0, 2.5, 3.0, 3.5]), np.tile([0.1, 0.2, 0.4, 0.2, 0.1], (4, 1))) is None
+    assert collapse(y, y + 0.0005 * np.arange(4)) is None  # no probs (a head): only the spread is read

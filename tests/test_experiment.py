@@ -205,3 +205,16 @@ def test_a_sweep_deletes_a_runs_weights_once_its_last_cell_is_written(tmp_path, 
     path.write_text(yaml.safe_dump(sweep))
     with pytest.raises(RaftlmError, match="keep_models must be true or false"):
         run_sweep(str(path))
+
+
+def test_report_marks_entries_whose_seeds_collapsed_and_lists_every_collapsed_cell():
+    from raftlm.report import tables
+
+    rows = [dict(r) for r in FIXTURE]
+    rows[1]["collapsed"] = "every prediction is 3 (std 0.0e+00, targets' 1.2)"  # raft lr 1e-4 seed 1: chosen
+    rows[4]["collapsed"] = "the grid holds 1.0e-09 of the model's probability"  # raft lr 1e-5 seed 1
+    md = tables(aggregate(rows), rows)
+    assert "| raft | **0.500 ± 0.100 †** |" in md and "| ce + rail | 0.750 ± 0.071 |" in md
+    assert "- raft on stsb-1k, lr 0.0001, seed 1: every prediction is 3" in md
+    assert "- raft on stsb-1k, lr 1e-05, seed 1: the grid holds 1.0e-09" in md
+    assert "†" not in tables(aggregate(FIXTURE), FIXTURE)

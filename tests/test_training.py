@@ -113,3 +113,17 @@ def test_ce_answers_end_with_eos_so_greedy_decoding_stops(tiny):
     assert feats[0]["answer_ids"] == [*p.fmt.candidates[3], tok.eos_token_id]  # '4' (nearest) then EOS
     one_decimal = build_features(p, [Example("x. rating:", 4.26)], "ce", 1)
     assert tok.decode(one_decimal[0]["answer_ids"][:-1]) == "4.3"
+
+
+def test_a_collapsed_raft_run_says_so_and_logs_grid_mass(tmp_path, toy_csv):
+    # lr 1.0 saturates the tiny model's grid distribution within a few steps; the run must say so
+    cfg = cfg_for(toy_csv, tmp_path / "run", max_steps=6, lr=1.0, optimizer="adamw")
+    with pytest.warns(
+        UserWarning, match=r"validation at step \d+: .*(grid holds|every prediction is).*lower"
+    ):
+        train_run(cfg)
+    evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if "eval_rmse" in e]
+    assert all(0 <= e["eval_grid_mass"] <= 1 and e["eval_prediction_std"] >= 0 for e in evals)
+    last = evals[-1]
+    assert last["eval_grid_mass"] < 0.01 or last["eval_prediction_std"] < 1e-3

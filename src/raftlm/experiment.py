@@ -33,6 +33,7 @@ import yaml
 from raftlm.config import Config
 from raftlm.core import RaftlmError
 from raftlm.io import write_json, write_text
+from raftlm.metrics import collapse
 
 METRICS = ("rmse", "mae", "pearson", "spearman", "r2", "n")
 
@@ -75,7 +76,9 @@ def load_sweep(path: str) -> dict:
     if missing:
         raise RaftlmError(f"sweep file {path} lacks {missing}: see `raftlm experiment --help` for the format")
     if not isinstance(sweep.get("keep_models", False), bool):
-        raise RaftlmError(f"sweep file {path}: keep_models must be true or false, got {sweep['keep_models']!r}")
+        raise RaftlmError(
+            f"sweep file {path}: keep_models must be true or false, got {sweep['keep_models']!r}"
+        )
     return sweep
 
 
@@ -162,6 +165,7 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
         "validation_rmse": train.get("best_validation_rmse"),
         "train_runtime_s": train.get("train_runtime_s"),
         "eval_seconds": round(time.time() - start, 1),
+        "collapsed": collapse([e.target for e in test], preds.values, preds.probs),
         "run_id": cell.run_id,
         "cell_id": cell.cell_id,
         "grid": predictor.grid.strings,

@@ -51,6 +51,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
             "lr": lr,
             "seeds": sorted(r["seed"] for r in cells),
             "label": label(cells[0]),
+            "collapsed_seeds": sorted(r["seed"] for r in cells if r.get("collapsed")),
         }
         for m in (*LOWER_IS_BETTER, "best_step"):
             vals = np.array([r[m] for r in cells if r.get(m) is not None], dtype=float)
@@ -63,7 +64,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
 def _fmt(a: dict, metric: str) -> str:
     if a.get(metric) is None:
         return "-"
-    return f"{a[metric]:.3f} ± {a[f'{metric}_std']:.3f}" if len(a["seeds"]) > 1 else f"{a[metric]:.3f}"
+    text = f"{a[metric]:.3f} ± {a[f'{metric}_std']:.3f}" if len(a["seeds"]) > 1 else f"{a[metric]:.3f}"
+    return text + (" †" if a.get("collapsed_seeds") else "")
 
 
 def table(
@@ -97,7 +99,21 @@ def table(
     return "\n".join(lines) + "\n"
 
 
-def tables(aggs: list[dict]) -> str:
+def collapsed_note(rows: list[dict]) -> str:
+    """Every cell whose test predictions collapsed (``metrics.collapse``), at any learning rate."""
+    dead = [r for r in rows if r.get("collapsed")]
+    if not dead:
+        return ""
+    items = [
+        f"- {label(r)} on {r['dataset']}, lr {r['lr']:g}, seed {r['seed']}: {r['collapsed']}"
+        for r in sorted(dead, key=lambda r: (r["dataset"], label(r), r["lr"] or 0, r["seed"]))
+    ]
+    return "† some seeds of the chosen learning rate collapsed. Collapsed cells (test predictions):\n\n" + (
+        "\n".join(items) + "\n"
+    )
+
+
+def tables(aggs: list[dict], rows: list[dict] | None = None) -> str:
     full = [a for a in aggs if not a["train_fraction"] or a["train_fraction"] == 1.0]
     parts = []
     for model in dict.fromkeys(a["model"] for a in full):
@@ -121,6 +137,8 @@ def tables(aggs: list[dict]) -> str:
             if a["lr"] is not None and len(a["seeds"]) < counts[-1]
         ]
         parts.append(f"Seeds behind trained entries: {counts[-1]}, except " + "; ".join(few) + ".\n")
+    if note := collapsed_note(rows or []):
+        parts.append(note)
     return "\n".join(parts)
 
 
@@ -312,7 +330,7 @@ def write_report(results_dir: str) -> Path:
         raise RaftlmError(f"{path} has no finished cells yet: let the sweep run")
     aggs = aggregate(rows)
     write_json(root / "summary.json", aggs)
-    md = tables(aggs)
+    md = tables(aggs, rows)
     write_text(root / "report.md", md)
     pngs = figures(root, aggs, rows)
     images = "".join(

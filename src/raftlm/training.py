@@ -8,6 +8,7 @@ data units; the checkpoint with the best validation RMSE is reloaded at the end 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from raftlm.config import Config
 from raftlm.core import Example
 from raftlm.decoders import GRID_DECODERS
 from raftlm.methods import METHODS
-from raftlm.metrics import regression_metrics
+from raftlm.metrics import collapse, regression_metrics
 from raftlm.predictor import Predictor
 from raftlm.scoring import PromptBatch, answer_ids, left_pad
 
@@ -111,6 +112,7 @@ class RegressionTrainer(Trainer):
         self.loss_fn, self.predictor, self.val_examples = loss_fn, predictor, val_examples
         self.eval_decoder, self.optimizer_name, self.eval_bs = eval_decoder, optimizer_name, eval_batch_size
         self.loss_is_scaled_for_ga = False  # our losses are per-batch means
+        self.warned_collapse = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = PromptBatch(
@@ -147,8 +149,25 @@ class RegressionTrainer(Trainer):
             bf16=self.args.bf16,
             desc="validation",
         )
-        m = regression_metrics([e.target for e in self.val_examples], preds.values)
+        targets = [e.target for e in self.val_examples]
+        m = regression_metrics(targets, preds.values)
+        m["prediction_std"] = float(np.std(preds.values))
+        if preds.probs is not None:
+            m["grid_mass"] = float(preds.probs.sum(-1).mean())
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in m.items() if k != "n"}
+        why = collapse(targets, preds.values, preds.probs)
+        if why and not self.warned_collapse:
+            self.warned_collapse = True
+            fix = (
+                "set normalize_grid: true, or lower the learning rate"
+                if "grid holds" in why
+                else ("lower the learning rate, or add warmup_steps")
+            )
+            warnings.warn(
+                f"validation at step {self.state.global_step}: {why}; the predictions carry no signal "
+                f"(and RAFT's gradient vanishes there, so it seldom recovers): {fix}",
+                stacklevel=2,
+            )
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
