@@ -218,3 +218,38 @@ def test_report_marks_entries_whose_seeds_collapsed_and_lists_every_collapsed_ce
     assert "- raft on stsb-1k, lr 0.0001, seed 1: every prediction is 3" in md
     assert "- raft on stsb-1k, lr 1e-05, seed 1: the grid holds 1.0e-09" in md
     assert "†" not in tables(aggregate(FIXTURE), FIXTURE)
+
+
+def test_method_options_make_an_ablation_its_own_run_and_its_own_row(tmp_path):
+    from raftlm.core import RaftlmError
+    from raftlm.experiment import cell_config
+    from raftlm.report import label
+
+    sweep = {
+        "output_dir": str(tmp_path),
+        "datasets": ["stsb-1k"],
+        "models": ["gemma"],
+        "methods": ["raft", {"method": "raft", "normalize_grid": True}],
+        "lrs": [1e-4],
+        "seeds": [0],
+    }
+    plain, normed = cells(sweep)
+    assert plain.run_id == "stsb-1k--gemma--raft--lr0.0001--s0"
+    assert normed.run_id == "stsb-1k--gemma--raft_normalize_grid_True--lr0.0001--s0"
+    assert cell_config(sweep, normed, tmp_path / "r").method.normalize_grid is True
+    assert cell_config(sweep, plain, tmp_path / "r").method.normalize_grid is False
+    assert (
+        label({"method": "raft", "decoder": "rail", "options": normed.options_label})
+        == "raft (normalize_grid=True)"
+    )
+    rows = [
+        {**_row("raft", "rail", 1e-4, 0, 0.5, 0.5), "options": ""},
+        {**_row("raft", "rail", 1e-4, 0, 0.4, 0.4), "options": "normalize_grid=True"},
+    ]
+    assert {a["label"]: a["rmse"] for a in aggregate(rows)} == {
+        "raft": 0.5,
+        "raft (normalize_grid=True)": 0.4,
+    }
+    sweep["methods"] = [{"method": "raft", "normalise_grid": True}]
+    with pytest.raises(RaftlmError, match="normalise_grid"):
+        cell_config(sweep, cells(sweep)[0], tmp_path / "r")

@@ -6,7 +6,8 @@ A sweep file::
     base: {model: {trainable: top-6}, training: {max_steps: 150, bf16: true}, eval: {bf16: true}}
     datasets: [stsb-1k, amazon-snippets]          # names, or {dataset: ..., data_dir: ...} mappings
     models: [gemma-3-270m]
-    methods: [{method: none, decoder: rail}, {method: ce, decoder: rail}, {method: raft}]
+    methods: [{method: none, decoder: rail}, {method: ce, decoder: rail}, {method: raft},
+              {method: raft, normalize_grid: true}]      # other keys: method options (an ablation)
     lrs: [1.0e-4, 1.0e-5]
     seeds: [0, 1, 2]
     train_fractions: [1.0]                        # optional: data-size curves (figure 4)
@@ -47,6 +48,11 @@ class Cell:
     lr: float | None
     seed: int
     train_fraction: float | None = None
+    options: tuple = ()  # (key, value) pairs of the method section, sorted: an ablation's settings
+
+    @property
+    def options_label(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.options)
 
     @property
     def run_id(self) -> str:
@@ -54,7 +60,7 @@ class Cell:
         parts = [
             self.dataset["dataset"],
             self.model,
-            self.method,
+            f"{self.method}+{self.options_label}" if self.options else self.method,
             f"lr{self.lr:g}" if self.lr else "zs",
             f"s{self.seed}",
         ]
@@ -90,16 +96,19 @@ def cells(sweep: dict) -> list[Cell]:
             for m in sweep["methods"]:
                 m = {"method": m} if isinstance(m, str) else m
                 method = m["method"]
+                options = tuple(sorted((k, v) for k, v in m.items() if k not in ("method", "decoder")))
                 decoder = m.get(
                     "decoder", "head" if method.startswith(("head-", "encoder-", "learnable")) else "rail"
                 )
                 if method == "none":
-                    out.append(Cell(dataset, model, method, decoder, None, 0))
+                    out.append(Cell(dataset, model, method, decoder, None, 0, None, options))
                     continue
                 for frac in sweep.get("train_fractions", [None]):
                     for lr in sweep.get("lrs", [1e-5]):
                         for seed in sweep.get("seeds", [0]):
-                            out.append(Cell(dataset, model, method, decoder, float(lr), int(seed), frac))
+                            out.append(
+                                Cell(dataset, model, method, decoder, float(lr), int(seed), frac, options)
+                            )
     # seed by seed (stable sort): a sweep stopped early still covers every dataset, method and lr
     seeds = [int(s) for s in sweep.get("seeds", [0])]
     return sorted(out, key=lambda c: seeds.index(c.seed) if c.seed in seeds else 0)
@@ -111,7 +120,7 @@ def cell_config(sweep: dict, cell: Cell, run_dir: Path) -> Config:
     base.setdefault("data", {}).update(cell.dataset)
     if cell.train_fraction:
         base["data"]["train_fraction"] = cell.train_fraction
-    base.setdefault("method", {})["method"] = cell.method
+    base.setdefault("method", {}).update(dict(cell.options), method=cell.method)
     training = base.setdefault("training", {})
     training.update(output_dir=str(run_dir), seed=cell.seed)
     if cell.lr:
@@ -160,6 +169,7 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
         "seed": cell.seed,
         "lr": cell.lr,
         "train_fraction": cell.train_fraction,
+        "options": cell.options_label,
         **{k: metrics[k] for k in METRICS},
         "best_step": train.get("best_step"),
         "validation_rmse": train.get("best_validation_rmse"),

@@ -19,11 +19,12 @@ LOWER_IS_BETTER = {"rmse": True, "mae": True, "pearson": False, "spearman": Fals
 
 def label(row: dict) -> str:
     method = "zero-shot" if row["method"] == "none" else row["method"]
-    return (
+    name = (
         method
         if row["decoder"] in ("rail", "head") and row["method"] not in ("none", "ce")
         else f"{method} + {row['decoder']}"
     )
+    return f"{name} ({row['options']})" if row.get("options") else name
 
 
 def _mean_validation(cells: list[dict]) -> float:
@@ -36,10 +37,17 @@ def aggregate(rows: list[dict]) -> list[dict]:
     validation RMSE over seeds (appendix D), and test metrics as mean and std (ddof=1) over its seeds."""
     groups = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        key = (r["dataset"], r["model"], r["method"], r["decoder"], r.get("train_fraction"))
+        key = (
+            r["dataset"],
+            r["model"],
+            r["method"],
+            r["decoder"],
+            r.get("train_fraction"),
+            r.get("options", ""),
+        )
         groups[key][r.get("lr")].append(r)
     out = []
-    for (dataset, model, method, decoder, frac), by_lr in groups.items():
+    for (dataset, model, method, decoder, frac, options), by_lr in groups.items():
         lr = min(by_lr, key=lambda x: (_mean_validation(by_lr[x]), x or 0))
         cells = by_lr[lr]
         agg = {
@@ -48,6 +56,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
             "method": method,
             "decoder": decoder,
             "train_fraction": frac,
+            "options": options,
             "lr": lr,
             "seeds": sorted(r["seed"] for r in cells),
             "label": label(cells[0]),
@@ -174,6 +183,7 @@ def _chosen(root: Path, aggs: list[dict], rows: list[dict]):
                 r["method"],
                 r["decoder"],
                 r.get("train_fraction"),
+                r.get("options", ""),
                 r.get("lr"),
                 r["seed"],
             ) == (
@@ -182,6 +192,7 @@ def _chosen(root: Path, aggs: list[dict], rows: list[dict]):
                 a["method"],
                 a["decoder"],
                 a["train_fraction"],
+                a["options"],
                 a["lr"],
                 a["seeds"][0],
             ):
