@@ -168,6 +168,16 @@ def test_the_shipped_table3_sweep_builds_every_cell_config(tmp_path):
     for c in cs:
         cfg = cell_config(sweep, c, tmp_path / c.run_id)
         assert cfg.model.name == "gemma-3-270m" and cfg.training.seed == c.seed
+    stab = load_sweep(str(Path(__file__).parents[1] / "sweeps" / "amazon-raft-stability.yaml"))
+    (c1, *_) = cells(stab)  # seed 1 first: the seed that lost its grid mass in table 3
+    cfg = cell_config(stab, c1, tmp_path / "s")
+    assert c1.seed == 1 and cfg.method.normalize_grid and cfg.training.lr == 1e-4
+    table3 = next(
+        c for c in cs if c.method == "raft" and c.seed == 1 and c.lr == 1e-4 and "amazon" in c.run_id
+    )
+    base = cell_config(sweep, table3, tmp_path / "s")  # the same cell but for the normalization
+    base.method.normalize_grid = True
+    assert base == cfg
 
 
 def test_a_sweep_deletes_a_runs_weights_once_its_last_cell_is_written(tmp_path, toy_csv, capsys):
