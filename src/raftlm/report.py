@@ -32,31 +32,26 @@ def _mean_validation(cells: list[dict]) -> float:
     return float(np.mean(vals)) if vals else np.inf
 
 
+GROUP = ("dataset", "model", "method", "decoder", "train_fraction", "options")  # one table entry
+
+
+def _group(row: dict) -> tuple:
+    """A cell's or aggregate's entry key (older cells lack ``options`` and may lack ``train_fraction``)."""
+    return tuple(row.get(k, "" if k == "options" else None) for k in GROUP)
+
+
 def aggregate(rows: list[dict]) -> list[dict]:
     """Per (dataset, model, method, decoder, train fraction): the learning rate with the lowest mean
     validation RMSE over seeds (appendix D), and test metrics as mean and std (ddof=1) over its seeds."""
     groups = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        key = (
-            r["dataset"],
-            r["model"],
-            r["method"],
-            r["decoder"],
-            r.get("train_fraction"),
-            r.get("options", ""),
-        )
-        groups[key][r.get("lr")].append(r)
+        groups[_group(r)][r.get("lr")].append(r)
     out = []
-    for (dataset, model, method, decoder, frac, options), by_lr in groups.items():
+    for key, by_lr in groups.items():
         lr = min(by_lr, key=lambda x: (_mean_validation(by_lr[x]), x or 0))
         cells = by_lr[lr]
         agg = {
-            "dataset": dataset,
-            "model": model,
-            "method": method,
-            "decoder": decoder,
-            "train_fraction": frac,
-            "options": options,
+            **dict(zip(GROUP, key, strict=True)),
             "lr": lr,
             "seeds": sorted(r["seed"] for r in cells),
             "label": label(cells[0]),
@@ -177,25 +172,7 @@ def _chosen(root: Path, aggs: list[dict], rows: list[dict]):
     """The cell of seed min(seeds) at the selected learning rate, per aggregate."""
     for a in aggs:
         for r in rows:
-            if (
-                r["dataset"],
-                r["model"],
-                r["method"],
-                r["decoder"],
-                r.get("train_fraction"),
-                r.get("options", ""),
-                r.get("lr"),
-                r["seed"],
-            ) == (
-                a["dataset"],
-                a["model"],
-                a["method"],
-                a["decoder"],
-                a["train_fraction"],
-                a["options"],
-                a["lr"],
-                a["seeds"][0],
-            ):
+            if _group(r) + (r.get("lr"), r["seed"]) == _group(a) + (a["lr"], a["seeds"][0]):
                 yield a, r
 
 
