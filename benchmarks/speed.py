@@ -108,12 +108,10 @@ def _tensor_peak_mb(fn, device) -> float:
     """Peak bytes of live tensors during one call of ``fn`` (those it touches: weights, gradients,
     optimizer states, activations): exact and allocator-independent, unlike RSS. CUDA: the
     allocator's peak; CPU: the profiler's memory timeline (one extra, untimed call)."""
-    import torch
-
     if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+        _reset_peak(device)
         fn()
-        return torch.cuda.max_memory_allocated() / 2**20
+        return _peak_mb(device)
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import Action
 
@@ -121,16 +119,11 @@ def _tensor_peak_mb(fn, device) -> float:
         activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
     ) as prof:
         fn()
+    sign = {Action.PREEXISTING: 1, Action.CREATE: 1, Action.DESTROY: -1}  # other actions: no size change
     live = peak = 0
     for _, action, (key, _), size in prof._memory_profile().timeline:
         if key.device.type == "cpu":
-            live += (
-                size
-                if action in (Action.PREEXISTING, Action.CREATE)
-                else -size
-                if action == Action.DESTROY
-                else 0
-            )
+            live += sign.get(action, 0) * size
             peak = max(peak, live)
     return peak / 2**20
 
@@ -352,15 +345,13 @@ def train_rows(base: dict, tag: str, rounds: list[dict]) -> list[dict]:
     med = lambda m, k: statistics.median(r[m][k] for r in rounds)  # noqa: E731
     rows = []
     for m, peer in TRAIN_PAIRS:
-        ratios = [r[m]["seconds"] / r[peer]["seconds"] for r in rounds]
         rows.append(
             {
                 **base,
                 "name": f"train step{tag}: {LABEL.get(m, m)} vs {peer}",
                 "seconds": med(m, "seconds"),
                 "baseline": f"{peer} {med(peer, 'seconds'):.4f}s",
-                "ratio": statistics.median(ratios),
-                "ratio_range": [min(ratios), max(ratios)],
+                **_ratio_fields([r[m]["seconds"] / r[peer]["seconds"] for r in rounds]),
                 "peak_mem_mb": med(m, "peak_mem_mb"),
                 "baseline_peak_mem_mb": med(peer, "peak_mem_mb"),
                 "peak_rss_mb": med(m, "peak_rss_mb"),
@@ -371,6 +362,15 @@ def train_rows(base: dict, tag: str, rounds: list[dict]) -> list[dict]:
 
 
 LABEL = {"raft-grid": "raft (grid-normalized)"}
+
+
+def _rounds(setup: str, n: int) -> str:
+    return setup + (f", {n} interleaved rounds" if n > 1 else "")
+
+
+def _ratio_fields(ratios: list[float]) -> dict:
+    """A row's ratio over interleaved rounds: the median of the per-round ratios, and their range."""
+    return {"ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)]}
 
 
 def bucket_row(base: dict, common: list[str], n: int) -> dict:
@@ -384,15 +384,13 @@ def bucket_row(base: dict, common: list[str], n: int) -> dict:
         }
         rounds.append((runs[False], runs[True]))
     med = lambda f: statistics.median(f(bk, fx) for bk, fx in rounds)  # noqa: E731
-    ratios = [bk["value_per_s"] / fx["value_per_s"] for bk, fx in rounds]
     return {
         **base,
-        "setup": base["setup"] + (f", {n} interleaved rounds" if n > 1 else ""),
+        "setup": _rounds(base["setup"], n),
         "name": "mixed lengths: bucketing vs fixed padding",
         "value_per_s": med(lambda bk, fx: bk["value_per_s"]),
         "baseline": f"fixed {med(lambda bk, fx: fx['value_per_s']):.2f}/s",
-        "ratio": statistics.median(ratios),
-        "ratio_range": [min(ratios), max(ratios)],
+        **_ratio_fields([bk["value_per_s"] / fx["value_per_s"] for bk, fx in rounds]),
         "tokens_per_s": med(lambda bk, fx: bk["tokens_per_s"]),
         "fraction_of_matmul_peak": med(
             lambda bk, fx: bk["forward_flops_per_s"] / bk["matmul_peak_flops_per_s"]
@@ -480,10 +478,9 @@ def main() -> None:
                 if case not in a.cases:
                     continue
                 rounds = train_rounds(common, a.rounds, freeze_embeddings=case == "train-frozen")
-                setup = f"{base['setup']} steps" + (
-                    f", {a.rounds} interleaved rounds" if a.rounds > 1 else ""
+                rows += train_rows(
+                    {**base, "setup": _rounds(f"{base['setup']} steps", a.rounds)}, tag, rounds
                 )
-                rows += train_rows({**base, "setup": setup}, tag, rounds)
             inf = (
                 {d: run_case(common, case="infer", decoder=d) for d in ("rail", "sample-rail", "greedy")}
                 if "infer" in a.cases

@@ -225,24 +225,20 @@ def run_sweep(path: str) -> Path:
     keep = bool(sweep.get("keep_models", False))
     (root / "cells").mkdir(parents=True, exist_ok=True)
     write_text(root / "sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
-    done_before = sum((root / "cells" / f"{c.cell_id}.json").exists() for c in todo)
+    result = lambda c: root / "cells" / f"{c.cell_id}.json"  # noqa: E731  (written once the cell is done)
+    done_before = sum(result(c).exists() for c in todo)
     spent, ran = 0.0, 0
     for cell in todo:
-        out = root / "cells" / f"{cell.cell_id}.json"
-        if out.exists():
+        if result(cell).exists():
             continue
-        remaining = sum(not (root / "cells" / f"{c.cell_id}.json").exists() for c in todo)
+        remaining = sum(not result(c).exists() for c in todo)
         eta = f"ETA {spent / ran * remaining / 60:.0f} min" if ran else "ETA after the first cell"
         print(f"[{done_before + ran + 1}/{len(todo)} cells] {cell.cell_id} ({eta})", flush=True)
         start = time.time()
-        write_json(out, run_cell(sweep, cell, root))
+        write_json(result(cell), run_cell(sweep, cell, root))
         spent, ran = spent + time.time() - start, ran + 1
         run_dir = root / "runs" / cell.run_id
-        if (
-            not keep
-            and run_dir.exists()
-            and all((root / "cells" / f"{c.cell_id}.json").exists() for c in todo if c.run_id == cell.run_id)
-        ):
+        if not keep and run_dir.exists() and all(result(c).exists() for c in todo if c.run_id == cell.run_id):
             freed = drop_weights(run_dir)
             print(
                 f"  {cell.run_id}: every cell written, weights deleted ({freed / 2**20:.0f} MB)", flush=True

@@ -23,6 +23,11 @@ def regression_metrics(y_true, y_pred) -> dict[str, float]:
     }
 
 
+DEAD_GRID = (
+    "the grid holds"  # how ``collapse`` starts the message of the first mode (callers pick a fix by it)
+)
+
+
 def collapse(y_true, y_pred, probs=None) -> str | None:
     """Why predictions carry no signal, if they do not; None when they vary.
 
@@ -30,10 +35,10 @@ def collapse(y_true, y_pred, probs=None) -> str | None:
     probability mass to other tokens (unnormalized RAIL then pulls every prediction toward 0), or
     the grid distribution saturates on one value (every prediction the same number). In both,
     RAFT's gradient (proportional to the grid probabilities and their spread) vanishes, so training
-    does not recover. Example: probs rows summing to 1e-9 -> 'the grid holds 1.0e-09 ...'.
+    seldom recovers. Example: probs rows summing to 1e-9 -> 'the grid holds 1.0e-09 ...'.
     """
     if probs is not None and len(probs) and (mass := float(np.asarray(probs).sum(-1).mean())) < 0.01:
-        return f"the grid holds {mass:.1e} of the model's probability on average (it moved to other tokens)"
+        return f"{DEAD_GRID} {mass:.1e} of the model's probability on average (it moved to other tokens)"
     y_true, y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
     spread, scale = float(y_pred.std()), float(y_true.std())
     if scale > 0 and spread < 1e-3 * scale:

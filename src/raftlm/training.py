@@ -20,7 +20,7 @@ from raftlm.config import Config
 from raftlm.core import Example
 from raftlm.decoders import GRID_DECODERS
 from raftlm.methods import METHODS
-from raftlm.metrics import collapse, regression_metrics
+from raftlm.metrics import DEAD_GRID, collapse, regression_metrics
 from raftlm.predictor import Predictor
 from raftlm.scoring import PromptBatch, answer_ids, left_pad
 
@@ -160,8 +160,8 @@ class RegressionTrainer(Trainer):
             self.warned_collapse = True
             fix = (
                 "set normalize_grid: true, or lower the learning rate"
-                if "grid holds" in why
-                else ("lower the learning rate, or add warmup_steps")
+                if why.startswith(DEAD_GRID)
+                else "lower the learning rate, or add warmup_steps"
             )
             warnings.warn(
                 f"validation at step {self.state.global_step}: {why}; the predictions carry no signal "
