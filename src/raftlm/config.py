@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 
@@ -95,6 +96,10 @@ class MethodConfig:
     grid: str | None = field(
         default=None, metadata={"help": "grid spec: 1-5, 0:5:0.1, 1,2,3 or 1=a,2=b (default: the dataset's)"}
     )
+    ce_weight: float = field(
+        default=0.0,
+        metadata={"help": "raft: add this weight x CE on the grid string nearest the target (0 = pure RAFT)"},
+    )
     answer_prefix: str = field(default=" ", metadata={"help": "text between the prompt and the answer"})
     normalize_grid: bool = field(
         default=False, metadata={"help": "renormalize grid probabilities to sum to 1 (table 16)"}
@@ -135,6 +140,10 @@ class MethodConfig:
             raise RaftlmError("learnable-raft: learnable_scope is grid or all, head_init is raft or random")
         if self.new_tokens not in (None, "zero", "first", "average", "random"):
             raise RaftlmError(f"new_tokens={self.new_tokens!r}: use zero, first, average or random")
+        if not (self.ce_weight >= 0 and math.isfinite(self.ce_weight)):
+            raise RaftlmError(f"ce_weight={self.ce_weight}: use a finite weight >= 0 (e.g. 0.3)")
+        if self.ce_weight and self.method != "raft":
+            raise RaftlmError(f"ce_weight is a raft option: drop it for method {self.method}")
         tr = self.target_range
         if isinstance(tr, str) and tr not in ("none", "auto", "dataset"):
             parts = tr.split(",")
@@ -157,6 +166,9 @@ class TrainConfig:
     scheduler: str = field(default="constant", metadata={"help": "constant, cosine or linear"})
     warmup_steps: int = field(default=0, metadata={"help": "learning-rate warmup steps"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "clip the gradient norm to this (0 = no clipping; Trainer's default 1)"}
+    )
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast (about 2x faster on recent CPUs)"})
     seed: int = field(default=0, metadata={"help": "training seed"})
     eval_steps: int = field(default=50, metadata={"help": "validate (and checkpoint) every N steps"})
@@ -174,6 +186,8 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "eval_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise RaftlmError(f"{name}={getattr(self, name)}: use a positive integer")
+        if not (self.max_grad_norm >= 0 and math.isfinite(self.max_grad_norm)):
+            raise RaftlmError(f"max_grad_norm={self.max_grad_norm}: use a finite norm >= 0 (0 = no clipping)")
         if not self.lr > 0:
             raise RaftlmError(f"lr={self.lr}: use a positive learning rate")
 

@@ -7,7 +7,8 @@ A sweep file::
     datasets: [stsb-1k, amazon-snippets]          # names, or {dataset: ..., data_dir: ...} mappings
     models: [gemma-3-270m]
     methods: [{method: none, decoder: rail}, {method: ce, decoder: rail}, {method: raft},
-              {method: raft, normalize_grid: true}]      # other keys: method options (an ablation)
+              {method: raft, normalize_grid: true},      # other keys: settings of the run (an arm)
+              {method: raft, optimizer: adamw, warmup_steps: 8, lrs: [3.0e-5]}]
     lrs: [1.0e-4, 1.0e-5]
     seeds: [0, 1, 2]
     train_fractions: [1.0]                        # optional: data-size curves (figure 4)
@@ -26,12 +27,12 @@ import io
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
 
-from raftlm.config import Config
+from raftlm.config import SECTIONS, Config
 from raftlm.core import RaftlmError
 from raftlm.io import write_json, write_text
 from raftlm.metrics import collapse
@@ -96,7 +97,9 @@ def cells(sweep: dict) -> list[Cell]:
             for m in sweep["methods"]:
                 m = {"method": m} if isinstance(m, str) else m
                 method = m["method"]
-                options = tuple(sorted((k, v) for k, v in m.items() if k not in ("method", "decoder")))
+                options = tuple(
+                    sorted((k, v) for k, v in m.items() if k not in ("method", "decoder", "lrs"))
+                )
                 decoder = m.get(
                     "decoder", "head" if method.startswith(("head-", "encoder-", "learnable")) else "rail"
                 )
@@ -104,7 +107,7 @@ def cells(sweep: dict) -> list[Cell]:
                     out.append(Cell(dataset, model, method, decoder, None, 0, None, options))
                     continue
                 for frac in sweep.get("train_fractions", [None]):
-                    for lr in sweep.get("lrs", [1e-5]):
+                    for lr in m.get("lrs", sweep.get("lrs", [1e-5])):
                         for seed in sweep.get("seeds", [0]):
                             out.append(
                                 Cell(dataset, model, method, decoder, float(lr), int(seed), frac, options)
@@ -114,13 +117,24 @@ def cells(sweep: dict) -> list[Cell]:
     return sorted(out, key=lambda c: seeds.index(c.seed) if c.seed in seeds else 0)
 
 
+def option_section(key: str) -> str:
+    """The config section of a method entry's extra key (method first: ``normalize_grid``, ``ce_weight``;
+    then training, model, data: ``warmup_steps``, ``trainable``...)."""
+    for section in ("method", "training", "model", "data"):
+        if key in {f.name for f in fields(SECTIONS[section])}:
+            return section
+    raise RaftlmError(f"unknown setting {key!r} in a sweep's methods entry: use a config field name")
+
+
 def cell_config(sweep: dict, cell: Cell, run_dir: Path) -> Config:
     base = {k: dict(v) for k, v in (sweep.get("base") or {}).items()}
     base.setdefault("model", {})["name"] = cell.model
     base.setdefault("data", {}).update(cell.dataset)
     if cell.train_fraction:
         base["data"]["train_fraction"] = cell.train_fraction
-    base.setdefault("method", {}).update(dict(cell.options), method=cell.method)
+    base.setdefault("method", {})["method"] = cell.method
+    for key, value in cell.options:
+        base.setdefault(option_section(key), {})[key] = value
     training = base.setdefault("training", {})
     training.update(output_dir=str(run_dir), seed=cell.seed)
     if cell.lr:

@@ -21,20 +21,48 @@ def raft_predictor(log_probs: torch.Tensor, values: torch.Tensor, normalize: boo
 
 
 class RAFTLoss(nn.Module):
-    """Eq. 10: (y* - sum_y p(str(y)|x) y)^2, averaged over the batch.
+    """Eq. 10: (y* - sum_y p(str(y)|x) y)^2, averaged over the batch; plus ``ce_weight`` x CE.
 
     Needs: prompt batch and grid-space targets. Example: grid {1..5}, p = (0,0,.5,.5,0) -> y_hat 3.5;
-    target 4 -> loss 0.25.
+    target 4 -> loss 0.25. With ``ce_weight`` = lambda the loss adds lambda * -log p(str(y~)|x), y~ the
+    grid value nearest the target (TRACT uses lambda 1, number-token-loss 0.3): the CE term keeps
+    probability on the grid and its spread alive where the squared loss's gradient vanishes (a dead or
+    saturated grid). With ``normalize`` the CE is over the grid only. Example: as above with lambda 0.5,
+    p('4') = 0.5 -> 0.25 + 0.5 * ln 2 = 0.597.
+
+    Every call records the batch's grid mass and grid entropy in ``stats`` (the trainer logs their means).
     """
 
-    def __init__(self, scorer: GridLogProbs, values: torch.Tensor, normalize: bool = False):
+    def __init__(
+        self, scorer: GridLogProbs, values: torch.Tensor, normalize: bool = False, ce_weight: float = 0.0
+    ):
         super().__init__()
-        self.scorer, self.normalize = scorer, normalize
+        self.scorer, self.normalize, self.ce_weight = scorer, normalize, ce_weight
         self.register_buffer("values", values.float(), persistent=False)
+        self.stats: dict[str, list[float]] = {}
 
     def forward(self, model, batch: PromptBatch, targets: torch.Tensor, **_) -> torch.Tensor:
-        pred = raft_predictor(self.scorer(model, batch), self.values, self.normalize)
-        return ((pred - targets.to(pred)) ** 2).mean()
+        log_probs = self.scorer(model, batch)
+        targets = targets.to(log_probs)
+        loss = ((raft_predictor(log_probs, self.values, self.normalize) - targets) ** 2).mean()
+        if self.ce_weight:
+            nearest = (targets[:, None] - self.values.to(targets)[None, :]).abs().argmin(-1)
+            lp = torch.log_softmax(log_probs, -1) if self.normalize else log_probs
+            loss = loss - self.ce_weight * lp.gather(1, nearest[:, None]).mean()
+        self._record(log_probs.detach())
+        return loss
+
+    def _record(self, log_probs: torch.Tensor) -> None:
+        grid = torch.softmax(log_probs, -1)
+        entropy = -(grid * torch.log_softmax(log_probs, -1)).sum(-1)
+        for key, v in (("grid_mass", log_probs.exp().sum(-1)), ("grid_entropy", entropy)):
+            self.stats.setdefault(key, []).append(float(v.mean()))
+
+    def pop_stats(self) -> dict[str, float]:
+        """Means of the recorded statistics since the last call (then cleared)."""
+        out = {f"train_{k}": sum(v) / len(v) for k, v in self.stats.items() if v}
+        self.stats = {}
+        return out
 
 
 class CELoss(nn.Module):

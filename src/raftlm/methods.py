@@ -17,18 +17,19 @@ from raftlm.heads import LearnableRAFTHead, MLPLogitsHead, PooledHead, ProbProje
 from raftlm.losses import CELoss, HeadMSELoss, MBRLoss, RAFTLogLoss, RAFTLoss
 
 
+def _raft_loss(predictor, mcfg) -> nn.Module:
+    values = torch.tensor(predictor.grid.values)
+    return RAFTLoss(predictor.scorer, values, predictor.normalize, mcfg.ce_weight)
+
+
 def _grid_loss(cls):
-    def build(predictor) -> nn.Module:
-        return cls(
-            predictor.scorer,
-            torch.tensor(predictor.grid.values),
-            **({"normalize": predictor.normalize} if cls is RAFTLoss else {}),
-        )
+    def build(predictor, mcfg) -> nn.Module:
+        return cls(predictor.scorer, torch.tensor(predictor.grid.values))
 
     return build
 
 
-def _head_loss(predictor) -> nn.Module:
+def _head_loss(predictor, mcfg) -> nn.Module:
     return HeadMSELoss(predictor.head)
 
 
@@ -81,14 +82,14 @@ def encoder_head(pooling: str) -> Callable:
 
 @dataclass(frozen=True)
 class Method:
-    loss: Callable  # predictor -> loss module
+    loss: Callable  # (predictor, method config) -> loss module
     head: Callable | None = None  # (predictor, method config, initial bias) -> head module
     encoder: bool = False  # backbone is an AutoModel encoder, not a causal LM
 
 
 METHODS = {
-    "raft": Method(_grid_loss(RAFTLoss)),
-    "ce": Method(lambda predictor: CELoss()),
+    "raft": Method(_raft_loss),
+    "ce": Method(lambda predictor, mcfg: CELoss()),
     "mbr": Method(_grid_loss(MBRLoss)),
     "raft-logloss": Method(_grid_loss(RAFTLogLoss)),
     "head-special-token": Method(_head_loss, special_token_head),

@@ -124,6 +124,12 @@ class RegressionTrainer(Trainer):
         loss = self.loss_fn(model, batch, targets=inputs["targets"], answer_len=inputs["answer_len"])
         return (loss, None) if return_outputs else loss
 
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """Training-loss lines also carry the loss's own statistics (RAFT: grid mass and entropy)."""
+        if "loss" in logs and hasattr(self.loss_fn, "pop_stats"):
+            logs = {**logs, **self.loss_fn.pop_stats()}
+        super().log(logs, *args, **kwargs)
+
     def create_optimizer(self, model=None):
         if self.optimizer is None and self.optimizer_name == "adafactor":
             params = [p for p in (model or self.model).parameters() if p.requires_grad]
@@ -154,6 +160,7 @@ class RegressionTrainer(Trainer):
         m["prediction_std"] = float(np.std(preds.values))
         if preds.probs is not None:
             m["grid_mass"] = float(preds.probs.sum(-1).mean())
+            m["grid_entropy"] = float(preds.entropy.mean())
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in m.items() if k != "n"}
         why = collapse(targets, preds.values, preds.probs)
         if why and not self.warned_collapse:
@@ -190,6 +197,7 @@ def training_arguments(cfg: Config, checkpoint_dir: Path, has_validation: bool) 
         lr_scheduler_type=schedule[t.scheduler],
         warmup_steps=t.warmup_steps,
         weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
         optim="adamw_torch",
         bf16=t.bf16,
         use_cpu=not torch.cuda.is_available(),
@@ -227,7 +235,7 @@ def fit(
 ) -> dict:
     """Fine-tune ``predictor.model`` in place; returns a summary (best step, best validation RMSE)."""
     method = cfg.method.method
-    loss_fn = METHODS[method].loss(predictor)
+    loss_fn = METHODS[method].loss(predictor, cfg.method)
     feats = build_features(predictor, train, method, cfg.method.ce_decimals)
     ckpt_dir = run_dir / "checkpoints"
     decoder = cfg.eval.decoder if cfg.eval.decoder in GRID_DECODERS else "rail"
