@@ -224,3 +224,45 @@ def test_format_table_labels_then_metrics():
         [{"method": "raft", "decoder": "rail", "rmse": 0.5, "mae": 0.4, "n": 3}], columns=("rmse", "n")
     )
     assert text.splitlines()[0] == "method | decoder | rmse | n"
+
+
+def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path, toy_csv, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    code, line = _bad(capsys, train_args(toy_csv, out, "--overwrite"))
+    assert code == 2 and "is not a raftlm run (it holds thesis.tex)" in line and "--overwrite" not in line
+    assert (out / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "toy.csv"]
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_finished(tmp_path, toy_csv, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert main(train_args(toy_csv, run)) == 0
+    old = (run / "model.safetensors").read_bytes()
+    import raftlm.pipeline
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("killed mid-training")
+
+    monkeypatch.setattr(raftlm.pipeline, "fit", boom)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(train_args(toy_csv, run, "--overwrite", "--seed", "1"))
+    assert (run / "model.safetensors").read_bytes() == old and (run / "eval_results.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "toy.csv"]  # no staged leftovers
+    monkeypatch.undo()
+    (run / "notes.txt").write_text("old run's file")
+    assert main(train_args(toy_csv, run, "--overwrite", "--seed", "1")) == 0
+    assert (run / "model.safetensors").read_bytes() != old and not (run / "notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "toy.csv"]
+    code, line = _bad(capsys, train_args(toy_csv, run, "--overwrite", "--resume"))
+    assert code == 2 and "pass one of them" in line
+
+
+def test_unwritable_output_dir_is_a_one_line_error(tmp_path, toy_csv, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, line = _bad(capsys, train_args(toy_csv, blocker / "run"))
+    assert code == 2 and "cannot create run directory" in line and "writable --output-dir" in line
+    code, line = _bad(capsys, train_args(toy_csv, blocker))
+    assert code == 2 and "is a file" in line

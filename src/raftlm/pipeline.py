@@ -24,6 +24,7 @@ from raftlm.io import write_json, write_text
 from raftlm.metrics import regression_metrics
 from raftlm.models import add_number_tokens, attach_head, load_model, set_trainable
 from raftlm.predictor import Predictor
+from raftlm.training import fit, latest_complete_checkpoint
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -142,27 +143,56 @@ def evaluate_predictor(
     return metrics, preds
 
 
-def _check_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
+RUN_MARKERS = ("config.yaml", "raftlm.json")  # what raftlm writes first into a run directory
+
+
+def staging_dir(out: Path) -> Path:
+    """Where ``--overwrite`` builds the new run, beside the old one (hidden; swapped in when finished)."""
+    return out.parent / f".{out.name}.raftlm-new"
+
+
+def _contents(out: Path, n: int = 4) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _check_run_dir(out: Path, overwrite: bool, resume: bool) -> Path:
+    """Where to build the run: ``out`` itself, or (``--overwrite`` of an existing run) a staging
+    directory beside it, so the old run survives until the new one has finished. A directory that is
+    not a raftlm run is never touched."""
+    if out.exists() and not out.is_dir():
+        raise RaftlmError(f"output path {out} is a file: choose a directory for --output-dir")
     if not out.exists() or not any(out.iterdir()):
-        return
+        return out
+    if not any((out / m).exists() for m in RUN_MARKERS):
+        raise RaftlmError(
+            f"output directory {out} is not a raftlm run (it holds {_contents(out)}) and is never "
+            "replaced: choose another --output-dir"
+        )
+    if overwrite and resume:
+        raise RaftlmError("--overwrite starts the run afresh and --resume continues it: pass one of them")
     if overwrite:
-        if is_main_process():
-            shutil.rmtree(out)
-        return
+        return staging_dir(out)
     finished = (out / "eval_results.json").exists()
     if resume and not finished and (out / "config.yaml").exists():
-        return
+        return out
     if finished:
         raise RaftlmError(
-            f"run directory {out} already holds a finished run: pass --overwrite or choose another --output-dir"
-        )
-    if (out / "config.yaml").exists():
-        raise RaftlmError(
-            f"run directory {out} holds an unfinished run: pass --resume to continue it or --overwrite to restart"
+            f"run directory {out} already holds a finished run: pass --overwrite (it is replaced once the "
+            "new run has finished) or choose another --output-dir"
         )
     raise RaftlmError(
-        f"output directory {out} exists and is not a raftlm run: pass --overwrite or choose another --output-dir"
+        f"run directory {out} holds an unfinished run: pass --resume to continue it or --overwrite to restart"
     )
+
+
+def swap_in(staged: Path, out: Path) -> None:
+    """Replace the run at ``out`` by the finished run at ``staged`` (two renames, then delete the old)."""
+    old = out.parent / f".{out.name}.raftlm-old"
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    os.replace(staged, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def is_main_process() -> bool:
@@ -183,8 +213,6 @@ def train_run(cfg: Config, overwrite: bool = False, resume: bool = False, evalua
     Under ``accelerate launch`` every process trains (Trainer does DDP); only the main process writes
     the run directory and evaluates on the test split.
     """
-    from raftlm.training import fit
-
     if cfg.method.method == "none":
         raise RaftlmError("method none is zero-shot: use `raftlm evaluate --model NAME` instead of train")
     if not cfg.training.output_dir:
@@ -195,7 +223,9 @@ def train_run(cfg: Config, overwrite: bool = False, resume: bool = False, evalua
         raise RaftlmError(
             f"dataset {cfg.data.dataset} has no training examples: check the file or its split column"
         )
-    _check_run_dir(out, overwrite, resume)
+    build = _check_run_dir(out, overwrite, resume)
+    if build != out and is_main_process():
+        shutil.rmtree(build, ignore_errors=True)  # a staged run of an earlier --overwrite that never finished
     _barrier()
     if resume and (out / "config.yaml").exists():
         resumed = Config.from_yaml(str(out / "config.yaml"))
@@ -204,21 +234,47 @@ def train_run(cfg: Config, overwrite: bool = False, resume: bool = False, evalua
                 "resuming with the run's saved config.yaml; flags given now are ignored", stacklevel=2
             )
         cfg = resumed
+    created = not build.exists()
+    if is_main_process():
+        _make_dir(build)
+    _barrier()
+    try:
+        _train_into(build, cfg, splits, resume, evaluate_test)
+    except BaseException:
+        # a staged --overwrite run goes (the old run stays as it was); so does a new run directory
+        # with no checkpoint to resume from
+        nothing_to_resume = created and latest_complete_checkpoint(build / "checkpoints") is None
+        if is_main_process() and (build != out or nothing_to_resume):
+            shutil.rmtree(build, ignore_errors=True)
+        raise
+    if build != out and is_main_process():
+        swap_in(build, out)
+    _barrier()
+    return out
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RaftlmError(
+            f"cannot create run directory {path} ({err.strerror}): choose a writable --output-dir"
+        ) from None
+
+
+def _train_into(build: Path, cfg: Config, splits: Splits, resume: bool, evaluate_test: bool) -> None:
     predictor = new_predictor(cfg, splits)
     make_trainable(predictor, cfg)
     if is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", cfg.to_yaml())
+        write_text(build / "config.yaml", cfg.to_yaml())
     _barrier()
     validation = eval_subset(splits.validation, cfg)
-    summary = fit(predictor, splits.train, validation, cfg, out, resume=resume)
+    summary = fit(predictor, splits.train, validation, cfg, build, resume=resume)
     if is_main_process():
         results = {"train": summary, "n_train": len(splits.train)}
         if splits.test and evaluate_test:  # callers that evaluate the test split themselves skip this
             results["test"], _ = evaluate_predictor(predictor, splits.test, cfg, desc="test")
-        _finalize(predictor, out, results, keep_checkpoints=cfg.training.keep_checkpoints)
-    _barrier()
-    return out
+        _finalize(predictor, build, results, keep_checkpoints=cfg.training.keep_checkpoints)
 
 
 def _finalize(predictor: Predictor, out: Path, results: dict, keep_checkpoints: bool) -> None:
