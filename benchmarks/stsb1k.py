@@ -75,7 +75,7 @@ def config(spec: dict, data_dir: str) -> Config:
     return Config.build(
         {
             "model": model,
-            "data": {"dataset": "stsb-1k", "data_dir": data_dir, "eval_size": VAL_SIZE, "max_length": 256},
+            "data": {"dataset": "stsb-1k", "data_dir": data_dir, "val_size": VAL_SIZE, "max_length": 256},
             "method": {"method": method},
             "training": {
                 **train_settings(spec),

@@ -266,3 +266,27 @@ def test_unwritable_output_dir_is_a_one_line_error(tmp_path, toy_csv, capsys):
     assert code == 2 and "cannot create run directory" in line and "writable --output-dir" in line
     code, line = _bad(capsys, train_args(toy_csv, blocker))
     assert code == 2 and "is a file" in line
+
+
+def test_validation_subset_does_not_cut_the_test_split(tmp_path, toy_csv, capsys):
+    run = tmp_path / "run"
+    assert main(train_args(toy_csv, run, "--val-size", "2")) == 0
+    saved = Config.from_yaml(str(run / "config.yaml"))
+    assert saved.data.val_size == 2 and saved.eval.eval_size is None
+    assert json.loads((run / "eval_results.json").read_text())["test"]["n"] == 4  # the whole test split
+    out = tmp_path / "test.json"
+    assert main(["evaluate", "--model", str(run), "--split", "test", "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["n"] == 4 and "of 4 examples" not in capsys.readouterr().err
+    out3 = tmp_path / "test3.json"
+    assert main(["evaluate", "--model", str(run), "--eval-size", "3", "--output", str(out3)]) == 0
+    row = json.loads(out3.read_text())
+    assert (row["n"], row["split_size"]) == (3, 4)
+    assert "scored the first 3 of 4 examples (--eval-size)" in capsys.readouterr().err
+
+
+def test_old_data_eval_size_reads_as_val_size_with_a_warning(tmp_path):
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("data: {eval_size: 300}\n")
+    with pytest.warns(FutureWarning, match=r"data.eval_size is deprecated.*data.val_size"):
+        cfg = Config.from_yaml(str(recipe))
+    assert cfg.data.val_size == 300 and cfg.eval.eval_size is None

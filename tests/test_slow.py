@@ -66,7 +66,7 @@ def test_gemma_20_step_raft_lowers_the_training_loss(tmp_path):
                 "dataset": "stsb-1k",
                 "data_dir": str(SHARED_STSB),
                 "train_size": 80,
-                "eval_size": 32,
+                "val_size": 32,
                 "max_length": 128,
             },
             "training": {

@@ -124,6 +124,6 @@ def test_a_collapsed_raft_run_says_so_and_logs_grid_mass(tmp_path, toy_csv):
         train_run(cfg)
     evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [e for e in evals if "eval_rmse" in e]
-    assert all(0 <= e["eval_grid_mass"] <= 1 + 1e-9 and e["eval_prediction_std"] >= 0 for e in evals)
+    assert all(0 <= e["eval_grid_mass"] <= 1 + 1e-5 and e["eval_prediction_std"] >= 0 for e in evals)
     last = evals[-1]
     assert last["eval_grid_mass"] < 0.01 or last["eval_prediction_std"] < 1e-3

@@ -28,7 +28,7 @@ FLAGS = {
     "--train-size": "data.train_size",
     "--train-fraction": "data.train_fraction",
     "--history": "data.history",
-    "--eval-size": "data.eval_size",
+    "--val-size": "data.val_size",
     "--max-length": "data.max_length",
     "--method": "method.method",
     "--grid": "method.grid",
@@ -60,6 +60,7 @@ FLAGS = {
     "--num-samples": "eval.num_samples",
     "--temperature": "eval.temperature",
     "--compile": "eval.compile",
+    "--eval-size": "eval.eval_size",
 }
 CASTS = {"int": int, "float": float, "int | None": int, "float | None": float}
 
@@ -213,7 +214,7 @@ def _file_examples(path: str, predictor, target_column: str, need_target: bool):
 def cmd_evaluate(args) -> None:
     from raftlm.data import load_splits
     from raftlm.io import check_writable, write_json
-    from raftlm.pipeline import evaluate_predictor, is_run_dir, load_for_eval
+    from raftlm.pipeline import eval_limit, evaluate_predictor, is_run_dir, load_for_eval
 
     cfg = _run_config(args)
     if args.output:
@@ -224,8 +225,16 @@ def cmd_evaluate(args) -> None:
         examples = _file_examples(args.input, predictor, cfg.data.target_column, need_target=True)
     else:
         examples = splits.split(cfg.eval.split)
-        examples = examples[: cfg.data.eval_size] if cfg.data.eval_size else examples
+    n_split = len(examples)
+    examples = eval_limit(examples, cfg)
     metrics, _ = evaluate_predictor(predictor, examples, cfg)
+    metrics["split_size"] = n_split
+    if len(examples) < n_split:
+        print(
+            f"raftlm evaluate: scored the first {len(examples)} of {n_split} examples (--eval-size); "
+            "drop --eval-size to score the whole split",
+            file=sys.stderr,
+        )
     if args.entropy:
         metrics.update(_entropy(args, cfg, predictor, examples))
     row = {"model": cfg.model.name, "split": args.input or cfg.eval.split, **metrics}

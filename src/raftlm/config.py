@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 
 import yaml
@@ -60,11 +61,9 @@ class DataConfig:
     text_column: str = field(default="text", metadata={"help": "text column when no template is given"})
     target_column: str = field(default="target", metadata={"help": "target column (csv/jsonl/hf)"})
     train_size: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
-    eval_size: int | None = field(
+    val_size: int | None = field(
         default=None,
-        metadata={
-            "help": "validate on the first N validation examples while training; evaluate on N examples"
-        },
+        metadata={"help": "validate on the first N validation examples while training (default: all)"},
     )
     train_fraction: float | None = field(
         default=None, metadata={"help": "use only this fraction of the training split (figure 4 curves)"}
@@ -80,7 +79,7 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("train_size", "eval_size"):
+        for name in ("train_size", "val_size"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise RaftlmError(f"{name}={v}: use a positive number of examples")
@@ -202,14 +201,32 @@ class EvalConfig:
     max_new_tokens: int = field(default=6, metadata={"help": "greedy/sample-rail: tokens to decode"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast at inference"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model for prediction"})
+    eval_size: int | None = field(
+        default=None, metadata={"help": "evaluate: score only the first N examples (default: the whole split)"}
+    )
 
     def __post_init__(self) -> None:
         from raftlm.decoders import DECODERS
 
         if self.decoder not in DECODERS:
             raise RaftlmError(f"unknown decoder {self.decoder!r}: use one of {list(DECODERS)}")
+        if self.eval_size is not None and self.eval_size < 1:
+            raise RaftlmError(f"eval_size={self.eval_size}: use a positive number of examples")
         if self.split not in ("train", "validation", "test"):
             raise RaftlmError(f"unknown split {self.split!r}: use train, validation or test")
+
+
+def _rename_eval_size(data: dict | None) -> None:
+    """``data.eval_size`` (raftlm 0.1) was the validation subset: read it as ``data.val_size``."""
+    if data and "eval_size" in data:
+        value = data.pop("eval_size")
+        warnings.warn(
+            "data.eval_size is deprecated: it set the validation subset, now data.val_size "
+            "(--val-size); eval.eval_size (--eval-size) limits what evaluate scores",
+            FutureWarning,
+            stacklevel=3,
+        )
+        data.setdefault("val_size", value)
 
 
 SECTIONS = {
@@ -236,6 +253,7 @@ class Config:
         for key, value in (overrides or {}).items():
             section, _, name = key.partition(".")
             merged.setdefault(section, {})[name] = value
+        _rename_eval_size(merged.get("data"))
         kwargs = {}
         for section, values in merged.items():
             if section not in SECTIONS:

@@ -17,7 +17,7 @@ from raftlm.pipeline import evaluate_predictor, load_for_eval, train_run
 
 DEMO_DEFAULTS = {
     "model": {"name": "gemma-3-270m", "trainable": "top-6", "dropout": 0.1},
-    "data": {"dataset": "amazon-snippets", "train_size": 1200, "eval_size": 200, "max_length": 192},
+    "data": {"dataset": "amazon-snippets", "train_size": 1200, "val_size": 200, "max_length": 192},
     "method": {"method": "raft"},
     "training": {
         "max_steps": 150,

@@ -146,7 +146,7 @@ def cell_config(sweep: dict, cell: Cell, run_dir: Path) -> Config:
 def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
     from raftlm.data import load_splits
     from raftlm.io import write_jsonl
-    from raftlm.pipeline import eval_subset, evaluate_predictor, load_for_eval, train_run
+    from raftlm.pipeline import eval_limit, evaluate_predictor, load_for_eval, train_run
 
     run_dir = root / "runs" / cell.run_id
     cfg = cell_config(sweep, cell, run_dir)
@@ -165,7 +165,7 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
         cfg.model.name = str(run_dir)
     predictor = load_for_eval(cfg, splits)
     start = time.time()
-    test = eval_subset(splits.test, cfg)  # data.eval_size caps the test set too, as in `raftlm evaluate`
+    test = eval_limit(splits.test, cfg)  # the whole test split unless the sweep sets eval.eval_size
     metrics, preds = evaluate_predictor(predictor, test, cfg, desc=cell.cell_id)
     rows = [
         {"index": i, "target": e.target, "prediction": float(preds.values[i])} for i, e in enumerate(test)

@@ -103,8 +103,14 @@ def make_trainable(predictor: Predictor, cfg: Config) -> None:
         attach_head(predictor.model, predictor.head)
 
 
-def eval_subset(examples: list[Example], cfg: Config) -> list[Example]:
-    return examples[: cfg.data.eval_size] if cfg.data.eval_size else examples
+def validation_subset(examples: list[Example], cfg: Config) -> list[Example]:
+    """The validation examples used while training (``data.val_size``)."""
+    return examples[: cfg.data.val_size] if cfg.data.val_size else examples
+
+
+def eval_limit(examples: list[Example], cfg: Config) -> list[Example]:
+    """What ``evaluate`` scores: the whole split unless ``eval.eval_size`` limits it."""
+    return examples[: cfg.eval.eval_size] if cfg.eval.eval_size else examples
 
 
 def predict_examples(predictor: Predictor, examples: list[Example], cfg: Config, desc: str):
@@ -268,7 +274,7 @@ def _train_into(build: Path, cfg: Config, splits: Splits, resume: bool, evaluate
     if is_main_process():
         write_text(build / "config.yaml", cfg.to_yaml())
     _barrier()
-    validation = eval_subset(splits.validation, cfg)
+    validation = validation_subset(splits.validation, cfg)
     summary = fit(predictor, splits.train, validation, cfg, build, resume=resume)
     if is_main_process():
         results = {"train": summary, "n_train": len(splits.train)}
