@@ -43,6 +43,7 @@ FLAGS = {
     "--learnable-scope": "method.learnable_scope",
     "--head-init": "method.head_init",
     "--new-tokens": "method.new_tokens",
+    "--ce-weight": "method.ce_weight",
     "--output-dir": "training.output_dir",
     "--max-steps": "training.max_steps",
     "--batch-size": "training.batch_size",
@@ -51,6 +52,9 @@ FLAGS = {
     "--optimizer": "training.optimizer",
     "--scheduler": "training.scheduler",
     "--warmup-steps": "training.warmup_steps",
+    "--max-grad-norm": "training.max_grad_norm",
+    "--weight-decay": "training.weight_decay",
+    "--no-cache-frozen": "training.cache_frozen",
     "--eval-steps": "training.eval_steps",
     "--patience": "training.patience",
     "--seed": "training.seed",
@@ -70,6 +74,10 @@ def _field(key: str):
     return next(f for f in fields(SECTIONS[section]) if f.name == name)
 
 
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
 def add_shared(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", help="YAML recipe (sections model/data/method/training/eval); flags override it"
@@ -86,8 +94,9 @@ def add_shared(p: argparse.ArgumentParser) -> None:
     for flag, key in FLAGS.items():
         f = _field(key)
         help_text = f.metadata.get("help", "")
-        if f.type == "bool":
-            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        if f.type == "bool":  # a setting that is on by default is turned off by its --no- flag
+            action = "store_false" if f.default else "store_true"
+            p.add_argument(flag, action=action, default=argparse.SUPPRESS, help=help_text, dest=_dest(flag))
         else:
             p.add_argument(flag, type=CASTS.get(f.type, str), default=argparse.SUPPRESS, help=help_text)
 
@@ -135,11 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
-    overrides = {
-        key: getattr(args, flag[2:].replace("-", "_"))
-        for flag, key in FLAGS.items()
-        if hasattr(args, flag[2:].replace("-", "_"))
-    }
+    overrides = {key: getattr(args, _dest(flag)) for flag, key in FLAGS.items() if hasattr(args, _dest(flag))}
     if args.freeze_backbone:
         overrides["model.trainable"] = "none"
     if "training.bf16" in overrides:

@@ -175,6 +175,13 @@ class TrainConfig:
         default=None, metadata={"help": "early stopping after N evaluations without improvement"}
     )
     logging_steps: int = field(default=10, metadata={"help": "log the training loss every N steps"})
+    cache_frozen: bool = field(
+        default=True,
+        metadata={
+            "help": "top-N/none: run the frozen blocks once per example (eval mode) and train from "
+            "their cached states"
+        },
+    )
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep checkpoints/ after a finished run"})
 
     def __post_init__(self) -> None:

@@ -18,22 +18,12 @@ from raftlm.scoring import PromptBatch, full_precision  # heads do their own ari
 
 def _last_logits(model, batch: PromptBatch) -> torch.Tensor:
     """f_out(x)[:, L]: the LM head applied at the final position only (left padding puts it last)."""
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.model_mask(),
-        position_ids=batch.position_ids,
-        logits_to_keep=1,
-    )
-    return out.logits[:, -1].float()
+    return model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1].float()
 
 
 def _last_hidden(model, batch: PromptBatch) -> torch.Tensor:
     """e_out(x): final hidden states (after the final norm), without materializing vocabulary logits."""
-    kwargs = {
-        "input_ids": batch.input_ids,
-        "attention_mask": batch.model_mask(),
-        "position_ids": batch.position_ids,
-    }
+    kwargs = batch.model_inputs()
     if model.get_output_embeddings() is not None:  # a causal LM (an encoder AutoModel has none)
         return model(**kwargs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1].float()
     return model(**kwargs).last_hidden_state.float()

@@ -75,12 +75,7 @@ class CELoss(nn.Module):
 
     def forward(self, model, batch: PromptBatch, answer_len: torch.Tensor, **_) -> torch.Tensor:
         k = int(answer_len.max())
-        out = model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            logits_to_keep=k + 1,
-        )
+        out = model(**batch.model_inputs(), logits_to_keep=k + 1)
         logits = out.logits[:, :-1].float()  # position t predicts token t+1: the last k tokens
         labels = batch.input_ids[:, -k:]
         keep = torch.arange(k, device=labels.device)[None, :] >= (k - answer_len.to(labels.device))[:, None]

@@ -138,13 +138,7 @@ class Predictor:
         return next(self.model.parameters()).device
 
     def _to(self, batch: PromptBatch) -> PromptBatch:
-        dev = self._device()
-        return PromptBatch(
-            batch.input_ids.to(dev),
-            batch.attention_mask.to(dev),
-            batch.position_ids.to(dev),
-            batch.bidirectional,
-        )
+        return batch.to(self._device())
 
     # --- grid scoring -----------------------------------------------------------------------------
 

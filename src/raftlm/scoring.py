@@ -100,6 +100,7 @@ class PromptBatch:
     attention_mask: torch.Tensor  # (B, T)
     position_ids: torch.Tensor  # (B, T)
     bidirectional: bool = False  # let every prompt token attend to every other (figure 3 ablation)
+    hidden: torch.Tensor | None = None  # (B, T, D) cached states below the trained blocks (cache.py)
 
     def model_mask(self) -> torch.Tensor:
         """The mask to hand the model: 2D padding mask (causal), or a 4D boolean mask in which each
@@ -108,6 +109,21 @@ class PromptBatch:
             return self.attention_mask
         b, t = self.attention_mask.shape
         return self.attention_mask.bool()[:, None, None, :].expand(b, 1, t, t)
+
+    def model_inputs(self) -> dict:
+        """Keyword arguments of a model call: token ids, or the cached states as ``inputs_embeds``."""
+        tokens = {"input_ids": self.input_ids} if self.hidden is None else {"inputs_embeds": self.hidden}
+        return {**tokens, "attention_mask": self.model_mask(), "position_ids": self.position_ids}
+
+    def to(self, device) -> PromptBatch:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return PromptBatch(
+            move(self.input_ids),
+            move(self.attention_mask),
+            move(self.position_ids),
+            self.bidirectional,
+            move(self.hidden),
+        )
 
 
 def _leading_special(tokenizer) -> int:
@@ -214,13 +230,7 @@ class GridLogProbs:
             return self._grid_rows(model, batch)
         # (a wrapper such as DDP must be called as a whole so it syncs gradients: full head, then the grid)
         multi = bool(self.paths)
-        out = model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.model_mask(),
-            position_ids=batch.position_ids,
-            use_cache=multi,
-            logits_to_keep=1,
-        )
+        out = model(**batch.model_inputs(), use_cache=multi, logits_to_keep=1)
         last = out.logits[:, -1].float()
         lp = last[:, self.first_ids.to(dev)] - torch.logsumexp(last, dim=-1, keepdim=True)
         if multi:
@@ -229,9 +239,7 @@ class GridLogProbs:
 
     def _grid_rows(self, model, batch: PromptBatch) -> torch.Tensor:
         """log softmax over the grid of h_L @ E_out[grid]^T: G rows of the LM head instead of V."""
-        out = model.get_decoder()(
-            input_ids=batch.input_ids, attention_mask=batch.model_mask(), position_ids=batch.position_ids
-        )
+        out = model.get_decoder()(**batch.model_inputs())
         hidden = out.last_hidden_state[:, -1]
         weight = model.get_output_embeddings().weight[self.first_ids.to(hidden.device)]
         logits = linear_in_weight_dtype(hidden, weight).float()  # as lm_head_in_float32

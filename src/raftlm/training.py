@@ -7,6 +7,7 @@ data units; the checkpoint with the best validation RMSE is reloaded at the end 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.optimization import Adafactor
 
+from raftlm.cache import HiddenStore, build_store, frozen_blocks, skip_frozen
 from raftlm.config import Config
 from raftlm.core import Example
 from raftlm.decoders import GRID_DECODERS
@@ -44,7 +46,8 @@ def build_features(
     targets = predictor.scaler.to_grid([e.target for e in examples])
     prompts = predictor.encode(texts)
     feats = [
-        {"prompt_ids": p, "target": float(t), "answer_ids": []} for p, t in zip(prompts, targets, strict=True)
+        {"index": i, "prompt_ids": p, "target": float(t), "answer_ids": []}
+        for i, (p, t) in enumerate(zip(prompts, targets, strict=True))
     ]
     if method == "ce":
         fmt, cache = predictor.fmt, {}
@@ -67,10 +70,20 @@ def build_features(
     return feats
 
 
-def make_collator(pad_id: int, bidirectional: bool = False):
+def make_collator(pad_id: int, bidirectional: bool = False, store: HiddenStore | None = None):
+    """Left-padded batches; with a hidden-state ``store``, also the cached states (zeros at pads)."""
+
     def collate(features: list[dict]) -> dict:
         batch = left_pad([f["prompt_ids"] + f["answer_ids"] for f in features], pad_id, bidirectional)
+        extra = {}
+        if store is not None:
+            hidden = torch.zeros((*batch.input_ids.shape, store.dim))
+            for row, f in enumerate(features):
+                h = store.get(f["index"])
+                hidden[row, hidden.shape[1] - len(h) :] = h
+            extra["hidden"] = hidden
         return {
+            **extra,
             "input_ids": batch.input_ids,
             "attention_mask": batch.attention_mask,
             "position_ids": batch.position_ids,
@@ -106,6 +119,7 @@ class RegressionTrainer(Trainer):
         eval_decoder: str,
         optimizer_name: str,
         eval_batch_size: int,
+        frozen: int = 0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -113,6 +127,7 @@ class RegressionTrainer(Trainer):
         self.eval_decoder, self.optimizer_name, self.eval_bs = eval_decoder, optimizer_name, eval_batch_size
         self.loss_is_scaled_for_ga = False  # our losses are per-batch means
         self.warned_collapse = False
+        self.frozen = frozen  # blocks below the trained ones, read from cached states (0: none)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = PromptBatch(
@@ -120,8 +135,11 @@ class RegressionTrainer(Trainer):
             inputs["attention_mask"],
             inputs["position_ids"],
             inputs.get("bidirectional", False),
+            inputs.get("hidden"),
         )
-        loss = self.loss_fn(model, batch, targets=inputs["targets"], answer_len=inputs["answer_len"])
+        skip = skip_frozen(model, self.frozen) if batch.hidden is not None else contextlib.nullcontext()
+        with skip:
+            loss = self.loss_fn(model, batch, targets=inputs["targets"], answer_len=inputs["answer_len"])
         return (loss, None) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs) -> None:
@@ -218,6 +236,16 @@ def training_arguments(cfg: Config, checkpoint_dir: Path, has_validation: bool) 
     )
 
 
+def frozen_blocks_to_cache(predictor: Predictor, cfg: Config) -> int:
+    """Blocks to run once and cache (0: train uncached): a causal LM trained top-N or head-only, with a
+    scorer that reads one position (single-token grids; multi-token grids score paths through every block)."""
+    if not cfg.training.cache_frozen or predictor.fmt is None:
+        return 0
+    if predictor.head is None and cfg.method.method != "ce" and not predictor.fmt.single_token:
+        return 0
+    return frozen_blocks(predictor.model, cfg.model.trainable)
+
+
 def latest_complete_checkpoint(ckpt_dir: Path) -> Path | None:
     """The newest checkpoint that was fully written (Trainer writes trainer_state.json last); a
     checkpoint cut short by a kill is skipped, so resume falls back to the one before."""
@@ -237,6 +265,19 @@ def fit(
     method = cfg.method.method
     loss_fn = METHODS[method].loss(predictor, cfg.method)
     feats = build_features(predictor, train, method, cfg.method.ce_decimals)
+    frozen = frozen_blocks_to_cache(predictor, cfg)
+    store = None
+    if frozen:
+        store = build_store(
+            predictor.model,
+            [f["prompt_ids"] + f["answer_ids"] for f in feats],
+            frozen,
+            predictor.pad_id,
+            run_dir,
+            cfg.eval.batch_size,
+            cfg.training.bf16,
+            predictor.bidirectional,
+        )
     ckpt_dir = run_dir / "checkpoints"
     decoder = cfg.eval.decoder if cfg.eval.decoder in GRID_DECODERS else "rail"
     callbacks = [MetricsLogger(run_dir / "metrics.jsonl")]
@@ -247,7 +288,7 @@ def fit(
         args=training_arguments(cfg, ckpt_dir, bool(validation)),
         train_dataset=ListDataset(feats),
         eval_dataset=ListDataset(validation) if validation else None,  # evaluate() reads val_examples
-        data_collator=make_collator(predictor.pad_id, predictor.bidirectional),
+        data_collator=make_collator(predictor.pad_id, predictor.bidirectional, store),
         callbacks=callbacks,
         loss_fn=loss_fn,
         predictor=predictor,
@@ -255,9 +296,14 @@ def fit(
         eval_decoder=decoder,
         optimizer_name=cfg.training.optimizer,
         eval_batch_size=cfg.eval.batch_size,
+        frozen=frozen,
     )
     last = latest_complete_checkpoint(ckpt_dir) if resume else None
-    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    finally:
+        if store is not None:
+            store.close()
     predictor.model = trainer.model
     state = trainer.state
     losses = [h["loss"] for h in state.log_history if "loss" in h]

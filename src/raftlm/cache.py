@@ -1,0 +1,168 @@
+"""Train the top N blocks from cached hidden states: the frozen blocks below run once per example.
+
+With ``trainable: top-N`` (or ``none``: a head on a frozen backbone) the embeddings and the first
+``L - N`` blocks never change, so every epoch recomputes the same activations for an example. Here they
+are computed once, with the frozen part in eval mode (no dropout there), and training runs the model
+with those blocks turned into identities and the cached states fed as ``inputs_embeds``: the rest of
+the model (rotary positions, masks, the trained blocks, final norm, LM head or predictive head) runs
+as usual, so every loss and head works unchanged.
+
+Cost per step, in block-forwards (a backward is about two): uncached L + 2N + F, cached 3N + F, with
+F the fixed cost of the LM head, loss and optimizer (``benchmarks/speed.py`` measures both).
+
+Storage: float32 rows of the hidden size per token, in RAM, or in a memory-mapped file beside the run
+when they would take more than ``RAM_FRACTION`` of the available memory (the page cache then keeps what
+fits); a store that would not fit on the disk either is refused before any work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raftlm.core import RaftlmError
+from raftlm.models import decoder_layers
+from raftlm.scoring import PromptBatch, left_pad
+
+RAM_FRACTION = 0.25  # beyond this share of available memory the store goes to disk
+
+
+def frozen_blocks(model, trainable: str) -> int:
+    """How many bottom blocks never train under ``trainable`` (0: nothing to cache)."""
+    n_layers = len(decoder_layers(model))
+    if trainable == "none":
+        return n_layers
+    if trainable.startswith("top-"):
+        return max(n_layers - int(trainable.split("-", 1)[1]), 0)
+    return 0  # full and lora train every block
+
+
+def _identity(hidden_states, *args, **kwargs):
+    return hidden_states
+
+
+@contextlib.contextmanager
+def pass_through(layers: list):
+    """The given blocks return their input unchanged while inside (their weights are untouched)."""
+    for layer in layers:
+        layer.forward = _identity
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+def skip_frozen(model, k: int):
+    """Training from cached states: blocks ``0..k-1`` are identities."""
+    return pass_through(list(decoder_layers(model))[:k])
+
+
+def _base(model):
+    """The transformer under the LM head (through peft and DDP wrappers)."""
+    inner = getattr(model, "module", model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return inner.get_decoder() if hasattr(inner, "get_decoder") else inner
+
+
+@torch.no_grad()
+def bottom_hidden(model, batch: PromptBatch, k: int) -> torch.Tensor:
+    """Hidden states after block ``k - 1`` (before any later block), shape (B, T, D)."""
+    layers = decoder_layers(model)
+    captured = {}
+
+    def grab(module, args, output):
+        captured["h"] = output[0] if isinstance(output, tuple) else output
+
+    hook = layers[k - 1].register_forward_hook(grab)
+    try:
+        with pass_through(list(layers)[k:]):  # building the cache needs only the bottom
+            _base(model)(**batch.model_inputs())
+    finally:
+        hook.remove()
+    return captured["h"]
+
+
+class HiddenStore:
+    """Per-example hidden states (ragged: one row per token), in RAM or memory-mapped on disk."""
+
+    def __init__(self, lengths: list[int], dim: int, workdir: Path, ram_bytes: int | None = None):
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self.dim = dim
+        need = int(self.offsets[-1]) * dim * 4
+        self.nbytes, self.path = need, None
+        budget = RAM_FRACTION * (ram_bytes if ram_bytes is not None else available_memory())
+        if need <= budget:
+            self.rows = np.zeros((int(self.offsets[-1]), dim), dtype=np.float32)
+            return
+        workdir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(workdir).free
+        if need > 0.9 * free:
+            raise RaftlmError(
+                f"the hidden-state cache needs {need / 2**30:.1f} GiB, more than {RAM_FRACTION:.0%} of the "
+                f"memory and than the free disk ({free / 2**30:.1f} GiB): set training.cache_frozen: false, "
+                "or use fewer training examples"
+            )
+        fd, name = tempfile.mkstemp(prefix=".hidden-cache-", suffix=".f32", dir=workdir)
+        os.close(fd)
+        self.path = Path(name)
+        self.rows = np.memmap(self.path, dtype=np.float32, mode="w+", shape=(int(self.offsets[-1]), dim))
+
+    def put(self, i: int, hidden: torch.Tensor) -> None:
+        self.rows[self.offsets[i] : self.offsets[i + 1]] = hidden.float().cpu().numpy()
+
+    def get(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.rows[self.offsets[i] : self.offsets[i + 1]]))
+
+    def close(self) -> None:
+        """Release the rows (and delete the disk file, if any)."""
+        self.rows = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (Linux MemAvailable; total physical memory elsewhere)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def build_store(
+    model,
+    seqs: list[list[int]],
+    k: int,
+    pad_id: int,
+    workdir: Path,
+    batch_size: int = 16,
+    bf16: bool = False,
+    bidirectional: bool = False,
+) -> HiddenStore:
+    """Run the frozen bottom (eval mode) once over every token sequence; length-bucketed batches."""
+    dim = model.config.get_text_config().hidden_size
+    store = HiddenStore([len(s) for s in seqs], dim, workdir)
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = left_pad([seqs[i] for i in chunk], pad_id, bidirectional).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                hidden = bottom_hidden(model, batch, k)
+            for j, i in enumerate(chunk):
+                store.put(int(i), hidden[j, hidden.shape[1] - len(seqs[i]) :])
+    finally:
+        model.train(was_training)
+    return store

@@ -1,0 +1,112 @@
+"""The frozen-block cache: training from cached states equals training through every block."""
+
+import numpy as np
+import pytest
+import torch
+
+from raftlm.cache import HiddenStore, build_store, frozen_blocks, skip_frozen
+from raftlm.config import Config
+from raftlm.core import Example, RaftlmError
+from raftlm.methods import METHODS
+from raftlm.pipeline import make_trainable, new_predictor, train_run
+from raftlm.training import build_features, frozen_blocks_to_cache, make_collator
+
+WORDS = ["awful", "bad", "fine", "good", "great"]
+EXAMPLES = [Example(f"review {i}: the product was {WORDS[i % 5]}. rating:", 1.0 + i % 5) for i in range(6)]
+
+
+def _setup(method: str, trainable: str, grid: str = "1-5", ce_weight: float = 0.0):
+    method_cfg = {"method": method, "grid": grid, "ce_weight": ce_weight, "target_range": "none"}
+    cfg = Config.build({"model": {"name": "tiny-random-llama", "trainable": trainable}, "method": method_cfg})
+    predictor = new_predictor(cfg, EXAMPLES)
+    make_trainable(predictor, cfg)
+    predictor.model.train()
+    loss_fn = METHODS[method].loss(predictor, cfg.method)
+    feats = build_features(predictor, EXAMPLES, method, None)
+    return cfg, predictor, loss_fn, feats
+
+
+def _loss_and_grads(predictor, loss_fn, inputs, frozen: int):
+    from raftlm.scoring import PromptBatch
+
+    model = predictor.model
+    model.zero_grad()
+    batch = PromptBatch(inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], False, inputs.get("hidden"))
+    with skip_frozen(model, frozen):
+        loss = loss_fn(model, batch, targets=inputs["targets"], answer_len=inputs["answer_len"])
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize(
+    "method, trainable, grid",
+    [
+        ("raft", "top-1", "1-5"),
+        ("ce", "top-1", "1-5"),
+        ("ce", "top-1", "0:5:0.5"),  # multi-token answers: CE reads whole sequences, cached too
+        ("head-pooled", "top-1", "1-5"),
+        ("head-special-token", "none", "1-5"),  # a head on a frozen backbone: every block cached
+    ],
+)
+def test_cached_loss_and_gradients_equal_the_uncached_path(tmp_path, method, trainable, grid):
+    cfg, predictor, loss_fn, feats = _setup(method, trainable, grid)
+    frozen = frozen_blocks_to_cache(predictor, cfg)
+    assert frozen == (2 if trainable == "none" else 1)
+    store = build_store(predictor.model, [f["prompt_ids"] + f["answer_ids"] for f in feats], frozen, predictor.pad_id, tmp_path)
+    plain = make_collator(predictor.pad_id)(feats)
+    cached = make_collator(predictor.pad_id, store=store)(feats)
+    loss0, grads0 = _loss_and_grads(predictor, loss_fn, plain, 0)
+    loss1, grads1 = _loss_and_grads(predictor, loss_fn, cached, frozen)
+    torch.testing.assert_close(loss1, loss0, atol=1e-6, rtol=1e-5)
+    assert grads0 and grads0.keys() == grads1.keys()
+    for name in grads0:
+        torch.testing.assert_close(grads1[name], grads0[name], atol=1e-6, rtol=1e-4, msg=name)
+    assert any(g.abs().sum() > 0 for g in grads0.values())
+
+
+def test_ce_weight_adds_the_cross_entropy_of_the_nearest_grid_value():
+    from raftlm.losses import RAFTLoss
+
+    class Fixed:  # a scorer returning fixed log-probabilities: p = (0, 0, .5, .5, 0) over grid 1..5
+        def __call__(self, model, batch):
+            return torch.log(torch.tensor([[1e-30, 1e-30, 0.5, 0.5, 1e-30]]))
+
+    values = torch.arange(1.0, 6.0)
+    target = torch.tensor([4.2])  # nearest grid value 4, p('4') = .5
+    plain = RAFTLoss(Fixed(), values)(None, None, target)
+    mixed = RAFTLoss(Fixed(), values, ce_weight=0.5)(None, None, target)
+    # (4.2 - 3.5)^2 = 0.49; + 0.5 * ln 2 = 0.34657
+    torch.testing.assert_close(plain, torch.tensor(0.49))
+    torch.testing.assert_close(mixed, torch.tensor(0.49 + 0.5 * np.log(2), dtype=torch.float32))
+
+
+def test_nothing_to_cache_for_full_lora_or_multi_token_raft():
+    cfg, predictor, _, _ = _setup("raft", "full")
+    assert frozen_blocks_to_cache(predictor, cfg) == 0
+    cfg, predictor, _, _ = _setup("raft", "top-1", grid="0:5:0.5")
+    assert frozen_blocks_to_cache(predictor, cfg) == 0
+    assert frozen_blocks(predictor.model, "top-5") == 0  # more blocks than the model has
+
+
+def test_a_store_too_big_for_memory_goes_to_disk_and_one_too_big_for_disk_is_refused(tmp_path):
+    store = HiddenStore([3, 2], 4, tmp_path, ram_bytes=1)  # nothing fits in "RAM": memory-mapped file
+    assert store.path is not None and store.path.parent == tmp_path
+    store.put(1, torch.ones(2, 4))
+    torch.testing.assert_close(store.get(1), torch.ones(2, 4))
+    store.close()
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(RaftlmError, match="cache_frozen: false"):
+        HiddenStore([10**9], 10**4, tmp_path, ram_bytes=1)  # 40 TB
+
+
+def test_a_cached_run_trains_and_leaves_no_cache_behind(tmp_path, toy_csv):
+    cfg = Config.build(
+        {
+            "model": {"name": "tiny-random-llama", "trainable": "top-1"},
+            "data": {"dataset": f"csv:{toy_csv}"},
+            "training": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 4, "lr": 1e-2},
+        }
+    )
+    run = train_run(cfg)
+    assert not list(run.glob(".hidden-cache-*")) and (run / "eval_results.json").exists()
