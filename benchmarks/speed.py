@@ -303,7 +303,87 @@ def case_bucket(a) -> dict:
     }
 
 
-CASES = {"train": case_train, "infer": case_infer, "multitoken": case_multitoken, "bucket": case_bucket}
+def case_cache(a) -> dict:
+    """One RAFT train step with the top ``a.top`` blocks trained, through every block or from the
+    frozen-block cache (the collation of cached states included); plus one block's forward (the unit
+    of the cost model) and the cache's bytes."""
+    import tempfile
+
+    import torch
+
+    from raftlm.cache import build_store, skip_frozen
+    from raftlm.grid import Grid
+    from raftlm.losses import RAFTLoss
+    from raftlm.models import decoder_layers, lm_head_in_float32, set_trainable
+    from raftlm.scoring import GridLogProbs, PromptBatch, bind_answer, encode_prompts
+    from raftlm.training import make_collator
+
+    model, tok = _load(a.model, a.config_dir, a.pretrained, a.device)
+    lm_head_in_float32(model)
+    model = set_trainable(model, f"top-{a.top}")
+    texts = _texts(a.batch, a.words)
+    fmt = bind_answer(tok, Grid.parse("1-5"), texts)
+    ids = encode_prompts(tok, fmt, texts, 4096)
+    feats = [
+        {"index": i, "prompt_ids": s, "answer_ids": [], "target": 1.0 + i % 5} for i, s in enumerate(ids)
+    ]
+    n_layers = len(decoder_layers(model))
+    frozen = n_layers - a.top
+    bf16 = a.dtype == "bf16"
+    autocast = torch.autocast(a.device, dtype=torch.bfloat16, enabled=bf16)
+    workdir = Path(tempfile.mkdtemp())
+    store = build_store(model, [f["prompt_ids"] for f in feats], frozen, tok.pad_token_id, workdir, bf16=bf16)
+    collate = make_collator(tok.pad_token_id, store=store if a.cached else None)
+    raft = RAFTLoss(GridLogProbs(fmt, tok.pad_token_id), torch.tensor([1.0, 2, 3, 4, 5]))
+    opt = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=1e-6)
+    model.train()
+
+    def step():
+        inputs = collate(feats)
+        batch = PromptBatch(
+            inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], False, inputs.get("hidden")
+        ).to(a.device)
+        with autocast, skip_frozen(model, frozen if a.cached else 0):
+            loss = raft(model, batch, targets=inputs["targets"].to(a.device))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    seconds = _timeit(step, a.device, a.repeats)
+    block = decoder_layers(model)[0]
+    x = store.get(0)  # any cached row block: time one block's forward on a batch of the same shape
+    b = collate(feats)
+    hidden = torch.randn(a.batch, b["input_ids"].shape[1], x.shape[-1], device=a.device)
+    base = model.get_decoder()
+    pos = b["position_ids"].to(a.device)
+    types = getattr(base.config, "layer_types", None)  # Gemma 3: a rotary embedding per attention type
+    emb = base.rotary_emb(hidden, pos, types[0]) if types else base.rotary_emb(hidden, pos)
+
+    def one_block():
+        with torch.no_grad(), autocast:
+            block(hidden, attention_mask=None, position_embeddings=emb, position_ids=pos)
+
+    block_seconds = _timeit(one_block, a.device, a.repeats)
+    n_tokens = len(store.rows)
+    peak = _tensor_peak_mb(step, a.device)
+    store.close()
+    return {
+        "seconds": seconds,
+        "block_seconds": block_seconds,
+        "layers": n_layers,
+        "cache_bytes_per_example": n_tokens * x.shape[-1] * 4 / a.batch,
+        "tokens_per_example": n_tokens / a.batch,
+        "peak_mem_mb": peak,
+    }
+
+
+CASES = {
+    "cache": case_cache,
+    "train": case_train,
+    "infer": case_infer,
+    "multitoken": case_multitoken,
+    "bucket": case_bucket,
+}
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -373,6 +453,42 @@ def _ratio_fields(ratios: list[float]) -> dict:
     return {"ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)]}
 
 
+def cache_rows(base: dict, common: list[str], n: int, tops=(6, 4)) -> list[dict]:
+    return [cache_row(base, common, n, top) for top in tops]
+
+
+def cache_row(base: dict, common: list[str], n: int, top: int) -> dict:
+    """Uncached vs cached RAFT steps over ``n`` interleaved rounds; F (the step's fixed cost in
+    block-forwards) from the cached step: F = cached / block - 3N, and the bound of the issue,
+    (L + 2N + F) / (3N + F)."""
+    rounds = []
+    for r in range(n):
+        order = (False, True) if r % 2 == 0 else (True, False)
+        runs = {c: run_case(common, case="cache", top=top, cached=c) for c in order}
+        rounds.append((runs[False], runs[True]))
+    med = lambda f: statistics.median(f(u, c) for u, c in rounds)  # noqa: E731
+    layers = rounds[0][1]["layers"]
+    f_cost = med(lambda u, c: c["seconds"] / c["block_seconds"] - 3 * top)
+    bound = (layers + 2 * top + f_cost) / (3 * top + f_cost)
+    ratio = _ratio_fields([u["seconds"] / c["seconds"] for u, c in rounds])
+    return {
+        **base,
+        "setup": _rounds(f"{base['setup']} steps, RAFT, AdamW", n),
+        "name": f"train step: uncached vs cached top-{top}",
+        "seconds": med(lambda u, c: c["seconds"]),
+        "baseline": f"uncached {med(lambda u, c: u['seconds']):.4f}s",
+        **ratio,
+        "fixed_cost_block_forwards": f_cost,
+        "bound": bound,
+        "fraction_of_bound": ratio["ratio"] / bound,
+        "block_forward_seconds": med(lambda u, c: c["block_seconds"]),
+        "cache_mb_per_1000_examples": rounds[0][1]["cache_bytes_per_example"] * 1000 / 2**20,
+        "tokens_per_example": rounds[0][1]["tokens_per_example"],
+        "peak_mem_mb": med(lambda u, c: c["peak_mem_mb"]),
+        "baseline_peak_mem_mb": med(lambda u, c: u["peak_mem_mb"]),
+    }
+
+
 def bucket_row(base: dict, common: list[str], n: int) -> dict:
     """Bucketing vs fixed padding over ``n`` interleaved rounds (order alternating): medians, and the
     range of the per-round ratio."""
@@ -407,6 +523,8 @@ def main() -> None:
     ap.add_argument("--method")
     ap.add_argument("--decoder")
     ap.add_argument("--fixed", action="store_true")
+    ap.add_argument("--top", type=int, default=6, help="(child) cache case: blocks trained")
+    ap.add_argument("--cached", action="store_true", help="(child) cache case: train from cached states")
     ap.add_argument(
         "--freeze-embeddings",
         action="store_true",
@@ -434,7 +552,8 @@ def main() -> None:
         "--cases",
         nargs="*",
         default=["train", "train-frozen", "infer", "multitoken", "bucket"],
-        help="measure only these (train-frozen: train steps with embeddings frozen, as raftlm's recipes); "
+        help="measure only these (train-frozen: train steps with embeddings frozen, as raftlm's recipes; "
+        "cache: uncached vs cached top-6 / top-4 RAFT steps); "
         "their rows replace the same rows in the results file, the rest stay",
     )
     a = ap.parse_args()
@@ -513,6 +632,8 @@ def main() -> None:
                 )
             if "bucket" in a.cases:
                 rows.append(bucket_row(base, common, a.rounds))
+            if "cache" in a.cases:
+                rows += cache_rows(base, common, a.rounds)
             print(json.dumps(rows[-1] if rows else {}), flush=True)
             write_results(out, rows)
 
@@ -556,6 +677,7 @@ def write_results(out: Path, rows: list[dict]) -> None:
             f"{value} | {r['baseline']} | {r['peak_mem_mb']:.0f} | {'-' if base_mb is None else f'{base_mb:.0f}'} "
             f"| {r['setup']} |"
         )
+    lines += _cache_lines(rows)
     lines += ["", "Forward pass against this machine's measured matmul peak (the physical limit):", ""]
     lines += [
         f"- {r['model']} {r['dtype']} {r['device']}: {r['tokens_per_s']:.0f} tokens/s, "
@@ -567,6 +689,26 @@ def write_results(out: Path, rows: list[dict]) -> None:
     if notes.exists():
         lines += ["", notes.read_text().rstrip()]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def _cache_lines(rows: list[dict]) -> list[str]:
+    """The frozen-block cache rows against the bound of their cost model (issue 11: >= 90 %)."""
+    out = [
+        f"- {r['model']} {r['dtype']} {r['device']}, {r['name']}: {r['ratio']:.2f}x; F = "
+        f"{r['fixed_cost_block_forwards']:.1f} block-forwards (one block {r['block_forward_seconds'] * 1e3:.0f} ms), "
+        f"bound {r['bound']:.2f}x, reached {r['fraction_of_bound']:.0%} (target >= 90 %: "
+        f"{'met' if r['fraction_of_bound'] >= 0.9 else 'missed'}); cache {r['cache_mb_per_1000_examples']:.0f} MB "
+        f"per 1,000 examples of {r['tokens_per_example']:.0f} tokens"
+        for r in rows
+        if "fraction_of_bound" in r
+    ]
+    head = [
+        "",
+        "Frozen-block cache (uncached step = L + 2N + F block-forwards, cached = 3N + F; F measured from "
+        "the cached step):",
+        "",
+    ]
+    return head + out if out else []
 
 
 def _verdict(row: dict) -> str:

@@ -31,7 +31,9 @@ def _loss_and_grads(predictor, loss_fn, inputs, frozen: int):
 
     model = predictor.model
     model.zero_grad()
-    batch = PromptBatch(inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], False, inputs.get("hidden"))
+    batch = PromptBatch(
+        inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], False, inputs.get("hidden")
+    )
     with skip_frozen(model, frozen):
         loss = loss_fn(model, batch, targets=inputs["targets"], answer_len=inputs["answer_len"])
     loss.backward()
@@ -53,7 +55,13 @@ def test_cached_loss_and_gradients_equal_the_uncached_path(tmp_path, method, tra
     cfg, predictor, loss_fn, feats = _setup(method, trainable, grid)
     frozen = frozen_blocks_to_cache(predictor, cfg)
     assert frozen == (2 if trainable == "none" else 1)
-    store = build_store(predictor.model, [f["prompt_ids"] + f["answer_ids"] for f in feats], frozen, predictor.pad_id, tmp_path)
+    store = build_store(
+        predictor.model,
+        [f["prompt_ids"] + f["answer_ids"] for f in feats],
+        frozen,
+        predictor.pad_id,
+        tmp_path,
+    )
     plain = make_collator(predictor.pad_id)(feats)
     cached = make_collator(predictor.pad_id, store=store)(feats)
     loss0, grads0 = _loss_and_grads(predictor, loss_fn, plain, 0)

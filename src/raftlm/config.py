@@ -166,7 +166,8 @@ class TrainConfig:
     warmup_steps: int = field(default=0, metadata={"help": "learning-rate warmup steps"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(
-        default=1.0, metadata={"help": "clip the gradient norm to this (0 = no clipping; Trainer's default 1)"}
+        default=1.0,
+        metadata={"help": "clip the gradient norm to this (0 = no clipping; Trainer's default 1)"},
     )
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast (about 2x faster on recent CPUs)"})
     seed: int = field(default=0, metadata={"help": "training seed"})
@@ -209,7 +210,8 @@ class EvalConfig:
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast at inference"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model for prediction"})
     eval_size: int | None = field(
-        default=None, metadata={"help": "evaluate: score only the first N examples (default: the whole split)"}
+        default=None,
+        metadata={"help": "evaluate: score only the first N examples (default: the whole split)"},
     )
 
     def __post_init__(self) -> None:

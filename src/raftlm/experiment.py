@@ -97,9 +97,7 @@ def cells(sweep: dict) -> list[Cell]:
             for m in sweep["methods"]:
                 m = {"method": m} if isinstance(m, str) else m
                 method = m["method"]
-                options = tuple(
-                    sorted((k, v) for k, v in m.items() if k not in ("method", "decoder", "lrs"))
-                )
+                options = tuple(sorted((k, v) for k, v in m.items() if k not in ("method", "decoder", "lrs")))
                 decoder = m.get(
                     "decoder", "head" if method.startswith(("head-", "encoder-", "learnable")) else "rail"
                 )
