@@ -153,7 +153,9 @@ def test_full_queue_is_503_and_sigterm_finishes_in_flight_requests(run):
         first = {}
         waiting = threading.Thread(target=lambda: first.update(r=post(base, body)))
         waiting.start()
+        deadline = time.monotonic() + 30
         while httpx.get(f"{base}/health").json()["queued_rows"] < 4:
+            assert time.monotonic() < deadline and waiting.is_alive(), first
             time.sleep(0.01)
         busy = post(base, {"inputs": [{"text": "one more. rating:"}]})
         assert busy.status_code == 503 and "queue is full" in busy.json()["error"]
