@@ -135,14 +135,21 @@ class RAFTRegressor:
         return regression_metrics(y, self.predict(texts))["r2"]
 
     def save(self, directory: str) -> Path:
+        """The model, its tokenizer, ``raftlm.json`` and a model card (README.md) in ``directory``."""
+        from raftlm.modelcard import write_model_card
+
         self._check_fitted()
-        return self.predictor_.save(directory)
+        out = self.predictor_.save(directory)
+        write_model_card(out)
+        return out
 
     @classmethod
-    def load(cls, directory: str) -> RAFTRegressor:
+    def load(cls, directory: str, device: str = "auto", dtype: str = "auto") -> RAFTRegressor:
+        """A saved run on ``device`` (auto: the GPU if there is one, else the CPU) with weights in
+        ``dtype`` (auto: bfloat16 on a GPU, else float32)."""
         from raftlm.predictor import Predictor
 
-        predictor = Predictor.load(directory)
+        predictor = Predictor.load(directory, device, dtype)
         reg = cls(model=str(directory), method=predictor.method, prompt_template=predictor.template)
         reg.predictor_ = predictor
         return reg

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from raftlm.config import SECTIONS, Config
+from raftlm.config import SECTIONS, Config, ServeSettings
 from raftlm.core import RaftlmError
 
 # flag -> config field; shared by every command (``--config recipe.yaml`` plus these overrides)
@@ -64,6 +64,8 @@ FLAGS = {
     "--num-samples": "eval.num_samples",
     "--temperature": "eval.temperature",
     "--compile": "eval.compile",
+    "--device": "eval.device",
+    "--dtype": "eval.dtype",
     "--eval-size": "eval.eval_size",
 }
 CASTS = {"int": int, "float": float, "int | None": int, "float | None": float}
@@ -101,6 +103,29 @@ def add_shared(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, type=CASTS.get(f.type, str), default=argparse.SUPPRESS, help=help_text)
 
 
+SERVE_FLAGS = {  # the config flags serve takes (the rest of its settings are ServeSettings)
+    "--device": "eval.device",
+    "--dtype": "eval.dtype",
+    "--bf16": "eval.bf16",
+    "--decoder": "eval.decoder",
+    "--compile": "eval.compile",
+}
+
+
+def add_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a run directory from `raftlm train`")
+    for f in fields(ServeSettings):
+        flag = f"--{f.name.replace('_', '-')}"
+        p.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
+    for flag, key in SERVE_FLAGS.items():
+        f = _field(key)
+        if f.type == "bool":
+            action = "store_false" if f.default else "store_true"
+            p.add_argument(flag, action=action, default=argparse.SUPPRESS, help=f.metadata.get("help", ""))
+        else:
+            p.add_argument(flag, default=argparse.SUPPRESS, help=f.metadata.get("help", ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from raftlm.decoders import DECODERS
     from raftlm.methods import METHODS
@@ -115,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict = sub.add_parser("predict", help="predict numbers for a CSV/JSONL file; writes JSONL")
     predict.add_argument("--with-probs", action="store_true", help="include grid probabilities and entropy")
+    predict.add_argument(
+        "--resume", action="store_true", help="continue an interrupted prediction from its partial file"
+    )
     evaluate = sub.add_parser(
         "evaluate", help="metrics (RMSE, MAE, Pearson, Spearman, R^2) on a split or file"
     )
@@ -134,7 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="tables (table 3 / 8 shapes), figures and an HTML page from a sweep"
     )
     report.add_argument("results_dir", help="the sweep's output_dir")
-    for p in (train, predict, evaluate, demo):
+    serve = sub.add_parser(
+        "serve", help="an HTTP JSON API over a run directory (POST /predict, micro-batched; GET /info)"
+    )
+    add_serve(serve)
+    for p in (train, predict, evaluate, demo, serve):
         for action in p._actions:
             if action.dest == "method":
                 action.choices = [*METHODS, "none"]
@@ -260,33 +292,35 @@ def _entropy(args, cfg: Config, predictor, examples) -> dict:
 
 
 def cmd_predict(args) -> None:
-    import numpy as np
-
     from raftlm.data import load_splits
-    from raftlm.io import check_writable, write_jsonl
-    from raftlm.pipeline import is_run_dir, load_for_eval, predict_examples
+    from raftlm.pipeline import is_main_process, is_run_dir, load_for_eval
+    from raftlm.streaming import check_output, predict_file
 
     if not args.input or not args.output:
         raise RaftlmError("predict needs --input FILE (CSV/JSONL) and --output FILE (JSONL)")
-    check_writable(args.output, args.overwrite)
+    check_output(args.output, args.overwrite, args.resume)
     cfg = _run_config(args)
     splits = None if is_run_dir(cfg.model.name) else load_splits(cfg.data)
     predictor = load_for_eval(cfg, splits)
-    examples = _file_examples(args.input, predictor, cfg.data.target_column, need_target=False)
-    preds = predict_examples(predictor, examples, cfg, desc="predict")
-    rows = []
-    for i, x in enumerate(examples):
-        row = {"index": i, "prediction": float(preds.values[i])}
-        if x.target is not None:
-            row["target"] = x.target
-        if args.with_probs and preds.probs is not None:
-            row["probs"] = dict(
-                zip(predictor.grid.strings, np.round(preds.probs[i], 6).tolist(), strict=True)
-            )
-            row["entropy"] = float(preds.entropy[i])
-        rows.append(row)
-    write_jsonl(args.output, rows)
-    print(f"wrote {len(rows)} predictions to {args.output}")
+    n = predict_file(predictor, cfg, args.input, args.output, args.with_probs, args.resume)
+    if is_main_process():
+        print(f"wrote {n} predictions to {args.output}")
+
+
+def cmd_serve(args) -> None:
+    try:
+        from raftlm.serve import serve
+    except ModuleNotFoundError as err:
+        raise RaftlmError(
+            f"raftlm serve needs {err.name}: pip install 'raftlm[serve]' (FastAPI and uvicorn)"
+        ) from None
+    saved = Path(args.run_dir) / "config.yaml"  # the run's own eval settings, under the flags given now
+    base = Config.from_yaml(str(saved)).to_dict() if saved.exists() else {}
+    overrides = {
+        key: getattr(args, _dest(flag)) for flag, key in SERVE_FLAGS.items() if hasattr(args, _dest(flag))
+    }
+    settings = ServeSettings(**{f.name: getattr(args, f.name) for f in fields(ServeSettings)})
+    serve(args.run_dir, Config.build(base, overrides), settings)
 
 
 def cmd_demo(args) -> None:
@@ -312,6 +346,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,
     "demo": cmd_demo,
+    "serve": cmd_serve,
     "experiment": cmd_experiment,
     "report": cmd_report,
 }

@@ -12,6 +12,7 @@ import yaml
 from raftlm.core import RaftlmError
 
 TRAINABLE = re.compile(r"full|lora|none|top-\d+")
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass
@@ -209,6 +210,17 @@ class EvalConfig:
     max_new_tokens: int = field(default=6, metadata={"help": "greedy/sample-rail: tokens to decode"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast at inference"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model for prediction"})
+    device: str = field(
+        default="auto",
+        metadata={"help": "predict/evaluate/serve: auto (the GPU if there is one), cpu, cuda or cuda:N"},
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "predict/evaluate/serve: weights in auto (bfloat16 on a GPU, else float32), float32 "
+            "or bfloat16 (--bf16 is autocast, a separate switch)"
+        },
+    )
     eval_size: int | None = field(
         default=None,
         metadata={"help": "evaluate: score only the first N examples (default: the whole split)"},
@@ -223,6 +235,10 @@ class EvalConfig:
             raise RaftlmError(f"eval_size={self.eval_size}: use a positive number of examples")
         if self.split not in ("train", "validation", "test"):
             raise RaftlmError(f"unknown split {self.split!r}: use train, validation or test")
+        if not DEVICE.fullmatch(self.device):
+            raise RaftlmError(f"device={self.device!r}: use auto, cpu, cuda or cuda:N")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise RaftlmError(f"dtype={self.dtype!r}: use auto, float32 or bfloat16")
 
 
 def _rename_eval_size(data: dict | None) -> None:
@@ -294,3 +310,32 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+@dataclass
+class ServeSettings:
+    """How the server listens and batches (``raftlm serve`` flags of the same names)."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind (0.0.0.0: every interface)"})
+    port: int = field(default=8000, metadata={"help": "TCP port (0: any free port; the URL is printed)"})
+    max_batch: int = field(default=16, metadata={"help": "rows per forward pass at most (the batch cap)"})
+    max_wait_ms: float = field(
+        default=5.0, metadata={"help": "wait this long after the oldest queued row for more rows"}
+    )
+    max_queue: int = field(default=1024, metadata={"help": "rows waiting at most; more get 503"})
+    max_rows: int = field(default=256, metadata={"help": "rows per request at most; more get 413"})
+    max_body_kb: int = field(default=1024, metadata={"help": "request body size limit in KiB (413)"})
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "max_rows", "max_body_kb"):
+            if getattr(self, name) < 1:
+                raise RaftlmError(f"{name}={getattr(self, name)}: use a positive integer")
+        if not 0 <= self.port <= 65535:
+            raise RaftlmError(f"port={self.port}: use a TCP port in 0..65535")
+        if self.max_wait_ms < 0:
+            raise RaftlmError(f"max_wait_ms={self.max_wait_ms}: use a wait >= 0")
+        if self.max_rows > self.max_queue:
+            raise RaftlmError(
+                f"max_rows={self.max_rows} exceeds max_queue={self.max_queue}: such a request could never "
+                "be queued; raise --max-queue or lower --max-rows"
+            )

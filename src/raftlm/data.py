@@ -10,7 +10,7 @@ import csv
 import gzip
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
@@ -46,10 +46,13 @@ def _subset(items: list, idx) -> list:
     return [items[i] for i in idx]
 
 
-def to_examples(rows: list[dict], template: str, target_column: str | None, where: str) -> list[Example]:
-    """Render rows through a template; targets must be finite numbers (row numbers in errors are 1-based)."""
+def to_examples(
+    rows: list[dict], template: str, target_column: str | None, where: str, start: int = 1
+) -> list[Example]:
+    """Render rows through a template; targets must be finite numbers (row numbers in errors count
+    from ``start``: 1-based)."""
     out = []
-    for i, row in enumerate(rows, start=1):
+    for i, row in enumerate(rows, start=start):
         target = None
         if target_column is not None:
             if target_column not in row:
@@ -76,26 +79,38 @@ def parse_target(value, where: str) -> float:
 
 def read_rows(path: str | Path) -> list[dict]:
     """Rows of a CSV (header row) or JSON-lines file, optionally gzipped."""
+    rows = list(iter_rows(path))
+    if not rows:
+        raise RaftlmError(f"{path} has no rows: give a file with a header and data")
+    return rows
+
+
+def iter_rows(path: str | Path) -> Iterator[dict]:
+    """The rows of ``read_rows``, one at a time (a file of any size in bounded memory)."""
     path = Path(path)
     if not path.exists():
         raise RaftlmError(f"input file {path} does not exist: check the path")
     opener = gzip.open if path.suffix == ".gz" else open
     kind = path.name.removesuffix(".gz").rsplit(".", 1)[-1]
+    if kind not in ("jsonl", "json", "csv", "tsv"):
+        raise RaftlmError(f"{path}: unknown file type {kind!r}: use .csv, .tsv or .jsonl")
     with opener(path, "rt", newline="") as f:
-        if kind in ("jsonl", "json"):
-            try:
-                rows = [json.loads(line) for line in f if line.strip()]
-            except json.JSONDecodeError as err:
-                raise RaftlmError(
-                    f"{path}: invalid JSON line ({err.msg}): one JSON object per line"
-                ) from None
-        elif kind in ("csv", "tsv"):
-            rows = list(csv.DictReader(f, delimiter="\t" if kind == "tsv" else ","))
-        else:
-            raise RaftlmError(f"{path}: unknown file type {kind!r}: use .csv, .tsv or .jsonl")
-    if not rows:
-        raise RaftlmError(f"{path} has no rows: give a file with a header and data")
-    return rows
+        if kind in ("csv", "tsv"):
+            yield from csv.DictReader(f, delimiter="\t" if kind == "tsv" else ",")
+            return
+        for line in f:
+            if line.strip():
+                yield _json_row(line, path)
+
+
+def _json_row(line: str, path: Path) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise RaftlmError(f"{path}: invalid JSON line ({err.msg}): one JSON object per line") from None
+    if not isinstance(row, dict):
+        raise RaftlmError(f"{path}: a JSON line holds a {type(row).__name__}: one JSON object per line")
+    return row
 
 
 def _file_dataset(path: str, template: str | None, text_column: str, target_column: str, seed: int) -> Splits:

@@ -24,6 +24,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
+from raftlm.config import DEVICE
 from raftlm.core import RaftlmError
 
 DROPOUT_KEYS = (
@@ -215,7 +216,9 @@ def model_path(name: str) -> str:
 def _float32_head_forward(self, hidden: torch.Tensor) -> torch.Tensor:
     from raftlm.scoring import linear_in_weight_dtype
 
-    return linear_in_weight_dtype(hidden, self.weight, self.bias)
+    # weights stored in bf16 (--dtype bfloat16) are upcast here, so logits stay float32 (a no-op in float32)
+    bias = None if self.bias is None else self.bias.float()
+    return linear_in_weight_dtype(hidden, self.weight.float(), bias)
 
 
 def lm_head_in_float32(model):
@@ -236,9 +239,15 @@ def lm_head_in_float32(model):
 
 
 def load_model(
-    name: str, dropout: float = 0.0, seed: int = 0, encoder: bool = False, init: str = "pretrained"
+    name: str,
+    dropout: float = 0.0,
+    seed: int = 0,
+    encoder: bool = False,
+    init: str = "pretrained",
+    dtype: torch.dtype = torch.float32,
 ):
-    """Load (model, tokenizer) in float32 with ``dropout`` set wherever the architecture has one.
+    """Load (model, tokenizer) in ``dtype`` (float32 unless told) with ``dropout`` set wherever the
+    architecture has one.
 
     ``encoder`` loads an ``AutoModel`` (e.g. a BERT-style encoder) instead of a causal LM;
     ``init="random"`` keeps the architecture and tokenizer but draws fresh weights (seeded).
@@ -248,7 +257,8 @@ def load_model(
             raise RaftlmError(
                 "tiny-random-llama is a causal LM: encoder methods need an encoder such as minilm-l6"
             )
-        return tiny_random_llama(seed=seed, dropout=dropout)
+        model, tok = tiny_random_llama(seed=seed, dropout=dropout)
+        return cast_weights(model, dtype), tok
     if name == "tiny-random-bert":
         if not encoder:
             raise RaftlmError("tiny-random-bert is an encoder: use it with encoder-cls or encoder-mean")
@@ -262,9 +272,9 @@ def load_model(
                 setattr(config, key, dropout)
         if init == "random":
             torch.manual_seed(seed)
-            model = auto.from_config(config, dtype=torch.float32)
+            model = auto.from_config(config, dtype=dtype)
         else:
-            model = auto.from_pretrained(path, config=config, dtype=torch.float32)
+            model = auto.from_pretrained(path, config=config, dtype=dtype)
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise RaftlmError(
@@ -273,6 +283,46 @@ def load_model(
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return model.eval(), tok
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto``: the GPU if there is one (under torchrun, the local rank's), else the CPU; ``cuda``
+    is the local rank's GPU; ``cuda:N`` and ``cpu`` as given. An absent GPU is a one-line error."""
+    if not DEVICE.fullmatch(device):
+        raise RaftlmError(f"device={device!r}: use auto, cpu, cuda or cuda:N")
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise RaftlmError(f"device={device!r} but no CUDA GPU is visible: use --device cpu (or auto)")
+    index = int(device.split(":")[1]) if ":" in device else int(os.environ.get("LOCAL_RANK", 0)) % count
+    if index >= count:
+        raise RaftlmError(
+            f"device={device!r} but only {count} CUDA GPU(s) are visible: use cuda:0..{count - 1}"
+        )
+    return torch.device("cuda", index)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on a GPU that supports it, else float32 (CPUs without bf16 units run bf16
+    several times slower)."""
+    if dtype == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    if dtype not in DTYPES:
+        raise RaftlmError(f"dtype={dtype!r}: use auto, float32 or bfloat16")
+    return DTYPES[dtype]
+
+
+def cast_weights(model, dtype: torch.dtype):
+    """Store the parameters in ``dtype``; buffers (e.g. rotary frequencies) keep their precision."""
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+    return model
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:

@@ -22,6 +22,7 @@ from raftlm.data import Splits, load_splits
 from raftlm.grid import Grid, make_scaler
 from raftlm.io import write_json, write_text
 from raftlm.metrics import regression_metrics
+from raftlm.modelcard import write_model_card
 from raftlm.models import add_number_tokens, attach_head, load_model, set_trainable
 from raftlm.predictor import Predictor
 from raftlm.training import fit, latest_complete_checkpoint
@@ -284,13 +285,15 @@ def _train_into(build: Path, cfg: Config, splits: Splits, resume: bool, evaluate
 
 
 def _finalize(predictor: Predictor, out: Path, results: dict, keep_checkpoints: bool) -> None:
-    """Save the model next to the run's files, eval_results.json last (it marks a finished run)."""
+    """Save the model and its model card (README.md) next to the run's files, eval_results.json last
+    (it marks a finished run)."""
     with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as tmp:
         predictor.save(tmp)
         for f in Path(tmp).iterdir():
             os.replace(f, out / f.name)
     if not keep_checkpoints:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    write_model_card(out, results)
     write_json(out / "eval_results.json", results)
 
 
@@ -305,6 +308,7 @@ def entropy_change(
         )
     model, tok = load_model(base_model, seed=cfg.training.seed)
     base = Predictor(model, tok, run.grid, run.fmt, run.scaler, run.template, run.normalize, run.max_length)
+    base.to(cfg.eval.device, cfg.eval.dtype)
     e = cfg.eval
     before = base.predict(texts, "rail", e.batch_size, bf16=e.bf16, desc="entropy (base)").entropy
     after = run.predict(texts, "rail", e.batch_size, bf16=e.bf16, desc="entropy (fine-tuned)").entropy
@@ -342,8 +346,9 @@ def write_entropy_report(stem: Path, before: np.ndarray, after: np.ndarray) -> d
 
 
 def load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:
-    """A trained run directory as saved, or (zero-shot) a pretrained model bound to the dataset's defaults."""
-    predictor = _load_for_eval(cfg, splits)
+    """A trained run directory as saved, or (zero-shot) a pretrained model bound to the dataset's defaults,
+    on ``eval.device`` with weights in ``eval.dtype``."""
+    predictor = _load_for_eval(cfg, splits).to(cfg.eval.device, cfg.eval.dtype)
     if cfg.eval.compile:
         predictor.compile()
     return predictor
@@ -351,7 +356,7 @@ def load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:
 
 def _load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:
     if is_run_dir(cfg.model.name):
-        return Predictor.load(cfg.model.name)
+        return Predictor.load(cfg.model.name, cfg.eval.device, cfg.eval.dtype)
     if splits is None:
         raise RaftlmError(
             f"{cfg.model.name} is not a run directory: zero-shot prediction needs --dataset for its prompt and grid"

@@ -134,6 +134,19 @@ class Predictor:
         for chunk in tqdm(chunks, desc=desc, disable=desc is None, leave=False):
             yield chunk, left_pad([ids[i] for i in chunk], self.pad_id, self.bidirectional, self.pad_to)
 
+    def to(self, device: str = "auto", dtype: str = "auto") -> Predictor:
+        """Move the model to ``device`` with its weights stored in ``dtype`` (``--device``/``--dtype``
+        names: auto is the GPU and bfloat16 when there is one, else the CPU and float32). A predictive
+        head stays float32, and the LM head computes in float32 either way."""
+        from raftlm.models import attach_head, cast_weights, detach_head, resolve_device, resolve_dtype
+
+        dev = resolve_device(device)
+        head = detach_head(self.model)
+        cast_weights(self.model, resolve_dtype(dtype, dev)).to(dev)
+        if head is not None:
+            attach_head(self.model, head.to(dev))
+        return self
+
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -328,8 +341,10 @@ class Predictor:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> Predictor:
-        from raftlm.models import load_model
+    def load(cls, directory: str | Path, device: str = "auto", dtype: str = "auto") -> Predictor:
+        """A run directory on ``device`` in ``dtype`` (see ``Predictor.to``); the weights are read in
+        that dtype, so a bf16 load never holds a float32 copy."""
+        from raftlm.models import load_model, resolve_device, resolve_dtype
 
         directory = Path(directory)
         meta_path = directory / "raftlm.json"
@@ -339,7 +354,9 @@ class Predictor:
             )
         meta = json.loads(meta_path.read_text())
         encoder = meta.get("encoder", False)
-        model, tok = load_model(str(directory), encoder=encoder)
+        model, tok = load_model(
+            str(directory), encoder=encoder, dtype=resolve_dtype(dtype, resolve_device(device))
+        )
         fmt = None
         if not encoder:
             fmt = AnswerFormat(
@@ -384,4 +401,4 @@ class Predictor:
             head,
             meta.get("bidirectional", False),
             {k: v for k, v in meta.items() if k not in known},
-        )
+        ).to(device, dtype)

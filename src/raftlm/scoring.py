@@ -241,8 +241,8 @@ class GridLogProbs:
         """log softmax over the grid of h_L @ E_out[grid]^T: G rows of the LM head instead of V."""
         out = model.get_decoder()(**batch.model_inputs())
         hidden = out.last_hidden_state[:, -1]
-        weight = model.get_output_embeddings().weight[self.first_ids.to(hidden.device)]
-        logits = linear_in_weight_dtype(hidden, weight).float()  # as lm_head_in_float32
+        weight = model.get_output_embeddings().weight[self.first_ids.to(hidden.device)].float()
+        logits = linear_in_weight_dtype(hidden, weight)  # float32, as lm_head_in_float32
         cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap

@@ -1,0 +1,229 @@
+"""``raftlm predict`` over files of any size: rows in chunks, JSON lines out as they are predicted.
+
+The output still appears whole or not at all: rows go to a partial file beside it
+(``.NAME.partial``), flushed after every chunk and renamed onto NAME at the end. ``--resume``
+continues an interrupted prediction from that file; ``.NAME.partial.json`` records what it belongs
+to. Neither matches the ``.NAME.*.tmp`` files of ``io.atomic_write``, and only ``--overwrite``
+deletes them. Under torchrun / accelerate every process predicts one contiguous block of rows into
+``.NAME.RofW.partial`` and the main process concatenates the blocks in order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from raftlm.config import Config
+from raftlm.core import Example, RaftlmError
+from raftlm.data import iter_rows, to_examples
+from raftlm.io import atomic_write, check_writable
+from raftlm.pipeline import predict_examples
+from raftlm.predictor import Predictions, Predictor
+
+CHUNK_ROWS = 2048  # rows read, predicted and written at a time: memory is bounded by this, not the file
+
+
+def partial_path(output: Path, rank: int = 0, world: int = 1) -> Path:
+    tag = "" if world == 1 else f".{rank}of{world}"
+    return output.parent / f".{output.name}{tag}.partial"
+
+
+def job_path(output: Path) -> Path:
+    return output.parent / f".{output.name}.partial.json"
+
+
+def check_output(output: str | Path, overwrite: bool, resume: bool) -> Path:
+    """Before loading a model: never clobber a finished output, nor an interrupted one's partial file."""
+    output = check_writable(output, overwrite)
+    if overwrite and resume:
+        raise RaftlmError(
+            "--overwrite starts the prediction afresh and --resume continues it: pass one of them"
+        )
+    if job_path(output).exists() and not (resume or overwrite):
+        raise RaftlmError(
+            f"an interrupted prediction into {output} left its partial file: pass --resume to continue "
+            "it or --overwrite to start over"
+        )
+    return output
+
+
+def grid_probs(predictor: Predictor, probs: np.ndarray) -> dict[str, float]:
+    """One row's grid probabilities keyed by grid string (rounded to 6 decimals, as in the output file)."""
+    return dict(zip(predictor.grid.strings, np.round(probs, 6).tolist(), strict=True))
+
+
+def prediction_rows(
+    predictor: Predictor, preds: Predictions, examples: list[Example], start: int, with_probs: bool
+) -> Iterator[dict]:
+    """Output rows: index (0-based row of the input), prediction, target if known, probs + entropy."""
+    for j, x in enumerate(examples):
+        row = {"index": start + j, "prediction": float(preds.values[j])}
+        if x.target is not None:
+            row["target"] = x.target
+        if with_probs and preds.probs is not None:
+            row["probs"] = grid_probs(predictor, preds.probs[j])
+            row["entropy"] = float(preds.entropy[j])
+        yield row
+
+
+def row_chunks(path: str | Path, size: int, begin: int = 0, end: int | None = None):
+    """(index of the first row, rows) for rows [begin, end) of a CSV/JSONL file, ``size`` at a time."""
+    rows = itertools.islice(iter_rows(path), begin, end)
+    start = begin
+    while chunk := list(itertools.islice(rows, size)):
+        yield start, chunk
+        start += len(chunk)
+
+
+def scan(path: str | Path, template: str, target_column: str) -> tuple[int, bool]:
+    """Rows in the input and whether they carry targets (the first row decides). Every row is rendered,
+    so bad input fails with its row number before anything is predicted or written."""
+    n, has_target = 0, False
+    for start, rows in row_chunks(path, CHUNK_ROWS):
+        if start == 0:
+            has_target = target_column in rows[0]
+        to_examples(rows, template, target_column if has_target else None, str(path), start + 1)
+        n += len(rows)
+    if n == 0:
+        raise RaftlmError(f"{path} has no rows: give a file with a header and data")
+    return n, has_target
+
+
+def shard(n: int, rank: int, world: int) -> tuple[int, int]:
+    """The contiguous block of rows [begin, end) that process ``rank`` of ``world`` predicts."""
+    return n * rank // world, n * (rank + 1) // world
+
+
+def complete_rows(part: Path) -> int:
+    """Rows fully written to a partial file; a torn last line (killed mid-write) is cut off."""
+    count = good = 0
+    with open(part, "rb+") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            count, good = count + 1, good + len(line)
+        f.truncate(good)
+    return count
+
+
+def _state():
+    """The processes of this launch (torchrun / accelerate); one when launched plainly. Without a GPU
+    accelerate only joins several processes when told to use the CPU (gloo)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _begin(output: Path, job: dict, resume: bool) -> int:
+    """Rows this process already wrote (``--resume``); otherwise stale partial files go (main process)."""
+    state, saved = _state(), job_path(output)
+    if resume and saved.exists():
+        old = json.loads(saved.read_text())
+        if old != job:
+            changed = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in job.items() if old.get(k) != v)
+            raise RaftlmError(
+                f"cannot resume the prediction into {output}: it was started differently ({changed}); "
+                "rerun with the same settings or pass --overwrite"
+            )
+        part = partial_path(output, state.process_index, state.num_processes)
+        return complete_rows(part) if part.exists() else 0
+    if state.is_main_process:
+        for stale in _partials(output):
+            stale.unlink()
+        atomic_write(saved, lambda p: p.write_text(json.dumps(job) + "\n"))
+    state.wait_for_everyone()
+    return 0
+
+
+def _partials(output: Path) -> list[Path]:
+    """Partial files of ``output`` from any number of processes (and of no other output)."""
+    pattern = re.compile(rf"\.{re.escape(output.name)}(\.\d+of\d+)?\.partial")
+    return [p for p in output.parent.iterdir() if pattern.fullmatch(p.name)]
+
+
+def _finish(output: Path, world: int) -> None:
+    """Partial file(s) -> the output, atomically; then the job record goes."""
+    parts = [partial_path(output, r, world) for r in range(world)]
+    if world == 1:
+        os.replace(parts[0], output)
+    else:
+        atomic_write(output, lambda p: _concat(parts, p))
+        for part in parts:
+            part.unlink()
+    job_path(output).unlink(missing_ok=True)
+
+
+def _concat(parts: list[Path], target: Path) -> None:
+    with open(target, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, out)
+
+
+def predict_file(
+    predictor: Predictor,
+    cfg: Config,
+    input: str | Path,
+    output: str | Path,
+    with_probs: bool = False,
+    resume: bool = False,
+    chunk_rows: int = CHUNK_ROWS,
+) -> int:
+    """Predict every row of ``input`` into the JSON-lines file ``output`` in bounded memory; returns
+    the number of rows. Call ``check_output`` first (before loading the model)."""
+    output, state = Path(output), _state()
+    n, has_target = scan(input, predictor.template, cfg.data.target_column)
+    decoder = "head" if predictor.head is not None else cfg.eval.decoder
+    job = {
+        "input": str(Path(input).resolve()),
+        "model": cfg.model.name,
+        "decoder": decoder,
+        "with_probs": with_probs,
+        "rows": n,
+        "processes": state.num_processes,
+    }
+    done = _begin(output, job, resume)
+    begin, end = shard(n, state.process_index, state.num_processes)
+    part = partial_path(output, state.process_index, state.num_processes)
+    target = cfg.data.target_column if has_target else None
+    bar = tqdm(total=end - begin, initial=done, desc="predict", disable=not state.is_main_process)
+    try:
+        with open(part, "a" if done else "w") as f:
+            for start, rows in row_chunks(input, chunk_rows, begin + done, end):
+                examples = to_examples(rows, predictor.template, target, str(input), start + 1)
+                preds = predict_examples(predictor, examples, cfg, desc=None)
+                f.writelines(
+                    json.dumps(r) + "\n"
+                    for r in prediction_rows(predictor, preds, examples, start, with_probs)
+                )
+                f.flush()
+                os.fsync(f.fileno())
+                bar.update(len(rows))
+    except BaseException:
+        _discard_if_empty(output, part, state.num_processes)
+        raise
+    finally:
+        bar.close()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _finish(output, state.num_processes)
+    state.wait_for_everyone()
+    return n
+
+
+def _discard_if_empty(output: Path, part: Path, world: int) -> None:
+    """A prediction that failed before writing a row (e.g. a decoder this model cannot run) leaves
+    nothing to resume, so nothing behind."""
+    if part.exists() and part.stat().st_size == 0:
+        part.unlink()
+        if world == 1:
+            job_path(output).unlink(missing_ok=True)

@@ -1,0 +1,115 @@
+"""--device / --dtype for predict, evaluate, serve and the Python API (CPU here; CUDA when present)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import train_args
+
+from raftlm.api import RAFTRegressor
+from raftlm.cli import main
+from raftlm.config import Config
+from raftlm.core import RaftlmError
+from raftlm.models import resolve_device, resolve_dtype
+from raftlm.pipeline import train_run
+from raftlm.predictor import Predictor
+
+TEXTS = [f"review {i}: the product was {w}. rating:" for i, w in enumerate(["bad", "fine", "great", "awful"])]
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("device")
+    from helpers import write_csv
+
+    rows = [{"text": t, "target": 1 + i % 5} for i, t in enumerate(TEXTS * 10)]
+    data = write_csv(d / "toy.csv", rows)
+    assert main(train_args(data, d / "run", "--lr", "1e-3")) == 0
+    return d / "run", data
+
+
+def test_auto_is_the_cpu_in_float32_without_a_gpu():
+    if CUDA:
+        pytest.skip("a GPU is visible")
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(RaftlmError, match="no CUDA GPU is visible: use --device cpu"):
+        resolve_device("cuda:0")
+    with pytest.raises(RaftlmError, match="use auto, cpu, cuda or cuda:N"):
+        resolve_device("tpu")
+
+
+def test_bfloat16_weights_predict_close_to_float32_with_float32_logits(run):
+    run_dir, _ = run
+    fp32 = Predictor.load(run_dir, "cpu", "float32")
+    bf16 = Predictor.load(run_dir, "cpu", "bfloat16")
+    assert next(fp32.model.parameters()).dtype == torch.float32
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    # buffers keep their precision (rotary frequencies), and the LM head returns float32 logits
+    assert bf16.model.model.rotary_emb.inv_freq.dtype == torch.float32
+    hidden = torch.randn(2, 3, bf16.model.config.hidden_size, dtype=torch.bfloat16)
+    assert bf16.model.get_output_embeddings()(hidden).dtype == torch.float32
+    a, b = fp32.predict(TEXTS), bf16.predict(TEXTS)
+    np.testing.assert_allclose(b.values, a.values, atol=0.05)
+    np.testing.assert_allclose(b.probs, a.probs, atol=0.01)
+
+
+def test_a_head_stays_float32_when_the_backbone_goes_bfloat16(tmp_path, run):
+    _, data = run
+    cfg = Config.build(
+        {
+            "data": {"dataset": f"csv:{data}"},
+            "method": {"method": "head-pooled"},
+            "training": {
+                "output_dir": str(tmp_path / "head"),
+                "max_steps": 2,
+                "batch_size": 8,
+                "eval_steps": 2,
+            },
+        }
+    )
+    head_run = train_run(cfg)
+    p = Predictor.load(head_run, "cpu", "bfloat16")
+    assert {q.dtype for q in p.head.parameters()} == {torch.float32}
+    assert p.model.model.embed_tokens.weight.dtype == torch.bfloat16
+    ref = Predictor.load(head_run, "cpu", "float32").predict(TEXTS).values
+    np.testing.assert_allclose(p.predict(TEXTS).values, ref, atol=0.05)
+
+
+def test_cli_and_api_take_device_and_dtype(run, tmp_path, capsys):
+    run_dir, data = run
+    out32, out16 = tmp_path / "fp32.jsonl", tmp_path / "bf16.jsonl"
+    base = ["predict", "--model", str(run_dir), "--input", str(data)]
+    assert main([*base, "--output", str(out32), "--device", "cpu", "--dtype", "float32"]) == 0
+    assert main([*base, "--output", str(out16), "--device", "cpu", "--dtype", "bfloat16"]) == 0
+    a = [json.loads(line)["prediction"] for line in out32.read_text().splitlines()]
+    b = [json.loads(line)["prediction"] for line in out16.read_text().splitlines()]
+    np.testing.assert_allclose(b, a, atol=0.05)
+    assert main(["evaluate", "--model", str(run_dir), "--split", "test", "--dtype", "bfloat16"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--output", str(tmp_path / "x.jsonl"), "--dtype", "float16"]) == 2
+    assert "dtype='float16': use auto, float32 or bfloat16" in capsys.readouterr().err
+    if not CUDA:
+        assert main([*base, "--output", str(tmp_path / "x.jsonl"), "--device", "cuda"]) == 2
+        assert "no CUDA GPU is visible" in capsys.readouterr().err
+    reg = RAFTRegressor.load(str(run_dir), device="cpu", dtype="bfloat16")
+    assert next(reg.predictor_.model.parameters()).dtype == torch.bfloat16
+    np.testing.assert_allclose(
+        reg.predict(TEXTS), Predictor.load(run_dir, "cpu").predict(TEXTS).values, atol=0.05
+    )
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_on_a_gpu_auto_is_cuda_bfloat16_and_predicts_like_the_cpu(run):
+    run_dir, _ = run
+    gpu = Predictor.load(run_dir)  # auto
+    assert gpu._device().type == "cuda" and next(gpu.model.parameters()).dtype == torch.bfloat16
+    cpu = Predictor.load(run_dir, "cpu", "float32")
+    np.testing.assert_allclose(gpu.predict(TEXTS).values, cpu.predict(TEXTS).values, atol=0.05)
+    fp32 = Predictor.load(run_dir, "cuda", "float32")
+    np.testing.assert_allclose(fp32.predict(TEXTS).values, cpu.predict(TEXTS).values, atol=1e-4)
