@@ -187,8 +187,8 @@ class TrainConfig:
     calibrate: bool = field(
         default=True,
         metadata={
-            "help": "after training, calibrate conformal intervals on the whole validation split "
-            "(calibration.json in the run)"
+            "help": "calibrate conformal intervals on the whole validation split after training "
+            "(calibration.json in the run); --no-calibrate skips it"
         },
     )
 
