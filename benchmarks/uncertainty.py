@@ -16,7 +16,7 @@ score the whole test split once. Every row is computed from those stored scores 
 Resumable: a (dataset, method) whose test scores exist under --work is not retrained; weights are deleted
 once the scores are stored (``--keep-models`` keeps them). Writes ``--results``.json and .md.
 
-    python benchmarks/uncertainty.py --data-dir ../shared/data/stsb          # ~40 min on 2 CPU cores
+    python benchmarks/uncertainty.py --data-dir ../shared/data/stsb          # ~30 min on 2 CPU cores
     python benchmarks/uncertainty.py --model tiny-random-llama --max-steps 2 \\
         --results /tmp/unc/uncertainty --work /tmp/unc/work                   # smoke test, ~1 min
 """
@@ -340,6 +340,10 @@ def markdown(rows: list[dict], runs: list[dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _order(r: dict) -> tuple:
+    return list(DATASETS).index(r["dataset"]), list(METHODS).index(r["method"])
+
+
 def _others(items: list[dict], dataset: str, method: str) -> list[dict]:
     return [r for r in items if (r["dataset"], r["method"]) != (dataset, method)]
 
@@ -374,6 +378,7 @@ def main() -> None:
                 }
             )
             rows = _others(rows, dataset, method) + rows_of(dataset, method, val, test, args.halvings)
+            runs, rows = sorted(runs, key=_order), sorted(rows, key=_order)  # stable: kinds keep their order
             write_json(out.with_suffix(".json"), {"rows": rows, "runs": runs, "settings": vars(args)})
             write_text(out.with_suffix(".md"), markdown(rows, runs, args))
     print(markdown(rows, runs, args))

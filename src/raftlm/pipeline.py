@@ -26,7 +26,6 @@ from raftlm.metrics import regression_metrics
 from raftlm.models import add_number_tokens, attach_head, load_model, set_trainable
 from raftlm.predictor import Predictor
 from raftlm.training import fit, latest_complete_checkpoint
-from raftlm.uncertainty import Calibration
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -137,7 +136,7 @@ def evaluate_predictor(
     examples: list[Example],
     cfg: Config,
     desc: str = "evaluate",
-    calibration: Calibration | None = None,
+    calibration: uncertainty.Calibration | None = None,
 ) -> tuple[dict, object]:
     """Point metrics, plus (``uncertainty.evaluation``) CRPS / NLL of the grid distribution and interval
     coverage and width: conformal kinds with a ``calibration``, at ``eval.interval`` or 80/90/95 %."""
