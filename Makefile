@@ -30,9 +30,10 @@ test: $(STAMP)  ## fast tests (tiny random models; ~minutes)
 test-slow: $(STAMP)  ## real-model tests (Gemma 3 270M)
 	$(BIN)/python -m pytest -q -m slow
 
-bench: $(STAMP)  ## benchmarks (write benchmarks/results/): speed ratios, then STS-B-1K quality (~2 h)
+bench: $(STAMP)  ## benchmarks (write benchmarks/results/): speed ratios, STS-B-1K quality, intervals (~3 h)
 	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/stsb1k.py --data-dir ../shared/data/stsb
+	$(BIN)/python benchmarks/uncertainty.py --data-dir ../shared/data/stsb
 
 lint: $(STAMP)  ## ruff lint + format check
 	$(BIN)/ruff check src tests benchmarks

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raftlm import uncertainty
 from raftlm.config import Config
 from raftlm.core import Example, RaftlmError
 
@@ -104,6 +105,8 @@ class RAFTRegressor:
         if self.method != "none":
             make_trainable(self.predictor_, cfg)
             self.train_summary_ = fit(self.predictor_, train, val, cfg, run_dir)
+        if val:  # as `raftlm train` does: conformal calibration on the validation set
+            self.calibration_ = uncertainty.calibrate(self.predictor_, val, self.batch_size, self.bf16)
         return self
 
     def _check_fitted(self) -> None:
@@ -112,12 +115,54 @@ class RAFTRegressor:
                 "this RAFTRegressor is not fitted: call fit(texts, y) or RAFTRegressor.load(dir)"
             )
 
-    def predict(self, texts, decoder: str | None = None) -> np.ndarray:
+    def predict(self, texts, decoder: str | None = None, return_std: bool = False):
+        """Point predictions; with ``return_std`` also the std of the grid distribution (data units),
+        as (y_mean, y_std) like GaussianProcessRegressor."""
         self._check_fitted()
+        preds = self._predictions(texts, decoder)
+        if not return_std:
+            return preds.values
+        X = uncertainty.features(self.predictor_, preds)
+        if X.shape[1] < 2:
+            raise RaftlmError(
+                "return_std reads the grid distribution, and this model predicts one number (a head): "
+                "use calibrate(texts, y) and predict_interval (residual intervals)"
+            )
+        return preds.values, uncertainty.grid_std(uncertainty.data_values(self.predictor_), X)
+
+    def _predictions(self, texts, decoder: str | None = None):
         ex = self._examples(texts)
         return self.predictor_.predict(
             [e.text for e in ex], decoder or self.decoder, self.batch_size, bf16=self.bf16
-        ).values
+        )
+
+    def calibrate(self, texts, y) -> RAFTRegressor:
+        """Split-conformal calibration on labelled examples the model did not train on (``fit`` does it
+        on ``eval_set``); ``save`` keeps it."""
+        self._check_fitted()
+        self.calibration_ = uncertainty.calibrate(
+            self.predictor_, self._examples(texts, y), self.batch_size, self.bf16, source="calibrate()"
+        )
+        return self
+
+    def predict_interval(self, texts, confidence_level=0.9, kind: str = "auto"):
+        """(predictions (n,), intervals (n, 2, n_levels)) as MAPIE 1.x returns them: [:, 0, j] lower and
+        [:, 1, j] upper bound at ``confidence_level`` (a float or a list). ``kind``: absolute, std, cqr
+        (split conformal; need ``calibrate``), grid (raw quantiles); auto = cqr, or absolute for heads."""
+        self._check_fitted()
+        levels = [uncertainty.check_level(c) for c in np.atleast_1d(confidence_level)]
+        cal = getattr(self, "calibration_", None)
+        preds = self._predictions(texts)
+        X = uncertainty.features(self.predictor_, preds)
+        if cal is None:
+            if kind != "grid":
+                raise RaftlmError(
+                    "this RAFTRegressor is not calibrated: call calibrate(texts, y) (or fit with eval_set), "
+                    "or pass kind='grid' for the raw, uncalibrated grid quantiles"
+                )
+            cal = uncertainty.Calibration.uncalibrated(self.predictor_, X)
+        lower, upper = cal.intervals(X, levels, kind, uncertainty.center_rule(self.decoder))
+        return preds.values, np.stack([lower, upper], axis=1)
 
     def predict_proba(self, texts) -> np.ndarray:
         """Grid probabilities p(str(y)|x), shape (n, len(grid))."""
@@ -139,9 +184,11 @@ class RAFTRegressor:
         from raftlm.modelcard import write_model_card
 
         self._check_fitted()
-        out = self.predictor_.save(directory)
-        write_model_card(out)
-        return out
+        path = self.predictor_.save(directory)
+        if getattr(self, "calibration_", None) is not None:
+            self.calibration_.save(path)
+        write_model_card(path)
+        return path
 
     @classmethod
     def load(cls, directory: str, device: str = "auto", dtype: str = "auto") -> RAFTRegressor:
@@ -152,4 +199,6 @@ class RAFTRegressor:
         predictor = Predictor.load(directory, device, dtype)
         reg = cls(model=str(directory), method=predictor.method, prompt_template=predictor.template)
         reg.predictor_ = predictor
+        if (cal := uncertainty.Calibration.load(directory)) is not None:
+            reg.calibration_ = cal
         return reg

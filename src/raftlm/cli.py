@@ -1,4 +1,4 @@
-"""Command line: ``raftlm train | predict | evaluate | demo``. Flags map onto config fields (FLAGS)."""
+"""Command line: ``raftlm train | predict | evaluate | calibrate | demo``. Flags map onto config fields (FLAGS)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,9 @@ FLAGS = {
     "--device": "eval.device",
     "--dtype": "eval.dtype",
     "--eval-size": "eval.eval_size",
+    "--interval": "eval.interval",
+    "--interval-kind": "eval.interval_kind",
+    "--no-calibrate": "training.calibrate",
 }
 CASTS = {"int": int, "float": float, "int | None": int, "float | None": float}
 
@@ -129,6 +132,7 @@ def add_serve(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from raftlm.decoders import DECODERS
     from raftlm.methods import METHODS
+    from raftlm.uncertainty import KIND_CHOICES
 
     parser = argparse.ArgumentParser(
         prog="raftlm", description="Regression with decoder LLMs: RAFT fine-tuning, RAIL inference."
@@ -143,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--resume", action="store_true", help="continue an interrupted prediction from its partial file"
     )
+    predict.add_argument(
+        "--with-uncertainty",
+        action="store_true",
+        help="include the grid distribution's mean, std, median, entropy and 5/25/75/95 %% quantiles",
+    )
     evaluate = sub.add_parser(
         "evaluate", help="metrics (RMSE, MAE, Pearson, Spearman, R^2) on a split or file"
     )
@@ -152,7 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="zero-shot vs RAFT on real review snippets with the embedded Gemma 3 270M"
     )
-    for p in (train, predict, evaluate, demo):
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="split-conformal calibration of a run on its validation split (or --split / --input)",
+    )
+    calibrate.add_argument("run", help="a run directory from `raftlm train`")
+    for p in (train, predict, evaluate, demo, calibrate):
         add_shared(p)
     experiment = sub.add_parser(
         "experiment", help="run a resumable sweep (datasets x models x methods x lrs x seeds)"
@@ -166,12 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="an HTTP JSON API over a run directory (POST /predict, micro-batched; GET /info)"
     )
     add_serve(serve)
-    for p in (train, predict, evaluate, demo, serve):
+    for p in (train, predict, evaluate, demo, serve, calibrate):
         for action in p._actions:
             if action.dest == "method":
                 action.choices = [*METHODS, "none"]
             if action.dest == "decoder":
                 action.choices = list(DECODERS)
+            if action.dest == "interval_kind":
+                action.choices = list(KIND_CHOICES)
     return parser
 
 
@@ -252,6 +268,7 @@ def cmd_evaluate(args) -> None:
     from raftlm.data import load_splits
     from raftlm.io import check_writable, write_json
     from raftlm.pipeline import eval_limit, evaluate_predictor, is_run_dir, load_for_eval
+    from raftlm.uncertainty import Calibration
 
     cfg = _run_config(args)
     if args.output:
@@ -264,7 +281,8 @@ def cmd_evaluate(args) -> None:
         examples = splits.split(cfg.eval.split)
     n_split = len(examples)
     examples = eval_limit(examples, cfg)
-    metrics, _ = evaluate_predictor(predictor, examples, cfg)
+    calibration = Calibration.load(cfg.model.name) if is_run_dir(cfg.model.name) else None
+    metrics, _ = evaluate_predictor(predictor, examples, cfg, calibration=calibration)
     metrics["split_size"] = n_split
     if len(examples) < n_split:
         print(
@@ -276,8 +294,25 @@ def cmd_evaluate(args) -> None:
         metrics.update(_entropy(args, cfg, predictor, examples))
     row = {"model": cfg.model.name, "split": args.input or cfg.eval.split, **metrics}
     print(format_table([row]))
+    _print_uncertainty(row, calibration)
     if args.output:
         write_json(args.output, row)
+
+
+def _print_uncertainty(row: dict, calibration) -> None:
+    if "crps" in row:
+        print(
+            f"grid distribution: CRPS {row['crps']:.4f}, NLL {row['nll']:.4f} nats (histogram density), "
+            f"mean std {row['mean_std']:.4f}"
+        )
+    if row.get("intervals"):
+        print(format_table(row["intervals"], columns=("kind", "nominal", "coverage", "width", "n")))
+    if calibration is None and row.get("intervals") is not None:
+        print(
+            "raftlm evaluate: no calibration for this model, so only the raw grid quantiles (kind grid); "
+            "`raftlm calibrate RUN` adds conformal intervals",
+            file=sys.stderr,
+        )
 
 
 def _entropy(args, cfg: Config, predictor, examples) -> dict:
@@ -295,6 +330,7 @@ def cmd_predict(args) -> None:
     from raftlm.data import load_splits
     from raftlm.pipeline import is_main_process, is_run_dir, load_for_eval
     from raftlm.streaming import check_output, predict_file
+    from raftlm.uncertainty import Calibration, prediction_fields
 
     if not args.input or not args.output:
         raise RaftlmError("predict needs --input FILE (CSV/JSONL) and --output FILE (JSONL)")
@@ -302,9 +338,37 @@ def cmd_predict(args) -> None:
     cfg = _run_config(args)
     splits = None if is_run_dir(cfg.model.name) else load_splits(cfg.data)
     predictor = load_for_eval(cfg, splits)
-    n = predict_file(predictor, cfg, args.input, args.output, args.with_probs, args.resume)
+    calibration = Calibration.load(cfg.model.name) if is_run_dir(cfg.model.name) else None
+    e = cfg.eval
+
+    def fields(preds):
+        return prediction_fields(
+            predictor, preds, calibration, e.interval, e.interval_kind, e.decoder, args.with_uncertainty
+        )
+
+    settings = (  # what a resume must match (nothing when no uncertainty fields are asked for)
+        {"interval": e.interval, "interval_kind": e.interval_kind, "uncertainty": args.with_uncertainty}
+        if e.interval or args.with_uncertainty
+        else {}
+    )
+    n = predict_file(
+        predictor,
+        cfg,
+        args.input,
+        args.output,
+        args.with_probs,
+        args.resume,
+        fields=fields,
+        fields_settings=settings,
+    )
     if is_main_process():
         print(f"wrote {n} predictions to {args.output}")
+        if e.interval:
+            how = (
+                f"calibrated on {calibration.source}, n={calibration.n}" if calibration else "not calibrated"
+            )
+            kind = calibration.kind(e.interval_kind) if calibration else "grid"
+            print(f"intervals: {kind} at {e.interval:g} ({how})")
 
 
 def cmd_serve(args) -> None:
@@ -321,6 +385,34 @@ def cmd_serve(args) -> None:
     }
     settings = ServeSettings(**{f.name: getattr(args, f.name) for f in fields(ServeSettings)})
     serve(args.run_dir, Config.build(base, overrides), settings)
+
+
+def cmd_calibrate(args) -> None:
+    """Score the run's validation split (or ``--split``, or a labelled ``--input`` file from the data
+    the model will see) once and store what split-conformal intervals need in RUN/calibration.json."""
+    from raftlm.data import load_splits
+    from raftlm.pipeline import is_run_dir, load_for_eval
+    from raftlm.uncertainty import calibrate
+
+    if not is_run_dir(args.run):
+        raise RaftlmError(
+            f"{args.run} is not a run directory: calibrate a run from `raftlm train` (its calibration is stored there)"
+        )
+    args.model = args.run
+    cfg = _run_config(args)
+    predictor = load_for_eval(cfg, None)
+    if args.input:
+        examples = _file_examples(args.input, predictor, cfg.data.target_column, need_target=True)
+        source = args.input
+    else:
+        source = getattr(args, "split", "validation")  # --split only when given (the default is test)
+        examples = load_splits(cfg.data).split(source)
+    cal = calibrate(predictor, examples, cfg.eval.batch_size, cfg.eval.bf16, source)
+    path = cal.save(args.run)
+    widths = cal.extra.get("absolute_half_width")
+    print(f"calibrated on {source} ({cal.n} examples): {path}")
+    if widths:
+        print("constant-width intervals: " + ", ".join(f"{k}: +-{v:.4g}" for k, v in widths.items()))
 
 
 def cmd_demo(args) -> None:
@@ -347,6 +439,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "demo": cmd_demo,
     "serve": cmd_serve,
+    "calibrate": cmd_calibrate,
     "experiment": cmd_experiment,
     "report": cmd_report,
 }

@@ -185,6 +185,13 @@ class TrainConfig:
         },
     )
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep checkpoints/ after a finished run"})
+    calibrate: bool = field(
+        default=True,
+        metadata={
+            "help": "calibrate conformal intervals on the whole validation split after training "
+            "(calibration.json in the run); --no-calibrate skips it"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adafactor", "adamw"):
@@ -225,9 +232,27 @@ class EvalConfig:
         default=None,
         metadata={"help": "evaluate: score only the first N examples (default: the whole split)"},
     )
+    interval: float | None = field(
+        default=None,
+        metadata={"help": "predict: interval at this confidence level (e.g. 0.9); evaluate: only this level"},
+    )
+    interval_kind: str = field(
+        default="auto",
+        metadata={
+            "help": "absolute, std, cqr (conformal), grid (raw quantiles); auto: cqr, absolute for heads"
+        },
+    )
 
     def __post_init__(self) -> None:
         from raftlm.decoders import DECODERS
+        from raftlm.uncertainty import KIND_CHOICES, check_level
+
+        if self.interval is not None:
+            self.interval = check_level(self.interval)
+        if self.interval_kind not in KIND_CHOICES:
+            raise RaftlmError(
+                f"unknown interval kind {self.interval_kind!r}: use one of {list(KIND_CHOICES)}"
+            )
 
         if self.decoder not in DECODERS:
             raise RaftlmError(f"unknown decoder {self.decoder!r}: use one of {list(DECODERS)}")

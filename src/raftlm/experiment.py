@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from raftlm import uncertainty
 from raftlm.config import SECTIONS, Config
 from raftlm.core import RaftlmError
 from raftlm.io import write_json, write_text
@@ -162,16 +163,20 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
             )
         cfg.model.name = str(run_dir)
     predictor = load_for_eval(cfg, splits)
+    calibration = uncertainty.Calibration.load(run_dir) if cell.method != "none" else None
     start = time.time()
     test = eval_limit(splits.test, cfg)  # the whole test split unless the sweep sets eval.eval_size
-    metrics, preds = evaluate_predictor(predictor, test, cfg, desc=cell.cell_id)
+    metrics, preds = evaluate_predictor(predictor, test, cfg, desc=cell.cell_id, calibration=calibration)
     rows = [
         {"index": i, "target": e.target, "prediction": float(preds.values[i])} for i, e in enumerate(test)
     ]
     if preds.probs is not None:
+        # PIT = F(target) under the grid histogram (the report's calibration figure reads it)
+        pit = uncertainty.grid_cdf(uncertainty.data_values(predictor), preds.probs, [e.target for e in test])
         for i, r in enumerate(rows):
             r["probs"] = [round(float(p), 6) for p in preds.probs[i]]
             r["entropy"] = float(preds.entropy[i])
+            r["pit"] = float(pit[i])
     write_jsonl(root / "predictions" / f"{cell.cell_id}.jsonl", rows)
     return {
         "dataset": cell.dataset["dataset"],
@@ -191,6 +196,9 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
         "run_id": cell.run_id,
         "cell_id": cell.cell_id,
         "grid": predictor.grid.strings,
+        **{k: metrics[k] for k in ("crps", "nll", "mean_std") if k in metrics},
+        "calibration_n": calibration.n if calibration is not None else None,
+        "intervals": metrics.get("intervals", []),
     }
 
 
@@ -221,8 +229,8 @@ def collect(root: Path) -> list[dict]:
     rows = [json.loads(p.read_text()) for p in sorted((root / "cells").glob("*.json"))]
     write_json(root / "results.json", rows)
     buf = io.StringIO()
-    if rows:
-        cols = [k for k in rows[0] if k != "grid"]
+    if rows:  # every key any cell has (heads lack crps), lists (grid, intervals) stay in results.json
+        cols = list(dict.fromkeys(k for r in rows for k in r if k not in ("grid", "intervals")))
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)

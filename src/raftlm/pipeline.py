@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from transformers import set_seed
 
+from raftlm import uncertainty
 from raftlm.config import Config
 from raftlm.core import Example, RaftlmError
 from raftlm.data import Splits, load_splits
@@ -132,13 +133,24 @@ def predict_examples(predictor: Predictor, examples: list[Example], cfg: Config,
 
 
 def evaluate_predictor(
-    predictor: Predictor, examples: list[Example], cfg: Config, desc: str = "evaluate"
+    predictor: Predictor,
+    examples: list[Example],
+    cfg: Config,
+    desc: str = "evaluate",
+    calibration: uncertainty.Calibration | None = None,
 ) -> tuple[dict, object]:
+    """Point metrics, plus (``uncertainty.evaluation``) CRPS / NLL of the grid distribution and interval
+    coverage and width: conformal kinds with a ``calibration``, at ``eval.interval`` or 80/90/95 %."""
     if not examples or any(e.target is None for e in examples):
         raise RaftlmError("evaluation needs examples with targets: choose a split or file that has them")
     decoder = "head" if predictor.head is not None else cfg.eval.decoder
     preds = predict_examples(predictor, examples, cfg, desc)
     metrics = {**regression_metrics([x.target for x in examples], preds.values), "decoder": decoder}
+    e = cfg.eval
+    levels = [e.interval] if e.interval else uncertainty.LEVELS
+    kinds = None if e.interval_kind == "auto" else [e.interval_kind]
+    targets = [x.target for x in examples]
+    metrics.update(uncertainty.evaluation(predictor, preds, targets, calibration, levels, kinds, e.decoder))
     if decoder in ("greedy", "sample-rail"):
         metrics["unparsed"] = preds.n_unparsed
         # decodes far outside the target range (e.g. '100' on a 0-5 scale) dominate RMSE: count them
@@ -279,8 +291,14 @@ def _train_into(build: Path, cfg: Config, splits: Splits, resume: bool, evaluate
     summary = fit(predictor, splits.train, validation, cfg, build, resume=resume)
     if is_main_process():
         results = {"train": summary, "n_train": len(splits.train)}
+        calibration = None
+        if cfg.training.calibrate and splits.validation:  # the whole split, not the val_size subset
+            e = cfg.eval
+            calibration = uncertainty.calibrate(predictor, splits.validation, e.batch_size, e.bf16)
+            calibration.save(build)
+            results["calibration"] = {"source": calibration.source, "n": calibration.n}
         if splits.test and evaluate_test:  # callers that evaluate the test split themselves skip this
-            results["test"], _ = evaluate_predictor(predictor, splits.test, cfg, desc="test")
+            results["test"], _ = evaluate_predictor(predictor, splits.test, cfg, "test", calibration)
         _finalize(predictor, build, results, keep_checkpoints=cfg.training.keep_checkpoints)
 
 

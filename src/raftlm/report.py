@@ -14,7 +14,15 @@ import numpy as np
 from raftlm.core import RaftlmError
 from raftlm.io import atomic_write, write_json, write_text
 
-LOWER_IS_BETTER = {"rmse": True, "mae": True, "pearson": False, "spearman": False, "r2": False}
+LOWER_IS_BETTER = {
+    "rmse": True,
+    "mae": True,
+    "pearson": False,
+    "spearman": False,
+    "r2": False,
+    "crps": True,  # of the grid distribution (uncertainty.grid_crps); absent for heads
+    "nll": True,
+}
 
 
 def label(row: dict) -> str:
@@ -61,8 +69,54 @@ def aggregate(rows: list[dict]) -> list[dict]:
             vals = np.array([r[m] for r in cells if r.get(m) is not None], dtype=float)
             agg[m] = float(vals.mean()) if vals.size else None
             agg[f"{m}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+        agg["intervals"] = _mean_intervals(cells)
         out.append(agg)
     return out
+
+
+def _mean_intervals(cells: list[dict]) -> list[dict]:
+    """Coverage and width per (kind, nominal) averaged over the seeds that have them."""
+    groups = defaultdict(list)
+    for r in cells:
+        for row in r.get("intervals") or []:
+            groups[(row["kind"], row["nominal"])].append(row)
+    return [
+        {
+            "kind": kind,
+            "nominal": nominal,
+            "coverage": float(np.mean([r["coverage"] for r in rs])),
+            "width": float(np.mean([r["width"] for r in rs])),
+            "n": int(sum(r["n"] for r in rs)),
+            "seeds": len(rs),
+        }
+        for (kind, nominal), rs in groups.items()
+    ]
+
+
+def interval_table(aggs: list[dict], nominal: float = 0.9) -> str:
+    """Coverage / mean width of each interval kind at ``nominal`` (mean over seeds): rows method x kind,
+    columns datasets. Conformal kinds are calibrated on the run's whole validation split; grid = the raw
+    grid quantiles."""
+    entries = {
+        (f"{a['label']} [{r['kind']}]", a["dataset"]): r
+        for a in aggs
+        for r in a.get("intervals") or []
+        if abs(r["nominal"] - nominal) < 1e-9
+    }
+    if not entries:
+        return ""
+    rows = list(dict.fromkeys(k for k, _ in entries))
+    cols = list(dict.fromkeys(c for _, c in entries))
+    title = f"**Interval coverage / mean width at {nominal:.0%} nominal (test; conformal kinds calibrated on validation)**"
+    lines = [title, "", "| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for r in rows:
+        vals = [entries.get((r, c)) for c in cols]
+        lines.append(
+            f"| {r} | "
+            + " | ".join(f"{v['coverage']:.3f} / {v['width']:.3f}" if v else "-" for v in vals)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(a: dict, metric: str) -> str:
@@ -141,6 +195,14 @@ def tables(aggs: list[dict], rows: list[dict] | None = None) -> str:
             if a["lr"] is not None and len(a["seeds"]) < counts[-1]
         ]
         parts.append(f"Seeds behind trained entries: {counts[-1]}, except " + "; ".join(few) + ".\n")
+    for model in dict.fromkeys(a["model"] for a in full):
+        sub = [a for a in full if a["model"] == model]
+        if any(a.get("crps") is not None for a in sub):
+            parts.append(
+                table(sub, "crps", "label", "dataset", f"CRPS of the grid distribution on test, {model}")
+            )
+    if intervals := interval_table(full):
+        parts.append(intervals)
     if note := collapsed_note(rows or []):
         parts.append(note)
     return "\n".join(parts)
@@ -220,6 +282,7 @@ def figures(root: Path, aggs: list[dict], rows: list[dict]) -> list[Path]:
             fig.tight_layout()
             out.append(_save(fig, figdir / f"scatter_{slug}.png"))
         out += _entropy_figures(root, here, figdir, slug)
+        out += _calibration_figure(root, here, figdir, dataset, slug)
     out += _convergence_figure(aggs, figdir)
     return out
 
@@ -259,6 +322,35 @@ def _entropy_figures(root: Path, here, figdir: Path, slug: str) -> list[Path]:
     fig.tight_layout()
     out.append(_save(fig, figdir / f"grid_probs_{slug}.png"))
     return out
+
+
+def _calibration_figure(root: Path, here, figdir: Path, dataset: str, slug: str) -> list[Path]:
+    """Observed vs nominal coverage: the grid distribution's own central intervals (lines, from the PIT
+    F(target) of each test example: covered at level c when |PIT - 1/2| <= c/2) and the conformal
+    kinds (markers); on the diagonal is calibrated."""
+    plt = _plt()
+    levels = np.linspace(0.05, 0.95, 19)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    markers = {"absolute": "s", "std": "^", "cqr": "o"}
+    for a, r in here:
+        pit = [x["pit"] for x in _read_jsonl(root / "predictions" / f"{r['cell_id']}.jsonl") if "pit" in x]
+        color = None
+        if pit:
+            pit = np.asarray(pit)
+            cov = [(np.abs(pit - 0.5) <= c / 2).mean() for c in levels]
+            color = ax.plot(levels, cov, label=f"{a['label']} (grid)")[0].get_color()
+        for row in a.get("intervals") or []:
+            if row["kind"] in markers:
+                ax.scatter(row["nominal"], row["coverage"], marker=markers[row["kind"]], color=color, s=22)
+    if not ax.lines and not ax.collections:
+        plt.close(fig)
+        return []
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set_xlabel("nominal coverage")
+    ax.set_ylabel("observed coverage (test)")
+    ax.set_title(f"{dataset}: calibration (markers: conformal ■ absolute ▲ std ● cqr)", fontsize=8)
+    ax.legend(fontsize=7)
+    return [_save(fig, figdir / f"calibration_{slug}.png")]
 
 
 def _convergence_figure(aggs: list[dict], figdir: Path) -> list[Path]:

@@ -15,7 +15,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +62,15 @@ def grid_probs(predictor: Predictor, probs: np.ndarray) -> dict[str, float]:
 
 
 def prediction_rows(
-    predictor: Predictor, preds: Predictions, examples: list[Example], start: int, with_probs: bool
+    predictor: Predictor,
+    preds: Predictions,
+    examples: list[Example],
+    start: int,
+    with_probs: bool,
+    extra: list[dict] | None = None,
 ) -> Iterator[dict]:
-    """Output rows: index (0-based row of the input), prediction, target if known, probs + entropy."""
+    """Output rows: index (0-based row of the input), prediction, target if known, probs + entropy,
+    and ``extra``'s fields per row (uncertainty: std, quantiles, intervals)."""
     for j, x in enumerate(examples):
         row = {"index": start + j, "prediction": float(preds.values[j])}
         if x.target is not None:
@@ -72,7 +78,7 @@ def prediction_rows(
         if with_probs and preds.probs is not None:
             row["probs"] = grid_probs(predictor, preds.probs[j])
             row["entropy"] = float(preds.entropy[j])
-        yield row
+        yield {**row, **(extra[j] if extra else {})}
 
 
 def row_chunks(path: str | Path, size: int, begin: int = 0, end: int | None = None):
@@ -177,9 +183,12 @@ def predict_file(
     with_probs: bool = False,
     resume: bool = False,
     chunk_rows: int = CHUNK_ROWS,
+    fields: Callable[[Predictions], list[dict]] | None = None,
+    fields_settings: dict | None = None,
 ) -> int:
     """Predict every row of ``input`` into the JSON-lines file ``output`` in bounded memory; returns
-    the number of rows. Call ``check_output`` first (before loading the model)."""
+    the number of rows. Call ``check_output`` first (before loading the model). ``fields(preds)`` adds
+    per-row fields (described by ``fields_settings``, which a resume must match)."""
     output, state = Path(output), _state()
     n, has_target = scan(input, predictor.template, cfg.data.target_column)
     decoder = "head" if predictor.head is not None else cfg.eval.decoder
@@ -190,6 +199,7 @@ def predict_file(
         "with_probs": with_probs,
         "rows": n,
         "processes": state.num_processes,
+        **(fields_settings or {}),
     }
     done = _begin(output, job, resume)
     begin, end = shard(n, state.process_index, state.num_processes)
@@ -203,7 +213,9 @@ def predict_file(
                 preds = predict_examples(predictor, examples, cfg, desc=None)
                 f.writelines(
                     json.dumps(r) + "\n"
-                    for r in prediction_rows(predictor, preds, examples, start, with_probs)
+                    for r in prediction_rows(
+                        predictor, preds, examples, start, with_probs, fields(preds) if fields else None
+                    )
                 )
                 f.flush()
                 os.fsync(f.fileno())
