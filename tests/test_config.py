@@ -52,6 +52,7 @@ def test_set_and_flags_convert_the_same_way():
         ({"method": {"grid": ""}}, "grid is empty"),
         ({"method": {"target_range": "a,b"}}, "target_range='a,b': use none, auto, dataset or LO,HI"),
         ({"method": {"target_range": [1, 2, 3]}}, "use none, auto, dataset or LO,HI"),
+        ({"method": {"target_range": "5,1"}}, "LO,HI with LO < HI"),
         ({"eval": {"temperature": "hot"}}, "eval.temperature='hot' is not a number"),
         ({"training": 5}, "config section 'training' must be a mapping"),
     ],

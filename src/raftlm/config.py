@@ -220,8 +220,10 @@ def _target_range(value):
     parts = value.split(",") if isinstance(value, str) else value
     if isinstance(parts, list | tuple) and len(parts) == 2:
         with contextlib.suppress(RaftlmError):
-            return [to_float(p, "method.target_range") for p in parts]
-    raise RaftlmError(f"target_range={value!r}: use none, auto, dataset or LO,HI (e.g. 1,5)")
+            lo, hi = (to_float(p, "method.target_range") for p in parts)
+            if lo < hi:
+                return [lo, hi]
+    raise RaftlmError(f"target_range={value!r}: use none, auto, dataset or LO,HI with LO < HI (e.g. 1,5)")
 
 
 @dataclass

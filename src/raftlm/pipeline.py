@@ -219,7 +219,7 @@ class Run:
     """A finished run: its directory, the trained predictor (in memory) and eval_results.json."""
 
     path: Path
-    predictor: Predictor | None
+    predictor: Predictor
     results: dict
 
 
