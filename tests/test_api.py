@@ -11,7 +11,9 @@ Y = np.array([1.0, 2.0, 3.0, 4.0, 5.0] * 6)
 
 
 def small(**kw):
-    return RAFTRegressor(model="tiny-random-llama", max_steps=3, batch_size=8, lr=1e-2, eval_steps=3, **kw)
+    return RAFTRegressor(
+        **{"model": "tiny-random-llama", "max_steps": 3, "batch_size": 8, "lr": 1e-2, "eval_steps": 3, **kw}
+    )
 
 
 def test_fit_predict_score_save_load(tmp_path):
@@ -50,3 +52,111 @@ def test_dict_inputs_fill_the_template_and_targets_are_scaled(tmp_path):
     assert reg.predict(rows).shape == (6,)
     with pytest.raises(RaftlmError, match="2 texts but 3 targets"):
         reg.fit(rows[:2], [1, 2, 3])
+
+
+# --- a scikit-learn estimator (issue 15) -----------------------------------------------------------
+
+
+def test_get_set_params_and_clone():
+    from sklearn.base import clone
+
+    reg = small(patience=2, progress_bar=False)
+    params = reg.get_params()
+    assert params["lr"] == 1e-2 and params["patience"] == 2 and params["callbacks"] is None
+    assert reg.set_params(lr=3e-3) is reg and reg.lr == 3e-3
+    twin = clone(reg)
+    assert twin is not reg and twin.get_params() == reg.get_params() and not hasattr(twin, "predictor_")
+
+
+def test_grid_search_and_cross_val_score_with_the_tiny_model():
+    from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
+
+    reg = small(progress_bar=False)
+    folds = KFold(2, shuffle=True, random_state=0)
+    search = GridSearchCV(reg, {"lr": [1e-3, 1e-2]}, cv=folds, error_score="raise").fit(TEXTS, Y)
+    assert (
+        search.best_params_["lr"] in (1e-3, 1e-2) and np.isfinite(search.cv_results_["mean_test_score"]).all()
+    )
+    assert search.best_estimator_.predict(TEXTS[:3]).shape == (3,)
+    scores = cross_val_score(reg, np.array(TEXTS), Y, cv=folds, error_score="raise")
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+
+
+def test_pandas_inputs_pair_up_by_position():
+    pd = pytest.importorskip("pandas")
+    from raftlm.api import examples_from
+
+    order = [3, 0, 4, 1, 2]
+    texts = pd.Series([TEXTS[i] for i in order], index=[10, 2, 7, 0, 5])  # shuffled integer index
+    y = pd.Series([Y[i] for i in order], index=[0, 5, 2, 10, 7])  # and another one
+    ex = examples_from(texts, y, "{text}")
+    assert [(e.text, e.target) for e in ex] == [(TEXTS[i], Y[i]) for i in order]
+    by_name = examples_from(texts.set_axis(list("abcde")), y.set_axis(list("vwxyz")), "{text}")
+    assert [e.target for e in by_name] == [Y[i] for i in order]  # a string index: no KeyError
+    frame = pd.DataFrame({"title": ["Up", "Heat"], "year": [2009, 1995]}, index=["x", "y"])
+    ex = examples_from(frame, np.array([4.0, 5.0]), "Title: {title} ({year}). Stars:")
+    assert [e.text for e in ex] == ["Title: Up (2009). Stars:", "Title: Heat (1995). Stars:"]
+    assert [e.text for e in examples_from(np.array(["a b", "c d"]), None, "{text}")] == ["a b", "c d"]
+
+
+@pytest.mark.parametrize(
+    "X, y, fragment",
+    [
+        (np.array([["a", "b"]]), [1.0], "X has shape (1, 2)"),
+        (["a", None], [1, 2], "X[1] is None, not a text"),
+        (["a", "b"], [1.0, float("nan")], "y[1]: target nan is NaN or infinite"),
+        (["a", "b"], [1.0, True], "y[1]: target True is not a number"),
+        (["a", "b"], [[1.0, 2.0], [3.0, 4.0]], "y has shape (2, 2)"),
+        ([{"text": "a"}, {"text": float("nan")}], [1, 2], "X[1]: text is missing (nan)"),
+    ],
+)
+def test_bad_inputs_are_one_line_errors(X, y, fragment):
+    from raftlm.api import examples_from
+
+    with pytest.raises(RaftlmError) as err:
+        examples_from(X, y, "{text}")
+    assert fragment in str(err.value)
+
+
+def test_a_dataframe_fit_writes_a_run_like_the_cli(tmp_path, capsys):
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"review": TEXTS}, index=[f"id{i}" for i in range(30)])
+    y = pd.Series(Y, index=frame.index[::-1])  # labels that disagree: ignored, position counts
+    reg = small(prompt_template="{review}", output_dir=str(tmp_path / "run"), progress_bar=False, lr="1e-2")
+    reg.fit(frame, y, eval_set=(frame[:6], y[:6]))
+    run = tmp_path / "run"
+    assert {"config.yaml", "raftlm.json", "model.safetensors", "metrics.jsonl", "eval_results.json"} <= {
+        p.name for p in run.iterdir()
+    }
+    assert not (run / "checkpoints").exists() and reg.train_summary_["best_step"] == 3
+    assert "lr: 0.01\n" in (run / "config.yaml").read_text()  # the string "1e-2" became a float
+    assert "'loss'" not in capsys.readouterr().err  # progress_bar=False: no bars, no loss lines
+    assert reg.predict(frame[:4]).shape == (4,)
+    with pytest.raises(RaftlmError, match="already holds a finished run.*overwrite=True"):
+        reg.fit(frame, y)
+    reg.set_params(overwrite=True).fit(frame, y)
+
+
+def test_fit_leaves_no_temporary_directory(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    reg = small(progress_bar=False).fit(TEXTS, Y)
+    assert list(tmp_path.iterdir()) == [] and reg.predict(TEXTS[:2]).shape == (2,)
+
+
+def test_patience_and_trainer_callbacks():
+    from transformers import TrainerCallback
+
+    class Steps(TrainerCallback):
+        def __init__(self):
+            self.steps = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps += 1
+
+    counter = Steps()
+    # lr 1e-30 leaves the weights as they are, so validation RMSE never improves after the first
+    reg = small(lr=1e-30, max_steps=20, eval_steps=1, patience=2, progress_bar=False, callbacks=[counter])
+    reg.fit(TEXTS, Y, eval_set=(TEXTS[:5], Y[:5]))
+    assert reg.train_summary_["global_step"] == 3 and counter.steps == 3  # best at 1, no gain at 2 and 3

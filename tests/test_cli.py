@@ -84,12 +84,46 @@ def test_resume_continues_from_the_last_checkpoint_and_matches_an_uninterrupted_
 
         shutil.rmtree(ckpt)
     assert main(train_args(toy_csv, broken)) == 2  # unfinished run: refuses without --resume
+    stale = broken / ".eval_results.json.k1ll3d00.tmp"
+    stale.write_text("")  # a SIGKILL during an atomic write leaves this; the next start cleans it
     assert main([*train_args(toy_csv, broken), "--resume"]) == 0
+    assert not stale.exists()
     a, b = load_file(full / "model.safetensors"), load_file(broken / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
-    logged = [json.loads(line)["step"] for line in (broken / "metrics.jsonl").read_text().splitlines()]
-    assert logged.count(4) >= 2  # step 4 was logged by both the first run and the resumed one
+
+    # the log after a resume holds each step once, as an uninterrupted run's does
+    def log(run):
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    assert [(r["step"], sorted(r)) for r in log(broken)] == [(r["step"], sorted(r)) for r in log(full)]
+    for x, y in zip(log(broken), log(full), strict=True):
+        if "loss" in x:
+            assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+    # train_loss and train_runtime_s cover the whole run, not only steps 3-4
+    res_full, res_broken = (
+        json.loads((r / "eval_results.json").read_text())["train"] for r in (full, broken)
+    )
+    assert res_broken["train_loss"] == pytest.approx(res_full["train_loss"], rel=1e-5)
+    state = json.loads((broken / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    before = state["stateful_callbacks"]["RunTotals"]["args"]
+    assert before["steps"] == 2 and res_broken["train_runtime_s"] > before["seconds"] > 0
+
+
+def test_resume_from_a_checkpoint_without_run_totals(tmp_path, toy_csv):
+    run = tmp_path / "run"
+    assert main(train_args(toy_csv, run, "--set", "training.keep_checkpoints=true")) == 0
+    for name in ["eval_results.json", "model.safetensors"]:
+        (run / name).unlink()
+    state_file = run / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["stateful_callbacks"]["RunTotals"]  # as written by raftlm before the totals existed
+    state_file.write_text(json.dumps(state))
+    import shutil
+
+    shutil.rmtree(run / "checkpoints" / "checkpoint-4")
+    assert main([*train_args(toy_csv, run), "--resume"]) == 0
+    assert json.loads((run / "eval_results.json").read_text())["train"]["global_step"] == 4
 
 
 def _bad(capsys, argv):

@@ -132,7 +132,7 @@ def test_sweep_resumes_after_being_killed_mid_cell(tmp_path, toy_csv):
     assert len(list((tmp_path / "out" / "cells").glob("*.json"))) == 1  # the zero-shot cell finished
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "[2/2 cells]" in done.stdout  # one cell left, counted from the finished one
+    assert "[2/2 cells]" in done.stderr  # one cell left, counted from the finished one (a log line)
     evals = [
         json.loads(line)["step"]
         for line in (run / "metrics.jsonl").read_text().splitlines()
@@ -180,8 +180,12 @@ def test_the_shipped_table3_sweep_builds_every_cell_config(tmp_path):
     assert base == cfg
 
 
-def test_a_sweep_deletes_a_runs_weights_once_its_last_cell_is_written(tmp_path, toy_csv, capsys):
+def test_a_sweep_deletes_a_runs_weights_once_its_last_cell_is_written(tmp_path, toy_csv, caplog):
+    import logging
+
     from raftlm.core import RaftlmError
+
+    caplog.set_level(logging.INFO, logger="raftlm")
     from raftlm.experiment import run_sweep
 
     sweep = {
@@ -200,7 +204,7 @@ def test_a_sweep_deletes_a_runs_weights_once_its_last_cell_is_written(tmp_path, 
     assert len(list((root / "cells").glob("*.json"))) == 2  # both decoders evaluated the one run
     assert not list(run.glob("*.safetensors")) and not (run / "checkpoints").exists()
     assert (run / "eval_results.json").exists() and (run / "config.yaml").exists()
-    assert capsys.readouterr().out.count("weights deleted") == 1  # after the run's second cell, not its first
+    assert caplog.text.count("weights deleted") == 1  # after the run's second cell, not its first
 
     sweep["methods"].append({"method": "raft", "decoder": "median"})  # a decoder added later
     path.write_text(yaml.safe_dump(sweep))
@@ -263,3 +267,39 @@ def test_method_options_make_an_ablation_its_own_run_and_its_own_row(tmp_path):
     sweep["methods"] = [{"method": "raft", "normalise_grid": True}]
     with pytest.raises(RaftlmError, match="normalise_grid"):
         cell_config(sweep, cells(sweep)[0], tmp_path / "r")
+
+
+def test_a_bad_setting_in_any_cell_fails_before_the_first_cell_runs(tmp_path, toy_csv):
+    from raftlm.core import RaftlmError
+    from raftlm.experiment import run_sweep
+
+    sweep = {
+        "output_dir": str(tmp_path / "out"),
+        "base": {"training": {"max_steps": 2, "batch_size": 4}},
+        "datasets": [f"csv:{toy_csv}"],
+        "models": ["tiny-random-llama"],
+        "methods": ["raft", {"method": "raft", "warmup_steps": "ten"}],  # the second arm is broken
+        "lrs": [1e-3],
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    with pytest.raises(RaftlmError, match=r"sweep cell .*warmup_steps.*training.warmup_steps='ten'"):
+        run_sweep(str(path))
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing was written
+    sweep["methods"], sweep["lrs"] = ["raft"], ["fast"]
+    path.write_text(yaml.safe_dump(sweep))
+    with pytest.raises(RaftlmError, match="sweep lrs='fast' is not a number"):
+        run_sweep(str(path))
+    path.write_text("output_dir: [unclosed\n")
+    with pytest.raises(RaftlmError, match="is not valid YAML"):
+        run_sweep(str(path))
+
+
+def test_report_lists_a_collapsed_zero_shot_cell(tmp_path):
+    rows = [dict(r) for r in FIXTURE]
+    rows[-1]["collapsed"] = "the grid holds 1.0e-09 of the model's probability"  # the zero-shot cell
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    write_report(str(tmp_path))
+    md = (tmp_path / "report.md").read_text()
+    assert "- zero-shot + rail on stsb-1k, zero-shot, seed 0: the grid holds 1.0e-09" in md
+    assert "| zero-shot + rail | 1.200 † |" in md

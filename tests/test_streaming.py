@@ -124,7 +124,7 @@ def test_overwrite_discards_a_partial_and_bad_rows_fail_before_anything_is_writt
     rows = [{"text": f"ok {i}. rating:", "target": i % 5} for i in range(30)] + [{"text": " ", "target": 1}]
     bad = write_csv(tmp_path / "bad.csv", rows)
     assert predict(run_dir, bad, tmp_path / "p2.jsonl") == 2
-    assert "bad.csv row 31: empty text" in capsys.readouterr().err
+    assert "bad.csv line 32: empty text" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "preds.jsonl"]
 
 

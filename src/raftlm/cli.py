@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import re
 import sys
 import warnings
 from dataclasses import fields
@@ -10,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from raftlm.config import SECTIONS, Config, ServeSettings
+from raftlm.config import SECTIONS, Config, ServeSettings, read_recipe
 from raftlm.core import RaftlmError
 
 # flag -> config field; shared by every command (``--config recipe.yaml`` plus these overrides)
@@ -57,6 +60,7 @@ FLAGS = {
     "--no-cache-frozen": "training.cache_frozen",
     "--eval-steps": "training.eval_steps",
     "--patience": "training.patience",
+    "--report-to": "training.report_to",
     "--seed": "training.seed",
     "--bf16": "training.bf16",
     "--decoder": "eval.decoder",
@@ -71,7 +75,54 @@ FLAGS = {
     "--interval-kind": "eval.interval_kind",
     "--no-calibrate": "training.calibrate",
 }
-CASTS = {"int": int, "float": float, "int | None": int, "float | None": float}
+# the config fields each command reads (a section name stands for all its fields): its --help lists
+# only their flags; --set SECTION.FIELD=VALUE still reaches any field
+PREDICTS = (
+    "model.name",
+    "data.dataset",
+    "data.data_dir",
+    "data.template",
+    "data.text_column",
+    "data.target_column",
+    "data.history",
+    "data.max_length",
+    "method.grid",
+    "method.target_range",
+    "method.normalize_grid",
+    "method.answer_prefix",
+    "method.single_value_grid",
+    "training.bf16",
+    "training.seed",
+    "eval.decoder",
+    "eval.num_samples",
+    "eval.temperature",
+    "eval.compile",
+    "eval.device",
+    "eval.dtype",
+    "eval.interval",
+    "eval.interval_kind",
+)
+USES = {
+    "train": ("model", "data", "method", "training", "eval.decoder", "eval.num_samples", "eval.temperature"),
+    "predict": PREDICTS,
+    "evaluate": (*PREDICTS, "eval.split", "eval.eval_size"),
+    "calibrate": (*PREDICTS, "eval.split"),
+    "demo": ("model", "data", "method", "training", "eval"),
+}
+TITLES = {
+    "model": "model",
+    "data": "data",
+    "method": "method",
+    "training": "training",
+    "eval": "prediction and evaluation",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with raftlm's error shape: one line, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _field(key: str):
@@ -83,27 +134,62 @@ def _dest(flag: str) -> str:
     return flag[2:].replace("-", "_")
 
 
-def add_shared(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+def _uses(command: str | None, key: str) -> bool:
+    return command not in USES or any(key == u or key.startswith(u + ".") for u in USES[command])
+
+
+def _help(f, default, flag_off: bool) -> str:
+    """The field's help with the command's default; values are converted by the config (config.typed)."""
+    text = f.metadata.get("help", "").replace("%", "%%")
+    if f.type == "bool":
+        return f"turn off: {text}" if flag_off else f"{text} (default: {'on' if default else 'off'})"
+    if default is None:  # the help says what None means, e.g. "(default: the dataset's)"
+        return text
+    shown = repr(default) if isinstance(default, str) and default.strip() != default else default
+    return re.sub(r" \(default: [^)]*\)", "", text) + f" (default: {shown})"
+
+
+def add_shared(
+    p: argparse.ArgumentParser, command: str | None = None, defaults: Config | None = None
+) -> None:
+    """The options every job command takes, then the flags of the config fields ``command`` reads,
+    grouped by section, with ``defaults`` (the command's own) in their help."""
+    defaults = defaults or Config()
+    run = p.add_argument_group("run")
+    run.add_argument(
         "--config", help="YAML recipe (sections model/data/method/training/eval); flags override it"
     )
-    p.add_argument(
+    run.add_argument(
         "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override any config field"
     )
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--input", help="CSV/JSONL file of inputs (predict, evaluate)")
-    p.add_argument("--output", help="output file (predict: JSONL, evaluate: JSON)")
-    p.add_argument(
-        "--freeze-backbone", action="store_true", help="train only the head (same as --trainable none)"
+    run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    run.add_argument(
+        "--quiet", action="store_true", help="no progress bars, loss lines or info logs (warnings still show)"
     )
+    if command in (None, "predict", "evaluate", "calibrate"):
+        run.add_argument("--input", help="CSV/JSONL file of inputs (predict, evaluate, calibrate)")
+        run.add_argument("--output", help="output file (predict: JSONL, evaluate: JSON)")
+    if command in (None, "train", "demo"):
+        run.add_argument(
+            "--freeze-backbone", action="store_true", help="train only the head (same as --trainable none)"
+        )
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for flag, key in FLAGS.items():
-        f = _field(key)
-        help_text = f.metadata.get("help", "")
+        if not _uses(command, key):
+            continue
+        section = key.split(".")[0]
+        group = groups.get(section) or groups.setdefault(
+            section, p.add_argument_group(f"{TITLES[section]} ({section}.* in a recipe)")
+        )
+        f, default = _field(key), getattr(getattr(defaults, section), key.split(".")[1])
         if f.type == "bool":  # a setting that is on by default is turned off by its --no- flag
-            action = "store_false" if f.default else "store_true"
-            p.add_argument(flag, action=action, default=argparse.SUPPRESS, help=help_text, dest=_dest(flag))
-        else:
-            p.add_argument(flag, type=CASTS.get(f.type, str), default=argparse.SUPPRESS, help=help_text)
+            off = flag.startswith("--no-")
+            action = "store_false" if off else "store_true"
+            group.add_argument(
+                flag, action=action, default=argparse.SUPPRESS, help=_help(f, default, off), dest=_dest(flag)
+            )
+        else:  # a string here: config.typed converts it, exactly as it converts YAML and --set values
+            group.add_argument(flag, default=argparse.SUPPRESS, help=_help(f, default, False))
 
 
 SERVE_FLAGS = {  # the config flags serve takes (the rest of its settings are ServeSettings)
@@ -130,13 +216,16 @@ def add_serve(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from raftlm import __version__
     from raftlm.decoders import DECODERS
+    from raftlm.demo import DEMO_DEFAULTS
     from raftlm.methods import METHODS
     from raftlm.uncertainty import KIND_CHOICES
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="raftlm", description="Regression with decoder LLMs: RAFT fine-tuning, RAIL inference."
     )
+    parser.add_argument("--version", action="version", version=f"raftlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="fine-tune a causal LM (raft or ce) into a run directory")
     train.add_argument(
@@ -166,8 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="split-conformal calibration of a run on its validation split (or --split / --input)",
     )
     calibrate.add_argument("run", help="a run directory from `raftlm train`")
-    for p in (train, predict, evaluate, demo, calibrate):
-        add_shared(p)
+    jobs = (
+        ("train", train),
+        ("predict", predict),
+        ("evaluate", evaluate),
+        ("demo", demo),
+        ("calibrate", calibrate),
+    )
+    for name, p in jobs:
+        add_shared(p, name, Config.build(DEMO_DEFAULTS) if name == "demo" else None)
     experiment = sub.add_parser(
         "experiment", help="run a resumable sweep (datasets x models x methods x lrs x seeds)"
     )
@@ -183,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (train, predict, evaluate, demo, serve, calibrate):
         for action in p._actions:
             if action.dest == "method":
-                action.choices = [*METHODS, "none"]
+                action.choices, action.metavar = [*METHODS, "none"], "METHOD"
+                action.help = f"training method: {', '.join(METHODS)}, or none (zero-shot)"
             if action.dest == "decoder":
                 action.choices = list(DECODERS)
             if action.dest == "interval_kind":
@@ -191,23 +288,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
+def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Config:
+    """``base`` (a command's defaults, or a run's config), then the ``--config`` recipe, then flags."""
     overrides = {key: getattr(args, _dest(flag)) for flag, key in FLAGS.items() if hasattr(args, _dest(flag))}
-    if args.freeze_backbone:
+    if getattr(args, "freeze_backbone", False):
         overrides["model.trainable"] = "none"
+    if getattr(args, "quiet", False):
+        overrides["training.progress_bar"] = False
     if "training.bf16" in overrides:
         overrides["eval.bf16"] = overrides["training.bf16"]
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
             raise RaftlmError(f"--set {item!r}: use SECTION.FIELD=VALUE, e.g. --set training.lr=1e-4")
-        overrides[key] = yaml.safe_load(value)
-    if args.config:
-        return Config.from_yaml(args.config, overrides)
-    if base is not None:
-        merged = base.to_dict()
-        return Config.build(merged, overrides)
-    return Config.build({}, overrides)
+        overrides[key.strip()] = yaml.safe_load(value)
+    recipe = {k: dict(v) for k, v in (base or {}).items()}
+    for section, values in (read_recipe(args.config) if args.config else {}).items():
+        recipe.setdefault(section, {}).update(values or {})
+    return Config.build(recipe, overrides)
+
+
+def _dataset_given(args: argparse.Namespace) -> bool:
+    """Whether the user named a dataset (a flag, --set or a recipe), rather than taking the default."""
+    return bool(
+        hasattr(args, "dataset") or args.config or any(s.startswith("data.dataset") for s in args.set)
+    )
 
 
 def cmd_train(args) -> None:
@@ -250,14 +355,22 @@ def _run_config(args) -> Config:
     model = getattr(args, "model", None)
     base = None
     if model and is_run_dir(model) and (Path(model) / "config.yaml").exists() and not args.config:
-        base = Config.from_yaml(str(Path(model) / "config.yaml"))
+        base = Config.from_yaml(str(Path(model) / "config.yaml")).to_dict()
     return config_from_args(args, base)
 
 
-def _file_examples(path: str, predictor, target_column: str, need_target: bool):
-    from raftlm.data import read_rows, to_examples
+def _check_output(args) -> None:
+    """Where the output goes is checked before any work (and a kill's leftover temp file cleaned)."""
+    from raftlm.io import check_writable, clean_stale_tmp
 
-    rows = read_rows(path)
+    if args.output:
+        path = check_writable(args.output, args.overwrite)
+        clean_stale_tmp(path.parent, path.name)
+
+
+def _file_examples(rows: list[dict], path: str, predictor, target_column: str, need_target: bool):
+    from raftlm.data import to_examples
+
     has_target = target_column in rows[0]
     if need_target and not has_target:
         raise RaftlmError(f"{path}: target column {target_column!r} is missing: pass --target-column")
@@ -265,18 +378,19 @@ def _file_examples(path: str, predictor, target_column: str, need_target: bool):
 
 
 def cmd_evaluate(args) -> None:
-    from raftlm.data import load_splits
-    from raftlm.io import check_writable, write_json
-    from raftlm.pipeline import eval_limit, evaluate_predictor, is_run_dir, load_for_eval
+    from raftlm.data import load_splits, read_rows
+    from raftlm.io import write_json
+    from raftlm.pipeline import check_eval_model, eval_limit, evaluate_predictor, is_run_dir, load_for_eval
     from raftlm.uncertainty import Calibration
 
+    _check_output(args)
     cfg = _run_config(args)
-    if args.output:
-        check_writable(args.output, args.overwrite)
+    rows = read_rows(args.input) if args.input else None
+    check_eval_model(cfg, _dataset_given(args))
     splits = None if (args.input and is_run_dir(cfg.model.name)) else load_splits(cfg.data)
     predictor = load_for_eval(cfg, splits)
     if args.input:
-        examples = _file_examples(args.input, predictor, cfg.data.target_column, need_target=True)
+        examples = _file_examples(rows, args.input, predictor, cfg.data.target_column, need_target=True)
     else:
         examples = splits.split(cfg.eval.split)
     n_split = len(examples)
@@ -327,8 +441,8 @@ def _entropy(args, cfg: Config, predictor, examples) -> dict:
 
 
 def cmd_predict(args) -> None:
-    from raftlm.data import load_splits
-    from raftlm.pipeline import is_main_process, is_run_dir, load_for_eval
+    from raftlm.data import iter_rows, load_splits
+    from raftlm.pipeline import check_eval_model, is_main_process, is_run_dir, load_for_eval
     from raftlm.streaming import check_output, predict_file
     from raftlm.uncertainty import Calibration, prediction_fields
 
@@ -336,6 +450,8 @@ def cmd_predict(args) -> None:
         raise RaftlmError("predict needs --input FILE (CSV/JSONL) and --output FILE (JSONL)")
     check_output(args.output, args.overwrite, args.resume)
     cfg = _run_config(args)
+    next(iter_rows(args.input), None)  # a missing or unreadable input fails before the model loads
+    check_eval_model(cfg, _dataset_given(args))
     splits = None if is_run_dir(cfg.model.name) else load_splits(cfg.data)
     predictor = load_for_eval(cfg, splits)
     calibration = Calibration.load(cfg.model.name) if is_run_dir(cfg.model.name) else None
@@ -390,7 +506,7 @@ def cmd_serve(args) -> None:
 def cmd_calibrate(args) -> None:
     """Score the run's validation split (or ``--split``, or a labelled ``--input`` file from the data
     the model will see) once and store what split-conformal intervals need in RUN/calibration.json."""
-    from raftlm.data import load_splits
+    from raftlm.data import load_splits, read_rows
     from raftlm.pipeline import is_run_dir, load_for_eval
     from raftlm.uncertainty import calibrate
 
@@ -402,7 +518,9 @@ def cmd_calibrate(args) -> None:
     cfg = _run_config(args)
     predictor = load_for_eval(cfg, None)
     if args.input:
-        examples = _file_examples(args.input, predictor, cfg.data.target_column, need_target=True)
+        examples = _file_examples(
+            read_rows(args.input), args.input, predictor, cfg.data.target_column, need_target=True
+        )
         source = args.input
     else:
         source = getattr(args, "split", "validation")  # --split only when given (the default is test)
@@ -416,9 +534,9 @@ def cmd_calibrate(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from raftlm.demo import run_demo
+    from raftlm.demo import DEMO_DEFAULTS, run_demo
 
-    run_demo(config_from_args(args), overwrite=args.overwrite)
+    run_demo(config_from_args(args, DEMO_DEFAULTS), overwrite=args.overwrite)
 
 
 def cmd_experiment(args) -> None:
@@ -445,11 +563,64 @@ COMMANDS = {
 }
 
 
+NEGATIVE = re.compile(r"-([\d.].*|inf(inity)?|nan)", re.IGNORECASE)  # -1e-4, -4,4, -inf
+
+
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """``--lr -1e-4`` -> ``--lr=-1e-4``: argparse takes '-1e-4' for an option and fails on its own,
+    while the config's one-line error ("use a positive learning rate") is the useful one."""
+    takes_value = {flag for flag, key in FLAGS.items() if _field(key).type != "bool"}
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] in takes_value and NEGATIVE.fullmatch(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+@contextlib.contextmanager
+def _logging(quiet: bool):
+    """raftlm's info lines (sweep progress) on stderr; --quiet keeps only warnings and errors, of
+    transformers too. Undone afterwards, so main() can run several times in one process."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("raftlm")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    try:
+        with _quiet_transformers() if quiet else contextlib.nullcontext():
+            yield
+    finally:
+        logger.removeHandler(handler)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # e.g. "Writing model shards"
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Results go to stdout; logs, warnings, progress bars and errors to stderr. Bad input: one line
+    on stderr and exit code 2."""
+    try:
+        args = build_parser().parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv))
+    except SystemExit as stop:  # --help, --version, or a usage error (already printed in one line)
+        return stop.code
     warnings.filterwarnings("ignore", message=".*generation flags.*")
     try:
-        COMMANDS[args.command](args)
+        with _logging(getattr(args, "quiet", False)):
+            COMMANDS[args.command](args)
     except RaftlmError as err:
         print(f"raftlm {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import warnings
@@ -13,6 +14,63 @@ from raftlm.core import RaftlmError
 
 TRAINABLE = re.compile(r"full|lora|none|top-\d+")
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def to_bool(value, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | str) and str(value).strip().lower() in TRUE + FALSE:
+        return str(value).strip().lower() in TRUE
+    raise RaftlmError(f"{where}={value!r}: use true or false")
+
+
+def to_int(value, where: str) -> int:
+    number = value.strip() if isinstance(value, str) else value
+    if isinstance(number, str):
+        with contextlib.suppress(ValueError):
+            number = float(number)  # '4', '4.0' and '1e3' are whole numbers; 'four' is not
+    if isinstance(number, int) and not isinstance(number, bool):
+        return number
+    if isinstance(number, float) and number.is_integer():
+        return int(number)
+    raise RaftlmError(f"{where}={value!r}: use a whole number (e.g. 4)")
+
+
+def to_float(value, where: str) -> float:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise RaftlmError(f"{where}={value!r} is not a number: use e.g. 1e-4 or 0.5") from None
+    if not math.isfinite(number):
+        raise RaftlmError(f"{where}={value!r}: use a finite number")
+    return number
+
+
+def to_str(value, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise RaftlmError(f"{where}={value!r}: use a text value (quote it in YAML)")
+    return str(value)  # YAML reads `grid: 5` as a number
+
+
+CONVERT = {"bool": to_bool, "int": to_int, "float": to_float, "str": to_str}
+
+
+def typed(section) -> None:
+    """Convert every field of a config section to its annotated type, in place: YAML recipes,
+    ``--set``, flags and the Python API all pass through here. ``"1e-4"`` becomes 0.0001 and
+    ``"false"`` False; a value that cannot be converted (4.7 for an int, "four", nan) is a RaftlmError."""
+    name = next(k for k, v in SECTIONS.items() if isinstance(section, v))
+    for f in fields(section):
+        value, kind = getattr(section, f.name), f.type.removesuffix(" | None")
+        if value is None and f.type.endswith("| None"):
+            continue
+        if value is None and kind in CONVERT:
+            raise RaftlmError(f"{name}.{f.name} is empty (null): give a value or drop the line")
+        if kind in CONVERT:
+            setattr(section, f.name, CONVERT[kind](value, f"{name}.{f.name}"))
 
 
 @dataclass
@@ -39,6 +97,7 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
+        typed(self)
         if not TRAINABLE.fullmatch(self.trainable):
             raise RaftlmError(f"trainable={self.trainable!r}: use full, lora, none or top-N (e.g. top-6)")
         if self.init not in ("pretrained", "random"):
@@ -80,6 +139,7 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
+        typed(self)
         for name in ("train_size", "val_size"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -92,7 +152,9 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    method: str = field(default="raft", metadata={"help": "training method: raft, ce, or none (zero-shot)"})
+    method: str = field(
+        default="raft", metadata={"help": "training method (a name of methods.METHODS), or none (zero-shot)"}
+    )
     grid: str | None = field(
         default=None, metadata={"help": "grid spec: 1-5, 0:5:0.1, 1,2,3 or 1=a,2=b (default: the dataset's)"}
     )
@@ -132,6 +194,7 @@ class MethodConfig:
     def __post_init__(self) -> None:
         from raftlm.methods import METHODS
 
+        typed(self)
         if self.method not in METHODS and self.method != "none":
             raise RaftlmError(f"unknown method {self.method!r}: use one of {sorted(METHODS)} or none")
         if self.pooling not in ("mean", "min", "max"):
@@ -144,12 +207,24 @@ class MethodConfig:
             raise RaftlmError(f"ce_weight={self.ce_weight}: use a finite weight >= 0 (e.g. 0.3)")
         if self.ce_weight and self.method != "raft":
             raise RaftlmError(f"ce_weight is a raft option: drop it for method {self.method}")
-        tr = self.target_range
-        if isinstance(tr, str) and tr not in ("none", "auto", "dataset"):
-            parts = tr.split(",")
-            if len(parts) != 2:
-                raise RaftlmError(f"target_range={tr!r}: use none, auto, dataset or LO,HI")
-            self.target_range = [float(p) for p in parts]
+        if self.grid is not None and not self.grid.strip():
+            raise RaftlmError(
+                "grid is empty: give a grid spec such as 1-5, or drop it for the dataset's grid"
+            )
+        self.target_range = _target_range(self.target_range)
+
+
+def _target_range(value):
+    """none / auto / dataset, or [LO, HI] from "LO,HI" or a two-number list."""
+    if value is None or value in ("none", "auto", "dataset"):
+        return value
+    parts = value.split(",") if isinstance(value, str) else value
+    if isinstance(parts, list | tuple) and len(parts) == 2:
+        with contextlib.suppress(RaftlmError):
+            lo, hi = (to_float(p, "method.target_range") for p in parts)
+            if lo < hi:
+                return [lo, hi]
+    raise RaftlmError(f"target_range={value!r}: use none, auto, dataset or LO,HI with LO < HI (e.g. 1,5)")
 
 
 @dataclass
@@ -192,8 +267,16 @@ class TrainConfig:
             "(calibration.json in the run); --no-calibrate skips it"
         },
     )
+    progress_bar: bool = field(
+        default=True, metadata={"help": "progress bars and loss lines on stderr (--quiet turns them off)"}
+    )
+    report_to: str = field(
+        default="none",
+        metadata={"help": "Trainer's trackers: none, all, or names such as tensorboard (logs in RUN/logs)"},
+    )
 
     def __post_init__(self) -> None:
+        typed(self)
         if self.optimizer not in ("adafactor", "adamw"):
             raise RaftlmError(f"optimizer={self.optimizer!r}: use adafactor or adamw")
         if self.scheduler not in ("constant", "cosine", "linear"):
@@ -204,7 +287,10 @@ class TrainConfig:
         if not (self.max_grad_norm >= 0 and math.isfinite(self.max_grad_norm)):
             raise RaftlmError(f"max_grad_norm={self.max_grad_norm}: use a finite norm >= 0 (0 = no clipping)")
         if not self.lr > 0:
-            raise RaftlmError(f"lr={self.lr}: use a positive learning rate")
+            raise RaftlmError(f"lr={self.lr}: use a positive learning rate (e.g. 1e-4)")
+        for name in ("warmup_steps", "patience"):
+            if (getattr(self, name) or 0) < 0:
+                raise RaftlmError(f"{name}={getattr(self, name)}: use a number >= 0")
 
 
 @dataclass
@@ -254,6 +340,7 @@ class EvalConfig:
                 f"unknown interval kind {self.interval_kind!r}: use one of {list(KIND_CHOICES)}"
             )
 
+        typed(self)
         if self.decoder not in DECODERS:
             raise RaftlmError(f"unknown decoder {self.decoder!r}: use one of {list(DECODERS)}")
         if self.eval_size is not None and self.eval_size < 1:
@@ -299,6 +386,9 @@ class Config:
     @classmethod
     def build(cls, recipe: dict | None = None, overrides: dict | None = None) -> Config:
         """Merge a recipe dict ({section: {field: value}}) with overrides ({"section.field": value})."""
+        for section, values in (recipe or {}).items():
+            if values is not None and not isinstance(values, dict):
+                raise RaftlmError(f"config section {section!r} must be a mapping of settings, got {values!r}")
         merged: dict[str, dict] = {k: dict(v or {}) for k, v in (recipe or {}).items()}
         for key, value in (overrides or {}).items():
             section, _, name = key.partition(".")
@@ -317,18 +407,7 @@ class Config:
 
     @classmethod
     def from_yaml(cls, path: str, overrides: dict | None = None) -> Config:
-        try:
-            with open(path) as f:
-                recipe = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise RaftlmError(f"config file {path} not found: check the --config path") from None
-        except yaml.YAMLError as err:
-            raise RaftlmError(
-                f"config file {path} is not valid YAML ({type(err).__name__}): fix its syntax"
-            ) from None
-        if not isinstance(recipe, dict):
-            raise RaftlmError(f"config file {path} must be a mapping of sections: see recipes/")
-        return cls.build(recipe, overrides)
+        return cls.build(read_recipe(path), overrides)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -364,3 +443,22 @@ class ServeSettings:
                 f"max_rows={self.max_rows} exceeds max_queue={self.max_queue}: such a request could never "
                 "be queued; raise --max-queue or lower --max-rows"
             )
+
+
+def read_recipe(path: str) -> dict:
+    """A YAML recipe as {section: {field: value}}, values as written (``Config.build`` converts them)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f) or {}
+    except (FileNotFoundError, IsADirectoryError):
+        raise RaftlmError(f"config file {path} not found: check the --config path") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise RaftlmError(
+            f"config file {path} is not valid YAML ({type(err).__name__}): fix its syntax"
+        ) from None
+    if not isinstance(recipe, dict):
+        raise RaftlmError(f"config file {path} must be a mapping of sections: see recipes/")
+    for section, values in recipe.items():
+        if values is not None and not isinstance(values, dict):
+            raise RaftlmError(f"config file {path}: section {section!r} must be a mapping of settings")
+    return recipe

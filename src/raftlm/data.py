@@ -38,6 +38,9 @@ class Splits:
         return getattr(self, name)
 
 
+SPLIT_NAMES = ("train", "validation", "test")
+
+
 def _shuffled(n: int, seed: int) -> np.ndarray:
     return np.random.RandomState(seed).permutation(n)
 
@@ -46,29 +49,47 @@ def _subset(items: list, idx) -> list:
     return [items[i] for i in idx]
 
 
+class Row(dict):
+    """A data row that remembers its line in the file, so errors name the line (not the row's place in
+    a shuffled split)."""
+
+    def __init__(self, fields, line: int | None = None):
+        super().__init__(fields)
+        self.line = line
+
+
+def _where(where: str, row: dict, i: int) -> str:
+    line = getattr(row, "line", None)
+    return f"{where} line {line}" if line is not None else f"{where} row {i}"
+
+
 def to_examples(
     rows: list[dict], template: str, target_column: str | None, where: str, start: int = 1
 ) -> list[Example]:
-    """Render rows through a template; targets must be finite numbers (row numbers in errors count
-    from ``start``: 1-based)."""
+    """Render rows through a template; targets must be finite numbers. Errors name the file's line
+    (rows from ``iter_rows``/``read_rows``) or the row number, counted from ``start`` (1-based)."""
     out = []
     for i, row in enumerate(rows, start=start):
         target = None
         if target_column is not None:
             if target_column not in row:
                 raise RaftlmError(
-                    f"{where}: target column {target_column!r} is missing (columns: {sorted(row)}): pass --target-column"
+                    f"{_where(where, row, i)}: target column {target_column!r} is missing "
+                    f"(columns: {sorted(row)}): pass --target-column"
                 )
-            target = parse_target(row[target_column], f"{where} row {i}")
+            target = parse_target(row[target_column], _where(where, row, i))
         text = render(template, row)
         if not text.strip():
-            raise RaftlmError(f"{where} row {i}: empty text: fill or drop the row")
+            raise RaftlmError(f"{_where(where, row, i)}: empty text: fill or drop the row")
         out.append(Example(text, target))
     return out
 
 
 def parse_target(value, where: str) -> float:
+    """A finite number; JSON ``true`` is not read as 1.0."""
     try:
+        if isinstance(value, bool):
+            raise TypeError
         y = float(value)
     except (TypeError, ValueError):
         raise RaftlmError(f"{where}: target {value!r} is not a number: fix or drop the row") from None
@@ -77,47 +98,104 @@ def parse_target(value, where: str) -> float:
     return y
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a CSV (header row) or JSON-lines file, optionally gzipped."""
+FILE_KINDS = {"csv": ",", "tsv": "\t", "jsonl": None, "json": None}
+
+
+def read_rows(path: str | Path) -> list[Row]:
+    """Every row of ``iter_rows`` in a list; an empty file is an error."""
     rows = list(iter_rows(path))
     if not rows:
         raise RaftlmError(f"{path} has no rows: give a file with a header and data")
     return rows
 
 
-def iter_rows(path: str | Path) -> Iterator[dict]:
-    """The rows of ``read_rows``, one at a time (a file of any size in bounded memory)."""
+def iter_rows(path: str | Path) -> Iterator[Row]:
+    """Rows of a CSV/TSV (header row) or JSON-lines file, optionally gzipped, read as UTF-8 one at a
+    time (a file of any size in bounded memory; a leading byte-order mark is dropped). Each row knows
+    its line; a row with more or fewer fields than the header, a repeated header name and a line that
+    is not a JSON object are errors naming the line."""
     path = Path(path)
-    if not path.exists():
-        raise RaftlmError(f"input file {path} does not exist: check the path")
-    opener = gzip.open if path.suffix == ".gz" else open
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise RaftlmError(f"input file {path} {what}: check the path")
     kind = path.name.removesuffix(".gz").rsplit(".", 1)[-1]
-    if kind not in ("jsonl", "json", "csv", "tsv"):
+    if kind not in FILE_KINDS:
         raise RaftlmError(f"{path}: unknown file type {kind!r}: use .csv, .tsv or .jsonl")
-    with opener(path, "rt", newline="") as f:
-        if kind in ("csv", "tsv"):
-            yield from csv.DictReader(f, delimiter="\t" if kind == "tsv" else ",")
-            return
-        for line in f:
-            if line.strip():
-                yield _json_row(line, path)
-
-
-def _json_row(line: str, path: Path) -> dict:
+    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise RaftlmError(f"{path}: invalid JSON line ({err.msg}): one JSON object per line") from None
-    if not isinstance(row, dict):
-        raise RaftlmError(f"{path}: a JSON line holds a {type(row).__name__}: one JSON object per line")
-    return row
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
+            yield from (_csv_rows(f, path, FILE_KINDS[kind]) if FILE_KINDS[kind] else _jsonl_rows(f, path))
+    except UnicodeDecodeError:
+        raise _not_utf8(path, opener) from None
+    except (OSError, EOFError) as err:
+        raise RaftlmError(f"cannot read {path} ({err}): check the file") from None
+
+
+def _not_utf8(path: Path, opener) -> RaftlmError:
+    """The first byte that is not UTF-8 and its line (read again in binary, on this error only)."""
+    with opener(path, "rb") as f:
+        data = f.read()
+    try:
+        data.decode("utf-8-sig")
+        return RaftlmError(f"{path} is not UTF-8: save it as UTF-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        return RaftlmError(
+            f"{path} is not UTF-8 (byte 0x{data[err.start]:02x} on line {line}): save it as UTF-8, "
+            f"e.g. iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}"
+        )
+
+
+def _csv_rows(f, path: Path, delimiter: str) -> Iterator[Row]:
+    reader = csv.reader(f, delimiter=delimiter)
+    header = next(reader, [])
+    repeated = next((h for h in header if header.count(h) > 1), None)
+    if repeated is not None:
+        raise RaftlmError(
+            f"{path}: column {repeated!r} appears {header.count(repeated)} times in the header: "
+            "give every column its own name"
+        )
+    line = reader.line_num + 1
+    for values in reader:
+        if values:  # blank lines are skipped
+            if len(values) != len(header):
+                raise RaftlmError(
+                    f"{path} line {line}: {len(values)} fields but the header has {len(header)}: "
+                    f"quote fields that contain {delimiter!r}, or fix the row"
+                )
+            yield Row(zip(header, values, strict=True), line)
+        line = reader.line_num + 1
+
+
+def _jsonl_rows(f, path: Path) -> Iterator[Row]:
+    for n, line in enumerate(f, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RaftlmError(
+                f"{path} line {n}: invalid JSON ({err.msg}): one JSON object per line"
+            ) from None
+        if not isinstance(obj, dict):
+            raise RaftlmError(
+                f"{path} line {n}: a JSON {type(obj).__name__}, not an object: one object per line, "
+                'e.g. {"text": "...", "target": 3}'
+            )
+        yield Row(obj, n)
 
 
 def _file_dataset(path: str, template: str | None, text_column: str, target_column: str, seed: int) -> Splits:
     rows = read_rows(path)
     template = resolve_template(template or "{" + text_column + "}")
     if "split" in rows[0]:
-        parts = {s: [r for r in rows if r["split"] == s] for s in ("train", "validation", "test")}
+        odd = next((r for r in rows if r.get("split") not in SPLIT_NAMES), None)
+        if odd is not None:
+            raise RaftlmError(
+                f"{path} line {odd.line}: split {odd.get('split')!r} is not one of {list(SPLIT_NAMES)}: "
+                "fix the split column"
+            )
+        parts = {s: [r for r in rows if r["split"] == s] for s in SPLIT_NAMES}
     else:
         idx = _shuffled(len(rows), seed)
         n_val = n_test = max(1, len(rows) // 10)
@@ -126,7 +204,7 @@ def _file_dataset(path: str, template: str | None, text_column: str, target_colu
             "validation": _subset(rows, idx[n_test : n_test + n_val]),
             "train": _subset(rows, idx[n_test + n_val :]),
         }
-    ex = {k: to_examples(v, template, target_column, f"{path} ({k})") for k, v in parts.items()}
+    ex = {k: to_examples(v, template, target_column, str(path)) for k, v in parts.items()}
     return Splits(ex["train"], ex["validation"], ex["test"], template, grid="1-5", target_range="auto")
 
 
@@ -139,9 +217,10 @@ def _read_stsb(path: Path) -> list[dict]:
             f"STS-B file {path} not found: pass --data-dir pointing at the stsbenchmark folder (sts-train.csv, sts-dev.csv)"
         )
     with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         return [
-            {"score": r[4], "sentence1": r[5], "sentence2": r[6]}
-            for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            Row({"score": r[4], "sentence1": r[5], "sentence2": r[6]}, reader.line_num)
+            for r in reader
             if len(r) >= 7
         ]
 
@@ -154,16 +233,17 @@ def load_stsb(data_dir: str | None, train_size: int | None = None, n_validation:
             "dataset stsb needs --data-dir pointing at the stsbenchmark folder (sts-train.csv, sts-dev.csv)"
         )
     template = PROMPTS["stsb"]
-    rows = _read_stsb(Path(data_dir) / "sts-train.csv")
+    train_file, test_file = Path(data_dir) / "sts-train.csv", Path(data_dir) / "sts-dev.csv"
+    rows = _read_stsb(train_file)
     idx = _shuffled(len(rows), 0)
     val = _subset(rows, idx[:n_validation])
     train = _subset(rows, idx[n_validation:])
     if train_size is not None:
         train = train[:train_size]
-    test = _read_stsb(Path(data_dir) / "sts-dev.csv")
+    test = _read_stsb(test_file)
     ex = [
-        to_examples(part, template, "score", f"STS-B {name}")
-        for name, part in (("train", train), ("validation", val), ("test", test))
+        to_examples(part, template, "score", str(where))
+        for part, where in ((train, train_file), (val, train_file), (test, test_file))
     ]
     return Splits(*ex, template=template, grid="1-5", target_range=None)
 
@@ -286,9 +366,17 @@ PATH_DATASETS: dict[str, Callable[..., Splits]] = {
 }
 
 
+IN_MEMORY = "in-memory"  # the dataset of a run trained by RAFTRegressor.fit from Python objects
+
+
 def load_splits(cfg) -> Splits:
     """Resolve ``cfg.dataset`` (a DATASETS name, ``csv:PATH``, ``jsonl:PATH`` or ``hf:ID``)."""
     name = cfg.dataset
+    if name == IN_MEMORY:
+        raise RaftlmError(
+            "this run was trained from Python objects (RAFTRegressor.fit), so it has no dataset to "
+            "reload: pass --input FILE (CSV/JSONL), or --dataset"
+        )
     if name in DATASETS:
         splits = DATASETS[name](cfg)
     elif name.split(":", 1)[0] in PATH_DATASETS and ":" in name:

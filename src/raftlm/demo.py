@@ -12,8 +12,7 @@ import numpy as np
 from raftlm.config import Config
 from raftlm.core import RaftlmError
 from raftlm.data import load_splits
-from raftlm.io import atomic_write, write_json, write_text
-from raftlm.pipeline import evaluate_predictor, load_for_eval, train_run
+from raftlm.io import atomic_write, check_folder, write_json, write_text
 
 DEMO_DEFAULTS = {
     "model": {"name": "gemma-3-270m", "trainable": "top-6", "dropout": 0.1},
@@ -29,16 +28,6 @@ DEMO_DEFAULTS = {
     },
     "eval": {"bf16": True, "max_new_tokens": 4, "batch_size": 32},
 }
-
-
-def demo_config(cfg: Config) -> Config:
-    """The demo's defaults under whatever the user set explicitly (defaults of Config count as unset)."""
-    base, user, merged = Config().to_dict(), cfg.to_dict(), {k: dict(v) for k, v in DEMO_DEFAULTS.items()}
-    for section, values in user.items():
-        for name, value in values.items():
-            if value != base[section][name]:
-                merged.setdefault(section, {})[name] = value
-    return Config.build(merged)
 
 
 def scatter(path: Path, y_true: np.ndarray, preds: dict[str, np.ndarray], scores: dict[str, dict]) -> None:
@@ -68,12 +57,15 @@ def scatter(path: Path, y_true: np.ndarray, preds: dict[str, np.ndarray], scores
 
 
 def run_demo(cfg: Config, overwrite: bool = True) -> dict:
+    """The demo with ``cfg``: build it over ``DEMO_DEFAULTS`` (``raftlm demo`` does), so a flag the
+    user gives wins even when it equals a default of ``Config``."""
     from raftlm.cli import format_table
+    from raftlm.pipeline import evaluate_predictor, load_for_eval, train_run  # torch: only when it runs
 
-    cfg = demo_config(cfg)
     out = Path(cfg.training.output_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RaftlmError(f"demo output {out} exists: pass --overwrite or another --output-dir")
+    check_folder(out)  # before minutes of zero-shot scoring
     splits = load_splits(cfg.data)
     test = splits.test
     y = np.array([e.target for e in test])

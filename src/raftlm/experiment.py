@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass, fields
@@ -33,10 +34,12 @@ from pathlib import Path
 import yaml
 
 from raftlm import uncertainty
-from raftlm.config import SECTIONS, Config
+from raftlm.config import SECTIONS, Config, to_float, to_int
 from raftlm.core import RaftlmError
-from raftlm.io import write_json, write_text
+from raftlm.io import clean_stale_tmp, write_json, write_text
 from raftlm.metrics import collapse
+
+log = logging.getLogger(__name__)
 
 METRICS = ("rmse", "mae", "pearson", "spearman", "r2", "n")
 
@@ -80,6 +83,12 @@ def load_sweep(path: str) -> dict:
         sweep = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise RaftlmError(f"sweep file {path} not found: check the path") from None
+    except yaml.YAMLError as err:
+        raise RaftlmError(
+            f"sweep file {path} is not valid YAML ({type(err).__name__}): fix its syntax"
+        ) from None
+    if sweep is not None and not isinstance(sweep, dict):
+        raise RaftlmError(f"sweep file {path} must be a mapping (output_dir, datasets, models, methods, ...)")
     missing = [k for k in ("output_dir", "datasets", "models", "methods") if k not in (sweep or {})]
     if missing:
         raise RaftlmError(f"sweep file {path} lacks {missing}: see `raftlm experiment --help` for the format")
@@ -97,6 +106,10 @@ def cells(sweep: dict) -> list[Cell]:
         for model in sweep["models"]:
             for m in sweep["methods"]:
                 m = {"method": m} if isinstance(m, str) else m
+                if not isinstance(m, dict) or "method" not in m:
+                    raise RaftlmError(
+                        f"sweep methods entry {m!r}: give a method name or a mapping with method:"
+                    )
                 method = m["method"]
                 options = tuple(sorted((k, v) for k, v in m.items() if k not in ("method", "decoder", "lrs")))
                 decoder = m.get(
@@ -108,12 +121,20 @@ def cells(sweep: dict) -> list[Cell]:
                 for frac in sweep.get("train_fractions", [None]):
                     for lr in m.get("lrs", sweep.get("lrs", [1e-5])):
                         for seed in sweep.get("seeds", [0]):
-                            out.append(
-                                Cell(dataset, model, method, decoder, float(lr), int(seed), frac, options)
-                            )
+                            lr, seed = to_float(lr, "sweep lrs"), to_int(seed, "sweep seeds")
+                            out.append(Cell(dataset, model, method, decoder, lr, seed, frac, options))
     # seed by seed (stable sort): a sweep stopped early still covers every dataset, method and lr
-    seeds = [int(s) for s in sweep.get("seeds", [0])]
+    seeds = [to_int(s, "sweep seeds") for s in sweep.get("seeds", [0])]
     return sorted(out, key=lambda c: seeds.index(c.seed) if c.seed in seeds else 0)
+
+
+def check_cells(sweep: dict, todo: list[Cell], root: Path) -> None:
+    """Build every cell's config before the first cell runs: a bad setting fails now, not hours in."""
+    for cell in todo:
+        try:
+            cell_config(sweep, cell, root / "runs" / cell.run_id)
+        except RaftlmError as err:
+            raise RaftlmError(f"sweep cell {cell.cell_id}: {err}") from None
 
 
 def option_section(key: str) -> str:
@@ -242,8 +263,11 @@ def run_sweep(path: str) -> Path:
     sweep = load_sweep(path)
     root = Path(sweep["output_dir"])
     todo = cells(sweep)
+    check_cells(sweep, todo, root)
     keep = bool(sweep.get("keep_models", False))
     (root / "cells").mkdir(parents=True, exist_ok=True)
+    for folder in (root, root / "cells", root / "predictions"):
+        clean_stale_tmp(folder)  # left by a kill during a write
     write_text(root / "sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
     result = lambda c: root / "cells" / f"{c.cell_id}.json"  # noqa: E731  (written once the cell is done)
     done_before = sum(result(c).exists() for c in todo)
@@ -253,16 +277,14 @@ def run_sweep(path: str) -> Path:
             continue
         remaining = sum(not result(c).exists() for c in todo)
         eta = f"ETA {spent / ran * remaining / 60:.0f} min" if ran else "ETA after the first cell"
-        print(f"[{done_before + ran + 1}/{len(todo)} cells] {cell.cell_id} ({eta})", flush=True)
+        log.info(f"[{done_before + ran + 1}/{len(todo)} cells] {cell.cell_id} ({eta})")
         start = time.time()
         write_json(result(cell), run_cell(sweep, cell, root))
         spent, ran = spent + time.time() - start, ran + 1
         run_dir = root / "runs" / cell.run_id
         if not keep and run_dir.exists() and all(result(c).exists() for c in todo if c.run_id == cell.run_id):
             freed = drop_weights(run_dir)
-            print(
-                f"  {cell.run_id}: every cell written, weights deleted ({freed / 2**20:.0f} MB)", flush=True
-            )
+            log.info(f"  {cell.run_id}: every cell written, weights deleted ({freed / 2**20:.0f} MB)")
         collect(root)
     collect(root)
     print(f"{len(todo)}/{len(todo)} cells done: {root / 'results.csv'}")

@@ -82,6 +82,10 @@ class Grid:
                 parts = [p.strip() for p in spec.split(",")]
                 return cls(tuple(float(p) for p in parts), tuple(parts), single)
             digits = re.fullmatch(r"(\d+)-(\d+)", spec)
+            if digits and int(digits[1]) > int(digits[2]):
+                raise RaftlmError(
+                    f"grid {spec!r} runs from {digits[1]} down to {digits[2]}: write LOW-HIGH, e.g. 1-5"
+                )
             if digits:
                 return cls.from_values(range(int(digits[1]), int(digits[2]) + 1), 0)
         except ValueError as err:

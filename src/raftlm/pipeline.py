@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,12 @@ from raftlm.config import Config
 from raftlm.core import Example, RaftlmError
 from raftlm.data import Splits, load_splits
 from raftlm.grid import Grid, make_scaler
-from raftlm.io import write_json, write_text
+from raftlm.io import clean_stale_tmp, write_json, write_text
 from raftlm.metrics import regression_metrics
 from raftlm.modelcard import write_model_card
 from raftlm.models import add_number_tokens, attach_head, load_model, set_trainable
 from raftlm.predictor import Predictor
-from raftlm.training import fit, latest_complete_checkpoint
+from raftlm.training import fit, latest_complete_checkpoint, reporting
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -128,7 +129,7 @@ def predict_examples(predictor: Predictor, examples: list[Example], cfg: Config,
         e.max_new_tokens,
         e.bf16,
         cfg.training.seed,
-        desc=desc,
+        desc=desc if cfg.training.progress_bar else None,
     )
 
 
@@ -197,8 +198,8 @@ def _check_run_dir(out: Path, overwrite: bool, resume: bool) -> Path:
         return out
     if finished:
         raise RaftlmError(
-            f"run directory {out} already holds a finished run: pass --overwrite (it is replaced once the "
-            "new run has finished) or choose another --output-dir"
+            f"run directory {out} already holds a finished run: pass --overwrite (overwrite=True in "
+            "RAFTRegressor; it is replaced once the new run has finished) or choose another --output-dir"
         )
     raise RaftlmError(
         f"run directory {out} holds an unfinished run: pass --resume to continue it or --overwrite to restart"
@@ -226,8 +227,30 @@ def _barrier() -> None:
     PartialState().wait_for_everyone()
 
 
+@dataclass
+class Run:
+    """A finished run: its directory, the trained predictor (in memory) and eval_results.json."""
+
+    path: Path
+    predictor: Predictor
+    results: dict
+
+
 def train_run(cfg: Config, overwrite: bool = False, resume: bool = False, evaluate_test: bool = True) -> Path:
-    """Train per ``cfg`` into ``cfg.training.output_dir``; returns the finished run directory.
+    """Train per ``cfg`` into ``cfg.training.output_dir``; returns the finished run directory."""
+    return fit_run(cfg, overwrite, resume, evaluate_test).path
+
+
+def fit_run(
+    cfg: Config,
+    overwrite: bool = False,
+    resume: bool = False,
+    evaluate_test: bool = True,
+    splits: Splits | None = None,
+    callbacks: list | tuple = (),
+) -> Run:
+    """Train per ``cfg`` into ``cfg.training.output_dir`` (``raftlm train`` and ``RAFTRegressor.fit``):
+    ``splits`` default to ``cfg.data``'s; ``callbacks`` are more Trainer callbacks.
 
     Under ``accelerate launch`` every process trains (Trainer does DDP); only the main process writes
     the run directory and evaluates on the test split.
@@ -236,8 +259,10 @@ def train_run(cfg: Config, overwrite: bool = False, resume: bool = False, evalua
         raise RaftlmError("method none is zero-shot: use `raftlm evaluate --model NAME` instead of train")
     if not cfg.training.output_dir:
         raise RaftlmError("train needs --output-dir for the run directory")
+    reporting(cfg.training.report_to)  # a tracker that is not installed fails before any work
     out = Path(cfg.training.output_dir)
-    splits = load_splits(cfg.data)  # before touching the disk: bad data leaves nothing behind
+    if splits is None:  # before touching the disk: bad data leaves nothing behind
+        splits = load_splits(cfg.data)
     if not splits.train:
         raise RaftlmError(
             f"dataset {cfg.data.dataset} has no training examples: check the file or its split column"
@@ -245,9 +270,13 @@ def train_run(cfg: Config, overwrite: bool = False, resume: bool = False, evalua
     build = _check_run_dir(out, overwrite, resume)
     if build != out and is_main_process():
         shutil.rmtree(build, ignore_errors=True)  # a staged run of an earlier --overwrite that never finished
+    if build == out and is_main_process():
+        _clean_leftovers(out)
     _barrier()
     if resume and (out / "config.yaml").exists():
         resumed = Config.from_yaml(str(out / "config.yaml"))
+        for name in ("progress_bar", "report_to"):  # how the run reports, not what it trains: as given now
+            setattr(resumed.training, name, getattr(cfg.training, name))
         if resumed.to_dict() != cfg.to_dict():
             warnings.warn(
                 "resuming with the run's saved config.yaml; flags given now are ignored", stacklevel=2
@@ -258,7 +287,7 @@ def train_run(cfg: Config, overwrite: bool = False, resume: bool = False, evalua
         _make_dir(build)
     _barrier()
     try:
-        _train_into(build, cfg, splits, resume, evaluate_test)
+        predictor, results = _train_into(build, cfg, splits, resume, evaluate_test, callbacks)
     except BaseException:
         # a staged --overwrite run goes (the old run stays as it was); so does a new run directory
         # with no checkpoint to resume from
@@ -269,7 +298,15 @@ def train_run(cfg: Config, overwrite: bool = False, resume: bool = False, evalua
     if build != out and is_main_process():
         swap_in(build, out)
     _barrier()
-    return out
+    return Run(out, predictor, results)
+
+
+def _clean_leftovers(run_dir: Path) -> None:
+    """What a kill (SIGKILL cannot be caught) left in a run directory: temp files of atomic writes and
+    a half-saved final model; cleaned at the next start."""
+    clean_stale_tmp(run_dir)
+    for tmp in run_dir.glob(".final-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _make_dir(path: Path) -> None:
@@ -281,25 +318,34 @@ def _make_dir(path: Path) -> None:
         ) from None
 
 
-def _train_into(build: Path, cfg: Config, splits: Splits, resume: bool, evaluate_test: bool) -> None:
+def _train_into(
+    build: Path, cfg: Config, splits: Splits, resume: bool, evaluate_test: bool, callbacks=()
+) -> tuple[Predictor, dict]:
     predictor = new_predictor(cfg, splits)
     make_trainable(predictor, cfg)
     if is_main_process():
         write_text(build / "config.yaml", cfg.to_yaml())
     _barrier()
     validation = validation_subset(splits.validation, cfg)
-    summary = fit(predictor, splits.train, validation, cfg, build, resume=resume)
+    summary = fit(predictor, splits.train, validation, cfg, build, resume=resume, callbacks=callbacks)
+    results = {"train": summary, "n_train": len(splits.train)}
     if is_main_process():
-        results = {"train": summary, "n_train": len(splits.train)}
         calibration = None
         if cfg.training.calibrate and splits.validation:  # the whole split, not the val_size subset
             e = cfg.eval
-            calibration = uncertainty.calibrate(predictor, splits.validation, e.batch_size, e.bf16)
+            calibration = uncertainty.calibrate(
+                predictor,
+                splits.validation,
+                e.batch_size,
+                e.bf16,
+                desc="calibrate" if cfg.training.progress_bar else None,
+            )
             calibration.save(build)
             results["calibration"] = {"source": calibration.source, "n": calibration.n}
         if splits.test and evaluate_test:  # callers that evaluate the test split themselves skip this
             results["test"], _ = evaluate_predictor(predictor, splits.test, cfg, "test", calibration)
         _finalize(predictor, build, results, keep_checkpoints=cfg.training.keep_checkpoints)
+    return predictor, results
 
 
 def _finalize(predictor: Predictor, out: Path, results: dict, keep_checkpoints: bool) -> None:
@@ -370,6 +416,31 @@ def load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:
     if cfg.eval.compile:
         predictor.compile()
     return predictor
+
+
+def check_eval_model(cfg: Config, dataset_given: bool = True) -> None:
+    """Before any data is read: ``--model`` is a finished run, a saved model or a model name; one that
+    is not a run predicts zero-shot, which needs a dataset for its prompt and grid."""
+    path = Path(cfg.model.name)
+    if is_run_dir(path):
+        return
+    if path.is_dir() and (path / "config.yaml").exists():
+        raise RaftlmError(
+            f"{path} holds an unfinished run (no raftlm.json yet): continue it with "
+            f"`raftlm train --output-dir {path} --resume`, or pass a finished run"
+        )
+    if path.is_dir() and not (path / "config.json").exists():
+        raise RaftlmError(
+            f"{path} is not a raftlm run (no raftlm.json) nor a saved model (no config.json): "
+            "pass a run directory from `raftlm train`"
+        )
+    if not path.exists() and path.parent != Path(".") and path.parent.is_dir():
+        raise RaftlmError(f"model path {path} does not exist: check --model")
+    if not dataset_given:
+        raise RaftlmError(
+            f"{cfg.model.name} is not a run directory: zero-shot prediction needs --dataset (for its "
+            "prompt and grid), or pass a run directory from `raftlm train`"
+        )
 
 
 def _load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:

@@ -42,19 +42,46 @@ def resolve_template(template: str) -> str:
         raise RaftlmError(
             f"unknown prompt template {template!r}: use one of {sorted(PROMPTS)} or a format string with {{column}} fields"
         )
+    check_template(template)
     return template
 
 
+def _malformed(template: str, why: str) -> RaftlmError:
+    return RaftlmError(
+        f"prompt template {template!r} is malformed ({why}): use plain {{column}} fields, "
+        "and {{ }} for literal braces"
+    )
+
+
+def _parse(template: str) -> list[tuple]:
+    try:
+        return list(string.Formatter().parse(template))
+    except ValueError as err:  # '{text' or a lone '}'
+        raise _malformed(template, str(err)) from None
+
+
 def template_fields(template: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    return [name for _, name, _, _ in _parse(template) if name]
+
+
+def check_template(template: str) -> None:
+    """Fields are plain column names: no positional '{}', format specs ('{text:d}') or attributes
+    (every value is a string, so these fail, or silently change, at the first row)."""
+    for _, name, spec, conversion in _parse(template):
+        if name is None:
+            continue
+        if not name or name.isdigit() or any(c in name for c in ".[") or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise _malformed(template, f"field {shown}")
 
 
 def render(template: str, row: dict) -> str:
     """Fill a template from a data row; a missing column is a clear error."""
+    check_template(template)
     missing = [f for f in template_fields(template) if f not in row]
     if missing:
         raise RaftlmError(
-            f"column {missing[0]!r} needed by the prompt template is missing (columns: {sorted(row)}): "
+            f"column {missing[0]!r} needed by the prompt template is missing (columns: {sorted(map(str, row))}): "
             "rename the column or pass --template with the right {field} names"
         )
     return template.format_map({k: ("" if v is None else str(v).strip()) for k, v in row.items()})

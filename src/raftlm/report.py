@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from raftlm.core import RaftlmError
-from raftlm.io import atomic_write, write_json, write_text
+from raftlm.io import atomic_write, clean_stale_tmp, write_json, write_text
 
 LOWER_IS_BETTER = {
     "rmse": True,
@@ -157,13 +157,17 @@ def table(
     return "\n".join(lines) + "\n"
 
 
+def _lr(row: dict) -> str:
+    return f"lr {row['lr']:g}" if row.get("lr") else "zero-shot"  # zero-shot cells have no lr
+
+
 def collapsed_note(rows: list[dict]) -> str:
     """Every cell whose test predictions collapsed (``metrics.collapse``), at any learning rate."""
     dead = [r for r in rows if r.get("collapsed")]
     if not dead:
         return ""
     items = [
-        f"- {label(r)} on {r['dataset']}, lr {r['lr']:g}, seed {r['seed']}: {r['collapsed']}"
+        f"- {label(r)} on {r['dataset']}, {_lr(r)}, seed {r['seed']}: {r['collapsed']}"
         for r in sorted(dead, key=lambda r: (r["dataset"], label(r), r["lr"] or 0, r["seed"]))
     ]
     return "† some seeds of the chosen learning rate collapsed. Collapsed cells (test predictions):\n\n" + (
@@ -405,7 +409,14 @@ def write_report(results_dir: str) -> Path:
         raise RaftlmError(
             f"{path} not found: run `raftlm experiment SWEEP.yaml` first (it writes results.json)"
         )
-    rows = json.loads(path.read_text())
+    try:
+        rows = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RaftlmError(
+            f"{path} is not valid JSON ({err.msg}, line {err.lineno}): rerun `raftlm experiment` to rewrite it"
+        ) from None
+    clean_stale_tmp(root)
+    clean_stale_tmp(root / "figures")
     if not rows:
         raise RaftlmError(f"{path} has no finished cells yet: let the sweep run")
     aggs = aggregate(rows)

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.optimization import Adafactor
+from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
 
 from raftlm.cache import HiddenStore, build_store, frozen_blocks, skip_frozen
 from raftlm.config import Config
-from raftlm.core import Example
+from raftlm.core import Example, RaftlmError
 from raftlm.decoders import GRID_DECODERS
+from raftlm.io import to_json, write_text
 from raftlm.methods import METHODS
 from raftlm.metrics import DEAD_GRID, collapse, regression_metrics
 from raftlm.predictor import Predictor
@@ -95,6 +100,98 @@ def make_collator(pad_id: int, bidirectional: bool = False, store: HiddenStore |
     return collate
 
 
+class StderrProgress(ProgressCallback):
+    """Trainer's progress bar, with its loss lines on stderr: stdout carries results only."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None:
+            shown = {
+                k: f"{v:.4g}" if isinstance(v, float) else v for k, v in logs.items() if k != "total_flos"
+            }
+            tqdm.write(str(shown), file=sys.stderr)
+
+
+class RunTotals(TrainerCallback, ExportableState):
+    """The loss sum, steps and seconds of a run, saved in every checkpoint's trainer_state.json, so that
+    after a resume train_loss and train_runtime_s cover the whole run, not only the part after it.
+    A checkpoint step is always a logging step, so its totals count every step up to it."""
+
+    def __init__(self, loss_sum: float = 0.0, steps: int = 0, seconds: float = 0.0):
+        self.loss_sum, self.steps = loss_sum, steps
+        self.before = (loss_sum, steps, seconds)  # the totals at the checkpoint resumed from
+        self.logged_at, self.started = 0, time.time()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.logged_at, self.started = state.global_step, time.time()
+        # a checkpoint written before RunTotals existed lacks its entry, which Trainer's save expects
+        state.stateful_callbacks.setdefault(type(self).__name__, self.state())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_log = control.should_log or control.should_save
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss_sum += logs["loss"] * (state.global_step - self.logged_at)
+            self.steps += state.global_step - self.logged_at
+            self.logged_at = state.global_step
+
+    def state(self) -> dict:
+        seconds = self.before[2] + time.time() - self.started
+        return {
+            "args": {"loss_sum": self.loss_sum, "steps": self.steps, "seconds": seconds},
+            "attributes": {},
+        }
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Path | None) -> RunTotals:
+        if checkpoint is None:
+            return cls()
+        saved = json.loads((checkpoint / "trainer_state.json").read_text()).get("stateful_callbacks", {})
+        return cls(**saved.get(cls.__name__, {}).get("args", {}))
+
+    def whole_run(self, global_step: int, session_loss: float, session_runtime: float) -> tuple[float, float]:
+        """(mean training loss, seconds) over every step of the run, given this session's."""
+        loss_before, steps_before, seconds_before = self.before
+        loss = (loss_before + session_loss * (global_step - steps_before)) / max(global_step, 1)
+        return loss, seconds_before + session_runtime
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Resuming from checkpoint ``step``: drop what was logged after it (those steps run again) and
+    any end-of-training summary, so metrics.jsonl holds each step once."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a kill is dropped
+            record = json.loads(line)
+            if record.get("step", 0) <= step and "train_runtime" not in record:
+                keep.append(line + "\n")
+    write_text(path, "".join(keep))
+
+
+def reporting(report_to: str) -> list[str]:
+    """``training.report_to`` as Trainer's list of trackers; a tracker that is not installed is an error."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    if report_to.strip() in ("none", ""):
+        return []
+    if report_to.strip() == "all":
+        return get_available_reporting_integrations()
+    names = [n.strip() for n in report_to.split(",") if n.strip()]
+    for name in names:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise RaftlmError(
+                f"report_to {name!r}: use none, all or some of {sorted(INTEGRATION_TO_CALLBACK)}"
+            )
+        if name not in get_available_reporting_integrations():
+            raise RaftlmError(
+                f"report_to {name}: it is not installed here: pip install {name}, or report_to none"
+            )
+    return names
+
+
 class MetricsLogger(TrainerCallback):
     """Appends every logged dict (loss, lr, validation metrics) to ``metrics.jsonl`` on rank 0."""
 
@@ -104,7 +201,7 @@ class MetricsLogger(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             with open(self.path, "a") as f:
-                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+                f.write(to_json({"step": state.global_step, **logs}) + "\n")  # NaN -> null
 
 
 class RegressionTrainer(Trainer):
@@ -171,7 +268,7 @@ class RegressionTrainer(Trainer):
             self.eval_decoder,
             batch_size=self.eval_bs,
             bf16=self.args.bf16,
-            desc="validation",
+            desc=None if self.args.disable_tqdm else "validation",
         )
         targets = [e.target for e in self.val_examples]
         m = regression_metrics(targets, preds.values)
@@ -230,7 +327,8 @@ def training_arguments(cfg: Config, checkpoint_dir: Path, has_validation: bool) 
         metric_for_best_model="rmse" if has_validation else None,
         greater_is_better=False,
         logging_steps=t.logging_steps,
-        report_to=[],
+        report_to=reporting(t.report_to),
+        disable_tqdm=not t.progress_bar,
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
@@ -260,8 +358,10 @@ def fit(
     cfg: Config,
     run_dir: Path,
     resume: bool = False,
+    callbacks: list | tuple = (),
 ) -> dict:
-    """Fine-tune ``predictor.model`` in place; returns a summary (best step, best validation RMSE)."""
+    """Fine-tune ``predictor.model`` in place; returns a summary (best step, best validation RMSE).
+    ``callbacks``: more Trainer callbacks (classes or instances)."""
     method = cfg.method.method
     loss_fn = METHODS[method].loss(predictor, cfg.method)
     feats = build_features(predictor, train, method, cfg.method.ce_decimals)
@@ -280,7 +380,11 @@ def fit(
         )
     ckpt_dir = run_dir / "checkpoints"
     decoder = cfg.eval.decoder if cfg.eval.decoder in GRID_DECODERS else "rail"
-    callbacks = [MetricsLogger(run_dir / "metrics.jsonl")]
+    last = latest_complete_checkpoint(ckpt_dir) if resume else None
+    if last is not None:
+        trim_metrics(run_dir / "metrics.jsonl", int(last.name.rsplit("-", 1)[1]))
+    totals = RunTotals.from_checkpoint(last)
+    callbacks = [MetricsLogger(run_dir / "metrics.jsonl"), totals, *callbacks]
     if cfg.training.patience and validation:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.patience))
     trainer = RegressionTrainer(
@@ -298,7 +402,7 @@ def fit(
         eval_batch_size=cfg.eval.batch_size,
         frozen=frozen,
     )
-    last = latest_complete_checkpoint(ckpt_dir) if resume else None
+    _log_lines_to_stderr(trainer, run_dir, cfg.training.progress_bar)
     try:
         result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     finally:
@@ -307,12 +411,27 @@ def fit(
     predictor.model = trainer.model
     state = trainer.state
     losses = [h["loss"] for h in state.log_history if "loss" in h]
+    train_loss, runtime = totals.whole_run(
+        state.global_step, float(result.training_loss), float(result.metrics.get("train_runtime", np.nan))
+    )
     return {
         "global_step": state.global_step,
         "best_step": state.best_global_step,
         "best_validation_rmse": state.best_metric,
-        "train_loss": float(result.training_loss),
+        "train_loss": train_loss,
         "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,
-        "train_runtime_s": float(result.metrics.get("train_runtime", np.nan)),
+        "train_runtime_s": runtime,
     }
+
+
+def _log_lines_to_stderr(trainer: Trainer, run_dir: Path, progress_bar: bool) -> None:
+    """Trainer prints its loss lines to stdout; ours go to stderr (or nowhere without progress bars).
+    TensorBoard logs go to RUN/logs (Trainer's default is inside checkpoints/, deleted at the end)."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if progress_bar:
+        trainer.add_callback(StderrProgress)
+    for cb in trainer.callback_handler.callbacks:
+        if type(cb).__name__ == "TensorBoardCallback" and cb.logging_dir is None:
+            cb.logging_dir = str(run_dir / "logs")

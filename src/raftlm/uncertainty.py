@@ -445,12 +445,18 @@ def center_rule(decoder: str) -> str:
 
 
 def calibrate(
-    predictor, examples, batch_size: int = 16, bf16: bool = False, source: str = "validation"
+    predictor,
+    examples,
+    batch_size: int = 16,
+    bf16: bool = False,
+    source: str = "validation",
+    desc: str | None = "calibrate",
 ) -> Calibration:
-    """Score ``examples`` once and keep what split-conformal calibration needs (no model inside)."""
+    """Score ``examples`` once and keep what split-conformal calibration needs (no model inside);
+    ``desc=None`` hides the progress bar."""
     if not examples or any(e.target is None for e in examples):
         raise RaftlmError("calibration needs examples with targets: choose a split or file that has them")
-    preds = predictor.predict([e.text for e in examples], "rail", batch_size, bf16=bf16, desc="calibrate")
+    preds = predictor.predict([e.text for e in examples], "rail", batch_size, bf16=bf16, desc=desc)
     X = features(predictor, preds)
     cal = Calibration(
         np.asarray([e.target for e in examples], dtype=np.float64),

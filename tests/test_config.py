@@ -1,0 +1,77 @@
+"""Typed config: every value is converted to its field's type (YAML, --set, flags and the API alike)."""
+
+import pytest
+
+from raftlm.cli import build_parser, config_from_args
+from raftlm.config import Config
+from raftlm.core import RaftlmError
+
+
+def _yaml(tmp_path, text: str) -> Config:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return Config.from_yaml(str(path))
+
+
+def test_yaml_strings_become_their_fields_types(tmp_path):
+    # PyYAML reads 1e-4 (no dot) as a string, and "false" is a non-empty (truthy) string
+    cfg = _yaml(tmp_path, 'training: {lr: 1e-4, bf16: "false", max_steps: "4", eval_steps: 2.0}\n')
+    assert cfg.training.lr == 0.0001 and isinstance(cfg.training.lr, float)
+    assert cfg.training.bf16 is False and cfg.training.max_steps == 4 and cfg.training.eval_steps == 2
+    cfg = _yaml(tmp_path, "training: {bf16: Yes, keep_checkpoints: 1}\nmethod: {normalize_grid: 'ON'}\n")
+    assert cfg.training.bf16 is True and cfg.training.keep_checkpoints is True and cfg.method.normalize_grid
+    assert _yaml(tmp_path, "method: {grid: 5, single_value_grid: true}\n").method.grid == "5"
+
+
+def test_set_and_flags_convert_the_same_way():
+    args = build_parser().parse_args(
+        ["train", "--set", "training.lr=1e-4", "--set", "training.bf16=false", "--max-steps", "7"]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.training.lr, cfg.training.bf16, cfg.training.max_steps) == (0.0001, False, 7)
+    assert config_from_args(build_parser().parse_args(["train", "--lr", "3e-4"])).training.lr == 3e-4
+
+
+@pytest.mark.parametrize(
+    "recipe, fragment",
+    [
+        ({"training": {"max_steps": "four"}}, "training.max_steps='four': use a whole number"),
+        ({"training": {"max_steps": 4.7}}, "training.max_steps=4.7: use a whole number"),
+        ({"training": {"max_steps": True}}, "training.max_steps=True: use a whole number"),
+        ({"training": {"lr": "fast"}}, "training.lr='fast' is not a number"),
+        ({"training": {"lr": "inf"}}, "training.lr='inf': use a finite number"),
+        ({"training": {"lr": float("nan")}}, "training.lr=nan: use a finite number"),
+        ({"training": {"lr": -1e-4}}, "lr=-0.0001: use a positive learning rate"),
+        ({"training": {"lr": 0}}, "use a positive learning rate"),
+        ({"training": {"bf16": "maybe"}}, "training.bf16='maybe': use true or false"),
+        ({"training": {"bf16": 2}}, "training.bf16=2: use true or false"),
+        ({"training": {"max_steps": None}}, "training.max_steps is empty (null)"),
+        ({"training": {"warmup_steps": -1}}, "warmup_steps=-1: use a number >= 0"),
+        ({"model": {"trainable": 5}}, "trainable='5': use full, lora, none or top-N"),
+        ({"model": {"name": ["a"]}}, "model.name=['a']: use a text value"),
+        ({"method": {"grid": ""}}, "grid is empty"),
+        ({"method": {"target_range": "a,b"}}, "target_range='a,b': use none, auto, dataset or LO,HI"),
+        ({"method": {"target_range": [1, 2, 3]}}, "use none, auto, dataset or LO,HI"),
+        ({"method": {"target_range": "5,1"}}, "LO,HI with LO < HI"),
+        ({"eval": {"temperature": "hot"}}, "eval.temperature='hot' is not a number"),
+        ({"training": 5}, "config section 'training' must be a mapping"),
+    ],
+)
+def test_values_that_cannot_be_converted_are_one_line_errors(recipe, fragment):
+    with pytest.raises(RaftlmError) as err:
+        Config.build(recipe)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_target_range_pairs_and_the_api_path():
+    assert Config.build({"method": {"target_range": "-4, 4"}}).method.target_range == [-4.0, 4.0]
+    assert Config.build({"method": {"target_range": ["1", 5]}}).method.target_range == [1.0, 5.0]
+    assert Config.build({"method": {"target_range": None}}).method.target_range is None
+    assert Config.build({"data": {"train_size": None}}).data.train_size is None
+
+
+def test_recipe_that_is_not_a_mapping_of_sections(tmp_path):
+    with pytest.raises(RaftlmError, match="section 'training' must be a mapping of settings"):
+        _yaml(tmp_path, "training: 5\n")
+    with pytest.raises(RaftlmError, match="must be a mapping of sections"):
+        _yaml(tmp_path, "- a\n- b\n")
