@@ -46,6 +46,7 @@ def build_run(model: str, work: Path) -> Path:
     from raftlm.core import Example
     from raftlm.io import write_text
     from raftlm.pipeline import new_predictor
+    from raftlm.run import save_run
 
     run = work / f"serve-{model}"
     if (run / "raftlm.json").exists():
@@ -54,7 +55,7 @@ def build_run(model: str, work: Path) -> Path:
         {"model": {"name": model}, "method": {"method": "none", "grid": "1-5", "target_range": "none"}}
     )
     probes = [Example(TEMPLATE.format(text=" ".join(VOCAB[i:] + VOCAB[:i]))) for i in range(8)]
-    new_predictor(cfg, probes, TEMPLATE).save(run)
+    save_run(new_predictor(cfg, probes, TEMPLATE), run)
     write_text(run / "config.yaml", cfg.to_yaml())
     return run
 
@@ -244,7 +245,7 @@ def main(argv=None) -> None:
     cfg = run_config(run, a)
     n = a.clients * a.requests
     if a.input:
-        from raftlm.data import read_rows
+        from raftlm.files import read_rows
 
         source = read_rows(a.input)
         rows = [source[i % len(source)] for i in range(n)]

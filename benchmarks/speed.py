@@ -171,7 +171,9 @@ def case_train(a) -> dict:
     opt = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=1e-6)
     grid_norm = kind == "raft-grid"  # normalized over the grid (table 16): the head's 5 grid rows only
     raft = RAFTLoss(
-        GridLogProbs(fmt, tok.pad_token_id, grid_only=grid_norm), torch.tensor([1.0, 2, 3, 4, 5]), grid_norm
+        GridLogProbs(fmt, tok.pad_token_id, normalize_grid=grid_norm),
+        torch.tensor([1.0, 2, 3, 4, 5]),
+        grid_norm,
     )
     ce = CELoss()
 

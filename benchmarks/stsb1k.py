@@ -18,7 +18,8 @@ from pathlib import Path
 from raftlm.config import Config
 from raftlm.data import load_splits
 from raftlm.io import write_json, write_text
-from raftlm.pipeline import evaluate_predictor, is_run_dir, load_for_eval, train_run
+from raftlm.pipeline import evaluate_predictor, load_for_eval, train_run
+from raftlm.run import is_run_dir
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "stsb1k.json"

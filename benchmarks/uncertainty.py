@@ -109,7 +109,7 @@ def scores(dataset: str, method: str, args) -> tuple[Calibration, Calibration, d
             features(predictor, preds),
             tuple(predictor.grid.values),
             predictor.scaler,
-            predictor.normalize,
+            predictor.normalize_grid,
             "test",
             {"score_seconds": round(time.time() - start, 1)},
         )
@@ -160,7 +160,7 @@ def rows_of(dataset: str, method: str, val: Calibration, test: Calibration, halv
         idx = rng.permutation(test.n)
         a, b = idx[: test.n // 2], idx[test.n // 2 :]
         half = Calibration(
-            test.targets[a], test.features[a], test.grid, test.scaler, test.normalize, "test-half"
+            test.targets[a], test.features[a], test.grid, test.scaler, test.normalize_grid, "test-half"
         )
         for r in interval_rows(half, test.features[b], test.targets[b], LEVELS, CONFORMAL):
             per.setdefault((r["kind"], r["nominal"]), []).append(r)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from helpers import write_csv
 
-from raftlm.models import tiny_random_llama
+from raftlm.testing import tiny_random_llama
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from raftlm.cli import FLAGS, build_parser, main
 from raftlm.config import Config
 from raftlm.decoders import DECODERS
 from raftlm.methods import METHODS
-from raftlm.models import tiny_random_llama
+from raftlm.testing import tiny_random_llama
 
 ARTIFACTS = [
     "config.yaml",
@@ -252,7 +252,7 @@ def test_demo_scatter_keeps_outliers_on_the_plot(tmp_path):
 
 
 def test_format_table_labels_then_metrics():
-    from raftlm.cli import format_table
+    from raftlm.tables import format_table
 
     text = format_table(
         [{"method": "raft", "decoder": "rail", "rmse": 0.5, "mae": 0.4, "n": 3}], columns=("rmse", "n")

@@ -4,7 +4,8 @@ from helpers import SHARED_STSB, write_csv
 
 from raftlm.config import DataConfig
 from raftlm.core import RaftlmError
-from raftlm.data import load_splits, read_rows, synthetic_original1, to_examples
+from raftlm.data import load_splits, synthetic_original1
+from raftlm.files import read_rows, to_examples
 from raftlm.prompts import PROMPTS
 
 

@@ -10,7 +10,7 @@ PROBS = np.array([[0.1, 0.2, 0.1, 0.4, 0.2], [0.5, 0.0, 0.0, 0.0, 0.3]])
 def test_rail_mean_unnormalized_and_normalized():
     # row 0: .1+.4+.3+1.6+1.0 = 3.4 ; row 1: .5+1.5 = 2.0 (mass .8) -> normalized 2.0/.8 = 2.5
     np.testing.assert_allclose(rail(VALUES, PROBS), [3.4, 2.0])
-    np.testing.assert_allclose(rail(VALUES, PROBS, normalize=True), [3.4, 2.5])
+    np.testing.assert_allclose(rail(VALUES, PROBS, normalize_grid=True), [3.4, 2.5])
 
 
 def test_mode_and_median():

@@ -15,7 +15,7 @@ from raftlm.config import Config
 from raftlm.core import RaftlmError
 from raftlm.models import resolve_device, resolve_dtype
 from raftlm.pipeline import train_run
-from raftlm.predictor import Predictor
+from raftlm.run import load_run
 
 TEXTS = [f"review {i}: the product was {w}. rating:" for i, w in enumerate(["bad", "fine", "great", "awful"])]
 CUDA = torch.cuda.is_available()
@@ -46,8 +46,8 @@ def test_auto_is_the_cpu_in_float32_without_a_gpu():
 
 def test_bfloat16_weights_predict_close_to_float32_with_float32_logits(run):
     run_dir, _ = run
-    fp32 = Predictor.load(run_dir, "cpu", "float32")
-    bf16 = Predictor.load(run_dir, "cpu", "bfloat16")
+    fp32 = load_run(run_dir, "cpu", "float32")
+    bf16 = load_run(run_dir, "cpu", "bfloat16")
     assert next(fp32.model.parameters()).dtype == torch.float32
     assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
     # buffers keep their precision (rotary frequencies), and the LM head returns float32 logits
@@ -74,10 +74,10 @@ def test_a_head_stays_float32_when_the_backbone_goes_bfloat16(tmp_path, run):
         }
     )
     head_run = train_run(cfg)
-    p = Predictor.load(head_run, "cpu", "bfloat16")
+    p = load_run(head_run, "cpu", "bfloat16")
     assert {q.dtype for q in p.head.parameters()} == {torch.float32}
     assert p.model.model.embed_tokens.weight.dtype == torch.bfloat16
-    ref = Predictor.load(head_run, "cpu", "float32").predict(TEXTS).values
+    ref = load_run(head_run, "cpu", "float32").predict(TEXTS).values
     np.testing.assert_allclose(p.predict(TEXTS).values, ref, atol=0.05)
 
 
@@ -99,17 +99,15 @@ def test_cli_and_api_take_device_and_dtype(run, tmp_path, capsys):
         assert "no CUDA GPU is visible" in capsys.readouterr().err
     reg = RAFTRegressor.load(str(run_dir), device="cpu", dtype="bfloat16")
     assert next(reg.predictor_.model.parameters()).dtype == torch.bfloat16
-    np.testing.assert_allclose(
-        reg.predict(TEXTS), Predictor.load(run_dir, "cpu").predict(TEXTS).values, atol=0.05
-    )
+    np.testing.assert_allclose(reg.predict(TEXTS), load_run(run_dir, "cpu").predict(TEXTS).values, atol=0.05)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_on_a_gpu_auto_is_cuda_bfloat16_and_predicts_like_the_cpu(run):
     run_dir, _ = run
-    gpu = Predictor.load(run_dir)  # auto
+    gpu = load_run(run_dir)  # auto
     assert gpu._device().type == "cuda" and next(gpu.model.parameters()).dtype == torch.bfloat16
-    cpu = Predictor.load(run_dir, "cpu", "float32")
+    cpu = load_run(run_dir, "cpu", "float32")
     np.testing.assert_allclose(gpu.predict(TEXTS).values, cpu.predict(TEXTS).values, atol=0.05)
-    fp32 = Predictor.load(run_dir, "cuda", "float32")
+    fp32 = load_run(run_dir, "cuda", "float32")
     np.testing.assert_allclose(fp32.predict(TEXTS).values, cpu.predict(TEXTS).values, atol=1e-4)

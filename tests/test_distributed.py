@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from helpers import train_args
+from helpers import free_port, train_args
 from safetensors.torch import load_file
 
 from raftlm.config import Config
@@ -57,7 +57,7 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tmp_path
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29531",
+        str(free_port()),
         "-m",
         "raftlm",
         *train_args(toy_csv, ddp),

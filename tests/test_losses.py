@@ -31,7 +31,7 @@ def test_raft_predictor_normalized():
     # mass .5 on '2' and .3 on '4': unnormalized 2.2 ; normalized 2.2/.8 = 2.75
     logp = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.0]]).log()
     assert_close(raft_predictor(logp, VALUES), torch.tensor([2.2]))
-    assert_close(raft_predictor(logp, VALUES, normalize=True), torch.tensor([2.75]))
+    assert_close(raft_predictor(logp, VALUES, normalize_grid=True), torch.tensor([2.75]))
 
 
 def test_lemma3_raft_minimizer_reaches_the_mean_including_non_integer_targets():

@@ -19,10 +19,11 @@ from raftlm.heads import (
 )
 from raftlm.losses import MBRLoss, RAFTLogLoss, RAFTLoss, raft_predictor
 from raftlm.methods import METHODS
-from raftlm.models import add_number_tokens, load_model, tiny_random_llama
+from raftlm.models import add_number_tokens, load_model
 from raftlm.pipeline import train_run
-from raftlm.predictor import Predictor
+from raftlm.run import load_run
 from raftlm.scoring import left_pad
+from raftlm.testing import tiny_random_llama
 
 VALUES = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
 
@@ -255,9 +256,9 @@ def test_every_method_trains_saves_reloads_and_predicts_identically(tmp_path, to
     )
     run = train_run(cfg)
     texts = [f"review {i}: the product was fine. rating:" for i in range(5)]
-    loaded = Predictor.load(run)
+    loaded = load_run(run)
     first = loaded.predict(texts).values
-    again = Predictor.load(run).predict(texts).values
+    again = load_run(run).predict(texts).values
     assert np.all(np.isfinite(first)) and first.shape == (5,)
     np.testing.assert_allclose(first, again, rtol=1e-6, atol=1e-7)
     assert (run / "head.safetensors").exists() == (METHODS[method].head is not None)
@@ -290,7 +291,7 @@ def test_grid_ablations_of_tables_13_14_20_train(tmp_path, toy_csv, name):
         }
     )
     run = train_run(cfg)
-    p = Predictor.load(run)
+    p = load_run(run)
     assert p.grid.strings == tuple(s.split("=")[-1] for s in spec.split(","))
     values = p.predict(["review 1: the product was fine. rating:"]).values
     assert np.isfinite(values).all()

@@ -59,8 +59,8 @@ MIXED = [t * k for k, t in enumerate(TEXTS * 3, start=1)]  # 9 prompts of mixed 
 def test_grid_rows_only_scoring_equals_full_vocabulary_normalized_rail(tiny):
     model, tok = tiny
     grid = Grid.parse("1-5")
-    p = Predictor.create(model, tok, grid, TargetScaler.identity(grid), TEXTS, normalize=True)
-    assert p.scorer.grid_only
+    p = Predictor.create(model, tok, grid, TargetScaler.identity(grid), TEXTS, normalize_grid=True)
+    assert p.scorer.normalize_grid
     fast = p.predict(MIXED, "rail")
     p.use_grid_rows(False)
     full = p.predict(MIXED, "rail")
@@ -100,7 +100,8 @@ def test_lm_head_runs_in_float32_under_bf16_autocast(tiny):
 
     import torch
 
-    from raftlm.models import lm_head_in_float32, tiny_random_llama
+    from raftlm.models import lm_head_in_float32
+    from raftlm.testing import tiny_random_llama
 
     model, tok = tiny_random_llama(seed=0)  # fresh: the shared fixture's head is patched by Predictor
     ids = tok(TEXTS[2], return_tensors="pt").input_ids
@@ -125,7 +126,8 @@ def test_lm_head_on_a_sliced_view_runs_one_matmul_not_a_batched_one():
     # Gemma's head); the patched head flattens to one mm instead
     import torch
 
-    from raftlm.models import lm_head_in_float32, tiny_random_llama
+    from raftlm.models import lm_head_in_float32
+    from raftlm.testing import tiny_random_llama
 
     model, _ = tiny_random_llama(seed=0)
     head = lm_head_in_float32(model).get_output_embeddings()
@@ -152,7 +154,7 @@ def test_grid_rows_scoring_through_a_wrapper_calls_the_whole_model(tiny):
 
     model, tok = tiny
     grid = Grid.parse("1-5")
-    p = Predictor.create(model, tok, grid, TargetScaler.identity(grid), TEXTS, normalize=True)
+    p = Predictor.create(model, tok, grid, TargetScaler.identity(grid), TEXTS, normalize_grid=True)
 
     class Wrapper(torch.nn.Module):
         def __init__(self, module):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import train_args, write_csv
+from helpers import free_port, train_args, write_csv
 
 import raftlm
 import raftlm.streaming
@@ -141,19 +140,13 @@ def test_a_decoder_the_model_cannot_run_leaves_nothing_behind(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv", "run"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_shard_the_rows_and_write_the_same_file_as_one(run, tmp_path):
     run_dir, data = run
     assert predict(run_dir, data, tmp_path / "one.jsonl", "--with-probs") == 0
     out = tmp_path / "two.jsonl"
     cmd = [
         *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
-        *("--master_port", str(_free_port()), "-m", "raftlm"),
+        *("--master_port", str(free_port()), "-m", "raftlm"),
         *("predict", "--model", str(run_dir), "--input", str(data), "--output", str(out), "--with-probs"),
     ]
     env = {

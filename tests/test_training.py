@@ -7,8 +7,8 @@ from safetensors.torch import load_file
 from transformers.optimization import Adafactor
 
 from raftlm.config import Config
-from raftlm.models import tiny_random_llama
 from raftlm.pipeline import train_run
+from raftlm.testing import tiny_random_llama
 
 W = "model.layers.1.mlp.down_proj.weight"
 

@@ -122,7 +122,7 @@ def test_std_and_cqr_scores_by_hand():
     # two calibration rows on grid 1..5: a point mass on 3 (std sqrt(1/12)) and PROBS (std s1)
     feats = np.vstack([POINT3, PROBS] * 5)  # n = 10
     y = np.tile([3.5, 1.0], 5)
-    cal = Calibration(y, feats, tuple(VALUES), IDENTITY, normalize=True)
+    cal = Calibration(y, feats, tuple(VALUES), IDENTITY, normalize_grid=True)
     s0, s1 = math.sqrt(1 / 12), math.sqrt(1.64 + 1 / 12)
     # std scores |y - mean| / std: .5 / s0 = 1.732 and 2.4 / s1 = 1.826; ceil(.8 * 11) = 9th of 10 -> 1.826
     lo, hi = cal.intervals(POINT3, [0.8], "std")
@@ -156,7 +156,7 @@ def test_conformal_coverage_reaches_the_level_on_a_known_distribution():
     cov = {k: [] for k in ("absolute", "std", "cqr", "grid")}
     for _ in range(30):
         probs, targets = _synthetic(rng, 500)
-        cal = Calibration(targets, probs, tuple(VALUES), IDENTITY, normalize=True)
+        cal = Calibration(targets, probs, tuple(VALUES), IDENTITY, normalize_grid=True)
         X, y = _synthetic(rng, 2000)
         for row in interval_rows(cal, X, y, [0.9]):
             cov[row["kind"]].append(row["coverage"])

@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
-from raftlm import uncertainty
+from raftlm import methods, uncertainty
 from raftlm.config import Config
-from raftlm.core import Example, RaftlmError
-from raftlm.data import IN_MEMORY, Splits, parse_target
+from raftlm.core import Example, RaftlmError, Splits
+from raftlm.data import IN_MEMORY
+from raftlm.files import parse_target
 from raftlm.prompts import render, template_fields
+from raftlm.run import load_run, save_run
 
 
 class RAFTRegressor(RegressorMixin, BaseEstimator):
@@ -127,7 +129,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         if eval_set is not None:
             X_val, y_val = eval_set
             val = examples_from(X_val, y_val, self.prompt_template)
-        if self.method == "none":  # zero-shot: bind the grid and scaling, train nothing
+        if not methods.get(self.method).trains:  # zero-shot: bind the grid and scaling, train nothing
             self.predictor_ = new_predictor(self._config(None), train, self.prompt_template)
             self.train_summary_ = {}
             return self
@@ -218,7 +220,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         from raftlm.modelcard import write_model_card
 
         self._check_fitted()
-        path = self.predictor_.save(directory)
+        path = save_run(self.predictor_, directory)
         if getattr(self, "calibration_", None) is not None:
             self.calibration_.save(path)
         write_model_card(path)
@@ -228,9 +230,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
     def load(cls, directory: str, device: str = "auto", dtype: str = "auto") -> RAFTRegressor:
         """A saved run on ``device`` (auto: the GPU if there is one, else the CPU) with weights in
         ``dtype`` (auto: bfloat16 on a GPU, else float32)."""
-        from raftlm.predictor import Predictor
-
-        predictor = Predictor.load(directory, device, dtype)
+        predictor = load_run(directory, device, dtype)
         reg = cls(model=str(directory), method=predictor.method, prompt_template=predictor.template)
         reg.predictor_ = predictor
         if (cal := uncertainty.Calibration.load(directory)) is not None:

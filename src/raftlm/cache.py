@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from raftlm.config import top_blocks
 from raftlm.core import RaftlmError
 from raftlm.models import decoder_layers
 from raftlm.scoring import PromptBatch, left_pad
@@ -38,8 +39,8 @@ def frozen_blocks(model, trainable: str) -> int:
     n_layers = len(decoder_layers(model))
     if trainable == "none":
         return n_layers
-    if trainable.startswith("top-"):
-        return max(n_layers - int(trainable.split("-", 1)[1]), 0)
+    if (top := top_blocks(trainable)) is not None:
+        return max(n_layers - top, 0)
     return 0  # full and lora train every block
 
 

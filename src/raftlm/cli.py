@@ -1,4 +1,6 @@
-"""Command line: ``raftlm train | predict | evaluate | calibrate | demo``. Flags map onto config fields (FLAGS)."""
+"""Command line: ``raftlm train | predict | evaluate | calibrate | serve | demo | experiment | report``.
+
+Flags map onto config fields (``FLAGS``); ``USES`` says which fields each command reads."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import yaml
 
 from raftlm.config import SECTIONS, Config, ServeSettings, read_recipe
 from raftlm.core import RaftlmError
+from raftlm.run import is_run_dir
+from raftlm.tables import format_table
 
 # flag -> config field; shared by every command (``--config recipe.yaml`` plus these overrides)
 FLAGS = {
@@ -219,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     from raftlm import __version__
     from raftlm.decoders import DECODERS
     from raftlm.demo import DEMO_DEFAULTS
-    from raftlm.methods import METHODS
+    from raftlm.methods import CHOICES, METHODS, ZERO_SHOT_NAME
     from raftlm.uncertainty import KIND_CHOICES
 
     parser = Parser(
@@ -279,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (train, predict, evaluate, demo, serve, calibrate):
         for action in p._actions:
             if action.dest == "method":
-                action.choices, action.metavar = [*METHODS, "none"], "METHOD"
-                action.help = f"training method: {', '.join(METHODS)}, or none (zero-shot)"
+                action.choices, action.metavar = CHOICES, "METHOD"
+                action.help = f"training method: {', '.join(METHODS)}, or {ZERO_SHOT_NAME} (zero-shot)"
             if action.dest == "decoder":
                 action.choices = list(DECODERS)
             if action.dest == "interval_kind":
@@ -335,22 +339,8 @@ def _print_results(path: Path) -> None:
         print(format_table([{"split": "test", **results["test"]}]))
 
 
-def format_table(rows: list[dict], columns=("rmse", "mae", "pearson", "spearman", "r2", "n")) -> str:
-    keys = [k for k, v in rows[0].items() if k not in columns and isinstance(v, str)][:3]
-    head = [*keys, *columns]
-    lines = [" | ".join(head), " | ".join("---" for _ in head)]
-    for r in rows:
-        lines.append(
-            " | ".join(
-                f"{r.get(c, ''):.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in head
-            )
-        )
-    return "\n".join(lines)
-
-
 def _run_config(args) -> Config:
     """A run directory's own config (dataset, template) under the flags given now."""
-    from raftlm.pipeline import is_run_dir
 
     model = getattr(args, "model", None)
     base = None
@@ -369,7 +359,7 @@ def _check_output(args) -> None:
 
 
 def _file_examples(rows: list[dict], path: str, predictor, target_column: str, need_target: bool):
-    from raftlm.data import to_examples
+    from raftlm.files import to_examples
 
     has_target = target_column in rows[0]
     if need_target and not has_target:
@@ -378,9 +368,10 @@ def _file_examples(rows: list[dict], path: str, predictor, target_column: str, n
 
 
 def cmd_evaluate(args) -> None:
-    from raftlm.data import load_splits, read_rows
+    from raftlm.data import load_splits
+    from raftlm.files import read_rows
     from raftlm.io import write_json
-    from raftlm.pipeline import check_eval_model, eval_limit, evaluate_predictor, is_run_dir, load_for_eval
+    from raftlm.pipeline import check_eval_model, eval_limit, evaluate_predictor, load_for_eval
     from raftlm.uncertainty import Calibration
 
     _check_output(args)
@@ -430,7 +421,7 @@ def _print_uncertainty(row: dict, calibration) -> None:
 
 
 def _entropy(args, cfg: Config, predictor, examples) -> dict:
-    from raftlm.pipeline import entropy_change, is_run_dir, write_entropy_report
+    from raftlm.pipeline import entropy_change, write_entropy_report
 
     if not is_run_dir(cfg.model.name) or not (Path(cfg.model.name) / "config.yaml").exists():
         raise RaftlmError("--entropy compares a fine-tuned run with its base model: pass --model RUN_DIR")
@@ -441,8 +432,9 @@ def _entropy(args, cfg: Config, predictor, examples) -> dict:
 
 
 def cmd_predict(args) -> None:
-    from raftlm.data import iter_rows, load_splits
-    from raftlm.pipeline import check_eval_model, is_main_process, is_run_dir, load_for_eval
+    from raftlm.data import load_splits
+    from raftlm.files import iter_rows
+    from raftlm.pipeline import check_eval_model, is_main_process, load_for_eval
     from raftlm.streaming import check_output, predict_file
     from raftlm.uncertainty import Calibration, prediction_fields
 
@@ -506,8 +498,9 @@ def cmd_serve(args) -> None:
 def cmd_calibrate(args) -> None:
     """Score the run's validation split (or ``--split``, or a labelled ``--input`` file from the data
     the model will see) once and store what split-conformal intervals need in RUN/calibration.json."""
-    from raftlm.data import load_splits, read_rows
-    from raftlm.pipeline import is_run_dir, load_for_eval
+    from raftlm.data import load_splits
+    from raftlm.files import read_rows
+    from raftlm.pipeline import load_for_eval
     from raftlm.uncertainty import calibrate
 
     if not is_run_dir(args.run):

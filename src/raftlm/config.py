@@ -10,9 +10,17 @@ from dataclasses import asdict, dataclass, field, fields
 
 import yaml
 
+from raftlm import methods
 from raftlm.core import RaftlmError
 
 TRAINABLE = re.compile(r"full|lora|none|top-\d+")
+
+
+def top_blocks(trainable: str) -> int | None:
+    """N of ``top-N`` (None for full, lora and none): the one place "top-N" is parsed."""
+    return int(trainable.split("-", 1)[1]) if trainable.startswith("top-") else None
+
+
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
@@ -192,11 +200,8 @@ class MethodConfig:
     )
 
     def __post_init__(self) -> None:
-        from raftlm.methods import METHODS
-
         typed(self)
-        if self.method not in METHODS and self.method != "none":
-            raise RaftlmError(f"unknown method {self.method!r}: use one of {sorted(METHODS)} or none")
+        method = methods.get(self.method)  # unknown names are a one-line error
         if self.pooling not in ("mean", "min", "max"):
             raise RaftlmError(f"pooling={self.pooling!r}: use mean, min or max")
         if self.learnable_scope not in ("grid", "all") or self.head_init not in ("raft", "random"):
@@ -205,7 +210,7 @@ class MethodConfig:
             raise RaftlmError(f"new_tokens={self.new_tokens!r}: use zero, first, average or random")
         if not (self.ce_weight >= 0 and math.isfinite(self.ce_weight)):
             raise RaftlmError(f"ce_weight={self.ce_weight}: use a finite weight >= 0 (e.g. 0.3)")
-        if self.ce_weight and self.method != "raft":
+        if self.ce_weight and not method.takes_ce_weight:
             raise RaftlmError(f"ce_weight is a raft option: drop it for method {self.method}")
         if self.grid is not None and not self.grid.strip():
             raise RaftlmError(

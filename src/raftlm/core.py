@@ -1,4 +1,4 @@
-"""The small interfaces everything else implements: examples, scorers and decision rules."""
+"""The small types everything else uses: examples, a dataset's splits, decision rules, the user error."""
 
 from __future__ import annotations
 
@@ -31,10 +31,21 @@ class Example:
             )
 
 
-class GridScorer(Protocol):
-    """Anything that returns log p(str(y) | x) for every grid value y, shape (n_texts, n_grid)."""
+@dataclass
+class Splits:
+    """A dataset's splits plus the defaults that come with it (prompt, grid, target scaling)."""
 
-    def score(self, texts: list[str]) -> np.ndarray: ...
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    template: str
+    grid: str = "1-5"
+    target_range: object = None  # None | "auto" | [lo, hi]
+
+    def split(self, name: str) -> list[Example]:
+        if name not in ("train", "validation", "test"):
+            raise RaftlmError(f"unknown split {name!r}: use train, validation or test")
+        return getattr(self, name)
 
 
 class DecisionRule(Protocol):

@@ -1,42 +1,30 @@
-"""Datasets -> train/validation/test lists of Examples with the prompt of table 6.
+"""Named datasets -> train/validation/test lists of Examples with the prompt of table 6.
 
-Named datasets live in the literal ``DATASETS`` dict; ``csv:PATH``, ``jsonl:PATH`` and ``hf:ID``
-read generic files (a ``split`` column, if present, assigns rows to splits).
+The literal ``DATASETS`` dict maps names to loaders (STS-B, synthetic Original #1, Amazon snippets,
+Amazon reviews in the Ni et al. 2019 format, MovieLens rating prediction of Luo et al. 2024);
+``csv:PATH``, ``jsonl:PATH`` and ``hf:ID`` read generic files through ``files.py`` (a ``split``
+column, if present, assigns rows to splits).
 """
 
 from __future__ import annotations
 
+import ast
+import bisect
 import csv
 import gzip
 import json
-import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-from raftlm.core import Example, RaftlmError
+from raftlm.core import Example, RaftlmError, Splits
+from raftlm.files import Row, read_rows, to_examples
 from raftlm.prompts import PROMPTS, render, resolve_template
-
-
-@dataclass
-class Splits:
-    """A dataset's splits plus the defaults that come with it (prompt, grid, target scaling)."""
-
-    train: list[Example]
-    validation: list[Example]
-    test: list[Example]
-    template: str
-    grid: str = "1-5"
-    target_range: object = None  # None | "auto" | [lo, hi]
-
-    def split(self, name: str) -> list[Example]:
-        if name not in ("train", "validation", "test"):
-            raise RaftlmError(f"unknown split {name!r}: use train, validation or test")
-        return getattr(self, name)
-
 
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -47,142 +35,6 @@ def _shuffled(n: int, seed: int) -> np.ndarray:
 
 def _subset(items: list, idx) -> list:
     return [items[i] for i in idx]
-
-
-class Row(dict):
-    """A data row that remembers its line in the file, so errors name the line (not the row's place in
-    a shuffled split)."""
-
-    def __init__(self, fields, line: int | None = None):
-        super().__init__(fields)
-        self.line = line
-
-
-def _where(where: str, row: dict, i: int) -> str:
-    line = getattr(row, "line", None)
-    return f"{where} line {line}" if line is not None else f"{where} row {i}"
-
-
-def to_examples(
-    rows: list[dict], template: str, target_column: str | None, where: str, start: int = 1
-) -> list[Example]:
-    """Render rows through a template; targets must be finite numbers. Errors name the file's line
-    (rows from ``iter_rows``/``read_rows``) or the row number, counted from ``start`` (1-based)."""
-    out = []
-    for i, row in enumerate(rows, start=start):
-        target = None
-        if target_column is not None:
-            if target_column not in row:
-                raise RaftlmError(
-                    f"{_where(where, row, i)}: target column {target_column!r} is missing "
-                    f"(columns: {sorted(row)}): pass --target-column"
-                )
-            target = parse_target(row[target_column], _where(where, row, i))
-        text = render(template, row)
-        if not text.strip():
-            raise RaftlmError(f"{_where(where, row, i)}: empty text: fill or drop the row")
-        out.append(Example(text, target))
-    return out
-
-
-def parse_target(value, where: str) -> float:
-    """A finite number; JSON ``true`` is not read as 1.0."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        y = float(value)
-    except (TypeError, ValueError):
-        raise RaftlmError(f"{where}: target {value!r} is not a number: fix or drop the row") from None
-    if not math.isfinite(y):
-        raise RaftlmError(f"{where}: target {value!r} is NaN or infinite: fix or drop the row")
-    return y
-
-
-FILE_KINDS = {"csv": ",", "tsv": "\t", "jsonl": None, "json": None}
-
-
-def read_rows(path: str | Path) -> list[Row]:
-    """Every row of ``iter_rows`` in a list; an empty file is an error."""
-    rows = list(iter_rows(path))
-    if not rows:
-        raise RaftlmError(f"{path} has no rows: give a file with a header and data")
-    return rows
-
-
-def iter_rows(path: str | Path) -> Iterator[Row]:
-    """Rows of a CSV/TSV (header row) or JSON-lines file, optionally gzipped, read as UTF-8 one at a
-    time (a file of any size in bounded memory; a leading byte-order mark is dropped). Each row knows
-    its line; a row with more or fewer fields than the header, a repeated header name and a line that
-    is not a JSON object are errors naming the line."""
-    path = Path(path)
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise RaftlmError(f"input file {path} {what}: check the path")
-    kind = path.name.removesuffix(".gz").rsplit(".", 1)[-1]
-    if kind not in FILE_KINDS:
-        raise RaftlmError(f"{path}: unknown file type {kind!r}: use .csv, .tsv or .jsonl")
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
-            yield from (_csv_rows(f, path, FILE_KINDS[kind]) if FILE_KINDS[kind] else _jsonl_rows(f, path))
-    except UnicodeDecodeError:
-        raise _not_utf8(path, opener) from None
-    except (OSError, EOFError) as err:
-        raise RaftlmError(f"cannot read {path} ({err}): check the file") from None
-
-
-def _not_utf8(path: Path, opener) -> RaftlmError:
-    """The first byte that is not UTF-8 and its line (read again in binary, on this error only)."""
-    with opener(path, "rb") as f:
-        data = f.read()
-    try:
-        data.decode("utf-8-sig")
-        return RaftlmError(f"{path} is not UTF-8: save it as UTF-8")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        return RaftlmError(
-            f"{path} is not UTF-8 (byte 0x{data[err.start]:02x} on line {line}): save it as UTF-8, "
-            f"e.g. iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}"
-        )
-
-
-def _csv_rows(f, path: Path, delimiter: str) -> Iterator[Row]:
-    reader = csv.reader(f, delimiter=delimiter)
-    header = next(reader, [])
-    repeated = next((h for h in header if header.count(h) > 1), None)
-    if repeated is not None:
-        raise RaftlmError(
-            f"{path}: column {repeated!r} appears {header.count(repeated)} times in the header: "
-            "give every column its own name"
-        )
-    line = reader.line_num + 1
-    for values in reader:
-        if values:  # blank lines are skipped
-            if len(values) != len(header):
-                raise RaftlmError(
-                    f"{path} line {line}: {len(values)} fields but the header has {len(header)}: "
-                    f"quote fields that contain {delimiter!r}, or fix the row"
-                )
-            yield Row(zip(header, values, strict=True), line)
-        line = reader.line_num + 1
-
-
-def _jsonl_rows(f, path: Path) -> Iterator[Row]:
-    for n, line in enumerate(f, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise RaftlmError(
-                f"{path} line {n}: invalid JSON ({err.msg}): one JSON object per line"
-            ) from None
-        if not isinstance(obj, dict):
-            raise RaftlmError(
-                f"{path} line {n}: a JSON {type(obj).__name__}, not an object: one object per line, "
-                'e.g. {"text": "...", "target": 3}'
-            )
-        yield Row(obj, n)
 
 
 def _file_dataset(path: str, template: str | None, text_column: str, target_column: str, seed: int) -> Splits:
@@ -344,10 +196,190 @@ def _hub_dataset(hub_id: str, template: str | None, text_column: str, target_col
     )
 
 
-def _extra(name: str):
-    from raftlm import datasets_extra
+# --- Amazon reviews (Ni et al. 2019) and MovieLens (Luo et al. 2024) --------------------------------
 
-    return getattr(datasets_extra, name)
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def _records(path: Path) -> list[dict]:
+    """JSON lines (2018 release) or Python-literal lines (2014 release)."""
+    out = []
+    with _open_text(path) as f:
+        for line in f:
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    out.append(ast.literal_eval(line))
+    return out
+
+
+# --- Amazon reviews (Ni et al. 2019) ----------------------------------------------------------------
+
+
+def amazon_category(path: Path) -> str:
+    """'reviews_Cell_Phones_and_Accessories_5.json.gz' -> 'Cell Phones and Accessories'."""
+    stem = re.sub(r"(\.jsonl?|\.json)?(\.gz)?$", "", path.name)
+    stem = re.sub(r"^reviews_|_5$", "", stem)
+    return stem.replace("_", " ")
+
+
+def load_amazon(path: str, sizes=(10_000, 1_500, 1_500), seed: int = 0) -> Splits:
+    """Reviews file (``overall``, ``summary``, ``reviewText``, ``reviewTime``, ``asin``); product titles
+    come from a ``meta_<Category>.json(.gz)`` next to it when present. Samples 10,000 / 1,500 / 1,500
+    (seeded) as in table 7, fewer when the file is smaller (split 80/10/10)."""
+    p = Path(path)
+    if not p.exists():
+        raise RaftlmError(
+            f"Amazon reviews file {p} not found: download reviews_<Category>_5.json.gz (Ni et al. 2019) and pass amazon:PATH"
+        )
+    reviews = [
+        r for r in _records(p) if r.get("overall") is not None and (r.get("reviewText") or r.get("summary"))
+    ]
+    if not reviews:
+        raise RaftlmError(
+            f"{p} holds no reviews with 'overall' and 'reviewText': is it a Ni et al. 2019 reviews file?"
+        )
+    category = amazon_category(p)
+    titles = {}
+    for meta in p.parent.glob(f"meta_{category.replace(' ', '_')}.json*"):
+        titles = {m.get("asin"): m.get("title", "") for m in _records(meta)}
+    idx = np.random.RandomState(seed).permutation(len(reviews))
+    n_train, n_val, n_test = sizes
+    if len(reviews) < sum(sizes):
+        n_test = n_val = max(1, len(reviews) // 10)
+        n_train = len(reviews) - n_val - n_test
+    parts = {
+        "test": idx[:n_test],
+        "validation": idx[n_test : n_test + n_val],
+        "train": idx[n_test + n_val : n_test + n_val + n_train],
+    }
+    template = PROMPTS["amazon"]
+
+    def example(r: dict) -> Example:
+        fields = {
+            "category": category,
+            "title": titles.get(r.get("asin"), "") or "",
+            "date": r.get("reviewTime", ""),
+            "headline": r.get("summary", ""),
+            "body": r.get("reviewText", ""),
+        }
+        return Example(render(template, fields), float(r["overall"]))
+
+    ex = {k: [example(reviews[i]) for i in v] for k, v in parts.items()}
+    return Splits(ex["train"], ex["validation"], ex["test"], template, grid="1-5", target_range=None)
+
+
+# --- MovieLens (Luo et al. 2024 prompts) ------------------------------------------------------------
+
+
+def movielens_rows(
+    ratings: list[tuple[int, int, float, int]],
+    titles: dict[int, str],
+    history: int = 10,
+    fractions=(0.8, 0.1, 0.1),
+) -> list[dict]:
+    """One row per rating that has at least one earlier rating by the same user.
+
+    The prompt holds that user's ``history`` most recent earlier ratings (strictly earlier timestamps,
+    in time order) and the candidate movie. Splits are by time over all ratings (first 80% train,
+    next 10% validation, last 10% test), so no validation or test rating appears in a training prompt.
+    """
+    order = sorted(range(len(ratings)), key=lambda i: (ratings[i][3], ratings[i][0], ratings[i][1]))
+    cut1, cut2 = int(len(order) * fractions[0]), int(len(order) * (fractions[0] + fractions[1]))
+    split_of = {}
+    for rank, i in enumerate(order):
+        split_of[i] = "train" if rank < cut1 else ("validation" if rank < cut2 else "test")
+    by_user = defaultdict(list)
+    for i in order:
+        by_user[ratings[i][0]].append(i)
+    rows = []
+    for items in by_user.values():
+        stamps = [ratings[j][3] for j in items]
+        for i in items:
+            user, item, rating, ts = ratings[i]
+            first_same = bisect.bisect_left(stamps, ts)  # items are in time order: earlier = before this
+            earlier = items[max(0, first_same - history) : first_same]
+            if not earlier:
+                continue
+            hist = "; ".join(
+                f"{titles.get(ratings[j][1], ratings[j][1])}: {ratings[j][2]:g}" for j in earlier
+            )
+            rows.append(
+                {
+                    "user": user,
+                    "item": item,
+                    "timestamp": ts,
+                    "target": rating,
+                    "split": split_of[i],
+                    "history_timestamps": [ratings[j][3] for j in earlier],
+                    "history_items": [ratings[j][1] for j in earlier],
+                    "fields": {"history": hist, "candidate": titles.get(item, str(item))},
+                }
+            )
+    return rows
+
+
+def _movielens_splits(ratings, titles, history: int, sizes, seed: int) -> Splits:
+    template = PROMPTS["movielens"]
+    rows = movielens_rows(ratings, titles, history)
+    rng = np.random.RandomState(seed)
+    out = {}
+    for split, n in zip(("train", "validation", "test"), sizes, strict=True):
+        part = [r for r in rows if r["split"] == split]
+        pick = rng.permutation(len(part))[:n] if n else range(len(part))
+        out[split] = [
+            Example(render(template, part[i]["fields"]), float(part[i]["target"])) for i in sorted(pick)
+        ]
+    return Splits(out["train"], out["validation"], out["test"], template, grid="1-5", target_range=None)
+
+
+def load_movielens_1m(path: str, history: int = 10, sizes=(None, 10_145, 10_145), seed: int = 0) -> Splits:
+    """``ratings.dat``, ``movies.dat`` (and ``users.dat``) of MovieLens-1M in the folder ``path``."""
+    folder = Path(path)
+    if not (folder / "ratings.dat").exists():
+        raise RaftlmError(
+            f"{folder}/ratings.dat not found: unpack ml-1m.zip (grouplens.org) and pass movielens-1m:FOLDER"
+        )
+    ratings = []
+    for line in (folder / "ratings.dat").read_text(encoding="latin-1").splitlines():
+        u, m, r, t = line.split("::")
+        ratings.append((int(u), int(m), float(r), int(t)))
+    titles = {}
+    for line in (folder / "movies.dat").read_text(encoding="latin-1").splitlines():
+        m, title, _ = line.split("::")
+        titles[int(m)] = title
+    return _movielens_splits(ratings, titles, history, sizes, seed)
+
+
+def load_movielens_100k(
+    folder: str | None = None, history: int = 10, sizes=(10_000, 1_000, 1_000), seed: int = 0
+) -> Splits:
+    """MovieLens-100K from the atomic files shipped in PyPI ``recbole==1.2.1`` (``ml-100k.inter``,
+    ``ml-100k.item``), or from ``folder`` holding the same two files."""
+    if folder is None:
+        inter = package_file(
+            "recbole", "dataset_example/ml-100k/ml-100k.inter", "pip install --no-deps recbole==1.2.1"
+        )
+        folder = str(inter.parent)
+    base = Path(folder)
+    missing = [n for n in ("ml-100k.inter", "ml-100k.item") if not (base / n).is_file()]
+    if missing:
+        raise RaftlmError(
+            f"{base}/{missing[0]} not found: movielens-100k reads RecBole's atomic files; drop --data-dir to use "
+            "the copy in PyPI recbole==1.2.1 (pip install --no-deps recbole==1.2.1) or pass a folder holding them"
+        )
+    ratings = []
+    for line in (base / "ml-100k.inter").read_text(encoding="utf-8").splitlines()[1:]:
+        u, m, r, t = line.split("\t")
+        ratings.append((int(u), int(m), float(r), int(float(t))))
+    titles = {}
+    for line in (base / "ml-100k.item").read_text(encoding="utf-8", errors="replace").splitlines()[1:]:
+        parts = line.split("\t")
+        titles[int(parts[0])] = f"{parts[1]} ({parts[2]})" if len(parts) > 2 and parts[2] else parts[1]
+    return _movielens_splits(ratings, titles, history, sizes, seed)
 
 
 DATASETS: dict[str, Callable[..., Splits]] = {
@@ -357,12 +389,12 @@ DATASETS: dict[str, Callable[..., Splits]] = {
         seed=cfg.split_seed if cfg.split_seed is not None else 1
     ),
     "amazon-snippets": lambda cfg: load_amazon_snippets(cfg.train_size),
-    "movielens-100k": lambda cfg: _extra("load_movielens_100k")(cfg.data_dir, cfg.history),
+    "movielens-100k": lambda cfg: load_movielens_100k(cfg.data_dir, cfg.history),
 }
 # datasets named by a path: PREFIX:PATH
 PATH_DATASETS: dict[str, Callable[..., Splits]] = {
-    "amazon": lambda path, cfg: _extra("load_amazon")(path),
-    "movielens-1m": lambda path, cfg: _extra("load_movielens_1m")(path, cfg.history),
+    "amazon": lambda path, cfg: load_amazon(path),
+    "movielens-1m": lambda path, cfg: load_movielens_1m(path, cfg.history),
 }
 
 

@@ -12,11 +12,11 @@ import numpy as np
 NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
-def rail(values: np.ndarray, probs: np.ndarray, normalize: bool = False) -> np.ndarray:
-    """Eq. 5: sum_y p(str(y)|x) * y; with ``normalize`` the grid mass is renormalized to 1 (table 16)."""
+def rail(values: np.ndarray, probs: np.ndarray, normalize_grid: bool = False) -> np.ndarray:
+    """Eq. 5: sum_y p(str(y)|x) * y; with ``normalize_grid`` the grid mass is renormalized to 1 (table 16)."""
     probs = np.asarray(probs, dtype=np.float64)
     out = probs @ np.asarray(values, dtype=np.float64)
-    return out / probs.sum(-1) if normalize else out
+    return out / probs.sum(-1) if normalize_grid else out
 
 
 def mode(values: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -58,7 +58,7 @@ def sample_mean(samples: list[list[str]], default: float = 0.0) -> np.ndarray:
     return np.array([np.mean([parse_float(s, default) for s in row]) for row in samples])
 
 
-# Decoders that read grid probabilities; `greedy` and `sample-rail` decode text instead (see predict.py).
+# Decoders that read grid probabilities; `greedy` and `sample-rail` decode text instead (``Predictor.predict``).
 GRID_DECODERS = {"rail": rail, "mode": mode, "median": median}
 TEXT_DECODERS = ("greedy", "sample-rail")
 DECODERS = (*GRID_DECODERS, *TEXT_DECODERS)

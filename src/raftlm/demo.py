@@ -13,6 +13,7 @@ from raftlm.config import Config
 from raftlm.core import RaftlmError
 from raftlm.data import load_splits
 from raftlm.io import atomic_write, check_folder, write_json, write_text
+from raftlm.tables import format_table
 
 DEMO_DEFAULTS = {
     "model": {"name": "gemma-3-270m", "trainable": "top-6", "dropout": 0.1},
@@ -59,7 +60,6 @@ def scatter(path: Path, y_true: np.ndarray, preds: dict[str, np.ndarray], scores
 def run_demo(cfg: Config, overwrite: bool = True) -> dict:
     """The demo with ``cfg``: build it over ``DEMO_DEFAULTS`` (``raftlm demo`` does), so a flag the
     user gives wins even when it equals a default of ``Config``."""
-    from raftlm.cli import format_table
     from raftlm.pipeline import evaluate_predictor, load_for_eval, train_run  # torch: only when it runs
 
     out = Path(cfg.training.output_dir)

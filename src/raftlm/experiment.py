@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from raftlm import uncertainty
+from raftlm import methods, uncertainty
 from raftlm.config import SECTIONS, Config, to_float, to_int
 from raftlm.core import RaftlmError
 from raftlm.io import clean_stale_tmp, write_json, write_text
@@ -111,11 +111,10 @@ def cells(sweep: dict) -> list[Cell]:
                         f"sweep methods entry {m!r}: give a method name or a mapping with method:"
                     )
                 method = m["method"]
+                kind = methods.get(method)
                 options = tuple(sorted((k, v) for k, v in m.items() if k not in ("method", "decoder", "lrs")))
-                decoder = m.get(
-                    "decoder", "head" if method.startswith(("head-", "encoder-", "learnable")) else "rail"
-                )
-                if method == "none":
+                decoder = m.get("decoder", kind.default_decoder)
+                if not kind.trains:
                     out.append(Cell(dataset, model, method, decoder, None, 0, None, options))
                     continue
                 for frac in sweep.get("train_fractions", [None]):
@@ -172,7 +171,8 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
     cfg = cell_config(sweep, cell, run_dir)
     splits = load_splits(cfg.data)
     train = {}
-    if cell.method != "none":
+    trains = methods.get(cell.method).trains
+    if trains:
         if not (run_dir / "eval_results.json").exists():
             fresh = run_dir.exists() and not (run_dir / "config.yaml").exists()
             train_run(cfg, overwrite=fresh, resume=not fresh, evaluate_test=False)  # evaluated below
@@ -184,7 +184,7 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
             )
         cfg.model.name = str(run_dir)
     predictor = load_for_eval(cfg, splits)
-    calibration = uncertainty.Calibration.load(run_dir) if cell.method != "none" else None
+    calibration = uncertainty.Calibration.load(run_dir) if trains else None
     start = time.time()
     test = eval_limit(splits.test, cfg)  # the whole test split unless the sweep sets eval.eval_size
     metrics, preds = evaluate_predictor(predictor, test, cfg, desc=cell.cell_id, calibration=calibration)

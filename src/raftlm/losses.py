@@ -13,11 +13,13 @@ from torch import nn
 from raftlm.scoring import GridLogProbs, PromptBatch
 
 
-def raft_predictor(log_probs: torch.Tensor, values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+def raft_predictor(
+    log_probs: torch.Tensor, values: torch.Tensor, normalize_grid: bool = False
+) -> torch.Tensor:
     """Eq. 5 on tensors: sum_y p(str(y)|x) * y, optionally renormalized over the grid (table 16)."""
     probs = log_probs.exp()
     pred = probs @ values.to(probs)
-    return pred / probs.sum(-1) if normalize else pred
+    return pred / probs.sum(-1) if normalize_grid else pred
 
 
 class RAFTLoss(nn.Module):
@@ -27,27 +29,27 @@ class RAFTLoss(nn.Module):
     target 4 -> loss 0.25. With ``ce_weight`` = lambda the loss adds lambda * -log p(str(y~)|x), y~ the
     grid value nearest the target (TRACT uses lambda 1, number-token-loss 0.3): the CE term keeps
     probability on the grid and its spread alive where the squared loss's gradient vanishes (a dead or
-    saturated grid). With ``normalize`` the CE is over the grid only. Example: as above with lambda 0.5,
+    saturated grid). With ``normalize_grid`` the CE is over the grid only. Example: as above with lambda 0.5,
     p('4') = 0.5 -> 0.25 + 0.5 * ln 2 = 0.597.
 
     Every call records the batch's grid mass and grid entropy in ``stats`` (the trainer logs their means).
     """
 
     def __init__(
-        self, scorer: GridLogProbs, values: torch.Tensor, normalize: bool = False, ce_weight: float = 0.0
+        self, scorer: GridLogProbs, values: torch.Tensor, normalize_grid: bool = False, ce_weight: float = 0.0
     ):
         super().__init__()
-        self.scorer, self.normalize, self.ce_weight = scorer, normalize, ce_weight
+        self.scorer, self.normalize_grid, self.ce_weight = scorer, normalize_grid, ce_weight
         self.register_buffer("values", values.float(), persistent=False)
         self.stats: dict[str, list[float]] = {}
 
     def forward(self, model, batch: PromptBatch, targets: torch.Tensor, **_) -> torch.Tensor:
         log_probs = self.scorer(model, batch)
         targets = targets.to(log_probs)
-        loss = ((raft_predictor(log_probs, self.values, self.normalize) - targets) ** 2).mean()
+        loss = ((raft_predictor(log_probs, self.values, self.normalize_grid) - targets) ** 2).mean()
         if self.ce_weight:
             nearest = (targets[:, None] - self.values.to(targets)[None, :]).abs().argmin(-1)
-            lp = torch.log_softmax(log_probs, -1) if self.normalize else log_probs
+            lp = torch.log_softmax(log_probs, -1) if self.normalize_grid else log_probs
             loss = loss - self.ce_weight * lp.gather(1, nearest[:, None]).mean()
         self._record(log_probs.detach())
         return loss

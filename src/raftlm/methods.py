@@ -19,7 +19,7 @@ from raftlm.losses import CELoss, HeadMSELoss, MBRLoss, RAFTLogLoss, RAFTLoss
 
 def _raft_loss(predictor, mcfg) -> nn.Module:
     values = torch.tensor(predictor.grid.values)
-    return RAFTLoss(predictor.scorer, values, predictor.normalize, mcfg.ce_weight)
+    return RAFTLoss(predictor.scorer, values, predictor.normalize_grid, mcfg.ce_weight)
 
 
 def _grid_loss(cls):
@@ -82,16 +82,45 @@ def encoder_head(pooling: str) -> Callable:
 
 @dataclass(frozen=True)
 class Method:
-    loss: Callable  # (predictor, method config) -> loss module
+    """A training method and the traits the rest of raftlm asks of it (no code outside this module
+    compares method names)."""
+
+    loss: Callable | None  # (predictor, method config) -> loss module; None: zero-shot, nothing trains
     head: Callable | None = None  # (predictor, method config, initial bias) -> head module
     encoder: bool = False  # backbone is an AutoModel encoder, not a causal LM
+    trains_on_answer: bool = False  # the batch appends the answer string + EOS (teacher forcing)
+    causal_only: bool = False  # bidirectional attention would let the answer see itself
+    fixed_grid: str | None = None  # the grid the method needs whatever the dataset's (table 15: "0,1")
+    takes_ce_weight: bool = False  # accepts method.ce_weight (RAFT + lambda x CE)
+    scores_grid: bool = False  # the loss reads log p(str(y)|x) over the grid through the scorer
+    label: str | None = None  # the name in reports, when not the method's own
+    decoder_in_label: bool = False  # report rows name the decoder (the paper compares decoders of it)
 
+    @property
+    def trains(self) -> bool:
+        return self.loss is not None
+
+    @property
+    def default_decoder(self) -> str:
+        """What a sweep cell decodes with unless told: the head, or RAIL over the grid."""
+        return "head" if self.head is not None else "rail"
+
+    @property
+    def grid_model(self) -> bool:
+        """Trains the LM's own distribution over the dataset's grid (entropy before/after is comparable)."""
+        return self.trains and self.head is None and not self.encoder and self.fixed_grid is None
+
+
+ZERO_SHOT_NAME = "none"
+ZERO_SHOT = Method(None, label="zero-shot", decoder_in_label=True)
 
 METHODS = {
-    "raft": Method(_raft_loss),
-    "ce": Method(lambda predictor, mcfg: CELoss()),
-    "mbr": Method(_grid_loss(MBRLoss)),
-    "raft-logloss": Method(_grid_loss(RAFTLogLoss)),
+    "raft": Method(_raft_loss, takes_ce_weight=True, scores_grid=True),
+    "ce": Method(
+        lambda predictor, mcfg: CELoss(), trains_on_answer=True, causal_only=True, decoder_in_label=True
+    ),
+    "mbr": Method(_grid_loss(MBRLoss), scores_grid=True),
+    "raft-logloss": Method(_grid_loss(RAFTLogLoss), fixed_grid="0,1", scores_grid=True),
     "head-special-token": Method(_head_loss, special_token_head),
     "head-pooled": Method(_head_loss, pooled_head),
     "head-mlp-logits": Method(_head_loss, mlp_logits_head),
@@ -100,3 +129,17 @@ METHODS = {
     "encoder-cls": Method(_head_loss, encoder_head("cls"), encoder=True),
     "encoder-mean": Method(_head_loss, encoder_head("mean"), encoder=True),
 }
+CHOICES = [*METHODS, ZERO_SHOT_NAME]  # what --method accepts
+
+
+def get(name: str) -> Method:
+    """The method named ``name`` (``none``: zero-shot)."""
+    if name == ZERO_SHOT_NAME:
+        return ZERO_SHOT
+    if name not in METHODS:
+        raise RaftlmError(f"unknown method {name!r}: use one of {sorted(METHODS)} or {ZERO_SHOT_NAME}")
+    return METHODS[name]
+
+
+def display_name(name: str) -> str:
+    return get(name).label or name

@@ -17,21 +17,18 @@ from pathlib import Path
 import numpy as np
 from transformers import set_seed
 
-from raftlm import uncertainty
+from raftlm import methods, uncertainty
 from raftlm.config import Config
-from raftlm.core import Example, RaftlmError
-from raftlm.data import Splits, load_splits
+from raftlm.core import Example, RaftlmError, Splits
+from raftlm.data import load_splits
 from raftlm.grid import Grid, make_scaler
 from raftlm.io import clean_stale_tmp, write_json, write_text
 from raftlm.metrics import regression_metrics
 from raftlm.modelcard import write_model_card
 from raftlm.models import add_number_tokens, attach_head, load_model, set_trainable
 from raftlm.predictor import Predictor
+from raftlm.run import FINISHED_FILE, check_run_dir, is_run_dir, load_run, save_run, swap_in
 from raftlm.training import fit, latest_complete_checkpoint, reporting
-
-
-def is_run_dir(path: str | Path) -> bool:
-    return (Path(path) / "raftlm.json").exists()
 
 
 def new_predictor(
@@ -39,22 +36,21 @@ def new_predictor(
 ) -> Predictor:
     """A pretrained model bound to a grid, target scaling and answer format from ``cfg`` and the data;
     with a predictive head attached when the method has one."""
-    from raftlm.methods import METHODS
-
     if isinstance(splits_or_examples, Splits):
         train, template = splits_or_examples.train, splits_or_examples.template
         grid_spec, default_range = splits_or_examples.grid, splits_or_examples.target_range
     else:
         train, grid_spec, default_range = splits_or_examples, "1-5", "auto"
     m = cfg.method
-    method = METHODS.get(m.method)
-    encoder = bool(method and method.encoder)
-    if m.method == "ce" and cfg.model.attention == "bidirectional":
+    method = methods.get(m.method)
+    encoder = method.encoder
+    if method.causal_only and cfg.model.attention == "bidirectional":
         raise RaftlmError(
-            "ce with bidirectional attention degenerates (every answer token sees itself): use --attention causal for ce"
+            f"{m.method} with bidirectional attention degenerates (every answer token sees itself): use "
+            f"--attention causal for {m.method}"
         )
-    if m.method == "raft-logloss" and (m.grid or grid_spec) != "0,1":
-        m.grid = "0,1"  # table 15: targets scaled to [0, 1], p1 = p('1')
+    if method.fixed_grid and (m.grid or grid_spec) != method.fixed_grid:
+        m.grid = method.fixed_grid  # table 15: targets scaled to [0, 1], p1 = p('1')
         if m.target_range == "dataset" and default_range is None:
             m.target_range = "auto"
     grid = Grid.parse(m.grid or grid_spec, single=m.single_value_grid)
@@ -89,7 +85,7 @@ def new_predictor(
         bidirectional=cfg.model.attention == "bidirectional",
     )
     predictor.extra.update(extra)
-    if method is not None and method.head is not None:
+    if method.head is not None:
         targets = [e.target for e in train if e.target is not None]
         bias = float(np.mean(scaler.to_grid(targets))) if targets else 0.0
         predictor.head = method.head(predictor, m, bias)
@@ -163,58 +159,6 @@ def evaluate_predictor(
     return metrics, preds
 
 
-RUN_MARKERS = ("config.yaml", "raftlm.json")  # what raftlm writes first into a run directory
-
-
-def staging_dir(out: Path) -> Path:
-    """Where ``--overwrite`` builds the new run, beside the old one (hidden; swapped in when finished)."""
-    return out.parent / f".{out.name}.raftlm-new"
-
-
-def _contents(out: Path, n: int = 4) -> str:
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
-    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
-
-
-def _check_run_dir(out: Path, overwrite: bool, resume: bool) -> Path:
-    """Where to build the run: ``out`` itself, or (``--overwrite`` of an existing run) a staging
-    directory beside it, so the old run survives until the new one has finished. A directory that is
-    not a raftlm run is never touched."""
-    if out.exists() and not out.is_dir():
-        raise RaftlmError(f"output path {out} is a file: choose a directory for --output-dir")
-    if not out.exists() or not any(out.iterdir()):
-        return out
-    if not any((out / m).exists() for m in RUN_MARKERS):
-        raise RaftlmError(
-            f"output directory {out} is not a raftlm run (it holds {_contents(out)}) and is never "
-            "replaced: choose another --output-dir"
-        )
-    if overwrite and resume:
-        raise RaftlmError("--overwrite starts the run afresh and --resume continues it: pass one of them")
-    if overwrite:
-        return staging_dir(out)
-    finished = (out / "eval_results.json").exists()
-    if resume and not finished and (out / "config.yaml").exists():
-        return out
-    if finished:
-        raise RaftlmError(
-            f"run directory {out} already holds a finished run: pass --overwrite (overwrite=True in "
-            "RAFTRegressor; it is replaced once the new run has finished) or choose another --output-dir"
-        )
-    raise RaftlmError(
-        f"run directory {out} holds an unfinished run: pass --resume to continue it or --overwrite to restart"
-    )
-
-
-def swap_in(staged: Path, out: Path) -> None:
-    """Replace the run at ``out`` by the finished run at ``staged`` (two renames, then delete the old)."""
-    old = out.parent / f".{out.name}.raftlm-old"
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(out, old)
-    os.replace(staged, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def is_main_process() -> bool:
     from accelerate import PartialState
 
@@ -255,7 +199,7 @@ def fit_run(
     Under ``accelerate launch`` every process trains (Trainer does DDP); only the main process writes
     the run directory and evaluates on the test split.
     """
-    if cfg.method.method == "none":
+    if not methods.get(cfg.method.method).trains:
         raise RaftlmError("method none is zero-shot: use `raftlm evaluate --model NAME` instead of train")
     if not cfg.training.output_dir:
         raise RaftlmError("train needs --output-dir for the run directory")
@@ -267,7 +211,7 @@ def fit_run(
         raise RaftlmError(
             f"dataset {cfg.data.dataset} has no training examples: check the file or its split column"
         )
-    build = _check_run_dir(out, overwrite, resume)
+    build = check_run_dir(out, overwrite, resume)
     if build != out and is_main_process():
         shutil.rmtree(build, ignore_errors=True)  # a staged run of an earlier --overwrite that never finished
     if build == out and is_main_process():
@@ -352,13 +296,13 @@ def _finalize(predictor: Predictor, out: Path, results: dict, keep_checkpoints: 
     """Save the model and its model card (README.md) next to the run's files, eval_results.json last
     (it marks a finished run)."""
     with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as tmp:
-        predictor.save(tmp)
+        save_run(predictor, tmp)
         for f in Path(tmp).iterdir():
             os.replace(f, out / f.name)
     if not keep_checkpoints:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     write_model_card(out, results)
-    write_json(out / "eval_results.json", results)
+    write_json(out / FINISHED_FILE, results)
 
 
 def entropy_change(
@@ -371,7 +315,9 @@ def entropy_change(
             "entropy analysis needs a grid model (raft, ce, mbr): heads and new tokens have no base grid"
         )
     model, tok = load_model(base_model, seed=cfg.training.seed)
-    base = Predictor(model, tok, run.grid, run.fmt, run.scaler, run.template, run.normalize, run.max_length)
+    base = Predictor(
+        model, tok, run.grid, run.fmt, run.scaler, run.template, run.normalize_grid, run.max_length
+    )
     base.to(cfg.eval.device, cfg.eval.dtype)
     e = cfg.eval
     before = base.predict(texts, "rail", e.batch_size, bf16=e.bf16, desc="entropy (base)").entropy
@@ -445,7 +391,7 @@ def check_eval_model(cfg: Config, dataset_given: bool = True) -> None:
 
 def _load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:
     if is_run_dir(cfg.model.name):
-        return Predictor.load(cfg.model.name, cfg.eval.device, cfg.eval.dtype)
+        return load_run(cfg.model.name, cfg.eval.device, cfg.eval.dtype)
     if splits is None:
         raise RaftlmError(
             f"{cfg.model.name} is not a run directory: zero-shot prediction needs --dataset for its prompt and grid"

@@ -7,10 +7,8 @@ the prompt template and the answer format; the weights are an ordinary causal LM
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,8 +18,6 @@ from raftlm import decoders
 from raftlm.core import RaftlmError
 from raftlm.grid import Grid, TargetScaler
 from raftlm.scoring import AnswerFormat, GridLogProbs, PromptBatch, bind_answer, encode_prompts, left_pad
-
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -39,7 +35,12 @@ def autocast(bf16: bool, device: str = "cpu"):
 
 
 class Predictor:
-    """Model + tokenizer + grid + answer format; see ``Predictor.create`` and ``Predictor.load``."""
+    """Model + tokenizer + grid + answer format: scores and decodes. ``Predictor.create`` binds a model
+    to a grid; ``run.load_run`` reads one back from a run directory."""
+
+    # speed switches (benchmarks/speed.py measures them against their baselines)
+    bucket: bool = True  # sort prompts by length into batches (less padding)
+    pad_to: int | None = None  # pad every batch to this many tokens (the fixed-padding baseline)
 
     def __init__(
         self,
@@ -49,7 +50,7 @@ class Predictor:
         fmt: AnswerFormat | None,
         scaler: TargetScaler,
         template: str,
-        normalize: bool = False,
+        normalize_grid: bool = False,
         max_length: int = 512,
         method: str = "none",
         head=None,
@@ -60,18 +61,17 @@ class Predictor:
 
         lm_head_in_float32(model)
         self.head, self.bidirectional, self.extra = head, bidirectional, dict(extra or {})
-        self.bucket, self.pad_to = True, None  # speed switches (benchmarks/speed.py measures them)
         self.model, self.tokenizer, self.grid, self.fmt = model, tokenizer, grid, fmt
-        self.scaler, self.template, self.normalize, self.max_length, self.method = (
+        self.scaler, self.template, self.normalize_grid, self.max_length, self.method = (
             scaler,
             template,
-            normalize,
+            normalize_grid,
             max_length,
             method,
         )
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         # normalized RAIL over single-token strings needs only the grid rows of the LM head
-        self.use_grid_rows(normalize and fmt is not None and fmt.single_token)
+        self.use_grid_rows(normalize_grid and fmt is not None)
 
     def compile(self) -> None:
         """torch.compile the model's forward for inference (a switch: same numbers within float
@@ -79,8 +79,9 @@ class Predictor:
         self.model.forward = torch.compile(self.model.forward, dynamic=True)
 
     def use_grid_rows(self, on: bool) -> None:
-        """Switch grid-rows-only scoring (normalized grids): same numbers, G instead of V head rows."""
-        self.scorer = GridLogProbs(self.fmt, self.pad_id, grid_only=on) if self.fmt is not None else None
+        """Switch grid-normalized scoring (on for normalized grids): the same predictions; single-token
+        grids then read G instead of V head rows."""
+        self.scorer = GridLogProbs(self.fmt, self.pad_id, normalize_grid=on) if self.fmt is not None else None
 
     @classmethod
     def create(
@@ -92,7 +93,7 @@ class Predictor:
         probes: list[str],
         template: str = "{text}",
         answer_prefix: str = " ",
-        normalize: bool = False,
+        normalize_grid: bool = False,
         max_length: int = 512,
         method: str = "none",
         bind: bool = True,
@@ -114,7 +115,7 @@ class Predictor:
             fmt,
             scaler,
             template,
-            normalize,
+            normalize_grid,
             max_length,
             method,
             bidirectional=bidirectional,
@@ -258,7 +259,7 @@ class Predictor:
             probs = np.exp(logp)
             rule = decoders.GRID_DECODERS[decoder]
             g = (
-                rule(self.grid.array, probs, self.normalize)
+                rule(self.grid.array, probs, self.normalize_grid)
                 if decoder == "rail"
                 else rule(self.grid.array, probs)
             )
@@ -292,113 +293,3 @@ class Predictor:
             if head.startswith(s) and np.isnan(decoders.parse_float(s, np.nan)):
                 return v
         return decoders.parse_float(text, np.nan)
-
-    # --- persistence ------------------------------------------------------------------------------
-
-    def metadata(self) -> dict:
-        return {
-            "format_version": FORMAT_VERSION,
-            "method": self.method,
-            "grid": self.grid.to_dict(),
-            "scaler": self.scaler.to_dict(),
-            "template": self.template,
-            "answer_prefix": None if self.fmt is None else self.fmt.answer_prefix,
-            "fold_prefix": None if self.fmt is None else self.fmt.fold_prefix,
-            "candidates": None if self.fmt is None else [list(c) for c in self.fmt.candidates],
-            "normalize_grid": self.normalize,
-            "max_length": self.max_length,
-            "bidirectional": self.bidirectional,
-            "head": None
-            if self.head is None
-            else {"class": type(self.head).__name__, "kwargs": self.head.config()},
-            "encoder": self.fmt is None,
-            **self.extra,
-        }
-
-    def save(self, directory: str | Path) -> Path:
-        """Write an ordinary causal LM (safetensors), its tokenizer and ``raftlm.json`` into ``directory``."""
-        from safetensors.torch import save_file
-
-        from raftlm.io import write_json
-        from raftlm.models import attach_head, detach_head, unwrap_for_saving
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.model = unwrap_for_saving(self.model)
-        head = detach_head(self.model)  # the backbone is saved as a plain model; the head beside it
-        try:
-            self.model.save_pretrained(directory, safe_serialization=True)
-        finally:
-            if head is not None:
-                attach_head(self.model, head)
-        if self.head is not None:
-            save_file(
-                {k: v.contiguous() for k, v in self.head.state_dict().items()},
-                str(directory / "head.safetensors"),
-            )
-        self.tokenizer.save_pretrained(directory)
-        write_json(directory / "raftlm.json", self.metadata())
-        return directory
-
-    @classmethod
-    def load(cls, directory: str | Path, device: str = "auto", dtype: str = "auto") -> Predictor:
-        """A run directory on ``device`` in ``dtype`` (see ``Predictor.to``); the weights are read in
-        that dtype, so a bf16 load never holds a float32 copy."""
-        from raftlm.models import load_model, resolve_device, resolve_dtype
-
-        directory = Path(directory)
-        meta_path = directory / "raftlm.json"
-        if not meta_path.exists():
-            raise RaftlmError(
-                f"{directory} is not a raftlm model (no raftlm.json): pass a run directory from `raftlm train`"
-            )
-        meta = json.loads(meta_path.read_text())
-        encoder = meta.get("encoder", False)
-        model, tok = load_model(
-            str(directory), encoder=encoder, dtype=resolve_dtype(dtype, resolve_device(device))
-        )
-        fmt = None
-        if not encoder:
-            fmt = AnswerFormat(
-                meta["answer_prefix"], meta["fold_prefix"], tuple(tuple(c) for c in meta["candidates"])
-            )
-        head = None
-        if meta.get("head"):
-            from safetensors.torch import load_file
-
-            from raftlm.heads import HEAD_CLASSES
-            from raftlm.models import attach_head
-
-            head = HEAD_CLASSES[meta["head"]["class"]](**meta["head"]["kwargs"])
-            head.load_state_dict(load_file(str(directory / "head.safetensors")))
-            attach_head(model, head)
-            model.eval()
-        known = {
-            "format_version",
-            "method",
-            "grid",
-            "scaler",
-            "template",
-            "answer_prefix",
-            "fold_prefix",
-            "candidates",
-            "normalize_grid",
-            "max_length",
-            "bidirectional",
-            "head",
-            "encoder",
-        }
-        return cls(
-            model,
-            tok,
-            Grid.from_dict(meta["grid"]),
-            fmt,
-            TargetScaler.from_dict(meta["scaler"]),
-            meta["template"],
-            meta["normalize_grid"],
-            meta["max_length"],
-            meta.get("method", "none"),
-            head,
-            meta.get("bidirectional", False),
-            {k: v for k, v in meta.items() if k not in known},
-        ).to(device, dtype)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raftlm import methods
 from raftlm.core import RaftlmError
 from raftlm.io import atomic_write, clean_stale_tmp, write_json, write_text
 
@@ -26,12 +27,9 @@ LOWER_IS_BETTER = {
 
 
 def label(row: dict) -> str:
-    method = "zero-shot" if row["method"] == "none" else row["method"]
-    name = (
-        method
-        if row["decoder"] in ("rail", "head") and row["method"] not in ("none", "ce")
-        else f"{method} + {row['decoder']}"
-    )
+    method = methods.display_name(row["method"])
+    plain = row["decoder"] in ("rail", "head") and not methods.get(row["method"]).decoder_in_label
+    name = method if plain else f"{method} + {row['decoder']}"
     return f"{name} ({row['options']})" if row.get("options") else name
 
 
@@ -294,8 +292,9 @@ def figures(root: Path, aggs: list[dict], rows: list[dict]) -> list[Path]:
 def _entropy_figures(root: Path, here, figdir: Path, slug: str) -> list[Path]:
     """Figure 6 (entropy change vs the zero-shot model) and figure 7 (grid probabilities)."""
     plt, out = _plt(), []
-    zero = next((r for a, r in here if a["method"] == "none" and a["decoder"] == "rail"), None)
-    tuned = [(a, r) for a, r in here if a["method"] in ("raft", "ce", "mbr") and a["decoder"] == "rail"]
+    rail = [(a, r) for a, r in here if a["decoder"] == "rail"]
+    zero = next((r for a, r in rail if not methods.get(a["method"]).trains), None)
+    tuned = [(a, r) for a, r in rail if methods.get(a["method"]).grid_model]
     if zero is None or not tuned:
         return out
     before = _read_jsonl(root / "predictions" / f"{zero['cell_id']}.jsonl")

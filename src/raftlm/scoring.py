@@ -197,14 +197,12 @@ def linear_in_weight_dtype(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 class GridLogProbs:
     """Computes log p(str(y) | x) for all grid values; differentiable (used by the RAFT loss)."""
 
-    def __init__(self, fmt: AnswerFormat, pad_id: int, grid_only: bool = False):
-        """``grid_only``: apply the LM head to the grid rows only and return log-probabilities
-        normalized over the grid (valid for normalized RAIL with single-token grids)."""
-        if grid_only and not fmt.single_token:
-            raise ValueError("grid_only scoring needs single-token grid strings")
+    def __init__(self, fmt: AnswerFormat, pad_id: int, normalize_grid: bool = False):
+        """``normalize_grid``: return log-probabilities normalized over the grid (table 16); with
+        single-token grid strings only the grid rows of the LM head are applied."""
         self.fmt = fmt
         self.pad_id = pad_id
-        self.grid_only = grid_only
+        self.normalize_grid = normalize_grid
         self.first_ids = torch.tensor([c[0] for c in fmt.candidates])
         self._build_trie()
 
@@ -226,7 +224,7 @@ class GridLogProbs:
 
     def __call__(self, model, batch: PromptBatch) -> torch.Tensor:
         dev = batch.input_ids.device
-        if self.grid_only and hasattr(model, "get_decoder"):
+        if self.normalize_grid and self.fmt.single_token and hasattr(model, "get_decoder"):
             return self._grid_rows(model, batch)
         # (a wrapper such as DDP must be called as a whole so it syncs gradients: full head, then the grid)
         multi = bool(self.paths)
@@ -235,7 +233,7 @@ class GridLogProbs:
         lp = last[:, self.first_ids.to(dev)] - torch.logsumexp(last, dim=-1, keepdim=True)
         if multi:
             lp = lp + self._tails(model, batch, out.past_key_values)
-        return torch.log_softmax(lp, dim=-1) if self.grid_only else lp
+        return torch.log_softmax(lp, dim=-1) if self.normalize_grid else lp
 
     def _grid_rows(self, model, batch: PromptBatch) -> torch.Tensor:
         """log softmax over the grid of h_L @ E_out[grid]^T: G rows of the LM head instead of V."""

@@ -36,10 +36,11 @@ from starlette.exceptions import HTTPException
 
 from raftlm.config import Config, ServeSettings
 from raftlm.core import Example, RaftlmError
-from raftlm.data import to_examples
-from raftlm.pipeline import is_run_dir, load_for_eval, predict_examples
+from raftlm.files import to_examples
+from raftlm.pipeline import load_for_eval, predict_examples
 from raftlm.predictor import Predictions, Predictor
 from raftlm.prompts import template_fields
+from raftlm.run import is_run_dir
 from raftlm.streaming import grid_probs
 
 log = logging.getLogger("raftlm.serve")
@@ -222,7 +223,7 @@ def run_info(run_dir: str | Path, predictor: Predictor, cfg: Config, settings: S
         "method": predictor.method,
         "decoder": "head" if predictor.head is not None else cfg.eval.decoder,
         "grid": predictor.grid.to_dict(),
-        "normalize_grid": predictor.normalize,
+        "normalize_grid": predictor.normalize_grid,
         "target_scaling": predictor.scaler.to_dict(),
         "template": predictor.template,
         "columns": template_fields(predictor.template),

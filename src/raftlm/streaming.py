@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from raftlm.config import Config
 from raftlm.core import Example, RaftlmError
-from raftlm.data import iter_rows, to_examples
+from raftlm.files import iter_rows, to_examples
 from raftlm.io import atomic_write, check_writable, clean_stale_tmp
 from raftlm.pipeline import predict_examples
 from raftlm.predictor import Predictions, Predictor

@@ -21,12 +21,12 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.optimization import Adafactor
 from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
 
+from raftlm import methods
 from raftlm.cache import HiddenStore, build_store, frozen_blocks, skip_frozen
 from raftlm.config import Config
 from raftlm.core import Example, RaftlmError
 from raftlm.decoders import GRID_DECODERS
 from raftlm.io import to_json, write_text
-from raftlm.methods import METHODS
 from raftlm.metrics import DEAD_GRID, collapse, regression_metrics
 from raftlm.predictor import Predictor
 from raftlm.scoring import PromptBatch, answer_ids, left_pad
@@ -54,7 +54,7 @@ def build_features(
         {"index": i, "prompt_ids": p, "target": float(t), "answer_ids": []}
         for i, (p, t) in enumerate(zip(prompts, targets, strict=True))
     ]
-    if method == "ce":
+    if methods.get(method).trains_on_answer:
         fmt, cache = predictor.fmt, {}
         # the answer ends with EOS, as in any SFT: a CE model learns to stop, so greedy decoding
         # yields '3', not '3333' (the EOS token is part of the loss; RAIL reads only str(y)'s tokens)
@@ -339,7 +339,7 @@ def frozen_blocks_to_cache(predictor: Predictor, cfg: Config) -> int:
     scorer that reads one position (single-token grids; multi-token grids score paths through every block)."""
     if not cfg.training.cache_frozen or predictor.fmt is None:
         return 0
-    if predictor.head is None and cfg.method.method != "ce" and not predictor.fmt.single_token:
+    if methods.get(cfg.method.method).scores_grid and not predictor.fmt.single_token:
         return 0
     return frozen_blocks(predictor.model, cfg.model.trainable)
 
@@ -363,7 +363,7 @@ def fit(
     """Fine-tune ``predictor.model`` in place; returns a summary (best step, best validation RMSE).
     ``callbacks``: more Trainer callbacks (classes or instances)."""
     method = cfg.method.method
-    loss_fn = METHODS[method].loss(predictor, cfg.method)
+    loss_fn = methods.get(method).loss(predictor, cfg.method)
     feats = build_features(predictor, train, method, cfg.method.ce_decimals)
     frozen = frozen_blocks_to_cache(predictor, cfg)
     store = None

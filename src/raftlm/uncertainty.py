@@ -184,13 +184,13 @@ class GridRegressor(RegressorMixin, BaseEstimator):
         values: tuple = (),
         scaler: TargetScaler | None = None,
         rule: str = "rail",
-        normalize: bool = False,
+        normalize_grid: bool = False,
         quantile: float | None = None,
     ):
         self.values = values
         self.scaler = scaler
         self.rule = rule
-        self.normalize = normalize
+        self.normalize_grid = normalize_grid
         self.quantile = quantile
 
     def fit(self, X, y=None) -> GridRegressor:
@@ -208,7 +208,7 @@ class GridRegressor(RegressorMixin, BaseEstimator):
             return grid_quantile(self._data_values(), probs, self.quantile)
         grid = np.asarray(self.values, dtype=np.float64)
         rule = decoders.GRID_DECODERS[self.rule]
-        g = rule(grid, probs, self.normalize) if self.rule == "rail" else rule(grid, probs)
+        g = rule(grid, probs, self.normalize_grid) if self.rule == "rail" else rule(grid, probs)
         point = self.scaler.to_data(g)
         return (point, grid_std(self._data_values(), probs)) if return_std else point
 
@@ -319,7 +319,7 @@ class Calibration:
     features: np.ndarray
     grid: tuple | None
     scaler: TargetScaler
-    normalize: bool = False
+    normalize_grid: bool = False
     source: str = "validation"
     extra: dict = field(default_factory=dict)
 
@@ -337,7 +337,7 @@ class Calibration:
     def point_estimator(self, rule: str = "rail"):
         if self.grid is None:
             return ColumnRegressor().fit(self.features)
-        return GridRegressor(self.grid, self.scaler, rule, self.normalize).fit(self.features)
+        return GridRegressor(self.grid, self.scaler, rule, self.normalize_grid).fit(self.features)
 
     def quantile_estimator(self, level: float) -> GridRegressor:
         return GridRegressor(self.grid, self.scaler, quantile=level).fit(self.features)
@@ -382,7 +382,7 @@ class Calibration:
             "n": self.n,
             "grid": None if self.grid is None else list(self.grid),
             "scaler": self.scaler.to_dict(),
-            "normalize_grid": self.normalize,
+            "normalize_grid": self.normalize_grid,
             **self.extra,
             "targets": self.targets.tolist(),
             "features": self.features.tolist(),
@@ -463,7 +463,7 @@ def calibrate(
         X,
         _grid_of(predictor, X),
         predictor.scaler,
-        predictor.normalize,
+        predictor.normalize_grid,
         source,
     )
     if cal.n >= min_calibration_size(max(LEVELS)):  # a readable summary beside the stored examples

@@ -8,8 +8,7 @@ import pytest
 
 from raftlm.config import DataConfig
 from raftlm.core import RaftlmError
-from raftlm.data import load_splits
-from raftlm.datasets_extra import amazon_category, movielens_rows
+from raftlm.data import amazon_category, load_splits, movielens_rows
 
 
 def test_amazon_ni_format_with_metadata_titles(tmp_path):
