@@ -32,6 +32,7 @@ TRAIN = {
     "lr": 1e-4,
     "optimizer": "adafactor",
     "scheduler": "constant",
+    "warmup_steps": 0,
     "eval_steps": 50,
     "bf16": True,
     "seed": 0,
@@ -77,7 +78,7 @@ def config(spec: dict, data_dir: str) -> Config:
         {
             "model": model,
             "data": {"dataset": "stsb-1k", "data_dir": data_dir, "val_size": VAL_SIZE, "max_length": 256},
-            "method": {"method": method},
+            "method": {"method": method, **({"ce_weight": 0.0} if method == "raft" else {})},  # paper RAFT
             "training": {
                 **train_settings(spec),
                 "output_dir": str(WORK / row_label(spec).replace(" ", "_").replace("(", "").replace(")", "")),

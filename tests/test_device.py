@@ -63,6 +63,7 @@ def test_a_head_stays_float32_when_the_backbone_goes_bfloat16(tmp_path, run):
     _, data = run
     cfg = Config.build(
         {
+            "model": {"name": "tiny-random-llama", "trainable": "full"},
             "data": {"dataset": f"csv:{data}"},
             "method": {"method": "head-pooled"},
             "training": {

@@ -36,6 +36,7 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tmp_path
     train_run(
         Config.build(
             {
+                "model": {"name": "tiny-random-llama"},
                 "data": {"dataset": f"csv:{toy_csv}"},
                 "training": {
                     "output_dir": str(single),

@@ -195,7 +195,7 @@ def test_ce_refuses_bidirectional_attention(tmp_path, toy_csv):
 
     cfg = Config.build(
         {
-            "model": {"attention": "bidirectional"},
+            "model": {"name": "tiny-random-llama", "attention": "bidirectional"},
             "data": {"dataset": f"csv:{toy_csv}"},
             "method": {"method": "ce"},
             "training": {"output_dir": str(tmp_path / "r")},
@@ -279,6 +279,7 @@ def test_grid_ablations_of_tables_13_14_20_train(tmp_path, toy_csv, name):
     spec, single = TABLE13_GRIDS[name]
     cfg = Config.build(
         {
+            "model": {"name": "tiny-random-llama", "trainable": "full"},
             "data": {"dataset": f"csv:{toy_csv}"},
             "method": {"method": "raft", "grid": spec, "single_value_grid": single, "target_range": "1,5"},
             "training": {

@@ -45,11 +45,12 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         target_range: str | list | None = "auto",
         decoder: str = "rail",
         normalize_grid: bool = False,
-        trainable: str = "full",
-        max_steps: int = 100,
+        ce_weight: float | None = None,
+        trainable: str = "top-18",
+        max_steps: int = 300,
         batch_size: int = 16,
-        lr: float = 1e-5,
-        optimizer: str = "adafactor",
+        lr: float = 5e-5,
+        optimizer: str = "adamw",
         eval_steps: int = 50,
         patience: int | None = None,
         bf16: bool = False,
@@ -67,6 +68,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         self.target_range = target_range
         self.decoder = decoder
         self.normalize_grid = normalize_grid
+        self.ce_weight = ce_weight
         self.trainable = trainable
         self.max_steps = max_steps
         self.batch_size = batch_size
@@ -101,6 +103,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                     "method": self.method,
                     "grid": self.grid,
                     "normalize_grid": self.normalize_grid,
+                    "ce_weight": self.ce_weight,
                     "target_range": "none" if self.target_range is None else self.target_range,
                 },
                 "training": {

@@ -84,11 +84,11 @@ def typed(section) -> None:
 @dataclass
 class ModelConfig:
     name: str = field(
-        default="tiny-random-llama",
-        metadata={"help": "gemma-3-270m, smollm2-135m, tiny-random-llama, a path or a hub id"},
+        default="gemma-3-270m",
+        metadata={"help": "gemma-3-270m, smollm2-135m, tiny-random-llama (tests), a path or a hub id"},
     )
     trainable: str = field(
-        default="full",
+        default="top-18",
         metadata={"help": "full, lora, top-N (last N blocks; embeddings frozen), none (train a head only)"},
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
@@ -166,9 +166,12 @@ class MethodConfig:
     grid: str | None = field(
         default=None, metadata={"help": "grid spec: 1-5, 0:5:0.1, 1,2,3 or 1=a,2=b (default: the dataset's)"}
     )
-    ce_weight: float = field(
-        default=0.0,
-        metadata={"help": "raft: add this weight x CE on the grid string nearest the target (0 = pure RAFT)"},
+    ce_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "raft: add this weight x CE on the grid string nearest the target (default: the method's, "
+            "1.0 for raft; 0 = the paper's pure RAFT)"
+        },
     )
     answer_prefix: str = field(default=" ", metadata={"help": "text between the prompt and the answer"})
     normalize_grid: bool = field(
@@ -208,7 +211,7 @@ class MethodConfig:
             raise RaftlmError("learnable-raft: learnable_scope is grid or all, head_init is raft or random")
         if self.new_tokens not in (None, "zero", "first", "average", "random"):
             raise RaftlmError(f"new_tokens={self.new_tokens!r}: use zero, first, average or random")
-        if not (self.ce_weight >= 0 and math.isfinite(self.ce_weight)):
+        if self.ce_weight is not None and not (self.ce_weight >= 0 and math.isfinite(self.ce_weight)):
             raise RaftlmError(f"ce_weight={self.ce_weight}: use a finite weight >= 0 (e.g. 0.3)")
         if self.ce_weight and not method.takes_ce_weight:
             raise RaftlmError(f"ce_weight is a raft option: drop it for method {self.method}")
@@ -235,16 +238,18 @@ def _target_range(value):
 @dataclass
 class TrainConfig:
     output_dir: str | None = field(default=None, metadata={"help": "run directory"})
-    max_steps: int = field(default=100, metadata={"help": "optimizer steps"})
+    max_steps: int = field(default=300, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=16, metadata={"help": "examples per device per step"})
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
-    lr: float = field(default=1e-5, metadata={"help": "learning rate (paper sweeps 1e-4, 1e-5, 1e-6)"})
+    lr: float = field(default=5e-5, metadata={"help": "learning rate (paper sweeps 1e-4, 1e-5, 1e-6)"})
     optimizer: str = field(
         default="adafactor",
         metadata={"help": "adafactor (paper: eps 1e-30/1e-3, decay 0.8, constant) or adamw"},
     )
-    scheduler: str = field(default="constant", metadata={"help": "constant, cosine or linear"})
-    warmup_steps: int = field(default=0, metadata={"help": "learning-rate warmup steps"})
+    scheduler: str = field(default="cosine", metadata={"help": "constant, cosine or linear"})
+    warmup_steps: int | None = field(
+        default=None, metadata={"help": "learning-rate warmup steps (default: 10 % of max_steps)"}
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(
         default=1.0,
@@ -296,6 +301,11 @@ class TrainConfig:
         for name in ("warmup_steps", "patience"):
             if (getattr(self, name) or 0) < 0:
                 raise RaftlmError(f"{name}={getattr(self, name)}: use a number >= 0")
+
+    @property
+    def warmup(self) -> int:
+        """Warmup steps: as set, or 10 % of max_steps (TRACT's schedule) when unset."""
+        return round(0.1 * self.max_steps) if self.warmup_steps is None else self.warmup_steps
 
 
 @dataclass

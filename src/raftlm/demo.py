@@ -18,11 +18,14 @@ from raftlm.tables import format_table
 DEMO_DEFAULTS = {
     "model": {"name": "gemma-3-270m", "trainable": "top-6", "dropout": 0.1},
     "data": {"dataset": "amazon-snippets", "train_size": 1200, "val_size": 200, "max_length": 192},
-    "method": {"method": "raft"},
+    "method": {"method": "raft", "ce_weight": 0.0},  # the paper's RAFT, as the published demo ran
     "training": {
         "max_steps": 150,
         "batch_size": 16,
         "lr": 1e-4,
+        "optimizer": "adafactor",
+        "scheduler": "constant",
+        "warmup_steps": 0,
         "eval_steps": 50,
         "bf16": True,
         "output_dir": "demo_out",

@@ -298,7 +298,7 @@ class RegressionTrainer(Trainer):
 def training_arguments(cfg: Config, checkpoint_dir: Path, has_validation: bool) -> TrainingArguments:
     t = cfg.training
     schedule = {
-        "constant": "constant_with_warmup" if t.warmup_steps else "constant",
+        "constant": "constant_with_warmup" if t.warmup else "constant",
         "cosine": "cosine",
         "linear": "linear",
     }
@@ -310,7 +310,7 @@ def training_arguments(cfg: Config, checkpoint_dir: Path, has_validation: bool) 
         gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.lr,
         lr_scheduler_type=schedule[t.scheduler],
-        warmup_steps=t.warmup_steps,
+        warmup_steps=t.warmup,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         optim="adamw_torch",
