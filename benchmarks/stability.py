@@ -74,7 +74,7 @@ def summarize(cells: list[dict]) -> list[dict]:
             }
         )
     order = {a: i for i, a in enumerate(dict.fromkeys(arm_name(c) for c in cells))}
-    return sorted(out, key=lambda r: (r["dataset"], order[r["arm"]]))
+    return sorted(out, key=lambda r: (r["dataset"], order[r["arm"]]))  # arms in the order they first ran
 
 
 def markdown(rows: list[dict], n_cells: int, n_planned: int | None) -> str:
@@ -132,7 +132,8 @@ def main() -> None:
     ap.add_argument("--planned", type=int, default=None, help="cells the sweep plans (for the header)")
     a = ap.parse_args()
     root = Path(a.root)
-    cells = [json.loads(p.read_text()) for p in sorted((root / "cells").glob("*.json"))]
+    paths = sorted((root / "cells").glob("*.json"), key=lambda p: p.stat().st_mtime)  # the sweep's order
+    cells = [json.loads(p.read_text()) for p in paths]
     saved = json.loads((root / "curves.json").read_text()) if (root / "curves.json").exists() else {}
     for c in cells:  # runs/ is not committed: keep the curves once read
         fresh = curves(root, c["run_id"])
