@@ -9,6 +9,8 @@ import re
 
 import numpy as np
 
+from raftlm.core import DecisionRule
+
 NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
@@ -59,6 +61,6 @@ def sample_mean(samples: list[list[str]], default: float = 0.0) -> np.ndarray:
 
 
 # Decoders that read grid probabilities; `greedy` and `sample-rail` decode text instead (``Predictor.predict``).
-GRID_DECODERS = {"rail": rail, "mode": mode, "median": median}
+GRID_DECODERS: dict[str, DecisionRule] = {"rail": rail, "mode": mode, "median": median}
 TEXT_DECODERS = ("greedy", "sample-rail")
 DECODERS = (*GRID_DECODERS, *TEXT_DECODERS)
