@@ -185,15 +185,20 @@ def add_shared(
         group = groups.get(section) or groups.setdefault(
             section, p.add_argument_group(f"{TITLES[section]} ({section}.* in a recipe)")
         )
-        f, default = _field(key), getattr(getattr(defaults, section), key.split(".")[1])
-        if f.type == "bool":  # a setting that is on by default is turned off by its --no- flag
-            off = flag.startswith("--no-")
-            action = "store_false" if off else "store_true"
-            group.add_argument(
-                flag, action=action, default=argparse.SUPPRESS, help=_help(f, default, off), dest=_dest(flag)
-            )
-        else:  # a string here: config.typed converts it, exactly as it converts YAML and --set values
-            group.add_argument(flag, default=argparse.SUPPRESS, help=_help(f, default, False))
+        _config_flag(group, flag, key, defaults)
+
+
+def _config_flag(group, flag: str, key: str, defaults: Config) -> None:
+    """One flag of a config field (unset unless given), its help with the field's default in ``defaults``."""
+    f, default = _field(key), getattr(getattr(defaults, key.split(".")[0]), key.split(".")[1])
+    if f.type == "bool":  # a setting that is on by default is turned off by its --no- flag
+        off = flag.startswith("--no-")
+        action = "store_false" if off else "store_true"
+        group.add_argument(
+            flag, action=action, default=argparse.SUPPRESS, help=_help(f, default, off), dest=_dest(flag)
+        )
+    else:  # a string here: config.typed converts it, exactly as it converts YAML and --set values
+        group.add_argument(flag, default=argparse.SUPPRESS, help=_help(f, default, False))
 
 
 SERVE_FLAGS = {  # the config flags serve takes (the rest of its settings are ServeSettings)
@@ -210,13 +215,9 @@ def add_serve(p: argparse.ArgumentParser) -> None:
     for f in fields(ServeSettings):
         flag = f"--{f.name.replace('_', '-')}"
         p.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
+    defaults = Config()
     for flag, key in SERVE_FLAGS.items():
-        f = _field(key)
-        if f.type == "bool":
-            action = "store_false" if f.default else "store_true"
-            p.add_argument(flag, action=action, default=argparse.SUPPRESS, help=f.metadata.get("help", ""))
-        else:
-            p.add_argument(flag, default=argparse.SUPPRESS, help=f.metadata.get("help", ""))
+        _config_flag(p, flag, key, defaults)
 
 
 def build_parser() -> argparse.ArgumentParser:
