@@ -24,15 +24,16 @@ WORK = HERE / "work" / "frontier"
 BASE = [
     "--model", "gemma-3-270m", "--dataset", "stsb-1k", "--val-size", "300", "--max-length", "256",
     "--method", "raft", "--grid", "1-5", "--batch-size", "16", "--eval-steps", "100",
+    "--optimizer", "adamw", "--scheduler", "cosine", "--ce-weight", "1.0",
 ]  # fmt: skip
 
-# name -> extra flags (steps sized so that a setting fits in about 30 minutes here)
+# name -> extra flags (steps sized so that a setting fits in about 30 minutes here). Every setting
+# trains RAFT + 1.0 x CE (the stability study's stable arm), AdamW, cosine, 10 % warmup.
 SETTINGS = {
-    "top6-adamw-1e-4": ["--trainable", "top-6", "--optimizer", "adamw", "--lr", "1e-4", "--max-steps", "900",
-                        "--warmup-steps", "90", "--scheduler", "cosine"],
-    "top6-adamw-1e-4-ce0.3": ["--trainable", "top-6", "--optimizer", "adamw", "--lr", "1e-4",
-                              "--max-steps", "900", "--warmup-steps", "90", "--scheduler", "cosine",
-                              "--ce-weight", "0.3"],
+    "all18-adamw-5e-5-300": ["--trainable", "top-18", "--lr", "5e-5", "--max-steps", "300"],
+    "all18-adamw-1e-4-300": ["--trainable", "top-18", "--lr", "1e-4", "--max-steps", "300"],
+    "top9-cached-adamw-1e-4-500": ["--trainable", "top-9", "--lr", "1e-4", "--max-steps", "500"],
+    "lora-r16-adamw-3e-4-300": ["--trainable", "lora", "--lr", "3e-4", "--max-steps", "300"],
 }  # fmt: skip
 
 
