@@ -75,3 +75,17 @@ def test_stsb_splits_follow_table7():
     one_k = load_splits(DataConfig(dataset="stsb-1k", data_dir=str(SHARED_STSB)))
     assert len(one_k.train) == 1000 and one_k.train == s.train[:1000] and one_k.validation == s.validation
     assert s.test[0].text.endswith("is equal to") and 0 <= s.test[0].target <= 5
+
+
+@pytest.mark.skipif(not SHARED_STSB.exists(), reason="../shared/data/stsb is absent")
+def test_stsb_official_test_split_is_an_option():
+    s = load_splits(DataConfig(dataset="stsb", data_dir=str(SHARED_STSB), stsb_test="test"))
+    assert (len(s.train), len(s.validation), len(s.test)) == (4886, 863, 1379)
+    assert "A girl is styling her hair." in s.test[0].text and s.test[0].target == 2.5
+
+
+def test_stsb_test_option_is_checked():
+    with pytest.raises(RaftlmError, match="stsb_test='train': use dev"):
+        DataConfig(stsb_test="train")
+    with pytest.raises(RaftlmError, match="applies to the stsb datasets only"):
+        load_splits(DataConfig(dataset="amazon-snippets", stsb_test="test"))

@@ -37,6 +37,7 @@ FLAGS = {
     "--history": "data.history",
     "--val-size": "data.val_size",
     "--max-length": "data.max_length",
+    "--stsb-test": "data.stsb_test",
     "--method": "method.method",
     "--grid": "method.grid",
     "--target-range": "method.target_range",
@@ -109,7 +110,7 @@ PREDICTS = (
 USES = {
     "train": ("model", "data", "method", "training", "eval.decoder", "eval.num_samples", "eval.temperature"),
     "predict": PREDICTS,
-    "evaluate": (*PREDICTS, "eval.split", "eval.eval_size"),
+    "evaluate": (*PREDICTS, "data.stsb_test", "eval.split", "eval.eval_size"),
     "calibrate": (*PREDICTS, "eval.split"),
     "demo": ("model", "data", "method", "training", "eval"),
 }
@@ -352,11 +353,10 @@ def _run_config(args) -> Config:
 
 def _check_output(args) -> None:
     """Where the output goes is checked before any work (and a kill's leftover temp file cleaned)."""
-    from raftlm.io import check_writable, clean_stale_tmp
+    from raftlm.io import prepare_output
 
     if args.output:
-        path = check_writable(args.output, args.overwrite)
-        clean_stale_tmp(path.parent, path.name)
+        prepare_output(args.output, args.overwrite)
 
 
 def _file_examples(rows: list[dict], path: str, predictor, target_column: str, need_target: bool):

@@ -145,9 +145,18 @@ class DataConfig:
     split_seed: int | None = field(
         default=None, metadata={"help": "seed of the random train/validation/test split"}
     )
+    stsb_test: str = field(
+        default="dev",
+        metadata={
+            "help": "stsb: the split scored as test: dev (the paper's, 1,500 pairs) or test (the official "
+            "STS-B test split, 1,379 pairs, where cross-encoders report)"
+        },
+    )
 
     def __post_init__(self) -> None:
         typed(self)
+        if self.stsb_test not in ("dev", "test"):
+            raise RaftlmError(f"stsb_test={self.stsb_test!r}: use dev (the paper's test set) or test")
         for name in ("train_size", "val_size"):
             v = getattr(self, name)
             if v is not None and v < 1:

@@ -77,15 +77,18 @@ def _read_stsb(path: Path) -> list[dict]:
         ]
 
 
-def load_stsb(data_dir: str | None, train_size: int | None = None, n_validation: int = 863) -> Splits:
+def load_stsb(
+    data_dir: str | None, train_size: int | None = None, n_validation: int = 863, test_split: str = "dev"
+) -> Splits:
     """Table 7: the official train split divided (fixed seed 0) into validation (863) and train;
-    the official dev split (1,500) is the test set."""
+    the official dev split (1,500) is the test set, or with ``test_split="test"`` the official test
+    split (1,379 pairs, where sentence-transformers' cross-encoders report)."""
     if not data_dir:
         raise RaftlmError(
             "dataset stsb needs --data-dir pointing at the stsbenchmark folder (sts-train.csv, sts-dev.csv)"
         )
     template = PROMPTS["stsb"]
-    train_file, test_file = Path(data_dir) / "sts-train.csv", Path(data_dir) / "sts-dev.csv"
+    train_file, test_file = Path(data_dir) / "sts-train.csv", Path(data_dir) / f"sts-{test_split}.csv"
     rows = _read_stsb(train_file)
     idx = _shuffled(len(rows), 0)
     val = _subset(rows, idx[:n_validation])
@@ -383,8 +386,8 @@ def load_movielens_100k(
 
 
 DATASETS: dict[str, Callable[..., Splits]] = {
-    "stsb": lambda cfg: load_stsb(cfg.data_dir, cfg.train_size),
-    "stsb-1k": lambda cfg: load_stsb(cfg.data_dir, cfg.train_size or 1000),
+    "stsb": lambda cfg: load_stsb(cfg.data_dir, cfg.train_size, test_split=cfg.stsb_test),
+    "stsb-1k": lambda cfg: load_stsb(cfg.data_dir, cfg.train_size or 1000, test_split=cfg.stsb_test),
     "synthetic-original1": lambda cfg: load_synthetic(
         seed=cfg.split_seed if cfg.split_seed is not None else 1
     ),
@@ -429,6 +432,8 @@ def load_splits(cfg) -> Splits:
         raise RaftlmError(
             f"dataset {name} has its own prompt (table 6): drop --template, or export it to csv: and template that"
         )
+    if cfg.stsb_test != "dev" and name not in ("stsb", "stsb-1k"):
+        raise RaftlmError(f"--stsb-test {cfg.stsb_test} applies to the stsb datasets only, not {name}: drop it")
     if cfg.train_size is not None and name not in ("stsb", "stsb-1k", "amazon-snippets"):
         splits = replace(splits, train=splits.train[: cfg.train_size])
     if cfg.train_fraction is not None:  # data-size curves (figure 4): a prefix of the (shuffled) train split

@@ -27,6 +27,13 @@ def check_writable(path: str | Path, overwrite: bool) -> Path:
     return path
 
 
+def prepare_output(path: str | Path, overwrite: bool) -> Path:
+    """``check_writable``, then clean what a kill left of an earlier atomic write of this output."""
+    path = check_writable(path, overwrite)
+    clean_stale_tmp(path.parent, path.name)
+    return path
+
+
 def check_folder(folder: str | Path, output: str | Path | None = None) -> None:
     """``folder``, or its nearest existing parent when it does not exist yet, accepts new files (tried
     with a temp file that is gone at once: nothing is created)."""

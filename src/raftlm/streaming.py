@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from raftlm.config import Config
 from raftlm.core import Example, RaftlmError
 from raftlm.files import iter_rows, to_examples
-from raftlm.io import atomic_write, check_writable, clean_stale_tmp
+from raftlm.io import atomic_write, prepare_output
 from raftlm.pipeline import predict_examples
 from raftlm.predictor import Predictions, Predictor
 
@@ -44,8 +44,7 @@ def job_path(output: Path) -> Path:
 def check_output(output: str | Path, overwrite: bool, resume: bool) -> Path:
     """Before loading a model: never clobber a finished output, nor an interrupted one's partial file;
     clean what a kill left of an atomic write of this output (not the partial file: that resumes)."""
-    output = check_writable(output, overwrite)
-    clean_stale_tmp(output.parent, output.name)
+    output = prepare_output(output, overwrite)
     if overwrite and resume:
         raise RaftlmError(
             "--overwrite starts the prediction afresh and --resume continues it: pass one of them"
