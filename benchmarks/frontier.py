@@ -23,17 +23,18 @@ WORK = HERE / "work" / "frontier"
 
 BASE = [
     "--model", "gemma-3-270m", "--dataset", "stsb-1k", "--val-size", "300", "--max-length", "256",
-    "--method", "raft", "--grid", "1-5", "--batch-size", "16", "--eval-steps", "100",
+    "--method", "raft", "--batch-size", "16", "--eval-steps", "100",
     "--optimizer", "adamw", "--scheduler", "cosine", "--ce-weight", "1.0",
 ]  # fmt: skip
 
 # name -> extra flags (steps sized so that a setting fits in about 30 minutes here). Every setting
-# trains RAFT + 1.0 x CE (the stability study's stable arm), AdamW, cosine, 10 % warmup.
+# trains RAFT + 1.0 x CE (the stability study's stable arm), AdamW, cosine, 10 % warmup. Grid 1-5 is the
+# paper's for STS-B; 0-5 is the scale the prompt (table 6) states, so RAIL can reach targets below 1.
 SETTINGS = {
-    "all18-adamw-5e-5-300": ["--trainable", "top-18", "--lr", "5e-5", "--max-steps", "300"],
-    "all18-adamw-1e-4-300": ["--trainable", "top-18", "--lr", "1e-4", "--max-steps", "300"],
-    "top9-cached-adamw-1e-4-500": ["--trainable", "top-9", "--lr", "1e-4", "--max-steps", "500"],
-    "lora-r16-adamw-3e-4-300": ["--trainable", "lora", "--lr", "3e-4", "--max-steps", "300"],
+    "all18-adamw-5e-5-300": ["--trainable", "top-18", "--lr", "5e-5", "--max-steps", "300", "--grid", "1-5"],
+    "all18-adamw-1e-4-300": ["--trainable", "top-18", "--lr", "1e-4", "--max-steps", "300", "--grid", "1-5"],
+    "top9-cached-adamw-1e-4-500": ["--trainable", "top-9", "--lr", "1e-4", "--max-steps", "500", "--grid", "1-5"],
+    "all18-adamw-5e-5-250-grid0-5": ["--trainable", "top-18", "--lr", "5e-5", "--max-steps", "250", "--grid", "0-5"],
 }  # fmt: skip
 
 
