@@ -34,7 +34,7 @@ SETTINGS = {
     "all18-adamw-5e-5-300": ["--trainable", "top-18", "--lr", "5e-5", "--max-steps", "300", "--grid", "1-5"],
     "all18-adamw-1e-4-300": ["--trainable", "top-18", "--lr", "1e-4", "--max-steps", "300", "--grid", "1-5"],
     "top9-cached-adamw-1e-4-500": ["--trainable", "top-9", "--lr", "1e-4", "--max-steps", "500", "--grid", "1-5"],
-    "all18-adamw-5e-5-250-grid0-5": ["--trainable", "top-18", "--lr", "5e-5", "--max-steps", "250", "--grid", "0-5"],
+    "top9-cached-adamw-1e-4-500-grid0-5": ["--trainable", "top-9", "--lr", "1e-4", "--max-steps", "500", "--grid", "0-5"],
 }  # fmt: skip
 
 

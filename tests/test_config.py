@@ -75,3 +75,30 @@ def test_recipe_that_is_not_a_mapping_of_sections(tmp_path):
         _yaml(tmp_path, "training: 5\n")
     with pytest.raises(RaftlmError, match="must be a mapping of sections"):
         _yaml(tmp_path, "- a\n- b\n")
+
+
+def test_train_defaults_are_the_frontier_winner():
+    """`raftlm train` given data flags only trains the setting benchmarks/frontier.py chose on STS-B-1K
+    validation (benchmarks/results/frontier.json): same model, depth, optimizer, schedule, steps and
+    loss. The grid is the dataset's choice (the winner's grid for STS-B is given with --grid)."""
+    import importlib.util
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    from raftlm.methods import METHODS
+
+    root = Path(__file__).parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("frontier", root / "frontier.py")
+    frontier = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(frontier)
+    rows = json.loads((root / "results" / "frontier.json").read_text())
+    best = min(rows, key=lambda r: r["validation_rmse"])["setting"]
+
+    def cfg(*flags):
+        return config_from_args(build_parser().parse_args(["train", *flags, "--output-dir", "run"]))
+
+    winner, default = cfg(*frontier.BASE, *frontier.SETTINGS[best]), cfg("--dataset", "stsb-1k")
+    assert winner.model == default.model and winner.training == default.training
+    assert replace(winner.method, grid=None, ce_weight=None) == default.method
+    assert winner.method.ce_weight == METHODS[default.method.method].default_ce_weight
