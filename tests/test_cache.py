@@ -89,6 +89,13 @@ def test_ce_weight_adds_the_cross_entropy_of_the_nearest_grid_value():
     torch.testing.assert_close(mixed, torch.tensor(0.49 + 0.5 * np.log(2), dtype=torch.float32))
 
 
+def test_a_short_run_over_a_large_set_trains_uncached():
+    """Caching runs the frozen blocks over every example once: worth it only if training visits as many."""
+    cfg, predictor, _, _ = _setup("raft", "top-1")  # 250 steps x 16 = 4,000 visits by default
+    assert frozen_blocks_to_cache(predictor, cfg, n_train=4000) == 1
+    assert frozen_blocks_to_cache(predictor, cfg, n_train=4001) == 0
+
+
 def test_nothing_to_cache_for_full_lora_or_multi_token_raft():
     cfg, predictor, _, _ = _setup("raft", "full")
     assert frozen_blocks_to_cache(predictor, cfg) == 0
@@ -108,13 +115,19 @@ def test_a_store_too_big_for_memory_goes_to_disk_and_one_too_big_for_disk_is_ref
         HiddenStore([10**9], 10**4, tmp_path, ram_bytes=1)  # 40 TB
 
 
-def test_a_cached_run_trains_and_leaves_no_cache_behind(tmp_path, toy_csv):
+def test_a_cached_run_trains_and_leaves_no_cache_behind(tmp_path, toy_csv, monkeypatch):
+    import raftlm.training
+
+    built = []
+    monkeypatch.setattr(
+        raftlm.training, "build_store", lambda *a, **k: built.append(1) or build_store(*a, **k)
+    )
     cfg = Config.build(
         {
             "model": {"name": "tiny-random-llama", "trainable": "top-1"},
             "data": {"dataset": f"csv:{toy_csv}"},
-            "training": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 4, "lr": 1e-2},
+            "training": {"output_dir": str(tmp_path / "run"), "max_steps": 8, "batch_size": 4, "lr": 1e-2},
         }
-    )
+    )  # 8 x 4 visits >= the 32 training examples: cached
     run = train_run(cfg)
-    assert not list(run.glob(".hidden-cache-*")) and (run / "eval_results.json").exists()
+    assert built == [1] and not list(run.glob(".hidden-cache-*")) and (run / "eval_results.json").exists()

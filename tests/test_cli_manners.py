@@ -41,7 +41,7 @@ def test_each_command_lists_only_the_flags_it_uses_with_defaults():
         assert flag in predict
     assert "--split" in evaluate and "--split" not in predict and "--input" not in train
     assert "training (training.* in a recipe):" in train and "model (model.* in a recipe):" in train
-    assert "(default: 5e-05)" in train and "(default: 0.0001)" in demo  # each command's own defaults
+    assert "(default: 500)" in train and "(default: 150)" in demo  # each command's own defaults (--max-steps)
     sub = build_parser()._subparsers._group_actions[0].choices["train"]
     method = next(a for a in sub._actions if a.dest == "method")
     assert all(f"{name}," in method.help for name in METHODS) and "none (zero-shot)" in method.help

@@ -88,7 +88,7 @@ class ModelConfig:
         metadata={"help": "gemma-3-270m, smollm2-135m, tiny-random-llama (tests), a path or a hub id"},
     )
     trainable: str = field(
-        default="top-18",
+        default="top-9",
         metadata={"help": "full, lora, top-N (last N blocks; embeddings frozen), none (train a head only)"},
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
@@ -247,10 +247,10 @@ def _target_range(value):
 @dataclass
 class TrainConfig:
     output_dir: str | None = field(default=None, metadata={"help": "run directory"})
-    max_steps: int = field(default=250, metadata={"help": "optimizer steps"})
+    max_steps: int = field(default=500, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=16, metadata={"help": "examples per device per step"})
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
-    lr: float = field(default=5e-5, metadata={"help": "learning rate (paper sweeps 1e-4, 1e-5, 1e-6)"})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate (paper sweeps 1e-4, 1e-5, 1e-6)"})
     optimizer: str = field(
         default="adamw",
         metadata={"help": "adamw, or adafactor (the paper's: eps 1e-30/1e-3, decay 0.8, constant)"},

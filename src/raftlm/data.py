@@ -433,7 +433,9 @@ def load_splits(cfg) -> Splits:
             f"dataset {name} has its own prompt (table 6): drop --template, or export it to csv: and template that"
         )
     if cfg.stsb_test != "dev" and name not in ("stsb", "stsb-1k"):
-        raise RaftlmError(f"--stsb-test {cfg.stsb_test} applies to the stsb datasets only, not {name}: drop it")
+        raise RaftlmError(
+            f"--stsb-test {cfg.stsb_test} applies to the stsb datasets only, not {name}: drop it"
+        )
     if cfg.train_size is not None and name not in ("stsb", "stsb-1k", "amazon-snippets"):
         splits = replace(splits, train=splits.train[: cfg.train_size])
     if cfg.train_fraction is not None:  # data-size curves (figure 4): a prefix of the (shuffled) train split

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import sys
 import time
 import warnings
@@ -30,6 +32,8 @@ from raftlm.io import to_json, write_text
 from raftlm.metrics import DEAD_GRID, collapse, regression_metrics
 from raftlm.predictor import Predictor
 from raftlm.scoring import PromptBatch, answer_ids, left_pad
+
+log = logging.getLogger(__name__)
 
 
 class ListDataset(torch.utils.data.Dataset):
@@ -334,14 +338,31 @@ def training_arguments(cfg: Config, checkpoint_dir: Path, has_validation: bool) 
     )
 
 
-def frozen_blocks_to_cache(predictor: Predictor, cfg: Config) -> int:
+def frozen_blocks_to_cache(predictor: Predictor, cfg: Config, n_train: int | None = None) -> int:
     """Blocks to run once and cache (0: train uncached): a causal LM trained top-N or head-only, with a
-    scorer that reads one position (single-token grids; multi-token grids score paths through every block)."""
+    scorer that reads one position (single-token grids; multi-token grids score paths through every block).
+
+    The cache runs the frozen blocks once over all ``n_train`` examples and saves that run at every
+    visit of an example, so it pays off only when training visits at least as many examples as there
+    are (max_steps x batch x accumulation >= n_train); a short run over a large set trains uncached."""
     if not cfg.training.cache_frozen or predictor.fmt is None:
         return 0
     if methods.get(cfg.method.method).scores_grid and not predictor.fmt.single_token:
         return 0
-    return frozen_blocks(predictor.model, cfg.model.trainable)
+    frozen = frozen_blocks(predictor.model, cfg.model.trainable)
+    t = cfg.training
+    visits = t.max_steps * t.batch_size * t.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
+    if frozen and n_train is not None and visits < n_train:
+        log.info(
+            "training uncached: %d steps x %d examples visit %d examples, fewer than the %d the frozen-block "
+            "cache would run through the frozen blocks first",
+            t.max_steps,
+            t.batch_size * t.grad_accum,
+            visits,
+            n_train,
+        )
+        return 0
+    return frozen
 
 
 def latest_complete_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -368,7 +389,7 @@ def fit(
     method = cfg.method.method
     loss_fn = methods.get(method).loss(predictor, cfg.method)
     feats = build_features(predictor, train, method, cfg.method.ce_decimals)
-    frozen = frozen_blocks_to_cache(predictor, cfg)
+    frozen = frozen_blocks_to_cache(predictor, cfg, len(feats))
     store = None
     if frozen:
         store = build_store(
