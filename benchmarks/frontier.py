@@ -70,7 +70,7 @@ def write(rows: list[dict]) -> None:
     best = min(rows, key=lambda r: r["validation_rmse"])["setting"] if rows else None
     lines = [
         "STS-B-1K (1,000 train pairs; validation = first 300 of the 863 held-out train pairs; test = the "
-        "official dev split, 1,500 pairs), Gemma 3 270M, RAFT, grid 1-5, prompt of table 6, batch 16, "
+        "official dev split, 1,500 pairs), Gemma 3 270M, RAFT + 1.0 x CE, grid 1-5 unless the flags say 0-5, prompt of table 6, batch 16, "
         "float32, one `raftlm train` process per setting on this 2-core CPU, its wall time measured from "
         "outside (loading, caching, validation and the test evaluation included). The setting is chosen "
         "on validation RMSE (**bold**); test is only reported. Reproduce: `python benchmarks/frontier.py "
