@@ -91,7 +91,8 @@ def test_ce_weight_adds_the_cross_entropy_of_the_nearest_grid_value():
 
 def test_a_short_run_over_a_large_set_trains_uncached():
     """Caching runs the frozen blocks over every example once: worth it only if training visits as many."""
-    cfg, predictor, _, _ = _setup("raft", "top-1")  # 250 steps x 16 = 4,000 visits by default
+    cfg, predictor, _, _ = _setup("raft", "top-1")
+    cfg.training.max_steps, cfg.training.batch_size, cfg.training.grad_accum = 250, 8, 2  # 4,000 visits
     assert frozen_blocks_to_cache(predictor, cfg, n_train=4000) == 1
     assert frozen_blocks_to_cache(predictor, cfg, n_train=4001) == 0
 
