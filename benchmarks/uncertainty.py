@@ -372,9 +372,8 @@ def main() -> None:
     out = Path(args.results)
     old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
     rows, runs = old.get("rows", []), old.get("runs", [])  # other datasets / methods stay
-    first = [m for m in args.methods if m != "raft-paper"]  # the paper arm last: it is the optional one
-    pairs = [(d, m) for d in args.datasets for m in first]
-    pairs += [(d, m) for m in args.methods if m not in first for d in args.datasets]
+    pairs = [(d, m) for d in args.datasets for m in args.methods]
+    pairs.sort(key=lambda p: p[1] == "raft-paper")  # stable: the optional paper arm last, the rest in order
     for dataset, method in pairs:
         print(f"{dataset} {method}", flush=True)
         val, test, train = scores(dataset, method, args)

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from raftlm import methods, uncertainty
-from raftlm.config import Config
+from raftlm.config import Config, ModelConfig, TrainConfig
 from raftlm.core import Example, RaftlmError, Splits
 from raftlm.data import IN_MEMORY
 from raftlm.files import parse_target
@@ -38,7 +38,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
 
     def __init__(
         self,
-        model: str = "gemma-3-270m",
+        model: str = ModelConfig.name,
         method: str = "raft",
         grid: str | None = "1-5",
         prompt_template: str = "{text}",
@@ -46,12 +46,13 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         decoder: str = "rail",
         normalize_grid: bool = False,
         ce_weight: float | None = None,
-        trainable: str = "top-9",
-        max_steps: int = 500,
-        batch_size: int = 16,
-        lr: float = 1e-4,
-        optimizer: str = "adamw",
-        eval_steps: int = 100,
+        # raftlm train's defaults (benchmarks/results/frontier.md), read from the config, not restated
+        trainable: str = ModelConfig.trainable,
+        max_steps: int = TrainConfig.max_steps,
+        batch_size: int = TrainConfig.batch_size,
+        lr: float = TrainConfig.lr,
+        optimizer: str = TrainConfig.optimizer,
+        eval_steps: int = TrainConfig.eval_steps,
         patience: int | None = None,
         bf16: bool = False,
         max_length: int = 512,

@@ -385,6 +385,7 @@ def load_movielens_100k(
     return _movielens_splits(ratings, titles, history, sizes, seed)
 
 
+STSB_DATASETS = ("stsb", "stsb-1k")  # the loaders that read data.stsb_test
 DATASETS: dict[str, Callable[..., Splits]] = {
     "stsb": lambda cfg: load_stsb(cfg.data_dir, cfg.train_size, test_split=cfg.stsb_test),
     "stsb-1k": lambda cfg: load_stsb(cfg.data_dir, cfg.train_size or 1000, test_split=cfg.stsb_test),
@@ -432,11 +433,11 @@ def load_splits(cfg) -> Splits:
         raise RaftlmError(
             f"dataset {name} has its own prompt (table 6): drop --template, or export it to csv: and template that"
         )
-    if cfg.stsb_test != "dev" and name not in ("stsb", "stsb-1k"):
+    if cfg.stsb_test != "dev" and name not in STSB_DATASETS:
         raise RaftlmError(
             f"--stsb-test {cfg.stsb_test} applies to the stsb datasets only, not {name}: drop it"
         )
-    if cfg.train_size is not None and name not in ("stsb", "stsb-1k", "amazon-snippets"):
+    if cfg.train_size is not None and name not in (*STSB_DATASETS, "amazon-snippets"):
         splits = replace(splits, train=splits.train[: cfg.train_size])
     if cfg.train_fraction is not None:  # data-size curves (figure 4): a prefix of the (shuffled) train split
         splits = replace(splits, train=splits.train[: max(1, round(cfg.train_fraction * len(splits.train)))])
