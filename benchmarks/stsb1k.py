@@ -78,7 +78,11 @@ def config(spec: dict, data_dir: str) -> Config:
         {
             "model": model,
             "data": {"dataset": "stsb-1k", "data_dir": data_dir, "val_size": VAL_SIZE, "max_length": 256},
-            "method": {"method": method, **({"ce_weight": 0.0} if method == "raft" else {})},  # paper RAFT
+            "method": {
+                "method": method,
+                "grid": "1-5",
+                **({"ce_weight": 0.0} if method == "raft" else {}),
+            },  # paper
             "training": {
                 **train_settings(spec),
                 "output_dir": str(WORK / row_label(spec).replace(" ", "_").replace("(", "").replace(")", "")),

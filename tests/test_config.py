@@ -1,10 +1,12 @@
 """Typed config: every value is converted to its field's type (YAML, --set, flags and the API alike)."""
 
 import pytest
+from helpers import SHARED_STSB
 
 from raftlm.cli import build_parser, config_from_args
 from raftlm.config import Config
 from raftlm.core import RaftlmError
+from raftlm.data import load_splits
 
 
 def _yaml(tmp_path, text: str) -> Config:
@@ -80,7 +82,7 @@ def test_recipe_that_is_not_a_mapping_of_sections(tmp_path):
 def test_train_defaults_are_the_frontier_winner():
     """`raftlm train` given data flags only trains the setting benchmarks/frontier.py chose on STS-B-1K
     validation (benchmarks/results/frontier.json): same model, depth, optimizer, schedule, steps and
-    loss. The grid is the dataset's choice (the winner's grid for STS-B is given with --grid)."""
+    loss, and (where the STS-B files are) the grid, which is the dataset's: STS-B's own is 0-5."""
     import importlib.util
     import json
     from dataclasses import replace
@@ -98,7 +100,12 @@ def test_train_defaults_are_the_frontier_winner():
     def cfg(*flags):
         return config_from_args(build_parser().parse_args(["train", *flags, "--output-dir", "run"]))
 
-    winner, default = cfg(*frontier.BASE, *frontier.SETTINGS[best]), cfg("--dataset", "stsb-1k")
+    winner, default = (
+        cfg(*frontier.BASE, *frontier.SETTINGS[best]),
+        cfg("--dataset", "stsb-1k", "--data-dir", str(SHARED_STSB)),
+    )
     assert winner.model == default.model and winner.training == default.training
     assert replace(winner.method, grid=None, ce_weight=None) == default.method
+    if SHARED_STSB.exists():  # the grid comes from the dataset: stsb-1k's own is the winner's
+        assert load_splits(default.data).grid == winner.method.grid
     assert winner.method.ce_weight == METHODS[default.method.method].default_ce_weight

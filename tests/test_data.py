@@ -75,6 +75,7 @@ def test_stsb_splits_follow_table7():
     one_k = load_splits(DataConfig(dataset="stsb-1k", data_dir=str(SHARED_STSB)))
     assert len(one_k.train) == 1000 and one_k.train == s.train[:1000] and one_k.validation == s.validation
     assert s.test[0].text.endswith("is equal to") and 0 <= s.test[0].target <= 5
+    assert s.grid == one_k.grid == "0-5"  # the scale the prompt states; the paper's recipes pin 1-5
 
 
 @pytest.mark.skipif(not SHARED_STSB.exists(), reason="../shared/data/stsb is absent")
