@@ -30,7 +30,7 @@ def test_gemma_answer_format_and_zero_shot_rail_on_stsb(gemma):
     predictor, splits = gemma
     tok = predictor.tokenizer
     assert predictor.fmt.fold_prefix  # Gemma: ' 3' is '▁' + '3'; the '▁' is teacher-forced
-    assert [tok.decode(list(c)) for c in predictor.fmt.candidates] == ["0", "1", "2", "3", "4", "5"]  # STS-B's grid
+    assert [tok.decode(list(c)) for c in predictor.fmt.candidates] == list("012345")  # STS-B's grid
     texts = [e.text for e in splits.test[:16]]
     preds = predictor.predict(texts, "rail", batch_size=8)
     assert preds.probs.shape == (16, 6) and np.all(preds.probs.sum(-1) < 1)

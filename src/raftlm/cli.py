@@ -17,7 +17,7 @@ import yaml
 
 from raftlm.config import SECTIONS, Config, ServeSettings, read_recipe
 from raftlm.core import RaftlmError
-from raftlm.run import is_run_dir
+from raftlm.io import is_run_dir  # not raftlm.run: --help must not wait for torch
 from raftlm.tables import format_table
 
 # flag -> config field; shared by every command (``--config recipe.yaml`` plus these overrides)
@@ -322,11 +322,10 @@ def _dataset_given(args: argparse.Namespace) -> bool:
 
 
 def cmd_train(args) -> None:
-    from raftlm.pipeline import train_run
+    cfg = config_from_args(args)  # a bad setting fails here, before seconds of importing torch
+    from raftlm.pipeline import is_main_process, train_run
 
-    cfg = config_from_args(args)
     out = train_run(cfg, overwrite=args.overwrite, resume=args.resume)
-    from raftlm.pipeline import is_main_process
 
     if is_main_process():
         print(f"run directory: {out}")

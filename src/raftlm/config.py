@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field, fields
 
 import yaml
 
-from raftlm import methods
 from raftlm.core import RaftlmError
 
 TRAINABLE = re.compile(r"full|lora|none|top-\d+")
@@ -213,6 +212,8 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         typed(self)
+        from raftlm import methods  # here, not at import: `raftlm --help` must not wait for torch
+
         method = methods.get(self.method)  # unknown names are a one-line error
         if self.pooling not in ("mean", "min", "max"):
             raise RaftlmError(f"pooling={self.pooling!r}: use mean, min or max")

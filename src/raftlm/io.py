@@ -14,6 +14,13 @@ from typing import Any
 
 from raftlm.core import RaftlmError
 
+META_FILE = "raftlm.json"  # what makes a directory a saved raftlm model (raftlm.run writes it)
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """A directory with a saved raftlm model (``raftlm.json``)."""
+    return (Path(path) / META_FILE).exists()
+
 
 def check_writable(path: str | Path, overwrite: bool) -> Path:
     """Before any work: refuse to clobber an existing output unless asked, and refuse a path that

@@ -1,36 +1,53 @@
 """Training methods: one literal dict from the CLI's --method names to their implementations.
 
 Each entry says which loss trains the model, which predictive head (if any) sits on the backbone,
-and whether the backbone is an encoder (``AutoModel``) rather than a causal LM.
+and whether the backbone is an encoder (``AutoModel``) rather than a causal LM. The factories import
+torch, the losses and the heads when called: the CLI's parser reads this table, and `raftlm --help`
+must not wait seconds for torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from raftlm.core import RaftlmError
-from raftlm.heads import LearnableRAFTHead, MLPLogitsHead, PooledHead, ProbProjectionHead, SpecialTokenHead
-from raftlm.losses import CELoss, HeadMSELoss, MBRLoss, RAFTLogLoss, RAFTLoss
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def _raft_loss(predictor, mcfg) -> nn.Module:
+    import torch
+
+    from raftlm.losses import RAFTLoss
+
     values = torch.tensor(predictor.grid.values)
     weight = METHODS["raft"].default_ce_weight if mcfg.ce_weight is None else mcfg.ce_weight
     return RAFTLoss(predictor.scorer, values, predictor.normalize_grid, weight)
 
 
-def _grid_loss(cls):
+def _grid_loss(name: str):
     def build(predictor, mcfg) -> nn.Module:
-        return cls(predictor.scorer, torch.tensor(predictor.grid.values))
+        import torch
+
+        from raftlm import losses
+
+        return getattr(losses, name)(predictor.scorer, torch.tensor(predictor.grid.values))
 
     return build
 
 
+def _ce_loss(predictor, mcfg) -> nn.Module:
+    from raftlm.losses import CELoss
+
+    return CELoss()
+
+
 def _head_loss(predictor, mcfg) -> nn.Module:
+    from raftlm.losses import HeadMSELoss
+
     return HeadMSELoss(predictor.head)
 
 
@@ -42,6 +59,8 @@ def special_token_head(predictor, mcfg, bias: float) -> nn.Module:
         raise RaftlmError(
             f"head token {name!r} is not in the vocabulary: pass --head-token with a single token"
         )
+    from raftlm.heads import SpecialTokenHead
+
     return SpecialTokenHead(ids[0], bias)
 
 
@@ -54,14 +73,20 @@ def _vocab_size(predictor) -> int:
 
 
 def pooled_head(predictor, mcfg, bias: float) -> nn.Module:
+    from raftlm.heads import PooledHead
+
     return PooledHead(_hidden_size(predictor), mcfg.pooling, bias)
 
 
 def mlp_logits_head(predictor, mcfg, bias: float) -> nn.Module:
+    from raftlm.heads import MLPLogitsHead
+
     return MLPLogitsHead(_vocab_size(predictor), mcfg.head_hidden, bias)
 
 
 def prob_projection_head(predictor, mcfg, bias: float) -> nn.Module:
+    from raftlm.heads import ProbProjectionHead
+
     return ProbProjectionHead(_vocab_size(predictor), bias)
 
 
@@ -69,6 +94,8 @@ def learnable_raft_head(predictor, mcfg, bias: float) -> nn.Module:
     if not predictor.fmt.single_token:
         raise RaftlmError("learnable-raft needs a grid whose strings are single tokens (e.g. --grid 1-5)")
     ids = [c[0] for c in predictor.fmt.candidates]
+    from raftlm.heads import LearnableRAFTHead
+
     return LearnableRAFTHead(
         ids, list(predictor.grid.values), _vocab_size(predictor), mcfg.learnable_scope, mcfg.head_init
     )
@@ -76,6 +103,8 @@ def learnable_raft_head(predictor, mcfg, bias: float) -> nn.Module:
 
 def encoder_head(pooling: str) -> Callable:
     def build(predictor, mcfg, bias: float) -> nn.Module:
+        from raftlm.heads import PooledHead
+
         return PooledHead(_hidden_size(predictor), pooling, bias)
 
     return build
@@ -120,11 +149,9 @@ METHODS = {
     # RAFT + 1.0 x CE by default: the only arm of the stability study with no collapse at a high LR
     # (benchmarks/results/stability); ce_weight 0 is the paper's pure RAFT (eq. 10)
     "raft": Method(_raft_loss, takes_ce_weight=True, default_ce_weight=1.0, scores_grid=True),
-    "ce": Method(
-        lambda predictor, mcfg: CELoss(), trains_on_answer=True, causal_only=True, decoder_in_label=True
-    ),
-    "mbr": Method(_grid_loss(MBRLoss), scores_grid=True),
-    "raft-logloss": Method(_grid_loss(RAFTLogLoss), fixed_grid="0,1", scores_grid=True),
+    "ce": Method(_ce_loss, trains_on_answer=True, causal_only=True, decoder_in_label=True),
+    "mbr": Method(_grid_loss("MBRLoss"), scores_grid=True),
+    "raft-logloss": Method(_grid_loss("RAFTLogLoss"), fixed_grid="0,1", scores_grid=True),
     "head-special-token": Method(_head_loss, special_token_head),
     "head-pooled": Method(_head_loss, pooled_head),
     "head-mlp-logits": Method(_head_loss, mlp_logits_head),

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from raftlm.core import RaftlmError
 from raftlm.grid import Grid, TargetScaler
 from raftlm.heads import HEAD_CLASSES
-from raftlm.io import write_json
+from raftlm.io import META_FILE, is_run_dir, write_json
 from raftlm.models import (
     attach_head,
     detach_head,
@@ -31,7 +31,6 @@ from raftlm.predictor import Predictor
 from raftlm.scoring import AnswerFormat
 
 FORMAT_VERSION = 1
-META_FILE = "raftlm.json"
 FINISHED_FILE = "eval_results.json"  # written last by `raftlm train`
 KNOWN = {
     "format_version",
@@ -48,11 +47,6 @@ KNOWN = {
     "head",
     "encoder",
 }
-
-
-def is_run_dir(path: str | Path) -> bool:
-    """A directory with a saved raftlm model (``raftlm.json``)."""
-    return (Path(path) / META_FILE).exists()
 
 
 def is_finished(path: str | Path) -> bool:
