@@ -221,6 +221,56 @@ def test_a_sweep_deletes_a_runs_weights_once_its_last_cell_is_written(tmp_path, 
         run_sweep(str(path))
 
 
+def test_lrs_are_compared_on_the_seeds_they_all_have():
+    # lr_choice first_seed: 1e-5 won seed 0 (validation 0.40 vs 0.50), so only it has seeds 1-2, whose
+    # worse validation (0.9) must not hand the choice to 1e-4's single seed
+    rows = [
+        _row("raft", "rail", 1e-4, 0, 0.50, 0.50),
+        _row("raft", "rail", 1e-5, 0, 0.30, 0.40),
+        _row("raft", "rail", 1e-5, 1, 0.35, 0.90),
+        _row("raft", "rail", 1e-5, 2, 0.40, 0.90),
+    ]
+    (raft,) = aggregate(rows)
+    assert raft["lr"] == 1e-5 and raft["seeds"] == [0, 1, 2] and np.isclose(raft["rmse"], 0.35)
+
+
+def test_lr_choice_first_seed_runs_later_seeds_at_the_winning_lr_only(tmp_path, toy_csv, caplog):
+    import logging
+
+    from raftlm.core import RaftlmError
+    from raftlm.experiment import run_sweep
+
+    caplog.set_level(logging.INFO, logger="raftlm")
+    sweep = {
+        "output_dir": str(tmp_path / "out"),
+        "base": {"training": {"max_steps": 2, "eval_steps": 2, "batch_size": 4}},
+        "datasets": [f"csv:{toy_csv}"],
+        "models": ["tiny-random-llama"],
+        "methods": [{"method": "ce", "decoder": "rail"}, {"method": "ce", "decoder": "greedy"}],
+        "lrs": [1e-6, 1e-2],
+        "seeds": [0, 1],
+        "lr_choice": "first_seed",
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    root = run_sweep(str(path))
+    rows = json.loads((root / "results.json").read_text())
+    seed0 = {(r["decoder"], r["lr"]): r["validation_rmse"] for r in rows if r["seed"] == 0}
+    assert len(seed0) == 4  # every lr on the first seed
+    for decoder in ("rail", "greedy"):
+        won = min((1e-6, 1e-2), key=lambda lr: (seed0[(decoder, lr)], lr))
+        assert [r["lr"] for r in rows if r["seed"] == 1 and r["decoder"] == decoder] == [won]
+    skipped = caplog.text.count("lost on the first seed")
+    assert len(rows) + skipped == 8 and skipped >= 1
+    # every run's weights went, those whose other decoder was skipped too
+    assert not list((root / "runs").glob("*/*.safetensors"))
+    assert {a["lr"] for a in aggregate(rows)} <= {1e-6, 1e-2}
+    sweep["lr_choice"] = "best"
+    path.write_text(yaml.safe_dump(sweep))
+    with pytest.raises(RaftlmError, match="lr_choice 'best' is not one of"):
+        run_sweep(str(path))
+
+
 def test_report_marks_entries_whose_seeds_collapsed_and_lists_every_collapsed_cell():
     from raftlm.report import tables
 

@@ -48,13 +48,16 @@ def _group(row: dict) -> tuple:
 
 def aggregate(rows: list[dict]) -> list[dict]:
     """Per (dataset, model, method, decoder, train fraction): the learning rate with the lowest mean
-    validation RMSE over seeds (appendix D), and test metrics as mean and std (ddof=1) over its seeds."""
+    validation RMSE (appendix D) over the seeds every learning rate has (all of them in a full sweep; the
+    first with ``lr_choice: first_seed``), and test metrics as mean and std (ddof=1) over its seeds."""
     groups = defaultdict(lambda: defaultdict(list))
     for r in rows:
         groups[_group(r)][r.get("lr")].append(r)
     out = []
     for key, by_lr in groups.items():
-        lr = min(by_lr, key=lambda x: (_mean_validation(by_lr[x]), x or 0))
+        common = set.intersection(*({r["seed"] for r in v} for v in by_lr.values()))
+        on_common = {x: [r for r in v if r["seed"] in common] or v for x, v in by_lr.items()}
+        lr = min(by_lr, key=lambda x: (_mean_validation(on_common[x]), x or 0))
         cells = by_lr[lr]
         agg = {
             **dict(zip(GROUP, key, strict=True)),
