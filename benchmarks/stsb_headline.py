@@ -36,14 +36,31 @@ ANCHORS = {
 }
 
 
+def commands(data_dir: str, run: Path, test_out: Path) -> tuple[list[str], list[str]]:
+    """The ``raftlm`` arguments that train the headline run and score it on the official test split."""
+    train = ["train", "--dataset", "stsb", "--data-dir", data_dir, *RECIPE, "--output-dir", str(run)]
+    evaluate = [
+        "evaluate",
+        "--model",
+        str(run),
+        "--stsb-test",
+        "test",
+        "--split",
+        "test",
+        "--output",
+        str(test_out),
+    ]
+    return train, evaluate
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", default="../shared/data/stsb")
     ap.add_argument("--work", default=str(HERE / "work" / "stsb-headline"))
     a = ap.parse_args()
-    run = Path(a.work) / "run"
+    run, test_out = Path(a.work) / "run", Path(a.work) / "official-test.json"
     raftlm = [sys.executable, "-m", "raftlm"]
-    train = ["train", "--dataset", "stsb", "--data-dir", a.data_dir, *RECIPE, "--output-dir", str(run)]
+    train, evaluate = commands(a.data_dir, run, test_out)
     timing = Path(a.work) / "train.seconds"
     if not (run / "eval_results.json").exists():
         Path(a.work).mkdir(parents=True, exist_ok=True)
@@ -51,8 +68,6 @@ def main() -> None:
         subprocess.run([*raftlm, *train, "--overwrite"], check=True)
         timing.write_text(f"{time.time() - start:.1f}\n")
     dev = json.loads((run / "eval_results.json").read_text())["test"]
-    test_out = Path(a.work) / "official-test.json"
-    evaluate = ["evaluate", "--model", str(run), "--stsb-test", "test", "--split", "test", "--output", str(test_out)]
     if not test_out.exists():
         subprocess.run([*raftlm, *evaluate], check=True)
     test = json.loads(test_out.read_text())

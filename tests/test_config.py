@@ -109,3 +109,27 @@ def test_train_defaults_are_the_frontier_winner():
     if SHARED_STSB.exists():  # the grid comes from the dataset: stsb-1k's own is the winner's
         assert load_splits(default.data).grid == winner.method.grid
     assert winner.method.ce_weight == METHODS[default.method.method].default_ce_weight
+
+
+def test_the_headline_commands_parse_and_record_what_ran(tmp_path):
+    """benchmarks/stsb_headline.py's train and evaluate arguments are valid `raftlm` command lines (its
+    first run failed at the evaluate step on a positional run directory), and the published result
+    records that same train command."""
+    import importlib.util
+    import json
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("stsb_headline", root / "stsb_headline.py")
+    headline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(headline)
+    train, evaluate = headline.commands("../shared/data/stsb", tmp_path / "run", tmp_path / "test.json")
+    cfg = config_from_args(build_parser().parse_args(train))
+    assert (cfg.data.dataset, cfg.method.grid, cfg.training.max_steps) == ("stsb", "0-5", 900)
+    ev = build_parser().parse_args(evaluate)
+    assert ev.model == str(tmp_path / "run") and ev.stsb_test == "test" and ev.split == "test"
+    published = json.loads((root / "results" / "stsb-headline.json").read_text())["commands"][0]
+    assert shlex.split(published)[1:] == [
+        a.replace(str(tmp_path / "run"), "runs/stsb-headline") for a in train
+    ]
