@@ -3,9 +3,10 @@ import math
 import numpy as np
 import pytest
 
-from raftlm.core import RaftlmError
+from raftlm.core import KIND_CHOICES, RaftlmError
 from raftlm.grid import TargetScaler
 from raftlm.uncertainty import (
+    KINDS,
     Calibration,
     check_level,
     grid_cdf,
@@ -23,6 +24,11 @@ VALUES = np.array([1.0, 2.0, 3.0, 4.0, 5.0])  # cells [0.5, 1.5], ..., [4.5, 5.5
 PROBS = np.array([[0.1, 0.2, 0.1, 0.4, 0.2]])  # CDF at the edges: 0, .1, .3, .4, .8, 1
 POINT3 = np.array([[0.0, 0.0, 1.0, 0.0, 0.0]])
 IDENTITY = TargetScaler(1.0, 5.0, 1.0, 5.0)
+
+
+def test_the_command_lines_kind_choices_are_the_kinds():
+    """core names them so the CLI need not import scikit-learn; they must not drift from KINDS."""
+    assert KIND_CHOICES == ("auto", *KINDS)
 
 
 def test_mean_std_cdf_quantiles_pinned_by_hand():

@@ -223,10 +223,10 @@ def add_serve(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from raftlm import __version__
+    from raftlm.core import KIND_CHOICES
     from raftlm.decoders import DECODERS
     from raftlm.demo import DEMO_DEFAULTS
     from raftlm.methods import CHOICES, METHODS, ZERO_SHOT_NAME
-    from raftlm.uncertainty import KIND_CHOICES
 
     parser = Parser(
         prog="raftlm", description="Regression with decoder LLMs: RAFT fine-tuning, RAIL inference."

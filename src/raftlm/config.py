@@ -355,8 +355,8 @@ class EvalConfig:
     )
 
     def __post_init__(self) -> None:
+        from raftlm.core import KIND_CHOICES, check_level
         from raftlm.decoders import DECODERS
-        from raftlm.uncertainty import KIND_CHOICES, check_level
 
         if self.interval is not None:
             self.interval = check_level(self.interval)

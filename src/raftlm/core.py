@@ -52,3 +52,22 @@ class DecisionRule(Protocol):
     """A pure function from grid values and per-example grid probabilities to point predictions."""
 
     def __call__(self, values: np.ndarray, probs: np.ndarray) -> np.ndarray: ...
+
+
+# The interval kinds of ``raftlm.uncertainty.KINDS`` and "auto", and the check of a confidence level, here
+# so that the command line and the config do not import scikit-learn (uncertainty does);
+# tests/test_uncertainty.py checks the names agree.
+KIND_CHOICES = ("auto", "absolute", "std", "cqr", "grid")
+
+
+def check_level(level) -> float:
+    """A confidence level as a float strictly between 0 and 1, else a one-line error."""
+    try:
+        value = float(level)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0.0 < value < 1.0:  # also rejects nan
+        raise RaftlmError(
+            f"confidence level {level!r} must lie strictly between 0 and 1: use e.g. 0.9 for a 90 % interval"
+        )
+    return value

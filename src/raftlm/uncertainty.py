@@ -36,7 +36,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from raftlm import decoders
-from raftlm.core import RaftlmError
+from raftlm.core import KIND_CHOICES, RaftlmError, check_level
 from raftlm.grid import TargetScaler
 
 LEVELS = (0.8, 0.9, 0.95)  # what `evaluate` reports
@@ -44,19 +44,6 @@ QUANTILES = (0.05, 0.25, 0.75, 0.95)  # what `predict --with-uncertainty` writes
 NLL_DENSITY_FLOOR = 1e-9  # a target outside every cell costs -log(1e-9) = 20.7 nats, not infinity
 CALIBRATION_FILE = "calibration.json"
 FORMAT_VERSION = 1
-
-
-def check_level(level) -> float:
-    """A confidence level as a float strictly between 0 and 1, else a one-line error."""
-    try:
-        value = float(level)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not 0.0 < value < 1.0:  # also rejects nan
-        raise RaftlmError(
-            f"confidence level {level!r} must lie strictly between 0 and 1: use e.g. 0.9 for a 90 % interval"
-        )
-    return value
 
 
 # --- the grid distribution (pure functions over values (G,) and probs (N, G)) -----------------------
@@ -291,7 +278,6 @@ KINDS: dict[str, IntervalKind] = {
     "cqr": IntervalKind(_cqr, True, True, "grid quantiles [Q(a/2), Q(1-a/2)] widened by a conformal margin"),
     "grid": IntervalKind(_raw_grid, True, False, "raw grid quantiles [Q(a/2), Q(1-a/2)], not calibrated"),
 }
-KIND_CHOICES = ("auto", *KINDS)
 
 
 def min_calibration_size(level: float) -> int:
