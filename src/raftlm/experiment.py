@@ -38,6 +38,7 @@ from raftlm.config import SECTIONS, Config, to_float, to_int
 from raftlm.core import RaftlmError
 from raftlm.io import clean_stale_tmp, write_json, write_text
 from raftlm.metrics import collapse
+from raftlm.report import best_lr
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ def lost_on_first_seed(sweep: dict, cell: Cell, todo: list[Cell], root: Path) ->
             if score is None:
                 return False
             scores[c.lr] = score
-    return len(scores) > 1 and cell.lr != min(scores, key=lambda lr: (scores[lr], lr))
+    return len(scores) > 1 and cell.lr != best_lr(scores)
 
 
 def run_sweep(path: str) -> Path:

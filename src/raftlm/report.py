@@ -38,6 +38,13 @@ def _mean_validation(cells: list[dict]) -> float:
     return float(np.mean(vals)) if vals else np.inf
 
 
+def best_lr(validation: dict):
+    """Appendix D's choice: the learning rate with the lowest validation RMSE (ties: the smaller one).
+    ``validation`` maps each learning rate (None for zero-shot) to its RMSE; ``experiment``'s
+    ``lr_choice: first_seed`` and ``aggregate`` both choose with it."""
+    return min(validation, key=lambda x: (validation[x], x or 0))
+
+
 GROUP = ("dataset", "model", "method", "decoder", "train_fraction", "options")  # one table entry
 
 
@@ -57,7 +64,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     for key, by_lr in groups.items():
         common = set.intersection(*({r["seed"] for r in v} for v in by_lr.values()))
         on_common = {x: [r for r in v if r["seed"] in common] or v for x, v in by_lr.items()}
-        lr = min(by_lr, key=lambda x: (_mean_validation(on_common[x]), x or 0))
+        lr = best_lr({x: _mean_validation(on_common[x]) for x in by_lr})
         cells = by_lr[lr]
         agg = {
             **dict(zip(GROUP, key, strict=True)),
