@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from raftlm.experiment import cells
-from raftlm.report import aggregate, table, write_report
+from raftlm.report import aggregate, run_log, table, write_report
 
 
 def test_cells_cross_every_axis_and_run_zero_shot_once():
@@ -265,6 +266,13 @@ def test_lr_choice_first_seed_runs_later_seeds_at_the_winning_lr_only(tmp_path, 
     # every run's weights went, those whose other decoder was skipped too
     assert not list((root / "runs").glob("*/*.safetensors"))
     assert {a["lr"] for a in aggregate(rows)} <= {1e-6, 1e-2}
+    # every trained run's validation curve is kept beside the cells: the report draws RMSE vs step
+    # (every seed of the chosen lr) without runs/, which holds weights and is not committed
+    assert sorted(p.stem for p in (root / "curves").glob("*.jsonl")) == sorted({r["run_id"] for r in rows})
+    shutil.rmtree(root / "runs")
+    assert [x["step"] for x in run_log(root, rows[0]["run_id"]) if "eval_rmse" in x] == [2]
+    write_report(str(root))
+    assert len(list((root / "figures").glob("rmse_vs_step_*.png"))) == 1
     sweep["lr_choice"] = "best"
     path.write_text(yaml.safe_dump(sweep))
     with pytest.raises(RaftlmError, match="lr_choice 'best' is not one of"):

@@ -38,7 +38,7 @@ from raftlm.config import SECTIONS, Config, to_float, to_int
 from raftlm.core import RaftlmError
 from raftlm.io import clean_stale_tmp, write_json, write_text
 from raftlm.metrics import collapse
-from raftlm.report import best_lr
+from raftlm.report import CURVES, best_lr
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,8 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
             fresh = run_dir.exists() and not (run_dir / "config.yaml").exists()
             train_run(cfg, overwrite=fresh, resume=not fresh, evaluate_test=False)  # evaluated below
         train = json.loads((run_dir / "eval_results.json").read_text())["train"]
+        # the validation curve outlives the run directory (weights dropped, runs/ not committed)
+        write_text(root / CURVES / f"{cell.run_id}.jsonl", (run_dir / "metrics.jsonl").read_text())
         if not _weights(run_dir):
             raise RaftlmError(
                 f"run {run_dir} has no weights left (deleted after its cells finished, keep_models: false): "
@@ -295,7 +297,7 @@ def run_sweep(path: str) -> Path:
     check_cells(sweep, todo, root)
     keep = bool(sweep.get("keep_models", False))
     (root / "cells").mkdir(parents=True, exist_ok=True)
-    for folder in (root, root / "cells", root / "predictions"):
+    for folder in (root, root / "cells", root / "predictions", root / CURVES):
         clean_stale_tmp(folder)  # left by a kill during a write
     write_text(root / "sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
     result = lambda c: root / "cells" / f"{c.cell_id}.json"  # noqa: E731  (written once the cell is done)

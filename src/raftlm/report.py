@@ -242,6 +242,15 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+CURVES = "curves"  # a sweep's copies of each run's metrics.jsonl (committed; runs/ holds weights)
+
+
+def run_log(root: Path, run_id: str) -> list[dict]:
+    """A trained run's metrics.jsonl lines: the sweep's committed copy, else the run directory's."""
+    copy = root / CURVES / f"{run_id}.jsonl"
+    return _read_jsonl(copy if copy.exists() else root / "runs" / run_id / "metrics.jsonl")
+
+
 def _chosen(root: Path, aggs: list[dict], rows: list[dict]):
     """The cell of seed min(seeds) at the selected learning rate, per aggregate."""
     for a in aggs:
@@ -259,16 +268,24 @@ def figures(root: Path, aggs: list[dict], rows: list[dict]) -> list[Path]:
     for dataset in dict.fromkeys(a["dataset"] for a, _ in chosen):
         here = [(a, r) for a, r in chosen if a["dataset"] == dataset]
         slug = dataset.replace(":", "_").replace("/", "_")
-        fig, ax = plt.subplots(figsize=(6, 4))  # figure 5: validation RMSE vs step
-        for a, r in here:
-            log = [x for x in _read_jsonl(root / "runs" / r["run_id"] / "metrics.jsonl") if "eval_rmse" in x]
-            if log:
-                ax.plot(
-                    [x["step"] for x in log],
-                    [x["eval_rmse"] for x in log],
-                    marker="o",
-                    label=f"{a['label']} ({a['model']})",
-                )
+        fig, ax = plt.subplots(figsize=(6, 4))  # figure 5: validation RMSE vs step, every seed
+        for i, (a, _) in enumerate(here):
+            seeds = [r for r in rows if _group(r) + (r.get("lr"),) == _group(a) + (a["lr"],)]
+            for j, r in enumerate(sorted(seeds, key=lambda r: r["seed"])):
+                log = [x for x in run_log(root, r["run_id"]) if "eval_rmse" in x]
+                if log:
+                    ax.plot(
+                        [x["step"] for x in log],
+                        [x["eval_rmse"] for x in log],
+                        marker="o" if j == 0 else None,
+                        markersize=3,
+                        lw=1.2 if j == 0 else 0.7,
+                        alpha=1.0 if j == 0 else 0.5,
+                        color=f"C{i}",
+                        label=f"{a['label']} ({a['model']}, lr {a['lr']:g}, {len(seeds)} seeds)"
+                        if j == 0
+                        else None,
+                    )
         if ax.lines:
             ax.set_xlabel("training step")
             ax.set_ylabel("validation RMSE")
