@@ -242,6 +242,10 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
 CURVES = "curves"  # a sweep's copies of each run's metrics.jsonl (committed; runs/ holds weights)
 
 
@@ -282,7 +286,7 @@ def figures(root: Path, aggs: list[dict], rows: list[dict]) -> list[Path]:
                         lw=1.2 if j == 0 else 0.7,
                         alpha=1.0 if j == 0 else 0.5,
                         color=f"C{i}",
-                        label=f"{a['label']} ({a['model']}, lr {a['lr']:g}, {len(seeds)} seeds)"
+                        label=f"{a['label']} ({a['model']}, lr {a['lr']:g}, {_seeds(len(seeds))})"
                         if j == 0
                         else None,
                     )
