@@ -132,3 +132,55 @@ def test_a_cached_run_trains_and_leaves_no_cache_behind(tmp_path, toy_csv, monke
     )  # 8 x 4 visits >= the 32 training examples: cached
     run = train_run(cfg)
     assert built == [1] and not list(run.glob(".hidden-cache-*")) and (run / "eval_results.json").exists()
+
+
+LONG = [
+    Example(f"review {i}: " + "so very " * (3 * i) + f"{WORDS[i % 5]}. rating:", 1.0 + i % 5)
+    for i in range(7)
+]
+
+
+@pytest.mark.parametrize(
+    "method, grid, ce_weight, cached",
+    [
+        ("raft", "1-5", 1.0, True),
+        ("raft", "1-5", 0.0, False),
+        ("ce", "0:5:0.5", 0.0, True),  # multi-token answers of different lengths
+        ("head-pooled", "1-5", 0.0, False),
+    ],
+)
+def test_length_chunks_give_the_batchs_loss_and_gradients_with_fewer_pad_tokens(
+    tmp_path, method, grid, ce_weight, cached
+):
+    from raftlm.scoring import PromptBatch
+    from raftlm.training import chunked_loss, length_chunks
+
+    cfg, predictor, loss_fn, _ = _setup(method, "top-1", grid, ce_weight)
+    feats = build_features(predictor, LONG, method, None)
+    store = None
+    if cached:
+        seqs = [f["prompt_ids"] + f["answer_ids"] for f in feats]
+        store = build_store(predictor.model, seqs, 1, predictor.pad_id, tmp_path)
+    inputs = make_collator(predictor.pad_id, store=store)(feats)
+    batch = PromptBatch(
+        inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], False, inputs.get("hidden")
+    )
+    lengths = inputs["attention_mask"].sum(-1)
+    chunks = length_chunks(inputs["attention_mask"], 3)
+    assert [len(r) for r, _ in chunks] == [3, 2, 2]  # torch.tensor_split: near-equal, shortest first
+    assert [w for _, w in chunks] == [int(lengths[r].max()) for r, _ in chunks]
+    assert sum(len(r) * w for r, w in chunks) < 0.8 * inputs["input_ids"].numel()
+    results = []
+    for k in (1, 2, 3, 7):
+        predictor.model.zero_grad()
+        with skip_frozen(predictor.model, 1 if cached else 0):
+            loss = chunked_loss(loss_fn, predictor.model, batch, inputs["targets"], inputs["answer_len"], k)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in predictor.model.named_parameters() if p.requires_grad}
+        results.append((loss.detach(), grads))
+    (loss1, grads1), *rest = results
+    assert any(g.abs().sum() > 0 for g in grads1.values())
+    for loss_k, grads_k in rest:
+        torch.testing.assert_close(loss_k, loss1, atol=1e-6, rtol=1e-5)
+        for name in grads1:
+            torch.testing.assert_close(grads_k[name], grads1[name], atol=1e-6, rtol=1e-4, msg=name)

@@ -63,6 +63,7 @@ FLAGS = {
     "--max-grad-norm": "training.max_grad_norm",
     "--weight-decay": "training.weight_decay",
     "--no-cache-frozen": "training.cache_frozen",
+    "--length-chunks": "training.length_chunks",
     "--eval-steps": "training.eval_steps",
     "--patience": "training.patience",
     "--report-to": "training.report_to",

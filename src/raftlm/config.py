@@ -279,6 +279,13 @@ class TrainConfig:
             "their cached states"
         },
     )
+    length_chunks: int = field(
+        default=2,
+        metadata={
+            "help": "run each batch as this many length-sorted chunks, each padded to its own longest "
+            "row: the same loss and gradient with fewer pad tokens (1: the batch as one tensor)"
+        },
+    )
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep checkpoints/ after a finished run"})
     calibrate: bool = field(
         default=True,
@@ -301,7 +308,7 @@ class TrainConfig:
             raise RaftlmError(f"optimizer={self.optimizer!r}: use adafactor or adamw")
         if self.scheduler not in ("constant", "cosine", "linear"):
             raise RaftlmError(f"scheduler={self.scheduler!r}: use constant, cosine or linear")
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_steps", "logging_steps"):
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_steps", "logging_steps", "length_chunks"):
             if getattr(self, name) < 1:
                 raise RaftlmError(f"{name}={getattr(self, name)}: use a positive integer")
         if not (self.max_grad_norm >= 0 and math.isfinite(self.max_grad_norm)):

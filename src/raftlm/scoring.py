@@ -115,6 +115,18 @@ class PromptBatch:
         tokens = {"input_ids": self.input_ids} if self.hidden is None else {"inputs_embeds": self.hidden}
         return {**tokens, "attention_mask": self.model_mask(), "position_ids": self.position_ids}
 
+    def select(self, rows: torch.Tensor, width: int) -> PromptBatch:
+        """Rows ``rows`` and the last ``width`` columns: with left padding, the same prompts with fewer
+        pad columns when ``width`` covers the longest selected row."""
+        pick = lambda t: None if t is None else t[rows][:, -width:]  # noqa: E731
+        return PromptBatch(
+            pick(self.input_ids),
+            pick(self.attention_mask),
+            pick(self.position_ids),
+            self.bidirectional,
+            pick(self.hidden),
+        )
+
     def to(self, device) -> PromptBatch:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return PromptBatch(

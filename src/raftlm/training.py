@@ -104,6 +104,28 @@ def make_collator(pad_id: int, bidirectional: bool = False, store: HiddenStore |
     return collate
 
 
+def length_chunks(attention_mask: torch.Tensor, chunks: int) -> list[tuple[torch.Tensor, int]]:
+    """A left-padded batch as up to ``chunks`` groups of rows of similar length, shortest first: (rows,
+    width), width = the group's longest row, so that each group drops the pad columns it does not need.
+    Random batches of real prompts waste a third of their tokens on padding (STS-B-1K, batch 16); two
+    chunks cut the tokens run by a fifth (``benchmarks/length_chunks.py``)."""
+    lengths = attention_mask.sum(-1)
+    if chunks == 1:
+        return [(torch.arange(len(lengths)), attention_mask.shape[1])]
+    order = torch.argsort(lengths, stable=True)
+    return [(rows, int(lengths[rows].max())) for rows in torch.tensor_split(order, min(chunks, len(order)))]
+
+
+def chunked_loss(loss_fn, model, batch: PromptBatch, targets, answer_len, chunks: int) -> torch.Tensor:
+    """``loss_fn`` over the batch as ``length_chunks``: every raftlm loss is a mean over its examples, so
+    the chunks' losses weighted by their share of the rows are the batch's loss (and gradient)."""
+    n, loss = len(batch.input_ids), 0.0
+    for rows, width in length_chunks(batch.attention_mask, chunks):
+        part = loss_fn(model, batch.select(rows, width), targets=targets[rows], answer_len=answer_len[rows])
+        loss = loss + part * (len(rows) / n)
+    return loss
+
+
 class StderrProgress(ProgressCallback):
     """Trainer's progress bar, with its loss lines on stderr: stdout carries results only."""
 
@@ -221,6 +243,7 @@ class RegressionTrainer(Trainer):
         optimizer_name: str,
         eval_batch_size: int,
         frozen: int = 0,
+        length_chunks: int = 1,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -229,6 +252,7 @@ class RegressionTrainer(Trainer):
         self.loss_is_scaled_for_ga = False  # our losses are per-batch means
         self.warned_collapse = False
         self.frozen = frozen  # blocks below the trained ones, read from cached states (0: none)
+        self.length_chunks = length_chunks
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = PromptBatch(
@@ -240,7 +264,9 @@ class RegressionTrainer(Trainer):
         )
         skip = skip_frozen(model, self.frozen) if batch.hidden is not None else contextlib.nullcontext()
         with skip:
-            loss = self.loss_fn(model, batch, targets=inputs["targets"], answer_len=inputs["answer_len"])
+            loss = chunked_loss(
+                self.loss_fn, model, batch, inputs["targets"], inputs["answer_len"], self.length_chunks
+            )
         return (loss, None) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs) -> None:
@@ -425,6 +451,7 @@ def fit(
         optimizer_name=cfg.training.optimizer,
         eval_batch_size=cfg.eval.batch_size,
         frozen=frozen,
+        length_chunks=cfg.training.length_chunks,
     )
     _log_lines_to_stderr(trainer, run_dir, cfg.training.progress_bar)
     try:
