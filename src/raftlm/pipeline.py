@@ -219,7 +219,8 @@ def fit_run(
     _barrier()
     if resume and (out / "config.yaml").exists():
         resumed = Config.from_yaml(str(out / "config.yaml"))
-        for name in ("progress_bar", "report_to"):  # how the run reports, not what it trains: as given now
+        # how the run reports or splits its batches, not what it trains: as given now
+        for name in ("progress_bar", "report_to", "length_chunks"):
             setattr(resumed.training, name, getattr(cfg.training, name))
         if resumed.to_dict() != cfg.to_dict():
             warnings.warn(
