@@ -1,5 +1,7 @@
 """The frozen-block cache: training from cached states equals training through every block."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -131,7 +133,48 @@ def test_a_cached_run_trains_and_leaves_no_cache_behind(tmp_path, toy_csv, monke
         }
     )  # 8 x 4 visits >= the 32 training examples: cached
     run = train_run(cfg)
-    assert built == [1] and not list(run.glob(".hidden-cache-*")) and (run / "eval_results.json").exists()
+    # one store for the training sequences, one for the validation prompts
+    assert built == [1, 1] and not list(run.glob(".hidden-cache-*")) and (run / "eval_results.json").exists()
+    cfg.training.cache_frozen, cfg.training.output_dir = False, str(tmp_path / "plain")
+    plain = train_run(cfg)
+    assert built == [1, 1]
+
+    def curve(r):
+        return [
+            x for x in map(json.loads, (r / "metrics.jsonl").read_text().splitlines()) if "eval_rmse" in x
+        ]
+
+    cached, uncached = curve(run), curve(plain)
+    assert len(cached) == len(uncached) >= 1
+    for a, b in zip(cached, uncached, strict=True):  # training and validation from cached states alike
+        assert a["step"] == b["step"] and a["eval_rmse"] == pytest.approx(b["eval_rmse"], rel=1e-4)
+
+
+@pytest.mark.parametrize("method", ["raft", "head-pooled"])
+def test_validation_scores_cached_prompts_without_running_the_frozen_blocks(tmp_path, method):
+    from raftlm.cache import cached_prompts
+    from raftlm.models import decoder_layers
+
+    cfg, predictor, _, _ = _setup(method, "top-1")
+    texts = [e.text for e in LONG]
+    plain = predictor.predict(texts, batch_size=3)
+    store = build_store(predictor.model, predictor.encode(texts), 1, predictor.pad_id, tmp_path)
+    calls = []
+    mlp = decoder_layers(predictor.model)[0].mlp  # (the block itself is still called, as an identity)
+    hook = mlp.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with cached_prompts(predictor, texts, store, 1):
+            cached = predictor.predict(texts, batch_size=3)
+            assert calls == []  # the frozen block never ran
+            other = predictor.predict(texts[:2], batch_size=3)  # not the cached texts: the usual path
+            assert calls == [1]
+        assert predictor.frozen_states is None
+    finally:
+        hook.remove()
+    np.testing.assert_allclose(cached.values, plain.values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(other.values, plain.values[:2], rtol=1e-5, atol=1e-6)
+    if method == "raft":
+        np.testing.assert_allclose(cached.probs, plain.probs, rtol=1e-4, atol=1e-7)
 
 
 LONG = [

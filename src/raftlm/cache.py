@@ -90,6 +90,27 @@ def bottom_hidden(model, batch: PromptBatch, k: int) -> torch.Tensor:
     return captured["h"]
 
 
+def stack_states(store: HiddenStore, rows: list[int], width: int) -> torch.Tensor:
+    """The stored states of ``rows`` as a left-padded (B, width, D) batch, zeros at the pads."""
+    hidden = torch.zeros((len(rows), width, store.dim))
+    for j, i in enumerate(rows):
+        h = store.get(int(i))
+        hidden[j, width - len(h) :] = h
+    return hidden
+
+
+@contextlib.contextmanager
+def cached_prompts(predictor, texts: list[str], store: HiddenStore, k: int):
+    """Inside, ``predictor`` scores exactly ``texts`` (any other list as usual) from ``store``, their
+    states after the ``k`` frozen blocks (``build_store`` over ``predictor.encode(texts)``), running only
+    the blocks above: validation during a cached run skips the frozen blocks as training does."""
+    predictor.frozen_states = (list(texts), store, k)
+    try:
+        yield
+    finally:
+        predictor.frozen_states = None
+
+
 class HiddenStore:
     """Per-example hidden states (ragged: one row per token), in RAM or memory-mapped on disk."""
 

@@ -41,6 +41,7 @@ class Predictor:
     # speed switches (benchmarks/speed.py measures them against their baselines)
     bucket: bool = True  # sort prompts by length into batches (less padding)
     pad_to: int | None = None  # pad every batch to this many tokens (the fixed-padding baseline)
+    frozen_states = None  # (texts, HiddenStore, k) inside cache.cached_prompts: those texts' cached states
 
     def __init__(
         self,
@@ -129,11 +130,17 @@ class Predictor:
     def _batches(self, texts: list[str], batch_size: int, desc: str | None):
         """Batches with their indices: length-bucketed (sorted by token count, so padding is minimal)
         when ``self.bucket``; otherwise in input order, padded to ``self.pad_to`` tokens if set."""
+        from raftlm.cache import stack_states
+
         ids = self.encode(texts)
         order = np.argsort([len(s) for s in ids], kind="stable") if self.bucket else np.arange(len(ids))
         chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        cached = self.frozen_states is not None and self.frozen_states[0] == list(texts)
         for chunk in tqdm(chunks, desc=desc, disable=desc is None, leave=False):
-            yield chunk, left_pad([ids[i] for i in chunk], self.pad_id, self.bidirectional, self.pad_to)
+            batch = left_pad([ids[i] for i in chunk], self.pad_id, self.bidirectional, self.pad_to)
+            if cached:
+                batch.hidden = stack_states(self.frozen_states[1], chunk, batch.input_ids.shape[1])
+            yield chunk, batch
 
     def to(self, device: str = "auto", dtype: str = "auto") -> Predictor:
         """Move the model to ``device`` with its weights stored in ``dtype`` (``--device``/``--dtype``
@@ -166,11 +173,21 @@ class Predictor:
         out = np.zeros((len(texts), *shape), dtype=np.float64)
         try:
             for chunk, batch in self._batches(texts, batch_size, desc):
-                with autocast(bf16, self._device().type):
+                with autocast(bf16, self._device().type), self._skip_frozen(batch):
                     out[chunk] = fn(self.model, self._to(batch)).double().cpu().numpy()
         finally:
             self.model.train(was_training)
         return out
+
+    def _skip_frozen(self, batch: PromptBatch):
+        """With cached states in the batch, the frozen blocks they stand for are identities."""
+        from raftlm.cache import skip_frozen
+
+        return (
+            skip_frozen(self.model, self.frozen_states[2])
+            if batch.hidden is not None
+            else contextlib.nullcontext()
+        )
 
     def grid_log_probs(
         self, texts: list[str], batch_size: int = 16, bf16: bool = False, desc: str | None = None

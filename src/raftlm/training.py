@@ -24,7 +24,7 @@ from transformers.optimization import Adafactor
 from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
 
 from raftlm import methods
-from raftlm.cache import HiddenStore, build_store, frozen_blocks, skip_frozen
+from raftlm.cache import HiddenStore, build_store, cached_prompts, frozen_blocks, skip_frozen, stack_states
 from raftlm.config import Config
 from raftlm.core import Example, RaftlmError
 from raftlm.decoders import GRID_DECODERS
@@ -86,11 +86,7 @@ def make_collator(pad_id: int, bidirectional: bool = False, store: HiddenStore |
         batch = left_pad([f["prompt_ids"] + f["answer_ids"] for f in features], pad_id, bidirectional)
         extra = {}
         if store is not None:
-            hidden = torch.zeros((*batch.input_ids.shape, store.dim))
-            for row, f in enumerate(features):
-                h = store.get(f["index"])
-                hidden[row, hidden.shape[1] - len(h) :] = h
-            extra["hidden"] = hidden
+            extra["hidden"] = stack_states(store, [f["index"] for f in features], batch.input_ids.shape[1])
         return {
             **extra,
             "input_ids": batch.input_ids,
@@ -244,6 +240,7 @@ class RegressionTrainer(Trainer):
         eval_batch_size: int,
         frozen: int = 0,
         length_chunks: int = 1,
+        val_store: HiddenStore | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -253,6 +250,7 @@ class RegressionTrainer(Trainer):
         self.warned_collapse = False
         self.frozen = frozen  # blocks below the trained ones, read from cached states (0: none)
         self.length_chunks = length_chunks
+        self.val_store = val_store  # the validation prompts' states after the frozen blocks (None: uncached)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = PromptBatch(
@@ -293,13 +291,20 @@ class RegressionTrainer(Trainer):
         return super().create_optimizer(model)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
-        preds = self.predictor.predict(
-            [e.text for e in self.val_examples],
-            self.eval_decoder,
-            batch_size=self.eval_bs,
-            bf16=self.args.bf16,
-            desc=None if self.args.disable_tqdm else "validation",
-        )
+        texts = [e.text for e in self.val_examples]
+        cached = self.val_store is not None
+        with (
+            cached_prompts(self.predictor, texts, self.val_store, self.frozen)
+            if cached
+            else contextlib.nullcontext()
+        ):
+            preds = self.predictor.predict(
+                texts,
+                self.eval_decoder,
+                batch_size=self.eval_bs,
+                bf16=self.args.bf16,
+                desc=None if self.args.disable_tqdm else "validation",
+            )
         targets = [e.target for e in self.val_examples]
         m = regression_metrics(targets, preds.values)
         m["prediction_std"] = float(np.std(preds.values))
@@ -416,11 +421,11 @@ def fit(
     loss_fn = methods.get(method).loss(predictor, cfg.method)
     feats = build_features(predictor, train, method, cfg.method.ce_decimals)
     frozen = frozen_blocks_to_cache(predictor, cfg, len(feats))
-    store = None
+    store = val_store = None
     if frozen:
-        store = build_store(
+        cache = lambda seqs: build_store(  # noqa: E731
             predictor.model,
-            [f["prompt_ids"] + f["answer_ids"] for f in feats],
+            seqs,
             frozen,
             predictor.pad_id,
             run_dir,
@@ -428,6 +433,9 @@ def fit(
             cfg.training.bf16,
             predictor.bidirectional,
         )
+        store = cache([f["prompt_ids"] + f["answer_ids"] for f in feats])
+        if validation:  # every validation scores these prompts: their frozen blocks run once too
+            val_store = cache(predictor.encode([e.text for e in validation]))
     ckpt_dir = run_dir / "checkpoints"
     decoder = cfg.eval.decoder if cfg.eval.decoder in GRID_DECODERS else "rail"
     last = latest_complete_checkpoint(ckpt_dir) if resume else None
@@ -452,13 +460,15 @@ def fit(
         eval_batch_size=cfg.eval.batch_size,
         frozen=frozen,
         length_chunks=cfg.training.length_chunks,
+        val_store=val_store,
     )
     _log_lines_to_stderr(trainer, run_dir, cfg.training.progress_bar)
     try:
         result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     finally:
-        if store is not None:
-            store.close()
+        for s in (store, val_store):
+            if s is not None:
+                s.close()
     predictor.model = trainer.model
     state = trainer.state
     losses = [h["loss"] for h in state.log_history if "loss" in h]
