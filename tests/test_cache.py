@@ -227,3 +227,17 @@ def test_length_chunks_give_the_batchs_loss_and_gradients_with_fewer_pad_tokens(
         torch.testing.assert_close(loss_k, loss1, atol=1e-6, rtol=1e-5)
         for name in grads1:
             torch.testing.assert_close(grads_k[name], grads1[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_length_chunks_default_to_two_on_a_cpu_and_one_elsewhere():
+    from types import SimpleNamespace
+
+    from raftlm.scoring import left_pad
+    from raftlm.training import RegressionTrainer
+
+    cpu = left_pad([[1, 2, 3], [4]], 0)
+    other = SimpleNamespace(input_ids=torch.empty((2, 3), device="meta"))  # a GPU batch's stand-in
+    chunks = lambda n, b: RegressionTrainer.chunks(SimpleNamespace(length_chunks=n), b)  # noqa: E731
+    assert (chunks(None, cpu), chunks(None, other), chunks(3, cpu), chunks(1, other)) == (2, 1, 3, 1)
+    with pytest.raises(RaftlmError, match="length_chunks=0: use a positive integer"):
+        Config.build({"training": {"length_chunks": 0}})

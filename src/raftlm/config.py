@@ -279,11 +279,12 @@ class TrainConfig:
             "their cached states"
         },
     )
-    length_chunks: int = field(
-        default=2,
+    length_chunks: int | None = field(
+        default=None,
         metadata={
             "help": "run each batch as this many length-sorted chunks, each padded to its own longest "
-            "row: the same loss and gradient with fewer pad tokens (1: the batch as one tensor)"
+            "row: the same loss and gradient with fewer pad tokens (default: 2 on a CPU, 1 = the batch "
+            "as one tensor on a GPU, whose small-model steps are bound by kernel launches)"
         },
     )
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep checkpoints/ after a finished run"})
@@ -308,13 +309,15 @@ class TrainConfig:
             raise RaftlmError(f"optimizer={self.optimizer!r}: use adafactor or adamw")
         if self.scheduler not in ("constant", "cosine", "linear"):
             raise RaftlmError(f"scheduler={self.scheduler!r}: use constant, cosine or linear")
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_steps", "logging_steps", "length_chunks"):
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise RaftlmError(f"{name}={getattr(self, name)}: use a positive integer")
         if not (self.max_grad_norm >= 0 and math.isfinite(self.max_grad_norm)):
             raise RaftlmError(f"max_grad_norm={self.max_grad_norm}: use a finite norm >= 0 (0 = no clipping)")
         if not self.lr > 0:
             raise RaftlmError(f"lr={self.lr}: use a positive learning rate (e.g. 1e-4)")
+        if self.length_chunks is not None and self.length_chunks < 1:
+            raise RaftlmError(f"length_chunks={self.length_chunks}: use a positive integer (1: no chunks)")
         for name in ("warmup_steps", "patience"):
             if (getattr(self, name) or 0) < 0:
                 raise RaftlmError(f"{name}={getattr(self, name)}: use a number >= 0")

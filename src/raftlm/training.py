@@ -239,7 +239,7 @@ class RegressionTrainer(Trainer):
         optimizer_name: str,
         eval_batch_size: int,
         frozen: int = 0,
-        length_chunks: int = 1,
+        length_chunks: int | None = 1,
         val_store: HiddenStore | None = None,
         **kwargs,
     ):
@@ -263,9 +263,16 @@ class RegressionTrainer(Trainer):
         skip = skip_frozen(model, self.frozen) if batch.hidden is not None else contextlib.nullcontext()
         with skip:
             loss = chunked_loss(
-                self.loss_fn, model, batch, inputs["targets"], inputs["answer_len"], self.length_chunks
+                self.loss_fn, model, batch, inputs["targets"], inputs["answer_len"], self.chunks(batch)
             )
         return (loss, None) if return_outputs else loss
+
+    def chunks(self, batch: PromptBatch) -> int:
+        """``length_chunks`` as set, else 2 on a CPU (1.18x faster steps, benchmarks/length_chunks.py)
+        and 1 elsewhere: a GPU step of a small model is bound by kernel launches, which chunks multiply."""
+        if self.length_chunks is not None:
+            return self.length_chunks
+        return 2 if batch.input_ids.device.type == "cpu" else 1
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         """Training-loss lines also carry the loss's own statistics (RAFT: grid mass and entropy)."""
