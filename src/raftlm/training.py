@@ -115,6 +115,8 @@ def length_chunks(attention_mask: torch.Tensor, chunks: int) -> list[tuple[torch
 def chunked_loss(loss_fn, model, batch: PromptBatch, targets, answer_len, chunks: int) -> torch.Tensor:
     """``loss_fn`` over the batch as ``length_chunks``: every raftlm loss is a mean over its examples, so
     the chunks' losses weighted by their share of the rows are the batch's loss (and gradient)."""
+    if chunks == 1:  # the batch as it is: no row copies
+        return loss_fn(model, batch, targets=targets, answer_len=answer_len)
     n, loss = len(batch.input_ids), 0.0
     for rows, width in length_chunks(batch.attention_mask, chunks):
         part = loss_fn(model, batch.select(rows, width), targets=targets[rows], answer_len=answer_len[rows])
