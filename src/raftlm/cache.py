@@ -61,7 +61,7 @@ def pass_through(layers: list):
 
 
 def skip_frozen(model, k: int):
-    """Training from cached states: blocks ``0..k-1`` are identities."""
+    """Running from cached states: blocks ``0..k-1`` are identities (k = 0: the model as it is)."""
     return pass_through(list(decoder_layers(model))[:k])
 
 

@@ -183,11 +183,7 @@ class Predictor:
         """With cached states in the batch, the frozen blocks they stand for are identities."""
         from raftlm.cache import skip_frozen
 
-        return (
-            skip_frozen(self.model, self.frozen_states[2])
-            if batch.hidden is not None
-            else contextlib.nullcontext()
-        )
+        return skip_frozen(self.model, self.frozen_states[2] if batch.hidden is not None else 0)
 
     def grid_log_probs(
         self, texts: list[str], batch_size: int = 16, bf16: bool = False, desc: str | None = None

@@ -262,8 +262,7 @@ class RegressionTrainer(Trainer):
             inputs.get("bidirectional", False),
             inputs.get("hidden"),
         )
-        skip = skip_frozen(model, self.frozen) if batch.hidden is not None else contextlib.nullcontext()
-        with skip:
+        with skip_frozen(model, self.frozen if batch.hidden is not None else 0):
             loss = chunked_loss(
                 self.loss_fn, model, batch, inputs["targets"], inputs["answer_len"], self.chunks(batch)
             )
