@@ -361,3 +361,21 @@ def test_report_lists_a_collapsed_zero_shot_cell(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "- zero-shot + rail on stsb-1k, zero-shot, seed 0: the grid holds 1.0e-09" in md
     assert "| zero-shot + rail | 1.200 † |" in md
+
+
+def test_report_of_a_running_sweep_names_the_entries_short_of_its_planned_seeds(tmp_path):
+    from raftlm.report import planned_seeds, tables
+
+    # raft has 3 seeds, ce + rail 2: the line names ce only, and with a 5-seed sweep names both
+    md = tables(aggregate(FIXTURE), FIXTURE)
+    assert md.startswith("Seeds behind trained entries: 3, except ce + rail on stsb-1k: 2.\n")
+    md = tables(aggregate(FIXTURE), FIXTURE, planned_seeds=5)
+    assert md.startswith(
+        "Seeds behind trained entries (the sweep runs 5; still running or stopped early): "
+        "raft on stsb-1k: 3; ce + rail on stsb-1k: 2.\n"
+    )
+    assert "Seeds behind" not in tables(aggregate(FIXTURE[:6]), FIXTURE[:6], planned_seeds=3)
+    (tmp_path / "sweep.yaml").write_text("seeds: [0, 1, 2, 3]\n")
+    assert planned_seeds(tmp_path) == 4
+    (tmp_path / "sweep.yaml").write_text("seeds: [0, 1\n")  # unreadable: unknown, not an error
+    assert planned_seeds(tmp_path) is None and planned_seeds(tmp_path / "none") is None

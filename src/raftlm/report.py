@@ -183,7 +183,9 @@ def collapsed_note(rows: list[dict]) -> str:
     )
 
 
-def tables(aggs: list[dict], rows: list[dict] | None = None) -> str:
+def tables(aggs: list[dict], rows: list[dict] | None = None, planned_seeds: int | None = None) -> str:
+    """The report's markdown. ``planned_seeds``: how many seeds the sweep runs (its sweep.yaml), so that
+    entries resting on fewer are named while it is still running."""
     full = [a for a in aggs if not a["train_fraction"] or a["train_fraction"] == 1.0]
     parts = []
     for model in dict.fromkeys(a["model"] for a in full):
@@ -200,13 +202,19 @@ def tables(aggs: list[dict], rows: list[dict] | None = None) -> str:
             )
         )
     counts = sorted({len(a["seeds"]) for a in full if a["lr"] is not None})
-    if len(counts) > 1:  # a sweep still running (or stopped early): say which entries rest on fewer seeds
+    planned = planned_seeds or (counts[-1] if counts else 0)
+    if counts and counts[0] < planned:  # a sweep still running (or stopped early): name who rests on fewer
         few = [
             f"{a['label']} on {a['dataset']}: {len(a['seeds'])}"
             for a in full
-            if a["lr"] is not None and len(a["seeds"]) < counts[-1]
+            if a["lr"] is not None and len(a["seeds"]) < planned
         ]
-        parts.append(f"Seeds behind trained entries: {counts[-1]}, except " + "; ".join(few) + ".\n")
+        head = (
+            f"Seeds behind trained entries: {planned}, except "
+            if counts[-1] == planned
+            else f"Seeds behind trained entries (the sweep runs {planned}; still running or stopped early): "
+        )
+        parts.insert(0, head + "; ".join(few) + ".\n")
     for model in dict.fromkeys(a["model"] for a in full):
         sub = [a for a in full if a["model"] == model]
         if any(a.get("crps") is not None for a in sub):
@@ -432,6 +440,18 @@ def _bold(text: str) -> str:
     return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
 
 
+def planned_seeds(root: Path) -> int | None:
+    """How many seeds the sweep that wrote ``root`` runs (the copy of its sweep.yaml there), if known."""
+    import yaml
+
+    path = root / "sweep.yaml"
+    try:
+        seeds = (yaml.safe_load(path.read_text()) or {}).get("seeds", [0]) if path.exists() else None
+    except yaml.YAMLError:
+        return None
+    return len(seeds) if isinstance(seeds, list) else None
+
+
 def write_report(results_dir: str) -> Path:
     root = Path(results_dir)
     path = root / "results.json"
@@ -451,7 +471,7 @@ def write_report(results_dir: str) -> Path:
         raise RaftlmError(f"{path} has no finished cells yet: let the sweep run")
     aggs = aggregate(rows)
     write_json(root / "summary.json", aggs)
-    md = tables(aggs, rows)
+    md = tables(aggs, rows, planned_seeds(root))
     write_text(root / "report.md", md)
     pngs = figures(root, aggs, rows)
     images = "".join(
