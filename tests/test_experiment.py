@@ -379,3 +379,14 @@ def test_report_of_a_running_sweep_names_the_entries_short_of_its_planned_seeds(
     assert planned_seeds(tmp_path) == 4
     (tmp_path / "sweep.yaml").write_text("seeds: [0, 1\n")  # unreadable: unknown, not an error
     assert planned_seeds(tmp_path) is None and planned_seeds(tmp_path / "none") is None
+
+
+def test_report_tables_the_step_each_entry_was_tested_at():
+    from raftlm.report import tables
+
+    md = tables(aggregate(FIXTURE), FIXTURE)
+    # best_step 100 x (seed + 1): raft seeds 0-2 -> 200 ± 100; ce seeds 0-1 -> 150 ± 71; no bold, no zero-shot
+    part = md.split("**Step of the lowest validation RMSE (the checkpoint tested), gemma**")[1].split("\n\n")[
+        1
+    ]
+    assert part.splitlines()[2:] == ["| raft | 200 ± 100 |", "| ce + rail | 150 ± 71 |"]

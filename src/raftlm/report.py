@@ -130,7 +130,8 @@ def interval_table(aggs: list[dict], nominal: float = 0.9) -> str:
 def _fmt(a: dict, metric: str) -> str:
     if a.get(metric) is None:
         return "-"
-    text = f"{a[metric]:.3f} ± {a[f'{metric}_std']:.3f}" if len(a["seeds"]) > 1 else f"{a[metric]:.3f}"
+    f = ".0f" if metric == "best_step" else ".3f"
+    text = f"{a[metric]:{f}} ± {a[f'{metric}_std']:{f}}" if len(a["seeds"]) > 1 else f"{a[metric]:{f}}"
     return text + (" †" if a.get("collapsed_seeds") else "")
 
 
@@ -138,15 +139,18 @@ def table(
     aggs: list[dict], metric: str, rows_key: str, cols_key: str, title: str, best_per: str = "column"
 ) -> str:
     """Markdown table of ``metric`` (mean ± std); the best entry of each column (table 3: the best method
-    per dataset) or of each row (``best_per="row"``, table 8: the best method per model) in bold."""
+    per dataset) or of each row (``best_per="row"``, table 8: the best method per model) in bold
+    (``best_per=None``: none)."""
     rows = list(dict.fromkeys(a[rows_key] for a in aggs))
     cols = list(dict.fromkeys(a[cols_key] for a in aggs))
     cell = {(a[rows_key], a[cols_key]): a for a in aggs}
-    pick = min if LOWER_IS_BETTER[metric] else max
+    pick = min if LOWER_IS_BETTER.get(metric, True) else max
     groups = (
         {c: [(r, c) for r in rows] for c in cols}
         if best_per == "column"
         else {r: [(r, c) for c in cols] for r in rows}
+        if best_per == "row"
+        else {}
     )
     best = set()  # (row, col) of each winner
     for keys in groups.values():
@@ -215,6 +219,21 @@ def tables(aggs: list[dict], rows: list[dict] | None = None, planned_seeds: int 
             else f"Seeds behind trained entries (the sweep runs {planned}; still running or stopped early): "
         )
         parts.insert(0, head + "; ".join(few) + ".\n")
+    for model in dict.fromkeys(a["model"] for a in full):
+        sub = [
+            a for a in full if a["model"] == model and a["lr"] is not None and a.get("best_step") is not None
+        ]
+        if sub:  # where each method's validation RMSE bottomed out: a budget past convergence shows it
+            parts.append(
+                table(
+                    sub,
+                    "best_step",
+                    "label",
+                    "dataset",
+                    f"Step of the lowest validation RMSE (the checkpoint tested), {model}",
+                    best_per=None,
+                )
+            )
     for model in dict.fromkeys(a["model"] for a in full):
         sub = [a for a in full if a["model"] == model]
         if any(a.get("crps") is not None for a in sub):
