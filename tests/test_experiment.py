@@ -375,8 +375,11 @@ def test_report_of_a_running_sweep_names_the_entries_short_of_its_planned_seeds(
         "raft on stsb-1k: 3; ce + rail on stsb-1k: 2.\n"
     )
     assert "Seeds behind" not in tables(aggregate(FIXTURE[:6]), FIXTURE[:6], planned_seeds=3)
-    (tmp_path / "sweep.yaml").write_text("seeds: [0, 1, 2, 3]\n")
+    sweep = "output_dir: out\ndatasets: [stsb-1k]\nmodels: [tiny]\nmethods: [raft]\n"
+    (tmp_path / "sweep.yaml").write_text(sweep + "seeds: [0, 1, 2, 3]\n")
     assert planned_seeds(tmp_path) == 4
+    (tmp_path / "sweep.yaml").write_text(sweep)  # no seeds: the sweep's default, seed 0
+    assert planned_seeds(tmp_path) == 1
     (tmp_path / "sweep.yaml").write_text("seeds: [0, 1\n")  # unreadable: unknown, not an error
     assert planned_seeds(tmp_path) is None and planned_seeds(tmp_path / "none") is None
 

@@ -34,11 +34,11 @@ from pathlib import Path
 import yaml
 
 from raftlm import methods, uncertainty
-from raftlm.config import SECTIONS, Config, to_float, to_int
+from raftlm.config import SECTIONS, Config, to_float
 from raftlm.core import RaftlmError
 from raftlm.io import clean_stale_tmp, write_json, write_text
 from raftlm.metrics import collapse
-from raftlm.report import CURVES, best_lr
+from raftlm.report import CURVES, best_lr, sweep_seeds
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def load_sweep(path: str) -> dict:
 
 
 def cells(sweep: dict) -> list[Cell]:
-    out = []
+    out, seeds = [], sweep_seeds(sweep)
     for d in sweep["datasets"]:
         dataset = {"dataset": d} if isinstance(d, str) else dict(d)
         for model in sweep["models"]:
@@ -128,11 +128,10 @@ def cells(sweep: dict) -> list[Cell]:
                     continue
                 for frac in sweep.get("train_fractions", [None]):
                     for lr in m.get("lrs", sweep.get("lrs", [1e-5])):
-                        for seed in sweep.get("seeds", [0]):
-                            lr, seed = to_float(lr, "sweep lrs"), to_int(seed, "sweep seeds")
+                        for seed in seeds:
+                            lr = to_float(lr, "sweep lrs")
                             out.append(Cell(dataset, model, method, decoder, lr, seed, frac, options))
     # seed by seed (stable sort): a sweep stopped early still covers every dataset, method and lr
-    seeds = [to_int(s, "sweep seeds") for s in sweep.get("seeds", [0])]
     return sorted(out, key=lambda c: seeds.index(c.seed) if c.seed in seeds else 0)
 
 
@@ -276,7 +275,7 @@ def lost_on_first_seed(sweep: dict, cell: Cell, todo: list[Cell], root: Path) ->
     is written nothing is decided (False: the cell runs)."""
     if sweep.get("lr_choice", "all_seeds") != "first_seed" or cell.lr is None:
         return False
-    first = to_int(sweep.get("seeds", [0])[0], "sweep seeds")
+    first = sweep_seeds(sweep)[0]
     if cell.seed == first:
         return False
     scores = {}

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from raftlm import methods
+from raftlm.config import to_int
 from raftlm.core import RaftlmError
 from raftlm.io import atomic_write, clean_stale_tmp, write_json, write_text
 
@@ -144,7 +145,6 @@ def table(
     rows = list(dict.fromkeys(a[rows_key] for a in aggs))
     cols = list(dict.fromkeys(a[cols_key] for a in aggs))
     cell = {(a[rows_key], a[cols_key]): a for a in aggs}
-    pick = min if LOWER_IS_BETTER.get(metric, True) else max
     groups = (
         {c: [(r, c) for r in rows] for c in cols}
         if best_per == "column"
@@ -154,6 +154,7 @@ def table(
     )
     best = set()  # (row, col) of each winner
     for keys in groups.values():
+        pick = min if LOWER_IS_BETTER[metric] else max
         present = [k for k in keys if k in cell and cell[k].get(metric) is not None]
         if present:
             top = pick(cell[k][metric] for k in present)
@@ -459,16 +460,21 @@ def _bold(text: str) -> str:
     return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
 
 
+def sweep_seeds(sweep: dict) -> list[int]:
+    """A sweep's seeds, in its order (default: seed 0)."""
+    return [to_int(s, "sweep seeds") for s in sweep.get("seeds", [0])]
+
+
 def planned_seeds(root: Path) -> int | None:
     """How many seeds the sweep that wrote ``root`` runs (the copy of its sweep.yaml there), if known."""
     import yaml
 
     path = root / "sweep.yaml"
     try:
-        seeds = (yaml.safe_load(path.read_text()) or {}).get("seeds", [0]) if path.exists() else None
-    except yaml.YAMLError:
+        sweep = yaml.safe_load(path.read_text()) if path.exists() else None
+        return len(sweep_seeds(sweep)) if isinstance(sweep, dict) else None
+    except (yaml.YAMLError, RaftlmError):  # not a readable sweep: the report goes on without the count
         return None
-    return len(seeds) if isinstance(seeds, list) else None
 
 
 def write_report(results_dir: str) -> Path:
