@@ -393,3 +393,44 @@ def test_report_tables_the_step_each_entry_was_tested_at():
         1
     ]
     assert part.splitlines()[2:] == ["| raft | 200 ± 100 |", "| ce + rail | 150 ± 71 |"]
+
+
+def test_eta_prices_each_run_to_train_once_and_each_cell_its_test_time():
+    from raftlm.experiment import eta_seconds
+
+    sweep = {
+        "output_dir": "x",
+        "datasets": ["a", "b"],
+        "models": ["m"],
+        "methods": [{"method": "ce", "decoder": "rail"}, {"method": "ce", "decoder": "greedy"}],
+        "lrs": [1e-4, 1e-5],
+        "seeds": [0, 1],
+        "lr_choice": "first_seed",
+    }
+    todo = cells(sweep)
+    assert eta_seconds(sweep, todo, []) is None
+
+    def done(c, train, test):
+        return {
+            "dataset": c.dataset["dataset"],
+            "run_id": c.run_id,
+            "train_runtime_s": train,
+            "eval_seconds": test,
+        }
+
+    a0 = [c for c in todo if c.dataset["dataset"] == "a" and c.seed == 0]  # 2 lrs x 2 decoders
+    run = [c for c in a0 if c.run_id == a0[0].run_id]
+    assert len(run) == 2
+    rows = [done(run[0], 1000, 10), done(run[1], 1000, 30)]  # one run of a, both decoders written
+    left = [c for c in todo if c not in run]
+    # runs to train: a seed 0 the other lr; b seed 0 both lrs; seed 1 one run each of a and b (lr undecided)
+    # = 5 runs x 1000 s (b has no history: the mean over datasets); cells: 2 + 4 + 2 + 2 = 10 x 20 s
+    assert eta_seconds(sweep, left, rows) == 5 * 1000 + 10 * 20
+    sweep["lr_choice"] = "all_seeds"  # every lr of seed 1 runs: 2 more runs, 4 more cells
+    assert eta_seconds(sweep, left, rows) == 7 * 1000 + 14 * 20
+    # once b has history its own means price it: b's written cell's run (trained) costs only its other cell
+    b0 = next(c for c in left if c.dataset["dataset"] == "b")
+    left.remove(b0)
+    rows.append(done(b0, 3000, 50))
+    # a: 1 + 2 runs x 1000, 2 + 4 cells x 20; b: 1 + 2 runs x 3000 (one of seed 0's is trained), 1 + 2 + 4 cells x 50
+    assert eta_seconds(sweep, left, rows) == 3 * 1000 + 6 * 20 + 3 * 3000 + 7 * 50

@@ -289,6 +289,36 @@ def lost_on_first_seed(sweep: dict, cell: Cell, todo: list[Cell], root: Path) ->
     return len(scores) > 1 and cell.lr != best_lr(scores)
 
 
+def eta_seconds(sweep: dict, left: list[Cell], done: list[dict]) -> float | None:
+    """Time the cells in ``left`` will take, from what the written cells ``done`` recorded: each run
+    still to train costs its dataset's mean training time, each cell its dataset's mean test time (the
+    mean over all datasets where one has none yet). Counting cells alone would price a greedy decode
+    of a trained run like its training. Under ``lr_choice: first_seed`` a later seed whose lr is not
+    yet decided counts once, not once per lr. None before any cell is written."""
+    if not done:
+        return None
+    if sweep.get("lr_choice") == "first_seed":
+        first = sweep_seeds(sweep)[0]
+        once = {(c if c.seed == first else replace(c, lr=None)).cell_id: c for c in reversed(left)}
+        left = list(once.values())
+
+    def mean_by_dataset(rows: list[dict], key: str) -> tuple[dict, float]:
+        per: dict[str, list[float]] = {}
+        for r in rows:
+            if r.get(key) is not None:
+                per.setdefault(r["dataset"], []).append(float(r[key]))
+        every = [v for vs in per.values() for v in vs]
+        return {d: sum(vs) / len(vs) for d, vs in per.items()}, (sum(every) / len(every) if every else 0.0)
+
+    runs = list({r["run_id"]: r for r in done if r.get("train_runtime_s") is not None}.values())
+    train, train_all = mean_by_dataset(runs, "train_runtime_s")
+    test, test_all = mean_by_dataset(done, "eval_seconds")
+    trained = {r["run_id"] for r in done}
+    to_train = {c.run_id: c.dataset["dataset"] for c in left if methods.get(c.method).trains}
+    seconds = sum(train.get(d, train_all) for r, d in to_train.items() if r not in trained)
+    return seconds + sum(test.get(c.dataset["dataset"], test_all) for c in left)
+
+
 def run_sweep(path: str) -> Path:
     sweep = load_sweep(path)
     root = Path(sweep["output_dir"])
@@ -302,7 +332,7 @@ def run_sweep(path: str) -> Path:
     result = lambda c: root / "cells" / f"{c.cell_id}.json"  # noqa: E731  (written once the cell is done)
     skip = lambda c: lost_on_first_seed(sweep, c, todo, root)  # noqa: E731
     done_before = sum(result(c).exists() for c in todo)
-    spent, ran = 0.0, 0
+    ran = 0
     for cell in todo:
         if result(cell).exists():
             continue
@@ -311,12 +341,13 @@ def run_sweep(path: str) -> Path:
                 f"  {cell.cell_id}: skipped, lr {cell.lr:g} lost on the first seed (lr_choice first_seed)"
             )
             continue
-        remaining = sum(not result(c).exists() and not skip(c) for c in todo)
-        eta = f"ETA {spent / ran * remaining / 60:.0f} min" if ran else "ETA after the first cell"
+        left = [c for c in todo if not result(c).exists() and not skip(c)]
+        done = [json.loads(result(c).read_text()) for c in todo if result(c).exists()]
+        seconds = eta_seconds(sweep, left, done)
+        eta = "ETA after the first cell" if seconds is None else f"ETA {seconds / 60:.0f} min"
         log.info(f"[{done_before + ran + 1}/{len(todo)} cells] {cell.cell_id} ({eta})")
-        start = time.time()
         write_json(result(cell), run_cell(sweep, cell, root))
-        spent, ran = spent + time.time() - start, ran + 1
+        ran += 1
         run_dir = root / "runs" / cell.run_id
         siblings = [c for c in todo if c.run_id == cell.run_id]  # the run's other decoders
         if not keep and run_dir.exists() and all(result(c).exists() or skip(c) for c in siblings):
