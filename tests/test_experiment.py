@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from raftlm.experiment import cells
-from raftlm.report import aggregate, run_log, table, write_report
+from raftlm.report import aggregate, run_log, table, tables, write_report
 
 
 def test_cells_cross_every_axis_and_run_zero_shot_once():
@@ -434,3 +434,19 @@ def test_eta_prices_each_run_to_train_once_and_each_cell_its_test_time():
     rows.append(done(b0, 3000, 50))
     # a: 1 + 2 runs x 1000, 2 + 4 cells x 20; b: 1 + 2 runs x 3000 (one of seed 0's is trained), 1 + 2 + 4 cells x 50
     assert eta_seconds(sweep, left, rows) == 3 * 1000 + 6 * 20 + 3 * 3000 + 7 * 50
+
+
+def test_report_sets_each_raft_entry_against_the_best_other_method():
+    from raftlm.report import raft_vs_best
+
+    text = raft_vs_best(aggregate(FIXTURE))
+    # raft at its chosen lr 1e-4: 0.5 +- 0.1 (3 seeds) vs ce + rail 0.75 +- 0.071 (2 seeds); Welch's p =
+    # scipy.stats.ttest_ind([0.5, 0.6, 0.4], [0.7, 0.8], equal_var=False).pvalue = 0.0494
+    assert (
+        "| stsb-1k | gemma | raft: 0.500 ± 0.100 | ce + rail: 0.750 ± 0.071 | -0.250 | 0.05 | RAFT lower |"
+        in text
+    )
+    losing = [dict(r, rmse=r["rmse"] + 0.3) if r["method"] == "raft" else r for r in FIXTURE]
+    assert "| +0.050 | 0.56 | RAFT not lower |" in raft_vs_best(aggregate(losing))
+    assert raft_vs_best(aggregate([r for r in FIXTURE if r["method"] != "raft"])) == ""
+    assert "RAFT against the best other method" in tables(aggregate(FIXTURE))

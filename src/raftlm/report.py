@@ -188,6 +188,51 @@ def collapsed_note(rows: list[dict]) -> str:
     )
 
 
+def raft_vs_best(aggs: list[dict]) -> str:
+    """Per model and dataset, each RAFT entry against the other method with the lowest mean test RMSE:
+    the gap and Welch's t-test p over seeds (both need 2+ seeds), so that "RAFT wins" or "it does not"
+    is read in numbers, noise included."""
+    from scipy import stats
+
+    lines = []
+    for model, dataset in dict.fromkeys((a["model"], a["dataset"]) for a in aggs):
+        sub = [
+            a for a in aggs if (a["model"], a["dataset"]) == (model, dataset) and a.get("rmse") is not None
+        ]
+        others = [a for a in sub if a["method"] != "raft"]
+        if not others:
+            continue
+        best = min(others, key=lambda a: a["rmse"])
+        for a in (a for a in sub if a["method"] == "raft"):
+            gap = a["rmse"] - best["rmse"]
+            p = "-"
+            if len(a["seeds"]) > 1 and len(best["seeds"]) > 1:
+                t = stats.ttest_ind_from_stats(
+                    a["rmse"],
+                    a["rmse_std"],
+                    len(a["seeds"]),
+                    best["rmse"],
+                    best["rmse_std"],
+                    len(best["seeds"]),
+                    equal_var=False,
+                )
+                p = f"{t.pvalue:.2f}" if np.isfinite(t.pvalue) else "-"
+            verdict = "RAFT lower" if gap < 0 else "RAFT not lower"
+            lines.append(
+                f"| {dataset} | {model} | {a['label']}: {_fmt(a, 'rmse')} | {best['label']}: {_fmt(best, 'rmse')} "
+                f"| {gap:+.3f} | {p} | {verdict} |"
+            )
+    if not lines:
+        return ""
+    head = [
+        "**RAFT against the best other method (mean test RMSE; p: Welch's t-test over seeds)**",
+        "",
+        "| dataset | model | RAFT | best other | RAFT - other | p | |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    return "\n".join(head + lines) + "\n"
+
+
 def tables(aggs: list[dict], rows: list[dict] | None = None, planned_seeds: int | None = None) -> str:
     """The report's markdown. ``planned_seeds``: how many seeds the sweep runs (its sweep.yaml), so that
     entries resting on fewer are named while it is still running."""
@@ -206,6 +251,8 @@ def tables(aggs: list[dict], rows: list[dict] | None = None, planned_seeds: int 
                 sub, "rmse", "model", "label", f"RMSE on {dataset} by model (table 8 shape)", best_per="row"
             )
         )
+    if versus := raft_vs_best(full):
+        parts.append(versus)
     counts = sorted({len(a["seeds"]) for a in full if a["lr"] is not None})
     planned = planned_seeds or (counts[-1] if counts else 0)
     if counts and counts[0] < planned:  # a sweep still running (or stopped early): name who rests on fewer
