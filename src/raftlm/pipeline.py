@@ -77,10 +77,10 @@ def new_predictor(
         scaler,
         probes,
         template,
-        m.answer_prefix,
-        m.normalize_grid,
-        cfg.data.max_length,
-        m.method,
+        answer_prefix=m.answer_prefix,
+        normalize_grid=m.normalize_grid,
+        max_length=cfg.data.max_length,
+        method=m.method,
         bind=not encoder,
         bidirectional=cfg.model.attention == "bidirectional",
     )
@@ -317,7 +317,14 @@ def entropy_change(
         )
     model, tok = load_model(base_model, seed=cfg.training.seed)
     base = Predictor(
-        model, tok, run.grid, run.fmt, run.scaler, run.template, run.normalize_grid, run.max_length
+        model,
+        tok,
+        run.grid,
+        run.fmt,
+        run.scaler,
+        run.template,
+        normalize_grid=run.normalize_grid,
+        max_length=run.max_length,
     )
     base.to(cfg.eval.device, cfg.eval.dtype)
     e = cfg.eval

@@ -51,6 +51,7 @@ class Predictor:
         fmt: AnswerFormat | None,
         scaler: TargetScaler,
         template: str,
+        *,
         normalize_grid: bool = False,
         max_length: int = 512,
         method: str = "none",
@@ -93,6 +94,7 @@ class Predictor:
         scaler: TargetScaler,
         probes: list[str],
         template: str = "{text}",
+        *,
         answer_prefix: str = " ",
         normalize_grid: bool = False,
         max_length: int = 512,
@@ -116,9 +118,9 @@ class Predictor:
             fmt,
             scaler,
             template,
-            normalize_grid,
-            max_length,
-            method,
+            normalize_grid=normalize_grid,
+            max_length=max_length,
+            method=method,
             bidirectional=bidirectional,
         )
 
