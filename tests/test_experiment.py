@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from raftlm.experiment import cells
-from raftlm.report import aggregate, run_log, table, tables, write_report
+from raftlm.report import aggregate, curve_groups, run_log, table, tables, write_report
 
 
 def test_cells_cross_every_axis_and_run_zero_shot_once():
@@ -273,6 +273,9 @@ def test_lr_choice_first_seed_runs_later_seeds_at_the_winning_lr_only(tmp_path, 
     assert [x["step"] for x in run_log(root, rows[0]["run_id"]) if "eval_rmse" in x] == [2]
     write_report(str(root))
     assert len(list((root / "figures").glob("rmse_vs_step_*.png"))) == 1
+    # both decoders chose the lr of the same runs (validation is the run's): one curve, both labels
+    (group,) = curve_groups(aggregate(rows), rows)
+    assert sorted(group[0]) == ["ce + greedy", "ce + rail"] and [r["seed"] for r in group[2]] == [0, 1]
     sweep["lr_choice"] = "best"
     path.write_text(yaml.safe_dump(sweep))
     with pytest.raises(RaftlmError, match="lr_choice 'best' is not one of"):

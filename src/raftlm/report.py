@@ -338,6 +338,21 @@ def _chosen(root: Path, aggs: list[dict], rows: list[dict]):
                 yield a, r
 
 
+def curve_groups(aggs: list[dict], rows: list[dict]) -> list[tuple[list[str], dict, list[dict]]]:
+    """(labels, first aggregate, seed rows) per set of trained runs behind the chosen entries: entries
+    that decode the same runs (ce + rail and ce + greedy) share one validation curve, drawn once."""
+    groups: dict[tuple, tuple[list[str], dict, list[dict]]] = {}
+    for a in aggs:
+        seeds = [r for r in rows if _group(r) + (r.get("lr"),) == _group(a) + (a["lr"],)]
+        seeds.sort(key=lambda r: r["seed"])
+        key = tuple(r["run_id"] for r in seeds)
+        if key in groups:
+            groups[key][0].append(a["label"])
+        else:
+            groups[key] = ([a["label"]], a, seeds)
+    return list(groups.values())
+
+
 def figures(root: Path, aggs: list[dict], rows: list[dict]) -> list[Path]:
     plt, out = _plt(), []
     figdir = root / "figures"
@@ -348,9 +363,8 @@ def figures(root: Path, aggs: list[dict], rows: list[dict]) -> list[Path]:
         here = [(a, r) for a, r in chosen if a["dataset"] == dataset]
         slug = dataset.replace(":", "_").replace("/", "_")
         fig, ax = plt.subplots(figsize=(6, 4))  # figure 5: validation RMSE vs step, every seed
-        for i, (a, _) in enumerate(here):
-            seeds = [r for r in rows if _group(r) + (r.get("lr"),) == _group(a) + (a["lr"],)]
-            for j, r in enumerate(sorted(seeds, key=lambda r: r["seed"])):
+        for i, (labels, a, seeds) in enumerate(curve_groups([a for a, _ in here], rows)):
+            for j, r in enumerate(seeds):
                 log = [x for x in run_log(root, r["run_id"]) if "eval_rmse" in x]
                 if log:
                     ax.plot(
@@ -361,7 +375,7 @@ def figures(root: Path, aggs: list[dict], rows: list[dict]) -> list[Path]:
                         lw=1.2 if j == 0 else 0.7,
                         alpha=1.0 if j == 0 else 0.5,
                         color=f"C{i}",
-                        label=f"{a['label']} ({a['model']}, lr {a['lr']:g}, {_seeds(len(seeds))})"
+                        label=f"{' / '.join(labels)} ({a['model']}, lr {a['lr']:g}, {_seeds(len(seeds))})"
                         if j == 0
                         else None,
                     )
