@@ -21,7 +21,7 @@ from raftlm import methods, uncertainty
 from raftlm.config import Config
 from raftlm.core import Example, RaftlmError, Splits
 from raftlm.data import load_splits
-from raftlm.grid import Grid, make_scaler
+from raftlm.grid import Grid, TargetScaler, make_scaler
 from raftlm.io import clean_stale_tmp, write_json, write_text
 from raftlm.metrics import regression_metrics
 from raftlm.modelcard import write_model_card
@@ -31,16 +31,29 @@ from raftlm.run import FINISHED_FILE, check_run_dir, is_run_dir, load_run, save_
 from raftlm.training import fit, latest_complete_checkpoint, reporting
 
 
+def grid_and_scaler(cfg: Config, splits_or_examples: Splits | list[Example]) -> tuple[Grid, TargetScaler]:
+    """The grid and target scaling ``cfg`` gives for the data (the dataset's own where ``cfg`` says
+    "dataset"), fitted on its training targets: what a run of ``cfg`` scores and trains on."""
+    if isinstance(splits_or_examples, Splits):
+        train = splits_or_examples.train
+        grid_spec, default_range = splits_or_examples.grid, splits_or_examples.target_range
+    else:
+        train, grid_spec, default_range = splits_or_examples, "1-5", "auto"
+    m, method = cfg.method, methods.get(cfg.method.method)
+    if method.fixed_grid and (m.grid or grid_spec) != method.fixed_grid:
+        m.grid = method.fixed_grid  # table 15: targets scaled to [0, 1], p1 = p('1')
+        if m.target_range == "dataset" and default_range is None:
+            m.target_range = "auto"
+    grid = Grid.parse(m.grid or grid_spec, single=m.single_value_grid)
+    target_range = default_range if m.target_range == "dataset" else m.target_range
+    return grid, make_scaler(grid, [e.target for e in train], target_range)
+
+
 def new_predictor(
     cfg: Config, splits_or_examples: Splits | list[Example], template: str = "{text}"
 ) -> Predictor:
     """A pretrained model bound to a grid, target scaling and answer format from ``cfg`` and the data;
     with a predictive head attached when the method has one."""
-    if isinstance(splits_or_examples, Splits):
-        train, template = splits_or_examples.train, splits_or_examples.template
-        grid_spec, default_range = splits_or_examples.grid, splits_or_examples.target_range
-    else:
-        train, grid_spec, default_range = splits_or_examples, "1-5", "auto"
     m = cfg.method
     method = methods.get(m.method)
     encoder = method.encoder
@@ -49,13 +62,10 @@ def new_predictor(
             f"{m.method} with bidirectional attention degenerates (every answer token sees itself): use "
             f"--attention causal for {m.method}"
         )
-    if method.fixed_grid and (m.grid or grid_spec) != method.fixed_grid:
-        m.grid = method.fixed_grid  # table 15: targets scaled to [0, 1], p1 = p('1')
-        if m.target_range == "dataset" and default_range is None:
-            m.target_range = "auto"
-    grid = Grid.parse(m.grid or grid_spec, single=m.single_value_grid)
-    target_range = default_range if m.target_range == "dataset" else m.target_range
-    scaler = make_scaler(grid, [e.target for e in train], target_range)
+    train = splits_or_examples
+    if isinstance(splits_or_examples, Splits):
+        train, template = splits_or_examples.train, splits_or_examples.template
+    grid, scaler = grid_and_scaler(cfg, splits_or_examples)
     set_seed(cfg.training.seed)
     model, tok = load_model(
         cfg.model.name,
