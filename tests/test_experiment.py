@@ -276,10 +276,25 @@ def test_lr_choice_first_seed_runs_later_seeds_at_the_winning_lr_only(tmp_path, 
     # both decoders chose the lr of the same runs (validation is the run's): one curve, both labels
     (group,) = curve_groups(aggregate(rows), rows)
     assert sorted(group[0]) == ["ce + greedy", "ce + rail"] and [r["seed"] for r in group[2]] == [0, 1]
+    report = (root / "report.md").read_text()  # one check at step 2 per run: nothing left to fall
+    assert "| ce + rail | flat x2 (0.000) |" in report and "| ce + greedy | flat x2 (0.000) |" in report
     sweep["lr_choice"] = "best"
     path.write_text(yaml.safe_dump(sweep))
     with pytest.raises(RaftlmError, match="lr_choice 'best' is not one of"):
         run_sweep(str(path))
+
+
+def test_curve_state_says_whether_a_validation_curve_was_still_falling_past_best_or_flat():
+    from raftlm.report import curve_state
+
+    state, drop = curve_state([(100, 1.0), (200, 0.9), (300, 0.85), (400, 0.8)])
+    assert state == "still falling" and np.isclose(drop, 0.05)  # lowest last, 0.05 below step 300
+    state, rise = curve_state([(100, 1.0), (200, 0.7), (300, 0.75), (400, 0.8)])
+    assert state == "past best" and np.isclose(rise, 0.1)
+    state, spread = curve_state([(100, 1.0), (200, 0.7), (300, 0.705), (400, 0.708)])
+    assert state == "flat" and np.isclose(spread, 0.003)  # ended 0.008 above its lowest: under 0.01
+    state, spread = curve_state([(100, 1.0), (200, 0.71), (300, 0.705), (400, 0.70)])
+    assert state == "flat" and np.isclose(spread, 0.005)  # still going down, by under 0.01 per 100 steps
 
 
 def test_report_marks_entries_whose_seeds_collapsed_and_lists_every_collapsed_cell():

@@ -353,6 +353,60 @@ def curve_groups(aggs: list[dict], rows: list[dict]) -> list[tuple[list[str], di
     return list(groups.values())
 
 
+FLAT = 0.01  # validation RMSE: a change under this is no change (curve_state)
+
+
+def curve_state(points: list[tuple[int, float]], window: int = 100) -> tuple[str, float]:
+    """Where a validation curve ended: ("still falling", drop over the last ``window`` steps) when its
+    lowest point is the last and it fell more than FLAT there (the budget was too short); ("past best",
+    rise of the end over the lowest) when it ended more than FLAT above its lowest (overfitting: the
+    best checkpoint is the one tested); else ("flat", range over the last ``window`` steps)."""
+    steps, vals = [s for s, _ in points], [v for _, v in points]
+    tail = [v for s, v in points if s >= steps[-1] - window]
+    low = min(vals)
+    if vals[-1] == low and tail[0] - low > FLAT:
+        return "still falling", tail[0] - low
+    if vals[-1] - low > FLAT:
+        return "past best", vals[-1] - low
+    return "flat", max(tail) - min(tail)
+
+
+def convergence_table(root: Path, aggs: list[dict], rows: list[dict]) -> str:
+    """Per chosen entry and dataset, how each seed's validation curve ended (``curve_state``): the issue
+    a budget must answer is whether any method was still improving when training stopped."""
+    cells: dict[tuple[str, str], str] = {}
+    several = len({a["model"] for a in aggs}) > 1
+    for model in dict.fromkeys(a["model"] for a in aggs):
+        for dataset in dict.fromkeys(a["dataset"] for a in aggs if a["model"] == model):
+            here = [a for a in aggs if (a["model"], a["dataset"]) == (model, dataset) and a["lr"] is not None]
+            for labels, _, seeds in curve_groups(here, rows):
+                states: dict[str, list[float]] = {}
+                for r in seeds:
+                    log = [
+                        (x["step"], x["eval_rmse"]) for x in run_log(root, r["run_id"]) if "eval_rmse" in x
+                    ]
+                    if log:
+                        state, size = curve_state(log)
+                        states.setdefault(state, []).append(size)
+                text = ", ".join(f"{k} x{len(v)} ({max(v):.3f})" for k, v in sorted(states.items()))
+                for name in labels:
+                    cells[(f"{name} ({model})" if several else name, dataset)] = text
+    if not any(cells.values()):
+        return ""
+    names = list(dict.fromkeys(k[0] for k in cells))
+    datasets = list(dict.fromkeys(k[1] for k in cells))
+    lines = [
+        "**How each seed's validation curve ended, chosen LRs** (still falling: lowest at the last check and "
+        f"{FLAT}+ below 100 steps before, in brackets that drop; past best: ended {FLAT}+ above its lowest, in "
+        "brackets the rise; flat: neither, in brackets the range over the last 100 steps; the largest over seeds)",
+        "",
+        "| | " + " | ".join(datasets) + " |",
+        "|---|" + "---|" * len(datasets),
+    ]
+    lines += [f"| {n} | " + " | ".join(cells.get((n, d)) or "-" for d in datasets) + " |" for n in names]
+    return "\n".join(lines) + "\n"
+
+
 def figures(root: Path, aggs: list[dict], rows: list[dict]) -> list[Path]:
     plt, out = _plt(), []
     figdir = root / "figures"
@@ -558,6 +612,9 @@ def write_report(results_dir: str) -> Path:
     aggs = aggregate(rows)
     write_json(root / "summary.json", aggs)
     md = tables(aggs, rows, planned_seeds(root))
+    full = [a for a in aggs if not a["train_fraction"] or a["train_fraction"] == 1.0]
+    if ended := convergence_table(root, full, rows):
+        md = f"{md}\n{ended}"
     write_text(root / "report.md", md)
     pngs = figures(root, aggs, rows)
     images = "".join(
