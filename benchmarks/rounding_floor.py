@@ -22,6 +22,7 @@ import numpy as np
 
 from raftlm.data import load_splits
 from raftlm.experiment import cell_config, cells, load_sweep
+from raftlm.metrics import regression_metrics
 from raftlm.pipeline import grid_and_scaler
 from raftlm.report import label
 
@@ -32,8 +33,8 @@ def nearest(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return grid[np.abs(values[:, None] - grid[None, :]).argmin(1)]
 
 
-def rmse(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((a - b) ** 2)))
+def rmse(y: np.ndarray, pred: np.ndarray) -> float:
+    return regression_metrics(y, pred)["rmse"]
 
 
 def main() -> None:
@@ -53,7 +54,8 @@ def main() -> None:
     for name, todo in by_dataset.items():
         with tempfile.TemporaryDirectory() as tmp:
             cfg = cell_config(sweep, todo[0], Path(tmp))
-        grid, scaler = grid_and_scaler(cfg, load_splits(cfg.data))
+        splits = load_splits(cfg.data)
+        grid, scaler = grid_and_scaler(cfg, splits.train, splits.grid, splits.target_range)
         grid_data = scaler.to_data(np.array(grid.values))
         for c in todo:
             path = root / "predictions" / f"{c.cell_id}.jsonl"

@@ -31,14 +31,12 @@ from raftlm.run import FINISHED_FILE, check_run_dir, is_run_dir, load_run, save_
 from raftlm.training import fit, latest_complete_checkpoint, reporting
 
 
-def grid_and_scaler(cfg: Config, splits_or_examples: Splits | list[Example]) -> tuple[Grid, TargetScaler]:
-    """The grid and target scaling ``cfg`` gives for the data (the dataset's own where ``cfg`` says
-    "dataset"), fitted on its training targets: what a run of ``cfg`` scores and trains on."""
-    if isinstance(splits_or_examples, Splits):
-        train = splits_or_examples.train
-        grid_spec, default_range = splits_or_examples.grid, splits_or_examples.target_range
-    else:
-        train, grid_spec, default_range = splits_or_examples, "1-5", "auto"
+def grid_and_scaler(
+    cfg: Config, train: list[Example], grid_spec: str, default_range: object
+) -> tuple[Grid, TargetScaler]:
+    """The grid and target scaling ``cfg`` gives for data whose own defaults are ``grid_spec`` and
+    ``default_range`` (used where ``cfg`` says "dataset"), fitted on ``train``'s targets: what a run of
+    ``cfg`` scores and trains on. A fixed-grid method's grid is written into ``cfg.method``."""
     m, method = cfg.method, methods.get(cfg.method.method)
     if method.fixed_grid and (m.grid or grid_spec) != method.fixed_grid:
         m.grid = method.fixed_grid  # table 15: targets scaled to [0, 1], p1 = p('1')
@@ -62,10 +60,12 @@ def new_predictor(
             f"{m.method} with bidirectional attention degenerates (every answer token sees itself): use "
             f"--attention causal for {m.method}"
         )
-    train = splits_or_examples
     if isinstance(splits_or_examples, Splits):
         train, template = splits_or_examples.train, splits_or_examples.template
-    grid, scaler = grid_and_scaler(cfg, splits_or_examples)
+        grid_spec, default_range = splits_or_examples.grid, splits_or_examples.target_range
+    else:
+        train, grid_spec, default_range = splits_or_examples, "1-5", "auto"
+    grid, scaler = grid_and_scaler(cfg, train, grid_spec, default_range)
     set_seed(cfg.training.seed)
     model, tok = load_model(
         cfg.model.name,

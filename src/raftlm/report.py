@@ -233,10 +233,15 @@ def raft_vs_best(aggs: list[dict]) -> str:
     return "\n".join(head + lines) + "\n"
 
 
+def full_data(aggs: list[dict]) -> list[dict]:
+    """The entries trained on all their data (table 3); train_fraction < 1 is the data-scaling study."""
+    return [a for a in aggs if not a["train_fraction"] or a["train_fraction"] == 1.0]
+
+
 def tables(aggs: list[dict], rows: list[dict] | None = None, planned_seeds: int | None = None) -> str:
     """The report's markdown. ``planned_seeds``: how many seeds the sweep runs (its sweep.yaml), so that
     entries resting on fewer are named while it is still running."""
-    full = [a for a in aggs if not a["train_fraction"] or a["train_fraction"] == 1.0]
+    full = full_data(aggs)
     parts = []
     for model in dict.fromkeys(a["model"] for a in full):
         sub = [a for a in full if a["model"] == model]
@@ -410,9 +415,7 @@ def convergence_table(root: Path, aggs: list[dict], rows: list[dict]) -> str:
 def figures(root: Path, aggs: list[dict], rows: list[dict]) -> list[Path]:
     plt, out = _plt(), []
     figdir = root / "figures"
-    chosen = [
-        (a, r) for a, r in _chosen(root, aggs, rows) if not a["train_fraction"] or a["train_fraction"] == 1.0
-    ]
+    chosen = list(_chosen(root, full_data(aggs), rows))
     for dataset in dict.fromkeys(a["dataset"] for a, _ in chosen):
         here = [(a, r) for a, r in chosen if a["dataset"] == dataset]
         slug = dataset.replace(":", "_").replace("/", "_")
@@ -612,8 +615,7 @@ def write_report(results_dir: str) -> Path:
     aggs = aggregate(rows)
     write_json(root / "summary.json", aggs)
     md = tables(aggs, rows, planned_seeds(root))
-    full = [a for a in aggs if not a["train_fraction"] or a["train_fraction"] == 1.0]
-    if ended := convergence_table(root, full, rows):
+    if ended := convergence_table(root, full_data(aggs), rows):
         md = f"{md}\n{ended}"
     write_text(root / "report.md", md)
     pngs = figures(root, aggs, rows)
