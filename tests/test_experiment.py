@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from raftlm.experiment import cells
-from raftlm.report import aggregate, curve_groups, run_log, table, tables, write_report
+from raftlm.report import aggregate, curve_groups, eval_curve, table, tables, write_report
 
 
 def test_cells_cross_every_axis_and_run_zero_shot_once():
@@ -270,7 +270,7 @@ def test_lr_choice_first_seed_runs_later_seeds_at_the_winning_lr_only(tmp_path, 
     # (every seed of the chosen lr) without runs/, which holds weights and is not committed
     assert sorted(p.stem for p in (root / "curves").glob("*.jsonl")) == sorted({r["run_id"] for r in rows})
     shutil.rmtree(root / "runs")
-    assert [x["step"] for x in run_log(root, rows[0]["run_id"]) if "eval_rmse" in x] == [2]
+    assert [step for step, _ in eval_curve(root, rows[0]["run_id"])] == [2]
     write_report(str(root))
     assert len(list((root / "figures").glob("rmse_vs_step_*.png"))) == 1
     # both decoders chose the lr of the same runs (validation is the run's): one curve, both labels

@@ -335,6 +335,12 @@ def run_log(root: Path, run_id: str) -> list[dict]:
     return _read_jsonl(copy if copy.exists() else root / "runs" / run_id / "metrics.jsonl")
 
 
+def eval_curve(root: Path, run_id: str) -> list[tuple[int, float]]:
+    """A trained run's validation curve, (step, eval_rmse) per check: what the convergence table and the
+    RMSE-vs-step figure both read."""
+    return [(x["step"], x["eval_rmse"]) for x in run_log(root, run_id) if "eval_rmse" in x]
+
+
 def _chosen(root: Path, aggs: list[dict], rows: list[dict]):
     """The cell of seed min(seeds) at the selected learning rate, per aggregate."""
     for a in aggs:
@@ -387,9 +393,7 @@ def convergence_table(root: Path, aggs: list[dict], rows: list[dict]) -> str:
             for labels, _, seeds in curve_groups(here, rows):
                 states: dict[str, list[float]] = {}
                 for r in seeds:
-                    log = [
-                        (x["step"], x["eval_rmse"]) for x in run_log(root, r["run_id"]) if "eval_rmse" in x
-                    ]
+                    log = eval_curve(root, r["run_id"])
                     if log:
                         state, size = curve_state(log)
                         states.setdefault(state, []).append(size)
@@ -422,11 +426,10 @@ def figures(root: Path, aggs: list[dict], rows: list[dict]) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4))  # figure 5: validation RMSE vs step, every seed
         for i, (labels, a, seeds) in enumerate(curve_groups([a for a, _ in here], rows)):
             for j, r in enumerate(seeds):
-                log = [x for x in run_log(root, r["run_id"]) if "eval_rmse" in x]
+                log = eval_curve(root, r["run_id"])
                 if log:
                     ax.plot(
-                        [x["step"] for x in log],
-                        [x["eval_rmse"] for x in log],
+                        *zip(*log, strict=True),
                         marker="o" if j == 0 else None,
                         markersize=3,
                         lw=1.2 if j == 0 else 0.7,
