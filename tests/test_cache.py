@@ -241,3 +241,11 @@ def test_length_chunks_default_to_two_on_a_cpu_and_one_elsewhere():
     assert (chunks(None, cpu), chunks(None, other), chunks(3, cpu), chunks(1, other)) == (2, 1, 3, 1)
     with pytest.raises(RaftlmError, match="length_chunks=0: use a positive integer"):
         Config.build({"training": {"length_chunks": 0}})
+
+
+def test_the_raft_loss_built_from_a_config_takes_its_ce_target():
+    method_cfg = {"method": "raft", "grid": "1-5", "ce_target": "two-hot", "target_range": "none"}
+    cfg = Config.build({"model": {"name": "tiny-random-llama"}, "method": method_cfg})
+    predictor = new_predictor(cfg, EXAMPLES)
+    loss_fn = METHODS["raft"].loss(predictor, cfg.method)
+    assert (loss_fn.ce_target, loss_fn.ce_weight) == ("two-hot", 1.0)

@@ -133,3 +133,15 @@ def test_the_headline_commands_parse_and_record_what_ran(tmp_path):
     assert shlex.split(published)[1:] == [
         a.replace(str(tmp_path / "run"), "runs/stsb-headline") for a in train
     ]
+
+
+def test_ce_target_is_a_raft_option_with_two_values():
+    def cfg(*flags):
+        return config_from_args(build_parser().parse_args(["train", *flags, "--output-dir", "run"]))
+
+    assert cfg().method.ce_target == "nearest"
+    assert cfg("--ce-target", "two-hot").method.ce_target == "two-hot"
+    with pytest.raises(RaftlmError, match="ce_target='three-hot': use nearest or two-hot"):
+        Config.build({"method": {"ce_target": "three-hot"}})
+    with pytest.raises(RaftlmError, match="ce_target is a raft option: drop it for method ce"):
+        Config.build({"method": {"method": "ce", "ce_target": "two-hot"}})

@@ -91,3 +91,53 @@ def test_raft_loss_on_a_real_model_matches_brute_force(tiny):
     with torch.no_grad():
         pred = naive_log_probs(model, tok, fmt, texts).exp() @ VALUES
     assert_close(loss, ((pred - targets) ** 2).mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_ce_targets_nearest_is_one_hot_and_two_hot_has_the_target_as_its_mean():
+    from raftlm.losses import ce_targets
+
+    values = torch.tensor([1.0, 2.0, 3.0])
+    y = torch.tensor([2.25, 3.0, 0.5, 3.7, 1.0])  # between, on the top value, below and above the grid, on
+    assert_close(ce_targets(y, values), torch.eye(3)[[1, 2, 0, 2, 0]])
+    two_hot = ce_targets(y, values, "two-hot")
+    assert_close(two_hot, torch.tensor([[0, 0.75, 0.25], [0, 0, 1], [1, 0, 0], [0, 0, 1], [1, 0, 0]]))
+    assert_close(two_hot @ values, y.clamp(1, 3))  # the mean is the target, clipped to the grid
+    shuffled = torch.tensor([3.0, 1.0, 2.0])  # a grid in any order: weights follow the values
+    assert_close(ce_targets(y[:1], shuffled, "two-hot"), torch.tensor([[0.25, 0, 0.75]]))
+    assert_close(ce_targets(y[:2], torch.tensor([2.0]), "two-hot"), torch.ones(2, 1))  # one value: one-hot
+
+
+def test_two_hot_ce_agrees_with_the_squared_loss_where_the_nearest_one_hot_pulls_onto_the_grid():
+    # p = (0, 0, .5, .5, 0): target 3.5 -> squared loss 0, two-hot CE ln 2 (0.5 on '3', 0.5 on '4'); nearest: '4'
+    logp = torch.tensor([[1e-30, 1e-30, 0.5, 0.5, 1e-30]]).log()
+    half = RAFTLoss(FixedScorer(logp), VALUES, ce_weight=0.5, ce_target="two-hot")
+    assert_close(half(None, None, targets=torch.tensor([3.5])), torch.tensor(0.5 * math.log(2)))
+    on_grid = torch.tensor([4.0])  # on a grid value both targets are the same one-hot
+    nearest = RAFTLoss(FixedScorer(logp), VALUES, ce_weight=0.5)
+    assert_close(half(None, None, targets=on_grid), nearest(None, None, targets=on_grid))
+
+    # a free distribution over {1..5} fit to one off-grid target 3.25 with RAFT + 1.0 x CE: with two-hot
+    # targets both terms have one optimum, (0, 0, .75, .25, 0), which predicts 3.25; the nearest value's
+    # one-hot wins over the squared loss (moving mass e to '4' saves 0.5e of it and costs e of CE) and
+    # predicts '3' exactly: the target rounded to the grid
+    def fit(ce_target: str) -> torch.Tensor:
+        theta = torch.zeros(5, requires_grad=True)
+        opt = torch.optim.LBFGS([theta], lr=0.5, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14)
+        loss_fn = RAFTLoss(None, VALUES, ce_weight=1.0, ce_target=ce_target)
+
+        def closure():
+            opt.zero_grad()
+            loss_fn.scorer = FixedScorer(torch.log_softmax(theta, -1)[None])
+            loss = loss_fn(None, None, targets=torch.tensor([3.25]))
+            loss.backward()
+            return loss
+
+        for _ in range(5):
+            opt.step(closure)
+        return torch.softmax(theta.detach(), -1)
+
+    p = fit("two-hot")
+    assert_close(p, torch.tensor([0.0, 0.0, 0.75, 0.25, 0.0]), atol=2e-3, rtol=0)
+    assert_close(p @ VALUES, torch.tensor(3.25), atol=1e-3, rtol=0)
+    p = fit("nearest")
+    assert_close(p, torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0]), atol=1e-3, rtol=0)

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from raftlm.config import SECTIONS, Config, ServeSettings, read_recipe
-from raftlm.core import RaftlmError
+from raftlm.core import CE_TARGETS, RaftlmError
 from raftlm.io import is_run_dir  # not raftlm.run: --help must not wait for torch
 from raftlm.tables import format_table
 
@@ -52,6 +52,7 @@ FLAGS = {
     "--head-init": "method.head_init",
     "--new-tokens": "method.new_tokens",
     "--ce-weight": "method.ce_weight",
+    "--ce-target": "method.ce_target",
     "--output-dir": "training.output_dir",
     "--max-steps": "training.max_steps",
     "--batch-size": "training.batch_size",
@@ -290,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                 action.help = f"training method: {', '.join(METHODS)}, or {ZERO_SHOT_NAME} (zero-shot)"
             if action.dest == "decoder":
                 action.choices = list(DECODERS)
+            if action.dest == "ce_target":
+                action.choices = list(CE_TARGETS)
             if action.dest == "interval_kind":
                 action.choices = list(KIND_CHOICES)
     return parser

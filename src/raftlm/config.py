@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import yaml
 
-from raftlm.core import RaftlmError
+from raftlm.core import CE_TARGETS, RaftlmError
 
 TRAINABLE = re.compile(r"full|lora|none|top-\d+")
 
@@ -181,6 +181,14 @@ class MethodConfig:
             "1.0 for raft; 0 = the paper's pure RAFT)"
         },
     )
+    ce_target: str = field(
+        default="nearest",
+        metadata={
+            "help": "raft: the CE term's target, nearest (one-hot on the grid value nearest the target) or "
+            "two-hot (the two grid values around it, weighted so their mean is the target: no pull onto "
+            "the grid for targets between its values)"
+        },
+    )
     answer_prefix: str = field(default=" ", metadata={"help": "text between the prompt and the answer"})
     normalize_grid: bool = field(
         default=False, metadata={"help": "renormalize grid probabilities to sum to 1 (table 16)"}
@@ -225,6 +233,10 @@ class MethodConfig:
             raise RaftlmError(f"ce_weight={self.ce_weight}: use a finite weight >= 0 (e.g. 0.3)")
         if self.ce_weight and not method.takes_ce_weight:
             raise RaftlmError(f"ce_weight is a raft option: drop it for method {self.method}")
+        if self.ce_target not in CE_TARGETS:
+            raise RaftlmError(f"ce_target={self.ce_target!r}: use {' or '.join(CE_TARGETS)}")
+        if self.ce_target != "nearest" and not method.takes_ce_weight:
+            raise RaftlmError(f"ce_target is a raft option: drop it for method {self.method}")
         if self.grid is not None and not self.grid.strip():
             raise RaftlmError(
                 "grid is empty: give a grid spec such as 1-5, or drop it for the dataset's grid"

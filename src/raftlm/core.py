@@ -59,6 +59,8 @@ class DecisionRule(Protocol):
 # tests/test_uncertainty.py checks the names agree.
 KIND_CHOICES = ("auto", "absolute", "std", "cqr", "grid")
 
+CE_TARGETS = ("nearest", "two-hot")  # RAFTLoss's CE target over the grid (losses.ce_targets)
+
 
 def check_level(level) -> float:
     """A confidence level as a float strictly between 0 and 1, else a one-line error."""

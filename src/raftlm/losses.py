@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from raftlm.core import CE_TARGETS
 from raftlm.scoring import GridLogProbs, PromptBatch
 
 
@@ -22,6 +23,23 @@ def raft_predictor(
     return pred / probs.sum(-1) if normalize_grid else pred
 
 
+def ce_targets(targets: torch.Tensor, values: torch.Tensor, kind: str = "nearest") -> torch.Tensor:
+    """The CE term's target distribution over the grid, (batch, grid): "nearest" is one-hot on the grid
+    value nearest each target; "two-hot" puts (hi - y) / (hi - lo) on the grid value lo just below y and
+    the rest on hi just above, so its mean is y (one-hot on a grid value or past either end). Example:
+    grid (1, 2, 3), y 2.25 -> nearest (0, 1, 0), two-hot (0, 0.75, 0.25)."""
+    if kind == "nearest" or len(values) < 2:
+        nearest = (targets[:, None] - values[None, :]).abs().argmin(-1)
+        return torch.nn.functional.one_hot(nearest, len(values)).to(targets)
+    order = values.argsort()
+    ordered = values[order]
+    lo = (torch.searchsorted(ordered, targets.contiguous(), right=True) - 1).clamp(0, len(values) - 2)
+    up = ((targets - ordered[lo]) / (ordered[lo + 1] - ordered[lo])).clamp(0, 1)
+    out = torch.zeros(len(targets), len(values), dtype=targets.dtype, device=targets.device)
+    out.scatter_(1, order[lo][:, None], (1 - up)[:, None])
+    return out.scatter_add(1, order[lo + 1][:, None], up[:, None])
+
+
 class RAFTLoss(nn.Module):
     """Eq. 10: (y* - sum_y p(str(y)|x) y)^2, averaged over the batch; plus ``ce_weight`` x CE.
 
@@ -32,14 +50,28 @@ class RAFTLoss(nn.Module):
     saturated grid). With ``normalize_grid`` the CE is over the grid only. Example: as above with lambda 0.5,
     p('4') = 0.5 -> 0.25 + 0.5 * ln 2 = 0.597.
 
+    ``ce_target`` "two-hot" spreads the CE target over the two grid values around the target, weighted so
+    their mean is the target (target 3.25 on {1..5}: 0.75 on '3', 0.25 on '4'; one-hot on a grid value,
+    the nearest end outside the grid): the CE term's optimum then predicts the target, as the squared
+    loss's does, where the nearest value's one-hot pulls RAIL's mean onto the grid (a rounding error that
+    off-grid targets cannot escape). Example: as above with target 3.5 -> 0 + 0.5 * ln 2 = 0.347.
+
     Every call records the batch's grid mass and grid entropy in ``stats`` (the trainer logs their means).
     """
 
     def __init__(
-        self, scorer: GridLogProbs, values: torch.Tensor, normalize_grid: bool = False, ce_weight: float = 0.0
+        self,
+        scorer: GridLogProbs,
+        values: torch.Tensor,
+        normalize_grid: bool = False,
+        ce_weight: float = 0.0,
+        ce_target: str = "nearest",
     ):
         super().__init__()
+        if ce_target not in CE_TARGETS:
+            raise ValueError(f"ce_target={ce_target!r}: use one of {', '.join(CE_TARGETS)}")
         self.scorer, self.normalize_grid, self.ce_weight = scorer, normalize_grid, ce_weight
+        self.ce_target = ce_target
         self.register_buffer("values", values.float(), persistent=False)
         self.stats: dict[str, list[float]] = {}
 
@@ -48,9 +80,9 @@ class RAFTLoss(nn.Module):
         targets = targets.to(log_probs)
         loss = ((raft_predictor(log_probs, self.values, self.normalize_grid) - targets) ** 2).mean()
         if self.ce_weight:
-            nearest = (targets[:, None] - self.values.to(targets)[None, :]).abs().argmin(-1)
             lp = torch.log_softmax(log_probs, -1) if self.normalize_grid else log_probs
-            loss = loss - self.ce_weight * lp.gather(1, nearest[:, None]).mean()
+            weights = ce_targets(targets, self.values.to(targets), self.ce_target)
+            loss = loss - self.ce_weight * (weights * lp).sum(-1).mean()
         self._record(log_probs.detach())
         return loss
 

@@ -25,7 +25,7 @@ def _raft_loss(predictor, mcfg) -> nn.Module:
 
     values = torch.tensor(predictor.grid.values)
     weight = METHODS["raft"].default_ce_weight if mcfg.ce_weight is None else mcfg.ce_weight
-    return RAFTLoss(predictor.scorer, values, predictor.normalize_grid, weight)
+    return RAFTLoss(predictor.scorer, values, predictor.normalize_grid, weight, mcfg.ce_target)
 
 
 def _grid_loss(name: str):
