@@ -141,3 +141,13 @@ def test_two_hot_ce_agrees_with_the_squared_loss_where_the_nearest_one_hot_pulls
     assert_close(p @ VALUES, torch.tensor(3.25), atol=1e-3, rtol=0)
     p = fit("nearest")
     assert_close(p, torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0]), atol=1e-3, rtol=0)
+
+
+def test_the_ce_term_ignores_grid_values_off_its_target_even_at_zero_probability():
+    logp = torch.tensor([[-math.inf, -math.inf, math.log(0.5), math.log(0.5), -math.inf]], requires_grad=True)
+    for ce_target in ("nearest", "two-hot"):
+        loss = RAFTLoss(FixedScorer(logp), VALUES, ce_weight=1.0, ce_target=ce_target)
+        value = loss(None, None, targets=torch.tensor([3.5 if ce_target == "two-hot" else 4.0]))
+        assert_close(value.detach(), torch.tensor(math.log(2) + (0.25 if ce_target == "nearest" else 0.0)))
+        (grad,) = torch.autograd.grad(value, logp)
+        assert torch.isfinite(grad).all()

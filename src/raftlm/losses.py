@@ -82,7 +82,8 @@ class RAFTLoss(nn.Module):
         if self.ce_weight:
             lp = torch.log_softmax(log_probs, -1) if self.normalize_grid else log_probs
             weights = ce_targets(targets, self.values.to(targets), self.ce_target)
-            loss = loss - self.ce_weight * (weights * lp).sum(-1).mean()
+            ce = torch.where(weights > 0, weights * lp, 0).sum(-1)  # a -inf off the target is not 0 x -inf
+            loss = loss - self.ce_weight * ce.mean()
         self._record(log_probs.detach())
         return loss
 
