@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from raftlm import methods, uncertainty
-from raftlm.config import Config, ModelConfig, TrainConfig
+from raftlm.config import Config, MethodConfig, ModelConfig, TrainConfig
 from raftlm.core import Example, RaftlmError, Splits
 from raftlm.data import IN_MEMORY
 from raftlm.files import parse_target
@@ -46,6 +46,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         decoder: str = "rail",
         normalize_grid: bool = False,
         ce_weight: float | None = None,
+        ce_target: str = MethodConfig.ce_target,
         # raftlm train's defaults (benchmarks/results/frontier.md), read from the config, not restated
         trainable: str = ModelConfig.trainable,
         max_steps: int = TrainConfig.max_steps,
@@ -70,6 +71,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         self.decoder = decoder
         self.normalize_grid = normalize_grid
         self.ce_weight = ce_weight
+        self.ce_target = ce_target
         self.trainable = trainable
         self.max_steps = max_steps
         self.batch_size = batch_size
@@ -105,6 +107,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                     "grid": self.grid,
                     "normalize_grid": self.normalize_grid,
                     "ce_weight": self.ce_weight,
+                    "ce_target": self.ce_target,
                     "target_range": "none" if self.target_range is None else self.target_range,
                 },
                 "training": {
