@@ -26,7 +26,8 @@ def arm_name(cell: dict) -> str:
     if not opts:
         return f"paper (Adafactor, {lr})"
     if "ce_weight" in opts:
-        return f"RAFT + {opts['ce_weight']} CE ({lr})"
+        two_hot = " two-hot" if opts.get("ce_target") == "two-hot" else ""
+        return f"RAFT + {opts['ce_weight']}{two_hot} CE ({lr})"
     if "normalize_grid" in opts:
         return f"grid renormalized ({lr})"
     if "optimizer" in opts:
