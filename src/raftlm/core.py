@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -90,3 +92,25 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
             return False
     flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
     return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+@functools.cache
+def host_has_bf16() -> bool:
+    """``cpu_has_bf16()`` of this machine, read once per process."""
+    return cpu_has_bf16()
+
+
+SLOW_BF16 = (
+    "bf16 autocast on a CPU without bf16 units (no avx512_bf16 / amx_bf16 in /proc/cpuinfo) runs several"
+    " times slower than float32 (a Gemma training step 36x on an AVX2-only EPYC, benchmarks/bf16_cpu.py):"
+    " drop --bf16 on this machine"
+)
+_warned_bf16 = False
+
+
+def warn_slow_bf16() -> None:
+    """Call before bf16 autocast runs on a CPU: warns once per process where it is a slowdown."""
+    global _warned_bf16
+    if not _warned_bf16 and not host_has_bf16():
+        _warned_bf16 = True
+        warnings.warn(SLOW_BF16, RuntimeWarning, stacklevel=3)

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from raftlm import decoders
-from raftlm.core import RaftlmError
+from raftlm.core import RaftlmError, warn_slow_bf16
 from raftlm.grid import Grid, TargetScaler
 from raftlm.scoring import AnswerFormat, GridLogProbs, PromptBatch, bind_answer, encode_prompts, left_pad
 
@@ -31,7 +31,11 @@ class Predictions:
 
 
 def autocast(bf16: bool, device: str = "cpu"):
-    return torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    if not bf16:
+        return contextlib.nullcontext()
+    if device == "cpu":
+        warn_slow_bf16()
+    return torch.autocast(device, dtype=torch.bfloat16)
 
 
 class Predictor:

@@ -26,7 +26,7 @@ from transformers.trainer_callback import ExportableState, PrinterCallback, Prog
 from raftlm import methods
 from raftlm.cache import HiddenStore, build_store, cached_prompts, frozen_blocks, skip_frozen, stack_states
 from raftlm.config import Config
-from raftlm.core import Example, RaftlmError
+from raftlm.core import Example, RaftlmError, warn_slow_bf16
 from raftlm.decoders import GRID_DECODERS
 from raftlm.io import to_json, write_text
 from raftlm.metrics import DEAD_GRID, collapse, regression_metrics
@@ -425,6 +425,8 @@ def fit(
     # subnormal floats (a collapsed grid's probabilities and gradients reach 1e-34 and below) take the
     # CPU's slow path: one collapsed RAFT step measured 25 s instead of 0.75 s; flushed, they are 0
     torch.set_flush_denormal(True)
+    if cfg.training.bf16 and next(predictor.model.parameters()).device.type == "cpu":
+        warn_slow_bf16()
     method = cfg.method.method
     loss_fn = methods.get(method).loss(predictor, cfg.method)
     feats = build_features(predictor, train, method, cfg.method.ce_decimals)
