@@ -22,32 +22,17 @@ from pathlib import Path
 
 import torch
 
-from raftlm.core import BF16_CPU_FLAGS, cpu_has_bf16
+from raftlm.core import BF16_CPU_FLAGS, cpu_flags, cpu_has_bf16, read_cpuinfo
 from raftlm.io import write_json
 
 RESULTS = Path(__file__).parent / "results" / "bf16_cpu.json"
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+def cpu_name(cpuinfo: str) -> str:
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    """The SIMD flags that decide bf16 speed, as /proc/cpuinfo lists them."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return []
-    keep = ("avx2", "avx512f", *BF16_CPU_FLAGS, "amx_tile")
-    return [flag for flag in keep if flag in flags]
 
 
 def gemma_blocks(layers: int = 2):
@@ -116,11 +101,15 @@ def main() -> None:
         }
         print(f"{name}: float32 {1000 * f32:.1f} ms, bf16 autocast {1000 * b16:.1f} ms: x{b16 / f32:.2f}")
 
-    machine = f"{cpu_name()} [{' '.join(cpu_flags())}]"
+    cpuinfo = read_cpuinfo()
+    flags = cpu_flags(cpuinfo)  # those that decide bf16 speed
+    simd = [flag for flag in ("avx2", "avx512f", *BF16_CPU_FLAGS, "amx_tile") if flag in flags]
+    name = cpu_name(cpuinfo)
+    machine = f"{name} [{' '.join(simd)}]"
     entry = {
-        "cpu": cpu_name(),
-        "flags": cpu_flags(),
-        "cpu_has_bf16": cpu_has_bf16(),
+        "cpu": name,
+        "flags": simd,
+        "cpu_has_bf16": cpu_has_bf16(cpuinfo),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "batch": [a.batch, a.tokens],

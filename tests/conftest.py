@@ -31,3 +31,17 @@ def toy_csv(tmp_path) -> Path:
         for i in range(40)
     ]
     return write_csv(tmp_path / "toy.csv", rows)
+
+
+@pytest.fixture
+def bf16_warning(monkeypatch):
+    """Sets this process's CPU as one with (``bf16_warning(True)``) or without bf16 units, the
+    once-per-process slow-bf16 warning rearmed; rearmed again afterwards for the real CPU."""
+    from raftlm import core
+
+    def cpu(has_bf16: bool) -> None:
+        monkeypatch.setattr(core, "cpu_has_bf16", lambda: has_bf16)
+        core.warn_slow_bf16.cache_clear()
+
+    yield cpu
+    core.warn_slow_bf16.cache_clear()

@@ -172,11 +172,8 @@ def test_grid_rows_scoring_through_a_wrapper_calls_the_whole_model(tiny):
     torch.testing.assert_close(direct.exp().sum(-1), torch.ones(len(MIXED)))
 
 
-def test_bf16_inference_on_a_cpu_without_bf16_units_warns(tiny, monkeypatch):
-    from raftlm import core
-
-    monkeypatch.setattr(core, "host_has_bf16", lambda: False)
-    monkeypatch.setattr(core, "_warned_bf16", False)
+def test_bf16_inference_on_a_cpu_without_bf16_units_warns(tiny, bf16_warning):
+    bf16_warning(False)
     p = make(tiny)
     with pytest.warns(RuntimeWarning, match="without bf16 units.*drop --bf16"):
         p.predict(MIXED, "rail", bf16=True)

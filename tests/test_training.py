@@ -137,26 +137,16 @@ def test_a_collapsed_raft_run_says_so_and_logs_grid_mass(tmp_path, toy_csv):
     assert last["eval_grid_mass"] < 0.01 or last["eval_prediction_std"] < 1e-3
 
 
-@pytest.fixture
-def cpu_without_bf16(monkeypatch):
-    """This process's CPU read as one without bf16 units, the once-per-process warning not yet given."""
-    from raftlm import core
-
-    monkeypatch.setattr(core, "host_has_bf16", lambda: False)
-    monkeypatch.setattr(core, "_warned_bf16", False)
-
-
-def test_bf16_training_on_a_cpu_without_bf16_units_warns_once(tmp_path, toy_csv, cpu_without_bf16, recwarn):
+def test_bf16_training_on_a_cpu_without_bf16_units_warns_once(tmp_path, toy_csv, bf16_warning, recwarn):
+    bf16_warning(False)
     train_run(cfg_for(toy_csv, tmp_path / "bf16", bf16=True))
     slow = [w for w in recwarn if "drop --bf16" in str(w.message)]
     assert len(slow) == 1 and slow[0].category is RuntimeWarning  # training + validation: one line
 
 
-def test_no_bf16_warning_in_float32_or_on_a_cpu_with_bf16_units(tmp_path, toy_csv, monkeypatch, recwarn):
-    from raftlm import core
-
-    monkeypatch.setattr(core, "_warned_bf16", False)
+def test_no_bf16_warning_in_float32_or_on_a_cpu_with_bf16_units(tmp_path, toy_csv, bf16_warning, recwarn):
+    bf16_warning(False)
     train_run(cfg_for(toy_csv, tmp_path / "f32"))
-    monkeypatch.setattr(core, "host_has_bf16", lambda: True)
+    bf16_warning(True)
     train_run(cfg_for(toy_csv, tmp_path / "bf16", bf16=True))
     assert not [w for w in recwarn if "drop --bf16" in str(w.message)]

@@ -80,24 +80,27 @@ def check_level(level) -> float:
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+def read_cpuinfo() -> str:
+    """Linux's /proc/cpuinfo ("" where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo's ``flags`` lines; ``cpuinfo`` is its text, for tests."""
+    text = read_cpuinfo() if cpuinfo is None else cpuinfo
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()}
+
+
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU has bf16 units (AVX512-BF16 or AMX), where bf16 autocast speeds training up;
     without them it slows it down (a Gemma RAFT step 3.3x slower measured, DEVELOPERS.md). Reads Linux's
     /proc/cpuinfo (False where there is none); ``cpuinfo`` is its text, for tests."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return False
-    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
+    flags = cpu_flags(cpuinfo)
     return any(flag in flags for flag in BF16_CPU_FLAGS)
-
-
-@functools.cache
-def host_has_bf16() -> bool:
-    """``cpu_has_bf16()`` of this machine, read once per process."""
-    return cpu_has_bf16()
 
 
 SLOW_BF16 = (
@@ -105,12 +108,11 @@ SLOW_BF16 = (
     " times slower than float32 (a Gemma training step 36x on an AVX2-only EPYC, benchmarks/bf16_cpu.py):"
     " drop --bf16 on this machine"
 )
-_warned_bf16 = False
 
 
+@functools.cache
 def warn_slow_bf16() -> None:
-    """Call before bf16 autocast runs on a CPU: warns once per process where it is a slowdown."""
-    global _warned_bf16
-    if not _warned_bf16 and not host_has_bf16():
-        _warned_bf16 = True
+    """Call before bf16 autocast runs on a CPU: reads the CPU once per process and warns (once) where
+    bf16 is a slowdown; ``warn_slow_bf16.cache_clear()`` rearms it."""
+    if not cpu_has_bf16():
         warnings.warn(SLOW_BF16, RuntimeWarning, stacklevel=3)
