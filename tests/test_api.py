@@ -162,3 +162,15 @@ def test_patience_and_trainer_callbacks():
     reg = small(lr=1e-30, max_steps=20, eval_steps=1, patience=2, progress_bar=False, callbacks=[counter])
     reg.fit(TEXTS, Y, eval_set=(TEXTS[:5], Y[:5]))
     assert reg.train_summary_["global_step"] == 3 and counter.steps == 3  # best at 1, no gain at 2 and 3
+
+
+def test_bf16_auto_is_float32_on_a_cpu_without_bf16_units(bf16_warning, recwarn):
+    """bf16="auto" stays a parameter (clone keeps it) and resolves per machine: float32 here, bf16 where
+    the CPU has the units."""
+    bf16_warning(False)
+    reg = small(bf16="auto").fit(TEXTS, Y)
+    assert reg.get_params()["bf16"] == "auto" and reg._bf16() is False
+    assert not [w for w in recwarn if "drop --bf16" in str(w.message)]
+    np.testing.assert_array_equal(reg.predict(TEXTS), small(bf16=False).fit(TEXTS, Y).predict(TEXTS))
+    bf16_warning(True)
+    assert reg._bf16() is True

@@ -36,7 +36,7 @@ def _never_load(monkeypatch):
         (["--max-steps", "4.7"], "training.max_steps='4.7': use a whole number"),
         (["--max-steps", "four"], "training.max_steps='four': use a whole number"),
         (["--set", "training.max_steps=4.7"], "training.max_steps=4.7: use a whole number"),
-        (["--set", "training.bf16=maybe"], "training.bf16='maybe': use true or false"),
+        (["--set", "training.bf16=maybe"], "training.bf16='maybe': use true, false or auto"),
         (["--trainable", "5"], "trainable='5': use full, lora, none or top-N"),
         (["--grid", "5-1"], "runs from 5 down to 1: write LOW-HIGH"),
         (["--grid", ""], "grid is empty"),

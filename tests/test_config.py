@@ -25,6 +25,27 @@ def test_yaml_strings_become_their_fields_types(tmp_path):
     assert _yaml(tmp_path, "method: {grid: 5, single_value_grid: true}\n").method.grid == "5"
 
 
+def test_bf16_auto_turns_autocast_on_only_where_the_hardware_runs_it_fast(monkeypatch, tmp_path):
+    """auto is resolved when the config is built, so a run's saved config.yaml says what it ran."""
+    import torch
+
+    from raftlm import core
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for has_units in (True, False):
+        monkeypatch.setattr(core, "cpu_has_bf16", lambda has_units=has_units: has_units)
+        cfg = _yaml(tmp_path, "training: {bf16: auto}\neval: {bf16: AUTO}\n")
+        assert cfg.training.bf16 is cfg.eval.bf16 is has_units
+        assert f"bf16: {str(has_units).lower()}\n" in cfg.to_yaml()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert _yaml(tmp_path, "training: {bf16: auto}\neval: {bf16: auto}\n").eval.bf16 is True
+    # eval on the CPU of a GPU machine asks the CPU (still without bf16 units here)
+    assert _yaml(tmp_path, "eval: {bf16: auto, device: cpu}\n").eval.bf16 is False
+    args = build_parser().parse_args(["train", "--set", "training.bf16=auto"])
+    assert config_from_args(args).training.bf16 is True
+
+
 def test_set_and_flags_convert_the_same_way():
     args = build_parser().parse_args(
         ["train", "--set", "training.lr=1e-4", "--set", "training.bf16=false", "--max-steps", "7"]
@@ -45,8 +66,8 @@ def test_set_and_flags_convert_the_same_way():
         ({"training": {"lr": float("nan")}}, "training.lr=nan: use a finite number"),
         ({"training": {"lr": -1e-4}}, "lr=-0.0001: use a positive learning rate"),
         ({"training": {"lr": 0}}, "use a positive learning rate"),
-        ({"training": {"bf16": "maybe"}}, "training.bf16='maybe': use true or false"),
-        ({"training": {"bf16": 2}}, "training.bf16=2: use true or false"),
+        ({"training": {"bf16": "maybe"}}, "training.bf16='maybe': use true, false or auto"),
+        ({"training": {"bf16": 2}}, "training.bf16=2: use true, false or auto"),
         ({"training": {"max_steps": None}}, "training.max_steps is empty (null)"),
         ({"training": {"warmup_steps": -1}}, "warmup_steps=-1: use a number >= 0"),
         ({"model": {"trainable": 5}}, "trainable='5': use full, lora, none or top-N"),

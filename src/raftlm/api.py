@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from raftlm import methods, uncertainty
-from raftlm.config import Config, MethodConfig, ModelConfig, TrainConfig
+from raftlm.config import Config, MethodConfig, ModelConfig, TrainConfig, to_bf16
 from raftlm.core import Example, RaftlmError, Splits
 from raftlm.data import IN_MEMORY
 from raftlm.files import parse_target
@@ -55,7 +55,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         optimizer: str = TrainConfig.optimizer,
         eval_steps: int = TrainConfig.eval_steps,
         patience: int | None = None,
-        bf16: bool = False,
+        bf16: bool | str = False,
         max_length: int = 512,
         seed: int = 0,
         output_dir: str | None = None,
@@ -161,6 +161,10 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         with tempfile.TemporaryDirectory(prefix="raftlm-") as tmp:
             yield Path(tmp) / "run"
 
+    def _bf16(self) -> bool:
+        """``bf16`` at inference, ``"auto"`` resolved for the device the model is on."""
+        return to_bf16(self.bf16, "bf16", self.predictor_._device().type)
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "predictor_"):
             raise RaftlmError("this RAFTRegressor is not fitted: call fit(X, y) or RAFTRegressor.load(dir)")
@@ -182,7 +186,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
 
     def _predictions(self, X, decoder: str | None = None):
         texts = [e.text for e in examples_from(X, None, self.prompt_template)]
-        return self.predictor_.predict(texts, decoder or self.decoder, self.batch_size, bf16=self.bf16)
+        return self.predictor_.predict(texts, decoder or self.decoder, self.batch_size, bf16=self._bf16())
 
     def calibrate(self, X, y) -> RAFTRegressor:
         """Split-conformal calibration on labelled examples the model did not train on (``fit`` does it
@@ -192,7 +196,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             self.predictor_,
             examples_from(X, y, self.prompt_template),
             self.batch_size,
-            self.bf16,
+            self._bf16(),
             source="calibrate()",
         )
         return self
@@ -220,7 +224,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         """Grid probabilities p(str(y)|x), shape (n, len(grid))."""
         self._check_fitted()
         texts = [e.text for e in examples_from(X, None, self.prompt_template)]
-        return np.exp(self.predictor_.grid_log_probs(texts, self.batch_size, self.bf16))
+        return np.exp(self.predictor_.grid_log_probs(texts, self.batch_size, self._bf16()))
 
     def save(self, directory: str) -> Path:
         """The model, its tokenizer, ``raftlm.json`` and a model card (README.md) in ``directory``."""

@@ -32,6 +32,21 @@ def to_bool(value, where: str) -> bool:
     raise RaftlmError(f"{where}={value!r}: use true or false")
 
 
+def to_bf16(value, where: str, device: str = "auto") -> bool:
+    """A bf16 switch: true, false, or auto (on where the hardware runs bf16 fast: core.bf16_is_fast). auto
+    is resolved here, so a run's saved config records what it really ran."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        from raftlm.core import bf16_is_fast
+
+        return bf16_is_fast(device)
+    if value is None:
+        return value  # typed() says the field is empty
+    try:
+        return to_bool(value, where)
+    except RaftlmError:
+        raise RaftlmError(f"{where}={value!r}: use true, false or auto") from None
+
+
 def to_int(value, where: str) -> int:
     number = value.strip() if isinstance(value, str) else value
     if isinstance(number, str):
@@ -277,7 +292,13 @@ class TrainConfig:
         default=1.0,
         metadata={"help": "clip the gradient norm to this (0 = no clipping; Trainer's default 1)"},
     )
-    bf16: bool = field(default=False, metadata={"help": "bf16 autocast (about 2x faster on recent CPUs)"})
+    bf16: bool = field(
+        default=False,
+        metadata={
+            "help": "bf16 autocast, ~2x faster on a GPU with bf16 or a CPU with AVX512-BF16/AMX, several "
+            "times slower on other CPUs (--set training.bf16=auto: on only where it is fast)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "training seed"})
     eval_steps: int = field(default=100, metadata={"help": "validate (and checkpoint) every N steps"})
     patience: int | None = field(
@@ -316,6 +337,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        self.bf16 = to_bf16(self.bf16, "training.bf16")
         typed(self)
         if self.optimizer not in ("adafactor", "adamw"):
             raise RaftlmError(f"optimizer={self.optimizer!r}: use adafactor or adamw")
@@ -348,7 +370,7 @@ class EvalConfig:
     num_samples: int = field(default=32, metadata={"help": "sample-rail: samples per example (eq. 4)"})
     temperature: float = field(default=1.0, metadata={"help": "sample-rail: sampling temperature"})
     max_new_tokens: int = field(default=6, metadata={"help": "greedy/sample-rail: tokens to decode"})
-    bf16: bool = field(default=False, metadata={"help": "bf16 autocast at inference"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 autocast at inference (true, false or auto)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model for prediction"})
     device: str = field(
         default="auto",
@@ -387,6 +409,7 @@ class EvalConfig:
                 f"unknown interval kind {self.interval_kind!r}: use one of {list(KIND_CHOICES)}"
             )
 
+        self.bf16 = to_bf16(self.bf16, "eval.bf16", str(self.device))
         typed(self)
         if self.decoder not in DECODERS:
             raise RaftlmError(f"unknown decoder {self.decoder!r}: use one of {list(DECODERS)}")

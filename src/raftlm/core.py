@@ -103,6 +103,18 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
+def bf16_is_fast(device: str = "auto") -> bool:
+    """What ``bf16: auto`` resolves to: whether bf16 autocast speeds this machine up. On the GPU that will
+    run (``device`` auto or cuda[:N] with one present): whether it supports bf16; on a CPU: whether it has
+    bf16 units (without them bf16 is several times slower, benchmarks/bf16_cpu.py)."""
+    if device != "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
 SLOW_BF16 = (
     "bf16 autocast on a CPU without bf16 units (no avx512_bf16 / amx_bf16 in /proc/cpuinfo) runs several"
     " times slower than float32 (a Gemma training step 36x on an AVX2-only EPYC, benchmarks/bf16_cpu.py):"

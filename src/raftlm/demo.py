@@ -16,7 +16,8 @@ from raftlm.io import atomic_write, check_folder, write_json, write_text
 from raftlm.tables import format_table
 
 # bf16 autocast where the CPU has bf16 units (the published demo ran so), float32 elsewhere: without them
-# bf16 is slower, not faster (--bf16 turns it on, --set training.bf16=false off)
+# bf16 is slower, not faster (--bf16 turns it on, --set training.bf16=false --set eval.bf16=false off).
+# Not "auto": `raftlm --help` builds this config, and asking a GPU for bf16 imports torch (seconds).
 BF16 = cpu_has_bf16()
 DEMO_DEFAULTS = {
     "model": {"name": "gemma-3-270m", "trainable": "top-6", "dropout": 0.1},
