@@ -164,9 +164,12 @@ def test_patience_and_trainer_callbacks():
     assert reg.train_summary_["global_step"] == 3 and counter.steps == 3  # best at 1, no gain at 2 and 3
 
 
-def test_bf16_auto_is_float32_on_a_cpu_without_bf16_units(bf16_warning, recwarn):
+def test_bf16_auto_is_float32_on_a_cpu_without_bf16_units(bf16_warning, recwarn, monkeypatch):
     """bf16="auto" stays a parameter (clone keeps it) and resolves per machine: float32 here, bf16 where
     the CPU has the units."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # auto asks the CPU, on a GPU machine too
     bf16_warning(False)
     reg = small(bf16="auto").fit(TEXTS, Y)
     assert reg.get_params()["bf16"] == "auto" and reg._bf16() is False
