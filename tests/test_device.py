@@ -99,6 +99,7 @@ def test_cli_and_api_take_device_and_dtype(run, tmp_path, capsys):
         assert main([*base, "--output", str(tmp_path / "x.jsonl"), "--device", "cuda"]) == 2
         assert "no CUDA GPU is visible" in capsys.readouterr().err
     reg = RAFTRegressor.load(str(run_dir), device="cpu", dtype="bfloat16")
+    assert reg.predictor_.device == torch.device("cpu")
     assert next(reg.predictor_.model.parameters()).dtype == torch.bfloat16
     np.testing.assert_allclose(reg.predict(TEXTS), load_run(run_dir, "cpu").predict(TEXTS).values, atol=0.05)
 
@@ -107,7 +108,7 @@ def test_cli_and_api_take_device_and_dtype(run, tmp_path, capsys):
 def test_on_a_gpu_auto_is_cuda_bfloat16_and_predicts_like_the_cpu(run):
     run_dir, _ = run
     gpu = load_run(run_dir)  # auto
-    assert gpu._device().type == "cuda" and next(gpu.model.parameters()).dtype == torch.bfloat16
+    assert gpu.device.type == "cuda" and next(gpu.model.parameters()).dtype == torch.bfloat16
     cpu = load_run(run_dir, "cpu", "float32")
     np.testing.assert_allclose(gpu.predict(TEXTS).values, cpu.predict(TEXTS).values, atol=0.05)
     fp32 = load_run(run_dir, "cuda", "float32")

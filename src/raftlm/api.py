@@ -163,7 +163,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
 
     def _bf16(self) -> bool:
         """``bf16`` at inference, ``"auto"`` resolved for the device the model is on."""
-        return to_bf16(self.bf16, "bf16", self.predictor_._device().type)
+        return to_bf16(self.bf16, "bf16", self.predictor_.device.type)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "predictor_"):

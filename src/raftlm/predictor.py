@@ -161,11 +161,13 @@ class Predictor:
             attach_head(self.model, head.to(dev))
         return self
 
-    def _device(self) -> torch.device:
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (``to()`` moves them)."""
         return next(self.model.parameters()).device
 
     def _to(self, batch: PromptBatch) -> PromptBatch:
-        return batch.to(self._device())
+        return batch.to(self.device)
 
     # --- grid scoring -----------------------------------------------------------------------------
 
@@ -179,7 +181,7 @@ class Predictor:
         out = np.zeros((len(texts), *shape), dtype=np.float64)
         try:
             for chunk, batch in self._batches(texts, batch_size, desc):
-                with autocast(bf16, self._device().type), self._skip_frozen(batch):
+                with autocast(bf16, self.device.type), self._skip_frozen(batch):
                     out[chunk] = fn(self.model, self._to(batch)).double().cpu().numpy()
         finally:
             self.model.train(was_training)
@@ -231,7 +233,7 @@ class Predictor:
         try:
             for chunk, batch in self._batches(texts, batch_size, desc):
                 batch = self._to(batch)
-                with autocast(bf16, self._device().type):
+                with autocast(bf16, self.device.type):
                     gen = self.model.generate(
                         input_ids=batch.input_ids,
                         attention_mask=batch.attention_mask,

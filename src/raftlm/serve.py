@@ -228,7 +228,7 @@ def run_info(run_dir: str | Path, predictor: Predictor, cfg: Config, settings: S
         "template": predictor.template,
         "columns": template_fields(predictor.template),
         "metrics": json.loads(results.read_text()) if results.exists() else None,
-        "device": str(predictor._device()),
+        "device": str(predictor.device),
         "dtype": str(next(predictor.model.parameters()).dtype).removeprefix("torch."),
         "serving": {k: v for k, v in vars(settings).items() if k not in ("host", "port")},
     }
@@ -331,6 +331,6 @@ def serve(run_dir: str, cfg: Config, settings: ServeSettings) -> None:
 def info_line(predictor: Predictor, settings: ServeSettings) -> str:
     dtype = str(next(predictor.model.parameters()).dtype).removeprefix("torch.")
     return (
-        f"{predictor._device()}, {dtype}, batches of up to {settings.max_batch} rows within "
+        f"{predictor.device}, {dtype}, batches of up to {settings.max_batch} rows within "
         f"{settings.max_wait_ms:g} ms"
     )
