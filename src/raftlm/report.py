@@ -128,7 +128,8 @@ def interval_table(aggs: list[dict], nominal: float = 0.9) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fmt(a: dict, metric: str) -> str:
+def format_entry(a: dict, metric: str) -> str:
+    """One table entry: mean ± std over seeds (the mean alone for one seed), † when a seed collapsed."""
     if a.get(metric) is None:
         return "-"
     f = ".0f" if metric == "best_step" else ".3f"
@@ -164,7 +165,7 @@ def table(
         vals = []
         for c in cols:
             a = cell.get((r, c))
-            text = _fmt(a, metric) if a else "-"
+            text = format_entry(a, metric) if a else "-"
             vals.append(f"**{text}**" if (r, c) in best else text)
         lines.append(f"| {r} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
@@ -219,7 +220,7 @@ def raft_vs_best(aggs: list[dict]) -> str:
                 p = f"{t.pvalue:.2f}" if np.isfinite(t.pvalue) else "-"
             verdict = "RAFT lower" if gap < 0 else "RAFT not lower"
             lines.append(
-                f"| {dataset} | {model} | {a['label']}: {_fmt(a, 'rmse')} | {best['label']}: {_fmt(best, 'rmse')} "
+                f"| {dataset} | {model} | {a['label']}: {format_entry(a, 'rmse')} | {best['label']}: {format_entry(best, 'rmse')} "
                 f"| {gap:+.3f} | {p} | {verdict} |"
             )
     if not lines:
