@@ -166,6 +166,12 @@ class Predictor:
         """Where the model's weights are (``to()`` moves them)."""
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights (float32 unless loaded otherwise; bf16 autocast
+        at inference does not change it)."""
+        return next(self.model.parameters()).dtype
+
     def _to(self, batch: PromptBatch) -> PromptBatch:
         return batch.to(self.device)
 

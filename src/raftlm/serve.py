@@ -229,7 +229,7 @@ def run_info(run_dir: str | Path, predictor: Predictor, cfg: Config, settings: S
         "columns": template_fields(predictor.template),
         "metrics": json.loads(results.read_text()) if results.exists() else None,
         "device": str(predictor.device),
-        "dtype": str(next(predictor.model.parameters()).dtype).removeprefix("torch."),
+        "dtype": str(predictor.dtype).removeprefix("torch."),
         "serving": {k: v for k, v in vars(settings).items() if k not in ("host", "port")},
     }
 
@@ -329,7 +329,7 @@ def serve(run_dir: str, cfg: Config, settings: ServeSettings) -> None:
 
 
 def info_line(predictor: Predictor, settings: ServeSettings) -> str:
-    dtype = str(next(predictor.model.parameters()).dtype).removeprefix("torch.")
+    dtype = str(predictor.dtype).removeprefix("torch.")
     return (
         f"{predictor.device}, {dtype}, batches of up to {settings.max_batch} rows within "
         f"{settings.max_wait_ms:g} ms"
