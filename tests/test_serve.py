@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +53,10 @@ def server(run_dir: Path, *flags: str):
     try:
         line = proc.stdout.readline()  # printed once the socket listens
         assert "http://127.0.0.1:" in line, proc.stderr.read()[-2000:]
+        # device and dtype as /info reports them, then the batching
+        assert re.search(
+            r"\((cpu|cuda:\d+), (float32|bfloat16), batches of up to \d+ rows within \d+ ms\)$", line
+        ), line
         yield line.split(" on ")[1].split()[0], proc
     finally:
         if proc.poll() is None:

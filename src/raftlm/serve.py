@@ -313,10 +313,11 @@ def serve(run_dir: str, cfg: Config, settings: ServeSettings) -> None:
             f"{run_dir} is not a raftlm run (no raftlm.json): pass a run directory from `raftlm train`"
         )
     predictor = load_for_eval(replace(cfg, model=replace(cfg.model, name=str(run_dir))), None)
-    app = create_app(predictor, cfg, settings, run_info(run_dir, predictor, cfg, settings))
+    info = run_info(run_dir, predictor, cfg, settings)
+    app = create_app(predictor, cfg, settings, info)
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
-    print(f"raftlm serve: {run_dir} on http://{host}:{port} ({info_line(predictor, settings)})", flush=True)
+    print(f"raftlm serve: {run_dir} on http://{host}:{port} ({info_line(info, settings)})", flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=60)
     # uvicorn handles SIGTERM/SIGINT (graceful shutdown), then re-raises the signal to the handler it
     # found: this one, so a clean stop exits 0 instead of dying from the signal it just handled
@@ -328,9 +329,9 @@ def serve(run_dir: str, cfg: Config, settings: ServeSettings) -> None:
         sock.close()
 
 
-def info_line(predictor: Predictor, settings: ServeSettings) -> str:
-    dtype = str(predictor.dtype).removeprefix("torch.")
+def info_line(info: dict, settings: ServeSettings) -> str:
+    """The startup line's device, dtype and batching, from ``run_info``'s dict (what /info serves)."""
     return (
-        f"{predictor.device}, {dtype}, batches of up to {settings.max_batch} rows within "
+        f"{info['device']}, {info['dtype']}, batches of up to {settings.max_batch} rows within "
         f"{settings.max_wait_ms:g} ms"
     )
