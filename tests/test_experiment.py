@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -263,6 +264,9 @@ def test_lr_choice_first_seed_runs_later_seeds_at_the_winning_lr_only(tmp_path, 
         assert [r["lr"] for r in rows if r["seed"] == 1 and r["decoder"] == decoder] == [won]
     skipped = caplog.text.count("lost on the first seed")
     assert len(rows) + skipped == 8 and skipped >= 1
+    # the progress counts the cells that run (4 on seed 0, seed 1 once at its lr), not the sweep's 8
+    counts = re.findall(r"\[(\d+)/(\d+) cells\]", caplog.text)
+    assert counts == [(str(k), str(len(rows))) for k in range(1, len(rows) + 1)] and len(rows) == 6
     # every run's weights went, those whose other decoder was skipped too
     assert not list((root / "runs").glob("*/*.safetensors"))
     assert {a["lr"] for a in aggregate(rows)} <= {1e-6, 1e-2}

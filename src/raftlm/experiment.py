@@ -289,6 +289,17 @@ def lost_on_first_seed(sweep: dict, cell: Cell, todo: list[Cell], root: Path) ->
     return len(scores) > 1 and cell.lr != best_lr(scores)
 
 
+def cells_to_run(sweep: dict, left: list[Cell]) -> list[Cell]:
+    """The cells of ``left`` that will run: under ``lr_choice: first_seed`` a later seed whose lr is not
+    yet decided runs at one lr, so its cells at every lr count once (``left`` already lacks the lrs
+    that lost)."""
+    if sweep.get("lr_choice") != "first_seed":
+        return left
+    first = sweep_seeds(sweep)[0]
+    once = {(c if c.seed == first else replace(c, lr=None)).cell_id: c for c in reversed(left)}
+    return list(once.values())
+
+
 def eta_seconds(sweep: dict, left: list[Cell], done: list[dict]) -> float | None:
     """Time the cells in ``left`` will take, from what the written cells ``done`` recorded: each run
     still to train costs its dataset's mean training time, each cell its dataset's mean test time (the
@@ -297,10 +308,7 @@ def eta_seconds(sweep: dict, left: list[Cell], done: list[dict]) -> float | None
     yet decided counts once, not once per lr. None before any cell is written."""
     if not done:
         return None
-    if sweep.get("lr_choice") == "first_seed":
-        first = sweep_seeds(sweep)[0]
-        once = {(c if c.seed == first else replace(c, lr=None)).cell_id: c for c in reversed(left)}
-        left = list(once.values())
+    left = cells_to_run(sweep, left)
 
     def mean_by_dataset(rows: list[dict], key: str) -> tuple[dict, float]:
         per: dict[str, list[float]] = {}
@@ -331,8 +339,6 @@ def run_sweep(path: str) -> Path:
     write_text(root / "sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
     result = lambda c: root / "cells" / f"{c.cell_id}.json"  # noqa: E731  (written once the cell is done)
     skip = lambda c: lost_on_first_seed(sweep, c, todo, root)  # noqa: E731
-    done_before = sum(result(c).exists() for c in todo)
-    ran = 0
     for cell in todo:
         if result(cell).exists():
             continue
@@ -345,9 +351,9 @@ def run_sweep(path: str) -> Path:
         done = [json.loads(result(c).read_text()) for c in todo if result(c).exists()]
         seconds = eta_seconds(sweep, left, done)
         eta = "ETA after the first cell" if seconds is None else f"ETA {seconds / 60:.0f} min"
-        log.info(f"[{done_before + ran + 1}/{len(todo)} cells] {cell.cell_id} ({eta})")
+        total = len(done) + len(cells_to_run(sweep, left))  # not the lrs that lost on the first seed
+        log.info(f"[{len(done) + 1}/{total} cells] {cell.cell_id} ({eta})")
         write_json(result(cell), run_cell(sweep, cell, root))
-        ran += 1
         run_dir = root / "runs" / cell.run_id
         siblings = [c for c in todo if c.run_id == cell.run_id]  # the run's other decoders
         if not keep and run_dir.exists() and all(result(c).exists() or skip(c) for c in siblings):
@@ -356,6 +362,6 @@ def run_sweep(path: str) -> Path:
         collect(root)
     collect(root)
     done = sum(result(c).exists() for c in todo)
-    skipped = f" ({len(todo) - done} skipped: lr_choice first_seed)" if done < len(todo) else ""
-    print(f"{done}/{len(todo)} cells done{skipped}: {root / 'results.csv'}")
+    skipped = f" (and {len(todo) - done} skipped: lr_choice first_seed)" if done < len(todo) else ""
+    print(f"{done} cells done{skipped}: {root / 'results.csv'}")
     return root
