@@ -80,8 +80,10 @@ def check_level(level) -> float:
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+@functools.cache
 def read_cpuinfo() -> str:
-    """Linux's /proc/cpuinfo ("" where there is none)."""
+    """Linux's /proc/cpuinfo ("" where there is none), read once per process: ``bf16: auto`` resolves per
+    predict call (RAFTRegressor), and the CPU does not change under a running process."""
     try:
         with open("/proc/cpuinfo") as f:
             return f.read()
