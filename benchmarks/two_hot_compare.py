@@ -1,0 +1,83 @@
+"""The two-hot probe against table3-converged: per dataset, RAFT + 1.0 x CE with the two-hot CE target
+(`sweeps/two-hot-probe.yaml`, LR 1e-4, seeds 0-2) beside table3-converged's entries at their chosen LRs
+(the default's nearest-value CE, the paper's RAFT, the mean-pooled head, CE + RAIL): mean test RMSE,
+Spearman, the gap and Welch's t-test p over seeds, and the mean probability of the most likely grid value
+(from each sweep's rounding_floor.json: run benchmarks/rounding_floor.py on both first). No model runs.
+
+    python benchmarks/rounding_floor.py benchmarks/results/two-hot-probe
+    python benchmarks/two_hot_compare.py      # prints and writes two-hot-probe/compare.md
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from raftlm.report import format_entry
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROBE, TABLE3 = RESULTS / "two-hot-probe", RESULTS / "table3-converged"
+TWO_HOT = "raft (ce_target=two-hot)"
+OTHERS = {  # table3-converged label -> name here
+    "raft": "RAFT + 1.0 x CE, nearest (the default)",
+    "raft (ce_weight=0.0)": "RAFT, the paper's (no CE term)",
+    "head-pooled": "mean-pooled head",
+    "ce + rail": "CE + RAIL",
+}
+
+
+def top_prob(root: Path, label: str, dataset: str, lr: float) -> str:
+    """Mean over seeds of the mean top grid probability at ``lr``, with its range ("-" when not measured)."""
+    path = root / "rounding_floor.json"
+    if not path.exists():
+        return "-"
+    cells = json.loads(path.read_text())["cells"]
+    vals = [c["top_prob"] for c in cells if (c["entry"], c["dataset"], c["lr"]) == (label, dataset, lr)]
+    return f"{np.mean(vals):.2f} ({min(vals):.2f}-{max(vals):.2f})" if vals else "-"
+
+
+def welch(a: dict, b: dict) -> str:
+    if len(a["seeds"]) < 2 or len(b["seeds"]) < 2:
+        return "-"
+    t = stats.ttest_ind_from_stats(
+        a["rmse"], a["rmse_std"], len(a["seeds"]), b["rmse"], b["rmse_std"], len(b["seeds"]), equal_var=False
+    )
+    return f"{t.pvalue:.2f}"
+
+
+def main() -> None:
+    probe = {
+        a["dataset"]: a for a in json.loads((PROBE / "summary.json").read_text()) if a["label"] == TWO_HOT
+    }
+    table3 = {(a["dataset"], a["label"]): a for a in json.loads((TABLE3 / "summary.json").read_text())}
+    lines = [
+        "Two-hot CE target (RAFT + 1.0 x CE, `sweeps/two-hot-probe.yaml`, LR 1e-4, no LR choice) against",
+        "table3-converged at its chosen LRs; test RMSE mean ± std over seeds; two-hot - other and Welch's p;",
+        "top p: mean top grid probability on test (range over seeds). From `benchmarks/two_hot_compare.py`.",
+        "",
+        "| dataset | entry | LR | seeds | test RMSE | Spearman | two-hot - it | p | top p |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset, two in probe.items():
+        rows = [("RAFT + 1.0 x CE, two-hot", two, PROBE, TWO_HOT)]
+        rows += [
+            (name, table3[dataset, lab], TABLE3, lab)
+            for lab, name in OTHERS.items()
+            if (dataset, lab) in table3
+        ]
+        for name, a, root, lab in rows:
+            gap, p = ("", "") if a is two else (f"{two['rmse'] - a['rmse']:+.3f}", welch(two, a))
+            lines.append(
+                f"| {dataset} | {name} | {a['lr']:g} | {len(a['seeds'])} | {format_entry(a, 'rmse')} "
+                f"| {a['spearman']:.3f} | {gap} | {p} | {top_prob(root, lab, dataset, a['lr'])} |"
+            )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (PROBE / "compare.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
