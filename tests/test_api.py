@@ -64,7 +64,7 @@ def test_get_set_params_and_clone():
     params = reg.get_params()
     assert params["lr"] == 1e-2 and params["patience"] == 2 and params["callbacks"] is None
     assert reg.set_params(lr=3e-3) is reg and reg.lr == 3e-3
-    assert params["ce_target"] == "nearest"
+    assert params["ce_target"] is None  # the method's: two-hot for raft
     assert reg.set_params(ce_target="two-hot")._config(None).method.ce_target == "two-hot"
     twin = clone(reg)
     assert twin is not reg and twin.get_params() == reg.get_params() and not hasattr(twin, "predictor_")

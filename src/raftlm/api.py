@@ -46,7 +46,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         decoder: str = "rail",
         normalize_grid: bool = False,
         ce_weight: float | None = None,
-        ce_target: str = MethodConfig.ce_target,
+        ce_target: str | None = MethodConfig.ce_target,
         # raftlm train's defaults (benchmarks/results/frontier.md), read from the config, not restated
         trainable: str = ModelConfig.trainable,
         max_steps: int = TrainConfig.max_steps,

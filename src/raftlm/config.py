@@ -192,16 +192,16 @@ class MethodConfig:
     ce_weight: float | None = field(
         default=None,
         metadata={
-            "help": "raft: add this weight x CE on the grid string nearest the target (default: the method's, "
+            "help": "raft: add this weight x CE on the grid around the target (--ce-target) (default: the method's, "
             "1.0 for raft; 0 = the paper's pure RAFT)"
         },
     )
-    ce_target: str = field(
-        default="nearest",
+    ce_target: str | None = field(
+        default=None,
         metadata={
-            "help": "raft: the CE term's target, nearest (one-hot on the grid value nearest the target) or "
-            "two-hot (the two grid values around it, weighted so their mean is the target: no pull onto "
-            "the grid for targets between its values)"
+            "help": "raft: the CE term's target, two-hot (the two grid values around the target, weighted so "
+            "their mean is the target: no pull onto the grid for targets between its values) or nearest (one-hot "
+            "on the grid value nearest the target; the default before 2026-12) (default: two-hot for raft)"
         },
     )
     answer_prefix: str = field(default=" ", metadata={"help": "text between the prompt and the answer"})
@@ -248,9 +248,9 @@ class MethodConfig:
             raise RaftlmError(f"ce_weight={self.ce_weight}: use a finite weight >= 0 (e.g. 0.3)")
         if self.ce_weight and not method.takes_ce_weight:
             raise RaftlmError(f"ce_weight is a raft option: drop it for method {self.method}")
-        if self.ce_target not in CE_TARGETS:
+        if self.ce_target is not None and self.ce_target not in CE_TARGETS:
             raise RaftlmError(f"ce_target={self.ce_target!r}: use {' or '.join(CE_TARGETS)}")
-        if self.ce_target != "nearest" and not method.takes_ce_weight:
+        if self.ce_target not in (None, "nearest") and not method.takes_ce_weight:
             raise RaftlmError(f"ce_target is a raft option: drop it for method {self.method}")
         if self.grid is not None and not self.grid.strip():
             raise RaftlmError(
