@@ -18,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 
 from raftlm.data import load_splits
 from raftlm.experiment import cell_config, cells, load_sweep
 from raftlm.losses import ce_targets
 from raftlm.pipeline import grid_and_scaler
-from raftlm.report import format_entry
+from raftlm.report import format_entry, welch_p
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROBE, TABLE3 = RESULTS / "two-hot-probe", RESULTS / "table3-converged"
@@ -37,23 +36,16 @@ OTHERS = {  # table3-converged label -> name here
 }
 
 
-def top_prob(root: Path, label: str, dataset: str, lr: float) -> str:
-    """Mean over seeds of the mean top grid probability at ``lr``, with its range ("-" when not measured)."""
+def floor_cells(root: Path) -> list[dict]:
+    """A sweep's per-cell rows of rounding_floor.json (none when rounding_floor.py has not run on it)."""
     path = root / "rounding_floor.json"
-    if not path.exists():
-        return "-"
-    cells = json.loads(path.read_text())["cells"]
+    return json.loads(path.read_text())["cells"] if path.exists() else []
+
+
+def top_prob(cells: list[dict], label: str, dataset: str, lr: float) -> str:
+    """Mean over seeds of the mean top grid probability at ``lr``, with its range ("-" when not measured)."""
     vals = [c["top_prob"] for c in cells if (c["entry"], c["dataset"], c["lr"]) == (label, dataset, lr)]
     return f"{np.mean(vals):.2f} ({min(vals):.2f}-{max(vals):.2f})" if vals else "-"
-
-
-def welch(a: dict, b: dict) -> str:
-    if len(a["seeds"]) < 2 or len(b["seeds"]) < 2:
-        return "-"
-    t = stats.ttest_ind_from_stats(
-        a["rmse"], a["rmse_std"], len(a["seeds"]), b["rmse"], b["rmse_std"], len(b["seeds"]), equal_var=False
-    )
-    return f"{t.pvalue:.2f}"
 
 
 def targets_agree(dataset: str) -> tuple[bool, int]:
@@ -75,6 +67,7 @@ def main() -> None:
         a["dataset"]: a for a in json.loads((PROBE / "summary.json").read_text()) if a["label"] == TWO_HOT
     }
     table3 = {(a["dataset"], a["label"]): a for a in json.loads((TABLE3 / "summary.json").read_text())}
+    floors = {root: floor_cells(root) for root in (PROBE, TABLE3)}
     lines = [
         "Two-hot CE target (RAFT + 1.0 x CE, `sweeps/two-hot-probe.yaml`, LR 1e-4, no LR choice) against",
         "table3-converged at its chosen LRs; test RMSE mean ± std over seeds; two-hot - other and Welch's p;",
@@ -91,10 +84,10 @@ def main() -> None:
             if (dataset, lab) in table3
         ]
         for name, a, root, lab in rows:
-            gap, p = ("", "") if a is two else (f"{two['rmse'] - a['rmse']:+.3f}", welch(two, a))
+            gap, p = ("", "") if a is two else (f"{two['rmse'] - a['rmse']:+.3f}", welch_p(two, a))
             lines.append(
                 f"| {dataset} | {name} | {a['lr']:g} | {len(a['seeds'])} | {format_entry(a, 'rmse')} "
-                f"| {a['spearman']:.3f} | {gap} | {p} | {top_prob(root, lab, dataset, a['lr'])} |"
+                f"| {a['spearman']:.3f} | {gap} | {p} | {top_prob(floors[root], lab, dataset, a['lr'])} |"
             )
     same, n = targets_agree("movielens-100k")
     lines += [

@@ -189,12 +189,23 @@ def collapsed_note(rows: list[dict]) -> str:
     )
 
 
+def welch_p(a: dict, b: dict) -> str:
+    """Welch's t-test p over seeds between two aggregates' mean test RMSE, formatted; "-" when either has
+    fewer than 2 seeds or the test is undefined (both stds 0)."""
+    from scipy import stats
+
+    if len(a["seeds"]) < 2 or len(b["seeds"]) < 2:
+        return "-"
+    t = stats.ttest_ind_from_stats(
+        a["rmse"], a["rmse_std"], len(a["seeds"]), b["rmse"], b["rmse_std"], len(b["seeds"]), equal_var=False
+    )
+    return f"{t.pvalue:.2f}" if np.isfinite(t.pvalue) else "-"
+
+
 def raft_vs_best(aggs: list[dict]) -> str:
     """Per model and dataset, each RAFT entry against the other method with the lowest mean test RMSE:
     the gap and Welch's t-test p over seeds (both need 2+ seeds), so that "RAFT wins" or "it does not"
     is read in numbers, noise included."""
-    from scipy import stats
-
     lines = []
     for model, dataset in dict.fromkeys((a["model"], a["dataset"]) for a in aggs):
         sub = [
@@ -206,18 +217,7 @@ def raft_vs_best(aggs: list[dict]) -> str:
         best = min(others, key=lambda a: a["rmse"])
         for a in (a for a in sub if a["method"] == "raft"):
             gap = a["rmse"] - best["rmse"]
-            p = "-"
-            if len(a["seeds"]) > 1 and len(best["seeds"]) > 1:
-                t = stats.ttest_ind_from_stats(
-                    a["rmse"],
-                    a["rmse_std"],
-                    len(a["seeds"]),
-                    best["rmse"],
-                    best["rmse_std"],
-                    len(best["seeds"]),
-                    equal_var=False,
-                )
-                p = f"{t.pvalue:.2f}" if np.isfinite(t.pvalue) else "-"
+            p = welch_p(a, best)
             verdict = "RAFT lower" if gap < 0 else "RAFT not lower"
             lines.append(
                 f"| {dataset} | {model} | {a['label']}: {format_entry(a, 'rmse')} | {best['label']}: {format_entry(best, 'rmse')} "
