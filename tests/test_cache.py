@@ -51,6 +51,9 @@ def _loss_and_grads(predictor, loss_fn, inputs, frozen: int):
         ("ce", "top-1", "0:5:0.5"),  # multi-token answers: CE reads whole sequences, cached too
         ("head-pooled", "top-1", "1-5"),
         ("head-special-token", "none", "1-5"),  # a head on a frozen backbone: every block cached
+        ("head-attn", "top-1", "1-5"),
+        ("head-attn", "none", "1-5"),
+        ("ce-ntl", "top-1", "0:5:0.5"),
     ],
 )
 def test_cached_loss_and_gradients_equal_the_uncached_path(tmp_path, method, trainable, grid):
@@ -190,6 +193,8 @@ LONG = [
         ("raft", "1-5", 0.0, False),
         ("ce", "0:5:0.5", 0.0, True),  # multi-token answers of different lengths
         ("head-pooled", "1-5", 0.0, False),
+        ("head-attn", "1-5", 0.0, True),
+        ("ce-ntl", "0:5:0.5", 0.0, True),  # CE + NTL: both means over examples
     ],
 )
 def test_length_chunks_give_the_batchs_loss_and_gradients_with_fewer_pad_tokens(

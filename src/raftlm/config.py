@@ -227,6 +227,18 @@ class MethodConfig:
     learnable_scope: str = field(
         default="grid", metadata={"help": "learnable-raft: weights over the grid tokens or all tokens"}
     )
+    attn_queries: int = field(
+        default=4, metadata={"help": "head-attn: learned query vectors attending over the prompt's tokens"}
+    )
+    attn_hidden: int = field(
+        default=768,
+        metadata={
+            "help": "head-attn: hidden units of the MLP on the attended vectors (3.6M head on Gemma 3)"
+        },
+    )
+    ntl_weight: float = field(
+        default=0.3, metadata={"help": "ce-ntl: weight of the number token loss added to CE (0: plain ce)"}
+    )
     head_init: str = field(default="raft", metadata={"help": "learnable-raft: raft (w_y = y) or random init"})
     new_tokens: str | None = field(
         default=None,
@@ -244,6 +256,12 @@ class MethodConfig:
             raise RaftlmError("learnable-raft: learnable_scope is grid or all, head_init is raft or random")
         if self.new_tokens not in (None, "zero", "first", "average", "random"):
             raise RaftlmError(f"new_tokens={self.new_tokens!r}: use zero, first, average or random")
+        if self.attn_queries < 1 or self.attn_hidden < 1:
+            raise RaftlmError(
+                "head-attn: attn_queries and attn_hidden are positive integers (e.g. 4 and 768)"
+            )
+        if not (self.ntl_weight >= 0 and math.isfinite(self.ntl_weight)):
+            raise RaftlmError(f"ntl_weight={self.ntl_weight}: use a finite weight >= 0 (e.g. 0.3)")
         if self.ce_weight is not None and not (self.ce_weight >= 0 and math.isfinite(self.ce_weight)):
             raise RaftlmError(f"ce_weight={self.ce_weight}: use a finite weight >= 0 (e.g. 0.3)")
         if self.ce_weight and not method.takes_ce_weight:

@@ -100,6 +100,25 @@ class RAFTLoss(nn.Module):
         return out
 
 
+def answer_logits(model, batch: PromptBatch, answer_len: torch.Tensor):
+    """Teacher-forced logits of the answer tokens: (logits (B, k, V) float32, labels (B, k), keep (B, k)),
+    k the longest answer; ``keep`` marks each row's own answer tokens (the last ``answer_len[i]``)."""
+    k = int(answer_len.max())
+    out = model(**batch.model_inputs(), logits_to_keep=k + 1)
+    logits = out.logits[:, :-1].float()  # position t predicts token t+1: the last k tokens
+    labels = batch.input_ids[:, -k:]
+    keep = torch.arange(k, device=labels.device)[None, :] >= (k - answer_len.to(labels.device))[:, None]
+    return logits, labels, keep
+
+
+def answer_nll(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """-log p(answer | prompt) per example, (B,): the kept tokens' negative log-likelihoods summed."""
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none"
+    )
+    return (nll.view(labels.shape) * keep).sum(-1)
+
+
 class CELoss(nn.Module):
     """Eq. 8: -log p(str(y*) | x), the tokens of the answer only (prompt masked), mean over examples.
 
@@ -109,16 +128,35 @@ class CELoss(nn.Module):
     """
 
     def forward(self, model, batch: PromptBatch, answer_len: torch.Tensor, **_) -> torch.Tensor:
-        k = int(answer_len.max())
-        out = model(**batch.model_inputs(), logits_to_keep=k + 1)
-        logits = out.logits[:, :-1].float()  # position t predicts token t+1: the last k tokens
-        labels = batch.input_ids[:, -k:]
-        keep = torch.arange(k, device=labels.device)[None, :] >= (k - answer_len.to(labels.device))[:, None]
-        nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none"
-        )
-        nll = (nll.view(labels.shape) * keep).sum(-1)
-        return nll.mean()
+        return answer_nll(*answer_logits(model, batch, answer_len)).mean()
+
+
+class CENTLoss(nn.Module):
+    """Eq. 8 + ``ntl_weight`` x NTL: CE on the answer tokens plus the number token loss (Zausinger et al.,
+    ICML 2025), here the Wasserstein-1 distance between the predicted distribution over the digit tokens
+    and the target digit at each digit of the answer (``ntl`` is PyPI ntloss's ``NTLoss``, its defaults:
+    the distance is scaled by the probability mass on digits, and the mass elsewhere costs 1.01 x the
+    largest distance, 9).
+
+    Needs: the CE batch (``answer_len``). Each example's NTL is the mean over its answer's digits (0
+    without digits), then the mean over examples, so the loss stays a mean over examples (length chunks;
+    ntloss's own "mean" averages over all digits of the batch). Example: answer '3', p('3') = 0.5 and
+    p('5') = 0.5, nothing else: CE ln 2 = 0.693, NTL 0.5 * |5 - 3| = 1 -> 0.693 + 0.3 * 1 = 0.993.
+    """
+
+    def __init__(self, ntl, ntl_weight: float = 0.3):
+        super().__init__()
+        self.ntl, self.ntl_weight = ntl, ntl_weight
+
+    def forward(self, model, batch: PromptBatch, answer_len: torch.Tensor, **_) -> torch.Tensor:
+        logits, labels, keep = answer_logits(model, batch, answer_len)
+        loss = answer_nll(logits, labels, keep).mean()
+        if not self.ntl_weight:
+            return loss
+        per_token = self.ntl(logits, labels.masked_fill(~keep, -100), reduction="none")  # 0 off digits
+        digits = torch.isin(labels, self.ntl.number_token_ids.to(labels.device)) & keep
+        per_example = per_token.sum(-1) / digits.sum(-1).clamp(min=1)
+        return loss + self.ntl_weight * per_example.mean()
 
 
 class MBRLoss(nn.Module):

@@ -46,6 +46,38 @@ def _ce_loss(predictor, mcfg) -> nn.Module:
     return CELoss()
 
 
+def _ce_ntl_loss(predictor, mcfg) -> nn.Module:
+    """CE + ntl_weight x the number token loss of PyPI ``ntloss`` (its NTLoss, Wasserstein-1, defaults)."""
+    import copy
+
+    from ntloss import NTLoss
+
+    from raftlm.losses import CENTLoss
+
+    tok = predictor.tokenizer
+    digits = [str(d) for d in range(10)]
+    ids = tok.convert_tokens_to_ids(digits)
+    if any(i is None or i == tok.unk_token_id for i in ids):
+        raise RaftlmError(
+            "ce-ntl needs the digits 0-9 as tokens of the vocabulary (the number token loss reads their "
+            "probabilities), and this tokenizer lacks some: use ce"
+        )
+    # ntloss calls tokenizer.add_tokens(digits), which registers even in-vocabulary digits as added tokens
+    # and so changes how text tokenizes (a GPT-2-style ' 3' splits): it gets a copy
+    ntl = NTLoss(copy.deepcopy(tok), vocab_size=_vocab_size(predictor))
+    if not any(c.isdigit() for s in predictor.grid.strings for c in s):
+        raise RaftlmError("ce-ntl: the grid strings hold no digits, so the number token loss is 0: use ce")
+    number_ids = set(ntl.number_token_ids.tolist())
+    for s, cand in zip(predictor.grid.strings, predictor.fmt.candidates, strict=True):
+        if sum(c.isdigit() for c in s) != sum(i in number_ids for i in cand):
+            raise RaftlmError(
+                f"ce-ntl: the answer {s!r} is tokenized as {tok.convert_ids_to_tokens(list(cand))}, its digits "
+                "not single digit tokens, so the number token loss cannot read them: use ce, or a model whose "
+                "tokenizer splits digits"
+            )
+    return CENTLoss(ntl, mcfg.ntl_weight)
+
+
 def _head_loss(predictor, mcfg) -> nn.Module:
     from raftlm.losses import HeadMSELoss
 
@@ -89,6 +121,12 @@ def prob_projection_head(predictor, mcfg, bias: float) -> nn.Module:
     from raftlm.heads import ProbProjectionHead
 
     return ProbProjectionHead(_vocab_size(predictor), bias)
+
+
+def attention_pool_head(predictor, mcfg, bias: float) -> nn.Module:
+    from raftlm.heads import AttentionPoolHead
+
+    return AttentionPoolHead(_hidden_size(predictor), mcfg.attn_queries, mcfg.attn_hidden, bias=bias)
 
 
 def learnable_raft_head(predictor, mcfg, bias: float) -> nn.Module:
@@ -156,12 +194,16 @@ METHODS = {
         _raft_loss, takes_ce_weight=True, default_ce_weight=1.0, default_ce_target="two-hot", scores_grid=True
     ),
     "ce": Method(_ce_loss, trains_on_answer=True, causal_only=True, decoder_in_label=True),
+    # CE + 0.3 x the number token loss (Zausinger et al., ICML 2025; PyPI ntloss): digits near the target's
+    # digit cost less than far ones
+    "ce-ntl": Method(_ce_ntl_loss, trains_on_answer=True, causal_only=True, decoder_in_label=True),
     "mbr": Method(_grid_loss("MBRLoss"), scores_grid=True),
     "raft-logloss": Method(_grid_loss("RAFTLogLoss"), fixed_grid="0,1", scores_grid=True),
     "head-special-token": Method(_head_loss, special_token_head),
     "head-pooled": Method(_head_loss, pooled_head),
     "head-mlp-logits": Method(_head_loss, mlp_logits_head),
     "head-prob-projection": Method(_head_loss, prob_projection_head),
+    "head-attn": Method(_head_loss, attention_pool_head),  # RELISH-style attention pooling, ~3.6M on Gemma
     "learnable-raft": Method(_head_loss, learnable_raft_head),
     "encoder-cls": Method(_head_loss, encoder_head("cls"), encoder=True),
     "encoder-mean": Method(_head_loss, encoder_head("mean"), encoder=True),
