@@ -95,7 +95,7 @@ def test_pandas_inputs_pair_up_by_position():
     assert [(e.text, e.target) for e in ex] == [(TEXTS[i], Y[i]) for i in order]
     by_name = examples_from(texts.set_axis(list("abcde")), y.set_axis(list("vwxyz")), "{text}")
     assert [e.target for e in by_name] == [Y[i] for i in order]  # a string index: no KeyError
-    frame = pd.DataFrame({"title": ["Up", "Heat"], "year": [2009, 1995]}, index=["x", "y"])
+    frame = pd.DataFrame({"title": ["Up", "Heat"], "year": ["2009", "1995"]}, index=["x", "y"])
     ex = examples_from(frame, np.array([4.0, 5.0]), "Title: {title} ({year}). Stars:")
     assert [e.text for e in ex] == ["Title: Up (2009). Stars:", "Title: Heat (1995). Stars:"]
     assert [e.text for e in examples_from(np.array(["a b", "c d"]), None, "{text}")] == ["a b", "c d"]
@@ -105,11 +105,13 @@ def test_pandas_inputs_pair_up_by_position():
     "X, y, fragment",
     [
         (np.array([["a", "b"]]), [1.0], "X has shape (1, 2)"),
-        (["a", None], [1, 2], "X[1] is None, not a text"),
+        (["a", None], [1, 2], "X[1]: field 'text' is missing (null)"),
+        (["a", 5], [1, 2], "X[1]: field 'text' is 5 (a int), not text"),
         (["a", "b"], [1.0, float("nan")], "y[1]: target nan is NaN or infinite"),
         (["a", "b"], [1.0, True], "y[1]: target True is not a number"),
         (["a", "b"], [[1.0, 2.0], [3.0, 4.0]], "y has shape (2, 2)"),
-        ([{"text": "a"}, {"text": float("nan")}], [1, 2], "X[1]: text is missing (nan)"),
+        ([{"text": "a"}, {"text": float("nan")}], [1, 2], "X[1]: field 'text' is missing (null)"),
+        ([{"text": "a"}, {"text": ""}], [1, 2], "X[1]: field 'text' is empty"),
     ],
 )
 def test_bad_inputs_are_one_line_errors(X, y, fragment):

@@ -155,7 +155,7 @@ def test_bad_train_input_exits_2_with_one_line_and_writes_nothing(tmp_path, toy_
         ({"text": "x", "target": "high"}, "is not a number"),
         ({"text": "x", "target": "nan"}, "NaN or infinite"),
         ({"text": "x", "target": "inf"}, "NaN or infinite"),
-        ({"text": " ", "target": "1"}, "empty text"),
+        ({"text": " ", "target": "1"}, "field 'text' is empty"),
     ],
 )
 def test_bad_rows_exit_2(tmp_path, capsys, row, fragment):
@@ -265,7 +265,8 @@ def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path, toy_csv
     out.mkdir()
     (out / "thesis.tex").write_text("years of work")
     code, line = _bad(capsys, train_args(toy_csv, out, "--overwrite"))
-    assert code == 2 and "is not a raftlm run (it holds thesis.tex)" in line and "--overwrite" not in line
+    assert code == 2 and "is not a raftlm run (no .raftlm-run marker; it holds thesis.tex)" in line
+    assert "--overwrite" not in line
     assert (out / "thesis.tex").read_text() == "years of work"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "toy.csv"]
 
@@ -285,9 +286,15 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_finished(tmp_path, to
     assert (run / "model.safetensors").read_bytes() == old and (run / "eval_results.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "toy.csv"]  # no staged leftovers
     monkeypatch.undo()
-    (run / "notes.txt").write_text("old run's file")
+    (run / "notes.txt").write_text("the user's file")  # not raftlm's: the run is not replaced
+    code, line = _bad(capsys, train_args(toy_csv, run, "--overwrite", "--seed", "1"))
+    assert code == 2 and "holds files raftlm did not write (notes.txt)" in line
+    assert (run / "notes.txt").read_text() == "the user's file" and (
+        run / "model.safetensors"
+    ).read_bytes() == old
+    (run / "notes.txt").unlink()
     assert main(train_args(toy_csv, run, "--overwrite", "--seed", "1")) == 0
-    assert (run / "model.safetensors").read_bytes() != old and not (run / "notes.txt").exists()
+    assert (run / "model.safetensors").read_bytes() != old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "toy.csv"]
     code, line = _bad(capsys, train_args(toy_csv, run, "--overwrite", "--resume"))
     assert code == 2 and "pass one of them" in line

@@ -47,7 +47,7 @@ def test_bad_targets_name_the_row(bad, fragment):
 
 
 def test_empty_text_is_an_error():
-    with pytest.raises(RaftlmError, match="row 1: empty text"):
+    with pytest.raises(RaftlmError, match="row 1: field 'text' is empty"):
         to_examples([{"text": "  ", "target": "1"}], "{text}", "target", "f.csv")
 
 

@@ -132,7 +132,7 @@ def test_health_and_info_describe_the_run(url, run):
         ({"inputs": []}, 422, "at least 1 item"),
         ({"inputs": ["just a string"]}, 422, "inputs.0: Input should be an object"),
         ({"inputs": [{"txt": "x"}]}, 400, "column 'text' needed by the prompt template is missing"),
-        ({"inputs": [{"text": "  "}]}, 400, "request row 1: empty text"),
+        ({"inputs": [{"text": "  "}]}, 400, "request row 1: field 'text' is empty"),
         ({"inputs": [{"text": "x"}] * 257}, 413, "257 rows in one request exceed the limit of 256"),
         ({"inputs": [{"text": "x" * 2_000_000}]}, 413, "exceeds the limit of 1048576"),
     ],

@@ -97,7 +97,7 @@ def test_resume_continues_an_interrupted_prediction(run, tmp_path, monkeypatch, 
     code = predict(run_dir, data, out)
     assert code == 2 and "pass --resume to continue it or --overwrite" in capsys.readouterr().err
     code = predict(run_dir, data, out, "--resume", "--with-probs")
-    assert code == 2 and "with_probs False -> True" in capsys.readouterr().err
+    assert code == 2 and "with_probs changed (False -> True)" in capsys.readouterr().err
 
     calls.clear()
     monkeypatch.setattr(
@@ -123,7 +123,7 @@ def test_overwrite_discards_a_partial_and_bad_rows_fail_before_anything_is_writt
     rows = [{"text": f"ok {i}. rating:", "target": i % 5} for i in range(30)] + [{"text": " ", "target": 1}]
     bad = write_csv(tmp_path / "bad.csv", rows)
     assert predict(run_dir, bad, tmp_path / "p2.jsonl") == 2
-    assert "bad.csv line 32: empty text" in capsys.readouterr().err
+    assert "bad.csv line 32: field 'text' is empty" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "preds.jsonl"]
 
 

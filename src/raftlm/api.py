@@ -7,20 +7,25 @@ keyword arguments, fitted state ends in ``_``, and ``score`` is R^2 (``Regressor
 from __future__ import annotations
 
 import contextlib
-import math
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.exceptions import NotFittedError
 
 from raftlm import methods, uncertainty
 from raftlm.config import Config, MethodConfig, ModelConfig, TrainConfig, to_bf16
-from raftlm.core import Example, RaftlmError, Splits
+from raftlm.core import Example, RaftlmError, Splits, short
 from raftlm.data import IN_MEMORY
-from raftlm.files import parse_target
-from raftlm.prompts import render, template_fields
+from raftlm.io import output_lock, write_run_marker, write_text
+from raftlm.prompts import resolve_template
+from raftlm.rows import parse_target, render_row
 from raftlm.run import load_run, save_run
+
+
+class NotFitted(RaftlmError, NotFittedError):
+    """predict/score/save before fit: scikit-learn's NotFittedError, and raftlm's one-line error."""
 
 
 class RAFTRegressor(RegressorMixin, BaseEstimator):
@@ -137,10 +142,11 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             X_val, y_val = eval_set
             val = examples_from(X_val, y_val, self.prompt_template)
         if not methods.get(self.method).trains:  # zero-shot: bind the grid and scaling, train nothing
-            self.predictor_ = new_predictor(self._config(None), train, self.prompt_template)
+            self.predictor_ = new_predictor(self._config(None), train, resolve_template(self.prompt_template))
             self.train_summary_ = {}
             return self
-        splits = Splits(train, val, [], self.prompt_template, grid="1-5", target_range="auto")
+        template = resolve_template(self.prompt_template)
+        splits = Splits(train, val, [], template, grid="1-5", target_range="auto")
         with self._run_dir() as run_dir:
             run = fit_run(
                 self._config(str(run_dir)),
@@ -151,6 +157,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             # as `raftlm train`: conformal calibration on the validation set (None without eval_set)
             self.calibration_ = uncertainty.Calibration.load(run_dir)
         self.predictor_, self.train_summary_ = run.predictor, run.results["train"]
+        self.results_, self.config_ = run.results, self._config(None)
         return self
 
     @contextlib.contextmanager
@@ -167,7 +174,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "predictor_"):
-            raise RaftlmError("this RAFTRegressor is not fitted: call fit(X, y) or RAFTRegressor.load(dir)")
+            raise NotFitted("this RAFTRegressor is not fitted: call fit(X, y) or RAFTRegressor.load(dir)")
 
     def predict(self, X, decoder: str | None = None, return_std: bool = False):
         """Point predictions; with ``return_std`` also the std of the grid distribution (data units),
@@ -182,7 +189,10 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                 "return_std reads the grid distribution, and this model predicts one number (a head): "
                 "use calibrate(X, y) and predict_interval (residual intervals)"
             )
-        return preds.values, uncertainty.grid_std(uncertainty.data_values(self.predictor_), features)
+        p = self.predictor_
+        return preds.values, uncertainty.grid_std(
+            uncertainty.data_values(p), features, uncertainty.predictor_rest(p)
+        )
 
     def _predictions(self, X, decoder: str | None = None):
         texts = [e.text for e in examples_from(X, None, self.prompt_template)]
@@ -227,60 +237,125 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         return np.exp(self.predictor_.grid_log_probs(texts, self.batch_size, self._bf16()))
 
     def save(self, directory: str) -> Path:
-        """The model, its tokenizer, ``raftlm.json`` and a model card (README.md) in ``directory``."""
+        """The model, its tokenizer, ``raftlm.json``, the settings (``config.yaml``), the calibration and a
+        model card (README.md) in ``directory``: a run directory as ``raftlm train`` writes it, marked as
+        raftlm's. An existing run there is replaced only with ``overwrite=True`` (once the new one is
+        complete); a folder that is not a raftlm run is never written into."""
         from raftlm.modelcard import write_model_card
+        from raftlm.run import check_run_dir, discard_staged, swap_in
 
         self._check_fitted()
-        path = save_run(self.predictor_, directory)
-        if getattr(self, "calibration_", None) is not None:
-            self.calibration_.save(path)
-        write_model_card(path)
-        return path
+        out = Path(directory).absolute()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with output_lock(out, "the run directory"):
+            build = check_run_dir(out, self.overwrite, resume=False)
+            if build != out:
+                discard_staged(build)
+            build.mkdir(parents=True, exist_ok=True)
+            write_run_marker(build)
+            save_run(self.predictor_, build)
+            write_text(build / "config.yaml", self._saved_config().to_yaml())
+            if getattr(self, "calibration_", None) is not None:
+                self.calibration_.save(build)
+            write_model_card(build, getattr(self, "results_", None))
+            write_run_marker(build, [p.name for p in build.iterdir()])
+            if build != out:
+                swap_in(build, out)
+        return out
+
+    def _saved_config(self) -> Config:
+        """The settings this estimator trained with (a loaded one's are its run's)."""
+        return getattr(self, "config_", None) or self._config(None)
 
     @classmethod
     def load(cls, directory: str, device: str = "auto", dtype: str = "auto") -> RAFTRegressor:
         """A saved run on ``device`` (auto: the GPU if there is one, else the CPU) with weights in
-        ``dtype`` (auto: bfloat16 on a GPU, else float32)."""
+        ``dtype`` (auto: bfloat16 on a GPU, else float32). Its parameters (``get_params``) are the
+        run's own settings, so ``clone(loaded).fit(X, y)`` trains the same way again."""
         predictor = load_run(directory, device, dtype)
-        reg = cls(model=str(directory), method=predictor.method, prompt_template=predictor.template)
+        reg = cls(**run_params(Path(directory), predictor))
         reg.predictor_ = predictor
-        if (cal := uncertainty.Calibration.load(directory)) is not None:
+        reg.config_ = _run_config(Path(directory))
+        if (cal := uncertainty.Calibration.load(directory, required=False)) is not None:
             reg.calibration_ = cal
         return reg
 
 
+def _run_config(directory: Path) -> Config | None:
+    path = directory / "config.yaml"
+    return Config.from_yaml(str(path)) if path.is_file() else None
+
+
+def run_params(directory: Path, predictor) -> dict:
+    """``RAFTRegressor`` keyword arguments that reproduce the run in ``directory``: its config.yaml's
+    settings, with the grid, template and target scaling the run resolved (``raftlm.json``)."""
+    params = {
+        "model": str(directory),
+        "method": predictor.method,
+        "grid": predictor.grid.spec(),
+        "prompt_template": predictor.template,
+        "normalize_grid": predictor.normalize_grid,
+        "max_length": predictor.max_length,
+        "target_range": _range_of(predictor.scaler),
+    }
+    cfg = _run_config(directory)
+    if cfg is None:
+        return params
+    m, t = cfg.method, cfg.training
+    params.update(
+        model=cfg.model.name,
+        trainable=cfg.model.trainable,
+        decoder=cfg.eval.decoder,
+        ce_weight=m.ce_weight,
+        ce_target=m.ce_target,
+        max_steps=t.max_steps,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        optimizer=t.optimizer,
+        eval_steps=t.eval_steps,
+        patience=t.patience,
+        bf16=t.bf16,
+        seed=t.seed,
+    )
+    if m.grid is not None and not predictor.extra.get("new_tokens"):
+        params["grid"] = m.grid
+    if m.target_range not in ("dataset", None):
+        params["target_range"] = None if m.target_range == "none" else m.target_range
+    return params
+
+
+def _range_of(scaler) -> list | None:
+    """The target_range setting a resolved scaler stands for: None when it maps data onto the grid as is."""
+    same = (scaler.data_low, scaler.data_high) == (scaler.grid_low, scaler.grid_high)
+    return None if same else [scaler.data_low, scaler.data_high]
+
+
 def examples_from(X, y, template: str) -> list[Example]:
-    """``X`` (and ``y``, None when predicting) as Examples, pairing rows by position."""
-    rows = _rows(X, template)
+    """``X`` (and ``y``, None when predicting) as Examples, pairing rows by position; each row passes
+    the row contract (``rows.render_row``: the same rules as a CSV/JSONL line or a served request)."""
+    template = resolve_template(template)
+    rows = _rows(X)
     targets = [None] * len(rows) if y is None else _targets(y, len(rows))
-    return [Example(render(template, r), t) for r, t in zip(rows, targets, strict=True)]
+    return [
+        Example(render_row(template, r, f"X[{i}]"), t)
+        for i, (r, t) in enumerate(zip(rows, targets, strict=True))
+    ]
 
 
-def _rows(X, template: str) -> list[dict]:
+def _rows(X) -> list:
     """Template rows of ``X``, by position: a DataFrame's records, dicts, or texts as ``{"text": x}``."""
     if hasattr(X, "columns") and hasattr(X, "to_dict"):  # a pandas DataFrame
-        rows = X.to_dict("records")
-    elif getattr(X, "ndim", 1) != 1:
+        return X.to_dict("records")
+    if isinstance(X, str | bytes | dict) or not hasattr(X, "__iter__"):
+        raise RaftlmError(
+            f"X is {short(X)}: give a sequence of texts (a list, array or Series), a list of dicts or a DataFrame"
+        )
+    if getattr(X, "ndim", 1) != 1:
         raise RaftlmError(
             f"X has shape {X.shape}: give a 1-D sequence of texts, a list of dicts or a DataFrame"
         )
-    else:
-        rows = list(X)  # a Series iterates its values in order, whatever its index
-        for i, x in enumerate(rows):
-            if not isinstance(x, str | dict):
-                raise RaftlmError(f"X[{i}] is {x!r}, not a text: give strings, dicts or a DataFrame")
-        rows = [x if isinstance(x, dict) else {"text": x} for x in rows]
-    for i, row in enumerate(rows):
-        for name in template_fields(template):
-            if name in row and _missing(row[name]):
-                raise RaftlmError(f"X[{i}]: {name} is missing ({row[name]!r}): fill or drop the row")
-    return rows
-
-
-def _missing(value) -> bool:
-    """None, NaN, or pandas' NA / NaT (which a template would print as 'nan' or '<NA>')."""
-    is_nan = isinstance(value, float) and math.isnan(value)
-    return value is None or is_nan or type(value).__name__ in ("NAType", "NaTType")
+    rows = list(X)  # a Series iterates its values in order, whatever its index
+    return [x if isinstance(x, dict) else {"text": x} for x in rows]
 
 
 def _targets(y, n: int) -> list[float]:

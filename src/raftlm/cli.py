@@ -7,16 +7,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import re
 import sys
 import warnings
 from dataclasses import fields
 from pathlib import Path
 
-import yaml
-
-from raftlm.config import SECTIONS, Config, ServeSettings, read_recipe
-from raftlm.core import CE_TARGETS, RaftlmError
+from raftlm.config import SECTIONS, Config, ServeSettings, load_yaml, read_recipe
+from raftlm.core import CE_TARGETS, RaftlmError, short
 from raftlm.io import is_run_dir  # not raftlm.run: --help must not wait for torch
 from raftlm.tables import format_table
 
@@ -220,7 +219,7 @@ def add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run directory from `raftlm train`")
     for f in fields(ServeSettings):
         flag = f"--{f.name.replace('_', '-')}"
-        p.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
+        p.add_argument(flag, default=f.default, help=f.metadata["help"])
     defaults = Config()
     for flag, key in SERVE_FLAGS.items():
         _config_flag(p, flag, key, defaults)
@@ -314,7 +313,7 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Conf
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
             raise RaftlmError(f"--set {item!r}: use SECTION.FIELD=VALUE, e.g. --set training.lr=1e-4")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = load_yaml(value, f"--set {short(item)}")
     recipe = {k: dict(v) for k, v in (base or {}).items()}
     for section, values in (read_recipe(args.config) if args.config else {}).items():
         recipe.setdefault(section, {}).update(values or {})
@@ -358,11 +357,19 @@ def _run_config(args) -> Config:
 
 
 def _check_output(args) -> None:
-    """Where the output goes is checked before any work (and a kill's leftover temp file cleaned)."""
+    """Where the output goes is checked before any work (the output contract of ``io``: not the input,
+    not a special file, an existing folder; a kill's leftover temp file cleaned)."""
     from raftlm.io import prepare_output
 
     if args.output:
-        prepare_output(args.output, args.overwrite)
+        prepare_output(args.output, args.overwrite, [args.input] if args.input else ())
+
+
+def _locked_output(args):
+    """The output's lock for the whole command (nothing to lock without --output)."""
+    from raftlm.io import output_lock
+
+    return output_lock(args.output) if args.output else contextlib.nullcontext()
 
 
 def _file_examples(rows: list[dict], path: str, predictor, target_column: str, need_target: bool):
@@ -375,13 +382,18 @@ def _file_examples(rows: list[dict], path: str, predictor, target_column: str, n
 
 
 def cmd_evaluate(args) -> None:
+    _check_output(args)
+    with _locked_output(args):
+        _evaluate(args)
+
+
+def _evaluate(args) -> None:
     from raftlm.data import load_splits
     from raftlm.files import read_rows
-    from raftlm.io import write_json
+    from raftlm.io import register_output, write_json
     from raftlm.pipeline import check_eval_model, eval_limit, evaluate_predictor, load_for_eval
     from raftlm.uncertainty import Calibration
 
-    _check_output(args)
     cfg = _run_config(args)
     rows = read_rows(args.input) if args.input else None
     check_eval_model(cfg, _dataset_given(args))
@@ -393,7 +405,7 @@ def cmd_evaluate(args) -> None:
         examples = splits.split(cfg.eval.split)
     n_split = len(examples)
     examples = eval_limit(examples, cfg)
-    calibration = Calibration.load(cfg.model.name) if is_run_dir(cfg.model.name) else None
+    calibration = Calibration.load(cfg.model.name, required=False) if is_run_dir(cfg.model.name) else None
     metrics, _ = evaluate_predictor(predictor, examples, cfg, calibration=calibration)
     metrics["split_size"] = n_split
     if len(examples) < n_split:
@@ -405,10 +417,11 @@ def cmd_evaluate(args) -> None:
     if args.entropy:
         metrics.update(_entropy(args, cfg, predictor, examples))
     row = {"model": cfg.model.name, "split": args.input or cfg.eval.split, **metrics}
+    if args.output:  # written before anything is printed: a closed stdout cannot lose it
+        write_json(args.output, row)
+        register_output(args.output)
     print(format_table([row]))
     _print_uncertainty(row, calibration)
-    if args.output:
-        write_json(args.output, row)
 
 
 def _print_uncertainty(row: dict, calibration) -> None:
@@ -439,22 +452,30 @@ def _entropy(args, cfg: Config, predictor, examples) -> dict:
 
 
 def cmd_predict(args) -> None:
-    from raftlm.data import load_splits
-    from raftlm.files import iter_rows
-    from raftlm.pipeline import check_eval_model, is_main_process, load_for_eval
-    from raftlm.streaming import check_output, predict_file
-    from raftlm.uncertainty import Calibration, prediction_fields
+    from raftlm.streaming import check_output
 
     if not args.input or not args.output:
         raise RaftlmError("predict needs --input FILE (CSV/JSONL) and --output FILE (JSONL)")
-    check_output(args.output, args.overwrite, args.resume)
+    check_output(args.output, args.overwrite, args.resume, args.input)
+    with _locked_output(args):
+        _predict(args)
+
+
+def _predict(args) -> None:
+    from raftlm.data import load_splits
+    from raftlm.files import iter_rows
+    from raftlm.pipeline import check_eval_model, is_main_process, load_for_eval
+    from raftlm.streaming import predict_file
+    from raftlm.uncertainty import Calibration, prediction_fields
+
     cfg = _run_config(args)
     next(iter_rows(args.input), None)  # a missing or unreadable input fails before the model loads
     check_eval_model(cfg, _dataset_given(args))
     splits = None if is_run_dir(cfg.model.name) else load_splits(cfg.data)
     predictor = load_for_eval(cfg, splits)
-    calibration = Calibration.load(cfg.model.name) if is_run_dir(cfg.model.name) else None
     e = cfg.eval
+    # read only when intervals are asked for: a damaged calibration.json must not stop plain predictions
+    calibration = Calibration.load(cfg.model.name) if e.interval and is_run_dir(cfg.model.name) else None
 
     def fields(preds):
         return prediction_fields(
@@ -525,12 +546,37 @@ def cmd_calibrate(args) -> None:
     else:
         source = getattr(args, "split", "validation")  # --split only when given (the default is test)
         examples = load_splits(cfg.data).split(source)
+    _warn_calibration(source, len(examples))
     cal = calibrate(predictor, examples, cfg.eval.batch_size, cfg.eval.bf16, source)
     path = cal.save(args.run)
     widths = cal.extra.get("absolute_half_width")
     print(f"calibrated on {source} ({cal.n} examples): {path}")
     if widths:
         print("constant-width intervals: " + ", ".join(f"{k}: +-{v:.4g}" for k, v in widths.items()))
+
+
+def _warn_calibration(source: str, n: int) -> None:
+    """Calibrations whose coverage guarantee is void or tiny: said, not refused."""
+    from raftlm.uncertainty import LEVELS, min_calibration_size
+
+    log = logging.getLogger("raftlm")
+    if source == "train":
+        log.warning(
+            "raftlm calibrate: calibrating on the training split, which the model has seen: its residuals are "
+            "too small, so the coverage guarantee is void; calibrate on validation or on held-out --input"
+        )
+    if source == "test":
+        log.warning(
+            "raftlm calibrate: calibrating on the test split leaks it: coverage measured on test afterwards is "
+            "no longer an honest estimate; calibrate on validation or on held-out --input"
+        )
+    need = {c: min_calibration_size(c) for c in LEVELS}
+    if n < max(need.values()):
+        levels = ", ".join(f"{c:g} needs {k}" for c, k in need.items())
+        log.warning(
+            f"raftlm calibrate: only {n} calibration example(s): split conformal intervals need more ({levels}); "
+            "the levels it cannot give will be refused"
+        )
 
 
 def cmd_demo(args) -> None:
@@ -622,9 +668,37 @@ def main(argv: list[str] | None = None) -> int:
         with _logging(getattr(args, "quiet", False)):
             COMMANDS[args.command](args)
     except RaftlmError as err:
-        print(f"raftlm {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(err), 2)
+    except KeyboardInterrupt:
+        hint = INTERRUPTED.get(args.command, "nothing half-written was left")
+        return _fail(args.command, f"interrupted; {hint}", 130)
+    except BrokenPipeError:  # `raftlm evaluate ... | head -1`: the files are written; exit quietly
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (no flush error at exit)
+        return 0
+    except OSError as err:  # the machine's, not raftlm's: a full disk, a permission, a vanished file
+        from raftlm.io import disk_error
+
+        err = disk_error(err, err.filename or "a file", "run the command again")
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        return _fail(args.command, str(err) if isinstance(err, RaftlmError) else f"{err.strerror}{where}", 2)
+    except MemoryError:
+        return _fail(args.command, "out of memory: use smaller batches (--batch-size) or a smaller input", 2)
     return 0
+
+
+INTERRUPTED = {
+    "train": "resume with --resume (from the last checkpoint)",
+    "predict": "resume with --resume (the rows written so far are kept)",
+    "experiment": "run the same command again to resume the sweep",
+}
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    """One line on stderr, printable whatever it holds (a lone surrogate from a user's file)."""
+    line = f"raftlm {command}: error: {message}".replace("\n", " ")
+    print(line.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

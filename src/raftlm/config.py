@@ -7,10 +7,11 @@ import math
 import re
 import warnings
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import yaml
 
-from raftlm.core import CE_TARGETS, RaftlmError
+from raftlm.core import CE_TARGETS, RaftlmError, short
 
 TRAINABLE = re.compile(r"full|lora|none|top-\d+")
 
@@ -29,7 +30,7 @@ def to_bool(value, where: str) -> bool:
         return value
     if isinstance(value, int | str) and str(value).strip().lower() in TRUE + FALSE:
         return str(value).strip().lower() in TRUE
-    raise RaftlmError(f"{where}={value!r}: use true or false")
+    raise RaftlmError(f"{where}={short(value)}: use true or false")
 
 
 def to_bf16(value, where: str, device: str = "auto") -> bool:
@@ -44,7 +45,7 @@ def to_bf16(value, where: str, device: str = "auto") -> bool:
     try:
         return to_bool(value, where)
     except RaftlmError:
-        raise RaftlmError(f"{where}={value!r}: use true, false or auto") from None
+        raise RaftlmError(f"{where}={short(value)}: use true, false or auto") from None
 
 
 def to_int(value, where: str) -> int:
@@ -56,7 +57,7 @@ def to_int(value, where: str) -> int:
         return number
     if isinstance(number, float) and number.is_integer():
         return int(number)
-    raise RaftlmError(f"{where}={value!r}: use a whole number (e.g. 4)")
+    raise RaftlmError(f"{where}={short(value)}: use a whole number (e.g. 4)")
 
 
 def to_float(value, where: str) -> float:
@@ -65,15 +66,15 @@ def to_float(value, where: str) -> float:
             raise TypeError
         number = float(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError):
-        raise RaftlmError(f"{where}={value!r} is not a number: use e.g. 1e-4 or 0.5") from None
+        raise RaftlmError(f"{where}={short(value)} is not a number: use e.g. 1e-4 or 0.5") from None
     if not math.isfinite(number):
-        raise RaftlmError(f"{where}={value!r}: use a finite number")
+        raise RaftlmError(f"{where}={short(value)}: use a finite number")
     return number
 
 
 def to_str(value, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise RaftlmError(f"{where}={value!r}: use a text value (quote it in YAML)")
+        raise RaftlmError(f"{where}={short(value)}: use a text value (quote it in YAML)")
     return str(value)  # YAML reads `grid: 5` as a number
 
 
@@ -121,11 +122,13 @@ class ModelConfig:
     def __post_init__(self) -> None:
         typed(self)
         if not TRAINABLE.fullmatch(self.trainable):
-            raise RaftlmError(f"trainable={self.trainable!r}: use full, lora, none or top-N (e.g. top-6)")
+            raise RaftlmError(
+                f"trainable={short(self.trainable)}: use full, lora, none or top-N (e.g. top-6)"
+            )
         if self.init not in ("pretrained", "random"):
-            raise RaftlmError(f"init={self.init!r}: use pretrained or random")
+            raise RaftlmError(f"init={short(self.init)}: use pretrained or random")
         if self.attention not in ("causal", "bidirectional"):
-            raise RaftlmError(f"attention={self.attention!r}: use causal or bidirectional")
+            raise RaftlmError(f"attention={short(self.attention)}: use causal or bidirectional")
         if not 0.0 <= self.dropout < 1.0:
             raise RaftlmError(f"dropout={self.dropout}: use a rate in [0, 1)")
 
@@ -170,7 +173,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         typed(self)
         if self.stsb_test not in ("dev", "test"):
-            raise RaftlmError(f"stsb_test={self.stsb_test!r}: use dev (the paper's test set) or test")
+            raise RaftlmError(f"stsb_test={short(self.stsb_test)}: use dev (the paper's test set) or test")
         for name in ("train_size", "val_size"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -251,11 +254,11 @@ class MethodConfig:
 
         method = methods.get(self.method)  # unknown names are a one-line error
         if self.pooling not in ("mean", "min", "max"):
-            raise RaftlmError(f"pooling={self.pooling!r}: use mean, min or max")
+            raise RaftlmError(f"pooling={short(self.pooling)}: use mean, min or max")
         if self.learnable_scope not in ("grid", "all") or self.head_init not in ("raft", "random"):
             raise RaftlmError("learnable-raft: learnable_scope is grid or all, head_init is raft or random")
         if self.new_tokens not in (None, "zero", "first", "average", "random"):
-            raise RaftlmError(f"new_tokens={self.new_tokens!r}: use zero, first, average or random")
+            raise RaftlmError(f"new_tokens={short(self.new_tokens)}: use zero, first, average or random")
         if self.attn_queries < 1 or self.attn_hidden < 1:
             raise RaftlmError(
                 "head-attn: attn_queries and attn_hidden are positive integers (e.g. 4 and 768)"
@@ -267,7 +270,7 @@ class MethodConfig:
         if self.ce_weight and not method.takes_ce_weight:
             raise RaftlmError(f"ce_weight is a raft option: drop it for method {self.method}")
         if self.ce_target is not None and self.ce_target not in CE_TARGETS:
-            raise RaftlmError(f"ce_target={self.ce_target!r}: use {' or '.join(CE_TARGETS)}")
+            raise RaftlmError(f"ce_target={short(self.ce_target)}: use {' or '.join(CE_TARGETS)}")
         if self.ce_target not in (None, "nearest") and not method.takes_ce_weight:
             raise RaftlmError(f"ce_target is a raft option: drop it for method {self.method}")
         if self.grid is not None and not self.grid.strip():
@@ -287,7 +290,9 @@ def _target_range(value):
             lo, hi = (to_float(p, "method.target_range") for p in parts)
             if lo < hi:
                 return [lo, hi]
-    raise RaftlmError(f"target_range={value!r}: use none, auto, dataset or LO,HI with LO < HI (e.g. 1,5)")
+    raise RaftlmError(
+        f"target_range={short(value)}: use none, auto, dataset or LO,HI with LO < HI (e.g. 1,5)"
+    )
 
 
 @dataclass
@@ -358,9 +363,9 @@ class TrainConfig:
         self.bf16 = to_bf16(self.bf16, "training.bf16")
         typed(self)
         if self.optimizer not in ("adafactor", "adamw"):
-            raise RaftlmError(f"optimizer={self.optimizer!r}: use adafactor or adamw")
+            raise RaftlmError(f"optimizer={short(self.optimizer)}: use adafactor or adamw")
         if self.scheduler not in ("constant", "cosine", "linear"):
-            raise RaftlmError(f"scheduler={self.scheduler!r}: use constant, cosine or linear")
+            raise RaftlmError(f"scheduler={short(self.scheduler)}: use constant, cosine or linear")
         for name in ("max_steps", "batch_size", "grad_accum", "eval_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise RaftlmError(f"{name}={getattr(self, name)}: use a positive integer")
@@ -424,21 +429,21 @@ class EvalConfig:
             self.interval = check_level(self.interval)
         if self.interval_kind not in KIND_CHOICES:
             raise RaftlmError(
-                f"unknown interval kind {self.interval_kind!r}: use one of {list(KIND_CHOICES)}"
+                f"unknown interval kind {short(self.interval_kind)}: use one of {list(KIND_CHOICES)}"
             )
 
         self.bf16 = to_bf16(self.bf16, "eval.bf16", str(self.device))
         typed(self)
         if self.decoder not in DECODERS:
-            raise RaftlmError(f"unknown decoder {self.decoder!r}: use one of {list(DECODERS)}")
+            raise RaftlmError(f"unknown decoder {short(self.decoder)}: use one of {list(DECODERS)}")
         if self.eval_size is not None and self.eval_size < 1:
             raise RaftlmError(f"eval_size={self.eval_size}: use a positive number of examples")
         if self.split not in ("train", "validation", "test"):
-            raise RaftlmError(f"unknown split {self.split!r}: use train, validation or test")
+            raise RaftlmError(f"unknown split {short(self.split)}: use train, validation or test")
         if not DEVICE.fullmatch(self.device):
-            raise RaftlmError(f"device={self.device!r}: use auto, cpu, cuda or cuda:N")
+            raise RaftlmError(f"device={short(self.device)}: use auto, cpu, cuda or cuda:N")
         if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise RaftlmError(f"dtype={self.dtype!r}: use auto, float32 or bfloat16")
+            raise RaftlmError(f"dtype={short(self.dtype)}: use auto, float32 or bfloat16")
 
 
 def _rename_eval_size(data: dict | None) -> None:
@@ -476,7 +481,9 @@ class Config:
         """Merge a recipe dict ({section: {field: value}}) with overrides ({"section.field": value})."""
         for section, values in (recipe or {}).items():
             if values is not None and not isinstance(values, dict):
-                raise RaftlmError(f"config section {section!r} must be a mapping of settings, got {values!r}")
+                raise RaftlmError(
+                    f"config section {short(section)} must be a mapping of settings, got {short(values)}"
+                )
         merged: dict[str, dict] = {k: dict(v or {}) for k, v in (recipe or {}).items()}
         for key, value in (overrides or {}).items():
             section, _, name = key.partition(".")
@@ -485,7 +492,7 @@ class Config:
         kwargs = {}
         for section, values in merged.items():
             if section not in SECTIONS:
-                raise RaftlmError(f"unknown config section {section!r}: use {sorted(SECTIONS)}")
+                raise RaftlmError(f"unknown config section {short(section)}: use {sorted(SECTIONS)}")
             known = {f.name for f in fields(SECTIONS[section])}
             for name in values:
                 if name not in known:
@@ -519,9 +526,15 @@ class ServeSettings:
     max_body_kb: int = field(default=1024, metadata={"help": "request body size limit in KiB (413)"})
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # finite numbers of the right type, whatever the caller passed
+            kind = f.type.removesuffix(" | None")
+            if kind in CONVERT:
+                setattr(self, f.name, CONVERT[kind](getattr(self, f.name), f"--{f.name.replace('_', '-')}"))
         for name in ("max_batch", "max_queue", "max_rows", "max_body_kb"):
             if getattr(self, name) < 1:
                 raise RaftlmError(f"{name}={getattr(self, name)}: use a positive integer")
+        if self.max_wait_ms > 60_000:
+            raise RaftlmError(f"max_wait_ms={self.max_wait_ms:g}: use a wait of at most 60000 ms")
         if not 0 <= self.port <= 65535:
             raise RaftlmError(f"port={self.port}: use a TCP port in 0..65535")
         if self.max_wait_ms < 0:
@@ -533,20 +546,90 @@ class ServeSettings:
             )
 
 
+MAX_YAML_NODES = 100_000  # values a YAML document may expand to through aliases (recipes hold ~100)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key written twice in one mapping (PyYAML keeps the last one
+    silently), naming the key and both lines."""
+
+    where = "YAML"
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = (key_node.tag, key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise RaftlmError(
+                    f"{self.where}: key {short(key_node.value)} appears twice in one mapping (lines "
+                    f"{seen[key]} and {line}): keep one"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """Values a YAML node stands for once every alias is expanded (counted without expanding)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = MAX_YAML_NODES + 1  # a cycle counts as too big
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(n, memo) for n in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    memo[id(node)] = min(size, MAX_YAML_NODES + 1)
+    return memo[id(node)]
+
+
+def load_yaml(text: str, where: str):
+    """Parse YAML the one way raftlm reads every recipe, sweep, saved config and --set value: safe tags
+    only, no duplicate keys, aliases bounded (a "billion laughs" document is refused before it expands).
+    Any problem is a RaftlmError naming ``where``."""
+    loader = _StrictLoader(text)
+    loader.where = where
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise RaftlmError(
+                f"{where}: its aliases expand to over {MAX_YAML_NODES:,} values: write the values out"
+            )
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise RaftlmError(f"{where} is not valid YAML ({short(problem)}{at}): fix its syntax") from None
+    except RecursionError:
+        raise RaftlmError(f"{where}: nested too deeply: flatten it") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml_file(path: str | Path, what: str) -> object:
+    """``load_yaml`` of a file (``what``: "config file", "sweep file"...), with one line when it cannot be read."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise RaftlmError(f"{what} {path} not found: check the path") from None
+    except UnicodeDecodeError:
+        raise RaftlmError(f"{what} {path} is not UTF-8 text: save it as UTF-8") from None
+    except OSError as err:
+        raise RaftlmError(f"cannot read {what} {path} ({err.strerror}): check the path") from None
+    return load_yaml(text, f"{what} {path}")
+
+
 def read_recipe(path: str) -> dict:
     """A YAML recipe as {section: {field: value}}, values as written (``Config.build`` converts them)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            recipe = yaml.safe_load(f) or {}
-    except (FileNotFoundError, IsADirectoryError):
-        raise RaftlmError(f"config file {path} not found: check the --config path") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise RaftlmError(
-            f"config file {path} is not valid YAML ({type(err).__name__}): fix its syntax"
-        ) from None
+    recipe = read_yaml_file(path, "config file") or {}
     if not isinstance(recipe, dict):
         raise RaftlmError(f"config file {path} must be a mapping of sections: see recipes/")
     for section, values in recipe.items():
         if values is not None and not isinstance(values, dict):
-            raise RaftlmError(f"config file {path}: section {section!r} must be a mapping of settings")
+            raise RaftlmError(f"config file {path}: section {short(section)} must be a mapping of settings")
     return recipe

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import reprlib
 import warnings
 from dataclasses import dataclass
 from typing import Protocol
@@ -13,6 +14,19 @@ import numpy as np
 
 class RaftlmError(ValueError):
     """A user-facing error: one line that names the problem and the fix (CLI exit code 2)."""
+
+
+_SHORT = reprlib.Repr()  # (keyword arguments need Python 3.12)
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 60, 60, 6, 6
+_SHORT.maxtuple, _SHORT.maxset, _SHORT.maxlevel, _SHORT.maxlong = 6, 6, 2, 40
+
+
+def short(value: object) -> str:
+    """A bounded repr for messages: a user's value is echoed in at most ~80 characters, however big
+    (a YAML alias bomb, a 750 KB text, a 5,000-digit number) and whatever it holds (lone surrogates
+    come out escaped)."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= 80 else text[:76] + "...]"
 
 
 @dataclass(frozen=True)

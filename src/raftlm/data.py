@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raftlm.core import Example, RaftlmError, Splits
+from raftlm.core import Example, RaftlmError, Splits, short
 from raftlm.files import Row, read_rows, to_examples
 from raftlm.prompts import PROMPTS, render, resolve_template
 
@@ -181,6 +181,13 @@ def load_amazon_snippets(train_size: int | None = None, seed: int = 0) -> Splits
     return Splits(train, ex["validation"], ex["test"], template, grid="1-5", target_range=[-4.0, 4.0])
 
 
+def _as_text(row: dict) -> dict:
+    """A hub row's numbers as the text a CSV would hold (the row contract takes text fields only)."""
+    return {
+        k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for k, v in row.items()
+    }
+
+
 def _hub_dataset(hub_id: str, template: str | None, text_column: str, target_column: str) -> Splits:
     try:
         import datasets
@@ -188,7 +195,7 @@ def _hub_dataset(hub_id: str, template: str | None, text_column: str, target_col
         ds = datasets.load_dataset(hub_id)
     except Exception as err:  # noqa: BLE001 - any hub failure becomes one clear line
         raise RaftlmError(
-            f"cannot load hub dataset {hub_id!r} ({type(err).__name__}): go online or use csv:/jsonl: files"
+            f"cannot load hub dataset {short(hub_id)} ({type(err).__name__}): go online or use csv:/jsonl: files"
         ) from None
     template = resolve_template(template or "{" + text_column + "}")
     names = {"validation": ("validation", "dev"), "test": ("test",), "train": ("train",)}
@@ -196,7 +203,9 @@ def _hub_dataset(hub_id: str, template: str | None, text_column: str, target_col
     for split, options in names.items():
         found = next((s for s in options if s in ds), None)
         parts[split] = (
-            to_examples(list(ds[found]), template, target_column, f"{hub_id} ({found})") if found else []
+            to_examples([_as_text(r) for r in ds[found]], template, target_column, f"{hub_id} ({found})")
+            if found
+            else []
         )
     return Splits(
         parts["train"], parts["validation"], parts["test"], template, grid="1-5", target_range="auto"
@@ -430,7 +439,7 @@ def load_splits(cfg) -> Splits:
         splits = _hub_dataset(name[3:], cfg.template, cfg.text_column, cfg.target_column)
     else:
         raise RaftlmError(
-            f"unknown dataset {name!r}: use one of {sorted(DATASETS)}, amazon:PATH, movielens-1m:PATH, "
+            f"unknown dataset {short(name)}: use one of {sorted(DATASETS)}, amazon:PATH, movielens-1m:PATH, "
             "csv:PATH, jsonl:PATH or hf:ID"
         )
     if cfg.template and name in DATASETS:

@@ -28,15 +28,16 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import yaml
 
 from raftlm import methods, uncertainty
-from raftlm.config import SECTIONS, Config, to_float
-from raftlm.core import RaftlmError
-from raftlm.io import clean_stale_tmp, write_json, write_text
+from raftlm.config import SECTIONS, Config, read_yaml_file, to_float
+from raftlm.core import RaftlmError, short
+from raftlm.io import check_folder, clean_stale_tmp, output_lock, write_json, write_text
 from raftlm.metrics import collapse
 from raftlm.report import CURVES, best_lr, sweep_seeds
 
@@ -83,29 +84,89 @@ class Cell:
         return f"{self.run_id}--{self.decoder}"
 
 
+SWEEP_KEYS = {
+    "output_dir",
+    "base",
+    "datasets",
+    "models",
+    "methods",
+    "lrs",
+    "seeds",
+    "train_fractions",
+    "keep_models",
+    "lr_choice",
+}
+
+
 def load_sweep(path: str) -> dict:
-    try:
-        sweep = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise RaftlmError(f"sweep file {path} not found: check the path") from None
-    except yaml.YAMLError as err:
-        raise RaftlmError(
-            f"sweep file {path} is not valid YAML ({type(err).__name__}): fix its syntax"
-        ) from None
+    """A sweep file, checked field by field (types, empty lists, unknown keys, a usable output folder)
+    before any cell runs; every problem is one line naming the field."""
+    sweep = read_yaml_file(path, "sweep file")
+    where = f"sweep file {path}"
     if sweep is not None and not isinstance(sweep, dict):
-        raise RaftlmError(f"sweep file {path} must be a mapping (output_dir, datasets, models, methods, ...)")
+        raise RaftlmError(f"{where} must be a mapping (output_dir, datasets, models, methods, ...)")
     missing = [k for k in ("output_dir", "datasets", "models", "methods") if k not in (sweep or {})]
     if missing:
-        raise RaftlmError(f"sweep file {path} lacks {missing}: see `raftlm experiment --help` for the format")
-    if sweep.get("lr_choice", "all_seeds") not in LR_CHOICES:
-        raise RaftlmError(
-            f"sweep file {path}: lr_choice {sweep['lr_choice']!r} is not one of {list(LR_CHOICES)}"
-        )
-    if not isinstance(sweep.get("keep_models", False), bool):
-        raise RaftlmError(
-            f"sweep file {path}: keep_models must be true or false, got {sweep['keep_models']!r}"
-        )
+        raise RaftlmError(f"{where} lacks {missing}: see `raftlm experiment --help` for the format")
+    unknown = sorted(map(str, set(sweep) - SWEEP_KEYS))
+    if unknown:
+        raise RaftlmError(f"{where}: unknown key(s) {unknown}: the keys are {sorted(SWEEP_KEYS)}")
+    check_sweep(sweep, where)
     return sweep
+
+
+def _list(sweep: dict, key: str, where: str, of, what: str) -> list:
+    value = sweep.get(key)
+    if not isinstance(value, list) or not value:
+        raise RaftlmError(f"{where}: {key} must be a non-empty list of {what}, got {short(value)}")
+    for item in value:
+        if not of(item):
+            raise RaftlmError(f"{where}: {key} entry {short(item)} is not {what}")
+    return value
+
+
+def _text(x) -> bool:
+    return isinstance(x, str) and bool(x.strip())
+
+
+def check_sweep(sweep: dict, where: str) -> None:
+    out = sweep["output_dir"]
+    if not _text(out):
+        raise RaftlmError(f"{where}: output_dir must be a folder path, got {short(out)}")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise RaftlmError(f"{where}: output_dir {out} is a file: choose a folder")
+    check_folder(out, out)
+    _list(
+        sweep,
+        "datasets",
+        where,
+        lambda d: _text(d) or (isinstance(d, dict) and _text(d.get("dataset"))),
+        "a dataset name or a mapping with dataset:",
+    )
+    _list(sweep, "models", where, _text, "a model name")
+    _list(
+        sweep,
+        "methods",
+        where,
+        lambda m: _text(m) or (isinstance(m, dict) and _text(m.get("method"))),
+        "a method name or a mapping with method:",
+    )
+    number = lambda x: not isinstance(x, bool) and isinstance(x, int | float | str)  # noqa: E731
+    for key, what in (("lrs", "learning rates"), ("seeds", "seeds"), ("train_fractions", "fractions")):
+        if key in sweep:
+            _list(
+                sweep, key, where, lambda x, k=key: number(x) or (k == "train_fractions" and x is None), what
+            )
+    for m in sweep["methods"]:
+        if isinstance(m, dict) and "lrs" in m:
+            _list(m, "lrs", f"{where}: methods entry {short(m)}", number, "learning rates")
+    base = sweep.get("base") or {}
+    if not isinstance(base, dict) or any(v is not None and not isinstance(v, dict) for v in base.values()):
+        raise RaftlmError(f"{where}: base must map config sections to settings, got {short(base)}")
+    if sweep.get("lr_choice", "all_seeds") not in LR_CHOICES:
+        raise RaftlmError(f"{where}: lr_choice {short(sweep['lr_choice'])} is not one of {list(LR_CHOICES)}")
+    if not isinstance(sweep.get("keep_models", False), bool):
+        raise RaftlmError(f"{where}: keep_models must be true or false, got {short(sweep['keep_models'])}")
 
 
 def cells(sweep: dict) -> list[Cell]:
@@ -117,7 +178,7 @@ def cells(sweep: dict) -> list[Cell]:
                 m = {"method": m} if isinstance(m, str) else m
                 if not isinstance(m, dict) or "method" not in m:
                     raise RaftlmError(
-                        f"sweep methods entry {m!r}: give a method name or a mapping with method:"
+                        f"sweep methods entry {short(m)}: give a method name or a mapping with method:"
                     )
                 method = m["method"]
                 kind = methods.get(method)
@@ -131,6 +192,12 @@ def cells(sweep: dict) -> list[Cell]:
                         for seed in seeds:
                             lr = to_float(lr, "sweep lrs")
                             out.append(Cell(dataset, model, method, decoder, lr, seed, frac, options))
+    repeated = next((c for c, n in Counter(c.cell_id for c in out).items() if n > 1), None)
+    if repeated:
+        raise RaftlmError(
+            f"sweep cell {repeated} appears {Counter(c.cell_id for c in out)[repeated]} times (a dataset, model, "
+            "method entry, lr or seed is listed twice): drop the repeats"
+        )
     # seed by seed (stable sort): a sweep stopped early still covers every dataset, method and lr
     return sorted(out, key=lambda c: seeds.index(c.seed) if c.seed in seeds else 0)
 
@@ -150,7 +217,7 @@ def option_section(key: str) -> str:
     for section in ("method", "training", "model", "data"):
         if key in {f.name for f in fields(SECTIONS[section])}:
             return section
-    raise RaftlmError(f"unknown setting {key!r} in a sweep's methods entry: use a config field name")
+    raise RaftlmError(f"unknown setting {short(key)} in a sweep's methods entry: use a config field name")
 
 
 def cell_config(sweep: dict, cell: Cell, run_dir: Path) -> Config:
@@ -203,7 +270,8 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
     ]
     if preds.probs is not None:
         # PIT = F(target) under the grid histogram (the report's calibration figure reads it)
-        pit = uncertainty.grid_cdf(uncertainty.data_values(predictor), preds.probs, [e.target for e in test])
+        values, rest = uncertainty.data_values(predictor), uncertainty.predictor_rest(predictor)
+        pit = uncertainty.grid_cdf(values, preds.probs, [e.target for e in test], rest)
         for i, r in enumerate(rows):
             r["probs"] = [round(float(p), 6) for p in preds.probs[i]]
             r["entropy"] = float(preds.entropy[i])
@@ -257,7 +325,7 @@ def drop_weights(run_dir: Path) -> int:
 
 
 def collect(root: Path) -> list[dict]:
-    rows = [json.loads(p.read_text()) for p in sorted((root / "cells").glob("*.json"))]
+    rows = [read_cell(p) for p in sorted((root / "cells").glob("*.json"))]
     write_json(root / "results.json", rows)
     buf = io.StringIO()
     if rows:  # every key any cell has (heads lack crps), lists (grid, intervals) stay in results.json
@@ -282,7 +350,7 @@ def lost_on_first_seed(sweep: dict, cell: Cell, todo: list[Cell], root: Path) ->
     for c in todo:
         if c.seed == first and c.lr is not None and replace(c, lr=cell.lr, seed=cell.seed) == cell:
             path = root / "cells" / f"{c.cell_id}.json"
-            score = json.loads(path.read_text()).get("validation_rmse") if path.exists() else None
+            score = read_cell(path).get("validation_rmse") if path.exists() else None
             if score is None:
                 return False
             scores[c.lr] = score
@@ -327,18 +395,48 @@ def eta_seconds(sweep: dict, left: list[Cell], done: list[dict]) -> float | None
     return seconds + sum(test.get(c.dataset["dataset"], test_all) for c in left)
 
 
+def read_cell(path: Path) -> dict:
+    """A written cell's JSON; a damaged one (edited, or a disk error) is one line saying how to redo it."""
+    try:
+        row = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise RaftlmError(
+            f"cell result {path} is unreadable ({short(str(err))}): delete it to run that cell again"
+        ) from None
+    if not isinstance(row, dict) or "run_id" not in row:
+        raise RaftlmError(f"cell result {path} is not a cell's result: delete it to run that cell again")
+    return row
+
+
 def run_sweep(path: str) -> Path:
     sweep = load_sweep(path)
     root = Path(sweep["output_dir"])
     todo = cells(sweep)
+    if not todo:
+        raise RaftlmError(f"sweep file {path} has no cells to run: list datasets, models and methods")
     check_cells(sweep, todo, root)
+    root.mkdir(parents=True, exist_ok=True)
+    with output_lock(root, "the sweep's results"):
+        ran = _run_cells(sweep, todo, root)
+    done = sum((root / "cells" / f"{c.cell_id}.json").exists() for c in todo)
+    skipped = f", {len(todo) - done} skipped (lr_choice first_seed)" if done < len(todo) else ""
+    print(f"{done} of {len(todo)} cells done ({ran} run now{skipped}): {root / 'results.csv'}")
+    return root
+
+
+def _run_cells(sweep: dict, todo: list[Cell], root: Path) -> int:
+    """Run every cell of ``todo`` not written yet; returns how many ran."""
     keep = bool(sweep.get("keep_models", False))
     (root / "cells").mkdir(parents=True, exist_ok=True)
     for folder in (root, root / "cells", root / "predictions", root / CURVES):
         clean_stale_tmp(folder)  # left by a kill during a write
     write_text(root / "sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
     result = lambda c: root / "cells" / f"{c.cell_id}.json"  # noqa: E731  (written once the cell is done)
+    for c in todo:
+        if result(c).exists():
+            read_cell(result(c))  # a damaged result fails now, not after hours of other cells
     skip = lambda c: lost_on_first_seed(sweep, c, todo, root)  # noqa: E731
+    ran = 0
     for cell in todo:
         if result(cell).exists():
             continue
@@ -348,12 +446,13 @@ def run_sweep(path: str) -> Path:
             )
             continue
         left = [c for c in todo if not result(c).exists() and not skip(c)]
-        done = [json.loads(result(c).read_text()) for c in todo if result(c).exists()]
+        done = [read_cell(result(c)) for c in todo if result(c).exists()]
         seconds = eta_seconds(sweep, left, done)
         eta = "ETA after the first cell" if seconds is None else f"ETA {seconds / 60:.0f} min"
         total = len(done) + len(cells_to_run(sweep, left))  # not the lrs that lost on the first seed
         log.info(f"[{len(done) + 1}/{total} cells] {cell.cell_id} ({eta})")
         write_json(result(cell), run_cell(sweep, cell, root))
+        ran += 1
         run_dir = root / "runs" / cell.run_id
         siblings = [c for c in todo if c.run_id == cell.run_id]  # the run's other decoders
         if not keep and run_dir.exists() and all(result(c).exists() or skip(c) for c in siblings):
@@ -361,7 +460,4 @@ def run_sweep(path: str) -> Path:
             log.info(f"  {cell.run_id}: every cell written, weights deleted ({freed / 2**20:.0f} MB)")
         collect(root)
     collect(root)
-    done = sum(result(c).exists() for c in todo)
-    skipped = f" (and {len(todo) - done} skipped: lr_choice first_seed)" if done < len(todo) else ""
-    print(f"{done} cells done{skipped}: {root / 'results.csv'}")
-    return root
+    return ran

@@ -9,12 +9,16 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import math
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from raftlm.core import Example, RaftlmError
-from raftlm.prompts import render
+from raftlm.core import Example, RaftlmError, short
+from raftlm.rows import parse_target, render_row
+
+# csv's default field limit is 131,072 characters: a longer text (a whole article) is a valid field,
+# and prompts that long are truncated with a warning where they are tokenized, not refused here
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
 class Row(dict):
@@ -34,8 +38,9 @@ def _where(where: str, row: dict, i: int) -> str:
 def to_examples(
     rows: list[dict], template: str, target_column: str | None, where: str, start: int = 1
 ) -> list[Example]:
-    """Render rows through a template; targets must be finite numbers. Errors name the file's line
-    (rows from ``iter_rows``/``read_rows``) or the row number, counted from ``start`` (1-based)."""
+    """Render rows through a template (the row contract, ``rows.render_row``); targets must be finite
+    numbers. Errors name the file's line (rows from ``iter_rows``/``read_rows``) or the row number,
+    counted from ``start`` (1-based)."""
     out = []
     for i, row in enumerate(rows, start=start):
         target = None
@@ -43,27 +48,11 @@ def to_examples(
             if target_column not in row:
                 raise RaftlmError(
                     f"{_where(where, row, i)}: target column {target_column!r} is missing "
-                    f"(columns: {sorted(row)}): pass --target-column"
+                    f"(columns: {short(sorted(map(str, row)))}): pass --target-column"
                 )
             target = parse_target(row[target_column], _where(where, row, i))
-        text = render(template, row)
-        if not text.strip():
-            raise RaftlmError(f"{_where(where, row, i)}: empty text: fill or drop the row")
-        out.append(Example(text, target))
+        out.append(Example(render_row(template, row, _where(where, row, i)), target))
     return out
-
-
-def parse_target(value, where: str) -> float:
-    """A finite number; JSON ``true`` is not read as 1.0."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        y = float(value)
-    except (TypeError, ValueError):
-        raise RaftlmError(f"{where}: target {value!r} is not a number: fix or drop the row") from None
-    if not math.isfinite(y):
-        raise RaftlmError(f"{where}: target {value!r} is NaN or infinite: fix or drop the row")
-    return y
 
 
 FILE_KINDS = {"csv": ",", "tsv": "\t", "jsonl": None, "json": None}
@@ -124,7 +113,7 @@ def _csv_rows(f, path: Path, delimiter: str) -> Iterator[Row]:
             "give every column its own name"
         )
     line = reader.line_num + 1
-    for values in reader:
+    for values in _checked(reader, path):
         if values:  # blank lines are skipped
             if len(values) != len(header):
                 raise RaftlmError(
@@ -133,6 +122,18 @@ def _csv_rows(f, path: Path, delimiter: str) -> Iterator[Row]:
                 )
             yield Row(zip(header, values, strict=True), line)
         line = reader.line_num + 1
+
+
+def _checked(reader, path: Path) -> Iterator[list[str]]:
+    """csv's own errors (a NUL byte, a field past the limit) as one line naming the line."""
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise RaftlmError(f"{path} line {reader.line_num}: malformed CSV ({err}): fix the row") from None
+        yield values
 
 
 def _jsonl_rows(f, path: Path) -> Iterator[Row]:
@@ -145,6 +146,9 @@ def _jsonl_rows(f, path: Path) -> Iterator[Row]:
             raise RaftlmError(
                 f"{path} line {n}: invalid JSON ({err.msg}): one JSON object per line"
             ) from None
+        except (ValueError, RecursionError) as err:  # a number of over 4,300 digits; nesting too deep
+            why = "nested too deeply" if isinstance(err, RecursionError) else short(str(err))
+            raise RaftlmError(f"{path} line {n}: unreadable JSON ({why}): fix the row") from None
         if not isinstance(obj, dict):
             raise RaftlmError(
                 f"{path} line {n}: a JSON {type(obj).__name__}, not an object: one object per line, "

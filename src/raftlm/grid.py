@@ -6,6 +6,7 @@ Also the affine target scaling that maps a dataset's target range onto the grid'
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import warnings
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raftlm.core import RaftlmError
+from raftlm.core import RaftlmError, short
 
 
 def _fmt(value: float, decimals: int) -> str:
@@ -84,7 +85,7 @@ class Grid:
             digits = re.fullmatch(r"(\d+)-(\d+)", spec)
             if digits and int(digits[1]) > int(digits[2]):
                 raise RaftlmError(
-                    f"grid {spec!r} runs from {digits[1]} down to {digits[2]}: write LOW-HIGH, e.g. 1-5"
+                    f"grid {short(spec)} runs from {digits[1]} down to {digits[2]}: write LOW-HIGH, e.g. 1-5"
                 )
             if digits:
                 return cls.from_values(range(int(digits[1]), int(digits[2]) + 1), 0)
@@ -92,9 +93,9 @@ class Grid:
             if isinstance(err, RaftlmError):
                 raise
             raise RaftlmError(
-                f"cannot parse grid spec {spec!r}: use e.g. 1-5, 0:5:0.1, 1,2,3 or 1=a,2=b"
+                f"cannot parse grid spec {short(spec)}: use e.g. 1-5, 0:5:0.1, 1,2,3 or 1=a,2=b"
             ) from None
-        raise RaftlmError(f"cannot parse grid spec {spec!r}: use e.g. 1-5, 0:5:0.1, 1,2,3 or 1=a,2=b")
+        raise RaftlmError(f"cannot parse grid spec {short(spec)}: use e.g. 1-5, 0:5:0.1, 1,2,3 or 1=a,2=b")
 
     @property
     def array(self) -> np.ndarray:
@@ -119,6 +120,19 @@ class Grid:
             return self.values[self.strings.index(text)]
         except ValueError:
             return None
+
+    def spec(self) -> str:
+        """A spec that ``Grid.parse`` reads back into this grid: ``1-5``, ``1,2.5,4`` or ``1=a,2=b``."""
+        lo, hi = self.values[0], self.values[-1]
+        steps = tuple(float(v) for v in range(int(lo), int(hi) + 1)) if lo == int(lo) else ()
+        if len(self.values) > 1 and lo >= 0 and self.values == steps:
+            if self.strings == tuple(str(int(v)) for v in self.values):
+                return f"{int(lo)}-{int(hi)}"
+        with contextlib.suppress(RaftlmError):
+            listed = ",".join(self.strings)
+            if "=" not in listed and Grid.parse(listed, self.single) == self:
+                return listed
+        return ",".join(f"{v:g}={s}" for v, s in zip(self.values, self.strings, strict=True))
 
     def to_dict(self) -> dict:
         return {"values": list(self.values), "strings": list(self.strings), "single": self.single}

@@ -1,50 +1,242 @@
-"""Atomic file writes: every output appears whole or not at all."""
+"""Every file raftlm writes for a user goes through here: the output contract.
+
+- An output file (``check_output_file``) is a new path or an existing regular file (never a device, a
+  FIFO or a directory), never the same file as one of the command's inputs (``os.path.samefile``:
+  symlinks and hard links included), in a folder that exists and is writable; an existing one is
+  replaced only with ``--overwrite``. All of it is checked before any model loads.
+- While a command writes an output it holds an exclusive lock (``output_lock``: ``.NAME.lock`` beside
+  it), so a second process writing the same output stops with one line instead of interleaving rows.
+- Writes are atomic (``atomic_write``): a temp file beside the target, renamed onto it when complete.
+- A run directory is recognised by its marker ``.raftlm-run`` (``RUN_MARKER``), which only raftlm writes
+  and which lists the files raftlm put there; nothing else makes a directory a run, and a run directory
+  holding files raftlm did not write is never replaced (``foreign_files``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
 import re
-import shutil
+import stat
 import tempfile
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from raftlm.core import RaftlmError
 
 META_FILE = "raftlm.json"  # what makes a directory a saved raftlm model (raftlm.run writes it)
+RUN_MARKER = ".raftlm-run"  # what makes a directory a raftlm run directory (only raftlm writes it)
+RUN_MARKER_FORMAT = "raftlm-run"
+RUN_MARKER_VERSION = 1
+# what raftlm writes into a run directory besides the files the marker lists (save_run's model files)
+RUN_FILES = frozenset(
+    {
+        RUN_MARKER,
+        META_FILE,
+        "config.yaml",
+        "metrics.jsonl",
+        "checkpoints",
+        "logs",
+        "eval_results.json",
+        "calibration.json",
+        "README.md",
+        "head.safetensors",
+    }
+)
 
 
 def is_run_dir(path: str | Path) -> bool:
-    """A directory with a saved raftlm model (``raftlm.json``)."""
-    return (Path(path) / META_FILE).exists()
+    """A directory with a saved raftlm model (``raftlm.json``): what predict, evaluate and serve load.
+    Loading never deletes anything; what may be replaced or deleted is decided by ``is_marked_run``."""
+    return (Path(path) / META_FILE).is_file()
 
 
-def check_writable(path: str | Path, overwrite: bool) -> Path:
-    """Before any work: refuse to clobber an existing output unless asked, and refuse a path that
-    cannot be written (a directory, or a folder we may not create files in)."""
+def read_run_marker(path: str | Path) -> dict | None:
+    """The run marker of directory ``path``, or None when it has none (or a file of that name raftlm did
+    not write: not JSON, or not raftlm's format)."""
+    marker = Path(path) / RUN_MARKER
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != RUN_MARKER_FORMAT:
+        return None
+    return data
+
+
+def is_marked_run(path: str | Path) -> bool:
+    """Whether raftlm made directory ``path`` a run directory (its ``.raftlm-run`` marker)."""
+    return Path(path).is_dir() and read_run_marker(path) is not None
+
+
+def write_run_marker(path: str | Path, files: Iterable[str] = ()) -> dict:
+    """Mark directory ``path`` as a raftlm run (kept: its id and creation time; ``files`` are added to
+    the names raftlm wrote there)."""
+    from raftlm import __version__
+
+    old = read_run_marker(path) or {}
+    marker = {
+        "format": RUN_MARKER_FORMAT,
+        "version": RUN_MARKER_VERSION,
+        "id": old.get("id") or uuid.uuid4().hex,
+        "created": old.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "raftlm": __version__,
+        "files": sorted(set(old.get("files", [])) | set(files)),
+    }
+    write_json(Path(path) / RUN_MARKER, marker)
+    return marker
+
+
+def register_output(path: str | Path) -> None:
+    """A file raftlm wrote into a run directory (e.g. ``evaluate --output RUN/test.json``) is recorded
+    in its marker, so replacing the run later does not take it for a user's file."""
     path = Path(path)
-    if path.is_dir():
-        raise RaftlmError(f"output path {path} is a directory: give a file name")
-    if path.exists() and not overwrite:
-        raise RaftlmError(f"output path {path} already exists: pass --overwrite or choose another path")
-    check_folder(path.parent, path)
+    if is_marked_run(path.parent) and path.name not in RUN_FILES:
+        write_run_marker(path.parent, [path.name])
+
+
+def _ours(name: str, listed: set[str]) -> bool:
+    """A name raftlm writes into a run directory: fixed names, listed ones, its own temp files."""
+    return name in RUN_FILES or name in listed or bool(TMP_NAME.fullmatch(name)) or name.startswith(".final-")
+
+
+def foreign_files(path: str | Path) -> list[str]:
+    """Entries of run directory ``path`` that raftlm did not write (sorted)."""
+    listed = set((read_run_marker(path) or {}).get("files", []))
+    return sorted(p.name for p in Path(path).iterdir() if not _ours(p.name, listed))
+
+
+def describe(path: Path) -> str:
+    """What kind of thing is at ``path`` (for messages): a directory, a character device, ..."""
+    mode = path.stat().st_mode
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two existing paths are one file (symlinks followed, hard links included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_file(
+    path: str | Path, overwrite: bool, inputs: Iterable[str | Path] = (), flag: str = "--output"
+) -> Path:
+    """The output contract, checked before any work: ``path`` is a new path or an existing regular file
+    (replaced only with ``overwrite``), not one of ``inputs`` (nor their links), in an existing,
+    writable folder."""
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise RaftlmError(f"{flag} {path} names a folder: give a file name")
+    for i in inputs:
+        if i is not None and path.exists() and same_file(path, i):
+            raise RaftlmError(
+                f"{flag} {path} is the same file as the input {i}: write the output to another path"
+            )
+    if path.exists():
+        if path.is_dir():
+            raise RaftlmError(f"output path {path} is a directory: give a file name")
+        if not path.is_file():
+            raise RaftlmError(
+                f"{flag} {path} is {describe(path)}, not a regular file: raftlm writes only to regular "
+                "files or new paths; choose a file path"
+            )
+        if not overwrite:
+            raise RaftlmError(f"output path {path} already exists: pass --overwrite or choose another path")
+    check_folder(path.parent, path, create=False)
     return path
 
 
-def prepare_output(path: str | Path, overwrite: bool) -> Path:
-    """``check_writable``, then clean what a kill left of an earlier atomic write of this output."""
-    path = check_writable(path, overwrite)
+def prepare_output(path: str | Path, overwrite: bool, inputs: Iterable[str | Path] = ()) -> Path:
+    """``check_output_file``, then clean what a kill left of an earlier atomic write of this output."""
+    path = check_output_file(path, overwrite, inputs)
     clean_stale_tmp(path.parent, path.name)
     return path
 
 
-def check_folder(folder: str | Path, output: str | Path | None = None) -> None:
-    """``folder``, or its nearest existing parent when it does not exist yet, accepts new files (tried
-    with a temp file that is gone at once: nothing is created)."""
+def lock_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.parent / f".{path.name}.lock"
+
+
+def _main_rank() -> bool:
+    """Rank 0 of a torchrun / accelerate launch (or a plain process): the one that takes output locks."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@contextlib.contextmanager
+def output_lock(path: str | Path, what: str = "output") -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (the file ``.NAME.lock`` beside it) while the block runs: a
+    second raftlm process writing the same output fails at once with one line. The lock file goes when
+    the block ends; a kill leaves it unlocked (the kernel drops the lock), and the next run reuses it."""
+    if not _main_rank():
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        yield
+        return
+    lock = lock_path(path)
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise RaftlmError(
+                f"cannot write {path} ({err.strerror}: {lock.parent}): choose a writable path"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise RaftlmError(
+                f"another raftlm process (pid {holder}) is writing {what} {path}: wait for it to finish, "
+                "or write to another path"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino  # not a lock file unlinked meanwhile
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def check_folder(folder: str | Path, output: str | Path | None = None, create: bool = True) -> None:
+    """``folder``, or its nearest existing parent when it does not exist yet and ``create`` (raftlm will
+    make it), accepts new files (tried with a temp file that is gone at once: nothing is created)."""
     folder = Path(folder).absolute()
+    if not create and not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise RaftlmError(
+            f"cannot write {output or folder}: the folder {folder} {what}; create it first "
+            f"(mkdir -p {folder}) or choose another path"
+        )
     existing = next(p for p in [folder, *folder.parents] if p.exists())
     try:
         if not existing.is_dir():
@@ -84,14 +276,31 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+        normal_permissions(tmp)  # mkstemp creates 0600
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise disk_error(err, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def normal_permissions(path: str | Path, directory: bool = False) -> None:
+    """The permissions a new file (0666) or folder (0777) gets under the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
+def disk_error(err: OSError, path: str | Path, then: str = "run the command again") -> Exception:
+    """A full disk (or quota) as one line; any other OSError as it was."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RaftlmError(
+            f"disk full while writing {path} ({err.strerror}): free space on that disk and {then}"
+        )
+    return err
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -120,10 +329,3 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
     return write_text(path, "".join(to_json(r) + "\n" for r in rows))
-
-
-def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
-    """Move a fully written temp directory onto its final name."""
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(tmp_dir, final_dir)

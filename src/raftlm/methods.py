@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from raftlm.core import RaftlmError
+from raftlm.core import RaftlmError, short
 
 if TYPE_CHECKING:
     from torch import nn
@@ -71,7 +71,7 @@ def _ce_ntl_loss(predictor, mcfg) -> nn.Module:
     for s, cand in zip(predictor.grid.strings, predictor.fmt.candidates, strict=True):
         if sum(c.isdigit() for c in s) != sum(i in number_ids for i in cand):
             raise RaftlmError(
-                f"ce-ntl: the answer {s!r} is tokenized as {tok.convert_ids_to_tokens(list(cand))}, its digits "
+                f"ce-ntl: the answer {short(s)} is tokenized as {tok.convert_ids_to_tokens(list(cand))}, its digits "
                 "not single digit tokens, so the number token loss cannot read them: use ce, or a model whose "
                 "tokenizer splits digits"
             )
@@ -90,7 +90,7 @@ def special_token_head(predictor, mcfg, bias: float) -> nn.Module:
     ids = tok.convert_tokens_to_ids([name])
     if not ids or ids[0] is None or ids[0] == tok.unk_token_id:
         raise RaftlmError(
-            f"head token {name!r} is not in the vocabulary: pass --head-token with a single token"
+            f"head token {short(name)} is not in the vocabulary: pass --head-token with a single token"
         )
     from raftlm.heads import SpecialTokenHead
 
@@ -216,7 +216,7 @@ def get(name: str) -> Method:
     if name == ZERO_SHOT_NAME:
         return ZERO_SHOT
     if name not in METHODS:
-        raise RaftlmError(f"unknown method {name!r}: use one of {sorted(METHODS)} or {ZERO_SHOT_NAME}")
+        raise RaftlmError(f"unknown method {short(name)}: use one of {sorted(METHODS)} or {ZERO_SHOT_NAME}")
     return METHODS[name]
 
 

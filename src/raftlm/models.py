@@ -131,6 +131,21 @@ def model_path(name: str) -> str:
     return name  # a hub id
 
 
+def refuse_pickle_weights(path: str) -> None:
+    """raftlm loads weights from safetensors only: a local model with pickle weights alone (``*.bin``,
+    ``*.pt``; unpickling can run code) is refused in one line with the conversion."""
+    folder = Path(path)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth") for p in folder.glob(pattern))
+    if pickles:
+        raise RaftlmError(
+            f"{path} holds pickle weights only ({pickles[0]}), which raftlm does not load (unpickling can "
+            "run code): convert them once in a session you trust, e.g. "
+            "AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)"
+        )
+
+
 def _float32_head_forward(self, hidden: torch.Tensor) -> torch.Tensor:
     from raftlm.scoring import linear_in_weight_dtype
 
@@ -182,6 +197,7 @@ def load_model(
             raise RaftlmError("tiny-random-bert is an encoder: use it with encoder-cls or encoder-mean")
         return tiny_random_bert(seed=seed)
     path = model_path(name)
+    refuse_pickle_weights(path)
     auto = AutoModel if encoder else AutoModelForCausalLM
     try:
         config = AutoConfig.from_pretrained(path)
@@ -192,11 +208,19 @@ def load_model(
             torch.manual_seed(seed)
             model = auto.from_config(config, dtype=dtype)
         else:
-            model = auto.from_pretrained(path, config=config, dtype=dtype)
+            model = auto.from_pretrained(path, config=config, dtype=dtype, use_safetensors=True)
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise RaftlmError(
-            f"cannot load model {name!r} ({str(err).splitlines()[0][:200]}): check the path, or go online for hub ids"
+            f"cannot load model {name!r} ({(str(err).splitlines() or [''])[0][:200]}): check the path, or go "
+            "online for hub ids"
+        ) from None
+    except Exception as err:  # safetensors' own error type: a truncated or corrupt weights file
+        if "safetensor" not in type(err).__name__.lower():
+            raise
+        raise RaftlmError(
+            f"the weights of {name} are truncated or corrupt ({str(err)[:120]}): retrain the run, or "
+            "restore it from a copy"
         ) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

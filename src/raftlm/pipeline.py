@@ -22,12 +22,28 @@ from raftlm.config import Config
 from raftlm.core import Example, RaftlmError, Splits
 from raftlm.data import load_splits
 from raftlm.grid import Grid, TargetScaler, make_scaler
-from raftlm.io import clean_stale_tmp, write_json, write_text
+from raftlm.io import (
+    clean_stale_tmp,
+    foreign_files,
+    normal_permissions,
+    output_lock,
+    write_json,
+    write_run_marker,
+    write_text,
+)
 from raftlm.metrics import regression_metrics
 from raftlm.modelcard import write_model_card
 from raftlm.models import add_number_tokens, attach_head, load_model, set_trainable
 from raftlm.predictor import Predictor
-from raftlm.run import FINISHED_FILE, check_run_dir, is_run_dir, load_run, save_run, swap_in
+from raftlm.run import (
+    FINISHED_FILE,
+    check_run_dir,
+    discard_staged,
+    is_run_dir,
+    load_run,
+    save_run,
+    swap_in,
+)
 from raftlm.training import fit, latest_complete_checkpoint, reporting
 
 
@@ -221,10 +237,26 @@ def fit_run(
         raise RaftlmError(
             f"dataset {cfg.data.dataset} has no training examples: check the file or its split column"
         )
+    out = out.absolute()
+    _make_dir(out.parent)
+    try:
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as err:
+        raise RaftlmError(
+            f"cannot create run directory {out} ({err.strerror}): choose a writable --output-dir"
+        ) from None
+    with output_lock(out, "the run directory"):
+        return _fit_locked(cfg, out, overwrite, resume, evaluate_test, splits, callbacks)
+
+
+def _fit_locked(
+    cfg: Config, out: Path, overwrite: bool, resume: bool, evaluate_test: bool, splits: Splits, callbacks
+) -> Run:
     build = check_run_dir(out, overwrite, resume)
     if build != out and is_main_process():
-        shutil.rmtree(build, ignore_errors=True)  # a staged run of an earlier --overwrite that never finished
-    if build == out and is_main_process():
+        discard_staged(build)  # a staged run of an earlier --overwrite that never finished
+    if build == out and is_main_process() and out.exists():
         _clean_leftovers(out)
     _barrier()
     if resume and (out / "config.yaml").exists():
@@ -238,17 +270,23 @@ def fit_run(
             )
         cfg = resumed
     created = not build.exists()
+    was_empty = created or not any(build.iterdir())
     if is_main_process():
         _make_dir(build)
+        write_run_marker(build)  # first: from here on the directory is provably raftlm's
     _barrier()
     try:
         predictor, results = _train_into(build, cfg, splits, resume, evaluate_test, callbacks)
     except BaseException:
         # a staged --overwrite run goes (the old run stays as it was); so does a new run directory
         # with no checkpoint to resume from
-        nothing_to_resume = created and latest_complete_checkpoint(build / "checkpoints") is None
-        if is_main_process() and (build != out or nothing_to_resume):
-            shutil.rmtree(build, ignore_errors=True)
+        nothing_to_resume = was_empty and latest_complete_checkpoint(build / "checkpoints") is None
+        if is_main_process() and (build != out or nothing_to_resume) and not foreign_files(build):
+            if created or build != out:
+                shutil.rmtree(build, ignore_errors=True)
+            else:  # an empty folder the user made: emptied again, kept
+                for p in build.iterdir():
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
         raise
     if build != out and is_main_process():
         swap_in(build, out)
@@ -308,8 +346,11 @@ def _finalize(predictor: Predictor, out: Path, results: dict, keep_checkpoints: 
     (it marks a finished run)."""
     with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as tmp:
         save_run(predictor, tmp)
-        for f in Path(tmp).iterdir():
-            os.replace(f, out / f.name)
+        names = [f.name for f in Path(tmp).iterdir()]
+        write_run_marker(out, names)  # before they land: a kill now leaves nothing unaccounted for
+        for name in names:
+            normal_permissions(Path(tmp) / name, directory=(Path(tmp) / name).is_dir())
+            os.replace(Path(tmp) / name, out / name)
     if not keep_checkpoints:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     write_model_card(out, results)

@@ -28,6 +28,7 @@ class Predictions:
     probs: np.ndarray | None = None
     entropy: np.ndarray | None = None
     n_unparsed: int = 0
+    truncated: np.ndarray | None = None  # per row: the prompt was longer than max_length (cut on the left)
 
 
 def autocast(bf16: bool, device: str = "cpu"):
@@ -131,7 +132,15 @@ class Predictor:
     # --- batching -------------------------------------------------------------------------------
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        return encode_prompts(self.tokenizer, self.fmt, texts, self.max_length)
+        cut: list[bool] = []
+        ids = encode_prompts(self.tokenizer, self.fmt, texts, self.max_length, cut)
+        self.last_truncated = np.asarray(cut, dtype=bool)  # read by predict() right after (one thread)
+        return ids
+
+    def truncated(self, texts: list[str]) -> np.ndarray:
+        """Which texts' prompts are longer than ``max_length`` (and would be cut on the left)."""
+        self.encode(texts)
+        return self.last_truncated
 
     def _batches(self, texts: list[str], batch_size: int, desc: str | None):
         """Batches with their indices: length-bucketed (sorted by token count, so padding is minimal)
@@ -270,7 +279,18 @@ class Predictor:
         desc: str | None = None,
     ) -> Predictions:
         """Point predictions in data units with any decoder of ``decoders.DECODERS`` (a head model
-        always predicts with its head)."""
+        always predicts with its head); ``truncated`` says which prompts were cut to ``max_length``."""
+        preds = self._predict(
+            texts, decoder, batch_size, num_samples, temperature, max_new_tokens, bf16, seed, desc
+        )
+        preds.truncated = getattr(self, "last_truncated", None)
+        if preds.truncated is None or len(preds.truncated) != len(texts):
+            preds.truncated = np.zeros(len(texts), dtype=bool)
+        return preds
+
+    def _predict(
+        self, texts, decoder, batch_size, num_samples, temperature, max_new_tokens, bf16, seed, desc
+    ):
         if self.head is not None:
             return Predictions(self.scaler.to_data(self.head_values(texts, batch_size, bf16, desc)))
         if self.fmt is None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import string
 
-from raftlm.core import RaftlmError
+from raftlm.core import RaftlmError, short
 
 PROMPTS = {
     "stsb": (
@@ -34,13 +35,31 @@ PROMPTS = {
 }
 
 
+ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+ESCAPE = re.compile(r"\\([ntr\\])")
+
+
+def unescape(template: str) -> str:
+    r"""The escapes ``\n``, ``\t``, ``\r`` and ``\\`` of a template as a newline, a tab, a carriage return
+    and one backslash; any other backslash stays. Every template passes here, wherever it was written
+    (a shell flag, YAML in any quoting, ``--set``, Python), so ``--template "A: {a}\nB: {b}"`` and
+    Python's ``"A: {a}\nB: {b}"`` are the same prompt. A literal backslash before n is written ``\\n``."""
+    return ESCAPE.sub(lambda m: ESCAPES[m.group(1)], template)
+
+
 def resolve_template(template: str) -> str:
-    """A template name from PROMPTS, or a format string with {field} placeholders."""
+    """A template name from PROMPTS, or a format string with {field} placeholders (escapes read by
+    ``unescape``)."""
+    if not isinstance(template, str) or not template.strip():
+        raise RaftlmError(
+            f"prompt template {short(template)} is empty: give a format string such as '{{text}}'"
+        )
     if template in PROMPTS:
         return PROMPTS[template]
+    template = unescape(template)
     if "{" not in template:
         raise RaftlmError(
-            f"unknown prompt template {template!r}: use one of {sorted(PROMPTS)} or a format string with {{column}} fields"
+            f"unknown prompt template {short(template)}: use one of {sorted(PROMPTS)} or a format string with {{column}} fields"
         )
     check_template(template)
     return template
@@ -48,7 +67,7 @@ def resolve_template(template: str) -> str:
 
 def _malformed(template: str, why: str) -> RaftlmError:
     return RaftlmError(
-        f"prompt template {template!r} is malformed ({why}): use plain {{column}} fields, "
+        f"prompt template {short(template)} is malformed ({why}): use plain {{column}} fields, "
         "and {{ }} for literal braces"
     )
 
@@ -81,7 +100,7 @@ def render(template: str, row: dict) -> str:
     missing = [f for f in template_fields(template) if f not in row]
     if missing:
         raise RaftlmError(
-            f"column {missing[0]!r} needed by the prompt template is missing (columns: {sorted(map(str, row))}): "
+            f"column {short(missing[0])} needed by the prompt template is missing (columns: {sorted(map(str, row))}): "
             "rename the column or pass --template with the right {field} names"
         )
     return template.format_map({k: ("" if v is None else str(v).strip()) for k, v in row.items()})

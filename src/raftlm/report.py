@@ -13,7 +13,7 @@ import numpy as np
 
 from raftlm import methods
 from raftlm.config import to_int
-from raftlm.core import RaftlmError
+from raftlm.core import RaftlmError, short
 from raftlm.io import atomic_write, clean_stale_tmp, write_json, write_text
 
 LOWER_IS_BETTER = {
@@ -614,8 +614,18 @@ def write_report(results_dir: str) -> Path:
         ) from None
     clean_stale_tmp(root)
     clean_stale_tmp(root / "figures")
+    if not isinstance(rows, list):
+        raise RaftlmError(f"{path} is not a list of cells: rerun `raftlm experiment` to rewrite it")
     if not rows:
         raise RaftlmError(f"{path} has no finished cells yet: let the sweep run")
+    needed = ("dataset", "model", "method", "decoder", "rmse", "run_id", "cell_id")
+    bad = next(
+        (i for i, r in enumerate(rows) if not isinstance(r, dict) or any(k not in r for k in needed)), None
+    )
+    if bad is not None:
+        raise RaftlmError(
+            f"{path}: entry {bad} is not a cell's result ({short(rows[bad])}): rerun `raftlm experiment` to rewrite it"
+        )
     aggs = aggregate(rows)
     write_json(root / "summary.json", aggs)
     md = tables(aggs, rows, planned_seeds(root))

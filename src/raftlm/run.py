@@ -8,17 +8,27 @@ model card README.md, and eval_results.json, written last: its presence marks a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from raftlm.core import RaftlmError
+from raftlm.core import RaftlmError, short
 from raftlm.grid import Grid, TargetScaler
 from raftlm.heads import HEAD_CLASSES
-from raftlm.io import META_FILE, is_run_dir, write_json
+from raftlm.io import (
+    META_FILE,
+    RUN_MARKER,
+    foreign_files,
+    is_marked_run,
+    is_run_dir,
+    read_run_marker,
+    write_json,
+)
 from raftlm.models import (
     attach_head,
     detach_head,
@@ -53,12 +63,19 @@ def is_finished(path: str | Path) -> bool:
     return (Path(path) / FINISHED_FILE).exists()
 
 
-RUN_MARKERS = ("config.yaml", META_FILE)  # what raftlm writes first into a run directory
-
-
 def staging_dir(out: Path) -> Path:
     """Where ``--overwrite`` builds the new run, beside the old one (hidden; swapped in when finished)."""
     return out.parent / f".{out.name}.raftlm-new"
+
+
+def old_dir(out: Path) -> Path:
+    """Where the replaced run waits, during the swap, until it is deleted."""
+    return out.parent / f".{out.name}.raftlm-old"
+
+
+def journal_path(out: Path) -> Path:
+    """The swap's journal: written before the first rename, deleted after the last step."""
+    return out.parent / f".{out.name}.raftlm-swap.json"
 
 
 def _contents(out: Path, n: int = 4) -> str:
@@ -66,25 +83,61 @@ def _contents(out: Path, n: int = 4) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
+def _legacy_unfinished(out: Path) -> bool:
+    """An unfinished run of a raftlm from before run markers: a config.yaml raftlm can read, and
+    checkpoints/. Only ``--resume`` accepts it (resuming deletes nothing); it is marked then."""
+    from raftlm.config import Config
+
+    if not (out / "checkpoints").is_dir() or not (out / "config.yaml").is_file():
+        return False
+    try:
+        Config.from_yaml(str(out / "config.yaml"))
+    except (RaftlmError, OSError, ValueError):
+        return False
+    return True
+
+
+def _refuse_unsafe_place(out: Path) -> None:
+    """A run directory is replaced by renaming it: never the current folder, one of its parents, the
+    filesystem root or the home folder."""
+    here = Path.cwd().resolve()
+    if out == here or out in here.parents or out == Path(out.anchor) or out == Path.home().resolve():
+        raise RaftlmError(
+            f"--output-dir {out} is the current folder, one of its parents, / or your home folder: "
+            "give a run directory of its own, e.g. --output-dir runs/my-run"
+        )
+
+
 def check_run_dir(out: Path, overwrite: bool, resume: bool) -> Path:
     """Where to build the run: ``out`` itself, or (``--overwrite`` of an existing run) a staging
-    directory beside it, so the old run survives until the new one has finished. A directory that is
-    not a raftlm run is never touched."""
+    directory beside it, so the old run survives until the new one has finished. Only a directory that
+    raftlm marked as a run (``.raftlm-run``) and that holds nothing raftlm did not write is ever replaced;
+    anything else is refused before any work."""
+    out = Path(out).absolute()
+    _refuse_unsafe_place(out.resolve())
+    recover_swap(out)
     if out.exists() and not out.is_dir():
         raise RaftlmError(f"output path {out} is a file: choose a directory for --output-dir")
-    if not out.exists() or not any(out.iterdir()):
-        return out
-    if not any((out / m).exists() for m in RUN_MARKERS):
-        raise RaftlmError(
-            f"output directory {out} is not a raftlm run (it holds {_contents(out)}) and is never "
-            "replaced: choose another --output-dir"
-        )
     if overwrite and resume:
         raise RaftlmError("--overwrite starts the run afresh and --resume continues it: pass one of them")
+    if not out.exists() or not any(out.iterdir()):
+        return out
+    if not is_marked_run(out):
+        if resume and _legacy_unfinished(out):
+            return out
+        raise RaftlmError(
+            f"output directory {out} is not a raftlm run (no {RUN_MARKER} marker; it holds {_contents(out)}) "
+            "and is never replaced or written into: choose another --output-dir"
+        )
     if overwrite:
+        if foreign := foreign_files(out):
+            raise RaftlmError(
+                f"run directory {out} holds files raftlm did not write ({', '.join(foreign[:4])}): "
+                "move them out of it before --overwrite, or choose another --output-dir"
+            )
         return staging_dir(out)
     finished = is_finished(out)
-    if resume and not finished and (out / "config.yaml").exists():
+    if resume and not finished:
         return out
     if finished:
         raise RaftlmError(
@@ -96,13 +149,72 @@ def check_run_dir(out: Path, overwrite: bool, resume: bool) -> Path:
     )
 
 
+def discard_staged(staged: Path) -> None:
+    """Delete a staging directory of ours (a marked run), e.g. of an earlier --overwrite that never finished."""
+    if staged.exists() and is_marked_run(staged):
+        shutil.rmtree(staged)
+
+
 def swap_in(staged: Path, out: Path) -> None:
-    """Replace the run at ``out`` by the finished run at ``staged`` (two renames, then delete the old)."""
-    old = out.parent / f".{out.name}.raftlm-old"
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(out, old)
-    os.replace(staged, out)
-    shutil.rmtree(old, ignore_errors=True)
+    """Replace the run at ``out`` by the finished run at ``staged``: a journal, two renames, the old run
+    deleted, the journal deleted. A kill at any point leaves the journal, and ``recover_swap`` (run by
+    the next train, predict, evaluate or serve of ``out``) finishes the swap."""
+    if foreign := foreign_files(out):
+        raise RaftlmError(
+            f"run directory {out} gained files raftlm did not write while training ({', '.join(foreign[:4])}), "
+            f"so it was not replaced: the new run is in {staged}; move them out and rerun with --overwrite"
+        )
+    write_json(journal_path(out), {"out": out.name, "old": old_dir(out).name, "new": staged.name})
+    _finish_swap(out)
+
+
+def _finish_swap(out: Path) -> str:
+    """The swap's remaining steps, whichever were done (each is idempotent); what it did, in words."""
+    staged, old = staging_dir(out), old_dir(out)
+    did = "the new run is in place"
+    if staged.exists() and is_marked_run(staged):
+        if out.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(out, old)
+        os.replace(staged, out)
+    elif not out.exists() and old.exists():  # the new run is gone: put the old one back
+        os.replace(old, out)
+        did = "the new run was missing, so the old run is back in place"
+    if old.exists() and is_marked_run(old):
+        shutil.rmtree(old)
+    journal_path(out).unlink(missing_ok=True)
+    return did
+
+
+def recover_swap(out: str | Path) -> str | None:
+    """Finish an ``--overwrite`` swap of run ``out`` that a kill interrupted (its journal is still there);
+    says what it did on stderr. None when there was nothing to do."""
+    out = Path(out).absolute()
+    if not journal_path(out).exists():
+        return None
+    did = _finish_swap(out)
+    message = f"raftlm: finished an interrupted --overwrite of {out}: {did}"
+    print(message, file=sys.stderr)
+    return message
+
+
+FINGERPRINTED = (META_FILE, "config.json", "config.yaml", "tokenizer.json", "model.safetensors.index.json")
+
+
+def model_fingerprint(name: str) -> str:
+    """What identifies a model for ``predict --resume``: for a local directory, its run marker's id and
+    the name, size and modification time of its config and weight files (a retrained or replaced run
+    differs); for a model name or hub id, the name."""
+    path = Path(name)
+    if not path.is_dir():
+        return name
+    h = hashlib.sha256(str((read_run_marker(path) or {}).get("id")).encode())
+    for f in sorted(path.iterdir()):
+        if f.is_file() and (f.suffix in (".safetensors", ".bin") or f.name in FINGERPRINTED):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return f"{path.resolve()}#{h.hexdigest()[:16]}"
 
 
 def metadata(p: Predictor) -> dict:
@@ -146,6 +258,29 @@ def save_run(p: Predictor, directory: str | Path) -> Path:
     return directory
 
 
+REQUIRED_META = ("grid", "scaler", "template", "normalize_grid", "max_length")
+
+
+def read_metadata(directory: Path) -> dict:
+    """``raftlm.json`` of a run, checked: a truncated or edited file is one line, not a KeyError later."""
+    path = directory / META_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise RaftlmError(
+            f"{path} is unreadable ({short(str(err))}): the run is damaged; retrain it or restore it from a copy"
+        ) from None
+    absent = [k for k in REQUIRED_META if not isinstance(meta, dict) or k not in meta]
+    if absent:
+        raise RaftlmError(f"{path} lacks {absent}: the run is damaged; retrain it or restore it from a copy")
+    if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise RaftlmError(
+            f"{path} is format {meta['format_version']}, newer than this raftlm reads ({FORMAT_VERSION}): "
+            "upgrade raftlm"
+        )
+    return meta
+
+
 def load_run(directory: str | Path, device: str = "auto", dtype: str = "auto") -> Predictor:
     """A run directory on ``device`` in ``dtype`` (see ``Predictor.to``); the weights are read in
     that dtype, so a bf16 load never holds a float32 copy."""
@@ -154,7 +289,8 @@ def load_run(directory: str | Path, device: str = "auto", dtype: str = "auto") -
         raise RaftlmError(
             f"{directory} is not a raftlm model (no {META_FILE}): pass a run directory from `raftlm train`"
         )
-    meta = json.loads((directory / META_FILE).read_text())
+    recover_swap(directory)
+    meta = read_metadata(directory)
     encoder = meta.get("encoder", False)
     model, tok = load_model(
         str(directory), encoder=encoder, dtype=resolve_dtype(dtype, resolve_device(device))
@@ -167,7 +303,13 @@ def load_run(directory: str | Path, device: str = "auto", dtype: str = "auto") -
     head = None
     if meta.get("head"):
         head = HEAD_CLASSES[meta["head"]["class"]](**meta["head"]["kwargs"])
-        head.load_state_dict(load_file(str(directory / "head.safetensors")))
+        try:
+            head.load_state_dict(load_file(str(directory / "head.safetensors")))
+        except Exception as err:  # missing, truncated or not this head's
+            raise RaftlmError(
+                f"{directory}/head.safetensors cannot be read ({str(err)[:120]}): retrain the run, or "
+                "restore it from a copy"
+            ) from None
         attach_head(model, head)
         model.eval()
     return Predictor(

@@ -147,10 +147,13 @@ def _leading_special(tokenizer) -> int:
     return n
 
 
-def encode_prompts(tokenizer, fmt: AnswerFormat | None, texts: list[str], max_length: int) -> list[list[int]]:
+def encode_prompts(
+    tokenizer, fmt: AnswerFormat | None, texts: list[str], max_length: int, truncated: list | None = None
+) -> list[list[int]]:
     """Token ids of each prompt (special tokens included). Over-long prompts lose tokens on the left,
-    after the leading special tokens, so the answer cue at the end survives; a warning says so.
-    ``fmt=None`` (encoders) encodes the bare text."""
+    after the leading special tokens, so the answer cue at the end survives; a warning says so, and
+    ``truncated`` (a list, when given) gets one bool per prompt. ``fmt=None`` (encoders) encodes the
+    bare text."""
     keep = max_length - (fmt.max_len if fmt is not None else 0)
     n_special = _leading_special(tokenizer)
     out, cut = [], 0
@@ -160,10 +163,13 @@ def encode_prompts(tokenizer, fmt: AnswerFormat | None, texts: list[str], max_le
                 "input_ids"
             ]
         )
-        if len(ids) > keep:
+        long = len(ids) > keep
+        if long:
             ids = ids[:n_special] + ids[len(ids) - (keep - n_special) :]
             cut += 1
         out.append(ids)
+        if truncated is not None:
+            truncated.append(long)
     if cut:
         warnings.warn(
             f"{cut} prompt(s) longer than max_length={max_length} were truncated from the left "

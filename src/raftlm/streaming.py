@@ -10,6 +10,7 @@ deletes them. Under torchrun / accelerate every process predicts one contiguous 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -23,11 +24,13 @@ import torch
 from tqdm.auto import tqdm
 
 from raftlm.config import Config
-from raftlm.core import Example, RaftlmError
+from raftlm.core import Example, RaftlmError, short
 from raftlm.files import iter_rows, to_examples
-from raftlm.io import atomic_write, prepare_output
+from raftlm.io import atomic_write, disk_error, prepare_output, same_file
 from raftlm.pipeline import predict_examples
 from raftlm.predictor import Predictions, Predictor
+from raftlm.rows import TargetsIn
+from raftlm.run import model_fingerprint
 
 CHUNK_ROWS = 2048  # rows read, predicted and written at a time: memory is bounded by this, not the file
 
@@ -41,10 +44,14 @@ def job_path(output: Path) -> Path:
     return output.parent / f".{output.name}.partial.json"
 
 
-def check_output(output: str | Path, overwrite: bool, resume: bool) -> Path:
-    """Before loading a model: never clobber a finished output, nor an interrupted one's partial file;
-    clean what a kill left of an atomic write of this output (not the partial file: that resumes)."""
-    output = prepare_output(output, overwrite)
+def check_output(output: str | Path, overwrite: bool, resume: bool, input: str | Path | None = None) -> Path:
+    """Before loading a model: the output contract (``io.check_output_file``: not the input, not a
+    special file, an existing folder), never clobber a finished output, nor an interrupted one's
+    partial file; clean what a kill left of an atomic write of this output (not the partial file: that
+    resumes)."""
+    output = prepare_output(output, overwrite, [input] if input else ())
+    if input is not None and any(same_file(p, input) for p in (partial_path(output), job_path(output))):
+        raise RaftlmError(f"--input {input} is the partial file of --output {output}: choose another output")
     if overwrite and resume:
         raise RaftlmError(
             "--overwrite starts the prediction afresh and --resume continues it: pass one of them"
@@ -92,17 +99,27 @@ def row_chunks(path: str | Path, size: int, begin: int = 0, end: int | None = No
 
 
 def scan(path: str | Path, template: str, target_column: str) -> tuple[int, bool]:
-    """Rows in the input and whether they carry targets (the first row decides). Every row is rendered,
-    so bad input fails with its row number before anything is predicted or written."""
-    n, has_target = 0, False
+    """Rows in the input and whether they carry targets (decided over all rows: a file with targets in
+    some rows only is refused, naming the first row that differs). Every row is rendered, so bad input
+    fails with its row number before anything is predicted or written."""
+    n, targets = 0, TargetsIn(target_column, str(path))
     for start, rows in row_chunks(path, CHUNK_ROWS):
-        if start == 0:
-            has_target = target_column in rows[0]
-        to_examples(rows, template, target_column if has_target else None, str(path), start + 1)
+        for i, row in enumerate(rows, start=start + 1):
+            targets.see(row, f"line {row.line}" if getattr(row, "line", None) else f"row {i}")
+        to_examples(rows, template, target_column if targets.present else None, str(path), start + 1)
         n += len(rows)
     if n == 0:
         raise RaftlmError(f"{path} has no rows: give a file with a header and data")
-    return n, has_target
+    return n, targets.present
+
+
+def file_sha256(path: str | Path) -> str:
+    """The content hash of a file (what a resume checks the input against)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def shard(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -134,12 +151,19 @@ def _begin(output: Path, job: dict, resume: bool) -> int:
     """Rows this process already wrote (``--resume``); otherwise stale partial files go (main process)."""
     state, saved = _state(), job_path(output)
     if resume and saved.exists():
-        old = json.loads(saved.read_text())
-        if old != job:
-            changed = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in job.items() if old.get(k) != v)
+        try:
+            old = json.loads(saved.read_text())
+        except (OSError, ValueError):
+            old = None
+        if not isinstance(old, dict):
             raise RaftlmError(
-                f"cannot resume the prediction into {output}: it was started differently ({changed}); "
-                "rerun with the same settings or pass --overwrite"
+                f"cannot resume the prediction into {output}: its record {saved} is unreadable; pass "
+                "--overwrite to start over"
+            )
+        if old != job:
+            raise RaftlmError(
+                f"cannot resume the prediction into {output}: {_changes(old, job)} since it started; "
+                "pass --overwrite to start over (or restore what changed)"
             )
         part = partial_path(output, state.process_index, state.num_processes)
         return complete_rows(part) if part.exists() else 0
@@ -149,6 +173,21 @@ def _begin(output: Path, job: dict, resume: bool) -> int:
         atomic_write(saved, lambda p: p.write_text(json.dumps(job) + "\n"))
     state.wait_for_everyone()
     return 0
+
+
+CHANGED = {  # how a resume's mismatch is said, per key of the job record
+    "input_sha256": "the input file's content changed",
+    "model": "the model changed (retrained, replaced or another one)",
+    "input": "the input is another file",
+}
+
+
+def _changes(old: dict, job: dict) -> str:
+    said = []
+    for k, v in job.items():
+        if old.get(k) != v:
+            said.append(CHANGED.get(k, f"{k} changed ({short(old.get(k))} -> {short(v)})"))
+    return "; ".join(said) or "its settings changed"
 
 
 def _partials(output: Path) -> list[Path]:
@@ -195,7 +234,8 @@ def predict_file(
     decoder = "head" if predictor.head is not None else cfg.eval.decoder
     job = {
         "input": str(Path(input).resolve()),
-        "model": cfg.model.name,
+        "input_sha256": file_sha256(input),
+        "model": model_fingerprint(cfg.model.name),
         "decoder": decoder,
         "with_probs": with_probs,
         "rows": n,
@@ -221,6 +261,9 @@ def predict_file(
                 f.flush()
                 os.fsync(f.fileno())
                 bar.update(len(rows))
+    except OSError as err:
+        _discard_if_empty(output, part, state.num_processes)
+        raise disk_error(err, output, "rerun with --resume (the rows written so far are kept)") from None
     except BaseException:
         _discard_if_empty(output, part, state.num_processes)
         raise

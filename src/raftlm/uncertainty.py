@@ -1,14 +1,22 @@
 """Predictive uncertainty from the grid distribution, and split-conformal intervals.
 
-**The grid distribution as a density.** A grid model gives probabilities p_k of the grid values
-v_1 < ... < v_G (renormalized over the grid here). A continuous target needs a density, so each value's
-probability is spread uniformly over its cell: from the midpoint with the previous value to the midpoint
-with the next; the end cells reach as far outward as inward (grid 1..5: cells [0.5, 1.5], ..., [4.5, 5.5]).
-This histogram gives the CDF (piecewise linear, so quantiles interpolate within a cell), the NLL
-(-log(p_k / width_k) for a target in cell k) and the CRPS. ``mean`` is RAIL over the renormalized grid;
-``std`` is sqrt(E[(Y - mean)^2]) under the histogram, which on an evenly spaced grid of step h is
-sqrt(Var_grid + h^2 / 12): a model sure of one value keeps the grid's resolution as its spread (and the
-std-scaled conformal score never divides by zero).
+**One distribution.** A grid model gives probabilities p_k of the grid values v_1 < ... < v_G; the rest of
+its probability, 1 - sum_k p_k, goes to strings that are not grid values. The predictive distribution is
+the one whose mean *is* the printed RAIL prediction (eq. 5, sum_k p_k v_k): the grid values with their
+probabilities, and the rest of the mass on the value 0 in grid units (``rest``: what eq. 5 credits a
+non-grid answer with, as eq. 1 does an unparsable decode). With ``normalize_grid`` (table 16) the point
+prediction is RAIL over the renormalized grid, and so is the distribution (``rest=None``). Its mean, std,
+median, quantiles, CRPS, NLL and every interval are computed from it, so the point prediction, the
+``mean`` and the intervals around them describe one distribution. For a trained model the rest is tiny
+(grid mass ~1) and both readings agree; for an untrained one it is not, and the intervals say so.
+
+**As a density.** A continuous target needs a density, so each value's probability is spread uniformly
+over its cell: from the midpoint with the previous value to the midpoint with the next; the end cells reach
+as far outward as inward (grid 1..5: cells [0.5, 1.5], ..., [4.5, 5.5]). This histogram gives the CDF
+(piecewise linear, so quantiles interpolate within a cell), the NLL (-log(p_k / width_k) for a target in
+cell k) and the CRPS. ``std`` is sqrt(E[(Y - mean)^2]) under the histogram, which on an evenly spaced grid
+of step h is sqrt(Var_grid + h^2 / 12): a model sure of one value keeps the grid's resolution as its
+spread (and the std-scaled conformal score never divides by zero).
 
 **Units.** The distribution functions take ``values`` in whatever units the caller uses; raftlm passes
 data units (``scaler.to_data(grid values)``: the target scaler is affine and increasing, so probabilities
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +45,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from raftlm import decoders
-from raftlm.core import KIND_CHOICES, RaftlmError, check_level
+from raftlm.core import KIND_CHOICES, RaftlmError, check_level, short
 from raftlm.grid import TargetScaler
 
 LEVELS = (0.8, 0.9, 0.95)  # what `evaluate` reports
@@ -49,19 +58,30 @@ FORMAT_VERSION = 1
 # --- the grid distribution (pure functions over values (G,) and probs (N, G)) -----------------------
 
 
-def _histogram(values, probs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted values (G,), renormalized probabilities (N, G) in that order, cell edges (G + 1,).
-    A row without grid mass counts as uniform."""
+def _histogram(values, probs, rest: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted values, probabilities (N, values) in that order, cell edges (values + 1,). With ``rest``
+    (a value, same units) the mass off the grid sits there (a value of its own, or added to the grid
+    value it equals); without, the grid is renormalized and a row without grid mass counts as uniform."""
     v = np.asarray(values, dtype=np.float64)
     if v.size < 2:
         raise RaftlmError(
             "a one-value grid has no distribution to read uncertainty from: use a grid of 2+ values"
         )
-    order = np.argsort(v)
-    v = v[order]
-    p = np.atleast_2d(np.asarray(probs, dtype=np.float64))[:, order]
+    p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
     mass = p.sum(-1, keepdims=True)
-    p = np.where(mass > 0, p / np.where(mass > 0, mass, 1.0), 1.0 / v.size)
+    if rest is None:
+        p = np.where(mass > 0, p / np.where(mass > 0, mass, 1.0), 1.0 / v.size)
+    else:
+        p = p / np.maximum(mass, 1.0)  # float error can put the sum a hair above 1
+        off = 1.0 - p.sum(-1)
+        at = np.flatnonzero(np.isclose(v, rest))
+        if at.size:
+            p = p.copy()
+            p[:, at[0]] += off
+        else:
+            v, p = np.append(v, rest), np.concatenate([p, off[:, None]], axis=-1)
+    order = np.argsort(v)
+    v, p = v[order], p[:, order]
     mid = (v[1:] + v[:-1]) / 2
     edges = np.concatenate([[v[0] - (v[1] - v[0]) / 2], mid, [v[-1] + (v[-1] - v[-2]) / 2]])
     return v, p, edges
@@ -75,33 +95,33 @@ def _cell_of(edges: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.clip(np.searchsorted(edges, y, side="right") - 1, 0, len(edges) - 2)
 
 
-def grid_mean(values, probs) -> np.ndarray:
-    """RAIL over the renormalized grid (eq. 5 with table 16's normalization)."""
-    v, p, _ = _histogram(values, probs)
+def grid_mean(values, probs, rest: float | None = None) -> np.ndarray:
+    """The distribution's mean: RAIL (eq. 5) with ``rest``, RAIL over the renormalized grid without."""
+    v, p, _ = _histogram(values, probs, rest)
     return p @ v
 
 
-def grid_std(values, probs) -> np.ndarray:
+def grid_std(values, probs, rest: float | None = None) -> np.ndarray:
     """sqrt(E[(Y - mean)^2]) under the histogram: spread of the cell centres around the mean plus each
     cell's own width^2 / 12 (on an evenly spaced grid: sqrt(Var_grid + h^2 / 12))."""
-    v, p, e = _histogram(values, probs)
+    v, p, e = _histogram(values, probs, rest)
     mu = p @ v
     centre, width = (e[1:] + e[:-1]) / 2, np.diff(e)
     return np.sqrt((p * ((centre - mu[:, None]) ** 2 + width**2 / 12)).sum(-1))
 
 
-def grid_cdf(values, probs, y) -> np.ndarray:
+def grid_cdf(values, probs, y, rest: float | None = None) -> np.ndarray:
     """P(Y <= y) under the histogram, one y per row."""
-    _, p, e = _histogram(values, probs)
+    _, p, e = _histogram(values, probs, rest)
     y = np.broadcast_to(np.asarray(y, dtype=np.float64), (len(p),))
     k, rows = _cell_of(e, y), np.arange(len(p))
     frac = np.clip((y - e[k]) / np.diff(e)[k], 0.0, 1.0)
     return _cdf_at_edges(p)[rows, k] + p[rows, k] * frac
 
 
-def grid_quantile(values, probs, level) -> np.ndarray:
+def grid_quantile(values, probs, level, rest: float | None = None) -> np.ndarray:
     """Quantile(s) of the histogram: (N,) for one level, (N, L) for a sequence of levels."""
-    _, p, e = _histogram(values, probs)
+    _, p, e = _histogram(values, probs, rest)
     F, rows, width = _cdf_at_edges(p), np.arange(len(p)), np.diff(e)
     levels = np.atleast_1d(np.asarray(level, dtype=np.float64))
     out = np.empty((len(p), levels.size))
@@ -113,15 +133,15 @@ def grid_quantile(values, probs, level) -> np.ndarray:
     return out[:, 0] if np.ndim(level) == 0 else out
 
 
-def grid_median(values, probs) -> np.ndarray:
+def grid_median(values, probs, rest: float | None = None) -> np.ndarray:
     """The interpolated median (decoders.median is the discrete one: a grid value)."""
-    return grid_quantile(values, probs, 0.5)
+    return grid_quantile(values, probs, 0.5, rest)
 
 
-def grid_nll(values, probs, y) -> np.ndarray:
+def grid_nll(values, probs, y, rest: float | None = None) -> np.ndarray:
     """-log density of y under the histogram (nats; density per unit of ``values``), floored at
     NLL_DENSITY_FLOOR for targets outside every cell."""
-    _, p, e = _histogram(values, probs)
+    _, p, e = _histogram(values, probs, rest)
     y = np.broadcast_to(np.asarray(y, dtype=np.float64), (len(p),))
     k = _cell_of(e, y)
     density = p[np.arange(len(p)), k] / np.diff(e)[k]
@@ -129,11 +149,11 @@ def grid_nll(values, probs, y) -> np.ndarray:
     return -np.log(np.maximum(density, NLL_DENSITY_FLOOR))
 
 
-def grid_crps(values, probs, y) -> np.ndarray:
+def grid_crps(values, probs, y, rest: float | None = None) -> np.ndarray:
     """CRPS = integral of (F(x) - 1[x >= y])^2 dx under the histogram (units of ``values``; for a point
     forecast it would be the absolute error). F is linear between breakpoints (the edges and y), so each
     piece integrates exactly: L (g0^2 + g0 g1 + g1^2) / 3."""
-    _, p, e = _histogram(values, probs)
+    _, p, e = _histogram(values, probs, rest)
     y = np.broadcast_to(np.asarray(y, dtype=np.float64), (len(p),))
     F = _cdf_at_edges(p)
     out = np.empty(len(p))
@@ -146,14 +166,17 @@ def grid_crps(values, probs, y) -> np.ndarray:
     return out
 
 
-def summarize(values, probs, quantiles: Sequence[float] = QUANTILES) -> dict[str, np.ndarray]:
-    """Per-example mean (renormalized RAIL), std, interpolated median, entropy (nats) and quantiles."""
+def summarize(
+    values, probs, rest: float | None = None, quantiles: Sequence[float] = QUANTILES
+) -> dict[str, np.ndarray]:
+    """Per-example mean (the RAIL prediction), std, interpolated median, entropy (nats, of the grid) and
+    quantiles of the distribution."""
     return {
-        "mean": grid_mean(values, probs),
-        "std": grid_std(values, probs),
-        "median": grid_median(values, probs),
+        "mean": grid_mean(values, probs, rest),
+        "std": grid_std(values, probs, rest),
+        "median": grid_median(values, probs, rest),
         "entropy": decoders.entropy(probs),
-        "quantiles": grid_quantile(values, probs, list(quantiles)),
+        "quantiles": grid_quantile(values, probs, list(quantiles), rest),
     }
 
 
@@ -189,15 +212,20 @@ class GridRegressor(RegressorMixin, BaseEstimator):
 
     def predict(self, X, return_std: bool = False):
         probs = np.asarray(X, dtype=np.float64)
-        # a row without grid mass (MAPIE probes prefit estimators with zeros) counts as uniform
-        probs = np.where(probs.sum(-1, keepdims=True) > 0, probs, 1.0 / probs.shape[1])
+        rest = rest_value(self.scaler, self.normalize_grid)
         if self.quantile is not None:
-            return grid_quantile(self._data_values(), probs, self.quantile)
+            return grid_quantile(self._data_values(), probs, self.quantile, rest)
         grid = np.asarray(self.values, dtype=np.float64)
         rule = decoders.GRID_DECODERS[self.rule]
         g = rule(grid, probs, self.normalize_grid) if self.rule == "rail" else rule(grid, probs)
         point = self.scaler.to_data(g)
-        return (point, grid_std(self._data_values(), probs)) if return_std else point
+        return (point, grid_std(self._data_values(), probs, rest)) if return_std else point
+
+
+def rest_value(scaler: TargetScaler, normalize_grid: bool) -> float | None:
+    """Where the distribution puts the mass off the grid (data units): grid value 0, as RAIL does; None
+    (renormalize) when the predictions renormalize the grid."""
+    return None if normalize_grid else float(scaler.to_data(np.asarray(0.0)))
 
 
 class ColumnRegressor(RegressorMixin, BaseEstimator):
@@ -264,8 +292,9 @@ def _cqr(cal: Calibration, X, levels, rule: str):
 
 def _raw_grid(cal: Calibration, X, levels, rule: str):
     values = cal.scaler.to_data(np.asarray(cal.grid, dtype=np.float64))
+    rest = rest_value(cal.scaler, cal.normalize_grid)
     tails = [(1 - c) / 2 for c in levels]
-    return grid_quantile(values, X, tails), grid_quantile(values, X, [1 - t for t in tails])
+    return grid_quantile(values, X, tails, rest), grid_quantile(values, X, [1 - t for t in tails], rest)
 
 
 KINDS: dict[str, IntervalKind] = {
@@ -326,7 +355,9 @@ class Calibration:
         return GridRegressor(self.grid, self.scaler, rule, self.normalize_grid).fit(self.features)
 
     def quantile_estimator(self, level: float) -> GridRegressor:
-        return GridRegressor(self.grid, self.scaler, quantile=level).fit(self.features)
+        return GridRegressor(self.grid, self.scaler, normalize_grid=self.normalize_grid, quantile=level).fit(
+            self.features
+        )
 
     def kind(self, kind: str = "auto") -> str:
         """Resolve ``auto`` (cqr with a grid distribution, absolute without) and refuse what cannot run."""
@@ -393,10 +424,20 @@ class Calibration:
         return write_json(Path(run_dir) / CALIBRATION_FILE, self.to_dict())
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> Calibration | None:
-        """The run's calibration, or None when it has none."""
+    def load(cls, run_dir: str | Path, required: bool = True) -> Calibration | None:
+        """The run's calibration, or None when it has none. A damaged calibration.json is a one-line
+        error when ``required`` (intervals were asked for), else a warning and None."""
         path = Path(run_dir) / CALIBRATION_FILE
-        return cls.from_dict(json.loads(path.read_text())) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            message = f"{path} is damaged ({short(str(err))}): recalibrate with `raftlm calibrate {run_dir}`"
+            if required:
+                raise RaftlmError(message) from None
+            warnings.warn(message + "; going on without conformal intervals", stacklevel=2)
+            return None
 
 
 # --- glue to a Predictor ---------------------------------------------------------------------------
@@ -423,6 +464,11 @@ def _grid_of(predictor, X: np.ndarray) -> tuple | None:
 def data_values(predictor) -> np.ndarray:
     """The grid values in data units (where the distribution math runs)."""
     return predictor.scaler.to_data(predictor.grid.array)
+
+
+def predictor_rest(predictor) -> float | None:
+    """``rest_value`` of a predictor's grid (see the module docstring: one distribution)."""
+    return rest_value(predictor.scaler, predictor.normalize_grid)
 
 
 def center_rule(decoder: str) -> str:
@@ -512,10 +558,10 @@ def evaluation(
         return out  # text decoders: no distribution, no intervals
     X = features(predictor, preds)
     if X.shape[1] > 1:
-        values = data_values(predictor)
-        out["crps"] = float(grid_crps(values, preds.probs, y).mean())
-        out["nll"] = float(grid_nll(values, preds.probs, y).mean())
-        out["mean_std"] = float(grid_std(values, preds.probs).mean())
+        values, rest = data_values(predictor), predictor_rest(predictor)
+        out["crps"] = float(grid_crps(values, preds.probs, y, rest).mean())
+        out["nll"] = float(grid_nll(values, preds.probs, y, rest).mean())
+        out["mean_std"] = float(grid_std(values, preds.probs, rest).mean())
     cal = cal if cal is not None else Calibration.uncalibrated(predictor, X)
     if rows := interval_rows(cal, X, y, levels, kinds, center_rule(decoder)):
         out["intervals"] = rows
@@ -543,7 +589,7 @@ def prediction_fields(
                 "--with-uncertainty reads the grid distribution, and this model predicts one number (a "
                 "head): use --interval with a calibrated run (residual intervals)"
             )
-        s = summarize(data_values(predictor), X)
+        s = summarize(data_values(predictor), X, predictor_rest(predictor))
         for i, row in enumerate(rows):
             row.update({k: float(s[k][i]) for k in ("mean", "std", "median", "entropy")})
             row["quantiles"] = {f"{q:g}": float(v) for q, v in zip(QUANTILES, s["quantiles"][i], strict=True)}
