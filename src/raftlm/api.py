@@ -198,6 +198,11 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         texts = [e.text for e in examples_from(X, None, self.prompt_template)]
         return self.predictor_.predict(texts, decoder or self.decoder, self.batch_size, bf16=self._bf16())
 
+    def prompts(self, X) -> list[str]:
+        """The prompt each row of ``X`` becomes (the template filled in), exactly as the model reads it."""
+        template = self.predictor_.template if hasattr(self, "predictor_") else self.prompt_template
+        return [e.text for e in examples_from(X, None, template)]
+
     def calibrate(self, X, y) -> RAFTRegressor:
         """Split-conformal calibration on labelled examples the model did not train on (``fit`` does it
         on ``eval_set``); ``save`` keeps it."""

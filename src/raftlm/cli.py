@@ -244,12 +244,37 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="predict numbers for a CSV/JSONL file; writes JSONL")
     predict.add_argument("--with-probs", action="store_true", help="include grid probabilities and entropy")
     predict.add_argument(
+        "--with-prompts",
+        action="store_true",
+        help="include the prompt each row became (the template filled in)",
+    )
+    predict.add_argument(
         "--resume", action="store_true", help="continue an interrupted prediction from its partial file"
     )
     predict.add_argument(
         "--with-uncertainty",
         action="store_true",
         help="include the grid distribution's mean, std, median, entropy and 5/25/75/95 %% quantiles",
+    )
+    predict.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (or torchrun's); ray: Ray Data reads the input (CSV/JSONL/Parquet, a file "
+        "or folder) and --actors copies of the model predict (pip install 'raftlm[ray]')",
+    )
+    predict.add_argument(
+        "--ray-address", help="--engine ray: the cluster to join (default: RAY_ADDRESS, else a local Ray)"
+    )
+    predict.add_argument(
+        "--actors", type=int, help="--engine ray: model copies (default: one per GPU of the cluster, else 1)"
+    )
+    predict.add_argument(
+        "--shards",
+        type=int,
+        metavar="ROWS",
+        help="--engine ray: write a folder of Parquet files of ROWS rows, each row with its input row id "
+        "(index), instead of one JSONL file",
     )
     evaluate = sub.add_parser(
         "evaluate", help="metrics (RMSE, MAE, Pearson, Spearman, R^2) on a split or file"
@@ -452,6 +477,11 @@ def _entropy(args, cfg: Config, predictor, examples) -> dict:
 
 
 def cmd_predict(args) -> None:
+    if args.engine == "ray":  # Ray Data reads the input, a pool of actors predicts: integrations/ray.py
+        from raftlm.integrations.ray import predict_on_ray
+
+        predict_on_ray(args, _run_config(args), _dataset_given(args))
+        return
     from raftlm.streaming import check_output
 
     if not args.input or not args.output:
@@ -496,6 +526,7 @@ def _predict(args) -> None:
         args.resume,
         fields=fields,
         fields_settings=settings,
+        with_prompts=args.with_prompts,
     )
     if is_main_process():
         print(f"wrote {n} predictions to {args.output}")

@@ -84,17 +84,16 @@ def _contents(out: Path, n: int = 4) -> str:
 
 
 def _legacy_unfinished(out: Path) -> bool:
-    """An unfinished run of a raftlm from before run markers: a config.yaml raftlm can read, and
-    checkpoints/. Only ``--resume`` accepts it (resuming deletes nothing); it is marked then."""
+    """An unfinished run of a raftlm from before run markers: its config.yaml is a raftlm config whose
+    ``training.output_dir`` is this very directory (raftlm wrote it there). Only ``--resume`` accepts it
+    (resuming deletes nothing); it is marked then."""
     from raftlm.config import Config
 
-    if not (out / "checkpoints").is_dir() or not (out / "config.yaml").is_file():
-        return False
     try:
-        Config.from_yaml(str(out / "config.yaml"))
+        saved = Config.from_yaml(str(out / "config.yaml")).training.output_dir
     except (RaftlmError, OSError, ValueError):
         return False
-    return True
+    return bool(saved) and Path(saved).absolute() == out
 
 
 def _refuse_unsafe_place(out: Path) -> None:

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from starlette.exceptions import HTTPException
 
 from raftlm.config import Config, ServeSettings
@@ -147,7 +148,9 @@ class MicroBatcher:
 
 def _rows(preds: Predictions, a: int, b: int) -> Predictions:
     cut = lambda x: None if x is None else x[a:b]  # noqa: E731
-    return Predictions(preds.values[a:b], cut(preds.probs), cut(preds.entropy))
+    return Predictions(
+        preds.values[a:b], cut(preds.probs), cut(preds.entropy), truncated=cut(preds.truncated)
+    )
 
 
 # --- HTTP -----------------------------------------------------------------------------------------
@@ -166,7 +169,8 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     inputs: list[dict[str, Any]] = Field(min_length=1)
-    with_probs: bool = False
+    with_probs: StrictBool = False
+    with_prompts: StrictBool = False
 
 
 def _predict_fn(predictor: Predictor, cfg: Config, max_batch: int):
@@ -187,8 +191,8 @@ async def _read_body(request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _parse(body: bytes, max_rows: int) -> tuple[list[dict], bool]:
-    """The request's rows and ``with_probs``; a wrong shape is 422, bad JSON 400."""
+def _parse(body: bytes, max_rows: int) -> PredictRequest:
+    """The request (rows, switches); a wrong shape is 422, bad JSON 400."""
     try:
         req = PredictRequest.model_validate_json(body)
     except ValidationError as err:
@@ -199,14 +203,23 @@ def _parse(body: bytes, max_rows: int) -> tuple[list[dict], bool]:
         raise Reject(422, f'{where}: {e["msg"]}: send {{"inputs": [{{column: value, ...}}, ...]}}') from None
     if len(req.inputs) > max_rows:
         raise Reject(413, f"{len(req.inputs)} rows in one request exceed the limit of {max_rows}: split it")
-    return req.inputs, req.with_probs
+    return req
 
 
-def _response(predictor: Predictor, preds: Predictions, with_probs: bool) -> dict:
+def _response(predictor: Predictor, preds: Predictions, req: PredictRequest, texts: list[str]) -> dict:
     out: dict[str, Any] = {"predictions": [float(v) for v in preds.values]}
-    if with_probs and preds.probs is not None:
+    if req.with_probs and preds.probs is not None:
         out["probs"] = [grid_probs(predictor, p) for p in preds.probs]
         out["entropy"] = [float(e) for e in preds.entropy]
+    if req.with_prompts:
+        out["prompts"] = texts
+    if preds.truncated is not None and preds.truncated.any():
+        cut = [int(i) for i in np.flatnonzero(preds.truncated)]
+        out["truncated"] = [bool(t) for t in preds.truncated]
+        out["warnings"] = [
+            f"rows {cut} are longer than max_length={predictor.max_length} tokens and were cut on the left "
+            "(their beginning was not read): shorten them"
+        ]
     return out
 
 
@@ -218,7 +231,7 @@ def run_info(run_dir: str | Path, predictor: Predictor, cfg: Config, settings: S
     if (run_dir / "config.yaml").exists():
         base = Config.from_yaml(str(run_dir / "config.yaml")).model.name
     return {
-        "run_dir": str(run_dir.resolve()),
+        "run": run_dir.resolve().name,  # its name: the server's paths are not the client's business
         "base_model": base,
         "method": predictor.method,
         "decoder": "head" if predictor.head is not None else cfg.eval.decoder,
@@ -277,10 +290,10 @@ def create_app(predictor: Predictor, cfg: Config, settings: ServeSettings, info:
 
     @app.post("/predict")
     async def predict(request: Request):
-        rows, with_probs = _parse(await _read_body(request, settings.max_body_kb * 1024), settings.max_rows)
-        examples = to_examples(rows, predictor.template, None, "request")
-        future = state["batcher"].submit([e.text for e in examples])
-        return _response(predictor, await asyncio.wrap_future(future), with_probs)
+        req = _parse(await _read_body(request, settings.max_body_kb * 1024), settings.max_rows)
+        texts = [e.text for e in to_examples(req.inputs, predictor.template, None, "request")]
+        future = state["batcher"].submit(texts)
+        return _response(predictor, await asyncio.wrap_future(future), req, texts)
 
     return app
 

@@ -76,13 +76,17 @@ def prediction_rows(
     start: int,
     with_probs: bool,
     extra: list[dict] | None = None,
+    with_prompts: bool = False,
 ) -> Iterator[dict]:
     """Output rows: index (0-based row of the input), prediction, target if known, probs + entropy,
-    and ``extra``'s fields per row (uncertainty: std, quantiles, intervals)."""
+    the prompt the row became (``with_prompts``), and ``extra``'s fields per row (uncertainty: std,
+    quantiles, intervals)."""
     for j, x in enumerate(examples):
         row = {"index": start + j, "prediction": float(preds.values[j])}
         if x.target is not None:
             row["target"] = x.target
+        if with_prompts:
+            row["prompt"] = x.text
         if with_probs and preds.probs is not None:
             row["probs"] = grid_probs(predictor, preds.probs[j])
             row["entropy"] = float(preds.entropy[j])
@@ -225,6 +229,7 @@ def predict_file(
     chunk_rows: int = CHUNK_ROWS,
     fields: Callable[[Predictions], list[dict]] | None = None,
     fields_settings: dict | None = None,
+    with_prompts: bool = False,
 ) -> int:
     """Predict every row of ``input`` into the JSON-lines file ``output`` in bounded memory; returns
     the number of rows. Call ``check_output`` first (before loading the model). ``fields(preds)`` adds
@@ -238,6 +243,7 @@ def predict_file(
         "model": model_fingerprint(cfg.model.name),
         "decoder": decoder,
         "with_probs": with_probs,
+        "with_prompts": with_prompts,
         "rows": n,
         "processes": state.num_processes,
         **(fields_settings or {}),
@@ -255,7 +261,13 @@ def predict_file(
                 f.writelines(
                     json.dumps(r) + "\n"
                     for r in prediction_rows(
-                        predictor, preds, examples, start, with_probs, fields(preds) if fields else None
+                        predictor,
+                        preds,
+                        examples,
+                        start,
+                        with_probs,
+                        fields(preds) if fields else None,
+                        with_prompts,
                     )
                 )
                 f.flush()
