@@ -374,7 +374,11 @@ def _print_results(path: Path) -> None:
 def _run_config(args) -> Config:
     """A run directory's own config (dataset, template) under the flags given now."""
 
+    from raftlm.io import recover_swap
+
     model = getattr(args, "model", None)
+    if model:
+        recover_swap(model)  # an --overwrite that a kill interrupted is finished first (and said)
     base = None
     if model and is_run_dir(model) and (Path(model) / "config.yaml").exists() and not args.config:
         base = Config.from_yaml(str(Path(model) / "config.yaml")).to_dict()
@@ -482,12 +486,14 @@ def cmd_predict(args) -> None:
 
         predict_on_ray(args, _run_config(args), _dataset_given(args))
         return
+    from raftlm.io import check_output_file
     from raftlm.streaming import check_output
 
     if not args.input or not args.output:
         raise RaftlmError("predict needs --input FILE (CSV/JSONL) and --output FILE (JSONL)")
-    check_output(args.output, args.overwrite, args.resume, args.input)
+    check_output_file(args.output, True, [args.input])  # the path (not the input, a file, a folder)...
     with _locked_output(args):
+        check_output(args.output, args.overwrite, args.resume, args.input)  # ...and, locked, its state
         _predict(args)
 
 
@@ -495,13 +501,17 @@ def _predict(args) -> None:
     from raftlm.data import load_splits
     from raftlm.files import iter_rows
     from raftlm.pipeline import check_eval_model, is_main_process, load_for_eval
-    from raftlm.streaming import predict_file
+    from raftlm.run import read_metadata
+    from raftlm.streaming import predict_file, scan
     from raftlm.uncertainty import Calibration, prediction_fields
 
     cfg = _run_config(args)
     next(iter_rows(args.input), None)  # a missing or unreadable input fails before the model loads
     check_eval_model(cfg, _dataset_given(args))
-    splits = None if is_run_dir(cfg.model.name) else load_splits(cfg.data)
+    run = is_run_dir(cfg.model.name)
+    splits = None if run else load_splits(cfg.data)
+    template = read_metadata(Path(cfg.model.name))["template"] if run else splits.template
+    scanned = scan(args.input, template, cfg.data.target_column)  # every row checked before the model loads
     predictor = load_for_eval(cfg, splits)
     e = cfg.eval
     # read only when intervals are asked for: a damaged calibration.json must not stop plain predictions
@@ -527,6 +537,7 @@ def _predict(args) -> None:
         fields=fields,
         fields_settings=settings,
         with_prompts=args.with_prompts,
+        scanned=scanned,
     )
     if is_main_process():
         print(f"wrote {n} predictions to {args.output}")

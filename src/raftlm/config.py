@@ -589,7 +589,12 @@ def load_yaml(text: str, where: str):
     """Parse YAML the one way raftlm reads every recipe, sweep, saved config and --set value: safe tags
     only, no duplicate keys, aliases bounded (a "billion laughs" document is refused before it expands).
     Any problem is a RaftlmError naming ``where``."""
-    loader = _StrictLoader(text)
+    try:
+        loader = _StrictLoader(text)  # (its reader already refuses control characters)
+    except yaml.YAMLError as err:
+        raise RaftlmError(
+            f"{where} is not valid YAML ({short(getattr(err, 'reason', None) or err)}): fix it"
+        ) from None
     loader.where = where
     try:
         node = loader.get_single_node()

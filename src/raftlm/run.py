@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import sys
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -20,13 +17,19 @@ from safetensors.torch import load_file, save_file
 from raftlm.core import RaftlmError, short
 from raftlm.grid import Grid, TargetScaler
 from raftlm.heads import HEAD_CLASSES
-from raftlm.io import (
+from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's API too)
     META_FILE,
     RUN_MARKER,
+    discard_staged,
     foreign_files,
     is_marked_run,
     is_run_dir,
+    journal_path,
+    old_dir,
     read_run_marker,
+    recover_swap,
+    staging_dir,
+    swap_in,
     write_json,
 )
 from raftlm.models import (
@@ -61,21 +64,6 @@ KNOWN = {
 
 def is_finished(path: str | Path) -> bool:
     return (Path(path) / FINISHED_FILE).exists()
-
-
-def staging_dir(out: Path) -> Path:
-    """Where ``--overwrite`` builds the new run, beside the old one (hidden; swapped in when finished)."""
-    return out.parent / f".{out.name}.raftlm-new"
-
-
-def old_dir(out: Path) -> Path:
-    """Where the replaced run waits, during the swap, until it is deleted."""
-    return out.parent / f".{out.name}.raftlm-old"
-
-
-def journal_path(out: Path) -> Path:
-    """The swap's journal: written before the first rename, deleted after the last step."""
-    return out.parent / f".{out.name}.raftlm-swap.json"
 
 
 def _contents(out: Path, n: int = 4) -> str:
@@ -146,56 +134,6 @@ def check_run_dir(out: Path, overwrite: bool, resume: bool) -> Path:
     raise RaftlmError(
         f"run directory {out} holds an unfinished run: pass --resume to continue it or --overwrite to restart"
     )
-
-
-def discard_staged(staged: Path) -> None:
-    """Delete a staging directory of ours (a marked run), e.g. of an earlier --overwrite that never finished."""
-    if staged.exists() and is_marked_run(staged):
-        shutil.rmtree(staged)
-
-
-def swap_in(staged: Path, out: Path) -> None:
-    """Replace the run at ``out`` by the finished run at ``staged``: a journal, two renames, the old run
-    deleted, the journal deleted. A kill at any point leaves the journal, and ``recover_swap`` (run by
-    the next train, predict, evaluate or serve of ``out``) finishes the swap."""
-    if foreign := foreign_files(out):
-        raise RaftlmError(
-            f"run directory {out} gained files raftlm did not write while training ({', '.join(foreign[:4])}), "
-            f"so it was not replaced: the new run is in {staged}; move them out and rerun with --overwrite"
-        )
-    write_json(journal_path(out), {"out": out.name, "old": old_dir(out).name, "new": staged.name})
-    _finish_swap(out)
-
-
-def _finish_swap(out: Path) -> str:
-    """The swap's remaining steps, whichever were done (each is idempotent); what it did, in words."""
-    staged, old = staging_dir(out), old_dir(out)
-    did = "the new run is in place"
-    if staged.exists() and is_marked_run(staged):
-        if out.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out, old)
-        os.replace(staged, out)
-    elif not out.exists() and old.exists():  # the new run is gone: put the old one back
-        os.replace(old, out)
-        did = "the new run was missing, so the old run is back in place"
-    if old.exists() and is_marked_run(old):
-        shutil.rmtree(old)
-    journal_path(out).unlink(missing_ok=True)
-    return did
-
-
-def recover_swap(out: str | Path) -> str | None:
-    """Finish an ``--overwrite`` swap of run ``out`` that a kill interrupted (its journal is still there);
-    says what it did on stderr. None when there was nothing to do."""
-    out = Path(out).absolute()
-    if not journal_path(out).exists():
-        return None
-    did = _finish_swap(out)
-    message = f"raftlm: finished an interrupted --overwrite of {out}: {did}"
-    print(message, file=sys.stderr)
-    return message
 
 
 FINGERPRINTED = (META_FILE, "config.json", "config.yaml", "tokenizer.json", "model.safetensors.index.json")

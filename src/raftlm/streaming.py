@@ -230,12 +230,13 @@ def predict_file(
     fields: Callable[[Predictions], list[dict]] | None = None,
     fields_settings: dict | None = None,
     with_prompts: bool = False,
+    scanned: tuple[int, bool] | None = None,
 ) -> int:
     """Predict every row of ``input`` into the JSON-lines file ``output`` in bounded memory; returns
     the number of rows. Call ``check_output`` first (before loading the model). ``fields(preds)`` adds
     per-row fields (described by ``fields_settings``, which a resume must match)."""
     output, state = Path(output), _state()
-    n, has_target = scan(input, predictor.template, cfg.data.target_column)
+    n, has_target = scanned or scan(input, predictor.template, cfg.data.target_column)
     decoder = "head" if predictor.head is not None else cfg.eval.decoder
     job = {
         "input": str(Path(input).resolve()),

@@ -1,0 +1,768 @@
+"""Issue 37, trust at the edges: no path loses a user's files, one contract for every input, and every
+bad or hostile input ends in one line (exit code 2), never a traceback, a hang or a silent wrong answer.
+The data-loss tests compare the user's files byte for byte afterwards."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from helpers import train_args, write_csv
+
+import raftlm.pipeline
+import raftlm.streaming
+from raftlm.cli import main
+from raftlm.core import RaftlmError
+
+WORDS = ["awful", "bad", "fine", "good", "great"]
+
+
+def _rows(n: int) -> list[dict]:
+    return [{"text": f"review {i}: it was {WORDS[i % 5]}. rating:", "target": 1 + i % 5} for i in range(n)]
+
+
+def _bad(capsys, argv) -> tuple[int, str]:
+    """Exit code and the one line on stderr (asserting it is one line, and no traceback)."""
+    code = main(argv)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "it/s]" not in line]
+    err = [line for line in err if not line.startswith(("\r", "Loading weights"))]
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return code, err[0]
+
+
+def _never_load(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(raftlm.pipeline, "_load_for_eval", fail)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes (what a user's folder must still hold afterwards)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("trust")
+    data = write_csv(d / "toy.csv", _rows(120))  # 12 validation rows: enough to calibrate 90 % intervals
+    assert main(train_args(data, d / "run", "--max-steps", "2", "--grid", "0-5")) == 0
+    return d / "run", data
+
+
+def predict(run_dir, data, out, *extra) -> int:
+    return main(["predict", "--model", str(run_dir), "--input", str(data), "--output", str(out), *extra])
+
+
+# --- data loss ---------------------------------------------------------------------------------------
+
+
+def test_overwrite_never_deletes_a_users_folder_that_holds_a_config_yaml(tmp_path, capsys, monkeypatch):
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "config.yaml").write_text("model: {name: mine}\n")  # a very common file name
+    (proj / "important.txt").write_text("years of work")
+    (proj / "src" / "a.py").write_text("print(1)\n")
+    before = _snapshot(proj)
+    for extra in (["--overwrite"], [], ["--resume"]):
+        code, line = _bad(capsys, train_args(data, proj, *extra))
+        assert code == 2 and "is not a raftlm run (no .raftlm-run marker" in line
+        assert "unfinished run" not in line
+        assert _snapshot(proj) == before
+    # a raftlm.json does not make it a run either (only the marker does)
+    (proj / "raftlm.json").write_text('{"format_version": 1}')
+    before = _snapshot(proj)
+    code, line = _bad(capsys, train_args(data, proj, "--overwrite"))
+    assert code == 2 and _snapshot(proj) == before
+
+
+def test_a_marked_run_with_a_users_file_in_it_is_not_replaced(run, tmp_path, capsys):
+    run_dir, data = run
+    import shutil
+
+    mine = tmp_path / "copy"
+    shutil.copytree(run_dir, mine)
+    (mine / "notes.md").write_text("my notes")
+    before = _snapshot(mine)
+    code, line = _bad(capsys, train_args(data, mine, "--overwrite", "--max-steps", "2"))
+    assert code == 2 and "holds files raftlm did not write (notes.md)" in line
+    assert _snapshot(mine) == before
+
+
+def test_an_output_that_is_the_input_is_refused_for_every_link(run, tmp_path, capsys, monkeypatch):
+    run_dir, data = run
+    _never_load(monkeypatch)
+    same = tmp_path / "same.csv"
+    same.write_bytes(data.read_bytes())
+    (tmp_path / "link.csv").symlink_to(same)
+    os.link(same, tmp_path / "hard.csv")
+    original = same.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    for output in ("same.csv", "./same.csv", str(same), "link.csv", "hard.csv"):
+        code, line = _bad(
+            capsys,
+            ["predict", "--model", str(run_dir), "--input", "same.csv", "--output", output, "--overwrite"],
+        )
+        assert code == 2 and "is the same file as the input" in line
+        assert same.read_bytes() == original
+    code, line = _bad(
+        capsys,
+        ["evaluate", "--model", str(run_dir), "--input", "same.csv", "--output", "hard.csv", "--overwrite"],
+    )
+    assert code == 2 and "is the same file as the input" in line and same.read_bytes() == original
+
+
+def test_special_files_are_never_written(run, tmp_path, capsys, monkeypatch):
+    run_dir, data = run
+    _never_load(monkeypatch)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    targets = [fifo] + ([Path("/dev/full")] if Path("/dev/full").exists() else [])
+    for target in targets:
+        code, line = _bad(
+            capsys,
+            [
+                "predict",
+                "--model",
+                str(run_dir),
+                "--input",
+                str(data),
+                "--output",
+                str(target),
+                "--overwrite",
+            ],
+        )
+        assert code == 2 and "not a regular file" in line
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    if Path("/dev/full").exists():
+        assert stat.S_ISCHR(Path("/dev/full").stat().st_mode)
+
+
+# --- silent wrong results ------------------------------------------------------------------------------
+
+
+def _interrupted_prediction(run_dir: Path, data: Path, out: Path, monkeypatch) -> None:
+    """A prediction into ``out`` that died after its first chunk of 16 rows (its partial file stays)."""
+    from raftlm.config import Config
+    from raftlm.pipeline import load_for_eval
+
+    real, calls = raftlm.streaming.predict_examples, []
+
+    def dies(p, ex, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(p, ex, *a, **k)
+
+    monkeypatch.setattr(raftlm.streaming, "predict_examples", dies)
+    cfg = Config.from_yaml(str(run_dir / "config.yaml"), {"model.name": str(run_dir)})
+    with pytest.raises(KeyboardInterrupt):
+        raftlm.streaming.predict_file(load_for_eval(cfg, None), cfg, data, out, chunk_rows=16)
+    monkeypatch.setattr(raftlm.streaming, "predict_examples", real)
+
+
+def test_resume_refuses_an_edited_input_and_a_retrained_model(run, tmp_path, capsys, monkeypatch):
+    run_dir, data = run
+    mine = tmp_path / "data.csv"
+    mine.write_bytes(data.read_bytes())
+    out = tmp_path / "p.jsonl"
+    _interrupted_prediction(run_dir, mine, out, monkeypatch)
+    rows = _rows(120)
+    rows[3]["target"] = 99  # same row count, other content
+    write_csv(mine, rows)
+    code, line = _bad(
+        capsys, ["predict", "--model", str(run_dir), "--input", str(mine), "--output", str(out), "--resume"]
+    )
+    assert code == 2 and "the input file's content changed" in line
+    # the input restored, the model retrained under it: refused too
+    mine.write_bytes(data.read_bytes())
+    import shutil
+
+    other = tmp_path / "run"
+    shutil.copytree(run_dir, other)
+    _interrupted_prediction(other, mine, tmp_path / "q.jsonl", monkeypatch)
+    assert (
+        main(train_args(data, other, "--overwrite", "--max-steps", "2", "--seed", "3", "--grid", "0-5")) == 0
+    )
+    capsys.readouterr()
+    code, line = _bad(
+        capsys,
+        [
+            "predict",
+            "--model",
+            str(other),
+            "--input",
+            str(mine),
+            "--output",
+            str(tmp_path / "q.jsonl"),
+            "--resume",
+        ],
+    )
+    assert code == 2 and "the model changed" in line
+
+
+def test_a_second_writer_of_the_same_output_stops_at_once(run, tmp_path, capsys, monkeypatch):
+    from raftlm.io import output_lock
+
+    run_dir, data = run
+    _never_load(monkeypatch)
+    out = tmp_path / "p.jsonl"
+    with output_lock(out):  # another predict holds it (an flock on its own open file)
+        code, line = _bad(
+            capsys, ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(out)]
+        )
+    assert code == 2 and f"(pid {os.getpid()}) is writing output {out}" in line
+    assert not out.exists() and not (tmp_path / ".p.jsonl.lock").exists()  # released and removed
+
+
+def test_two_real_predict_processes_on_one_output(run, tmp_path):
+    """Two processes at once: one writes every row of its own input, the other stops with one line."""
+    import subprocess
+    import sys
+
+    run_dir, data = run
+    big = write_csv(tmp_path / "big.csv", _rows(40) * 500)
+    out = tmp_path / "p.jsonl"
+    out.write_text("an old output\n")
+    cmd = [
+        sys.executable,
+        "-m",
+        "raftlm",
+        "predict",
+        "--model",
+        str(run_dir),
+        "--output",
+        str(out),
+        "--quiet",
+        "--overwrite",
+    ]
+    first = subprocess.Popen([*cmd, "--input", str(big)], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (tmp_path / ".p.jsonl.lock").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run([*cmd, "--input", str(data)], capture_output=True, text=True, timeout=120)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert second.returncode == 2 and "is writing output" in second.stderr.strip().splitlines()[-1]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 20_000 and [r["index"] for r in rows] == list(range(20_000))
+
+
+def test_duplicate_yaml_keys_are_refused_with_both_lines(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("training:\n  lr: 0.5\n  max_steps: 2\n  lr: 0.001\n")
+    code, line = _bad(capsys, ["train", "--config", str(recipe), "--output-dir", str(tmp_path / "o")])
+    assert code == 2 and "key 'lr' appears twice in one mapping (lines 2 and 4)" in line
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("output_dir: o\ndatasets: [stsb]\nmodels: [m]\nmethods: [raft]\nmodels: [n]\n")
+    code, line = _bad(capsys, ["experiment", str(sweep)])
+    assert code == 2 and "key 'models' appears twice in one mapping (lines 3 and 5)" in line
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"methods": ["raft", "raft"]}, "appears 2 times"),
+        ({"seeds": [0, 0]}, "appears 2 times"),
+        ({"datasets": []}, "datasets must be a non-empty list"),
+        ({"datasets": [123]}, "datasets entry 123 is not a dataset name"),
+        ({"seeds": 3}, "seeds must be a non-empty list"),
+        ({"output_dir": [1]}, "output_dir must be a folder path"),
+        ({"lrs": ["fast"]}, "sweep lrs='fast' is not a number"),
+        ({"base": [1]}, "base must map config sections"),
+        ({"colour": "red"}, "unknown key(s) ['colour']"),
+    ],
+)
+def test_sweep_files_of_the_wrong_shape_are_one_line(tmp_path, capsys, change, fragment):
+    sweep = {
+        "output_dir": str(tmp_path / "out"),
+        "datasets": ["synthetic-original1"],
+        "models": ["tiny-random-llama"],
+        "methods": ["raft"],
+        "lrs": [1e-3],
+        "seeds": [0],
+        **change,
+    }
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    code, line = _bad(capsys, ["experiment", str(path)])
+    assert code == 2 and fragment in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_output_dir_that_is_a_file_or_read_only(tmp_path, capsys):
+    base = {"datasets": ["synthetic-original1"], "models": ["tiny-random-llama"], "methods": ["raft"]}
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**base, "output_dir": str(blocker)}))
+    code, line = _bad(capsys, ["experiment", str(path)])
+    assert code == 2 and "is a file: choose a folder" in line and blocker.read_text() == "x"
+    path.write_text(yaml.safe_dump({**base, "output_dir": "/proc/raftlm-sweep"}))
+    code, line = _bad(capsys, ["experiment", str(path)])
+    assert code == 2 and "cannot write /proc/raftlm-sweep" in line
+
+
+def test_a_corrupt_cell_and_a_results_file_of_the_wrong_shape(tmp_path, capsys):
+    out = tmp_path / "out"
+    sweep = {
+        "output_dir": str(out),
+        "datasets": ["synthetic-original1"],
+        "models": ["tiny-random-llama"],
+        "methods": [{"method": "none", "decoder": "rail"}],
+    }
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    assert main(["experiment", str(path)]) == 0
+    assert "1 of 1 cells done (1 run now)" in capsys.readouterr().out
+    assert main(["experiment", str(path)]) == 0
+    assert "1 of 1 cells done (0 run now)" in capsys.readouterr().out  # counts what really ran
+    cell = next((out / "cells").glob("*.json"))
+    cell.write_text('{"dataset": "synth')  # damaged
+    code, line = _bad(capsys, ["experiment", str(path)])
+    assert code == 2 and "is unreadable" in line and "delete it to run that cell again" in line
+    (out / "results.json").write_text("[1, 2]")
+    code, line = _bad(capsys, ["report", str(out)])
+    assert code == 2 and "entry 0 is not a cell's result" in line
+
+
+def test_a_jsonl_with_targets_in_some_rows_is_refused_naming_both_rows(run, tmp_path, capsys, monkeypatch):
+    run_dir, _ = run
+    _never_load(monkeypatch)
+    rows = [{"text": f"review {i}"} for i in range(5)] + [{"text": "x", "target": 3}]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, line = _bad(
+        capsys,
+        ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(tmp_path / "p.jsonl")],
+    )
+    assert code == 2 and "line 6 has a target ('target') but line 1 has none" in line
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_a_jsonl_with_targets_in_every_row_keeps_them_all(run, tmp_path):
+    run_dir, _ = run
+    data = tmp_path / "all.jsonl"
+    data.write_text("".join(json.dumps({"text": f"review {i}", "target": i}) + "\n" for i in range(4)))
+    assert predict(run_dir, data, tmp_path / "p.jsonl") == 0
+    out = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["target"] for r in out] == [0, 1, 2, 3]
+
+
+def test_the_same_template_is_the_same_prompt_through_every_interface(tmp_path):
+    """The README's --template "A: {a}\\nB: {b}" on the command line, a YAML recipe (single-quoted: a
+    literal backslash) and Python's "A: {a}\\nB: {b}" (a real newline) give byte-identical prompts
+    through the CLI, RAFTRegressor, the recipe's run and raftlm serve."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from raftlm import RAFTRegressor
+
+    rows = [{"a": f"left {i}", "b": f"right {WORDS[i % 5]}", "target": 1 + i % 5} for i in range(40)]
+    data = write_csv(tmp_path / "pairs.csv", rows)
+    expected = "A: left 7\nB: right fine"
+    common = ["--target-column", "target", "--max-steps", "2"]
+    cli_run, recipe_run = tmp_path / "cli", tmp_path / "recipe"
+    assert main([*train_args(data, cli_run), "--template", "A: {a}\\nB: {b}", *common]) == 0
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  template: 'A: {a}\\nB: {b}'\n")
+    assert main([*train_args(data, recipe_run), "--config", str(recipe), *common]) == 0
+
+    out = tmp_path / "p.jsonl"
+    one = write_csv(tmp_path / "one.csv", [rows[7]])
+    assert (
+        main(
+            ["predict", "--model", str(cli_run), "--input", str(one), "--output", str(out), "--with-prompts"]
+        )
+        == 0
+    )
+    through_cli = json.loads(out.read_text())["prompt"]
+
+    reg = RAFTRegressor(
+        model="tiny-random-llama", prompt_template="A: {a}\nB: {b}", max_steps=2, batch_size=4
+    )
+    reg.fit([{k: r[k] for k in "ab"} for r in rows], [r["target"] for r in rows])
+    through_api = reg.prompts([{"a": "left 7", "b": "right fine"}])[0]
+    loaded = RAFTRegressor.load(str(cli_run)).prompts([{"a": "left 7", "b": "right fine"}])[0]
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "raftlm", "serve", str(recipe_run), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+    )
+    try:
+        url = server.stdout.readline().split(" on ")[1].split()[0]
+        body = {"inputs": [{"a": "left 7", "b": "right fine"}], "with_prompts": True}
+        through_serve = httpx.post(f"{url}/predict", json=body, timeout=60).json()["prompts"][0]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert through_cli == through_api == loaded == through_serve == expected
+    templates = {json.loads((d / "raftlm.json").read_text())["template"] for d in (cli_run, recipe_run)}
+    assert templates == {"A: {a}\nB: {b}"}
+
+
+def test_a_loaded_estimators_params_are_the_runs(tmp_path):
+    from sklearn.base import clone
+
+    from raftlm import RAFTRegressor
+
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    run = tmp_path / "run"
+    assert main([*train_args(data, run), "--grid", "0-5", "--max-steps", "3", "--lr", "2e-3"]) == 0
+    loaded = RAFTRegressor.load(str(run))
+    params = loaded.get_params()
+    assert params["grid"] == "0-5" and params["max_steps"] == 3 and params["lr"] == 2e-3
+    assert params["model"] == "tiny-random-llama" and params["batch_size"] == 4
+    texts, y = [r["text"] for r in _rows(40)], [r["target"] for r in _rows(40)]
+    assert loaded.predict_proba(texts[:2]).shape == (2, 6)
+    again = clone(loaded).fit(texts, y)
+    assert again.predict_proba(texts[:2]).shape == (2, 6)  # the same grid, not the default's 1-5
+
+
+def test_the_interval_is_built_around_the_printed_prediction(run, tmp_path):
+    """The tiny model puts almost no mass on the grid, so RAIL (eq. 5) predicts near the bottom of the
+    range; the distribution's mean is that number and its intervals hold it."""
+    run_dir, data = run
+    out = tmp_path / "p.jsonl"
+    assert predict(run_dir, data, out, "--interval", "0.9", "--with-uncertainty", "--with-probs") == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    mass = np.array([sum(r["probs"].values()) for r in rows])
+    assert mass.max() < 0.5  # far from renormalized: the case where the two readings differed
+    for r in rows:
+        assert r["mean"] == pytest.approx(r["prediction"], abs=1e-6)
+        assert r["lower"] <= r["prediction"] <= r["upper"]
+        assert r["quantiles"]["0.05"] <= r["median"] <= r["quantiles"]["0.95"]
+    from raftlm import RAFTRegressor
+
+    reg = RAFTRegressor.load(str(run_dir))
+    texts = [r["text"] for r in _rows(120)]
+    pred, intervals = reg.predict_interval(texts, 0.9)
+    assert np.all((intervals[:, 0, 0] <= pred) & (pred <= intervals[:, 1, 0]))
+    mean, _ = reg.predict(texts, return_std=True)
+    np.testing.assert_allclose(mean, [r["prediction"] for r in rows], atol=1e-6)
+
+
+# --- tracebacks become one line ------------------------------------------------------------------------
+
+
+def test_a_csv_field_past_csvs_limit_is_read_and_truncated(run, tmp_path, capsys):
+    run_dir, _ = run
+    data = tmp_path / "huge.csv"
+    data.write_text("text\n" + "word " * 40_000 + "\nshort one\n")  # 200,000 characters in one field
+    with pytest.warns(UserWarning, match="truncated from the left"):
+        assert predict(run_dir, data, tmp_path / "p.jsonl") == 0
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        ('{"text": "a", "target": ' + "9" * 5000 + "}", "line 1: unreadable JSON"),
+        ('{"text": "bad \\ud800 half"}', "field 'text' holds a lone surrogate ('\\ud800')"),
+        ('{"text": 5}', "field 'text' is 5 (a int), not text"),
+        ('{"text": null}', "field 'text' is missing (null)"),
+        ('{"text": true}', "field 'text' is True (a boolean), not text"),
+        ("[" * 100_000, "line 1: unreadable JSON (nested too deeply)"),
+    ],
+)
+def test_hostile_jsonl_rows_are_one_line(run, tmp_path, capsys, monkeypatch, line, fragment):
+    run_dir, _ = run
+    _never_load(monkeypatch)
+    data = tmp_path / "d.jsonl"
+    data.write_text(line + "\n")
+    code, err = _bad(
+        capsys,
+        ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(tmp_path / "p.jsonl")],
+    )
+    assert code == 2 and fragment in err
+
+
+def test_an_output_folder_that_does_not_exist_fails_before_loading(run, tmp_path, capsys, monkeypatch):
+    run_dir, data = run
+    _never_load(monkeypatch)
+    code, line = _bad(
+        capsys,
+        [
+            "predict",
+            "--model",
+            str(run_dir),
+            "--input",
+            str(data),
+            "--output",
+            str(tmp_path / "no/deeper/o.jsonl"),
+        ],
+    )
+    assert code == 2 and "does not exist; create it first (mkdir -p" in line
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_full_disk_is_one_line_and_keeps_what_was_written(run, tmp_path, capsys, monkeypatch):
+    run_dir, data = run
+    out = tmp_path / "p.jsonl"
+    real = raftlm.streaming.prediction_rows
+    calls = []
+
+    def full_after_first_chunk(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(raftlm.streaming, "prediction_rows", full_after_first_chunk)
+    monkeypatch.setattr(raftlm.streaming, "CHUNK_ROWS", 16)
+    import inspect
+
+    defaults = raftlm.streaming.predict_file.__defaults__
+    params = list(inspect.signature(raftlm.streaming.predict_file).parameters)
+    i = params.index("chunk_rows") - (len(params) - len(defaults))
+    monkeypatch.setattr(
+        raftlm.streaming.predict_file, "__defaults__", (*defaults[:i], 16, *defaults[i + 1 :])
+    )
+    code, line = _bad(
+        capsys, ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(out)]
+    )
+    assert code == 2 and "disk full while writing" in line and "--resume" in line
+    partial = raftlm.streaming.partial_path(out)
+    assert len(partial.read_text().splitlines()) == 16  # the first chunk is kept for --resume
+    monkeypatch.undo()
+    assert predict(run_dir, data, out, "--resume") == 0
+    assert len(out.read_text().splitlines()) == 120
+
+
+def test_a_full_disk_while_training_is_one_line(tmp_path, capsys, monkeypatch):
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "checkpoints"))
+
+    monkeypatch.setattr(raftlm.pipeline, "fit", full)
+    code, line = _bad(capsys, train_args(data, tmp_path / "run"))
+    assert code == 2 and "disk full while writing" in line
+
+
+def test_a_damaged_calibration_only_matters_when_intervals_are_asked(run, tmp_path, capsys):
+    import shutil
+
+    run_dir, data = run
+    mine = tmp_path / "run"
+    shutil.copytree(run_dir, mine)
+    (mine / "calibration.json").write_text('{"targets": [1, 2')
+    assert predict(mine, data, tmp_path / "p.jsonl") == 0
+    capsys.readouterr()
+    code, line = _bad(
+        capsys,
+        [
+            "predict",
+            "--model",
+            str(mine),
+            "--input",
+            str(data),
+            "--output",
+            str(tmp_path / "q.jsonl"),
+            "--interval",
+            "0.9",
+        ],
+    )
+    assert code == 2 and "calibration.json is damaged" in line and f"raftlm calibrate {mine}" in line
+
+
+@pytest.mark.parametrize("damage", ["model.safetensors", "raftlm.json"])
+def test_a_truncated_run_is_one_line(run, tmp_path, capsys, damage):
+    import shutil
+
+    run_dir, data = run
+    mine = tmp_path / "run"
+    shutil.copytree(run_dir, mine)
+    path = mine / damage
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 3])
+    code, line = _bad(
+        capsys, ["predict", "--model", str(mine), "--input", str(data), "--output", str(tmp_path / "p.jsonl")]
+    )
+    assert code == 2 and ("truncated or corrupt" in line or "is unreadable" in line)
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_training_into_the_current_folder_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "mine.txt").write_text("x")
+
+    def never(*a, **k):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr(raftlm.pipeline, "fit", never)
+    for out in (".", str(work), str(tmp_path)):
+        code, line = _bad(capsys, train_args(data, out, "--overwrite"))
+        assert code == 2 and "is the current folder, one of its parents" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.csv", "work"]
+    assert sorted(p.name for p in work.iterdir()) == ["mine.txt"]
+
+
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ("training.lr=[1,2", "is not valid YAML"),
+        ("training.lr=*x", "is not valid YAML"),
+        ("training.lr=!!python/object/apply:os.system [echo hi]", "is not valid YAML"),
+        ("training.lr={a: 1, a: 2}", "key 'a' appears twice"),
+    ],
+)
+def test_set_values_that_are_not_yaml_are_one_line(tmp_path, capsys, value, fragment):
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    code, line = _bad(capsys, [*train_args(data, tmp_path / "run"), "--set", value])
+    assert code == 2 and fragment in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_yaml_bomb_is_refused_quickly_and_never_echoed(tmp_path, capsys):
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i, name in enumerate("bcdefghij"):
+        prev = "abcdefghij"[i]
+        lines.append(f"{name}: &{name} [{', '.join(['*' + prev] * 9)}]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\nmodel:\n  name: *j\n")
+    start = time.time()
+    code, line = _bad(capsys, ["train", "--config", str(bomb), "--output-dir", str(tmp_path / "o")])
+    assert code == 2 and "expand to over 100,000 values" in line and len(line) < 300
+    assert time.time() - start < 5
+
+
+def test_ctrl_c_in_train_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(raftlm.pipeline, "fit", interrupted)
+    code, line = _bad(capsys, train_args(data, tmp_path / "run"))
+    assert (
+        code == 130
+        and line == "raftlm train: error: interrupted; resume with --resume (from the last checkpoint)"
+    )
+
+
+def test_serve_refuses_non_finite_numbers_before_loading(run, capsys, monkeypatch):
+    run_dir, _ = run
+    import raftlm.serve
+
+    monkeypatch.setattr(raftlm.serve, "load_for_eval", lambda *a, **k: pytest.fail("loaded"))
+    for flag, value in (
+        ("--max-wait-ms", "nan"),
+        ("--max-wait-ms", "inf"),
+        ("--max-batch", "0"),
+        ("--port", "1e9"),
+    ):
+        code, line = _bad(capsys, ["serve", str(run_dir), flag, value])
+        assert code == 2, (flag, value, line)
+
+
+def test_an_interrupted_overwrite_swap_is_finished_by_the_next_command(run, tmp_path, capsys):
+    """kill -9 between the swap's two renames: no run at the path, old and new runs in hidden folders.
+    The next command finishes the swap from its journal and says so."""
+    import shutil
+
+    from raftlm.run import journal_path, old_dir, staging_dir
+
+    run_dir, data = run
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    new = staging_dir(out)
+    shutil.copytree(run_dir, new)
+    (new / "eval_results.json").write_text('{"train": {}, "new": true}')
+    journal_path(out).write_text(json.dumps({"out": out.name, "old": old_dir(out).name, "new": new.name}))
+    os.replace(out, old_dir(out))  # the first rename happened, the kill came before the second
+    assert not out.exists()
+    assert predict(out, data, tmp_path / "p.jsonl") == 0
+    err = capsys.readouterr().err
+    assert f"finished an interrupted --overwrite of {out}: the new run is in place" in err
+    assert json.loads((out / "eval_results.json").read_text())["new"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl", "run"]
+
+
+def test_run_files_get_normal_permissions(run):
+    run_dir, _ = run
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "raftlm.json", "config.yaml", "README.md"):
+        assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+def test_pickle_weights_are_refused(tmp, tmp_path, capsys):
+    model, tok = tmp
+    folder = tmp_path / "pickled"
+    import torch
+
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    for f in folder.glob("*.safetensors"):  # pickle weights only, as old checkpoints have them
+        f.unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    data = write_csv(tmp_path / "d.csv", _rows(10))
+    code, line = _bad(
+        capsys,
+        [
+            "predict",
+            "--model",
+            str(folder),
+            "--dataset",
+            f"csv:{data}",
+            "--input",
+            str(data),
+            "--output",
+            str(tmp_path / "p.jsonl"),
+        ],
+    )
+    assert code == 2 and "holds pickle weights only" in line
+
+
+@pytest.fixture
+def tmp():
+    from raftlm.testing import tiny_random_llama
+
+    return tiny_random_llama(seed=0)
+
+
+def test_calibrating_on_training_or_test_data_or_one_example_warns(run, tmp_path, capsys):
+    import shutil
+
+    run_dir, data = run
+    mine = tmp_path / "run"
+    shutil.copytree(run_dir, mine)
+    assert main(["calibrate", str(mine), "--split", "train"]) == 0
+    assert "coverage guarantee is void" in capsys.readouterr().err
+    assert main(["calibrate", str(mine), "--split", "test"]) == 0
+    assert "calibrating on the test split leaks it" in capsys.readouterr().err
+    one = write_csv(tmp_path / "one.csv", _rows(1))
+    assert main(["calibrate", str(mine), "--input", str(one)]) == 0
+    assert "only 1 calibration example(s)" in capsys.readouterr().err
+
+
+def test_row_contract_is_the_same_for_files_and_the_api():
+    from raftlm.api import examples_from
+    from raftlm.files import to_examples
+
+    for bad, fragment in (
+        ({"a": "x", "b": None}, "missing (null)"),
+        ({"a": "x", "b": " "}, "is empty"),
+        ({"a": "x", "b": 5}, "not text"),
+    ):
+        with pytest.raises(RaftlmError) as from_file:
+            to_examples([bad], "{a} {b}", None, "f.jsonl")
+        with pytest.raises(RaftlmError) as from_api:
+            examples_from([bad], None, "{a} {b}")
+        assert fragment in str(from_file.value)
+        assert str(from_file.value).split(": ", 1)[1] == str(from_api.value).split(": ", 1)[1]
