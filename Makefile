@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo test test-slow bench check lint format clean
+.PHONY: help venv demo test test-slow docs bench check lint format clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -24,10 +24,14 @@ venv: $(STAMP)  ## create .venv and install raftlm with dev extras
 demo: $(STAMP)  ## zero-shot vs RAFT on Amazon review snippets with Gemma 3 270M (<15 min on 2 cores)
 	$(BIN)/raftlm demo --overwrite
 
-test: $(STAMP)  ## fast tests (tiny random models; ~minutes)
+test: $(STAMP)  ## docs match their results files, then the fast tests (tiny random models; ~minutes)
+	$(BIN)/python benchmarks/docs.py --check
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)  ## real-model tests (Gemma 3 270M)
+docs: $(STAMP)  ## rewrite every generated number in README.md and docs/ from benchmarks/results/
+	$(BIN)/python benchmarks/docs.py --write
+
+test-slow: $(STAMP)  ## real-model tests (Gemma 3 270M) and the long fuzz runs
 	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)  ## benchmarks (write benchmarks/results/): speed ratios, STS-B-1K quality, intervals (~3 h)

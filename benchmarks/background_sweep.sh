@@ -10,8 +10,9 @@
 # - The sweep starts unless it already runs there; its log is <worktree>.log.
 # - Every EVERY seconds (default 240) and once after the sweep ends: when the worktree has more cells
 #   than this checkout, copy cells/, predictions/, results.{csv,json}, sweep.yaml and the curves of
-#   finished runs, rerun `raftlm report`, and commit the results folder only (other staged work is left
-#   alone). Its own log: <worktree>.sync.log.
+#   finished runs, rerun `raftlm report` and (when README.md and docs/ have no uncommitted edits)
+#   `benchmarks/docs.py --write`, and commit the results folder and those pages only (other staged work is
+#   left alone). Its own log: <worktree>.sync.log.
 # Needs this checkout's .venv (make venv). Timing anything else meanwhile: benchmarks/paused.sh.
 set -euo pipefail
 SWEEP=${1:?usage: benchmarks/background_sweep.sh SWEEP.yaml [WORKTREE]}
@@ -47,9 +48,14 @@ sync_once() {
   done
   (cd "$MAIN" && "$PY" -m raftlm report "$OUT" >/dev/null)
   git -C "$MAIN" add -A -- "$OUT"
+  local pages=()
+  # the docs quote the results (benchmarks/docs.py): rewrite them too, unless someone is editing them
+  if git -C "$MAIN" diff --quiet -- README.md docs && git -C "$MAIN" diff --cached --quiet -- README.md docs; then
+    (cd "$MAIN" && "$PY" benchmarks/docs.py --write >/dev/null) && pages=(README.md docs)
+  fi
   local new
   new=$(git -C "$MAIN" diff --cached --name-only --diff-filter=A -- "$OUT/cells" | sed 's#.*/##; s#\.json$##' | tr '\n' ' ')
-  git -C "$MAIN" commit -q -m "$(basename "$OUT"): $n cells (new: ${new:-none})" -- "$OUT" && echo "$(date) committed $n cells"
+  git -C "$MAIN" commit -q -m "$(basename "$OUT"): $n cells (new: ${new:-none})" -- "$OUT" "${pages[@]}" && echo "$(date) committed $n cells"
 }
 
 while running; do

@@ -24,7 +24,7 @@ from raftlm.data import load_splits
 from raftlm.experiment import cell_config, cells, load_sweep
 from raftlm.metrics import regression_metrics
 from raftlm.pipeline import grid_and_scaler
-from raftlm.report import label
+from raftlm.report import base_method, label
 
 DEFAULT = Path(__file__).parent / "results" / "table3-converged"
 
@@ -65,7 +65,7 @@ def main() -> None:
             y = np.array([r["target"] for r in rows], dtype=np.float64)
             probs = np.array([r["probs"] for r in rows], dtype=np.float64)
             floors.setdefault(name, (rmse(y, nearest(y, grid_data)), len(y)))
-            entry = label({"method": c.method, "decoder": c.decoder, "options": c.options_label})
+            entry = label({"method": c.method, "decoder": c.decoder, "options": c.options_label}, base_method(root))
             cell = {
                 "dataset": name,
                 "entry": entry,

@@ -27,12 +27,12 @@ from raftlm.report import format_entry, welch_p
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROBE, TABLE3 = RESULTS / "two-hot-probe", RESULTS / "table3-converged"
-TWO_HOT = "raft (ce_target=two-hot)"
+TWO_HOT = "RAFT + 1.0 x CE (two-hot target)"
 OTHERS = {  # table3-converged label -> name here
-    "raft": "RAFT + 1.0 x CE, nearest (the default before two-hot)",
-    "raft (ce_weight=0.0)": "RAFT, the paper's (no CE term)",
-    "head-pooled": "mean-pooled head",
-    "ce + rail": "CE + RAIL",
+    "RAFT + 1.0 x CE (nearest target)": "RAFT + 1.0 x CE, nearest (the default before two-hot)",
+    "RAFT (the paper's: no CE term)": "RAFT, the paper's (no CE term)",
+    "mean-pooled head": "mean-pooled head",
+    "CE + RAIL": "CE + RAIL",
 }
 
 

@@ -72,28 +72,28 @@ FIXTURE = [
 
 def test_aggregate_picks_lr_on_validation_and_reports_mean_and_std():
     aggs = {a["label"]: a for a in aggregate(FIXTURE)}
-    raft = aggs["raft"]
+    raft = aggs["RAFT + 1.0 x CE (two-hot target)"]
     assert raft["lr"] == 1e-4 and raft["seeds"] == [0, 1, 2]
     # test RMSE 0.5, 0.6, 0.4: mean 0.5; sample std sqrt(((0)^2 + .1^2 + .1^2) / 2) = 0.1
     assert np.isclose(raft["rmse"], 0.5) and np.isclose(raft["rmse_std"], 0.1)
     assert np.isclose(raft["best_step"], 200)
-    ce = aggs["ce + rail"]  # 0.7, 0.8: mean .75, std sqrt((.05^2 * 2) / 1) = 0.0707
+    ce = aggs["CE + RAIL"]  # 0.7, 0.8: mean .75, std sqrt((.05^2 * 2) / 1) = 0.0707
     assert np.isclose(ce["rmse"], 0.75) and np.isclose(ce["rmse_std"], 0.0707107, atol=1e-6)
-    assert aggs["zero-shot + rail"]["rmse"] == 1.2
+    assert aggs["zero-shot + RAIL"]["rmse"] == 1.2
 
 
 def test_table_bolds_the_best_per_column():
     md = table(aggregate(FIXTURE), "rmse", "label", "dataset", "RMSE")
-    assert "| raft | **0.500 ± 0.100** |" in md
-    assert "| ce + rail | 0.750 ± 0.071 |" in md and "| zero-shot + rail | 1.200 |" in md
+    assert "| RAFT + 1.0 x CE (two-hot target) | **0.500 ± 0.100** |" in md
+    assert "| CE + RAIL | 0.750 ± 0.071 |" in md and "| zero-shot + RAIL | 1.200 |" in md
     md_p = table(aggregate(FIXTURE), "pearson", "label", "dataset", "Pearson")
-    assert "| raft | **0.500 ± 0.100** |" in md_p  # 1 - rmse: the highest Pearson wins
+    assert "| RAFT + 1.0 x CE (two-hot target) | **0.500 ± 0.100** |" in md_p  # 1 - rmse: the highest Pearson wins
 
 
 def test_table8_shape_bolds_the_best_method_per_model_row():
     md = table(aggregate(FIXTURE), "rmse", "model", "label", "RMSE", best_per="row")
     # one model row, methods as columns: only raft's 0.500 (the lowest RMSE of the row) is bold
-    assert "| | raft | ce + rail | zero-shot + rail |" in md
+    assert "| | RAFT + 1.0 x CE (two-hot target) | CE + RAIL | zero-shot + RAIL |" in md
     assert "| gemma | **0.500 ± 0.100** | 0.750 ± 0.071 | 1.200 |" in md
 
 
@@ -279,9 +279,9 @@ def test_lr_choice_first_seed_runs_later_seeds_at_the_winning_lr_only(tmp_path, 
     assert len(list((root / "figures").glob("rmse_vs_step_*.png"))) == 1
     # both decoders chose the lr of the same runs (validation is the run's): one curve, both labels
     (group,) = curve_groups(aggregate(rows), rows)
-    assert sorted(group[0]) == ["ce + greedy", "ce + rail"] and [r["seed"] for r in group[2]] == [0, 1]
+    assert sorted(group[0]) == ["CE + RAIL", "CE + greedy"] and [r["seed"] for r in group[2]] == [0, 1]
     report = (root / "report.md").read_text()  # one check at step 2 per run: nothing left to fall
-    assert "| ce + rail | flat x2 (0.000) |" in report and "| ce + greedy | flat x2 (0.000) |" in report
+    assert "| CE + RAIL | flat x2 (0.000) |" in report and "| CE + greedy | flat x2 (0.000) |" in report
     sweep["lr_choice"] = "best"
     path.write_text(yaml.safe_dump(sweep))
     with pytest.raises(RaftlmError, match="lr_choice 'best' is not one of"):
@@ -308,9 +308,9 @@ def test_report_marks_entries_whose_seeds_collapsed_and_lists_every_collapsed_ce
     rows[1]["collapsed"] = "every prediction is 3 (std 0.0e+00, targets' 1.2)"  # raft lr 1e-4 seed 1: chosen
     rows[4]["collapsed"] = "the grid holds 1.0e-09 of the model's probability"  # raft lr 1e-5 seed 1
     md = tables(aggregate(rows), rows)
-    assert "| raft | **0.500 ± 0.100 †** |" in md and "| ce + rail | 0.750 ± 0.071 |" in md
-    assert "- raft on stsb-1k, lr 0.0001, seed 1: every prediction is 3" in md
-    assert "- raft on stsb-1k, lr 1e-05, seed 1: the grid holds 1.0e-09" in md
+    assert "| RAFT + 1.0 x CE (two-hot target) | **0.500 ± 0.100 †** |" in md and "| CE + RAIL | 0.750 ± 0.071 |" in md
+    assert "- RAFT + 1.0 x CE (two-hot target) on stsb-1k, lr 0.0001, seed 1: every prediction is 3" in md
+    assert "- RAFT + 1.0 x CE (two-hot target) on stsb-1k, lr 1e-05, seed 1: the grid holds 1.0e-09" in md
     assert "†" not in tables(aggregate(FIXTURE), FIXTURE)
 
 
@@ -334,15 +334,15 @@ def test_method_options_make_an_ablation_its_own_run_and_its_own_row(tmp_path):
     assert cell_config(sweep, plain, tmp_path / "r").method.normalize_grid is False
     assert (
         label({"method": "raft", "decoder": "rail", "options": normed.options_label})
-        == "raft (normalize_grid=True)"
+        == "RAFT + 1.0 x CE (two-hot target) (normalize_grid=True)"
     )
     rows = [
         {**_row("raft", "rail", 1e-4, 0, 0.5, 0.5), "options": ""},
         {**_row("raft", "rail", 1e-4, 0, 0.4, 0.4), "options": "normalize_grid=True"},
     ]
     assert {a["label"]: a["rmse"] for a in aggregate(rows)} == {
-        "raft": 0.5,
-        "raft (normalize_grid=True)": 0.4,
+        "RAFT + 1.0 x CE (two-hot target)": 0.5,
+        "RAFT + 1.0 x CE (two-hot target) (normalize_grid=True)": 0.4,
     }
     sweep["methods"] = [{"method": "raft", "normalise_grid": True}]
     with pytest.raises(RaftlmError, match="normalise_grid"):
@@ -381,8 +381,8 @@ def test_report_lists_a_collapsed_zero_shot_cell(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(rows))
     write_report(str(tmp_path))
     md = (tmp_path / "report.md").read_text()
-    assert "- zero-shot + rail on stsb-1k, zero-shot, seed 0: the grid holds 1.0e-09" in md
-    assert "| zero-shot + rail | 1.200 † |" in md
+    assert "- zero-shot + RAIL on stsb-1k, zero-shot, seed 0: the grid holds 1.0e-09" in md
+    assert "| zero-shot + RAIL | 1.200 † |" in md
 
 
 def test_report_of_a_running_sweep_names_the_entries_short_of_its_planned_seeds(tmp_path):
@@ -390,11 +390,11 @@ def test_report_of_a_running_sweep_names_the_entries_short_of_its_planned_seeds(
 
     # raft has 3 seeds, ce + rail 2: the line names ce only, and with a 5-seed sweep names both
     md = tables(aggregate(FIXTURE), FIXTURE)
-    assert md.startswith("Seeds behind trained entries: 3, except ce + rail on stsb-1k: 2.\n")
+    assert md.startswith("Seeds behind trained entries: 3, except CE + RAIL on stsb-1k: 2.\n")
     md = tables(aggregate(FIXTURE), FIXTURE, planned_seeds=5)
     assert md.startswith(
         "Seeds behind trained entries (the sweep runs 5; still running or stopped early): "
-        "raft on stsb-1k: 3; ce + rail on stsb-1k: 2.\n"
+        "RAFT + 1.0 x CE (two-hot target) on stsb-1k: 3; CE + RAIL on stsb-1k: 2.\n"
     )
     assert "Seeds behind" not in tables(aggregate(FIXTURE[:6]), FIXTURE[:6], planned_seeds=3)
     sweep = "output_dir: out\ndatasets: [stsb-1k]\nmodels: [tiny]\nmethods: [raft]\n"
@@ -414,7 +414,7 @@ def test_report_tables_the_step_each_entry_was_tested_at():
     part = md.split("**Step of the lowest validation RMSE (the checkpoint tested), gemma**")[1].split("\n\n")[
         1
     ]
-    assert part.splitlines()[2:] == ["| raft | 200 ± 100 |", "| ce + rail | 150 ± 71 |"]
+    assert part.splitlines()[2:] == ["| RAFT + 1.0 x CE (two-hot target) | 200 ± 100 |", "| CE + RAIL | 150 ± 71 |"]
 
 
 def test_eta_prices_each_run_to_train_once_and_each_cell_its_test_time():
@@ -465,7 +465,7 @@ def test_report_sets_each_raft_entry_against_the_best_other_method():
     # raft at its chosen lr 1e-4: 0.5 +- 0.1 (3 seeds) vs ce + rail 0.75 +- 0.071 (2 seeds); Welch's p =
     # scipy.stats.ttest_ind([0.5, 0.6, 0.4], [0.7, 0.8], equal_var=False).pvalue = 0.0494
     assert (
-        "| stsb-1k | gemma | raft: 0.500 ± 0.100 | ce + rail: 0.750 ± 0.071 | -0.250 | 0.05 | RAFT lower |"
+        "| stsb-1k | gemma | RAFT + 1.0 x CE (two-hot target): 0.500 ± 0.100 | CE + RAIL: 0.750 ± 0.071 | -0.250 | 0.05 | RAFT lower |"
         in text
     )
     losing = [dict(r, rmse=r["rmse"] + 0.3) if r["method"] == "raft" else r for r in FIXTURE]

@@ -27,11 +27,47 @@ LOWER_IS_BETTER = {
 }
 
 
-def label(row: dict) -> str:
-    method = methods.display_name(row["method"])
+def _options(text: str | None) -> dict[str, str]:
+    """A cell's ``options`` string ("ce_target=two-hot,trainable=none") as a dict."""
+    return dict(part.split("=", 1) for part in (text or "").split(",") if "=" in part)
+
+
+def label(row: dict, base: dict | None = None) -> str:
+    """An entry's name in the words the README uses, saying what ran: the method with its settings as
+    resolved from the cell's options over the sweep's ``base`` method section (e.g. RAFT's CE term and
+    target), then the decoder where the paper compares decoders, then any other options."""
+    opts = {**{k: str(v) for k, v in (base or {}).items() if v is not None}, **_options(row.get("options"))}
+    name = _method_words(row["method"], opts)
     plain = row["decoder"] in ("rail", "head") and not methods.get(row["method"]).decoder_in_label
-    name = method if plain else f"{method} + {row['decoder']}"
-    return f"{name} ({row['options']})" if row.get("options") else name
+    name = name if plain else f"{name} + {DECODER_WORDS.get(row['decoder'], row['decoder'])}"
+    rest = {k: v for k, v in _options(row.get("options")).items() if k not in WORDED}
+    if rest.get("trainable") == "none":
+        name, rest = f"{name}, frozen LM", {k: v for k, v in rest.items() if k != "trainable"}
+    return f"{name} ({','.join(f'{k}={v}' for k, v in rest.items())})" if rest else name
+
+
+DECODER_WORDS = {"rail": "RAIL"}
+WORDED = {"ce_weight", "ce_target", "pooling", "ntl_weight"}  # options the method's words already say
+
+
+def _method_words(method: str, opts: dict) -> str:
+    from raftlm.config import MethodConfig
+
+    if method == "ce":
+        return "CE"
+    if method == "ce-ntl":
+        return f"CE + {float(opts.get('ntl_weight', MethodConfig.ntl_weight)):g} x NTL"
+    if method == "head-attn":
+        return "attention-pooled head"
+    if method == "raft":
+        kind = methods.get("raft")
+        weight = float(opts.get("ce_weight", kind.default_ce_weight))
+        target = opts.get("ce_target", kind.default_ce_target)
+        shown = f"{weight:.1f}" if weight == int(weight) else f"{weight:g}"
+        return "RAFT (the paper's: no CE term)" if weight == 0 else f"RAFT + {shown} x CE ({target} target)"
+    if method == "head-pooled":
+        return f"{opts.get('pooling', 'mean')}-pooled head"
+    return methods.display_name(method)
 
 
 def _mean_validation(cells: list[dict]) -> float:
@@ -54,7 +90,7 @@ def _group(row: dict) -> tuple:
     return tuple(row.get(k, "" if k == "options" else None) for k in GROUP)
 
 
-def aggregate(rows: list[dict]) -> list[dict]:
+def aggregate(rows: list[dict], base: dict | None = None) -> list[dict]:
     """Per (dataset, model, method, decoder, train fraction): the learning rate with the lowest mean
     validation RMSE (appendix D) over the seeds every learning rate has (all of them in a full sweep; the
     first with ``lr_choice: first_seed``), and test metrics as mean and std (ddof=1) over its seeds."""
@@ -71,7 +107,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
             **dict(zip(GROUP, key, strict=True)),
             "lr": lr,
             "seeds": sorted(r["seed"] for r in cells),
-            "label": label(cells[0]),
+            "label": label(cells[0], base),
             "collapsed_seeds": sorted(r["seed"] for r in cells if r.get("collapsed")),
         }
         for m in (*LOWER_IS_BETTER, "best_step"):
@@ -181,8 +217,8 @@ def collapsed_note(rows: list[dict]) -> str:
     if not dead:
         return ""
     items = [
-        f"- {label(r)} on {r['dataset']}, {_lr(r)}, seed {r['seed']}: {r['collapsed']}"
-        for r in sorted(dead, key=lambda r: (r["dataset"], label(r), r["lr"] or 0, r["seed"]))
+        f"- {r.get('label') or label(r)} on {r['dataset']}, {_lr(r)}, seed {r['seed']}: {r['collapsed']}"
+        for r in sorted(dead, key=lambda r: (r["dataset"], r.get("label") or label(r), r["lr"] or 0, r["seed"]))
     ]
     return "† some seeds of the chosen learning rate collapsed. Collapsed cells (test predictions):\n\n" + (
         "\n".join(items) + "\n"
@@ -587,16 +623,31 @@ def sweep_seeds(sweep: dict) -> list[int]:
     return [to_int(s, "sweep seeds") for s in sweep.get("seeds", [0])]
 
 
-def planned_seeds(root: Path) -> int | None:
-    """How many seeds the sweep that wrote ``root`` runs (the copy of its sweep.yaml there), if known."""
+def saved_sweep(root: Path) -> dict | None:
+    """The copy of the sweep file that wrote ``root`` (its sweep.yaml), if readable."""
     import yaml
 
     path = root / "sweep.yaml"
     try:
         sweep = yaml.safe_load(path.read_text()) if path.exists() else None
-        return len(sweep_seeds(sweep)) if isinstance(sweep, dict) else None
-    except (yaml.YAMLError, RaftlmError):  # not a readable sweep: the report goes on without the count
+    except (yaml.YAMLError, OSError):  # not a readable sweep: the report goes on without it
         return None
+    return sweep if isinstance(sweep, dict) else None
+
+
+def planned_seeds(root: Path) -> int | None:
+    """How many seeds the sweep that wrote ``root`` runs, if known."""
+    sweep = saved_sweep(root)
+    try:
+        return len(sweep_seeds(sweep)) if sweep else None
+    except RaftlmError:
+        return None
+
+
+def base_method(root: Path) -> dict:
+    """The sweep's ``base.method`` settings (what every cell's options add to), for the labels."""
+    base = ((saved_sweep(root) or {}).get("base") or {}).get("method") or {}
+    return base if isinstance(base, dict) else {}
 
 
 def write_report(results_dir: str) -> Path:
@@ -626,7 +677,7 @@ def write_report(results_dir: str) -> Path:
         raise RaftlmError(
             f"{path}: entry {bad} is not a cell's result ({short(rows[bad])}): rerun `raftlm experiment` to rewrite it"
         )
-    aggs = aggregate(rows)
+    aggs = aggregate(rows, base_method(root))
     write_json(root / "summary.json", aggs)
     md = tables(aggs, rows, planned_seeds(root))
     if ended := convergence_table(root, full_data(aggs), rows):

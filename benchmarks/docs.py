@@ -1,0 +1,379 @@
+"""Every number the README and docs/ quote from a results file is written here, from that file.
+
+A page marks each generated value in place, so the page stays plain Markdown:
+
+    grid RAIL predicts <!-- docs:speed.rail_vs_sample -->40.8-58.6x<!-- /docs --> faster than sampling
+
+``--write`` fills every marker from ``benchmarks/results/`` (and the CLI's help), ``--check`` (run by
+``make test``) exits 1 naming each marker whose text differs from what the files say now. A number in the
+docs is therefore never typed by hand: change the results, run ``--write``, commit both.
+
+    python benchmarks/docs.py --write     # after a benchmark or sweep wrote new results
+    python benchmarks/docs.py --check     # in make test
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+MARKER = re.compile(r"<!-- docs:(?P<key>[\w.:-]+) -->(?P<body>.*?)<!-- /docs -->", re.S)
+
+
+@functools.cache
+def load(name: str):
+    return json.loads((RESULTS / name).read_text())
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}f}"
+
+
+def span(values: list[float], unit: str = "x", digits: int = 1) -> str:
+    """ "lo-hi" of a list of ratios (one value: itself)."""
+    lo, hi = min(values), max(values)
+    return (
+        f"{lo:.{digits}f}{unit}"
+        if f"{lo:.{digits}f}" == f"{hi:.{digits}f}"
+        else f"{lo:.{digits}f}-{hi:.{digits}f}{unit}"
+    )
+
+
+# --- table 3 at convergence ------------------------------------------------------------------------
+
+TABLE3 = "table3-converged"
+DATASETS = {"stsb-1k": "STS-B-1K", "amazon-snippets": "Amazon snippets", "movielens-100k": "MovieLens-100K"}
+ZERO_SHOT = "zero-shot + RAIL"
+DEFAULT = "RAFT + 1.0 x CE (two-hot target)"
+# the rows of the docs' table 3, in the report's words (summary.json "label"), in this order
+TABLE3_ROWS = [
+    ZERO_SHOT,
+    "CE + greedy",
+    "CE + RAIL",
+    "CE + 0.3 x NTL + greedy",
+    "CE + 0.3 x NTL + RAIL",
+    "mean-pooled head",
+    "attention-pooled head",
+    "attention-pooled head, frozen LM",
+    "RAFT (the paper's: no CE term)",
+    "RAFT + 1.0 x CE (nearest target)",
+    DEFAULT,
+]
+README_ROWS = [
+    ZERO_SHOT,
+    "CE + RAIL",
+    "mean-pooled head",
+    "attention-pooled head",
+    "RAFT (the paper's: no CE term)",
+    DEFAULT,
+]
+
+
+def summary(folder: str = TABLE3) -> dict:
+    return {(a["dataset"], a["label"]): a for a in load(f"{folder}/summary.json")}
+
+
+def entry_text(a: dict, digits: int = 3) -> str:
+    text = f"{a['rmse']:.{digits}f}"
+    if len(a["seeds"]) > 1:
+        text += f" ± {a['rmse_std']:.{digits}f}"
+    return text + (" †" if a.get("collapsed_seeds") else "")
+
+
+def table3(rows: list[str]) -> str:
+    """Test RMSE, mean ± std over seeds (in brackets), the lowest trained entry per dataset in bold;
+    an entry not run yet is a dash."""
+    entry = summary()
+    trained = [r for r in rows if r != ZERO_SHOT]
+    best = {
+        ds: min((entry[ds, r]["rmse"] for r in trained if (ds, r) in entry), default=None) for ds in DATASETS
+    }
+    lines = [
+        "| test RMSE (seeds) | " + " | ".join(DATASETS.values()) + " |",
+        "|---" * (len(DATASETS) + 1) + "|",
+    ]
+    for name in rows:
+        cells = []
+        for ds in DATASETS:
+            a = entry.get((ds, name))
+            if a is None:
+                cells.append("—")
+                continue
+            text = entry_text(a)
+            if name != ZERO_SHOT:
+                text = (f"**{text}**" if a["rmse"] == best[ds] else text) + f" ({len(a['seeds'])})"
+            cells.append(text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def table3_cells() -> str:
+    return str(len(load(f"{TABLE3}/results.json")))
+
+
+def raft_vs_best() -> str:
+    """Per dataset: the default's gap to the best non-RAFT entry and Welch's p over seeds."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from raftlm.report import welch_p
+
+    entry = summary()
+    out = []
+    for ds, name in DATASETS.items():
+        others = [a for (d, lab), a in entry.items() if d == ds and not lab.startswith(("RAFT", "zero-shot"))]
+        if (ds, DEFAULT) not in entry or not others:
+            continue
+        best = min(others, key=lambda a: a["rmse"])
+        mine = entry[ds, DEFAULT]
+        out.append(
+            f"{name}: {fmt(mine['rmse'])} against {best['label']}'s {fmt(best['rmse'])} "
+            f"({mine['rmse'] - best['rmse']:+.3f}, p {welch_p(mine, best)})"
+        )
+    return "; ".join(out)
+
+
+# --- the other results -----------------------------------------------------------------------------
+
+
+def headline(split: int, metric: str) -> str:
+    return fmt(load("stsb-headline.json")["results"][split][metric])
+
+
+def headline_table() -> str:
+    h = load("stsb-headline.json")
+    anchors = {
+        0: "GPT-2 124M + regression head ~0.84",
+        1: "cross-encoders stsb-TinyBERT-L4 0.855, stsb-distilroberta-base 0.879",
+    }
+    lines = ["| split | RMSE | Pearson | Spearman | anchor (Spearman) |", "|---|---|---|---|---|"]
+    for i, r in enumerate(h["results"]):
+        lines.append(
+            f"| {r['split']} | {fmt(r['rmse'])} | {fmt(r['pearson'])} | **{fmt(r['spearman'])}** | {anchors.get(i, '')} |"
+        )
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def frontier(setting: str, key: str) -> str:
+    row = next(r for r in load("frontier.json") if r["setting"] == setting)
+    return f"{row[key]:.1f}" if key == "train_minutes" else fmt(row[key])
+
+
+def speed_rows(name: str, results: str = "speed.json") -> list[dict]:
+    return [r for r in load(results) if r["name"] == name]
+
+
+def speed_span(name: str, results: str = "speed.json", digits: int = 1) -> str:
+    return span([r["ratio"] for r in speed_rows(name, results)], digits=digits)
+
+
+def speed_value(name: str, model: str, dtype: str, results: str = "speed.json") -> str:
+    row = next(r for r in speed_rows(name, results) if r["model"] == model and r["dtype"] == dtype)
+    return f"{row['ratio']:.2f}x"
+
+
+def memory(rows: int) -> str:
+    return f"{next(r for r in load('predict_memory.json') if r['rows'] == rows)['peak_rss_mb']:.0f} MB"
+
+
+def serve_value(name: str, key: str) -> str:
+    row = next(r for r in load("serve.json") if r["name"] == name)
+    value = row[key]
+    return f"{value:.2f}x" if key == "ratio" else f"{value:.1f}"
+
+
+def coverage_span() -> str:
+    """The 90 % conformal coverage range over uncertainty.json's rows calibrated on data exchangeable with
+    the test data (half of the test split, scored on the other half)."""
+    rows = [
+        r
+        for r in load("uncertainty.json")["rows"]
+        if r.get("nominal") == 0.9 and r.get("calibration") == "test-half" and r.get("kind") != "grid"
+    ]
+    return span([100 * r["coverage"] for r in rows], unit=" %", digits=1) if rows else "—"
+
+
+def demo(method: str, key: str = "rmse") -> str:
+    d = load("demo/demo_results.json")
+    return f"{next(r for r in d['rows'] if r['method'] == method)[key]:.2f}"
+
+
+def stability(dataset: str, arm: str, what: str = "collapsed") -> str:
+    row = next(r for r in load("stability/summary.json") if r["dataset"] == dataset and r["arm"] == arm)
+    if what == "collapsed":
+        return f"{len(row['collapsed_seeds'])} of {len(row['seeds'])}"
+    return row[f"{what}_mean_std"]
+
+
+def stability_table() -> str:
+    lines = ["| dataset | arm | collapsed | test RMSE |", "|---|---|---|---|"]
+    for r in load("stability/summary.json"):
+        lines.append(
+            f"| {r['dataset']} | {r['arm']} | {len(r['collapsed_seeds'])} of {len(r['seeds'])} | {r['test_rmse_mean_std']} |"
+        )
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def two_hot(dataset: str, key: str = "rmse") -> str:
+    a = summary("two-hot-probe")[dataset, DEFAULT]
+    return entry_text(a) if key == "rmse" else fmt(a[key])
+
+
+def frontier_table() -> str:
+    lines = [
+        "| setting | minutes | steps | best step | validation RMSE | test RMSE | Spearman |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in load("frontier.json"):
+        lines.append(
+            f"| `{r['flags']}` | {r['train_minutes']:.1f} | {r['steps']} | {r['best_step']} | "
+            f"{fmt(r['validation_rmse'])} | {fmt(r['test_rmse'])} | {fmt(r['spearman'])} |"
+        )
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def chunk_tokens(dataset: str) -> str:
+    return f"{load('length_chunks/length_chunks.json')['tokens'][dataset]['2']:.2f}"
+
+
+def chunk_speedup(n: str) -> str:
+    return f"{load('length_chunks/length_chunks.json')['speedup_vs_1'][n]['median']:.2f}x"
+
+
+def cli_help(command: str) -> str:
+    """``raftlm COMMAND --help`` as the parser prints it at 100 columns (the reference of every flag)."""
+    env = {**os.environ, "COLUMNS": "100", "PYTHONPATH": str(ROOT / "src")}
+    argv = [sys.executable, "-m", "raftlm", *([command] if command != "raftlm" else []), "--help"]
+    text = subprocess.run(argv, capture_output=True, text=True, env=env, check=True).stdout
+    return "\n```text\n" + text.rstrip() + "\n```\n"
+
+
+# key -> the text that stands between its markers
+VALUES: dict[str, Callable[[], str]] = {
+    "table3.readme": lambda: table3(README_ROWS),
+    "table3.full": lambda: table3(TABLE3_ROWS),
+    "table3.cells": table3_cells,
+    "table3.raft_vs_best": raft_vs_best,
+    "headline.table": headline_table,
+    "headline.minutes": lambda: f"{load('stsb-headline.json')['train_minutes']:.1f}",
+    "headline.dev_spearman": lambda: headline(0, "spearman"),
+    "headline.test_spearman": lambda: headline(1, "spearman"),
+    "frontier.default_minutes": lambda: frontier("top9-cached-adamw-1e-4-500-grid0-5", "train_minutes"),
+    "frontier.default_rmse": lambda: frontier("top9-cached-adamw-1e-4-500-grid0-5", "test_rmse"),
+    "frontier.default_spearman": lambda: frontier("top9-cached-adamw-1e-4-500-grid0-5", "spearman"),
+    "frontier.grid15_rmse": lambda: frontier("top9-cached-adamw-1e-4-500", "test_rmse"),
+    "frontier.all18_rmse": lambda: frontier("all18-adamw-5e-5-300", "test_rmse"),
+    "speed.rail_vs_sample": lambda: speed_span("inference: grid rail vs sample-rail"),
+    "speed.rail_vs_greedy": lambda: speed_span("inference: grid rail vs greedy", digits=2),
+    "speed.shared_prefix": lambda: speed_span("51-string grid: shared prefix vs naive re-encoding"),
+    "speed.bucketing": lambda: speed_span("mixed lengths: bucketing vs fixed padding", digits=2),
+    "speed.raft_vs_ce_frozen": lambda: speed_span("train step, embeddings frozen: raft vs ce", digits=2),
+    "speed.cache_top6": lambda: speed_value(
+        "train step: uncached vs cached top-6", "gemma-3-270m", "float32"
+    ),
+    "speed.cache_top4": lambda: speed_value(
+        "train step: uncached vs cached top-4", "gemma-3-270m", "float32"
+    ),
+    "cuda.train_ratios": lambda: speed_span("train step: raft vs ce", "speed_cuda.json", digits=2),
+    "cuda.rail_vs_sample": lambda: speed_span(
+        "inference: grid rail vs sample-rail", "speed_cuda.json", digits=0
+    ),
+    "memory.10k": lambda: memory(10_000),
+    "memory.200k": lambda: memory(200_000),
+    "serve.rows_s": lambda: serve_value("serve micro-batched", "throughput_rows_s"),
+    "serve.vs_offline": lambda: serve_value("serve micro-batched vs offline predict", "ratio"),
+    "serve.vs_batch1": lambda: serve_value("serve micro-batched vs batch-1", "ratio"),
+    "uncertainty.coverage90": coverage_span,
+    "stability.table": stability_table,
+    "stability.paper_amazon": lambda: stability("amazon-snippets", "paper (Adafactor, LR 0.0003)"),
+    "stability.ce_amazon": lambda: stability("amazon-snippets", "RAFT + 1.0 CE (LR 0.0003)"),
+    "stability.ce_amazon_rmse": lambda: stability(
+        "amazon-snippets", "RAFT + 1.0 CE (LR 0.0003)", "test_rmse"
+    ),
+    "stability.low_lr_amazon_rmse": lambda: stability(
+        "amazon-snippets", "240 steps (LR 0.0001)", "test_rmse"
+    ),
+    "twohot.amazon": lambda: two_hot("amazon-snippets"),
+    "twohot.stsb": lambda: two_hot("stsb-1k"),
+    "frontier.table": frontier_table,
+    "chunks.tokens_stsb": lambda: chunk_tokens("stsb-1k"),
+    "chunks.tokens_amazon": lambda: chunk_tokens("amazon-snippets"),
+    "chunks.tokens_movielens": lambda: chunk_tokens("movielens-100k"),
+    "chunks.speedup2": lambda: chunk_speedup("2"),
+    "chunks.speedup4": lambda: chunk_speedup("4"),
+    "cached_validation.speedup": lambda: f"{load('cached_validation.json')['speedup_median']:.2f}x",
+    "demo.minutes": lambda: f"{load('demo/demo_results.json')['minutes']:.1f}",
+    "demo.greedy": lambda: demo("zero-shot greedy"),
+    "demo.rail": lambda: demo("zero-shot rail"),
+    "demo.raft": lambda: demo("RAFT + rail"),
+    "demo.raft_spearman": lambda: demo("RAFT + rail", "spearman"),
+    "cli.raftlm": lambda: cli_help("raftlm"),
+    "cli.train": lambda: cli_help("train"),
+    "cli.predict": lambda: cli_help("predict"),
+    "cli.evaluate": lambda: cli_help("evaluate"),
+    "cli.calibrate": lambda: cli_help("calibrate"),
+    "cli.serve": lambda: cli_help("serve"),
+    "cli.experiment": lambda: cli_help("experiment"),
+}
+
+
+def render(text: str, page: Path, problems: list[str]) -> str:
+    def fill(m: re.Match) -> str:
+        key = m["key"]
+        if key not in VALUES:
+            problems.append(f"{page.relative_to(ROOT)}: unknown docs key {key!r}")
+            return m[0]
+        try:
+            value = VALUES[key]()
+        except (OSError, KeyError, StopIteration, ValueError, subprocess.CalledProcessError) as err:
+            problems.append(f"{page.relative_to(ROOT)}: {key}: cannot compute ({type(err).__name__}: {err})")
+            return m[0]
+        return f"<!-- docs:{key} -->{value}<!-- /docs -->"
+
+    return MARKER.sub(fill, text)
+
+
+def main(argv: list[str]) -> int:
+    if argv not in (["--write"], ["--check"]):
+        print(__doc__.strip().splitlines()[-2].strip(), file=sys.stderr)
+        print("usage: python benchmarks/docs.py --write | --check", file=sys.stderr)
+        return 2
+    problems: list[str] = []
+    stale = []
+    for page in PAGES:
+        old = page.read_text(encoding="utf-8")
+        new = render(old, page, problems)
+        if new != old:
+            stale.append(page)
+            if argv == ["--write"]:
+                page.write_text(new, encoding="utf-8")
+    for p in problems:
+        print(f"docs: {p}", file=sys.stderr)
+    if argv == ["--check"] and stale:
+        for page in stale:
+            old = {m["key"]: m["body"] for m in MARKER.finditer(page.read_text(encoding="utf-8"))}
+            new = {
+                m["key"]: m["body"]
+                for m in MARKER.finditer(render(page.read_text(encoding="utf-8"), page, []))
+            }
+            keys = [k for k in new if old.get(k) != new[k]]
+            print(f"docs: {page.relative_to(ROOT)} differs from its results in {keys}", file=sys.stderr)
+        print("docs: run `python benchmarks/docs.py --write` and commit the pages", file=sys.stderr)
+        return 1
+    if argv == ["--write"]:
+        print(
+            f"docs: {len(stale)} page(s) rewritten"
+            + (f": {', '.join(p.name for p in stale)}" if stale else "")
+        )
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
