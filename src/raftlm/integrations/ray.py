@@ -1,0 +1,484 @@
+"""Batch prediction on Ray Data (``pip install 'raftlm[ray]'``).
+
+``RaftlmPredictor`` is a callable class for ``ray.data.Dataset.map_batches``. Each actor loads the model
+once, on the device and in the dtype ``raftlm predict`` would choose there (the GPU Ray gave the actor, in
+bf16; else the CPU in float32), and turns a batch of rows into the columns ``raftlm predict`` writes
+(prediction, target, probs and entropy, uncertainty fields) through the same functions
+(``files.to_examples``, ``pipeline.predict_examples``, ``streaming.prediction_rows``,
+``uncertainty.prediction_fields``), so the numbers are the same::
+
+    ds = ray.data.read_parquet("s3://bucket/reviews/")
+    preds = ds.map_batches(RaftlmPredictor, fn_constructor_kwargs={"model": "/shared/runs/raft"},
+                           compute=ray.data.ActorPoolStrategy(size=4), num_gpus=1, batch_format="pandas")
+
+``predict_on_ray`` is ``raftlm predict --engine ray``: Ray Data reads the input (CSV/TSV/JSONL/Parquet, a
+file or a folder, local or on any filesystem Ray Data reads), ``--actors`` actors predict, and this
+process writes the rows in input order: one JSONL file byte for byte as ``raftlm predict`` writes it, or
+with ``--shards ROWS`` a folder of Parquet files of ROWS rows each, every row with its input row id
+(``index``). The run directory must be readable at the same path on every node.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from raftlm.config import Config
+from raftlm.core import RaftlmError, Splits
+from raftlm.data import load_splits
+from raftlm.files import FILE_KINDS, to_examples
+from raftlm.io import (
+    META_FILE,
+    atomic_write,
+    check_folder,
+    check_output_file,
+    is_run_dir,
+    output_lock,
+    same_file,
+)
+from raftlm.pipeline import check_eval_model, load_for_eval, predict_examples
+from raftlm.streaming import check_output, prediction_rows, scan
+from raftlm.uncertainty import Calibration, prediction_fields
+
+MISSING = "raftlm predict --engine ray needs ray: pip install 'raftlm[ray]'"
+BATCH_ROWS = 256  # rows per actor call; each call runs forward passes of eval.batch_size rows
+BLOCK_ROWS = 2048  # a local file is read as blocks of at most this many rows (at least 2 per actor)
+READERS = {"csv": "csv", "tsv": "csv", "jsonl": "json", "json": "json", "parquet": "parquet"}
+ROW_ERROR = "_raftlm_row_error"  # the column an actor answers with when a row is bad (CLI mode)
+SHARDS_MARKER = "_raftlm_shards.json"  # what makes a folder one that --shards wrote (and may replace)
+SHARDS_STAGING = re.compile(r"\..+\.[a-z0-9_]{8}\.shards")  # a --shards write in progress (mkdtemp)
+
+
+def require_ray():
+    """The ``ray`` module with Ray Data, or the one-line error that names the extra."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (pandas and pyarrow come with it)
+    except ModuleNotFoundError:
+        raise RaftlmError(MISSING) from None
+    return ray
+
+
+class RaftlmPredictor:
+    """Predictions for a batch of rows, with the model loaded once per actor.
+
+    ``model`` is a run directory (its ``config.yaml`` gives the settings, ``overrides`` change them:
+    ``{"eval.decoder": "median"}``), or pass a whole ``config``. ``targets``: parse the target column
+    (True), not (False), or where the batch has it (None). A bad row raises a RaftlmError naming its row
+    in the batch; ``row_errors="column"`` answers with a one-row batch holding the message and the row
+    instead, so a caller that knows where the batch starts can name the input row."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        config: Config | dict | None = None,
+        overrides: dict | None = None,
+        with_probs: bool = False,
+        with_uncertainty: bool = False,
+        targets: bool | None = None,
+        splits: Splits | None = None,
+        row_errors: str = "raise",
+    ):
+        self.cfg = _config(model, config, overrides)
+        name = self.cfg.model.name
+        if not is_run_dir(name) and splits is None:  # zero-shot: the dataset gives prompt and grid
+            splits = load_splits(self.cfg.data)
+        self.predictor = load_for_eval(self.cfg, None if is_run_dir(name) else splits)
+        wants_intervals = self.cfg.eval.interval and is_run_dir(name)
+        self.calibration = Calibration.load(name) if wants_intervals else None
+        self.with_probs, self.with_uncertainty = with_probs, with_uncertainty
+        self.targets, self.row_errors = targets, row_errors
+
+    def __call__(self, batch):
+        rows = _rows(batch)
+        column = self.cfg.data.target_column
+        has_target = self.targets if self.targets is not None else bool(rows) and column in rows[0]
+        target = column if has_target else None
+        try:
+            examples = to_examples(rows, self.predictor.template, target, "batch")
+        except RaftlmError as err:
+            if self.row_errors == "raise":
+                raise
+            return _like(batch, [_row_error(rows, self.predictor.template, target) or {ROW_ERROR: str(err)}])
+        preds = predict_examples(self.predictor, examples, self.cfg, desc=None)
+        e = self.cfg.eval
+        extra = prediction_fields(
+            self.predictor,
+            preds,
+            self.calibration,
+            e.interval,
+            e.interval_kind,
+            e.decoder,
+            self.with_uncertainty,
+        )
+        out = list(prediction_rows(self.predictor, preds, examples, 0, self.with_probs, extra))
+        for row in out:
+            del row["index"]  # a batch does not know where it starts: the caller numbers the rows
+        return _like(batch, out)
+
+
+def _config(model: str | None, config: Config | dict | None, overrides: dict | None) -> Config:
+    """``config``, or the run directory's own ``config.yaml``; ``model`` and ``overrides`` on top."""
+    if config is None:
+        if not model or not (Path(model) / "config.yaml").is_file():
+            raise RaftlmError(
+                f"RaftlmPredictor(model={model!r}) is not a run directory with a config.yaml: pass a run "
+                "from `raftlm train`, or config="
+            )
+        config = Config.from_yaml(str(Path(model) / "config.yaml"))
+    base = config.to_dict() if isinstance(config, Config) else config
+    return Config.build(base, {**({"model.name": str(model)} if model else {}), **(overrides or {})})
+
+
+def _rows(batch) -> list[dict]:
+    """A Ray Data batch (pyarrow Table, pandas DataFrame, or dict of numpy arrays) as rows of plain
+    Python values, as ``files.iter_rows`` gives them."""
+    if hasattr(batch, "to_pylist"):
+        return batch.to_pylist()
+    if hasattr(batch, "to_dict"):
+        return batch.to_dict("records")
+    columns = {k: np.asarray(v).tolist() for k, v in batch.items()}
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+def _like(batch, rows: list[dict]):
+    """``rows`` in the format of ``batch``."""
+    if isinstance(batch, pa.Table):
+        return pa.Table.from_pylist(rows)
+    if hasattr(batch, "to_dict"):
+        return type(batch)(rows)  # a pandas DataFrame
+    keys = list(rows[0]) if rows else []
+    return {
+        k: np.array([r.get(k) for r in rows], dtype=object if isinstance(rows[0][k], dict) else None)
+        for k in keys
+    }
+
+
+def _row_error(rows: list[dict], template: str, target: str | None) -> dict | None:
+    """The first bad row of a batch: its 0-based place and the message without the place."""
+    try:
+        to_examples(rows, template, target, "", 1)
+    except RaftlmError as err:
+        found = re.match(r" ?row (\d+): (.*)", str(err), re.S)
+        if found:
+            return {ROW_ERROR: found.group(2), "row": int(found.group(1)) - 1}
+    return None
+
+
+# --- raftlm predict --engine ray ------------------------------------------------------------------
+
+
+def predict_on_ray(args, cfg: Config, dataset_given: bool) -> None:
+    """``raftlm predict --engine ray``: the output is checked first, then the rows of a local CSV/JSONL
+    file (as ``raftlm predict`` does), then Ray starts (or is joined: ``--ray-address``)."""
+    ray = require_ray()
+    if not args.input or not args.output:
+        raise RaftlmError("predict needs --input (a file or folder Ray Data reads) and --output")
+    if args.resume:
+        raise RaftlmError(
+            "--resume continues a local prediction's partial file, and --engine ray writes its output whole "
+            "at the end: rerun without --resume"
+        )
+    if args.actors is not None and args.actors < 1:
+        raise RaftlmError(f"--actors {args.actors}: give a positive number of model copies")
+    if args.shards:
+        check_folder(Path(args.output).absolute().parent, args.output, create=False)
+    else:
+        check_output_file(args.output, True, [args.input])  # the path first, then (locked) its state
+    with output_lock(args.output):  # one writer per output, as `raftlm predict`
+        output = check_destination(args.output, args.overwrite, args.shards, args.input)
+        _predict_on_ray(ray, args, cfg, dataset_given, output)
+
+
+def _predict_on_ray(ray, args, cfg: Config, dataset_given: bool, output: Path) -> None:
+    check_eval_model(cfg, dataset_given)
+    if Path(cfg.model.name).exists():  # actors may start in another working directory
+        cfg = Config.build(cfg.to_dict(), {"model.name": str(Path(cfg.model.name).absolute())})
+    splits = None if is_run_dir(cfg.model.name) else load_splits(cfg.data)
+    kind, columns = _source(args.input)
+    n, has_target = _check_rows(args.input, _template(cfg, splits), cfg.data.target_column)
+    started = _connect(ray, args.ray_address, args.quiet)
+    try:
+        actors = args.actors or _default_actors(ray)
+        ds = _read(ray, args.input, kind, columns, n, actors)
+        preds = ds.map_batches(
+            RaftlmPredictor,
+            fn_constructor_kwargs={
+                "config": cfg,
+                "with_probs": args.with_probs,
+                "with_uncertainty": args.with_uncertainty,
+                "targets": has_target,
+                "splits": splits,
+                "row_errors": "column",
+            },
+            batch_format="pyarrow",
+            batch_size=BATCH_ROWS,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            **_actor_resources(ray, actors, cfg.eval.device),
+        )
+        preds.context.execution_options.preserve_order = True
+        preds.context.enable_progress_bars = not args.quiet
+        written = write_output(output, _ordered(preds, args.input), args.shards)
+    except (RaftlmError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        one_line = _one_line(err, args.input)
+        if one_line is None:
+            raise
+        raise one_line from None
+    finally:
+        if started:
+            ray.shutdown()
+    if n is not None and written != n:
+        raise RaftlmError(f"Ray Data read {written} rows of {args.input}, raftlm's reader {n}: report this")
+    print(f"wrote {written} predictions to {output}")
+
+
+def _template(cfg: Config, splits: Splits | None) -> str:
+    """The prompt template the actors will use: the run's (raftlm.json) or, zero-shot, the dataset's."""
+    if splits is not None:
+        return splits.template
+    return json.loads((Path(cfg.model.name) / META_FILE).read_text())["template"]
+
+
+def _suffix(name: str) -> str:
+    """The file type a name says (``.csv``, ``.csv.gz`` -> csv)."""
+    return name.lower().removesuffix(".gz").rsplit(".", 1)[-1]
+
+
+def _source(path: str) -> tuple[str, list[str] | None]:
+    """The input's file type (of its first file, for a folder) and, for CSV/TSV, its header: columns are
+    read as text, as raftlm's own reader reads them (Arrow would turn ``"007"`` into 7)."""
+    from pyarrow import csv as pacsv
+    from pyarrow import fs as pafs
+
+    try:
+        if "://" in path:
+            filesystem, where = pafs.FileSystem.from_uri(path)
+        else:
+            filesystem, where = pafs.LocalFileSystem(), os.path.abspath(path)
+        info = filesystem.get_file_info(where)
+        files = [where] if info.type == pafs.FileType.File else []
+        if info.type == pafs.FileType.Directory:
+            found = filesystem.get_file_info(pafs.FileSelector(where, recursive=True))
+            files = sorted(i.path for i in found if i.is_file and not i.base_name.startswith((".", "_")))
+        if not files:
+            raise RaftlmError(f"input {path} does not exist or holds no files: check the path")
+        files = [f for f in files if _suffix(f) in READERS] or files
+        kind = _suffix(files[0])
+        if kind not in READERS:
+            raise RaftlmError(f"{files[0]}: unknown file type {kind!r}: use .csv, .tsv, .jsonl or .parquet")
+        if kind not in ("csv", "tsv"):
+            return kind, None
+        compression = "gzip" if files[0].endswith(".gz") else None
+        with filesystem.open_input_stream(files[0], compression=compression) as f:
+            options = pacsv.ParseOptions(delimiter=FILE_KINDS[kind])
+            return kind, pacsv.open_csv(f, parse_options=options).schema.names
+    except (OSError, pa.ArrowException) as err:
+        raise RaftlmError(f"cannot read {path} ({str(err).splitlines()[0]}): check the path") from None
+
+
+def _check_rows(path: str, template: str, target_column: str) -> tuple[int | None, bool | None]:
+    """A local CSV/TSV/JSONL file is checked whole by raftlm's reader before Ray starts: a bad row fails
+    with its file line, exactly as in ``raftlm predict``. Other inputs are checked by the actors (a bad
+    row is named by its 1-based row number in read order). Returns (rows, whether they carry targets)."""
+    local = "://" not in path and Path(path).is_file()
+    if local and _suffix(path) in FILE_KINDS:
+        return scan(path, template, target_column)
+    return None, None
+
+
+def _connect(ray, address: str | None, quiet: bool) -> bool:
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray on this machine.
+    False when this process had joined one already (it is left running)."""
+    if ray.is_initialized():
+        return False
+    local = address is None and not os.environ.get("RAY_ADDRESS")
+    try:
+        ray.init(
+            address=address,
+            logging_level="WARNING" if quiet else "INFO",
+            **({"include_dashboard": False} if local else {}),
+        )
+    except ConnectionError as err:
+        raise RaftlmError(
+            f"cannot reach the Ray cluster at {address or os.environ.get('RAY_ADDRESS')} ({err}): start it "
+            "with `ray start --head`, or check --ray-address"
+        ) from None
+    return True
+
+
+def _default_actors(ray) -> int:
+    """One actor per GPU of the cluster; one without GPUs."""
+    return max(1, int(ray.cluster_resources().get("GPU", 0)))
+
+
+def _actor_resources(ray, actors: int, device: str) -> dict:
+    """A GPU per actor where the cluster has GPUs (unless --device cpu). CPUs: an equal share of the
+    cluster's, one left for Ray Data's readers (with every CPU held by an actor, reading waits forever);
+    Ray runs an actor's torch on floor(share) threads (1 below one CPU)."""
+    total = ray.cluster_resources()
+    gpus = int(total.get("GPU", 0)) if device != "cpu" else 0
+    if gpus and actors > gpus:
+        raise RaftlmError(
+            f"--actors {actors} but the cluster has {gpus} GPU(s): use at most one actor per GPU"
+        )
+    share = max(0.0, (total.get("CPU", 1.0) - 1) / actors)
+    if share >= 1:
+        biggest = max(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"])
+        share = float(min(math.floor(share), max(1, math.floor(biggest))))
+    return {"num_cpus": share, **({"num_gpus": 1} if gpus else {})}
+
+
+def _read(ray, path: str, kind: str, columns: list[str] | None, n: int | None, actors: int):
+    """The input as a Ray dataset; a local file of ``n`` rows in enough blocks for every actor."""
+    blocks = max(2 * actors, math.ceil(n / BLOCK_ROWS)) if n else None
+    if READERS[kind] == "parquet":
+        return ray.data.read_parquet(path, override_num_blocks=blocks)
+    if READERS[kind] == "json":
+        extensions = [f"{k}{gz}" for k in ("jsonl", "json") for gz in ("", ".gz")]
+        return ray.data.read_json(path, lines=True, file_extensions=extensions, override_num_blocks=blocks)
+    from pyarrow import csv as pacsv
+
+    return ray.data.read_csv(
+        path,
+        parse_options=pacsv.ParseOptions(delimiter=FILE_KINDS[kind], newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns or []}),
+        file_extensions=[kind, f"{kind}.gz"],
+        override_num_blocks=blocks,
+    )
+
+
+def _ordered(preds, input: str) -> Iterator[pa.Table]:
+    """The predicted batches in input order; a bad row reported by an actor is raised with its row
+    number (1-based, in read order)."""
+    n = 0
+    for table in preds.iter_batches(batch_format="pyarrow", batch_size=None):
+        if ROW_ERROR in table.column_names:
+            error = table.slice(0, 1).to_pylist()[0]
+            raise RaftlmError(f"{input} row {n + (error.get('row') or 0) + 1}: {error[ROW_ERROR]}")
+        n += table.num_rows
+        yield table
+
+
+def _one_line(err: Exception, input: str) -> RaftlmError | None:
+    """Ray ships an actor's or reader's exception as text (its cause is dropped on the way): a
+    RaftlmError's line, or Arrow's complaint about the input, is found in it."""
+    text = str(err)
+    found = re.search(r"RaftlmError: (.+)", text)
+    if found:
+        return RaftlmError(found.group(1))
+    found = re.search(r"Arrow(?:Invalid|TypeError): (.+)", text)
+    if found:
+        return RaftlmError(f"Ray Data cannot read {input} ({found.group(1)}): fix the file")
+    return None
+
+
+# --- the output: whole or not at all --------------------------------------------------------------
+
+
+def check_destination(output: str | Path, overwrite: bool, shard_rows: int | None, input: str) -> Path:
+    """Before Ray starts or a model loads: a JSONL output goes through ``streaming.check_output`` (the
+    output contract of ``raftlm predict``); a --shards folder must be new, or one --shards wrote (its
+    marker) with --overwrite, and not the input. A killed --shards write's staging folder is cleaned."""
+    if not shard_rows:
+        return check_output(output, overwrite, False, input)
+    if shard_rows < 1:
+        raise RaftlmError(f"--shards {shard_rows}: give the rows per Parquet file, a positive number")
+    output = Path(output)
+    if output.exists() and same_file(output, input):
+        raise RaftlmError(f"--output {output} is the input: write the shards to another folder")
+    if output.parent.is_dir():
+        for stale in output.parent.glob(f".{output.name}.*.shards"):
+            if SHARDS_STAGING.fullmatch(stale.name) and stale.is_dir():
+                shutil.rmtree(stale)
+    if output.is_dir():
+        if not (output / SHARDS_MARKER).is_file():
+            raise RaftlmError(
+                f"output folder {output} was not written by --shards (no {SHARDS_MARKER}): it is never "
+                "replaced; choose another path"
+            )
+        if not overwrite:
+            raise RaftlmError(
+                f"output folder {output} already exists: pass --overwrite or choose another path"
+            )
+    elif output.exists():
+        raise RaftlmError(f"--shards writes a folder, and {output} is a file: choose another path")
+    check_folder(output.parent, output)
+    return output
+
+
+def write_output(output: Path, tables: Iterable[pa.Table], shard_rows: int | None) -> int:
+    """The one place --engine ray writes (rows numbered in input order): a JSONL file through
+    ``io.atomic_write``, or Parquet shards in a staging folder renamed onto ``output``. Returns the rows."""
+    return _write_shards(output, tables, shard_rows) if shard_rows else _write_jsonl(output, tables)
+
+
+def _write_jsonl(output: Path, tables: Iterable[pa.Table]) -> int:
+    n = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal n
+        with open(tmp, "w") as f:
+            for table in tables:
+                for row in table.to_pylist():
+                    f.write(json.dumps({"index": n, **row}) + "\n")  # as streaming.predict_file writes
+                    n += 1
+
+    atomic_write(output, write)
+    return n
+
+
+def _write_shards(output: Path, tables: Iterable[pa.Table], shard_rows: int) -> int:
+    from pyarrow import parquet as pq
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".shards", dir=output.parent))
+    n, shards, pending = 0, 0, None
+    try:
+        for table in tables:
+            table = table.add_column(0, "index", pa.array(range(n, n + table.num_rows), pa.int64()))
+            n += table.num_rows
+            pending = (
+                table if pending is None else pa.concat_tables([pending, table], promote_options="default")
+            )
+            while pending.num_rows >= shard_rows:
+                pq.write_table(pending.slice(0, shard_rows), staging / f"part-{shards:05d}.parquet")
+                pending, shards = pending.slice(shard_rows), shards + 1
+        if pending is not None and pending.num_rows:
+            pq.write_table(pending, staging / f"part-{shards:05d}.parquet")
+            shards += 1
+        marker = {"rows": n, "shards": shards, "shard_rows": shard_rows}
+        (staging / SHARDS_MARKER).write_text(json.dumps(marker) + "\n")
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700
+        _swap_in(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return n
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _swap_in(staging: Path, output: Path) -> None:
+    """``staging`` onto ``output``; an old --shards folder there (checked before) goes after the swap."""
+    if not output.exists():
+        os.replace(staging, output)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".shards", dir=output.parent))
+    os.replace(output, old / output.name)
+    os.replace(staging, output)
+    shutil.rmtree(old)

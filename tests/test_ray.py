@@ -1,0 +1,138 @@
+"""`raftlm predict --engine ray` and `integrations.ray.RaftlmPredictor`: the numbers of `raftlm predict`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers import train_args, write_csv
+
+from raftlm.cli import main
+from raftlm.integrations.ray import MISSING, RaftlmPredictor
+
+WORDS = ["awful", "bad", "fine", "good", "great"]
+
+
+def review_rows(n: int) -> list[dict]:
+    return [
+        {"text": f"review {i}: it was {WORDS[i % 5]}{' quite' * (i % 7)}. rating:", "target": 1 + i % 5}
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("ray")
+    data = write_csv(d / "toy.csv", review_rows(40))
+    assert main(train_args(data, d / "run", "--lr", "1e-3")) == 0
+    return d / "run"
+
+
+def predict(run_dir, data, out, *extra) -> int:
+    return main(["predict", "--model", str(run_dir), "--input", str(data), "--output", str(out), *extra])
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def same_rows(a: list[dict], b: list[dict]) -> None:
+    """Same rows in the same order, same fields, predictions and probabilities within 1e-6."""
+    assert [r["index"] for r in a] == [r["index"] for r in b] == list(range(len(b)))
+    for x, y in zip(a, b, strict=True):
+        assert list(x) == list(y) and x.get("target") == y.get("target")
+        assert x["prediction"] == pytest.approx(y["prediction"], abs=1e-6)
+        if "probs" in y:
+            assert list(x["probs"]) == list(y["probs"])
+            assert list(x["probs"].values()) == pytest.approx(list(y["probs"].values()), abs=1e-6)
+        for key in ("entropy", "std", "mean", "median"):
+            if key in y:
+                assert x[key] == pytest.approx(y[key], abs=1e-6)
+
+
+def test_the_callable_on_pandas_and_arrow_batches_gives_predicts_columns(run, tmp_path):
+    """What each Ray actor does, without a cluster: a batch in, `raftlm predict`'s columns out."""
+    data = write_csv(tmp_path / "d.csv", review_rows(30))
+    assert predict(run, data, tmp_path / "p.jsonl", "--with-probs", "--with-uncertainty") == 0
+    want = read(tmp_path / "p.jsonl")
+    model = RaftlmPredictor(model=str(run), with_probs=True, with_uncertainty=True)
+    frame = pd.read_csv(data, dtype=str, keep_default_na=False)  # CSV fields are text, as raftlm reads them
+    got = model(frame)
+    assert isinstance(got, pd.DataFrame) and len(got) == 30
+    same_rows([{"index": i, **r} for i, r in enumerate(got.to_dict("records"))], want)
+    table = model(pa.Table.from_pandas(frame, preserve_index=False))
+    same_rows([{"index": i, **r} for i, r in enumerate(table.to_pylist())], want)
+    frame.loc[3, "target"] = "three"
+    with pytest.raises(Exception, match="batch row 4: target 'three' is not a number"):
+        model(frame)
+
+
+def test_without_the_extra_one_line_names_the_pip_command(run, tmp_path, monkeypatch, capsys):
+    data = write_csv(tmp_path / "d.csv", review_rows(5))
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ModuleNotFoundError
+    assert predict(run, data, tmp_path / "p.jsonl", "--engine", "ray") == 2
+    err = capsys.readouterr().err
+    assert err == f"raftlm predict: error: {MISSING}\n" and "pip install 'raftlm[ray]'" in err
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray on 2 CPUs for this module; `--engine ray` joins it (and leaves it running)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_engine_equals_predict_row_for_row(run, local_ray, tmp_path, capsys):
+    """3,000 rows over 2 actors: the same rows in the same order as `raftlm predict`, then Parquet shards
+    with the row id; bad rows fail with the row number, a local file's as `raftlm predict` says it."""
+    data = write_csv(tmp_path / "big.csv", review_rows(3000))
+    assert predict(run, data, tmp_path / "local.jsonl", "--with-probs") == 0
+    want = read(tmp_path / "local.jsonl")
+    capsys.readouterr()
+    out = tmp_path / "ray.jsonl"
+    assert predict(run, data, out, "--with-probs", "--engine", "ray", "--actors", "2") == 0
+    assert capsys.readouterr().out == f"wrote 3000 predictions to {out}\n"
+    same_rows(read(out), want)
+    assert predict(run, data, out, "--engine", "ray") == 2  # an existing output needs --overwrite
+    assert "already exists" in capsys.readouterr().err
+
+    shards, head = tmp_path / "shards", write_csv(tmp_path / "head.csv", review_rows(250))
+    assert predict(run, head, shards, "--engine", "ray", "--actors", "2", "--shards", "100") == 0
+    parts = sorted(p.name for p in shards.iterdir())
+    assert parts == ["_raftlm_shards.json", *(f"part-0000{i}.parquet" for i in range(3))]
+    table = pq.read_table(shards)
+    assert table.column("index").to_pylist() == list(range(250))
+    got = table.column("prediction").to_pylist()
+    assert got == pytest.approx([r["prediction"] for r in want[:250]], abs=1e-6)
+
+    bad = review_rows(50)
+    bad[41]["target"] = "n/a"
+    bad_csv = write_csv(tmp_path / "bad.csv", bad)
+    capsys.readouterr()
+    assert predict(run, bad_csv, tmp_path / "b.jsonl") == 2
+    local_error = capsys.readouterr().err.splitlines()[-1]
+    assert "bad.csv line 43: target 'n/a' is not a number" in local_error
+    assert predict(run, bad_csv, tmp_path / "b.jsonl", "--engine", "ray", "--actors", "2") == 2
+    assert capsys.readouterr().err == local_error + "\n"  # checked by raftlm's reader before Ray runs
+    pq.write_table(
+        pa.Table.from_pylist([{**r, "target": str(r["target"])} for r in bad]), tmp_path / "bad.parquet"
+    )
+    assert predict(run, tmp_path / "bad.parquet", tmp_path / "b.jsonl", "--engine", "ray") == 2
+    assert "bad.parquet row 42: target 'n/a' is not a number" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bad.csv",
+        "bad.parquet",
+        "big.csv",
+        "head.csv",
+        "local.jsonl",
+        "ray.jsonl",
+        "shards",
+    ]
