@@ -83,3 +83,110 @@ def test_demo_uses_bf16_only_on_a_cpu_with_bf16_units(monkeypatch):
     assert cfg.training.bf16 == cfg.eval.bf16 == cpu_has_bf16()
     assert _demo_config(monkeypatch, "--bf16").training.bf16 is True
     assert _demo_config(monkeypatch, "--set", "training.bf16=false").training.bf16 is False
+
+
+def test_quiet_silences_every_command(tmp_path, toy_csv, capsys):
+    """predict, evaluate, calibrate and experiment draw no bars, loss lines or info logs with --quiet."""
+    import yaml
+
+    run = tmp_path / "run"
+    assert main(train_args(toy_csv, run, "--quiet")) == 0
+    capsys.readouterr()
+    for argv in (
+        ["predict", "--model", str(run), "--input", str(toy_csv), "--output", str(tmp_path / "p.jsonl")],
+        ["evaluate", "--model", str(run)],
+        ["calibrate", str(run)],
+    ):
+        assert main([*argv, "--quiet"]) == 0
+        err = capsys.readouterr().err
+        assert "it/s" not in err and "%|" not in err and "INFO" not in err, (argv, err)
+    sweep = {
+        "output_dir": str(tmp_path / "sweep"),
+        "datasets": [f"csv:{toy_csv}"],
+        "models": ["tiny-random-llama"],
+        "methods": ["raft"],
+        "lrs": [1e-3],
+        "base": {"training": {"max_steps": 2, "batch_size": 4, "eval_steps": 1}},
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    assert main(["experiment", str(tmp_path / "s.yaml"), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert (
+        "'loss'" not in err and "it/s" not in err and "[1/1 cells]" not in err and "1 of 1 cells done" in out
+    )
+    assert "progress_bar" not in (tmp_path / "sweep" / "sweep.yaml").read_text()  # saved as written
+
+
+def test_raftlms_warnings_are_raftlms_one_line(tmp_path, toy_csv, capsys, recwarn):
+    """The collapse warning raised inside Trainer's evaluation loop names raftlm's own line, and the
+    command line prints it as one `raftlm: warning:` line."""
+    import warnings
+
+    from raftlm.core import RaftlmWarning
+
+    assert main(train_args(toy_csv, tmp_path / "run", "--lr", "3", "--quiet")) == 0
+    mine = [w for w in recwarn if issubclass(w.category, RaftlmWarning)]
+    assert mine and all("/raftlm/" in w.filename and "transformers" not in w.filename for w in mine)
+    message = str(mine[0].message)
+    line = warnings.formatwarning(mine[0].message, mine[0].category, mine[0].filename, mine[0].lineno)
+    assert line.count("\n") == 2  # Python's own format outside the CLI: location line + source line
+    from raftlm.cli import _logging
+
+    with _logging(quiet=True):
+        formatted = warnings.formatwarning(
+            mine[0].message, mine[0].category, mine[0].filename, mine[0].lineno
+        )
+    assert formatted == f"raftlm: warning: {message}\n"
+
+
+def test_a_tied_lm_head_restored_from_a_checkpoint_is_not_reported_missing(caplog):
+    """Gemma's LM head is its input embedding: restoring the best checkpoint finds it "missing", which
+    transformers reports as if the model were broken. raftlm ties it again and says nothing."""
+    import logging
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from raftlm.training import RegressionTrainer, tied_parameter_names
+
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    assert tied_parameter_names(model) == {"model.embed_tokens.weight", "lm_head.weight"}
+    trainer = object.__new__(RegressionTrainer)  # only .model is read
+    trainer.model = model
+    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    with caplog.at_level(logging.WARNING, logger="transformers.trainer"):
+        trainer._issue_warnings_after_load(model.load_state_dict(state, strict=False))
+        assert "missing keys" not in caplog.text
+        del state["model.norm.weight"]  # a key that really is missing is still reported
+        trainer._issue_warnings_after_load(model.load_state_dict(state, strict=False))
+    assert "There were missing keys in the checkpoint model loaded: ['model.norm.weight']" in caplog.text
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert isinstance(model.lm_head.weight, torch.nn.Parameter)
+
+
+def test_evaluate_into_a_closed_pipe_writes_its_file_first(tmp_path, toy_csv):
+    """`raftlm evaluate --output X | head -1`: X is written, and the closed stdout ends quietly."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    assert main(train_args(toy_csv, run, "--quiet")) == 0
+    env = {**os.environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[1] / "src")}
+    cmd = (
+        f"{sys.executable} -m raftlm evaluate --model {run} --output {tmp_path / 'e.json'} --quiet | head -1"
+    )
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert (tmp_path / "e.json").exists() and "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 0 and done.stdout.startswith("model")

@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from raftlm.config import SECTIONS, Config, ServeSettings, load_yaml, read_recipe
-from raftlm.core import CE_TARGETS, RaftlmError, short
+from raftlm.core import CE_TARGETS, RaftlmError, RaftlmWarning, short
 from raftlm.io import is_run_dir  # not raftlm.run: --help must not wait for torch
 from raftlm.tables import format_table
 
@@ -302,7 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     experiment = sub.add_parser(
         "experiment", help="run a resumable sweep (datasets x models x methods x lrs x seeds)"
     )
-    experiment.add_argument("sweep", help="sweep YAML file (see raftlm/experiment.py)")
+    experiment.add_argument(
+        "sweep", help="sweep YAML file: output_dir, base, datasets, models, methods, lrs, seeds (docs/reproducing.md)"
+    )
+    experiment.add_argument(
+        "--quiet", action="store_true", help="no progress bars, loss lines or info logs (warnings still show)"
+    )
     report = sub.add_parser(
         "report", help="tables (table 3 / 8 shapes), figures and an HTML page from a sweep"
     )
@@ -589,7 +594,8 @@ def cmd_calibrate(args) -> None:
         source = getattr(args, "split", "validation")  # --split only when given (the default is test)
         examples = load_splits(cfg.data).split(source)
     _warn_calibration(source, len(examples))
-    cal = calibrate(predictor, examples, cfg.eval.batch_size, cfg.eval.bf16, source)
+    bar = "calibrate" if cfg.training.progress_bar else None
+    cal = calibrate(predictor, examples, cfg.eval.batch_size, cfg.eval.bf16, source, desc=bar)
     path = cal.save(args.run)
     widths = cal.extra.get("absolute_half_width")
     print(f"calibrated on {source} ({cal.n} examples): {path}")
@@ -630,7 +636,7 @@ def cmd_demo(args) -> None:
 def cmd_experiment(args) -> None:
     from raftlm.experiment import run_sweep
 
-    run_sweep(args.sweep)
+    run_sweep(args.sweep, quiet=args.quiet)
 
 
 def cmd_report(args) -> None:
@@ -676,11 +682,26 @@ def _logging(quiet: bool):
     logger = logging.getLogger("raftlm")
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    root_level = logging.getLogger().level
+    if quiet:  # libraries that log on the root logger (MAPIE's "INFO:root:...")
+        logging.getLogger().setLevel(logging.WARNING)
+    formatted = warnings.formatwarning
+
+    def one_line(message, category, filename, lineno, line=None) -> str:
+        """raftlm's own warnings as one ``raftlm: warning: ...`` line; a library's as Python formats them."""
+        if f"{os.sep}raftlm{os.sep}" in filename or issubclass(category, RaftlmWarning):
+            return f"raftlm: warning: {message}\n"
+        return formatted(message, category, filename, lineno, line)
+
+    warnings.formatwarning = one_line
     try:
         with _quiet_transformers() if quiet else contextlib.nullcontext():
             yield
     finally:
         logger.removeHandler(handler)
+        logging.getLogger().setLevel(root_level)
+        warnings.formatwarning = formatted
+
 
 
 @contextlib.contextmanager

@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from raftlm.core import CE_TARGETS, RaftlmError, short
+from raftlm.core import CE_TARGETS, RaftlmError, short, warn
 
 TRAINABLE = re.compile(r"full|lora|none|top-\d+")
 
@@ -450,11 +449,10 @@ def _rename_eval_size(data: dict | None) -> None:
     """``data.eval_size`` (raftlm 0.1) was the validation subset: read it as ``data.val_size``."""
     if data and "eval_size" in data:
         value = data.pop("eval_size")
-        warnings.warn(
+        warn(
             "data.eval_size is deprecated: it set the validation subset, now data.val_size "
             "(--val-size); eval.eval_size (--eval-size) limits what evaluate scores",
             FutureWarning,
-            stacklevel=3,
         )
         data.setdefault("val_size", value)
 

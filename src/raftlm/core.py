@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import reprlib
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Protocol
@@ -14,6 +15,22 @@ import numpy as np
 
 class RaftlmError(ValueError):
     """A user-facing error: one line that names the problem and the fix (CLI exit code 2)."""
+
+
+class RaftlmWarning(UserWarning):
+    """raftlm's own warnings (a collapsing run, truncated prompts, targets outside the grid, ...)."""
+
+
+def warn(message: str, category: type[Warning] = RaftlmWarning) -> None:
+    """Warn about ``message`` from raftlm's own line, however deep in a library raftlm was called from
+    (a validation inside Trainer would otherwise be shown at transformers/trainer.py): the warning
+    names the raftlm function that raised it, keeps Python's once-per-location rule, and can be filtered
+    by its category or by module ``raftlm.*``. The command line prints it as one ``warning:`` line."""
+    frame = sys._getframe(1)
+    registry = frame.f_globals.setdefault("__warningregistry__", {})
+    warnings.warn_explicit(
+        message, category, frame.f_code.co_filename, frame.f_lineno, frame.f_globals.get("__name__"), registry
+    )
 
 
 _SHORT = reprlib.Repr()  # (keyword arguments need Python 3.12)
@@ -143,4 +160,4 @@ def warn_slow_bf16() -> None:
     """Call before bf16 autocast runs on a CPU: reads the CPU once per process and warns (once) where
     bf16 is a slowdown; ``warn_slow_bf16.cache_clear()`` rearms it."""
     if not cpu_has_bf16():
-        warnings.warn(SLOW_BF16, RuntimeWarning, stacklevel=3)
+        warn(SLOW_BF16, RuntimeWarning)

@@ -22,6 +22,7 @@ seed, so a sweep stopped early has every dataset x method at the first seeds rat
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -408,8 +409,12 @@ def read_cell(path: Path) -> dict:
     return row
 
 
-def run_sweep(path: str) -> Path:
+def run_sweep(path: str, quiet: bool = False) -> Path:
     sweep = load_sweep(path)
+    as_written = copy.deepcopy(sweep)
+    if quiet:  # every cell's bars and loss lines off (a setting of how runs report, not of what they train)
+        base = sweep.get("base") or {}
+        sweep["base"] = {**base, "training": {**(base.get("training") or {}), "progress_bar": False}}
     root = Path(sweep["output_dir"])
     todo = cells(sweep)
     if not todo:
@@ -417,20 +422,21 @@ def run_sweep(path: str) -> Path:
     check_cells(sweep, todo, root)
     root.mkdir(parents=True, exist_ok=True)
     with output_lock(root, "the sweep's results"):
-        ran = _run_cells(sweep, todo, root)
+        ran = _run_cells(sweep, todo, root, as_written)
     done = sum((root / "cells" / f"{c.cell_id}.json").exists() for c in todo)
     skipped = f", {len(todo) - done} skipped (lr_choice first_seed)" if done < len(todo) else ""
     print(f"{done} of {len(todo)} cells done ({ran} run now{skipped}): {root / 'results.csv'}")
     return root
 
 
-def _run_cells(sweep: dict, todo: list[Cell], root: Path) -> int:
-    """Run every cell of ``todo`` not written yet; returns how many ran."""
+def _run_cells(sweep: dict, todo: list[Cell], root: Path, as_written: dict) -> int:
+    """Run every cell of ``todo`` not written yet; returns how many ran. ``as_written`` is the sweep file
+    as the user wrote it (saved beside the results)."""
     keep = bool(sweep.get("keep_models", False))
     (root / "cells").mkdir(parents=True, exist_ok=True)
     for folder in (root, root / "cells", root / "predictions", root / CURVES):
         clean_stale_tmp(folder)  # left by a kill during a write
-    write_text(root / "sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
+    write_text(root / "sweep.yaml", yaml.safe_dump(as_written, sort_keys=False))
     result = lambda c: root / "cells" / f"{c.cell_id}.json"  # noqa: E731  (written once the cell is done)
     for c in todo:
         if result(c).exists():

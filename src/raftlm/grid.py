@@ -9,12 +9,11 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from raftlm.core import RaftlmError, short
+from raftlm.core import RaftlmError, short, warn
 
 
 def _fmt(value: float, decimals: int) -> str:
@@ -203,10 +202,9 @@ def make_scaler(grid: Grid, targets, target_range) -> TargetScaler:
         g = scaler.to_grid(y)
         outside = int(((g < grid.low - 1e-9) | (g > grid.high + 1e-9)).sum())
         if outside:
-            warnings.warn(
+            warn(
                 f"{outside}/{y.size} targets fall outside the grid range [{grid.low:g}, {grid.high:g}] "
                 "(RAIL cannot reach them; lemma 3 needs the grid to span the targets): "
                 "set --target-range auto or widen --grid",
-                stacklevel=2,
             )
     return scaler

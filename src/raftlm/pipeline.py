@@ -7,10 +7,10 @@ training, checkpoints/ (for resume).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from transformers import set_seed
 
 from raftlm import methods, uncertainty
 from raftlm.config import Config
-from raftlm.core import Example, RaftlmError, Splits
+from raftlm.core import Example, RaftlmError, Splits, warn
 from raftlm.data import load_splits
 from raftlm.grid import Grid, TargetScaler, make_scaler
 from raftlm.io import (
@@ -45,6 +45,22 @@ from raftlm.run import (
     swap_in,
 )
 from raftlm.training import fit, latest_complete_checkpoint, reporting
+
+
+@contextlib.contextmanager
+def no_load_bars(quiet: bool):
+    """transformers' own bars ("Loading weights", "Writing model shards") off while loading, when
+    ``quiet`` (``--quiet``, ``RAFTRegressor(progress_bar=False)``); back as they were after."""
+    from transformers.utils import logging as hf_logging
+
+    on = hf_logging.is_progress_bar_enabled()
+    if quiet and on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and on:
+            hf_logging.enable_progress_bar()
 
 
 def grid_and_scaler(
@@ -83,13 +99,14 @@ def new_predictor(
         train, grid_spec, default_range = splits_or_examples, "1-5", "auto"
     grid, scaler = grid_and_scaler(cfg, train, grid_spec, default_range)
     set_seed(cfg.training.seed)
-    model, tok = load_model(
-        cfg.model.name,
-        dropout=cfg.model.dropout,
-        seed=cfg.training.seed,
-        encoder=encoder,
-        init=cfg.model.init,
-    )
+    with no_load_bars(not cfg.training.progress_bar):
+        model, tok = load_model(
+            cfg.model.name,
+            dropout=cfg.model.dropout,
+            seed=cfg.training.seed,
+            encoder=encoder,
+            init=cfg.model.init,
+        )
     extra = {}
     if m.new_tokens and not encoder:
         new = add_number_tokens(model, tok, list(grid.strings), m.new_tokens, cfg.training.seed)
@@ -265,8 +282,8 @@ def _fit_locked(
         for name in ("progress_bar", "report_to", "length_chunks"):
             setattr(resumed.training, name, getattr(cfg.training, name))
         if resumed.to_dict() != cfg.to_dict():
-            warnings.warn(
-                "resuming with the run's saved config.yaml; flags given now are ignored", stacklevel=2
+            warn(
+                "resuming with the run's saved config.yaml; flags given now are ignored",
             )
         cfg = resumed
     created = not build.exists()
@@ -322,6 +339,8 @@ def _train_into(
     validation = validation_subset(splits.validation, cfg)
     summary = fit(predictor, splits.train, validation, cfg, build, resume=resume, callbacks=callbacks)
     results = {"train": summary, "n_train": len(splits.train)}
+    if splits.source:  # e.g. STS-B from the Hub (id, revision) or from --data-dir
+        results["data_source"] = splits.source
     if is_main_process():
         calibration = None
         if cfg.training.calibrate and splits.validation:  # the whole split, not the val_size subset
@@ -417,7 +436,8 @@ def write_entropy_report(stem: Path, before: np.ndarray, after: np.ndarray) -> d
 def load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:
     """A trained run directory as saved, or (zero-shot) a pretrained model bound to the dataset's defaults,
     on ``eval.device`` with weights in ``eval.dtype``."""
-    predictor = _load_for_eval(cfg, splits).to(cfg.eval.device, cfg.eval.dtype)
+    with no_load_bars(not cfg.training.progress_bar):
+        predictor = _load_for_eval(cfg, splits).to(cfg.eval.device, cfg.eval.dtype)
     if cfg.eval.compile:
         predictor.compile()
     return predictor

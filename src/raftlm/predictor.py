@@ -7,7 +7,6 @@ the prompt template and the answer format; the weights are an ordinary causal LM
 from __future__ import annotations
 
 import contextlib
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from raftlm import decoders
-from raftlm.core import RaftlmError, warn_slow_bf16
+from raftlm.core import RaftlmError, warn, warn_slow_bf16
 from raftlm.grid import Grid, TargetScaler
 from raftlm.scoring import AnswerFormat, GridLogProbs, PromptBatch, bind_answer, encode_prompts, left_pad
 
@@ -111,9 +110,8 @@ class Predictor:
         fmt = bind_answer(tokenizer, grid, probes[:8], answer_prefix) if bind else None
         context = getattr(model.config, "max_position_embeddings", None)
         if context and max_length > context:
-            warnings.warn(
+            warn(
                 f"max_length={max_length} exceeds the model's context ({context}); using {context}",
-                stacklevel=2,
             )
             max_length = context
         return cls(

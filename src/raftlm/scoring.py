@@ -15,12 +15,11 @@ Two facts shape this module:
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
 
-from raftlm.core import RaftlmError
+from raftlm.core import RaftlmError, warn
 from raftlm.grid import Grid
 
 
@@ -171,10 +170,9 @@ def encode_prompts(
         if truncated is not None:
             truncated.append(long)
     if cut:
-        warnings.warn(
+        warn(
             f"{cut} prompt(s) longer than max_length={max_length} were truncated from the left "
             "(the answer cue is kept): raise --max-length to keep all context",
-            stacklevel=2,
         )
     return out
 

@@ -253,7 +253,8 @@ def predict_file(
     begin, end = shard(n, state.process_index, state.num_processes)
     part = partial_path(output, state.process_index, state.num_processes)
     target = cfg.data.target_column if has_target else None
-    bar = tqdm(total=end - begin, initial=done, desc="predict", disable=not state.is_main_process)
+    quiet = not cfg.training.progress_bar or not state.is_main_process
+    bar = tqdm(total=end - begin, initial=done, desc="predict", disable=quiet)
     try:
         with open(part, "a" if done else "w") as f:
             for start, rows in row_chunks(input, chunk_rows, begin + done, end):

@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from transformers.trainer_callback import ExportableState, PrinterCallback, Prog
 from raftlm import methods
 from raftlm.cache import HiddenStore, build_store, cached_prompts, frozen_blocks, skip_frozen, stack_states
 from raftlm.config import Config
-from raftlm.core import Example, RaftlmError, warn_slow_bf16
+from raftlm.core import Example, RaftlmError, warn, warn_slow_bf16
 from raftlm.decoders import GRID_DECODERS
 from raftlm.io import to_json, write_text
 from raftlm.metrics import DEAD_GRID, collapse, regression_metrics
@@ -228,6 +227,14 @@ class MetricsLogger(TrainerCallback):
                 f.write(to_json({"step": state.global_step, **logs}) + "\n")  # NaN -> null
 
 
+def tied_parameter_names(model) -> set[str]:
+    """Names of parameters that share their tensor with another parameter (tied weights)."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return {n for group in names.values() if len(group) > 1 for n in group}
+
+
 class RegressionTrainer(Trainer):
     """Trainer with a raftlm loss, paper-style Adafactor, and RMSE validation through the predictor."""
 
@@ -281,6 +288,16 @@ class RegressionTrainer(Trainer):
             logs = {**logs, **self.loss_fn.pop_stats()}
         super().log(logs, *args, **kwargs)
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """Restoring the best checkpoint: a tied LM head (Gemma's is the input embedding) is not saved
+        apart, so it comes back "missing"; it is the embedding, tied again here, and not reported as a
+        broken model. Any other missing key is reported as Trainer does."""
+        tied = tied_parameter_names(self.model)
+        if any(k in tied for k in load_result.missing_keys):
+            self.model.tie_weights()
+            load_result = load_result._replace(missing_keys=[k for k in load_result.missing_keys if k not in tied])
+        super()._issue_warnings_after_load(load_result)
+
     def create_optimizer(self, model=None):
         if self.optimizer is None and self.optimizer_name == "adafactor":
             params = [p for p in (model or self.model).parameters() if p.requires_grad]
@@ -328,10 +345,9 @@ class RegressionTrainer(Trainer):
                 if why.startswith(DEAD_GRID)
                 else "lower the learning rate, or add warmup_steps"
             )
-            warnings.warn(
+            warn(
                 f"validation at step {self.state.global_step}: {why}; the predictions carry no signal "
                 f"(and RAFT's gradient vanishes there, so it seldom recovers): {fix}",
-                stacklevel=2,
             )
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

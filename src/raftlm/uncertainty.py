@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from raftlm import decoders
-from raftlm.core import KIND_CHOICES, RaftlmError, check_level, short
+from raftlm.core import KIND_CHOICES, RaftlmError, check_level, short, warn
 from raftlm.grid import TargetScaler
 
 LEVELS = (0.8, 0.9, 0.95)  # what `evaluate` reports
@@ -436,7 +435,7 @@ class Calibration:
             message = f"{path} is damaged ({short(str(err))}): recalibrate with `raftlm calibrate {run_dir}`"
             if required:
                 raise RaftlmError(message) from None
-            warnings.warn(message + "; going on without conformal intervals", stacklevel=2)
+            warn(message + "; going on without conformal intervals")
             return None
 
 
