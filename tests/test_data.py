@@ -51,13 +51,16 @@ def test_empty_text_is_an_error():
         to_examples([{"text": "  ", "target": "1"}], "{text}", "target", "f.csv")
 
 
-def test_jsonl_rows_and_unknown_dataset(tmp_path):
+def test_jsonl_rows_and_unknown_dataset(tmp_path, monkeypatch):
     path = tmp_path / "a.jsonl"
     path.write_text('{"text": "x", "target": 1}\n{"text": "y", "target": 2}\n')
     assert read_rows(path)[1] == {"text": "y", "target": 2}
     with pytest.raises(RaftlmError, match="unknown dataset 'nope'"):
         load_splits(DataConfig(dataset="nope"))
-    with pytest.raises(RaftlmError, match="needs --data-dir"):
+    import datasets  # the Hub copy of STS-B, offline (tests/test_hub.py has the rest)
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError()))
+    with pytest.raises(RaftlmError, match="go online .* or pass --data-dir FOLDER"):
         load_splits(DataConfig(dataset="stsb"))
 
 

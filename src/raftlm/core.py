@@ -74,6 +74,7 @@ class Splits:
     template: str
     grid: str = "1-5"
     target_range: object = None  # None | "auto" | [lo, hi]
+    source: dict | None = None  # where the data came from when a run should record it (STS-B: Hub or files)
 
     def split(self, name: str) -> list[Example]:
         if name not in ("train", "validation", "test"):

