@@ -766,3 +766,49 @@ def test_row_contract_is_the_same_for_files_and_the_api():
             examples_from([bad], None, "{a} {b}")
         assert fragment in str(from_file.value)
         assert str(from_file.value).split(": ", 1)[1] == str(from_api.value).split(": ", 1)[1]
+
+
+def test_no_output_may_replace_a_file_of_a_run(run, tmp_path, capsys, monkeypatch):
+    """`predict --output RUN/model.safetensors --overwrite` would destroy the run's weights."""
+    import shutil
+
+    run_dir, data = run
+    mine = tmp_path / "run"
+    shutil.copytree(run_dir, mine)
+    before = _snapshot(mine)
+    for name in ("model.safetensors", "raftlm.json", "config.yaml", "tokenizer.json", ".raftlm-run"):
+        code, line = _bad(
+            capsys,
+            [
+                "predict",
+                "--model",
+                str(mine),
+                "--input",
+                str(data),
+                "--output",
+                str(mine / name),
+                "--overwrite",
+            ],
+        )
+        assert code == 2 and "is a file of the raftlm run" in line, name
+    assert _snapshot(mine) == before
+    # an output of its own in the run directory is fine, and may be replaced
+    for _ in range(2):
+        assert (
+            main(["evaluate", "--model", str(mine), "--output", str(mine / "test.json"), "--overwrite"]) == 0
+        )
+    capsys.readouterr()
+
+
+def test_out_of_memory_is_one_line(run, tmp_path, capsys, monkeypatch):
+    run_dir, data = run
+
+    def oom(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(raftlm.streaming, "predict_examples", oom)
+    code, line = _bad(
+        capsys,
+        ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(tmp_path / "p.jsonl")],
+    )
+    assert code == 2 and line.startswith("raftlm predict: error: out of memory")

@@ -317,7 +317,7 @@ def test_report_averages_interval_rows_over_seeds_into_a_coverage_table():
     aggs = aggregate([cell(0, 0.88, 2.0), cell(1, 0.92, 3.0)])
     assert np.isclose(aggs[0]["crps"], 0.55)  # (.5 + .6) / 2
     # coverage (.88 + .92) / 2 = .9, width (2 + 3) / 2 = 2.5
-    assert "| raft [cqr] | 0.900 / 2.500 |" in interval_table(aggs)
+    assert "| RAFT + 1.0 x CE (two-hot target) [cqr] | 0.900 / 2.500 |" in interval_table(aggs)
 
 
 def test_sweep_cells_carry_intervals_and_the_report_draws_calibration(tmp_path, toy_csv):

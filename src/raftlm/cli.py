@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
         "experiment", help="run a resumable sweep (datasets x models x methods x lrs x seeds)"
     )
     experiment.add_argument(
-        "sweep", help="sweep YAML file: output_dir, base, datasets, models, methods, lrs, seeds (docs/reproducing.md)"
+        "sweep",
+        help="sweep YAML file: output_dir, base, datasets, models, methods, lrs, seeds (docs/reproducing.md)",
     )
     experiment.add_argument(
         "--quiet", action="store_true", help="no progress bars, loss lines or info logs (warnings still show)"
@@ -741,7 +742,6 @@ def _logging(quiet: bool):
         warnings.formatwarning = formatted
 
 
-
 @contextlib.contextmanager
 def _quiet_transformers():
     from transformers.utils import logging as hf_logging
@@ -784,10 +784,18 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         return _fail(args.command, str(err) if isinstance(err, RaftlmError) else f"{err.strerror}{where}", 2)
     except MemoryError:
-        return _fail(args.command, "out of memory: use smaller batches (--batch-size) or a smaller input", 2)
+        return _fail(args.command, OUT_OF_MEMORY, 2)
+    except RuntimeError as err:  # torch's allocator: "DefaultCPUAllocator: can't allocate memory", CUDA OOM
+        if "out of memory" not in str(err) and "can't allocate memory" not in str(err):
+            raise
+        return _fail(args.command, OUT_OF_MEMORY, 2)
     return 0
 
 
+OUT_OF_MEMORY = (
+    "out of memory: use smaller batches (--batch-size, --set eval.batch_size=N), shorter prompts "
+    "(--max-length) or a smaller model"
+)
 INTERRUPTED = {
     "train": "resume with --resume (from the last checkpoint)",
     "predict": "resume with --resume (the rows written so far are kept)",

@@ -90,6 +90,7 @@ def write_run_marker(path: str | Path, files: Iterable[str] = ()) -> dict:
         "created": old.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "raftlm": __version__,
         "files": sorted(set(old.get("files", [])) | set(files)),
+        **({"outputs": old["outputs"]} if old.get("outputs") else {}),
     }
     write_json(Path(path) / RUN_MARKER, marker)
     return marker
@@ -100,7 +101,9 @@ def register_output(path: str | Path) -> None:
     in its marker, so replacing the run later does not take it for a user's file."""
     path = Path(path)
     if is_marked_run(path.parent) and path.name not in RUN_FILES:
-        write_run_marker(path.parent, [path.name])
+        marker = write_run_marker(path.parent, [path.name])
+        outputs = sorted(set(marker.get("outputs", [])) | {path.name})
+        write_json(path.parent / RUN_MARKER, {**marker, "outputs": outputs})
 
 
 def _ours(name: str, listed: set[str]) -> bool:
@@ -112,6 +115,29 @@ def foreign_files(path: str | Path) -> list[str]:
     """Entries of run directory ``path`` that raftlm did not write (sorted)."""
     listed = set((read_run_marker(path) or {}).get("files", []))
     return sorted(p.name for p in Path(path).iterdir() if not _ours(p.name, listed))
+
+
+MODEL_FILE = re.compile(
+    r".*\.safetensors|.*\.safetensors\.index\.json|config\.json|generation_config\.json|tokenizer.*|"
+    r"special_tokens_map\.json|added_tokens\.json|chat_template.*|vocab\.json|merges\.txt"
+)
+
+
+def run_file(path: str | Path) -> bool:
+    """Whether ``path`` is one of the files a raftlm run directory is made of (its weights, configs,
+    tokenizer, marker, metrics...): no command's output may replace one."""
+    path = Path(path)
+    if not (is_marked_run(path.parent) or is_run_dir(path.parent)):
+        return False
+    listed = set((read_run_marker(path.parent) or {}).get("files", []))
+    return path.name in RUN_FILES or (path.name in listed and path.name not in _registered(path.parent)) or bool(
+        MODEL_FILE.fullmatch(path.name)
+    )
+
+
+def _registered(run: Path) -> set[str]:
+    """Outputs of commands (``evaluate --output RUN/test.json``) that the marker lists: those may be replaced."""
+    return set((read_run_marker(run) or {}).get("outputs", []))
 
 
 def describe(path: Path) -> str:
@@ -146,6 +172,11 @@ def check_output_file(
     path = Path(path)
     if path.name in ("", ".", ".."):
         raise RaftlmError(f"{flag} {path} names a folder: give a file name")
+    if run_file(path):
+        raise RaftlmError(
+            f"{flag} {path} is a file of the raftlm run {path.parent}: writing it would damage the run; "
+            "write the output to another path"
+        )
     for i in inputs:
         if i is not None and path.exists() and same_file(path, i):
             raise RaftlmError(
