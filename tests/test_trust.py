@@ -812,3 +812,54 @@ def test_out_of_memory_is_one_line(run, tmp_path, capsys, monkeypatch):
         ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(tmp_path / "p.jsonl")],
     )
     assert code == 2 and line.startswith("raftlm predict: error: out of memory")
+
+
+def test_the_demo_runs_twice_into_its_own_folder_and_never_into_a_users(tmp_path, capsys, monkeypatch):
+    """`make demo` twice: the second --overwrite replaces the first run with the demo's own files in it;
+    a user's folder as --output-dir is refused before the minutes of zero-shot scoring."""
+    out = tmp_path / "demo"
+    tiny = [
+        "--model",
+        "tiny-random-llama",
+        "--max-steps",
+        "2",
+        "--eval-steps",
+        "1",
+        "--train-size",
+        "40",
+        "--quiet",
+    ]
+    import raftlm.demo
+    from raftlm.core import Splits
+
+    real = raftlm.demo.load_splits
+
+    def small(cfg):  # the demo's data, cut to a few rows (it scores 500 test snippets three ways)
+        s = real(cfg)
+        return Splits(s.train[:40], s.validation[:8], s.test[:8], s.template, s.grid, s.target_range)
+
+    monkeypatch.setattr(raftlm.demo, "load_splits", small)
+    monkeypatch.setattr(raftlm.pipeline, "load_splits", small)
+    for _ in range(2):
+        assert main(["demo", "--output-dir", str(out), "--overwrite", "--set", "data.val_size=8", *tiny]) == 0
+    assert {"scatter.png", "demo_results.json", "raftlm.json"} <= {p.name for p in out.iterdir()}
+    capsys.readouterr()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("x")
+    _never_load(monkeypatch)
+    code, line = _bad(capsys, ["demo", "--output-dir", str(mine), "--overwrite", *tiny])
+    assert code == 2 and "is not a raftlm run" in line and (mine / "thesis.tex").read_text() == "x"
+
+
+def test_a_sweep_never_writes_into_a_users_folder(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.json").write_text('{"my": "data"}')
+    (mine / "sweep.yaml").write_text("mine: true\n")
+    before = _snapshot(mine)
+    sweep = {"output_dir": str(mine), "datasets": ["synthetic-original1"], "models": ["tiny-random-llama"]}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**sweep, "methods": [{"method": "none", "decoder": "rail"}]}))
+    code, line = _bad(capsys, ["experiment", str(path)])
+    assert code == 2 and "holds files no sweep wrote" in line and _snapshot(mine) == before

@@ -22,6 +22,7 @@ seed, so a sweep stopped early has every dataset x method at the first seeds rat
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -396,6 +397,26 @@ def eta_seconds(sweep: dict, left: list[Cell], done: list[dict]) -> float | None
     return seconds + sum(test.get(c.dataset["dataset"], test_all) for c in left)
 
 
+SWEEP_MARKER = ".raftlm-sweep"  # what makes a folder a sweep's output (only raftlm writes it)
+
+
+def check_sweep_dir(root: Path) -> None:
+    """A sweep writes (results.json, sweep.yaml, report.md, ...) only into a new or empty folder, or one a
+    sweep wrote: its marker, or (before markers) its cells/ folder of cell results beside a sweep.yaml."""
+    if not root.exists() or not any(root.iterdir()) or (root / SWEEP_MARKER).is_file():
+        return
+    cells = list((root / "cells").glob("*.json")) if (root / "cells").is_dir() else []
+    if cells and (root / "sweep.yaml").is_file():
+        with contextlib.suppress(RaftlmError):
+            read_cell(cells[0])
+            return
+    names = sorted(p.name for p in root.iterdir())[:4]
+    raise RaftlmError(
+        f"sweep output_dir {root} holds files no sweep wrote ({', '.join(names)}): raftlm would overwrite "
+        "them; choose a new or empty output_dir"
+    )
+
+
 def read_cell(path: Path) -> dict:
     """A written cell's JSON; a damaged one (edited, or a disk error) is one line saying how to redo it."""
     try:
@@ -420,7 +441,9 @@ def run_sweep(path: str, quiet: bool = False) -> Path:
     if not todo:
         raise RaftlmError(f"sweep file {path} has no cells to run: list datasets, models and methods")
     check_cells(sweep, todo, root)
+    check_sweep_dir(root)
     root.mkdir(parents=True, exist_ok=True)
+    write_json(root / SWEEP_MARKER, {"format": "raftlm-sweep", "version": 1})
     with output_lock(root, "the sweep's results"):
         ran = _run_cells(sweep, todo, root, as_written)
     done = sum((root / "cells" / f"{c.cell_id}.json").exists() for c in todo)
