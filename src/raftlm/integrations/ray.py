@@ -84,6 +84,7 @@ class RaftlmPredictor:
         overrides: dict | None = None,
         with_probs: bool = False,
         with_uncertainty: bool = False,
+        with_prompts: bool = False,
         targets: bool | None = None,
         splits: Splits | None = None,
         row_errors: str = "raise",
@@ -95,7 +96,7 @@ class RaftlmPredictor:
         self.predictor = load_for_eval(self.cfg, None if is_run_dir(name) else splits)
         wants_intervals = self.cfg.eval.interval and is_run_dir(name)
         self.calibration = Calibration.load(name) if wants_intervals else None
-        self.with_probs, self.with_uncertainty = with_probs, with_uncertainty
+        self.with_probs, self.with_uncertainty, self.with_prompts = with_probs, with_uncertainty, with_prompts
         self.targets, self.row_errors = targets, row_errors
 
     def __call__(self, batch):
@@ -120,7 +121,9 @@ class RaftlmPredictor:
             e.decoder,
             self.with_uncertainty,
         )
-        out = list(prediction_rows(self.predictor, preds, examples, 0, self.with_probs, extra))
+        out = list(
+            prediction_rows(self.predictor, preds, examples, 0, self.with_probs, extra, self.with_prompts)
+        )
         for row in out:
             del row["index"]  # a batch does not know where it starts: the caller numbers the rows
         return _like(batch, out)
@@ -216,6 +219,7 @@ def _predict_on_ray(ray, args, cfg: Config, dataset_given: bool, output: Path) -
                 "config": cfg,
                 "with_probs": args.with_probs,
                 "with_uncertainty": args.with_uncertainty,
+                "with_prompts": args.with_prompts,
                 "targets": has_target,
                 "splits": splits,
                 "row_errors": "column",
