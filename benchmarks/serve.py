@@ -4,19 +4,27 @@
     python benchmarks/serve.py --run RUN_DIR --input rows.csv    # a trained run, your rows
     python benchmarks/serve.py --device cuda --dtype bfloat16    # on a GPU
 
-Three measurements in one run, on the same rows, one row per request:
+Five measurements in one run, on the same rows, one row per request:
 1. offline: `raftlm predict`'s Predictor in this process at batch size --max-batch, in input order
    (no length bucketing), timed after loading and a warm-up batch: the bound a server can approach;
-2. server, micro-batched: `raftlm serve --max-batch B --max-wait-ms W`; --clients closed-loop clients
-   each send --requests requests back to back (throughput = rows / wall time; latency p50 / p95);
-3. server, batch 1: the same with --max-batch 1.
+2. server, micro-batched: `raftlm serve --max-batch B --max-wait-ms W` as it ships (pydantic request and
+   response models, Prometheus metrics, access log on); --clients closed-loop clients each send
+   --requests requests back to back (throughput = rows / wall time; latency p50 / p95);
+3. the same with --no-access-log --no-metrics: what the access log and the metrics cost;
+4. the same as 2 with "interval": 0.9 in every request (split-conformal CQR from the run's calibration):
+   what the intervals path costs;
+5. server, batch 1: the same as 2 with --max-batch 1.
 Each server is its own process, started after the previous one stopped (one model at a time), and gets
-one warm-up request per client first. --rounds N repeats 1-3 and reports median ratios with their range.
+one warm-up request per client first. --rounds N repeats 1-5 and reports median ratios with their range.
+The per-request cost of the pydantic models and the metrics is also timed in this process (``overhead``):
+microseconds, next to the model's milliseconds.
 Without --run, a zero-shot run directory of --model (grid 1-5, template "Review: {text}\\nRating (1-5):")
-is built once under benchmarks/work/ (weights do not change the speed). Rows are --words random words
-(+-50 %) per template column unless --input gives a CSV/JSONL file. The clients run in this process
-and share the machine with the server, as a co-located client would. Results: benchmarks/results/
-serve.md and serve.json (rows with name, ratio, clients); --out elsewhere for smoke runs.
+is built once under benchmarks/work/ (weights do not change the speed), with a calibration of
+--calibration-n examples whose grid probabilities and targets are random (a calibration's numbers do not
+change the speed either; its size does). Rows are --words random words (+-50 %) per template column
+unless --input gives a CSV/JSONL file. The clients run in this process and share the machine with the
+server, as a co-located client would. Results: benchmarks/results/serve.md and serve.json (rows with
+name, ratio, clients); --out elsewhere for smoke runs.
 """
 
 from __future__ import annotations
@@ -34,29 +42,43 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 HERE = Path(__file__).parent
 TEMPLATE = "Review: {text}\nRating (1-5):"
 VOCAB = "the a product works well badly arrived late early broken great cheap price quality box".split()
 
 
-def build_run(model: str, work: Path) -> Path:
-    """A zero-shot run directory of ``model`` (built once): speed does not depend on the weights."""
+def build_run(model: str, work: Path, calibration_n: int) -> Path:
+    """A zero-shot run directory of ``model`` (built once), calibrated on ``calibration_n`` random grid
+    distributions and targets: speed depends on neither the weights nor the calibration's numbers."""
     from raftlm.config import Config
     from raftlm.core import Example
     from raftlm.io import write_text
     from raftlm.pipeline import new_predictor
     from raftlm.run import save_run
+    from raftlm.uncertainty import Calibration
 
     run = work / f"serve-{model}"
-    if (run / "raftlm.json").exists():
-        return run
-    cfg = Config.build(
-        {"model": {"name": model}, "method": {"method": "none", "grid": "1-5", "target_range": "none"}}
-    )
-    probes = [Example(TEMPLATE.format(text=" ".join(VOCAB[i:] + VOCAB[:i]))) for i in range(8)]
-    save_run(new_predictor(cfg, probes, TEMPLATE), run)
-    write_text(run / "config.yaml", cfg.to_yaml())
+    if not (run / "raftlm.json").exists():
+        cfg = Config.build(
+            {"model": {"name": model}, "method": {"method": "none", "grid": "1-5", "target_range": "none"}}
+        )
+        probes = [Example(TEMPLATE.format(text=" ".join(VOCAB[i:] + VOCAB[:i]))) for i in range(8)]
+        predictor = new_predictor(cfg, probes, TEMPLATE)
+        save_run(predictor, run)
+        write_text(run / "config.yaml", cfg.to_yaml())
+    saved = run / "calibration.json"
+    if not saved.exists() or json.loads(saved.read_text())["n"] != calibration_n:
+        from raftlm.grid import Grid, TargetScaler
+
+        rng = np.random.default_rng(0)
+        grid = Grid.from_dict(json.loads((run / "raftlm.json").read_text())["grid"])
+        features = rng.dirichlet(np.ones(len(grid.values)), calibration_n)
+        targets = rng.integers(1, 6, calibration_n).astype(float)
+        Calibration(targets, features, tuple(grid.values), TargetScaler.identity(grid), source="random").save(
+            run
+        )
     return run
 
 
@@ -99,43 +121,50 @@ def run_config(run: Path, a):
     return Config.build(base, {"model.name": str(run), "eval.device": a.device, "eval.dtype": a.dtype})
 
 
-def start_server(run: Path, max_batch: int, a) -> tuple[subprocess.Popen, str]:
+def start_server(run: Path, max_batch: int, a, flags: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     import raftlm
 
     env = {**os.environ, "PYTHONPATH": str(Path(raftlm.__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "raftlm", "serve", str(run), "--port", "0", "--max-batch", str(max_batch)]
-    cmd += ["--max-wait-ms", str(a.max_wait_ms), "--device", a.device, "--dtype", a.dtype]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    cmd += ["--max-wait-ms", str(a.max_wait_ms), "--device", a.device, "--dtype", a.dtype, *flags]
+    log = Path(a.work) / "serve-benchmark.log"  # the access log: a pipe nobody reads would fill and block
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     line = proc.stdout.readline()
     if "http://" not in line:
-        raise SystemExit(f"the server did not start: {proc.stderr.read()[-2000:]}")
+        raise SystemExit(f"the server did not start: {log.read_text()[-2000:]}")
     return proc, line.split(" on ")[1].split()[0]
 
 
-async def _client(http: httpx.AsyncClient, url: str, rows: list[dict], latencies: list[float]) -> None:
+async def _client(
+    http: httpx.AsyncClient, url: str, rows: list[dict], latencies: list[float], extra: dict
+) -> None:
     for row in rows:
         t0 = time.perf_counter()
-        r = await http.post(f"{url}/predict", json={"inputs": [row]})
+        r = await http.post(f"{url}/predict", json={"inputs": [row], **extra})
         r.raise_for_status()
         latencies.append(time.perf_counter() - t0)
 
 
-async def _load(url: str, rows: list[dict], clients: int) -> tuple[float, list[float]]:
+async def _load(url: str, rows: list[dict], clients: int, extra: dict) -> tuple[float, list[float]]:
     """Wall time and per-request latencies of ``clients`` closed-loop clients sharing ``rows``."""
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=600, limits=limits) as http:
         t0 = time.perf_counter()
-        await asyncio.gather(*(_client(http, url, rows[i::clients], latencies) for i in range(clients)))
+        await asyncio.gather(
+            *(_client(http, url, rows[i::clients], latencies, extra) for i in range(clients))
+        )
         return time.perf_counter() - t0, latencies
 
 
-def served(run: Path, rows: list[dict], max_batch: int, a) -> dict:
-    proc, url = start_server(run, max_batch, a)
+def served(run: Path, rows: list[dict], max_batch: int, a, flags=(), extra: dict | None = None) -> dict:
+    extra = extra or {}
+    proc, url = start_server(run, max_batch, a, flags)
     try:
-        asyncio.run(_load(url, rows[: a.clients], a.clients))  # warm-up: one request per client
+        asyncio.run(_load(url, rows[: a.clients], a.clients, extra))  # warm-up: one request per client
         before = httpx.get(f"{url}/health").json()
-        seconds, latencies = asyncio.run(_load(url, rows, a.clients))
+        seconds, latencies = asyncio.run(_load(url, rows, a.clients, extra))
         after = httpx.get(f"{url}/health").json()
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -150,17 +179,57 @@ def served(run: Path, rows: list[dict], max_batch: int, a) -> dict:
     }
 
 
+MEASURED = {  # kind: (name, --max-batch: the cap or 1, flags, request fields)
+    "micro": ("serve micro-batched", None, (), {}),  # as it ships: metrics and access log on
+    "bare": (
+        "serve micro-batched, --no-access-log --no-metrics",
+        None,
+        ("--no-access-log", "--no-metrics"),
+        {},
+    ),
+    "interval": ('serve micro-batched, "interval": 0.9', None, (), {"interval": 0.9}),
+    "batch1": ("serve batch-1", 1, (), {}),
+}
+
+
 def one_round(run: Path, rows: list[dict], a) -> dict:
     out = {"offline": offline(run, rows, a)}
-    out["micro"] = served(run, rows, a.max_batch, a)
-    out["batch1"] = served(run, rows, 1, a)
+    for kind, (_, cap, flags, extra) in MEASURED.items():
+        out[kind] = served(run, rows, cap or a.max_batch, a, flags, extra)
     print(json.dumps({k: round(v["throughput"], 2) for k, v in out.items()}), flush=True)
     return out
 
 
+def overhead(n: int = 2000) -> dict:
+    """Microseconds per request of what the HTTP layer adds in Python: the pydantic request and response
+    models (a one-row body, probabilities included) and the metrics' counter and histograms."""
+    from raftlm.serve import Metrics, PredictRequest, PredictResponse
+
+    body = json.dumps({"inputs": [{"text": " ".join(VOCAB)}], "with_probs": True}).encode()
+    answer = {"predictions": [3.2], "probs": [{str(k): 0.2 for k in range(1, 6)}], "entropy": [1.6]}
+    metrics = Metrics()
+
+    def per_call(fn) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return 1e6 * (time.perf_counter() - t0) / n
+
+    def record():
+        metrics.requests.labels("/predict", "POST", "200").inc()
+        metrics.latency.labels("/predict").observe(0.1)
+        metrics.batch(8, 0.5)
+
+    def models():
+        PredictRequest.model_validate_json(body)
+        PredictResponse.model_validate(answer).model_dump_json(exclude_none=True)
+
+    return {"pydantic_us": per_call(models), "metrics_us": per_call(record)}
+
+
 def summarize(rounds: list[dict], a, setup: dict) -> list[dict]:
-    def ratio(base: str) -> dict:
-        rs = [r["micro"]["throughput"] / r[base]["throughput"] for r in rounds]
+    def ratio(kind: str, base: str) -> dict:
+        rs = [r[kind]["throughput"] / r[base]["throughput"] for r in rounds]
         return {"ratio": statistics.median(rs), "range": [min(rs), max(rs)]}
 
     def median(kind: str, key: str) -> float:
@@ -170,22 +239,30 @@ def summarize(rounds: list[dict], a, setup: dict) -> list[dict]:
         {
             "name": "serve micro-batched vs batch-1",
             "clients": a.clients,
-            **ratio("batch1"),
+            **ratio("micro", "batch1"),
             "target": "report",
         },
         {
             "name": "serve micro-batched vs offline predict",
             "clients": a.clients,
-            **ratio("offline"),
+            **ratio("micro", "offline"),
             "target": ">= 0.80",
+        },
+        {
+            "name": "serve with metrics and access log vs without",
+            "clients": a.clients,
+            **ratio("micro", "bare"),
+            "target": "report",
+        },
+        {
+            "name": 'serve with "interval": 0.9 vs without',
+            "clients": a.clients,
+            **ratio("interval", "micro"),
+            "target": "report",
         },
     ]
     rows[1]["met"] = rows[1]["ratio"] >= 0.80
-    for kind, name in [
-        ("micro", "serve micro-batched"),
-        ("batch1", "serve batch-1"),
-        ("offline", "offline predict"),
-    ]:
+    for kind, (name, *_) in [*MEASURED.items(), ("offline", ("offline predict",))]:
         row = {"name": name, "clients": a.clients if kind != "offline" else None}
         row["throughput_rows_s"] = median(kind, "throughput")
         if kind != "offline":
@@ -208,12 +285,22 @@ def write_results(out: Path, rows: list[dict], setup: dict) -> None:
         "| measurement | ratio | target | throughput rows/s | p50 ms | p95 ms | rows per forward |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in (r for r in rows if "pydantic_us" not in r):
         ratio = f"{r['ratio']:.2f}x ({r['range'][0]:.2f}-{r['range'][1]:.2f})" if "ratio" in r else "-"
         target = r.get("target", "-") + ("" if "met" not in r else (": met" if r["met"] else ": missed"))
         cells = [r.get(k) for k in ("throughput_rows_s", "p50_ms", "p95_ms", "rows_per_forward")]
         lines.append(f"| {r['name']} | {ratio} | {target} | " + " | ".join(fmt(c) for c in cells) + " |")
-    lines += ["", f"Reproduce: `{setup['command']}`"]
+    o = setup["overhead"]
+    per_row_ms = 1000 / next(r["throughput_rows_s"] for r in rows if r["name"] == "offline predict")
+    lines += [
+        "",
+        f"Timed in one process: the pydantic request and response models cost {o['pydantic_us']:.0f} us per "
+        f"one-row request and the metrics {o['metrics_us']:.0f} us, next to {per_row_ms:.0f} ms of model time "
+        "per row offline; the access log is one line per request. Intervals: split-conformal CQR at 0.9 from a "
+        f"calibration of {setup['calibration_n']} examples, computed per request (MAPIE) off the event loop.",
+        "",
+        f"Reproduce: `{setup['command']}`",
+    ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -232,6 +319,9 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", help="auto: bfloat16 on a GPU, float32 on the CPU")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument(
+        "--calibration-n", type=int, default=200, help="examples in the zero-shot run's random calibration"
+    )
     ap.add_argument("--work", default=str(HERE / "work"), help="where the zero-shot run is built")
     ap.add_argument("--out", default=str(HERE / "results" / "serve"))
     return ap.parse_args(argv)
@@ -241,7 +331,11 @@ def main(argv=None) -> None:
     from raftlm.models import resolve_device, resolve_dtype
 
     a = parse_args(argv)
-    run = Path(a.run) if a.run else build_run(a.model, Path(a.work))
+    run = Path(a.run) if a.run else build_run(a.model, Path(a.work), a.calibration_n)
+    if not (run / "calibration.json").exists():
+        raise SystemExit(
+            f"{run} has no calibration (the interval measurement needs one): raftlm calibrate {run}"
+        )
     cfg = run_config(run, a)
     n = a.clients * a.requests
     if a.input:
@@ -270,6 +364,7 @@ def main(argv=None) -> None:
         "max_wait_ms": a.max_wait_ms,
         "rounds": a.rounds,
         "note": note,
+        "calibration_n": json.loads((run / "calibration.json").read_text())["n"],
         "command": "python benchmarks/serve.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     print(
@@ -279,8 +374,10 @@ def main(argv=None) -> None:
         print(note)
     rounds = [one_round(run, rows, a) for _ in range(a.rounds)]
     results = summarize(rounds, a, {k: setup[k] for k in ("model", "device", "dtype", "max_batch")})
+    setup["overhead"] = overhead()
+    results.append({"name": "per-request Python overhead (us)", **setup["overhead"]})
     write_results(Path(a.out), results, {**setup, "clients": a.clients})
-    for r in results[:2]:
+    for r in results[:4]:
         print(f"{r['name']}: {r['ratio']:.2f}x")
     print(f"wrote {Path(a.out).with_suffix('.md')} and .json")
 

@@ -212,6 +212,7 @@ SERVE_FLAGS = {  # the config flags serve takes (the rest of its settings are Se
     "--bf16": "eval.bf16",
     "--decoder": "eval.decoder",
     "--compile": "eval.compile",
+    "--interval-kind": "eval.interval_kind",
 }
 
 
@@ -219,7 +220,10 @@ def add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run directory from `raftlm train`")
     for f in fields(ServeSettings):
         flag = f"--{f.name.replace('_', '-')}"
-        p.add_argument(flag, default=f.default, help=f.metadata["help"])
+        if f.type == "bool":  # on by default: its --no- flag turns it off
+            p.add_argument(f"--no-{flag[2:]}", dest=f.name, action="store_false", help=f.metadata["help"])
+        else:
+            p.add_argument(flag, default=f.default, help=f.metadata["help"])
     defaults = Config()
     for flag, key in SERVE_FLAGS.items():
         _config_flag(p, flag, key, defaults)
@@ -582,7 +586,7 @@ def cmd_serve(args) -> None:
         from raftlm.serve import serve
     except ModuleNotFoundError as err:
         raise RaftlmError(
-            f"raftlm serve needs {err.name}: pip install 'raftlm[serve]' (FastAPI and uvicorn)"
+            f"raftlm serve needs {err.name}: pip install 'raftlm[serve]' (FastAPI, uvicorn, prometheus-client)"
         ) from None
     saved = Path(args.run_dir) / "config.yaml"  # the run's own eval settings, under the flags given now
     base = Config.from_yaml(str(saved)).to_dict() if saved.exists() else {}

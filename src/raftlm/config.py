@@ -522,6 +522,17 @@ class ServeSettings:
     max_queue: int = field(default=1024, metadata={"help": "rows waiting at most; more get 503"})
     max_rows: int = field(default=256, metadata={"help": "rows per request at most; more get 413"})
     max_body_kb: int = field(default=1024, metadata={"help": "request body size limit in KiB (413)"})
+    body_timeout_s: float = field(
+        default=10.0, metadata={"help": "seconds a request's body may take to arrive once its headers did (408)"}
+    )
+    graceful_timeout_s: float = field(
+        default=5.0,
+        metadata={"help": "on SIGTERM: seconds requests in flight get to finish; the rest get 503"},
+    )
+    access_log: bool = field(
+        default=True, metadata={"help": "one access log line per request on stderr (--no-access-log: none)"}
+    )
+    metrics: bool = field(default=True, metadata={"help": "Prometheus metrics at GET /metrics (--no-metrics: off)"})
 
     def __post_init__(self) -> None:
         for f in fields(self):  # finite numbers of the right type, whatever the caller passed
@@ -537,6 +548,10 @@ class ServeSettings:
             raise RaftlmError(f"port={self.port}: use a TCP port in 0..65535")
         if self.max_wait_ms < 0:
             raise RaftlmError(f"max_wait_ms={self.max_wait_ms}: use a wait >= 0")
+        if not 0 < self.body_timeout_s <= 3600:
+            raise RaftlmError(f"body_timeout_s={self.body_timeout_s:g}: use a time in (0, 3600] seconds")
+        if not 0 <= self.graceful_timeout_s <= 600:
+            raise RaftlmError(f"graceful_timeout_s={self.graceful_timeout_s:g}: use a time in [0, 600] seconds")
         if self.max_rows > self.max_queue:
             raise RaftlmError(
                 f"max_rows={self.max_rows} exceeds max_queue={self.max_queue}: such a request could never "
