@@ -8,7 +8,7 @@ from helpers import train_args, write_csv
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from raftlm.cli import FLAGS, build_parser, main
+from raftlm.cli import USES, build_parser, config_fields, flag_of, main
 from raftlm.config import Config
 from raftlm.decoders import DECODERS
 from raftlm.methods import METHODS
@@ -29,11 +29,15 @@ def test_cli_choices_match_the_registries():
     parser = build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]
     choices = {a.dest: a.choices for a in train._actions}
-    assert set(choices["method"]) == {*METHODS, "none"}
-    assert list(choices["decoder"]) == list(DECODERS)
-    for key in FLAGS.values():  # every flag maps onto a real config field
-        section, name = key.split(".")
-        assert hasattr(getattr(Config(), section), name)
+    assert set(choices["method__method"]) == {*METHODS, "none"}
+    assert list(choices["eval__decoder"]) == list(DECODERS)
+    for command in USES:  # every config field a command reads is a flag of it (but progress_bar: --quiet)
+        sub = parser._subparsers._group_actions[0].choices[command]
+        dests = {a.dest for a in sub._actions}
+        for key, f in config_fields(command):
+            section, name = key.split(".")
+            assert hasattr(getattr(Config(), section), name)
+            assert (key.replace(".", "__") in dests) == (flag_of(key, f) is not None), (command, key)
 
 
 def test_train_predict_evaluate_end_to_end(tmp_path, toy_csv):

@@ -43,7 +43,7 @@ def test_each_command_lists_only_the_flags_it_uses_with_defaults():
     assert "training (training.* in a recipe):" in train and "model (model.* in a recipe):" in train
     assert "(default: 500)" in train and "(default: 150)" in demo  # each command's own defaults (--max-steps)
     sub = build_parser()._subparsers._group_actions[0].choices["train"]
-    method = next(a for a in sub._actions if a.dest == "method")
+    method = next(a for a in sub._actions if a.dest == "method__method")
     assert all(f"{name}," in method.help for name in METHODS) and "none (zero-shot)" in method.help
 
 
@@ -190,3 +190,27 @@ def test_evaluate_into_a_closed_pipe_writes_its_file_first(tmp_path, toy_csv):
     )
     assert (tmp_path / "e.json").exists() and "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 0 and done.stdout.startswith("model")
+
+
+def test_help_is_built_from_the_config_and_cannot_drift():
+    """Issue 38: every flag, default and choice comes from the typed config and the registries."""
+    from raftlm.data import DATASETS, PATH_DATASETS
+
+    top = " ".join(build_parser().format_help().split())
+    assert f"--method: {len(METHODS)} methods" in top
+    train, predict, serve, experiment = (_help(c) for c in ("train", "predict", "serve", "experiment"))
+    squeezed = "".join(train.split())  # (argparse wraps lines, also at hyphens)
+    for name in [*DATASETS, *(f"{p}:PATH" for p in PATH_DATASETS), "csv:PATH", "jsonl:PATH", "hf:ID"]:
+        assert name in squeezed, name
+    sections = [line for line in train.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert sections[2] == "common:" and sections[-1] == "the paper's ablations:", sections
+    assert train.index("--lr") < train.index("--grad-accum") < train.index("--new-tokens")
+    flat = " ".join(predict.split())
+    assert "(default: stsb-1k)" not in flat and "(default: the run's; zero-shot: stsb-1k)" in flat
+    assert "--batch-size" in predict and "prediction batch size" in predict  # eval.batch_size there
+    assert "(default: 16)" in serve and "(default: 5.0)" in serve and "--bf16 [{true,false,auto}]" in serve
+    assert "raftlm/experiment.py" not in experiment and "--quiet" in experiment
+    parser = build_parser()
+    for argv in (["serve", "r", "--bf16=auto"], ["predict", "--bf16", "auto"], ["train", "--bf16"]):
+        args = parser.parse_args(argv)
+        assert getattr(args, "eval__bf16", None) or getattr(args, "training__bf16", None) in ("auto", "true")

@@ -1,6 +1,8 @@
-"""Command line: ``raftlm train | predict | evaluate | calibrate | serve | demo | experiment | report``.
+"""Command line: ``raftlm train | predict | evaluate | calibrate | serve | demo | experiment | report |
+fetch | push``.
 
-Flags map onto config fields (``FLAGS``); ``USES`` says which fields each command reads."""
+Every config field is a flag, built from its metadata (``config.py``: help, flag name, group), so help
+texts, defaults and choices come from the typed config; ``USES`` says which fields each command reads."""
 
 from __future__ import annotations
 
@@ -19,73 +21,8 @@ from raftlm.core import CE_TARGETS, RaftlmError, RaftlmWarning, short
 from raftlm.io import is_run_dir  # not raftlm.run: --help must not wait for torch
 from raftlm.tables import format_table
 
-# flag -> config field; shared by every command (``--config recipe.yaml`` plus these overrides)
-FLAGS = {
-    "--model": "model.name",
-    "--trainable": "model.trainable",
-    "--dropout": "model.dropout",
-    "--init": "model.init",
-    "--attention": "model.attention",
-    "--dataset": "data.dataset",
-    "--data-dir": "data.data_dir",
-    "--template": "data.template",
-    "--text-column": "data.text_column",
-    "--target-column": "data.target_column",
-    "--train-size": "data.train_size",
-    "--train-fraction": "data.train_fraction",
-    "--history": "data.history",
-    "--val-size": "data.val_size",
-    "--max-length": "data.max_length",
-    "--stsb-test": "data.stsb_test",
-    "--method": "method.method",
-    "--grid": "method.grid",
-    "--target-range": "method.target_range",
-    "--normalize-grid": "method.normalize_grid",
-    "--answer-prefix": "method.answer_prefix",
-    "--ce-decimals": "method.ce_decimals",
-    "--head-token": "method.head_token",
-    "--pooling": "method.pooling",
-    "--single-value-grid": "method.single_value_grid",
-    "--head-hidden": "method.head_hidden",
-    "--learnable-scope": "method.learnable_scope",
-    "--attn-queries": "method.attn_queries",
-    "--attn-hidden": "method.attn_hidden",
-    "--ntl-weight": "method.ntl_weight",
-    "--head-init": "method.head_init",
-    "--new-tokens": "method.new_tokens",
-    "--ce-weight": "method.ce_weight",
-    "--ce-target": "method.ce_target",
-    "--output-dir": "training.output_dir",
-    "--max-steps": "training.max_steps",
-    "--batch-size": "training.batch_size",
-    "--grad-accum": "training.grad_accum",
-    "--lr": "training.lr",
-    "--optimizer": "training.optimizer",
-    "--scheduler": "training.scheduler",
-    "--warmup-steps": "training.warmup_steps",
-    "--max-grad-norm": "training.max_grad_norm",
-    "--weight-decay": "training.weight_decay",
-    "--no-cache-frozen": "training.cache_frozen",
-    "--length-chunks": "training.length_chunks",
-    "--eval-steps": "training.eval_steps",
-    "--patience": "training.patience",
-    "--report-to": "training.report_to",
-    "--seed": "training.seed",
-    "--bf16": "training.bf16",
-    "--decoder": "eval.decoder",
-    "--split": "eval.split",
-    "--num-samples": "eval.num_samples",
-    "--temperature": "eval.temperature",
-    "--compile": "eval.compile",
-    "--device": "eval.device",
-    "--dtype": "eval.dtype",
-    "--eval-size": "eval.eval_size",
-    "--interval": "eval.interval",
-    "--interval-kind": "eval.interval_kind",
-    "--no-calibrate": "training.calibrate",
-}
 # the config fields each command reads (a section name stands for all its fields): its --help lists
-# only their flags; --set SECTION.FIELD=VALUE still reaches any field
+# their flags, built from the fields' metadata (config.py); --set SECTION.FIELD=VALUE reaches any field
 PREDICTS = (
     "model.name",
     "data.dataset",
@@ -100,11 +37,13 @@ PREDICTS = (
     "method.normalize_grid",
     "method.answer_prefix",
     "method.single_value_grid",
-    "training.bf16",
     "training.seed",
     "eval.decoder",
+    "eval.batch_size",
+    "eval.bf16",
     "eval.num_samples",
     "eval.temperature",
+    "eval.max_new_tokens",
     "eval.compile",
     "eval.device",
     "eval.dtype",
@@ -116,8 +55,19 @@ USES = {
     "predict": PREDICTS,
     "evaluate": (*PREDICTS, "data.stsb_test", "eval.split", "eval.eval_size"),
     "calibrate": (*PREDICTS, "eval.split"),
-    "demo": ("model", "data", "method", "training", "eval"),
-}
+    "demo": ("model", "data", "method", "training", "eval.decoder"),
+    "serve": (
+        "eval.device", "eval.dtype", "eval.bf16", "eval.batch_size", "eval.decoder", "eval.compile",
+        "eval.interval_kind",
+    ),
+}  # fmt: skip
+RUN_COMMANDS = ("predict", "evaluate", "calibrate", "serve")
+USAGE = {  # the usage line: what a command needs, then [options] (every flag is listed below it)
+    "train": "%(prog)s --dataset DATASET --output-dir DIR [options]",
+    "predict": "%(prog)s --model RUN --input FILE --output FILE [options]",
+    "evaluate": "%(prog)s --model RUN [--split SPLIT | --input FILE] [options]",
+    "calibrate": "%(prog)s RUN [--split SPLIT | --input FILE] [options]",
+}  # their settings default to the run's own
 TITLES = {
     "model": "model",
     "data": "data",
@@ -134,35 +84,54 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _field(key: str):
-    section, name = key.split(".")
-    return next(f for f in fields(SECTIONS[section]) if f.name == name)
+def config_fields(command: str | None = None):
+    """(key, field) of every config field ``command`` reads, in the config's order."""
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            key = f"{section}.{f.name}"
+            if command not in USES or any(key == u or key.startswith(u + ".") for u in USES[command]):
+                yield key, f
 
 
-def _dest(flag: str) -> str:
-    return flag[2:].replace("-", "_")
+def flag_of(key: str, f) -> str | None:
+    """A field's flag: ``--field-name``, its metadata's ``flag`` (None: no flag), ``--no-...`` for a bool
+    that is on by default."""
+    flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+    if flag is not None and f.type == "bool" and f.default is True:
+        flag = "--no-" + flag[2:]
+    return flag
 
 
-def _uses(command: str | None, key: str) -> bool:
-    return command not in USES or any(key == u or key.startswith(u + ".") for u in USES[command])
+def dest_of(key: str) -> str:
+    """The argparse destination of a field's flag: ``training__batch_size`` (unique per field)."""
+    return key.replace(".", "__")
 
 
-def _help(f, default, flag_off: bool) -> str:
-    """The field's help with the command's default; values are converted by the config (config.typed)."""
-    text = f.metadata.get("help", "").replace("%", "%%")
-    if f.type == "bool":
-        return f"turn off: {text}" if flag_off else f"{text} (default: {'on' if default else 'off'})"
-    if default is None:  # the help says what None means, e.g. "(default: the dataset's)"
-        return text
-    shown = repr(default) if isinstance(default, str) and default.strip() != default else default
-    return re.sub(r" \(default: [^)]*\)", "", text) + f" (default: {shown})"
+def _help(f, default, command: str | None) -> str:
+    """The field's help with the command's default (a run's own settings for commands that load a run)."""
+    full = f.metadata.get("help", "").replace("%", "%%")  # its own "(default: ...)" says what None means
+    text = re.sub(r" \(default: [^)]*\)", "", full)
+    if default is None:
+        return full
+    if f.type == "bool" and f.default is True:
+        return f"turn off: {text}"
+    if command in RUN_COMMANDS and not f.name.startswith(("device", "dtype")):
+        return f"{text} (default: the run's; zero-shot: {_shown(default)})"
+    return f"{text} (default: {_shown(default)})"
+
+
+def _shown(default) -> str:
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    return repr(default) if isinstance(default, str) and default.strip() != default else str(default)
 
 
 def add_shared(
     p: argparse.ArgumentParser, command: str | None = None, defaults: Config | None = None
 ) -> None:
-    """The options every job command takes, then the flags of the config fields ``command`` reads,
-    grouped by section, with ``defaults`` (the command's own) in their help."""
+    """The options every job command takes, then the flags of the config fields ``command`` reads: the
+    everyday ones first, then by section, the paper's ablations last; with ``defaults`` (the command's
+    own) in their help."""
     defaults = defaults or Config()
     run = p.add_argument_group("run")
     run.add_argument(
@@ -182,38 +151,39 @@ def add_shared(
         run.add_argument(
             "--freeze-backbone", action="store_true", help="train only the head (same as --trainable none)"
         )
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for flag, key in FLAGS.items():
-        if not _uses(command, key):
-            continue
-        section = key.split(".")[0]
-        group = groups.get(section) or groups.setdefault(
-            section, p.add_argument_group(f"{TITLES[section]} ({section}.* in a recipe)")
-        )
-        _config_flag(group, flag, key, defaults)
+    add_config_flags(p, command, defaults)
 
 
-def _config_flag(group, flag: str, key: str, defaults: Config) -> None:
+def add_config_flags(p: argparse.ArgumentParser, command: str | None, defaults: Config) -> None:
+    """One flag per config field ``command`` reads, in groups (see ``add_shared``)."""
+    chosen = [(k, f) for k, f in config_fields(command) if flag_of(k, f)]
+    flags = [flag_of(k, f) for k, f in chosen]
+    assert len(flags) == len(set(flags)), f"{command}: a flag names two fields"
+    titles = {"basic": "common"} | {sec: f"{t} ({sec}.* in a recipe)" for sec, t in TITLES.items()}
+    titles["ablation"] = "the paper's ablations"
+    place = {k: f.metadata.get("group") or k.split(".")[0] for k, f in chosen}  # basic, a section, ablation
+    groups = {g: p.add_argument_group(titles[g]) for g in titles if g in place.values()}
+    for key, f in chosen:
+        _config_flag(groups[place[key]], key, f, defaults, command)
+
+
+def _config_flag(group, key: str, f, defaults: Config, command: str | None) -> None:
     """One flag of a config field (unset unless given), its help with the field's default in ``defaults``."""
-    f, default = _field(key), getattr(getattr(defaults, key.split(".")[0]), key.split(".")[1])
-    if f.type == "bool":  # a setting that is on by default is turned off by its --no- flag
-        off = flag.startswith("--no-")
-        action = "store_false" if off else "store_true"
+    section, name = key.split(".")
+    default = getattr(getattr(defaults, section), name)
+    flag, dest, text = flag_of(key, f), dest_of(key), _help(f, default, command)
+    metavar = name.upper()
+    if name == "bf16":  # true, false or auto: --bf16 alone turns it on
         group.add_argument(
-            flag, action=action, default=argparse.SUPPRESS, help=_help(f, default, off), dest=_dest(flag)
-        )
+            flag, nargs="?", const="true", metavar="{true,false,auto}", default=argparse.SUPPRESS, dest=dest,
+            help=f"{text.split(' (default')[0]}: --bf16, or --bf16=auto (on only where it is fast) "
+            f"(default: {'the run' + chr(39) + 's' if command in RUN_COMMANDS else _shown(default)})",
+        )  # fmt: skip
+    elif f.type == "bool":  # a setting that is on by default is turned off by its --no- flag
+        action = "store_false" if f.default is True else "store_true"
+        group.add_argument(flag, action=action, default=argparse.SUPPRESS, help=text, dest=dest)
     else:  # a string here: config.typed converts it, exactly as it converts YAML and --set values
-        group.add_argument(flag, default=argparse.SUPPRESS, help=_help(f, default, False))
-
-
-SERVE_FLAGS = {  # the config flags serve takes (the rest of its settings are ServeSettings)
-    "--device": "eval.device",
-    "--dtype": "eval.dtype",
-    "--bf16": "eval.bf16",
-    "--decoder": "eval.decoder",
-    "--compile": "eval.compile",
-    "--interval-kind": "eval.interval_kind",
-}
+        group.add_argument(flag, default=argparse.SUPPRESS, help=text, dest=dest, metavar=metavar)
 
 
 def add_serve(p: argparse.ArgumentParser) -> None:
@@ -223,10 +193,8 @@ def add_serve(p: argparse.ArgumentParser) -> None:
         if f.type == "bool":  # on by default: its --no- flag turns it off
             p.add_argument(f"--no-{flag[2:]}", dest=f.name, action="store_false", help=f.metadata["help"])
         else:
-            p.add_argument(flag, default=f.default, help=f.metadata["help"])
-    defaults = Config()
-    for flag, key in SERVE_FLAGS.items():
-        _config_flag(p, flag, key, defaults)
+            p.add_argument(flag, default=f.default, help=f"{f.metadata['help']} (default: {f.default})")
+    add_config_flags(p, "serve", Config())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,7 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"raftlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="fine-tune a causal LM (raft or ce) into a run directory")
+    train = sub.add_parser(
+        "train",
+        help=f"fine-tune a causal LM into a run directory (--method: {len(METHODS)} methods; RAFT by default)",
+    )
     train.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from its last checkpoint"
     )
@@ -303,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, p in jobs:
         add_shared(p, name, Config.build(DEMO_DEFAULTS) if name == "demo" else None)
+        p.usage = USAGE.get(name, "%(prog)s [options]")
     experiment = sub.add_parser(
         "experiment", help="run a resumable sweep (datasets x models x methods x lrs x seeds)"
     )
@@ -324,16 +296,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_fetch_push(sub)
     for p in (train, predict, evaluate, demo, serve, calibrate):
         for action in p._actions:
-            if action.dest == "method":
+            if action.dest == "method__method":
                 action.choices, action.metavar = CHOICES, "METHOD"
                 action.help = f"training method: {', '.join(METHODS)}, or {ZERO_SHOT_NAME} (zero-shot)"
-            if action.dest == "decoder":
-                action.choices = list(DECODERS)
-            if action.dest == "ce_target":
-                action.choices = list(CE_TARGETS)
-            if action.dest == "interval_kind":
-                action.choices = list(KIND_CHOICES)
+            if action.dest == "eval__decoder":
+                action.choices, action.metavar = list(DECODERS), None
+            if action.dest == "method__ce_target":
+                action.choices, action.metavar = list(CE_TARGETS), None
+            if action.dest == "eval__interval_kind":
+                action.choices, action.metavar = list(KIND_CHOICES), None
+            if action.dest == "data__dataset":
+                action.help = action.help.replace("{datasets}", dataset_names())
     return parser
+
+
+def dataset_names() -> str:
+    """Every dataset name and path form --dataset takes (from data.DATASETS: never a list typed by hand)."""
+    from raftlm.data import DATASETS, PATH_DATASETS
+
+    forms = [*DATASETS, *(f"{p}:PATH" for p in PATH_DATASETS), "csv:PATH", "jsonl:PATH", "hf:ID"]
+    return ", ".join(forms)
 
 
 def add_fetch_push(sub) -> None:
@@ -359,7 +341,7 @@ def add_fetch_push(sub) -> None:
 
 def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Config:
     """``base`` (a command's defaults, or a run's config), then the ``--config`` recipe, then flags."""
-    overrides = {key: getattr(args, _dest(flag)) for flag, key in FLAGS.items() if hasattr(args, _dest(flag))}
+    overrides = {dest.replace("__", "."): value for dest, value in vars(args).items() if "__" in dest}
     if getattr(args, "freeze_backbone", False):
         overrides["model.trainable"] = "none"
     if getattr(args, "quiet", False):
@@ -380,7 +362,7 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Conf
 def _dataset_given(args: argparse.Namespace) -> bool:
     """Whether the user named a dataset (a flag, --set or a recipe), rather than taking the default."""
     return bool(
-        hasattr(args, "dataset") or args.config or any(s.startswith("data.dataset") for s in args.set)
+        hasattr(args, "data__dataset") or args.config or any(s.startswith("data.dataset") for s in args.set)
     )
 
 
@@ -408,7 +390,7 @@ def _run_config(args) -> Config:
 
     from raftlm.io import recover_swap
 
-    model = getattr(args, "model", None)
+    model = getattr(args, "model__name", None)
     if model:
         recover_swap(model)  # an --overwrite that a kill interrupted is finished first (and said)
     base = None
@@ -590,9 +572,7 @@ def cmd_serve(args) -> None:
         ) from None
     saved = Path(args.run_dir) / "config.yaml"  # the run's own eval settings, under the flags given now
     base = Config.from_yaml(str(saved)).to_dict() if saved.exists() else {}
-    overrides = {
-        key: getattr(args, _dest(flag)) for flag, key in SERVE_FLAGS.items() if hasattr(args, _dest(flag))
-    }
+    overrides = {dest.replace("__", "."): value for dest, value in vars(args).items() if "__" in dest}
     settings = ServeSettings(**{f.name: getattr(args, f.name) for f in fields(ServeSettings)})
     serve(args.run_dir, Config.build(base, overrides), settings)
 
@@ -609,7 +589,7 @@ def cmd_calibrate(args) -> None:
         raise RaftlmError(
             f"{args.run} is not a run directory: calibrate a run from `raftlm train` (its calibration is stored there)"
         )
-    args.model = args.run
+    args.model__name = args.run
     cfg = _run_config(args)
     predictor = load_for_eval(cfg, None)
     if args.input:
@@ -618,7 +598,7 @@ def cmd_calibrate(args) -> None:
         )
         source = args.input
     else:
-        source = getattr(args, "split", "validation")  # --split only when given (the default is test)
+        source = getattr(args, "eval__split", "validation")  # --split only when given (the default is test)
         examples = load_splits(cfg.data).split(source)
     _warn_calibration(source, len(examples))
     bar = "calibrate" if cfg.training.progress_bar else None
@@ -706,7 +686,7 @@ NEGATIVE = re.compile(r"-([\d.].*|inf(inity)?|nan)", re.IGNORECASE)  # -1e-4, -4
 def _attach_negative_values(argv: list[str]) -> list[str]:
     """``--lr -1e-4`` -> ``--lr=-1e-4``: argparse takes '-1e-4' for an option and fails on its own,
     while the config's one-line error ("use a positive learning rate") is the useful one."""
-    takes_value = {flag for flag, key in FLAGS.items() if _field(key).type != "bool"}
+    takes_value = {flag_of(k, f) for k, f in config_fields() if flag_of(k, f) and f.type != "bool"}
     out: list[str] = []
     for token in argv:
         if out and out[-1] in takes_value and NEGATIVE.fullmatch(token):

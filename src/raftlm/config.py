@@ -1,4 +1,10 @@
-"""Typed configuration, grouped by concern. YAML recipes use exactly these section and field names."""
+"""Typed configuration, grouped by concern. YAML recipes use exactly these section and field names.
+
+Each field's metadata is also its command-line flag (``cli`` builds the parser from it, so help, defaults
+and choices cannot drift from the config): ``help``; ``flag``, the flag's name when it is not
+``--field-name`` (None: no flag, e.g. ``progress_bar`` is ``--quiet``); ``group``, ``basic`` for the
+everyday flags listed first in ``--help``, ``ablation`` for the paper's ablations, listed last. A bool that
+is on by default gets a ``--no-`` flag."""
 
 from __future__ import annotations
 
@@ -99,11 +105,18 @@ def typed(section) -> None:
 class ModelConfig:
     name: str = field(
         default="gemma-3-270m",
-        metadata={"help": "gemma-3-270m, smollm2-135m, tiny-random-llama (tests), a path or a hub id"},
+        metadata={
+            "flag": "--model",
+            "group": "basic",
+            "help": "gemma-3-270m, smollm2-135m, tiny-random-llama (tests), a path or a hub id",
+        },
     )
     trainable: str = field(
         default="top-9",
-        metadata={"help": "full, lora, top-N (last N blocks; embeddings frozen), none (train a head only)"},
+        metadata={
+            "group": "basic",
+            "help": "full, lora, top-N (last N blocks; embeddings frozen), none (train a head only)",
+        },
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
@@ -112,10 +125,14 @@ class ModelConfig:
     )
     init: str = field(
         default="pretrained",
-        metadata={"help": "pretrained, or random (same architecture, fresh weights; fig. 3)"},
+        metadata={
+            "group": "ablation",
+            "help": "pretrained, or random (same architecture, fresh weights; fig. 3)",
+        },
     )
     attention: str = field(
-        default="causal", metadata={"help": "causal, or bidirectional over the prompt (fig. 3)"}
+        default="causal",
+        metadata={"group": "ablation", "help": "causal, or bidirectional over the prompt (fig. 3)"},
     )
 
     def __post_init__(self) -> None:
@@ -136,27 +153,51 @@ class ModelConfig:
 class DataConfig:
     dataset: str = field(
         default="stsb-1k",
-        metadata={"help": "stsb, stsb-1k, synthetic-original1, amazon-snippets, csv:PATH, jsonl:PATH, hf:ID"},
+        metadata={
+            "flag": "--dataset",
+            "group": "basic",
+            "help": "a dataset: {datasets}",
+        },
     )
-    data_dir: str | None = field(default=None, metadata={"help": "folder holding the dataset files (stsb)"})
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "group": "basic",
+            "help": "folder of the dataset's files: STS-B's stsbenchmark CSVs (default: the Hub's copy when "
+            "reachable), MovieLens-100K's ml-100k (default: the recbole package's)",
+        },
+    )
     template: str | None = field(
-        default=None, metadata={"help": "prompt template name or format string (csv/jsonl/hf)"}
+        default=None,
+        metadata={"group": "basic", "help": "prompt template name or format string (csv/jsonl/hf)"},
     )
-    text_column: str = field(default="text", metadata={"help": "text column when no template is given"})
-    target_column: str = field(default="target", metadata={"help": "target column (csv/jsonl/hf)"})
+    text_column: str = field(
+        default="text", metadata={"group": "basic", "help": "text column when no template is given"}
+    )
+    target_column: str = field(
+        default="target", metadata={"group": "basic", "help": "target column (csv/jsonl/hf)"}
+    )
     train_size: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
     val_size: int | None = field(
         default=None,
-        metadata={"help": "validate on the first N validation examples while training (default: all)"},
+        metadata={
+            "group": "basic",
+            "help": "validate on the first N validation examples while training (default: all)",
+        },
     )
     train_fraction: float | None = field(
-        default=None, metadata={"help": "use only this fraction of the training split (figure 4 curves)"}
+        default=None,
+        metadata={
+            "group": "ablation",
+            "help": "use only this fraction of the training split (figure 4 curves)",
+        },
     )
     history: int = field(
         default=10, metadata={"help": "movielens: most recent earlier ratings in the prompt"}
     )
     max_length: int = field(
-        default=512, metadata={"help": "max prompt tokens; longer prompts are cut on the left"}
+        default=512,
+        metadata={"group": "basic", "help": "max prompt tokens; longer prompts are cut on the left"},
     )
     split_seed: int | None = field(
         default=None, metadata={"help": "seed of the random train/validation/test split"}
@@ -186,10 +227,19 @@ class DataConfig:
 @dataclass
 class MethodConfig:
     method: str = field(
-        default="raft", metadata={"help": "training method (a name of methods.METHODS), or none (zero-shot)"}
+        default="raft",
+        metadata={
+            "flag": "--method",
+            "group": "basic",
+            "help": "training method (a name of methods.METHODS), or none (zero-shot)",
+        },
     )
     grid: str | None = field(
-        default=None, metadata={"help": "grid spec: 1-5, 0:5:0.1, 1,2,3 or 1=a,2=b (default: the dataset's)"}
+        default=None,
+        metadata={
+            "group": "basic",
+            "help": "grid spec: 1-5, 0:5:0.1, 1,2,3 or 1=a,2=b (default: the dataset's)",
+        },
     )
     ce_weight: float | None = field(
         default=None,
@@ -206,28 +256,39 @@ class MethodConfig:
             "on the grid value nearest the target; the default before 2026-12) (default: two-hot for raft)"
         },
     )
-    answer_prefix: str = field(default=" ", metadata={"help": "text between the prompt and the answer"})
+    answer_prefix: str = field(
+        default=" ", metadata={"group": "ablation", "help": "text between the prompt and the answer"}
+    )
     normalize_grid: bool = field(
-        default=False, metadata={"help": "renormalize grid probabilities to sum to 1 (table 16)"}
+        default=False,
+        metadata={"group": "ablation", "help": "renormalize grid probabilities to sum to 1 (table 16)"},
     )
     target_range: object = field(
         default="dataset", metadata={"help": "map targets onto the grid: none, auto, [lo, hi], or dataset"}
     )
     ce_decimals: int | None = field(
-        default=None, metadata={"help": "ce: round targets to N decimals (default: nearest grid string)"}
+        default=None,
+        metadata={
+            "group": "ablation",
+            "help": "ce: round targets to N decimals (default: nearest grid string)",
+        },
     )
     head_token: str | None = field(
-        default=None, metadata={"help": "head-special-token: the token v* (default: the EOS token)"}
+        default=None,
+        metadata={"group": "ablation", "help": "head-special-token: the token v* (default: the EOS token)"},
     )
-    pooling: str = field(default="mean", metadata={"help": "head-pooled: mean, min or max"})
+    pooling: str = field(
+        default="mean", metadata={"group": "ablation", "help": "head-pooled: mean, min or max"}
+    )
     single_value_grid: bool = field(
-        default=False, metadata={"help": "allow a one-value grid (table 13 ablation)"}
+        default=False, metadata={"group": "ablation", "help": "allow a one-value grid (table 13 ablation)"}
     )
     head_hidden: int = field(
-        default=64, metadata={"help": "head-mlp-logits: hidden units of the 2-layer MLP"}
+        default=64, metadata={"group": "ablation", "help": "head-mlp-logits: hidden units of the 2-layer MLP"}
     )
     learnable_scope: str = field(
-        default="grid", metadata={"help": "learnable-raft: weights over the grid tokens or all tokens"}
+        default="grid",
+        metadata={"group": "ablation", "help": "learnable-raft: weights over the grid tokens or all tokens"},
     )
     attn_queries: int = field(
         default=4, metadata={"help": "head-attn: learned query vectors attending over the prompt's tokens"}
@@ -241,10 +302,16 @@ class MethodConfig:
     ntl_weight: float = field(
         default=0.3, metadata={"help": "ce-ntl: weight of the number token loss added to CE (0: plain ce)"}
     )
-    head_init: str = field(default="raft", metadata={"help": "learnable-raft: raft (w_y = y) or random init"})
+    head_init: str = field(
+        default="raft",
+        metadata={"group": "ablation", "help": "learnable-raft: raft (w_y = y) or random init"},
+    )
     new_tokens: str | None = field(
         default=None,
-        metadata={"help": "add one new token per grid value, initialized zero, first, average or random"},
+        metadata={
+            "group": "ablation",
+            "help": "add one new token per grid value, initialized zero, first, average or random",
+        },
     )
 
     def __post_init__(self) -> None:
@@ -296,11 +363,13 @@ def _target_range(value):
 
 @dataclass
 class TrainConfig:
-    output_dir: str | None = field(default=None, metadata={"help": "run directory"})
-    max_steps: int = field(default=500, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=16, metadata={"help": "examples per device per step"})
+    output_dir: str | None = field(default=None, metadata={"group": "basic", "help": "run directory"})
+    max_steps: int = field(default=500, metadata={"group": "basic", "help": "optimizer steps"})
+    batch_size: int = field(default=16, metadata={"group": "basic", "help": "examples per device per step"})
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
-    lr: float = field(default=1e-4, metadata={"help": "learning rate (paper sweeps 1e-4, 1e-5, 1e-6)"})
+    lr: float = field(
+        default=1e-4, metadata={"group": "basic", "help": "learning rate (paper sweeps 1e-4, 1e-5, 1e-6)"}
+    )
     optimizer: str = field(
         default="adamw",
         metadata={"help": "adamw, or adafactor (the paper's: eps 1e-30/1e-3, decay 0.8, constant)"},
@@ -317,11 +386,12 @@ class TrainConfig:
     bf16: bool = field(
         default=False,
         metadata={
+            "group": "basic",
             "help": "bf16 autocast, ~2x faster on a GPU with bf16 or a CPU with AVX512-BF16/AMX, several "
-            "times slower on other CPUs (--set training.bf16=auto: on only where it is fast)"
+            "times slower on other CPUs (--set training.bf16=auto: on only where it is fast)",
         },
     )
-    seed: int = field(default=0, metadata={"help": "training seed"})
+    seed: int = field(default=0, metadata={"group": "basic", "help": "training seed"})
     eval_steps: int = field(default=100, metadata={"help": "validate (and checkpoint) every N steps"})
     patience: int | None = field(
         default=None, metadata={"help": "early stopping after N evaluations without improvement"}
@@ -351,7 +421,8 @@ class TrainConfig:
         },
     )
     progress_bar: bool = field(
-        default=True, metadata={"help": "progress bars and loss lines on stderr (--quiet turns them off)"}
+        default=True,
+        metadata={"flag": None, "help": "progress bars and loss lines on stderr (--quiet turns them off)"},
     )
     report_to: str = field(
         default="none",
@@ -384,11 +455,16 @@ class TrainConfig:
         return round(0.1 * self.max_steps) if self.warmup_steps is None else self.warmup_steps
 
 
+INT8_BF16 = "dtype=int8 feeds float32 activations to its int8 layers: drop --bf16 (bf16 autocast)"
+
+
 @dataclass
 class EvalConfig:
-    decoder: str = field(default="rail", metadata={"help": "rail, mode, median, greedy or sample-rail"})
-    split: str = field(default="test", metadata={"help": "train, validation or test"})
-    batch_size: int = field(default=16, metadata={"help": "prediction batch size"})
+    decoder: str = field(
+        default="rail", metadata={"group": "basic", "help": "rail, mode, median, greedy or sample-rail"}
+    )
+    split: str = field(default="test", metadata={"group": "basic", "help": "train, validation or test"})
+    batch_size: int = field(default=16, metadata={"group": "basic", "help": "prediction batch size"})
     num_samples: int = field(default=32, metadata={"help": "sample-rail: samples per example (eq. 4)"})
     temperature: float = field(default=1.0, metadata={"help": "sample-rail: sampling temperature"})
     max_new_tokens: int = field(default=6, metadata={"help": "greedy/sample-rail: tokens to decode"})
@@ -396,13 +472,18 @@ class EvalConfig:
     compile: bool = field(default=False, metadata={"help": "torch.compile the model for prediction"})
     device: str = field(
         default="auto",
-        metadata={"help": "predict/evaluate/serve: auto (the GPU if there is one), cpu, cuda or cuda:N"},
+        metadata={
+            "group": "basic",
+            "help": "predict/evaluate/serve: auto (the GPU if there is one), cpu, cuda or cuda:N",
+        },
     )
     dtype: str = field(
         default="auto",
         metadata={
-            "help": "predict/evaluate/serve: weights in auto (bfloat16 on a GPU, else float32), float32 "
-            "or bfloat16 (--bf16 is autocast, a separate switch)"
+            "group": "basic",
+            "help": "predict/evaluate/serve: weights in auto (bfloat16 on a GPU, else float32), float32, "
+            "bfloat16, or int8 (CPU: dynamic int8 Linear layers, the LM head float32) (--bf16 is autocast, "
+            "a separate switch)",
         },
     )
     eval_size: int | None = field(
@@ -411,7 +492,10 @@ class EvalConfig:
     )
     interval: float | None = field(
         default=None,
-        metadata={"help": "predict: interval at this confidence level (e.g. 0.9); evaluate: only this level"},
+        metadata={
+            "group": "basic",
+            "help": "predict: interval at this confidence level (e.g. 0.9); evaluate: only this level",
+        },
     )
     interval_kind: str = field(
         default="auto",
@@ -441,8 +525,16 @@ class EvalConfig:
             raise RaftlmError(f"unknown split {short(self.split)}: use train, validation or test")
         if not DEVICE.fullmatch(self.device):
             raise RaftlmError(f"device={short(self.device)}: use auto, cpu, cuda or cuda:N")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise RaftlmError(f"dtype={short(self.dtype)}: use auto, float32 or bfloat16")
+        if self.dtype not in ("auto", "float32", "bfloat16", "int8"):
+            raise RaftlmError(
+                f"dtype={short(self.dtype)}: use auto, float32 or bfloat16 weights, or int8 (CPU only)"
+            )
+        if self.dtype == "int8" and self.device.startswith("cuda"):
+            raise RaftlmError(
+                "dtype=int8 runs on the CPU only: use --device cpu, or --dtype bfloat16 on a GPU"
+            )
+        if self.dtype == "int8" and self.bf16:
+            raise RaftlmError(INT8_BF16)
 
 
 def _rename_eval_size(data: dict | None) -> None:
@@ -523,7 +615,8 @@ class ServeSettings:
     max_rows: int = field(default=256, metadata={"help": "rows per request at most; more get 413"})
     max_body_kb: int = field(default=1024, metadata={"help": "request body size limit in KiB (413)"})
     body_timeout_s: float = field(
-        default=10.0, metadata={"help": "seconds a request's body may take to arrive once its headers did (408)"}
+        default=10.0,
+        metadata={"help": "seconds a request's body may take to arrive once its headers did (408)"},
     )
     graceful_timeout_s: float = field(
         default=5.0,
@@ -532,7 +625,9 @@ class ServeSettings:
     access_log: bool = field(
         default=True, metadata={"help": "one access log line per request on stderr (--no-access-log: none)"}
     )
-    metrics: bool = field(default=True, metadata={"help": "Prometheus metrics at GET /metrics (--no-metrics: off)"})
+    metrics: bool = field(
+        default=True, metadata={"help": "Prometheus metrics at GET /metrics (--no-metrics: off)"}
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):  # finite numbers of the right type, whatever the caller passed
@@ -551,7 +646,9 @@ class ServeSettings:
         if not 0 < self.body_timeout_s <= 3600:
             raise RaftlmError(f"body_timeout_s={self.body_timeout_s:g}: use a time in (0, 3600] seconds")
         if not 0 <= self.graceful_timeout_s <= 600:
-            raise RaftlmError(f"graceful_timeout_s={self.graceful_timeout_s:g}: use a time in [0, 600] seconds")
+            raise RaftlmError(
+                f"graceful_timeout_s={self.graceful_timeout_s:g}: use a time in [0, 600] seconds"
+            )
         if self.max_rows > self.max_queue:
             raise RaftlmError(
                 f"max_rows={self.max_rows} exceeds max_queue={self.max_queue}: such a request could never "
