@@ -863,3 +863,31 @@ def test_a_sweep_never_writes_into_a_users_folder(tmp_path, capsys):
     path.write_text(yaml.safe_dump({**sweep, "methods": [{"method": "none", "decoder": "rail"}]}))
     code, line = _bad(capsys, ["experiment", str(path)])
     assert code == 2 and "holds files no sweep wrote" in line and _snapshot(mine) == before
+
+
+@pytest.mark.parametrize(
+    "setting, fragment",
+    [
+        ("eval.batch_size=0", "batch_size=0: use a positive integer"),
+        ("eval.temperature=0", "temperature=0: use a temperature > 0"),
+        ("model.trainable=top-0", "top-N needs N >= 1"),
+        ("data.history=-1", "history=-1"),
+        ("training.weight_decay=-0.1", "weight_decay=-0.1"),
+    ],
+)
+def test_settings_out_of_range_fail_before_any_work(run, tmp_path, capsys, monkeypatch, setting, fragment):
+    run_dir, data = run
+    _never_load(monkeypatch)
+    argv = ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(tmp_path / "p.jsonl")]
+    code, line = _bad(capsys, [*argv, "--set", setting])
+    assert code == 2 and fragment in line
+
+
+def test_an_input_that_is_a_device_is_named_as_one(run, tmp_path, capsys, monkeypatch):
+    run_dir, _ = run
+    _never_load(monkeypatch)
+    code, line = _bad(
+        capsys,
+        ["predict", "--model", str(run_dir), "--input", "/dev/zero", "--output", str(tmp_path / "p.jsonl")],
+    )
+    assert code == 2 and "is a character device, not a regular file" in line

@@ -147,6 +147,10 @@ class ModelConfig:
             raise RaftlmError(f"attention={short(self.attention)}: use causal or bidirectional")
         if not 0.0 <= self.dropout < 1.0:
             raise RaftlmError(f"dropout={self.dropout}: use a rate in [0, 1)")
+        if self.lora_r < 1 or self.lora_alpha < 1:
+            raise RaftlmError(f"lora_r={self.lora_r}, lora_alpha={self.lora_alpha}: use positive integers")
+        if top_blocks(self.trainable) == 0:
+            raise RaftlmError(f"trainable={self.trainable}: top-N needs N >= 1 (none: train a head only)")
 
 
 @dataclass
@@ -222,6 +226,11 @@ class DataConfig:
             raise RaftlmError(f"train_fraction={self.train_fraction}: use a fraction in (0, 1]")
         if self.max_length < 8:
             raise RaftlmError(f"max_length={self.max_length}: use at least 8 tokens")
+        if self.history < 0:
+            raise RaftlmError(f"history={self.history}: use a number of earlier ratings >= 0")
+        for name in ("text_column", "target_column"):
+            if not getattr(self, name).strip():
+                raise RaftlmError(f"{name} is empty: name a column of the data")
 
 
 @dataclass
@@ -331,6 +340,10 @@ class MethodConfig:
             )
         if not (self.ntl_weight >= 0 and math.isfinite(self.ntl_weight)):
             raise RaftlmError(f"ntl_weight={self.ntl_weight}: use a finite weight >= 0 (e.g. 0.3)")
+        if self.head_hidden < 1:
+            raise RaftlmError(f"head_hidden={self.head_hidden}: use a positive number of hidden units")
+        if self.ce_decimals is not None and not 0 <= self.ce_decimals <= 10:
+            raise RaftlmError(f"ce_decimals={self.ce_decimals}: use 0 to 10 decimals")
         if self.ce_weight is not None and not (self.ce_weight >= 0 and math.isfinite(self.ce_weight)):
             raise RaftlmError(f"ce_weight={self.ce_weight}: use a finite weight >= 0 (e.g. 0.3)")
         if self.ce_weight and not method.takes_ce_weight:
@@ -439,6 +452,8 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "eval_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise RaftlmError(f"{name}={getattr(self, name)}: use a positive integer")
+        if self.weight_decay < 0:
+            raise RaftlmError(f"weight_decay={self.weight_decay:g}: use a decay >= 0")
         if not (self.max_grad_norm >= 0 and math.isfinite(self.max_grad_norm)):
             raise RaftlmError(f"max_grad_norm={self.max_grad_norm}: use a finite norm >= 0 (0 = no clipping)")
         if not self.lr > 0:
@@ -521,6 +536,11 @@ class EvalConfig:
             raise RaftlmError(f"unknown decoder {short(self.decoder)}: use one of {list(DECODERS)}")
         if self.eval_size is not None and self.eval_size < 1:
             raise RaftlmError(f"eval_size={self.eval_size}: use a positive number of examples")
+        for name in ("batch_size", "num_samples", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise RaftlmError(f"{name}={getattr(self, name)}: use a positive integer")
+        if not self.temperature > 0:
+            raise RaftlmError(f"temperature={self.temperature:g}: use a temperature > 0 (1.0: the model's own)")
         if self.split not in ("train", "validation", "test"):
             raise RaftlmError(f"unknown split {short(self.split)}: use train, validation or test")
         if not DEVICE.fullmatch(self.device):

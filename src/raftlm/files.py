@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from raftlm.core import Example, RaftlmError, short
+from raftlm.io import describe
 from raftlm.rows import parse_target, render_row
 
 # csv's default field limit is 131,072 characters: a longer text (a whole article) is a valid field,
@@ -73,7 +74,7 @@ def iter_rows(path: str | Path) -> Iterator[Row]:
     is not a JSON object are errors naming the line."""
     path = Path(path)
     if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
+        what = "does not exist" if not path.exists() else f"is {describe(path)}, not a regular file"
         raise RaftlmError(f"input file {path} {what}: check the path")
     kind = path.name.removesuffix(".gz").rsplit(".", 1)[-1]
     if kind not in FILE_KINDS:
