@@ -20,8 +20,8 @@ from raftlm.config import Config, MethodConfig, ModelConfig, TrainConfig, to_bf1
 from raftlm.core import Example, RaftlmError, Splits, short
 from raftlm.data import IN_MEMORY
 from raftlm.io import output_lock, write_json, write_run_marker, write_text
-from raftlm.prompts import resolve_template
-from raftlm.rows import parse_target, render_row
+from raftlm.prompts import render, resolve_template
+from raftlm.rows import parse_target, row_fields
 from raftlm.run import FINISHED_FILE, load_run, save_run
 
 _NUMERIC = "feeds numeric features (an (n, k) array of numbers); RAFTRegressor reads text"
@@ -99,6 +99,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         patience: int | None = None,
         bf16: bool | str = False,
         max_length: int = 512,
+        pair_swap: str | None = None,
         seed: int = 0,
         output_dir: str | None = None,
         overwrite: bool = False,
@@ -123,6 +124,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         self.patience = patience
         self.bf16 = bf16
         self.max_length = max_length
+        self.pair_swap = pair_swap
         self.seed = seed
         self.output_dir = output_dir
         self.overwrite = overwrite
@@ -147,6 +149,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                     "dataset": IN_MEMORY,
                     "template": self.prompt_template,
                     "max_length": self.max_length,
+                    "pair_swap": self.pair_swap,
                 },
                 "method": {
                     "method": self.method,
@@ -237,9 +240,13 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             uncertainty.data_values(p), features, uncertainty.predictor_rest(p)
         )
 
+    def _examples(self, X) -> list:
+        return examples_from(X, None, self.predictor_.template)
+
     def _predictions(self, X, decoder: str | None = None):
-        texts = [e.text for e in examples_from(X, None, self.prompt_template)]
-        return self.predictor_.predict(texts, decoder or self.decoder, self.batch_size, bf16=self._bf16())
+        p, decoder = self.predictor_, decoder or self.decoder
+        preds = p.predict(p.texts_of(self._examples(X)), decoder, self.batch_size, bf16=self._bf16())
+        return p.average_orders(preds, decoder)  # (both orders of a symmetric pair)
 
     def prompts(self, X) -> list[str]:
         """The prompt each row of ``X`` becomes (the template filled in), exactly as the model reads it."""
@@ -281,8 +288,10 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """Grid probabilities p(str(y)|x), shape (n, len(grid))."""
         self._check_fitted()
-        texts = [e.text for e in examples_from(X, None, self.prompt_template)]
-        return np.exp(self.predictor_.grid_log_probs(texts, self.batch_size, self._bf16()))
+        p = self.predictor_
+        probs = np.exp(p.grid_log_probs(p.texts_of(self._examples(X)), self.batch_size, self._bf16()))
+        n = len(probs) // 2 if p.pair else len(probs)
+        return (probs[:n] + probs[n:]) / 2 if p.pair else probs  # a symmetric pair: both orders' mean
 
     def save(self, directory: str) -> Path:
         """The model, its tokenizer, ``raftlm.json``, the settings (``config.yaml``), the calibration, the
@@ -361,6 +370,7 @@ def run_params(directory: Path, predictor) -> dict:
         "prompt_template": predictor.template,
         "normalize_grid": predictor.normalize_grid,
         "max_length": predictor.max_length,
+        "pair_swap": ",".join(predictor.pair) if predictor.pair else None,
         "target_range": _range_of(predictor.scaler),
     }
     cfg = _run_config(directory)
@@ -401,10 +411,8 @@ def examples_from(X, y, template: str) -> list[Example]:
     template = resolve_template(template)
     rows = _rows(X)
     targets = [None] * len(rows) if y is None else _targets(y, len(rows))
-    return [
-        Example(render_row(template, r, f"X[{i}]"), t)
-        for i, (r, t) in enumerate(zip(rows, targets, strict=True))
-    ]
+    fields = [row_fields(template, r, f"X[{i}]") for i, r in enumerate(rows)]
+    return [Example(render(template, dict(f)), t, f) for f, t in zip(fields, targets, strict=True)]
 
 
 def _rows(X) -> list:

@@ -206,6 +206,14 @@ class DataConfig:
     split_seed: int | None = field(
         default=None, metadata={"help": "seed of the random train/validation/test split"}
     )
+    pair_swap: str | None = field(
+        default=None,
+        metadata={
+            "group": "ablation",
+            "help": "two template fields that form a symmetric pair, e.g. sentence1,sentence2 (STS-B): "
+            "train on both orders and predict the mean of both orders' distributions",
+        },
+    )
     stsb_test: str = field(
         default="dev",
         metadata={
@@ -226,6 +234,13 @@ class DataConfig:
             raise RaftlmError(f"train_fraction={self.train_fraction}: use a fraction in (0, 1]")
         if self.max_length < 8:
             raise RaftlmError(f"max_length={self.max_length}: use at least 8 tokens")
+        if self.pair_swap is not None:
+            names = [n.strip() for n in self.pair_swap.split(",")]
+            if len(names) != 2 or not all(names) or names[0] == names[1]:
+                raise RaftlmError(
+                    f"pair_swap={short(self.pair_swap)}: name two template fields, e.g. sentence1,sentence2"
+                )
+            self.pair_swap = ",".join(names)
         if self.history < 0:
             raise RaftlmError(f"history={self.history}: use a number of earlier ratings >= 0")
         for name in ("text_column", "target_column"):
@@ -540,7 +555,9 @@ class EvalConfig:
             if getattr(self, name) < 1:
                 raise RaftlmError(f"{name}={getattr(self, name)}: use a positive integer")
         if not self.temperature > 0:
-            raise RaftlmError(f"temperature={self.temperature:g}: use a temperature > 0 (1.0: the model's own)")
+            raise RaftlmError(
+                f"temperature={self.temperature:g}: use a temperature > 0 (1.0: the model's own)"
+            )
         if self.split not in ("train", "validation", "test"):
             raise RaftlmError(f"unknown split {short(self.split)}: use train, validation or test")
         if not DEVICE.fullmatch(self.device):

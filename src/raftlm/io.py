@@ -130,8 +130,10 @@ def run_file(path: str | Path) -> bool:
     if not (is_marked_run(path.parent) or is_run_dir(path.parent)):
         return False
     listed = set((read_run_marker(path.parent) or {}).get("files", []))
-    return path.name in RUN_FILES or (path.name in listed and path.name not in _registered(path.parent)) or bool(
-        MODEL_FILE.fullmatch(path.name)
+    return (
+        path.name in RUN_FILES
+        or (path.name in listed and path.name not in _registered(path.parent))
+        or bool(MODEL_FILE.fullmatch(path.name))
     )
 
 

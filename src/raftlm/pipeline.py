@@ -19,7 +19,7 @@ from transformers import set_seed
 
 from raftlm import methods, uncertainty
 from raftlm.config import Config
-from raftlm.core import Example, RaftlmError, Splits, warn
+from raftlm.core import Example, RaftlmError, Splits, short, warn
 from raftlm.data import load_splits
 from raftlm.grid import Grid, TargetScaler, make_scaler
 from raftlm.io import (
@@ -35,6 +35,7 @@ from raftlm.metrics import regression_metrics
 from raftlm.modelcard import write_model_card
 from raftlm.models import add_number_tokens, attach_head, load_model, set_trainable
 from raftlm.predictor import Predictor
+from raftlm.prompts import template_fields
 from raftlm.run import (
     FINISHED_FILE,
     check_run_dir,
@@ -127,6 +128,15 @@ def new_predictor(
         bind=not encoder,
         bidirectional=cfg.model.attention == "bidirectional",
     )
+    if cfg.data.pair_swap:
+        pair = cfg.data.pair_swap.split(",")
+        absent = [f for f in pair if f not in template_fields(template)]
+        if absent:
+            raise RaftlmError(
+                f"pair_swap names {absent[0]!r}, which the prompt template {short(template)} lacks: name two of "
+                f"its fields {template_fields(template)}"
+            )
+        extra["pair_swap"] = pair
     predictor.extra.update(extra)
     if method.head is not None:
         targets = [e.target for e in train if e.target is not None]
@@ -134,6 +144,15 @@ def new_predictor(
         predictor.head = method.head(predictor, m, bias)
         attach_head(predictor.model, predictor.head)
     return predictor
+
+
+def both_orders(predictor: Predictor, train: list[Example]) -> list[Example]:
+    """With a symmetric pair (``data.pair_swap``), the training examples in both orders: each example and
+    its other order, with the same target. Without one, ``train`` as it is."""
+    if predictor.pair is None:
+        return train
+    other = predictor.texts_of(train)[len(train) :]
+    return train + [Example(text, e.target) for text, e in zip(other, train, strict=True)]
 
 
 def make_trainable(predictor: Predictor, cfg: Config) -> None:
@@ -158,9 +177,8 @@ def eval_limit(examples: list[Example], cfg: Config) -> list[Example]:
 def predict_examples(predictor: Predictor, examples: list[Example], cfg: Config, desc: str):
     """Predictions with the decoder and decoding settings of ``cfg.eval``."""
     e = cfg.eval
-    texts = [x.text for x in examples]
-    return predictor.predict(
-        texts,
+    preds = predictor.predict(
+        predictor.texts_of(examples),  # with a symmetric pair, both orders (averaged below)
         e.decoder,
         e.batch_size,
         e.num_samples,
@@ -170,6 +188,7 @@ def predict_examples(predictor: Predictor, examples: list[Example], cfg: Config,
         cfg.training.seed,
         desc=desc if cfg.training.progress_bar else None,
     )
+    return predictor.average_orders(preds, "head" if predictor.head is not None else e.decoder)
 
 
 def evaluate_predictor(
@@ -337,7 +356,15 @@ def _train_into(
         write_text(build / "config.yaml", cfg.to_yaml())
     _barrier()
     validation = validation_subset(splits.validation, cfg)
-    summary = fit(predictor, splits.train, validation, cfg, build, resume=resume, callbacks=callbacks)
+    summary = fit(
+        predictor,
+        both_orders(predictor, splits.train),
+        validation,
+        cfg,
+        build,
+        resume=resume,
+        callbacks=callbacks,
+    )
     results = {"train": summary, "n_train": len(splits.train)}
     if splits.source:  # e.g. STS-B from the Hub (id, revision) or from --data-dir
         results["data_source"] = splits.source

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from raftlm import decoders
 from raftlm.core import RaftlmError, warn, warn_slow_bf16
 from raftlm.grid import Grid, TargetScaler
+from raftlm.rows import swapped
 from raftlm.scoring import AnswerFormat, GridLogProbs, PromptBatch, bind_answer, encode_prompts, left_pad
 
 
@@ -285,6 +286,42 @@ class Predictor:
         if preds.truncated is None or len(preds.truncated) != len(texts):
             preds.truncated = np.zeros(len(texts), dtype=bool)
         return preds
+
+    @property
+    def pair(self) -> tuple[str, str] | None:
+        """The template's symmetric pair (``data.pair_swap``), whose two orders predictions average."""
+        pair = self.extra.get("pair_swap")
+        return tuple(pair) if pair else None
+
+    def texts_of(self, examples) -> list[str]:
+        """The prompts to score for ``examples``: each one's, and with a symmetric pair then each one's
+        other order (``average_orders`` folds them back)."""
+        texts = [e.text for e in examples]
+        if self.pair is None:
+            return texts
+        if any(e.fields is None for e in examples):
+            raise RaftlmError(
+                f"this run averages both orders of the pair {list(self.pair)}: give rows with those fields "
+                "(a file, dicts or a DataFrame), not finished prompts"
+            )
+        return texts + [swapped(self.template, e.fields, self.pair) for e in examples]
+
+    def average_orders(self, preds: Predictions, decoder: str) -> Predictions:
+        """Predictions of ``texts_of``'s 2N prompts folded into N: the mean of each example's two grid
+        distributions decoded by ``decoder`` (for RAIL: the mean of the two predictions), or the mean of
+        the two numbers for heads and text decoders."""
+        if self.pair is None:
+            return preds
+        n = len(preds.values) // 2
+        cut = None if preds.truncated is None else preds.truncated[:n] | preds.truncated[n:]
+        if preds.probs is None or decoder not in decoders.GRID_DECODERS:
+            values = (preds.values[:n] + preds.values[n:]) / 2
+            return Predictions(values, n_unparsed=preds.n_unparsed, truncated=cut)
+        probs = (preds.probs[:n] + preds.probs[n:]) / 2
+        rule = decoders.GRID_DECODERS[decoder]
+        grid = self.grid.array
+        g = rule(grid, probs, self.normalize_grid) if decoder == "rail" else rule(grid, probs)
+        return Predictions(self.scaler.to_data(g), probs, decoders.entropy(probs), truncated=cut)
 
     def _predict(
         self, texts, decoder, batch_size, num_samples, temperature, max_new_tokens, bf16, seed, desc

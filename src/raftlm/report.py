@@ -218,7 +218,9 @@ def collapsed_note(rows: list[dict]) -> str:
         return ""
     items = [
         f"- {r.get('label') or label(r)} on {r['dataset']}, {_lr(r)}, seed {r['seed']}: {r['collapsed']}"
-        for r in sorted(dead, key=lambda r: (r["dataset"], r.get("label") or label(r), r["lr"] or 0, r["seed"]))
+        for r in sorted(
+            dead, key=lambda r: (r["dataset"], r.get("label") or label(r), r["lr"] or 0, r["seed"])
+        )
     ]
     return "† some seeds of the chosen learning rate collapsed. Collapsed cells (test predictions):\n\n" + (
         "\n".join(items) + "\n"

@@ -49,8 +49,8 @@ def check_text(value, where: str, name: str) -> str:
     return value
 
 
-def render_row(template: str, row: dict, where: str) -> str:
-    """The prompt of one row: every template field checked by ``check_text``, then filled in."""
+def row_fields(template: str, row: dict, where: str) -> tuple:
+    """The template's fields of one row, each checked by ``check_text``: ((name, text), ...)."""
     if not isinstance(row, dict):
         raise RaftlmError(f"{where}: a row is an object of column: text pairs, got {short(row)}")
     fields = template_fields(template)
@@ -61,7 +61,19 @@ def render_row(template: str, row: dict, where: str) -> str:
             f"{short(sorted(map(str, row)))}): rename the column or pass --template with the right "
             "{field} names"
         )
-    return render(template, {f: check_text(row[f], where, f) for f in fields})
+    return tuple((f, check_text(row[f], where, f)) for f in dict.fromkeys(fields))
+
+
+def swapped(template: str, fields: tuple, pair: tuple[str, str]) -> str:
+    """The prompt with the two fields of ``pair`` exchanged (a symmetric pair's other order)."""
+    values = dict(fields)
+    a, b = pair
+    return render(template, {**values, a: values[b], b: values[a]})
+
+
+def render_row(template: str, row: dict, where: str) -> str:
+    """The prompt of one row: every template field checked by ``check_text``, then filled in."""
+    return render(template, dict(row_fields(template, row, where)))
 
 
 def has_target(row: dict, column: str) -> bool:

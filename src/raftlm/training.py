@@ -295,7 +295,9 @@ class RegressionTrainer(Trainer):
         tied = tied_parameter_names(self.model)
         if any(k in tied for k in load_result.missing_keys):
             self.model.tie_weights()
-            load_result = load_result._replace(missing_keys=[k for k in load_result.missing_keys if k not in tied])
+            load_result = load_result._replace(
+                missing_keys=[k for k in load_result.missing_keys if k not in tied]
+            )
         super()._issue_warnings_after_load(load_result)
 
     def create_optimizer(self, model=None):
@@ -316,7 +318,7 @@ class RegressionTrainer(Trainer):
         return super().create_optimizer(model)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
-        texts = [e.text for e in self.val_examples]
+        texts = self.predictor.texts_of(self.val_examples)  # (both orders of a symmetric pair)
         cached = self.val_store is not None
         with (
             cached_prompts(self.predictor, texts, self.val_store, self.frozen)
@@ -330,6 +332,7 @@ class RegressionTrainer(Trainer):
                 bf16=self.args.bf16,
                 desc=None if self.args.disable_tqdm else "validation",
             )
+        preds = self.predictor.average_orders(preds, self.eval_decoder)
         targets = [e.target for e in self.val_examples]
         m = regression_metrics(targets, preds.values)
         m["prediction_std"] = float(np.std(preds.values))
@@ -461,7 +464,7 @@ def fit(
         )
         store = cache([f["prompt_ids"] + f["answer_ids"] for f in feats])
         if validation:  # every validation scores these prompts: their frozen blocks run once too
-            val_store = cache(predictor.encode([e.text for e in validation]))
+            val_store = cache(predictor.encode(predictor.texts_of(validation)))
     ckpt_dir = run_dir / "checkpoints"
     decoder = cfg.eval.decoder if cfg.eval.decoder in GRID_DECODERS else "rail"
     last = latest_complete_checkpoint(ckpt_dir) if resume else None

@@ -487,7 +487,8 @@ def calibrate(
     ``desc=None`` hides the progress bar."""
     if not examples or any(e.target is None for e in examples):
         raise RaftlmError("calibration needs examples with targets: choose a split or file that has them")
-    preds = predictor.predict([e.text for e in examples], "rail", batch_size, bf16=bf16, desc=desc)
+    preds = predictor.predict(predictor.texts_of(examples), "rail", batch_size, bf16=bf16, desc=desc)
+    preds = predictor.average_orders(preds, "rail")  # (both orders of a symmetric pair)
     X = features(predictor, preds)
     cal = Calibration(
         np.asarray([e.target for e in examples], dtype=np.float64),
