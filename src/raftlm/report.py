@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -29,7 +30,7 @@ LOWER_IS_BETTER = {
 
 def _options(text: str | None) -> dict[str, str]:
     """A cell's ``options`` string ("ce_target=two-hot,trainable=none") as a dict."""
-    return dict(part.split("=", 1) for part in (text or "").split(",") if "=" in part)
+    return dict(re.findall(r"(\w+)=(.*?)(?=,\w+=|$)", text or ""))  # values may hold commas
 
 
 def label(row: dict, base: dict | None = None) -> str:
