@@ -39,7 +39,7 @@ import yaml
 from raftlm import methods, uncertainty
 from raftlm.config import SECTIONS, Config, read_yaml_file, to_float
 from raftlm.core import RaftlmError, short
-from raftlm.io import check_folder, clean_stale_tmp, output_lock, write_json, write_text
+from raftlm.io import check_folder, clean_stale_tmp, output_lock, read_json, write_json, write_text
 from raftlm.metrics import collapse
 from raftlm.report import CURVES, best_lr, sweep_seeds
 
@@ -419,12 +419,7 @@ def check_sweep_dir(root: Path) -> None:
 
 def read_cell(path: Path) -> dict:
     """A written cell's JSON; a damaged one (edited, or a disk error) is one line saying how to redo it."""
-    try:
-        row = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise RaftlmError(
-            f"cell result {path} is unreadable ({short(str(err))}): delete it to run that cell again"
-        ) from None
+    row = read_json(path, "delete it to run that cell again")
     if not isinstance(row, dict) or "run_id" not in row:
         raise RaftlmError(f"cell result {path} is not a cell's result: delete it to run that cell again")
     return row

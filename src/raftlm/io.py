@@ -342,6 +342,15 @@ def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
 
 
+def read_json(path: str | Path, fix: str) -> Any:
+    """A JSON file raftlm wrote, or one line naming it, why it cannot be read, and ``fix``."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        why = (str(err)[:97] + "...") if len(str(err)) > 100 else str(err)
+        raise RaftlmError(f"{path} is unreadable ({why}): {fix}") from None
+
+
 def finite(obj: Any) -> Any:
     """``obj`` with every NaN or infinite float replaced by None (JSON has no NaN/Infinity tokens)."""
     if isinstance(obj, float):

@@ -9,12 +9,11 @@ model card README.md, and eval_results.json, written last: its presence marks a 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from raftlm.core import RaftlmError, short
+from raftlm.core import RaftlmError
 from raftlm.grid import Grid, TargetScaler
 from raftlm.heads import HEAD_CLASSES
 from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's API too)
@@ -26,6 +25,7 @@ from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's AP
     is_run_dir,
     journal_path,
     old_dir,
+    read_json,
     read_run_marker,
     recover_swap,
     staging_dir,
@@ -201,12 +201,7 @@ REQUIRED_META = ("grid", "scaler", "template", "normalize_grid", "max_length")
 def read_metadata(directory: Path) -> dict:
     """``raftlm.json`` of a run, checked: a truncated or edited file is one line, not a KeyError later."""
     path = directory / META_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise RaftlmError(
-            f"{path} is unreadable ({short(str(err))}): the run is damaged; retrain it or restore it from a copy"
-        ) from None
+    meta = read_json(path, "the run is damaged; retrain it or restore it from a copy")
     absent = [k for k in REQUIRED_META if not isinstance(meta, dict) or k not in meta]
     if absent:
         raise RaftlmError(f"{path} lacks {absent}: the run is damaged; retrain it or restore it from a copy")
