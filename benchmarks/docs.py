@@ -189,6 +189,17 @@ def serve_value(name: str, key: str) -> str:
     return f"{value:.2f}x" if key == "ratio" else f"{value:.1f}"
 
 
+def serve_load_summary() -> str:
+    r = load("serve_load.json")
+    res, checks = r["result"], r["verdict"]["checks"]
+    counts = "equal to" if checks["metrics equal the clients' counts"] else "NOT equal to"
+    return (
+        f"{res['clients']} clients for {res['seconds']:.0f} s, {res['requests']:,} good, malformed, oversized and "
+        f"disconnecting requests: {res['responses_5xx']} responses 5xx, {res['wrong']} wrong predictions of "
+        f"{res['rows_checked']:,} checked, /metrics counters {counts} the clients' counts"
+    )
+
+
 def coverage_span() -> str:
     """The 90 % conformal coverage range over uncertainty.json's rows calibrated on data exchangeable with
     the test data (half of the test split, scored on the other half)."""
@@ -290,6 +301,9 @@ VALUES: dict[str, Callable[[], str]] = {
     "serve.rows_s": lambda: serve_value("serve micro-batched", "throughput_rows_s"),
     "serve.vs_offline": lambda: serve_value("serve micro-batched vs offline predict", "ratio"),
     "serve.vs_batch1": lambda: serve_value("serve micro-batched vs batch-1", "ratio"),
+    "serve.logging_vs_bare": lambda: serve_value("serve with metrics and access log vs without", "ratio"),
+    "serve.interval_vs_plain": lambda: serve_value('serve with "interval": 0.9 vs without', "ratio"),
+    "serve_load.summary": serve_load_summary,
     "uncertainty.coverage90": coverage_span,
     "stability.table": stability_table,
     "stability.paper_amazon": lambda: stability("amazon-snippets", "paper (Adafactor, LR 0.0003)"),

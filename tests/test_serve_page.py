@@ -9,6 +9,7 @@ running server after one prediction (docs/img/serve-page.png was made so).
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import sys
@@ -133,12 +134,16 @@ def test_the_page_predicts_like_raftlm_predict(run):
 
 
 def screenshot(url: str, out: str, row: dict) -> None:
+    """The whole page after one prediction, as a PNG (chromium's own full-page capture)."""
     with browser() as driver:
         predict_on_page(driver, url, row)
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(1280, max(700, height + 20))
+        size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        shot = driver.execute_cdp_cmd(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+        )
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(out)
+        Path(out).write_bytes(base64.b64decode(shot["data"]))
 
 
 if __name__ == "__main__":
