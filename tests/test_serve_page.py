@@ -10,6 +10,7 @@ running server after one prediction (docs/img/serve-page.png was made so).
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import shutil
 import sys
@@ -35,8 +36,8 @@ FLAGS = (
     "--window-size=1280,900",
 )
 NEEDS_BROWSER = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER),
-    reason="no chromium and chromedriver here (apt-get install chromium chromium-driver)",
+    not (CHROMIUM and DRIVER and importlib.util.find_spec("selenium")),
+    reason="needs chromium and chromedriver (apt-get install chromium chromium-driver) and selenium",
 )
 
 
