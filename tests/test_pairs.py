@@ -101,3 +101,63 @@ def test_a_pair_the_template_lacks_is_one_line(tmp_path, capsys):
         from raftlm.config import Config
 
         Config.build({"data": {"pair_swap": "sentence1"}})
+
+
+def _client(run_dir):
+    from fastapi.testclient import TestClient
+
+    from raftlm.config import Config, ServeSettings
+    from raftlm.pipeline import load_for_eval
+    from raftlm.serve import create_app, run_info
+
+    cfg = Config.from_yaml(str(run_dir / "config.yaml"), {"model.name": str(run_dir)})
+    predictor = load_for_eval(cfg, None)
+    settings = ServeSettings(port=0)
+    return TestClient(
+        create_app(predictor, cfg, settings, run_info(run_dir, predictor, cfg, settings))
+    ), predictor
+
+
+def test_the_server_averages_both_orders_too(run, tmp_path):
+    run_dir, _ = run
+    rows = [{k: r[k] for k in ("sentence1", "sentence2")} for r in pairs(6)]
+    write_csv(tmp_path / "a.csv", rows)
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(run_dir),
+                "--input",
+                str(tmp_path / "a.csv"),
+                "--output",
+                str(tmp_path / "a.jsonl"),
+            ]
+        )
+        == 0
+    )
+    want = [json.loads(x)["prediction"] for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    client, _ = _client(run_dir)
+    with client:
+        got = client.post("/predict", json={"inputs": rows}).json()["predictions"]
+        flipped = [{"sentence1": r["sentence2"], "sentence2": r["sentence1"]} for r in rows]
+        back = client.post("/predict", json={"inputs": flipped}).json()["predictions"]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(back, want, atol=1e-6)
+
+
+def test_a_prediction_that_is_not_a_number_is_null_not_a_500(run, monkeypatch):
+    import raftlm.serve
+    from raftlm.predictor import Predictions
+
+    run_dir, _ = run
+    client, predictor = _client(run_dir)
+    monkeypatch.setattr(
+        raftlm.serve,
+        "predict_texts",
+        lambda p, texts, cfg, desc=None: Predictions(np.full(len(texts), np.nan)),
+    )
+    client, _ = _client(run_dir)  # its batcher now predicts NaN (a diverged model)
+    with client:
+        answer = client.post("/predict", json={"inputs": [{"sentence1": "a b", "sentence2": "c d"}]})
+    assert answer.status_code == 200 and answer.json()["predictions"] == [None]

