@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo test test-slow docs bench check lint format clean
+.PHONY: help venv demo test test-slow docs site bench check lint format clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -47,7 +47,10 @@ format: $(STAMP)  ## apply ruff formatting
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-check: lint test  ## lint and test
+site: $(STAMP)  ## the docs as an mkdocs-material site in build/site (fails on a broken link)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q
+
+check: lint site test  ## lint, the docs site and the tests
 
 clean:  ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
