@@ -379,7 +379,184 @@ def case_cache(a) -> dict:
     }
 
 
+def step_flops(model, frozen: int, chunks: list[tuple[list[int], int]], mlp_real: bool) -> dict:
+    """Matmul FLOPs of one training step of the blocks above ``frozen`` on a batch run as ``chunks``
+    (each: its rows' real lengths and its padded width), from the model's shapes.
+
+    Per block and token, forward: 2 x the block's Linear parameters; attention scores and values
+    4 x head_dim x heads x the row's length (both matmuls over the full row; SDPA computes the masked
+    square). Backward: 2 x forward (gradients of inputs and weights). LM head: one row per example
+    (logits_to_keep=1), 2 x V x D forward, as much again for its input's gradient, and again for its
+    weight's when that trains (tied to the frozen input embeddings in raftlm's top-N: it does not).
+    ``useful`` counts the real tokens; ``ran`` what ran: pad tokens included, except in the MLPs when they
+    ran on the real tokens only (``mlp_real``: ``training.mlps_on_real_tokens``)."""
+    from torch import nn
+
+    from raftlm.models import decoder_layers
+
+    blocks = list(decoder_layers(model))[frozen:]
+    linear = lambda mods: sum(m.weight.numel() for m in mods if isinstance(m, nn.Linear))  # noqa: E731
+    mlp = sum(linear(b.mlp.modules()) for b in blocks if hasattr(b, "mlp"))
+    other = sum(linear(b.modules()) for b in blocks) - mlp
+    text = model.config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    attn = 4 * head_dim * text.num_attention_heads * len(blocks)  # x length, per token
+    head = model.get_output_embeddings().weight
+    rows = sum(len(lengths) for lengths, _ in chunks)
+    head_flops = 2 * head.numel() * rows * (2 + head.requires_grad)
+    useful = sum(2 * (mlp + other) * n + attn * n * n for lengths, _ in chunks for n in lengths)
+    ran = sum(
+        len(lengths) * (2 * other * w + attn * w * w)
+        + 2 * mlp * (sum(lengths) if mlp_real else len(lengths) * w)
+        for lengths, w in chunks
+    )
+    return {
+        "useful": 3 * useful + head_flops,
+        "ran": 3 * ran + head_flops,
+        "head": head_flops,
+        "real_tokens": sum(sum(lengths) for lengths, _ in chunks),
+        "padded_tokens": sum(len(lengths) * w for lengths, w in chunks),
+    }
+
+
+def matmul_rate(m: int, k: int, n: int, dtype: str = "float32", repeats: int = 5) -> float:
+    """FLOP/s of an (m x k) @ (k x n) matmul in this process: 2mnk / the median time."""
+    import torch
+
+    x = torch.randn(m, k, dtype=getattr(torch, dtype))
+    w = torch.randn(k, n, dtype=getattr(torch, dtype))
+    return 2 * m * k * n / _timeit(lambda: x @ w, "cpu", repeats)
+
+
+def _equal_halves(attention_mask, chunks: int):
+    """``training.length_chunks`` before issue 40: near-equal groups (``torch.tensor_split``)."""
+    import torch
+
+    lengths = attention_mask.sum(-1)
+    if chunks == 1:
+        return [(torch.arange(len(lengths)), attention_mask.shape[1])]
+    order = torch.argsort(lengths, stable=True)
+    return [(rows, int(lengths[rows].max())) for rows in torch.tensor_split(order, min(chunks, len(order)))]
+
+
+def case_efficiency(a) -> dict:
+    """Steps of raftlm's default training (`raftlm train` defaults on STS-B-1K prompts: RAFT + 1.0 x CE
+    two-hot, top 9 blocks from cached states, AdamW, batch 16, 2 length chunks on a CPU) run by raftlm's
+    own ``training.fit`` (its Trainer), timed step end to step end (collation, loss, backward, clipping,
+    AdamW, Trainer's bookkeeping); each step's matmul FLOPs counted from the batch it really ran (the
+    chunks' real lengths); the matmul peak measured afterwards in this process. ``--before``: the step as
+    it was before issue 40 (equal-halves length chunks, MLPs over the pad tokens too)."""
+    import tempfile
+
+    import torch
+    from transformers import TrainerCallback
+
+    from raftlm import training
+    from raftlm.config import Config
+    from raftlm.data import load_splits
+    from raftlm.pipeline import make_trainable, new_predictor
+
+    torch.set_num_threads(a.threads or torch.get_num_threads())
+    timed = a.repeats + 2  # the first two are warm-ups; with --profile two more steps are profiled
+    steps = timed + (2 if a.profile else 0)
+    overrides = {
+        "model.name": a.model,
+        "data.dataset": "stsb-1k",
+        "data.data_dir": a.data_dir,
+        "data.train_size": 16 * steps,  # the store holds what the steps visit (the cache still pays)
+        "training.max_steps": steps,
+        "training.bf16": a.dtype == "bf16",
+        "training.progress_bar": False,
+        "training.calibrate": False,
+        **dict(kv.split("=", 1) for kv in a.set or ()),
+    }
+    cfg = Config.build(None, overrides)
+    splits = load_splits(cfg.data)
+    predictor = new_predictor(cfg, splits)
+    make_trainable(predictor, cfg)
+    if a.before:
+        training.length_chunks = _equal_halves
+        training.RegressionTrainer.real_tokens = lambda self, batch: False
+    runs: list[tuple[list[tuple[list[int], int]], bool]] = []
+    real_chunked_loss = training.chunked_loss
+
+    def recording(loss_fn, model, batch, targets, answer_len, chunks, real_tokens=False):
+        lengths = batch.attention_mask.sum(-1)
+        split = training.length_chunks(batch.attention_mask, chunks)
+        runs.append(([(lengths[rows].tolist(), w) for rows, w in split], real_tokens))
+        return real_chunked_loss(loss_fn, model, batch, targets, answer_len, chunks, real_tokens)
+
+    training.chunked_loss = recording
+    ends, inside = [], []
+    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if a.profile and state.global_step == timed:
+                prof.__enter__()
+            self.begin = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            ends.append(time.perf_counter())
+            inside.append(ends[-1] - self.begin)
+            if a.profile and state.global_step == steps:
+                prof.__exit__(None, None, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        training.fit(predictor, splits.train, [], cfg, Path(tmp), callbacks=[Timer()])
+    model = predictor.model
+    frozen = training.frozen_blocks_to_cache(predictor, cfg, len(splits.train))
+    flops = [step_flops(model, frozen, c, real) for c, real in runs[2:timed]]
+    seconds = [e - b for b, e in zip(ends[1 : timed - 1], ends[2:timed], strict=True)]  # steps 3.. end to end
+    widths = sorted(len(lengths) * w for c, _ in runs for lengths, w in c)
+    rows = widths[len(widths) // 2]  # tokens of the median chunk: the M of the step's matmuls
+    text = model.config.get_text_config()
+    out = {
+        "seconds": statistics.median(seconds),
+        "seconds_inside_step": statistics.median(inside[2:timed]),
+        "flops_per_step": statistics.median(f["useful"] for f in flops),
+        "achieved_flops_per_s": sum(f["useful"] for f in flops) / sum(seconds),
+        "ran_flops_per_s": sum(f["ran"] for f in flops) / sum(seconds),
+        "head_share": sum(f["head"] for f in flops) / sum(f["useful"] for f in flops),
+        "real_tokens_per_step": statistics.median(f["real_tokens"] for f in flops),
+        "padded_tokens_per_step": statistics.median(f["padded_tokens"] for f in flops),
+        "mlp_real_tokens": runs[-1][1],
+        "cached_blocks": frozen,
+        "threads": torch.get_num_threads(),
+        "peak_flops_per_s": matmul_rate(2048, 2048, 2048),
+        "bf16_peak_flops_per_s": matmul_rate(2048, 2048, 2048, "bfloat16"),
+        "mlp_shape": [rows, text.hidden_size, text.intermediate_size],
+        "mlp_shape_flops_per_s": matmul_rate(rows, text.hidden_size, text.intermediate_size),
+        "mlp_shape_bf16_flops_per_s": matmul_rate(rows, text.hidden_size, text.intermediate_size, "bfloat16"),
+    }
+    if a.profile:
+        Path(a.profile).write_text(profile_summary(prof, steps=2))
+    return out
+
+
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear", "mkldnn")
+ATTENTION = "aten::_scaled_dot_product"
+
+
+def profile_summary(prof, steps: int) -> str:
+    """Self CPU time per op over ``steps`` profiled steps: the matmul and attention kernels' shares
+    first, then the top ops."""
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    mm = sum(e.self_cpu_time_total for e in events if e.key.startswith(MATMULS))
+    attn = sum(e.self_cpu_time_total for e in events if e.key.startswith(ATTENTION))
+    lines = [
+        f"{steps} steps profiled: {total / 1e6 / steps:.3f} s of self CPU time per step; matmul kernels "
+        f"({', '.join(MATMULS)}) {mm / total:.0%}, attention ({ATTENTION}*) {attn / total:.0%}, the rest "
+        f"{1 - (mm + attn) / total:.0%}",
+        "",
+        events.table(sort_by="self_cpu_time_total", row_limit=40),
+    ]
+    return "\n".join(lines)
+
+
 CASES = {
+    "efficiency": case_efficiency,
     "cache": case_cache,
     "train": case_train,
     "infer": case_infer,
@@ -397,6 +574,8 @@ def run_case(common: list[str], **kw) -> dict:
         flag = f"--{k.replace('_', '-')}"
         if v is True:
             args.append(flag)
+        elif isinstance(v, list | tuple):
+            args += [flag, *map(str, v)] if v else []
         elif v is not None and v is not False:
             args += [flag, str(v)]
     proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
@@ -491,6 +670,74 @@ def cache_row(base: dict, common: list[str], n: int, top: int) -> dict:
     }
 
 
+EFFICIENCY = {  # the default training step and variants of it, measured side by side (name: child flags)
+    "before issue 40": {"before": True},
+    "default": {},
+    "bf16 autocast (opt-in)": {"set": ["training.bf16=true"]},
+}
+
+
+def efficiency_rows(base: dict, common: list[str], n: int, variants: list[str]) -> list[dict]:
+    """The default step's matmul FLOP/s against this machine's matmul peak (each child measures both),
+    per variant, over ``n`` interleaved rounds (order rotated): medians, and the rounds' range; a bf16
+    variant against the bf16 peak."""
+    rounds = []
+    for r in range(n):
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
+        rounds.append({v: run_case(common, case="efficiency", **EFFICIENCY[v]) for v in order})
+    rows = []
+    for v in variants:
+        med = lambda k, v=v: statistics.median(r[v][k] for r in rounds)  # noqa: E731
+        bf16 = "training.bf16=true" in EFFICIENCY[v].get("set", ())
+        peak_key = "bf16_peak_flops_per_s" if bf16 else "peak_flops_per_s"
+        fractions = [r[v]["achieved_flops_per_s"] / r[v][peak_key] for r in rounds]
+        rows.append(
+            {
+                **base,
+                "dtype": "bf16" if bf16 else "float32",
+                "setup": _rounds(
+                    "raftlm train defaults on STS-B-1K prompts (RAFT + 1.0 x CE, top 9 of 18 blocks from "
+                    f"cached states, AdamW, batch 16), median of {base['repeats']} steps",
+                    n,
+                ),
+                "name": f"train step vs matmul peak: {v}",
+                "seconds": med("seconds"),
+                "baseline": f"peak {med(peak_key) / 1e9:.0f} GFLOP/s",
+                **_ratio_fields(fractions),
+                "fraction_of_peak": statistics.median(fractions),
+                "variant": EFFICIENCY[v],
+                **{k: med(k) for k in EFFICIENCY_FIELDS},
+                "mlp_shape": rounds[0][v]["mlp_shape"],
+                "mlp_real_tokens": rounds[0][v]["mlp_real_tokens"],
+            }
+        )
+    default = next((r for r in rows if r["name"].endswith(": default")), None)
+    for row in rows:  # each variant's speed against the default's, round by round
+        if default is not None and row is not default:
+            name = default["name"].split(": ", 1)[1]
+            v = row["name"].split(": ", 1)[1]
+            row["speedup_vs_default"] = statistics.median(
+                r[name]["seconds"] / r[v]["seconds"] for r in rounds
+            )
+    return rows
+
+
+EFFICIENCY_FIELDS = (
+    "seconds_inside_step",
+    "flops_per_step",
+    "achieved_flops_per_s",
+    "ran_flops_per_s",
+    "head_share",
+    "real_tokens_per_step",
+    "padded_tokens_per_step",
+    "peak_flops_per_s",
+    "bf16_peak_flops_per_s",
+    "mlp_shape_flops_per_s",
+    "mlp_shape_bf16_flops_per_s",
+    "threads",
+)
+
+
 def bucket_row(base: dict, common: list[str], n: int) -> dict:
     """Bucketing vs fixed padding over ``n`` interleaved rounds (order alternating): medians, and the
     range of the per-round ratio."""
@@ -532,6 +779,19 @@ def main() -> None:
         action="store_true",
         help="(child) train case with the input embeddings, and the LM head tied to them, frozen",
     )
+    ap.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data" / "stsb"))
+    ap.add_argument("--set", nargs="*", help="(child) efficiency case: config overrides, SECTION.FIELD=VALUE")
+    ap.add_argument("--threads", type=int, help="(child) efficiency case: torch.set_num_threads")
+    ap.add_argument(
+        "--profile", help="(child) efficiency case: write a torch.profiler summary of 2 steps here"
+    )
+    ap.add_argument("--before", action="store_true", help="(child) efficiency case: the step before issue 40")
+    ap.add_argument(
+        "--variants",
+        nargs="*",
+        default=list(EFFICIENCY),
+        help="train-efficiency case: which of EFFICIENCY to measure beside each other",
+    )
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--models", nargs="*", default=["gemma-3-270m", "smollm2-135m"])
     ap.add_argument("--dtypes", nargs="*", default=["float32", "bf16"])
@@ -555,7 +815,8 @@ def main() -> None:
         nargs="*",
         default=["train", "train-frozen", "infer", "multitoken", "bucket"],
         help="measure only these (train-frozen: train steps with embeddings frozen, as raftlm's recipes; "
-        "cache: uncached vs cached top-6 / top-4 RAFT steps); "
+        "cache: uncached vs cached top-6 / top-4 RAFT steps; train-efficiency: the default step's matmul "
+        "FLOP/s against the measured peak, float32 runs only); "
         "their rows replace the same rows in the results file, the rest stay",
     )
     a = ap.parse_args()
@@ -636,6 +897,10 @@ def main() -> None:
                 rows.append(bucket_row(base, common, a.rounds))
             if "cache" in a.cases:
                 rows += cache_rows(base, common, a.rounds)
+            if "train-efficiency" in a.cases and dtype == "float32":  # variants set their own dtype
+                rows += efficiency_rows(
+                    {**base, "repeats": a.repeats}, [*common, "--data-dir", a.data_dir], a.rounds, a.variants
+                )
             print(json.dumps(rows[-1] if rows else {}), flush=True)
             write_results(out, rows)
 
@@ -670,6 +935,8 @@ def write_results(out: Path, rows: list[dict]) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if "fraction_of_peak" in r:  # their own section below
+            continue
         value = f"{r['seconds']:.4f}s" if "seconds" in r else f"{r['value_per_s']:.2f}/s"
         verdict = _verdict(r)
         base_mb = r.get("baseline_peak_mem_mb")
@@ -680,6 +947,7 @@ def write_results(out: Path, rows: list[dict]) -> None:
             f"| {r['setup']} |"
         )
     lines += _cache_lines(rows)
+    lines += _efficiency_lines(rows)
     lines += ["", "Forward pass against this machine's measured matmul peak (the physical limit):", ""]
     lines += [
         f"- {r['model']} {r['dtype']} {r['device']}: {r['tokens_per_s']:.0f} tokens/s, "
@@ -711,6 +979,45 @@ def _cache_lines(rows: list[dict]) -> list[str]:
         "",
     ]
     return head + out if out else []
+
+
+def _efficiency_lines(rows: list[dict]) -> list[str]:
+    """The default training step against the matmul peak measured in the same process (issue 40)."""
+    rows = [r for r in rows if "fraction_of_peak" in r]
+    if not rows:
+        return []
+    out = [
+        "",
+        "Training step against this machine's matmul peak (issue 40: >= 70 %). FLOPs: the step's matmuls "
+        "counted from the model's shapes and the batch it ran (the real tokens of each length chunk; forward "
+        "2 x Linear parameters per token plus attention 4 x head_dim x heads x row length, backward 2 x "
+        "forward, the LM head at one position per row: forward and input gradient); time: the step as "
+        "raftlm's Trainer runs it (`training.fit`), step end to step end; peak: a 2048 x 2048 @ 2048 x 2048 "
+        "matmul in the same process (the bf16 row: the bf16 matmul's, against which it is rated). `Ran`: "
+        "the FLOPs of what ran (pad tokens included where they ran); `MLP shape`: the rate of the step's own "
+        "largest matmul shape alone. `before issue 40`: equal-halves length chunks and MLPs over the pads. "
+        "Reproduce: `python benchmarks/speed.py --cases train-efficiency --models gemma-3-270m --dtypes "
+        "float32` (`--profile` in a child writes the torch.profiler summary, `speed.profile.txt`).",
+        "",
+        "| variant | s/step | vs default | GFLOP/step | achieved GFLOP/s | of peak | ran, of peak | peak GFLOP/s "
+        "(bf16) | MLP shape GFLOP/s (bf16) | tokens real/padded | LM head share | setup |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        peak = r["bf16_peak_flops_per_s"] if r["dtype"] == "bf16" else r["peak_flops_per_s"]
+        spread = f" ({r['ratio_range'][0]:.0%}-{r['ratio_range'][1]:.0%})"
+        speed = f"{r['speedup_vs_default']:.2f}x" if "speedup_vs_default" in r else "-"
+        m, k, n = r["mlp_shape"]
+        out.append(
+            f"| {r['model']} {r['dtype']}, {r['name'].split(': ', 1)[1]} | {r['seconds']:.3f} | {speed} | "
+            f"{r['flops_per_step'] / 1e9:.0f} | {r['achieved_flops_per_s'] / 1e9:.0f} | "
+            f"{r['fraction_of_peak']:.0%}{spread} | {r['ran_flops_per_s'] / peak:.0%} | "
+            f"{r['peak_flops_per_s'] / 1e9:.0f} ({r['bf16_peak_flops_per_s'] / 1e9:.0f}) | "
+            f"{r['mlp_shape_flops_per_s'] / 1e9:.0f} ({r['mlp_shape_bf16_flops_per_s'] / 1e9:.0f}) at {m}x{k}x{n} | "
+            f"{r['real_tokens_per_step']:.0f}/{r['padded_tokens_per_step']:.0f} | {r['head_share']:.1%} | "
+            f"{r['setup']} |"
+        )
+    return out
 
 
 def _verdict(row: dict) -> str:

@@ -10,6 +10,7 @@ from raftlm.cache import HiddenStore, build_store, frozen_blocks, skip_frozen
 from raftlm.config import Config
 from raftlm.core import Example, RaftlmError
 from raftlm.methods import METHODS
+from raftlm.models import decoder_layers
 from raftlm.pipeline import make_trainable, new_predictor, train_run
 from raftlm.training import build_features, frozen_blocks_to_cache, make_collator
 
@@ -215,17 +216,32 @@ def test_length_chunks_give_the_batchs_loss_and_gradients_with_fewer_pad_tokens(
     )
     lengths = inputs["attention_mask"].sum(-1)
     chunks = length_chunks(inputs["attention_mask"], 3)
-    assert [len(r) for r, _ in chunks] == [3, 2, 2]  # torch.tensor_split: near-equal, shortest first
+    # shortest first, cut where the fewest tokens run (raft: lengths 15 29 | 49 68 83 | 105 119 -> 2 x 29
+    # + 3 x 83 + 2 x 119 = 545 tokens; equal thirds 3 x 49 + 2 x 83 + 2 x 119 = 551)
+    assert [len(r) for r, _ in chunks] == [2, 3, 2]
     assert [w for _, w in chunks] == [int(lengths[r].max()) for r, _ in chunks]
-    assert sum(len(r) * w for r, w in chunks) < 0.8 * inputs["input_ids"].numel()
+    assert sum(len(r) * w for r, w in chunks) < 0.7 * inputs["input_ids"].numel()
+    mlp_rows = []  # rows the last block's MLP ran on: every token, or (real_tokens) the real ones only
+    hook = decoder_layers(predictor.model)[-1].mlp.down_proj.register_forward_hook(
+        lambda m, args, out: mlp_rows.append(args[0].shape[:-1].numel())
+    )
     results = []
-    for k in (1, 2, 3, 7):
+    for k, real_tokens in ((1, False), (2, False), (3, False), (7, False), (1, True), (3, True)):
         predictor.model.zero_grad()
+        mlp_rows.clear()
         with skip_frozen(predictor.model, 1 if cached else 0):
-            loss = chunked_loss(loss_fn, predictor.model, batch, inputs["targets"], inputs["answer_len"], k)
+            loss = chunked_loss(
+                loss_fn, predictor.model, batch, inputs["targets"], inputs["answer_len"], k, real_tokens
+            )
+        assert sum(mlp_rows) == (
+            lengths.sum()
+            if real_tokens
+            else sum(len(r) * w for r, w in length_chunks(inputs["attention_mask"], k))
+        )
         loss.backward()
         grads = {n: p.grad.clone() for n, p in predictor.model.named_parameters() if p.requires_grad}
         results.append((loss.detach(), grads))
+    hook.remove()
     (loss1, grads1), *rest = results
     assert any(g.abs().sum() > 0 for g in grads1.values())
     for loss_k, grads_k in rest:

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import types
+import warnings
 from pathlib import Path
 
 import torch
@@ -187,6 +188,7 @@ def load_model(
     path = model_path(name)
     refuse_pickle_weights(path)
     auto = AutoModel if encoder else AutoModelForCausalLM
+    read = torch.float32 if dtype == torch.int8 else dtype  # int8: read in float32, quantized below
     try:
         config = AutoConfig.from_pretrained(path)
         for key in DROPOUT_KEYS:
@@ -194,9 +196,9 @@ def load_model(
                 setattr(config, key, dropout)
         if init == "random":
             torch.manual_seed(seed)
-            model = auto.from_config(config, dtype=dtype)
+            model = auto.from_config(config, dtype=read)
         else:
-            model = auto.from_pretrained(path, config=config, dtype=dtype, use_safetensors=True)
+            model = auto.from_pretrained(path, config=config, dtype=read, use_safetensors=True)
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise RaftlmError(
@@ -212,10 +214,13 @@ def load_model(
         ) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    if dtype == torch.int8:
+        quantize_int8(model)
     return model.eval(), tok
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
+DTYPE_CHOICES = "use auto, float32 or bfloat16 weights, or int8 (dynamic int8 Linear layers, CPU only)"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -238,21 +243,53 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto``: bfloat16 on a GPU that supports it, else float32 (CPUs without bf16 units run bf16
-    several times slower)."""
+    several times slower). ``int8`` (``torch.int8``): torch's dynamic int8 kernels, CPU only."""
     if dtype == "auto":
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if bf16 else torch.float32
     if dtype not in DTYPES:
-        raise RaftlmError(f"dtype={dtype!r}: use auto, float32 or bfloat16")
+        raise RaftlmError(f"dtype={dtype!r}: {DTYPE_CHOICES}")
+    if dtype == "int8" and device.type != "cpu":
+        raise RaftlmError(
+            f"dtype=int8 runs on the CPU only (torch's dynamic int8 kernels), not {device}: use --device cpu, "
+            "or --dtype bfloat16 on a GPU"
+        )
     return DTYPES[dtype]
 
 
 def cast_weights(model, dtype: torch.dtype):
-    """Store the parameters in ``dtype``; buffers (e.g. rotary frequencies) keep their precision."""
+    """Store the parameters in ``dtype``; buffers (e.g. rotary frequencies) keep their precision.
+    ``torch.int8``: float32 parameters, then every Linear layer but the LM head int8 (``quantize_int8``)."""
+    if dtype != torch.int8 and is_int8(model):
+        raise RaftlmError(f"int8 weights cannot be cast to {dtype}: load the model again in that dtype")
+    stored = torch.float32 if dtype == torch.int8 else dtype
     for p in model.parameters():
-        if p.is_floating_point() and p.dtype != dtype:
-            p.data = p.data.to(dtype)
-    return model
+        if p.is_floating_point() and p.dtype != stored:
+            p.data = p.data.to(stored)
+    return quantize_int8(model) if dtype == torch.int8 else model
+
+
+def is_int8(model) -> bool:
+    """Whether ``quantize_int8`` ran on the model (its Linear layers hold int8 weights)."""
+    return any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules())
+
+
+def quantize_int8(model):
+    """torch's dynamic int8 quantization, in place: each Linear layer's weight int8 per output channel,
+    its input quantized per tensor at run time (fbgemm/x86 kernels, VNNI where the CPU has it). The LM
+    head stays a float32 Linear (tied to the embeddings; raftlm reads a few positions of it, and its
+    logits stay float32, as ``lm_head_in_float32`` wants). Idempotent; CPU only."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = [name for name, m in model.named_modules() if type(m) is torch.nn.Linear and m is not head]
+    if not names:
+        return model
+    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices (torchao is its heir)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*deprecated")
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        spec = dict.fromkeys(names, per_channel_dynamic_qconfig)
+        return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:

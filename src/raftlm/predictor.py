@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from raftlm import decoders
+from raftlm.config import INT8_BF16
 from raftlm.core import RaftlmError, warn, warn_slow_bf16
 from raftlm.grid import Grid, TargetScaler
 from raftlm.rows import swapped
@@ -158,8 +159,9 @@ class Predictor:
 
     def to(self, device: str = "auto", dtype: str = "auto") -> Predictor:
         """Move the model to ``device`` with its weights stored in ``dtype`` (``--device``/``--dtype``
-        names: auto is the GPU and bfloat16 when there is one, else the CPU and float32). A predictive
-        head stays float32, and the LM head computes in float32 either way."""
+        names: auto is the GPU and bfloat16 when there is one, else the CPU and float32; int8 quantizes
+        the Linear layers, CPU only). A predictive head stays float32, and the LM head computes in
+        float32 either way."""
         from raftlm.models import attach_head, cast_weights, detach_head, resolve_device, resolve_dtype
 
         dev = resolve_device(device)
@@ -177,8 +179,10 @@ class Predictor:
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the model's weights (float32 unless loaded otherwise; bf16 autocast
-        at inference does not change it)."""
-        return next(self.model.parameters()).dtype
+        at inference does not change it); ``torch.int8`` for int8 Linear layers (``--dtype int8``)."""
+        from raftlm.models import is_int8
+
+        return torch.int8 if is_int8(self.model) else next(self.model.parameters()).dtype
 
     def _to(self, batch: PromptBatch) -> PromptBatch:
         return batch.to(self.device)
@@ -279,6 +283,8 @@ class Predictor:
     ) -> Predictions:
         """Point predictions in data units with any decoder of ``decoders.DECODERS`` (a head model
         always predicts with its head); ``truncated`` says which prompts were cut to ``max_length``."""
+        if bf16 and self.dtype == torch.int8:
+            raise RaftlmError(INT8_BF16)
         preds = self._predict(
             texts, decoder, batch_size, num_samples, temperature, max_new_tokens, bf16, seed, desc
         )

@@ -1,0 +1,136 @@
+"""--dtype int8 against float32 on a trained run, in one process: rows/s and test accuracy.
+
+Both copies of the run are loaded (``load_run(run, "cpu", dtype)``: float32 weights, and torch's dynamic
+int8 Linear layers with the LM head float32), then predict the run's whole test split (RAIL, batch 16) in
+interleaved rounds (order alternating, after one untimed warm-up batch each): rows/s is the median over
+rounds, the speed ratio the median of per-round ratios with their range. RMSE and Spearman of each on
+that split, against the targets, and their differences (int8 - float32). Issue 40's target: >= 2x rows/s
+with |delta RMSE| <= 0.005.
+
+    raftlm train --dataset amazon-snippets --max-steps 150 --output-dir ../runs-int8/amazon
+    python benchmarks/int8.py ../runs-int8/amazon          # writes benchmarks/results/int8.json + .md
+    python benchmarks/int8.py --md-only                    # the .md again from the .json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raftlm.config import Config
+from raftlm.data import load_splits
+from raftlm.io import write_json, write_text
+from raftlm.metrics import regression_metrics
+from raftlm.run import load_run
+
+RESULTS = Path(__file__).parent / "results" / "int8"
+TARGET_SPEEDUP, TARGET_RMSE = 2.0, 0.005
+
+
+def weight_mb(predictor) -> float:
+    """Bytes of the model's weights: parameters plus the int8 layers' packed weights."""
+    total = sum(p.numel() * p.element_size() for p in predictor.model.parameters())
+    for m in predictor.model.modules():
+        if isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
+            w, b = m._packed_params._weight_bias()
+            total += w.numel() * w.element_size() + (0 if b is None else b.numel() * b.element_size())
+    return total / 2**20
+
+
+def measure(run: Path, rounds: int, batch: int, limit: int | None) -> dict:
+    cfg = Config.from_yaml(str(run / "config.yaml"))
+    test = load_splits(cfg.data).test[:limit]
+    texts, targets = [e.text for e in test], [e.target for e in test]
+    predictors = {d: load_run(run, "cpu", d) for d in ("float32", "int8")}
+    for p in predictors.values():
+        p.predict(texts[:batch], batch_size=batch)  # warm-up: first-call allocations, kernel choice
+    seconds = {d: [] for d in predictors}
+    preds = {}
+    for r in range(rounds):
+        for d in ("float32", "int8") if r % 2 == 0 else ("int8", "float32"):
+            start = time.perf_counter()
+            preds[d] = predictors[d].predict(texts, "rail", batch_size=batch)
+            seconds[d].append(time.perf_counter() - start)
+    metrics = {d: regression_metrics(targets, preds[d].values) for d in predictors}
+    ratios = [f / i for f, i in zip(seconds["float32"], seconds["int8"], strict=True)]
+    diff = np.abs(preds["int8"].values - preds["float32"].values)
+    return {
+        "run": run.name,
+        "model": cfg.model.name,
+        "method": cfg.method.method,
+        "dataset": cfg.data.dataset,
+        "split": "test",
+        "rows": len(texts),
+        "batch_size": batch,
+        "rounds": rounds,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, quantized engine {torch.backends.quantized.engine}",
+        "rows_per_s": {d: len(texts) / statistics.median(s) for d, s in seconds.items()},
+        "seconds": seconds,
+        "speedup": statistics.median(ratios),
+        "speedup_range": [min(ratios), max(ratios)],
+        "metrics": metrics,
+        "delta_rmse": metrics["int8"]["rmse"] - metrics["float32"]["rmse"],
+        "delta_spearman": metrics["int8"]["spearman"] - metrics["float32"]["spearman"],
+        "max_abs_prediction_diff": float(diff.max()),
+        "mean_abs_prediction_diff": float(diff.mean()),
+        "weights_mb": {d: weight_mb(p) for d, p in predictors.items()},
+    }
+
+
+def markdown(r: dict) -> str:
+    fast = r["speedup"] >= TARGET_SPEEDUP
+    close = abs(r["delta_rmse"]) <= TARGET_RMSE
+    f32, i8 = r["metrics"]["float32"], r["metrics"]["int8"]
+    lo, hi = r["speedup_range"]
+    return "\n".join(
+        [
+            f"`--dtype int8` against float32: run `{r['run']}` ({r['model']}, {r['method']}, {r['dataset']}), "
+            f"its whole {r['split']} split ({r['rows']} rows, RAIL, batch {r['batch_size']}), both loaded in one "
+            f"process and timed in {r['rounds']} interleaved rounds ({r['machine']}). Written by "
+            "`benchmarks/int8.py` from `int8.json`.",
+            "",
+            "| weights | rows/s | RMSE | Spearman | weights MB |",
+            "|---|---|---|---|---|",
+            f"| float32 | {r['rows_per_s']['float32']:.2f} | {f32['rmse']:.4f} | {f32['spearman']:.4f} | "
+            f"{r['weights_mb']['float32']:.0f} |",
+            f"| int8 | {r['rows_per_s']['int8']:.2f} | {i8['rmse']:.4f} | {i8['spearman']:.4f} | "
+            f"{r['weights_mb']['int8']:.0f} |",
+            "",
+            f"- speed: {r['speedup']:.2f}x rows/s (rounds {lo:.2f}-{hi:.2f}); target >= {TARGET_SPEEDUP:.0f}x: "
+            f"{'met' if fast else 'missed'}",
+            f"- accuracy: delta RMSE {r['delta_rmse']:+.4f}, delta Spearman {r['delta_spearman']:+.4f}; target "
+            f"|delta RMSE| <= {TARGET_RMSE}: {'met' if close else 'missed'}; predictions differ by "
+            f"{r['mean_abs_prediction_diff']:.4f} on average, {r['max_abs_prediction_diff']:.4f} at most",
+            f"- verdict: {'both targets met' if fast and close else 'int8 stays opt-in (--dtype int8)'}",
+        ]
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run", nargs="?", type=Path, help="a trained run directory")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--limit", type=int, help="the first N test rows only (a quick check)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--md-only", action="store_true", help="rewrite the .md from the .json")
+    a = ap.parse_args()
+    if a.md_only:
+        result = json.loads(a.out.with_suffix(".json").read_text())
+    else:
+        result = measure(a.run, a.rounds, a.batch_size, a.limit)
+        write_json(a.out.with_suffix(".json"), result)
+    write_text(a.out.with_suffix(".md"), markdown(result) + "\n")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
