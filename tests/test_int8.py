@@ -40,9 +40,11 @@ def test_int8_quantizes_every_linear_but_the_lm_head_and_predicts_close_to_float
     run_dir, _ = run
     fp32, int8 = load_run(run_dir, "cpu", "float32"), load_run(run_dir, "cpu", "int8")
     assert int8.dtype == torch.int8 and fp32.dtype == torch.float32
-    linears = [m for m in int8.model.modules() if isinstance(m, torch.nn.Linear)]
+    float32 = [name for name, m in int8.model.named_modules() if isinstance(m, torch.nn.Linear)]
     head = int8.model.get_output_embeddings()
-    assert linears == [head] and head.weight.dtype == torch.float32  # only the LM head is left float32
+    # left float32: the LM head and the MLPs' down projections (models.INT8_SKIP)
+    assert float32 == [f"model.layers.{i}.mlp.down_proj" for i in range(2)] + ["lm_head"]
+    assert head.weight.dtype == torch.float32 and is_int8(int8.model)
     tied = lambda p: p.model.get_output_embeddings().weight is p.model.get_input_embeddings().weight  # noqa: E731
     assert tied(int8) == tied(fp32)
     a, b = fp32.predict(TEXTS), int8.predict(TEXTS)
