@@ -258,6 +258,22 @@ def chunk_speedup(n: str) -> str:
     return f"{load('length_chunks/length_chunks.json')['speedup_vs_1'][n]['median']:.2f}x"
 
 
+def efficiency(variant: str, key: str = "fraction_of_peak") -> str:
+    row = next(r for r in load("speed.json") if r["name"] == f"train step vs matmul peak: {variant}")
+    if key == "fraction_of_peak":
+        return f"{100 * row['fraction_of_peak']:.0f} %"
+    return f"{row[key]:.2f}x"
+
+
+def int8(key: str) -> str:
+    d = load("int8.json")
+    if key == "speedup":
+        return f"{d['speedup']:.2f}x"
+    if key == "delta_rmse":
+        return f"{d['delta_rmse']:+.3f}"
+    return f"{d['delta_spearman']:+.3f}"
+
+
 def cli_help(command: str) -> str:
     """``raftlm COMMAND --help`` as the parser prints it at 100 columns (the reference of every flag)."""
     env = {**os.environ, "COLUMNS": "100", "PYTHONPATH": str(ROOT / "src")}
@@ -322,6 +338,12 @@ VALUES: dict[str, Callable[[], str]] = {
     "chunks.tokens_movielens": lambda: chunk_tokens("movielens-100k"),
     "chunks.speedup2": lambda: chunk_speedup("2"),
     "chunks.speedup4": lambda: chunk_speedup("4"),
+    "efficiency.default": lambda: efficiency("default"),
+    "efficiency.before": lambda: efficiency("before issue 40"),
+    "efficiency.bf16_speedup": lambda: efficiency("bf16 autocast (opt-in)", "speedup_vs_default"),
+    "int8.speedup": lambda: int8("speedup"),
+    "int8.delta_rmse": lambda: int8("delta_rmse"),
+    "int8.delta_spearman": lambda: int8("delta_spearman"),
     "cached_validation.speedup": lambda: f"{load('cached_validation.json')['speedup_median']:.2f}x",
     "demo.minutes": lambda: f"{load('demo/demo_results.json')['minutes']:.1f}",
     "demo.greedy": lambda: demo("zero-shot greedy"),
