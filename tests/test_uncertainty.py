@@ -347,3 +347,29 @@ def test_sweep_cells_carry_intervals_and_the_report_draws_calibration(tmp_path, 
     write_report(str(root))
     assert "Interval coverage / mean width at 90%" in (root / "report.md").read_text()
     assert list((root / "figures").glob("calibration_*.png"))
+
+
+def test_the_calibration_figure_names_only_the_markers_it_draws(tmp_path, monkeypatch):
+    """A sweep without conformal calibration (calibrate: false) draws the grid's lines only: its legend
+    and title advertise no conformal markers (they did, issue 38)."""
+    import json
+
+    import raftlm.report as report
+
+    (tmp_path / "predictions").mkdir()
+    rows = [{"pit": p} for p in np.linspace(0.05, 0.95, 10)]
+    (tmp_path / "predictions" / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen = {}
+    monkeypatch.setattr(report, "_save", lambda fig, path: seen.setdefault("fig", fig) and path)
+    grid_only = {"label": "RAFT", "intervals": [{"kind": "grid", "nominal": 0.9, "coverage": 0.9}]}
+    report._calibration_figure(tmp_path, [(grid_only, {"cell_id": "c"})], tmp_path, "stsb-1k", "stsb")
+    ax = seen.pop("fig").axes[0]
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts == ["RAFT (grid)"] and "absolute" not in ax.get_title()
+    both = {
+        **grid_only,
+        "intervals": [*grid_only["intervals"], {"kind": "cqr", "nominal": 0.9, "coverage": 0.88}],
+    }
+    report._calibration_figure(tmp_path, [(both, {"cell_id": "c"})], tmp_path, "stsb-1k", "stsb")
+    texts = [t.get_text() for t in seen["fig"].axes[0].get_legend().get_texts()]
+    assert texts == ["RAFT (grid)", "conformal cqr"]

@@ -555,6 +555,7 @@ def _calibration_figure(root: Path, here, figdir: Path, dataset: str, slug: str)
     levels = np.linspace(0.05, 0.95, 19)
     fig, ax = plt.subplots(figsize=(5, 4))
     markers = {"absolute": "s", "std": "^", "cqr": "o"}
+    drawn: set[str] = set()  # the conformal kinds that have a marker on the figure
     for a, r in here:
         pit = [x["pit"] for x in _read_jsonl(root / "predictions" / f"{r['cell_id']}.jsonl") if "pit" in x]
         color = None
@@ -565,13 +566,16 @@ def _calibration_figure(root: Path, here, figdir: Path, dataset: str, slug: str)
         for row in a.get("intervals") or []:
             if row["kind"] in markers:
                 ax.scatter(row["nominal"], row["coverage"], marker=markers[row["kind"]], color=color, s=22)
+                drawn.add(row["kind"])
     if not ax.lines and not ax.collections:
         plt.close(fig)
         return []
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     ax.set_xlabel("nominal coverage")
     ax.set_ylabel("observed coverage (test)")
-    ax.set_title(f"{dataset}: calibration (markers: conformal ■ absolute ▲ std ● cqr)", fontsize=8)
+    ax.set_title(f"{dataset}: calibration of the grid distribution (lines)", fontsize=8)
+    for kind in (k for k in markers if k in drawn):  # the legend names only markers that are drawn
+        ax.scatter([], [], marker=markers[kind], color="gray", s=22, label=f"conformal {kind}")
     ax.legend(fontsize=7)
     return [_save(fig, figdir / f"calibration_{slug}.png")]
 
