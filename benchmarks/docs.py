@@ -274,6 +274,16 @@ def int8(key: str) -> str:
     return f"{d['delta_spearman']:+.3f}"
 
 
+def ray_ratio(key: str) -> str:
+    """--engine ray (2 actors) against raftlm predict, from ray_predict.json: end-to-end rows/s ratio, or the
+    start-up overhead in seconds."""
+    rows = {r["engine"].split(",")[0]: r for r in load("ray_predict.json")["rows"]}
+    ray, local = rows["ray"], rows["local"]
+    if key == "overhead":
+        return f"+{ray['overhead_s'] - local['overhead_s']:.1f} s"
+    return f"{ray['end_to_end_rows_s'] / local['end_to_end_rows_s']:.2f}x"
+
+
 def cli_help(command: str) -> str:
     """``raftlm COMMAND --help`` as the parser prints it at 100 columns (the reference of every flag)."""
     env = {**os.environ, "COLUMNS": "100", "PYTHONPATH": str(ROOT / "src")}
@@ -344,6 +354,8 @@ VALUES: dict[str, Callable[[], str]] = {
     "int8.speedup": lambda: int8("speedup"),
     "int8.delta_rmse": lambda: int8("delta_rmse"),
     "int8.delta_spearman": lambda: int8("delta_spearman"),
+    "ray.end_to_end": lambda: ray_ratio("end_to_end"),
+    "ray.overhead": lambda: ray_ratio("overhead"),
     "cached_validation.speedup": lambda: f"{load('cached_validation.json')['speedup_median']:.2f}x",
     "demo.minutes": lambda: f"{load('demo/demo_results.json')['minutes']:.1f}",
     "demo.greedy": lambda: demo("zero-shot greedy"),
