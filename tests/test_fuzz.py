@@ -104,13 +104,17 @@ def test_csv_written_by_a_csv_writer_reads_back_or_fails_in_one_line(rows, delim
         read(path, "target")
 
 
-@FAST
-@given(text=st.text(max_size=300))
-def test_any_yaml_text_loads_or_is_one_line(text):
+def fuzz_yaml(text: str) -> None:
     try:
         load_yaml(text, "config file r.yaml")
     except RaftlmError as err:
         one_line(err)
+
+
+@FAST
+@given(text=st.text(max_size=300))
+def test_any_yaml_text_loads_or_is_one_line(text):
+    fuzz_yaml(text)
 
 
 SECTIONS = {
@@ -162,7 +166,4 @@ def test_any_bytes_long_run(suffix, data):
 @SLOW
 @given(text=st.text(max_size=2000))
 def test_any_yaml_long_run(text):
-    try:
-        load_yaml(text, "config file r.yaml")
-    except RaftlmError as err:
-        one_line(err)
+    fuzz_yaml(text)

@@ -57,8 +57,13 @@ def run(tmp_path_factory):
     return d / "run", data
 
 
+def argv(run_dir, data, out, *extra) -> list[str]:
+    """`raftlm predict` of ``data`` by ``run_dir`` into ``out``, with ``extra`` flags."""
+    return ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(out), *extra]
+
+
 def predict(run_dir, data, out, *extra) -> int:
-    return main(["predict", "--model", str(run_dir), "--input", str(data), "--output", str(out), *extra])
+    return main(argv(run_dir, data, out, *extra))
 
 
 # --- data loss ---------------------------------------------------------------------------------------
@@ -109,7 +114,7 @@ def test_an_output_that_is_the_input_is_refused_for_every_link(run, tmp_path, ca
     for output in ("same.csv", "./same.csv", str(same), "link.csv", "hard.csv"):
         code, line = _bad(
             capsys,
-            ["predict", "--model", str(run_dir), "--input", "same.csv", "--output", output, "--overwrite"],
+            argv(run_dir, "same.csv", output, "--overwrite"),
         )
         assert code == 2 and "is the same file as the input" in line
         assert same.read_bytes() == original
@@ -129,16 +134,7 @@ def test_special_files_are_never_written(run, tmp_path, capsys, monkeypatch):
     for target in targets:
         code, line = _bad(
             capsys,
-            [
-                "predict",
-                "--model",
-                str(run_dir),
-                "--input",
-                str(data),
-                "--output",
-                str(target),
-                "--overwrite",
-            ],
+            argv(run_dir, str(data), str(target), "--overwrite"),
         )
         assert code == 2 and "not a regular file" in line
     assert stat.S_ISFIFO(fifo.stat().st_mode)
@@ -178,9 +174,7 @@ def test_resume_refuses_an_edited_input_and_a_retrained_model(run, tmp_path, cap
     rows = _rows(120)
     rows[3]["target"] = 99  # same row count, other content
     write_csv(mine, rows)
-    code, line = _bad(
-        capsys, ["predict", "--model", str(run_dir), "--input", str(mine), "--output", str(out), "--resume"]
-    )
+    code, line = _bad(capsys, argv(run_dir, str(mine), str(out), "--resume"))
     assert code == 2 and "the input file's content changed" in line
     # the input restored, the model retrained under it: refused too
     mine.write_bytes(data.read_bytes())
@@ -195,16 +189,7 @@ def test_resume_refuses_an_edited_input_and_a_retrained_model(run, tmp_path, cap
     capsys.readouterr()
     code, line = _bad(
         capsys,
-        [
-            "predict",
-            "--model",
-            str(other),
-            "--input",
-            str(mine),
-            "--output",
-            str(tmp_path / "q.jsonl"),
-            "--resume",
-        ],
+        argv(other, str(mine), str(tmp_path / "q.jsonl"), "--resume"),
     )
     assert code == 2 and "the model changed" in line
 
@@ -216,9 +201,7 @@ def test_a_second_writer_of_the_same_output_stops_at_once(run, tmp_path, capsys,
     _never_load(monkeypatch)
     out = tmp_path / "p.jsonl"
     with output_lock(out):  # another predict holds it (an flock on its own open file)
-        code, line = _bad(
-            capsys, ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(out)]
-        )
+        code, line = _bad(capsys, argv(run_dir, str(data), str(out)))
     assert code == 2 and f"(pid {os.getpid()}) is writing output {out}" in line
     assert not out.exists() and not (tmp_path / ".p.jsonl.lock").exists()  # released and removed
 
@@ -341,7 +324,7 @@ def test_a_jsonl_with_targets_in_some_rows_is_refused_naming_both_rows(run, tmp_
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     code, line = _bad(
         capsys,
-        ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(tmp_path / "p.jsonl")],
+        argv(run_dir, str(data), str(tmp_path / "p.jsonl")),
     )
     assert code == 2 and "line 6 has a target ('target') but line 1 has none" in line
     assert not (tmp_path / "p.jsonl").exists()
@@ -379,12 +362,7 @@ def test_the_same_template_is_the_same_prompt_through_every_interface(tmp_path):
 
     out = tmp_path / "p.jsonl"
     one = write_csv(tmp_path / "one.csv", [rows[7]])
-    assert (
-        main(
-            ["predict", "--model", str(cli_run), "--input", str(one), "--output", str(out), "--with-prompts"]
-        )
-        == 0
-    )
+    assert main(argv(cli_run, str(one), str(out), "--with-prompts")) == 0
     through_cli = json.loads(out.read_text())["prompt"]
 
     reg = RAFTRegressor(
@@ -484,7 +462,7 @@ def test_hostile_jsonl_rows_are_one_line(run, tmp_path, capsys, monkeypatch, lin
     data.write_text(line + "\n")
     code, err = _bad(
         capsys,
-        ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(tmp_path / "p.jsonl")],
+        argv(run_dir, str(data), str(tmp_path / "p.jsonl")),
     )
     assert code == 2 and fragment in err
 
@@ -494,15 +472,11 @@ def test_an_output_folder_that_does_not_exist_fails_before_loading(run, tmp_path
     _never_load(monkeypatch)
     code, line = _bad(
         capsys,
-        [
-            "predict",
-            "--model",
+        argv(
             str(run_dir),
-            "--input",
             str(data),
-            "--output",
             str(tmp_path / "no/deeper/o.jsonl"),
-        ],
+        ),
     )
     assert code == 2 and "does not exist; create it first (mkdir -p" in line
     assert not (tmp_path / "no").exists()
@@ -530,9 +504,7 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_written(run, tmp_path, capsy
     monkeypatch.setattr(
         raftlm.streaming.predict_file, "__defaults__", (*defaults[:i], 16, *defaults[i + 1 :])
     )
-    code, line = _bad(
-        capsys, ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(out)]
-    )
+    code, line = _bad(capsys, argv(run_dir, str(data), str(out)))
     assert code == 2 and "disk full while writing" in line and "--resume" in line
     partial = raftlm.streaming.partial_path(out)
     assert len(partial.read_text().splitlines()) == 16  # the first chunk is kept for --resume
@@ -563,17 +535,7 @@ def test_a_damaged_calibration_only_matters_when_intervals_are_asked(run, tmp_pa
     capsys.readouterr()
     code, line = _bad(
         capsys,
-        [
-            "predict",
-            "--model",
-            str(mine),
-            "--input",
-            str(data),
-            "--output",
-            str(tmp_path / "q.jsonl"),
-            "--interval",
-            "0.9",
-        ],
+        argv(mine, str(data), str(tmp_path / "q.jsonl"), "--interval", "0.9"),
     )
     assert code == 2 and "calibration.json is damaged" in line and f"raftlm calibrate {mine}" in line
 
@@ -587,9 +549,7 @@ def test_a_truncated_run_is_one_line(run, tmp_path, capsys, damage):
     shutil.copytree(run_dir, mine)
     path = mine / damage
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 3])
-    code, line = _bad(
-        capsys, ["predict", "--model", str(mine), "--input", str(data), "--output", str(tmp_path / "p.jsonl")]
-    )
+    code, line = _bad(capsys, argv(mine, str(data), str(tmp_path / "p.jsonl")))
     assert code == 2 and ("truncated or corrupt" in line or "is unreadable" in line)
     assert not (tmp_path / "p.jsonl").exists()
 
@@ -779,16 +739,7 @@ def test_no_output_may_replace_a_file_of_a_run(run, tmp_path, capsys, monkeypatc
     for name in ("model.safetensors", "raftlm.json", "config.yaml", "tokenizer.json", ".raftlm-run"):
         code, line = _bad(
             capsys,
-            [
-                "predict",
-                "--model",
-                str(mine),
-                "--input",
-                str(data),
-                "--output",
-                str(mine / name),
-                "--overwrite",
-            ],
+            argv(mine, str(data), str(mine / name), "--overwrite"),
         )
         assert code == 2 and "is a file of the raftlm run" in line, name
     assert _snapshot(mine) == before
@@ -809,7 +760,7 @@ def test_out_of_memory_is_one_line(run, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(raftlm.streaming, "predict_examples", oom)
     code, line = _bad(
         capsys,
-        ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(tmp_path / "p.jsonl")],
+        argv(run_dir, str(data), str(tmp_path / "p.jsonl")),
     )
     assert code == 2 and line.startswith("raftlm predict: error: out of memory")
 
@@ -878,8 +829,7 @@ def test_a_sweep_never_writes_into_a_users_folder(tmp_path, capsys):
 def test_settings_out_of_range_fail_before_any_work(run, tmp_path, capsys, monkeypatch, setting, fragment):
     run_dir, data = run
     _never_load(monkeypatch)
-    argv = ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(tmp_path / "p.jsonl")]
-    code, line = _bad(capsys, [*argv, "--set", setting])
+    code, line = _bad(capsys, argv(run_dir, data, tmp_path / "p.jsonl", "--set", setting))
     assert code == 2 and fragment in line
 
 
@@ -888,6 +838,6 @@ def test_an_input_that_is_a_device_is_named_as_one(run, tmp_path, capsys, monkey
     _never_load(monkeypatch)
     code, line = _bad(
         capsys,
-        ["predict", "--model", str(run_dir), "--input", "/dev/zero", "--output", str(tmp_path / "p.jsonl")],
+        argv(run_dir, "/dev/zero", str(tmp_path / "p.jsonl")),
     )
     assert code == 2 and "is a character device, not a regular file" in line
