@@ -841,3 +841,24 @@ def test_an_input_that_is_a_device_is_named_as_one(run, tmp_path, capsys, monkey
         argv(run_dir, "/dev/zero", str(tmp_path / "p.jsonl")),
     )
     assert code == 2 and "is a character device, not a regular file" in line
+
+
+def test_overwriting_a_run_through_a_symlink_replaces_the_real_run(run, tmp_path):
+    import shutil
+
+    run_dir, data = run
+    real = tmp_path / "real"
+    shutil.copytree(run_dir, real)
+    (tmp_path / "link").symlink_to(real)
+    old = (real / "model.safetensors").read_bytes()
+    assert (
+        main(
+            train_args(
+                data, tmp_path / "link", "--overwrite", "--max-steps", "2", "--seed", "5", "--grid", "0-5"
+            )
+        )
+        == 0
+    )
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "link").resolve() == real
+    assert (real / "model.safetensors").read_bytes() != old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # no swap leftovers

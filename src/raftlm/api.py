@@ -303,7 +303,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         from raftlm.run import check_run_dir, discard_staged, swap_in
 
         self._check_fitted()
-        out = Path(directory).absolute()
+        out = Path(directory).resolve()
         out.parent.mkdir(parents=True, exist_ok=True)
         with output_lock(out, "the run directory"):
             build = check_run_dir(out, self.overwrite, resume=False)

@@ -278,7 +278,7 @@ def fit_run(
         raise RaftlmError(
             f"dataset {cfg.data.dataset} has no training examples: check the file or its split column"
         )
-    out = out.absolute()
+    out = out.resolve()  # (a symlinked run directory: where it really is)
     _make_dir(out.parent)
     try:
         with tempfile.TemporaryFile(dir=out.parent):

@@ -100,8 +100,8 @@ def check_run_dir(out: Path, overwrite: bool, resume: bool) -> Path:
     directory beside it, so the old run survives until the new one has finished. Only a directory that
     raftlm marked as a run (``.raftlm-run``) and that holds nothing raftlm did not write is ever replaced;
     anything else is refused before any work."""
-    out = Path(out).absolute()
-    _refuse_unsafe_place(out.resolve())
+    out = Path(out).resolve()  # a symlinked run is replaced where it really is; the link stays
+    _refuse_unsafe_place(out)
     recover_swap(out)
     if out.exists() and not out.is_dir():
         raise RaftlmError(f"output path {out} is a file: choose a directory for --output-dir")
