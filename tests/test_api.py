@@ -26,6 +26,12 @@ def test_fit_predict_score_save_load(tmp_path):
     np.testing.assert_allclose(pred[:2], probs @ np.arange(1, 6), rtol=1e-6)
     r2 = reg.score(TEXTS, Y)
     assert r2 == pytest.approx(1 - ((pred - Y) ** 2).sum() / ((Y - Y.mean()) ** 2).sum())
+    with pytest.raises(RaftlmError, match=r"y\[2\]: target nan is NaN or infinite"):  # not sklearn's ValueError
+        reg.score(TEXTS, np.where(np.arange(30) == 2, np.nan, Y))
+    with pytest.raises(RaftlmError, match="unknown interval kind 'cqrr'"):  # the kind first, then calibration
+        reg.predict_interval(TEXTS[:2], kind="cqrr")
+    with pytest.raises(RaftlmError, match="^confidence level 1.0 must lie strictly between 0 and 1"):
+        reg.predict_interval(TEXTS[:2], np.float64(1.0))
     reg.save(tmp_path / "saved")
     again = RAFTRegressor.load(tmp_path / "saved")
     np.testing.assert_allclose(again.predict(TEXTS), pred, rtol=1e-5, atol=1e-6)

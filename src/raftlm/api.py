@@ -272,6 +272,8 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         (split conformal; need ``calibrate``), grid (raw quantiles); auto = cqr, or absolute for heads."""
         self._check_fitted()
         levels = [uncertainty.check_level(c) for c in np.atleast_1d(confidence_level)]
+        if kind != "auto" and kind not in uncertainty.KINDS:
+            raise RaftlmError(f"unknown interval kind {short(kind)}: use one of {list(uncertainty.KIND_CHOICES)}")
         cal = getattr(self, "calibration_", None)
         preds = self._predictions(X)
         features = uncertainty.features(self.predictor_, preds)
@@ -284,6 +286,13 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             cal = uncertainty.Calibration.uncalibrated(self.predictor_, features)
         lower, upper = cal.intervals(features, levels, kind, uncertainty.center_rule(self.decoder))
         return preds.values, np.stack([lower, upper], axis=1)
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """R^2 of the predictions (scikit-learn's ``score``), after the targets pass the row contract (a
+        NaN or non-numeric target is a one-line error naming the row, as in ``fit``)."""
+        self._check_fitted()
+        examples_from(X, y, self.predictor_.template)
+        return super().score(X, y, sample_weight=sample_weight)
 
     def predict_proba(self, X) -> np.ndarray:
         """Grid probabilities p(str(y)|x), shape (n, len(grid))."""

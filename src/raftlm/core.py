@@ -105,7 +105,8 @@ def check_level(level) -> float:
         value = math.nan
     if not 0.0 < value < 1.0:  # also rejects nan
         raise RaftlmError(
-            f"confidence level {level!r} must lie strictly between 0 and 1: use e.g. 0.9 for a 90 % interval"
+            f"confidence level {short(level.item() if hasattr(level, 'item') else level)} must lie strictly "
+            "between 0 and 1: use e.g. 0.9 for a 90 % interval"
         )
     return value
 
