@@ -194,15 +194,23 @@ def test_predict_on_a_directory_that_is_not_a_run(tmp_path, run_dir, capsys, mon
 
 def test_predict_cleans_the_temp_file_a_kill_left(tmp_path, run_dir):
     run, data = run_dir
-    stale = tmp_path / ".p.jsonl.a1b2c3d4.tmp"
+    stale = tmp_path / ".p.jsonl.raftlm-a1b2c3d4.tmp"
     stale.write_text("")  # what a SIGKILL during the last write left
-    other = tmp_path / ".other.json.a1b2c3d4.tmp"
+    other = tmp_path / ".other.json.raftlm-a1b2c3d4.tmp"
     other.write_text("")
+    users = tmp_path / ".p.jsonl.a1b2c3d4.tmp"  # not raftlm's name: a user's file, kept
+    users.write_text("mine")
     assert (
         main(["predict", "--model", str(run), "--input", str(data), "--output", str(tmp_path / "p.jsonl")])
         == 0
     )
     assert not stale.exists() and other.exists()  # only the output's own leftovers go
+    assert users.read_text() == "mine"
+    star = tmp_path / "g"
+    star.mkdir()
+    (star / ".other.jsonl.raftlm-a1b2c3d4.tmp").write_text("another output's")
+    assert main(["predict", "--model", str(run), "--input", str(data), "--output", str(star / "*")]) == 0
+    assert (star / ".other.jsonl.raftlm-a1b2c3d4.tmp").exists()  # the name is not a glob pattern
 
 
 # --- outputs are strict JSON ------------------------------------------------------------------------

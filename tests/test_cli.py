@@ -88,7 +88,7 @@ def test_resume_continues_from_the_last_checkpoint_and_matches_an_uninterrupted_
 
         shutil.rmtree(ckpt)
     assert main(train_args(toy_csv, broken)) == 2  # unfinished run: refuses without --resume
-    stale = broken / ".eval_results.json.k1ll3d00.tmp"
+    stale = broken / ".eval_results.json.raftlm-k1ll3d00.tmp"
     stale.write_text("")  # a SIGKILL during an atomic write leaves this; the next start cleans it
     assert main([*train_args(toy_csv, broken), "--resume"]) == 0
     assert not stale.exists()

@@ -115,7 +115,8 @@ def test_overwrite_discards_a_partial_and_bad_rows_fail_before_anything_is_writt
     run_dir, data = run
     out = tmp_path / "preds.jsonl"
     raftlm.streaming.partial_path(out).write_text('{"index": 0, "prediction": 99.0}\n')
-    raftlm.streaming.job_path(out).write_text("{}\n")
+    job = {"input": "old.csv", "input_sha256": "0" * 64, "model": "an older model", "rows": 1}
+    raftlm.streaming.job_path(out).write_text(json.dumps(job) + "\n")  # an earlier raftlm prediction's
     assert predict(run_dir, data, out, "--overwrite") == 0
     assert len(read(out)) == 40 and read(out)[0]["prediction"] != 99.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.jsonl"]

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from helpers import train_args, write_csv
 
+import raftlm.io
 import raftlm.pipeline
 import raftlm.streaming
 from raftlm.cli import main
@@ -140,6 +141,100 @@ def test_special_files_are_never_written(run, tmp_path, capsys, monkeypatch):
     assert stat.S_ISFIFO(fifo.stat().st_mode)
     if Path("/dev/full").exists():
         assert stat.S_ISCHR(Path("/dev/full").stat().st_mode)
+
+
+def test_overwrite_never_uses_a_users_folders_of_the_swaps_names(tmp_path, capsys):
+    """--overwrite builds beside the run in .RUN.raftlm-new and parks the old run in .RUN.raftlm-old:
+    a user's folders of those names (no marker) are refused, never trained into or deleted; a user's
+    .RUN.raftlm-swap.json is not taken for an interrupted swap."""
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    run_dir = tmp_path / "run"
+    assert main(train_args(data, run_dir, "--max-steps", "2")) == 0
+    weights = (run_dir / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    for name, file in ((".run.raftlm-old", "thesis.txt"), (".run.raftlm-new", "notes.txt")):
+        users = tmp_path / name
+        users.mkdir()
+        (users / file).write_text("years of work")
+        code, line = _bad(capsys, [*train_args(data, run_dir, "--max-steps", "2"), "--overwrite"])
+        assert code == 2 and f"{users} exists and is not a raftlm run" in line
+        assert _snapshot(users) == {file: b"years of work"} and not (run_dir / file).exists()
+        (users / file).unlink()
+        users.rmdir()
+    journal = tmp_path / ".run.raftlm-swap.json"
+    journal.write_text('{"mine": 1}')
+    assert predict(run_dir, data, tmp_path / "p.jsonl") == 0  # not "finished an interrupted --overwrite"
+    assert journal.read_text() == '{"mine": 1}' and "interrupted" not in capsys.readouterr().err
+    code, line = _bad(capsys, [*train_args(data, run_dir, "--max-steps", "2"), "--overwrite"])
+    assert code == 2 and "raftlm-swap.json exists and is not raftlm's" in line
+    assert journal.read_text() == '{"mine": 1}' and (run_dir / "model.safetensors").read_bytes() == weights
+
+
+def test_report_never_replaces_a_users_report(tmp_path, capsys):
+    folder = tmp_path / "rep"
+    folder.mkdir()
+    row = {"dataset": "d", "model": "m", "method": "raft", "decoder": "rail", "rmse": 1.0, "run_id": "r"}
+    (folder / "results.json").write_text(json.dumps([{**row, "cell_id": "c", "seed": 0, "lr": 1e-4}]))
+    (folder / "report.md").write_text("# my own report")
+    (folder / "summary.json").write_text("mine")
+    before = _snapshot(folder)
+    code, line = _bad(capsys, ["report", str(folder)])
+    assert code == 2 and "already holds report.md, summary.json" in line and _snapshot(folder) == before
+    for name in ("report.md", "summary.json"):
+        (folder / name).unlink()
+    assert main(["report", str(folder)]) == 0 and main(["report", str(folder)]) == 0  # its own: replaced
+    assert (folder / "report.md").read_text().startswith("**RMSE on test")
+
+
+def test_evaluate_entropy_files_obey_the_output_contract(run, tmp_path, capsys):
+    run_dir, data = run
+    mine = tmp_path / "res.entropy.jsonl"
+    mine.write_text("PRECIOUS")
+    evaluate = ["evaluate", "--model", str(run_dir), "--entropy", "--output", str(tmp_path / "res.json")]
+    code, line = _bad(capsys, evaluate)
+    assert code == 2 and f"output path {mine} already exists: pass --overwrite" in line
+    assert mine.read_text() == "PRECIOUS" and not (tmp_path / "res.json").exists()
+    assert main(["evaluate", "--model", str(run_dir), "--entropy", "--quiet"]) == 0  # into the run: recorded
+    listed = json.loads((run_dir / ".raftlm-run").read_text())["files"]
+    assert {"entropy_test.entropy.jsonl", "entropy_test.entropy.png"} <= set(listed)
+    assert not raftlm.io.foreign_files(run_dir)
+
+
+def test_calibrate_takes_no_output_flag(run, tmp_path, capsys):
+    run_dir, _ = run
+    code, line = _bad(capsys, ["calibrate", str(run_dir), "--output", str(tmp_path / "mycal.json")])
+    assert code == 2 and "unrecognized arguments: --output" in line
+
+
+def test_predict_deletes_no_partial_lock_or_temp_file_it_cannot_prove_it_wrote(run, tmp_path, capsys):
+    run_dir, data = run
+    out = tmp_path / "o.jsonl"
+    partial, lock = tmp_path / ".o.jsonl.partial", tmp_path / ".o.jsonl.lock"
+    partial.write_text("notes")
+    for extra in ([], ["--resume"], ["--overwrite"]):
+        code, line = _bad(capsys, argv(run_dir, data, out, *extra))
+        assert code == 2 and "raftlm has no record of writing it" in line and partial.read_text() == "notes"
+    partial.unlink()
+    lock.write_text("my lock notes")
+    code, line = _bad(capsys, argv(run_dir, data, out))
+    assert code == 2 and "is not a raftlm lock file" in line and lock.read_text() == "my lock notes"
+    lock.write_text("4242")  # what a killed raftlm left (its pid): reused and removed
+    assert predict(run_dir, data, out) == 0 and not lock.exists()
+
+
+def test_resume_trains_on_the_runs_saved_data(tmp_path):
+    """--resume continues the run as config.yaml saved it: another --dataset given now is said and
+    ignored, for the data too (it used to train and test on the new file under the old config)."""
+    data, other = write_csv(tmp_path / "toy.csv", _rows(40)), write_csv(tmp_path / "other.csv", _rows(200))
+    run_dir = tmp_path / "run"
+    assert main(train_args(data, run_dir, "--keep-checkpoints")) == 0
+    (run_dir / "eval_results.json").unlink()
+    with pytest.warns(
+        Warning, match="settings given now that differ from it are ignored .*data.dataset 'csv:"
+    ):
+        assert main([*train_args(other, run_dir), "--resume"]) == 0
+    results = json.loads((run_dir / "eval_results.json").read_text())
+    assert results["n_train"] == 32 and results["test"]["n"] == 4  # toy.csv's split, not other.csv's
 
 
 # --- silent wrong results ------------------------------------------------------------------------------

@@ -146,6 +146,7 @@ def add_shared(
     )
     if command in (None, "predict", "evaluate", "calibrate"):
         run.add_argument("--input", help="CSV/JSONL file of inputs (predict, evaluate, calibrate)")
+    if command in (None, "predict", "evaluate"):  # calibrate writes RUN/calibration.json, nothing else
         run.add_argument("--output", help="output file (predict: JSONL, evaluate: JSON)")
     if command in (None, "train", "demo"):
         run.add_argument(
@@ -433,13 +434,16 @@ def cmd_evaluate(args) -> None:
 def _evaluate(args) -> None:
     from raftlm.data import load_splits
     from raftlm.files import read_rows
-    from raftlm.io import register_output, write_json
+    from raftlm.io import prepare_output, register_output, write_json
     from raftlm.pipeline import check_eval_model, eval_limit, evaluate_predictor, load_for_eval
     from raftlm.uncertainty import Calibration
 
     cfg = _run_config(args)
     rows = read_rows(args.input) if args.input else None
     check_eval_model(cfg, _dataset_given(args))
+    if args.entropy:  # its two files obey the output contract too, checked before any work
+        for path in _entropy_files(args, cfg):
+            prepare_output(path, args.overwrite, [args.input] if args.input else ())
     splits = None if (args.input and is_run_dir(cfg.model.name)) else load_splits(cfg.data)
     predictor = load_for_eval(cfg, splits)
     if args.input:
@@ -489,9 +493,22 @@ def _entropy(args, cfg: Config, predictor, examples) -> dict:
     if not is_run_dir(cfg.model.name) or not (Path(cfg.model.name) / "config.yaml").exists():
         raise RaftlmError("--entropy compares a fine-tuned run with its base model: pass --model RUN_DIR")
     base = Config.from_yaml(str(Path(cfg.model.name) / "config.yaml")).model.name
+    from raftlm.io import register_output
+
     before, after = entropy_change(predictor, base, [e.text for e in examples], cfg)
+    jsonl, png = _entropy_files(args, cfg)
+    metrics = write_entropy_report(jsonl, png, before, after)
+    for path in (jsonl, png):
+        register_output(path)  # recorded in the run's marker when written into a run
+    return metrics
+
+
+def _entropy_files(args, cfg: Config) -> tuple[Path, Path]:
+    """Where ``evaluate --entropy`` writes its per-example entropies and histogram: beside --output, or in
+    the run directory."""
     stem = Path(args.output) if args.output else Path(cfg.model.name) / f"entropy_{cfg.eval.split}"
-    return write_entropy_report(stem.with_suffix(""), before, after)
+    stem = stem.with_suffix("")
+    return stem.with_suffix(".entropy.jsonl"), stem.with_suffix(".entropy.png")
 
 
 def cmd_predict(args) -> None:
@@ -603,9 +620,11 @@ def cmd_calibrate(args) -> None:
     _warn_calibration(source, len(examples))
     bar = "calibrate" if cfg.training.progress_bar else None
     cal = calibrate(predictor, examples, cfg.eval.batch_size, cfg.eval.bf16, source, desc=bar)
+    earlier = Path(args.run) / "calibration.json"
+    replaced = " (replacing the earlier calibration)" if earlier.exists() else ""
     path = cal.save(args.run)
     widths = cal.extra.get("absolute_half_width")
-    print(f"calibrated on {source} ({cal.n} examples): {path}")
+    print(f"calibrated on {source} ({cal.n} examples): {path}{replaced}")
     if widths:
         print("constant-width intervals: " + ", ".join(f"{k}: +-{v:.4g}" for k, v in widths.items()))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import math
 import os
@@ -108,7 +109,12 @@ def register_output(path: str | Path) -> None:
 
 def _ours(name: str, listed: set[str]) -> bool:
     """A name raftlm writes into a run directory: fixed names, listed ones, its own temp files."""
-    return name in RUN_FILES or name in listed or bool(TMP_NAME.fullmatch(name)) or name.startswith(".final-")
+    return (
+        name in RUN_FILES
+        or name in listed
+        or bool(TMP_NAME.fullmatch(name) or OLD_TMP_NAME.fullmatch(name))
+        or name.startswith(".final-")
+    )
 
 
 def foreign_files(path: str | Path) -> list[str]:
@@ -229,9 +235,14 @@ def output_lock(path: str | Path, what: str = "output") -> Iterator[None]:
         yield
         return
     lock = lock_path(path)
+    if lock.is_symlink() or (lock.exists() and not _our_lock(lock)):
+        raise RaftlmError(
+            f"{lock} exists and is not a raftlm lock file: raftlm locks {what} {path} with that name; move it, "
+            "or write to another path"
+        )
     while True:
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as err:
             raise RaftlmError(
                 f"cannot write {path} ({err.strerror}: {lock.parent}): choose a writable path"
@@ -239,7 +250,7 @@ def output_lock(path: str | Path, what: str = "output") -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip().removeprefix("raftlm ") or "?"
             os.close(fd)
             raise RaftlmError(
                 f"another raftlm process (pid {holder}) is writing {what} {path}: wait for it to finish, "
@@ -254,12 +265,23 @@ def output_lock(path: str | Path, what: str = "output") -> Iterator[None]:
         os.close(fd)
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.pwrite(fd, f"raftlm {os.getpid()}".encode(), 0)
         yield
     finally:
         with contextlib.suppress(OSError):
             os.unlink(lock)
         os.close(fd)
+
+
+LOCK_TEXT = re.compile(rb"(raftlm )?\d*\s*")  # a lock's content: its holder's pid (empty while it is taken)
+
+
+def _our_lock(lock: Path) -> bool:
+    """Whether an existing ``.NAME.lock`` is one raftlm left (a kill leaves it), not a user's file."""
+    try:
+        return lock.is_file() and lock.stat().st_size <= 64 and bool(LOCK_TEXT.fullmatch(lock.read_bytes()))
+    except OSError:
+        return False
 
 
 def check_folder(folder: str | Path, output: str | Path | None = None, create: bool = True) -> None:
@@ -284,7 +306,10 @@ def check_folder(folder: str | Path, output: str | Path | None = None, create: b
         ) from None
 
 
-TMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # atomic_write's temp files: .NAME.XXXXXXXX.tmp
+TMP_NAME = re.compile(
+    r"\..+\.raftlm-[a-z0-9_]{8}\.tmp"
+)  # atomic_write's temp files: .NAME.raftlm-XXXXXXXX.tmp
+OLD_TMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # before 2026-12 (inside a marked run only)
 
 
 def clean_stale_tmp(directory: str | Path, name: str | None = None) -> list[Path]:
@@ -293,7 +318,7 @@ def clean_stale_tmp(directory: str | Path, name: str | None = None) -> list[Path
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    pattern = f".{name}.*.tmp" if name else ".*.tmp"
+    pattern = f".{glob.escape(name)}.raftlm-*.tmp" if name else ".*.raftlm-*.tmp"
     stale = [p for p in directory.glob(pattern) if p.is_file() and TMP_NAME.fullmatch(p.name)]
     for p in stale:
         p.unlink(missing_ok=True)
@@ -307,7 +332,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise RaftlmError(f"cannot create {path.parent} ({err.strerror}): choose a writable path") from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.raftlm-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
@@ -408,13 +433,51 @@ def swap_in(staged: Path, out: Path) -> None:
             f"run directory {out} gained files raftlm did not write while training ({', '.join(foreign[:4])}), "
             f"so it was not replaced: the new run is in {staged}; move them out and rerun with --overwrite"
         )
-    write_json(journal_path(out), {"out": out.name, "old": old_dir(out).name, "new": staged.name})
+    write_json(journal_path(out), _journal(out))
     _finish_swap(out)
+
+
+def _journal(out: Path) -> dict:
+    return {"format": "raftlm-swap", "out": out.name, "old": old_dir(out).name, "new": staging_dir(out).name}
+
+
+def is_our_journal(out: Path) -> bool:
+    """Whether ``out``'s swap journal is one raftlm wrote (a user's file of that name is not)."""
+    try:
+        data = json.loads(journal_path(out).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    ours = _journal(out)
+    return isinstance(data, dict) and {k: data.get(k) for k in ("out", "old", "new")} == {
+        k: ours[k] for k in ("out", "old", "new")
+    }
+
+
+def check_swap_names(out: Path) -> None:
+    """Before an ``--overwrite`` of run ``out``: the hidden names its swap uses (``.OUT.raftlm-new``,
+    ``.OUT.raftlm-old``, ``.OUT.raftlm-swap.json``) hold nothing but raftlm's own, or it is refused (a
+    user's folder of that name would be trained into, or deleted)."""
+    for path in (staging_dir(out), old_dir(out)):
+        if path.exists() and not is_marked_run(path):
+            raise RaftlmError(
+                f"{path} exists and is not a raftlm run: --overwrite of {out} uses that name while it "
+                "builds the new run; move it, or choose another --output-dir"
+            )
+    if journal_path(out).exists() and not is_our_journal(out):
+        raise RaftlmError(
+            f"{journal_path(out)} exists and is not raftlm's: --overwrite of {out} uses that name; move it, "
+            "or choose another --output-dir"
+        )
 
 
 def _finish_swap(out: Path) -> str:
     """The swap's remaining steps, whichever were done (each is idempotent); what it did, in words."""
     staged, old = staging_dir(out), old_dir(out)
+    if old.exists() and not is_marked_run(old):
+        raise RaftlmError(
+            f"{old} is not a raftlm run, so the interrupted --overwrite of {out} cannot use that name: move it "
+            "and run the command again"
+        )
     did = "the new run is in place"
     if staged.exists() and is_marked_run(staged):
         if out.exists():
@@ -435,7 +498,7 @@ def recover_swap(out: str | Path) -> str | None:
     """Finish an ``--overwrite`` swap of run ``out`` that a kill interrupted (its journal is still there);
     says what it did on stderr. None when there was nothing to do."""
     out = Path(out).absolute()
-    if not journal_path(out).exists():
+    if not is_our_journal(out):  # none, or a user's file of that name: not a swap of raftlm's
         return None
     did = _finish_swap(out)
     message = f"raftlm: finished an interrupted --overwrite of {out}: {did}"

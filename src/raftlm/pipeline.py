@@ -25,6 +25,7 @@ from raftlm.grid import Grid, TargetScaler, make_scaler
 from raftlm.io import (
     clean_stale_tmp,
     foreign_files,
+    is_marked_run,
     normal_permissions,
     output_lock,
     write_json,
@@ -252,6 +253,37 @@ def train_run(cfg: Config, overwrite: bool = False, resume: bool = False, evalua
     return fit_run(cfg, overwrite, resume, evaluate_test).path
 
 
+def _resumed_config(cfg: Config, out: Path) -> Config:
+    """What ``--resume`` continues: the run's saved config.yaml (its data, model, method and training),
+    with only how the run reports or splits its batches taken from the flags given now; without a saved
+    config (killed before it was written), ``cfg``."""
+    if not (out / "config.yaml").is_file() or not is_marked_run(out):
+        return cfg
+    resumed = Config.from_yaml(str(out / "config.yaml"))
+    for name in ("progress_bar", "report_to", "length_chunks", "output_dir"):
+        setattr(resumed.training, name, getattr(cfg.training, name))
+    if resumed.to_dict() != cfg.to_dict():
+        changed = _config_changes(resumed.to_dict(), cfg.to_dict())
+        warn(
+            f"resuming with the run's saved config.yaml; settings given now that differ from it are ignored "
+            f"({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}): pass --overwrite to train "
+            "afresh with them"
+        )
+    return resumed
+
+
+def _config_changes(saved: dict, given: dict, prefix: str = "") -> list[str]:
+    """``section.field (saved -> given)`` for each setting that differs."""
+    said = []
+    for key in sorted(set(saved) | set(given)):
+        a, b = saved.get(key), given.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            said += _config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            said.append(f"{prefix}{key} {short(a)} -> {short(b)}")
+    return said
+
+
 def fit_run(
     cfg: Config,
     overwrite: bool = False,
@@ -272,6 +304,8 @@ def fit_run(
         raise RaftlmError("train needs --output-dir for the run directory")
     reporting(cfg.training.report_to)  # a tracker that is not installed fails before any work
     out = Path(cfg.training.output_dir)
+    if resume:  # the run continues as it was saved, its data included
+        cfg = _resumed_config(cfg, out)
     if splits is None:  # before touching the disk: bad data leaves nothing behind
         splits = load_splits(cfg.data)
     if not splits.train:
@@ -300,16 +334,6 @@ def _fit_locked(
     if build == out and is_main_process() and out.exists():
         _clean_leftovers(out)
     _barrier()
-    if resume and (out / "config.yaml").exists():
-        resumed = Config.from_yaml(str(out / "config.yaml"))
-        # how the run reports or splits its batches, not what it trains: as given now
-        for name in ("progress_bar", "report_to", "length_chunks"):
-            setattr(resumed.training, name, getattr(cfg.training, name))
-        if resumed.to_dict() != cfg.to_dict():
-            warn(
-                "resuming with the run's saved config.yaml; flags given now are ignored",
-            )
-        cfg = resumed
     created = not build.exists()
     was_empty = created or not any(build.iterdir())
     if is_main_process():
@@ -435,7 +459,7 @@ def entropy_change(
     return before, after
 
 
-def write_entropy_report(stem: Path, before: np.ndarray, after: np.ndarray) -> dict:
+def write_entropy_report(jsonl: Path, png: Path, before: np.ndarray, after: np.ndarray) -> dict:
     """Per-example entropies (JSONL) and the histogram of their change (PNG, figure 6)."""
     import matplotlib
 
@@ -449,14 +473,14 @@ def write_entropy_report(stem: Path, before: np.ndarray, after: np.ndarray) -> d
         {"index": i, "entropy_before": float(b), "entropy_after": float(a), "change": float(a - b)}
         for i, (b, a) in enumerate(zip(before, after, strict=True))
     ]
-    write_jsonl(stem.with_suffix(".entropy.jsonl"), rows)
+    write_jsonl(jsonl, rows)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.hist(change, bins=40)
     ax.axvline(0, color="k", lw=1)
     ax.set_xlabel("entropy after - before fine-tuning (nats)")
     ax.set_ylabel("examples")
     fig.tight_layout()
-    atomic_write(stem.with_suffix(".entropy.png"), lambda p: fig.savefig(p, dpi=110, format="png"))
+    atomic_write(png, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
     return {
         "mean_entropy_before": float(before.mean()),

@@ -657,6 +657,29 @@ def base_method(root: Path) -> dict:
     return base if isinstance(base, dict) else {}
 
 
+REPORT_FILES = ("report.md", "report.html", "summary.json", "figures")
+REPORT_MARKER = ".raftlm-report"  # written beside them: the next report may replace them
+
+
+def check_report_dir(root: Path) -> None:
+    """``report`` writes report.md, report.html, summary.json and figures/ beside results.json: into a
+    folder a sweep wrote (``experiment.check_sweep_dir``), or where none of those exist yet; a user's
+    file of those names is never replaced."""
+    from raftlm.experiment import check_sweep_dir
+
+    there = [name for name in REPORT_FILES if (root / name).exists()]
+    if not there or (root / REPORT_MARKER).is_file():
+        return
+    try:
+        check_sweep_dir(root)
+    except RaftlmError:
+        raise RaftlmError(
+            f"{root} is not a sweep's output_dir (no .raftlm-sweep marker, no cells/ beside sweep.yaml) and "
+            f"already holds {', '.join(there)}, which raftlm report would replace: move them, or report a "
+            "sweep's output_dir"
+        ) from None
+
+
 def write_report(results_dir: str) -> Path:
     root = Path(results_dir)
     path = root / "results.json"
@@ -670,6 +693,7 @@ def write_report(results_dir: str) -> Path:
         raise RaftlmError(
             f"{path} is not valid JSON ({err.msg}, line {err.lineno}): rerun `raftlm experiment` to rewrite it"
         ) from None
+    check_report_dir(root)
     clean_stale_tmp(root)
     clean_stale_tmp(root / "figures")
     if not isinstance(rows, list):
@@ -685,6 +709,7 @@ def write_report(results_dir: str) -> Path:
             f"{path}: entry {bad} is not a cell's result ({short(rows[bad])}): rerun `raftlm experiment` to rewrite it"
         )
     aggs = aggregate(rows, base_method(root))
+    write_json(root / REPORT_MARKER, {"format": "raftlm-report", "version": 1, "files": list(REPORT_FILES)})
     write_json(root / "summary.json", aggs)
     md = tables(aggs, rows, planned_seeds(root))
     if ended := convergence_table(root, full_data(aggs), rows):

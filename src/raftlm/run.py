@@ -19,6 +19,7 @@ from raftlm.heads import HEAD_CLASSES
 from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's API too)
     META_FILE,
     RUN_MARKER,
+    check_swap_names,
     discard_staged,
     foreign_files,
     is_marked_run,
@@ -122,6 +123,7 @@ def check_run_dir(out: Path, overwrite: bool, resume: bool) -> Path:
                 f"run directory {out} holds files raftlm did not write ({', '.join(foreign[:4])}): "
                 "move them out of it before --overwrite, or choose another --output-dir"
             )
+        check_swap_names(out)
         return staging_dir(out)
     finished = is_finished(out)
     if resume and not finished:

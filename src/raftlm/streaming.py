@@ -56,12 +56,30 @@ def check_output(output: str | Path, overwrite: bool, resume: bool, input: str |
         raise RaftlmError(
             "--overwrite starts the prediction afresh and --resume continues it: pass one of them"
         )
+    if (parts := _partials(output)) and not _our_job(output):
+        raise RaftlmError(
+            f"{parts[0]} exists but raftlm has no record of writing it ({job_path(output).name} is missing or "
+            "not raftlm's): it may be a user's file; move it, or write to another path"
+        )
+    if job_path(output).exists() and not _our_job(output):
+        raise RaftlmError(
+            f"{job_path(output)} exists and is not a raftlm prediction record: move it, or write to another path"
+        )
     if job_path(output).exists() and not (resume or overwrite):
         raise RaftlmError(
             f"an interrupted prediction into {output} left its partial file: pass --resume to continue "
             "it or --overwrite to start over"
         )
     return output
+
+
+def _our_job(output: Path) -> bool:
+    """Whether ``output``'s prediction record (``.NAME.partial.json``) is one raftlm wrote."""
+    try:
+        job = json.loads(job_path(output).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(job, dict) and {"input_sha256", "model", "rows"} <= job.keys()
 
 
 def grid_probs(predictor: Predictor, probs: np.ndarray) -> dict[str, float]:
