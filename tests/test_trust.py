@@ -527,6 +527,69 @@ def test_the_interval_is_built_around_the_printed_prediction(run, tmp_path):
     np.testing.assert_allclose(mean, [r["prediction"] for r in rows], atol=1e-6)
 
 
+def test_flags_a_trained_run_cannot_honour_are_refused(run, tmp_path, capsys):
+    """predict / evaluate / calibrate of a run used to ignore --grid, --template, --text-column... and
+    print the run's answer as if they applied."""
+    run_dir, data = run
+    for extra in (
+        ["--grid", "5-1"],
+        ["--template", "X {nope}"],
+        ["--text-column", "nope"],
+        ["--set", "method.grid=1-3"],
+    ):
+        code, line = _bad(capsys, argv(run_dir, data, tmp_path / "p.jsonl", *extra))
+        flag = "--grid" if "method.grid" in extra[-1] else extra[0]
+        assert code == 2 and line.startswith(
+            f"raftlm predict: error: {flag} does not apply to the trained run"
+        )
+    code, line = _bad(capsys, ["evaluate", "--model", str(run_dir), "--input", str(data), "--split", "test"])
+    assert code == 2 and "--input scores that file and --split a split of the dataset" in line
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "template, fragment",
+    [
+        ("R: {text} {target}", "puts the target column 'target' into the prompt"),
+        ("{{text}}", "has no {column} field, so every prompt would be the same"),
+    ],
+)
+def test_a_template_that_leaks_the_target_or_names_no_column_is_refused(tmp_path, capsys, template, fragment):
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    code, line = _bad(capsys, [*train_args(data, tmp_path / "run"), "--template", template])
+    assert code == 2 and fragment in line and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ('{"text": "a", "target": NaN}\n', "NaN is not a JSON number"),
+        ('{"text": "a", "target": -Infinity}\n', "-Infinity is not a JSON number"),
+        ('{"text": "a", "target": 1, "text": "z"}\n', "the key 'text' appears twice"),
+        ("text,target\na,1_000\n", "target '1_000' is not a number"),
+        ("text,target\na,\u0663\n", "is not a number"),  # an Arabic-Indic 3
+        ("text,target\na,\uff11\n", "is not a number"),  # a full-width 1
+    ],
+)
+def test_targets_are_plain_numbers_and_json_rows_plain_json(run, tmp_path, capsys, content, fragment):
+    run_dir, _ = run
+    data = tmp_path / ("in.jsonl" if content.startswith("{") else "in.csv")
+    data.write_text(content, encoding="utf-8")
+    code, line = _bad(capsys, argv(run_dir, data, tmp_path / "p.jsonl"))
+    assert code == 2 and "line " in line and fragment in line and not (tmp_path / "p.jsonl").exists()
+
+
+def test_an_unexpanded_tilde_or_a_trailing_slash_writes_nothing(run, tmp_path, capsys, monkeypatch):
+    run_dir, data = run
+    monkeypatch.chdir(tmp_path)
+    code, line = _bad(capsys, train_args(data, "~"))
+    assert code == 2 and "starts with ~, which was not expanded" in line
+    for out in ("~/p.jsonl", "newdir/"):
+        code, line = _bad(capsys, argv(run_dir, data, out))
+        assert code == 2 and ("not expanded" in line or "ends in a slash" in line)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 # --- tracebacks become one line ------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from raftlm import methods, uncertainty
 from raftlm.config import Config, MethodConfig, ModelConfig, TrainConfig, to_bf16
 from raftlm.core import Example, RaftlmError, Splits, short
 from raftlm.data import IN_MEMORY
-from raftlm.io import output_lock, write_json, write_run_marker, write_text
+from raftlm.io import check_no_tilde, output_lock, write_json, write_run_marker, write_text
 from raftlm.prompts import render, resolve_template
 from raftlm.rows import parse_target, row_fields
 from raftlm.run import FINISHED_FILE, load_run, save_run
@@ -273,7 +273,9 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         self._check_fitted()
         levels = [uncertainty.check_level(c) for c in np.atleast_1d(confidence_level)]
         if kind != "auto" and kind not in uncertainty.KINDS:
-            raise RaftlmError(f"unknown interval kind {short(kind)}: use one of {list(uncertainty.KIND_CHOICES)}")
+            raise RaftlmError(
+                f"unknown interval kind {short(kind)}: use one of {list(uncertainty.KIND_CHOICES)}"
+            )
         cal = getattr(self, "calibration_", None)
         preds = self._predictions(X)
         features = uncertainty.features(self.predictor_, preds)
@@ -312,6 +314,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         from raftlm.run import check_run_dir, discard_staged, swap_in
 
         self._check_fitted()
+        check_no_tilde(directory, "directory")
         out = Path(directory).resolve()
         out.parent.mkdir(parents=True, exist_ok=True)
         with output_lock(out, "the run directory"):

@@ -397,7 +397,37 @@ def _run_config(args) -> Config:
     base = None
     if model and is_run_dir(model) and (Path(model) / "config.yaml").exists() and not args.config:
         base = Config.from_yaml(str(Path(model) / "config.yaml")).to_dict()
-    return config_from_args(args, base)
+    cfg = config_from_args(args, base)  # (a setting out of range is said first)
+    if model and is_run_dir(model):
+        _refuse_run_bound(args, model)
+    if getattr(args, "input", None) and hasattr(args, "eval__split"):
+        raise RaftlmError("--input scores that file and --split a split of the dataset: pass one of them")
+    return cfg
+
+
+# what a trained run fixed (raftlm.json): its prompt and grid; a flag that would change them is refused
+RUN_BOUND = (
+    "data.template",
+    "data.text_column",
+    "data.history",
+    "method.answer_prefix",
+    "method.grid",
+    "method.normalize_grid",
+    "method.single_value_grid",
+    "method.target_range",
+)
+
+
+def _refuse_run_bound(args, model: str) -> None:
+    given = [k for k in RUN_BOUND if hasattr(args, k.replace(".", "__"))]
+    given += [k for k in RUN_BOUND for item in args.set if item.partition("=")[0].strip() == k]
+    if given:
+        key = given[0]
+        flag = "--" + key.split(".", 1)[1].replace("_", "-")
+        raise RaftlmError(
+            f"{flag} does not apply to the trained run {model}: it predicts with the prompt template and grid "
+            f"it was trained with (its raftlm.json); drop {flag}, or train a new run with it"
+        )
 
 
 def _check_output(args) -> None:

@@ -39,7 +39,15 @@ import yaml
 from raftlm import methods, uncertainty
 from raftlm.config import SECTIONS, Config, read_yaml_file, to_float
 from raftlm.core import RaftlmError, short
-from raftlm.io import check_folder, clean_stale_tmp, output_lock, read_json, write_json, write_text
+from raftlm.io import (
+    check_folder,
+    check_no_tilde,
+    clean_stale_tmp,
+    output_lock,
+    read_json,
+    write_json,
+    write_text,
+)
 from raftlm.metrics import collapse
 from raftlm.report import CURVES, best_lr, sweep_seeds
 
@@ -431,6 +439,7 @@ def run_sweep(path: str, quiet: bool = False) -> Path:
     if quiet:  # every cell's bars and loss lines off (a setting of how runs report, not of what they train)
         base = sweep.get("base") or {}
         sweep["base"] = {**base, "training": {**(base.get("training") or {}), "progress_bar": False}}
+    check_no_tilde(sweep["output_dir"], "sweep output_dir")
     root = Path(sweep["output_dir"])
     todo = cells(sweep)
     if not todo:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from raftlm.core import Example, RaftlmError, short
 from raftlm.io import describe
-from raftlm.prompts import render
+from raftlm.prompts import render, template_fields
 from raftlm.rows import parse_target, row_fields
 
 # csv's default field limit is 131,072 characters: a longer text (a whole article) is a valid field,
@@ -43,6 +43,11 @@ def to_examples(
     """Render rows through a template (the row contract, ``rows.render_row``); targets must be finite
     numbers. Errors name the file's line (rows from ``iter_rows``/``read_rows``) or the row number,
     counted from ``start`` (1-based)."""
+    if target_column is not None and target_column in template_fields(template):
+        raise RaftlmError(
+            f"the prompt template {short(template)} puts the target column {target_column!r} into the prompt, "
+            f"so every example would show its own answer: remove {{{target_column}}} from --template"
+        )
     out = []
     for i, row in enumerate(rows, start=start):
         target = None
@@ -139,12 +144,27 @@ def _checked(reader, path: Path) -> Iterator[list[str]]:
         yield values
 
 
+def _not_json(token: str):
+    """JSON has no NaN or Infinity (Python's json reads them): the row fails like any invalid JSON."""
+    raise ValueError(f"{token} is not a JSON number: write null or a number")
+
+
+def _unique_keys(pairs: list[tuple]) -> dict:
+    """A JSON object whose keys are unique (a repeated key silently kept its last value)."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"the key {short(key)} appears twice: keep one")
+        seen.add(key)
+    return dict(pairs)
+
+
 def _jsonl_rows(f, path: Path) -> Iterator[Row]:
     for n, line in enumerate(f, start=1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, parse_constant=_not_json, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as err:
             raise RaftlmError(
                 f"{path} line {n}: invalid JSON ({err.msg}): one JSON object per line"

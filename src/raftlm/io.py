@@ -177,6 +177,9 @@ def check_output_file(
     """The output contract, checked before any work: ``path`` is a new path or an existing regular file
     (replaced only with ``overwrite``), not one of ``inputs`` (nor their links), in an existing,
     writable folder."""
+    check_no_tilde(path, flag)
+    if str(path).endswith(("/", os.sep)):
+        raise RaftlmError(f"{flag} {path} ends in a slash, so it names a folder: give a file name")
     path = Path(path)
     if path.name in ("", ".", ".."):
         raise RaftlmError(f"{flag} {path} names a folder: give a file name")
@@ -202,6 +205,16 @@ def check_output_file(
             raise RaftlmError(f"output path {path} already exists: pass --overwrite or choose another path")
     check_folder(path.parent, path, create=False)
     return path
+
+
+def check_no_tilde(path: str | Path, flag: str) -> None:
+    """A path that starts with ``~`` reached raftlm unexpanded (quoted in the shell, or from YAML): it
+    would create a folder named ``~`` here; refused in one line."""
+    if str(path).startswith("~"):
+        raise RaftlmError(
+            f"{flag} {path} starts with ~, which was not expanded (quoted, or written in YAML): write the "
+            "folder out, e.g. $HOME/..., or leave ~ unquoted in the shell"
+        )
 
 
 def prepare_output(path: str | Path, overwrite: bool, inputs: Iterable[str | Path] = ()) -> Path:

@@ -23,6 +23,7 @@ from raftlm.core import Example, RaftlmError, Splits, short, warn
 from raftlm.data import load_splits
 from raftlm.grid import Grid, TargetScaler, make_scaler
 from raftlm.io import (
+    check_no_tilde,
     clean_stale_tmp,
     foreign_files,
     is_marked_run,
@@ -303,6 +304,7 @@ def fit_run(
     if not cfg.training.output_dir:
         raise RaftlmError("train needs --output-dir for the run directory")
     reporting(cfg.training.report_to)  # a tracker that is not installed fails before any work
+    check_no_tilde(cfg.training.output_dir, "--output-dir")
     out = Path(cfg.training.output_dir)
     if resume:  # the run continues as it was saved, its data included
         cfg = _resumed_config(cfg, out)

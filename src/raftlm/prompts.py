@@ -62,6 +62,11 @@ def resolve_template(template: str) -> str:
             f"unknown prompt template {short(template)}: use one of {sorted(PROMPTS)} or a format string with {{column}} fields"
         )
     check_template(template)
+    if not template_fields(template):
+        raise RaftlmError(
+            f"prompt template {short(template)} has no {{column}} field, so every prompt would be the same "
+            "text: name a column, e.g. 'Review: {text}' ({{ }} is a literal brace)"
+        )
     return template
 
 

@@ -82,10 +82,17 @@ def has_target(row: dict, column: str) -> bool:
     return not (missing(value) or (isinstance(value, str) and not value.strip()))
 
 
+# a number as text: ASCII digits, an optional sign, point and exponent (Python's float() also takes
+# "1_000", Arabic-Indic and full-width digits, which no data file means as a number)
+NUMBER = re.compile(
+    r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.ASCII | re.IGNORECASE
+)
+
+
 def parse_target(value, where: str) -> float:
-    """A finite number; JSON ``true`` is not read as 1.0."""
+    """A finite number; JSON ``true`` is not read as 1.0, nor text that is not plainly a number."""
     try:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, str) and not NUMBER.fullmatch(value.strip())):
             raise TypeError
         y = float(value)
     except (TypeError, ValueError, OverflowError):

@@ -19,6 +19,7 @@ from raftlm.heads import HEAD_CLASSES
 from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's API too)
     META_FILE,
     RUN_MARKER,
+    check_no_tilde,
     check_swap_names,
     discard_staged,
     foreign_files,
@@ -101,6 +102,7 @@ def check_run_dir(out: Path, overwrite: bool, resume: bool) -> Path:
     directory beside it, so the old run survives until the new one has finished. Only a directory that
     raftlm marked as a run (``.raftlm-run``) and that holds nothing raftlm did not write is ever replaced;
     anything else is refused before any work."""
+    check_no_tilde(out, "--output-dir")
     out = Path(out).resolve()  # a symlinked run is replaced where it really is; the link stays
     _refuse_unsafe_place(out)
     recover_swap(out)
