@@ -7,11 +7,13 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from raftlm.core import RaftlmError
 from raftlm.experiment import cells
 from raftlm.report import aggregate, curve_groups, eval_curve, table, tables, write_report
 
@@ -87,7 +89,9 @@ def test_table_bolds_the_best_per_column():
     assert "| RAFT + 1.0 x CE (two-hot target) | **0.500 ± 0.100** |" in md
     assert "| CE + RAIL | 0.750 ± 0.071 |" in md and "| zero-shot + RAIL | 1.200 |" in md
     md_p = table(aggregate(FIXTURE), "pearson", "label", "dataset", "Pearson")
-    assert "| RAFT + 1.0 x CE (two-hot target) | **0.500 ± 0.100** |" in md_p  # 1 - rmse: the highest Pearson wins
+    assert (
+        "| RAFT + 1.0 x CE (two-hot target) | **0.500 ± 0.100** |" in md_p
+    )  # 1 - rmse: the highest Pearson wins
 
 
 def test_table8_shape_bolds_the_best_method_per_model_row():
@@ -308,7 +312,10 @@ def test_report_marks_entries_whose_seeds_collapsed_and_lists_every_collapsed_ce
     rows[1]["collapsed"] = "every prediction is 3 (std 0.0e+00, targets' 1.2)"  # raft lr 1e-4 seed 1: chosen
     rows[4]["collapsed"] = "the grid holds 1.0e-09 of the model's probability"  # raft lr 1e-5 seed 1
     md = tables(aggregate(rows), rows)
-    assert "| RAFT + 1.0 x CE (two-hot target) | **0.500 ± 0.100 †** |" in md and "| CE + RAIL | 0.750 ± 0.071 |" in md
+    assert (
+        "| RAFT + 1.0 x CE (two-hot target) | **0.500 ± 0.100 †** |" in md
+        and "| CE + RAIL | 0.750 ± 0.071 |" in md
+    )
     assert "- RAFT + 1.0 x CE (two-hot target) on stsb-1k, lr 0.0001, seed 1: every prediction is 3" in md
     assert "- RAFT + 1.0 x CE (two-hot target) on stsb-1k, lr 1e-05, seed 1: the grid holds 1.0e-09" in md
     assert "†" not in tables(aggregate(FIXTURE), FIXTURE)
@@ -414,7 +421,10 @@ def test_report_tables_the_step_each_entry_was_tested_at():
     part = md.split("**Step of the lowest validation RMSE (the checkpoint tested), gemma**")[1].split("\n\n")[
         1
     ]
-    assert part.splitlines()[2:] == ["| RAFT + 1.0 x CE (two-hot target) | 200 ± 100 |", "| CE + RAIL | 150 ± 71 |"]
+    assert part.splitlines()[2:] == [
+        "| RAFT + 1.0 x CE (two-hot target) | 200 ± 100 |",
+        "| CE + RAIL | 150 ± 71 |",
+    ]
 
 
 def test_eta_prices_each_run_to_train_once_and_each_cell_its_test_time():
@@ -472,3 +482,38 @@ def test_report_sets_each_raft_entry_against_the_best_other_method():
     assert "| +0.050 | 0.56 | RAFT not lower |" in raft_vs_best(aggregate(losing))
     assert raft_vs_best(aggregate([r for r in FIXTURE if r["method"] != "raft"])) == ""
     assert "RAFT against the best other method" in tables(aggregate(FIXTURE))
+
+
+def test_a_sweep_run_again_with_other_settings_or_data_refuses_its_old_cells(tmp_path, toy_csv):
+    """Cells are keyed by dataset, model, method, lr and seed: a changed grid or step count, or an edited
+    data file, used to reuse the old results under a sweep.yaml rewritten to claim the new settings."""
+    from raftlm.experiment import run_sweep
+
+    data = tmp_path / "toy.csv"
+    data.write_bytes(Path(toy_csv).read_bytes())
+    sweep = {
+        "output_dir": str(tmp_path / "out"),
+        "base": {"training": {"max_steps": 1, "eval_steps": 1, "batch_size": 4}, "method": {"grid": "1-5"}},
+        "datasets": [f"csv:{data}"],
+        "models": ["tiny-random-llama"],
+        "methods": ["raft"],
+        "lrs": [1e-3],
+        "seeds": [0],
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    run_sweep(str(path), quiet=True)
+    saved = (tmp_path / "out" / "sweep.yaml").read_text()
+    assert run_sweep(str(path), quiet=True)  # the same sweep again: its cell stands
+    sweep["base"]["method"]["grid"] = "0-10"
+    path.write_text(yaml.safe_dump(sweep))
+    with pytest.raises(
+        RaftlmError, match="was computed with other settings or data than the sweep file now gives"
+    ):
+        run_sweep(str(path), quiet=True)
+    assert (tmp_path / "out" / "sweep.yaml").read_text() == saved  # not rewritten to claim the new grid
+    sweep["base"]["method"]["grid"] = "1-5"
+    path.write_text(yaml.safe_dump(sweep))
+    data.write_text(data.read_text() + "an added row. rating:,3\n")
+    with pytest.raises(RaftlmError, match="other settings or data"):
+        run_sweep(str(path), quiet=True)

@@ -22,9 +22,9 @@ seed, so a sweep stopped early has every dataset x method at the first seeds rat
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -40,9 +40,11 @@ from raftlm import methods, uncertainty
 from raftlm.config import SECTIONS, Config, read_yaml_file, to_float
 from raftlm.core import RaftlmError, short
 from raftlm.io import (
+    SWEEP_MARKER,
     check_folder,
     check_no_tilde,
     clean_stale_tmp,
+    is_sweep_dir,
     output_lock,
     read_json,
     write_json,
@@ -247,6 +249,34 @@ def cell_config(sweep: dict, cell: Cell, run_dir: Path) -> Config:
     return Config.build(base)
 
 
+NOT_SETTINGS = ("output_dir", "progress_bar", "report_to", "length_chunks")  # how a cell runs, not what
+
+
+def cell_settings(sweep: dict, cell: Cell, root: Path) -> str:
+    """A fingerprint of what a cell computes: its whole config (not where or how it reports) and the
+    content of a local data file it reads; recorded in the cell, checked when the sweep runs again."""
+    from raftlm.streaming import file_sha256
+
+    cfg = cell_config(sweep, cell, root / "runs" / cell.run_id).to_dict()
+    for key in NOT_SETTINGS:
+        cfg["training"].pop(key, None)
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+    _, _, path = str(cell.dataset["dataset"]).partition(":")
+    if path and Path(path).is_file():
+        h.update(file_sha256(path).encode())
+    return h.hexdigest()[:16]
+
+
+def check_cell_settings(row: dict, cell: Cell, sweep: dict, root: Path, path: Path) -> None:
+    """A written cell was computed with this sweep's settings (cells written before fingerprints have
+    none, and are trusted)."""
+    if "settings" in row and row["settings"] != cell_settings(sweep, cell, root):
+        raise RaftlmError(
+            f"cell {path} was computed with other settings or data than the sweep file now gives: write the "
+            f"changed sweep to a new output_dir, or delete that cell and runs/{cell.run_id} to recompute it"
+        )
+
+
 def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
     from raftlm.data import load_splits
     from raftlm.io import write_jsonl
@@ -296,6 +326,7 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
         "lr": cell.lr,
         "train_fraction": cell.train_fraction,
         "options": cell.options_label,
+        "settings": cell_settings(sweep, cell, root),
         **{k: metrics[k] for k in METRICS},
         "best_step": train.get("best_step"),
         "validation_rmse": train.get("best_validation_rmse"),
@@ -405,19 +436,11 @@ def eta_seconds(sweep: dict, left: list[Cell], done: list[dict]) -> float | None
     return seconds + sum(test.get(c.dataset["dataset"], test_all) for c in left)
 
 
-SWEEP_MARKER = ".raftlm-sweep"  # what makes a folder a sweep's output (only raftlm writes it)
-
-
 def check_sweep_dir(root: Path) -> None:
     """A sweep writes (results.json, sweep.yaml, report.md, ...) only into a new or empty folder, or one a
-    sweep wrote: its marker, or (before markers) its cells/ folder of cell results beside a sweep.yaml."""
-    if not root.exists() or not any(root.iterdir()) or (root / SWEEP_MARKER).is_file():
+    sweep wrote (``io.is_sweep_dir``)."""
+    if not root.exists() or not any(root.iterdir()) or is_sweep_dir(root):
         return
-    cells = list((root / "cells").glob("*.json")) if (root / "cells").is_dir() else []
-    if cells and (root / "sweep.yaml").is_file():
-        with contextlib.suppress(RaftlmError):
-            read_cell(cells[0])
-            return
     names = sorted(p.name for p in root.iterdir())[:4]
     raise RaftlmError(
         f"sweep output_dir {root} holds files no sweep wrote ({', '.join(names)}): raftlm would overwrite "
@@ -463,11 +486,11 @@ def _run_cells(sweep: dict, todo: list[Cell], root: Path, as_written: dict) -> i
     (root / "cells").mkdir(parents=True, exist_ok=True)
     for folder in (root, root / "cells", root / "predictions", root / CURVES):
         clean_stale_tmp(folder)  # left by a kill during a write
-    write_text(root / "sweep.yaml", yaml.safe_dump(as_written, sort_keys=False))
     result = lambda c: root / "cells" / f"{c.cell_id}.json"  # noqa: E731  (written once the cell is done)
     for c in todo:
-        if result(c).exists():
-            read_cell(result(c))  # a damaged result fails now, not after hours of other cells
+        if result(c).exists():  # a damaged or stale result fails now, not after hours of other cells
+            check_cell_settings(read_cell(result(c)), c, sweep, root, result(c))
+    write_text(root / "sweep.yaml", yaml.safe_dump(as_written, sort_keys=False))
     skip = lambda c: lost_on_first_seed(sweep, c, todo, root)  # noqa: E731
     ran = 0
     for cell in todo:

@@ -207,6 +207,25 @@ def check_output_file(
     return path
 
 
+SWEEP_MARKER = ".raftlm-sweep"  # what makes a folder a sweep's output (only raftlm writes it)
+
+
+def is_sweep_dir(root: str | Path) -> bool:
+    """Whether a sweep wrote folder ``root``: its marker, or (before markers) its cells/ folder of cell
+    results beside a sweep.yaml."""
+    root = Path(root)
+    if (root / SWEEP_MARKER).is_file():
+        return True
+    cells = sorted((root / "cells").glob("*.json")) if (root / "cells").is_dir() else []
+    if not cells or not (root / "sweep.yaml").is_file():
+        return False
+    try:
+        row = json.loads(cells[0].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(row, dict) and "run_id" in row
+
+
 def check_no_tilde(path: str | Path, flag: str) -> None:
     """A path that starts with ``~`` reached raftlm unexpanded (quoted in the shell, or from YAML): it
     would create a folder named ``~`` here; refused in one line."""

@@ -15,7 +15,7 @@ import numpy as np
 from raftlm import methods
 from raftlm.config import to_int
 from raftlm.core import RaftlmError, short
-from raftlm.io import atomic_write, clean_stale_tmp, write_json, write_text
+from raftlm.io import atomic_write, clean_stale_tmp, is_sweep_dir, write_json, write_text
 
 LOWER_IS_BETTER = {
     "rmse": True,
@@ -665,19 +665,13 @@ def check_report_dir(root: Path) -> None:
     """``report`` writes report.md, report.html, summary.json and figures/ beside results.json: into a
     folder a sweep wrote (``experiment.check_sweep_dir``), or where none of those exist yet; a user's
     file of those names is never replaced."""
-    from raftlm.experiment import check_sweep_dir
-
     there = [name for name in REPORT_FILES if (root / name).exists()]
-    if not there or (root / REPORT_MARKER).is_file():
-        return
-    try:
-        check_sweep_dir(root)
-    except RaftlmError:
+    if there and not (root / REPORT_MARKER).is_file() and not is_sweep_dir(root):
         raise RaftlmError(
             f"{root} is not a sweep's output_dir (no .raftlm-sweep marker, no cells/ beside sweep.yaml) and "
             f"already holds {', '.join(there)}, which raftlm report would replace: move them, or report a "
             "sweep's output_dir"
-        ) from None
+        )
 
 
 def write_report(results_dir: str) -> Path:
