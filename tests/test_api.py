@@ -26,7 +26,9 @@ def test_fit_predict_score_save_load(tmp_path):
     np.testing.assert_allclose(pred[:2], probs @ np.arange(1, 6), rtol=1e-6)
     r2 = reg.score(TEXTS, Y)
     assert r2 == pytest.approx(1 - ((pred - Y) ** 2).sum() / ((Y - Y.mean()) ** 2).sum())
-    with pytest.raises(RaftlmError, match=r"y\[2\]: target nan is NaN or infinite"):  # not sklearn's ValueError
+    with pytest.raises(
+        RaftlmError, match=r"y\[2\]: target nan is NaN or infinite"
+    ):  # not sklearn's ValueError
         reg.score(TEXTS, np.where(np.arange(30) == 2, np.nan, Y))
     with pytest.raises(RaftlmError, match="unknown interval kind 'cqrr'"):  # the kind first, then calibration
         reg.predict_interval(TEXTS[:2], kind="cqrr")

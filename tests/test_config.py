@@ -153,7 +153,9 @@ def test_the_headline_commands_parse_and_record_what_ran(tmp_path):
     cfg = config_from_args(build_parser().parse_args(train))
     assert (cfg.data.dataset, cfg.method.grid, cfg.training.max_steps) == ("stsb", "0-5", 900)
     ev = build_parser().parse_args(evaluate)
-    assert ev.model__name == str(tmp_path / "run") and ev.data__stsb_test == "test" and ev.eval__split == "test"
+    assert (
+        ev.model__name == str(tmp_path / "run") and ev.data__stsb_test == "test" and ev.eval__split == "test"
+    )
     published = json.loads((root / "results" / "stsb-headline.json").read_text())["commands"][0]
     assert shlex.split(published)[1:] == [
         a.replace(str(tmp_path / "run"), "runs/stsb-headline") for a in train

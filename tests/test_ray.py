@@ -58,7 +58,9 @@ def same_rows(a: list[dict], b: list[dict]) -> None:
 def test_the_callable_on_pandas_and_arrow_batches_gives_predicts_columns(run, tmp_path):
     """What each Ray actor does, without a cluster: a batch in, `raftlm predict`'s columns out."""
     data = write_csv(tmp_path / "d.csv", review_rows(30))
-    assert predict(run, data, tmp_path / "p.jsonl", "--with-probs", "--with-uncertainty", "--with-prompts") == 0
+    assert (
+        predict(run, data, tmp_path / "p.jsonl", "--with-probs", "--with-uncertainty", "--with-prompts") == 0
+    )
     want = read(tmp_path / "p.jsonl")
     assert want[0]["prompt"]
     model = RaftlmPredictor(model=str(run), with_probs=True, with_uncertainty=True, with_prompts=True)

@@ -293,7 +293,8 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         """R^2 of the predictions (scikit-learn's ``score``), after the targets pass the row contract (a
         NaN or non-numeric target is a one-line error naming the row, as in ``fit``)."""
         self._check_fitted()
-        examples_from(X, y, self.predictor_.template)
+        if len(examples_from(X, y, self.predictor_.template)) < 2:
+            raise RaftlmError("score (R^2) needs at least 2 examples: score more examples")
         return super().score(X, y, sample_weight=sample_weight)
 
     def predict_proba(self, X) -> np.ndarray:

@@ -17,7 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from raftlm.config import SECTIONS, Config, ServeSettings, load_yaml, read_recipe
-from raftlm.core import CE_TARGETS, RaftlmError, RaftlmWarning, short
+from raftlm.core import CE_TARGETS, RaftlmError, RaftlmWarning, level_text, short
 from raftlm.io import is_run_dir  # not raftlm.run: --help must not wait for torch
 from raftlm.tables import format_table
 
@@ -607,7 +607,7 @@ def _predict(args) -> None:
                 f"calibrated on {calibration.source}, n={calibration.n}" if calibration else "not calibrated"
             )
             kind = calibration.kind(e.interval_kind) if calibration else "grid"
-            print(f"intervals: {kind} at {e.interval:g} ({how})")
+            print(f"intervals: {kind} at {level_text(e.interval)} ({how})")
 
 
 def cmd_serve(args) -> None:

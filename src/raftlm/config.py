@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from raftlm.core import CE_TARGETS, RaftlmError, short, warn
+from raftlm.core import CE_TARGETS, RaftlmError, short, to_number, to_whole, warn
 
 TRAINABLE = re.compile(r"full|lora|none|top-\d+")
 
@@ -55,9 +55,12 @@ def to_bf16(value, where: str, device: str = "auto") -> bool:
 
 def to_int(value, where: str) -> int:
     number = value.strip() if isinstance(value, str) else value
-    if isinstance(number, str):
+    if isinstance(number, str):  # '4' (exactly, however long), '4.0' and '1e3' are whole numbers
         with contextlib.suppress(ValueError):
-            number = float(number)  # '4', '4.0' and '1e3' are whole numbers; 'four' is not
+            number = to_whole(number)
+    if isinstance(number, str):  # 'four', '1_0' and '4.7' are not
+        with contextlib.suppress(ValueError, OverflowError):
+            number = to_number(number)
     if isinstance(number, int) and not isinstance(number, bool):
         return number
     if isinstance(number, float) and number.is_integer():
@@ -67,10 +70,8 @@ def to_int(value, where: str) -> int:
 
 def to_float(value, where: str) -> float:
     try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
+        number = to_number(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError, OverflowError):
         raise RaftlmError(f"{where}={short(value)} is not a number: use e.g. 1e-4 or 0.5") from None
     if not math.isfinite(number):
         raise RaftlmError(f"{where}={short(value)}: use a finite number")
@@ -85,6 +86,25 @@ def to_str(value, where: str) -> str:
 
 CONVERT = {"bool": to_bool, "int": to_int, "float": to_float, "str": to_str}
 
+MAX_INT = 10**9  # the largest whole-number setting (steps, sizes, units...) unless its field says otherwise
+SEED = (0, 2**32 - 1)  # the seeds numpy's RandomState takes
+
+
+def convert(f, value, where: str):
+    """A field's value converted to its annotated type (``CONVERT``); a whole number also within the
+    field's ``range`` metadata ((lo, hi), either None for no bound; default: at most ``MAX_INT``), the one
+    bound every int setting has (lower bounds that depend on the setting are checked by its section)."""
+    kind = f.type.removesuffix(" | None")
+    if kind not in CONVERT:
+        return value
+    value = CONVERT[kind](value, where)
+    if kind == "int":
+        lo, hi = f.metadata.get("range", (None, MAX_INT))
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = f"in [{lo}, {hi}]" if lo is not None else f"up to {hi:,}"
+            raise RaftlmError(f"{where}={short(value)}: use a whole number {bounds}")
+    return value
+
 
 def typed(section) -> None:
     """Convert every field of a config section to its annotated type, in place: YAML recipes,
@@ -97,8 +117,7 @@ def typed(section) -> None:
             continue
         if value is None and kind in CONVERT:
             raise RaftlmError(f"{name}.{f.name} is empty (null): give a value or drop the line")
-        if kind in CONVERT:
-            setattr(section, f.name, CONVERT[kind](value, f"{name}.{f.name}"))
+        setattr(section, f.name, convert(f, value, f"{name}.{f.name}"))
 
 
 @dataclass
@@ -204,7 +223,7 @@ class DataConfig:
         metadata={"group": "basic", "help": "max prompt tokens; longer prompts are cut on the left"},
     )
     split_seed: int | None = field(
-        default=None, metadata={"help": "seed of the random train/validation/test split"}
+        default=None, metadata={"help": "seed of the random train/validation/test split", "range": SEED}
     )
     pair_swap: str | None = field(
         default=None,
@@ -419,7 +438,7 @@ class TrainConfig:
             "times slower on other CPUs (--set training.bf16=auto: on only where it is fast)",
         },
     )
-    seed: int = field(default=0, metadata={"group": "basic", "help": "training seed"})
+    seed: int = field(default=0, metadata={"group": "basic", "help": "training seed", "range": SEED})
     eval_steps: int = field(default=100, metadata={"help": "validate (and checkpoint) every N steps"})
     patience: int | None = field(
         default=None, metadata={"help": "early stopping after N evaluations without improvement"}
@@ -595,6 +614,14 @@ SECTIONS = {
 }
 
 
+def convert_setting(key: str, value, where: str | None = None):
+    """``value`` converted and bounded as the setting ``key`` (SECTION.FIELD) is in a config, for values
+    read elsewhere (a sweep's seeds and lrs): one check per setting, wherever it is written."""
+    section, _, name = key.partition(".")
+    f = next(f for f in fields(SECTIONS[section]) if f.name == name)
+    return convert(f, value, where or key)
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -668,9 +695,7 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         for f in fields(self):  # finite numbers of the right type, whatever the caller passed
-            kind = f.type.removesuffix(" | None")
-            if kind in CONVERT:
-                setattr(self, f.name, CONVERT[kind](getattr(self, f.name), f"--{f.name.replace('_', '-')}"))
+            setattr(self, f.name, convert(f, getattr(self, f.name), f"--{f.name.replace('_', '-')}"))
         for name in ("max_batch", "max_queue", "max_rows", "max_body_kb"):
             if getattr(self, name) < 1:
                 raise RaftlmError(f"{name}={getattr(self, name)}: use a positive integer")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import reprlib
 import sys
 import warnings
@@ -97,16 +98,41 @@ KIND_CHOICES = ("auto", "absolute", "std", "cqr", "grid")
 CE_TARGETS = ("nearest", "two-hot")  # RAFTLoss's CE target over the grid (losses.ce_targets)
 
 
+def to_number(value) -> float:
+    """``float(value)`` without Python's extras, the one way raftlm reads a number a user wrote as text:
+    ``"1_0"`` (digit grouping) and non-ASCII digits (``"１"``) are a ValueError, not 10 and 1; JSON
+    ``true`` is a TypeError. Non-finite values pass (callers name them in their own words)."""
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a number")
+    if isinstance(value, str) and ("_" in value or not value.isascii()):
+        raise ValueError(f"not a plain number: {short(value)}")
+    return float(value)
+
+
+def to_whole(text: str) -> int:
+    """An integer written as plain ASCII digits with an optional sign (no ``_``, no ``.``), else ValueError."""
+    text = text.strip()
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise ValueError(f"not a whole number: {short(text)}")
+    return int(text)
+
+
+def level_text(level: float) -> str:
+    """A confidence level as text for a message: every digit it has (0.9999999 is not "1")."""
+    return repr(float(level))
+
+
 def check_level(level) -> float:
     """A confidence level as a float strictly between 0 and 1, else a one-line error."""
     try:
-        value = float(level)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not 0.0 < value < 1.0:  # also rejects nan
+        value = to_number(level)
+    except (TypeError, ValueError, OverflowError):
+        value = None
+    if value is None or not 0.0 < value < 1.0:  # also rejects nan
+        shown = short(level.item() if hasattr(level, "item") else level)
+        what = "is not a number" if value is None else "must lie"
         raise RaftlmError(
-            f"confidence level {short(level.item() if hasattr(level, 'item') else level)} must lie strictly "
-            "between 0 and 1: use e.g. 0.9 for a 90 % interval"
+            f"confidence level {shown} {what} strictly between 0 and 1: use e.g. 0.9 for a 90 % interval"
         )
     return value
 

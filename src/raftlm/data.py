@@ -10,21 +10,26 @@ from __future__ import annotations
 
 import ast
 import bisect
+import contextlib
 import csv
 import gzip
 import json
+import math
 import re
+import zlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from raftlm.core import Example, RaftlmError, Splits, short
+from raftlm.core import Example, RaftlmError, Splits, short, to_number, to_whole
 from raftlm.fetch import PACKAGES, package_file
-from raftlm.files import Row, read_rows, to_examples
+from raftlm.files import Row, _not_utf8, read_rows, to_examples
+from raftlm.io import describe
 from raftlm.prompts import PROMPTS, render, resolve_template
+from raftlm.rows import parse_target
 
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -270,20 +275,106 @@ def _hub_dataset(hub_id: str, template: str | None, text_column: str, target_col
 # --- Amazon reviews (Ni et al. 2019) and MovieLens (Luo et al. 2024) --------------------------------
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+def _open_text(path: Path, encoding: str = "utf-8", errors: str = "strict"):
+    opener = gzip.open if path.suffix == ".gz" else open
+    return opener(path, "rt", encoding=encoding, errors=errors)
 
 
-def _records(path: Path) -> list[dict]:
-    """JSON lines (2018 release) or Python-literal lines (2014 release)."""
+def _lines(path: Path, encoding: str = "utf-8", errors: str = "strict") -> Iterator[tuple[int, str]]:
+    """(line number, line) of a dataset's text file, gzipped by its suffix, blank lines skipped: the one
+    reader of the named datasets' own files. A path that is not a regular file, a truncated or corrupt
+    gzip, bytes that are not text and a read error are one line naming the file (and the last good line)."""
+    if not path.is_file():
+        what = "does not exist" if not path.exists() else f"is {describe(path)}, not a regular file"
+        raise RaftlmError(f"dataset file {path} {what}: check the path")
+    n = 0
+    try:
+        with _open_text(path, encoding, errors) as f:
+            for n, line in enumerate(f, start=1):
+                if line.strip():
+                    yield n, line.rstrip("\r\n")
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise _bad_gzip(path, err) from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path, gzip.open if path.suffix == ".gz" else open) from None
+    except OSError as err:
+        raise RaftlmError(f"cannot read {path} ({err.strerror or err}): check the file") from None
+
+
+def _bad_gzip(path: Path, err: Exception) -> RaftlmError:
+    """A gzip file that breaks off (EOFError, with the line where its data end: read again in binary, on
+    this error only) or is not gzip at all."""
+    if not isinstance(err, EOFError):
+        return RaftlmError(
+            f"{path} is not a valid gzip file ({short(str(err))}): download it again, or drop .gz from a "
+            "plain-text file's name"
+        )
+    lines = 1
+    with contextlib.suppress(EOFError, OSError, zlib.error), gzip.open(path, "rb") as f:
+        while chunk := f.read1(1 << 12):
+            lines += chunk.count(b"\n")
+    return RaftlmError(
+        f"{path} is truncated (its data break off in line {lines}): download it again (gzip -t checks it)"
+    )
+
+
+def _fields(
+    path: Path, n: int, line: str, sep: str, names: tuple[str, ...], at_least: bool = False
+) -> list[str]:
+    """A delimited line's fields: exactly ``len(names)`` of them (or at least, ``at_least``), else one line
+    naming the file, the line and the layout."""
+    parts = line.split(sep)
+    if len(parts) < len(names) or (len(parts) > len(names) and not at_least):
+        layout = sep.join(names) if sep != "\t" else " TAB ".join(names)
+        raise RaftlmError(
+            f"{path} line {n}: {len(parts)} fields where {len(names)} are expected ({layout}): fix or drop the line"
+        )
+    return parts
+
+
+def _whole_field(path: Path, n: int, name: str, text: str) -> int:
+    try:
+        return to_whole(text)
+    except ValueError:
+        raise RaftlmError(
+            f"{path} line {n}: {name} {short(text)} is not a whole number: fix or drop the line"
+        ) from None
+
+
+def _time_field(path: Path, n: int, text: str) -> int:
+    """A timestamp: seconds as a whole or decimal number (RecBole writes ``881250949.0``)."""
+    try:
+        value = to_number(text)
+        if math.isfinite(value):
+            return int(value)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise RaftlmError(
+        f"{path} line {n}: timestamp {short(text)} is not a number of seconds: fix or drop the line"
+    )
+
+
+def _records(path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) of JSON lines (2018 release) or Python-literal lines (2014 release); a line
+    that is neither, or holds no object, is one line naming the file and the line."""
     out = []
-    with _open_text(path) as f:
-        for line in f:
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    out.append(ast.literal_eval(line))
+    for n, line in _lines(path):
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):  # the 2014 release: {'overall': 5.0, ...}
+            try:
+                record = ast.literal_eval(line.strip())
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                raise RaftlmError(
+                    f"{path} line {n}: not a JSON object (nor the 2014 release's Python dict): one review "
+                    "object per line; fix or drop the line"
+                ) from None
+        if not isinstance(record, dict):
+            raise RaftlmError(
+                f"{path} line {n}: a {type(record).__name__}, not an object: one review object per line, e.g. "
+                '{"overall": 5.0, "reviewText": "..."}'
+            )
+        out.append((n, record))
     return out
 
 
@@ -297,6 +388,9 @@ def amazon_category(path: Path) -> str:
     return stem.replace("_", " ")
 
 
+AMAZON_TEXT = ("summary", "reviewText", "reviewTime")  # the review's fields that go into the prompt
+
+
 def load_amazon(path: str, sizes=(10_000, 1_500, 1_500), seed: int = 0) -> Splits:
     """Reviews file (``overall``, ``summary``, ``reviewText``, ``reviewTime``, ``asin``); product titles
     come from a ``meta_<Category>.json(.gz)`` next to it when present. Samples 10,000 / 1,500 / 1,500
@@ -306,9 +400,15 @@ def load_amazon(path: str, sizes=(10_000, 1_500, 1_500), seed: int = 0) -> Split
         raise RaftlmError(
             f"Amazon reviews file {p} not found: download reviews_<Category>_5.json.gz (Ni et al. 2019) and pass amazon:PATH"
         )
-    reviews = [
-        r for r in _records(p) if r.get("overall") is not None and (r.get("reviewText") or r.get("summary"))
-    ]
+    reviews = []
+    for n, r in _records(p):
+        if r.get("overall") is None or not (r.get("reviewText") or r.get("summary")):
+            continue
+        where = f"{p} line {n}"
+        odd = next((k for k in AMAZON_TEXT if r.get(k) is not None and not isinstance(r[k], str)), None)
+        if odd is not None:
+            raise RaftlmError(f"{where}: {odd} {short(r[odd])} is not text: fix or drop the line")
+        reviews.append({**r, "overall": parse_target(r["overall"], where)})
     if not reviews:
         raise RaftlmError(
             f"{p} holds no reviews with 'overall' and 'reviewText': is it a Ni et al. 2019 reviews file?"
@@ -316,7 +416,11 @@ def load_amazon(path: str, sizes=(10_000, 1_500, 1_500), seed: int = 0) -> Split
     category = amazon_category(p)
     titles = {}
     for meta in p.parent.glob(f"meta_{category.replace(' ', '_')}.json*"):
-        titles = {m.get("asin"): m.get("title", "") for m in _records(meta)}
+        titles = {
+            m["asin"]: m["title"]
+            for _, m in _records(meta)
+            if isinstance(m.get("asin"), str) and isinstance(m.get("title"), str)
+        }
     idx = np.random.RandomState(seed).permutation(len(reviews))
     n_train, n_val, n_test = sizes
     if len(reviews) < sum(sizes):
@@ -337,7 +441,7 @@ def load_amazon(path: str, sizes=(10_000, 1_500, 1_500), seed: int = 0) -> Split
             "headline": r.get("summary", ""),
             "body": r.get("reviewText", ""),
         }
-        return Example(render(template, fields), float(r["overall"]))
+        return Example(render(template, fields), r["overall"])
 
     ex = {k: [example(reviews[i]) for i in v] for k, v in parts.items()}
     return Splits(ex["train"], ex["validation"], ex["test"], template, grid="1-5", target_range=None)
@@ -410,18 +514,30 @@ def _movielens_splits(ratings, titles, history: int, sizes, seed: int) -> Splits
 def load_movielens_1m(path: str, history: int = 10, sizes=(None, 10_145, 10_145), seed: int = 0) -> Splits:
     """``ratings.dat``, ``movies.dat`` (and ``users.dat``) of MovieLens-1M in the folder ``path``."""
     folder = Path(path)
-    if not (folder / "ratings.dat").exists():
+    missing = [n for n in ("ratings.dat", "movies.dat") if not (folder / n).is_file()]
+    if missing:
         raise RaftlmError(
-            f"{folder}/ratings.dat not found: unpack ml-1m.zip (grouplens.org) and pass movielens-1m:FOLDER"
+            f"{folder}/{missing[0]} not found: unpack the whole ml-1m.zip (grouplens.org; ratings.dat and "
+            "movies.dat) and pass movielens-1m:FOLDER"
         )
     ratings = []
-    for line in (folder / "ratings.dat").read_text(encoding="latin-1").splitlines():
-        u, m, r, t = line.split("::")
-        ratings.append((int(u), int(m), float(r), int(t)))
+    path = folder / "ratings.dat"
+    for n, line in _lines(path, encoding="latin-1"):
+        u, m, r, t = _fields(path, n, line, "::", ("UserID", "MovieID", "Rating", "Timestamp"))
+        ratings.append(
+            (
+                _whole_field(path, n, "UserID", u),
+                _whole_field(path, n, "MovieID", m),
+                parse_target(r, f"{path} line {n}"),
+                _whole_field(path, n, "Timestamp", t),
+            )
+        )
     titles = {}
-    for line in (folder / "movies.dat").read_text(encoding="latin-1").splitlines():
-        m, title, _ = line.split("::")
-        titles[int(m)] = title
+    path = folder / "movies.dat"
+    for n, line in _lines(path, encoding="latin-1"):
+        parts = _fields(path, n, line, "::", ("MovieID", "Title", "Genres"), at_least=True)
+        titles[_whole_field(path, n, "MovieID", parts[0])] = "::".join(parts[1:-1])
+    _check_ratings(ratings, folder / "ratings.dat")
     return _movielens_splits(ratings, titles, history, sizes, seed)
 
 
@@ -444,14 +560,34 @@ def load_movielens_100k(
             "folder holding them"
         )
     ratings = []
-    for line in (base / "ml-100k.inter").read_text(encoding="utf-8").splitlines()[1:]:
-        u, m, r, t = line.split("\t")
-        ratings.append((int(u), int(m), float(r), int(float(t))))
+    path = base / "ml-100k.inter"
+    lines = _lines(path)
+    next(lines, None)  # RecBole's header: user_id:token, item_id:token, rating:float, timestamp:float
+    for n, line in lines:
+        u, m, r, t = _fields(path, n, line, "\t", ("user_id", "item_id", "rating", "timestamp"))
+        ratings.append(
+            (
+                _whole_field(path, n, "user_id", u),
+                _whole_field(path, n, "item_id", m),
+                parse_target(r, f"{path} line {n}"),
+                _time_field(path, n, t),
+            )
+        )
     titles = {}
-    for line in (base / "ml-100k.item").read_text(encoding="utf-8", errors="replace").splitlines()[1:]:
-        parts = line.split("\t")
-        titles[int(parts[0])] = f"{parts[1]} ({parts[2]})" if len(parts) > 2 and parts[2] else parts[1]
+    path = base / "ml-100k.item"
+    lines = _lines(path, errors="replace")
+    next(lines, None)  # the header
+    for n, line in lines:
+        parts = _fields(path, n, line, "\t", ("item_id", "movie_title"), at_least=True)
+        item = _whole_field(path, n, "item_id", parts[0])
+        titles[item] = f"{parts[1]} ({parts[2]})" if len(parts) > 2 and parts[2] else parts[1]
+    _check_ratings(ratings, base / "ml-100k.inter")
     return _movielens_splits(ratings, titles, history, sizes, seed)
+
+
+def _check_ratings(ratings: list, path: Path) -> None:
+    if not ratings:
+        raise RaftlmError(f"{path} holds no ratings: is it the right file? (re-download or unpack it)")
 
 
 STSB_DATASETS = ("stsb", "stsb-1k")  # the loaders that read data.stsb_test

@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from raftlm.config import DEVICE, top_blocks
-from raftlm.core import RaftlmError
+from raftlm.core import RaftlmError, short
 from raftlm.fetch import missing, package_file
 from raftlm.testing import tiny_random_bert, tiny_random_llama
 
@@ -40,8 +40,30 @@ DROPOUT_KEYS = (
 )
 
 
+CACHE_FIX = "point RAFTLM_CACHE at a folder raftlm may write (or unset it: ~/.cache/raftlm)"
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("RAFTLM_CACHE", Path.home() / ".cache" / "raftlm"))
+    """Where packaged GGUF models are converted once: ``$RAFTLM_CACHE``, or ``~/.cache/raftlm`` where it is
+    unset or empty (an empty value is not the current folder). A value naming something that is not a
+    folder (a file, a device) is a one-line error naming RAFTLM_CACHE."""
+    value = os.environ.get("RAFTLM_CACHE", "")
+    if not value.strip():
+        return Path.home() / ".cache" / "raftlm"
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise RaftlmError(f"RAFTLM_CACHE={short(value)} is not a folder: {CACHE_FIX}")
+    return path
+
+
+def _make_cache(folder: Path) -> None:
+    """Create the cache folder, or say in one line why RAFTLM_CACHE (or the default) cannot hold it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RaftlmError(
+            f"cannot create the model cache {short(str(folder))} ({err.strerror or type(err).__name__}): {CACHE_FIX}"
+        ) from None
 
 
 def _gemma_gguf(workdir: Path) -> Path:
@@ -64,7 +86,7 @@ def _convert_gguf(name: str) -> Path:
     target = cache_dir() / name
     if (target / "config.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_cache(target.parent)
     with open(target.parent / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "config.json").exists():

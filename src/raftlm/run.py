@@ -21,6 +21,7 @@ from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's AP
     RUN_MARKER,
     check_no_tilde,
     check_swap_names,
+    describe,
     discard_staged,
     foreign_files,
     is_marked_run,
@@ -107,7 +108,8 @@ def check_run_dir(out: Path, overwrite: bool, resume: bool) -> Path:
     _refuse_unsafe_place(out)
     recover_swap(out)
     if out.exists() and not out.is_dir():
-        raise RaftlmError(f"output path {out} is a file: choose a directory for --output-dir")
+        what = "a file" if out.is_file() else describe(out)
+        raise RaftlmError(f"output path {out} is {what}: choose a directory for --output-dir")
     if overwrite and resume:
         raise RaftlmError("--overwrite starts the run afresh and --resume continues it: pass one of them")
     if not out.exists() or not any(out.iterdir()):

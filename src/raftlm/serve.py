@@ -56,7 +56,7 @@ from starlette.requests import ClientDisconnect
 
 from raftlm import __version__
 from raftlm.config import Config, ServeSettings
-from raftlm.core import KIND_CHOICES, RaftlmError, short
+from raftlm.core import KIND_CHOICES, RaftlmError, level_text, short
 from raftlm.files import to_examples
 from raftlm.io import finite
 from raftlm.pipeline import load_for_eval, predict_texts
@@ -684,7 +684,7 @@ class Server:
         if KINDS[kind].conformal and any(cal.n < min_calibration_size(c) for c in levels):
             worst = max(levels)
             raise RaftlmError(
-                f"the run's calibration has {cal.n} examples, too few for a {worst:g} interval (split conformal "
+                f"the run's calibration has {cal.n} examples, too few for a {level_text(worst)} interval (split conformal "
                 f"needs {min_calibration_size(worst)}): ask for a lower level or calibrate on more examples"
             )
 

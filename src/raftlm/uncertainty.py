@@ -44,7 +44,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from raftlm import decoders
-from raftlm.core import KIND_CHOICES, RaftlmError, check_level, short, warn
+from raftlm.core import KIND_CHOICES, RaftlmError, check_level, level_text, short, warn
 from raftlm.grid import TargetScaler
 
 LEVELS = (0.8, 0.9, 0.95)  # what `evaluate` reports
@@ -380,7 +380,7 @@ class Calibration:
             for c in levels:
                 if self.n < (need := min_calibration_size(c)):
                     raise RaftlmError(
-                        f"{self.n} calibration examples cannot give a {c:g} interval (split conformal needs "
+                        f"{self.n} calibration examples cannot give a {level_text(c)} interval (split conformal needs "
                         f"at least {need}): calibrate on more examples or ask for a lower level"
                     )
         X = np.asarray(X, dtype=np.float64)

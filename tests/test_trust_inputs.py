@@ -1,0 +1,361 @@
+"""Red-team findings on inputs: seeds and numbers in settings, malformed Amazon / MovieLens files,
+RAFTLM_CACHE, and messages that must show what the user wrote. Each bad input is one RaftlmError line
+naming the problem and the fix (never a traceback), checked before any work."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from raftlm import models
+from raftlm.cli import main
+from raftlm.config import MAX_INT, Config, ServeSettings, convert_setting
+from raftlm.core import RaftlmError, check_level, to_number, to_whole
+from raftlm.data import load_amazon, load_movielens_1m, load_movielens_100k
+from raftlm.grid import TargetScaler
+from raftlm.uncertainty import Calibration
+
+
+def _one_line(err) -> str:
+    text = str(err.value)
+    assert "\n" not in text and "Traceback" not in text
+    return text
+
+
+# --- 1. seeds -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("training.seed", -1),
+        ("training.seed", 2**32),
+        ("training.seed", "-1"),
+        ("training.seed", "4294967296"),
+        ("data.split_seed", -1),
+        ("data.split_seed", "-5"),
+    ],
+)
+def test_out_of_range_seeds_are_one_line(key, value):
+    with pytest.raises(RaftlmError) as err:
+        Config.build(overrides={key: value})
+    assert _one_line(err) == f"{key}={int(value)}: use a whole number in [0, 4294967295]"
+
+
+def test_a_seed_read_elsewhere_gets_the_same_check():
+    assert convert_setting("training.seed", "7") == 7
+    with pytest.raises(RaftlmError, match=r"^sweep seeds=-1: use a whole number in \[0, 4294967295\]$"):
+        convert_setting("training.seed", -1, "sweep seeds")
+
+
+def test_seeds_at_the_ends_of_the_range_are_accepted():
+    cfg = Config.build(overrides={"training.seed": 2**32 - 1, "data.split_seed": "0"})
+    assert cfg.training.seed == 2**32 - 1 and cfg.data.split_seed == 0
+    assert Config.build(overrides={"data.split_seed": None}).data.split_seed is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--dataset", "csv:x.csv", "--seed", "-1"],
+        ["train", "--dataset", "csv:x.csv", "--split-seed", "-1"],
+        ["train", "--dataset", "csv:x.csv", "--set", "data.split_seed=-5"],
+        ["evaluate", "--model", "RUN", "--seed", "-1"],
+        ["predict", "--model", "RUN", "--input", "in.csv", "--output", "o.csv", "--seed", "4294967296"],
+    ],
+)
+def test_the_command_line_refuses_bad_seeds_in_one_line_before_any_work(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    if argv[0] == "train":
+        argv = [*argv, "--model", "tiny-random-llama", "--output-dir", "out", "--quiet"]
+    assert main(argv) == 2  # the config is checked before the run (RUN does not exist) or the data
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "seed=" in err and "[0, 4294967295]" in err, err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_regressor_with_a_bad_seed_is_a_raftlm_error(tmp_path):
+    from raftlm import RAFTRegressor
+
+    reg = RAFTRegressor(model="tiny-random-llama", seed=-1, max_steps=1, output_dir=str(tmp_path / "r"))
+    with pytest.raises(RaftlmError, match=r"^training\.seed=-1: use a whole number in \[0, 4294967295\]$"):
+        reg.fit(["a b", "c d", "e f"], [1.0, 2.0, 3.0])
+    assert not (tmp_path / "r").exists()
+
+
+# --- 5. numbers in settings -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("training.lr", "1_0", "training.lr='1_0' is not a number"),
+        ("training.lr", "1e-4_0", "is not a number"),
+        ("training.lr", "\uff11", "is not a number"),  # a fullwidth digit
+        ("training.max_steps", "1_0", "training.max_steps='1_0': use a whole number"),
+        ("model.dropout", "0_1", "is not a number"),
+        ("method.target_range", "1_0,20", "target_range="),
+        (
+            "training.max_steps",
+            "99999999999999999999",
+            "training.max_steps=99999999999999999999: use a whole",
+        ),
+        ("training.max_steps", 10**20, "up to 1,000,000,000"),
+        ("training.batch_size", "1e12", "training.batch_size=1000000000000: use a whole number up to"),
+        ("data.history", MAX_INT + 1, "up to 1,000,000,000"),
+        ("eval.num_samples", "5_000", "use a whole number"),
+    ],
+)
+def test_numbers_are_plain_and_bounded(key, value, message):
+    with pytest.raises(RaftlmError) as err:
+        Config.build(overrides={key: value})
+    assert message in _one_line(err)
+
+
+def test_plain_numbers_still_read():
+    cfg = Config.build(
+        overrides={"training.lr": " 1e-4 ", "training.max_steps": "1e3", "training.eval_steps": "4.0"}
+    )
+    assert cfg.training.lr == 1e-4 and cfg.training.max_steps == 1000 and cfg.training.eval_steps == 4
+    assert Config.build(overrides={"training.max_steps": MAX_INT}).training.max_steps == MAX_INT
+    assert to_whole(" -12 ") == -12 and to_number("1.5e2") == 150.0
+    for bad in ("1_0", "\uff11", "1.0"):
+        with pytest.raises(ValueError):
+            to_whole(bad)
+
+
+def test_serve_settings_share_the_bound():
+    with pytest.raises(RaftlmError, match=r"^--max-body-kb=10000000000: use a whole number up to"):
+        ServeSettings(max_body_kb=10**10)
+    with pytest.raises(RaftlmError, match="is not a number"):
+        ServeSettings(max_wait_ms="1_0")
+
+
+# --- 6. messages show the value -------------------------------------------------------------------
+
+
+def test_a_level_close_to_one_is_shown_with_its_digits():
+    r = np.linspace(-1, 1, 8)
+    cal = Calibration(3.0 + r, np.full((r.size, 1), 3.0), None, TargetScaler(1.0, 5.0, 1.0, 5.0))
+    with pytest.raises(RaftlmError) as err:
+        cal.intervals(np.full((2, 1), 3.0), [0.9999999], kind="absolute")
+    assert "cannot give a 0.9999999 interval" in _one_line(err)
+
+
+@pytest.mark.parametrize("level", ["0.9_9", "\uff10.9", True])
+def test_a_level_that_is_not_a_plain_number_is_refused(level):
+    with pytest.raises(RaftlmError, match="is not a number strictly between 0 and 1"):
+        check_level(level)
+    with pytest.raises(RaftlmError, match="confidence level"):
+        Config.build(overrides={"eval.interval": level})
+
+
+# --- 2. Amazon reviews files ----------------------------------------------------------------------
+
+REVIEW = {"overall": 4.0, "reviewText": "good", "summary": "ok", "reviewTime": "01 1, 2014"}
+
+
+def _reviews(tmp_path, lines: list[str], name="reviews_Books_5.json"):
+    path = tmp_path / name
+    data = "".join(line + "\n" for line in lines).encode()
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    return path
+
+
+def _good(n: int) -> list[str]:
+    return [json.dumps({**REVIEW, "overall": 1 + i % 5}) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("not json at all", "line 4: not a JSON object"),
+        ("{'overall': 5.0, 'reviewText': ", "line 4: not a JSON object"),
+        ('{"overall": "x", "reviewText": "good"}', "line 4: target 'x' is not a number: fix or drop"),
+        ('{"overall": true, "reviewText": "good"}', "line 4: target True is not a number"),
+        ('{"overall": NaN, "reviewText": "good"}', "line 4: target nan is NaN or infinite"),
+        ('{"overall": "1_0", "reviewText": "good"}', "line 4: target '1_0' is not a number"),
+        ("[1, 2]", "line 4: a list, not an object"),
+        ('{"overall": 3, "reviewText": ["good"]}', "line 4: reviewText ['good'] is not text"),
+        ("[" * 100_000, "line 4: not a JSON object"),
+    ],
+)
+def test_a_malformed_amazon_line_is_named(tmp_path, bad, message):
+    path = _reviews(tmp_path, [*_good(3), bad, *_good(2)])
+    with pytest.raises(RaftlmError) as err:
+        load_amazon(str(path))
+    assert _one_line(err).startswith(str(path)) and message in str(err.value)
+    assert "fix" in str(err.value) or "one review object per line" in str(err.value)
+
+
+def test_the_2014_python_literal_lines_still_read(tmp_path):
+    lines = [repr({**REVIEW, "overall": float(1 + i % 5)}) for i in range(30)]
+    splits = load_amazon(str(_reviews(tmp_path, lines, "reviews_Books_5.json.gz")))
+    assert len(splits.train) + len(splits.validation) + len(splits.test) == 30
+    assert {e.target for e in splits.train} <= {1.0, 2.0, 3.0, 4.0, 5.0}
+
+
+def test_a_truncated_or_fake_gzip_is_one_line(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    lines = [
+        json.dumps({**REVIEW, "reviewText": "".join(rng.choice("abcdefgh ") for _ in range(80))})
+        for _ in range(2000)
+    ]
+    data = gzip.compress("".join(line + "\n" for line in lines).encode())
+    path = tmp_path / "reviews_Books_5.json.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RaftlmError) as err:
+        load_amazon(str(path))
+    text = _one_line(err)
+    assert (
+        text.startswith(f"{path} is truncated (its data break off in line ") and "download it again" in text
+    )
+    line = int(text.split("in line ")[1].split(")")[0])
+    assert 500 < line < 1500
+    path.write_bytes(b"plain text")
+    with pytest.raises(RaftlmError, match="is not a valid gzip file .*drop .gz"):
+        load_amazon(str(path))
+
+
+def test_an_amazon_meta_file_with_odd_records_does_not_crash(tmp_path):
+    path = _reviews(tmp_path, _good(20))
+    (tmp_path / "meta_Books.json").write_text('{"asin": ["a"], "title": "x"}\n{"asin": "b", "title": 3}\n')
+    assert len(load_amazon(str(path)).train) > 0
+    (tmp_path / "meta_Books.json").write_text("oops\n")
+    with pytest.raises(RaftlmError, match=r"meta_Books\.json line 1: not a JSON object"):
+        load_amazon(str(path))
+
+
+# --- 3. MovieLens ---------------------------------------------------------------------------------
+
+
+def _ml1m(
+    folder, ratings: str, movies: str | None = "1::Toy Story (1995)::Animation\n2::Heat (1995)::Action\n"
+):
+    folder.mkdir()
+    (folder / "ratings.dat").write_text(ratings, encoding="latin-1")
+    if movies is not None:
+        (folder / "movies.dat").write_text(movies, encoding="latin-1")
+    return str(folder)
+
+
+GOOD_1M = "".join(f"{u}::{1 + t % 2}::{1 + t % 5}::{1000 + t}\n" for u in (1, 2) for t in range(20))
+
+
+@pytest.mark.parametrize(
+    ("ratings", "message"),
+    [
+        (
+            "garbage\n",
+            "ratings.dat line 1: 1 fields where 4 are expected (UserID::MovieID::Rating::Timestamp)",
+        ),
+        (GOOD_1M + "1::2::x::4\n", "ratings.dat line 41: target 'x' is not a number: fix or drop"),
+        ("1::2::3\n", "line 1: 3 fields where 4"),
+        ("1::2::3::4::5\n", "line 1: 5 fields where 4"),
+        ("u::2::3::4\n", "line 1: UserID 'u' is not a whole number: fix or drop the line"),
+        ("1::2::3::4.5\n", "line 1: Timestamp '4.5' is not a whole number"),
+        ("1::2::inf::4\n", "line 1: target 'inf' is NaN or infinite"),
+        ("1_0::2::3::4\n", "line 1: UserID '1_0' is not a whole number"),
+    ],
+)
+def test_a_malformed_ratings_dat_line_is_named(tmp_path, ratings, message):
+    with pytest.raises(RaftlmError) as err:
+        load_movielens_1m(_ml1m(tmp_path / "m", ratings))
+    assert message in _one_line(err) and str(tmp_path / "m" / "ratings.dat") in str(err.value)
+
+
+def test_movielens_1m_needs_movies_dat_and_well_formed_titles(tmp_path):
+    with pytest.raises(RaftlmError, match=r"movies\.dat not found: unpack the whole ml-1m\.zip"):
+        load_movielens_1m(_ml1m(tmp_path / "a", GOOD_1M, movies=None))
+    with pytest.raises(RaftlmError, match=r"movies\.dat line 2: 1 fields where 3 are expected"):
+        load_movielens_1m(_ml1m(tmp_path / "b", GOOD_1M, movies="1::A::B\njunk\n"))
+    with pytest.raises(RaftlmError, match=r"ratings\.dat holds no ratings"):
+        load_movielens_1m(_ml1m(tmp_path / "c", "\n\n"))
+    splits = load_movielens_1m(_ml1m(tmp_path / "d", GOOD_1M + "\n"))  # a blank last line is fine
+    assert splits.train and "Toy Story (1995)" in splits.train[0].text
+
+
+def _ml100k(folder, inter_rows: list[str], item_rows=("1\tToy Story\t1995\tAnimation",)):
+    folder.mkdir()
+    head = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+    (folder / "ml-100k.inter").write_text(head + "".join(r + "\n" for r in inter_rows))
+    item_head = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+    (folder / "ml-100k.item").write_text(item_head + "".join(r + "\n" for r in item_rows))
+    return str(folder)
+
+
+GOOD_100K = [f"{u}\t1\t{1 + t % 5}\t{881250949 + t}.0" for u in (1, 2) for t in range(20)]
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (["1\t2\tx\t3"], "ml-100k.inter line 2: target 'x' is not a number: fix or drop the row"),
+        ([*GOOD_100K, "1\t2\t3"], "ml-100k.inter line 42: 3 fields where 4 are expected"),
+        (["1\tz\t3\t4"], "line 2: item_id 'z' is not a whole number"),
+        (["1\t2\t3\tnan"], "line 2: timestamp 'nan' is not a number of seconds"),
+    ],
+)
+def test_a_malformed_ml100k_inter_line_is_named(tmp_path, rows, message):
+    with pytest.raises(RaftlmError) as err:
+        load_movielens_100k(_ml100k(tmp_path / "m", rows))
+    assert message in _one_line(err)
+
+
+def test_ml100k_items_are_checked_and_good_files_still_read(tmp_path):
+    with pytest.raises(RaftlmError, match=r"ml-100k\.item line 2: item_id 'x' is not a whole number"):
+        load_movielens_100k(_ml100k(tmp_path / "a", GOOD_100K, item_rows=["x\tA\t1995\tB"]))
+    with pytest.raises(RaftlmError, match=r"ml-100k\.item line 2: 1 fields where 2 are expected"):
+        load_movielens_100k(_ml100k(tmp_path / "b", GOOD_100K, item_rows=["7"]))
+    splits = load_movielens_100k(_ml100k(tmp_path / "c", GOOD_100K))
+    assert splits.train and "Toy Story (1995)" in splits.train[0].text
+
+
+def test_movielens_1m_from_the_command_line_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _ml1m(tmp_path / "m1", "garbage\n")
+    argv = ["train", "--model", "tiny-random-llama", "--max-steps", "1", "--quiet", "--output-dir", "ml"]
+    assert main([*argv, "--dataset", "movielens-1m:m1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "m1/ratings.dat line 1: 1 fields where 4 are expected" in err
+    assert not (tmp_path / "ml").exists()
+
+
+# --- 4. RAFTLM_CACHE ------------------------------------------------------------------------------
+
+
+def test_an_empty_raftlm_cache_is_the_default_not_the_current_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for value in ("", "  "):
+        monkeypatch.setenv("RAFTLM_CACHE", value)
+        assert models.cache_dir() == tmp_path / ".cache" / "raftlm"
+    monkeypatch.delenv("RAFTLM_CACHE")
+    assert models.cache_dir() == tmp_path / ".cache" / "raftlm"
+    monkeypatch.setenv("RAFTLM_CACHE", str(tmp_path / "c"))
+    assert models.cache_dir() == tmp_path / "c"
+
+
+@pytest.mark.parametrize("where", ["file", "/dev/null"])
+def test_a_raftlm_cache_that_is_not_a_folder_is_one_line(monkeypatch, tmp_path, where):
+    path = tmp_path / "file" if where == "file" else where
+    if where == "file":
+        path.write_text("x")
+    monkeypatch.setenv("RAFTLM_CACHE", str(path))
+    with pytest.raises(RaftlmError) as err:
+        models.cache_dir()
+    text = _one_line(err)  # the value is echoed bounded (core.short)
+    assert text.startswith("RAFTLM_CACHE='") and "' is not a folder: point RAFTLM_CACHE at a folder" in text
+    with pytest.raises(RaftlmError, match="RAFTLM_CACHE"):  # before any conversion starts
+        models._convert_gguf("gemma-3-270m")
+
+
+def test_a_raftlm_cache_under_a_file_is_one_line(monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("RAFTLM_CACHE", str(tmp_path / "file" / "cache"))
+    with pytest.raises(RaftlmError) as err:
+        models._convert_gguf("gemma-3-270m")  # fails creating the folder, before loading anything
+    assert "cannot create the model cache" in _one_line(err) and "(Not a directory)" in str(err.value)
+    assert "RAFTLM_CACHE" in str(err.value)
