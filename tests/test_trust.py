@@ -222,6 +222,19 @@ def test_predict_deletes_no_partial_lock_or_temp_file_it_cannot_prove_it_wrote(r
     assert predict(run_dir, data, out) == 0 and not lock.exists()
 
 
+def test_resuming_a_run_killed_after_its_last_step_trains_no_step_more(tmp_path):
+    """Killed while testing, after the checkpoint at max_steps: --resume tests the same weights (Trainer
+    took a 5th step of a 4-step run when 4 steps are not a whole number of epochs)."""
+    data = write_csv(tmp_path / "toy.csv", _rows(40))  # 32 training rows: 8 steps an epoch
+    run_dir = tmp_path / "run"
+    assert main(train_args(data, run_dir, "--keep-checkpoints")) == 0
+    weights = (run_dir / "model.safetensors").read_bytes()
+    (run_dir / "eval_results.json").unlink()
+    assert main([*train_args(data, run_dir, "--keep-checkpoints"), "--resume"]) == 0
+    assert json.loads((run_dir / "eval_results.json").read_text())["train"]["global_step"] == 4
+    assert (run_dir / "model.safetensors").read_bytes() == weights
+
+
 def test_resume_trains_on_the_runs_saved_data(tmp_path):
     """--resume continues the run as config.yaml saved it: another --dataset given now is said and
     ignored, for the data too (it used to train and test on the new file under the old config)."""

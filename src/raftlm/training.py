@@ -320,6 +320,14 @@ class RegressionTrainer(Trainer):
         self.length_chunks = length_chunks
         self.val_store = val_store  # the validation prompts' states after the frozen blocks (None: uncached)
 
+    def _run_epoch(self, *args, **kwargs):
+        # a run resumed from a checkpoint at max_steps (killed after its last step, e.g. while testing) has
+        # no step left, but Trainer would take one more when max_steps is not a whole number of epochs
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = PromptBatch(
             inputs["input_ids"],
