@@ -359,3 +359,14 @@ def test_a_raftlm_cache_under_a_file_is_one_line(monkeypatch, tmp_path):
         models._convert_gguf("gemma-3-270m")  # fails creating the folder, before loading anything
     assert "cannot create the model cache" in _one_line(err) and "(Not a directory)" in str(err.value)
     assert "RAFTLM_CACHE" in str(err.value)
+
+
+def test_yaml_numbers_are_plain_decimals():
+    """YAML 1.1 reads 1_0 as 10, 0x10 as 16, 1:30 as 90 and 017 as octal 15: raftlm's files mean none
+    of these, so they stay text (and a numeric setting refuses them) or read as decimals."""
+    from raftlm.config import Config, load_yaml
+
+    values = load_yaml("a: 1_0\nb: 0x10\nc: 1:30\nd: 017\ne: 5\nf: 2.5\ng: -3", "test")
+    assert values == {"a": "1_0", "b": "0x10", "c": "1:30", "d": 17, "e": 5, "f": 2.5, "g": -3}
+    with pytest.raises(RaftlmError, match="training.lr='1_0' is not a number"):
+        Config.build({"training": load_yaml("lr: 1_0", "test")})

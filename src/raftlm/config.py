@@ -743,6 +743,23 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _number_without_underscores(loader, node):
+    """YAML 1.1 reads 1_000 as the number 1000 (and 0x10 as 16, 1:30 as 90): a number in a raftlm file is
+    plain decimal digits, so such a value stays text and the setting refuses it as not a number."""
+    text = node.value
+    if "_" in text or ":" in text or text.lower().lstrip("+-").startswith(("0x", "0o", "0b")):
+        return text
+    if node.tag.endswith(":int"):
+        if text.lstrip("+-").startswith("0") and text.lstrip("+-").isdigit():
+            return int(text, 10)  # 017 is seventeen (YAML 1.1 reads it as octal 15)
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    return yaml.SafeLoader.construct_yaml_float(loader, node)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _number_without_underscores)
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _number_without_underscores)
+
+
 def _expanded_size(node, memo: dict) -> int:
     """Values a YAML node stands for once every alias is expanded (counted without expanding)."""
     if id(node) in memo:
