@@ -231,6 +231,8 @@ def test_health_and_info_describe_the_run(url, run):
     "body, status, fragment",
     [
         ('{"inputs": [', 400, "not valid JSON"),
+        ('{"inputs": [{"text": "a", "text": "b"}]}', 400, "the key 'text' appears twice"),
+        ('{"inputs": ["x"], "interval": NaN}', 400, "NaN is not a JSON number"),
         ("[" * 5000 + "]" * 5000, 400, "recursion limit exceeded"),
         ({"rows": [{"text": "x"}]}, 422, "inputs: Field required"),
         ({"inputs": ["x"], "rows": 1}, 422, "unknown field 'rows': the fields are with_probs"),

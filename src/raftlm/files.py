@@ -144,12 +144,12 @@ def _checked(reader, path: Path) -> Iterator[list[str]]:
         yield values
 
 
-def _not_json(token: str):
+def not_json(token: str):
     """JSON has no NaN or Infinity (Python's json reads them): the row fails like any invalid JSON."""
     raise ValueError(f"{token} is not a JSON number: write null or a number")
 
 
-def _unique_keys(pairs: list[tuple]) -> dict:
+def unique_keys(pairs: list[tuple]) -> dict:
     """A JSON object whose keys are unique (a repeated key silently kept its last value)."""
     seen = set()
     for key, _ in pairs:
@@ -164,7 +164,7 @@ def _jsonl_rows(f, path: Path) -> Iterator[Row]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line, parse_constant=_not_json, object_pairs_hook=_unique_keys)
+            obj = json.loads(line, parse_constant=not_json, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as err:
             raise RaftlmError(
                 f"{path} line {n}: invalid JSON ({err.msg}): one JSON object per line"

@@ -378,7 +378,16 @@ async def _read_body(request: Request, limit: int, timeout_s: float, stopping: a
 
 
 def _validate(model: type[BaseModel], body: bytes, example: str):
-    """The request as ``model``; bad JSON is 400, a wrong shape 422 (the first problem, in one line)."""
+    """The request as ``model``; bad JSON is 400, a wrong shape 422 (the first problem, in one line). A
+    key written twice, NaN or Infinity are refused as in a JSONL file (pydantic keeps the last key)."""
+    from raftlm.files import not_json, unique_keys
+
+    try:
+        json.loads(body, object_pairs_hook=unique_keys, parse_constant=not_json)
+    except (json.JSONDecodeError, RecursionError, UnicodeDecodeError):
+        pass  # pydantic's reader says what is wrong below
+    except ValueError as err:
+        raise Reject(400, f"request body is not plain JSON ({err}): send a JSON object") from None
     try:
         return model.model_validate_json(body)
     except ValidationError as err:
