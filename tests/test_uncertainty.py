@@ -253,7 +253,7 @@ def test_no_calibrate_and_uncalibrated_predict(tmp_path, toy_csv, capsys):
     out = tmp_path / "p.jsonl"
     predict = ["predict", "--model", str(run), "--input", str(toy_csv), "--output", str(out)]
     assert main([*predict, "--interval", "0.9"]) == 2
-    assert "no calibration: run `raftlm calibrate RUN`" in capsys.readouterr().err
+    assert "has no calibration: a run from `raftlm train` is calibrated" in capsys.readouterr().err
     assert main([*predict, "--interval", "0.9", "--interval-kind", "grid"]) == 0
     assert all(r["lower"] <= r["upper"] for r in _jsonl(out))
     assert main(["calibrate", str(tmp_path / "nope")]) == 2

@@ -443,7 +443,9 @@ def entropy_change(
         raise RaftlmError(
             "entropy analysis needs a grid model (raft, ce, mbr): heads and new tokens have no base grid"
         )
-    model, tok = load_model(base_model, seed=cfg.training.seed)
+    quiet = not cfg.training.progress_bar
+    with no_load_bars(quiet):
+        model, tok = load_model(base_model, seed=cfg.training.seed)
     base = Predictor(
         model,
         tok,
@@ -456,8 +458,9 @@ def entropy_change(
     )
     base.to(cfg.eval.device, cfg.eval.dtype)
     e = cfg.eval
-    before = base.predict(texts, "rail", e.batch_size, bf16=e.bf16, desc="entropy (base)").entropy
-    after = run.predict(texts, "rail", e.batch_size, bf16=e.bf16, desc="entropy (fine-tuned)").entropy
+    bar = lambda what: None if quiet else f"entropy ({what})"  # noqa: E731
+    before = base.predict(texts, "rail", e.batch_size, bf16=e.bf16, desc=bar("base")).entropy
+    after = run.predict(texts, "rail", e.batch_size, bf16=e.bf16, desc=bar("fine-tuned")).entropy
     return before, after
 
 

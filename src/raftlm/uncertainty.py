@@ -596,8 +596,9 @@ def prediction_fields(
     if level is not None:
         if cal is None and kind != "grid":
             raise RaftlmError(
-                "this model has no calibration: run `raftlm calibrate RUN` (train calibrates unless "
-                "--no-calibrate), or pass --interval-kind grid for the raw, uncalibrated grid quantiles"
+                "this model has no calibration: a run from `raftlm train` is calibrated (unless --no-calibrate; "
+                "`raftlm calibrate RUN` adds one), a model that is not a run cannot be: pass --interval-kind "
+                "grid for the raw, uncalibrated grid quantiles"
             )
         cal = cal if cal is not None else Calibration.uncalibrated(predictor, X)
         lower, upper = cal.intervals(X, [level], kind, center_rule(decoder))
