@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 
-from raftlm.core import RaftlmError, short
+from raftlm.core import RaftlmError, short, to_number
 from raftlm.prompts import render, template_fields
 
 SURROGATE = re.compile("[\ud800-\udfff]")
@@ -82,19 +82,10 @@ def has_target(row: dict, column: str) -> bool:
     return not (missing(value) or (isinstance(value, str) and not value.strip()))
 
 
-# a number as text: ASCII digits, an optional sign, point and exponent (Python's float() also takes
-# "1_000", Arabic-Indic and full-width digits, which no data file means as a number)
-NUMBER = re.compile(
-    r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.ASCII | re.IGNORECASE
-)
-
-
 def parse_target(value, where: str) -> float:
     """A finite number; JSON ``true`` is not read as 1.0, nor text that is not plainly a number."""
     try:
-        if isinstance(value, bool) or (isinstance(value, str) and not NUMBER.fullmatch(value.strip())):
-            raise TypeError
-        y = float(value)
+        y = to_number(value)  # the one rule: no booleans, no "1_000", no non-ASCII digits
     except (TypeError, ValueError, OverflowError):
         raise RaftlmError(f"{where}: target {short(value)} is not a number: fix or drop the row") from None
     if not math.isfinite(y):
