@@ -110,7 +110,7 @@ def test_utf8_bom_is_dropped_from_the_header(tmp_path):
     [
         ("text,target\na,1\nb, extra,2\n", "d.csv line 3: 3 fields but the header has 2: quote fields"),
         ("text,target\na,1\nb\n", "d.csv line 3: 1 fields but the header has 2"),
-        ("text,target,target\na,1,2\n", "column 'target' appears 2 times in the header"),
+        ("text,target,target\na,1,2\n", "header: column 'target' appears 2 times"),
         ("text,target,split\na,1,train\nb,2,dev\n", "d.csv line 3: split 'dev' is not one of"),
     ],
 )

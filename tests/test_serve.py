@@ -287,9 +287,12 @@ def test_plain_strings_and_mlflow_routes_give_the_same_numbers(url, run):
     csv_body = "text\n" + "\n".join(f'"{t}"' for t in texts) + "\n"
     r = post(url, csv_body, "/invocations", headers={"content-type": "text/csv"})
     assert r.json() == {"predictions": want}
+    r = post(url, "text,text\na,b\n", "/invocations", headers={"content-type": "text/csv"})
+    assert r.status_code == 400 and "header: column 'text' appears 2 times" in r.json()["error"]
     for body, fragment in (
         ({"instances": texts, "inputs": texts}, "send exactly one of dataframe_split"),
         ({"dataframe_split": {"columns": ["text"], "data": [["a", "b"]]}}, "2 values for 1 columns"),
+        ({"dataframe_split": {"columns": ["text", "text"], "data": [["a", "b"]]}}, "'text' appears 2 times"),
         ({"inputs": {"text": ["a"], "other": []}}, "columns of different or zero lengths"),
         ({"dataframe_records": [{"text": 3}]}, "request row 1: field 'text' is 3 (a int), not text"),
         (

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from raftlm import models
 from raftlm.cli import main
@@ -370,3 +371,61 @@ def test_yaml_numbers_are_plain_decimals():
     assert values == {"a": "1_0", "b": "0x10", "c": "1:30", "d": 17, "e": 5, "f": 2.5, "g": -3}
     with pytest.raises(RaftlmError, match="training.lr='1_0' is not a number"):
         Config.build({"training": load_yaml("lr: 1_0", "test")})
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("0:1:0.35", "grid step 0.35 does not divide 0..1"),
+        ("0:1:0.3", "grid step 0.3 does not divide 0..1"),
+        ("0:1:1e-8", "has 100,000,001 values, more than 10,000"),
+        ("0-1000000", "has more than 10,000 values"),
+    ],
+)
+def test_a_range_grid_ends_where_it_says_and_stays_small(spec, fragment):
+    from raftlm.grid import Grid
+
+    with pytest.raises(RaftlmError, match=fragment):
+        Grid.parse(spec)
+    assert Grid.parse("0:1:0.25").strings == ("0.00", "0.25", "0.50", "0.75", "1.00")
+    assert Grid.parse("0:1e-3:5e-4").strings == ("0.0000", "0.0005", "0.0010")
+
+
+def test_a_dataframe_with_a_repeated_column_is_refused():
+    import pandas as pd
+
+    from raftlm.api import examples_from
+
+    frame = pd.DataFrame([["good", "bad"]], columns=["text", "text"])
+    with pytest.raises(RaftlmError, match="X: column 'text' appears 2 times"):
+        examples_from(frame, None, "{text}")
+
+
+@pytest.mark.parametrize(
+    "entry, fragment",
+    [
+        ({"lrs": [0]}, "lr=0.0: use a positive learning rate"),
+        ({"train_fractions": [0.0]}, "train_fraction=0.0"),
+        ({"methods": [{"method": "raft", "lr": 0.5}]}, "lr in a sweep's methods entry would be overridden"),
+        ({"methods": [{"method": "raft", "seed": 7}]}, "list it under seeds:"),
+    ],
+)
+def test_sweep_values_that_would_be_recorded_but_not_used_are_refused(tmp_path, entry, fragment):
+    from raftlm.experiment import run_sweep
+
+    sweep = {
+        "output_dir": str(tmp_path / "out"),
+        "base": {"training": {"max_steps": 1, "batch_size": 4}, "data": {"template": "R: {text}"}},
+        "datasets": [f"csv:{tmp_path / 'd.csv'}"],
+        "models": ["tiny-random-llama"],
+        "methods": ["raft"],
+        "lrs": [1e-4],
+        "seeds": [0],
+        **entry,
+    }
+    (tmp_path / "d.csv").write_text("text,target\n" + "".join(f"w{i},{1 + i % 5}\n" for i in range(20)))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    with pytest.raises(RaftlmError, match=fragment):
+        run_sweep(str(path), quiet=True)
+    assert not (tmp_path / "out").exists()

@@ -21,7 +21,7 @@ from raftlm.core import Example, RaftlmError, Splits, short
 from raftlm.data import IN_MEMORY
 from raftlm.io import check_no_tilde, output_lock, write_json, write_run_marker, write_text
 from raftlm.prompts import render, resolve_template
-from raftlm.rows import parse_target, row_fields
+from raftlm.rows import check_columns, parse_target, row_fields
 from raftlm.run import FINISHED_FILE, load_run, save_run
 
 _NUMERIC = "feeds numeric features (an (n, k) array of numbers); RAFTRegressor reads text"
@@ -431,6 +431,7 @@ def examples_from(X, y, template: str) -> list[Example]:
 def _rows(X) -> list:
     """Template rows of ``X``, by position: a DataFrame's records, dicts, or texts as ``{"text": x}``."""
     if hasattr(X, "columns") and hasattr(X, "to_dict"):  # a pandas DataFrame
+        check_columns(X.columns, "X")
         return X.to_dict("records")
     if hasattr(X, "tocsr") or hasattr(X, "todense"):  # scipy.sparse: features, not texts
         raise RaftlmError("X is a sparse matrix, and sparse input is not supported: give texts")

@@ -223,9 +223,23 @@ def check_cells(sweep: dict, todo: list[Cell], root: Path) -> None:
             raise RaftlmError(f"sweep cell {cell.cell_id}: {err}") from None
 
 
+AXES = {
+    "lr": "lrs:",
+    "seed": "seeds:",
+    "name": "models:",
+    "dataset": "datasets:",
+    "train_fraction": "train_fractions:",
+}
+
+
 def option_section(key: str) -> str:
     """The config section of a method entry's extra key (method first: ``normalize_grid``, ``ce_weight``;
     then training, model, data: ``warmup_steps``, ``trainable``...)."""
+    if key in AXES:
+        raise RaftlmError(
+            f"{key} in a sweep's methods entry would be overridden by the sweep's own axis: list it under "
+            f"{AXES[key]} instead"
+        )
     for section in ("method", "training", "model", "data"):
         if key in {f.name for f in fields(SECTIONS[section])}:
             return section
@@ -236,14 +250,14 @@ def cell_config(sweep: dict, cell: Cell, run_dir: Path) -> Config:
     base = {k: dict(v) for k, v in (sweep.get("base") or {}).items()}
     base.setdefault("model", {})["name"] = cell.model
     base.setdefault("data", {}).update(cell.dataset)
-    if cell.train_fraction:
+    if cell.train_fraction is not None:
         base["data"]["train_fraction"] = cell.train_fraction
     base.setdefault("method", {})["method"] = cell.method
     for key, value in cell.options:
         base.setdefault(option_section(key), {})[key] = value
     training = base.setdefault("training", {})
     training.update(output_dir=str(run_dir), seed=cell.seed)
-    if cell.lr:
+    if cell.lr is not None:
         training["lr"] = cell.lr
     base.setdefault("eval", {})["decoder"] = cell.decoder if cell.decoder != "head" else "rail"
     return Config.build(base)

@@ -16,7 +16,7 @@ from pathlib import Path
 from raftlm.core import Example, RaftlmError, short
 from raftlm.io import describe
 from raftlm.prompts import render, template_fields
-from raftlm.rows import parse_target, row_fields
+from raftlm.rows import check_columns, parse_target, row_fields
 
 # csv's default field limit is 131,072 characters: a longer text (a whole article) is a valid field,
 # and prompts that long are truncated with a warning where they are tokenized, not refused here
@@ -114,12 +114,7 @@ def _not_utf8(path: Path, opener) -> RaftlmError:
 def _csv_rows(f, path: Path, delimiter: str) -> Iterator[Row]:
     reader = csv.reader(f, delimiter=delimiter)
     header = next(reader, [])
-    repeated = next((h for h in header if header.count(h) > 1), None)
-    if repeated is not None:
-        raise RaftlmError(
-            f"{path}: column {repeated!r} appears {header.count(repeated)} times in the header: "
-            "give every column its own name"
-        )
+    check_columns(header, f"{path} header")
     line = reader.line_num + 1
     for values in _checked(reader, path):
         if values:  # blank lines are skipped

@@ -60,6 +60,15 @@ class Grid:
             raise RaftlmError(f"bad grid range {start}:{stop}:{step}: need start < stop and step > 0")
         decimals = _decimals(step)
         n = int(round((stop - start) / step)) + 1
+        if n > MAX_GRID:
+            raise RaftlmError(
+                f"grid {start:g}:{stop:g}:{step:g} has {n:,} values, more than {MAX_GRID:,}: use a coarser step"
+            )
+        if abs(start + (n - 1) * step - stop) > 1e-9 * max(1.0, abs(stop)):
+            raise RaftlmError(
+                f"grid step {step:g} does not divide {start:g}..{stop:g} (the end is inclusive): choose a step "
+                f"that divides {stop - start:g} exactly"
+            )
         return cls.from_values([round(start + i * step, decimals) for i in range(n)], decimals)
 
     @classmethod
@@ -85,6 +94,11 @@ class Grid:
             if digits and int(digits[1]) > int(digits[2]):
                 raise RaftlmError(
                     f"grid {short(spec)} runs from {digits[1]} down to {digits[2]}: write LOW-HIGH, e.g. 1-5"
+                )
+            if digits and int(digits[2]) - int(digits[1]) + 1 > MAX_GRID:
+                raise RaftlmError(
+                    f"grid {short(spec)} has more than {MAX_GRID:,} values: use a smaller range or a range "
+                    "with a step, e.g. 0:1000:10"
                 )
             if digits:
                 return cls.from_values(range(int(digits[1]), int(digits[2]) + 1), 0)
@@ -141,9 +155,13 @@ class Grid:
         return cls(tuple(d["values"]), tuple(d["strings"]), d.get("single", False))
 
 
+MAX_GRID = 10_000  # grid values: each is a string the model scores at every prediction
+
+
 def _decimals(x: float) -> int:
-    text = repr(float(x))
-    return 0 if text.endswith(".0") else len(text.split(".")[1])
+    """Decimal places of ``x`` as written (1e-05 has 5)."""
+    text = np.format_float_positional(float(x), trim="-")
+    return len(text.split(".")[1]) if "." in text else 0
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,18 @@ from raftlm.prompts import render, template_fields
 SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def check_columns(columns, where: str) -> None:
+    """Column names are unique (a table with two columns of one name would fill the template from
+    whichever came last)."""
+    columns = [str(c) for c in columns]
+    repeated = next((c for c in columns if columns.count(c) > 1), None)
+    if repeated is not None:
+        raise RaftlmError(
+            f"{where}: column {short(repeated)} appears {columns.count(repeated)} times: give every column its "
+            "own name"
+        )
+
+
 def missing(value) -> bool:
     """None, NaN, or pandas' NA / NaT."""
     is_nan = isinstance(value, float) and math.isnan(value)

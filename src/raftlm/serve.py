@@ -62,6 +62,7 @@ from raftlm.io import finite
 from raftlm.pipeline import load_for_eval, predict_texts
 from raftlm.predictor import Predictions, Predictor
 from raftlm.prompts import template_fields
+from raftlm.rows import check_columns
 from raftlm.run import is_run_dir
 from raftlm.streaming import prediction_rows
 from raftlm.uncertainty import KINDS, Calibration, min_calibration_size, prediction_fields
@@ -456,6 +457,10 @@ def _invocation_rows(req: InvocationsRequest) -> list:
     key = given[0]
     if key == "dataframe_split":
         split = req.dataframe_split
+        try:
+            check_columns(split.columns, "dataframe_split.columns")
+        except RaftlmError as err:
+            raise Reject(422, str(err)) from None
         for i, cells in enumerate(split.data):
             if len(cells) != len(split.columns):
                 raise Reject(
@@ -475,7 +480,11 @@ def _invocation_rows(req: InvocationsRequest) -> list:
 def _csv_rows(body: bytes) -> list[dict]:
     """``text/csv`` (MLflow's other content type): a header line, then rows."""
     try:
-        rows = list(csv.DictReader(io.StringIO(body.decode("utf-8"))))
+        text = body.decode("utf-8")
+        check_columns(next(csv.reader(io.StringIO(text)), []), "the CSV body's header")
+        rows = list(csv.DictReader(io.StringIO(text)))
+    except RaftlmError as err:
+        raise Reject(400, str(err)) from None
     except (UnicodeDecodeError, csv.Error) as err:
         raise Reject(
             400, f"request body is not UTF-8 CSV ({short(str(err))}): send a header and rows"
