@@ -4,6 +4,7 @@ naming the problem and the fix (never a traceback), checked before any work."""
 
 import gzip
 import json
+import re
 
 import numpy as np
 import pytest
@@ -429,3 +430,29 @@ def test_sweep_values_that_would_be_recorded_but_not_used_are_refused(tmp_path, 
     with pytest.raises(RaftlmError, match=fragment):
         run_sweep(str(path), quiet=True)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"pearson": "x"}, "pearson is 'x', not a number"),
+        ({"lr": "abc"}, "lr is 'abc', not a number"),
+        ({"options": 5}, "options is 5, not text"),
+        ({"dataset": 3}, "dataset is 3, not text"),
+        ({"intervals": "x"}, "intervals is 'x', not a list"),
+        ({"intervals": [{"kind": 1}]}, "lacks kind/nominal/coverage/width/n"),
+        ({"eval_seconds": "x"}, "eval_seconds is 'x', not a number"),
+    ],
+)
+def test_a_damaged_result_is_one_line_in_report_and_sweep(tmp_path, change, fragment):
+    from raftlm.experiment import read_cell
+    from raftlm.report import write_report
+
+    row = {"dataset": "d", "model": "m", "method": "raft", "decoder": "rail", "rmse": 1.0, "run_id": "r"}
+    row = {**row, "cell_id": "c", "seed": 0, "lr": 1e-4, **change}
+    (tmp_path / "results.json").write_text(json.dumps([row]))
+    with pytest.raises(RaftlmError, match=f"entry 0 is not a cell's result \\(.*{re.escape(fragment)}"):
+        write_report(str(tmp_path))
+    (tmp_path / "c.json").write_text(json.dumps(row))
+    with pytest.raises(RaftlmError, match=re.escape(fragment)):
+        read_cell(tmp_path / "c.json")

@@ -51,7 +51,7 @@ from raftlm.io import (
     write_text,
 )
 from raftlm.metrics import collapse
-from raftlm.report import CURVES, best_lr, sweep_seeds
+from raftlm.report import CURVES, best_lr, cell_problem, sweep_seeds
 
 log = logging.getLogger(__name__)
 
@@ -465,8 +465,10 @@ def check_sweep_dir(root: Path) -> None:
 def read_cell(path: Path) -> dict:
     """A written cell's JSON; a damaged one (edited, or a disk error) is one line saying how to redo it."""
     row = read_json(path, "delete it to run that cell again")
-    if not isinstance(row, dict) or "run_id" not in row:
-        raise RaftlmError(f"cell result {path} is not a cell's result: delete it to run that cell again")
+    if why := cell_problem(row):
+        raise RaftlmError(
+            f"cell result {path} is not a cell's result ({why}): delete it to run that cell again"
+        )
     return row
 
 

@@ -657,6 +657,50 @@ def base_method(root: Path) -> dict:
     return base if isinstance(base, dict) else {}
 
 
+CELL_TEXT = ("dataset", "model", "method", "decoder", "run_id", "cell_id")
+CELL_NUMBERS = (
+    "rmse", "mae", "pearson", "spearman", "r2", "n", "seed", "lr", "train_fraction", "best_step",
+    "validation_rmse", "train_runtime_s", "eval_seconds", "crps", "nll", "mean_std", "calibration_n",
+)  # fmt: skip
+INTERVAL_FIELDS = {
+    "kind": str,
+    "nominal": (int, float),
+    "coverage": (int, float),
+    "width": (int, float),
+    "n": int,
+}
+
+
+def cell_problem(row) -> str | None:
+    """What makes ``row`` not a cell's result (a field missing or of the wrong type), or None: the one check
+    of a cell file (experiment) and of results.json's entries (report)."""
+    if not isinstance(row, dict):
+        return "not an object"
+    for key in (*CELL_TEXT, "rmse"):
+        if key not in row:
+            return f"no {key}"
+    for key in CELL_TEXT:
+        if not isinstance(row[key], str):
+            return f"{key} is {short(row[key])}, not text"
+    for key in CELL_NUMBERS:
+        value = row.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"{key} is {short(value)}, not a number"
+    if row.get("options") is not None and not isinstance(row["options"], str):
+        return f"options is {short(row['options'])}, not text"
+    intervals = row.get("intervals")
+    if intervals is not None:
+        if not isinstance(intervals, list):
+            return f"intervals is {short(intervals)}, not a list"
+        for item in intervals:
+            if not isinstance(item, dict) or any(
+                not isinstance(item.get(k), t) or isinstance(item.get(k), bool)
+                for k, t in INTERVAL_FIELDS.items()
+            ):
+                return f"an interval entry {short(item)} lacks kind/nominal/coverage/width/n"
+    return None
+
+
 REPORT_FILES = ("report.md", "report.html", "summary.json", "figures")
 REPORT_MARKER = ".raftlm-report"  # written beside them: the next report may replace them
 
@@ -694,13 +738,10 @@ def write_report(results_dir: str) -> Path:
         raise RaftlmError(f"{path} is not a list of cells: rerun `raftlm experiment` to rewrite it")
     if not rows:
         raise RaftlmError(f"{path} has no finished cells yet: let the sweep run")
-    needed = ("dataset", "model", "method", "decoder", "rmse", "run_id", "cell_id")
-    bad = next(
-        (i for i, r in enumerate(rows) if not isinstance(r, dict) or any(k not in r for k in needed)), None
-    )
+    bad = next(((i, why) for i, r in enumerate(rows) if (why := cell_problem(r))), None)
     if bad is not None:
         raise RaftlmError(
-            f"{path}: entry {bad} is not a cell's result ({short(rows[bad])}): rerun `raftlm experiment` to rewrite it"
+            f"{path}: entry {bad[0]} is not a cell's result ({bad[1]}): rerun `raftlm experiment` to rewrite it"
         )
     aggs = aggregate(rows, base_method(root))
     write_json(root / REPORT_MARKER, {"format": "raftlm-report", "version": 1, "files": list(REPORT_FILES)})
