@@ -456,3 +456,25 @@ def test_a_damaged_result_is_one_line_in_report_and_sweep(tmp_path, change, frag
     (tmp_path / "c.json").write_text(json.dumps(row))
     with pytest.raises(RaftlmError, match=re.escape(fragment)):
         read_cell(tmp_path / "c.json")
+
+
+def test_grid_probabilities_of_a_head_are_refused_not_empty(tmp_path, capsys):
+    """A head predicts one number: --with-probs gave rows without probs, predict_proba the LM's unused
+    grid probabilities."""
+    from raftlm import RAFTRegressor
+    from raftlm.cli import main
+
+    texts = [f"review {i}: {w}" for i, w in enumerate(["bad", "fine", "good", "great"] * 5)]
+    reg = RAFTRegressor(model="tiny-random-llama", method="head-pooled", max_steps=1, batch_size=4)
+    reg.fit(texts, [1, 2, 3, 4] * 5)
+    with pytest.raises(RaftlmError, match="predict_proba reads the grid distribution"):
+        reg.predict_proba(texts[:2])
+    run = reg.save(str(tmp_path / "run"))
+    data = tmp_path / "in.csv"
+    data.write_text("text\n" + "\n".join(texts) + "\n")
+    out = tmp_path / "p.jsonl"
+    assert (
+        main(["predict", "--model", str(run), "--input", str(data), "--output", str(out), "--with-probs"])
+        == 2
+    )
+    assert "a model that predicts one number (a head)" in capsys.readouterr().err and not out.exists()

@@ -301,6 +301,11 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         """Grid probabilities p(str(y)|x), shape (n, len(grid))."""
         self._check_fitted()
         p = self.predictor_
+        if p.head is not None:
+            raise RaftlmError(
+                "predict_proba reads the grid distribution, and this model predicts one number (a head): it "
+                "has no grid probabilities"
+            )
         probs = np.exp(p.grid_log_probs(p.texts_of(self._examples(X)), self.batch_size, self._bf16()))
         n = len(probs) // 2 if p.pair else len(probs)
         return (probs[:n] + probs[n:]) / 2 if p.pair else probs  # a symmetric pair: both orders' mean

@@ -99,6 +99,11 @@ def prediction_rows(
     """Output rows: index (0-based row of the input), prediction, target if known, probs + entropy,
     the prompt the row became (``with_prompts``), and ``extra``'s fields per row (uncertainty: std,
     quantiles, intervals)."""
+    if with_probs and predictor.head is not None:
+        raise RaftlmError(
+            'grid probabilities (--with-probs, "with_probs") were asked of a model that predicts one number '
+            "(a head): it has none; drop them"
+        )
     for j, x in enumerate(examples):
         row = {"index": start + j, "prediction": float(preds.values[j])}
         if x.target is not None:
