@@ -57,8 +57,8 @@ USES = {
     "calibrate": (*PREDICTS, "eval.split"),
     "demo": ("model", "data", "method", "training", "eval.decoder"),
     "serve": (
-        "eval.device", "eval.dtype", "eval.bf16", "eval.batch_size", "eval.decoder", "eval.compile",
-        "eval.interval_kind",
+        "eval.device", "eval.dtype", "eval.bf16", "eval.decoder", "eval.compile", "eval.interval_kind",
+        # (no eval.batch_size: the server batches the rows of concurrent requests up to --max-batch)
     ),
 }  # fmt: skip
 RUN_COMMANDS = ("predict", "evaluate", "calibrate", "serve")
