@@ -478,3 +478,14 @@ def test_grid_probabilities_of_a_head_are_refused_not_empty(tmp_path, capsys):
         == 2
     )
     assert "a model that predicts one number (a head)" in capsys.readouterr().err and not out.exists()
+
+
+def test_patience_without_a_validation_split_is_said(tmp_path):
+    from raftlm.cli import main
+
+    rows = [f"w{i},{1 + i % 5},train" for i in range(20)] + [f"t{i},3,test" for i in range(4)]
+    data = tmp_path / "split.csv"
+    data.write_text("text,target,split\n" + "\n".join(rows) + "\n")
+    argv = ["train", "--model", "tiny-random-llama", "--dataset", f"csv:{data}", "--max-steps", "2"]
+    with pytest.warns(Warning, match="patience does nothing: the data have no validation split"):
+        assert main([*argv, "--batch-size", "4", "--patience", "1", "--output-dir", str(tmp_path / "r")]) == 0

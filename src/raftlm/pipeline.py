@@ -314,6 +314,15 @@ def fit_run(
         raise RaftlmError(
             f"dataset {cfg.data.dataset} has no training examples: check the file or its split column"
         )
+    asked = [
+        name for name, on in (("patience", cfg.training.patience), ("val_size", cfg.data.val_size)) if on
+    ]
+    if asked and not splits.validation:  # settings that need a validation split, without one
+        warn(
+            f"{' and '.join(asked)} {'do' if len(asked) > 1 else 'does'} nothing: the data have no validation "
+            "split (training keeps its last step and writes no calibration); give one (a split column with "
+            "'validation' rows, or fit(..., eval_set=...))"
+        )
     out = out.resolve()  # (a symlinked run directory: where it really is)
     _make_dir(out.parent)
     try:
