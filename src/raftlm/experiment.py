@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -269,16 +270,23 @@ NOT_SETTINGS = ("output_dir", "progress_bar", "report_to", "length_chunks")  # h
 def cell_settings(sweep: dict, cell: Cell, root: Path) -> str:
     """A fingerprint of what a cell computes: its whole config (not where or how it reports) and the
     content of a local data file it reads; recorded in the cell, checked when the sweep runs again."""
-    from raftlm.streaming import file_sha256
-
     cfg = cell_config(sweep, cell, root / "runs" / cell.run_id).to_dict()
     for key in NOT_SETTINGS:
         cfg["training"].pop(key, None)
     h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
     _, _, path = str(cell.dataset["dataset"]).partition(":")
     if path and Path(path).is_file():
-        h.update(file_sha256(path).encode())
+        st = Path(path).stat()
+        h.update(_data_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns).encode())
     return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=64)
+def _data_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A data file's content hash, read once per version of the file (every cell of a dataset asks)."""
+    from raftlm.streaming import file_sha256
+
+    return file_sha256(path)
 
 
 def check_cell_settings(row: dict, cell: Cell, sweep: dict, root: Path, path: Path) -> None:

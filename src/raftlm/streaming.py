@@ -56,12 +56,13 @@ def check_output(output: str | Path, overwrite: bool, resume: bool, input: str |
         raise RaftlmError(
             "--overwrite starts the prediction afresh and --resume continues it: pass one of them"
         )
-    if (parts := _partials(output)) and not _our_job(output):
+    ours = _our_job(output)
+    if (parts := _partials(output)) and not ours:
         raise RaftlmError(
             f"{parts[0]} exists but raftlm has no record of writing it ({job_path(output).name} is missing or "
             "not raftlm's): it may be a user's file; move it, or write to another path"
         )
-    if job_path(output).exists() and not _our_job(output):
+    if job_path(output).exists() and not ours:
         raise RaftlmError(
             f"{job_path(output)} exists and is not a raftlm prediction record: move it, or write to another path"
         )
