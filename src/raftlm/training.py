@@ -578,6 +578,9 @@ def fit(
     _log_lines_to_stderr(trainer, run_dir, cfg.training.progress_bar)
     try:
         result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+        # every rank has reloaded the best checkpoint before rank 0 goes on to remove checkpoints/ (a
+        # slower rank 1 found it gone: kept its last weights, or failed reading it)
+        trainer.accelerator.wait_for_everyone()
     finally:
         for s in (store, val_store):
             if s is not None:
