@@ -259,6 +259,11 @@ def test_health_and_info_describe_the_run(url, run):
             "confidence level 1.5 is not a number strictly between",
         ),
         ({"inputs": ["x"], "interval_kind": "wide"}, 422, "interval_kind: Input should be 'auto'"),
+        (  # it was taken and did nothing
+            {"inputs": ["x"], "interval_kind": "std"},
+            400,
+            '"interval_kind" chooses the kind of "interval"\'s intervals: ask for "interval" too',
+        ),
         ({"inputs": ["x"], "interval": 0.99}, 400, "40 examples, too few for a 0.99 interval"),
         ({"inputs": [{"text": "x"}] * 257}, 413, "257 rows in one request exceed the limit of 256"),
         ({"inputs": [{"text": "x" * 2_000_000}]}, 413, "exceeds the limit of 1048576"),

@@ -561,6 +561,44 @@ def test_flags_a_trained_run_cannot_honour_are_refused(run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "extra, line",
+    [
+        (["--max-length", "64"], "--max-length does not apply to the trained run {run}: it cuts prompts at its own "
+         "max length (512, in its raftlm.json): drop --max-length, or train a run with it"),
+        (["--dataset", "stsb"], "--dataset is not read: --input gives the rows, and the run {run} its prompt and "
+         "grid: drop --dataset, or drop --input to evaluate a split of the dataset"),
+        (["--num-samples", "8"], "--num-samples is read by --decoder sample-rail only (the decoder here is rail): "
+         "drop --num-samples, or pass --decoder sample-rail"),
+        (["--decoder", "greedy", "--temperature", "0.5"], "--temperature is read by --decoder sample-rail only "
+         "(the decoder here is greedy)"),
+        (["--seed", "3"], "--seed is read by --decoder sample-rail only (the decoder here is rail)"),
+        (["--max-new-tokens", "3"], "--max-new-tokens is read by the text decoders (greedy, sample-rail) only "
+         "(the decoder here is rail): drop --max-new-tokens, or pass --decoder greedy or sample-rail"),
+        (["--set", "eval.temperature=2"], "--temperature is read by --decoder sample-rail only"),
+        (["--interval-kind", "std"], "--interval-kind chooses the kind of --interval's intervals: pass --interval "
+         "too, or drop --interval-kind"),
+    ],
+)  # fmt: skip
+def test_flags_this_model_would_not_read_are_refused(run, tmp_path, capsys, extra, line):
+    """They were taken and did nothing: a run's --max-length, a dataset beside --input, the sampling
+    flags of a decoder that does not sample, --interval-kind without --interval."""
+    run_dir, data = run
+    for command in ("predict", "evaluate"):
+        out = tmp_path / f"{command}.jsonl"
+        code, said = _bad(
+            capsys, [command, "--model", str(run_dir), "--input", str(data), "--output", str(out), *extra]
+        )
+        assert code == 2 and said.startswith(f"raftlm {command}: error: " + line.format(run=run_dir)), said
+        assert not out.exists()
+    # what they apply to still runs: sampling flags with the sampling decoder, a kind with its interval
+    ok = [*argv(run_dir, data, tmp_path / "ok.jsonl"), "--decoder", "sample-rail", "--num-samples", "2"]
+    assert main([*ok, "--temperature", "0.5", "--seed", "3", "--max-new-tokens", "2", "--quiet"]) == 0
+    # calibrate reads none of them: not its flags at all
+    code, said = _bad(capsys, ["calibrate", str(run_dir), "--decoder", "greedy"])
+    assert code == 2 and "unrecognized arguments: --decoder greedy" in said
+
+
+@pytest.mark.parametrize(
     "template, fragment",
     [
         ("R: {text} {target}", "puts the target column 'target' into the prompt"),

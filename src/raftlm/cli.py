@@ -50,11 +50,13 @@ PREDICTS = (
     "eval.interval",
     "eval.interval_kind",
 )
+DECODING = ("eval.decoder", "eval.num_samples", "eval.temperature", "eval.max_new_tokens", "training.seed")
 USES = {
     "train": ("model", "data", "method", "training", "eval.decoder", "eval.num_samples", "eval.temperature"),
     "predict": PREDICTS,
     "evaluate": (*PREDICTS, "data.stsb_test", "eval.split", "eval.eval_size"),
-    "calibrate": (*PREDICTS, "eval.split"),
+    # calibrate scores the grid distribution once: no decoder, sampling or interval settings to read
+    "calibrate": (*(k for k in PREDICTS if k not in DECODING and not k.startswith("eval.interval")), "eval.split"),
     "demo": ("model", "data", "method", "training", "eval.decoder"),
     "serve": (
         "eval.device", "eval.dtype", "eval.bf16", "eval.decoder", "eval.compile", "eval.interval_kind",
@@ -402,7 +404,68 @@ def _run_config(args) -> Config:
         _refuse_run_bound(args, model)
     if getattr(args, "input", None) and hasattr(args, "eval__split"):
         raise RaftlmError("--input scores that file and --split a split of the dataset: pass one of them")
+    _refuse_unread(args, cfg, model)
     return cfg
+
+
+def _given(args, key: str) -> bool:
+    """Whether the flag of config field ``key`` (or ``--set key=...``) was given on the command line."""
+    return hasattr(args, dest_of(key)) or any(item.partition("=")[0].strip() == key for item in args.set)
+
+
+def _refuse_unread(args, cfg: Config, model: str | None) -> None:
+    """A flag this command accepts but would not read for this model and these settings is refused in
+    one line (it was taken and did nothing): the decoding flags of a decoder that does not sample, any
+    decoder of a head, a dataset beside --input for a run, a run's --max-length, --interval-kind alone."""
+    from raftlm.decoders import TEXT_DECODERS
+    from raftlm.run import read_metadata
+
+    run = bool(model) and is_run_dir(model)
+    meta = read_metadata(Path(model)) if run else {}
+
+    def refuse(key: str, why: str, fix: str) -> None:
+        if _given(args, key):
+            flag = "--" + key.split(".", 1)[1].replace("_", "-")
+            raise RaftlmError(f"{flag} {why}: {fix.format(flag=flag)}")
+
+    if run:
+        refuse(
+            "data.max_length",
+            f"does not apply to the trained run {model}: it cuts prompts at its own max length "
+            f"({meta.get('max_length')}, in its raftlm.json)",
+            "drop {flag}, or train a run with it",
+        )
+        if getattr(args, "input", None):
+            for key in ("data.dataset", "data.data_dir", "data.stsb_test"):
+                refuse(
+                    key,
+                    f"is not read: --input gives the rows, and the run {model} its prompt and grid",
+                    "drop {flag}, or drop --input to evaluate a split of the dataset",
+                )
+    if meta.get("head"):
+        for key in DECODING:
+            refuse(key, f"does not apply to {model}: its head predicts the number directly", "drop {flag}")
+        return
+    decoder = cfg.eval.decoder
+    if decoder != "sample-rail":
+        for key in ("eval.num_samples", "eval.temperature", *(("training.seed",) if run else ())):
+            refuse(
+                key,
+                f"is read by --decoder sample-rail only (the decoder here is {decoder})",
+                "drop {flag}, or pass --decoder sample-rail",
+            )
+    if decoder not in TEXT_DECODERS:
+        refuse(
+            "eval.max_new_tokens",
+            f"is read by the text decoders ({', '.join(TEXT_DECODERS)}) only (the decoder here is {decoder})",
+            "drop {flag}, or pass --decoder greedy or sample-rail",
+        )
+    if not cfg.eval.interval:
+        refuse(
+            "eval.interval_kind",
+            "chooses the kind of --interval's intervals",
+            "pass --interval too, or drop {flag}",
+        )
 
 
 # what a trained run fixed (raftlm.json): its prompt and grid; a flag that would change them is refused

@@ -687,6 +687,11 @@ class Server:
         """Refuse what no forward pass can fix before running one: an interval from an uncalibrated run,
         a kind the model cannot give, a level its calibration is too small for."""
         if opts.interval is None:
+            if opts.interval_kind is not None:  # it would be taken and do nothing
+                raise RaftlmError(
+                    '"interval_kind" chooses the kind of "interval"\'s intervals: ask for "interval" too, or drop '
+                    '"interval_kind"'
+                )
             return
         kind, cal = self._kind(opts), self.calibration
         if cal is None:
