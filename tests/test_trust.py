@@ -575,6 +575,8 @@ def test_flags_a_trained_run_cannot_honour_are_refused(run, tmp_path, capsys):
         (["--max-new-tokens", "3"], "--max-new-tokens is read by the text decoders (greedy, sample-rail) only "
          "(the decoder here is rail): drop --max-new-tokens, or pass --decoder greedy or sample-rail"),
         (["--set", "eval.temperature=2"], "--temperature is read by --decoder sample-rail only"),
+        (["--target-column", "score"], "--target-column 'score' is not a column of {data} (its columns: text, "
+         "target): check the name, or drop --target-column"),
         (["--interval-kind", "std"], "--interval-kind chooses the kind of --interval's intervals: pass --interval "
          "too, or drop --interval-kind"),
     ],
@@ -588,7 +590,9 @@ def test_flags_this_model_would_not_read_are_refused(run, tmp_path, capsys, extr
         code, said = _bad(
             capsys, [command, "--model", str(run_dir), "--input", str(data), "--output", str(out), *extra]
         )
-        assert code == 2 and said.startswith(f"raftlm {command}: error: " + line.format(run=run_dir)), said
+        assert code == 2 and said.startswith(
+            f"raftlm {command}: error: " + line.format(run=run_dir, data=data)
+        ), said
         assert not out.exists()
     # what they apply to still runs: sampling flags with the sampling decoder, a kind with its interval
     ok = [*argv(run_dir, data, tmp_path / "ok.jsonl"), "--decoder", "sample-rail", "--num-samples", "2"]

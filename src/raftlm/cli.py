@@ -460,6 +460,16 @@ def _refuse_unread(args, cfg: Config, model: str | None) -> None:
             f"is read by the text decoders ({', '.join(TEXT_DECODERS)}) only (the decoder here is {decoder})",
             "drop {flag}, or pass --decoder greedy or sample-rail",
         )
+    if getattr(args, "input", None) and _given(args, "data.target_column"):
+        from raftlm.files import iter_rows
+
+        first = next(iter_rows(args.input), None) or {}
+        column = cfg.data.target_column
+        if column not in first:  # predict would write no targets (not even the input's `target` column)
+            raise RaftlmError(
+                f"--target-column {column!r} is not a column of {args.input} (its columns: "
+                f"{', '.join(map(str, first)) or 'none'}): check the name, or drop --target-column"
+            )
     if not cfg.eval.interval:
         refuse(
             "eval.interval_kind",
