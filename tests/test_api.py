@@ -62,6 +62,22 @@ def test_dict_inputs_fill_the_template_and_targets_are_scaled(tmp_path):
         reg.fit(rows[:2], [1, 2, 3])
 
 
+def test_a_zero_shot_fit_calibrates_on_eval_set_refuses_output_dir_and_a_refit_forgets(tmp_path):
+    """method none used to ignore eval_set and output_dir, and a refit kept the old calibration_."""
+    reg = small(method="none", grid="1-5")
+    reg.fit(TEXTS, Y, eval_set=(TEXTS, Y))  # 30 examples: enough for 90 % split-conformal intervals
+    assert reg.calibration_.n == 30
+    pred, intervals = reg.predict_interval(TEXTS[:3], 0.9)
+    assert np.all((intervals[:, 0, 0] <= pred) & (pred <= intervals[:, 1, 0]))
+    reg.fit(TEXTS, Y)  # no eval_set now: the earlier calibration measured another fit
+    assert reg.calibration_ is None
+    with pytest.raises(RaftlmError, match="this RAFTRegressor is not calibrated"):
+        reg.predict_interval(TEXTS[:3], 0.9)
+    with pytest.raises(RaftlmError, match="method 'none' is zero-shot: fit trains nothing and writes no run"):
+        small(method="none", output_dir=str(tmp_path / "run")).fit(TEXTS, Y)
+    assert not (tmp_path / "run").exists()
+
+
 # --- a scikit-learn estimator (issue 15) -----------------------------------------------------------
 
 

@@ -187,9 +187,17 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         if eval_set is not None:
             X_val, y_val = eval_set
             val = examples_from(X_val, y_val, self.prompt_template)
+        self.calibration_ = None  # a refit's model is not the one an earlier calibration measured
         if not methods.get(self.method).trains:  # zero-shot: bind the grid and scaling, train nothing
+            if self.output_dir is not None:
+                raise RaftlmError(
+                    f"method {self.method!r} is zero-shot: fit trains nothing and writes no run into output_dir; "
+                    "drop output_dir (save(dir) keeps the fitted model)"
+                )
             self.predictor_ = new_predictor(self._config(None), train, resolve_template(self.prompt_template))
             self.train_summary_, self.results_, self.config_ = {}, None, self._config(None)
+            if val:  # as a trained fit: conformal calibration on the validation set
+                self.calibrate(*eval_set)
             return self
         template = resolve_template(self.prompt_template)
         splits = Splits(train, val, [], template, grid="1-5", target_range="auto")
