@@ -89,6 +89,8 @@ def test_values_that_cannot_be_converted_are_one_line_errors(recipe, fragment):
 def test_target_range_pairs_and_the_api_path():
     assert Config.build({"method": {"target_range": "-4, 4"}}).method.target_range == [-4.0, 4.0]
     assert Config.build({"method": {"target_range": ["1", 5]}}).method.target_range == [1.0, 5.0]
+    # as the help wrote it until stop 44 ("[lo, hi]"): it was refused
+    assert Config.build({"method": {"target_range": "[1, 5]"}}).method.target_range == [1.0, 5.0]
     assert Config.build({"method": {"target_range": None}}).method.target_range is None
     assert Config.build({"data": {"train_size": None}}).data.train_size is None
 

@@ -48,3 +48,18 @@ def test_make_scaler_auto_and_warning():
     np.testing.assert_allclose(s.to_grid([10, 110]), [0, 9])
     with pytest.warns(UserWarning, match="2/3 targets fall outside"):
         make_scaler(Grid.parse("1-5"), [0.0, 3.0, 5.5], None)
+
+
+@pytest.mark.parametrize(
+    "spec, written",
+    [
+        ("1-5", "1-5"),
+        ("1,2.5,4", "1,2.5,4"),
+        ("1=one,2.5=two", "1=one,2.5=two"),
+        # :g kept 6 digits: 1234567 came back as 1.23457e+06, another grid
+        ("1234567=big,0.1234567=small", "1234567.0=big,0.1234567=small"),
+    ],
+)
+def test_a_grid_spec_reads_back_into_the_same_grid(spec, written):
+    g = Grid.parse(spec)
+    assert g.spec() == written and Grid.parse(g.spec()) == g

@@ -307,7 +307,8 @@ class MethodConfig:
         metadata={"group": "ablation", "help": "renormalize grid probabilities to sum to 1 (table 16)"},
     )
     target_range: object = field(
-        default="dataset", metadata={"help": "map targets onto the grid: none, auto, [lo, hi], or dataset"}
+        default="dataset",
+        metadata={"help": "map targets onto the grid: none, auto, LO,HI (e.g. 1,5), or dataset"},
     )
     ce_decimals: int | None = field(
         default=None,
@@ -397,7 +398,8 @@ def _target_range(value):
     """none / auto / dataset, or [LO, HI] from "LO,HI" or a two-number list."""
     if value is None or value in ("none", "auto", "dataset"):
         return value
-    parts = value.split(",") if isinstance(value, str) else value
+    # "1,5", or "[1, 5]" as YAML and the help of earlier versions wrote it
+    parts = value.strip().removeprefix("[").removesuffix("]").split(",") if isinstance(value, str) else value
     if isinstance(parts, list | tuple) and len(parts) == 2:
         with contextlib.suppress(RaftlmError):
             lo, hi = (to_float(p, "method.target_range") for p in parts)

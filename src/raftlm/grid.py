@@ -145,7 +145,7 @@ class Grid:
             listed = ",".join(self.strings)
             if "=" not in listed and Grid.parse(listed, self.single) == self:
                 return listed
-        return ",".join(f"{v:g}={s}" for v, s in zip(self.values, self.strings, strict=True))
+        return ",".join(f"{_exact(v)}={s}" for v, s in zip(self.values, self.strings, strict=True))
 
     def to_dict(self) -> dict:
         return {"values": list(self.values), "strings": list(self.strings), "single": self.single}
@@ -226,3 +226,10 @@ def make_scaler(grid: Grid, targets, target_range) -> TargetScaler:
                 "set --target-range auto or widen --grid",
             )
     return scaler
+
+
+def _exact(v: float) -> str:
+    """``v`` written short (``1``, ``2.5``) where that reads back the same number, else in full (``:g``
+    keeps 6 digits: 1234567 would come back as 1.23457e+06)."""
+    short_form = f"{v:g}"
+    return short_form if float(short_form) == v else repr(float(v))
