@@ -478,6 +478,19 @@ def test_grid_probabilities_of_a_head_are_refused_not_empty(tmp_path, capsys):
         == 2
     )
     assert "a model that predicts one number (a head)" in capsys.readouterr().err and not out.exists()
+    for extra, said in (
+        (
+            ["--decoder", "greedy"],
+            f"--decoder does not apply to {run}: its head predicts the number directly",
+        ),
+        (
+            ["--with-uncertainty"],
+            'the uncertainty summary (--with-uncertainty, "with_uncertainty") reads the grid',
+        ),
+    ):
+        argv = ["predict", "--model", str(run), "--input", str(data), "--output", str(out), *extra]
+        assert main(argv) == 2
+        assert said in capsys.readouterr().err and not out.exists()
 
 
 def test_patience_without_a_validation_split_is_said(tmp_path):

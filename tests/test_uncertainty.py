@@ -119,7 +119,7 @@ def test_split_conformal_quantile_is_the_ceil_n_plus_1_order_statistic():
     with pytest.raises(RaftlmError, match="cannot give a 0.95 interval.*at least 20"):
         cal.intervals([[2.0]], 0.95, "absolute")
     for kind in ("std", "cqr", "grid"):  # a head has no distribution: residual intervals only
-        with pytest.raises(RaftlmError, match="only --interval-kind absolute"):
+        with pytest.raises(RaftlmError, match="only the interval kind absolute"):
             cal.intervals([[2.0]], 0.9, kind)
     assert cal.kind("auto") == "absolute"
 
@@ -299,7 +299,7 @@ def test_api_head_model_gets_residual_intervals_only(tmp_path):
         reg.predict(TEXTS[:2], return_std=True)
     _, pis = reg.predict_interval(TEXTS[:2], 0.9)  # auto -> absolute for a head
     np.testing.assert_allclose(pis[:, 1, 0] - pis[:, 0, 0], pis[0, 1, 0] - pis[0, 0, 0])  # constant width
-    with pytest.raises(RaftlmError, match="only --interval-kind absolute"):
+    with pytest.raises(RaftlmError, match="only the interval kind absolute"):
         reg.predict_interval(TEXTS[:2], 0.9, kind="cqr")
 
 

@@ -367,7 +367,7 @@ class Calibration:
         if KINDS[kind].needs_grid and self.grid is None:
             raise RaftlmError(
                 f"interval kind {kind} needs a grid distribution, but this model predicts one number "
-                "(a predictive head): only --interval-kind absolute (residual intervals) applies"
+                "(a predictive head): only the interval kind absolute (residual intervals) applies"
             )
         return kind
 
@@ -586,8 +586,9 @@ def prediction_fields(
     if summary:
         if X.shape[1] < 2:
             raise RaftlmError(
-                "--with-uncertainty reads the grid distribution, and this model predicts one number (a "
-                "head): use --interval with a calibrated run (residual intervals)"
+                'the uncertainty summary (--with-uncertainty, "with_uncertainty") reads the grid distribution, '
+                "and this model predicts one number (a head): ask for an interval of a calibrated run instead "
+                "(residual intervals)"
             )
         s = summarize(data_values(predictor), X, predictor_rest(predictor))
         for i, row in enumerate(rows):
