@@ -69,3 +69,9 @@ def test_collapse_names_a_dead_grid_and_a_saturated_one_and_passes_live_predicti
     )
     assert collapse(y, np.array([2.0, 2.5, 3.0, 3.5]), np.tile([0.1, 0.2, 0.4, 0.2, 0.1], (4, 1))) is None
     assert collapse(y, y + 0.0005 * np.arange(4)) is None  # no probs (a head): only the spread is read
+    # a head (no grid): said without grid words
+    assert (
+        collapse(y, np.full(4, 3.0))
+        == "every prediction is 3 (std 0.0e+00, targets' 1.12): the model predicts a constant"
+    )
+    assert collapse(y, np.full(4, 3.0), one_hot).endswith("the grid distribution saturated on one value")

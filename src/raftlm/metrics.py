@@ -42,8 +42,9 @@ def collapse(y_true, y_pred, probs=None) -> str | None:
     y_true, y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
     spread, scale = float(y_pred.std()), float(y_true.std())
     if scale > 0 and spread < 1e-3 * scale:
-        return (
-            f"every prediction is {y_pred.mean():.4g} (std {spread:.1e}, targets' {scale:.3g}): "
+        return f"every prediction is {y_pred.mean():.4g} (std {spread:.1e}, targets' {scale:.3g}): " + (
             "the grid distribution saturated on one value"
+            if probs is not None
+            else "the model predicts a constant"
         )
     return None

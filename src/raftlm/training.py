@@ -427,9 +427,13 @@ class RegressionTrainer(Trainer):
                 if why.startswith(DEAD_GRID)
                 else "lower the learning rate, or add warmup_steps"
             )
+            grid = (
+                " (and RAFT's gradient vanishes there, so it seldom recovers)"
+                if preds.probs is not None
+                else ""
+            )
             warn(
-                f"validation at step {self.state.global_step}: {why}; the predictions carry no signal "
-                f"(and RAFT's gradient vanishes there, so it seldom recovers): {fix}",
+                f"validation at step {self.state.global_step}: {why}; the predictions carry no signal{grid}: {fix}"
             )
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
