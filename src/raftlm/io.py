@@ -357,13 +357,18 @@ def clean_stale_tmp(directory: str | Path, name: str | None = None) -> list[Path
     return stale
 
 
+def make_folder(folder: Path, what: str, fix: str) -> None:
+    """Create ``folder`` (and its parents), or say in one line why not: ``cannot create WHAT (why): FIX``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RaftlmError(f"cannot create {what} ({err.strerror or type(err).__name__}): {fix}") from None
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename the temp file onto ``path`` (same directory, so atomic)."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RaftlmError(f"cannot create {path.parent} ({err.strerror}): choose a writable path") from None
+    make_folder(path.parent, str(path.parent), "choose a writable path")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.raftlm-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

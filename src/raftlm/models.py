@@ -26,6 +26,7 @@ from transformers import (
 from raftlm.config import DEVICE, top_blocks
 from raftlm.core import RaftlmError, short
 from raftlm.fetch import missing, package_file
+from raftlm.io import make_folder
 from raftlm.testing import tiny_random_bert, tiny_random_llama
 
 DROPOUT_KEYS = (
@@ -58,12 +59,7 @@ def cache_dir() -> Path:
 
 def _make_cache(folder: Path) -> None:
     """Create the cache folder, or say in one line why RAFTLM_CACHE (or the default) cannot hold it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RaftlmError(
-            f"cannot create the model cache {short(str(folder))} ({err.strerror or type(err).__name__}): {CACHE_FIX}"
-        ) from None
+    make_folder(folder, f"the model cache {short(str(folder))}", CACHE_FIX)
 
 
 def _gemma_gguf(workdir: Path) -> Path:

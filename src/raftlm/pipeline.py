@@ -27,6 +27,7 @@ from raftlm.io import (
     clean_stale_tmp,
     foreign_files,
     is_marked_run,
+    make_folder,
     normal_permissions,
     output_lock,
     write_json,
@@ -379,12 +380,7 @@ def _clean_leftovers(run_dir: Path) -> None:
 
 
 def _make_dir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RaftlmError(
-            f"cannot create run directory {path} ({err.strerror}): choose a writable --output-dir"
-        ) from None
+    make_folder(path, f"run directory {path}", "choose a writable --output-dir")
 
 
 def _train_into(
