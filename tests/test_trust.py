@@ -828,6 +828,36 @@ def test_ctrl_c_in_train_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch)
     )
 
 
+def test_sigterm_in_predict_is_one_line_exit_143_and_resumable(run, tmp_path):
+    """A scheduler's stop (SIGTERM) ended predict silently with 143; now it unwinds as Ctrl-C does."""
+    import signal
+    import subprocess
+    import sys
+
+    run_dir, _ = run
+    data = write_csv(tmp_path / "many.csv", [{"text": f"review {i}: fine. rating:"} for i in range(20000)])
+    out = tmp_path / "p.jsonl"
+    src = str(Path(raftlm.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "raftlm", *argv(run_dir, data, out, "--quiet", "--batch-size", "8")]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    partial = tmp_path / ".p.jsonl.partial"
+    deadline = time.time() + 120
+    while (
+        not (partial.exists() and partial.stat().st_size) and proc.poll() is None and time.time() < deadline
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == (
+        "raftlm predict: error: terminated; resume with --resume (the rows written so far are kept)"
+    )
+    assert not out.exists() and partial.exists()
+    assert main([*argv(run_dir, data, out, "--quiet"), "--resume"]) == 0
+    assert len(out.read_text().splitlines()) == 20000
+
+
 def test_serve_refuses_non_finite_numbers_before_loading(run, capsys, monkeypatch):
     run_dir, _ = run
     import raftlm.serve

@@ -872,13 +872,18 @@ def main(argv: list[str] | None = None) -> int:
         return stop.code
     warnings.filterwarnings("ignore", message=".*generation flags.*")
     try:
-        with _logging(getattr(args, "quiet", False)):
+        # (serve: uvicorn's own handlers shut the server down gracefully)
+        terminate = _terminate_as_interrupt() if args.command != "serve" else contextlib.nullcontext()
+        with _logging(getattr(args, "quiet", False)), terminate:
             COMMANDS[args.command](args)
     except RaftlmError as err:
         return _fail(args.command, str(err), 2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         hint = INTERRUPTED.get(args.command, "nothing half-written was left")
-        return _fail(args.command, f"interrupted; {hint}", 130)
+        killed = isinstance(stop, Terminated)
+        return _fail(
+            args.command, f"{'terminated' if killed else 'interrupted'}; {hint}", 143 if killed else 130
+        )
     except BrokenPipeError:  # `raftlm evaluate ... | head -1`: the files are written; exit quietly
         with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (no flush error at exit)
@@ -902,6 +907,38 @@ OUT_OF_MEMORY = (
     "out of memory: use smaller batches (--batch-size, --set eval.batch_size=N), shorter prompts "
     "(--max-length) or a smaller model"
 )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, `kill`, a container shutting down), unwinding as Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """While a command runs, SIGTERM unwinds like Ctrl-C: what it was writing is cleaned up or kept for
+    --resume, and the one line says so (exit 143); it ended the process silently before. A handler
+    someone else installed (a server's, a launcher's) is left alone."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 INTERRUPTED = {
     "train": "resume with --resume (from the last checkpoint)",
     "predict": "resume with --resume (the rows written so far are kept)",
