@@ -607,10 +607,18 @@ def test_flags_this_model_would_not_read_are_refused(run, tmp_path, capsys, extr
     [
         ("R: {text} {target}", "puts the target column 'target' into the prompt"),
         ("{{text}}", "has no {column} field, so every prompt would be the same"),
+        (
+            "R: {text} ({split})",
+            "puts the split column into the prompt: it says which split a row belongs to",
+        ),
     ],
 )
 def test_a_template_that_leaks_the_target_or_names_no_column_is_refused(tmp_path, capsys, template, fragment):
-    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    rows = _rows(40)
+    data = write_csv(
+        tmp_path / "toy.csv",
+        [{**r, "split": ("train", "validation", "test")[i % 3]} for i, r in enumerate(rows)],
+    )
     code, line = _bad(capsys, [*train_args(data, tmp_path / "run"), "--template", template])
     assert code == 2 and fragment in line and not (tmp_path / "run").exists()
 

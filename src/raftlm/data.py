@@ -28,7 +28,7 @@ from raftlm.core import Example, RaftlmError, Splits, short, to_number, to_whole
 from raftlm.fetch import PACKAGES, package_file
 from raftlm.files import Row, _not_utf8, read_rows, to_examples
 from raftlm.io import describe
-from raftlm.prompts import PROMPTS, render, resolve_template
+from raftlm.prompts import PROMPTS, render, resolve_template, template_fields
 from raftlm.rows import parse_target
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -46,6 +46,12 @@ def _file_dataset(path: str, template: str | None, text_column: str, target_colu
     rows = read_rows(path)
     template = resolve_template(template or "{" + text_column + "}")
     if "split" in rows[0]:
+        if "split" in template_fields(template):
+            raise RaftlmError(
+                f"the prompt template {short(template)} puts the split column into the prompt: it says which "
+                "split a row belongs to (train, validation, test), which no row met at prediction carries; "
+                "remove {split} from --template"
+            )
         odd = next((r for r in rows if r.get("split") not in SPLIT_NAMES), None)
         if odd is not None:
             raise RaftlmError(
