@@ -134,6 +134,23 @@ def test_the_page_predicts_like_raftlm_predict(run):
         assert "request row 1: field 'title' is empty" in driver.find_element(By.ID, "error").text
 
 
+@NEEDS_BROWSER
+def test_the_docs_page_renders_without_a_cdn(run):
+    """GET /docs (Swagger UI) loads its script and styles from the server itself (fastapi-offline): the
+    page listed no operation where the server or its users cannot reach jsDelivr, as here."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from test_serve import server
+
+    run_dir, _ = run
+    with server(run_dir) as (url, _, _), browser() as driver:
+        driver.get(url + "/docs")
+        assert "cdn.jsdelivr.net" not in driver.page_source
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+        paths = {e.text.strip() for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+        assert {"/predict", "/invocations", "/info"} <= paths, paths
+
+
 def screenshot(url: str, out: str, row: dict) -> None:
     """The whole page after one prediction, as a PNG (chromium's own full-page capture)."""
     with browser() as driver:

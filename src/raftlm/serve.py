@@ -757,6 +757,16 @@ INVOCATIONS_EXAMPLE = (
 )
 
 
+def _fastapi():
+    """FastAPI whose /docs page (Swagger UI) is served from the package (fastapi-offline), so that it works
+    where the server cannot reach a CDN; plain FastAPI (the page from jsDelivr) where it is not installed."""
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:
+        return FastAPI
+    return FastAPIOffline
+
+
 def create_app(
     predictor: Predictor,
     cfg: Config,
@@ -775,7 +785,7 @@ def create_app(
         yield
         server.batcher.close()
 
-    app = FastAPI(
+    app = _fastapi()(
         title="raftlm",
         version=__version__,
         description="Numbers from text with a raftlm run: RAFT fine-tuned decoder LLM, RAIL inference.",
