@@ -67,8 +67,15 @@ def test_a_tracker_that_is_not_installed(tmp_path, toy_csv, capsys):
 
 
 def test_unwritable_output_dir(tmp_path, toy_csv, capsys):
-    code, line = _bad(capsys, train_args(toy_csv, "/proc/raftlm-run"))
-    assert code == 2 and "cannot create run directory /proc/raftlm-run" in line
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if not os.access(locked, os.W_OK):  # (root writes anywhere)
+        code, line = _bad(capsys, train_args(toy_csv, locked / "run"))
+        assert code == 2 and f"cannot create run directory {locked / 'run'}" in line, line
+    # the kernel's file systems: named as such (the /proc message blamed a missing folder /proc/PID)
+    for place in ("/proc/self", "/proc/self/run", "/sys/raftlm-run"):
+        code, line = _bad(capsys, train_args(toy_csv, place))
+        assert code == 2 and "a file system the kernel makes up (it holds no run)" in line, line
 
 
 def test_settings_read_as_strings_are_converted(tmp_path, toy_csv):

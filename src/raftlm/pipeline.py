@@ -45,6 +45,7 @@ from raftlm.run import (
     discard_staged,
     is_run_dir,
     load_run,
+    refuse_unsafe_place,
     save_run,
     swap_in,
 )
@@ -325,6 +326,7 @@ def fit_run(
             "'validation' rows, or fit(..., eval_set=...))"
         )
     out = out.resolve()  # (a symlinked run directory: where it really is)
+    refuse_unsafe_place(out)
     _make_dir(out.parent)
     try:
         with tempfile.TemporaryFile(dir=out.parent):

@@ -9,6 +9,7 @@ model card README.md, and eval_results.json, written last: its presence marks a 
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -87,9 +88,19 @@ def _legacy_unfinished(out: Path) -> bool:
     return bool(saved) and Path(saved).absolute() == out
 
 
-def _refuse_unsafe_place(out: Path) -> None:
+KERNEL_FILESYSTEMS = ("/proc", "/sys")  # (not /dev: /dev/shm is a real scratch space)
+
+
+def refuse_unsafe_place(out: Path) -> None:
     """A run directory is replaced by renaming it: never the current folder, one of its parents, the
-    filesystem root or the home folder."""
+    filesystem root or the home folder; and never inside /proc or /sys (the kernel's views, which
+    hold no files of ours)."""
+    kernel = next((k for k in KERNEL_FILESYSTEMS if out == Path(k) or Path(k) in out.parents), None)
+    if kernel and sys.platform.startswith("linux"):
+        raise RaftlmError(
+            f"--output-dir {out} is inside {kernel}, a file system the kernel makes up (it holds no run): "
+            "choose a folder on disk, e.g. --output-dir runs/my-run"
+        )
     here = Path.cwd().resolve()
     if out == here or out in here.parents or out == Path(out.anchor) or out == Path.home().resolve():
         raise RaftlmError(
@@ -105,7 +116,7 @@ def check_run_dir(out: Path, overwrite: bool, resume: bool) -> Path:
     anything else is refused before any work."""
     check_no_tilde(out, "--output-dir")
     out = Path(out).resolve()  # a symlinked run is replaced where it really is; the link stays
-    _refuse_unsafe_place(out)
+    refuse_unsafe_place(out)
     recover_swap(out)
     if out.exists() and not out.is_dir():
         what = "a file" if out.is_file() else describe(out)
