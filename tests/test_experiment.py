@@ -514,6 +514,21 @@ def test_a_sweep_run_again_with_other_settings_or_data_refuses_its_old_cells(tmp
     assert (tmp_path / "out" / "sweep.yaml").read_text() == saved  # not rewritten to claim the new grid
     sweep["base"]["method"]["grid"] = "1-5"
     path.write_text(yaml.safe_dump(sweep))
+    cell = next((tmp_path / "out" / "cells").glob("*.json"))
+    # a setting raftlm gained since the cell ran, at its default, is what the cell ran with: it stands
+    row = json.loads(cell.read_text())
+    assert row["config"]["method.grid"] == "1-5" and row["data_sha256"]
+    del row["config"]["data.pair_swap"]
+    cell.write_text(json.dumps(row))
+    assert run_sweep(str(path), quiet=True)
+    # ...but a setting whose value differs is refused, named
+    row["config"]["training.warmup_steps"] = 7
+    cell.write_text(json.dumps(row))
+    with pytest.raises(RaftlmError, match=r"other settings or data .*\(training.warmup_steps 7 -> None\)"):
+        run_sweep(str(path), quiet=True)
+    del row["config"]["training.warmup_steps"]
+    cell.write_text(json.dumps(row))
+    assert run_sweep(str(path), quiet=True)
     data.write_text(data.read_text() + "an added row. rating:,3\n")
-    with pytest.raises(RaftlmError, match="other settings or data"):
+    with pytest.raises(RaftlmError, match=r"other settings or data .*\(the data file .*toy.csv changed\)"):
         run_sweep(str(path), quiet=True)

@@ -267,17 +267,34 @@ def cell_config(sweep: dict, cell: Cell, run_dir: Path) -> Config:
 NOT_SETTINGS = ("output_dir", "progress_bar", "report_to", "length_chunks")  # how a cell runs, not what
 
 
-def cell_settings(sweep: dict, cell: Cell, root: Path) -> str:
-    """A fingerprint of what a cell computes: its whole config (not where or how it reports) and the
-    content of a local data file it reads; recorded in the cell, checked when the sweep runs again."""
-    cfg = cell_config(sweep, cell, root / "runs" / cell.run_id).to_dict()
-    for key in NOT_SETTINGS:
-        cfg["training"].pop(key, None)
-    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+def cell_config_values(sweep: dict, cell: Cell, root: Path) -> dict:
+    """What a cell computes with: every setting of its config as ``section.field: value`` (JSON values;
+    not where or how it reports)."""
+    cfg = json.loads(json.dumps(cell_config(sweep, cell, root / "runs" / cell.run_id).to_dict(), default=str))
+    return {
+        f"{section}.{key}": value
+        for section, fields_ in cfg.items()
+        for key, value in fields_.items()
+        if not (section == "training" and key in NOT_SETTINGS)
+    }
+
+
+def cell_data_hash(cell: Cell) -> str | None:
+    """The content hash of the local data file a cell reads (None for a named or hub dataset)."""
     _, _, path = str(cell.dataset["dataset"]).partition(":")
     if path and Path(path).is_file():
         st = Path(path).stat()
-        h.update(_data_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns).encode())
+        return _data_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    return None
+
+
+def cell_settings(sweep: dict, cell: Cell, root: Path) -> str:
+    """A fingerprint of what a cell computes: its whole config and the content of a local data file it
+    reads (cells also record the settings themselves: ``config``, ``data_sha256``)."""
+    cfg = cell_config_values(sweep, cell, root)
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
+    if (data := cell_data_hash(cell)) is not None:
+        h.update(data.encode())
     return h.hexdigest()[:16]
 
 
@@ -290,13 +307,40 @@ def _data_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def check_cell_settings(row: dict, cell: Cell, sweep: dict, root: Path, path: Path) -> None:
-    """A written cell was computed with this sweep's settings (cells written before fingerprints have
-    none, and are trusted)."""
-    if "settings" in row and row["settings"] != cell_settings(sweep, cell, root):
+    """A written cell was computed with this sweep's settings and data. A cell that records its settings
+    (``config``) is compared setting by setting: a setting added to raftlm since, at its default, is the
+    behaviour the cell ran with and passes; any other difference (a setting or default that changed, other
+    data) refuses the cell, naming it. Cells with only a fingerprint compare it; cells written before
+    fingerprints have none, and are trusted."""
+    recorded = row.get("config")
+    if isinstance(recorded, dict):
+        now, defaults = cell_config_values(sweep, cell, root), _default_values()
+        changed = [
+            f"{key} {short(recorded[key])} -> {short(value)}"
+            if key in recorded
+            else f"{key} (new) {short(value)}"
+            for key, value in now.items()
+            if (recorded[key] != value if key in recorded else value != defaults.get(key))
+        ]
+        if row.get("data_sha256") != cell_data_hash(cell):
+            changed.append(f"the data file {cell.dataset['dataset'].partition(':')[2]} changed")
+    elif "settings" in row and row["settings"] != cell_settings(sweep, cell, root):
+        changed = ["its fingerprint differs"]
+    else:
+        return
+    if changed:
         raise RaftlmError(
-            f"cell {path} was computed with other settings or data than the sweep file now gives: write the "
-            f"changed sweep to a new output_dir, or delete that cell and runs/{cell.run_id} to recompute it"
+            f"cell {path} was computed with other settings or data than the sweep file now gives "
+            f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}): write the changed sweep to a "
+            f"new output_dir, or delete that cell and runs/{cell.run_id} to recompute it"
         )
+
+
+@functools.lru_cache(maxsize=1)
+def _default_values() -> dict:
+    """Every setting's default as ``section.field: value`` (JSON values)."""
+    cfg = json.loads(json.dumps(Config().to_dict(), default=str))
+    return {f"{section}.{key}": value for section, fields_ in cfg.items() for key, value in fields_.items()}
 
 
 def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
@@ -349,6 +393,8 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
         "train_fraction": cell.train_fraction,
         "options": cell.options_label,
         "settings": cell_settings(sweep, cell, root),
+        "config": cell_config_values(sweep, cell, root),
+        "data_sha256": cell_data_hash(cell),
         **{k: metrics[k] for k in METRICS},
         "best_step": train.get("best_step"),
         "validation_rmse": train.get("best_validation_rmse"),
@@ -391,8 +437,9 @@ def collect(root: Path) -> list[dict]:
     rows = [read_cell(p) for p in sorted((root / "cells").glob("*.json"))]
     write_json(root / "results.json", rows)
     buf = io.StringIO()
-    if rows:  # every key any cell has (heads lack crps), lists (grid, intervals) stay in results.json
-        cols = list(dict.fromkeys(k for r in rows for k in r if k not in ("grid", "intervals")))
+    if rows:  # every key any cell has (heads lack crps); lists and the settings stay in results.json
+        nested = ("grid", "intervals", "config", "data_sha256")
+        cols = list(dict.fromkeys(k for r in rows for k in r if k not in nested))
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
