@@ -237,6 +237,76 @@ def two_hot(dataset: str, key: str = "rmse") -> str:
     return entry_text(a) if key == "rmse" else fmt(a[key])
 
 
+# --- the symmetric-pair lever on STS-B-1K (issue 40) ---------------------------------------------------
+
+LEVER_ARMS = [  # (label, results folder, method, options), every cell at LR 1e-4 on STS-B-1K
+    ("RAFT + 1.0 x CE (two-hot), one order", TABLE3, "raft", "ce_target=two-hot"),
+    ("the same, both orders (pair_swap)", "stsb-levers", "raft", "pair_swap=sentence1,sentence2"),
+    ("mean-pooled head", TABLE3, "head-pooled", ""),
+]
+
+
+def lever_cells(folder: str, method: str, options: str) -> list[dict]:
+    return [
+        r
+        for r in load(f"{folder}/results.json")
+        if r["dataset"] == "stsb-1k"
+        and r["method"] == method
+        and r["lr"] == 1e-4
+        and (r.get("options") or "") == options
+    ]
+
+
+def mean_std(values: list[float]) -> str:
+    import numpy as np
+
+    return fmt(float(np.mean(values))) + (
+        f" ± {fmt(float(np.std(values, ddof=1)))}" if len(values) > 1 else ""
+    )
+
+
+def pair_swap_table() -> str:
+    """Validation and test RMSE (mean ± std over seeds) of the default with and without both orders, and
+    of the best non-RAFT method, all at LR 1e-4 under table3-converged's protocol; Welch p of the test RMSE
+    against the one-order default and against the head."""
+    from scipy import stats
+
+    lines = [
+        "| STS-B-1K, LR 1e-4 | seeds | validation RMSE | test RMSE | Spearman | Welch p (test RMSE) vs both orders |",
+        "|---|---|---|---|---|---|",
+    ]
+    swap = [r["rmse"] for r in lever_cells(*LEVER_ARMS[1][1:])]
+    for label, *where in LEVER_ARMS:
+        rows = lever_cells(*where)
+        if not rows:
+            continue
+        test = [r["rmse"] for r in rows]
+        p = "-"
+        if where[0] != "stsb-levers" and len(test) > 1 and len(swap) > 1:
+            p = f"{stats.ttest_ind(test, swap, equal_var=False).pvalue:.3f}"
+        lines.append(
+            f"| {label} | {len(rows)} | {mean_std([r['validation_rmse'] for r in rows])} | {mean_std(test)} | "
+            f"{mean_std([r['spearman'] for r in rows])} | {p} |"
+        )
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def pair_swap_readme() -> str:
+    """One sentence: validation and test RMSE with both orders against one order and the mean-pooled head."""
+    one, both, head = ([r for r in lever_cells(*arm[1:])] for arm in LEVER_ARMS)
+    if not (one and both and head):
+        return "not measured yet"
+
+    def m(rows, key="rmse"):
+        return mean_std([r[key] for r in rows])
+
+    return (
+        f"validation RMSE {m(both, 'validation_rmse')} against {m(one, 'validation_rmse')} in one order "
+        f"({len(both)} and {len(one)} seeds, LR 1e-4); test {m(both)} against {m(one)}, and the mean-pooled "
+        f"head's {m(head)}"
+    )
+
+
 def frontier_table() -> str:
     lines = [
         "| setting | minutes | steps | best step | validation RMSE | test RMSE | Spearman |",
@@ -343,6 +413,8 @@ VALUES: dict[str, Callable[[], str]] = {
     "twohot.amazon": lambda: two_hot("amazon-snippets"),
     "twohot.stsb": lambda: two_hot("stsb-1k"),
     "frontier.table": frontier_table,
+    "levers.pair_swap_table": pair_swap_table,
+    "levers.pair_swap_readme": pair_swap_readme,
     "chunks.tokens_stsb": lambda: chunk_tokens("stsb-1k"),
     "chunks.tokens_amazon": lambda: chunk_tokens("amazon-snippets"),
     "chunks.tokens_movielens": lambda: chunk_tokens("movielens-100k"),

@@ -65,7 +65,9 @@ def main() -> None:
             y = np.array([r["target"] for r in rows], dtype=np.float64)
             probs = np.array([r["probs"] for r in rows], dtype=np.float64)
             floors.setdefault(name, (rmse(y, nearest(y, grid_data)), len(y)))
-            entry = label({"method": c.method, "decoder": c.decoder, "options": c.options_label}, base_method(root))
+            entry = label(
+                {"method": c.method, "decoder": c.decoder, "options": c.options_label}, base_method(root)
+            )
             cell = {
                 "dataset": name,
                 "entry": entry,

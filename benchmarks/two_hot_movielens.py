@@ -32,12 +32,12 @@ def main() -> int:
             a, b = by_run[row["run_id"]], by_run[row["same_run_as"]]
             ca = cell_config(sweep, a, Path(tmp)).to_dict()
             cb = cell_config(sweep, b, Path(tmp)).to_dict()
-            diff = sorted(
-                f"{s}.{k}" for s in ca for k in ca[s] if ca[s][k] != cb[s][k]
-            )
+            diff = sorted(f"{s}.{k}" for s in ca for k in ca[s] if ca[s][k] != cb[s][k])
             same = diff == ["method.ce_target"]
             ok &= same
-            print(f"{row['cell_id']}: configs differ in {diff} ({'ok' if same else 'NOT only the CE target'})")
+            print(
+                f"{row['cell_id']}: configs differ in {diff} ({'ok' if same else 'NOT only the CE target'})"
+            )
     agree, n = targets_agree("movielens-100k")
     ok &= agree
     print(f"movielens-100k: nearest and two-hot CE targets of its {n} training ratings identical: {agree}")

@@ -381,7 +381,9 @@ def main() -> None:
     ap.add_argument("--results", default=str(HERE / "results" / "uncertainty"), help="path without suffix")
     ap.add_argument("--work", default=str(HERE / "work" / "uncertainty"), help="runs and stored scores")
     ap.add_argument("--keep-models", action="store_true", help="keep each run's weights after scoring")
-    ap.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the .json; nothing runs")
+    ap.add_argument(
+        "--markdown-only", action="store_true", help="rewrite the .md from the .json; nothing runs"
+    )
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     out = Path(args.results)

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import train_args, write_csv
+from helpers import SHARED_STSB, train_args, write_csv
 
 from raftlm.cli import main
 from raftlm.core import RaftlmError
@@ -101,6 +101,36 @@ def test_a_pair_the_template_lacks_is_one_line(tmp_path, capsys):
         from raftlm.config import Config
 
         Config.build({"data": {"pair_swap": "sentence1"}})
+
+
+def test_the_default_takes_the_datasets_own_pair():
+    """``pair_swap: dataset`` (the default): STS-B's two sentences; no pair for a dataset without one, nor
+    for a template that dropped one of its fields; ``none`` turns it off."""
+    from raftlm.config import Config
+    from raftlm.core import Example, Splits
+    from raftlm.pipeline import symmetric_pair
+
+    assert Config().data.pair_swap == "dataset"
+    assert Config.build({"data": {"pair_swap": "none"}}).data.pair_swap is None
+    stsb_like = Splits([Example("x", 1.0)], [], [], TEMPLATE, grid="0-5", pair_swap="sentence1,sentence2")
+    assert symmetric_pair("dataset", stsb_like, TEMPLATE) == ["sentence1", "sentence2"]
+    assert symmetric_pair("dataset", stsb_like, "A: {sentence1} only:") is None
+    assert symmetric_pair(None, stsb_like, TEMPLATE) is None
+    csv_like = Splits([Example("x", 1.0)], [], [], TEMPLATE)
+    assert symmetric_pair("dataset", csv_like, TEMPLATE) is None
+    assert symmetric_pair("sentence2,sentence1", csv_like, TEMPLATE) == ["sentence2", "sentence1"]
+
+
+@pytest.mark.skipif(not SHARED_STSB.exists(), reason="../shared/data/stsb is absent")
+def test_stsb_carries_its_pair():
+    from raftlm.config import DataConfig
+    from raftlm.data import load_splits
+
+    for name in ("stsb", "stsb-1k"):
+        assert (
+            load_splits(DataConfig(dataset=name, data_dir=str(SHARED_STSB))).pair_swap
+            == "sentence1,sentence2"
+        )
 
 
 def _client(run_dir):

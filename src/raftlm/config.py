@@ -226,11 +226,11 @@ class DataConfig:
         default=None, metadata={"help": "seed of the random train/validation/test split", "range": SEED}
     )
     pair_swap: str | None = field(
-        default=None,
+        default="dataset",
         metadata={
-            "group": "ablation",
-            "help": "two template fields that form a symmetric pair, e.g. sentence1,sentence2 (STS-B): "
-            "train on both orders and predict the mean of both orders' distributions",
+            "help": "two template fields that form a symmetric pair (e.g. sentence1,sentence2): train on both "
+            "orders and predict the mean of both orders' distributions; dataset: the dataset's own pair "
+            "(STS-B's sentences; no other dataset has one); none: off",
         },
     )
     stsb_test: str = field(
@@ -253,11 +253,14 @@ class DataConfig:
             raise RaftlmError(f"train_fraction={self.train_fraction}: use a fraction in (0, 1]")
         if self.max_length < 8:
             raise RaftlmError(f"max_length={self.max_length}: use at least 8 tokens")
-        if self.pair_swap is not None:
+        if self.pair_swap in ("none", ""):
+            self.pair_swap = None
+        if self.pair_swap not in (None, "dataset"):
             names = [n.strip() for n in self.pair_swap.split(",")]
             if len(names) != 2 or not all(names) or names[0] == names[1]:
                 raise RaftlmError(
-                    f"pair_swap={short(self.pair_swap)}: name two template fields, e.g. sentence1,sentence2"
+                    f"pair_swap={short(self.pair_swap)}: name two template fields (e.g. sentence1,sentence2), "
+                    "dataset or none"
                 )
             self.pair_swap = ",".join(names)
         if self.history < 0:

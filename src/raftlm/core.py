@@ -77,6 +77,7 @@ class Splits:
     grid: str = "1-5"
     target_range: object = None  # None | "auto" | [lo, hi]
     source: dict | None = None  # where the data came from when a run should record it (STS-B: Hub or files)
+    pair_swap: str | None = None  # a symmetric pair of template fields (STS-B's two sentences)
 
     def split(self, name: str) -> list[Example]:
         if name not in ("train", "validation", "test"):

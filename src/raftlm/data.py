@@ -180,7 +180,9 @@ def load_stsb(
         to_examples(part, template, "score", where[split])
         for part, split in ((train, "train"), (val, "train"), (rows[test_split], test_split))
     ]
-    return Splits(*ex, template=template, grid="0-5", target_range=None, source=source)
+    return Splits(
+        *ex, template=template, grid="0-5", target_range=None, source=source, pair_swap="sentence1,sentence2"
+    )
 
 
 # --- Synthetic "Original #1" (Vacareanu et al. 2024) ------------------------------------------------

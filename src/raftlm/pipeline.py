@@ -132,14 +132,7 @@ def new_predictor(
         bind=not encoder,
         bidirectional=cfg.model.attention == "bidirectional",
     )
-    if cfg.data.pair_swap:
-        pair = cfg.data.pair_swap.split(",")
-        absent = [f for f in pair if f not in template_fields(template)]
-        if absent:
-            raise RaftlmError(
-                f"pair_swap names {absent[0]!r}, which the prompt template {short(template)} lacks: name two of "
-                f"its fields {template_fields(template)}"
-            )
+    if pair := symmetric_pair(cfg.data.pair_swap, splits_or_examples, template):
         extra["pair_swap"] = pair
     predictor.extra.update(extra)
     if method.head is not None:
@@ -148,6 +141,25 @@ def new_predictor(
         predictor.head = method.head(predictor, m, bias)
         attach_head(predictor.model, predictor.head)
     return predictor
+
+
+def symmetric_pair(pair_swap: str | None, splits: Splits | list, template: str) -> list[str] | None:
+    """The two template fields whose orders a run trains on and averages (``data.pair_swap``): those named,
+    or (``dataset``) the dataset's own pair where its template still has both fields; None for none."""
+    if pair_swap == "dataset":
+        own = splits.pair_swap if isinstance(splits, Splits) else None
+        fields_ = template_fields(template)
+        return own.split(",") if own and all(f in fields_ for f in own.split(",")) else None
+    if not pair_swap:
+        return None
+    pair = pair_swap.split(",")
+    absent = [f for f in pair if f not in template_fields(template)]
+    if absent:
+        raise RaftlmError(
+            f"pair_swap names {absent[0]!r}, which the prompt template {short(template)} lacks: name two of "
+            f"its fields {template_fields(template)}"
+        )
+    return pair
 
 
 def both_orders(predictor: Predictor, train: list[Example]) -> list[Example]:
