@@ -1,12 +1,15 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from helpers import train_args
 from safetensors.torch import load_file
 from transformers.optimization import Adafactor
 
 from raftlm.config import Config
+from raftlm.core import RaftlmError
 from raftlm.pipeline import train_run
 from raftlm.testing import tiny_random_llama
 
@@ -152,3 +155,69 @@ def test_no_bf16_warning_in_float32_or_on_a_cpu_with_bf16_units(tmp_path, toy_cs
     bf16_warning(True)
     train_run(cfg_for(toy_csv, tmp_path / "bf16", bf16=True))
     assert not [w for w in recwarn if "drop --bf16" in str(w.message)]
+
+
+# --- training.ema: an exponential moving average of the trained weights (issue 40's lever) -------------
+
+
+def test_the_weight_average_updates_swaps_and_loads():
+    from raftlm.training import WeightAverage
+
+    lin = torch.nn.Linear(2, 1, bias=False)
+    frozen = torch.nn.Linear(2, 1, bias=False).requires_grad_(False)
+    model = torch.nn.Sequential(lin, frozen)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    ema = WeightAverage(model, 0.75)
+    assert list(ema.shadow) == ["0.weight"]  # the trained weights only
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[5.0, 6.0]]))
+    ema.on_step_end(None, None, None)  # avg = 0.75 * [1, 2] + 0.25 * [5, 6]
+    torch.testing.assert_close(ema.shadow["0.weight"], torch.tensor([[2.0, 3.0]]))
+    with ema.swapped():
+        torch.testing.assert_close(lin.weight.detach(), torch.tensor([[2.0, 3.0]]))
+    torch.testing.assert_close(lin.weight.detach(), torch.tensor([[5.0, 6.0]]))  # its own weights back
+    ema.load_into_model(None)  # no best checkpoint: the final average
+    torch.testing.assert_close(lin.weight.detach(), torch.tensor([[2.0, 3.0]]))
+
+
+def test_a_run_with_ema_keeps_the_average_validation_chose_and_resumes_it(tmp_path, toy_csv):
+    """Validation measures the average, the best checkpoint stores it, the saved model is it (its
+    validation RMSE is the best logged one), and a resumed run continues the average exactly."""
+    from raftlm.cli import main
+    from raftlm.training import EMA_FILE
+
+    full, broken, plain = tmp_path / "full", tmp_path / "broken", tmp_path / "plain"
+    keep = ["--set", "training.keep_checkpoints=true"]
+    assert main([*train_args(toy_csv, full, "--ema", "0.5"), *keep]) == 0
+    assert main(train_args(toy_csv, plain)) == 0
+    best = json.loads((full / "eval_results.json").read_text())["train"]
+    saved, average = (
+        load_file(full / "model.safetensors"),
+        load_file(full / "checkpoints" / f"checkpoint-{best['best_step']}" / EMA_FILE),
+    )
+    for name, value in average.items():
+        torch.testing.assert_close(saved[name], value)
+    assert any(not torch.equal(saved[k], load_file(plain / "model.safetensors")[k]) for k in average)
+    assert (
+        main(
+            ["evaluate", "--model", str(full), "--split", "validation", "--output", str(tmp_path / "v.json")]
+        )
+        == 0
+    )
+    rmse = json.loads((tmp_path / "v.json").read_text())["rmse"]
+    assert rmse == pytest.approx(best["best_validation_rmse"], rel=1e-5)
+    # a crash after checkpoint-2, resumed: the same average, so the same model
+    assert main([*train_args(toy_csv, broken, "--ema", "0.5"), *keep]) == 0
+    for name in ["eval_results.json", "model.safetensors", "raftlm.json", "config.json"]:
+        (broken / name).unlink()
+    shutil.rmtree(broken / "checkpoints" / "checkpoint-4")
+    assert main([*train_args(toy_csv, broken, "--ema", "0.5"), "--resume"]) == 0
+    a, b = load_file(full / "model.safetensors"), load_file(broken / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+
+
+def test_ema_is_a_decay_between_0_and_1():
+    with pytest.raises(RaftlmError, match=r"ema=1.0: use a decay strictly between 0 and 1"):
+        Config.build({"training": {"ema": 1}})

@@ -97,6 +97,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         optimizer: str = TrainConfig.optimizer,
         eval_steps: int = TrainConfig.eval_steps,
         patience: int | None = None,
+        ema: float | None = None,
         bf16: bool | str = False,
         max_length: int = 512,
         pair_swap: str | None = None,
@@ -122,6 +123,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         self.optimizer = optimizer
         self.eval_steps = eval_steps
         self.patience = patience
+        self.ema = ema
         self.bf16 = bf16
         self.max_length = max_length
         self.pair_swap = pair_swap
@@ -167,6 +169,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                     "optimizer": self.optimizer,
                     "eval_steps": self.eval_steps,
                     "patience": self.patience,
+                    "ema": self.ema,
                     "bf16": self.bf16,
                     "seed": self.seed,
                     "progress_bar": self.progress_bar,
@@ -415,6 +418,7 @@ def run_params(directory: Path, predictor) -> dict:
         optimizer=t.optimizer,
         eval_steps=t.eval_steps,
         patience=t.patience,
+        ema=t.ema,
         bf16=t.bf16,
         seed=t.seed,
     )

@@ -431,6 +431,13 @@ class TrainConfig:
         default=None, metadata={"help": "learning-rate warmup steps (default: 10 % of max_steps)"}
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    ema: float | None = field(
+        default=None,
+        metadata={
+            "help": "keep an exponential moving average of the trained weights with this decay (e.g. 0.99): "
+            "validation, the best checkpoint and the saved model use the average"
+        },
+    )
     max_grad_norm: float = field(
         default=1.0,
         metadata={"help": "clip the gradient norm to this (0 = no clipping; Trainer's default 1)"},
@@ -497,6 +504,10 @@ class TrainConfig:
             raise RaftlmError(f"max_grad_norm={self.max_grad_norm}: use a finite norm >= 0 (0 = no clipping)")
         if not self.lr > 0:
             raise RaftlmError(f"lr={self.lr}: use a positive learning rate (e.g. 1e-4)")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise RaftlmError(
+                f"ema={self.ema}: use a decay strictly between 0 and 1 (e.g. 0.99), or leave it unset"
+            )
         if self.length_chunks is not None and self.length_chunks < 1:
             raise RaftlmError(f"length_chunks={self.length_chunks}: use a positive integer (1: no chunks)")
         for name in ("warmup_steps", "patience"):

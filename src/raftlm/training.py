@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.optimization import Adafactor
@@ -274,6 +275,55 @@ def reporting(report_to: str) -> list[str]:
     return names
 
 
+EMA_FILE = "ema.safetensors"  # in each checkpoint: the average at that step (training.ema)
+
+
+class WeightAverage(TrainerCallback):
+    """An exponential moving average of the trained weights (``training.ema``): after every optimizer step
+    ``avg = decay * avg + (1 - decay) * weights``. Validation measures the average (``swapped``), each
+    checkpoint stores it beside the weights (``ema.safetensors``; a resume continues it), and after training
+    the model takes the average of the best checkpoint, the one validation chose (``load_into_model``)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, resume_from: Path | None = None):
+        self.decay = decay
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.shadow = {n: p.detach().clone() for n, p in self.params.items()}
+        if resume_from is not None and (resume_from / EMA_FILE).is_file():
+            self._copy(load_file(resume_from / EMA_FILE), self.shadow)
+
+    @staticmethod
+    def _copy(source: dict, target: dict) -> None:
+        with torch.no_grad():
+            for n, t in target.items():
+                t.copy_(source[n])
+
+    def on_step_end(self, args, state, control, **kwargs):
+        with torch.no_grad():
+            torch._foreach_lerp_(
+                list(self.shadow.values()), [p.detach() for p in self.params.values()], 1 - self.decay
+            )
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            save_file({n: t.contiguous() for n, t in self.shadow.items()}, checkpoint / EMA_FILE)
+
+    @contextlib.contextmanager
+    def swapped(self):
+        """The model holds the average while the block runs (and its own weights again after)."""
+        own = {n: p.detach().clone() for n, p in self.params.items()}
+        self._copy(self.shadow, self.params)
+        try:
+            yield
+        finally:
+            self._copy(own, self.params)
+
+    def load_into_model(self, checkpoint: Path | None) -> None:
+        """The average stored with ``checkpoint`` (the best one), or without one the final average."""
+        saved = checkpoint is not None and (checkpoint / EMA_FILE).is_file()
+        self._copy(load_file(checkpoint / EMA_FILE) if saved else self.shadow, self.params)
+
+
 class MetricsLogger(TrainerCallback):
     """Appends every logged dict (loss, lr, validation metrics) to ``metrics.jsonl`` on rank 0."""
 
@@ -319,6 +369,7 @@ class RegressionTrainer(Trainer):
         self.frozen = frozen  # blocks below the trained ones, read from cached states (0: none)
         self.length_chunks = length_chunks
         self.val_store = val_store  # the validation prompts' states after the frozen blocks (None: uncached)
+        self.ema: WeightAverage | None = None  # training.ema's average, when set
 
     def _run_epoch(self, *args, **kwargs):
         # a run resumed from a checkpoint at max_steps (killed after its last step, e.g. while testing) has
@@ -397,6 +448,12 @@ class RegressionTrainer(Trainer):
         return super().create_optimizer(model)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        if self.ema is None:
+            return self._validate(metric_key_prefix)
+        with self.ema.swapped():  # validation measures the weights a run would keep: the average
+            return self._validate(metric_key_prefix)
+
+    def _validate(self, metric_key_prefix: str) -> dict:
         texts = self.predictor.texts_of(self.val_examples)  # (both orders of a symmetric pair)
         cached = self.val_store is not None
         with (
@@ -579,9 +636,15 @@ def fit(
         length_chunks=cfg.training.length_chunks,
         val_store=val_store,
     )
+    if cfg.training.ema is not None:
+        trainer.ema = WeightAverage(predictor.model, cfg.training.ema, last)
+        trainer.add_callback(trainer.ema)
     _log_lines_to_stderr(trainer, run_dir, cfg.training.progress_bar)
     try:
         result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+        if trainer.ema is not None:  # the average validation measured at the best step
+            best = trainer.state.best_model_checkpoint
+            trainer.ema.load_into_model(Path(best) if best else None)
         # every rank has reloaded the best checkpoint before rank 0 goes on to remove checkpoints/ (a
         # slower rank 1 found it gone: kept its last weights, or failed reading it)
         trainer.accelerator.wait_for_everyone()
