@@ -239,7 +239,12 @@ def test_health_and_info_describe_the_run(url, run):
         ({"with_probs": True}, 422, "inputs: Field required"),
         ({"inputs": []}, 422, "inputs: send a non-empty list of rows"),
         ({"inputs": [5]}, 400, "request row 1: a row is an object of column: text pairs, got 5"),
-        ({"inputs": [{"txt": "x"}]}, 400, "column 'text' needed by the prompt template is missing"),
+        (  # the fix a client can make (it cannot change the run's template)
+            {"inputs": [{"txt": "x"}]},
+            400,
+            "column 'text' needed by the prompt template is missing (columns: ['txt']): give each row the "
+            "template's columns (text)",
+        ),
         ({"inputs": [{"text": "  "}]}, 400, "request row 1: field 'text' is empty"),
         # the row contract, as for files and the Python API: no number, null or bool for a text field
         (

@@ -99,13 +99,23 @@ def check_template(template: str) -> None:
             raise _malformed(template, f"field {shown}")
 
 
+def missing_column(template: str, row: dict, where: str = "") -> RaftlmError | None:
+    """The one-line error for a row that lacks a column the template names (None when it has them all):
+    the file's line or the request's row first, when ``where`` says it."""
+    fields = list(dict.fromkeys(template_fields(template)))
+    absent = [f for f in fields if f not in row]
+    if not absent:
+        return None
+    return RaftlmError(
+        f"{where + ': ' if where else ''}column {short(absent[0])} needed by the prompt template is missing "
+        f"(columns: {short(sorted(map(str, row)))}): give each row the template's columns ({', '.join(fields)}); "
+        "training, --template can name yours instead"
+    )
+
+
 def render(template: str, row: dict) -> str:
     """Fill a template from a data row; a missing column is a clear error."""
     check_template(template)
-    missing = [f for f in template_fields(template) if f not in row]
-    if missing:
-        raise RaftlmError(
-            f"column {short(missing[0])} needed by the prompt template is missing (columns: {sorted(map(str, row))}): "
-            "rename the column or pass --template with the right {field} names"
-        )
+    if err := missing_column(template, row):
+        raise err
     return template.format_map({k: ("" if v is None else str(v).strip()) for k, v in row.items()})

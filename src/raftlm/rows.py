@@ -18,7 +18,7 @@ import math
 import re
 
 from raftlm.core import RaftlmError, short, to_number
-from raftlm.prompts import render, template_fields
+from raftlm.prompts import missing_column, render, template_fields
 
 SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -65,14 +65,9 @@ def row_fields(template: str, row: dict, where: str) -> tuple:
     """The template's fields of one row, each checked by ``check_text``: ((name, text), ...)."""
     if not isinstance(row, dict):
         raise RaftlmError(f"{where}: a row is an object of column: text pairs, got {short(row)}")
+    if err := missing_column(template, row, where):
+        raise err
     fields = template_fields(template)
-    absent = [f for f in fields if f not in row]
-    if absent:
-        raise RaftlmError(
-            f"{where}: column {absent[0]!r} needed by the prompt template is missing (columns: "
-            f"{short(sorted(map(str, row)))}): rename the column or pass --template with the right "
-            "{field} names"
-        )
     return tuple((f, check_text(row[f], where, f)) for f in dict.fromkeys(fields))
 
 
