@@ -413,6 +413,11 @@ def _given(args, key: str) -> bool:
     return hasattr(args, dest_of(key)) or any(item.partition("=")[0].strip() == key for item in args.set)
 
 
+def _flag(key: str) -> str:
+    """How a refusal names config field ``key``: its flag (``data.max_length``: ``--max-length``)."""
+    return "--" + key.split(".", 1)[1].replace("_", "-")
+
+
 def _refuse_unread(args, cfg: Config, model: str | None) -> None:
     """A flag this command accepts but would not read for this model and these settings is refused in
     one line (it was taken and did nothing): the decoding flags of a decoder that does not sample, any
@@ -425,7 +430,7 @@ def _refuse_unread(args, cfg: Config, model: str | None) -> None:
 
     def refuse(key: str, why: str, fix: str) -> None:
         if _given(args, key):
-            flag = "--" + key.split(".", 1)[1].replace("_", "-")
+            flag = _flag(key)
             raise RaftlmError(f"{flag} {why}: {fix.format(flag=flag)}")
 
     if run:
@@ -492,11 +497,9 @@ RUN_BOUND = (
 
 
 def _refuse_run_bound(args, model: str) -> None:
-    given = [k for k in RUN_BOUND if hasattr(args, k.replace(".", "__"))]
-    given += [k for k in RUN_BOUND for item in args.set if item.partition("=")[0].strip() == k]
+    given = [k for k in RUN_BOUND if _given(args, k)]
     if given:
-        key = given[0]
-        flag = "--" + key.split(".", 1)[1].replace("_", "-")
+        flag = _flag(given[0])
         raise RaftlmError(
             f"{flag} does not apply to the trained run {model}: it predicts with the prompt template and grid "
             f"it was trained with (its raftlm.json); drop {flag}, or train a new run with it"

@@ -268,9 +268,14 @@ NOT_SETTINGS = ("output_dir", "progress_bar", "report_to", "length_chunks")  # h
 
 
 def cell_config_values(sweep: dict, cell: Cell, root: Path) -> dict:
-    """What a cell computes with: every setting of its config as ``section.field: value`` (JSON values;
-    not where or how it reports)."""
-    cfg = json.loads(json.dumps(cell_config(sweep, cell, root / "runs" / cell.run_id).to_dict(), default=str))
+    """What a cell computes with: every setting of its config as ``section.field: value``."""
+    return config_values(cell_config(sweep, cell, root / "runs" / cell.run_id))
+
+
+def config_values(config: Config) -> dict:
+    """Every setting of ``config`` as ``section.field: value`` (JSON values), but where or how a run
+    reports (``NOT_SETTINGS``)."""
+    cfg = json.loads(json.dumps(config.to_dict(), default=str))
     return {
         f"{section}.{key}": value
         for section, fields_ in cfg.items()
@@ -291,10 +296,13 @@ def cell_data_hash(cell: Cell) -> str | None:
 def cell_settings(sweep: dict, cell: Cell, root: Path) -> str:
     """A fingerprint of what a cell computes: its whole config and the content of a local data file it
     reads (cells also record the settings themselves: ``config``, ``data_sha256``)."""
-    cfg = cell_config_values(sweep, cell, root)
-    h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
-    if (data := cell_data_hash(cell)) is not None:
-        h.update(data.encode())
+    return fingerprint(cell_config_values(sweep, cell, root), cell_data_hash(cell))
+
+
+def fingerprint(values: dict, data_sha256: str | None) -> str:
+    h = hashlib.sha256(json.dumps(values, sort_keys=True).encode())
+    if data_sha256 is not None:
+        h.update(data_sha256.encode())
     return h.hexdigest()[:16]
 
 
@@ -339,8 +347,7 @@ def check_cell_settings(row: dict, cell: Cell, sweep: dict, root: Path, path: Pa
 @functools.lru_cache(maxsize=1)
 def _default_values() -> dict:
     """Every setting's default as ``section.field: value`` (JSON values)."""
-    cfg = json.loads(json.dumps(Config().to_dict(), default=str))
-    return {f"{section}.{key}": value for section, fields_ in cfg.items() for key, value in fields_.items()}
+    return config_values(Config())
 
 
 def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
@@ -350,6 +357,7 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
 
     run_dir = root / "runs" / cell.run_id
     cfg = cell_config(sweep, cell, run_dir)
+    settings, data_sha256 = config_values(cfg), cell_data_hash(cell)  # what the cell records it ran with
     splits = load_splits(cfg.data)
     train = {}
     trains = methods.get(cell.method).trains
@@ -392,9 +400,9 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
         "lr": cell.lr,
         "train_fraction": cell.train_fraction,
         "options": cell.options_label,
-        "settings": cell_settings(sweep, cell, root),
-        "config": cell_config_values(sweep, cell, root),
-        "data_sha256": cell_data_hash(cell),
+        "settings": fingerprint(settings, data_sha256),
+        "config": settings,
+        "data_sha256": data_sha256,
         **{k: metrics[k] for k in METRICS},
         "best_step": train.get("best_step"),
         "validation_rmse": train.get("best_validation_rmse"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 
@@ -77,9 +78,12 @@ def _malformed(template: str, why: str) -> RaftlmError:
     )
 
 
-def _parse(template: str) -> list[tuple]:
+@functools.lru_cache(maxsize=256)
+def _parse(template: str) -> tuple[tuple, ...]:
+    """The template's (literal, field, spec, conversion) parts, parsed once per template (every row of a
+    file or request asks)."""
     try:
-        return list(string.Formatter().parse(template))
+        return tuple(string.Formatter().parse(template))
     except ValueError as err:  # '{text' or a lone '}'
         raise _malformed(template, str(err)) from None
 
