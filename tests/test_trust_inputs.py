@@ -487,6 +487,7 @@ def test_grid_probabilities_of_a_head_are_refused_not_empty(tmp_path, capsys):
             ["--with-uncertainty"],
             'the uncertainty summary (--with-uncertainty, "with_uncertainty") reads the grid',
         ),
+        (["--interval-kind", "absolute"], "--interval-kind chooses the kind of --interval's intervals"),
     ):
         argv = ["predict", "--model", str(run), "--input", str(data), "--output", str(out), *extra]
         assert main(argv) == 2

@@ -447,19 +447,18 @@ def _refuse_unread(args, cfg: Config, model: str | None) -> None:
                     f"is not read: --input gives the rows, and the run {model} its prompt and grid",
                     "drop {flag}, or drop --input to evaluate a split of the dataset",
                 )
+    decoder = cfg.eval.decoder
     if meta.get("head"):
         for key in DECODING:
             refuse(key, f"does not apply to {model}: its head predicts the number directly", "drop {flag}")
-        return
-    decoder = cfg.eval.decoder
-    if decoder != "sample-rail":
+    elif decoder != "sample-rail":
         for key in ("eval.num_samples", "eval.temperature", *(("training.seed",) if run else ())):
             refuse(
                 key,
                 f"is read by --decoder sample-rail only (the decoder here is {decoder})",
                 "drop {flag}, or pass --decoder sample-rail",
             )
-    if decoder not in TEXT_DECODERS:
+    if decoder not in TEXT_DECODERS and not meta.get("head"):
         refuse(
             "eval.max_new_tokens",
             f"is read by the text decoders ({', '.join(TEXT_DECODERS)}) only (the decoder here is {decoder})",
