@@ -19,6 +19,7 @@ full or shutting down; 499 (logged, never seen) is a client that left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import csv
 import io
@@ -350,11 +351,27 @@ def _predict_fn(predictor: Predictor, cfg: Config, max_batch: int):
     return lambda texts: predict_texts(predictor, texts, batch_cfg, desc=None)  # prompts, in pairs' orders
 
 
+DRAIN_LIMIT = 16 << 20  # a refused body up to this size is read and dropped before the 413 is sent
+
+
+async def _discard(request: Request, timeout_s: float) -> None:
+    """Read and drop what the client is still sending (within ``timeout_s``; nothing is kept)."""
+
+    async def read() -> None:
+        async for _ in request.stream():
+            pass
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(read(), timeout_s)
+
+
 async def _read_body(request: Request, limit: int, timeout_s: float, stopping: asyncio.Event) -> bytes:
     """The body, refused (413) as soon as it exceeds ``limit`` bytes (never read whole first), 408 when
     it has not all arrived within ``timeout_s``, 503 when the server begins to stop meanwhile."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
+        if int(declared) <= DRAIN_LIMIT:  # read and drop it: a client still uploading reads the 413
+            await _discard(request, timeout_s)  # (a reset connection instead, when answered mid-upload)
         raise Reject(413, f"request body of {declared} bytes exceeds the limit of {limit}: send fewer rows")
 
     async def read() -> bytes:
