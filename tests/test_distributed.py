@@ -1,6 +1,7 @@
 """Multi-process training through accelerate (DDP, gloo on CPU) and its equivalences."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,13 @@ def eight_csv(tmp_path):
         for i in range(12)
     ]
     return write_csv(tmp_path / "eight.csv", rows)
+
+
+def _why(proc: subprocess.CompletedProcess) -> str:
+    """What each rank said: raftlm's lines, errors, and torchrun's summary of which rank exited how."""
+    keep = ("raftlm:", "Error", "rank", "exitcode", "Signal", "error_file")
+    said = [line for line in proc.stderr.splitlines() if any(k in line for k in keep)]
+    return "\n".join(said[-40:]) or proc.stderr[-3000:]
 
 
 def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, eight_csv):
@@ -67,8 +75,14 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tmp_path
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAFTLM_TEST_SLOW_RANK_S": "4"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=280)
-    said = [line for line in proc.stderr.splitlines() if "raftlm:" in line or "Error" in line]
-    assert proc.returncode == 0, "\n".join(said[-20:]) or proc.stderr[-2000:]
+    if proc.returncode and "Connection closed by peer" in proc.stderr:
+        # gloo's TCP transport on a loaded CI machine (once in a full run: rank 0 read a closed socket and
+        # no rank said why); shown, then run once more from scratch: a raftlm failure fails twice
+        print(_why(proc), file=sys.stderr)
+        shutil.rmtree(ddp, ignore_errors=True)
+        cmd[cmd.index("--master_port") + 1] = str(free_port())
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=280)
+    assert proc.returncode == 0, _why(proc)
     assert "Could not locate the best model" not in proc.stderr  # every rank ends on the best weights
     a, b = load_file(single / "model.safetensors"), load_file(ddp / "model.safetensors")
     # same global batch (8 = 2 x 4), gradients all-reduced (averaged) across ranks: equal up to float
@@ -79,3 +93,4 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tmp_path
     # only rank 0 writes: one log line per event, not two
     assert (ddp / "metrics.jsonl").read_text().count('"eval_rmse"') == 2  # steps 2 and 4, once each
     assert proc.stdout.count("run directory:") == 1
+    assert proc.stderr.count("raftlm: warning: validation at step 2") == 1  # (the toy collapses; rank 1 is quiet)

@@ -837,7 +837,8 @@ def _logging(quiet: bool):
     def one_line(message, category, filename, lineno, line=None) -> str:
         """raftlm's own warnings as one ``raftlm: warning: ...`` line; a library's as Python formats them."""
         if f"{os.sep}raftlm{os.sep}" in filename or issubclass(category, RaftlmWarning):
-            return f"raftlm: warning: {message}\n"
+            # one line per event under torchrun: every rank validates, rank 0 speaks
+            return f"raftlm: warning: {message}\n" if os.environ.get("RANK", "0") == "0" else ""
         return formatted(message, category, filename, lineno, line)
 
     warnings.formatwarning = one_line
@@ -865,6 +866,16 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+def _leave_process_group() -> None:
+    """A rank of torchrun / accelerate launch that finished its command waits for the others, then
+    leaves the process group (torch's documented shutdown): a rank that simply exited closed its
+    connections while another still read them ("Connection closed by peer" on rank 0)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Results go to stdout; logs, warnings, progress bars and errors to stderr. Bad input: one line
     on stderr and exit code 2."""
@@ -878,6 +889,7 @@ def main(argv: list[str] | None = None) -> int:
         terminate = _terminate_as_interrupt() if args.command != "serve" else contextlib.nullcontext()
         with _logging(getattr(args, "quiet", False)), terminate:
             COMMANDS[args.command](args)
+            _leave_process_group()
     except RaftlmError as err:
         return _fail(args.command, str(err), 2)
     except KeyboardInterrupt as stop:
