@@ -291,6 +291,24 @@ def pair_swap_table() -> str:
     return "\n" + "\n".join(lines) + "\n"
 
 
+def lr_probe_table() -> str:
+    """Whether a short LR probe picks the LR whose run ends best (benchmarks/lr_probe.py), against
+    always training at one LR."""
+    r = load("lr_probe.json")
+    lines = [
+        "| choice of LR | picks the run's best LR | mean regret (validation RMSE) | extra training per other LR |",
+        "|---|---|---|---|",
+    ]
+    for f in r["fixed_lr"]:
+        lines.append(f"| always {f['lr']:g} | {f['wins']} of {f['n']} | {f['mean_regret']:.4f} | none |")
+    for b in r["by_step"]:
+        lines.append(
+            f"| probe each LR to step {b['step']} | {b['agree']} of {b['n']} | {b['mean_regret']:.4f} | "
+            f"{b['extra_cost_per_candidate']:.0%} of a run |"
+        )
+    return "\n" + "\n".join(lines) + "\n"
+
+
 def pair_swap_readme() -> str:
     """One sentence: validation and test RMSE with both orders against one order and the mean-pooled head."""
     one, both, head = ([r for r in lever_cells(*arm[1:])] for arm in LEVER_ARMS)
@@ -415,6 +433,9 @@ VALUES: dict[str, Callable[[], str]] = {
     "frontier.table": frontier_table,
     "levers.pair_swap_table": pair_swap_table,
     "levers.pair_swap_readme": pair_swap_readme,
+    "levers.lr_probe_table": lr_probe_table,
+    "levers.lr_probe_runs": lambda: str(load("lr_probe.json")["runs"]),
+    "levers.lr_probe_gap": lambda: f"{load('lr_probe.json')['mean_gap_between_lrs']:.3f}",
     "chunks.tokens_stsb": lambda: chunk_tokens("stsb-1k"),
     "chunks.tokens_amazon": lambda: chunk_tokens("amazon-snippets"),
     "chunks.tokens_movielens": lambda: chunk_tokens("movielens-100k"),
