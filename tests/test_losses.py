@@ -34,6 +34,17 @@ def test_raft_predictor_normalized():
     assert_close(raft_predictor(logp, VALUES, normalize_grid=True), torch.tensor([2.75]))
 
 
+def test_raft_predictor_normalized_on_a_dead_grid_keeps_a_value_and_a_gradient():
+    # log-probs near -200 underflow to 0 in float32: mass / mass was 0 / 0 = NaN
+    logp = torch.tensor([[-200.0, -199.0, -200.0, -200.0, -200.0]], requires_grad=True)
+    assert logp.exp().sum() == 0
+    pred = raft_predictor(logp, VALUES, normalize_grid=True)
+    expected = (torch.softmax(logp.detach().double(), -1) @ VALUES.double()).float()
+    assert_close(pred.detach(), expected)  # 2 - ... : most mass on '2'
+    pred.sum().backward()
+    assert torch.isfinite(logp.grad).all() and logp.grad.abs().sum() > 0
+
+
 def test_lemma3_raft_minimizer_reaches_the_mean_including_non_integer_targets():
     # targets 1.5, 2.5, 4.1 (none on the grid) have mean 2.7; a free distribution over {1..5}
     # trained with the RAFT loss must put its RAIL prediction at exactly E[y] = 2.7

@@ -68,6 +68,22 @@ def test_grid_rows_only_scoring_equals_full_vocabulary_normalized_rail(tiny):
     np.testing.assert_allclose(fast.probs, full.probs / full.probs.sum(-1, keepdims=True), atol=1e-5)
 
 
+def test_normalized_rail_on_a_grid_whose_mass_underflows_is_a_number(tiny):
+    # a multi-token grid takes the full-head path: exp of log-probs near -800 is 0 in float64, and the
+    # renormalization divided 0 by 0 (NaN predictions, null in a file); it is done in log space now
+    model, tok = tiny
+    grid = Grid.parse("10,20,30")
+    p = Predictor.create(model, tok, grid, TargetScaler.identity(grid), TEXTS, normalize_grid=True)
+    logp = p.grid_log_probs(TEXTS, 8, False, None)
+    p.grid_log_probs = lambda *a: logp - 800.0  # the same distribution, its mass below float64's range
+    with np.errstate(divide="raise", invalid="raise"):  # no 0/0
+        dead = p.predict(TEXTS, "rail")
+    norm = np.exp(logp - logp.max(-1, keepdims=True))
+    expected = norm / norm.sum(-1, keepdims=True) @ grid.array
+    np.testing.assert_allclose(dead.values, expected, rtol=1e-6)
+    np.testing.assert_allclose(dead.probs.sum(-1), 1.0, rtol=1e-9)
+
+
 def test_length_bucketing_and_fixed_padding_give_the_same_predictions(tiny):
     p = make(tiny)
     bucketed = p.predict(MIXED, "rail", batch_size=4).values

@@ -18,9 +18,9 @@ def raft_predictor(
     log_probs: torch.Tensor, values: torch.Tensor, normalize_grid: bool = False
 ) -> torch.Tensor:
     """Eq. 5 on tensors: sum_y p(str(y)|x) * y, optionally renormalized over the grid (table 16)."""
-    probs = log_probs.exp()
-    pred = probs @ values.to(probs)
-    return pred / probs.sum(-1) if normalize_grid else pred
+    # renormalized in log space (softmax): a grid whose mass underflows to 0 keeps a value and a gradient
+    probs = torch.softmax(log_probs, -1) if normalize_grid else log_probs.exp()
+    return probs @ values.to(probs)
 
 
 def ce_targets(targets: torch.Tensor, values: torch.Tensor, kind: str = "nearest") -> torch.Tensor:

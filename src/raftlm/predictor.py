@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.special import logsumexp
 from tqdm.auto import tqdm
 
 from raftlm import decoders
@@ -344,6 +345,8 @@ class Predictor:
             )
         if decoder in decoders.GRID_DECODERS:
             logp = self.grid_log_probs(texts, batch_size, bf16, desc)
+            if self.normalize_grid:  # over the grid in log space: a grid whose mass underflows to 0 still
+                logp = logp - logsumexp(logp, axis=-1, keepdims=True)  # has an answer (not 0/0 = NaN)
             probs = np.exp(logp)
             rule = decoders.GRID_DECODERS[decoder]
             g = (
