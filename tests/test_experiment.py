@@ -532,3 +532,18 @@ def test_a_sweep_run_again_with_other_settings_or_data_refuses_its_old_cells(tmp
     data.write_text(data.read_text() + "an added row. rating:,3\n")
     with pytest.raises(RaftlmError, match=r"other settings or data .*\(the data file .*toy.csv changed\)"):
         run_sweep(str(path), quiet=True)
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (Path(__file__).parents[1] / "sweeps").glob("*.yaml")), ids=str
+)
+def test_every_shipped_sweep_builds_every_cell_config(name, tmp_path):
+    """A sweep file a background run will read hours later fails now, not then: each cell's config builds."""
+    from raftlm.experiment import cell_config, load_sweep
+
+    sweep = load_sweep(str(Path(__file__).parents[1] / "sweeps" / name))
+    cs = cells(sweep)
+    assert cs
+    for c in cs:
+        cfg = cell_config(sweep, c, tmp_path / c.run_id)
+        assert cfg.training.seed == c.seed and (c.lr is None or cfg.training.lr == c.lr)
