@@ -388,6 +388,7 @@ VALUES: dict[str, Callable[[], str]] = {
     "table3.raft_vs_best": raft_vs_best,
     "headline.table": headline_table,
     "headline.minutes": lambda: f"{load('stsb-headline.json')['train_minutes']:.1f}",
+    "headline.command": lambda: f"`{load('stsb-headline.json')['commands'][0]}`",
     "headline.dev_spearman": lambda: headline(0, "spearman"),
     "headline.test_spearman": lambda: headline(1, "spearman"),
     "frontier.default_minutes": lambda: frontier("top9-cached-adamw-1e-4-500-grid0-5", "train_minutes"),
