@@ -27,6 +27,12 @@ def test_entropy_of_uniform_is_log_g():
     np.testing.assert_allclose(entropy(np.array([[0, 0, 1.0, 0, 0]])), [0.0], atol=1e-12)
 
 
+def test_entropy_of_a_row_without_grid_mass_is_the_uniform_one_not_nan():
+    with np.errstate(divide="raise", invalid="raise"):
+        got = entropy(np.array([[0.0] * 5, [0, 0.25, 0.25, 0, 0]]))
+    np.testing.assert_allclose(got, [np.log(5), np.log(2)])
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [

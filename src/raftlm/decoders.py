@@ -36,9 +36,11 @@ def median(values: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 
 def entropy(probs: np.ndarray) -> np.ndarray:
-    """Entropy (nats) of the grid distribution, normalized over the grid."""
+    """Entropy (nats) of the grid distribution, normalized over the grid; a row without grid mass counts
+    as uniform (log of the grid size), as in ``uncertainty``, not 0/0."""
     p = np.asarray(probs, dtype=np.float64)
-    p = p / p.sum(-1, keepdims=True)
+    mass = p.sum(-1, keepdims=True)
+    p = np.where(mass > 0, p / np.where(mass > 0, mass, 1.0), 1.0 / p.shape[-1])
     return -(p * np.log(np.clip(p, 1e-300, None))).sum(-1)
 
 
