@@ -161,6 +161,26 @@ def headline_table() -> str:
     return "\n" + "\n".join(lines) + "\n"
 
 
+def headline_verdict() -> str:
+    """Where each split's Spearman stands against the published anchors measured on that split."""
+    h = load("stsb-headline.json")
+    parts = []
+    for result, split, name in (
+        (h["results"][0], "STS-B dev", "the paper's test split, STS-B dev"),
+        (h["results"][1], "STS-B test", "the official test split"),
+    ):
+        ours = 100 * result["spearman"]
+        anchors = {k.split(" (")[0]: v for k, v in h["anchors_spearman_x100"].items() if f"({split}" in k}
+        above = [k for k, v in anchors.items() if ours >= v]
+        below = [k for k, v in anchors.items() if ours < v]
+        said = ([f"at or above {' and '.join(above)}"] if above else []) + (
+            [f"below {' and '.join(below)}"] if below else []
+        )
+        parts.append(f"on {name} ({ours / 100:.3f}) it is {', '.join(said)}")
+    text = "; ".join(parts) + " (published figures)"
+    return text[0].upper() + text[1:]
+
+
 def frontier(setting: str, key: str) -> str:
     row = next(r for r in load("frontier.json") if r["setting"] == setting)
     return f"{row[key]:.1f}" if key == "train_minutes" else fmt(row[key])
@@ -426,6 +446,7 @@ VALUES: dict[str, Callable[[], str]] = {
     "table3.raft_vs_best": raft_vs_best,
     "headline.table": headline_table,
     "headline.minutes": lambda: f"{load('stsb-headline.json')['train_minutes']:.1f}",
+    "headline.verdict": headline_verdict,
     "headline.command": lambda: f"`{load('stsb-headline.json')['commands'][0]}`",
     "headline.dev_spearman": lambda: headline(0, "spearman"),
     "headline.test_spearman": lambda: headline(1, "spearman"),
