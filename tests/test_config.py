@@ -153,7 +153,9 @@ def test_the_headline_commands_parse_and_record_what_ran(tmp_path):
     spec.loader.exec_module(headline)
     train, evaluate = headline.commands("../shared/data/stsb", tmp_path / "run", tmp_path / "test.json")
     cfg = config_from_args(build_parser().parse_args(train))
-    assert (cfg.data.dataset, cfg.method.grid, cfg.training.max_steps) == ("stsb", "0-5", 900)
+    # today's default but for the steps and the validation subset: STS-B's own grid, both orders of the pair
+    assert (cfg.data.dataset, cfg.method.grid, cfg.training.max_steps) == ("stsb", None, 900)
+    assert (cfg.data.val_size, cfg.data.pair_swap, cfg.method.ce_target) == (300, "dataset", None)
     ev = build_parser().parse_args(evaluate)
     assert (
         ev.model__name == str(tmp_path / "run") and ev.data__stsb_test == "test" and ev.eval__split == "test"
