@@ -63,10 +63,22 @@ def main() -> None:
     raftlm = [sys.executable, "-m", "raftlm"]
     train, evaluate = commands(a.data_dir, run, test_out)
     timing = Path(a.work) / "train.seconds"
+    # a run in --work trained with other settings (an older recipe) is not reported as this one
+    recorded = Path(a.work) / "train.args.json"
+    recipe = [x.replace(str(run), "RUN") for x in train]
+    if run.exists() and recorded.exists() and json.loads(recorded.read_text()) != recipe:
+        sys.exit(
+            f"stsb_headline: {a.work} holds a run of other settings ({recorded}): delete it, or pass another --work"
+        )
+    if run.exists() and not recorded.exists():
+        sys.exit(
+            f"stsb_headline: {run} was not written by this script's recipe: delete it, or pass another --work"
+        )
     if not (run / "eval_results.json").exists():
         Path(a.work).mkdir(parents=True, exist_ok=True)
         # a stopped run continues from its last checkpoint (a session ends; every process with it)
         again = ["--resume"] if (run / "checkpoints").is_dir() else ["--overwrite"]
+        recorded.write_text(json.dumps(recipe) + "\n")
         if again == ["--resume"]:  # the wall clock of a run done in pieces is not measured: see below
             (Path(a.work) / "resumed").touch()
         start = time.time()
