@@ -317,9 +317,9 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                 "predict_proba reads the grid distribution, and this model predicts one number (a head): it "
                 "has no grid probabilities"
             )
-        probs = np.exp(p.grid_log_probs(p.texts_of(self._examples(X)), self.batch_size, self._bf16()))
-        n = len(probs) // 2 if p.pair else len(probs)
-        return (probs[:n] + probs[n:]) / 2 if p.pair else probs  # a symmetric pair: both orders' mean
+        texts = p.texts_of(self._examples(X))
+        # a symmetric pair: the mean of both orders' distributions, as every prediction averages them
+        return p.average_orders(p.predict(texts, "rail", self.batch_size, bf16=self._bf16()), "rail").probs
 
     def save(self, directory: str) -> Path:
         """The model, its tokenizer, ``raftlm.json``, the settings (``config.yaml``), the calibration, the

@@ -215,8 +215,11 @@ class Predictor:
     def grid_log_probs(
         self, texts: list[str], batch_size: int = 16, bf16: bool = False, desc: str | None = None
     ) -> np.ndarray:
-        """log p(str(y) | x) for every text and grid value, shape (N, G)."""
-        return self._map_batches(self.scorer, (len(self.grid.values),), texts, batch_size, bf16, desc)
+        """log p(str(y) | x) for every text and grid value, shape (N, G); renormalized over the grid (in
+        log space) when ``normalize_grid``: the grid-rows scorer already is, and a multi-token grid whose
+        mass underflows to 0 still has a distribution (not 0/0 = NaN)."""
+        logp = self._map_batches(self.scorer, (len(self.grid.values),), texts, batch_size, bf16, desc)
+        return logp - logsumexp(logp, axis=-1, keepdims=True) if self.normalize_grid else logp
 
     def head_values(
         self, texts: list[str], batch_size: int = 16, bf16: bool = False, desc: str | None = None
@@ -344,10 +347,7 @@ class Predictor:
                 "decoding text needs causal attention: use --decoder rail with --attention bidirectional"
             )
         if decoder in decoders.GRID_DECODERS:
-            logp = self.grid_log_probs(texts, batch_size, bf16, desc)
-            if self.normalize_grid:  # over the grid in log space: a grid whose mass underflows to 0 still
-                logp = logp - logsumexp(logp, axis=-1, keepdims=True)  # has an answer (not 0/0 = NaN)
-            probs = np.exp(logp)
+            probs = np.exp(self.grid_log_probs(texts, batch_size, bf16, desc))
             rule = decoders.GRID_DECODERS[decoder]
             g = (
                 rule(self.grid.array, probs, self.normalize_grid)
