@@ -35,12 +35,17 @@ def median(values: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return values[order][idx]
 
 
-def entropy(probs: np.ndarray) -> np.ndarray:
-    """Entropy (nats) of the grid distribution, normalized over the grid; a row without grid mass counts
-    as uniform (log of the grid size), as in ``uncertainty``, not 0/0."""
+def grid_share(probs: np.ndarray) -> np.ndarray:
+    """Each row renormalized over the grid; a row without grid mass counts as uniform (not 0/0)."""
     p = np.asarray(probs, dtype=np.float64)
     mass = p.sum(-1, keepdims=True)
-    p = np.where(mass > 0, p / np.where(mass > 0, mass, 1.0), 1.0 / p.shape[-1])
+    return np.where(mass > 0, p / np.where(mass > 0, mass, 1.0), 1.0 / p.shape[-1])
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    """Entropy (nats) of the grid distribution, normalized over the grid (``grid_share``): a row without
+    grid mass has the uniform one, log of the grid size."""
+    p = grid_share(probs)
     return -(p * np.log(np.clip(p, 1e-300, None))).sum(-1)
 
 

@@ -67,11 +67,10 @@ def _histogram(values, probs, rest: float | None = None) -> tuple[np.ndarray, np
             "a one-value grid has no distribution to read uncertainty from: use a grid of 2+ values"
         )
     p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
-    mass = p.sum(-1, keepdims=True)
     if rest is None:
-        p = np.where(mass > 0, p / np.where(mass > 0, mass, 1.0), 1.0 / v.size)
+        p = decoders.grid_share(p)
     else:
-        p = p / np.maximum(mass, 1.0)  # float error can put the sum a hair above 1
+        p = p / np.maximum(p.sum(-1, keepdims=True), 1.0)  # float error can put the sum a hair above 1
         off = 1.0 - p.sum(-1)
         at = np.flatnonzero(np.isclose(v, rest))
         if at.size:
