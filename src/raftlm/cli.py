@@ -18,7 +18,7 @@ from pathlib import Path
 
 from raftlm.config import SECTIONS, Config, ServeSettings, load_yaml, read_recipe
 from raftlm.core import CE_TARGETS, RaftlmError, RaftlmWarning, level_text, short
-from raftlm.io import is_run_dir  # not raftlm.run: --help must not wait for torch
+from raftlm.io import is_run_dir, main_rank  # not raftlm.run: --help must not wait for torch
 from raftlm.tables import format_table
 
 # the config fields each command reads (a section name stands for all its fields): its --help lists
@@ -838,7 +838,7 @@ def _logging(quiet: bool):
         """raftlm's own warnings as one ``raftlm: warning: ...`` line; a library's as Python formats them."""
         if f"{os.sep}raftlm{os.sep}" in filename or issubclass(category, RaftlmWarning):
             # one line per event under torchrun: every rank validates, rank 0 speaks
-            return f"raftlm: warning: {message}\n" if os.environ.get("RANK", "0") == "0" else ""
+            return f"raftlm: warning: {message}\n" if main_rank() else ""
         return formatted(message, category, filename, lineno, line)
 
     warnings.formatwarning = one_line

@@ -248,7 +248,7 @@ def lock_path(path: str | Path) -> Path:
     return path.parent / f".{path.name}.lock"
 
 
-def _main_rank() -> bool:
+def main_rank() -> bool:
     """Rank 0 of a torchrun / accelerate launch (or a plain process): the one that takes output locks."""
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -258,7 +258,7 @@ def output_lock(path: str | Path, what: str = "output") -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (the file ``.NAME.lock`` beside it) while the block runs: a
     second raftlm process writing the same output fails at once with one line. The lock file goes when
     the block ends; a kill leaves it unlocked (the kernel drops the lock), and the next run reuses it."""
-    if not _main_rank():
+    if not main_rank():
         yield
         return
     try:
