@@ -348,7 +348,7 @@ def pair_swap_readme() -> str:
 # --- the weight average (--ema) on the default (issue 40) ---------------------------------------------------
 
 EMA_BASE = {  # the default without the average, each dataset's cells at LR 1e-4 under table3-converged's protocol
-    "stsb-1k": ("stsb-levers", "raft", "pair_swap=sentence1,sentence2"),
+    "stsb-1k": LEVER_ARMS[1][1:],  # both orders of the pair: STS-B's default
     "amazon-snippets": (TABLE3, "raft", "ce_target=two-hot"),
     "movielens-100k": (TABLE3, "raft", "ce_target=two-hot"),
 }
