@@ -547,3 +547,55 @@ def test_every_shipped_sweep_builds_every_cell_config(name, tmp_path):
     for c in cs:
         cfg = cell_config(sweep, c, tmp_path / c.run_id)
         assert cfg.training.seed == c.seed and (c.lr is None or cfg.training.lr == c.lr)
+
+
+def test_docs_shipped_default_row_picks_its_lr_on_seed_0_validation_across_folders(tmp_path, monkeypatch):
+    """benchmarks/docs.py's "as shipped" row gathers the default's cells from several sweep folders, takes a
+    (LR, seed) found twice from the first folder listed, and follows table 3's rule: the LR whose seed 0 has
+    the lower validation RMSE, every seed at that LR."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "docs_gen", Path(__file__).parents[1] / "benchmarks" / "docs.py"
+    )
+    docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(docs)
+    monkeypatch.setattr(docs, "RESULTS", tmp_path)
+    docs.load.cache_clear()
+
+    def cell(lr, seed, val, test, options=""):
+        return {
+            "dataset": "amazon-snippets",
+            "method": "raft",
+            "options": options,
+            "lr": lr,
+            "seed": seed,
+            "validation_rmse": val,
+            "rmse": test,
+            "collapsed": False,
+        }
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "results.json").write_text(
+        json.dumps(
+            [cell(1e-4, 0, 0.61, 0.66, "x"), cell(1e-4, 1, 0.62, 0.65, "x"), cell(5e-5, 0, 0.60, 0.70, "x")]
+        )
+    )
+    (tmp_path / "b" / "results.json").write_text(
+        json.dumps(
+            [
+                cell(5e-5, 0, 0.50, 0.10),
+                cell(5e-5, 1, 0.59, 0.64),
+                cell(5e-5, 2, 0.58, 0.62),
+                cell(1e-4, 0, 0.1, 0.1, "x"),
+            ]
+        )
+    )
+    monkeypatch.setitem(docs.SHIPPED_ARMS, "amazon-snippets", [("a", "raft", "x"), ("b", "raft", "")])
+    e = docs.shipped_entry("amazon-snippets")
+    assert e["lr"] == 5e-5 and e["seeds"] == [0, 1, 2]  # seed 0 at 5e-5 from folder a (0.60 < 0.61), not b's
+    assert e["rmse"] == pytest.approx((0.70 + 0.64 + 0.62) / 3)
+    assert e["rmse_std"] == pytest.approx(np.std([0.70, 0.64, 0.62], ddof=1))
+    monkeypatch.setitem(docs.SHIPPED_ARMS, "amazon-snippets", [("missing", "raft", "")])
+    assert docs.shipped_entry("amazon-snippets") is None
