@@ -514,6 +514,7 @@ def case_efficiency(a) -> dict:
     out = {
         "seconds": statistics.median(seconds),
         "seconds_inside_step": statistics.median(inside[2:timed]),
+        "warmup_seconds": sum(inside[:2]),  # the first two steps (a compiled variant compiles there)
         "flops_per_step": statistics.median(f["useful"] for f in flops),
         "achieved_flops_per_s": sum(f["useful"] for f in flops) / sum(seconds),
         "ran_flops_per_s": sum(f["ran"] for f in flops) / sum(seconds),
@@ -674,6 +675,7 @@ EFFICIENCY = {  # the default training step and variants of it, measured side by
     "before issue 40": {"before": True},
     "default": {},
     "bf16 autocast (opt-in)": {"set": ["training.bf16=true"]},
+    "compiled blocks (opt-in)": {"set": ["training.compile=true"]},
 }
 
 
@@ -724,6 +726,7 @@ def efficiency_rows(base: dict, common: list[str], n: int, variants: list[str]) 
 
 EFFICIENCY_FIELDS = (
     "seconds_inside_step",
+    "warmup_seconds",
     "flops_per_step",
     "achieved_flops_per_s",
     "ran_flops_per_s",
@@ -995,22 +998,24 @@ def _efficiency_lines(rows: list[dict]) -> list[str]:
         "raftlm's Trainer runs it (`training.fit`), step end to step end; peak: a 2048 x 2048 @ 2048 x 2048 "
         "matmul in the same process (the bf16 row: the bf16 matmul's, against which it is rated). `Ran`: "
         "the FLOPs of what ran (pad tokens included where they ran); `MLP shape`: the rate of the step's own "
-        "largest matmul shape alone. `before issue 40`: equal-halves length chunks and MLPs over the pads. "
+        "largest matmul shape alone; `first 2 steps`: their seconds (a compiled variant compiles there). "
+        "`before issue 40`: equal-halves length chunks and MLPs over the pads. "
         "Reproduce: `python benchmarks/speed.py --cases train-efficiency --models gemma-3-270m --dtypes "
         "float32` (`--profile` in a child writes the torch.profiler summary, `speed.profile.txt`).",
         "",
-        "| variant | s/step | vs default | GFLOP/step | achieved GFLOP/s | of peak | ran, of peak | peak GFLOP/s "
+        "| variant | s/step | vs default | first 2 steps, s | GFLOP/step | achieved GFLOP/s | of peak | ran, of peak | peak GFLOP/s "
         "(bf16) | MLP shape GFLOP/s (bf16) | tokens real/padded | LM head share | setup |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         peak = r["bf16_peak_flops_per_s"] if r["dtype"] == "bf16" else r["peak_flops_per_s"]
         spread = f" ({r['ratio_range'][0]:.0%}-{r['ratio_range'][1]:.0%})"
         speed = f"{r['speedup_vs_default']:.2f}x" if "speedup_vs_default" in r else "-"
         m, k, n = r["mlp_shape"]
+        warmup = f"{r['warmup_seconds']:.1f}" if "warmup_seconds" in r else "-"
         out.append(
             f"| {r['model']} {r['dtype']}, {r['name'].split(': ', 1)[1]} | {r['seconds']:.3f} | {speed} | "
-            f"{r['flops_per_step'] / 1e9:.0f} | {r['achieved_flops_per_s'] / 1e9:.0f} | "
+            f"{warmup} | {r['flops_per_step'] / 1e9:.0f} | {r['achieved_flops_per_s'] / 1e9:.0f} | "
             f"{r['fraction_of_peak']:.0%}{spread} | {r['ran_flops_per_s'] / peak:.0%} | "
             f"{r['peak_flops_per_s'] / 1e9:.0f} ({r['bf16_peak_flops_per_s'] / 1e9:.0f}) | "
             f"{r['mlp_shape_flops_per_s'] / 1e9:.0f} ({r['mlp_shape_bf16_flops_per_s'] / 1e9:.0f}) at {m}x{k}x{n} | "

@@ -221,3 +221,28 @@ def test_a_run_with_ema_keeps_the_average_validation_chose_and_resumes_it(tmp_pa
 def test_ema_is_a_decay_between_0_and_1():
     with pytest.raises(RaftlmError, match=r"ema=1.0: use a decay strictly between 0 and 1"):
         Config.build({"training": {"ema": 1}})
+
+
+def test_compiled_blocks_train_the_same_weights_as_eager_and_leave_the_model_eager(tmp_path, toy_csv):
+    """--compile (training.compile): the trained blocks run torch.compile'd in training steps (with the
+    length chunks and the real-token MLPs of a CPU step), giving eager's weights within float tolerance;
+    outside a step (validation, prediction) the blocks are the plain modules."""
+    from torch._dynamo.utils import counters
+
+    from raftlm.models import decoder_layers
+    from raftlm.training import compiled_blocks
+
+    eager = train_run(cfg_for(toy_csv, tmp_path / "eager", trainable="top-1", optimizer="adamw", lr=1e-3))
+    counters.clear()
+    cfg = cfg_for(toy_csv, tmp_path / "compiled", trainable="top-1", optimizer="adamw", lr=1e-3, compile=True)
+    compiled = train_run(cfg)
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo really compiled a block
+    a, b = weights(eager), weights(compiled)
+    assert not torch.allclose(a[W], tiny_random_llama(0)[0].state_dict()[W])  # trained
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=2e-5, rtol=1e-4)
+    model = tiny_random_llama(0)[0]
+    blocks, cache = decoder_layers(model), {}
+    with compiled_blocks(model, 1, cache):
+        assert blocks[0]._compiled_call_impl is None and blocks[1]._compiled_call_impl is not None
+    assert all(block._compiled_call_impl is None for block in blocks) and list(cache) == [id(blocks[1])]

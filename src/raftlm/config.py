@@ -471,6 +471,14 @@ class TrainConfig:
             "as one tensor on a GPU, whose small-model steps are bound by kernel launches)"
         },
     )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the trained blocks for training steps (fuses their elementwise ops: "
+            "benchmarks/speed.py measures the step; needs a C++ compiler on a CPU; the first steps "
+            "pay the compile)"
+        },
+    )
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep checkpoints/ after a finished run"})
     calibrate: bool = field(
         default=True,

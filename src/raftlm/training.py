@@ -132,11 +132,25 @@ def cheapest_cuts(lengths: tuple[int, ...], groups: int) -> tuple[int, ...]:
     return (*cheapest_cuts(lengths[:last], groups - 1), last)
 
 
-def _on_real_tokens(forward, real: torch.Tensor, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    if x.shape[:2] != real.shape:  # not this batch's (B, T) layout (e.g. a KV-cached continuation)
-        return forward(x)
-    y = forward(x.flatten(0, 1).index_select(0, index))
-    return y.new_zeros(real.numel(), y.shape[-1]).index_copy(0, index, y).view(*real.shape, -1)
+class RealTokens:
+    """An MLP's forward on the real tokens of the batch it is set to (``real``: the (B, T) mask, ``index``: its
+    flat positions), zeros at the pads. One per MLP, kept on it (``mlp._real_tokens``): installing the same
+    object for every batch keeps a compiled block's graph valid (``compiled_blocks``), where a new wrapper
+    per batch would recompile it."""
+
+    def __init__(self, forward):
+        self.forward = forward
+        self.real: torch.Tensor | None = None
+        self.index: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        real, index = self.real, self.index
+        if (
+            real is None or x.shape[:2] != real.shape
+        ):  # not this batch's (B, T) layout (e.g. a KV-cached step)
+            return self.forward(x)
+        y = self.forward(x.flatten(0, 1).index_select(0, index))
+        return y.new_zeros(real.numel(), y.shape[-1]).index_copy(0, index, y).view(*real.shape, -1)
 
 
 @contextlib.contextmanager
@@ -152,13 +166,42 @@ def mlps_on_real_tokens(model, attention_mask: torch.Tensor):
         yield
         return
     index = real.flatten().nonzero().squeeze(1)
+    wrappers = []
     for mlp in mlps:
-        mlp.forward = functools.partial(_on_real_tokens, mlp.forward, real, index)
+        wrapper = vars(mlp).get("_real_tokens")
+        if wrapper is None:
+            wrapper = mlp._real_tokens = RealTokens(mlp.forward)
+        wrapper.real, wrapper.index = real, index
+        mlp.forward = wrapper
+        wrappers.append((mlp, wrapper))
     try:
         yield
     finally:
-        for mlp in mlps:
+        for mlp, wrapper in wrappers:
+            wrapper.real = wrapper.index = None
             del mlp.forward
+
+
+@contextlib.contextmanager
+def compiled_blocks(model, first: int, compiled: dict):
+    """Inside, the decoder blocks from ``first`` up run torch.compile'd (``training.compile``): inductor
+    fuses each block's norms, activation, rotary and the real-token gathers around its matmuls. Each block
+    is compiled once (kept in ``compiled``, by block, for the trainer's life), with dynamic shapes (the
+    chunks' lengths vary), on its first step; outside, the blocks are the plain modules again (validation
+    and prediction run eager)."""
+    blocks = list(decoder_layers(model))[first:]
+    limit = 4 * len(blocks)  # one graph per block (each is its own module), and room for a shape change
+    if torch._dynamo.config.recompile_limit < limit:
+        torch._dynamo.config.recompile_limit = limit
+    for block in blocks:
+        if id(block) not in compiled:
+            compiled[id(block)] = torch.compile(block._call_impl, dynamic=True)
+        block._compiled_call_impl = compiled[id(block)]
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block._compiled_call_impl = None
 
 
 def chunked_loss(
@@ -359,6 +402,7 @@ class RegressionTrainer(Trainer):
         frozen: int = 0,
         length_chunks: int | None = 1,
         val_store: HiddenStore | None = None,
+        compile: bool = False,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -368,6 +412,8 @@ class RegressionTrainer(Trainer):
         self.warned_collapse = False
         self.frozen = frozen  # blocks below the trained ones, read from cached states (0: none)
         self.length_chunks = length_chunks
+        self.compile = compile  # the trained blocks torch.compile'd for training steps (compiled_blocks)
+        self.compiled: dict[int, object] = {}  # id(block) -> its compiled call
         self.val_store = val_store  # the validation prompts' states after the frozen blocks (None: uncached)
         self.ema: WeightAverage | None = None  # training.ema's average, when set
 
@@ -387,7 +433,9 @@ class RegressionTrainer(Trainer):
             inputs.get("bidirectional", False),
             inputs.get("hidden"),
         )
-        with skip_frozen(model, self.frozen if batch.hidden is not None else 0):
+        frozen = self.frozen if batch.hidden is not None else 0
+        compiled = compiled_blocks(model, frozen, self.compiled) if self.compile else contextlib.nullcontext()
+        with skip_frozen(model, frozen), compiled:
             loss = chunked_loss(
                 self.loss_fn,
                 model,
@@ -635,6 +683,7 @@ def fit(
         frozen=frozen,
         length_chunks=cfg.training.length_chunks,
         val_store=val_store,
+        compile=cfg.training.compile,
     )
     if cfg.training.ema is not None:
         trainer.ema = WeightAverage(predictor.model, cfg.training.ema, last)
