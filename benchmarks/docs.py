@@ -488,6 +488,15 @@ def efficiency(variant: str, key: str = "fraction_of_peak") -> str:
     return f"{row[key]:.2f}x"
 
 
+def compile_seconds() -> str:
+    """What compiling costs once: the compiled variant's first two steps against the default's."""
+    rows = {r["name"]: r for r in load("speed.json")}
+    compiled, default = (
+        rows[f"train step vs matmul peak: {v}"] for v in ("compiled blocks (opt-in)", "default")
+    )
+    return f"{compiled['warmup_seconds'] - default['warmup_seconds']:.0f} s"
+
+
 def int8(key: str) -> str:
     d = load("int8.json")
     if key == "speedup":
@@ -583,6 +592,9 @@ VALUES: dict[str, Callable[[], str]] = {
     "efficiency.default": lambda: efficiency("default"),
     "efficiency.before": lambda: efficiency("before issue 40"),
     "efficiency.bf16_speedup": lambda: efficiency("bf16 autocast (opt-in)", "speedup_vs_default"),
+    "efficiency.compiled": lambda: efficiency("compiled blocks (opt-in)"),
+    "efficiency.compiled_speedup": lambda: efficiency("compiled blocks (opt-in)", "speedup_vs_default"),
+    "efficiency.compile_seconds": compile_seconds,
     "int8.speedup": lambda: int8("speedup"),
     "int8.delta_rmse": lambda: int8("delta_rmse"),
     "int8.delta_spearman": lambda: int8("delta_spearman"),
