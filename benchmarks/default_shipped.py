@@ -1,0 +1,117 @@
+"""Issue 40, item 2: what the shipped default's validation settings cost and bring (sweeps/default-shipped.yaml).
+
+The sweep trains `raftlm train` as shipped (data flags only: validation on the whole validation split every
+100 steps, prompts up to 512 tokens) and the same with the frontier's validation settings (``--val-size 300
+--max-length 256``), same seed and LR, on STS-B-1K. STS-B's prompts are far shorter than 256 tokens and
+validation draws no random numbers, so both arms train the same weights step for step (checked here: their
+logged training losses must be equal); what differs is which checkpoint each validation keeps, and its
+minutes. Both choices are then scored on the same footing, the shipped arm's whole-split validation curve
+(that is what a default is chosen on), and the test split is read after. Minutes: a run's wall clock counts
+the time a sweep spent paused (SIGSTOP, benchmarks/paused.sh) while something else was timed, so the cost
+of validation is also given as the prompts it scored, priced at the rate the same cell scored its test
+prompts (both orders of each pair):
+
+    python benchmarks/default_shipped.py   # -> benchmarks/results/default_shipped.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDER = ROOT / "benchmarks" / "results" / "default-shipped"
+OUT = ROOT / "benchmarks" / "results" / "default_shipped.json"
+
+
+def curve(run_id: str) -> tuple[dict[int, float], dict[int, float]]:
+    """({step: validation RMSE}, {step: training loss}) of one run."""
+    evals, losses = {}, {}
+    for line in (FOLDER / "curves" / f"{run_id}.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "eval_rmse" in row:
+            evals[int(row["step"])] = float(row["eval_rmse"])
+        if "loss" in row:
+            losses[int(row["step"])] = float(row["loss"])
+    return evals, losses
+
+
+def validation_size(cell: dict) -> int:
+    """Pairs a cell validated on: its val_size option, else the dataset's whole validation split."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from raftlm.config import Config
+    from raftlm.data import load_splits
+
+    options = dict(kv.split("=", 1) for kv in (cell.get("options") or "").split(",") if "=" in kv)
+    if "val_size" in options:
+        return int(options["val_size"])
+    cfg = Config.build(
+        {"data": {"dataset": cell["dataset"], "data_dir": str(ROOT.parent / "shared/data/stsb")}}
+    )
+    return len(load_splits(cfg.data).validation)
+
+
+def main() -> int:
+    cells = [json.loads(p.read_text()) for p in sorted((FOLDER / "cells").glob("*.json"))]
+    shipped = [c for c in cells if not c.get("options")]
+    other = [c for c in cells if c.get("options")]
+    if len(shipped) != 1 or len(other) != 1:
+        print(
+            f"default_shipped: need the sweep's 2 cells in {FOLDER}/cells (have {len(cells)})",
+            file=sys.stderr,
+        )
+        return 1
+    arms = {"shipped": shipped[0], "frontier": other[0]}
+    curves = {name: curve(c["run_id"]) for name, c in arms.items()}
+    shared = sorted(set(curves["shipped"][1]) & set(curves["frontier"][1]))
+    same_training = bool(shared) and all(
+        abs(curves["shipped"][1][s] - curves["frontier"][1][s])
+        <= 1e-6 * max(1.0, abs(curves["shipped"][1][s]))
+        for s in shared
+    )
+    whole = curves["shipped"][0]  # the whole validation split, every eval step
+    out = {
+        "dataset": arms["shipped"]["dataset"],
+        "seed": arms["shipped"]["seed"],
+        "lr": arms["shipped"]["lr"],
+        "same_training": same_training,
+        "logged_losses_compared": len(shared),
+        "arms": {},
+    }
+    orders = 2  # STS-B's pair, in both orders at validation and test
+    for name, c in arms.items():
+        n_val = validation_size(c)
+        evals = len(curves[name][0])
+        seconds_per_prompt = c["eval_seconds"] / (c["n"] * orders)
+        out["arms"][name] = {
+            "validation_pairs": n_val,
+            "validations": evals,
+            "validation_prompts": evals * n_val * orders,
+            "validation_minutes_at_test_rate": evals * n_val * orders * seconds_per_prompt / 60,
+            "options": c.get("options") or "(data flags only)",
+            "train_minutes": c["train_runtime_s"] / 60,
+            "test_minutes": c["eval_seconds"] / 60,
+            "best_step": c["best_step"],
+            "own_validation_rmse": c["validation_rmse"],
+            "whole_validation_rmse_at_best_step": whole.get(c["best_step"]),
+            "test_rmse": c["rmse"],
+            "test_spearman": c["spearman"],
+            "test_pearson": c["pearson"],
+        }
+    a, b = out["arms"]["shipped"], out["arms"]["frontier"]
+    out["extra_minutes"] = a["validation_minutes_at_test_rate"] - b["validation_minutes_at_test_rate"]
+    out["extra_wall_minutes"] = a["train_minutes"] - b["train_minutes"]
+    if same_training and a["whole_validation_rmse_at_best_step"] is not None:
+        out["validation_gain"] = (
+            b["whole_validation_rmse_at_best_step"] - a["whole_validation_rmse_at_best_step"]
+        )
+    else:
+        out["validation_gain"] = None  # the arms trained different weights: their choices do not compare
+    OUT.write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
