@@ -91,9 +91,11 @@ SHIPPED_ARMS = {
 
 
 def shipped_entry(dataset: str) -> dict | None:
-    """The shipped default's table-3 entry on one dataset, by table3-converged's rule: the LR whose seed 0
-    has the lower validation RMSE, and every seed run at that LR (mean ± std of test RMSE)."""
-    import numpy as np
+    """The shipped default's table-3 entry on one dataset: its cells from every folder of SHIPPED_ARMS, as
+    one entry of raftlm's own ``report.aggregate`` (table3-converged's rule: the LR whose seed 0 has the
+    lower validation RMSE, mean ± std of every seed at that LR)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from raftlm.report import aggregate
 
     cells: dict[tuple[float, int], dict] = {}
     for folder, method, options in SHIPPED_ARMS[dataset]:
@@ -101,23 +103,11 @@ def shipped_entry(dataset: str) -> dict | None:
             continue
         for r in load(f"{folder}/results.json"):
             if r["dataset"] == dataset and r["method"] == method and (r.get("options") or "") == options:
-                cells.setdefault((r["lr"], r["seed"]), r)
-    seed0 = {lr: r for (lr, seed), r in cells.items() if seed == 0}
-    if not seed0:
+                cells.setdefault((r["lr"], r["seed"]), {**r, "options": ""})  # one entry, whatever its folder
+    if not any(seed == 0 for _, seed in cells):
         return None
-    lr = min(seed0, key=lambda k: seed0[k]["validation_rmse"])
-    rows = [r for (k, _), r in sorted(cells.items()) if k == lr]
-    rmse = [r["rmse"] for r in rows]
-    return {
-        "dataset": dataset,
-        "label": SHIPPED,
-        "lr": lr,
-        "seeds": [r["seed"] for r in rows],
-        "rmse": float(np.mean(rmse)),
-        "rmse_std": float(np.std(rmse, ddof=1)) if len(rmse) > 1 else 0.0,
-        "validation_rmse": float(np.mean([r["validation_rmse"] for r in rows])),
-        "collapsed_seeds": [r["seed"] for r in rows if r.get("collapsed")],
-    }
+    (entry,) = aggregate(list(cells.values()))
+    return {**entry, "label": SHIPPED}
 
 
 def summary(folder: str = TABLE3) -> dict:

@@ -566,7 +566,10 @@ def test_docs_shipped_default_row_picks_its_lr_on_seed_0_validation_across_folde
     def cell(lr, seed, val, test, options=""):
         return {
             "dataset": "amazon-snippets",
+            "model": "gemma-3-270m",
             "method": "raft",
+            "decoder": "rail",
+            "train_fraction": None,
             "options": options,
             "lr": lr,
             "seed": seed,

@@ -145,9 +145,8 @@ class RealTokens:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         real, index = self.real, self.index
-        if (
-            real is None or x.shape[:2] != real.shape
-        ):  # not this batch's (B, T) layout (e.g. a KV-cached step)
+        # no batch set, or not this batch's (B, T) layout (e.g. a KV-cached step): the plain MLP
+        if real is None or x.shape[:2] != real.shape:
             return self.forward(x)
         y = self.forward(x.flatten(0, 1).index_select(0, index))
         return y.new_zeros(real.numel(), y.shape[-1]).index_copy(0, index, y).view(*real.shape, -1)
