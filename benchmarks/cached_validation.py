@@ -43,7 +43,7 @@ def main() -> None:
     predictor = new_predictor(cfg, splits)
     make_trainable(predictor, cfg)
     k = frozen_blocks_to_cache(predictor, cfg)
-    texts = [e.text for e in validation_subset(splits.validation, cfg)]
+    texts = [e.text for e in validation_subset(splits, cfg)]
     start = time.perf_counter()
     store = build_store(
         predictor.model, predictor.encode(texts), k, predictor.pad_id, Path(tempfile.gettempdir())

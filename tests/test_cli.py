@@ -327,6 +327,25 @@ def test_validation_subset_does_not_cut_the_test_split(tmp_path, toy_csv, capsys
     row = json.loads(out3.read_text())
     assert (row["n"], row["split_size"]) == (3, 4)
     assert "scored the first 3 of 4 examples (--eval-size)" in capsys.readouterr().err
+    # a file given with --input is in its user's order (maybe sorted by target): a seeded sample, not its head
+    out_in = tmp_path / "input3.json"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(run),
+                "--input",
+                str(toy_csv),
+                "--eval-size",
+                "3",
+                "--output",
+                str(out_in),
+            ]
+        )
+        == 0
+    )
+    assert "scored a seeded random sample of 3 of" in capsys.readouterr().err
 
 
 def test_old_data_eval_size_reads_as_val_size_with_a_warning(tmp_path):

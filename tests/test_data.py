@@ -4,7 +4,8 @@ from helpers import SHARED_STSB, write_csv
 
 from raftlm.config import DataConfig
 from raftlm.core import RaftlmError
-from raftlm.data import load_splits, synthetic_original1
+from raftlm.data import cap, load_splits, synthetic_original1
+from raftlm.data import SPLIT_NAMES
 from raftlm.files import read_rows, to_examples
 from raftlm.prompts import PROMPTS
 
@@ -35,6 +36,33 @@ def test_csv_dataset_splits_and_errors(tmp_path):
         load_splits(DataConfig(dataset=f"csv:{tmp_path / 'a.csv'}", target_column="score"))
     with pytest.raises(RaftlmError, match="column 'title' needed by the prompt template is missing"):
         load_splits(DataConfig(dataset=f"csv:{tmp_path / 'a.csv'}", template="Title: {title}. Rating:"))
+
+
+def test_size_caps_sample_a_split_in_the_users_order(tmp_path):
+    """--train-size / --val-size / --eval-size on a file whose split column keeps its rows sorted by target: the
+    first N rows would be its N lowest targets, so the cap draws a seeded sample, kept in the file's order."""
+    rows = [{"text": f"row {i}", "target": i / 10, "split": s} for s in SPLIT_NAMES for i in range(40)]
+    path = write_csv(tmp_path / "sorted.csv", rows)
+    s = load_splits(DataConfig(dataset=f"csv:{path}", train_size=10))
+    assert s.file_order and len(s.train) == 10
+    train = [e.target for e in s.train]
+    assert train == sorted(train) and max(train) > 2.0  # file order kept; not the ten lowest (0.0 .. 0.9)
+    assert train == [0.4, 1.0, 1.1, 1.5, 1.8, 2.0, 2.2, 2.5, 2.8, 2.9]  # split_seed 0's sample, pinned
+    other = [
+        e.target for e in load_splits(DataConfig(dataset=f"csv:{path}", train_size=10, split_seed=1)).train
+    ]
+    assert other != train and len(other) == 10
+    bigger = [e.target for e in load_splits(DataConfig(dataset=f"csv:{path}", train_size=20)).train]
+    assert set(train) <= set(bigger)  # nested: a larger cap holds the smaller one's sample
+    half = [e.target for e in load_splits(DataConfig(dataset=f"csv:{path}", train_fraction=0.25)).train]
+    assert half == train  # train_fraction 0.25 of 40 is the same cap
+    # a split raftlm shuffled itself (no split column): the first N, which is already a random sample
+    shuffled = write_csv(tmp_path / "plain.csv", [{k: r[k] for k in ("text", "target")} for r in rows])
+    s = load_splits(DataConfig(dataset=f"csv:{shuffled}"))
+    assert not s.file_order and cap(s.validation, 3, s.file_order) == s.validation[:3]
+    items = list(range(100))
+    assert cap(items, None, True) is items and cap(items, 200, True) is items
+    assert cap(items, 5, True) == cap(items, 5, True, 0) != cap(items, 5, True, 7)
 
 
 @pytest.mark.parametrize(

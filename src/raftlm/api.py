@@ -203,7 +203,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                 self.calibrate(*eval_set)
             return self
         template = resolve_template(self.prompt_template)
-        splits = Splits(train, val, [], template, grid="1-5", target_range="auto")
+        splits = Splits(train, val, [], template, grid="1-5", target_range="auto", file_order=True)
         with self._run_dir() as run_dir:
             run = fit_run(
                 self._config(str(run_dir)),

@@ -537,7 +537,7 @@ def cmd_evaluate(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from raftlm.data import load_splits
+    from raftlm.data import cap_words, load_splits
     from raftlm.files import read_rows
     from raftlm.io import prepare_output, register_output, write_json
     from raftlm.pipeline import check_eval_model, eval_limit, evaluate_predictor, load_for_eval
@@ -556,13 +556,15 @@ def _evaluate(args) -> None:
     else:
         examples = splits.split(cfg.eval.split)
     n_split = len(examples)
-    examples = eval_limit(examples, cfg)
+    file_order = bool(args.input) or splits.file_order
+    examples = eval_limit(examples, cfg, file_order)
     calibration = Calibration.load(cfg.model.name, required=False) if is_run_dir(cfg.model.name) else None
     metrics, _ = evaluate_predictor(predictor, examples, cfg, calibration=calibration)
     metrics["split_size"] = n_split
     if len(examples) < n_split:
         print(
-            f"raftlm evaluate: scored the first {len(examples)} of {n_split} examples (--eval-size); "
+            f"raftlm evaluate: scored {cap_words(file_order)} {len(examples)} of {n_split} examples "
+            "(--eval-size); "
             "drop --eval-size to score the whole split",
             file=sys.stderr,
         )

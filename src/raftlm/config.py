@@ -200,12 +200,18 @@ class DataConfig:
     target_column: str = field(
         default="target", metadata={"group": "basic", "help": "target column (csv/jsonl/hf)"}
     )
-    train_size: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
+    train_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "train on N examples: the first N of a split raftlm shuffled, a seeded random sample of "
+            "a split in your file's order (its split column, a Hub dataset)"
+        },
+    )
     val_size: int | None = field(
         default=None,
         metadata={
             "group": "basic",
-            "help": "validate on the first N validation examples while training (default: all)",
+            "help": "validate on N validation examples while training, chosen as --train-size's (default: all)",
         },
     )
     train_fraction: float | None = field(
@@ -561,7 +567,10 @@ class EvalConfig:
     )
     eval_size: int | None = field(
         default=None,
-        metadata={"help": "evaluate: score only the first N examples (default: the whole split)"},
+        metadata={
+            "help": "evaluate: score only N examples, chosen as --train-size's; an --input file is in your "
+            "order (default: the whole split)"
+        },
     )
     interval: float | None = field(
         default=None,

@@ -42,6 +42,24 @@ def _subset(items: list, idx) -> list:
     return [items[i] for i in idx]
 
 
+def cap(items: list, n: int | None, file_order: bool, seed: int | None = None) -> list:
+    """``n`` of ``items`` (all of them when ``n`` is None or not smaller): the first ``n`` of a split raftlm
+    shuffled or left unordered (the built-in datasets, a file without a split column), but of a split in a
+    user's order (``file_order``: a file's split column, a Hub dataset, Python lists) a random sample of
+    ``n`` (seed ``seed``, default 0), kept in that order: a file sorted by its target has first rows that are
+    not a sample of it. The same seed's sample of a larger ``n`` holds the smaller one's."""
+    if n is None or n >= len(items):
+        return items
+    if not file_order:
+        return items[:n]
+    return _subset(items, sorted(_shuffled(len(items), seed or 0)[:n]))
+
+
+def cap_words(file_order: bool) -> str:
+    """How ``cap`` chose, for a message: "the first" or "a random sample (seeded) of"."""
+    return "a seeded random sample of" if file_order else "the first"
+
+
 def _file_dataset(path: str, template: str | None, text_column: str, target_column: str, seed: int) -> Splits:
     rows = read_rows(path)
     template = resolve_template(template or "{" + text_column + "}")
@@ -59,7 +77,9 @@ def _file_dataset(path: str, template: str | None, text_column: str, target_colu
                 "fix the split column"
             )
         parts = {s: [r for r in rows if r["split"] == s] for s in SPLIT_NAMES}
+        in_order = True
     else:
+        in_order = False
         idx = _shuffled(len(rows), seed)
         n_val = n_test = max(1, len(rows) // 10)
         parts = {
@@ -68,7 +88,15 @@ def _file_dataset(path: str, template: str | None, text_column: str, target_colu
             "train": _subset(rows, idx[n_test + n_val :]),
         }
     ex = {k: to_examples(v, template, target_column, str(path)) for k, v in parts.items()}
-    return Splits(ex["train"], ex["validation"], ex["test"], template, grid="1-5", target_range="auto")
+    return Splits(
+        ex["train"],
+        ex["validation"],
+        ex["test"],
+        template,
+        grid="1-5",
+        target_range="auto",
+        file_order=in_order,
+    )
 
 
 # --- STS-B (stsbenchmark distribution, or its copy on the Hugging Face Hub) ------------------------
@@ -276,7 +304,13 @@ def _hub_dataset(hub_id: str, template: str | None, text_column: str, target_col
             else []
         )
     return Splits(
-        parts["train"], parts["validation"], parts["test"], template, grid="1-5", target_range="auto"
+        parts["train"],
+        parts["validation"],
+        parts["test"],
+        template,
+        grid="1-5",
+        target_range="auto",
+        file_order=True,
     )
 
 
@@ -653,7 +687,8 @@ def load_splits(cfg) -> Splits:
             f"--stsb-test {cfg.stsb_test} applies to the stsb datasets only, not {name}: drop it"
         )
     if cfg.train_size is not None and name not in (*STSB_DATASETS, "amazon-snippets"):
-        splits = replace(splits, train=splits.train[: cfg.train_size])
-    if cfg.train_fraction is not None:  # data-size curves (figure 4): a prefix of the (shuffled) train split
-        splits = replace(splits, train=splits.train[: max(1, round(cfg.train_fraction * len(splits.train)))])
+        splits = replace(splits, train=cap(splits.train, cfg.train_size, splits.file_order, cfg.split_seed))
+    if cfg.train_fraction is not None:  # data-size curves (figure 4): nested samples of the train split
+        n = max(1, round(cfg.train_fraction * len(splits.train)))
+        splits = replace(splits, train=cap(splits.train, n, splits.file_order, cfg.split_seed))
     return splits

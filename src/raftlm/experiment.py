@@ -377,7 +377,9 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
     predictor = load_for_eval(cfg, splits)
     calibration = uncertainty.Calibration.load(run_dir) if trains else None
     start = time.time()
-    test = eval_limit(splits.test, cfg)  # the whole test split unless the sweep sets eval.eval_size
+    test = eval_limit(
+        splits.test, cfg, splits.file_order
+    )  # the whole split unless the sweep sets eval.eval_size
     metrics, preds = evaluate_predictor(predictor, test, cfg, desc=cell.cell_id, calibration=calibration)
     rows = [
         {"index": i, "target": e.target, "prediction": float(preds.values[i])} for i, e in enumerate(test)

@@ -20,7 +20,7 @@ from transformers import set_seed
 from raftlm import methods, uncertainty
 from raftlm.config import Config
 from raftlm.core import Example, RaftlmError, Splits, short, warn
-from raftlm.data import load_splits
+from raftlm.data import cap, load_splits
 from raftlm.grid import Grid, TargetScaler, make_scaler
 from raftlm.io import (
     check_no_tilde,
@@ -180,14 +180,15 @@ def make_trainable(predictor: Predictor, cfg: Config) -> None:
         attach_head(predictor.model, predictor.head)
 
 
-def validation_subset(examples: list[Example], cfg: Config) -> list[Example]:
-    """The validation examples used while training (``data.val_size``)."""
-    return examples[: cfg.data.val_size] if cfg.data.val_size else examples
+def validation_subset(splits: Splits, cfg: Config) -> list[Example]:
+    """The validation examples used while training (``data.val_size``: ``raftlm.data.cap``)."""
+    return cap(splits.validation, cfg.data.val_size, splits.file_order, cfg.data.split_seed)
 
 
-def eval_limit(examples: list[Example], cfg: Config) -> list[Example]:
-    """What ``evaluate`` scores: the whole split unless ``eval.eval_size`` limits it."""
-    return examples[: cfg.eval.eval_size] if cfg.eval.eval_size else examples
+def eval_limit(examples: list[Example], cfg: Config, file_order: bool) -> list[Example]:
+    """What ``evaluate`` scores: the whole split unless ``eval.eval_size`` limits it (``raftlm.data.cap``;
+    ``file_order``: the examples are in a user's order, a file given with --input or a split column)."""
+    return cap(examples, cfg.eval.eval_size, file_order, cfg.data.split_seed)
 
 
 def predict_texts(predictor: Predictor, texts: list[str], cfg: Config, desc: str | None):
@@ -405,7 +406,7 @@ def _train_into(
     if is_main_process():
         write_text(build / "config.yaml", cfg.to_yaml())
     _barrier()
-    validation = validation_subset(splits.validation, cfg)
+    validation = validation_subset(splits, cfg)
     summary = fit(
         predictor,
         both_orders(predictor, splits.train),
