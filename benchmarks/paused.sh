@@ -1,13 +1,19 @@
 #!/bin/bash
 # run a command with background sweeps paused (SIGSTOP), resume them after; a sweep already stopped by
-# hand (state T) is left stopped. Each pause is logged (start and end, epoch seconds, and the pids) in
-# benchmarks/work/pauses.log of the checkout it runs in: a paused sweep's wall-clock minutes include it, and a script can take it out.
-PIDS=""
-for pid in $(pgrep -f "^[^ ]*python[^ ]* .*(raftlm experiment|raftlm train|benchmarks/)" | grep -v $$); do
-  [ "$(ps -o state= -p "$pid" 2>/dev/null | tr -d ' ')" = "T" ] || PIDS="$PIDS $pid"
-done
+# hand (state T) is left stopped. The sweep drivers (sweep_queue.sh, background_sweep.sh) are stopped first,
+# so none starts a new sweep process (its next sweep, a report) while the command runs. Each pause is logged
+# (start and end, epoch seconds, and the pids) in benchmarks/work/pauses.log of the checkout it runs in: a
+# paused sweep's wall-clock minutes include it, and a script can take it out.
+running() {  # pids matching the pattern, not this shell, not already stopped
+  for pid in $(pgrep -f "$1" | grep -vx $$); do
+    [ "$(ps -o state= -p "$pid" 2>/dev/null | tr -d ' ')" = "T" ] || echo "$pid"
+  done
+}
+DRIVERS=$(running "benchmarks/(sweep_queue|background_sweep)\.sh" | tr '\n' ' ')
+[ -n "$DRIVERS" ] && kill -STOP $DRIVERS
+PIDS="$(running "^[^ ]*python[^ ]* .*(raftlm experiment|raftlm train|benchmarks/)" | tr '\n' ' ')$DRIVERS"
 LOG="$(git rev-parse --show-toplevel 2>/dev/null || echo /tmp)/benchmarks/work/pauses.log"
 START=$(date +%s.%N)
 [ -n "$PIDS" ] && kill -STOP $PIDS
-trap '[ -n "$PIDS" ] && kill -CONT $PIDS && mkdir -p "$(dirname "$LOG")" && echo "$START $(date +%s.%N)$PIDS" >>"$LOG"' EXIT
+trap '[ -n "${PIDS// }" ] && kill -CONT $PIDS && mkdir -p "$(dirname "$LOG")" && echo "$START $(date +%s.%N) $PIDS" >>"$LOG"' EXIT
 "$@"
