@@ -14,6 +14,10 @@ from the other arm's by its batch count), or where that log is missing, the prom
 rate the same cell scored its test prompts (an upper bound: validation reads the frozen blocks' cached
 states, the test runs them):
 
+Seeds 1-2 (sweeps/default-shipped-seeds.yaml) run the shipped arm only: the other arm's training is the
+same, and its 300-pair validation curve is sweeps/stsb-levers.yaml's cell at that seed (checked the same way,
+by the logged losses); its choice among the shipped arm's validation steps is read from there.
+
     python benchmarks/default_shipped.py   # -> benchmarks/results/default_shipped.json
 """
 
@@ -26,17 +30,20 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDER = ROOT / "benchmarks" / "results" / "default-shipped"
-OUT = ROOT / "benchmarks" / "results" / "default_shipped.json"
+RESULTS = ROOT / "benchmarks" / "results"
+FOLDER = RESULTS / "default-shipped"
+SEEDS = RESULTS / "default-shipped-seeds"  # the shipped arm at seeds 1-2
+LEVERS = RESULTS / "stsb-levers"  # the 300-pair arm's curves at every seed (both orders, LR 1e-4)
+OUT = RESULTS / "default_shipped.json"
 LOG = ROOT.parent / "wt-default-shipped.log"
 BAR = re.compile(r"validation: 100%\|[^|]*\| (\d+)/(\d+) \[(?:(\d+):)?(\d+):(\d+)<")
 
 
-def validation_passes(batches: int) -> list[float]:
-    """Seconds of each finished validation pass of ``batches`` batches in the sweep's log ([] without it)."""
-    if not LOG.exists():
+def validation_passes(batches: int, log: Path = LOG) -> list[float]:
+    """Seconds of each finished validation pass of ``batches`` batches in a sweep's log ([] without it)."""
+    if not log.exists():
         return []
-    text = LOG.read_text(errors="replace").replace("\r", "\n")
+    text = log.read_text(errors="replace").replace("\r", "\n")
     return [
         int(h or 0) * 3600 + int(m) * 60 + int(sec)
         for done, total, h, m, sec in BAR.findall(text)
@@ -44,16 +51,52 @@ def validation_passes(batches: int) -> list[float]:
     ]
 
 
-def curve(run_id: str) -> tuple[dict[int, float], dict[int, float]]:
+def curve(run_id: str, folder: Path = FOLDER) -> tuple[dict[int, float], dict[int, float]]:
     """({step: validation RMSE}, {step: training loss}) of one run."""
     evals, losses = {}, {}
-    for line in (FOLDER / "curves" / f"{run_id}.jsonl").read_text().splitlines():
+    for line in (folder / "curves" / f"{run_id}.jsonl").read_text().splitlines():
         row = json.loads(line)
         if "eval_rmse" in row:
             evals[int(row["step"])] = float(row["eval_rmse"])
         if "loss" in row:
             losses[int(row["step"])] = float(row["loss"])
     return evals, losses
+
+
+def equal_losses(a: dict[int, float], b: dict[int, float]) -> tuple[bool, int]:
+    """Whether two runs logged the same training losses (so trained the same weights), and how many."""
+    shared = sorted(set(a) & set(b))
+    same = bool(shared) and all(abs(a[s] - b[s]) <= 1e-6 * max(1.0, abs(a[s])) for s in shared)
+    return same, len(shared)
+
+
+def kept_step(evals: dict[int, float], steps) -> int:
+    """The checkpoint a validation curve keeps among ``steps``: the first lowest (as the Trainer does)."""
+    return min(sorted(steps), key=lambda s: evals[s])
+
+
+def seed_row(cell: dict, folder: Path, log: Path) -> dict:
+    """One seed: the shipped arm's cell against the 300-pair arm's choice read from stsb-levers' curve."""
+    whole, losses = curve(cell["run_id"], folder)
+    run = f"stsb-1k--gemma-3-270m--raft_pair_swap_sentence1_sentence2--lr0.0001--s{cell['seed']}"
+    val300, losses300 = curve(run, LEVERS) if (LEVERS / "curves" / f"{run}.jsonl").exists() else ({}, {})
+    same, n = equal_losses(losses, losses300)
+    steps = [s for s in whole if s in val300]
+    step300 = kept_step(val300, steps) if steps else None
+    passes = validation_passes(math.ceil(validation_size(cell) * 2 / 16), log)
+    return {
+        "seed": cell["seed"],
+        "same_training": same,
+        "logged_losses_compared": n,
+        "shipped_step": cell["best_step"],
+        "shipped_whole_validation_rmse": whole[cell["best_step"]],
+        "val300_step": step300,
+        "val300_whole_validation_rmse": whole.get(step300),
+        "validation_gain": whole[step300] - whole[cell["best_step"]] if same and step300 else None,
+        "shipped_validation_minutes": sum(passes) / 60 if len(passes) == len(whole) else None,
+        "test_rmse": cell["rmse"],
+        "test_spearman": cell["spearman"],
+    }
 
 
 def validation_size(cell: dict) -> int:
@@ -83,19 +126,14 @@ def main() -> int:
         return 1
     arms = {"shipped": shipped[0], "frontier": other[0]}
     curves = {name: curve(c["run_id"]) for name, c in arms.items()}
-    shared = sorted(set(curves["shipped"][1]) & set(curves["frontier"][1]))
-    same_training = bool(shared) and all(
-        abs(curves["shipped"][1][s] - curves["frontier"][1][s])
-        <= 1e-6 * max(1.0, abs(curves["shipped"][1][s]))
-        for s in shared
-    )
+    same_training, n_shared = equal_losses(curves["shipped"][1], curves["frontier"][1])
     whole = curves["shipped"][0]  # the whole validation split, every eval step
     out = {
         "dataset": arms["shipped"]["dataset"],
         "seed": arms["shipped"]["seed"],
         "lr": arms["shipped"]["lr"],
         "same_training": same_training,
-        "logged_losses_compared": len(shared),
+        "logged_losses_compared": n_shared,
         "arms": {},
     }
     orders = 2  # STS-B's pair, in both orders at validation and test
@@ -133,6 +171,17 @@ def main() -> int:
         )
     else:
         out["validation_gain"] = None  # the arms trained different weights: their choices do not compare
+    # every seed: seed 0's arms as above, seeds 1-2 their shipped arm against stsb-levers' 300-pair curve
+    seeds = [seed_row(arms["shipped"], FOLDER, LOG)]
+    seeds[0]["val300_step_ran"] = arms["frontier"]["best_step"]  # the frontier arm really ran at seed 0
+    more = sorted((SEEDS / "cells").glob("*.json")) if (SEEDS / "cells").exists() else []
+    seeds += [
+        seed_row(json.loads(p.read_text()), SEEDS, ROOT.parent / "wt-default-shipped-seeds.log") for p in more
+    ]
+    out["seeds"] = seeds
+    gains = [r["validation_gain"] for r in seeds if r["validation_gain"] is not None]
+    out["validation_gain_mean"] = sum(gains) / len(gains) if gains else None
+    out["seeds_compared"] = len(gains)
     OUT.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
     return 0
