@@ -121,3 +121,18 @@ def test_stsb_test_option_is_checked():
         DataConfig(stsb_test="train")
     with pytest.raises(RaftlmError, match="applies to the stsb datasets only"):
         load_splits(DataConfig(dataset="amazon-snippets", stsb_test="test"))
+
+
+def test_hub_dataset_splits_keep_their_order_and_caps_sample_them(monkeypatch):
+    import datasets
+
+    def rows(n):
+        return datasets.Dataset.from_dict(
+            {"text": [f"t{i}" for i in range(n)], "target": [float(i) for i in range(n)]}
+        )
+
+    hub = datasets.DatasetDict({"train": rows(40), "validation": rows(20), "test": rows(10)})
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: hub)
+    s = load_splits(DataConfig(dataset="hf:someone/sorted", train_size=10))
+    assert s.file_order and [e.target for e in s.test] == list(range(10))  # whole splits keep the Hub's order
+    assert [e.target for e in s.train] == [4.0, 10.0, 11.0, 15.0, 18.0, 20.0, 22.0, 25.0, 28.0, 29.0]

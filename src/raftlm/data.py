@@ -88,15 +88,7 @@ def _file_dataset(path: str, template: str | None, text_column: str, target_colu
             "train": _subset(rows, idx[n_test + n_val :]),
         }
     ex = {k: to_examples(v, template, target_column, str(path)) for k, v in parts.items()}
-    return Splits(
-        ex["train"],
-        ex["validation"],
-        ex["test"],
-        template,
-        grid="1-5",
-        target_range="auto",
-        file_order=in_order,
-    )
+    return Splits(**ex, template=template, grid="1-5", target_range="auto", file_order=in_order)
 
 
 # --- STS-B (stsbenchmark distribution, or its copy on the Hugging Face Hub) ------------------------
@@ -303,15 +295,7 @@ def _hub_dataset(hub_id: str, template: str | None, text_column: str, target_col
             if found
             else []
         )
-    return Splits(
-        parts["train"],
-        parts["validation"],
-        parts["test"],
-        template,
-        grid="1-5",
-        target_range="auto",
-        file_order=True,
-    )
+    return Splits(**parts, template=template, grid="1-5", target_range="auto", file_order=True)
 
 
 # --- Amazon reviews (Ni et al. 2019) and MovieLens (Luo et al. 2024) --------------------------------
