@@ -90,13 +90,8 @@ SHIPPED_ARMS = {
 }
 
 
-def shipped_entry(dataset: str) -> dict | None:
-    """The shipped default's table-3 entry on one dataset: its cells from every folder of SHIPPED_ARMS, as
-    one entry of raftlm's own ``report.aggregate`` (table3-converged's rule: the LR whose seed 0 has the
-    lower validation RMSE, mean ± std of every seed at that LR)."""
-    sys.path.insert(0, str(ROOT / "src"))
-    from raftlm.report import aggregate
-
+def shipped_cells(dataset: str) -> dict[tuple[float, int], dict]:
+    """The shipped default's cells on one dataset by (LR, seed), from every folder of SHIPPED_ARMS."""
     cells: dict[tuple[float, int], dict] = {}
     for folder, method, options in SHIPPED_ARMS[dataset]:
         if not (RESULTS / folder / "results.json").exists():
@@ -104,10 +99,49 @@ def shipped_entry(dataset: str) -> dict | None:
         for r in load(f"{folder}/results.json"):
             if r["dataset"] == dataset and r["method"] == method and (r.get("options") or "") == options:
                 cells.setdefault((r["lr"], r["seed"]), {**r, "options": ""})  # one entry, whatever its folder
+    return cells
+
+
+def shipped_entry(dataset: str) -> dict | None:
+    """The shipped default's table-3 entry on one dataset: its cells (``shipped_cells``) as one entry of
+    raftlm's own ``report.aggregate`` (table3-converged's rule: the LR whose seed 0 has the lower validation
+    RMSE, mean ± std of every seed at that LR)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from raftlm.report import aggregate
+
+    cells = shipped_cells(dataset)
     if not any(seed == 0 for _, seed in cells):
         return None
     (entry,) = aggregate(list(cells.values()))
     return {**entry, "label": SHIPPED}
+
+
+def lr_text(lr: float) -> str:
+    """1e-4, 5e-5: an LR as the sweeps and docs write it."""
+    return f"{lr:.0e}".replace("e-0", "e-")
+
+
+def lr_default_table() -> str:
+    """The default's LR per dataset, chosen on seed 0's validation RMSE (sweeps/lr-default.yaml against the
+    cells at 1e-4): each LR's seed-0 validation RMSE, the one chosen, and how many seeds it has."""
+    lines = [
+        "| dataset | seed 0 validation RMSE at 5e-5 | at 1e-4 | chosen | seeds at the chosen LR |",
+        "|---|---|---|---|---|",
+    ]
+    for dataset in DATASETS:
+        cells = shipped_cells(dataset)
+        val = {lr: c["validation_rmse"] for (lr, seed), c in cells.items() if seed == 0}
+        entry = shipped_entry(dataset)
+        if entry is None or len(val) < 2:
+            chosen = "-" if entry is None else f"{lr_text(entry['lr'])} (the other LR not run yet)"
+        else:
+            chosen = lr_text(entry["lr"])
+        at = {lr: f"{v:.4f}" for lr, v in val.items()}
+        lines.append(
+            f"| {dataset} | {at.get(5e-5, '-')} | {at.get(1e-4, '-')} | {chosen} | "
+            f"{len(entry['seeds']) if entry else 0} |"
+        )
+    return "\n" + "\n".join(lines) + "\n"
 
 
 def summary(folder: str = TABLE3) -> dict:
@@ -645,6 +679,7 @@ VALUES: dict[str, Callable[[], str]] = {
     "levers.pair_swap_table": pair_swap_table,
     "levers.pair_swap_readme": pair_swap_readme,
     "levers.lr_probe_table": lr_probe_table,
+    "levers.lr_default_table": lr_default_table,
     "levers.ema_table": ema_table,
     "levers.lr_probe_runs": lambda: str(load("lr_probe.json")["runs"]),
     "levers.lr_probe_gap": lambda: f"{load('lr_probe.json')['mean_gap_between_lrs']:.3f}",
