@@ -600,5 +600,8 @@ def test_docs_shipped_default_row_picks_its_lr_on_seed_0_validation_across_folde
     assert e["lr"] == 5e-5 and e["seeds"] == [0, 1, 2]  # seed 0 at 5e-5 from folder a (0.60 < 0.61), not b's
     assert e["rmse"] == pytest.approx((0.70 + 0.64 + 0.62) / 3)
     assert e["rmse_std"] == pytest.approx(np.std([0.70, 0.64, 0.62], ddof=1))
+    table = docs.lr_default_table()  # docs/defaults.md's LR choice: the same cells, the same winner
+    assert "| amazon-snippets | 0.6000 | 0.6100 | 5e-5 | 3 |" in table
+    assert "| movielens-100k | - | - | - | 0 |" in table  # no cells in this folder
     monkeypatch.setitem(docs.SHIPPED_ARMS, "amazon-snippets", [("missing", "raft", "")])
     assert docs.shipped_entry("amazon-snippets") is None
