@@ -4,8 +4,7 @@ from helpers import SHARED_STSB, write_csv
 
 from raftlm.config import DataConfig
 from raftlm.core import RaftlmError
-from raftlm.data import cap, load_splits, synthetic_original1
-from raftlm.data import SPLIT_NAMES
+from raftlm.data import SPLIT_NAMES, cap, load_splits, synthetic_original1
 from raftlm.files import read_rows, to_examples
 from raftlm.prompts import PROMPTS
 
@@ -44,7 +43,7 @@ def test_size_caps_sample_a_split_in_the_users_order(tmp_path):
     rows = [{"text": f"row {i}", "target": i / 10, "split": s} for s in SPLIT_NAMES for i in range(40)]
     path = write_csv(tmp_path / "sorted.csv", rows)
     s = load_splits(DataConfig(dataset=f"csv:{path}", train_size=10))
-    assert s.file_order and len(s.train) == 10
+    assert s.file_order == SPLIT_NAMES and len(s.train) == 10
     train = [e.target for e in s.train]
     assert train == sorted(train) and max(train) > 2.0  # file order kept; not the ten lowest (0.0 .. 0.9)
     assert train == [0.4, 1.0, 1.1, 1.5, 1.8, 2.0, 2.2, 2.5, 2.8, 2.9]  # split_seed 0's sample, pinned
@@ -59,7 +58,7 @@ def test_size_caps_sample_a_split_in_the_users_order(tmp_path):
     # a split raftlm shuffled itself (no split column): the first N, which is already a random sample
     shuffled = write_csv(tmp_path / "plain.csv", [{k: r[k] for k in ("text", "target")} for r in rows])
     s = load_splits(DataConfig(dataset=f"csv:{shuffled}"))
-    assert not s.file_order and cap(s.validation, 3, s.file_order) == s.validation[:3]
+    assert not s.file_order and cap(s.validation, 3, s.in_file_order("validation")) == s.validation[:3]
     items = list(range(100))
     assert cap(items, None, True) is items and cap(items, 200, True) is items
     assert cap(items, 5, True) == cap(items, 5, True, 0) != cap(items, 5, True, 7)
@@ -107,6 +106,12 @@ def test_stsb_splits_follow_table7():
     assert len(one_k.train) == 1000 and one_k.train == s.train[:1000] and one_k.validation == s.validation
     assert s.test[0].text.endswith("is equal to") and 0 <= s.test[0].target <= 5
     assert s.grid == one_k.grid == "0-5"  # the scale the prompt states; the paper's recipes pin 1-5
+    # the test split is the official file, sorted by genre (its first 250 pairs are MSRvid captions): a cap
+    # samples it; validation is raftlm's shuffle of the train file, so a cap takes its first pairs
+    assert s.file_order == ("test",)
+    assert cap(s.validation, 300, s.in_file_order("validation")) == s.validation[:300]
+    sample = cap(s.test, 200, s.in_file_order("test"))
+    assert len(sample) == 200 and sample != s.test[:200] and max(s.test.index(e) for e in sample) > 1000
 
 
 @pytest.mark.skipif(not SHARED_STSB.exists(), reason="../shared/data/stsb is absent")
@@ -134,5 +139,7 @@ def test_hub_dataset_splits_keep_their_order_and_caps_sample_them(monkeypatch):
     hub = datasets.DatasetDict({"train": rows(40), "validation": rows(20), "test": rows(10)})
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: hub)
     s = load_splits(DataConfig(dataset="hf:someone/sorted", train_size=10))
-    assert s.file_order and [e.target for e in s.test] == list(range(10))  # whole splits keep the Hub's order
+    assert s.file_order == SPLIT_NAMES and [e.target for e in s.test] == list(
+        range(10)
+    )  # whole splits keep the Hub's order
     assert [e.target for e in s.train] == [4.0, 10.0, 11.0, 15.0, 18.0, 20.0, 22.0, 25.0, 28.0, 29.0]

@@ -18,7 +18,7 @@ from sklearn.exceptions import NotFittedError
 from raftlm import methods, uncertainty
 from raftlm.config import Config, MethodConfig, ModelConfig, TrainConfig, to_bf16
 from raftlm.core import Example, RaftlmError, Splits, short
-from raftlm.data import IN_MEMORY
+from raftlm.data import IN_MEMORY, SPLIT_NAMES
 from raftlm.io import check_no_tilde, output_lock, write_json, write_run_marker, write_text
 from raftlm.prompts import render, resolve_template
 from raftlm.rows import check_columns, parse_target, row_fields
@@ -203,7 +203,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                 self.calibrate(*eval_set)
             return self
         template = resolve_template(self.prompt_template)
-        splits = Splits(train, val, [], template, grid="1-5", target_range="auto", file_order=True)
+        splits = Splits(train, val, [], template, grid="1-5", target_range="auto", file_order=SPLIT_NAMES)
         with self._run_dir() as run_dir:
             run = fit_run(
                 self._config(str(run_dir)),

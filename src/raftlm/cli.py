@@ -556,7 +556,7 @@ def _evaluate(args) -> None:
     else:
         examples = splits.split(cfg.eval.split)
     n_split = len(examples)
-    file_order = bool(args.input) or splits.file_order
+    file_order = bool(args.input) or splits.in_file_order(cfg.eval.split)
     examples = eval_limit(examples, cfg, file_order)
     calibration = Calibration.load(cfg.model.name, required=False) if is_run_dir(cfg.model.name) else None
     metrics, _ = evaluate_predictor(predictor, examples, cfg, calibration=calibration)

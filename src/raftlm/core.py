@@ -78,9 +78,13 @@ class Splits:
     target_range: object = None  # None | "auto" | [lo, hi]
     source: dict | None = None  # where the data came from when a run should record it (STS-B: Hub or files)
     pair_swap: str | None = None  # a symmetric pair of template fields (STS-B's two sentences)
-    # the splits keep a user's order (a file's split column, a Hub dataset, Python lists), which may be sorted:
-    # a size cap then samples them (raftlm.data.cap); the built-in datasets' splits are shuffled or unordered
-    file_order: bool = False
+    # the splits kept in their source's order (a file's split column, a Hub dataset, Python lists, STS-B's
+    # official files, sorted by genre), which may be sorted: a size cap samples them (raftlm.data.cap); the
+    # others raftlm shuffled (or are in no meaningful order), so their first rows are already a sample
+    file_order: tuple[str, ...] = ()
+
+    def in_file_order(self, name: str) -> bool:
+        return name in self.file_order
 
     def split(self, name: str) -> list[Example]:
         if name not in ("train", "validation", "test"):

@@ -77,9 +77,9 @@ def _file_dataset(path: str, template: str | None, text_column: str, target_colu
                 "fix the split column"
             )
         parts = {s: [r for r in rows if r["split"] == s] for s in SPLIT_NAMES}
-        in_order = True
+        in_order = SPLIT_NAMES
     else:
-        in_order = False
+        in_order = ()
         idx = _shuffled(len(rows), seed)
         n_val = n_test = max(1, len(rows) // 10)
         parts = {
@@ -201,7 +201,13 @@ def load_stsb(
         for part, split in ((train, "train"), (val, "train"), (rows[test_split], test_split))
     ]
     return Splits(
-        *ex, template=template, grid="0-5", target_range=None, source=source, pair_swap="sentence1,sentence2"
+        *ex,
+        template=template,
+        grid="0-5",
+        target_range=None,
+        source=source,
+        pair_swap="sentence1,sentence2",
+        file_order=("test",),  # the official file, by genre: its first 200 pairs are all MSRvid captions
     )
 
 
@@ -295,7 +301,7 @@ def _hub_dataset(hub_id: str, template: str | None, text_column: str, target_col
             if found
             else []
         )
-    return Splits(**parts, template=template, grid="1-5", target_range="auto", file_order=True)
+    return Splits(**parts, template=template, grid="1-5", target_range="auto", file_order=SPLIT_NAMES)
 
 
 # --- Amazon reviews (Ni et al. 2019) and MovieLens (Luo et al. 2024) --------------------------------
@@ -671,8 +677,10 @@ def load_splits(cfg) -> Splits:
             f"--stsb-test {cfg.stsb_test} applies to the stsb datasets only, not {name}: drop it"
         )
     if cfg.train_size is not None and name not in (*STSB_DATASETS, "amazon-snippets"):
-        splits = replace(splits, train=cap(splits.train, cfg.train_size, splits.file_order, cfg.split_seed))
+        splits = replace(
+            splits, train=cap(splits.train, cfg.train_size, splits.in_file_order("train"), cfg.split_seed)
+        )
     if cfg.train_fraction is not None:  # data-size curves (figure 4): nested samples of the train split
         n = max(1, round(cfg.train_fraction * len(splits.train)))
-        splits = replace(splits, train=cap(splits.train, n, splits.file_order, cfg.split_seed))
+        splits = replace(splits, train=cap(splits.train, n, splits.in_file_order("train"), cfg.split_seed))
     return splits

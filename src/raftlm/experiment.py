@@ -378,7 +378,7 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
     calibration = uncertainty.Calibration.load(run_dir) if trains else None
     start = time.time()
     test = eval_limit(
-        splits.test, cfg, splits.file_order
+        splits.test, cfg, splits.in_file_order("test")
     )  # the whole split unless the sweep sets eval.eval_size
     metrics, preds = evaluate_predictor(predictor, test, cfg, desc=cell.cell_id, calibration=calibration)
     rows = [

@@ -182,12 +182,12 @@ def make_trainable(predictor: Predictor, cfg: Config) -> None:
 
 def validation_subset(splits: Splits, cfg: Config) -> list[Example]:
     """The validation examples used while training (``data.val_size``: ``raftlm.data.cap``)."""
-    return cap(splits.validation, cfg.data.val_size, splits.file_order, cfg.data.split_seed)
+    return cap(splits.validation, cfg.data.val_size, splits.in_file_order("validation"), cfg.data.split_seed)
 
 
 def eval_limit(examples: list[Example], cfg: Config, file_order: bool) -> list[Example]:
     """What ``evaluate`` scores: the whole split unless ``eval.eval_size`` limits it (``raftlm.data.cap``;
-    ``file_order``: the examples are in a user's order, a file given with --input or a split column)."""
+    ``file_order``: the examples are in their source's order, e.g. a file given with --input)."""
     return cap(examples, cfg.eval.eval_size, file_order, cfg.data.split_seed)
 
 
