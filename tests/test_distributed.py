@@ -93,4 +93,5 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tmp_path
     # only rank 0 writes: one log line per event, not two
     assert (ddp / "metrics.jsonl").read_text().count('"eval_rmse"') == 2  # steps 2 and 4, once each
     assert proc.stdout.count("run directory:") == 1
-    assert proc.stderr.count("raftlm: warning: validation at step 2") == 1  # (the toy collapses; rank 1 is quiet)
+    # the toy collapses; rank 1 is quiet
+    assert proc.stderr.count("raftlm: warning: validation at step 2") == 1
