@@ -116,6 +116,22 @@ def shipped_entry(dataset: str) -> dict | None:
     return {**entry, "label": SHIPPED}
 
 
+def correction_bound() -> str:
+    """benchmarks/correction_bound.py: the most a linear correction of the default's predictions could
+    lower its test RMSE (fitted on the test rows themselves), per dataset."""
+    d = load("correction_bound.json")
+    return "; ".join(
+        f"{name} {d[ds]['rmse']:.3f} -> {d[ds]['oracle_rmse']:.3f} (fitted on held-out halves: "
+        f"{d[ds]['two_fold_rmse']:.3f})"
+        for ds, name in (
+            ("stsb-1k", "STS-B-1K"),
+            ("amazon-snippets", "Amazon"),
+            ("movielens-100k", "MovieLens"),
+        )
+        if ds in d
+    )
+
+
 def lr_text(lr: float) -> str:
     """1e-4, 5e-5: an LR as the sweeps and docs write it."""
     return f"{lr:.0e}".replace("e-0", "e-")
@@ -680,6 +696,7 @@ VALUES: dict[str, Callable[[], str]] = {
     "levers.pair_swap_readme": pair_swap_readme,
     "levers.lr_probe_table": lr_probe_table,
     "levers.lr_default_table": lr_default_table,
+    "levers.correction_bound": correction_bound,
     "levers.ema_table": ema_table,
     "levers.lr_probe_runs": lambda: str(load("lr_probe.json")["runs"]),
     "levers.lr_probe_gap": lambda: f"{load('lr_probe.json')['mean_gap_between_lrs']:.3f}",
