@@ -605,3 +605,25 @@ def test_docs_shipped_default_row_picks_its_lr_on_seed_0_validation_across_folde
     assert "| movielens-100k | - | - | - | 0 |" in table  # no cells in this folder
     monkeypatch.setitem(docs.SHIPPED_ARMS, "amazon-snippets", [("missing", "raft", "")])
     assert docs.shipped_entry("amazon-snippets") is None
+
+
+def test_correction_bound_measures_what_a_linear_correction_removes():
+    """benchmarks/correction_bound.py: a bias and a scale of the predictions are what the oracle removes
+    (RMSE to the noise), the 2-fold fit nearly so; unbiased predictions leave nothing to remove."""
+    import importlib.util
+    import sys
+
+    root = Path(__file__).parents[1] / "benchmarks"
+    sys.path.insert(0, str(root))
+    spec = importlib.util.spec_from_file_location("correction_bound", root / "correction_bound.py")
+    cb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cb)
+    rng = np.random.RandomState(1)
+    y = rng.uniform(1, 5, 2000)
+    noise = rng.normal(0, 0.3, 2000)
+    row = cb.cell_row(y, y + noise + 0.5)  # noisy and shifted: RMSE sqrt(0.3^2 + 0.5^2)
+    assert row["rmse"] == pytest.approx(0.583, abs=0.02)
+    assert row["oracle_rmse"] == pytest.approx(0.29, abs=0.02)  # the noise, less its regression to the mean
+    assert row["oracle_rmse"] <= row["two_fold_rmse"] < row["oracle_rmse"] + 0.005
+    fair = cb.cell_row(y + noise, y)  # a conditional mean: the targets scatter around the predictions
+    assert fair["rmse"] - fair["oracle_rmse"] < 0.001 and fair["slope"] == pytest.approx(1.0, abs=0.02)
