@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from raftlm.core import RaftlmError
+from raftlm.data import SPLIT_NAMES
 from raftlm.experiment import cells
 from raftlm.report import aggregate, curve_groups, eval_curve, table, tables, write_report
 
@@ -627,3 +628,40 @@ def test_correction_bound_measures_what_a_linear_correction_removes():
     assert row["oracle_rmse"] <= row["two_fold_rmse"] < row["oracle_rmse"] + 0.005
     fair = cb.cell_row(y + noise, y)  # a conditional mean: the targets scatter around the predictions
     assert fair["rmse"] - fair["oracle_rmse"] < 0.001 and fair["slope"] == pytest.approx(1.0, abs=0.02)
+
+
+def test_a_sweep_with_eval_size_samples_a_split_in_file_order_and_keeps_split_indices(tmp_path):
+    """eval_size on a test split kept in its file's order (sorted by target here) scores a seeded sample,
+    not the file's first rows, and every prediction row names its example's index in the whole split."""
+    from helpers import write_csv
+
+    from raftlm.experiment import run_sweep
+
+    rows = [
+        {"text": f"item {i}. rating:", "target": 1 + (i % 40) / 10, "split": s}
+        for s in SPLIT_NAMES
+        for i in range(40)
+    ]
+    rows = sorted(rows, key=lambda r: (r["split"], r["target"]))
+    data = write_csv(tmp_path / "sorted.csv", rows)
+    sweep = {
+        "output_dir": str(tmp_path / "out"),
+        "base": {
+            "training": {"max_steps": 1, "eval_steps": 1, "batch_size": 4},
+            "method": {"grid": "1-5"},
+            "eval": {"eval_size": 8},
+        },
+        "datasets": [f"csv:{data}"],
+        "models": ["tiny-random-llama"],
+        "methods": ["raft"],
+        "lrs": [1e-3],
+        "seeds": [0],
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    run_sweep(str(path), quiet=True)
+    (pred,) = (tmp_path / "out" / "predictions").glob("*.jsonl")
+    got = [json.loads(line) for line in pred.read_text().splitlines()]
+    test = sorted(1 + (i % 40) / 10 for i in range(40))
+    assert len(got) == 8 and [r["index"] for r in got] != list(range(8))  # not the 8 lowest targets
+    assert all(r["target"] == test[r["index"]] for r in got)  # each index is the row's place in the split

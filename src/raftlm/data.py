@@ -56,7 +56,7 @@ def cap(items: list, n: int | None, file_order: bool, seed: int | None = None) -
 
 
 def cap_words(file_order: bool) -> str:
-    """How ``cap`` chose, for a message: "the first" or "a random sample (seeded) of"."""
+    """How ``cap`` chose, for a message: "the first" or "a seeded random sample of"."""
     return "a seeded random sample of" if file_order else "the first"
 
 

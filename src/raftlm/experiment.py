@@ -377,12 +377,14 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
     predictor = load_for_eval(cfg, splits)
     calibration = uncertainty.Calibration.load(run_dir) if trains else None
     start = time.time()
-    test = eval_limit(
-        splits.test, cfg, splits.in_file_order("test")
-    )  # the whole split unless the sweep sets eval.eval_size
+    # the whole test split unless the sweep sets eval.eval_size (then a sample where the split keeps its
+    # file's order): each prediction row carries its example's index in the whole split
+    test = eval_limit(splits.test, cfg, splits.in_file_order("test"))
+    where = {id(e): i for i, e in enumerate(splits.test)}
     metrics, preds = evaluate_predictor(predictor, test, cfg, desc=cell.cell_id, calibration=calibration)
     rows = [
-        {"index": i, "target": e.target, "prediction": float(preds.values[i])} for i, e in enumerate(test)
+        {"index": where[id(e)], "target": e.target, "prediction": float(preds.values[i])}
+        for i, e in enumerate(test)
     ]
     if preds.probs is not None:
         # PIT = F(target) under the grid histogram (the report's calibration figure reads it)
