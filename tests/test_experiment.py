@@ -485,16 +485,16 @@ def test_report_sets_each_raft_entry_against_the_best_other_method():
     assert "RAFT against the best other method" in tables(aggregate(FIXTURE))
 
 
-def test_a_sweep_run_again_with_other_settings_or_data_refuses_its_old_cells(tmp_path, toy_csv):
-    """Cells are keyed by dataset, model, method, lr and seed: a changed grid or step count, or an edited
-    data file, used to reuse the old results under a sweep.yaml rewritten to claim the new settings."""
-    from raftlm.experiment import run_sweep
-
-    data = tmp_path / "toy.csv"
-    data.write_bytes(Path(toy_csv).read_bytes())
+def one_cell_sweep(tmp_path: Path, data: Path, **base) -> tuple[Path, dict]:
+    """A sweep of one RAFT cell (tiny model, one step) on the CSV ``data``, written to tmp_path/sweep.yaml;
+    ``base`` adds config sections to its base."""
     sweep = {
         "output_dir": str(tmp_path / "out"),
-        "base": {"training": {"max_steps": 1, "eval_steps": 1, "batch_size": 4}, "method": {"grid": "1-5"}},
+        "base": {
+            "training": {"max_steps": 1, "eval_steps": 1, "batch_size": 4},
+            "method": {"grid": "1-5"},
+            **base,
+        },
         "datasets": [f"csv:{data}"],
         "models": ["tiny-random-llama"],
         "methods": ["raft"],
@@ -503,6 +503,17 @@ def test_a_sweep_run_again_with_other_settings_or_data_refuses_its_old_cells(tmp
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
+    return path, sweep
+
+
+def test_a_sweep_run_again_with_other_settings_or_data_refuses_its_old_cells(tmp_path, toy_csv):
+    """Cells are keyed by dataset, model, method, lr and seed: a changed grid or step count, or an edited
+    data file, used to reuse the old results under a sweep.yaml rewritten to claim the new settings."""
+    from raftlm.experiment import run_sweep
+
+    data = tmp_path / "toy.csv"
+    data.write_bytes(Path(toy_csv).read_bytes())
+    path, sweep = one_cell_sweep(tmp_path, data)
     run_sweep(str(path), quiet=True)
     saved = (tmp_path / "out" / "sweep.yaml").read_text()
     assert run_sweep(str(path), quiet=True)  # the same sweep again: its cell stands
@@ -644,21 +655,7 @@ def test_a_sweep_with_eval_size_samples_a_split_in_file_order_and_keeps_split_in
     ]
     rows = sorted(rows, key=lambda r: (r["split"], r["target"]))
     data = write_csv(tmp_path / "sorted.csv", rows)
-    sweep = {
-        "output_dir": str(tmp_path / "out"),
-        "base": {
-            "training": {"max_steps": 1, "eval_steps": 1, "batch_size": 4},
-            "method": {"grid": "1-5"},
-            "eval": {"eval_size": 8},
-        },
-        "datasets": [f"csv:{data}"],
-        "models": ["tiny-random-llama"],
-        "methods": ["raft"],
-        "lrs": [1e-3],
-        "seeds": [0],
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
+    path, _ = one_cell_sweep(tmp_path, data, eval={"eval_size": 8})
     run_sweep(str(path), quiet=True)
     (pred,) = (tmp_path / "out" / "predictions").glob("*.jsonl")
     got = [json.loads(line) for line in pred.read_text().splitlines()]
