@@ -36,14 +36,20 @@ SEEDS = RESULTS / "default-shipped-seeds"  # the shipped arm at seeds 1-2
 LEVERS = RESULTS / "stsb-levers"  # the 300-pair arm's curves at every seed (both orders, LR 1e-4)
 OUT = RESULTS / "default_shipped.json"
 LOG = ROOT.parent / "wt-default-shipped.log"
+CELL = re.compile(r"\[\d+/\d+ cells\] (\S+)")
 BAR = re.compile(r"validation: 100%\|[^|]*\| (\d+)/(\d+) \[(?:(\d+):)?(\d+):(\d+)<")
 
 
-def validation_passes(batches: int, log: Path = LOG) -> list[float]:
-    """Seconds of each finished validation pass of ``batches`` batches in a sweep's log ([] without it)."""
+def validation_passes(batches: int, log: Path = LOG, cell_id: str | None = None) -> list[float]:
+    """Seconds of each finished validation pass of ``batches`` batches in a sweep's log ([] without it); with
+    ``cell_id``, only the passes printed after that cell's "[k/n cells] CELL" lines (a log holds every cell
+    the sweep ran, and a resumed run's cell is announced again)."""
     if not log.exists():
         return []
     text = log.read_text(errors="replace").replace("\r", "\n")
+    if cell_id is not None:
+        parts = CELL.split(text)  # [before, id, its text, id, its text, ...]
+        text = "".join(body for cid, body in zip(parts[1::2], parts[2::2], strict=True) if cid == cell_id)
     return [
         int(h or 0) * 3600 + int(m) * 60 + int(sec)
         for done, total, h, m, sec in BAR.findall(text)
@@ -83,7 +89,7 @@ def seed_row(cell: dict, folder: Path, log: Path) -> dict:
     same, n = equal_losses(losses, losses300)
     steps = [s for s in whole if s in val300]
     step300 = kept_step(val300, steps) if steps else None
-    passes = validation_passes(math.ceil(validation_size(cell) * 2 / 16), log)
+    passes = validation_passes(math.ceil(validation_size(cell) * 2 / 16), log, cell["cell_id"])
     return {
         "seed": cell["seed"],
         "same_training": same,

@@ -561,6 +561,26 @@ def test_every_shipped_sweep_builds_every_cell_config(name, tmp_path):
         assert cfg.training.seed == c.seed and (c.lr is None or cfg.training.lr == c.lr)
 
 
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (Path(__file__).parents[1] / "sweeps").glob("*.yaml")), ids=str
+)
+def test_every_committed_cell_matches_its_shipped_sweep_file(name):
+    """A default changed since a sweep ran must be pinned in its file: rerunning the sweep (to resume it or
+    add cells) would otherwise refuse its committed cells as computed with other settings."""
+    from raftlm.experiment import check_cell_settings, load_sweep
+
+    root = Path(__file__).parents[1]
+    sweep = load_sweep(str(root / "sweeps" / name))
+    out = root / sweep["output_dir"]
+    checked = 0
+    for c in cells(sweep):
+        path = out / "cells" / f"{c.cell_id}.json"
+        if path.exists():
+            check_cell_settings(json.loads(path.read_text()), c, sweep, out, path)
+            checked += 1
+    assert checked  # every shipped sweep has committed cells
+
+
 def test_docs_shipped_default_row_picks_its_lr_on_seed_0_validation_across_folders(tmp_path, monkeypatch):
     """benchmarks/docs.py's "as shipped" row gathers the default's cells from several sweep folders, takes a
     (LR, seed) found twice from the first folder listed, and follows table 3's rule: the LR whose seed 0 has
@@ -662,3 +682,32 @@ def test_a_sweep_with_eval_size_samples_a_split_in_file_order_and_keeps_split_in
     test = sorted(1 + (i % 40) / 10 for i in range(40))
     assert len(got) == 8 and [r["index"] for r in got] != list(range(8))  # not the 8 lowest targets
     assert all(r["target"] == test[r["index"]] for r in got)  # each index is the row's place in the split
+
+
+def test_default_shipped_reads_each_cells_validation_passes_from_a_shared_log(tmp_path):
+    """benchmarks/default_shipped.py times a seed's validation passes from the sweep's log, which holds every
+    cell the sweep ran (a resumed cell announced twice): only the passes after that cell's lines count."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "default_shipped", Path(__file__).parents[1] / "benchmarks" / "default_shipped.py"
+    )
+    ds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ds)
+    bar = "validation: 100%|##########| 108/108 [{}<00:00,  1.30it/s]\r"
+    log = tmp_path / "sweep.log"
+    log.write_text(
+        "[1/2 cells] a--rail\n"
+        + bar.format("01:30")
+        + bar.format("01:00:05")
+        + "[2/2 cells] b--rail\n"
+        + bar.format("00:40")
+        + "validation:  50%|#####| 54/108 [00:20<00:20]\n"
+        + "[2/2 cells] b--rail (resumed)\n"
+        + bar.format("00:50")
+        + "validation: 100%|##########| 38/38 [00:10<00:00]\n"
+    )
+    assert ds.validation_passes(108, log, "a--rail") == [90, 3605]
+    assert ds.validation_passes(108, log, "b--rail") == [40, 50]
+    assert ds.validation_passes(108, log) == [90, 3605, 40, 50] and ds.validation_passes(38, log) == [10]
+    assert ds.validation_passes(108, tmp_path / "missing.log", "a--rail") == []
