@@ -203,3 +203,20 @@ def test_bf16_auto_is_float32_on_a_cpu_without_bf16_units(bf16_warning, recwarn,
     np.testing.assert_array_equal(reg.predict(TEXTS), small(bf16=False).fit(TEXTS, Y).predict(TEXTS))
     bf16_warning(True)
     assert reg._bf16() is True
+
+
+def test_fit_validates_on_val_size_of_eval_set_as_train_does(tmp_path):
+    """val_size (default 300, "all": every row) picks the validation rows as `raftlm train --val-size`
+    does: a seeded sample of Python lists, which keep their user's order; the run records which."""
+    import json
+
+    assert (
+        small().get_params()["val_size"] == 300 and small(val_size="all")._config(None).data.val_size is None
+    )
+    reg = small(val_size=4, output_dir=str(tmp_path / "run"), progress_bar=False)
+    reg.fit(TEXTS, Y, eval_set=(TEXTS[:10], Y[:10]))
+    results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert results["validation"] == {"n": 4, "split_size": 10, "chosen": "a seeded random sample of"}
+    small(output_dir=str(tmp_path / "all"), progress_bar=False).fit(TEXTS, Y, eval_set=(TEXTS[:10], Y[:10]))
+    results = json.loads((tmp_path / "all" / "eval_results.json").read_text())
+    assert results["validation"] == {"n": 10, "split_size": 10, "chosen": "all"}

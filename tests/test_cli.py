@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from raftlm.cli import USES, build_parser, config_fields, flag_of, main
 from raftlm.config import Config
+from raftlm.core import RaftlmError
 from raftlm.decoders import DECODERS
 from raftlm.methods import METHODS
 from raftlm.testing import tiny_random_llama
@@ -226,6 +227,22 @@ def test_console_script_exit_code(tmp_path):
 def test_recipes_load(recipe):
     cfg = Config.from_yaml(str(recipe))
     assert cfg.method.method in METHODS and cfg.training.bf16 in (True, False) and cfg.model.dropout == 0.1
+    # the paper's recipes pick the checkpoint on the whole validation split (appendix D), not the default 300
+    assert cfg.data.val_size == (300 if recipe.name == "stsb1k-raft-cpu.yaml" else None)
+
+
+def test_val_size_defaults_to_300_and_all_is_the_whole_split(tmp_path, toy_csv, capsys):
+    assert Config().data.val_size == 300
+    for word in ("all", "ALL", " all "):
+        assert Config.build(overrides={"data.val_size": word}).data.val_size is None
+    with pytest.raises(RaftlmError, match="val_size=0: use a positive number"):
+        Config.build(overrides={"data.val_size": 0})
+    run = tmp_path / "run"
+    assert main(train_args(toy_csv, run, "--val-size", "all")) == 0
+    assert Config.from_yaml(str(run / "config.yaml")).data.val_size is None  # saved as null: the whole split
+    results = json.loads((run / "eval_results.json").read_text())
+    assert results["validation"] == {"n": 4, "split_size": 4, "chosen": "all"}
+    assert "validated on" not in capsys.readouterr().err
 
 
 def test_evaluate_entropy_analysis_writes_data_and_histogram(tmp_path, toy_csv):
@@ -318,7 +335,13 @@ def test_validation_subset_does_not_cut_the_test_split(tmp_path, toy_csv, capsys
     assert main(train_args(toy_csv, run, "--val-size", "2")) == 0
     saved = Config.from_yaml(str(run / "config.yaml"))
     assert saved.data.val_size == 2 and saved.eval.eval_size is None
-    assert json.loads((run / "eval_results.json").read_text())["test"]["n"] == 4  # the whole test split
+    results = json.loads((run / "eval_results.json").read_text())
+    assert results["test"]["n"] == 4  # the whole test split
+    # which validation examples chose the checkpoint is recorded and said (the toy file has no split
+    # column: raftlm shuffled it, so its first examples)
+    assert results["validation"] == {"n": 2, "split_size": 4, "chosen": "the first"}
+    said = "validated on the first 2 of 4 validation examples (--val-size; --val-size all: the whole split)"
+    assert said in capsys.readouterr().err
     out = tmp_path / "test.json"
     assert main(["evaluate", "--model", str(run), "--split", "test", "--output", str(out)]) == 0
     assert json.loads(out.read_text())["n"] == 4 and "of 4 examples" not in capsys.readouterr().err

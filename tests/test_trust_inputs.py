@@ -5,6 +5,7 @@ naming the problem and the fix (never a traceback), checked before any work."""
 import gzip
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import yaml
 from raftlm import models
 from raftlm.cli import main
 from raftlm.config import MAX_INT, Config, ServeSettings, convert_setting
-from raftlm.core import RaftlmError, check_level, to_number, to_whole
+from raftlm.core import RaftlmError, RaftlmWarning, check_level, to_number, to_whole
 from raftlm.data import load_amazon, load_movielens_1m, load_movielens_100k
 from raftlm.grid import TargetScaler
 from raftlm.uncertainty import Calibration
@@ -503,3 +504,9 @@ def test_patience_without_a_validation_split_is_said(tmp_path):
     argv = ["train", "--model", "tiny-random-llama", "--dataset", f"csv:{data}", "--max-steps", "2"]
     with pytest.warns(Warning, match="patience does nothing: the data have no validation split"):
         assert main([*argv, "--batch-size", "4", "--patience", "1", "--output-dir", str(tmp_path / "r")]) == 0
+    # --val-size set by the user is said too; its default (300) on data without validation says nothing
+    with pytest.warns(Warning, match="val_size does nothing: the data have no validation split"):
+        assert main([*argv, "--batch-size", "4", "--val-size", "5", "--output-dir", str(tmp_path / "v")]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RaftlmWarning)
+        assert main([*argv, "--batch-size", "4", "--output-dir", str(tmp_path / "d")]) == 0

@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import NotFittedError
 
 from raftlm import methods, uncertainty
-from raftlm.config import Config, MethodConfig, ModelConfig, TrainConfig, to_bf16
+from raftlm.config import Config, DataConfig, MethodConfig, ModelConfig, TrainConfig, to_bf16
 from raftlm.core import Example, RaftlmError, Splits, short
 from raftlm.data import IN_MEMORY, SPLIT_NAMES
 from raftlm.io import check_no_tilde, output_lock, write_json, write_run_marker, write_text
@@ -97,6 +97,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         optimizer: str = TrainConfig.optimizer,
         eval_steps: int = TrainConfig.eval_steps,
         patience: int | None = None,
+        val_size: int | str | None = DataConfig.val_size,
         ema: float | None = None,
         bf16: bool | str = False,
         max_length: int = 512,
@@ -123,6 +124,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         self.optimizer = optimizer
         self.eval_steps = eval_steps
         self.patience = patience
+        self.val_size = val_size
         self.ema = ema
         self.bf16 = bf16
         self.max_length = max_length
@@ -152,6 +154,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                     "template": self.prompt_template,
                     "max_length": self.max_length,
                     "pair_swap": self.pair_swap,
+                    "val_size": self.val_size,
                 },
                 "method": {
                     "method": self.method,
@@ -180,7 +183,9 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
 
     def fit(self, X, y, eval_set: tuple | None = None) -> RAFTRegressor:
         """Fine-tune on (X, y); ``eval_set=(X_val, y_val)`` validates every ``eval_steps`` and keeps the
-        checkpoint with the best RMSE (and enables ``patience``)."""
+        checkpoint with the best RMSE (and enables ``patience``): on a seeded sample of ``val_size`` of its
+        rows (default 300, in their order) when it has more, on all of them with ``val_size="all"``;
+        calibration uses every row."""
         from raftlm.pipeline import fit_run, new_predictor
 
         if y is None:  # scikit-learn's wording (check_requires_y_none)

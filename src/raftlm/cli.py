@@ -384,6 +384,13 @@ def _print_results(path: Path) -> None:
     import json
 
     results = json.loads(path.read_text())
+    val = results.get("validation")
+    if val and val["n"] < val["split_size"]:
+        print(
+            f"raftlm train: validated on {val['chosen']} {val['n']:,} of {val['split_size']:,} validation examples "
+            "(--val-size; --val-size all: the whole split)",
+            file=sys.stderr,
+        )
     if "test" in results:
         print(format_table([{"split": "test", **results["test"]}]))
 

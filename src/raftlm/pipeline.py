@@ -18,9 +18,9 @@ import numpy as np
 from transformers import set_seed
 
 from raftlm import methods, uncertainty
-from raftlm.config import Config
+from raftlm.config import VAL_SIZE, Config
 from raftlm.core import Example, RaftlmError, Splits, short, warn
-from raftlm.data import cap, load_splits
+from raftlm.data import cap, cap_words, load_splits
 from raftlm.grid import Grid, TargetScaler, make_scaler
 from raftlm.io import (
     check_no_tilde,
@@ -330,7 +330,12 @@ def fit_run(
             f"dataset {cfg.data.dataset} has no training examples: check the file or its split column"
         )
     asked = [
-        name for name, on in (("patience", cfg.training.patience), ("val_size", cfg.data.val_size)) if on
+        name
+        for name, on in (
+            ("patience", cfg.training.patience),
+            ("val_size", cfg.data.val_size not in (None, VAL_SIZE)),  # set, not the default
+        )
+        if on
     ]
     if asked and not splits.validation:  # settings that need a validation split, without one
         warn(
@@ -417,6 +422,14 @@ def _train_into(
         callbacks=callbacks,
     )
     results = {"train": summary, "n_train": len(splits.train)}
+    if splits.validation:  # which validation examples chose the checkpoint (--val-size)
+        results["validation"] = {
+            "n": len(validation),
+            "split_size": len(splits.validation),
+            "chosen": cap_words(splits.in_file_order("validation"))
+            if len(validation) < len(splits.validation)
+            else "all",
+        }
     if splits.source:  # e.g. STS-B from the Hub (id, revision) or from --data-dir
         results["data_source"] = splits.source
     if is_main_process():
