@@ -714,6 +714,7 @@ VALUES: dict[str, Callable[[], str]] = {
     "int8.speedup": lambda: int8("speedup"),
     "int8.delta_rmse": lambda: int8("delta_rmse"),
     "int8.delta_spearman": lambda: int8("delta_spearman"),
+    "int8.before_delta_rmse": lambda: f"{load('int8.json')['before']['delta_rmse']:+.3f}",
     "ray.end_to_end": lambda: ray_ratio("end_to_end"),
     "ray.overhead": lambda: ray_ratio("overhead"),
     "cached_validation.speedup": lambda: f"{load('cached_validation.json')['speedup_median']:.2f}x",

@@ -31,16 +31,18 @@ from raftlm.metrics import regression_metrics
 from raftlm.run import load_run
 
 RESULTS = Path(__file__).parent / "results" / "int8"
+INT8_PATH = "torchao Int8DynamicActivationInt8WeightConfig: int8 weights per channel, activations per token"
+# what raftlm's int8 was before torchao (results files written then carry no int8_path)
+OLD_PATH = "torch.ao quantize_dynamic: int8 weights per channel, activations per tensor, down_proj float32"
 TARGET_SPEEDUP, TARGET_RMSE = 2.0, 0.005
 
 
 def weight_mb(predictor) -> float:
-    """Bytes of the model's weights: parameters plus the int8 layers' packed weights."""
-    total = sum(p.numel() * p.element_size() for p in predictor.model.parameters())
-    for m in predictor.model.modules():
-        if isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
-            w, b = m._packed_params._weight_bias()
-            total += w.numel() * w.element_size() + (0 if b is None else b.numel() * b.element_size())
+    """Bytes of the model's weights: each parameter's storage, an int8 layer's int8 data and scales."""
+    total = 0
+    for p in predictor.model.parameters():
+        parts = [getattr(p, n) for n in getattr(p, "tensor_data_names", ())] or [p]  # torchao's tensors
+        total += sum(t.numel() * t.element_size() for t in parts)
     return total / 2**20
 
 
@@ -82,6 +84,7 @@ def measure(run: Path, rounds: int, batch: int, limit: int | None) -> dict:
         "max_abs_prediction_diff": float(diff.max()),
         "mean_abs_prediction_diff": float(diff.mean()),
         "weights_mb": {d: weight_mb(p) for d, p in predictors.items()},
+        "int8_path": INT8_PATH,
     }
 
 
@@ -109,6 +112,15 @@ def markdown(r: dict) -> str:
             f"- accuracy: delta RMSE {r['delta_rmse']:+.4f}, delta Spearman {r['delta_spearman']:+.4f}; target "
             f"|delta RMSE| <= {TARGET_RMSE}: {'met' if close else 'missed'}; predictions differ by "
             f"{r['mean_abs_prediction_diff']:.4f} on average, {r['max_abs_prediction_diff']:.4f} at most",
+            f"- int8 path: {r.get('int8_path', OLD_PATH)}",
+            *(
+                [
+                    f"- before, {b['int8_path']}: {b['speedup']:.2f}x rows/s, delta RMSE {b['delta_rmse']:+.4f}, "
+                    f"delta Spearman {b['delta_spearman']:+.4f} ({b['rows']} test rows)"
+                ]
+                if (b := r.get("before"))
+                else []
+            ),
             f"- verdict: {'both targets met' if fast and close else 'int8 stays opt-in (--dtype int8)'}",
         ]
     )
@@ -127,6 +139,16 @@ def main() -> None:
         result = json.loads(a.out.with_suffix(".json").read_text())
     else:
         result = measure(a.run, a.rounds, a.batch_size, a.limit)
+        old = a.out.with_suffix(".json")
+        if old.exists():  # the int8 path this one replaced, as that run measured it: before and after
+            prev = json.loads(old.read_text())
+            prev = prev.get("before", prev) if prev.get("int8_path", OLD_PATH) == INT8_PATH else prev
+            keys = ("speedup", "delta_rmse", "delta_spearman", "mean_abs_prediction_diff", "rows")
+            if prev.get("int8_path", OLD_PATH) != INT8_PATH:
+                result["before"] = {
+                    "int8_path": prev.get("int8_path", OLD_PATH),
+                    **{k: prev[k] for k in keys},
+                }
         write_json(a.out.with_suffix(".json"), result)
     write_text(a.out.with_suffix(".md"), markdown(result) + "\n")
     print(markdown(result))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import re
 import reprlib
@@ -32,6 +33,19 @@ def warn(message: str, category: type[Warning] = RaftlmWarning) -> None:
     warnings.warn_explicit(
         message, category, frame.f_code.co_filename, frame.f_lineno, frame.f_globals.get("__name__"), registry
     )
+
+
+def _torchao_notice(record) -> bool:
+    """False for two notices torchao's import gives on every machine (transformers imports it whenever it
+    is installed, raftlm's ``--dtype int8`` extra): CUDA kernels it cannot load without a GPU, and torch's
+    deprecation of how it registers its enums. Neither concerns anything raftlm runs."""
+    text = str(record.msg)
+    cuda_kernels = text.startswith("Failed to load ") and "torchao" in text and "/_C" in text
+    return not (cuda_kernels or "is an Enum subclass and is now natively supported by torch.compile" in text)
+
+
+for _name in ("torchao", "torch.utils._pytree"):  # before transformers (or anything) imports torchao
+    logging.getLogger(_name).addFilter(_torchao_notice)
 
 
 _SHORT = reprlib.Repr()  # (keyword arguments need Python 3.12)

@@ -12,7 +12,6 @@ import os
 import shutil
 import tempfile
 import types
-import warnings
 from pathlib import Path
 
 import torch
@@ -238,7 +237,9 @@ def load_model(
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
-DTYPE_CHOICES = "use auto, float32 or bfloat16 weights, or int8 (dynamic int8 Linear layers, CPU only)"
+DTYPE_CHOICES = (
+    "use auto, float32 or bfloat16 weights, or int8 (torchao dynamic int8 Linear layers, CPU only)"
+)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -261,7 +262,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto``: bfloat16 on a GPU that supports it, else float32 (CPUs without bf16 units run bf16
-    several times slower). ``int8`` (``torch.int8``): torch's dynamic int8 kernels, CPU only."""
+    several times slower). ``int8`` (``torch.int8``): torchao's dynamic int8 Linear layers, CPU only."""
     if dtype == "auto":
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if bf16 else torch.float32
@@ -269,7 +270,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise RaftlmError(f"dtype={dtype!r}: {DTYPE_CHOICES}")
     if dtype == "int8" and device.type != "cpu":
         raise RaftlmError(
-            f"dtype=int8 runs on the CPU only (torch's dynamic int8 kernels), not {device}: use --device cpu, "
+            f"dtype=int8 runs on the CPU only (torchao's dynamic int8 Linear layers), not {device}: use --device cpu, "
             "or --dtype bfloat16 on a GPU"
         )
     return DTYPES[dtype]
@@ -288,37 +289,49 @@ def cast_weights(model, dtype: torch.dtype):
 
 
 def is_int8(model) -> bool:
-    """Whether ``quantize_int8`` ran on the model (its Linear layers hold int8 weights)."""
-    return any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules())
+    """Whether ``quantize_int8`` ran on the model (Linear layers hold torchao's int8 weights)."""
+    return any(_int8_weight(m) for m in model.modules())
 
 
-# the MLPs' down projections stay float32: their input (act(gate) x up) has outliers that one int8 scale
-# per tensor crushes. A trained Gemma 3 270M on 96 Amazon test rows: every Linear int8, RMSE 0.66 -> 2.14
-# (2.1x rows/s); down_proj kept float32, 0.69 (1.6x). benchmarks/int8.py measures the whole test split.
-INT8_SKIP = ("down_proj",)
+def _int8_weight(module) -> bool:
+    return type(getattr(module, "weight", None)).__module__.startswith("torchao.")
+
+
+# One int8 scale per tensor for a layer's input (torch.ao's dynamic quantization, raftlm's int8 before)
+# crushed Gemma 3's outlier activations: on a trained Gemma 3 270M's 500 Amazon test rows, RMSE 0.670 ->
+# 0.771 even with the MLPs' down projections float32. One scale per token (torchao) keeps it: every Linear
+# but the LM head int8, RMSE 0.6698 -> 0.6699 (benchmarks/int8.py measures rows/s and accuracy).
+TORCHAO = "torchao==0.18.0"
 
 
 def quantize_int8(model):
-    """torch's dynamic int8 quantization, in place: each Linear layer's weight int8 per output channel,
-    its input quantized per tensor at run time (fbgemm/x86 kernels, VNNI where the CPU has it). The LM
-    head stays a float32 Linear (tied to the embeddings; raftlm reads a few positions of it, and its
-    logits stay float32, as ``lm_head_in_float32`` wants), and so do the layers named in ``INT8_SKIP``.
-    Idempotent; CPU only."""
+    """torchao's dynamic int8 quantization, in place: each Linear layer's weight int8 per output channel,
+    its input quantized per token at run time (``Int8DynamicActivationInt8WeightConfig``). The LM head
+    stays float32 (tied to the embeddings; raftlm reads a few positions of it, and its logits stay float32,
+    as ``lm_head_in_float32`` wants). Idempotent; CPU only."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    names = [
+    names = {
         name
         for name, m in model.named_modules()
-        if type(m) is torch.nn.Linear and m is not head and not name.endswith(INT8_SKIP)
-    ]
-    if not names:
-        return model
-    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices (torchao is its heir)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*deprecated")
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+        if isinstance(m, torch.nn.Linear) and m is not head and not _int8_weight(m)
+    }
+    if names:
+        quantize_, config = _torchao_int8()
+        quantize_(model, config, filter_fn=lambda m, fqn: fqn in names)
+    return model
 
-        spec = dict.fromkeys(names, per_channel_dynamic_qconfig)
-        return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+
+def _torchao_int8():
+    """torchao's ``quantize_`` and its int8 config (PyPI torchao: ``pip install 'raftlm[int8]'``)."""
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError as err:
+        raise RaftlmError(
+            f"--dtype int8 needs torchao ({str(err).splitlines()[0][:120]}): pip install '{TORCHAO}' "
+            "(or raftlm[int8])"
+        ) from None
+    # set_inductor_config would change torch.compile's global settings for the whole process
+    return quantize_, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
