@@ -715,6 +715,14 @@ VALUES: dict[str, Callable[[], str]] = {
     "int8.delta_rmse": lambda: int8("delta_rmse"),
     "int8.delta_spearman": lambda: int8("delta_spearman"),
     "int8.before_delta_rmse": lambda: f"{load('int8.json')['before']['delta_rmse']:+.3f}",
+    "int8.compiled_speedup": lambda: f"{load('int8.json')['compiled']['speedup']:.2f}x",
+    "int8.compiled_delta_rmse": lambda: f"{load('int8.json')['compiled']['delta_rmse']:+.3f}",
+    "int8.compiled_delta_spearman": lambda: f"{load('int8.json')['compiled']['delta_spearman']:+.3f}",
+    "int8.mean_diffs": lambda: (
+        f"{load('int8.json')['mean_abs_prediction_diff']:.3f} (eager) and "
+        f"{load('int8.json')['compiled']['mean_abs_prediction_diff']:.3f} (compiled)"
+    ),
+    "int8.compile_seconds": lambda: f"{load('int8.json')['compiled']['first_batch_seconds']:.0f} s",
     "ray.end_to_end": lambda: ray_ratio("end_to_end"),
     "ray.overhead": lambda: ray_ratio("overhead"),
     "cached_validation.speedup": lambda: f"{load('cached_validation.json')['speedup_median']:.2f}x",

@@ -154,3 +154,14 @@ def test_torchaos_import_notices_are_not_shown(tmp_path):
         proc.stderr
     )
     assert "Failed to load x" in proc.stderr  # torchao's other warnings still show
+
+
+@pytest.mark.slow
+def test_int8_with_compile_predicts_as_close_to_float32_as_eager_int8(run):
+    """--dtype int8 --compile (benchmarks/int8.py: the fastest int8): inductor's int8 kernels round otherwise
+    than eager's, so the bound is int8's against float32, not equality with eager int8."""
+    run_dir, _ = run
+    fp32 = load_run(run_dir, "cpu", "float32").predict(TEXTS).values
+    compiled = load_run(run_dir, "cpu", "int8")
+    compiled.compile()
+    np.testing.assert_allclose(compiled.predict(TEXTS).values, fp32, atol=1.5e-5)
