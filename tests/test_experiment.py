@@ -635,6 +635,19 @@ def test_docs_shipped_default_row_picks_its_lr_on_seed_0_validation_across_folde
     table = docs.lr_default_table()  # docs/defaults.md's LR choice: the same cells, the same winner
     assert "| amazon-snippets | 0.6000 | 0.6100 | 5e-5 | 3 |" in table
     assert "| movielens-100k | - | - | - | 0 |" in table  # no cells in this folder
+    # the losing LR with more seeds whose mean over the seeds both LRs have is lower (STS-B's 1e-4 in
+    # stsb-levers against lr-default's 5e-5): still seed 0's choice, as every table-3 row's
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "results.json").write_text(
+        json.dumps(
+            [cell(1e-4, s, v, t) for s, v, t in ((0, 0.7273, 0.75), (1, 0.7219, 0.75), (2, 0.756, 0.77))]
+            + [cell(5e-5, s, v, t) for s, v, t in ((0, 0.7268, 0.79), (1, 0.7228, 0.78))]
+        )
+    )
+    monkeypatch.setitem(docs.SHIPPED_ARMS, "amazon-snippets", [("c", "raft", "")])
+    e = docs.shipped_entry("amazon-snippets")
+    assert e["lr"] == 5e-5 and e["seeds"] == [0, 1] and e["rmse"] == pytest.approx(0.785)
+    assert "| amazon-snippets | 0.7268 | 0.7273 | 5e-5 | 2 |" in docs.lr_default_table()
     monkeypatch.setitem(docs.SHIPPED_ARMS, "amazon-snippets", [("missing", "raft", "")])
     assert docs.shipped_entry("amazon-snippets") is None
 
