@@ -179,13 +179,13 @@ def main() -> None:
         old = a.out.with_suffix(".json")
         if old.exists():  # the int8 path this one replaced, as that run measured it: before and after
             prev = json.loads(old.read_text())
-            prev = prev.get("before", prev) if prev.get("int8_path", OLD_PATH) == INT8_PATH else prev
             keys = ("speedup", "delta_rmse", "delta_spearman", "mean_abs_prediction_diff", "rows")
-            if prev.get("int8_path", OLD_PATH) != INT8_PATH:
-                result["before"] = {
-                    "int8_path": prev.get("int8_path", OLD_PATH),
-                    **{k: prev[k] for k in keys},
-                }
+            if prev.get("int8_path", OLD_PATH) == INT8_PATH:  # a rerun of this path: keep what it replaced
+                before = prev.get("before")
+            else:
+                before = {"int8_path": prev.get("int8_path", OLD_PATH), **{k: prev[k] for k in keys}}
+            if before:
+                result["before"] = before
         write_json(a.out.with_suffix(".json"), result)
     write_text(a.out.with_suffix(".md"), markdown(result) + "\n")
     print(markdown(result))

@@ -568,8 +568,7 @@ class EvalConfig:
             "group": "basic",
             "help": "predict/evaluate/serve: weights in auto (bfloat16 on a GPU, else float32), float32, "
             "bfloat16, or int8 (CPU, raftlm[int8]: torchao's dynamic int8 Linear layers, the LM head float32) "
-            "(--bf16 is autocast, "
-            "a separate switch)",
+            "(--bf16 is autocast, a separate switch)",
         },
     )
     eval_size: int | None = field(
