@@ -596,11 +596,19 @@ def chunk_speedup(n: str) -> str:
     return f"{load('length_chunks/length_chunks.json')['speedup_vs_1'][n]['median']:.2f}x"
 
 
-def efficiency(variant: str, key: str = "fraction_of_peak") -> str:
+BEFORE_STOP49 = "before stop 49 (head per chunk, F.linear, AdamW loop)"
+
+
+def efficiency(variant: str, key: str = "fraction_of_peak", inverse: bool = False) -> str:
+    """A train-efficiency row's figure; ``inverse``: a speed ratio as the default's against the variant."""
     row = next(r for r in load("speed.json") if r["name"] == f"train step vs matmul peak: {variant}")
     if key == "fraction_of_peak":
         return f"{100 * row['fraction_of_peak']:.0f} %"
-    return f"{row[key]:.2f}x"
+    return f"{1 / row[key] if inverse else row[key]:.2f}x"
+
+
+def span_of(summary: dict) -> str:
+    return f"{summary['min_speedup']:.1f}-{summary['max_speedup']:.1f}x"
 
 
 def compile_seconds() -> str:
@@ -713,6 +721,10 @@ VALUES: dict[str, Callable[[], str]] = {
     "chunks.speedup4": lambda: chunk_speedup("4"),
     "efficiency.default": lambda: efficiency("default"),
     "efficiency.before": lambda: efficiency("before issue 40"),
+    "efficiency.before_stop49": lambda: efficiency(BEFORE_STOP49),
+    "efficiency.stop49_speedup": lambda: efficiency(BEFORE_STOP49, "speedup_vs_default", inverse=True),
+    "head.speedup": lambda: f"{load('head_matmul.json')['summary']['median_speedup']:.1f}x",
+    "head.range": lambda: span_of(load("head_matmul.json")["summary"]),
     "efficiency.bf16_speedup": lambda: efficiency("bf16 autocast (opt-in)", "speedup_vs_default"),
     "efficiency.compiled": lambda: efficiency("compiled blocks (opt-in)"),
     "efficiency.compiled_speedup": lambda: efficiency("compiled blocks (opt-in)", "speedup_vs_default"),

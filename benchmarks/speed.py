@@ -439,13 +439,58 @@ def _equal_halves(attention_mask, chunks: int):
     return [(rows, int(lengths[rows].max())) for rows in torch.tensor_split(order, min(chunks, len(order)))]
 
 
+def _per_chunk_loss(loss_fn, model, batch, targets, answer_len, chunks, real_tokens=False):
+    """``training.chunked_loss`` before stop 49: the loss (and the LM head) once per length chunk."""
+    import contextlib
+
+    from raftlm import training
+
+    def skip_pads(part):
+        return (
+            training.mlps_on_real_tokens(model, part.attention_mask)
+            if real_tokens
+            else contextlib.nullcontext()
+        )
+
+    if chunks == 1:
+        with skip_pads(batch):
+            return loss_fn(model, batch, targets=targets, answer_len=answer_len)
+    n, loss = len(batch.input_ids), 0.0
+    for rows, width in training.length_chunks(batch.attention_mask, chunks):
+        part = batch.select(rows, width)
+        with skip_pads(part):
+            part_loss = loss_fn(model, part, targets=targets[rows], answer_len=answer_len[rows])
+        loss = loss + part_loss * (len(rows) / n)
+    return loss
+
+
+def _before_stop49(training) -> None:
+    """The step before stop 49: the loss and the LM head once per length chunk, the head as ``F.linear``
+    (no ``TallWeightLinear``), AdamW's for-loop (``adamw_torch``, not the fused kernel)."""
+    from transformers.training_args import OptimizerNames
+
+    from raftlm import scoring
+
+    training.chunked_loss = _per_chunk_loss
+    scoring.TALL = float("inf")
+    arguments = training.training_arguments
+
+    def plain_adamw(*args, **kw):
+        out = arguments(*args, **kw)
+        out.optim = OptimizerNames.ADAMW_TORCH
+        return out
+
+    training.training_arguments = plain_adamw
+
+
 def case_efficiency(a) -> dict:
     """Steps of raftlm's default training (`raftlm train` defaults on STS-B-1K prompts: RAFT + 1.0 x CE
     two-hot, top 9 blocks from cached states, AdamW, batch 16, 2 length chunks on a CPU) run by raftlm's
     own ``training.fit`` (its Trainer), timed step end to step end (collation, loss, backward, clipping,
     AdamW, Trainer's bookkeeping); each step's matmul FLOPs counted from the batch it really ran (the
     chunks' real lengths); the matmul peak measured afterwards in this process. ``--before``: the step as
-    it was before issue 40 (equal-halves length chunks, MLPs over the pad tokens too)."""
+    it was before issue 40 (equal-halves length chunks, MLPs over the pad tokens too); ``--before-head``:
+    before stop 49 (the loss and LM head once per chunk, the head as ``F.linear``, AdamW's for-loop)."""
     import tempfile
 
     import torch
@@ -477,6 +522,8 @@ def case_efficiency(a) -> dict:
     if a.before:
         training.length_chunks = _equal_halves
         training.RegressionTrainer.real_tokens = lambda self, batch: False
+    if a.before or a.before_head:
+        _before_stop49(training)
     runs: list[tuple[list[tuple[list[int], int]], bool]] = []
     real_chunked_loss = training.chunked_loss
 
@@ -673,6 +720,7 @@ def cache_row(base: dict, common: list[str], n: int, top: int) -> dict:
 
 EFFICIENCY = {  # the default training step and variants of it, measured side by side (name: child flags)
     "before issue 40": {"before": True},
+    "before stop 49 (head per chunk, F.linear, AdamW loop)": {"before_head": True},
     "default": {},
     "bf16 autocast (opt-in)": {"set": ["training.bf16=true"]},
     "compiled blocks (opt-in)": {"set": ["training.compile=true"]},
@@ -789,6 +837,11 @@ def main() -> None:
         "--profile", help="(child) efficiency case: write a torch.profiler summary of 2 steps here"
     )
     ap.add_argument("--before", action="store_true", help="(child) efficiency case: the step before issue 40")
+    ap.add_argument(
+        "--before-head",
+        action="store_true",
+        help="(child) efficiency case: the step before stop 49 (loss and LM head per chunk, F.linear, for-loop AdamW)",
+    )
     ap.add_argument(
         "--variants",
         nargs="*",

@@ -186,6 +186,8 @@ LONG = [
     for i in range(7)
 ]
 
+SHUFFLED = [LONG[i] for i in (3, 0, 6, 1, 5, 2, 4)]
+
 
 @pytest.mark.parametrize(
     "method, grid, ce_weight, cached",
@@ -193,6 +195,7 @@ LONG = [
         ("raft", "1-5", 1.0, True),
         ("raft", "1-5", 0.0, False),
         ("ce", "0:5:0.5", 0.0, True),  # multi-token answers of different lengths
+        ("raft", "0:5:0.5", 1.0, False),  # multi-token grid strings: the loss reads a KV cache, per chunk
         ("head-pooled", "1-5", 0.0, False),
         ("head-attn", "1-5", 0.0, True),
         ("ce-ntl", "0:5:0.5", 0.0, True),  # CE + NTL: both means over examples
@@ -205,7 +208,7 @@ def test_length_chunks_give_the_batchs_loss_and_gradients_with_fewer_pad_tokens(
     from raftlm.training import chunked_loss, length_chunks
 
     cfg, predictor, loss_fn, _ = _setup(method, "top-1", grid, ce_weight)
-    feats = build_features(predictor, LONG, method, None)
+    feats = build_features(predictor, SHUFFLED, method, None)  # rows not in length order
     store = None
     if cached:
         seqs = [f["prompt_ids"] + f["answer_ids"] for f in feats]
@@ -225,29 +228,66 @@ def test_length_chunks_give_the_batchs_loss_and_gradients_with_fewer_pad_tokens(
     hook = decoder_layers(predictor.model)[-1].mlp.down_proj.register_forward_hook(
         lambda m, args, out: mlp_rows.append(args[0].shape[:-1].numel())
     )
+    head_rows = []  # rows the LM head ran on, per call: once per loss, on the whole batch, however chunked
+    head_hook = predictor.model.get_output_embeddings().register_forward_hook(
+        lambda m, args, out: head_rows.append(args[0].shape[0])
+    )
     results = []
     for k, real_tokens in ((1, False), (2, False), (3, False), (7, False), (1, True), (3, True)):
         predictor.model.zero_grad()
         mlp_rows.clear()
+        head_rows.clear()
         with skip_frozen(predictor.model, 1 if cached else 0):
             loss = chunked_loss(
                 loss_fn, predictor.model, batch, inputs["targets"], inputs["answer_len"], k, real_tokens
             )
-        assert sum(mlp_rows) == (
-            lengths.sum()
-            if real_tokens
-            else sum(len(r) * w for r, w in length_chunks(inputs["attention_mask"], k))
-        )
+        groups = length_chunks(inputs["attention_mask"], k)
+        if getattr(getattr(loss_fn, "scorer", None), "paths", None):  # the loss reads a KV cache: per chunk,
+            assert len(head_rows) == 2 * len(groups)  # the first tokens, then the tails from the cache
+        else:
+            assert sum(mlp_rows) == (lengths.sum() if real_tokens else sum(len(r) * w for r, w in groups))
+            assert head_rows == [len(lengths)]
         loss.backward()
         grads = {n: p.grad.clone() for n, p in predictor.model.named_parameters() if p.requires_grad}
         results.append((loss.detach(), grads))
     hook.remove()
+    head_hook.remove()
     (loss1, grads1), *rest = results
     assert any(g.abs().sum() > 0 for g in grads1.values())
     for loss_k, grads_k in rest:
         torch.testing.assert_close(loss_k, loss1, atol=1e-6, rtol=1e-5)
         for name in grads1:
             torch.testing.assert_close(grads_k[name], grads1[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("method", ["encoder-cls", "encoder-mean"])
+def test_length_chunks_give_an_encoders_loss_and_gradients(method):
+    from raftlm.scoring import PromptBatch
+    from raftlm.training import chunked_loss
+
+    method_cfg = {"method": method, "grid": "1-5", "target_range": "none"}
+    cfg = Config.build({"model": {"name": "tiny-random-bert"}, "method": method_cfg})
+    predictor = new_predictor(cfg, LONG)
+    make_trainable(predictor, cfg)
+    loss_fn = METHODS[method].loss(predictor, cfg.method)
+    head = next(
+        m for m in predictor.model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1
+    )
+    torch.nn.init.normal_(head.weight, std=0.5)  # a head that reads the states (its zero start reads none)
+    inputs = make_collator(predictor.pad_id)(build_features(predictor, SHUFFLED, method, None))
+    batch = PromptBatch(inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], False)
+    results = []
+    for k in (1, 3):
+        predictor.model.zero_grad()
+        loss = chunked_loss(loss_fn, predictor.model, batch, inputs["targets"], inputs["answer_len"], k, True)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in predictor.model.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), grads))
+    (loss1, grads1), (loss3, grads3) = results
+    torch.testing.assert_close(loss3, loss1, atol=1e-6, rtol=1e-5)
+    assert grads1.keys() == grads3.keys() and any(g.abs().sum() > 0 for g in grads1.values())
+    for name in grads1:
+        torch.testing.assert_close(grads3[name], grads1[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_length_chunks_default_to_two_on_a_cpu_and_one_elsewhere():
