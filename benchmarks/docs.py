@@ -602,8 +602,8 @@ BEFORE_STOP49 = "before stop 49 (head per chunk, F.linear, AdamW loop)"
 def efficiency(variant: str, key: str = "fraction_of_peak", inverse: bool = False) -> str:
     """A train-efficiency row's figure; ``inverse``: a speed ratio as the default's against the variant."""
     row = next(r for r in load("speed.json") if r["name"] == f"train step vs matmul peak: {variant}")
-    if key == "fraction_of_peak":
-        return f"{100 * row['fraction_of_peak']:.0f} %"
+    if key in ("fraction_of_peak", "head_share"):
+        return f"{100 * row[key]:.0f} %"
     return f"{1 / row[key] if inverse else row[key]:.2f}x"
 
 
@@ -722,6 +722,7 @@ VALUES: dict[str, Callable[[], str]] = {
     "efficiency.default": lambda: efficiency("default"),
     "efficiency.before": lambda: efficiency("before issue 40"),
     "efficiency.before_stop49": lambda: efficiency(BEFORE_STOP49),
+    "efficiency.head_share": lambda: efficiency("default", "head_share"),
     "efficiency.stop49_speedup": lambda: efficiency(BEFORE_STOP49, "speedup_vs_default", inverse=True),
     "head.speedup": lambda: f"{load('head_matmul.json')['summary']['median_speedup']:.1f}x",
     "head.range": lambda: span_of(load("head_matmul.json")["summary"]),

@@ -1052,7 +1052,9 @@ def _efficiency_lines(rows: list[dict]) -> list[str]:
         "matmul in the same process (the bf16 row: the bf16 matmul's, against which it is rated). `Ran`: "
         "the FLOPs of what ran (pad tokens included where they ran); `MLP shape`: the rate of the step's own "
         "largest matmul shape alone; `first 2 steps`: their seconds (a compiled variant compiles there). "
-        "`before issue 40`: equal-halves length chunks and MLPs over the pads. "
+        "`before issue 40`: equal-halves length chunks and MLPs over the pads, and what `before stop 49` "
+        "undoes; `before stop 49`: the loss and the LM head once per length chunk, the head as `F.linear`, "
+        "AdamW's for-loop (`adamw_torch`). "
         "Reproduce: `python benchmarks/speed.py --cases train-efficiency --models gemma-3-270m --dtypes "
         "float32` (`--profile` in a child writes the torch.profiler summary, `speed.profile.txt`).",
         "",

@@ -98,3 +98,30 @@ def test_grid_string_the_tokenizer_cannot_produce():
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", pad_token="<pad>")
     with pytest.raises(RaftlmError, match="cannot be produced by this tokenizer"):
         bind_answer(tok, Grid.parse("1=1,2=2,3=xyz"), ["rating :"], answer_prefix="")
+
+
+@pytest.mark.parametrize("rows", [1, 3, 9, 13, 16])
+def test_tall_weight_linear_is_f_linear_forward_and_backward(rows, monkeypatch):
+    from raftlm.scoring import TALL, TallWeightLinear, linear_in_weight_dtype
+
+    torch.manual_seed(0)
+    weight = torch.randn(TALL + 5, 8, requires_grad=True)
+    x = torch.randn(rows, 8, requires_grad=True)
+    outs, grads = [], []
+    for fn in (torch.nn.functional.linear, TallWeightLinear.apply, linear_in_weight_dtype):
+        out = fn(x, weight)
+        (out.logsumexp(-1) * torch.arange(1.0, rows + 1)).sum().backward()
+        outs.append(out.detach())
+        grads.append((x.grad.clone(), weight.grad.clone()))
+        x.grad = weight.grad = None
+    for out, (gx, gw) in zip(outs[1:], grads[1:], strict=True):
+        assert out.shape == (rows, TALL + 5) and out.is_contiguous()
+        torch.testing.assert_close(out, outs[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gx, grads[0][0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gw, grads[0][1], rtol=1e-5, atol=1e-6)
+    calls = []  # a CPU head taller than TALL rows goes through TallWeightLinear, a shorter one F.linear
+    original = TallWeightLinear.apply
+    monkeypatch.setattr(TallWeightLinear, "apply", lambda *a: calls.append(1) or original(*a))
+    linear_in_weight_dtype(x, weight)
+    linear_in_weight_dtype(x, weight[:TALL])
+    assert calls == [1]

@@ -220,28 +220,31 @@ TALL = 16_384  # output rows (vocabulary) from which a CPU head runs as ``TallWe
 class TallWeightLinear(torch.autograd.Function):
     """``x @ W.T`` for a tall weight (an LM head: V x D, V >> D) and few rows of ``x``, on a CPU.
 
-    MKL runs ``F.linear``'s ``x @ W.T`` for a few rows on a slow path (Gemma 3's 262k x 640 head, 2-11
-    rows: 105-190 ms); ``W @ x.T`` reads the weight in its stored order (20-100 ms; from 12 rows on the
-    same speed and the same bits). The backward is ``F.linear``'s: ``grad @ W`` (its rows padded with zeros
-    to a multiple of 4: 3, 7 or 11 rows take 140 ms, 4, 8 or 12 take 70-85 ms) and, if the weight trains,
-    ``grad.T @ x``. The default training step runs 4 % faster (``benchmarks/speed.py --cases
-    train-efficiency``)."""
+    MKL runs ``F.linear``'s ``x @ W.T`` for a few rows on a slow path; ``W @ x.T`` reads the weight in its
+    stored order. Both matmuls have rows that MKL runs slowly (3, 7, 11, 13-15 ...), so rows are padded
+    with zeros: the forward's past 8 rows to a multiple of 8, the backward's (``grad @ W``) past 1 row to a
+    multiple of 4. If the weight trains, its gradient is ``grad.T @ x``. ``benchmarks/head_matmul.py``
+    times it against ``F.linear`` for 1-32 rows."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        return torch.mm(weight, x.t()).t().contiguous()
+        rows = len(x)
+        return torch.mm(weight, _zero_rows(x, 8 if rows > 8 else 1).t()).t()[:rows].contiguous()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            rows = len(grad)
-            grad_x = torch.cat([grad, grad.new_zeros(-rows % 4, grad.shape[1])]) @ weight
-            grad_x = grad_x[:rows]
+        rows = len(grad)
+        grad_x = (_zero_rows(grad, 4 if rows > 1 else 1) @ weight)[:rows] if ctx.needs_input_grad[0] else None
         grad_weight = grad.t() @ x if ctx.needs_input_grad[1] else None
         return grad_x, grad_weight
+
+
+def _zero_rows(t: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``t`` with rows of zeros appended up to a multiple of ``multiple`` rows."""
+    pad = -len(t) % multiple
+    return torch.cat([t, t.new_zeros(pad, *t.shape[1:])]) if pad else t
 
 
 class GridLogProbs:
