@@ -607,6 +607,11 @@ def efficiency(variant: str, key: str = "fraction_of_peak", inverse: bool = Fals
     return f"{1 / row[key] if inverse else row[key]:.2f}x"
 
 
+def int8_layer(variant: str) -> str:
+    v = load("int8_layers.json")["variants"][variant]
+    return f"{v['speedup']:.2f}x at {'delta RMSE ' if not v['kept_float32'] else ''}{v['delta_rmse']:+.3f}"
+
+
 def span_of(summary: dict) -> str:
     return f"{summary['min_speedup']:.1f}-{summary['max_speedup']:.1f}x"
 
@@ -722,6 +727,9 @@ VALUES: dict[str, Callable[[], str]] = {
     "efficiency.default": lambda: efficiency("default"),
     "efficiency.before": lambda: efficiency("before issue 40"),
     "efficiency.before_stop49": lambda: efficiency(BEFORE_STOP49),
+    "int8_layers.all": lambda: int8_layer("every Linear int8"),
+    "int8_layers.down": lambda: int8_layer("MLP down_proj float32"),
+    "int8_layers.down_o": lambda: int8_layer("down_proj and o_proj float32"),
     "efficiency.head_share": lambda: efficiency("default", "head_share"),
     "efficiency.stop49_speedup": lambda: efficiency(BEFORE_STOP49, "speedup_vs_default", inverse=True),
     "head.speedup": lambda: f"{load('head_matmul.json')['summary']['median_speedup']:.1f}x",

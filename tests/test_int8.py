@@ -165,3 +165,13 @@ def test_int8_with_compile_predicts_as_close_to_float32_as_eager_int8(run):
     compiled = load_run(run_dir, "cpu", "int8")
     compiled.compile()
     np.testing.assert_allclose(compiled.predict(TEXTS).values, fp32, atol=1.5e-5)
+
+
+def test_int8_keeps_float32_the_layers_it_is_told_to_keep():
+    from raftlm.models import _int8_weight, load_model, quantize_int8
+
+    model, _ = load_model("tiny-random-llama")
+    quantize_int8(model, keep=("mlp.down_proj",))
+    linears = {n: _int8_weight(m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert {n.rsplit(".", 1)[-1] for n, q in linears.items() if not q} == {"down_proj", "lm_head"}
+    assert sum(linears.values()) == 6 * len(model.model.layers)  # q, k, v, o, gate, up per block

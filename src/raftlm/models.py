@@ -304,16 +304,20 @@ def _int8_weight(module) -> bool:
 TORCHAO = "torchao==0.18.0"
 
 
-def quantize_int8(model):
+def quantize_int8(model, keep: tuple[str, ...] = ()):
     """torchao's dynamic int8 quantization, in place: each Linear layer's weight int8 per output channel,
     its input quantized per token at run time (``Int8DynamicActivationInt8WeightConfig``). The LM head
     stays float32 (tied to the embeddings; raftlm reads a few positions of it, and its logits stay float32,
-    as ``lm_head_in_float32`` wants). Idempotent; CPU only."""
+    as ``lm_head_in_float32`` wants), and so do the layers whose names end with one of ``keep`` (e.g.
+    ``"mlp.down_proj"``). Idempotent; CPU only."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     names = {
         name
         for name, m in model.named_modules()
-        if isinstance(m, torch.nn.Linear) and m is not head and not _int8_weight(m)
+        if isinstance(m, torch.nn.Linear)
+        and m is not head
+        and not _int8_weight(m)
+        and not name.endswith(keep)
     }
     if names:
         quantize_, config = _torchao_int8()

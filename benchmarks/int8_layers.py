@@ -1,0 +1,121 @@
+"""Which Linear layers int8 can take without moving the predictions: a probe on a trained run's validation
+split (the choice is made there; int8.py reports the test split after it).
+
+For each variant (the layers kept float32 besides the LM head), the run is loaded in float32, quantized by
+``quantize_int8(model, keep)`` and torch.compile'd (``--compile``: the int8 path that reaches issue 40's speed
+target), then predicts the first ``--rows`` validation rows beside the float32 model in interleaved rounds:
+delta RMSE against float32, the mean |prediction change|, and rows/s against float32.
+
+    python benchmarks/int8_layers.py ../runs-int8/amazon     # writes benchmarks/results/int8_layers.json + .md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raftlm.config import Config
+from raftlm.data import load_splits
+from raftlm.io import write_json, write_text
+from raftlm.metrics import regression_metrics
+from raftlm.models import quantize_int8
+from raftlm.run import load_run
+
+RESULTS = Path(__file__).parent / "results" / "int8_layers"
+VARIANTS = {  # name: the Linear layers kept float32 (name endings), besides the LM head
+    "every Linear int8": (),
+    "MLP down_proj float32": ("mlp.down_proj",),
+    "attention o_proj float32": ("self_attn.o_proj",),
+    "down_proj and o_proj float32": ("mlp.down_proj", "self_attn.o_proj"),
+}
+
+
+def measure(run: Path, rows: int, rounds: int, batch: int, variants: list[str]) -> dict:
+    cfg = Config.from_yaml(str(run / "config.yaml"))
+    val = load_splits(cfg.data).validation[:rows]
+    texts, targets = [e.text for e in val], [e.target for e in val]
+    ref = load_run(run, "cpu", "float32")
+    ref.predict(texts[:batch], batch_size=batch)  # warm-up
+    out = {}
+    for name in variants:
+        model = load_run(run, "cpu", "float32")
+        quantize_int8(model.model, VARIANTS[name])
+        model.compile()
+        start = time.perf_counter()
+        model.predict(texts, batch_size=batch)  # the compile, and a recompile for any new shape: untimed
+        compile_s = time.perf_counter() - start
+        seconds = {"float32": [], name: []}
+        preds = {}
+        for r in range(rounds):
+            for key, p in (
+                (("float32", ref), (name, model)) if r % 2 == 0 else ((name, model), ("float32", ref))
+            ):
+                start = time.perf_counter()
+                preds[key] = p.predict(texts, "rail", batch_size=batch).values
+                seconds[key].append(time.perf_counter() - start)
+        f32 = regression_metrics(targets, preds["float32"])
+        q = regression_metrics(targets, preds[name])
+        ratios = [f / i for f, i in zip(seconds["float32"], seconds[name], strict=True)]
+        out[name] = {
+            "kept_float32": list(VARIANTS[name]),
+            "delta_rmse": q["rmse"] - f32["rmse"],
+            "delta_spearman": q["spearman"] - f32["spearman"],
+            "mean_abs_prediction_diff": float(np.abs(preds[name] - preds["float32"]).mean()),
+            "speedup": statistics.median(ratios),
+            "speedup_range": [min(ratios), max(ratios)],
+            "first_pass_seconds": compile_s,
+            "rmse_float32": f32["rmse"],
+        }
+        print(name, out[name], flush=True)
+        del model
+    return {
+        "run": str(run.name),
+        "dataset": cfg.data.dataset,
+        "split": "validation",
+        "rows": len(texts),
+        "batch_size": batch,
+        "rounds": rounds,
+        "threads": torch.get_num_threads(),
+        "variants": out,
+    }
+
+
+def markdown(r: dict) -> str:
+    lines = [
+        f"int8 + --compile with some Linear layers kept float32: run `{r['run']}` ({r['dataset']}), the first "
+        f"{r['rows']} {r['split']} rows (RAIL, batch {r['batch_size']}, {r['rounds']} interleaved rounds, "
+        f"{r['threads']} threads). Written by `benchmarks/int8_layers.py`.",
+        "",
+        "| variant | rows/s vs float32 | delta RMSE | delta Spearman | mean abs prediction change | first pass (compile), s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, v in r["variants"].items():
+        lo, hi = v["speedup_range"]
+        lines.append(
+            f"| {name} | {v['speedup']:.2f}x ({lo:.2f}-{hi:.2f}) | {v['delta_rmse']:+.4f} | "
+            f"{v['delta_spearman']:+.4f} | {v['mean_abs_prediction_diff']:.4f} | {v['first_pass_seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--rows", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    a = ap.parse_args()
+    res = measure(a.run, a.rows, a.rounds, a.batch_size, a.variants)
+    write_json(RESULTS.with_suffix(".json"), res)
+    write_text(RESULTS.with_suffix(".md"), markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
