@@ -439,29 +439,12 @@ def _equal_halves(attention_mask, chunks: int):
     return [(rows, int(lengths[rows].max())) for rows in torch.tensor_split(order, min(chunks, len(order)))]
 
 
-def _per_chunk_loss(loss_fn, model, batch, targets, answer_len, chunks, real_tokens=False):
-    """``training.chunked_loss`` before stop 49: the loss (and the LM head) once per length chunk."""
-    import contextlib
-
+def _per_chunk(*args):
+    """``training.chunked_decoder`` before stop 49: none, so ``chunked_loss`` runs the loss (and the LM head)
+    once per length chunk, its path for losses that read a KV cache."""
     from raftlm import training
 
-    def skip_pads(part):
-        return (
-            training.mlps_on_real_tokens(model, part.attention_mask)
-            if real_tokens
-            else contextlib.nullcontext()
-        )
-
-    if chunks == 1:
-        with skip_pads(batch):
-            return loss_fn(model, batch, targets=targets, answer_len=answer_len)
-    n, loss = len(batch.input_ids), 0.0
-    for rows, width in training.length_chunks(batch.attention_mask, chunks):
-        part = batch.select(rows, width)
-        with skip_pads(part):
-            part_loss = loss_fn(model, part, targets=targets[rows], answer_len=answer_len[rows])
-        loss = loss + part_loss * (len(rows) / n)
-    return loss
+    raise training.KVCacheNeeded
 
 
 def _before_stop49(training) -> None:
@@ -471,7 +454,7 @@ def _before_stop49(training) -> None:
 
     from raftlm import scoring
 
-    training.chunked_loss = _per_chunk_loss
+    training.chunked_decoder = _per_chunk
     scoring.TALL = float("inf")
     arguments = training.training_arguments
 
