@@ -444,7 +444,7 @@ def _per_chunk(*args):
     once per length chunk, its path for losses that read a KV cache."""
     from raftlm import training
 
-    raise training.KVCacheNeeded
+    raise training.RunPerChunk
 
 
 def _before_stop49(training) -> None:

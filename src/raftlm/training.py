@@ -222,7 +222,7 @@ def chunked_loss(
     try:
         with chunked_decoder(model, batch, groups, real_tokens):
             return loss_fn(model, batch, targets=targets, answer_len=answer_len)
-    except KVCacheNeeded:
+    except RunPerChunk:
         pass
     n, loss = len(batch.input_ids), 0.0
     for rows, width in groups:
@@ -233,8 +233,9 @@ def chunked_loss(
     return loss
 
 
-class KVCacheNeeded(Exception):
-    """A chunked transformer was asked for a KV cache (``use_cache=True``), which it cannot join."""
+class RunPerChunk(Exception):
+    """``chunked_decoder``'s transformer was called in a way it cannot join (a KV cache asked for, or
+    positional inputs): ``chunked_loss`` runs the loss once per chunk instead."""
 
 
 SEQUENCE_OUTPUTS = ("last_hidden_state", "hidden_states")  # (B, T, ...) per position, or tuples of them
@@ -274,9 +275,9 @@ def chunked_decoder(model, batch: PromptBatch, groups: list[tuple[torch.Tensor, 
             ]
         return torch.cat(parts).index_select(0, inverse)
 
-    def forward(**kwargs):
-        if kwargs.get("use_cache"):
-            raise KVCacheNeeded
+    def forward(*args, **kwargs):
+        if args or kwargs.get("use_cache"):
+            raise RunPerChunk
         outs = []
         for rows, width in groups:
             real = batch.attention_mask[rows][:, -width:]
