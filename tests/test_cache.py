@@ -312,3 +312,28 @@ def test_the_raft_loss_built_from_a_config_takes_its_ce_target():
         predictor = new_predictor(cfg, EXAMPLES)
         loss_fn = METHODS["raft"].loss(predictor, cfg.method)
         assert (loss_fn.ce_target, loss_fn.ce_weight) == (built, 1.0)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"output_attentions": True}, "no rule for the model's 'attentions' output"),
+        ({"token_type_ids": torch.zeros(3)}, r"no rule for a \(3,\) model input"),
+    ],
+)
+def test_length_chunks_refuse_what_they_cannot_join_in_one_line(extra, message):
+    from raftlm.scoring import PromptBatch
+    from raftlm.training import chunked_loss
+
+    cfg, predictor, _, _ = _setup("raft", "full")
+    inputs = make_collator(predictor.pad_id)(build_features(predictor, SHUFFLED, "raft", None))
+    batch = PromptBatch(inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], False)
+
+    def loss_fn(model, b, **_):
+        return model(**b.model_inputs(), **extra, logits_to_keep=1).logits.sum()
+
+    with pytest.raises(RaftlmError, match=f"length chunks: {message}: train with --length-chunks 1"):
+        chunked_loss(loss_fn, predictor.model, batch, inputs["targets"], inputs["answer_len"], 3)
+    assert "forward" not in vars(predictor.model.model)  # the transformer's own forward again
+    loss_fn_plain = lambda model, b, **_: model(**b.model_inputs(), logits_to_keep=1).logits.sum()  # noqa: E731
+    chunked_loss(loss_fn_plain, predictor.model, batch, inputs["targets"], inputs["answer_len"], 3)

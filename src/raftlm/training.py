@@ -249,7 +249,8 @@ def chunked_decoder(model, batch: PromptBatch, groups: list[tuple[torch.Tensor, 
     rows, width), each group without the pad columns it does not need, and returns the whole batch's
     states (zeros at the pad columns a group dropped: nothing reads a pad's state). The LM head and the
     loss then run once on the whole batch: Gemma 3's 262k-row head reads its 671 MB weight once per step,
-    not once per group (the default CPU step: 3 % faster, ``benchmarks/speed.py``)."""
+    not once per group (part of the default CPU step's gain over the step before stop 49 in
+    ``benchmarks/speed.py --cases train-efficiency``)."""
     from raftlm.cache import _base
 
     decoder = _base(model)
@@ -266,7 +267,9 @@ def chunked_decoder(model, batch: PromptBatch, groups: list[tuple[torch.Tensor, 
             return value[rows][..., -width:, -width:]  # a 4-D (bidirectional) mask
         if value.dim() >= 2 and value.shape[:2] == (rows_n, width_n):
             return value[rows][:, -width:]
-        raise RuntimeError(f"length chunks: no rule for a {tuple(value.shape)} input; set length_chunks: 1")
+        raise RaftlmError(
+            f"length chunks: no rule for a {tuple(value.shape)} model input: train with --length-chunks 1"
+        )
 
     def join(parts: list[torch.Tensor], sequence: bool) -> torch.Tensor:
         if sequence:  # left-padded back to the batch's width
@@ -293,8 +296,8 @@ def chunked_decoder(model, batch: PromptBatch, groups: list[tuple[torch.Tensor, 
             elif key in SEQUENCE_OUTPUTS + ROW_OUTPUTS:
                 out[key] = join(values, key in SEQUENCE_OUTPUTS)
             else:
-                raise RuntimeError(
-                    f"length chunks: no rule for the model's {key!r} output; set length_chunks: 1"
+                raise RaftlmError(
+                    f"length chunks: no rule for the model's {key!r} output: train with --length-chunks 1"
                 )
         return out
 
