@@ -50,6 +50,35 @@ def weight_mb(predictor) -> float:
 COMPILED = "int8 + --compile"  # the int8 model's forward torch.compile'd (eval.compile: Predictor.compile)
 
 
+def timed_rounds(predictors: dict, texts: list[str], rounds: int, batch: int) -> tuple[dict, dict]:
+    """Each predictor predicts ``texts`` (RAIL) once a round, in an order rotated between rounds: the
+    seconds of each round, and each predictor's predictions."""
+    seconds = {d: [] for d in predictors}
+    preds = {}
+    names = list(predictors)
+    for r in range(rounds):
+        for d in names[r % len(names) :] + names[: r % len(names)]:  # order rotated
+            start = time.perf_counter()
+            preds[d] = predictors[d].predict(texts, "rail", batch_size=batch)
+            seconds[d].append(time.perf_counter() - start)
+    return seconds, preds
+
+
+def compared(seconds: dict, preds: dict, metrics: dict, d: str) -> dict:
+    """``d`` against "float32" from ``timed_rounds``' output and each one's metrics: the speed ratio (median
+    of per-round ratios, and their range), the metric deltas and how far the predictions moved."""
+    ratios = [f / i for f, i in zip(seconds["float32"], seconds[d], strict=True)]
+    diff = np.abs(preds[d].values - preds["float32"].values)
+    return {
+        "speedup": statistics.median(ratios),
+        "speedup_range": [min(ratios), max(ratios)],
+        "delta_rmse": metrics[d]["rmse"] - metrics["float32"]["rmse"],
+        "delta_spearman": metrics[d]["spearman"] - metrics["float32"]["spearman"],
+        "max_abs_prediction_diff": float(diff.max()),
+        "mean_abs_prediction_diff": float(diff.mean()),
+    }
+
+
 def measure(run: Path, rounds: int, batch: int, limit: int | None) -> dict:
     cfg = Config.from_yaml(str(run / "config.yaml"))
     test = load_splits(cfg.data).test[:limit]
@@ -62,27 +91,11 @@ def measure(run: Path, rounds: int, batch: int, limit: int | None) -> dict:
         start = time.perf_counter()
         p.predict(texts[:batch], batch_size=batch)
         warmup[d] = time.perf_counter() - start
-    seconds = {d: [] for d in predictors}
-    preds = {}
-    names = list(predictors)
-    for r in range(rounds):
-        for d in names[r % len(names) :] + names[: r % len(names)]:  # order rotated
-            start = time.perf_counter()
-            preds[d] = predictors[d].predict(texts, "rail", batch_size=batch)
-            seconds[d].append(time.perf_counter() - start)
+    seconds, preds = timed_rounds(predictors, texts, rounds, batch)
     metrics = {d: regression_metrics(targets, preds[d].values) for d in predictors}
 
     def against_float32(d: str) -> dict:
-        ratios = [f / i for f, i in zip(seconds["float32"], seconds[d], strict=True)]
-        diff = np.abs(preds[d].values - preds["float32"].values)
-        return {
-            "speedup": statistics.median(ratios),
-            "speedup_range": [min(ratios), max(ratios)],
-            "delta_rmse": metrics[d]["rmse"] - metrics["float32"]["rmse"],
-            "delta_spearman": metrics[d]["spearman"] - metrics["float32"]["spearman"],
-            "max_abs_prediction_diff": float(diff.max()),
-            "mean_abs_prediction_diff": float(diff.mean()),
-        }
+        return compared(seconds, preds, metrics, d)
 
     return {
         "run": run.name,

@@ -12,11 +12,10 @@ delta RMSE against float32, the mean |prediction change|, and rows/s against flo
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from raftlm.config import Config
@@ -26,7 +25,11 @@ from raftlm.metrics import regression_metrics
 from raftlm.models import quantize_int8
 from raftlm.run import load_run
 
-RESULTS = Path(__file__).parent / "results" / "int8_layers"
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from int8 import compared, timed_rounds  # noqa: E402  (benchmarks/int8.py: the same rounds and comparison)
+
+RESULTS = HERE / "results" / "int8_layers"
 VARIANTS = {  # name: the Linear layers kept float32 (name endings), besides the LM head
     "every Linear int8": (),
     "MLP down_proj float32": ("mlp.down_proj",),
@@ -49,27 +52,14 @@ def measure(run: Path, rows: int, rounds: int, batch: int, variants: list[str]) 
         start = time.perf_counter()
         model.predict(texts, batch_size=batch)  # the compile, and a recompile for any new shape: untimed
         compile_s = time.perf_counter() - start
-        seconds = {"float32": [], name: []}
-        preds = {}
-        for r in range(rounds):
-            for key, p in (
-                (("float32", ref), (name, model)) if r % 2 == 0 else ((name, model), ("float32", ref))
-            ):
-                start = time.perf_counter()
-                preds[key] = p.predict(texts, "rail", batch_size=batch).values
-                seconds[key].append(time.perf_counter() - start)
-        f32 = regression_metrics(targets, preds["float32"])
-        q = regression_metrics(targets, preds[name])
-        ratios = [f / i for f, i in zip(seconds["float32"], seconds[name], strict=True)]
+        predictors = {"float32": ref, name: model}
+        seconds, preds = timed_rounds(predictors, texts, rounds, batch)
+        metrics = {d: regression_metrics(targets, preds[d].values) for d in predictors}
         out[name] = {
             "kept_float32": list(VARIANTS[name]),
-            "delta_rmse": q["rmse"] - f32["rmse"],
-            "delta_spearman": q["spearman"] - f32["spearman"],
-            "mean_abs_prediction_diff": float(np.abs(preds[name] - preds["float32"]).mean()),
-            "speedup": statistics.median(ratios),
-            "speedup_range": [min(ratios), max(ratios)],
+            **compared(seconds, preds, metrics, name),
             "first_pass_seconds": compile_s,
-            "rmse_float32": f32["rmse"],
+            "rmse_float32": metrics["float32"]["rmse"],
         }
         print(name, out[name], flush=True)
         del model

@@ -207,7 +207,7 @@ def linear_in_weight_dtype(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     flat = x.reshape(-1, x.shape[-1])
     with full_precision(x):
         flat = flat.to(weight.dtype)
-        if bias is None and weight.device.type == "cpu" and weight.shape[0] > TALL and flat.dim() == 2:
+        if bias is None and weight.device.type == "cpu" and weight.shape[0] > TALL:
             out = TallWeightLinear.apply(flat, weight)
         else:
             out = torch.nn.functional.linear(flat, weight, bias)

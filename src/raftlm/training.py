@@ -211,13 +211,9 @@ def chunked_loss(
     multi-token strings) runs once per chunk instead: every raftlm loss is a mean over its examples, so the
     chunks' losses weighted by their share of the rows are the batch's. ``real_tokens``: the MLPs skip the
     pad tokens (``mlps_on_real_tokens``), the same loss with fewer FLOPs."""
-
-    def skip_pads(part: PromptBatch):
-        return mlps_on_real_tokens(model, part.attention_mask) if real_tokens else contextlib.nullcontext()
-
     groups = length_chunks(batch.attention_mask, chunks)
     if len(groups) == 1:  # the batch as it is: no row copies
-        with skip_pads(batch):
+        with skip_pads(model, batch.attention_mask, real_tokens):
             return loss_fn(model, batch, targets=targets, answer_len=answer_len)
     try:
         with chunked_decoder(model, batch, groups, real_tokens):
@@ -227,10 +223,15 @@ def chunked_loss(
     n, loss = len(batch.input_ids), 0.0
     for rows, width in groups:
         part = batch.select(rows, width)
-        with skip_pads(part):
+        with skip_pads(model, part.attention_mask, real_tokens):
             part_loss = loss_fn(model, part, targets=targets[rows], answer_len=answer_len[rows])
         loss = loss + part_loss * (len(rows) / n)
     return loss
+
+
+def skip_pads(model, attention_mask: torch.Tensor, on: bool):
+    """``mlps_on_real_tokens`` for this mask when ``on``, else nothing."""
+    return mlps_on_real_tokens(model, attention_mask) if on else contextlib.nullcontext()
 
 
 class RunPerChunk(Exception):
@@ -283,8 +284,7 @@ def chunked_decoder(model, batch: PromptBatch, groups: list[tuple[torch.Tensor, 
             raise RunPerChunk
         outs = []
         for rows, width in groups:
-            real = batch.attention_mask[rows][:, -width:]
-            with mlps_on_real_tokens(model, real) if real_tokens else contextlib.nullcontext():
+            with skip_pads(model, batch.attention_mask[rows][:, -width:], real_tokens):
                 outs.append(run(**{k: pick(v, rows, width) for k, v in kwargs.items()}))
         out = outs[0]
         for key in list(out.keys()):
