@@ -84,18 +84,7 @@ def test_every_run_has_a_model_card_whose_snippet_scores_like_raftlm(data, tmp_p
 
 
 def test_a_card_without_config_or_metrics_says_so():
-    meta = {
-        "method": "raft",
-        "grid": {"values": [1.0, 2.0], "strings": ["1", "2"]},
-        "scaler": {"data_low": 0.0, "data_high": 1.0, "grid_low": 1.0, "grid_high": 2.0},
-        "template": "{text}",
-        "answer_prefix": " ",
-        "fold_prefix": True,
-        "candidates": [[5], [6]],
-        "normalize_grid": False,
-        "max_length": 512,
-        "head": None,
-    }
+    meta = _meta(scaler={"data_low": 0.0, "data_high": 1.0, "grid_low": 1.0, "grid_high": 2.0})
     card = model_card(meta, None, None)
     assert "not recorded" in card and "Not evaluated when saved" in card and "```python" in card
     head = model_card({**meta, "head": {"class": "PooledHead", "kwargs": {}}}, None, None)
