@@ -652,6 +652,70 @@ def test_docs_shipped_default_row_picks_its_lr_on_seed_0_validation_across_folde
     assert docs.shipped_entry("amazon-snippets") is None
 
 
+def test_docs_rows_with_added_seeds_merge_folders_and_say_the_design(tmp_path, monkeypatch):
+    """A table-3 row given more seeds in another folder (EXTRA_ARMS: sweeps/stsb-seeds.yaml) is the mean of
+    every seed at its LR, and the default-vs-best sentence says that seeds were added after a first p, with
+    the p the first three seeds gave."""
+    import importlib.util
+
+    from raftlm.report import aggregate, welch_p
+
+    spec = importlib.util.spec_from_file_location(
+        "docs_gen", Path(__file__).parents[1] / "benchmarks" / "docs.py"
+    )
+    docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(docs)
+    monkeypatch.setattr(docs, "RESULTS", tmp_path)
+    docs.load.cache_clear()
+
+    def cell(method, lr, seed, test, options=""):
+        return {
+            "dataset": "stsb-1k",
+            "model": "gemma-3-270m",
+            "method": method,
+            "decoder": "head" if method == "head-pooled" else "rail",
+            "train_fraction": None,
+            "options": options,
+            "lr": lr,
+            "seed": seed,
+            "validation_rmse": test - 0.01,
+            "rmse": test,
+            "collapsed": False,
+        }
+
+    mine = {0: 0.786, 1: 0.775, 2: 0.776, 3: 0.770, 4: 0.772}
+    head = {0: 0.784, 1: 0.794, 2: 0.791, 3: 0.795, 4: 0.788}
+    table3 = [cell("head-pooled", 1e-4, s, head[s]) for s in range(3)] + [cell("head-pooled", 5e-5, 0, 0.9)]
+    seeds = [cell("head-pooled", 1e-4, s, head[s], "pair_swap=none") for s in (3, 4)]
+    seeds += [cell("raft", 5e-5, s, mine[s]) for s in (3, 4)]
+    for folder, rows in (
+        (docs.TABLE3, table3),
+        ("lr-default", [cell("raft", 5e-5, s, mine[s]) for s in range(3)]),
+        ("stsb-seeds", seeds),
+    ):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "results.json").write_text(json.dumps(rows))
+    summary = [{**a, "label": "mean-pooled head"} for a in aggregate(table3)]
+    (tmp_path / docs.TABLE3 / "summary.json").write_text(json.dumps(summary))
+    for ds in ("amazon-snippets", "movielens-100k"):
+        monkeypatch.setitem(docs.SHIPPED_ARMS, ds, [("missing", "raft", "")])
+    entry = docs.summary()
+    ours, theirs = entry["stsb-1k", docs.SHIPPED], entry["stsb-1k", "mean-pooled head"]
+    assert ours["seeds"] == theirs["seeds"] == [0, 1, 2, 3, 4] and theirs["lr"] == 1e-4
+    assert theirs["rmse"] == pytest.approx(np.mean(list(head.values())))
+    first = [
+        {"rmse": np.mean(v[:3]), "rmse_std": np.std(v[:3], ddof=1), "seeds": [0, 1, 2]}
+        for v in (list(mine.values()), list(head.values()))
+    ]
+    text = docs.raft_vs_best()
+    assert text == (
+        f"STS-B-1K: {ours['rmse']:.3f} against mean-pooled head's {theirs['rmse']:.3f} "
+        f"({ours['rmse'] - theirs['rmse']:+.3f}, p {welch_p(ours, theirs)} over 5 and 5 seeds; seeds past the "
+        f"first 3 were added after p {welch_p(*first)} over those)"
+    )
+    assert welch_p(ours, theirs) != welch_p(*first)
+
+
 def test_correction_bound_measures_what_a_linear_correction_removes():
     """benchmarks/correction_bound.py: a bias and a scale of the predictions are what the oracle removes
     (RMSE to the noise), the 2-fold fit nearly so; unbiased predictions leave nothing to remove."""
