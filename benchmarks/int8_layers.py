@@ -1,12 +1,16 @@
-"""Which Linear layers int8 can take without moving the predictions: a probe on a trained run's validation
+"""Which int8 variant can take a trained run without moving its predictions: a probe on the run's validation
 split (the choice is made there; int8.py reports the test split after it).
 
-For each variant (the layers kept float32 besides the LM head), the run is loaded in float32, quantized by
-``quantize_int8(model, keep)`` and torch.compile'd (``--compile``: the int8 path that reaches issue 40's speed
-target), then predicts the first ``--rows`` validation rows beside the float32 model in interleaved rounds:
-delta RMSE against float32, the mean |prediction change|, and rows/s against float32.
+For each variant (the Linear layers kept float32 besides the LM head, or SmoothQuant's alpha: activation
+outliers moved into the weights, calibrated on the first training rows), the run is loaded in float32,
+quantized by ``quantize_int8(model, keep, smooth=...)`` and torch.compile'd (``--compile``: the int8 path that
+reaches issue 40's speed target), then predicts the first ``--rows`` validation rows beside the float32 model
+in interleaved rounds: delta RMSE against float32, the mean |prediction change|, and rows/s against float32.
+A run with a symmetric pair (STS-B) predicts both orders of each row and averages them, as it does in use.
 
     python benchmarks/int8_layers.py ../runs-int8/amazon     # writes benchmarks/results/int8_layers.json + .md
+    python benchmarks/int8_layers.py RUN --variants "every Linear int8" "SmoothQuant alpha 0.5" \
+        --results benchmarks/results/int8_smoothquant
 """
 
 from __future__ import annotations
@@ -30,33 +34,50 @@ sys.path.insert(0, str(HERE))
 from int8 import compared, timed_rounds  # noqa: E402  (benchmarks/int8.py: the same rounds and comparison)
 
 RESULTS = HERE / "results" / "int8_layers"
-VARIANTS = {  # name: the Linear layers kept float32 (name endings), besides the LM head
-    "every Linear int8": (),
-    "MLP down_proj float32": ("mlp.down_proj",),
-    "attention o_proj float32": ("self_attn.o_proj",),
-    "down_proj and o_proj float32": ("mlp.down_proj", "self_attn.o_proj"),
+VARIANTS = {  # name: (the Linear layers kept float32 (name endings) besides the LM head, SmoothQuant's alpha)
+    "every Linear int8": ((), None),
+    "MLP down_proj float32": (("mlp.down_proj",), None),
+    "attention o_proj float32": (("self_attn.o_proj",), None),
+    "down_proj and o_proj float32": (("mlp.down_proj", "self_attn.o_proj"), None),
+    "SmoothQuant alpha 0.5": ((), 0.5),
+    "SmoothQuant alpha 0.75": ((), 0.75),
+    "SmoothQuant alpha 0.9": ((), 0.9),
 }
+CALIBRATION_ROWS = 64  # SmoothQuant's: the first training rows (each order of a pair), one prompt a batch
+
+
+def runs_prompts(predictor, texts: list[str]):
+    """SmoothQuant's calibration: the predictor scores each prompt alone (no pad columns in its maxima)."""
+    return lambda model: [predictor.predict([t], batch_size=1) for t in texts]
 
 
 def measure(run: Path, rows: int, rounds: int, batch: int, variants: list[str]) -> dict:
     cfg = Config.from_yaml(str(run / "config.yaml"))
-    val = load_splits(cfg.data).validation[:rows]
-    texts, targets = [e.text for e in val], [e.target for e in val]
+    splits = load_splits(cfg.data)
+    val = splits.validation[:rows]
+    targets = [e.target for e in val]
     ref = load_run(run, "cpu", "float32")
+    texts = ref.texts_of(val)  # with a symmetric pair, both orders (folded back by average_orders)
+    calibration = ref.texts_of(splits.train[:CALIBRATION_ROWS])
     ref.predict(texts[:batch], batch_size=batch)  # warm-up
     out = {}
     for name in variants:
+        keep, alpha = VARIANTS[name]
         model = load_run(run, "cpu", "float32")
-        quantize_int8(model.model, VARIANTS[name])
+        quantize_int8(
+            model.model, keep, smooth=alpha, calibrate=runs_prompts(model, calibration) if alpha else None
+        )
         model.compile()
         start = time.perf_counter()
         model.predict(texts, batch_size=batch)  # the compile, and a recompile for any new shape: untimed
         compile_s = time.perf_counter() - start
         predictors = {"float32": ref, name: model}
         seconds, preds = timed_rounds(predictors, texts, rounds, batch)
+        preds = {d: ref.average_orders(p, "rail") for d, p in preds.items()}
         metrics = {d: regression_metrics(targets, preds[d].values) for d in predictors}
         out[name] = {
-            "kept_float32": list(VARIANTS[name]),
+            "kept_float32": list(keep),
+            "smoothquant_alpha": alpha,
             **compared(seconds, preds, metrics, name),
             "first_pass_seconds": compile_s,
             "rmse_float32": metrics["float32"]["rmse"],
@@ -67,7 +88,9 @@ def measure(run: Path, rows: int, rounds: int, batch: int, variants: list[str]) 
         "run": str(run.name),
         "dataset": cfg.data.dataset,
         "split": "validation",
-        "rows": len(texts),
+        "rows": len(val),
+        "prompts": len(texts),
+        "calibration_prompts": len(calibration),
         "batch_size": batch,
         "rounds": rounds,
         "threads": torch.get_num_threads(),
@@ -77,9 +100,20 @@ def measure(run: Path, rows: int, rounds: int, batch: int, variants: list[str]) 
 
 def markdown(r: dict) -> str:
     lines = [
-        f"int8 + --compile with some Linear layers kept float32: run `{r['run']}` ({r['dataset']}), the first "
-        f"{r['rows']} {r['split']} rows (RAIL, batch {r['batch_size']}, {r['rounds']} interleaved rounds, "
-        f"{r['threads']} threads). Written by `benchmarks/int8_layers.py`.",
+        f"int8 + --compile variants (Linear layers kept float32, or SmoothQuant): run `{r['run']}` "
+        f"({r['dataset']}), the first {r['rows']} {r['split']} rows (RAIL"
+        + (
+            f", both orders of each pair: {r['prompts']} prompts"
+            if r.get("prompts", r["rows"]) != r["rows"]
+            else ""
+        )
+        + f", batch {r['batch_size']}, {r['rounds']} interleaved rounds, {r['threads']} threads"
+        + (
+            f"; SmoothQuant calibrated on {r['calibration_prompts']} training prompts"
+            if any(v.get("smoothquant_alpha") for v in r["variants"].values())
+            else ""
+        )
+        + "). Written by `benchmarks/int8_layers.py`.",
         "",
         "| variant | rows/s vs float32 | delta RMSE | delta Spearman | mean abs prediction change | first pass (compile), s |",
         "|---|---|---|---|---|---|",
@@ -99,11 +133,12 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--results", type=Path, default=RESULTS, help="path without suffix (.json and .md)")
     a = ap.parse_args()
     res = measure(a.run, a.rows, a.rounds, a.batch_size, a.variants)
-    write_json(RESULTS.with_suffix(".json"), res)
-    write_text(RESULTS.with_suffix(".md"), markdown(res))
+    write_json(a.results.with_suffix(".json"), res)
+    write_text(a.results.with_suffix(".md"), markdown(res))
     print(markdown(res))
 
 

@@ -59,6 +59,34 @@ def test_int8_quantizes_every_linear_but_the_lm_head_and_predicts_close_to_float
     assert not np.array_equal(b.probs, a.probs)  # int8 really ran
 
 
+def test_smoothquant_scales_each_input_channel_by_its_measured_maxima_and_predicts_close_to_float32(run):
+    """quantize_int8(smooth=alpha): each int8 Linear divides its input channel j by
+    s_j = max|x_j|^alpha / max|W_j|^(1 - alpha), x measured by the calibration passes (here: hooks on the
+    float32 model over the same prompts), and its weight columns carry s_j."""
+    from raftlm.models import quantize_int8
+
+    run_dir, _ = run
+    fp32, sq = load_run(run_dir, "cpu", "float32"), load_run(run_dir, "cpu", "float32")
+    layer = fp32.model.model.layers[1].mlp.down_proj
+    seen = []
+    hook = layer.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().flatten(0, -2)))
+    for t in TEXTS:
+        fp32.predict([t], batch_size=1)
+    hook.remove()
+    x_max = torch.cat(seen).abs().amax(0)
+    w_max = layer.weight.detach().abs().amax(0)
+    eps = torch.finfo(torch.float32).eps
+    s = (x_max + eps) ** 0.5 / (w_max + eps) ** 0.5
+    with pytest.raises(RaftlmError, match="calibrate="):
+        quantize_int8(load_run(run_dir, "cpu", "float32").model, smooth=0.5)
+    quantize_int8(sq.model, smooth=0.5, calibrate=lambda m: [sq.predict([t], batch_size=1) for t in TEXTS])
+    weight = sq.model.model.layers[1].mlp.down_proj.weight
+    assert type(weight).__name__ == "Int8Tensor" and is_int8(sq.model)
+    torch.testing.assert_close(weight.act_pre_scale, 1 / s)
+    assert type(sq.model.get_output_embeddings().weight) is torch.nn.Parameter  # the LM head stays float32
+    np.testing.assert_allclose(sq.predict(TEXTS).values, fp32.predict(TEXTS).values, atol=1.5e-5)
+
+
 def test_predict_and_evaluate_take_dtype_int8(run, tmp_path, capsys):
     run_dir, data = run
     out32, out8 = tmp_path / "fp32.jsonl", tmp_path / "int8.jsonl"

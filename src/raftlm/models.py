@@ -304,12 +304,18 @@ def _int8_weight(module) -> bool:
 TORCHAO = "torchao==0.18.0"
 
 
-def quantize_int8(model, keep: tuple[str, ...] = ()):
+def quantize_int8(model, keep: tuple[str, ...] = (), smooth: float | None = None, calibrate=None):
     """torchao's dynamic int8 quantization, in place: each Linear layer's weight int8 per output channel,
     its input quantized per token at run time (``Int8DynamicActivationInt8WeightConfig``). The LM head
     stays float32 (tied to the embeddings; raftlm reads a few positions of it, and its logits stay float32,
     as ``lm_head_in_float32`` wants), and so do the layers whose names end with one of ``keep`` (e.g.
-    ``"mlp.down_proj"``). Idempotent; CPU only."""
+    ``"mlp.down_proj"``). Idempotent; CPU only.
+
+    ``smooth`` (SmoothQuant's alpha, e.g. 0.5; torchao's ``SmoothQuantConfig``): before quantizing, each
+    layer's input channels are divided by s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) and its weight columns
+    multiplied by them, moving activation outliers into the weights; ``calibrate(model)`` must run the
+    forward passes that measure max|x_j| (representative prompts; pad positions count too, so batches of
+    one or of equal lengths)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     names = {
         name
@@ -319,9 +325,28 @@ def quantize_int8(model, keep: tuple[str, ...] = ()):
         and not _int8_weight(m)
         and not name.endswith(keep)
     }
-    if names:
-        quantize_, config = _torchao_int8()
+    if not names:
+        return model
+    quantize_, config = _torchao_int8()
+    if smooth is None:
         quantize_(model, config, filter_fn=lambda m, fqn: fqn in names)
+        return model
+    if calibrate is None:
+        raise RaftlmError("SmoothQuant (smooth=ALPHA) needs calibrate=: a function that runs prompts")
+    from torchao.prototype.smoothquant import SmoothQuantConfig
+    from torchao.prototype.smoothquant.core import SmoothQuantObservedLinear
+    from torchao.quantization.quantize_.common.quantization_step import QuantizationStep
+
+    # a running per-channel max (not every calibration input kept); one pass: the activations are
+    # quantized per token at run time, so no static activation scale is calibrated
+    sq = SmoothQuantConfig(
+        base_config=config, step=QuantizationStep.PREPARE, alpha=smooth, use_running_absmax=True
+    )
+    quantize_(model, sq, filter_fn=lambda m, fqn: fqn in names)
+    with torch.no_grad():
+        calibrate(model)
+    sq.step = QuantizationStep.CONVERT
+    quantize_(model, sq, filter_fn=lambda m, fqn: isinstance(m, SmoothQuantObservedLinear))
     return model
 
 
