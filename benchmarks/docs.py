@@ -659,6 +659,50 @@ def int8_layer(variant: str) -> str:
     return f"{v['speedup']:.2f}x at {'delta RMSE ' if not v['kept_float32'] else ''}{v['delta_rmse']:+.3f}"
 
 
+def int8_variant(results: str, variant: str) -> str:
+    """One int8_layers.py variant as the docs say it: speed, delta RMSE and how far predictions moved."""
+    v = load(results)["variants"][variant]
+    return (
+        f"{v['speedup']:.2f}x float32's rows/s, delta RMSE {v['delta_rmse']:+.4f}, predictions moved by "
+        f"{v['mean_abs_prediction_diff']:.3f} on average"
+    )
+
+
+def smoothquant_choice() -> str:
+    """int8_smoothquant.json's SmoothQuant alpha with the smallest mean |prediction change| (the rule the
+    choice followed), said with the others'."""
+    variants = load("int8_smoothquant.json")["variants"]
+    smooth = {
+        v["smoothquant_alpha"]: v["mean_abs_prediction_diff"]
+        for v in variants.values()
+        if v["smoothquant_alpha"]
+    }
+    best = min(smooth, key=smooth.get)
+    others = ", ".join(f"{a:g}: {d:.3f}" for a, d in sorted(smooth.items()) if a != best)
+    return f"alpha {best:g} ({smooth[best]:.3f}; {others})"
+
+
+def int8_test(key: str) -> str:
+    """A figure of int8_stsb.json (benchmarks/int8.py --smooth on the STS-B-1K run): plain int8 + --compile
+    ("compiled") against int8 + SmoothQuant + --compile ("smoothed") on the test split."""
+    d = load("int8_stsb.json")
+    part, field = key.split(".")
+    v = d[part]
+    if field == "speedup":
+        return f"{v['speedup']:.2f}x"
+    if field == "mean_diff":
+        return f"{v['mean_abs_prediction_diff']:.3f}"
+    if field == "last_round":  # the round after every prompt shape was compiled (the first paid for it)
+        return f"{ratio_last_round(d, part):.2f}x"
+    return f"{v[field]:+.4f}"
+
+
+def ratio_last_round(d: dict, part: str) -> float:
+    """int8.py's speed ratio against float32 in its last timed round, for ``part`` ("compiled", "smoothed")."""
+    name = {"compiled": "int8 + --compile", "smoothed": "int8 + SmoothQuant + --compile"}[part]
+    return d["seconds"]["float32"][-1] / d["seconds"][name][-1]
+
+
 def span_of(summary: dict) -> str:
     return f"{summary['min_speedup']:.1f}-{summary['max_speedup']:.1f}x"
 
@@ -797,6 +841,22 @@ VALUES: dict[str, Callable[[], str]] = {
         f"{load('int8.json')['compiled']['mean_abs_prediction_diff']:.3f} (compiled)"
     ),
     "int8.compile_seconds": lambda: f"{load('int8.json')['compiled']['first_batch_seconds']:.0f} s",
+    "int8_smoothquant.plain": lambda: int8_variant("int8_smoothquant.json", "every Linear int8"),
+    "int8_smoothquant.chosen": lambda: int8_variant(
+        "int8_smoothquant.json", f"SmoothQuant alpha {smoothquant_choice().split()[1]}"
+    ),
+    "int8_smoothquant.choice": smoothquant_choice,
+    "int8_stsb.rows": lambda: str(load("int8_stsb.json")["rows"]),
+    "int8_stsb.compiled_speedup": lambda: int8_test("compiled.speedup"),
+    "int8_stsb.compiled_delta_rmse": lambda: int8_test("compiled.delta_rmse"),
+    "int8_stsb.compiled_diff": lambda: int8_test("compiled.mean_diff"),
+    "int8_stsb.smoothed_speedup": lambda: int8_test("smoothed.speedup"),
+    "int8_stsb.smoothed_delta_rmse": lambda: int8_test("smoothed.delta_rmse"),
+    "int8_stsb.smoothed_delta_spearman": lambda: int8_test("smoothed.delta_spearman"),
+    "int8_stsb.smoothed_diff": lambda: int8_test("smoothed.mean_diff"),
+    "int8_stsb.compiled_last_round": lambda: int8_test("compiled.last_round"),
+    "int8_stsb.smoothed_last_round": lambda: int8_test("smoothed.last_round"),
+    "int8_stsb.rounds": lambda: str(load("int8_stsb.json")["rounds"]),
     "ray.end_to_end": lambda: ray_ratio("end_to_end"),
     "ray.overhead": lambda: ray_ratio("overhead"),
     "cached_validation.speedup": lambda: f"{load('cached_validation.json')['speedup_median']:.2f}x",

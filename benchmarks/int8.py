@@ -29,6 +29,7 @@ from raftlm.config import Config
 from raftlm.data import load_splits
 from raftlm.io import write_json, write_text
 from raftlm.metrics import regression_metrics
+from raftlm.models import quantize_int8
 from raftlm.run import load_run
 
 RESULTS = Path(__file__).parent / "results" / "int8"
@@ -48,6 +49,7 @@ def weight_mb(predictor) -> float:
 
 
 COMPILED = "int8 + --compile"  # the int8 model's forward torch.compile'd (eval.compile: Predictor.compile)
+SMOOTHED = "int8 + SmoothQuant + --compile"  # --smooth ALPHA: quantize_int8(smooth=ALPHA), compiled
 
 
 def timed_rounds(predictors: dict, texts: list[str], rounds: int, batch: int) -> tuple[dict, dict]:
@@ -79,19 +81,29 @@ def compared(seconds: dict, preds: dict, metrics: dict, d: str) -> dict:
     }
 
 
-def measure(run: Path, rounds: int, batch: int, limit: int | None) -> dict:
+def measure(run: Path, rounds: int, batch: int, limit: int | None, smooth: float | None = None) -> dict:
     cfg = Config.from_yaml(str(run / "config.yaml"))
-    test = load_splits(cfg.data).test[:limit]
-    texts, targets = [e.text for e in test], [e.target for e in test]
+    splits = load_splits(cfg.data)
+    test = splits.test[:limit]
+    targets = [e.target for e in test]
     predictors = {d: load_run(run, "cpu", d) for d in ("float32", "int8")}
+    texts = predictors["float32"].texts_of(test)  # with a symmetric pair, both orders (averaged below)
     predictors[COMPILED] = load_run(run, "cpu", "int8")
     predictors[COMPILED].compile()
+    if smooth is not None:  # SmoothQuant, calibrated as benchmarks/int8_layers.py probed it on validation
+        from int8_layers import CALIBRATION_ROWS, runs_prompts
+
+        p = predictors[SMOOTHED] = load_run(run, "cpu", "float32")
+        calibration = p.texts_of(splits.train[:CALIBRATION_ROWS])
+        quantize_int8(p.model, smooth=smooth, calibrate=runs_prompts(p, calibration))
+        p.compile()
     warmup = {}
     for d, p in predictors.items():  # warm-up: first-call allocations, kernel choice; the compile
         start = time.perf_counter()
         p.predict(texts[:batch], batch_size=batch)
         warmup[d] = time.perf_counter() - start
     seconds, preds = timed_rounds(predictors, texts, rounds, batch)
+    preds = {d: predictors["float32"].average_orders(v, "rail") for d, v in preds.items()}
     metrics = {d: regression_metrics(targets, preds[d].values) for d in predictors}
 
     def against_float32(d: str) -> dict:
@@ -103,7 +115,7 @@ def measure(run: Path, rounds: int, batch: int, limit: int | None) -> dict:
         "method": cfg.method.method,
         "dataset": cfg.data.dataset,
         "split": "test",
-        "rows": len(texts),
+        "rows": len(test),
         "batch_size": batch,
         "rounds": rounds,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
@@ -115,6 +127,17 @@ def measure(run: Path, rounds: int, batch: int, limit: int | None) -> dict:
         "weights_mb": {d: weight_mb(p) for d, p in predictors.items() if d != COMPILED},
         "int8_path": INT8_PATH,
         "compiled": {**against_float32(COMPILED), "first_batch_seconds": warmup[COMPILED]},
+        **(
+            {
+                "smoothed": {
+                    **against_float32(SMOOTHED),
+                    "first_batch_seconds": warmup[SMOOTHED],
+                    "alpha": smooth,
+                }
+            }
+            if smooth is not None
+            else {}
+        ),
     }
 
 
@@ -144,6 +167,15 @@ def markdown(r: dict) -> str:
                 if (c := r.get("compiled"))
                 else []
             ),
+            *(
+                [
+                    f"| {SMOOTHED} (alpha {sm['alpha']:g}) | {r['rows_per_s'][SMOOTHED]:.2f} | "
+                    f"{r['metrics'][SMOOTHED]['rmse']:.4f} | {r['metrics'][SMOOTHED]['spearman']:.4f} | "
+                    f"{r['weights_mb']['int8']:.0f} |"
+                ]
+                if (sm := r.get("smoothed"))
+                else []
+            ),
             "",
             f"- speed: {r['speedup']:.2f}x rows/s (rounds {lo:.2f}-{hi:.2f}); target >= {TARGET_SPEEDUP:.0f}x: "
             f"{'met' if fast else 'missed'}",
@@ -160,6 +192,18 @@ def markdown(r: dict) -> str:
                     f"{'met' if c['speedup'] >= TARGET_SPEEDUP and abs(c['delta_rmse']) <= TARGET_RMSE else 'not met'}"
                 ]
                 if c
+                else []
+            ),
+            *(
+                [
+                    f"- {SMOOTHED} (alpha {sm['alpha']:g}, calibrated on the first training prompts): "
+                    f"{sm['speedup']:.2f}x rows/s (rounds {sm['speedup_range'][0]:.2f}-{sm['speedup_range'][1]:.2f}) "
+                    f"after a first batch of {sm['first_batch_seconds']:.0f} s, delta RMSE {sm['delta_rmse']:+.4f}, "
+                    f"delta Spearman {sm['delta_spearman']:+.4f}; predictions differ from float32's by "
+                    f"{sm['mean_abs_prediction_diff']:.4f} on average; both targets "
+                    f"{'met' if sm['speedup'] >= TARGET_SPEEDUP and abs(sm['delta_rmse']) <= TARGET_RMSE else 'not met'}"
+                ]
+                if sm
                 else []
             ),
             f"- int8 path: {r.get('int8_path', OLD_PATH)}",
@@ -184,11 +228,12 @@ def main() -> None:
     ap.add_argument("--limit", type=int, help="the first N test rows only (a quick check)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--md-only", action="store_true", help="rewrite the .md from the .json")
+    ap.add_argument("--smooth", type=float, help="also int8 + SmoothQuant at this alpha, compiled")
     a = ap.parse_args()
     if a.md_only:
         result = json.loads(a.out.with_suffix(".json").read_text())
     else:
-        result = measure(a.run, a.rounds, a.batch_size, a.limit)
+        result = measure(a.run, a.rounds, a.batch_size, a.limit, a.smooth)
         old = a.out.with_suffix(".json")
         if old.exists():  # the int8 path this one replaced, as that run measured it: before and after
             prev = json.loads(old.read_text())
