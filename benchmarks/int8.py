@@ -141,7 +141,7 @@ def measure(run: Path, rounds: int, batch: int, limit: int | None, smooth: float
     }
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict, source: str = "int8.json") -> str:
     fast = r["speedup"] >= TARGET_SPEEDUP
     close = abs(r["delta_rmse"]) <= TARGET_RMSE
     f32, i8 = r["metrics"]["float32"], r["metrics"]["int8"]
@@ -151,7 +151,7 @@ def markdown(r: dict) -> str:
             f"`--dtype int8` against float32: run `{r['run']}` ({r['model']}, {r['method']}, {r['dataset']}), "
             f"its whole {r['split']} split ({r['rows']} rows, RAIL, batch {r['batch_size']}), all loaded in one "
             f"process and timed in {r['rounds']} interleaved rounds ({r['machine']}). Written by "
-            "`benchmarks/int8.py` from `int8.json`.",
+            f"`benchmarks/int8.py` from `{source}`.",
             "",
             "| weights | rows/s | RMSE | Spearman | weights MB |",
             "|---|---|---|---|---|",
@@ -245,8 +245,9 @@ def main() -> None:
             if before:
                 result["before"] = before
         write_json(a.out.with_suffix(".json"), result)
-    write_text(a.out.with_suffix(".md"), markdown(result) + "\n")
-    print(markdown(result))
+    text = markdown(result, a.out.with_suffix(".json").name)
+    write_text(a.out.with_suffix(".md"), text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
