@@ -70,7 +70,7 @@ SEED = 0
 
 def config(dataset: str, method: str, args, run_dir: Path) -> Config:
     data = {**DATASETS[dataset], "val_size": 200, "max_length": 192, "train_size": 1000, "history": 5}
-    data["pair_swap"] = "dataset"  # STS-B-1K in both orders of its pair (the default since stsb-levers), pinned
+    data["pair_swap"] = "dataset"  # pinned: STS-B-1K in both orders of its pair (the default)
     if dataset == "stsb-1k":
         data["data_dir"] = args.data_dir
     return Config.build(

@@ -1,7 +1,7 @@
 """Typed config: every value is converted to its field's type (YAML, --set, flags and the API alike)."""
 
 import pytest
-from helpers import SHARED_STSB
+from helpers import BENCHMARKS, SHARED_STSB, benchmark_module
 
 from raftlm.cli import build_parser, config_from_args
 from raftlm.config import Config
@@ -106,18 +106,13 @@ def test_train_defaults_are_the_frontier_winner():
     """`raftlm train` given data flags only trains the setting benchmarks/frontier.py chose on STS-B-1K
     validation (benchmarks/results/frontier.json): same model, depth, optimizer, schedule, steps and
     loss, and (where the STS-B files are) the grid, which is the dataset's: STS-B's own is 0-5."""
-    import importlib.util
     import json
     from dataclasses import replace
-    from pathlib import Path
 
     from raftlm.methods import METHODS
 
-    root = Path(__file__).parents[1] / "benchmarks"
-    spec = importlib.util.spec_from_file_location("frontier", root / "frontier.py")
-    frontier = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(frontier)
-    rows = json.loads((root / "results" / "frontier.json").read_text())
+    frontier = benchmark_module("frontier")
+    rows = json.loads((BENCHMARKS / "results" / "frontier.json").read_text())
     best = min(rows, key=lambda r: r["validation_rmse"])["setting"]
 
     def cfg(*flags):
@@ -142,15 +137,10 @@ def test_the_headline_commands_parse_and_record_what_ran(tmp_path):
     """benchmarks/stsb_headline.py's train and evaluate arguments are valid `raftlm` command lines (its
     first run failed at the evaluate step on a positional run directory), and the published result
     records that same train command."""
-    import importlib.util
     import json
     import shlex
-    from pathlib import Path
 
-    root = Path(__file__).parents[1] / "benchmarks"
-    spec = importlib.util.spec_from_file_location("stsb_headline", root / "stsb_headline.py")
-    headline = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(headline)
+    headline = benchmark_module("stsb_headline")
     train, evaluate = headline.commands("../shared/data/stsb", tmp_path / "run", tmp_path / "test.json")
     cfg = config_from_args(build_parser().parse_args(train))
     # today's default but for the steps and the validation subset: STS-B's own grid, both orders of the pair
@@ -160,7 +150,7 @@ def test_the_headline_commands_parse_and_record_what_ran(tmp_path):
     assert (
         ev.model__name == str(tmp_path / "run") and ev.data__stsb_test == "test" and ev.eval__split == "test"
     )
-    published = json.loads((root / "results" / "stsb-headline.json").read_text())["commands"][0]
+    published = json.loads((BENCHMARKS / "results" / "stsb-headline.json").read_text())["commands"][0]
     assert shlex.split(published)[1:] == [
         a.replace(str(tmp_path / "run"), "runs/stsb-headline") for a in train
     ]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import benchmark_module
 
 from raftlm.core import RaftlmError
 from raftlm.data import SPLIT_NAMES
@@ -581,19 +582,19 @@ def test_every_committed_cell_matches_its_shipped_sweep_file(name):
     assert checked  # every shipped sweep has committed cells
 
 
+def docs_at(results: Path, monkeypatch):
+    """benchmarks/docs.py reading its results from ``results`` (a test's folder of results files)."""
+    docs = benchmark_module("docs")
+    monkeypatch.setattr(docs, "RESULTS", results)
+    docs.load.cache_clear()
+    return docs
+
+
 def test_docs_shipped_default_row_picks_its_lr_on_seed_0_validation_across_folders(tmp_path, monkeypatch):
     """benchmarks/docs.py's "as shipped" row gathers the default's cells from several sweep folders, takes a
     (LR, seed) found twice from the first folder listed, and follows table 3's rule: the LR whose seed 0 has
     the lower validation RMSE, every seed at that LR."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "docs_gen", Path(__file__).parents[1] / "benchmarks" / "docs.py"
-    )
-    docs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(docs)
-    monkeypatch.setattr(docs, "RESULTS", tmp_path)
-    docs.load.cache_clear()
+    docs = docs_at(tmp_path, monkeypatch)
 
     def cell(lr, seed, val, test, options=""):
         return {
@@ -656,17 +657,9 @@ def test_docs_rows_with_added_seeds_merge_folders_and_say_the_design(tmp_path, m
     """A table-3 row given more seeds in another folder (EXTRA_ARMS: sweeps/stsb-seeds.yaml) is the mean of
     every seed at its LR, and the default-vs-best sentence says that seeds were added after a first p, with
     the p the first three seeds gave."""
-    import importlib.util
+    from raftlm.report import welch_p
 
-    from raftlm.report import aggregate, welch_p
-
-    spec = importlib.util.spec_from_file_location(
-        "docs_gen", Path(__file__).parents[1] / "benchmarks" / "docs.py"
-    )
-    docs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(docs)
-    monkeypatch.setattr(docs, "RESULTS", tmp_path)
-    docs.load.cache_clear()
+    docs = docs_at(tmp_path, monkeypatch)
 
     def cell(method, lr, seed, test, options=""):
         return {
@@ -719,14 +712,7 @@ def test_docs_rows_with_added_seeds_merge_folders_and_say_the_design(tmp_path, m
 def test_correction_bound_measures_what_a_linear_correction_removes():
     """benchmarks/correction_bound.py: a bias and a scale of the predictions are what the oracle removes
     (RMSE to the noise), the 2-fold fit nearly so; unbiased predictions leave nothing to remove."""
-    import importlib.util
-    import sys
-
-    root = Path(__file__).parents[1] / "benchmarks"
-    sys.path.insert(0, str(root))
-    spec = importlib.util.spec_from_file_location("correction_bound", root / "correction_bound.py")
-    cb = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cb)
+    cb = benchmark_module("correction_bound")
     rng = np.random.RandomState(1)
     y = rng.uniform(1, 5, 2000)
     noise = rng.normal(0, 0.3, 2000)
@@ -764,13 +750,7 @@ def test_a_sweep_with_eval_size_samples_a_split_in_file_order_and_keeps_split_in
 def test_default_shipped_reads_each_cells_validation_passes_from_a_shared_log(tmp_path):
     """benchmarks/default_shipped.py times a seed's validation passes from the sweep's log, which holds every
     cell the sweep ran (a resumed cell announced twice): only the passes after that cell's lines count."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "default_shipped", Path(__file__).parents[1] / "benchmarks" / "default_shipped.py"
-    )
-    ds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ds)
+    ds = benchmark_module("default_shipped")
     bar = "validation: 100%|##########| 108/108 [{}<00:00,  1.30it/s]\r"
     log = tmp_path / "sweep.log"
     log.write_text(

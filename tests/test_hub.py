@@ -4,7 +4,6 @@ Hub mocked at HfApi's methods)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import datasets
 import pytest
-from helpers import SHARED_STSB, train_args, write_csv
+from helpers import SHARED_STSB, benchmark_module, train_args, write_csv
 from huggingface_hub import HfApi, constants
 from huggingface_hub.utils import filter_repo_objects
 
@@ -182,18 +181,14 @@ def test_the_hub_copy_equals_the_stsbenchmark_files():
     """Not a mock: the real Hub copy, when it is in the local cache or the Hub is reachable."""
     if not (_hub_cached(STSB_HUB_ID) or _hub_reachable()):
         pytest.skip(f"{STSB_HUB_ID} is neither in the local datasets cache nor reachable (offline)")
-    spec = importlib.util.spec_from_file_location("stsb_sources", ROOT / "benchmarks" / "stsb_sources.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = benchmark_module("stsb_sources")
     report = script.compare_copy(SHARED_STSB, STSB_HUB_ID)
     assert report["identical"], report["parts"]
 
 
 @needs_stsb
 def test_the_comparison_script_counts_differences(monkeypatch):
-    spec = importlib.util.spec_from_file_location("stsb_sources", ROOT / "benchmarks" / "stsb_sources.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = benchmark_module("stsb_sources")
     hub = _hub_copy(SHARED_STSB)
     monkeypatch.setattr(datasets, "load_dataset", lambda hub_id: hub)
     report = script.compare_copy(SHARED_STSB, STSB_HUB_ID)
