@@ -668,16 +668,19 @@ def int8_variant(results: str, variant: str) -> str:
     )
 
 
-def smoothquant_choice() -> str:
-    """int8_smoothquant.json's SmoothQuant alpha with the smallest mean |prediction change| (the rule the
-    choice followed), said with the others'."""
-    variants = load("int8_smoothquant.json")["variants"]
+def smoothquant_alphas() -> tuple[float, dict[float, float]]:
+    """int8_smoothquant.json's SmoothQuant alphas with their mean |prediction change|, and the one with the
+    smallest (the rule the choice followed)."""
+    variants = load("int8_smoothquant.json")["variants"].values()
     smooth = {
-        v["smoothquant_alpha"]: v["mean_abs_prediction_diff"]
-        for v in variants.values()
-        if v["smoothquant_alpha"]
+        v["smoothquant_alpha"]: v["mean_abs_prediction_diff"] for v in variants if v["smoothquant_alpha"]
     }
-    best = min(smooth, key=smooth.get)
+    return min(smooth, key=smooth.get), smooth
+
+
+def smoothquant_choice() -> str:
+    """The chosen alpha, said with the others'."""
+    best, smooth = smoothquant_alphas()
     others = ", ".join(f"{a:g}: {d:.3f}" for a, d in sorted(smooth.items()) if a != best)
     return f"alpha {best:g} ({smooth[best]:.3f}; {others})"
 
@@ -843,7 +846,7 @@ VALUES: dict[str, Callable[[], str]] = {
     "int8.compile_seconds": lambda: f"{load('int8.json')['compiled']['first_batch_seconds']:.0f} s",
     "int8_smoothquant.plain": lambda: int8_variant("int8_smoothquant.json", "every Linear int8"),
     "int8_smoothquant.chosen": lambda: int8_variant(
-        "int8_smoothquant.json", f"SmoothQuant alpha {smoothquant_choice().split()[1]}"
+        "int8_smoothquant.json", f"SmoothQuant alpha {smoothquant_alphas()[0]:g}"
     ),
     "int8_smoothquant.choice": smoothquant_choice,
     "int8_stsb.rows": lambda: str(load("int8_stsb.json")["rows"]),
