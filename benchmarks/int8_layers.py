@@ -2,8 +2,8 @@
 split (the choice is made there; int8.py reports the test split after it).
 
 For each variant (the Linear layers kept float32 besides the LM head, or SmoothQuant's alpha: activation
-outliers moved into the weights, calibrated on the first training rows), the run is loaded in float32,
-quantized by ``quantize_int8(model, keep, smooth=...)`` and torch.compile'd (``--compile``: the int8 path that
+outliers moved into the weights, with activation maxima measured on training rows as ``raftlm train`` records
+them), the run is loaded in float32, quantized by ``int8.py``'s ``int8_predictor`` and torch.compile'd (``--compile``: the int8 path that
 reaches issue 40's speed target), then predicts the first ``--rows`` validation rows beside the float32 model
 in interleaved rounds: delta RMSE against float32, the mean |prediction change|, and rows/s against float32.
 A run with a symmetric pair (STS-B) predicts both orders of each row and averages them, as it does in use.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,12 +25,11 @@ from raftlm.config import Config
 from raftlm.data import load_splits
 from raftlm.io import write_json, write_text
 from raftlm.metrics import regression_metrics
-from raftlm.models import quantize_int8
 from raftlm.run import load_run
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from int8 import compared, timed_rounds  # noqa: E402  (benchmarks/int8.py: the same rounds and comparison)
+from int8 import compared, first_pass, int8_predictor, timed_rounds  # noqa: E402  (benchmarks/int8.py's)
 
 RESULTS = HERE / "results" / "int8_layers"
 VARIANTS = {  # name: (the Linear layers kept float32 (name endings) besides the LM head, SmoothQuant's alpha)
@@ -43,12 +41,6 @@ VARIANTS = {  # name: (the Linear layers kept float32 (name endings) besides the
     "SmoothQuant alpha 0.75": ((), 0.75),
     "SmoothQuant alpha 0.9": ((), 0.9),
 }
-CALIBRATION_ROWS = 64  # SmoothQuant's: the first training rows (each order of a pair), one prompt a batch
-
-
-def runs_prompts(predictor, texts: list[str]):
-    """SmoothQuant's calibration: the predictor scores each prompt alone (no pad columns in its maxima)."""
-    return lambda model: [predictor.predict([t], batch_size=1) for t in texts]
 
 
 def measure(run: Path, rows: int, rounds: int, batch: int, variants: list[str]) -> dict:
@@ -58,19 +50,13 @@ def measure(run: Path, rows: int, rounds: int, batch: int, variants: list[str]) 
     targets = [e.target for e in val]
     ref = load_run(run, "cpu", "float32")
     texts = ref.texts_of(val)  # with a symmetric pair, both orders (folded back by average_orders)
-    calibration = ref.texts_of(splits.train[:CALIBRATION_ROWS])
-    ref.predict(texts[:batch], batch_size=batch)  # warm-up
-    out = {}
+    first_pass(ref, texts[:batch], batch)  # warm-up
+    out, maxima_prompts = {}, None
     for name in variants:
         keep, alpha = VARIANTS[name]
-        model = load_run(run, "cpu", "float32")
-        quantize_int8(
-            model.model, keep, smooth=alpha, calibrate=runs_prompts(model, calibration) if alpha else None
-        )
-        model.compile()
-        start = time.perf_counter()
-        model.predict(texts, batch_size=batch)  # the compile, and a recompile for any new shape: untimed
-        compile_s = time.perf_counter() - start
+        model = int8_predictor(run, keep, alpha)  # SmoothQuant: maxima as `raftlm train` records them
+        maxima_prompts = model.int8_maxima.prompts if alpha else maxima_prompts
+        compile_s = first_pass(model, texts, batch)  # the compile, and a recompile for any new shape
         predictors = {"float32": ref, name: model}
         seconds, preds = timed_rounds(predictors, texts, rounds, batch)
         preds = {d: ref.average_orders(p, "rail") for d, p in preds.items()}
@@ -90,7 +76,7 @@ def measure(run: Path, rows: int, rounds: int, batch: int, variants: list[str]) 
         "split": "validation",
         "rows": len(val),
         "prompts": len(texts),
-        "calibration_prompts": len(calibration),
+        **({"calibration_prompts": maxima_prompts} if maxima_prompts else {}),
         "batch_size": batch,
         "rounds": rounds,
         "threads": torch.get_num_threads(),

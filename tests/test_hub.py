@@ -306,6 +306,7 @@ RUN_FILES = [
     "config.yaml",
     "eval_results.json",
     "generation_config.json",
+    "int8_maxima.safetensors",  # SmoothQuant's activation maxima: --dtype int8 after a pull smooths too
     "metrics.jsonl",
     "model.safetensors",
     "raftlm.json",

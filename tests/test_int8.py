@@ -60,10 +60,10 @@ def test_int8_quantizes_every_linear_but_the_lm_head_and_predicts_close_to_float
 
 
 def test_smoothquant_scales_each_input_channel_by_its_measured_maxima_and_predicts_close_to_float32(run):
-    """quantize_int8(smooth=alpha): each int8 Linear divides its input channel j by
-    s_j = max|x_j|^alpha / max|W_j|^(1 - alpha), x measured by the calibration passes (here: hooks on the
-    float32 model over the same prompts), and its weight columns carry s_j."""
-    from raftlm.models import quantize_int8
+    """quantize_int8(smooth=alpha, maxima=...): each int8 Linear divides its input channel j by
+    s_j = max|x_j|^alpha / max|W_j|^(1 - alpha), max|x_j| as activation_maxima measured it (pinned here
+    against a hook of the test's own on the float32 model over the same prompts), its weight columns carry s_j."""
+    from raftlm.models import activation_maxima, int8_layer_names, is_smoothed, quantize_int8
 
     run_dir, _ = run
     fp32, sq = load_run(run_dir, "cpu", "float32"), load_run(run_dir, "cpu", "float32")
@@ -77,14 +77,133 @@ def test_smoothquant_scales_each_input_channel_by_its_measured_maxima_and_predic
     w_max = layer.weight.detach().abs().amax(0)
     eps = torch.finfo(torch.float32).eps
     s = (x_max + eps) ** 0.5 / (w_max + eps) ** 0.5
-    with pytest.raises(RaftlmError, match="calibrate="):
+    maxima = activation_maxima(sq.model, lambda m: [sq.predict([t], batch_size=1) for t in TEXTS])
+    assert sorted(maxima) == sorted(int8_layer_names(sq.model)) and "lm_head" not in maxima
+    torch.testing.assert_close(maxima["model.layers.1.mlp.down_proj"], x_max)
+    with pytest.raises(RaftlmError, match="needs maxima="):
         quantize_int8(load_run(run_dir, "cpu", "float32").model, smooth=0.5)
-    quantize_int8(sq.model, smooth=0.5, calibrate=lambda m: [sq.predict([t], batch_size=1) for t in TEXTS])
+    short = {k: v for k, v in maxima.items() if k != "model.layers.0.self_attn.q_proj"}
+    with pytest.raises(RaftlmError, match="do not fit layer model.layers.0.self_attn.q_proj .*got none"):
+        quantize_int8(load_run(run_dir, "cpu", "float32").model, smooth=0.5, maxima=short)
+    quantize_int8(sq.model, smooth=0.5, maxima=maxima)
     weight = sq.model.model.layers[1].mlp.down_proj.weight
-    assert type(weight).__name__ == "Int8Tensor" and is_int8(sq.model)
+    assert type(weight).__name__ == "Int8Tensor" and is_int8(sq.model) and is_smoothed(sq.model)
     torch.testing.assert_close(weight.act_pre_scale, 1 / s)
     assert type(sq.model.get_output_embeddings().weight) is torch.nn.Parameter  # the LM head stays float32
     np.testing.assert_allclose(sq.predict(TEXTS).values, fp32.predict(TEXTS).values, atol=1.5e-5)
+
+
+def test_a_trained_run_keeps_its_int8_maxima_and_dtype_int8_smooths_with_them(run, tmp_path, caplog):
+    """train measures SmoothQuant's maxima on its training rows (up to 64, spread evenly; one prompt a batch)
+    into RUN/int8_maxima.safetensors; --dtype int8 smooths with them at alpha 0.75 and says so; a run without
+    the file runs plain int8 and says how to get it."""
+    import logging
+    import shutil
+
+    from raftlm.data import load_splits
+    from raftlm.io import foreign_files
+    from raftlm.models import SMOOTHQUANT_ALPHA, Int8Maxima, activation_maxima, is_smoothed
+
+    run_dir, data = run
+    train = [e.text for e in load_splits(Config.from_yaml(str(run_dir / "config.yaml")).data).train]
+    saved = Int8Maxima.load(run_dir)
+    assert saved.source == "train" and saved.prompts == len(train) == 32 and not foreign_files(run_dir)
+    fp32 = load_run(run_dir, "cpu", "float32")
+    again = activation_maxima(fp32.model, lambda m: [fp32.predict([t], batch_size=1) for t in train])
+    assert saved.values.keys() == again.keys()
+    for k in again:
+        torch.testing.assert_close(saved.values[k], again[k])
+    int8 = load_run(run_dir, "cpu", "int8")
+    assert SMOOTHQUANT_ALPHA == 0.75 and is_smoothed(int8.model) and int8.dtype_name == "int8 + SmoothQuant"
+    assert int8.dtype == torch.int8
+    with caplog.at_level(logging.INFO, logger="raftlm"):
+        assert main(["evaluate", "--model", str(run_dir), "--split", "test", "--dtype", "int8"]) == 0
+    assert "int8 weights (SmoothQuant alpha 0.75, maxima of 32 train prompts)" in caplog.text
+    plain_dir = tmp_path / "plain"
+    shutil.copytree(run_dir, plain_dir)
+    (plain_dir / "int8_maxima.safetensors").unlink()
+    plain = load_run(plain_dir, "cpu", "int8")
+    assert is_int8(plain.model) and not is_smoothed(plain.model) and plain.dtype_name == "int8"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="raftlm"):
+        assert main(["evaluate", "--model", str(plain_dir), "--split", "test", "--dtype", "int8"]) == 0
+    assert f"int8 weights (plain: the run has no int8_maxima.safetensors; `raftlm calibrate {plain_dir}`" in (
+        caplog.text
+    )
+    # the smoothed and the plain int8 are different models, both near float32
+    a, b, c = (p.predict(TEXTS).values for p in (fp32, int8, plain))
+    assert not np.array_equal(b, c)
+    np.testing.assert_allclose(b, a, atol=1.5e-5)
+
+
+def test_calibrate_measures_int8_maxima_on_its_rows_and_api_cli_and_server_run_the_same_int8(
+    run, tmp_path, capsys
+):
+    """`raftlm calibrate RUN` and RAFTRegressor.calibrate measure the maxima on the rows they calibrate on
+    (CLI: written to the run; API: kept by save); with --dtype int8 calibrate leaves them; the CLI's predict,
+    RAFTRegressor.load(dtype="int8") and the server then run one int8 model (same predictions)."""
+    import shutil
+
+    from raftlm.api import RAFTRegressor
+    from raftlm.models import Int8Maxima
+
+    run_dir, data = run
+    cal_dir = tmp_path / "cal"
+    shutil.copytree(run_dir, cal_dir)
+    before = (cal_dir / "int8_maxima.safetensors").read_bytes()
+    assert main(["calibrate", str(cal_dir), "--dtype", "int8"]) == 0
+    assert "int8 activation maxima left as they were" in capsys.readouterr().out
+    assert (cal_dir / "int8_maxima.safetensors").read_bytes() == before
+    assert main(["calibrate", str(cal_dir), "--input", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"int8 activation maxima (SmoothQuant alpha 0.75, maxima of 40 {data} prompts) for --dtype int8"
+        in out
+    )
+    assert Int8Maxima.load(cal_dir).source == str(data)
+    api = RAFTRegressor.load(str(run_dir))
+    rows = [{"text": t} for t in TEXTS]
+    api.calibrate(rows * 10, [1.0, 2.0, 3.0, 4.0] * 10)
+    assert api.predictor_.int8_maxima.source == "calibrate()"
+    api.save(str(tmp_path / "api"))
+    assert Int8Maxima.load(tmp_path / "api").prompts == 40
+    # one int8 model behind every interface
+    out8 = tmp_path / "int8.jsonl"
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(run_dir),
+                "--input",
+                str(data),
+                "--output",
+                str(out8),
+                "--dtype",
+                "int8",
+            ]
+        )
+        == 0
+    )
+    cli = [json.loads(line)["prediction"] for line in out8.read_text().splitlines()][: len(TEXTS)]
+    loaded = RAFTRegressor.load(str(run_dir), device="cpu", dtype="int8").predict(rows)
+    np.testing.assert_array_equal(loaded, load_run(run_dir, "cpu", "int8").predict(TEXTS).values)
+    np.testing.assert_allclose(cli, loaded, atol=1e-6)
+
+
+def test_a_damaged_int8_maxima_file_is_one_line_for_int8_and_a_warning_otherwise(run, tmp_path):
+    import shutil
+
+    run_dir, _ = run
+    bad = tmp_path / "bad"
+    shutil.copytree(run_dir, bad)
+    (bad / "int8_maxima.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(
+        RaftlmError, match=r"int8_maxima.safetensors is damaged .*: record it again with `raftlm calibrate"
+    ):
+        load_run(bad, "cpu", "int8")
+    with pytest.warns(UserWarning, match="int8_maxima.safetensors is damaged"):
+        assert load_run(bad, "cpu", "float32").int8_maxima is None
 
 
 def test_predict_and_evaluate_take_dtype_int8(run, tmp_path, capsys):
@@ -106,9 +225,9 @@ def test_serve_takes_dtype_int8_and_says_so(run):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         line = proc.stdout.readline()  # printed once the socket listens
-        assert "(cpu, int8, batches of up to" in line, line
+        assert "(cpu, int8 + SmoothQuant, batches of up to" in line, line
         url = line.split(" on ")[1].split()[0]
-        assert httpx.get(f"{url}/info").json()["dtype"] == "int8"
+        assert httpx.get(f"{url}/info").json()["dtype"] == "int8 + SmoothQuant"
         served = httpx.post(f"{url}/predict", json={"inputs": TEXTS}).json()["predictions"]
         expected = load_run(run_dir, "cpu", "int8").predict(TEXTS).values
         np.testing.assert_allclose(served, expected, atol=1e-5)

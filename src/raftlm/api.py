@@ -271,15 +271,15 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
 
     def calibrate(self, X, y) -> RAFTRegressor:
         """Split-conformal calibration on labelled examples the model did not train on (``fit`` does it
-        on ``eval_set``); ``save`` keeps it."""
+        on ``eval_set``), and, as ``raftlm calibrate`` does, SmoothQuant's int8 activation maxima measured
+        on them (unless the model is int8 already); ``save`` keeps both."""
         self._check_fitted()
+        examples = examples_from(X, y, self.prompt_template)
         self.calibration_ = uncertainty.calibrate(
-            self.predictor_,
-            examples_from(X, y, self.prompt_template),
-            self.batch_size,
-            self._bf16(),
-            source="calibrate()",
+            self.predictor_, examples, self.batch_size, self._bf16(), source="calibrate()"
         )
+        if not self.predictor_.dtype_name.startswith("int8"):
+            self.predictor_.record_int8_maxima(examples, "calibrate()")
         return self
 
     def predict_interval(self, X, confidence_level=0.9, kind: str = "auto"):

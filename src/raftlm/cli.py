@@ -741,6 +741,13 @@ def cmd_calibrate(args) -> None:
     print(f"calibrated on {source} ({cal.n} examples): {path}{replaced}")
     if widths:
         print("constant-width intervals: " + ", ".join(f"{k}: +-{v:.4g}" for k, v in widths.items()))
+    if predictor.dtype_name.startswith("int8"):  # the maxima are measured on float weights
+        print(
+            "int8 activation maxima left as they were (measuring them needs float weights: drop --dtype int8)"
+        )
+        return
+    maxima = predictor.record_int8_maxima(examples, source)
+    print(f"int8 activation maxima ({maxima.describe()}) for --dtype int8: {maxima.save(args.run)}")
 
 
 def _warn_calibration(source: str, n: int) -> None:

@@ -37,6 +37,9 @@ META_FILE = "raftlm.json"  # what makes a directory a saved raftlm model (raftlm
 RUN_MARKER = ".raftlm-run"  # what makes a directory a raftlm run directory (only raftlm writes it)
 RUN_MARKER_FORMAT = "raftlm-run"
 RUN_MARKER_VERSION = 1
+INT8_MAXIMA_FILE = (
+    "int8_maxima.safetensors"  # a run's SmoothQuant statistics for --dtype int8 (models.Int8Maxima)
+)
 # what raftlm writes into a run directory besides the files the marker lists (save_run's model files)
 RUN_FILES = frozenset(
     {
@@ -48,6 +51,7 @@ RUN_FILES = frozenset(
         "logs",
         "eval_results.json",
         "calibration.json",
+        INT8_MAXIMA_FILE,
         "README.md",
         "head.safetensors",
     }

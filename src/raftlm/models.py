@@ -25,7 +25,7 @@ from transformers import (
 from raftlm.config import DEVICE, top_blocks
 from raftlm.core import RaftlmError, short
 from raftlm.fetch import missing, package_file
-from raftlm.io import make_folder
+from raftlm.io import INT8_MAXIMA_FILE, make_folder
 from raftlm.testing import tiny_random_bert, tiny_random_llama
 
 DROPOUT_KEYS = (
@@ -276,16 +276,19 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def cast_weights(model, dtype: torch.dtype):
+def cast_weights(model, dtype: torch.dtype, maxima: dict | None = None):
     """Store the parameters in ``dtype``; buffers (e.g. rotary frequencies) keep their precision.
-    ``torch.int8``: float32 parameters, then every Linear layer but the LM head int8 (``quantize_int8``)."""
+    ``torch.int8``: float32 parameters, then every Linear layer but the LM head int8 (``quantize_int8``;
+    smoothed at ``SMOOTHQUANT_ALPHA`` with recorded activation ``maxima``, when given)."""
     if dtype != torch.int8 and is_int8(model):
         raise RaftlmError(f"int8 weights cannot be cast to {dtype}: load the model again in that dtype")
     stored = torch.float32 if dtype == torch.int8 else dtype
     for p in model.parameters():
         if p.is_floating_point() and p.dtype != stored:
             p.data = p.data.to(stored)
-    return quantize_int8(model) if dtype == torch.int8 else model
+    if dtype != torch.int8:
+        return model
+    return quantize_int8(model, smooth=SMOOTHQUANT_ALPHA if maxima is not None else None, maxima=maxima)
 
 
 def is_int8(model) -> bool:
@@ -304,50 +307,158 @@ def _int8_weight(module) -> bool:
 TORCHAO = "torchao==0.18.0"
 
 
-def quantize_int8(model, keep: tuple[str, ...] = (), smooth: float | None = None, calibrate=None):
+# SmoothQuant's alpha for `--dtype int8` on a run with recorded maxima: chosen on validation by the smallest
+# mean change of the predictions against float32 (benchmarks/int8_layers.py, results/int8_smoothquant.md)
+SMOOTHQUANT_ALPHA = 0.75
+
+
+def int8_layer_names(model, keep: tuple[str, ...] = ()) -> list[str]:
+    """The Linear layers ``quantize_int8`` makes int8: all but the LM head, a predictive head
+    (``raftlm_head``), the ones already int8, and those whose names end with one of ``keep``."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+        and m is not head
+        and not name.startswith("raftlm_head.")
+        and not _int8_weight(m)
+        and not name.endswith(keep)
+    ]
+
+
+def activation_maxima(model, run, keep: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """SmoothQuant's statistics: for each layer ``quantize_int8`` would make int8, the largest |x_j| of its
+    input channel j over the forward passes ``run(model)`` makes (float32, on the CPU). Pad positions
+    count as well, so ``run`` should feed one prompt a batch (or prompts of equal length)."""
+    maxima: dict[str, torch.Tensor] = {}
+
+    def record(name):
+        def hook(module, args):
+            x = args[0].detach()
+            m = x.reshape(-1, x.shape[-1]).abs().amax(0).float().cpu()
+            maxima[name] = m if name not in maxima else torch.maximum(maxima[name], m)
+
+        return hook
+
+    modules = dict(model.named_modules())
+    handles = [modules[n].register_forward_pre_hook(record(n)) for n in int8_layer_names(model, keep)]
+    try:
+        with torch.no_grad():
+            run(model)
+    finally:
+        for h in handles:
+            h.remove()
+    return maxima
+
+
+INT8_MAXIMA_FORMAT = "raftlm-int8-maxima"
+
+
+class Int8Maxima:
+    """SmoothQuant's statistics of a model: each int8 layer's per-channel input maxima (``values``), measured
+    on ``prompts`` prompts of ``source`` (e.g. "train"). A run keeps them in ``int8_maxima.safetensors``;
+    ``--dtype int8`` smooths with them (``quantize_int8(smooth=SMOOTHQUANT_ALPHA, maxima=values)``)."""
+
+    def __init__(self, values: dict[str, torch.Tensor], source: str, prompts: int):
+        self.values, self.source, self.prompts = values, source, prompts
+
+    def describe(self) -> str:
+        return f"SmoothQuant alpha {SMOOTHQUANT_ALPHA:g}, maxima of {self.prompts} {self.source} prompts"
+
+    def save(self, run_dir: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        from raftlm.io import atomic_write
+
+        meta = {"format": INT8_MAXIMA_FORMAT, "source": self.source, "prompts": str(self.prompts)}
+        tensors = {k: v.contiguous() for k, v in self.values.items()}
+        return atomic_write(Path(run_dir) / INT8_MAXIMA_FILE, lambda p: save_file(tensors, str(p), meta))
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Int8Maxima | None:
+        """The run's maxima, or None when it has none; a damaged file is a one-line error."""
+        from safetensors import safe_open
+
+        path = Path(run_dir) / INT8_MAXIMA_FILE
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+                values = {k: f.get_tensor(k) for k in f.keys()}
+            if meta.get("format") != INT8_MAXIMA_FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}, not {INT8_MAXIMA_FORMAT}")
+            return cls(values, meta["source"], int(meta["prompts"]))
+        except Exception as err:  # truncated, not safetensors, or not raftlm's
+            raise RaftlmError(
+                f"{path} is damaged ({short(str(err))}): record it again with `raftlm calibrate {run_dir}`, "
+                "or delete it to run plain int8"
+            ) from None
+
+
+def is_smoothed(model) -> bool:
+    """Whether ``quantize_int8`` smoothed the model (its int8 weights carry SmoothQuant's input scales)."""
+    return any(
+        getattr(getattr(m, "weight", None), "act_pre_scale", None) is not None for m in model.modules()
+    )
+
+
+def quantize_int8(model, keep: tuple[str, ...] = (), smooth: float | None = None, maxima: dict | None = None):
     """torchao's dynamic int8 quantization, in place: each Linear layer's weight int8 per output channel,
     its input quantized per token at run time (``Int8DynamicActivationInt8WeightConfig``). The LM head
     stays float32 (tied to the embeddings; raftlm reads a few positions of it, and its logits stay float32,
     as ``lm_head_in_float32`` wants), and so do the layers whose names end with one of ``keep`` (e.g.
     ``"mlp.down_proj"``). Idempotent; CPU only.
 
-    ``smooth`` (SmoothQuant's alpha, e.g. 0.5; torchao's ``SmoothQuantConfig``): before quantizing, each
+    ``smooth`` (SmoothQuant's alpha, e.g. 0.75; torchao's ``SmoothQuantConfig``): before quantizing, each
     layer's input channels are divided by s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) and its weight columns
-    multiplied by them, moving activation outliers into the weights; ``calibrate(model)`` must run the
-    forward passes that measure max|x_j| (representative prompts; pad positions count too, so batches of
-    one or of equal lengths)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    names = {
-        name
-        for name, m in model.named_modules()
-        if isinstance(m, torch.nn.Linear)
-        and m is not head
-        and not _int8_weight(m)
-        and not name.endswith(keep)
-    }
+    multiplied by them, moving activation outliers into the weights; ``maxima`` holds each layer's max|x_j|
+    (``activation_maxima``; a run keeps them in ``int8_maxima.safetensors``)."""
+    names = int8_layer_names(model, keep)
     if not names:
         return model
+    if smooth is not None:
+        _check_maxima(model, names, maxima)
     quantize_, config = _torchao_int8()
     if smooth is None:
         quantize_(model, config, filter_fn=lambda m, fqn: fqn in names)
         return model
-    if calibrate is None:
-        raise RaftlmError("SmoothQuant (smooth=ALPHA) needs calibrate=: a function that runs prompts")
     from torchao.prototype.smoothquant import SmoothQuantConfig
-    from torchao.prototype.smoothquant.core import SmoothQuantObservedLinear
     from torchao.quantization.quantize_.common.quantization_step import QuantizationStep
 
-    # a running per-channel max (not every calibration input kept); one pass: the activations are
-    # quantized per token at run time, so no static activation scale is calibrated
+    # torchao's running per-channel max observer; one row equal to a layer's recorded maxima sets it exactly
+    # (the activations are quantized per token at run time, so no static activation scale is calibrated)
     sq = SmoothQuantConfig(
         base_config=config, step=QuantizationStep.PREPARE, alpha=smooth, use_running_absmax=True
     )
     quantize_(model, sq, filter_fn=lambda m, fqn: fqn in names)
+    modules = dict(model.named_modules())
     with torch.no_grad():
-        calibrate(model)
+        for name in names:
+            layer = modules[name]
+            layer(maxima[name].to(layer.weight.device, layer.weight.dtype)[None])
     sq.step = QuantizationStep.CONVERT
-    quantize_(model, sq, filter_fn=lambda m, fqn: isinstance(m, SmoothQuantObservedLinear))
+    quantize_(model, sq, filter_fn=lambda m, fqn: fqn in names)
     return model
+
+
+def _check_maxima(model, names: list[str], maxima: dict | None) -> None:
+    """Recorded maxima that fit the layers they smooth: one finite, non-negative value per input channel."""
+    if maxima is None:
+        raise RaftlmError(
+            "SmoothQuant (smooth=ALPHA) needs maxima=: activation_maxima(model, run) records them"
+        )
+    modules = dict(model.named_modules())
+    for name in names:
+        m = maxima.get(name)
+        n = modules[name].in_features
+        if m is None or tuple(m.shape) != (n,) or not bool(torch.isfinite(m).all() and (m >= 0).all()):
+            got = "none" if m is None else f"shape {tuple(m.shape)}"
+            raise RaftlmError(
+                f"the int8 activation maxima do not fit layer {name} (want {n} finite values >= 0, got {got}): "
+                "record them again for this model (`raftlm calibrate RUN`)"
+            )
 
 
 def _torchao_int8():

@@ -8,6 +8,7 @@ training, checkpoints/ (for resume).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -23,6 +24,7 @@ from raftlm.core import Example, RaftlmError, Splits, short, warn
 from raftlm.data import cap, cap_words, load_splits
 from raftlm.grid import Grid, TargetScaler, make_scaler
 from raftlm.io import (
+    INT8_MAXIMA_FILE,
     check_no_tilde,
     clean_stale_tmp,
     foreign_files,
@@ -36,7 +38,7 @@ from raftlm.io import (
 )
 from raftlm.metrics import regression_metrics
 from raftlm.modelcard import write_model_card
-from raftlm.models import add_number_tokens, attach_head, load_model, set_trainable
+from raftlm.models import add_number_tokens, attach_head, load_model, set_trainable, unwrap_for_saving
 from raftlm.predictor import Predictor
 from raftlm.prompts import template_fields
 from raftlm.run import (
@@ -447,13 +449,15 @@ def _train_into(
             results["calibration"] = {"source": calibration.source, "n": calibration.n}
         if splits.test and evaluate_test:  # callers that evaluate the test split themselves skip this
             results["test"], _ = evaluate_predictor(predictor, splits.test, cfg, "test", calibration)
-        _finalize(predictor, build, results, keep_checkpoints=cfg.training.keep_checkpoints)
+        _finalize(predictor, build, results, cfg.training.keep_checkpoints, splits.train)
     return predictor, results
 
 
-def _finalize(predictor: Predictor, out: Path, results: dict, keep_checkpoints: bool) -> None:
-    """Save the model and its model card (README.md) next to the run's files, eval_results.json last
-    (it marks a finished run)."""
+def _finalize(predictor: Predictor, out: Path, results: dict, keep_checkpoints: bool, train) -> None:
+    """Save the model, SmoothQuant's activation maxima for ``--dtype int8`` (measured on training rows) and
+    the model card (README.md) next to the run's files, eval_results.json last (it marks a finished run)."""
+    predictor.model = unwrap_for_saving(predictor.model)  # LoRA merged: the layers --dtype int8 will see
+    predictor.record_int8_maxima(train, "train")
     with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as tmp:
         save_run(predictor, tmp)
         names = [f.name for f in Path(tmp).iterdir()]
@@ -532,6 +536,14 @@ def load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:
     on ``eval.device`` with weights in ``eval.dtype``."""
     with no_load_bars(not cfg.training.progress_bar):
         predictor = _load_for_eval(cfg, splits).to(cfg.eval.device, cfg.eval.dtype)
+    if predictor.dtype_name.startswith("int8"):  # which int8 ran, said once (the server's /info says it too)
+        if predictor.dtype_name != "int8":
+            how = predictor.int8_maxima.describe()
+        elif is_run_dir(cfg.model.name):
+            how = f"plain: the run has no {INT8_MAXIMA_FILE}; `raftlm calibrate {cfg.model.name}` measures it"
+        else:
+            how = "plain: a model that is not a run has no recorded activation maxima"
+        logging.getLogger("raftlm").info(f"int8 weights ({how})")
     if cfg.eval.compile:
         predictor.compile()
     return predictor

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,13 @@ from raftlm.core import RaftlmError, warn, warn_slow_bf16
 from raftlm.grid import Grid, TargetScaler
 from raftlm.rows import swapped
 from raftlm.scoring import AnswerFormat, GridLogProbs, PromptBatch, bind_answer, encode_prompts, left_pad
+
+if TYPE_CHECKING:
+    from raftlm.models import Int8Maxima
+
+INT8_MAXIMA_ROWS = (
+    64  # rows whose prompts SmoothQuant's maxima are measured on (as benchmarks/int8_layers.py)
+)
 
 
 @dataclass
@@ -79,6 +87,8 @@ class Predictor:
             method,
         )
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        # SmoothQuant's per-layer input maxima (``record_int8_maxima``): `to(dtype="int8")` smooths with them
+        self.int8_maxima: Int8Maxima | None = None
         # normalized RAIL over single-token strings needs only the grid rows of the LM head
         self.use_grid_rows(normalize_grid and fmt is not None)
 
@@ -161,13 +171,14 @@ class Predictor:
     def to(self, device: str = "auto", dtype: str = "auto") -> Predictor:
         """Move the model to ``device`` with its weights stored in ``dtype`` (``--device``/``--dtype``
         names: auto is the GPU and bfloat16 when there is one, else the CPU and float32; int8 quantizes
-        the Linear layers, CPU only). A predictive head stays float32, and the LM head computes in
-        float32 either way."""
+        the Linear layers, CPU only, with SmoothQuant when the predictor has ``int8_maxima``). A predictive
+        head stays float32, and the LM head computes in float32 either way."""
         from raftlm.models import attach_head, cast_weights, detach_head, resolve_device, resolve_dtype
 
         dev = resolve_device(device)
         head = detach_head(self.model)
-        cast_weights(self.model, resolve_dtype(dtype, dev)).to(dev)
+        maxima = self.int8_maxima.values if self.int8_maxima is not None else None
+        cast_weights(self.model, resolve_dtype(dtype, dev), maxima).to(dev)
         if head is not None:
             attach_head(self.model, head.to(dev))
         return self
@@ -184,6 +195,33 @@ class Predictor:
         from raftlm.models import is_int8
 
         return torch.int8 if is_int8(self.model) else next(self.model.parameters()).dtype
+
+    @property
+    def dtype_name(self) -> str:
+        """The weights' dtype as the CLI, the server's /info and its startup line name it: ``int8`` says which
+        int8 ran (``int8 + SmoothQuant`` with the run's recorded maxima, else plain ``int8``)."""
+        from raftlm.models import is_smoothed
+
+        name = str(self.dtype).removeprefix("torch.")
+        return f"{name} + SmoothQuant" if name == "int8" and is_smoothed(self.model) else name
+
+    def record_int8_maxima(self, examples, source: str) -> Int8Maxima:
+        """SmoothQuant's statistics for ``--dtype int8``, kept as ``self.int8_maxima``: each int8 layer's
+        per-channel input maxima over up to ``INT8_MAXIMA_ROWS`` of ``examples`` spread evenly through them
+        (each order of a symmetric pair), one prompt a batch so no pad position counts. Needs float weights."""
+        from raftlm.models import Int8Maxima, activation_maxima
+
+        if self.dtype == torch.int8:
+            raise RaftlmError(
+                "int8 activation maxima are measured on float weights: load the run without --dtype int8"
+            )
+        examples = list(examples)
+        picked = examples[:: max(1, len(examples) // INT8_MAXIMA_ROWS)][:INT8_MAXIMA_ROWS]
+        texts = self.texts_of(picked)
+        # (a predictive head stays float32: activation_maxima leaves its layers out)
+        values = activation_maxima(self.model, lambda m: [self.predict([t], batch_size=1) for t in texts])
+        self.int8_maxima = Int8Maxima(values, source, len(texts))
+        return self.int8_maxima
 
     def _to(self, batch: PromptBatch) -> PromptBatch:
         return batch.to(self.device)

@@ -12,9 +12,10 @@ import hashlib
 import sys
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
-from raftlm.core import RaftlmError
+from raftlm.core import RaftlmError, warn
 from raftlm.grid import Grid, TargetScaler
 from raftlm.heads import HEAD_CLASSES
 from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's API too)
@@ -37,6 +38,7 @@ from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's AP
     write_json,
 )
 from raftlm.models import (
+    Int8Maxima,
     attach_head,
     detach_head,
     load_model,
@@ -208,6 +210,8 @@ def save_run(p: Predictor, directory: str | Path) -> Path:
             {k: v.contiguous() for k, v in p.head.state_dict().items()}, str(directory / "head.safetensors")
         )
     p.tokenizer.save_pretrained(directory)
+    if p.int8_maxima is not None:
+        p.int8_maxima.save(directory)
     write_json(directory / META_FILE, metadata(p))
     return directory
 
@@ -232,7 +236,8 @@ def read_metadata(directory: Path) -> dict:
 
 def load_run(directory: str | Path, device: str = "auto", dtype: str = "auto") -> Predictor:
     """A run directory on ``device`` in ``dtype`` (see ``Predictor.to``); the weights are read in
-    that dtype, so a bf16 load never holds a float32 copy."""
+    that dtype, so a bf16 load never holds a float32 copy. ``int8`` smooths with the run's recorded
+    activation maxima (``int8_maxima.safetensors``: SmoothQuant) when it has them, else is plain int8."""
     directory = Path(directory)
     if not is_run_dir(directory):
         raise RaftlmError(
@@ -241,9 +246,17 @@ def load_run(directory: str | Path, device: str = "auto", dtype: str = "auto") -
     recover_swap(directory)
     meta = read_metadata(directory)
     encoder = meta.get("encoder", False)
-    model, tok = load_model(
-        str(directory), encoder=encoder, dtype=resolve_dtype(dtype, resolve_device(device))
-    )
+    torch_dtype = resolve_dtype(dtype, resolve_device(device))
+    try:
+        maxima = Int8Maxima.load(directory)
+    except RaftlmError as err:  # needed only by int8: other dtypes go on without it
+        if torch_dtype == torch.int8:
+            raise
+        warn(str(err))
+        maxima = None
+    # int8 is read in float32 either way: Predictor.to quantizes it, smoothed when the run has maxima
+    read = torch.float32 if torch_dtype == torch.int8 else torch_dtype
+    model, tok = load_model(str(directory), encoder=encoder, dtype=read)
     fmt = None
     if not encoder:
         fmt = AnswerFormat(
@@ -261,7 +274,7 @@ def load_run(directory: str | Path, device: str = "auto", dtype: str = "auto") -
             ) from None
         attach_head(model, head)
         model.eval()
-    return Predictor(
+    predictor = Predictor(
         model,
         tok,
         Grid.from_dict(meta["grid"]),
@@ -274,4 +287,6 @@ def load_run(directory: str | Path, device: str = "auto", dtype: str = "auto") -
         head=head,
         bidirectional=meta.get("bidirectional", False),
         extra={k: v for k, v in meta.items() if k not in KNOWN},
-    ).to(device, dtype)
+    )
+    predictor.int8_maxima = maxima
+    return predictor.to(device, dtype)

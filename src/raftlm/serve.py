@@ -939,7 +939,7 @@ def run_info(
         "metrics": _results(run_dir / "eval_results.json"),
         "calibration": _calibration_info(calibration, cfg),
         "device": str(predictor.device),
-        "dtype": str(predictor.dtype).removeprefix("torch."),
+        "dtype": predictor.dtype_name,
         "version": __version__,
         "serving": {k: v for k, v in vars(settings).items() if k not in ("host", "port")},
     }
