@@ -265,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate = sub.add_parser(
         "calibrate",
-        help="split-conformal calibration of a run on its validation split (or --split / --input)",
+        help="split-conformal calibration of a run on its validation split (or --split / --input), and "
+        "the activation maxima --dtype int8 smooths with",
     )
     calibrate.add_argument("run", help="a run directory from `raftlm train`")
     jobs = (

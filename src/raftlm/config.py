@@ -567,7 +567,8 @@ class EvalConfig:
         metadata={
             "group": "basic",
             "help": "predict/evaluate/serve: weights in auto (bfloat16 on a GPU, else float32), float32, "
-            "bfloat16, or int8 (CPU, raftlm[int8]: torchao's dynamic int8 Linear layers, the LM head float32) "
+            "bfloat16, or int8 (CPU, raftlm[int8]: torchao's dynamic int8 Linear layers, the LM head float32; "
+            "SmoothQuant with the activation maxima a run records when trained or calibrated) "
             "(--bf16 is autocast, a separate switch)",
         },
     )
