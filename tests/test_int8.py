@@ -169,22 +169,8 @@ def test_calibrate_measures_int8_maxima_on_its_rows_and_api_cli_and_server_run_t
     assert Int8Maxima.load(tmp_path / "api").prompts == 40
     # one int8 model behind every interface
     out8 = tmp_path / "int8.jsonl"
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(run_dir),
-                "--input",
-                str(data),
-                "--output",
-                str(out8),
-                "--dtype",
-                "int8",
-            ]
-        )
-        == 0
-    )
+    predict = ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(out8)]
+    assert main([*predict, "--dtype", "int8"]) == 0
     cli = [json.loads(line)["prediction"] for line in out8.read_text().splitlines()][: len(TEXTS)]
     loaded = RAFTRegressor.load(str(run_dir), device="cpu", dtype="int8").predict(rows)
     np.testing.assert_array_equal(loaded, load_run(run_dir, "cpu", "int8").predict(TEXTS).values)
