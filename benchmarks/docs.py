@@ -668,21 +668,31 @@ def int8_variant(results: str, variant: str) -> str:
     )
 
 
+def smallest_change(results: str, setting) -> tuple[float, dict[float, float]]:
+    """A probe's SmoothQuant variants (``setting(name, variant)`` the value each tried, None for the others) with
+    their mean |prediction change|, and the value with the smallest (the rule the choice followed)."""
+    changes = {}
+    for name, v in load(results)["variants"].items():
+        if (value := setting(name, v)) is not None:
+            changes[value] = v["mean_abs_prediction_diff"]
+    return min(changes, key=changes.get), changes
+
+
 def smoothquant_alphas() -> tuple[float, dict[float, float]]:
-    """int8_smoothquant.json's SmoothQuant alphas with their mean |prediction change|, and the one with the
-    smallest (the rule the choice followed)."""
-    variants = load("int8_smoothquant.json")["variants"].values()
-    smooth = {
-        v["smoothquant_alpha"]: v["mean_abs_prediction_diff"] for v in variants if v["smoothquant_alpha"]
-    }
-    return min(smooth, key=smooth.get), smooth
+    """int8_smoothquant.json's alphas: the chosen one and each one's mean change."""
+    return smallest_change("int8_smoothquant.json", lambda name, v: v["smoothquant_alpha"] or None)
 
 
-def smoothquant_choice() -> str:
-    """The chosen alpha, said with the others'."""
-    best, smooth = smoothquant_alphas()
-    others = ", ".join(f"{a:g}: {d:.3f}" for a, d in sorted(smooth.items()) if a != best)
-    return f"alpha {best:g} ({smooth[best]:.3f}; {others})"
+def maxima_rows() -> tuple[int, dict[int, float]]:
+    """int8_maxima_rows.json's numbers of training rows the maxima came from: the chosen one and each one's."""
+    return smallest_change("int8_maxima_rows.json", lambda name, v: int(name.split(" of ")[1].split()[0]))
+
+
+def choice_words(chosen: tuple, label: str) -> str:
+    """The chosen value (``label``, e.g. "alpha {:g}"), said with the others' mean change."""
+    best, changes = chosen
+    others = ", ".join(f"{a:g}: {d:.3f}" for a, d in sorted(changes.items()) if a != best)
+    return f"{label.format(best)} ({changes[best]:.3f}; {others})"
 
 
 def int8_test(key: str) -> str:
@@ -856,7 +866,8 @@ VALUES: dict[str, Callable[[], str]] = {
     "int8_smoothquant.chosen": lambda: int8_variant(
         "int8_smoothquant.json", f"SmoothQuant alpha {smoothquant_alphas()[0]:g}"
     ),
-    "int8_smoothquant.choice": smoothquant_choice,
+    "int8_smoothquant.choice": lambda: choice_words(smoothquant_alphas(), "alpha {:g}"),
+    "int8_maxima_rows.choice": lambda: choice_words(maxima_rows(), "{} rows"),
     "int8_stsb.rows": lambda: str(load("int8_stsb.json")["rows"]),
     "int8_stsb.compiled_speedup": lambda: int8_test("compiled.speedup"),
     "int8_stsb.compiled_delta_rmse": lambda: int8_test("compiled.delta_rmse"),

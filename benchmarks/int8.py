@@ -30,6 +30,7 @@ from raftlm.data import load_splits
 from raftlm.io import write_json, write_text
 from raftlm.metrics import regression_metrics
 from raftlm.models import SMOOTHQUANT_ALPHA, quantize_int8
+from raftlm.predictor import INT8_MAXIMA_ROWS
 from raftlm.run import load_run
 
 RESULTS = Path(__file__).parent / "results" / "int8"
@@ -81,13 +82,20 @@ def compared(seconds: dict, preds: dict, metrics: dict, d: str) -> dict:
     }
 
 
-def int8_predictor(run: Path, keep: tuple[str, ...] = (), smooth: float | None = None, compile: bool = True):
+def int8_predictor(
+    run: Path,
+    keep: tuple[str, ...] = (),
+    smooth: float | None = None,
+    compile: bool = True,
+    maxima_rows: int = INT8_MAXIMA_ROWS,
+):
     """The run loaded in float32, then int8: plain (``smooth=None``), or SmoothQuant at alpha ``smooth`` with
     the run's recorded activation maxima (measured here as ``raftlm train`` measures them, on the run's training
     rows, when the run predates them); the layers ending with ``keep`` stay float32; torch.compile'd."""
     p = load_run(run, "cpu", "float32")
-    if smooth is not None and p.int8_maxima is None:
-        p.record_int8_maxima(load_splits(Config.from_yaml(str(run / "config.yaml")).data).train, "train")
+    if smooth is not None and (p.int8_maxima is None or maxima_rows != INT8_MAXIMA_ROWS):
+        train = load_splits(Config.from_yaml(str(run / "config.yaml")).data).train
+        p.record_int8_maxima(train, "train", maxima_rows)
     maxima = p.int8_maxima.values if smooth is not None else None
     quantize_int8(p.model, keep, smooth=smooth, maxima=maxima)
     if compile:

@@ -25,6 +25,7 @@ from raftlm.config import Config
 from raftlm.data import load_splits
 from raftlm.io import write_json, write_text
 from raftlm.metrics import regression_metrics
+from raftlm.predictor import INT8_MAXIMA_ROWS
 from raftlm.run import load_run
 
 HERE = Path(__file__).parent
@@ -32,7 +33,9 @@ sys.path.insert(0, str(HERE))
 from int8 import compared, first_pass, int8_predictor, timed_rounds  # noqa: E402  (benchmarks/int8.py's)
 
 RESULTS = HERE / "results" / "int8_layers"
-VARIANTS = {  # name: (the Linear layers kept float32 (name endings) besides the LM head, SmoothQuant's alpha)
+# name: (the Linear layers kept float32 (name endings) besides the LM head, SmoothQuant's alpha[, how many
+# training rows its activation maxima are measured on: raftlm train's INT8_MAXIMA_ROWS unless given])
+VARIANTS = {
     "every Linear int8": ((), None),
     "MLP down_proj float32": (("mlp.down_proj",), None),
     "attention o_proj float32": (("self_attn.o_proj",), None),
@@ -40,6 +43,9 @@ VARIANTS = {  # name: (the Linear layers kept float32 (name endings) besides the
     "SmoothQuant alpha 0.5": ((), 0.5),
     "SmoothQuant alpha 0.75": ((), 0.75),
     "SmoothQuant alpha 0.9": ((), 0.9),
+    "SmoothQuant alpha 0.75, maxima of 16 rows": ((), 0.75, 16),
+    "SmoothQuant alpha 0.75, maxima of 64 rows": ((), 0.75, 64),
+    "SmoothQuant alpha 0.75, maxima of 256 rows": ((), 0.75, 256),
 }
 
 
@@ -51,11 +57,13 @@ def measure(run: Path, rows: int, rounds: int, batch: int, variants: list[str]) 
     ref = load_run(run, "cpu", "float32")
     texts = ref.texts_of(val)  # with a symmetric pair, both orders (folded back by average_orders)
     first_pass(ref, texts[:batch], batch)  # warm-up
-    out, maxima_prompts = {}, None
+    out = {}
     for name in variants:
-        keep, alpha = VARIANTS[name]
-        model = int8_predictor(run, keep, alpha)  # SmoothQuant: maxima as `raftlm train` records them
-        maxima_prompts = model.int8_maxima.prompts if alpha else maxima_prompts
+        keep, alpha, *maxima_rows = VARIANTS[name]
+        # SmoothQuant: maxima as `raftlm train` records them (on its number of rows unless the variant says)
+        model = int8_predictor(
+            run, keep, alpha, maxima_rows=maxima_rows[0] if maxima_rows else INT8_MAXIMA_ROWS
+        )
         compile_s = first_pass(model, texts, batch)  # the compile, and a recompile for any new shape
         predictors = {"float32": ref, name: model}
         seconds, preds = timed_rounds(predictors, texts, rounds, batch)
@@ -64,6 +72,7 @@ def measure(run: Path, rows: int, rounds: int, batch: int, variants: list[str]) 
         out[name] = {
             "kept_float32": list(keep),
             "smoothquant_alpha": alpha,
+            **({"maxima_prompts": model.int8_maxima.prompts} if alpha else {}),
             **compared(seconds, preds, metrics, name),
             "first_pass_seconds": compile_s,
             "rmse_float32": metrics["float32"]["rmse"],
@@ -76,12 +85,20 @@ def measure(run: Path, rows: int, rounds: int, batch: int, variants: list[str]) 
         "split": "validation",
         "rows": len(val),
         "prompts": len(texts),
-        **({"calibration_prompts": maxima_prompts} if maxima_prompts else {}),
         "batch_size": batch,
         "rounds": rounds,
         "threads": torch.get_num_threads(),
         "variants": out,
     }
+
+
+def maxima_words(r: dict) -> str:
+    """How many training prompts SmoothQuant's maxima came from: one count for all, or each variant's."""
+    counts = sorted({v["maxima_prompts"] for v in r["variants"].values() if "maxima_prompts" in v})
+    if len(counts) > 1:
+        return f"; SmoothQuant's maxima measured on {'/'.join(map(str, counts))} training prompts (the variants' rows)"
+    n = r.get("calibration_prompts") or (counts[0] if counts else None)
+    return f"; SmoothQuant calibrated on {n} training prompts" if n else ""
 
 
 def markdown(r: dict) -> str:
@@ -94,11 +111,7 @@ def markdown(r: dict) -> str:
             else ""
         )
         + f", batch {r['batch_size']}, {r['rounds']} interleaved rounds, {r['threads']} threads"
-        + (
-            f"; SmoothQuant calibrated on {r['calibration_prompts']} training prompts"
-            if any(v.get("smoothquant_alpha") for v in r["variants"].values())
-            else ""
-        )
+        + maxima_words(r)
         + "). Written by `benchmarks/int8_layers.py`.",
         "",
         "| variant | rows/s vs float32 | delta RMSE | delta Spearman | mean abs prediction change | first pass (compile), s |",

@@ -94,7 +94,7 @@ def test_smoothquant_scales_each_input_channel_by_its_measured_maxima_and_predic
 
 
 def test_a_trained_run_keeps_its_int8_maxima_and_dtype_int8_smooths_with_them(run, tmp_path, caplog):
-    """train measures SmoothQuant's maxima on its training rows (up to 64, spread evenly; one prompt a batch)
+    """train measures SmoothQuant's maxima on its training rows (up to 256, spread evenly; one prompt a batch)
     into RUN/int8_maxima.safetensors; --dtype int8 smooths with them at alpha 0.75 and says so; a run without
     the file runs plain int8 and says how to get it."""
     import logging
@@ -105,7 +105,8 @@ def test_a_trained_run_keeps_its_int8_maxima_and_dtype_int8_smooths_with_them(ru
     from raftlm.models import SMOOTHQUANT_ALPHA, Int8Maxima, activation_maxima, is_smoothed
 
     run_dir, data = run
-    train = [e.text for e in load_splits(Config.from_yaml(str(run_dir / "config.yaml")).data).train]
+    examples = load_splits(Config.from_yaml(str(run_dir / "config.yaml")).data).train
+    train = [e.text for e in examples]
     saved = Int8Maxima.load(run_dir)
     assert saved.source == "train" and saved.prompts == len(train) == 32 and not foreign_files(run_dir)
     fp32 = load_run(run_dir, "cpu", "float32")
@@ -113,6 +114,11 @@ def test_a_trained_run_keeps_its_int8_maxima_and_dtype_int8_smooths_with_them(ru
     assert saved.values.keys() == again.keys()
     for k in again:
         torch.testing.assert_close(saved.values[k], again[k])
+    few = fp32.record_int8_maxima(examples, "x", rows=4)
+    spread = activation_maxima(fp32.model, lambda m: [fp32.predict([t], batch_size=1) for t in train[::8]])
+    assert few.prompts == 4 and all(
+        torch.equal(few.values[k], spread[k]) for k in spread
+    )  # rows 0, 8, 16, 24
     int8 = load_run(run_dir, "cpu", "int8")
     assert SMOOTHQUANT_ALPHA == 0.75 and is_smoothed(int8.model) and int8.dtype_name == "int8 + SmoothQuant"
     assert int8.dtype == torch.int8

@@ -25,9 +25,9 @@ from raftlm.scoring import AnswerFormat, GridLogProbs, PromptBatch, bind_answer,
 if TYPE_CHECKING:
     from raftlm.models import Int8Maxima
 
-INT8_MAXIMA_ROWS = (
-    64  # rows whose prompts SmoothQuant's maxima are measured on (as benchmarks/int8_layers.py)
-)
+# rows whose prompts SmoothQuant's maxima are measured on: of 16, 64 and 256 (alpha 0.75), 256 moved the
+# validation predictions least (benchmarks/int8_layers.py, results/int8_maxima_rows.md)
+INT8_MAXIMA_ROWS = 256
 
 
 @dataclass
@@ -205,10 +205,10 @@ class Predictor:
         name = str(self.dtype).removeprefix("torch.")
         return f"{name} + SmoothQuant" if name == "int8" and is_smoothed(self.model) else name
 
-    def record_int8_maxima(self, examples, source: str) -> Int8Maxima:
+    def record_int8_maxima(self, examples, source: str, rows: int = INT8_MAXIMA_ROWS) -> Int8Maxima:
         """SmoothQuant's statistics for ``--dtype int8``, kept as ``self.int8_maxima``: each int8 layer's
-        per-channel input maxima over up to ``INT8_MAXIMA_ROWS`` of ``examples`` spread evenly through them
-        (each order of a symmetric pair), one prompt a batch so no pad position counts. Needs float weights."""
+        per-channel input maxima over up to ``rows`` of ``examples`` spread evenly through them (each order
+        of a symmetric pair), one prompt a batch so no pad position counts. Needs float weights."""
         from raftlm.models import Int8Maxima, activation_maxima
 
         if self.dtype == torch.int8:
@@ -216,7 +216,7 @@ class Predictor:
                 "int8 activation maxima are measured on float weights: load the run without --dtype int8"
             )
         examples = list(examples)
-        picked = examples[:: max(1, len(examples) // INT8_MAXIMA_ROWS)][:INT8_MAXIMA_ROWS]
+        picked = examples[:: max(1, len(examples) // rows)][:rows]
         texts = self.texts_of(picked)
         # (a predictive head stays float32: activation_maxima leaves its layers out)
         values = activation_maxima(self.model, lambda m: [self.predict([t], batch_size=1) for t in texts])
