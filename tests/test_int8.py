@@ -82,9 +82,22 @@ def test_smoothquant_scales_each_input_channel_by_its_measured_maxima_and_predic
     torch.testing.assert_close(maxima["model.layers.1.mlp.down_proj"], x_max)
     with pytest.raises(RaftlmError, match="needs maxima="):
         quantize_int8(load_run(run_dir, "cpu", "float32").model, smooth=0.5)
-    short = {k: v for k, v in maxima.items() if k != "model.layers.0.self_attn.q_proj"}
-    with pytest.raises(RaftlmError, match="do not fit layer model.layers.0.self_attn.q_proj .*got none"):
-        quantize_int8(load_run(run_dir, "cpu", "float32").model, smooth=0.5, maxima=short)
+    for bad, message in (
+        ({"x": maxima["model.layers.0.self_attn.q_proj"]}, "name none of this model's layers"),
+        (
+            {**maxima, "model.layers.0.mlp.down_proj": torch.ones(3)},
+            r"do not fit layer .*down_proj .*shape \(3,\)",
+        ),
+    ):
+        with pytest.raises(RaftlmError, match=message):
+            quantize_int8(load_run(run_dir, "cpu", "float32").model, smooth=0.5, maxima=bad)
+    # a layer the measuring passes never ran has no maxima: it is plain int8, the others smoothed
+    partial = load_run(run_dir, "cpu", "float32").model
+    quantize_int8(
+        partial, smooth=0.5, maxima={k: v for k, v in maxima.items() if "layers.0.self_attn.q_proj" not in k}
+    )
+    assert partial.model.layers[0].self_attn.q_proj.weight.act_pre_scale is None
+    assert partial.model.layers[0].self_attn.k_proj.weight.act_pre_scale is not None
     quantize_int8(sq.model, smooth=0.5, maxima=maxima)
     weight = sq.model.model.layers[1].mlp.down_proj.weight
     assert type(weight).__name__ == "Int8Tensor" and is_int8(sq.model) and is_smoothed(sq.model)

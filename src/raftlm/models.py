@@ -414,15 +414,17 @@ def quantize_int8(model, keep: tuple[str, ...] = (), smooth: float | None = None
     ``smooth`` (SmoothQuant's alpha, e.g. 0.75; torchao's ``SmoothQuantConfig``): before quantizing, each
     layer's input channels are divided by s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) and its weight columns
     multiplied by them, moving activation outliers into the weights; ``maxima`` holds each layer's max|x_j|
-    (``activation_maxima``; a run keeps them in ``int8_maxima.safetensors``)."""
+    (``activation_maxima``; a run keeps them in ``int8_maxima.safetensors``). A layer with no recorded maxima
+    (one the measuring passes never ran) is plain int8."""
     names = int8_layer_names(model, keep)
     if not names:
         return model
-    if smooth is not None:
-        _check_maxima(model, names, maxima)
+    smoothed = _check_maxima(model, names, maxima) if smooth is not None else []
     quantize_, config = _torchao_int8()
-    if smooth is None:
-        quantize_(model, config, filter_fn=lambda m, fqn: fqn in names)
+    plain = [n for n in names if n not in smoothed]
+    if plain:
+        quantize_(model, config, filter_fn=lambda m, fqn: fqn in plain)
+    if not smoothed:
         return model
     from torchao.prototype.smoothquant import SmoothQuantConfig
     from torchao.quantization.quantize_.common.quantization_step import QuantizationStep
@@ -432,33 +434,39 @@ def quantize_int8(model, keep: tuple[str, ...] = (), smooth: float | None = None
     sq = SmoothQuantConfig(
         base_config=config, step=QuantizationStep.PREPARE, alpha=smooth, use_running_absmax=True
     )
-    quantize_(model, sq, filter_fn=lambda m, fqn: fqn in names)
+    quantize_(model, sq, filter_fn=lambda m, fqn: fqn in smoothed)
     modules = dict(model.named_modules())
     with torch.no_grad():
-        for name in names:
+        for name in smoothed:
             layer = modules[name]
             layer(maxima[name].to(layer.weight.device, layer.weight.dtype)[None])
     sq.step = QuantizationStep.CONVERT
-    quantize_(model, sq, filter_fn=lambda m, fqn: fqn in names)
+    quantize_(model, sq, filter_fn=lambda m, fqn: fqn in smoothed)
     return model
 
 
-def _check_maxima(model, names: list[str], maxima: dict | None) -> None:
-    """Recorded maxima that fit the layers they smooth: one finite, non-negative value per input channel."""
+def _check_maxima(model, names: list[str], maxima: dict | None) -> list[str]:
+    """The layers of ``names`` that recorded maxima smooth, checked: one finite, non-negative value per input
+    channel; maxima that name none of them are another model's."""
     if maxima is None:
         raise RaftlmError(
             "SmoothQuant (smooth=ALPHA) needs maxima=: activation_maxima(model, run) records them"
         )
+    smoothed = [name for name in names if name in maxima]
+    if not smoothed:
+        raise RaftlmError(
+            "the int8 activation maxima name none of this model's layers: record them again for this model "
+            "(`raftlm calibrate RUN`)"
+        )
     modules = dict(model.named_modules())
-    for name in names:
-        m = maxima.get(name)
-        n = modules[name].in_features
-        if m is None or tuple(m.shape) != (n,) or not bool(torch.isfinite(m).all() and (m >= 0).all()):
-            got = "none" if m is None else f"shape {tuple(m.shape)}"
+    for name in smoothed:
+        m, n = maxima[name], modules[name].in_features
+        if tuple(m.shape) != (n,) or not bool(torch.isfinite(m).all() and (m >= 0).all()):
             raise RaftlmError(
-                f"the int8 activation maxima do not fit layer {name} (want {n} finite values >= 0, got {got}): "
-                "record them again for this model (`raftlm calibrate RUN`)"
+                f"the int8 activation maxima do not fit layer {name} (want {n} finite values >= 0, got shape "
+                f"{tuple(m.shape)}): record them again for this model (`raftlm calibrate RUN`)"
             )
+    return smoothed
 
 
 def _torchao_int8():

@@ -457,7 +457,10 @@ def _finalize(predictor: Predictor, out: Path, results: dict, keep_checkpoints: 
     """Save the model, SmoothQuant's activation maxima for ``--dtype int8`` (measured on training rows) and
     the model card (README.md) next to the run's files, eval_results.json last (it marks a finished run)."""
     predictor.model = unwrap_for_saving(predictor.model)  # LoRA merged: the layers --dtype int8 will see
-    predictor.record_int8_maxima(train, "train")
+    try:
+        predictor.record_int8_maxima(train, "train")
+    except RaftlmError as err:  # an optional file: the trained run is saved without it
+        warn(f"no int8 activation maxima recorded ({err}); --dtype int8 will run plain int8")
     with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as tmp:
         save_run(predictor, tmp)
         names = [f.name for f in Path(tmp).iterdir()]
