@@ -278,7 +278,9 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         self.calibration_ = uncertainty.calibrate(
             self.predictor_, examples, self.batch_size, self._bf16(), source="calibrate()"
         )
-        if not self.predictor_.dtype_name.startswith("int8"):
+        from raftlm.models import is_int8
+
+        if not is_int8(self.predictor_.model):
             self.predictor_.record_int8_maxima(examples, "calibrate()")
         return self
 

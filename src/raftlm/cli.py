@@ -742,7 +742,9 @@ def cmd_calibrate(args) -> None:
     print(f"calibrated on {source} ({cal.n} examples): {path}{replaced}")
     if widths:
         print("constant-width intervals: " + ", ".join(f"{k}: +-{v:.4g}" for k, v in widths.items()))
-    if predictor.dtype_name.startswith("int8"):  # the maxima are measured on float weights
+    from raftlm.models import is_int8
+
+    if is_int8(predictor.model):  # the maxima are measured on float weights
         print(
             "int8 activation maxima left as they were (measuring them needs float weights: drop --dtype int8)"
         )

@@ -38,7 +38,15 @@ from raftlm.io import (
 )
 from raftlm.metrics import regression_metrics
 from raftlm.modelcard import write_model_card
-from raftlm.models import add_number_tokens, attach_head, load_model, set_trainable, unwrap_for_saving
+from raftlm.models import (
+    add_number_tokens,
+    attach_head,
+    is_int8,
+    is_smoothed,
+    load_model,
+    set_trainable,
+    unwrap_for_saving,
+)
 from raftlm.predictor import Predictor
 from raftlm.prompts import template_fields
 from raftlm.run import (
@@ -539,8 +547,8 @@ def load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:
     on ``eval.device`` with weights in ``eval.dtype``."""
     with no_load_bars(not cfg.training.progress_bar):
         predictor = _load_for_eval(cfg, splits).to(cfg.eval.device, cfg.eval.dtype)
-    if predictor.dtype_name.startswith("int8"):  # which int8 ran, said once (the server's /info says it too)
-        if predictor.dtype_name != "int8":
+    if is_int8(predictor.model):  # which int8 ran, said once (the server's /info says it too)
+        if is_smoothed(predictor.model):
             how = predictor.int8_maxima.describe()
         elif is_run_dir(cfg.model.name):
             how = f"plain: the run has no {INT8_MAXIMA_FILE}; `raftlm calibrate {cfg.model.name}` measures it"
