@@ -695,6 +695,15 @@ def choice_words(chosen: tuple, label: str) -> str:
     return f"{label.format(best)} ({changes[best]:.3f}; {others})"
 
 
+def maxima_cost() -> str:
+    """int8_maxima.json (benchmarks/int8_maxima.py): what measuring the maxima costs, batched."""
+    r = load("int8_maxima.json")
+    return (
+        f"{r['prompts']} prompts in {r['seconds_batched']:.0f} s on Gemma 3 270M here, {r['speedup']:.1f}x faster "
+        f"than one prompt a batch, with maxima equal to {r['max_relative_maxima_diff']:.0e} relative"
+    )
+
+
 def int8_test(key: str) -> str:
     """A figure of int8_stsb.json (benchmarks/int8.py --smooth on the STS-B-1K run): plain int8 + --compile
     ("compiled") against --dtype int8 as shipped, SmoothQuant + --compile ("smoothed"), on the test split."""
@@ -868,6 +877,7 @@ VALUES: dict[str, Callable[[], str]] = {
     ),
     "int8_smoothquant.choice": lambda: choice_words(smoothquant_alphas(), "alpha {:g}"),
     "int8_maxima_rows.choice": lambda: choice_words(maxima_rows(), "{} rows"),
+    "int8_maxima.cost": maxima_cost,
     "int8_stsb.rows": lambda: str(load("int8_stsb.json")["rows"]),
     "int8_stsb.compiled_speedup": lambda: int8_test("compiled.speedup"),
     "int8_stsb.compiled_delta_rmse": lambda: int8_test("compiled.delta_rmse"),

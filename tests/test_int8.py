@@ -80,6 +80,24 @@ def test_smoothquant_scales_each_input_channel_by_its_measured_maxima_and_predic
     maxima = activation_maxima(sq.model, lambda m: [sq.predict([t], batch_size=1) for t in TEXTS])
     assert sorted(maxima) == sorted(int8_layer_names(sq.model)) and "lm_head" not in maxima
     torch.testing.assert_close(maxima["model.layers.1.mlp.down_proj"], x_max)
+    # batched prompts of different lengths: the pad positions (which reach the layers: made loud here through
+    # the pad token's embedding, one-hot, which no prompt token uses) do not count
+    loud = load_run(run_dir, "cpu", "float32")
+    assert len({len(ids) for ids in loud.encode(TEXTS)}) > 1
+    with torch.no_grad():
+        row = loud.model.get_input_embeddings().weight[loud.pad_id]
+        row.zero_()
+        row[0] = 1.0
+    seen.clear()
+    q_proj = "model.layers.0.self_attn.q_proj"
+    hook = loud.model.get_submodule(q_proj).register_forward_hook(
+        lambda m, args, out: seen.append(args[0].detach().flatten(0, -2))
+    )
+    batched = activation_maxima(loud.model, lambda m: loud.predict(TEXTS, batch_size=len(TEXTS)))
+    hook.remove()
+    assert torch.cat(seen).abs().amax(0)[0] > 2 * maxima[q_proj][0]  # the pads' positions: another maximum
+    for k in maxima:
+        torch.testing.assert_close(batched[k], maxima[k], atol=1e-5, rtol=1e-4)
     with pytest.raises(RaftlmError, match="needs maxima="):
         quantize_int8(load_run(run_dir, "cpu", "float32").model, smooth=0.5)
     for bad, message in (
@@ -106,8 +124,23 @@ def test_smoothquant_scales_each_input_channel_by_its_measured_maxima_and_predic
     np.testing.assert_allclose(sq.predict(TEXTS).values, fp32.predict(TEXTS).values, atol=1.5e-5)
 
 
+def test_the_maxima_see_which_positions_are_prompt_tokens_through_any_attention_mask_raftlm_hands_the_model():
+    """A 2D padding mask, the 4D boolean one of the bidirectional ablation (PromptBatch.model_mask), and an
+    additive 4D one (0 where attended) all give the same token positions; anything else counts every position."""
+    from raftlm.models import _token_mask
+    from raftlm.scoring import PromptBatch
+
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    batch = PromptBatch(torch.zeros_like(mask), mask, torch.zeros_like(mask), bidirectional=True)
+    causal = torch.tril(torch.ones(4, 4, dtype=torch.bool))[None, None] & mask.bool()[:, None, None, :]
+    additive = torch.where(causal, 0.0, torch.finfo(torch.float32).min)
+    for given in (mask, batch.model_mask(), causal, additive):
+        assert torch.equal(_token_mask({"attention_mask": given}), mask.bool())
+    assert _token_mask({}) is None and _token_mask({"attention_mask": torch.ones(2, 1, 4)}) is None
+
+
 def test_a_trained_run_keeps_its_int8_maxima_and_dtype_int8_smooths_with_them(run, tmp_path, caplog):
-    """train measures SmoothQuant's maxima on its training rows (up to 256, spread evenly; one prompt a batch)
+    """train measures SmoothQuant's maxima on its training rows (up to 256, spread evenly; batched, pads left out)
     into RUN/int8_maxima.safetensors; --dtype int8 smooths with them at alpha 0.75 and says so; a run without
     the file runs plain int8 and says how to get it."""
     import logging
@@ -126,9 +159,9 @@ def test_a_trained_run_keeps_its_int8_maxima_and_dtype_int8_smooths_with_them(ru
     again = activation_maxima(fp32.model, lambda m: [fp32.predict([t], batch_size=1) for t in train])
     assert saved.values.keys() == again.keys()
     for k in again:
-        torch.testing.assert_close(saved.values[k], again[k])
+        torch.testing.assert_close(saved.values[k], again[k], atol=1e-5, rtol=1e-4)
     few = fp32.record_int8_maxima(examples, "x", rows=4)
-    spread = activation_maxima(fp32.model, lambda m: [fp32.predict([t], batch_size=1) for t in train[::8]])
+    spread = activation_maxima(fp32.model, lambda m: fp32.predict(train[::8]))
     assert few.prompts == 4 and all(
         torch.equal(few.values[k], spread[k]) for k in spread
     )  # rows 0, 8, 16, 24

@@ -327,22 +327,43 @@ def int8_layer_names(model, keep: tuple[str, ...] = ()) -> list[str]:
     ]
 
 
+def _token_mask(kwargs) -> torch.Tensor | None:
+    """Which positions of a model call are prompt tokens (True) rather than pads, from its ``attention_mask``:
+    a 2D padding mask, or a 4D one (boolean, or additive with 0 where attended) whose last query row sees
+    every token of its prompt (left padding, causal or bidirectional)."""
+    mask = kwargs.get("attention_mask")
+    if not isinstance(mask, torch.Tensor):
+        return None
+    if mask.dim() == 4:
+        mask = mask[:, 0, -1, :]
+        return mask if mask.dtype == torch.bool else mask == 0
+    return mask.bool() if mask.dim() == 2 else None
+
+
 def activation_maxima(model, run, keep: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """SmoothQuant's statistics: for each layer ``quantize_int8`` would make int8, the largest |x_j| of its
-    input channel j over the forward passes ``run(model)`` makes (float32, on the CPU). Pad positions
-    count as well, so ``run`` should feed one prompt a batch (or prompts of equal length)."""
+    input channel j over the forward passes ``run(model)`` makes (float32, on the CPU). Only prompt tokens
+    count: each call of ``model`` hands its ``attention_mask`` to the layers' hooks, which drop pad
+    positions, so ``run`` may batch prompts of any lengths."""
     maxima: dict[str, torch.Tensor] = {}
+    tokens: list[torch.Tensor | None] = [None]
+
+    def remember_mask(module, args, kwargs):
+        tokens[0] = _token_mask(kwargs)
 
     def record(name):
         def hook(module, args):
-            x = args[0].detach()
+            x, mask = args[0].detach(), tokens[0]
+            if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
+                x = x[mask.to(x.device)]
             m = x.reshape(-1, x.shape[-1]).abs().amax(0).float().cpu()
             maxima[name] = m if name not in maxima else torch.maximum(maxima[name], m)
 
         return hook
 
     modules = dict(model.named_modules())
-    handles = [modules[n].register_forward_pre_hook(record(n)) for n in int8_layer_names(model, keep)]
+    handles = [model.register_forward_pre_hook(remember_mask, with_kwargs=True)]
+    handles += [modules[n].register_forward_pre_hook(record(n)) for n in int8_layer_names(model, keep)]
     try:
         with torch.no_grad():
             run(model)

@@ -205,10 +205,13 @@ class Predictor:
         name = str(self.dtype).removeprefix("torch.")
         return f"{name} + SmoothQuant" if name == "int8" and is_smoothed(self.model) else name
 
-    def record_int8_maxima(self, examples, source: str, rows: int = INT8_MAXIMA_ROWS) -> Int8Maxima:
+    def record_int8_maxima(
+        self, examples, source: str, rows: int = INT8_MAXIMA_ROWS, batch_size: int = 16
+    ) -> Int8Maxima:
         """SmoothQuant's statistics for ``--dtype int8``, kept as ``self.int8_maxima``: each int8 layer's
         per-channel input maxima over up to ``rows`` of ``examples`` spread evenly through them (each order
-        of a symmetric pair), one prompt a batch so no pad position counts. Needs float weights."""
+        of a symmetric pair), in length-bucketed batches of ``batch_size`` (pad positions do not count).
+        Needs float weights."""
         from raftlm.models import Int8Maxima, activation_maxima
 
         if self.dtype == torch.int8:
@@ -219,7 +222,7 @@ class Predictor:
         picked = examples[:: max(1, len(examples) // rows)][:rows]
         texts = self.texts_of(picked)
         # (a predictive head stays float32: activation_maxima leaves its layers out)
-        values = activation_maxima(self.model, lambda m: [self.predict([t], batch_size=1) for t in texts])
+        values = activation_maxima(self.model, lambda m: self.predict(texts, batch_size=batch_size))
         self.int8_maxima = Int8Maxima(values, source, len(texts))
         return self.int8_maxima
 
