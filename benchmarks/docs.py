@@ -704,6 +704,21 @@ def maxima_cost() -> str:
     )
 
 
+def int8_noise(key: str) -> str:
+    """int8_noise.json (benchmarks/int8_noise.py): int8's change over draws of maxima that differ by 1e-5."""
+    r = load("int8_noise.json")
+    if key == "draws":
+        return str(len(r["draws"]))
+    if key == "diff":
+        v = r["mean_abs_prediction_diff"]
+        return f"{v['mean']:.3f} ± {v['sd']:.3f}"
+    v = r["delta_rmse"]
+    return (
+        f"{v['mean']:+.4f} ± {v['sd']:.4f} (range {v['min']:+.4f} to {v['max']:+.4f}; {r['within_target']} of "
+        f"{len(r['draws'])} draws within 0.005)"
+    )
+
+
 def int8_test(key: str) -> str:
     """A figure of int8_stsb.json (benchmarks/int8.py --smooth on the STS-B-1K run): plain int8 + --compile
     ("compiled") against --dtype int8 as shipped, SmoothQuant + --compile ("smoothed"), on the test split."""
@@ -878,6 +893,13 @@ VALUES: dict[str, Callable[[], str]] = {
     "int8_smoothquant.choice": lambda: choice_words(smoothquant_alphas(), "alpha {:g}"),
     "int8_maxima_rows.choice": lambda: choice_words(maxima_rows(), "{} rows"),
     "int8_maxima.cost": maxima_cost,
+    "int8_maxima.int8_change": lambda: (
+        f"{load('int8_maxima.json')['int8_prediction_change_mean']:.3f} apart on average on "
+        f"{load('int8_maxima.json')['validation_rows']} validation rows"
+    ),
+    "int8_noise.draws": lambda: int8_noise("draws"),
+    "int8_noise.delta_rmse": lambda: int8_noise("delta_rmse"),
+    "int8_noise.diff": lambda: int8_noise("diff"),
     "int8_stsb.rows": lambda: str(load("int8_stsb.json")["rows"]),
     "int8_stsb.compiled_speedup": lambda: int8_test("compiled.speedup"),
     "int8_stsb.compiled_delta_rmse": lambda: int8_test("compiled.delta_rmse"),
