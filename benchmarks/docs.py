@@ -719,10 +719,13 @@ def int8_noise(key: str) -> str:
     )
 
 
-def int8_test(key: str) -> str:
-    """A figure of int8_stsb.json (benchmarks/int8.py --smooth on the STS-B-1K run): plain int8 + --compile
-    ("compiled") against --dtype int8 as shipped, SmoothQuant + --compile ("smoothed"), on the test split."""
-    d = load("int8_stsb.json")
+def int8_test(key: str, results: str = "int8_stsb.json") -> str:
+    """A figure of int8_stsb.json (benchmarks/int8.py --smooth on the STS-B-1K run; ``results``: another such
+    file): plain int8 + --compile ("compiled") against --dtype int8 as shipped, SmoothQuant + --compile
+    ("smoothed"), on the test split."""
+    d = load(results)
+    if key == "rows":
+        return str(d["rows"])
     part, field = key.split(".")
     v = d[part]
     if field == "speedup":
@@ -913,6 +916,19 @@ VALUES: dict[str, Callable[[], str]] = {
     "int8_stsb.smoothed_verdict": lambda: int8_test("smoothed.verdict"),
     "int8_stsb.compiled_delta_spearman": lambda: int8_test("compiled.delta_spearman"),
     "int8_stsb.rounds": lambda: str(load("int8_stsb.json")["rounds"]),
+    **{  # the same figures of int8.py --smooth on a fresh Amazon run of the default (int8_amazon.json)
+        f"int8_amazon.{k}": (lambda k=k: int8_test(k, "int8_amazon.json"))
+        for k in (
+            *(
+                "rows",
+                "smoothed.speedup",
+                "smoothed.delta_rmse",
+                "smoothed.delta_spearman",
+                "smoothed.mean_diff",
+            ),
+            *("smoothed.verdict", "compiled.speedup", "compiled.delta_rmse", "compiled.mean_diff"),
+        )
+    },
     "ray.end_to_end": lambda: ray_ratio("end_to_end"),
     "ray.overhead": lambda: ray_ratio("overhead"),
     "cached_validation.speedup": lambda: f"{load('cached_validation.json')['speedup_median']:.2f}x",
