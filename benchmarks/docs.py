@@ -738,13 +738,9 @@ def int8_test(key: str, results: str = "int8_stsb.json") -> str:
         return f"{v['first_pass_seconds']:.0f} s"
     if field == "verdict":  # issue 40's int8 targets, both at once
         sys.path.insert(0, str(Path(__file__).parent))
-        from int8 import TARGET_RMSE, TARGET_SPEEDUP  # benchmarks/int8.py's
+        from int8 import missed_targets  # benchmarks/int8.py's
 
-        checks = (
-            ("speed", v["speedup"] >= TARGET_SPEEDUP),
-            ("accuracy", abs(v["delta_rmse"]) <= TARGET_RMSE),
-        )
-        missed = [name for name, ok in checks if not ok]
+        missed = missed_targets(v)
         if not missed:
             return "meets both of issue 40's int8 targets"
         return f"misses issue 40's {' and '.join(missed)} target{'s' if len(missed) > 1 else ''}"
