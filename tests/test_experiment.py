@@ -81,6 +81,8 @@ def test_aggregate_picks_lr_on_validation_and_reports_mean_and_std():
     # test RMSE 0.5, 0.6, 0.4: mean 0.5; sample std sqrt(((0)^2 + .1^2 + .1^2) / 2) = 0.1
     assert np.isclose(raft["rmse"], 0.5) and np.isclose(raft["rmse_std"], 0.1)
     assert np.isclose(raft["best_step"], 200)
+    # the chosen LR's validation RMSE beside its test metrics: 0.5, 0.55, 0.6 -> 0.55 ± 0.05
+    assert np.isclose(raft["validation_rmse"], 0.55) and np.isclose(raft["validation_rmse_std"], 0.05)
     ce = aggs["CE + RAIL"]  # 0.7, 0.8: mean .75, std sqrt((.05^2 * 2) / 1) = 0.0707
     assert np.isclose(ce["rmse"], 0.75) and np.isclose(ce["rmse_std"], 0.0707107, atol=1e-6)
     assert aggs["zero-shot + RAIL"]["rmse"] == 1.2

@@ -94,7 +94,8 @@ def _group(row: dict) -> tuple:
 def aggregate(rows: list[dict], base: dict | None = None) -> list[dict]:
     """Per (dataset, model, method, decoder, train fraction): the learning rate with the lowest mean
     validation RMSE (appendix D) over the seeds every learning rate has (all of them in a full sweep; the
-    first with ``lr_choice: first_seed``), and test metrics as mean and std (ddof=1) over its seeds."""
+    first with ``lr_choice: first_seed``), and test metrics as mean and std (ddof=1) over its seeds, beside
+    its seeds' validation RMSE (``validation_rmse``: what every choice is made on)."""
     groups = defaultdict(lambda: defaultdict(list))
     for r in rows:
         groups[_group(r)][r.get("lr")].append(r)
@@ -111,7 +112,7 @@ def aggregate(rows: list[dict], base: dict | None = None) -> list[dict]:
             "label": label(cells[0], base),
             "collapsed_seeds": sorted(r["seed"] for r in cells if r.get("collapsed")),
         }
-        for m in (*LOWER_IS_BETTER, "best_step"):
+        for m in (*LOWER_IS_BETTER, "best_step", "validation_rmse"):
             vals = np.array([r[m] for r in cells if r.get(m) is not None], dtype=float)
             agg[m] = float(vals.mean()) if vals.size else None
             agg[f"{m}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
