@@ -141,3 +141,74 @@ def test_ray_engine_equals_predict_row_for_row(run, local_ray, tmp_path, capsys)
         "ray.jsonl",
         "shards",
     ]
+
+
+def test_a_stopped_prediction_resumes_on_either_engine(run, local_ray, tmp_path, monkeypatch, capsys):
+    """Both engines write the same partial file and record: a local prediction stopped after its first
+    chunk finishes on Ray (which predicts only the rows it lacks), and a Ray prediction stopped after its
+    first batch finishes locally, each equal to one uninterrupted `raftlm predict`."""
+    import raftlm.integrations.ray as ray_engine
+    import raftlm.streaming as streaming
+
+    data = write_csv(tmp_path / "rows.csv", review_rows(600))
+    assert predict(run, data, tmp_path / "whole.jsonl", "--with-probs") == 0
+    want = read(tmp_path / "whole.jsonl")
+    out, partial = tmp_path / "preds.jsonl", streaming.partial_path(tmp_path / "preds.jsonl")
+
+    from raftlm.config import Config
+    from raftlm.pipeline import load_for_eval
+
+    cfg = Config.from_yaml(str(run / "config.yaml"), {"model.name": str(run)})
+    predictor, real, calls = load_for_eval(cfg, None), streaming.predict_examples, []
+
+    def dies_on_second_chunk(p, examples, *a, **k):
+        calls.append(len(examples))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(p, examples, *a, **k)
+
+    monkeypatch.setattr(streaming, "predict_examples", dies_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        streaming.predict_file(predictor, cfg, data, out, with_probs=True, chunk_rows=200)
+    monkeypatch.undo()
+    first = partial.read_text()
+    assert not out.exists() and len(first.splitlines()) == 200
+    capsys.readouterr()
+    assert predict(run, data, out, "--engine", "ray", "--resume") == 2  # a setting differs: one line
+    assert "with_probs changed (True -> False)" in capsys.readouterr().err
+    assert predict(run, data, out, "--with-probs", "--engine", "ray", "--actors", "2", "--resume") == 0
+    assert capsys.readouterr().out.endswith(f"wrote 600 predictions to {out}\n")
+    assert out.read_text().startswith(first)  # appended to, not rewritten
+    same_rows(read(out), want)
+
+    real_ordered = ray_engine._ordered
+
+    def stops_after_one_batch(preds, input, start=0):
+        tables = real_ordered(preds, input, start)
+        yield next(tables)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray_engine, "_ordered", stops_after_one_batch)
+    out2 = tmp_path / "ray.jsonl"
+    assert predict(run, data, out2, "--with-probs", "--engine", "ray", "--actors", "2") == 130
+    monkeypatch.undo()
+    kept = len(streaming.partial_path(out2).read_text().splitlines())
+    assert not out2.exists() and 0 < kept < 600
+    assert predict(run, data, out2, "--with-probs") == 2  # the partial file is never silently replaced
+    assert "pass --resume to continue it or --overwrite" in capsys.readouterr().err
+    assert predict(run, data, out2, "--with-probs", "--resume") == 0
+    same_rows(read(out2), want)
+
+    capsys.readouterr()
+    assert predict(run, data, tmp_path / "s", "--engine", "ray", "--shards", "100", "--resume") == 2
+    assert "--shards writes its folder whole" in capsys.readouterr().err
+    pq.write_table(pa.Table.from_pylist(review_rows(10)), tmp_path / "rows.parquet")
+    assert predict(run, tmp_path / "rows.parquet", tmp_path / "p.jsonl", "--engine", "ray", "--resume") == 2
+    assert "--resume needs a local CSV, TSV or JSONL input file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "preds.jsonl",
+        "ray.jsonl",
+        "rows.csv",
+        "rows.parquet",
+        "whole.jsonl",
+    ]

@@ -648,7 +648,7 @@ def _predict(args) -> None:
     from raftlm.files import iter_rows
     from raftlm.pipeline import check_eval_model, is_main_process, load_for_eval
     from raftlm.run import read_metadata
-    from raftlm.streaming import predict_file, scan
+    from raftlm.streaming import fields_settings, predict_file, scan
     from raftlm.uncertainty import Calibration, prediction_fields
 
     cfg = _run_config(args)
@@ -668,11 +668,6 @@ def _predict(args) -> None:
             predictor, preds, calibration, e.interval, e.interval_kind, e.decoder, args.with_uncertainty
         )
 
-    settings = (  # what a resume must match (nothing when no uncertainty fields are asked for)
-        {"interval": e.interval, "interval_kind": e.interval_kind, "uncertainty": args.with_uncertainty}
-        if e.interval or args.with_uncertainty
-        else {}
-    )
     n = predict_file(
         predictor,
         cfg,
@@ -681,7 +676,7 @@ def _predict(args) -> None:
         args.with_probs,
         args.resume,
         fields=fields,
-        fields_settings=settings,
+        fields_settings=fields_settings(cfg, args.with_uncertainty),
         with_prompts=args.with_prompts,
         scanned=scanned,
     )

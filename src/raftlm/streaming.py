@@ -23,16 +23,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from raftlm import methods
 from raftlm.config import Config
 from raftlm.core import Example, RaftlmError, short
 from raftlm.files import iter_rows, to_examples
-from raftlm.io import atomic_write, disk_error, prepare_output, same_file
+from raftlm.io import atomic_write, disk_error, is_run_dir, prepare_output, same_file
 from raftlm.pipeline import predict_examples
 from raftlm.predictor import Predictions, Predictor
 from raftlm.rows import TargetsIn
-from raftlm.run import model_fingerprint
+from raftlm.run import model_fingerprint, read_metadata
 
 CHUNK_ROWS = 2048  # rows read, predicted and written at a time: memory is bounded by this, not the file
+RESUME_HINT = "rerun with --resume (the rows written so far are kept)"
 
 
 def partial_path(output: Path, rank: int = 0, world: int = 1) -> Path:
@@ -175,8 +177,50 @@ def _state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def _begin(output: Path, job: dict, resume: bool) -> int:
-    """Rows this process already wrote (``--resume``); otherwise stale partial files go (main process)."""
+def prediction_job(
+    cfg: Config,
+    input: str | Path,
+    rows: int,
+    with_probs: bool,
+    with_prompts: bool,
+    fields_settings: dict | None = None,
+    processes: int = 1,
+) -> dict:
+    """The record ``.NAME.partial.json`` keeps of a prediction, which a resume must match: the input file
+    (path and content hash), the model, the decoder, every output setting. Both engines write it
+    (``raftlm predict`` and ``--engine ray``), so either resumes the other's partial file."""
+    return {
+        "input": str(Path(input).resolve()),
+        "input_sha256": file_sha256(input),
+        "model": model_fingerprint(cfg.model.name),
+        "decoder": job_decoder(cfg),
+        "with_probs": with_probs,
+        "with_prompts": with_prompts,
+        "rows": rows,
+        "processes": processes,
+        **(fields_settings or {}),
+    }
+
+
+def fields_settings(cfg: Config, with_uncertainty: bool) -> dict:
+    """The uncertainty fields' settings a resume must match (nothing when none are asked for)."""
+    e = cfg.eval
+    if not (e.interval or with_uncertainty):
+        return {}
+    return {"interval": e.interval, "interval_kind": e.interval_kind, "uncertainty": with_uncertainty}
+
+
+def job_decoder(cfg: Config) -> str:
+    """What the model of ``cfg`` decodes with, read without loading it: a head run's head, else
+    ``eval.decoder``."""
+    name = cfg.model.name
+    method = read_metadata(Path(name))["method"] if is_run_dir(name) else cfg.method.method
+    return "head" if methods.get(method).head is not None else cfg.eval.decoder
+
+
+def begin_job(output: Path, job: dict, resume: bool) -> int:
+    """Rows this process already wrote (``--resume``); otherwise stale partial files go (main process)
+    and ``job`` is recorded."""
     state, saved = _state(), job_path(output)
     if resume and saved.exists():
         try:
@@ -224,7 +268,7 @@ def _partials(output: Path) -> list[Path]:
     return [p for p in output.parent.iterdir() if pattern.fullmatch(p.name)]
 
 
-def _finish(output: Path, world: int) -> None:
+def finish_job(output: Path, world: int = 1) -> None:
     """Partial file(s) -> the output, atomically; then the job record goes."""
     parts = [partial_path(output, r, world) for r in range(world)]
     if world == 1:
@@ -261,19 +305,8 @@ def predict_file(
     per-row fields (described by ``fields_settings``, which a resume must match)."""
     output, state = Path(output), _state()
     n, has_target = scanned or scan(input, predictor.template, cfg.data.target_column)
-    decoder = "head" if predictor.head is not None else cfg.eval.decoder
-    job = {
-        "input": str(Path(input).resolve()),
-        "input_sha256": file_sha256(input),
-        "model": model_fingerprint(cfg.model.name),
-        "decoder": decoder,
-        "with_probs": with_probs,
-        "with_prompts": with_prompts,
-        "rows": n,
-        "processes": state.num_processes,
-        **(fields_settings or {}),
-    }
-    done = _begin(output, job, resume)
+    job = prediction_job(cfg, input, n, with_probs, with_prompts, fields_settings, state.num_processes)
+    done = begin_job(output, job, resume)
     begin, end = shard(n, state.process_index, state.num_processes)
     part = partial_path(output, state.process_index, state.num_processes)
     target = cfg.data.target_column if has_target else None
@@ -300,21 +333,21 @@ def predict_file(
                 os.fsync(f.fileno())
                 bar.update(len(rows))
     except OSError as err:
-        _discard_if_empty(output, part, state.num_processes)
-        raise disk_error(err, output, "rerun with --resume (the rows written so far are kept)") from None
+        discard_if_empty(output, part, state.num_processes)
+        raise disk_error(err, output, RESUME_HINT) from None
     except BaseException:
-        _discard_if_empty(output, part, state.num_processes)
+        discard_if_empty(output, part, state.num_processes)
         raise
     finally:
         bar.close()
     state.wait_for_everyone()
     if state.is_main_process:
-        _finish(output, state.num_processes)
+        finish_job(output, state.num_processes)
     state.wait_for_everyone()
     return n
 
 
-def _discard_if_empty(output: Path, part: Path, world: int) -> None:
+def discard_if_empty(output: Path, part: Path, world: int) -> None:
     """A prediction that failed before writing a row (e.g. a decoder this model cannot run) leaves
     nothing to resume, so nothing behind."""
     if part.exists() and part.stat().st_size == 0:

@@ -15,7 +15,9 @@ bf16; else the CPU in float32), and turns a batch of rows into the columns ``raf
 file or a folder, local or on any filesystem Ray Data reads), ``--actors`` actors predict, and this
 process writes the rows in input order: one JSONL file byte for byte as ``raftlm predict`` writes it, or
 with ``--shards ROWS`` a folder of Parquet files of ROWS rows each, every row with its input row id
-(``index``). The run directory must be readable at the same path on every node.
+(``index``). The run directory must be readable at the same path on every node. From a local input file
+the JSONL rows go through ``raftlm predict``'s partial file and record (``streaming``), so ``--resume``
+continues an interrupted prediction of either engine.
 """
 
 from __future__ import annotations
@@ -41,12 +43,24 @@ from raftlm.io import (
     atomic_write,
     check_folder,
     check_output_file,
+    disk_error,
     is_run_dir,
     output_lock,
     same_file,
 )
 from raftlm.pipeline import check_eval_model, load_for_eval, predict_examples
-from raftlm.streaming import check_output, prediction_rows, scan
+from raftlm.streaming import (
+    RESUME_HINT,
+    begin_job,
+    check_output,
+    discard_if_empty,
+    fields_settings,
+    finish_job,
+    partial_path,
+    prediction_job,
+    prediction_rows,
+    scan,
+)
 from raftlm.uncertainty import Calibration, prediction_fields
 
 MISSING = "raftlm predict --engine ray needs ray: pip install 'raftlm[ray]'"
@@ -186,10 +200,15 @@ def predict_on_ray(args, cfg: Config, dataset_given: bool) -> None:
     ray = require_ray()
     if not args.input or not args.output:
         raise RaftlmError("predict needs --input (a file or folder Ray Data reads) and --output")
-    if args.resume:
+    if args.resume and args.shards:
         raise RaftlmError(
-            "--resume continues a local prediction's partial file, and --engine ray writes its output whole "
-            "at the end: rerun without --resume"
+            "--resume continues a JSONL output's partial file, and --shards writes its folder whole at the "
+            "end: rerun without --resume"
+        )
+    if args.resume and not _local_file(args.input):
+        raise RaftlmError(
+            f"--resume needs a local CSV, TSV or JSONL input file (its content hash proves the rows are the "
+            f"same), and {args.input} is not one: rerun without --resume"
         )
     if args.actors is not None and args.actors < 1:
         raise RaftlmError(f"--actors {args.actors}: give a positive number of model copies")
@@ -198,7 +217,7 @@ def predict_on_ray(args, cfg: Config, dataset_given: bool) -> None:
     else:
         check_output_file(args.output, True, [args.input])  # the path first, then (locked) its state
     with output_lock(args.output):  # one writer per output, as `raftlm predict`
-        output = check_destination(args.output, args.overwrite, args.shards, args.input)
+        output = check_destination(args.output, args.overwrite, args.shards, args.input, args.resume)
         _predict_on_ray(ray, args, cfg, dataset_given, output)
 
 
@@ -209,10 +228,21 @@ def _predict_on_ray(ray, args, cfg: Config, dataset_given: bool, output: Path) -
     splits = None if is_run_dir(cfg.model.name) else load_splits(cfg.data)
     kind, columns = _source(args.input)
     n, has_target = _check_rows(args.input, _template(cfg, splits), cfg.data.target_column)
+    done = None  # rows already in the partial file: a JSONL output from a local file goes through one
+    if not args.shards and n is not None:
+        fields = fields_settings(cfg, args.with_uncertainty)
+        job = prediction_job(cfg, args.input, n, args.with_probs, args.with_prompts, fields)
+        done = begin_job(output, job, args.resume)
+        if done == n:  # killed after its last row, before the rename
+            finish_job(output)
+            print(f"wrote {n} predictions to {output}")
+            return
     started = _connect(ray, args.ray_address, args.quiet)
     try:
         actors = args.actors or _default_actors(ray)
         ds = _read(ray, args.input, kind, columns, n, actors)
+        if done:
+            ds = ds.split_at_indices([done])[1]  # the rows the partial file lacks (reading is cheap)
         preds = ds.map_batches(
             RaftlmPredictor,
             fn_constructor_kwargs={
@@ -231,7 +261,7 @@ def _predict_on_ray(ray, args, cfg: Config, dataset_given: bool, output: Path) -
         )
         preds.context.execution_options.preserve_order = True
         preds.context.enable_progress_bars = not args.quiet
-        written = write_output(output, _ordered(preds, args.input), args.shards)
+        written = write_output(output, _ordered(preds, args.input, done or 0), args.shards, done)
     except (RaftlmError, KeyboardInterrupt):
         raise
     except Exception as err:
@@ -295,10 +325,12 @@ def _check_rows(path: str, template: str, target_column: str) -> tuple[int | Non
     """A local CSV/TSV/JSONL file is checked whole by raftlm's reader before Ray starts: a bad row fails
     with its file line, exactly as in ``raftlm predict``. Other inputs are checked by the actors (a bad
     row is named by its 1-based row number in read order). Returns (rows, whether they carry targets)."""
-    local = "://" not in path and Path(path).is_file()
-    if local and _suffix(path) in FILE_KINDS:
-        return scan(path, template, target_column)
-    return None, None
+    return scan(path, template, target_column) if _local_file(path) else (None, None)
+
+
+def _local_file(path: str) -> bool:
+    """A local file raftlm's own reader reads (CSV, TSV, JSON lines)."""
+    return "://" not in path and Path(path).is_file() and _suffix(path) in FILE_KINDS
 
 
 def _connect(ray, address: str | None, quiet: bool) -> bool:
@@ -362,10 +394,10 @@ def _read(ray, path: str, kind: str, columns: list[str] | None, n: int | None, a
     )
 
 
-def _ordered(preds, input: str) -> Iterator[pa.Table]:
-    """The predicted batches in input order; a bad row reported by an actor is raised with its row
-    number (1-based, in read order)."""
-    n = 0
+def _ordered(preds, input: str, start: int = 0) -> Iterator[pa.Table]:
+    """The predicted batches in input order (from row ``start``); a bad row reported by an actor is raised
+    with its row number (1-based, in read order)."""
+    n = start
     for table in preds.iter_batches(batch_format="pyarrow", batch_size=None):
         if ROW_ERROR in table.column_names:
             error = table.slice(0, 1).to_pylist()[0]
@@ -390,12 +422,15 @@ def _one_line(err: Exception, input: str) -> RaftlmError | None:
 # --- the output: whole or not at all --------------------------------------------------------------
 
 
-def check_destination(output: str | Path, overwrite: bool, shard_rows: int | None, input: str) -> Path:
+def check_destination(
+    output: str | Path, overwrite: bool, shard_rows: int | None, input: str, resume: bool = False
+) -> Path:
     """Before Ray starts or a model loads: a JSONL output goes through ``streaming.check_output`` (the
-    output contract of ``raftlm predict``); a --shards folder must be new, or one --shards wrote (its
-    marker) with --overwrite, and not the input. A killed --shards write's staging folder is cleaned."""
+    output contract of ``raftlm predict``, its partial file's included); a --shards folder must be new, or
+    one --shards wrote (its marker) with --overwrite, and not the input. A killed --shards write's staging
+    folder is cleaned."""
     if not shard_rows:
-        return check_output(output, overwrite, False, input)
+        return check_output(output, overwrite, resume, input)
     if shard_rows < 1:
         raise RaftlmError(f"--shards {shard_rows}: give the rows per Parquet file, a positive number")
     output = Path(output)
@@ -421,10 +456,42 @@ def check_destination(output: str | Path, overwrite: bool, shard_rows: int | Non
     return output
 
 
-def write_output(output: Path, tables: Iterable[pa.Table], shard_rows: int | None) -> int:
-    """The one place --engine ray writes (rows numbered in input order): a JSONL file through
-    ``io.atomic_write``, or Parquet shards in a staging folder renamed onto ``output``. Returns the rows."""
-    return _write_shards(output, tables, shard_rows) if shard_rows else _write_jsonl(output, tables)
+def write_output(
+    output: Path, tables: Iterable[pa.Table], shard_rows: int | None, done: int | None = None
+) -> int:
+    """The one place --engine ray writes (rows numbered in input order): Parquet shards in a staging
+    folder renamed onto ``output``; or a JSONL file, appended to the partial file that ``done`` rows are
+    already in (``streaming.begin_job`` recorded it), or with ``done`` None (an input that is not a local
+    file) through ``io.atomic_write``. Returns the rows of the whole output."""
+    if shard_rows:
+        return _write_shards(output, tables, shard_rows)
+    return _write_jsonl(output, tables) if done is None else _write_partial(output, tables, done)
+
+
+def _jsonl(tables: Iterable[pa.Table], start: int) -> Iterator[list[str]]:
+    """Each table's rows as the lines ``streaming.predict_file`` writes, numbered from ``start``."""
+    for table in tables:
+        yield [json.dumps({"index": i, **row}) + "\n" for i, row in enumerate(table.to_pylist(), start)]
+        start += table.num_rows
+
+
+def _write_partial(output: Path, tables: Iterable[pa.Table], done: int) -> int:
+    part, n = partial_path(output), done
+    try:
+        with open(part, "a" if done else "w") as f:
+            for lines in _jsonl(tables, done):
+                f.writelines(lines)
+                f.flush()
+                os.fsync(f.fileno())  # a batch written is a batch a resume keeps
+                n += len(lines)
+    except OSError as err:
+        discard_if_empty(output, part, 1)
+        raise disk_error(err, output, RESUME_HINT) from None
+    except BaseException:
+        discard_if_empty(output, part, 1)
+        raise
+    finish_job(output)
+    return n
 
 
 def _write_jsonl(output: Path, tables: Iterable[pa.Table]) -> int:
@@ -433,10 +500,9 @@ def _write_jsonl(output: Path, tables: Iterable[pa.Table]) -> int:
     def write(tmp: Path) -> None:
         nonlocal n
         with open(tmp, "w") as f:
-            for table in tables:
-                for row in table.to_pylist():
-                    f.write(json.dumps({"index": n, **row}) + "\n")  # as streaming.predict_file writes
-                    n += 1
+            for lines in _jsonl(tables, 0):
+                f.writelines(lines)
+                n += len(lines)
 
     atomic_write(output, write)
     return n
