@@ -564,6 +564,18 @@ def test_every_shipped_sweep_builds_every_cell_config(name, tmp_path):
         assert cfg.training.seed == c.seed and (c.lr is None or cfg.training.lr == c.lr)
 
 
+def test_every_shipped_sweep_has_a_row_in_reproducing_md():
+    """docs/reproducing.md lists the sweeps behind every number: a new sweep file gets its row."""
+    root = Path(__file__).parents[1]
+    rows = [
+        line for line in (root / "docs" / "reproducing.md").read_text().splitlines() if line.startswith("| `")
+    ]
+    missing = [
+        p.name for p in (root / "sweeps").glob("*.yaml") if not any(f"`sweeps/{p.name}`" in r for r in rows)
+    ]
+    assert not missing
+
+
 @pytest.mark.parametrize(
     "name", sorted(p.name for p in (Path(__file__).parents[1] / "sweeps").glob("*.yaml")), ids=str
 )
