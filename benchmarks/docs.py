@@ -301,15 +301,15 @@ def raft_vs_best() -> str:
         best = min(others, key=lambda a: a["rmse"])
         mine = entry[ds, SHIPPED]
         text = (
-            f"{name}: {fmt(mine['rmse'])} against {best['label']}'s {fmt(best['rmse'])} "
-            f"({mine['rmse'] - best['rmse']:+.3f}, p {welch_p(mine, best)}"
+            f"{name}: {fmt(mine['rmse'])} against {fmt(best['rmse'])} ({best['label']}; "
+            f"{mine['rmse'] - best['rmse']:+.3f}, p {welch_p(mine, best)}"
         )
         added = [
             SEQUENTIAL[ds, a["label"]]
             for a in (mine, best)
             if (ds, a["label"]) in SEQUENTIAL and len(a["seeds"]) > len(FIRST_SEEDS)
         ]
-        if added and (ds, best["label"]) in EXTRA_ARMS:
+        if added and (ds, best["label"]) in EXTRA_ARMS and len(best["seeds"]) > 1:
             # a sequential design: say so, with the p the first seeds gave before more were added
             first = [
                 arm_entry(ds, arms, label, FIRST_SEEDS)
@@ -449,6 +449,7 @@ LEVER_ARMS = [  # (label, results folder, method, options), every cell at LR 1e-
     ("RAFT + 1.0 x CE (two-hot), one order", TABLE3, "raft", "ce_target=two-hot"),
     ("the same, both orders (pair_swap)", "stsb-levers", "raft", "pair_swap=sentence1,sentence2"),
     ("mean-pooled head", TABLE3, "head-pooled", ""),
+    ("mean-pooled head, both orders", "stsb-head-pairs", "head-pooled", ""),  # the peer as shipped
 ]
 
 
@@ -516,19 +517,23 @@ def lr_probe_table() -> str:
 
 
 def pair_swap_readme() -> str:
-    """One sentence: validation and test RMSE with both orders against one order and the mean-pooled head."""
-    one, both, head = ([r for r in lever_cells(*arm[1:])] for arm in LEVER_ARMS)
+    """One sentence: validation and test RMSE with both orders against one order, and the mean-pooled head's
+    in one order and (where run) in both."""
+    one, both, head, head_both = ([r for r in lever_cells(*arm[1:])] for arm in LEVER_ARMS)
     if not (one and both and head):
         return "not measured yet"
 
     def m(rows, key="rmse"):
         return mean_std([r[key] for r in rows])
 
-    return (
+    text = (
         f"validation RMSE {m(both, 'validation_rmse')} against {m(one, 'validation_rmse')} in one order "
         f"({len(both)} and {len(one)} seeds, LR 1e-4); test {m(both)} against {m(one)}, and the mean-pooled "
-        f"head's {m(head)}"
+        f"head's {m(head)} in one order"
     )
+    if head_both:
+        text += f" and {m(head_both)} in both ({len(head_both)} seed{'s' if len(head_both) > 1 else ''})"
+    return text
 
 
 # --- the weight average (--ema) on the default (issue 40) ---------------------------------------------------

@@ -716,8 +716,8 @@ def test_docs_rows_with_added_seeds_merge_folders_and_say_the_design(tmp_path, m
     ]
     text = docs.raft_vs_best()
     assert text == (
-        f"STS-B-1K: {ours['rmse']:.3f} against mean-pooled head's {theirs['rmse']:.3f} "
-        f"({ours['rmse'] - theirs['rmse']:+.3f}, p {welch_p(ours, theirs)} over 5 and 5 seeds; the default and the "
+        f"STS-B-1K: {ours['rmse']:.3f} against {theirs['rmse']:.3f} (mean-pooled head; "
+        f"{ours['rmse'] - theirs['rmse']:+.3f}, p {welch_p(ours, theirs)} over 5 and 5 seeds; the default and the "
         f"mean-pooled head's seeds past the first 3 were added after p {welch_p(*first)} over those)"
     )
     assert welch_p(ours, theirs) != welch_p(*first)
