@@ -10,13 +10,14 @@ deletes them. Under torchrun / accelerate every process predicts one contiguous 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,6 @@ from raftlm.rows import TargetsIn
 from raftlm.run import model_fingerprint, read_metadata
 
 CHUNK_ROWS = 2048  # rows read, predicted and written at a time: memory is bounded by this, not the file
-RESUME_HINT = "rerun with --resume (the rows written so far are kept)"
 
 
 def partial_path(output: Path, rank: int = 0, world: int = 1) -> Path:
@@ -313,11 +313,11 @@ def predict_file(
     quiet = not cfg.training.progress_bar or not state.is_main_process
     bar = tqdm(total=end - begin, initial=done, desc="predict", disable=quiet)
     try:
-        with open(part, "a" if done else "w") as f:
+        with appending(output, part, done, state.num_processes) as write:
             for start, rows in row_chunks(input, chunk_rows, begin + done, end):
                 examples = to_examples(rows, predictor.template, target, str(input), start + 1)
                 preds = predict_examples(predictor, examples, cfg, desc=None)
-                f.writelines(
+                write(
                     json.dumps(r) + "\n"
                     for r in prediction_rows(
                         predictor,
@@ -329,15 +329,7 @@ def predict_file(
                         with_prompts,
                     )
                 )
-                f.flush()
-                os.fsync(f.fileno())
                 bar.update(len(rows))
-    except OSError as err:
-        discard_if_empty(output, part, state.num_processes)
-        raise disk_error(err, output, RESUME_HINT) from None
-    except BaseException:
-        discard_if_empty(output, part, state.num_processes)
-        raise
     finally:
         bar.close()
     state.wait_for_everyone()
@@ -347,7 +339,31 @@ def predict_file(
     return n
 
 
-def discard_if_empty(output: Path, part: Path, world: int) -> None:
+@contextlib.contextmanager
+def appending(
+    output: Path, part: Path, done: int, world: int = 1
+) -> Iterator[Callable[[Iterable[str]], None]]:
+    """``write(lines)`` appending to the partial file ``part`` after its ``done`` rows, each call flushed to
+    disk (a chunk written is a chunk a resume keeps). A failure leaves the file for ``--resume``; one that
+    came before any row leaves nothing (``_discard_if_empty``). Both engines write through it."""
+    try:
+        with open(part, "a" if done else "w") as f:
+
+            def write(lines: Iterable[str]) -> None:
+                f.writelines(lines)
+                f.flush()
+                os.fsync(f.fileno())
+
+            yield write
+    except OSError as err:
+        _discard_if_empty(output, part, world)
+        raise disk_error(err, output, "rerun with --resume (the rows written so far are kept)") from None
+    except BaseException:
+        _discard_if_empty(output, part, world)
+        raise
+
+
+def _discard_if_empty(output: Path, part: Path, world: int) -> None:
     """A prediction that failed before writing a row (e.g. a decoder this model cannot run) leaves
     nothing to resume, so nothing behind."""
     if part.exists() and part.stat().st_size == 0:

@@ -43,17 +43,15 @@ from raftlm.io import (
     atomic_write,
     check_folder,
     check_output_file,
-    disk_error,
     is_run_dir,
     output_lock,
     same_file,
 )
 from raftlm.pipeline import check_eval_model, load_for_eval, predict_examples
 from raftlm.streaming import (
-    RESUME_HINT,
+    appending,
     begin_job,
     check_output,
-    discard_if_empty,
     fields_settings,
     finish_job,
     partial_path,
@@ -476,20 +474,11 @@ def _jsonl(tables: Iterable[pa.Table], start: int) -> Iterator[list[str]]:
 
 
 def _write_partial(output: Path, tables: Iterable[pa.Table], done: int) -> int:
-    part, n = partial_path(output), done
-    try:
-        with open(part, "a" if done else "w") as f:
-            for lines in _jsonl(tables, done):
-                f.writelines(lines)
-                f.flush()
-                os.fsync(f.fileno())  # a batch written is a batch a resume keeps
-                n += len(lines)
-    except OSError as err:
-        discard_if_empty(output, part, 1)
-        raise disk_error(err, output, RESUME_HINT) from None
-    except BaseException:
-        discard_if_empty(output, part, 1)
-        raise
+    n = done
+    with appending(output, partial_path(output), done) as write:  # as streaming.predict_file appends
+        for lines in _jsonl(tables, done):
+            write(lines)
+            n += len(lines)
     finish_job(output)
     return n
 
