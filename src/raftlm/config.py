@@ -337,7 +337,7 @@ class MethodConfig:
         metadata={"group": "ablation", "help": "head-special-token: the token v* (default: the EOS token)"},
     )
     pooling: str = field(
-        default="mean", metadata={"group": "ablation", "help": "head-pooled: mean, min or max"}
+        default="mean", metadata={"group": "ablation", "help": "head-pooled, raft-head: mean, min or max"}
     )
     single_value_grid: bool = field(
         default=False, metadata={"group": "ablation", "help": "allow a one-value grid (table 13 ablation)"}

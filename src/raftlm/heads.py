@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raftlm.scoring import PromptBatch, full_precision  # heads do their own arithmetic in float32
+from raftlm.losses import raft_predictor
+from raftlm.scoring import AnswerFormat, GridLogProbs, PromptBatch, full_precision  # float32 arithmetic
 
 
 def _last_logits(model, batch: PromptBatch) -> torch.Tensor:
@@ -78,12 +79,64 @@ class PooledHead(nn.Module):
         nn.init.constant_(self.linear.bias, bias)
 
     def forward(self, model, batch: PromptBatch) -> torch.Tensor:
-        pooled = pool(_last_hidden(model, batch), batch.attention_mask, self.pooling)
+        return self.from_hidden(_last_hidden(model, batch), batch.attention_mask)
+
+    def from_hidden(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """b + w^T pool(hidden) for final hidden states already computed, (B, T, D) -> (B,)."""
+        pooled = pool(hidden, mask, self.pooling)
         with full_precision(pooled):
             return self.linear(pooled.float()).squeeze(-1)
 
     def config(self) -> dict:
         return {"hidden_size": self.linear.in_features, "pooling": self.pooling}
+
+
+class RAILCorrectionHead(nn.Module):
+    """RAIL plus a pooled linear correction: sum_y p(str(y)|x) y + b + w^T pool(e_out(x)), both read from
+    one forward pass (issue 40's "RAFT + a small head correction"; ``losses.RAFTLoss`` trains it with
+    the squared error of the sum, and its CE term keeps the grid distribution on the target).
+
+    w and b start at 0, so an untrained correction head predicts exactly RAIL. ``candidates`` are the
+    grid strings' token ids (``AnswerFormat.candidates``), ``values`` the grid values (grid units).
+    Example: grid (1, 2, 3), p = (0.2, 0.3, 0.5) -> RAIL 2.3; pooled state (1, -1), w = (0.5, 0.25),
+    b = 0.1 -> 2.3 + 0.1 + 0.25 = 2.65.
+    """
+
+    def __init__(
+        self,
+        candidates: list[list[int]],
+        values: list[float],
+        pad_id: int,
+        hidden_size: int,
+        pooling: str = "mean",
+        normalize_grid: bool = False,
+    ):
+        super().__init__()
+        self.values = [float(v) for v in values]
+        self.register_buffer("grid_values", torch.tensor(self.values), persistent=False)
+        self.pad_id, self.normalize_grid = pad_id, normalize_grid
+        fmt = AnswerFormat("", True, tuple(tuple(int(i) for i in c) for c in candidates))
+        self.scorer = GridLogProbs(fmt, pad_id, normalize_grid)
+        self.correction = PooledHead(hidden_size, pooling, 0.0)
+
+    def parts(self, model, batch: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(str(y)|x) over the grid (B, G), the correction (B,)) from one forward pass."""
+        log_probs, hidden = self.scorer(model, batch, hidden=True)
+        return log_probs, self.correction.from_hidden(hidden, batch.attention_mask)
+
+    def forward(self, model, batch: PromptBatch) -> torch.Tensor:
+        log_probs, correction = self.parts(model, batch)
+        return raft_predictor(log_probs, self.grid_values, self.normalize_grid) + correction
+
+    def config(self) -> dict:
+        return {
+            "candidates": [list(c) for c in self.scorer.fmt.candidates],
+            "values": self.values,
+            "pad_id": self.pad_id,
+            "hidden_size": self.correction.linear.in_features,
+            "pooling": self.correction.pooling,
+            "normalize_grid": self.normalize_grid,
+        }
 
 
 class MLPLogitsHead(nn.Module):
@@ -235,6 +288,7 @@ HEAD_CLASSES = {
     for c in (
         SpecialTokenHead,
         PooledHead,
+        RAILCorrectionHead,
         MLPLogitsHead,
         ProbProjectionHead,
         LearnableRAFTHead,

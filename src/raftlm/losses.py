@@ -56,6 +56,10 @@ class RAFTLoss(nn.Module):
     loss's does, where the nearest value's one-hot pulls RAIL's mean onto the grid (a rounding error that
     off-grid targets cannot escape). Example: as above with target 3.5 -> 0 + 0.5 * ln 2 = 0.347.
 
+    With a ``correction`` (``heads.RAILCorrectionHead``, method raft-head) the squared error is that of
+    RAIL + the correction, both read from one forward pass; the CE term stays on the grid distribution.
+    Example: as the first, with a correction of 0.3 -> (3.8 - 4)^2 = 0.04.
+
     Every call records the batch's grid mass and grid entropy in ``stats`` (the trainer logs their means).
     """
 
@@ -66,19 +70,23 @@ class RAFTLoss(nn.Module):
         normalize_grid: bool = False,
         ce_weight: float = 0.0,
         ce_target: str = "nearest",
+        correction: nn.Module | None = None,
     ):
         super().__init__()
         if ce_target not in CE_TARGETS:
             raise ValueError(f"ce_target={ce_target!r}: use one of {', '.join(CE_TARGETS)}")
         self.scorer, self.normalize_grid, self.ce_weight = scorer, normalize_grid, ce_weight
-        self.ce_target = ce_target
+        self.ce_target, self.correction = ce_target, correction
         self.register_buffer("values", values.float(), persistent=False)
         self.stats: dict[str, list[float]] = {}
 
     def forward(self, model, batch: PromptBatch, targets: torch.Tensor, **_) -> torch.Tensor:
-        log_probs = self.scorer(model, batch)
+        if self.correction is None:
+            log_probs, shift = self.scorer(model, batch), 0.0
+        else:  # heads.RAILCorrectionHead: the squared error is the sum's, RAIL + the correction
+            log_probs, shift = self.correction.parts(model, batch)
         targets = targets.to(log_probs)
-        loss = ((raft_predictor(log_probs, self.values, self.normalize_grid) - targets) ** 2).mean()
+        loss = ((raft_predictor(log_probs, self.values, self.normalize_grid) + shift - targets) ** 2).mean()
         if self.ce_weight:
             lp = torch.log_softmax(log_probs, -1) if self.normalize_grid else log_probs
             weights = ce_targets(targets, self.values.to(targets), self.ce_target)

@@ -66,6 +66,8 @@ def _method_words(method: str, opts: dict) -> str:
         target = opts.get("ce_target", kind.default_ce_target)
         shown = f"{weight:.1f}" if weight == int(weight) else f"{weight:g}"
         return "RAFT (the paper's: no CE term)" if weight == 0 else f"RAFT + {shown} x CE ({target} target)"
+    if method == "raft-head":
+        return f"{_method_words('raft', opts)} + {opts.get('pooling', 'mean')}-pooled correction"
     if method == "head-pooled":
         return f"{opts.get('pooling', 'mean')}-pooled head"
     return methods.display_name(method)
@@ -251,11 +253,11 @@ def raft_vs_best(aggs: list[dict]) -> str:
         sub = [
             a for a in aggs if (a["model"], a["dataset"]) == (model, dataset) and a.get("rmse") is not None
         ]
-        others = [a for a in sub if a["method"] != "raft"]
+        others = [a for a in sub if not methods.get(a["method"]).raft]
         if not others:
             continue
         best = min(others, key=lambda a: a["rmse"])
-        for a in (a for a in sub if a["method"] == "raft"):
+        for a in (a for a in sub if methods.get(a["method"]).raft):
             gap = a["rmse"] - best["rmse"]
             p = welch_p(a, best)
             verdict = "RAFT lower" if gap < 0 else "RAFT not lower"

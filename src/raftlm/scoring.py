@@ -275,18 +275,22 @@ class GridLogProbs:
                 self.tail_ids[g, : len(c) - 1] = torch.tensor(c[1:])
                 self.tail_mask[g, : len(c) - 1] = True
 
-    def __call__(self, model, batch: PromptBatch) -> torch.Tensor:
+    def __call__(self, model, batch: PromptBatch, hidden: bool = False):
+        """(B, G) log-probabilities; with ``hidden`` also the final hidden states (B, T, D), after the final
+        norm, of the same forward pass (a head correction reads both: ``heads.RAILCorrectionHead``)."""
         dev = batch.input_ids.device
-        if self.normalize_grid and self.fmt.single_token and hasattr(model, "get_decoder"):
+        if not hidden and self.normalize_grid and self.fmt.single_token and hasattr(model, "get_decoder"):
             return self._grid_rows(model, batch)
         # (a wrapper such as DDP must be called as a whole so it syncs gradients: full head, then the grid)
         multi = bool(self.paths)
-        out = model(**batch.model_inputs(), use_cache=multi, logits_to_keep=1)
+        states = {"output_hidden_states": True} if hidden else {}
+        out = model(**batch.model_inputs(), use_cache=multi, logits_to_keep=1, **states)
         last = out.logits[:, -1].float()
         lp = last[:, self.first_ids.to(dev)] - torch.logsumexp(last, dim=-1, keepdim=True)
         if multi:
             lp = lp + self._tails(model, batch, out.past_key_values)
-        return torch.log_softmax(lp, dim=-1) if self.normalize_grid else lp
+        lp = torch.log_softmax(lp, dim=-1) if self.normalize_grid else lp
+        return (lp, out.hidden_states[-1].float()) if hidden else lp
 
     def _grid_rows(self, model, batch: PromptBatch) -> torch.Tensor:
         """log softmax over the grid of h_L @ E_out[grid]^T: G rows of the LM head instead of V."""

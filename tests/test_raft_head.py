@@ -1,0 +1,157 @@
+"""Issue 40, item 3's lever "RAFT + a small head correction": method raft-head predicts RAIL + b + w^T
+mean-pool(e_out(x)) from one forward pass, trained with RAFT's loss on that sum (+ 1.0 x CE, two-hot)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import train_args
+from torch.testing import assert_close
+
+from raftlm.cache import build_store, skip_frozen
+from raftlm.cli import main
+from raftlm.config import Config
+from raftlm.core import Example
+from raftlm.heads import HEAD_CLASSES, RAILCorrectionHead
+from raftlm.losses import RAFTLoss, ce_targets
+from raftlm.methods import METHODS
+from raftlm.pipeline import make_trainable, new_predictor
+from raftlm.report import label
+from raftlm.run import load_run
+from raftlm.scoring import PromptBatch
+from raftlm.training import build_features, frozen_blocks_to_cache, make_collator
+
+WORDS = ["awful", "bad", "fine", "good", "great"]
+EXAMPLES = [Example(f"review {i}: " + "so " * i + f"{WORDS[i % 5]}. rating:", 1.0 + i % 5) for i in range(6)]
+
+
+def predictor_for(grid="1-5", trainable="full", **method):
+    cfg = Config.build(
+        {
+            "model": {"name": "tiny-random-llama", "trainable": trainable},
+            "method": {"method": "raft-head", "grid": grid, "target_range": "none", **method},
+        }
+    )
+    predictor = new_predictor(cfg, EXAMPLES)
+    make_trainable(predictor, cfg)
+    return cfg, predictor
+
+
+def batch_of(predictor, examples=EXAMPLES, store=None, method="raft-head"):
+    feats = build_features(predictor, examples, method, None)
+    inputs = make_collator(predictor.pad_id, store=store)(feats)
+    batch = PromptBatch(
+        inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], False, inputs.get("hidden")
+    )
+    return batch, inputs["targets"]
+
+
+def by_hand(predictor, batch):
+    """RAIL of the predictor's own scorer + b + w^T (mean of the final states over each row's real tokens)."""
+    head = predictor.head
+    rail = predictor.scorer(predictor.model, batch).exp() @ torch.tensor(predictor.grid.values)
+    states = predictor.model.model(**batch.model_inputs()).last_hidden_state
+    mask = batch.attention_mask[..., None].float()
+    pooled = (states * mask).sum(1) / mask.sum(1)
+    return rail + pooled @ head.correction.linear.weight[0] + head.correction.linear.bias[0]
+
+
+# single-token strings, and '1.5' (its paths read through the KV cache)
+@pytest.mark.parametrize("grid", ["1-5", "1:5:0.5"])
+def test_starts_at_rail_and_equals_rail_plus_the_pooled_correction_by_hand(grid):
+    _, predictor = predictor_for(grid)
+    head = predictor.head
+    assert isinstance(head, RAILCorrectionHead) and predictor.fmt.single_token == (grid == "1-5")
+    batch, _ = batch_of(predictor)
+    with torch.no_grad():
+        rail = predictor.scorer(predictor.model, batch).exp() @ torch.tensor(predictor.grid.values)
+        assert_close(head(predictor.model, batch), rail, atol=1e-6, rtol=0)  # w = 0, b = 0: RAIL itself
+        torch.nn.init.normal_(head.correction.linear.weight)
+        head.correction.linear.bias.fill_(0.25)
+        assert_close(head(predictor.model, batch), by_hand(predictor, batch), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(head(predictor.model, batch), rail, atol=1e-3)
+
+
+def test_loss_is_the_squared_error_of_the_sum_plus_the_two_hot_ce():
+    cfg, predictor = predictor_for()
+    loss_fn = METHODS["raft-head"].loss(predictor, cfg.method)
+    assert isinstance(loss_fn, RAFTLoss) and loss_fn.correction is predictor.head
+    assert (loss_fn.ce_weight, loss_fn.ce_target) == (1.0, "two-hot")  # raft's defaults
+    torch.nn.init.normal_(predictor.head.correction.linear.weight)
+    batch, _ = batch_of(predictor)
+    targets = torch.tensor([1.0, 2.25, 3.0, 4.5, 5.0, 1.75])
+    log_probs = predictor.scorer(predictor.model, batch)
+    values = torch.tensor(predictor.grid.values)
+    expected = ((by_hand(predictor, batch) - targets) ** 2).mean() - (
+        ce_targets(targets, values, "two-hot") * log_probs
+    ).sum(-1).mean()
+    assert_close(loss_fn(predictor.model, batch, targets), expected, atol=1e-5, rtol=1e-5)
+    # the squared error reaches both parts: the correction's weights and the LM's
+    loss_fn(predictor.model, batch, targets).backward()
+    assert predictor.head.correction.linear.weight.grad.abs().sum() > 0
+    assert predictor.model.model.layers[1].mlp.up_proj.weight.grad.abs().sum() > 0
+
+
+def test_rebuilt_from_its_config_predicts_the_same():
+    _, predictor = predictor_for("1:5:0.5")
+    head = predictor.head
+    torch.nn.init.normal_(head.correction.linear.weight)
+    config = head.config()
+    assert json.loads(json.dumps(config)) == config  # what raftlm.json stores
+    assert config["values"] == [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0] and config["pooling"] == "mean"
+    rebuilt = HEAD_CLASSES["RAILCorrectionHead"](**config)
+    rebuilt.load_state_dict(head.state_dict())
+    batch, _ = batch_of(predictor)
+    with torch.no_grad():
+        assert_close(rebuilt(predictor.model, batch), head(predictor.model, batch))
+
+
+def test_cached_loss_and_gradients_equal_the_uncached_path(tmp_path):
+    cfg, predictor = predictor_for(trainable="top-1")
+    predictor.model.train()
+    torch.nn.init.normal_(predictor.head.correction.linear.weight)
+    loss_fn = METHODS["raft-head"].loss(predictor, cfg.method)
+    assert frozen_blocks_to_cache(predictor, cfg) == 1
+    feats = build_features(predictor, EXAMPLES, "raft-head", None)
+    store = build_store(predictor.model, [f["prompt_ids"] for f in feats], 1, predictor.pad_id, tmp_path)
+
+    def loss_and_grads(store, k):
+        model = predictor.model
+        model.zero_grad()
+        batch, targets = batch_of(predictor, store=store)
+        with skip_frozen(model, k):
+            loss = loss_fn(model, batch, targets)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    loss0, grads0 = loss_and_grads(None, 0)
+    loss1, grads1 = loss_and_grads(store, 1)
+    assert_close(loss1, loss0, atol=1e-6, rtol=1e-5)
+    assert "raftlm_head.correction.linear.weight" in grads0 and grads0.keys() == grads1.keys()
+    for name in grads0:
+        assert_close(grads1[name], grads0[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_cli_trains_saves_the_head_and_every_interface_predicts_its_sum(tmp_path, toy_csv):
+    run = tmp_path / "run"
+    assert main(train_args(toy_csv, run, "--method", "raft-head")) == 0
+    head = json.loads((run / "raftlm.json").read_text())["head"]
+    assert head["class"] == "RAILCorrectionHead" and head["kwargs"]["values"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    loaded = load_run(run)
+    texts = [line.split(",")[0] for line in toy_csv.read_text().splitlines()[1:]]
+    sums = loaded.predict(texts).values
+    rail = loaded.predict(texts, "rail").values  # a head model always predicts with its head
+    np.testing.assert_array_equal(sums, rail)
+    loaded.head = None  # the same run's RAIL alone: the correction trained away from 0
+    assert np.abs(loaded.predict(texts).values - sums).max() > 1e-4
+    out = tmp_path / "preds.jsonl"
+    assert main(["predict", "--model", str(run), "--input", str(toy_csv), "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    np.testing.assert_allclose([r["prediction"] for r in rows], sums, rtol=1e-5, atol=1e-6)
+
+
+def test_report_names_it_after_raft_and_weighs_it_as_raft():
+    row = {"method": "raft-head", "decoder": "head", "options": ""}
+    assert label(row) == "RAFT + 1.0 x CE (two-hot target) + mean-pooled correction"
+    assert METHODS["raft-head"].raft and METHODS["raft"].raft and not METHODS["head-pooled"].raft
