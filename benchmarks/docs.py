@@ -279,7 +279,7 @@ def table3_goal(metric: str = "rmse") -> str:
             ),
             key=lambda a: a[metric],
         )
-        seeds = f"{n_seeds(mine)} at LR {mine['lr']:g}"
+        seeds = f"{n_seeds(mine)} at LR {lr_text(mine['lr'])}"
         said = f"{fmt(mine[metric])}, {seeds}"
         if not lower:
             out.append(f"{name}: lowest ({said})")
