@@ -246,3 +246,57 @@ def test_compiled_blocks_train_the_same_weights_as_eager_and_leave_the_model_eag
     with compiled_blocks(model, 1, cache):
         assert blocks[0]._compiled_call_impl is None and blocks[1]._compiled_call_impl is not None
     assert all(block._compiled_call_impl is None for block in blocks) and list(cache) == [id(blocks[1])]
+
+
+STOPPED_CHILD = """
+import sys, time
+from raftlm.core import StoppedClock
+clock = StoppedClock(tick=0.05, slack=0.3)
+end = time.time() + 1.0
+while time.time() < end:  # a busy main thread (holding the GIL between switches) is not a stop
+    sum(range(1000))
+print(clock.stopped, flush=True)
+print("ready", flush=True)
+sys.stdin.readline()  # the test stops this process, continues it, then writes a line
+print(clock.close(), flush=True)
+"""
+
+
+def test_stopped_clock_counts_a_sigstop_and_not_a_busy_thread():
+    """The seconds a run was stopped (a benchmark queue's SIGSTOP, Ctrl-Z) are measured, so that
+    train_runtime_s can leave them out; a busy main thread counts nothing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert float(child.stdout.readline()) == 0.0
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        os.kill(child.pid, signal.SIGSTOP)
+        time.sleep(1.5)
+        os.kill(child.pid, signal.SIGCONT)
+        time.sleep(0.3)
+        out, _ = child.communicate("go\n", timeout=30)
+    finally:
+        child.kill()
+    assert 1.3 < float(out) < 1.7  # 1.5 s, less up to one tick
+
+
+def test_run_totals_leave_the_stopped_seconds_out():
+    """RunTotals' seconds (checkpointed and final) are Trainer's runtime less the stopped seconds."""
+    from raftlm.training import RunTotals
+
+    totals = RunTotals(loss_sum=2.0, steps=2, seconds=30.0)  # resumed from a checkpoint at step 2
+    totals.on_train_begin(None, type("S", (), {"global_step": 2, "stateful_callbacks": {}})(), None)
+    totals.clock.stopped = 4.0  # as the clock's thread counts it (the test above measures that)
+    loss, seconds = totals.whole_run(4, 3.0, 10.0)
+    assert (loss, seconds) == (2.0, 36.0)  # (2 + 3 x 2) / 4; 30 + 10 - 4
+    assert abs(totals.state()["args"]["seconds"] - 26.0) < 1.0  # 30 + the ~0 s since the begin - 4
+    totals.close()
+    assert totals.stopped() == 4.0

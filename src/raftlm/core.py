@@ -8,6 +8,8 @@ import math
 import re
 import reprlib
 import sys
+import threading
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Protocol
@@ -212,3 +214,37 @@ def warn_slow_bf16() -> None:
     bf16 is a slowdown; ``warn_slow_bf16.cache_clear()`` rearms it."""
     if not cpu_has_bf16():
         warn(SLOW_BF16, RuntimeWarning)
+
+
+class StoppedClock:
+    """Wall seconds this process did not run while the clock was open: stopped (SIGSTOP, Ctrl-Z, a
+    benchmark queue pausing it) or, on clocks that count it, a suspended machine. Trainer's
+    ``train_runtime`` counts those seconds; subtracting these makes a run's time its working time.
+
+    A daemon thread waits ``tick`` seconds at a time on ``time.time`` (Trainer's clock); a wake more than
+    ``slack`` seconds late means the process did not run, and the time past ``tick`` is counted. Torch
+    ops release the GIL and Python threads switch every 5 ms, so a busy step delays a wake by
+    milliseconds, far under ``slack``. Example: stopped for 10 s with tick 1 -> the wake after the stop
+    comes ~11 s after the last -> 10 s counted (to within a tick).
+    """
+
+    def __init__(self, tick: float = 1.0, slack: float = 4.0):
+        self.tick, self.slack = tick, slack
+        self.stopped = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="raftlm-stopped-clock", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        last = time.time()
+        while not self._done.wait(self.tick):
+            now = time.time()
+            if now - last > self.tick + self.slack:
+                self.stopped += now - last - self.tick
+            last = now
+
+    def close(self) -> float:
+        """Stop the thread; the seconds counted."""
+        self._done.set()
+        self._thread.join()
+        return self.stopped

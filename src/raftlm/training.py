@@ -27,7 +27,7 @@ from transformers.trainer_callback import ExportableState, PrinterCallback, Prog
 from raftlm import methods
 from raftlm.cache import HiddenStore, build_store, cached_prompts, frozen_blocks, skip_frozen, stack_states
 from raftlm.config import Config
-from raftlm.core import Example, RaftlmError, warn, warn_slow_bf16
+from raftlm.core import Example, RaftlmError, StoppedClock, warn, warn_slow_bf16
 from raftlm.decoders import GRID_DECODERS
 from raftlm.io import to_json, write_text
 from raftlm.metrics import DEAD_GRID, collapse, regression_metrics
@@ -325,15 +325,19 @@ class StderrProgress(ProgressCallback):
 class RunTotals(TrainerCallback, ExportableState):
     """The loss sum, steps and seconds of a run, saved in every checkpoint's trainer_state.json, so that
     after a resume train_loss and train_runtime_s cover the whole run, not only the part after it.
-    A checkpoint step is always a logging step, so its totals count every step up to it."""
+    A checkpoint step is always a logging step, so its totals count every step up to it. The seconds
+    are working seconds: time the process was stopped (``core.StoppedClock``: Ctrl-Z, a benchmark queue
+    pausing it) is not counted, so a paused run's time is the time its steps took."""
 
     def __init__(self, loss_sum: float = 0.0, steps: int = 0, seconds: float = 0.0):
         self.loss_sum, self.steps = loss_sum, steps
         self.before = (loss_sum, steps, seconds)  # the totals at the checkpoint resumed from
-        self.logged_at, self.started = 0, time.time()
+        self.logged_at, self.started, self.clock = 0, time.time(), None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.logged_at, self.started = state.global_step, time.time()
+        self.close()
+        self.clock = StoppedClock()
         # a checkpoint written before RunTotals existed lacks its entry, which Trainer's save expects
         state.stateful_callbacks.setdefault(type(self).__name__, self.state())
 
@@ -346,8 +350,16 @@ class RunTotals(TrainerCallback, ExportableState):
             self.steps += state.global_step - self.logged_at
             self.logged_at = state.global_step
 
+    def stopped(self) -> float:
+        """Seconds this session was stopped so far."""
+        return self.clock.stopped if self.clock is not None else 0.0
+
+    def close(self) -> None:
+        if self.clock is not None:
+            self.clock.close()
+
     def state(self) -> dict:
-        seconds = self.before[2] + time.time() - self.started
+        seconds = self.before[2] + time.time() - self.started - self.stopped()
         return {
             "args": {"loss_sum": self.loss_sum, "steps": self.steps, "seconds": seconds},
             "attributes": {},
@@ -361,10 +373,11 @@ class RunTotals(TrainerCallback, ExportableState):
         return cls(**saved.get(cls.__name__, {}).get("args", {}))
 
     def whole_run(self, global_step: int, session_loss: float, session_runtime: float) -> tuple[float, float]:
-        """(mean training loss, seconds) over every step of the run, given this session's."""
+        """(mean training loss, working seconds) over every step of the run, given this session's (its
+        stopped seconds are taken out of Trainer's ``session_runtime``)."""
         loss_before, steps_before, seconds_before = self.before
         loss = (loss_before + session_loss * (global_step - steps_before)) / max(global_step, 1)
-        return loss, seconds_before + session_runtime
+        return loss, seconds_before + session_runtime - self.stopped()
 
 
 def trim_metrics(path: Path, step: int) -> None:
@@ -783,6 +796,7 @@ def fit(
         # slower rank 1 found it gone: kept its last weights, or failed reading it)
         trainer.accelerator.wait_for_everyone()
     finally:
+        totals.close()  # what it counted stays readable
         for s in (store, val_store):
             if s is not None:
                 s.close()
@@ -800,6 +814,7 @@ def fit(
         "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,
         "train_runtime_s": runtime,
+        "train_stopped_s": totals.stopped(),  # this session's seconds stopped, not in train_runtime_s
     }
 
 
