@@ -155,3 +155,65 @@ def test_report_names_it_after_raft_and_weighs_it_as_raft():
     row = {"method": "raft-head", "decoder": "head", "options": ""}
     assert label(row) == "RAFT + 1.0 x CE (two-hot target) + mean-pooled correction"
     assert METHODS["raft-head"].raft and METHODS["raft"].raft and not METHODS["head-pooled"].raft
+
+
+def test_its_distribution_is_the_grid_distribution_shifted_by_the_correction(tmp_path, toy_csv):
+    """raft-head keeps RAFT's grid distribution: --with-probs, --with-uncertainty, predict_proba and the
+    grid intervals read it, shifted by the correction, so its mean is the prediction (every interface)."""
+    from raftlm import RAFTRegressor
+    from raftlm.uncertainty import grid_crps, grid_quantile, summarize
+
+    run = tmp_path / "run"
+    assert main(train_args(toy_csv, run, "--method", "raft-head")) == 0
+    loaded = load_run(run)
+    out = tmp_path / "preds.jsonl"
+    args = ["predict", "--model", str(run), "--input", str(toy_csv), "--output", str(out), "--with-probs"]
+    assert main([*args, "--with-uncertainty", "--interval", "0.8", "--interval-kind", "grid"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # the Python API's grid probabilities (unrounded) are the CLI's (rounded to 6 places)
+    reg = RAFTRegressor.load(str(run))
+    texts = [line.split(",")[0] for line in toy_csv.read_text().splitlines()[1:]]
+    probs = reg.predict_proba(texts)
+    np.testing.assert_allclose([list(r["probs"].values()) for r in rows], probs, atol=1e-6)
+    shift = np.array([r["correction"] for r in rows])
+    assert list(rows[0]["probs"]) == ["1", "2", "3", "4", "5"] and np.abs(shift).max() > 1e-4
+    data_grid = loaded.scaler.to_data(loaded.grid.array)  # toy targets 1..5.5: the scaler is not 1:1
+    assert loaded.scaler.to_data(1.0) - loaded.scaler.to_data(0.0) != pytest.approx(1.0)
+    rest = loaded.scaler.to_data(0.0)  # the off-grid mass sits at grid value 0, as RAIL puts it
+    pred = np.array([r["prediction"] for r in rows])
+    np.testing.assert_allclose(pred, probs @ data_grid + (1 - probs.sum(1)) * rest + shift, atol=1e-5)
+    np.testing.assert_allclose([r["mean"] for r in rows], pred, atol=1e-5)
+    plain = summarize(data_grid, probs, rest)  # the unshifted distribution's, moved by the correction
+    np.testing.assert_allclose([r["median"] for r in rows], plain["median"] + shift, atol=1e-5)
+    np.testing.assert_allclose([r["std"] for r in rows], plain["std"], atol=1e-5)
+    q = grid_quantile(data_grid, probs, [0.1, 0.9], rest) + shift[:, None]  # the 80 % interval's ends
+    np.testing.assert_allclose([[r["lower"], r["upper"]] for r in rows], q, atol=1e-5)
+    np.testing.assert_allclose(reg.predict(texts), pred, atol=1e-5)  # the API's prediction is the CLI's
+    # evaluate scores the shifted distribution: its CRPS is the grid's at target - correction
+    res = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(run), "--input", str(toy_csv), "--output", str(res)]) == 0
+    got = json.loads(res.read_text())
+    y = np.array([float(line.split(",")[1]) for line in toy_csv.read_text().splitlines()[1:]])
+    assert got["crps"] == pytest.approx(grid_crps(data_grid, probs, y - shift, rest).mean(), abs=1e-6)
+
+
+def test_the_server_gives_its_distribution_exactly_as_raftlm_predict(tmp_path, toy_csv):
+    """/predict on a raft-head run: probs, each row's correction, the uncertainty summary and a conformal
+    interval (cqr: it has a grid distribution) are the numbers `raftlm predict` writes."""
+    from test_serve import offline, post, server
+
+    run = tmp_path / "run"
+    assert main(train_args(toy_csv, run, "--method", "raft-head")) == 0
+    assert main(["calibrate", str(run), "--input", str(toy_csv)]) == 0
+    flags = ("--interval", "0.8", "--with-uncertainty", "--with-probs")
+    expected = offline(run, toy_csv, tmp_path / "preds.jsonl", *flags)
+    keys = [k for k in expected[0] if k not in ("index", "target")]
+    assert {"correction", "probs", "lower", "median"} <= set(keys)
+    texts = [line.split(",")[0] for line in toy_csv.read_text().splitlines()[1:]]
+    options = {"interval": 0.8, "with_uncertainty": True, "with_probs": True}
+    with server(run) as (base, _, _):
+        got = post(base, {"inputs": [{"text": t} for t in texts], **options}).json()
+    assert got["interval_kind"] == "cqr"
+    names = {"prediction": "predictions"}
+    for i, row in enumerate(expected):
+        assert {k: got[names.get(k, k)][i] for k in keys} == {k: row[k] for k in keys}  # exactly equal

@@ -316,10 +316,11 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         return super().score(X, y, sample_weight=sample_weight)
 
     def predict_proba(self, X) -> np.ndarray:
-        """Grid probabilities p(str(y)|x), shape (n, len(grid))."""
+        """Grid probabilities p(str(y)|x), shape (n, len(grid)). raft-head: the LM's grid distribution, whose
+        mean plus the head's correction is the prediction."""
         self._check_fitted()
         p = self.predictor_
-        if p.head is not None:
+        if not p.has_grid:
             raise RaftlmError(
                 "predict_proba reads the grid distribution, and this model predicts one number (a head): it "
                 "has no grid probabilities"

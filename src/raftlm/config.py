@@ -589,7 +589,8 @@ class EvalConfig:
     interval_kind: str = field(
         default="auto",
         metadata={
-            "help": "absolute, std, cqr (conformal), grid (raw quantiles); auto: cqr, absolute for heads"
+            "help": "absolute, std, cqr (conformal), grid (raw quantiles); auto: cqr, absolute for a head "
+            "without a grid distribution"
         },
     )
 

@@ -35,6 +35,7 @@ from collections import Counter
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from raftlm import methods, uncertainty
@@ -389,11 +390,14 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
     if preds.probs is not None:
         # PIT = F(target) under the grid histogram (the report's calibration figure reads it)
         values, rest = uncertainty.data_values(predictor), uncertainty.predictor_rest(predictor)
-        pit = uncertainty.grid_cdf(values, preds.probs, [e.target for e in test], rest)
+        shift = np.zeros(len(test)) if preds.shift is None else preds.shift  # raft-head's correction
+        pit = uncertainty.grid_cdf(values, preds.probs, np.array([e.target for e in test]) - shift, rest)
         for i, r in enumerate(rows):
             r["probs"] = [round(float(p), 6) for p in preds.probs[i]]
             r["entropy"] = float(preds.entropy[i])
             r["pit"] = float(pit[i])
+            if preds.shift is not None:
+                r["correction"] = float(shift[i])
     write_jsonl(root / "predictions" / f"{cell.cell_id}.jsonl", rows)
     return {
         "dataset": cell.dataset["dataset"],
@@ -412,7 +416,10 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
         "validation_rmse": train.get("best_validation_rmse"),
         "train_runtime_s": train.get("train_runtime_s"),
         "eval_seconds": round(time.time() - start, 1),
-        "collapsed": collapse([e.target for e in test], preds.values, preds.probs),
+        # (raft-head: judged by its predictions, as in training's validation)
+        "collapsed": collapse(
+            [e.target for e in test], preds.values, preds.probs if preds.shift is None else None
+        ),
         "run_id": cell.run_id,
         "cell_id": cell.cell_id,
         "grid": predictor.grid.strings,

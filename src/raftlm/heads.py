@@ -128,6 +128,13 @@ class RAILCorrectionHead(nn.Module):
         log_probs, correction = self.parts(model, batch)
         return raft_predictor(log_probs, self.grid_values, self.normalize_grid) + correction
 
+    def scores(self, model, batch: PromptBatch) -> torch.Tensor:
+        """``parts`` as one (B, G + 1) tensor: the grid log-probs, then the correction (grid units). The
+        predictor reads its grid distribution from it: the prediction's distribution is the grid
+        distribution shifted by the correction (``Predictions.shift``)."""
+        log_probs, correction = self.parts(model, batch)
+        return torch.cat([log_probs, correction[:, None].to(log_probs)], -1)
+
     def config(self) -> dict:
         return {
             "candidates": [list(c) for c in self.scorer.fmt.candidates],

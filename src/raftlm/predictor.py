@@ -39,6 +39,9 @@ class Predictions:
     entropy: np.ndarray | None = None
     n_unparsed: int = 0
     truncated: np.ndarray | None = None  # per row: the prompt was longer than max_length (cut on the left)
+    # per row (data units): a head correction added to the grid distribution's mean (raft-head); the
+    # prediction's distribution is the grid distribution shifted by it
+    shift: np.ndarray | None = None
 
 
 def autocast(bf16: bool, device: str = "cpu"):
@@ -339,6 +342,13 @@ class Predictor:
         return preds
 
     @property
+    def has_grid(self) -> bool:
+        """Whether predictions carry a grid distribution (grid probabilities, uncertainty summary, grid
+        intervals): every grid model, and of the heads the correction head (raft-head: RAIL + a correction),
+        whose distribution is the grid's shifted by it; not the other heads nor an encoder."""
+        return (self.head is None and self.fmt is not None) or hasattr(self.head, "scores")
+
+    @property
     def pair(self) -> tuple[str, str] | None:
         """The template's symmetric pair (``data.pair_swap``), whose two orders predictions average."""
         pair = self.extra.get("pair_swap")
@@ -365,6 +375,10 @@ class Predictor:
             return preds
         n = len(preds.values) // 2
         cut = None if preds.truncated is None else preds.truncated[:n] | preds.truncated[n:]
+        if preds.shift is not None:  # a shifted grid distribution: the mean of both orders' (RAIL is linear)
+            probs, shift = (preds.probs[:n] + preds.probs[n:]) / 2, (preds.shift[:n] + preds.shift[n:]) / 2
+            values = (preds.values[:n] + preds.values[n:]) / 2
+            return Predictions(values, probs, decoders.entropy(probs), truncated=cut, shift=shift)
         if preds.probs is None or decoder not in decoders.GRID_DECODERS:
             values = (preds.values[:n] + preds.values[n:]) / 2
             return Predictions(values, n_unparsed=preds.n_unparsed, truncated=cut)
@@ -377,6 +391,8 @@ class Predictor:
     def _predict(
         self, texts, decoder, batch_size, num_samples, temperature, max_new_tokens, bf16, seed, desc
     ):
+        if self.head is not None and hasattr(self.head, "scores"):  # raft-head: RAIL + a correction
+            return self._shifted_grid(texts, batch_size, bf16, desc)
         if self.head is not None:
             return Predictions(self.scaler.to_data(self.head_values(texts, batch_size, bf16, desc)))
         if self.fmt is None:
@@ -416,6 +432,19 @@ class Predictor:
         # eq. 1: a non-numeric decode counts as 0.0 (in the model's output units, then mapped back)
         g = np.array([np.mean(np.nan_to_num(row, nan=0.0)) for row in parsed])
         return Predictions(self.scaler.to_data(g), n_unparsed=n_unparsed)
+
+    def _shifted_grid(self, texts, batch_size, bf16, desc) -> Predictions:
+        """A correction head's predictions with their distribution: the grid probabilities and the
+        correction from one pass (``RAILCorrectionHead.scores``); the prediction is RAIL + the correction,
+        the head's own output, and ``shift`` the correction in data units."""
+        out = self._map_batches(self.head.scores, (len(self.grid.values) + 1,), texts, batch_size, bf16, desc)
+        logp, correction = out[:, :-1], out[:, -1]
+        if self.normalize_grid:
+            logp = logp - logsumexp(logp, axis=-1, keepdims=True)
+        probs = np.exp(logp)
+        g = decoders.rail(self.grid.array, probs, self.normalize_grid) + correction
+        shift = self.scaler.to_data(correction) - self.scaler.to_data(0.0)  # affine: the slope's share
+        return Predictions(self.scaler.to_data(g), probs, decoders.entropy(probs), shift=shift)
 
     def _parse(self, text: str) -> float:
         """A decoded answer as a number: a non-numeric grid string ('b', 'March', '<3.5>') maps to its

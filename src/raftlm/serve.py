@@ -196,7 +196,11 @@ class MicroBatcher:
 def _rows(preds: Predictions, a: int, b: int) -> Predictions:
     cut = lambda x: None if x is None else x[a:b]  # noqa: E731
     return Predictions(
-        preds.values[a:b], cut(preds.probs), cut(preds.entropy), truncated=cut(preds.truncated)
+        preds.values[a:b],
+        cut(preds.probs),
+        cut(preds.entropy),
+        truncated=cut(preds.truncated),
+        shift=cut(preds.shift),
     )
 
 
@@ -307,6 +311,9 @@ class PredictResponse(BaseModel):
     predictions: list[Number]
     probs: list[dict[str, Number]] | None = None
     entropy: list[Number] | None = None
+    correction: list[Number] | None = Field(
+        None, description="raft-head, with probs: the head's correction (prediction = the grid mean + it)"
+    )
     mean: list[Number] | None = None
     std: list[Number] | None = None
     median: list[Number] | None = None

@@ -102,7 +102,7 @@ def prediction_rows(
     """Output rows: index (0-based row of the input), prediction, target if known, probs + entropy,
     the prompt the row became (``with_prompts``), and ``extra``'s fields per row (uncertainty: std,
     quantiles, intervals)."""
-    if with_probs and predictor.head is not None:
+    if with_probs and predictor.head is not None and not predictor.has_grid:
         raise RaftlmError(
             'grid probabilities (--with-probs, "with_probs") were asked of a model that predicts one number '
             "(a head): it has none; drop them"
@@ -116,6 +116,8 @@ def prediction_rows(
         if with_probs and preds.probs is not None:
             row["probs"] = grid_probs(predictor, preds.probs[j])
             row["entropy"] = float(preds.entropy[j])
+            if preds.shift is not None:  # raft-head: prediction = the grid distribution's mean + this
+                row["correction"] = float(preds.shift[j])
         yield {**row, **(extra[j] if extra else {})}
 
 

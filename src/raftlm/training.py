@@ -622,7 +622,8 @@ class RegressionTrainer(Trainer):
             m["grid_mass"] = float(preds.probs.sum(-1).mean())
             m["grid_entropy"] = float(preds.entropy.mean())
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in m.items() if k != "n"}
-        why = collapse(targets, preds.values, preds.probs)
+        # raft-head's grid may die while its correction carries the signal: judged by its predictions
+        why = collapse(targets, preds.values, preds.probs if preds.shift is None else None)
         if why and not self.warned_collapse:
             self.warned_collapse = True
             fix = (
@@ -632,7 +633,7 @@ class RegressionTrainer(Trainer):
             )
             grid = (
                 " (and RAFT's gradient vanishes there, so it seldom recovers)"
-                if preds.probs is not None
+                if preds.probs is not None and preds.shift is None
                 else ""
             )
             warn(

@@ -165,17 +165,29 @@ def grid_crps(values, probs, y, rest: float | None = None) -> np.ndarray:
 
 
 def summarize(
-    values, probs, rest: float | None = None, quantiles: Sequence[float] = QUANTILES
+    values, probs, rest: float | None = None, quantiles: Sequence[float] = QUANTILES, shift=None
 ) -> dict[str, np.ndarray]:
     """Per-example mean (the RAIL prediction), std, interpolated median, entropy (nats, of the grid) and
-    quantiles of the distribution."""
+    quantiles of the distribution; ``shift`` (N,) moves each distribution by that much (a correction
+    head's: its mean is then the prediction)."""
+    shift = np.zeros(len(probs)) if shift is None else np.asarray(shift, dtype=np.float64)
     return {
-        "mean": grid_mean(values, probs, rest),
+        "mean": grid_mean(values, probs, rest) + shift,
         "std": grid_std(values, probs, rest),
-        "median": grid_median(values, probs, rest),
+        "median": grid_median(values, probs, rest) + shift,
         "entropy": decoders.entropy(probs),
-        "quantiles": grid_quantile(values, probs, list(quantiles), rest),
+        "quantiles": grid_quantile(values, probs, list(quantiles), rest) + shift[:, None],
     }
+
+
+def split_features(X, grid) -> tuple[np.ndarray, np.ndarray]:
+    """Grid features as (probabilities (N, G), shift (N,), data units). A shifted distribution (a
+    correction head's, ``Predictions.shift``) carries its shift as one column after the G probabilities;
+    an unshifted one has none (shift 0)."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.shape[1] == len(grid) + 1:
+        return X[:, :-1], X[:, -1]
+    return X, np.zeros(len(X))
 
 
 # --- scikit-learn regressors over precomputed features (what MAPIE wraps) ----------------------------
@@ -183,7 +195,8 @@ def summarize(
 
 class GridRegressor(RegressorMixin, BaseEstimator):
     """Point prediction (``rule`` over ``values`` in grid units, mapped to data units by ``scaler``), or
-    with ``quantile`` set that quantile of the grid CDF, from grid probabilities as the features X (N, G).
+    with ``quantile`` set that quantile of the grid CDF, from grid probabilities as the features X (N, G)
+    (with a shift column, ``split_features``: both moved by the shift).
     ``predict(X, return_std=True)`` also returns the grid std (data units), as MAPIE's std score needs.
     Nothing to learn: ``fit`` only records the feature count (MAPIE checks it on prefit estimators)."""
 
@@ -209,14 +222,14 @@ class GridRegressor(RegressorMixin, BaseEstimator):
         return self.scaler.to_data(np.asarray(self.values, dtype=np.float64))
 
     def predict(self, X, return_std: bool = False):
-        probs = np.asarray(X, dtype=np.float64)
+        probs, shift = split_features(X, self.values)
         rest = rest_value(self.scaler, self.normalize_grid)
         if self.quantile is not None:
-            return grid_quantile(self._data_values(), probs, self.quantile, rest)
+            return grid_quantile(self._data_values(), probs, self.quantile, rest) + shift
         grid = np.asarray(self.values, dtype=np.float64)
         rule = decoders.GRID_DECODERS[self.rule]
         g = rule(grid, probs, self.normalize_grid) if self.rule == "rail" else rule(grid, probs)
-        point = self.scaler.to_data(g)
+        point = self.scaler.to_data(g) + shift
         return (point, grid_std(self._data_values(), probs, rest)) if return_std else point
 
 
@@ -291,8 +304,10 @@ def _cqr(cal: Calibration, X, levels, rule: str):
 def _raw_grid(cal: Calibration, X, levels, rule: str):
     values = cal.scaler.to_data(np.asarray(cal.grid, dtype=np.float64))
     rest = rest_value(cal.scaler, cal.normalize_grid)
+    probs, shift = split_features(X, cal.grid)
     tails = [(1 - c) / 2 for c in levels]
-    return grid_quantile(values, X, tails, rest), grid_quantile(values, X, [1 - t for t in tails], rest)
+    lower = grid_quantile(values, probs, tails, rest)
+    return lower + shift[:, None], grid_quantile(values, probs, [1 - t for t in tails], rest) + shift[:, None]
 
 
 KINDS: dict[str, IntervalKind] = {
@@ -442,8 +457,11 @@ class Calibration:
 
 
 def features(predictor, preds) -> np.ndarray:
-    """What intervals are computed from: grid probabilities (N, G), or the point predictions (N, 1) of a
-    head or of a one-value grid (neither has a distribution)."""
+    """What intervals are computed from: grid probabilities (N, G), with a correction head's shift as one
+    more column (N, G + 1), or the point predictions (N, 1) of a head or of a one-value grid (neither has
+    a distribution)."""
+    if preds.shift is not None:
+        return np.column_stack([preds.probs, preds.shift])
     if preds.probs is not None and preds.probs.shape[1] > 1:
         return preds.probs
     if preds.probs is not None or predictor.head is not None or predictor.fmt is None:
@@ -556,11 +574,12 @@ def evaluation(
     if preds.probs is None and predictor.head is None and predictor.fmt is not None:
         return out  # text decoders: no distribution, no intervals
     X = features(predictor, preds)
-    if X.shape[1] > 1:
+    if X.shape[1] > 1:  # a shifted distribution's scores are the grid's at y - shift
         values, rest = data_values(predictor), predictor_rest(predictor)
-        out["crps"] = float(grid_crps(values, preds.probs, y, rest).mean())
-        out["nll"] = float(grid_nll(values, preds.probs, y, rest).mean())
-        out["mean_std"] = float(grid_std(values, preds.probs, rest).mean())
+        probs, shift = split_features(X, predictor.grid.values)
+        out["crps"] = float(grid_crps(values, probs, y - shift, rest).mean())
+        out["nll"] = float(grid_nll(values, probs, y - shift, rest).mean())
+        out["mean_std"] = float(grid_std(values, probs, rest).mean())
     cal = cal if cal is not None else Calibration.uncalibrated(predictor, X)
     if rows := interval_rows(cal, X, y, levels, kinds, center_rule(decoder)):
         out["intervals"] = rows
@@ -589,7 +608,8 @@ def prediction_fields(
                 "and this model predicts one number (a head): ask for an interval of a calibrated run instead "
                 "(residual intervals)"
             )
-        s = summarize(data_values(predictor), X, predictor_rest(predictor))
+        probs, shift = split_features(X, predictor.grid.values)
+        s = summarize(data_values(predictor), probs, predictor_rest(predictor), shift=shift)
         for i, row in enumerate(rows):
             row.update({k: float(s[k][i]) for k in ("mean", "std", "median", "entropy")})
             row["quantiles"] = {f"{q:g}": float(v) for q, v in zip(QUANTILES, s["quantiles"][i], strict=True)}
