@@ -831,3 +831,31 @@ def test_docs_raft_head_decision_follows_its_preregistered_rule(tmp_path, monkey
     text = write(mixed)
     assert "MovieLens-100K: 1.070 against 1.060 (3 seeds, LR 1e-4)" in text
     assert text.endswith("(lower on 2 of 3: the default stays, raft-head is an option)")
+
+
+def test_a_raft_head_cell_records_its_rail_part_alone(tmp_path, toy_csv):
+    """A raft-head cell's predictions carry each row's correction, and the cell the test RMSE of its RAIL
+    part alone (the prediction less the correction): what the correction adds, from the one test pass."""
+    from raftlm.experiment import run_sweep
+    from raftlm.metrics import regression_metrics
+
+    sweep = {
+        "output_dir": str(tmp_path / "out"),
+        "base": {"training": {"max_steps": 4, "eval_steps": 2, "batch_size": 4}},
+        "datasets": [f"csv:{toy_csv}"],
+        "models": ["tiny-random-llama"],
+        "methods": [{"method": "raft-head"}],
+        "lrs": [1e-2],
+        "seeds": [0],
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    root = run_sweep(str(path))
+    (cell_file,) = (root / "cells").glob("*.json")
+    cell = json.loads(cell_file.read_text())
+    rows = [json.loads(line) for line in (root / "predictions" / cell_file.name).with_suffix(".jsonl").open()]
+    y = [r["target"] for r in rows]
+    rail = [r["prediction"] - r["correction"] for r in rows]
+    assert cell["rail_only_rmse"] == pytest.approx(regression_metrics(y, rail)["rmse"])
+    assert cell["rmse"] == pytest.approx(regression_metrics(y, [r["prediction"] for r in rows])["rmse"])
+    assert cell["rail_only_rmse"] != pytest.approx(cell["rmse"])  # the trained correction moved it

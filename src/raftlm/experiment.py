@@ -426,7 +426,17 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
         **{k: metrics[k] for k in ("crps", "nll", "mean_std") if k in metrics},
         "calibration_n": calibration.n if calibration is not None else None,
         "intervals": metrics.get("intervals", []),
+        # raft-head: the test RMSE of its RAIL part alone (the prediction less the correction), what the
+        # correction adds without a second test pass
+        **({"rail_only_rmse": rail_only_rmse(test, preds)} if preds.shift is not None else {}),
     }
+
+
+def rail_only_rmse(test: list, preds) -> float:
+    """RMSE of a correction head's RAIL part on ``test``: each prediction less its correction."""
+    from raftlm.metrics import regression_metrics
+
+    return regression_metrics([e.target for e in test], preds.values - preds.shift)["rmse"]
 
 
 WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.pth")

@@ -664,6 +664,7 @@ CELL_TEXT = ("dataset", "model", "method", "decoder", "run_id", "cell_id")
 CELL_NUMBERS = (
     "rmse", "mae", "pearson", "spearman", "r2", "n", "seed", "lr", "train_fraction", "best_step",
     "validation_rmse", "train_runtime_s", "eval_seconds", "crps", "nll", "mean_std", "calibration_n",
+    "rail_only_rmse",
 )  # fmt: skip
 INTERVAL_FIELDS = {
     "kind": str,
