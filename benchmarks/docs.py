@@ -290,6 +290,25 @@ def table3_goal(metric: str = "rmse") -> str:
     return "; ".join(out)
 
 
+def raft_head_rail_part() -> str:
+    """What raft-head's correction adds on test: per dataset, over its cells at its chosen LR that record
+    ``rail_only_rmse`` (cells from 1c7697a on), the mean test RMSE with the correction and of its RAIL part
+    alone (the prediction less the correction, from the same test pass)."""
+    out = []
+    for ds, name in DATASETS.items():
+        mine = arm_entry(ds, EXTRA_ARMS[ds, RAFT_HEAD], RAFT_HEAD)
+        cells = arm_cells(ds, EXTRA_ARMS[ds, RAFT_HEAD])
+        have = [] if mine is None else [c for (lr, _), c in cells.items() if lr == mine["lr"]]
+        have = [c for c in have if c.get("rail_only_rmse") is not None]
+        if not have:
+            out.append(f"{name}: not recorded yet")
+            continue
+        sums = sum(c["rmse"] for c in have) / len(have)
+        rail = sum(c["rail_only_rmse"] for c in have) / len(have)
+        out.append(f"{name}: {fmt(sums)} with it, {fmt(rail)} without ({n_seeds({'seeds': have})})")
+    return "; ".join(out)
+
+
 def raft_head_decision() -> str:
     """sweeps/raft-head-lever.yaml's pre-registered rule, said in numbers: per dataset raft-head's mean
     validation RMSE (its LR chosen on seed 0) against the shipped default's on the same seeds; raft-head
@@ -863,6 +882,7 @@ VALUES: dict[str, Callable[[], str]] = {
     "table3.goal": table3_goal,
     "table3.goal_validation": lambda: table3_goal("validation_rmse"),
     "levers.raft_head_decision": raft_head_decision,
+    "levers.raft_head_rail_part": raft_head_rail_part,
     "headline.table": headline_table,
     "headline.minutes": lambda: f"{load('stsb-headline.json')['train_minutes']:.1f}",
     "headline.verdict": headline_verdict,

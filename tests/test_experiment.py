@@ -832,6 +832,12 @@ def test_docs_raft_head_decision_follows_its_preregistered_rule(tmp_path, monkey
     assert "MovieLens-100K: 1.070 against 1.060 (3 seeds, LR 1e-4)" in text
     assert text.endswith("(lower on 2 of 3: the default stays, raft-head is an option)")
 
+    # what the correction adds on test, over the cells at the chosen LR that record their RAIL part
+    assert docs.raft_head_rail_part().startswith("STS-B-1K: not recorded yet;")
+    mixed[1]["rail_only_rmse"], mixed[2]["rail_only_rmse"] = 0.80, 0.90  # STS-B seeds 1, 2 (test 0.755)
+    write(mixed + [{**cell("stsb-1k", "raft-head", 5e-5, 0, 0.9), "rail_only_rmse": 2.0}])  # not its LR
+    assert docs.raft_head_rail_part().startswith("STS-B-1K: 0.755 with it, 0.850 without (2 seeds); Amazon")
+
 
 def test_a_raft_head_cell_records_its_rail_part_alone(tmp_path, toy_csv):
     """A raft-head cell's predictions carry each row's correction, and the cell the test RMSE of its RAIL
