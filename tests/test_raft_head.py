@@ -195,6 +195,14 @@ def test_its_distribution_is_the_grid_distribution_shifted_by_the_correction(tmp
     got = json.loads(res.read_text())
     y = np.array([float(line.split(",")[1]) for line in toy_csv.read_text().splitlines()[1:]])
     assert got["crps"] == pytest.approx(grid_crps(data_grid, probs, y - shift, rest).mean(), abs=1e-6)
+    # appendix E.8's entropy analysis reads the same grid distribution
+    res = tmp_path / "entropy.json"
+    assert (
+        main(["evaluate", "--model", str(run), "--input", str(toy_csv), "--output", str(res), "--entropy"])
+        == 0
+    )
+    after = json.loads(res.read_text())["mean_entropy_after"]
+    assert after == pytest.approx(float(np.mean([r["entropy"] for r in rows])), abs=1e-6)
 
 
 def test_the_server_gives_its_distribution_exactly_as_raftlm_predict(tmp_path, toy_csv):

@@ -487,9 +487,10 @@ def entropy_change(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Appendix E.8: per-example entropy of the grid distribution before (the base model, same grid,
     prompt and answer format) and after fine-tuning."""
-    if run.fmt is None or run.head is not None or run.extra.get("new_tokens"):
+    if not run.has_grid or run.fmt is None or run.extra.get("new_tokens"):
         raise RaftlmError(
-            "entropy analysis needs a grid model (raft, ce, mbr): heads and new tokens have no base grid"
+            "entropy analysis needs a grid model (raft, raft-head, ce, mbr): other heads and new tokens have "
+            "no base grid"
         )
     quiet = not cfg.training.progress_bar
     with no_load_bars(quiet):
