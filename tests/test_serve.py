@@ -213,6 +213,7 @@ def test_intervals_and_uncertainty_equal_raftlm_predict(run, url, tmp_path):
 def test_health_and_info_describe_the_run(url, run):
     info = httpx.get(f"{url}/info").json()
     assert info["base_model"] == "tiny-random-llama" and info["method"] == "raft"
+    assert info["grid_distribution"] is True  # with_probs applies
     assert info["grid"]["strings"] == ["1", "2", "3", "4", "5"] and info["columns"] == ["text"]
     assert info["template"] == "{text}" and info["device"] == "cpu" and info["dtype"] == "float32"
     assert info["metrics"]["test"]["n"] == 4 and info["serving"]["max_batch"] == 16

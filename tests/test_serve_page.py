@@ -135,6 +135,42 @@ def test_the_page_predicts_like_raftlm_predict(run):
 
 
 @NEEDS_BROWSER
+def test_the_page_predicts_for_head_runs_with_and_without_a_grid(run, tmp_path):
+    """A predictive head has no grid distribution: the page asks for none and shows the number (it asked
+    for grid probabilities of every run, and a head run's server refused them). raft-head's bars are its
+    grid probabilities and the note names its correction."""
+    from helpers import train_args
+    from selenium.webdriver.common.by import By
+    from test_serve import offline, server
+
+    from raftlm.cli import main
+
+    _, d = run
+    row = {"title": "a new kettle", "text": "it was great, really"}
+    (d / "one.jsonl").write_text(json.dumps(row) + "\n")
+    template = "{title}: {text}. rating:"
+    for method in ("head-pooled", "raft-head"):
+        run_dir = tmp_path / method
+        assert main(train_args(d / "toy.csv", run_dir, "--template", template, "--method", method)) == 0
+        flags = ("--with-probs",) if method == "raft-head" else ()
+        want = offline(run_dir, d / "one.jsonl", tmp_path / f"{method}.jsonl", *flags)[0]
+        with server(run_dir) as (url, _, _), browser() as driver:
+            predict_on_page(driver, url, row)
+            assert driver.find_element(By.ID, "error").text == ""
+            assert (
+                float(driver.find_element(By.ID, "prediction").get_attribute("data-value"))
+                == want["prediction"]
+            )
+            bars = driver.find_elements(By.CSS_SELECTOR, "#chart rect.bar")
+            note = driver.find_element(By.ID, "chart-note").text
+            if method == "head-pooled":
+                assert not bars and note == "this run predicts one number (a head): no grid distribution"
+            else:
+                assert [float(b.get_attribute("data-prob")) for b in bars] == list(want["probs"].values())
+                assert f"their mean + the head's correction {want['correction']:.3f}" in note
+
+
+@NEEDS_BROWSER
 def test_the_docs_page_renders_without_a_cdn(run):
     """GET /docs (Swagger UI) loads its script and styles from the server itself (fastapi-offline): the
     page listed no operation where the server or its users cannot reach jsDelivr, as here."""

@@ -938,6 +938,8 @@ def run_info(
         "base_model": base,
         "method": predictor.method,
         "decoder": "head" if predictor.head is not None else cfg.eval.decoder,
+        # whether /predict can give grid probabilities ("with_probs"): every grid model and raft-head
+        "grid_distribution": predictor.has_grid,
         "grid": predictor.grid.to_dict(),
         "normalize_grid": predictor.normalize_grid,
         "target_scaling": predictor.scaler.to_dict(),
