@@ -189,6 +189,10 @@ def test_its_distribution_is_the_grid_distribution_shifted_by_the_correction(tmp
     q = grid_quantile(data_grid, probs, [0.1, 0.9], rest) + shift[:, None]  # the 80 % interval's ends
     np.testing.assert_allclose([[r["lower"], r["upper"]] for r in rows], q, atol=1e-5)
     np.testing.assert_allclose(reg.predict(texts), pred, atol=1e-5)  # the API's prediction is the CLI's
+    mean, std = reg.predict(texts, return_std=True)
+    np.testing.assert_allclose(std, [r["std"] for r in rows], atol=1e-6)
+    _, bounds = reg.predict_interval(texts, 0.8, kind="grid")
+    np.testing.assert_allclose(bounds[:, :, 0], [[r["lower"], r["upper"]] for r in rows], atol=1e-6)
     # evaluate scores the shifted distribution: its CRPS is the grid's at target - correction
     res = tmp_path / "eval.json"
     assert main(["evaluate", "--model", str(run), "--input", str(toy_csv), "--output", str(res)]) == 0

@@ -252,8 +252,9 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                 "use calibrate(X, y) and predict_interval (residual intervals)"
             )
         p = self.predictor_
+        probs, _ = uncertainty.split_features(features, p.grid.values)  # (a shift moves no std)
         return preds.values, uncertainty.grid_std(
-            uncertainty.data_values(p), features, uncertainty.predictor_rest(p)
+            uncertainty.data_values(p), probs, uncertainty.predictor_rest(p)
         )
 
     def _examples(self, X) -> list:
@@ -287,7 +288,8 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
     def predict_interval(self, X, confidence_level=0.9, kind: str = "auto"):
         """(predictions (n,), intervals (n, 2, n_levels)) as MAPIE 1.x returns them: [:, 0, j] lower and
         [:, 1, j] upper bound at ``confidence_level`` (a float or a list). ``kind``: absolute, std, cqr
-        (split conformal; need ``calibrate``), grid (raw quantiles); auto = cqr, or absolute for heads."""
+        (split conformal; need ``calibrate``), grid (raw quantiles); auto = cqr, or absolute for a head
+        without a grid distribution."""
         self._check_fitted()
         levels = [uncertainty.check_level(c) for c in np.atleast_1d(confidence_level)]
         if kind != "auto" and kind not in uncertainty.KINDS:
