@@ -191,3 +191,30 @@ def test_a_prediction_that_is_not_a_number_is_null_not_a_500(run, monkeypatch):
     with client:
         answer = client.post("/predict", json={"inputs": [{"sentence1": "a b", "sentence2": "c d"}]})
     assert answer.status_code == 200 and answer.json()["predictions"] == [None]
+
+
+def test_raft_head_averages_both_orders_distributions_and_corrections(tmp_path):
+    """raft-head on a symmetric pair: each row's grid probabilities and correction are the means of both
+    orders', and its prediction the mean of both orders' (RAIL is linear, so also RAIL + the mean shift)."""
+    from raftlm.run import load_run
+
+    data = write_csv(tmp_path / "pairs.csv", pairs(40))
+    extra = ["--template", TEMPLATE, "--target-column", "score", "--grid", "0-5", "--method", "raft-head"]
+    assert main([*train_args(data, tmp_path / "run"), *extra, "--pair-swap", "sentence1,sentence2"]) == 0
+    write_csv(tmp_path / "a.csv", pairs(8))
+    out = tmp_path / "a.jsonl"
+    argv = ["predict", "--model", str(tmp_path / "run"), "--input", str(tmp_path / "a.csv"), "--with-probs"]
+    assert main([*argv, "--output", str(out)]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    p = load_run(tmp_path / "run")
+    fill = TEMPLATE.replace("\\n", "\n").format
+    one = p.predict([fill(**r) for r in pairs(8)])
+    two = p.predict(
+        [fill(**{**r, "sentence1": r["sentence2"], "sentence2": r["sentence1"]}) for r in pairs(8)]
+    )
+    np.testing.assert_allclose([r["prediction"] for r in rows], (one.values + two.values) / 2, atol=1e-6)
+    np.testing.assert_allclose([r["correction"] for r in rows], (one.shift + two.shift) / 2, atol=1e-6)
+    np.testing.assert_allclose(
+        [list(r["probs"].values()) for r in rows], (one.probs + two.probs) / 2, atol=1e-6
+    )
+    assert np.abs(one.shift - two.shift).max() > 1e-6  # the orders differ, so the mean is not trivial
