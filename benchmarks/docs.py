@@ -224,12 +224,17 @@ def entry_text(a: dict, digits: int = 3) -> str:
 
 
 def table3(rows: list[str]) -> str:
-    """Test RMSE, mean ± std over seeds (in brackets), the lowest trained entry per dataset in bold;
-    an entry not run yet is a dash, one that cannot exist (a pair's orders without a pair) n/a."""
+    """Test RMSE, mean ± std over seeds (in brackets), the lowest trained entry per dataset in bold among
+    those with every table-3 seed (an entry on fewer seeds is not yet a finding: never bold); an entry not
+    run yet is a dash, one that cannot exist (a pair's orders without a pair) n/a."""
     entry = summary()
     trained = [r for r in rows if r != ZERO_SHOT]
+    full = lambda a: len(a["seeds"]) >= len(FIRST_SEEDS)  # noqa: E731
     best = {
-        ds: min((entry[ds, r]["rmse"] for r in trained if (ds, r) in entry), default=None) for ds in DATASETS
+        ds: min(
+            (entry[ds, r]["rmse"] for r in trained if (ds, r) in entry and full(entry[ds, r])), default=None
+        )
+        for ds in DATASETS
     }
     lines = [
         "| test RMSE (seeds) | " + " | ".join(DATASETS.values()) + " |",
@@ -247,7 +252,9 @@ def table3(rows: list[str]) -> str:
                 continue
             text = entry_text(a)
             if name != ZERO_SHOT:
-                text = (f"**{text}**" if a["rmse"] == best[ds] else text) + f" ({len(a['seeds'])})"
+                text = (
+                    f"**{text}**" if full(a) and a["rmse"] == best[ds] else text
+                ) + f" ({len(a['seeds'])})"
             cells.append(text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n" + "\n".join(lines) + "\n"

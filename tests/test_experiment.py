@@ -722,6 +722,14 @@ def test_docs_rows_with_added_seeds_merge_folders_and_say_the_design(tmp_path, m
     )
     assert welch_p(ours, theirs) != welch_p(*first)
 
+    # the table bolds the lowest entry among those with every table-3 seed: one seed is not yet a finding
+    (tmp_path / "raft-head-lever").mkdir()
+    lone = {**cell("raft-head", 1e-4, 0, 0.700), "decoder": "head"}
+    (tmp_path / "raft-head-lever" / "results.json").write_text(json.dumps([lone]))
+    docs.load.cache_clear()
+    md = docs.table3([docs.SHIPPED, "mean-pooled head", docs.RAFT_HEAD])
+    assert f"| **{docs.entry_text(ours)}** (5) |" in md and "| 0.700 (1) |" in md
+
 
 def test_correction_bound_measures_what_a_linear_correction_removes():
     """benchmarks/correction_bound.py: a bias and a scale of the predictions are what the oracle removes
