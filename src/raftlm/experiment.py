@@ -416,10 +416,7 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
         "validation_rmse": train.get("best_validation_rmse"),
         "train_runtime_s": train.get("train_runtime_s"),
         "eval_seconds": round(time.time() - start, 1),
-        # (raft-head: judged by its predictions, as in training's validation)
-        "collapsed": collapse(
-            [e.target for e in test], preds.values, preds.probs if preds.shift is None else None
-        ),
+        "collapsed": collapse([e.target for e in test], preds.values, preds.grid_alone),
         "run_id": cell.run_id,
         "cell_id": cell.cell_id,
         "grid": predictor.grid.strings,

@@ -43,6 +43,12 @@ class Predictions:
     # prediction's distribution is the grid distribution shifted by it
     shift: np.ndarray | None = None
 
+    @property
+    def grid_alone(self) -> np.ndarray | None:
+        """The grid probabilities when they alone make the prediction (what ``metrics.collapse`` judges):
+        None without a grid, and for raft-head, whose correction may carry the signal where its grid died."""
+        return self.probs if self.shift is None else None
+
 
 def autocast(bf16: bool, device: str = "cpu"):
     if not bf16:
@@ -391,7 +397,7 @@ class Predictor:
     def _predict(
         self, texts, decoder, batch_size, num_samples, temperature, max_new_tokens, bf16, seed, desc
     ):
-        if self.head is not None and hasattr(self.head, "scores"):  # raft-head: RAIL + a correction
+        if self.head is not None and self.has_grid:  # raft-head: RAIL + a correction
             return self._shifted_grid(texts, batch_size, bf16, desc)
         if self.head is not None:
             return Predictions(self.scaler.to_data(self.head_values(texts, batch_size, bf16, desc)))

@@ -622,8 +622,7 @@ class RegressionTrainer(Trainer):
             m["grid_mass"] = float(preds.probs.sum(-1).mean())
             m["grid_entropy"] = float(preds.entropy.mean())
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in m.items() if k != "n"}
-        # raft-head's grid may die while its correction carries the signal: judged by its predictions
-        why = collapse(targets, preds.values, preds.probs if preds.shift is None else None)
+        why = collapse(targets, preds.values, preds.grid_alone)
         if why and not self.warned_collapse:
             self.warned_collapse = True
             fix = (
@@ -633,7 +632,7 @@ class RegressionTrainer(Trainer):
             )
             grid = (
                 " (and RAFT's gradient vanishes there, so it seldom recovers)"
-                if preds.probs is not None and preds.shift is None
+                if preds.grid_alone is not None
                 else ""
             )
             warn(

@@ -306,8 +306,10 @@ def _raw_grid(cal: Calibration, X, levels, rule: str):
     rest = rest_value(cal.scaler, cal.normalize_grid)
     probs, shift = split_features(X, cal.grid)
     tails = [(1 - c) / 2 for c in levels]
-    lower = grid_quantile(values, probs, tails, rest)
-    return lower + shift[:, None], grid_quantile(values, probs, [1 - t for t in tails], rest) + shift[:, None]
+    lower, upper = (
+        grid_quantile(values, probs, q, rest) + shift[:, None] for q in (tails, [1 - t for t in tails])
+    )
+    return lower, upper
 
 
 KINDS: dict[str, IntervalKind] = {
