@@ -12,7 +12,7 @@ from torch.testing import assert_close
 from raftlm.cache import build_store, skip_frozen
 from raftlm.cli import main
 from raftlm.config import Config
-from raftlm.core import Example
+from raftlm.core import Example, RaftlmError
 from raftlm.heads import HEAD_CLASSES, RAILCorrectionHead
 from raftlm.losses import RAFTLoss, ce_targets
 from raftlm.methods import METHODS
@@ -229,3 +229,64 @@ def test_the_server_gives_its_distribution_exactly_as_raftlm_predict(tmp_path, t
     names = {"prediction": "predictions"}
     for i, row in enumerate(expected):
         assert {k: got[names.get(k, k)][i] for k in keys} == {k: row[k] for k in keys}  # exactly equal
+
+
+def test_mode_and_median_decode_its_shifted_distribution_alike_in_cli_api_and_server(
+    tmp_path, toy_csv, capsys
+):
+    """--decoder mode / median on a raft-head run: the grid's mode / median + the row's correction (its
+    distribution's), the same numbers from `raftlm predict`, the Python API and the server; a text decoder
+    is refused in one line, as is any decoder other than rail for a plain head (it used to be ignored)."""
+    from test_serve import offline, post, server
+
+    from raftlm import RAFTRegressor
+    from raftlm.decoders import median, mode
+
+    run = tmp_path / "run"
+    assert main(train_args(toy_csv, run, "--method", "raft-head")) == 0
+    loaded = load_run(run)
+    texts = [line.split(",")[0] for line in toy_csv.read_text().splitlines()[1:]]
+    rail = offline(run, toy_csv, tmp_path / "rail.jsonl", "--with-probs")
+    probs = np.array([list(r["probs"].values()) for r in rail])
+    shift = np.array([r["correction"] for r in rail])
+    data_grid = loaded.scaler.to_data(loaded.grid.array)
+    reg = RAFTRegressor.load(str(run))
+    for name, rule in (("median", median), ("mode", mode)):
+        expected = rule(data_grid, probs) + shift  # the scaler is affine: a grid value's data value + shift
+        rows = offline(run, toy_csv, tmp_path / f"{name}.jsonl", "--decoder", name, "--with-probs")
+        got = np.array([r["prediction"] for r in rows])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert np.abs(got - [r["prediction"] for r in rail]).max() > 1e-3  # not RAIL + the correction
+        assert [r["correction"] for r in rows] == [r["correction"] for r in rail]
+        np.testing.assert_allclose(reg.predict(texts, decoder=name), got, atol=1e-5)
+        res = tmp_path / f"{name}-eval.json"
+        argv = ["evaluate", "--model", str(run), "--input", str(toy_csv), "--output", str(res)]
+        assert main([*argv, "--decoder", name]) == 0
+        assert json.loads(res.read_text())["decoder"] == name
+    with server(run, "--decoder", "median") as (base, _, _):
+        answer = post(base, {"inputs": [{"text": t} for t in texts]}).json()
+    median_rows = [json.loads(line) for line in (tmp_path / "median.jsonl").read_text().splitlines()]
+    assert answer["predictions"] == [r["prediction"] for r in median_rows]  # exactly equal
+
+    capsys.readouterr()
+    args = ["predict", "--model", str(run), "--input", str(toy_csv), "--output", str(tmp_path / "g.jsonl")]
+    assert main([*args, "--decoder", "greedy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "decoder 'greedy' does not apply to a raft-head model" in err and "rail, mode, median" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "g.jsonl").exists()
+    with pytest.raises(RaftlmError, match="decoder 'greedy' does not apply to a raft-head model"):
+        reg.predict(texts, decoder="greedy")
+
+    # a plain head ignores every decoder: the API refuses one instead of silently predicting the head's number
+    pooled = tmp_path / "pooled"
+    assert main(train_args(toy_csv, pooled, "--method", "head-pooled")) == 0
+    with pytest.raises(RaftlmError, match="decoder 'median' does not apply to a head-pooled model"):
+        RAFTRegressor.load(str(pooled)).predict(texts, decoder="median")
+    np.testing.assert_array_equal(  # rail, the default, is its head
+        RAFTRegressor.load(str(pooled)).predict(texts, decoder="rail"),
+        RAFTRegressor.load(str(pooled)).predict(texts),
+    )
+    fresh = tmp_path / "fresh"
+    assert main(train_args(toy_csv, fresh, "--method", "head-pooled", "--decoder", "mode")) == 2
+    assert "decoder 'mode' does not apply to a head-pooled model" in capsys.readouterr().err
+    assert not fresh.exists()

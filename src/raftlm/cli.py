@@ -429,7 +429,8 @@ def _flag(key: str) -> str:
 def _refuse_unread(args, cfg: Config, model: str | None) -> None:
     """A flag this command accepts but would not read for this model and these settings is refused in
     one line (it was taken and did nothing): the decoding flags of a decoder that does not sample, any
-    decoder of a head, a dataset beside --input for a run, a run's --max-length, --interval-kind alone."""
+    decoder of a head (raft-head reads rail, mode and median), a dataset beside --input for a run, a run's --max-length, --interval-kind alone."""
+    from raftlm import methods
     from raftlm.decoders import TEXT_DECODERS
     from raftlm.run import read_metadata
 
@@ -457,8 +458,14 @@ def _refuse_unread(args, cfg: Config, model: str | None) -> None:
                 )
     decoder = cfg.eval.decoder
     if meta.get("head"):
+        method = methods.get(meta["method"])
+        if method.shifted_grid and _given(args, "eval.decoder"):
+            method.decoder_name(decoder, meta["method"])  # raft-head: mode or median of its distribution
         for key in DECODING:
-            refuse(key, f"does not apply to {model}: its head predicts the number directly", "drop {flag}")
+            if key != "eval.decoder" or not method.shifted_grid:
+                refuse(
+                    key, f"does not apply to {model}: its head predicts the number directly", "drop {flag}"
+                )
     elif decoder != "sample-rail":
         for key in ("eval.num_samples", "eval.temperature", *(("training.seed",) if run else ())):
             refuse(

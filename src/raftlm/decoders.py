@@ -71,3 +71,11 @@ def sample_mean(samples: list[list[str]], default: float = 0.0) -> np.ndarray:
 GRID_DECODERS: dict[str, DecisionRule] = {"rail": rail, "mode": mode, "median": median}
 TEXT_DECODERS = ("greedy", "sample-rail")
 DECODERS = (*GRID_DECODERS, *TEXT_DECODERS)
+
+
+def decode(decoder: str, values: np.ndarray, probs: np.ndarray, normalize_grid: bool = False) -> np.ndarray:
+    """Grid decoder ``decoder`` of ``GRID_DECODERS`` applied to ``probs`` (grid units); only RAIL reads
+    ``normalize_grid`` (the mode and median are the same either way)."""
+    rule = GRID_DECODERS[decoder]
+    values = np.asarray(values, dtype=np.float64)
+    return rule(values, probs, normalize_grid) if decoder == "rail" else rule(values, probs)

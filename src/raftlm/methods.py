@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from raftlm.core import RaftlmError, short
+from raftlm.decoders import GRID_DECODERS
 
 if TYPE_CHECKING:
     from torch import nn
@@ -192,6 +193,33 @@ class Method:
     def default_decoder(self) -> str:
         """What a sweep cell decodes with unless told: the head, or RAIL over the grid."""
         return "head" if self.head is not None else "rail"
+
+    @property
+    def shifted_grid(self) -> bool:
+        """A head whose prediction is RAIL + its correction (raft-head): its distribution is the grid's
+        shifted by the correction, so the grid decoders read it as they read a grid model's."""
+        return self.head is not None and self.scores_grid
+
+    def decoder_name(self, decoder: str, name: str) -> str:
+        """What this method's predictions (method ``name``) decode with when the setting is ``decoder``:
+        the setting for a model without a head; for a head, "head" at the default (rail), and for
+        raft-head also mode or median of its shifted distribution. Any other is a one-line error (it
+        would be ignored: a head predicts its number whatever the decoder)."""
+        if self.head is None:
+            return decoder
+        if decoder in ("rail", "head"):
+            return "head"
+        if self.shifted_grid and decoder in GRID_DECODERS:
+            return decoder
+        if self.shifted_grid:
+            raise RaftlmError(
+                f"decoder {short(decoder)} does not apply to a {name} model: it predicts RAIL + its "
+                f"head's correction and decodes no text; use decoder {', '.join(GRID_DECODERS)}"
+            )
+        raise RaftlmError(
+            f"decoder {short(decoder)} does not apply to a {name} model: its head predicts the number "
+            "directly; leave the decoder at rail (the default)"
+        )
 
     @property
     def grid_model(self) -> bool:

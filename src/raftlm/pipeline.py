@@ -220,7 +220,7 @@ def predict_texts(predictor: Predictor, texts: list[str], cfg: Config, desc: str
 def predict_examples(predictor: Predictor, examples: list[Example], cfg: Config, desc: str | None):
     """Predictions of examples (with a symmetric pair, the mean over both orders of each)."""
     preds = predict_texts(predictor, predictor.texts_of(examples), cfg, desc)
-    return predictor.average_orders(preds, "head" if predictor.head is not None else cfg.eval.decoder)
+    return predictor.average_orders(preds, cfg.eval.decoder)
 
 
 def evaluate_predictor(
@@ -234,7 +234,7 @@ def evaluate_predictor(
     coverage and width: conformal kinds with a ``calibration``, at ``eval.interval`` or 80/90/95 %."""
     if not examples or any(e.target is None for e in examples):
         raise RaftlmError("evaluation needs examples with targets: choose a split or file that has them")
-    decoder = "head" if predictor.head is not None else cfg.eval.decoder
+    decoder = predictor.decoder_name(cfg.eval.decoder)
     preds = predict_examples(predictor, examples, cfg, desc)
     metrics = {**regression_metrics([x.target for x in examples], preds.values), "decoder": decoder}
     e = cfg.eval
@@ -326,6 +326,7 @@ def fit_run(
     """
     if not methods.get(cfg.method.method).trains:
         raise RaftlmError("method none is zero-shot: use `raftlm evaluate --model NAME` instead of train")
+    methods.get(cfg.method.method).decoder_name(cfg.eval.decoder, cfg.method.method)  # one a head reads
     if not cfg.training.output_dir:
         raise RaftlmError("train needs --output-dir for the run directory")
     reporting(cfg.training.report_to)  # a tracker that is not installed fails before any work

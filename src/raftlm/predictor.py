@@ -336,16 +336,41 @@ class Predictor:
         desc: str | None = None,
     ) -> Predictions:
         """Point predictions in data units with any decoder of ``decoders.DECODERS`` (a head model
-        always predicts with its head); ``truncated`` says which prompts were cut to ``max_length``."""
+        predicts with its head: ``decoder_name``); ``truncated`` says which prompts were cut to
+        ``max_length``."""
         if bf16 and self.dtype == torch.int8:
             raise RaftlmError(INT8_BF16)
         preds = self._predict(
-            texts, decoder, batch_size, num_samples, temperature, max_new_tokens, bf16, seed, desc
+            texts,
+            self.decoder_name(decoder),
+            batch_size,
+            num_samples,
+            temperature,
+            max_new_tokens,
+            bf16,
+            seed,
+            desc,
         )
         preds.truncated = getattr(self, "last_truncated", None)
         if preds.truncated is None or len(preds.truncated) != len(texts):
             preds.truncated = np.zeros(len(texts), dtype=bool)
         return preds
+
+    def decoder_name(self, decoder: str) -> str:
+        """What predictions decode with when the setting is ``decoder`` (``Method.decoder_name``): the
+        setting, or for a head run "head" (raft-head: also mode or median of its shifted distribution);
+        a decoder a head would ignore is refused."""
+        if self.head is None:
+            return decoder
+        from raftlm import methods
+
+        return methods.get(self.method).decoder_name(decoder, self.method)
+
+    def _decode(self, decoder: str, probs: np.ndarray) -> np.ndarray:
+        """Grid decoder ``decoder`` ("head": RAIL) over ``probs``, in grid units."""
+        return decoders.decode(
+            "rail" if decoder == "head" else decoder, self.grid.array, probs, self.normalize_grid
+        )
 
     @property
     def has_grid(self) -> bool:
@@ -381,24 +406,27 @@ class Predictor:
             return preds
         n = len(preds.values) // 2
         cut = None if preds.truncated is None else preds.truncated[:n] | preds.truncated[n:]
-        if preds.shift is not None:  # a shifted grid distribution: the mean of both orders' (RAIL is linear)
+        decoder = self.decoder_name(decoder)
+        if preds.shift is not None:  # a shifted grid distribution: both orders' probabilities and shifts
             probs, shift = (preds.probs[:n] + preds.probs[n:]) / 2, (preds.shift[:n] + preds.shift[n:]) / 2
-            values = (preds.values[:n] + preds.values[n:]) / 2
+            values = (  # RAIL is linear: the mean of the two predictions
+                (preds.values[:n] + preds.values[n:]) / 2
+                if decoder == "head"
+                else self.scaler.to_data(self._decode(decoder, probs)) + shift
+            )
             return Predictions(values, probs, decoders.entropy(probs), truncated=cut, shift=shift)
         if preds.probs is None or decoder not in decoders.GRID_DECODERS:
             values = (preds.values[:n] + preds.values[n:]) / 2
             return Predictions(values, n_unparsed=preds.n_unparsed, truncated=cut)
         probs = (preds.probs[:n] + preds.probs[n:]) / 2
-        rule = decoders.GRID_DECODERS[decoder]
-        grid = self.grid.array
-        g = rule(grid, probs, self.normalize_grid) if decoder == "rail" else rule(grid, probs)
+        g = self._decode(decoder, probs)
         return Predictions(self.scaler.to_data(g), probs, decoders.entropy(probs), truncated=cut)
 
     def _predict(
         self, texts, decoder, batch_size, num_samples, temperature, max_new_tokens, bf16, seed, desc
     ):
         if self.head is not None and self.has_grid:  # raft-head: RAIL + a correction
-            return self._shifted_grid(texts, batch_size, bf16, desc)
+            return self._shifted_grid(texts, decoder, batch_size, bf16, desc)
         if self.head is not None:
             return Predictions(self.scaler.to_data(self.head_values(texts, batch_size, bf16, desc)))
         if self.fmt is None:
@@ -411,12 +439,7 @@ class Predictor:
             )
         if decoder in decoders.GRID_DECODERS:
             probs = np.exp(self.grid_log_probs(texts, batch_size, bf16, desc))
-            rule = decoders.GRID_DECODERS[decoder]
-            g = (
-                rule(self.grid.array, probs, self.normalize_grid)
-                if decoder == "rail"
-                else rule(self.grid.array, probs)
-            )
+            g = self._decode(decoder, probs)
             return Predictions(self.scaler.to_data(g), probs, decoders.entropy(probs))
         if decoder not in decoders.TEXT_DECODERS:
             raise RaftlmError(f"unknown decoder {decoder!r}: use one of {list(decoders.DECODERS)}")
@@ -439,16 +462,17 @@ class Predictor:
         g = np.array([np.mean(np.nan_to_num(row, nan=0.0)) for row in parsed])
         return Predictions(self.scaler.to_data(g), n_unparsed=n_unparsed)
 
-    def _shifted_grid(self, texts, batch_size, bf16, desc) -> Predictions:
+    def _shifted_grid(self, texts, decoder, batch_size, bf16, desc) -> Predictions:
         """A correction head's predictions with their distribution: the grid probabilities and the
-        correction from one pass (``RAILCorrectionHead.scores``); the prediction is RAIL + the correction,
-        the head's own output, and ``shift`` the correction in data units."""
+        correction from one pass (``RAILCorrectionHead.scores``); the prediction ("head") is RAIL + the
+        correction, the head's own output (mode, median: the grid's + the correction), and ``shift`` the
+        correction in data units."""
         out = self._map_batches(self.head.scores, (len(self.grid.values) + 1,), texts, batch_size, bf16, desc)
         logp, correction = out[:, :-1], out[:, -1]
         if self.normalize_grid:
             logp = logp - logsumexp(logp, axis=-1, keepdims=True)
         probs = np.exp(logp)
-        g = decoders.rail(self.grid.array, probs, self.normalize_grid) + correction
+        g = self._decode(decoder, probs) + correction
         shift = self.scaler.to_data(correction) - self.scaler.to_data(0.0)  # affine: the slope's share
         return Predictions(self.scaler.to_data(g), probs, decoders.entropy(probs), shift=shift)
 

@@ -690,9 +690,7 @@ class Server:
         self._check_interval(opts)
         # (a symmetric pair's run scores both orders of each row, in one forward pass, and averages them)
         preds = await _result(request, self.batcher.submit(self.predictor.texts_of(examples)))
-        preds = self.predictor.average_orders(
-            preds, "head" if self.predictor.head is not None else self.cfg.eval.decoder
-        )
+        preds = self.predictor.average_orders(preds, self.cfg.eval.decoder)
         extra = None
         if opts.interval is not None or opts.with_uncertainty:
             extra = await asyncio.to_thread(self._fields, preds, opts)
@@ -937,7 +935,7 @@ def run_info(
         "run": run_dir.resolve().name,  # its name: the server's paths are not the client's business
         "base_model": base,
         "method": predictor.method,
-        "decoder": "head" if predictor.head is not None else cfg.eval.decoder,
+        "decoder": predictor.decoder_name(cfg.eval.decoder),
         # whether /predict can give grid probabilities ("with_probs"): every grid model and raft-head
         "grid_distribution": predictor.has_grid,
         "grid": predictor.grid.to_dict(),

@@ -213,11 +213,11 @@ def fields_settings(cfg: Config, with_uncertainty: bool) -> dict:
 
 
 def job_decoder(cfg: Config) -> str:
-    """What the model of ``cfg`` decodes with, read without loading it: a head run's head, else
-    ``eval.decoder``."""
+    """What the model of ``cfg`` decodes with, read without loading it (``Method.decoder_name``): a head
+    run's head, else ``eval.decoder``."""
     name = cfg.model.name
     method = read_metadata(Path(name))["method"] if is_run_dir(name) else cfg.method.method
-    return "head" if methods.get(method).head is not None else cfg.eval.decoder
+    return methods.get(method).decoder_name(cfg.eval.decoder, method)
 
 
 def begin_job(output: Path, job: dict, resume: bool) -> int:

@@ -226,9 +226,7 @@ class GridRegressor(RegressorMixin, BaseEstimator):
         rest = rest_value(self.scaler, self.normalize_grid)
         if self.quantile is not None:
             return grid_quantile(self._data_values(), probs, self.quantile, rest) + shift
-        grid = np.asarray(self.values, dtype=np.float64)
-        rule = decoders.GRID_DECODERS[self.rule]
-        g = rule(grid, probs, self.normalize_grid) if self.rule == "rail" else rule(grid, probs)
+        g = decoders.decode(self.rule, self.values, probs, self.normalize_grid)
         point = self.scaler.to_data(g) + shift
         return (point, grid_std(self._data_values(), probs, rest)) if return_std else point
 
