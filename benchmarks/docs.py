@@ -176,6 +176,21 @@ def correction_bound() -> str:
     )
 
 
+def patience() -> str:
+    """benchmarks/patience.py: early stopping replayed on the sweeps' validation curves, per patience."""
+    parts = []
+    for r in load("patience.json")["rows"]:
+        n, same = r["runs"], r["same_checkpoint"]
+        kept = (
+            f"the same checkpoint in all {n} runs"
+            if same == n
+            else f"another checkpoint in {n - same} of {n} runs (validation RMSE up to "
+            f"{r['max_validation_rmse_lost']:.3f} higher)"
+        )
+        parts.append(f"patience {r['patience']}: {r['steps_saved']:.0%} of the steps saved, {kept}")
+    return "; ".join(parts)
+
+
 def lr_text(lr: float) -> str:
     """1e-4, 5e-5: an LR as the sweeps and docs write it."""
     return f"{lr:.0e}".replace("e-0", "e-")
@@ -945,6 +960,7 @@ VALUES: dict[str, Callable[[], str]] = {
     "levers.lr_probe_table": lr_probe_table,
     "levers.lr_default_table": lr_default_table,
     "levers.correction_bound": correction_bound,
+    "levers.patience": patience,
     "levers.ema_table": ema_table,
     "levers.lr_probe_runs": lambda: str(load("lr_probe.json")["runs"]),
     "levers.lr_probe_gap": lambda: f"{load('lr_probe.json')['mean_gap_between_lrs']:.3f}",
