@@ -113,6 +113,9 @@ EXTRA_ARMS = {
     ("stsb-1k", HEAD_PAIRS): [("stsb-head-pairs", "head-pooled", "")],
     **{(ds, RAFT_HEAD): [("raft-head-lever", "raft-head", "")] for ds in DATASETS},
 }
+# sweeps/bf16-lever.yaml: the default trained under bf16 autocast (a speed lever, not a table-3 row)
+BF16 = "raftlm's default, bf16 training"
+BF16_ARMS = [("bf16-lever", "raft", "bf16=True")]
 # rows whose seeds past FIRST_SEEDS were added after a first p-value (a sequential design)
 SEQUENTIAL = {("stsb-1k", SHIPPED): "the default", ("stsb-1k", "mean-pooled head"): "the mean-pooled head"}
 
@@ -331,13 +334,14 @@ def raft_head_rail_part() -> str:
     return "; ".join(out)
 
 
-def raft_head_decision() -> str:
-    """sweeps/raft-head-lever.yaml's pre-registered rule, said in numbers: per dataset raft-head's mean
-    validation RMSE (its LR chosen on seed 0) against the shipped default's on the same seeds; raft-head
-    becomes the default only if it is lower on all three datasets once each has seeds 0-2."""
-    out, lower, done = [], 0, 0
+def lever_decision(arms: dict[str, list], label: str, adopts, said: str, adopt: str, keep: str) -> str:
+    """A lever sweep's pre-registered rule, said in numbers: per dataset the lever's mean validation RMSE
+    (its LR chosen on seed 0) against the shipped default's on the same seeds; the lever is adopted only if
+    ``adopts(lever's, default's)`` holds on all three datasets once each has seeds 0-2. ``said`` names
+    that test ("lower"), ``adopt`` and ``keep`` the two outcomes."""
+    out, passed, done = [], 0, 0
     for ds, name in DATASETS.items():
-        mine = arm_entry(ds, EXTRA_ARMS[ds, RAFT_HEAD], RAFT_HEAD)
+        mine = arm_entry(ds, arms[ds], label)
         if mine is None:
             out.append(f"{name}: not run yet")
             continue
@@ -352,14 +356,44 @@ def raft_head_decision() -> str:
             f"{name}: {fmt(mine['validation_rmse'])} against {fmt(theirs)} ({n}, LR {lr_text(mine['lr'])})"
         )
         done += set(seeds) >= set(FIRST_SEEDS)
-        lower += mine["validation_rmse"] < theirs
+        passed += bool(adopts(mine["validation_rmse"], theirs))
     if done < len(DATASETS):
         verdict = f"decision pending: {done} of {len(DATASETS)} datasets have seeds 0-2"
-    elif lower == len(DATASETS):
-        verdict = "lower on all three: raft-head becomes the default"
+    elif passed == len(DATASETS):
+        verdict = f"{said} on all three: {adopt}"
     else:
-        verdict = f"lower on {lower} of 3: the default stays, raft-head is an option"
+        verdict = f"{said} on {passed} of 3: {keep}"
     return "; ".join(out) + f" ({verdict})"
+
+
+def raft_head_decision() -> str:
+    """sweeps/raft-head-lever.yaml's rule: raft-head becomes the default only if its mean validation RMSE
+    is lower than the default's on all three datasets at seeds 0-2."""
+    arms = {ds: EXTRA_ARMS[ds, RAFT_HEAD] for ds in DATASETS}
+    return lever_decision(
+        arms,
+        RAFT_HEAD,
+        lambda mine, theirs: mine < theirs,
+        "lower",
+        "raft-head becomes the default",
+        "the default stays, raft-head is an option",
+    )
+
+
+BF16_MARGIN = 0.005  # sweeps/bf16-lever.yaml: how much higher bf16's validation RMSE may be
+
+
+def bf16_decision() -> str:
+    """sweeps/bf16-lever.yaml's rule: training.bf16 defaults to auto only if bf16's mean validation RMSE is
+    at most the float32 default's + BF16_MARGIN on all three datasets at seeds 0-2."""
+    return lever_decision(
+        {ds: BF16_ARMS for ds in DATASETS},
+        BF16,
+        lambda mine, theirs: mine <= theirs + BF16_MARGIN,
+        f"within +{BF16_MARGIN}",
+        "training.bf16 defaults to auto",
+        "bf16 training stays opt-in",
+    )
 
 
 def table3_cells() -> str:
@@ -905,6 +939,7 @@ VALUES: dict[str, Callable[[], str]] = {
     "table3.goal_validation": lambda: table3_goal("validation_rmse"),
     "levers.raft_head_decision": raft_head_decision,
     "levers.raft_head_rail_part": raft_head_rail_part,
+    "levers.bf16_decision": bf16_decision,
     "headline.table": headline_table,
     "headline.minutes": lambda: f"{load('stsb-headline.json')['train_minutes']:.1f}",
     "headline.verdict": headline_verdict,

@@ -840,6 +840,24 @@ def test_docs_raft_head_decision_follows_its_preregistered_rule(tmp_path, monkey
     assert "MovieLens-100K: 1.070 against 1.060 (3 seeds, LR 1e-4)" in text
     assert text.endswith("(lower on 2 of 3: the default stays, raft-head is an option)")
 
+    # sweeps/bf16-lever.yaml's rule: at most the default's + 0.005 on all three (the same comparison)
+    def bf16(rows):
+        (tmp_path / "bf16-lever").mkdir(exist_ok=True)
+        (tmp_path / "bf16-lever" / "results.json").write_text(json.dumps(rows))
+        docs.load.cache_clear()
+        return docs.bf16_decision()
+
+    def bf16_cell(ds, seed, val):
+        return {**cell(ds, "raft", 1e-4, seed, val), "options": "bf16=True"}
+
+    at_margin = [bf16_cell(ds, s, v + 0.01 * s + 0.005) for ds, v in base.items() for s in range(3)]
+    assert bf16(at_margin[:1]).endswith("(decision pending: 0 of 3 datasets have seeds 0-2)")
+    text = bf16(at_margin)
+    assert "Amazon snippets: 0.625 against 0.620 (3 seeds, LR 1e-4)" in text
+    assert text.endswith("(within +0.005 on all three: training.bf16 defaults to auto)")
+    over = at_margin[:8] + [bf16_cell("movielens-100k", 2, 1.05 + 0.02 + 0.0065)]  # mean 0.0055 over
+    assert bf16(over).endswith("(within +0.005 on 2 of 3: bf16 training stays opt-in)")
+
     # what the correction adds on test, over the cells at the chosen LR that record their RAIL part
     assert docs.raft_head_rail_part().startswith("STS-B-1K: not recorded yet;")
     mixed[1]["rail_only_rmse"], mixed[2]["rail_only_rmse"] = 0.80, 0.90  # STS-B seeds 1, 2 (test 0.755)
