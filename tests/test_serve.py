@@ -477,6 +477,31 @@ def loaded(run):
     return load_for_eval(cfg, None), cfg
 
 
+def test_grid_probabilities_of_a_text_decoder_are_refused_as_raftlm_predict_refuses_them(
+    run, loaded, tmp_path, capsys
+):
+    """greedy reads no grid distribution: with_probs used to give rows without probs, silently (the CLI
+    too); now both refuse in one line, and the CLI writes nothing."""
+    run_dir, data, _ = run
+    out = tmp_path / "p.jsonl"
+    argv = ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(out)]
+    assert main([*argv, "--decoder", "greedy", "--with-probs"]) == 2
+    said = (
+        'grid probabilities (--with-probs, "with_probs") were asked of a text decoder (greedy, sample-rail)'
+    )
+    assert said in capsys.readouterr().err and not out.exists()
+    predictor, cfg = loaded
+    cfg = replace(cfg, eval=replace(cfg.eval, decoder="greedy"))
+    settings = ServeSettings(max_wait_ms=0)
+    app = create_app(predictor, cfg, settings, run_info(run_dir, predictor, cfg, settings, None), None)
+    with TestClient(app) as client:
+        info = client.get("/info").json()  # the page asks for probabilities only where they exist
+        assert info["decoder"] == "greedy" and info["grid_distribution"] is False
+        assert client.post("/predict", json={"inputs": ["x"]}).status_code == 200
+        r = client.post("/predict", json={"inputs": ["x"], "with_probs": True})
+        assert r.status_code == 400 and said in r.json()["error"]
+
+
 def test_an_uncalibrated_or_damaged_calibration_refuses_intervals_not_predictions(
     run, loaded, tmp_path, caplog
 ):

@@ -58,6 +58,7 @@ from starlette.requests import ClientDisconnect
 from raftlm import __version__
 from raftlm.config import Config, ServeSettings
 from raftlm.core import KIND_CHOICES, RaftlmError, level_text, short
+from raftlm.decoders import TEXT_DECODERS
 from raftlm.files import to_examples
 from raftlm.io import finite
 from raftlm.pipeline import load_for_eval, predict_texts
@@ -936,8 +937,9 @@ def run_info(
         "base_model": base,
         "method": predictor.method,
         "decoder": predictor.decoder_name(cfg.eval.decoder),
-        # whether /predict can give grid probabilities ("with_probs"): every grid model and raft-head
-        "grid_distribution": predictor.has_grid,
+        # whether /predict can give grid probabilities ("with_probs"): every grid model and raft-head,
+        # unless the server decodes text (greedy, sample-rail: no distribution behind the number)
+        "grid_distribution": predictor.has_grid and cfg.eval.decoder not in TEXT_DECODERS,
         "grid": predictor.grid.to_dict(),
         "normalize_grid": predictor.normalize_grid,
         "target_scaling": predictor.scaler.to_dict(),

@@ -107,6 +107,11 @@ def prediction_rows(
             'grid probabilities (--with-probs, "with_probs") were asked of a model that predicts one number '
             "(a head): it has none; drop them"
         )
+    if with_probs and preds.probs is None:  # greedy, sample-rail: the numbers come from decoded text
+        raise RaftlmError(
+            'grid probabilities (--with-probs, "with_probs") were asked of a text decoder (greedy, '
+            "sample-rail), which reads none: drop them, or use --decoder rail, mode or median"
+        )
     for j, x in enumerate(examples):
         row = {"index": start + j, "prediction": float(preds.values[j])}
         if x.target is not None:
