@@ -163,13 +163,14 @@ def shipped_entry(dataset: str) -> dict | None:
     return arm_entry(dataset, SHIPPED_ARMS[dataset], SHIPPED)
 
 
-def correction_bound() -> str:
-    """benchmarks/correction_bound.py: the most a linear correction of the default's predictions could
-    lower its test RMSE (fitted on the test rows themselves), per dataset."""
+def correction_bound(kind: str = "") -> str:
+    """benchmarks/correction_bound.py: the most a linear correction of the default's predictions (``kind``
+    "temperature_": a temperature of its grid distribution) could lower its test RMSE (fitted on the test
+    rows themselves), per dataset."""
     d = load("correction_bound.json")
     return "; ".join(
-        f"{name} {d[ds]['rmse']:.3f} -> {d[ds]['oracle_rmse']:.3f} (fitted on held-out halves: "
-        f"{d[ds]['two_fold_rmse']:.3f})"
+        f"{name} {d[ds]['rmse']:.3f} -> {d[ds][kind + 'oracle_rmse']:.3f} (fitted on held-out halves: "
+        f"{d[ds][kind + 'two_fold_rmse']:.3f})"
         for ds, name in (
             ("stsb-1k", "STS-B-1K"),
             ("amazon-snippets", "Amazon"),
@@ -995,6 +996,7 @@ VALUES: dict[str, Callable[[], str]] = {
     "levers.lr_probe_table": lr_probe_table,
     "levers.lr_default_table": lr_default_table,
     "levers.correction_bound": correction_bound,
+    "levers.temperature_bound": lambda: correction_bound("temperature_"),
     "levers.patience": patience,
     "levers.ema_table": ema_table,
     "levers.lr_probe_runs": lambda: str(load("lr_probe.json")["runs"]),
