@@ -738,12 +738,42 @@ def test_correction_bound_measures_what_a_linear_correction_removes():
     rng = np.random.RandomState(1)
     y = rng.uniform(1, 5, 2000)
     noise = rng.normal(0, 0.3, 2000)
-    row = cb.cell_row(y, y + noise + 0.5)  # noisy and shifted: RMSE sqrt(0.3^2 + 0.5^2)
+    grid = np.arange(-3.0, 10.0)  # wide enough for every prediction below
+
+    def cell_row(y, p):  # grid probabilities whose RAIL is p: its two neighbouring grid values
+        lo = np.floor(p).astype(int)
+        i, w = lo - int(grid[0]), p - lo
+        probs = np.zeros((len(p), len(grid)))
+        probs[np.arange(len(p)), i], probs[np.arange(len(p)), i + 1] = 1 - w, w
+        return cb.cell_row(y, probs @ grid, probs, grid)
+
+    row = cell_row(y, y + noise + 0.5)  # noisy and shifted: RMSE sqrt(0.3^2 + 0.5^2)
     assert row["rmse"] == pytest.approx(0.583, abs=0.02)
     assert row["oracle_rmse"] == pytest.approx(0.29, abs=0.02)  # the noise, less its regression to the mean
     assert row["oracle_rmse"] <= row["two_fold_rmse"] < row["oracle_rmse"] + 0.005
-    fair = cb.cell_row(y + noise, y)  # a conditional mean: the targets scatter around the predictions
+    fair = cell_row(y + noise, y)  # a conditional mean: the targets scatter around the predictions
     assert fair["rmse"] - fair["oracle_rmse"] < 0.001 and fair["slope"] == pytest.approx(1.0, abs=0.02)
+
+
+def test_correction_bound_finds_the_temperature_that_undoes_an_overconfident_distribution():
+    """An overconfident grid distribution (the true one's logits x 2) is undone by temperature 2: the oracle
+    RMSE falls to the targets' own noise, and RAIL's data units come from the rows (here 10 x grid - 3)."""
+    cb = benchmark_module("correction_bound")
+    rng = np.random.RandomState(2)
+    grid = np.arange(1.0, 6.0)
+    logits = rng.normal(0, 1.5, (3000, 5))
+    true = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    sharp = np.exp(2 * logits) / np.exp(2 * logits).sum(1, keepdims=True)
+    y = 10 * (true @ grid) - 3 + rng.normal(0, 0.1, 3000)
+    row = cb.cell_row(y, 10 * (sharp @ grid) - 3, sharp, grid)
+    assert row["temperature"] == pytest.approx(2.0, abs=0.05)
+    assert row["temperature_oracle_rmse"] == pytest.approx(0.1, abs=0.005)
+    assert row["rmse"] > 0.5
+    assert (
+        row["temperature_oracle_rmse"]
+        <= row["temperature_two_fold_rmse"]
+        < row["temperature_oracle_rmse"] + 0.005
+    )
 
 
 def test_a_sweep_with_eval_size_samples_a_split_in_file_order_and_keeps_split_indices(tmp_path):
