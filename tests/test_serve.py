@@ -493,10 +493,16 @@ def test_grid_probabilities_of_a_text_decoder_are_refused_as_raftlm_predict_refu
     predictor, cfg = loaded
     cfg = replace(cfg, eval=replace(cfg.eval, decoder="greedy"))
     settings = ServeSettings(max_wait_ms=0)
-    app = create_app(predictor, cfg, settings, run_info(run_dir, predictor, cfg, settings, None), None)
+    cal = load_calibration(run_dir)
+    app = create_app(predictor, cfg, settings, run_info(run_dir, predictor, cfg, settings, cal), cal)
     with TestClient(app) as client:
-        info = client.get("/info").json()  # the page asks for probabilities only where they exist
+        info = client.get(
+            "/info"
+        ).json()  # the page asks for probabilities and intervals only where they exist
         assert info["decoder"] == "greedy" and info["grid_distribution"] is False
+        assert info["calibration"]["n"] == 40 and info["calibration"]["levels"] == []
+        r = client.post("/predict", json={"inputs": ["x"], "interval": 0.8})
+        assert r.status_code == 400 and "intervals need the grid distribution" in r.json()["error"]
         assert client.post("/predict", json={"inputs": ["x"]}).status_code == 200
         r = client.post("/predict", json={"inputs": ["x"], "with_probs": True})
         assert r.status_code == 400 and said in r.json()["error"]

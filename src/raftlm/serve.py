@@ -970,6 +970,8 @@ def _calibration_info(cal: Calibration | None, cfg: Config) -> dict | None:
     if cal is None:
         return None
     levels = [c for c in (0.5, 0.8, 0.9, 0.95, 0.99) if cal.n >= min_calibration_size(c)]
+    if cfg.eval.decoder in TEXT_DECODERS:  # a decoded number has no distribution to build intervals on
+        levels = []
     return {
         "n": cal.n,
         "source": Path(cal.source).name,  # a file's name, not the server's path to it
