@@ -43,6 +43,23 @@ def test_greedy_is_the_parsed_decode_and_sampling_averages_k_draws(tiny):
     np.testing.assert_allclose(sampled.values, [np.mean([parse_float(s) for s in row]) for row in samples])
 
 
+def test_a_rows_samples_do_not_depend_on_the_rows_beside_it(tiny):
+    """sample-rail seeds each prompt by itself: a row alone, among others, in another order or after a
+    shorter prompt (sorted first) gets the same samples (a file, the API and the server's micro-batches
+    agree); another seed gives others."""
+    p = make(tiny)
+
+    def samples(texts, seed=3):
+        return p.generate(texts, num_return_sequences=6, do_sample=True, max_new_tokens=5, seed=seed)
+
+    row = TEXTS[1]
+    alone = samples([row])[0]
+    assert samples([TEXTS[0], row, TEXTS[2]])[1] == alone
+    assert samples(["ok:", row])[1] == alone and samples([row, "ok:"])[0] == alone
+    assert samples([row, row]) == [alone, alone]
+    assert samples([row], seed=4)[0] != alone
+
+
 def test_max_length_is_capped_at_the_model_context(tiny):
     model, tok = tiny
     grid = Grid.parse("1-5")

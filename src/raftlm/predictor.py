@@ -7,6 +7,7 @@ the prompt template and the answer format; the weights are an ordinary causal LM
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,13 @@ def autocast(bf16: bool, device: str = "cpu"):
     if device == "cpu":
         warn_slow_bf16()
     return torch.autocast(device, dtype=torch.bfloat16)
+
+
+def row_seed(seed: int, text: str) -> int:
+    """The sampling seed of one prompt: a function of ``seed`` and the prompt alone (not of its position or
+    its batch-mates), below 2**63."""
+    digest = hashlib.sha256(f"{seed}\0{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 class Predictor:
@@ -292,8 +300,13 @@ class Predictor:
         seed: int = 0,
         desc: str | None = None,
     ) -> list[list[str]]:
-        """Decoded continuations per text (greedy, or ancestral sampling at ``temperature``)."""
+        """Decoded continuations per text (greedy, or ancestral sampling at ``temperature``). Sampling
+        draws each prompt's sequences from a seed of its own (``row_seed``: ``seed`` and the prompt), one
+        prompt at a time, so a row gets the same samples whatever rows it is predicted with: in a file,
+        alone through the Python API, or in one of the server's micro-batches."""
         torch.manual_seed(seed)
+        if do_sample:
+            batch_size = 1
         was_training = self.model.training
         self.model.eval()
         out: list[list[str]] = [[] for _ in texts]
@@ -305,6 +318,8 @@ class Predictor:
         try:
             for chunk, batch in self._batches(texts, batch_size, desc):
                 batch = self._to(batch)
+                if do_sample:
+                    torch.manual_seed(row_seed(seed, texts[chunk[0]]))
                 with autocast(bf16, self.device.type):
                     gen = self.model.generate(
                         input_ids=batch.input_ids,
@@ -451,7 +466,7 @@ class Predictor:
             sample,
             temperature,
             max_new_tokens,
-            max(1, batch_size // k) if sample else batch_size,
+            batch_size,  # (sampling runs one prompt, its k sequences, at a time)
             bf16,
             seed,
             desc,
