@@ -410,6 +410,11 @@ def test_a_dataframe_with_a_repeated_column_is_refused():
         ({"train_fractions": [0.0]}, "train_fraction=0.0"),
         ({"methods": [{"method": "raft", "lr": 0.5}]}, "lr in a sweep's methods entry would be overridden"),
         ({"methods": [{"method": "raft", "seed": 7}]}, "list it under seeds:"),
+        # a head predicts its number whatever the decoder: the cell would be labelled greedy and run as a head
+        (
+            {"methods": [{"method": "head-pooled", "decoder": "greedy"}]},
+            "sweep cell .*head-pooled.*: decoder 'greedy' does not apply to a head-pooled model",
+        ),
     ],
 )
 def test_sweep_values_that_would_be_recorded_but_not_used_are_refused(tmp_path, entry, fragment):

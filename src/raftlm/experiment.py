@@ -262,6 +262,7 @@ def cell_config(sweep: dict, cell: Cell, run_dir: Path) -> Config:
     if cell.lr is not None:
         training["lr"] = cell.lr
     base.setdefault("eval", {})["decoder"] = cell.decoder if cell.decoder != "head" else "rail"
+    methods.get(cell.method).decoder_name(base["eval"]["decoder"], cell.method)  # one a head reads
     return Config.build(base)
 
 
