@@ -200,8 +200,6 @@ def test_a_stopped_prediction_resumes_on_either_engine(run, local_ray, tmp_path,
     same_rows(read(out2), want)
 
     capsys.readouterr()
-    assert predict(run, data, tmp_path / "s", "--engine", "ray", "--shards", "100", "--resume") == 2
-    assert "--shards writes its folder whole" in capsys.readouterr().err
     pq.write_table(pa.Table.from_pylist(review_rows(10)), tmp_path / "rows.parquet")
     assert predict(run, tmp_path / "rows.parquet", tmp_path / "p.jsonl", "--engine", "ray", "--resume") == 2
     assert "--resume needs a local CSV, TSV or JSONL input file" in capsys.readouterr().err
@@ -212,3 +210,61 @@ def test_a_stopped_prediction_resumes_on_either_engine(run, local_ray, tmp_path,
         "rows.parquet",
         "whole.jsonl",
     ]
+
+
+def test_a_stopped_shards_prediction_resumes_where_it_stopped(run, local_ray, tmp_path, monkeypatch, capsys):
+    """--shards from a local file writes each shard whole into a partial folder: stopped after its first
+    batch, a rerun is refused (never silently replaced), a changed setting is one line, and --resume writes
+    only the shards it lacks (those written stay untouched): the folder equals an uninterrupted one."""
+    import raftlm.integrations.ray as ray_engine
+    from raftlm.streaming import job_path
+
+    data = write_csv(tmp_path / "rows.csv", review_rows(450))
+    whole = tmp_path / "whole"
+    assert predict(run, data, whole, "--engine", "ray", "--shards", "100") == 0
+    want = pq.read_table(whole).to_pylist()
+
+    real_ordered = ray_engine._ordered
+
+    def stops_after_one_batch(preds, input, start=0):
+        tables = real_ordered(preds, input, start)
+        yield next(tables)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray_engine, "_ordered", stops_after_one_batch)
+    out = tmp_path / "out"
+    assert predict(run, data, out, "--engine", "ray", "--shards", "100") == 130
+    monkeypatch.undo()
+    part = ray_engine.shards_partial(out)
+    stamps = {p.name: p.stat().st_mtime_ns for p in part.glob("part-*")}
+    assert not out.exists() and 0 < len(stamps) < 5
+    assert sorted(stamps) == [f"part-0000{i}.parquet" for i in range(len(stamps))]
+    capsys.readouterr()
+    assert predict(run, data, out, "--engine", "ray", "--shards", "100") == 2
+    assert "left its partial folder: pass --resume to continue it or --overwrite" in capsys.readouterr().err
+    assert predict(run, data, out, "--engine", "ray", "--shards", "50", "--resume") == 2
+    assert "shard_rows changed (100 -> 50)" in capsys.readouterr().err
+    assert predict(run, data, out, "--engine", "ray", "--shards", "100", "--resume") == 0
+    assert capsys.readouterr().out.endswith(f"wrote 450 predictions to {out}\n")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["_raftlm_shards.json", *(f"part-0000{i}.parquet" for i in range(5))]
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*") if p.name in stamps} == stamps
+    got = pq.read_table(out).to_pylist()
+    assert [r["index"] for r in got] == list(range(450))
+    assert [r["prediction"] for r in got] == pytest.approx([r["prediction"] for r in want], abs=1e-6)
+    marker = json.loads((out / "_raftlm_shards.json").read_text())
+    assert marker == {"rows": 450, "shards": 5, "shard_rows": 100}
+    assert not part.exists() and not job_path(out).exists()
+
+    # --overwrite of a finished folder, stopped: the old folder stays until a resume finishes the new one
+    monkeypatch.setattr(ray_engine, "_ordered", stops_after_one_batch)
+    assert predict(run, data, out, "--engine", "ray", "--shards", "150", "--overwrite") == 130
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == names and part.is_dir()
+    assert predict(run, data, out, "--engine", "ray", "--shards", "150", "--resume") == 0
+    assert json.loads((out / "_raftlm_shards.json").read_text()) == {
+        "rows": 450,
+        "shards": 3,
+        "shard_rows": 150,
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "rows.csv", "whole"]

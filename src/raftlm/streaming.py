@@ -58,7 +58,7 @@ def check_output(output: str | Path, overwrite: bool, resume: bool, input: str |
         raise RaftlmError(
             "--overwrite starts the prediction afresh and --resume continues it: pass one of them"
         )
-    ours = _our_job(output)
+    ours = our_job(output)
     if (parts := _partials(output)) and not ours:
         raise RaftlmError(
             f"{parts[0]} exists but raftlm has no record of writing it ({job_path(output).name} is missing or "
@@ -76,7 +76,7 @@ def check_output(output: str | Path, overwrite: bool, resume: bool, input: str |
     return output
 
 
-def _our_job(output: Path) -> bool:
+def our_job(output: Path) -> bool:
     """Whether ``output``'s prediction record (``.NAME.partial.json``) is one raftlm wrote."""
     try:
         job = json.loads(job_path(output).read_text(encoding="utf-8"))

@@ -54,6 +54,8 @@ from raftlm.streaming import (
     check_output,
     fields_settings,
     finish_job,
+    job_path,
+    our_job,
     partial_path,
     prediction_job,
     prediction_rows,
@@ -198,11 +200,6 @@ def predict_on_ray(args, cfg: Config, dataset_given: bool) -> None:
     ray = require_ray()
     if not args.input or not args.output:
         raise RaftlmError("predict needs --input (a file or folder Ray Data reads) and --output")
-    if args.resume and args.shards:
-        raise RaftlmError(
-            "--resume continues a JSONL output's partial file, and --shards writes its folder whole at the "
-            "end: rerun without --resume"
-        )
     if args.resume and not _local_file(args.input):
         raise RaftlmError(
             f"--resume needs a local CSV, TSV or JSONL input file (its content hash proves the rows are the "
@@ -226,13 +223,16 @@ def _predict_on_ray(ray, args, cfg: Config, dataset_given: bool, output: Path) -
     splits = None if is_run_dir(cfg.model.name) else load_splits(cfg.data)
     kind, columns = _source(args.input)
     n, has_target = _check_rows(args.input, _template(cfg, splits), cfg.data.target_column)
-    done = None  # rows already in the partial file: a JSONL output from a local file goes through one
-    if not args.shards and n is not None:
+    done = None  # rows already in the partial file or folder: an output from a local file goes through one
+    if n is not None:
         fields = fields_settings(cfg, args.with_uncertainty)
         job = prediction_job(cfg, args.input, n, args.with_probs, args.with_prompts, fields)
-        done = begin_job(output, job, args.resume)
+        if args.shards:
+            done = begin_shards(output, {**job, "shard_rows": args.shards}, args.resume)
+        else:
+            done = begin_job(output, job, args.resume)
         if done == n:  # killed after its last row, before the rename
-            finish_job(output)
+            finish_shards(output, n) if args.shards else finish_job(output)
             print(f"wrote {n} predictions to {output}")
             return
     started = _connect(ray, args.ray_address, args.quiet)
@@ -425,8 +425,9 @@ def check_destination(
 ) -> Path:
     """Before Ray starts or a model loads: a JSONL output goes through ``streaming.check_output`` (the
     output contract of ``raftlm predict``, its partial file's included); a --shards folder must be new, or
-    one --shards wrote (its marker) with --overwrite, and not the input. A killed --shards write's staging
-    folder is cleaned."""
+    one --shards wrote (its marker) with --overwrite, and not the input; an interrupted one's partial
+    folder is continued (--resume) or replaced (--overwrite), never silently. A killed --shards write's
+    staging folder is cleaned."""
     if not shard_rows:
         return check_output(output, overwrite, resume, input)
     if shard_rows < 1:
@@ -434,6 +435,25 @@ def check_destination(
     output = Path(output)
     if output.exists() and same_file(output, input):
         raise RaftlmError(f"--output {output} is the input: write the shards to another folder")
+    if overwrite and resume:
+        raise RaftlmError(
+            "--overwrite starts the prediction afresh and --resume continues it: pass one of them"
+        )
+    part, record = shards_partial(output), job_path(output)
+    if part.exists() and not (our_job(output) and (part / SHARDS_MARKER).is_file()):
+        raise RaftlmError(
+            f"{part} exists but raftlm has no record of writing it: it may be a user's folder; move it, or "
+            "write to another path"
+        )
+    if record.exists() and not our_job(output):
+        raise RaftlmError(
+            f"{record} exists and is not a raftlm prediction record: move it, or write to another path"
+        )
+    if record.exists() and not (resume or overwrite):
+        raise RaftlmError(
+            f"an interrupted --shards prediction into {output} left its partial folder: pass --resume to "
+            "continue it or --overwrite to start over"
+        )
     if output.parent.is_dir():
         for stale in output.parent.glob(f".{output.name}.*.shards"):
             if SHARDS_STAGING.fullmatch(stale.name) and stale.is_dir():
@@ -444,7 +464,8 @@ def check_destination(
                 f"output folder {output} was not written by --shards (no {SHARDS_MARKER}): it is never "
                 "replaced; choose another path"
             )
-        if not overwrite:
+        # (a resumed job replaces it: that job started with --overwrite, or the folder would have stopped it)
+        if not overwrite and not (resume and record.exists()):
             raise RaftlmError(
                 f"output folder {output} already exists: pass --overwrite or choose another path"
             )
@@ -462,6 +483,8 @@ def write_output(
     already in (``streaming.begin_job`` recorded it), or with ``done`` None (an input that is not a local
     file) through ``io.atomic_write``. Returns the rows of the whole output."""
     if shard_rows:
+        if done is not None:
+            return _write_partial_shards(output, tables, shard_rows, done)
         return _write_shards(output, tables, shard_rows)
     return _write_jsonl(output, tables) if done is None else _write_partial(output, tables, done)
 
@@ -523,6 +546,85 @@ def _write_shards(output: Path, tables: Iterable[pa.Table], shard_rows: int) -> 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return n
+
+
+def shards_partial(output: Path) -> Path:
+    """The folder a resumable --shards prediction (from a local input file) writes its shards into."""
+    return output.parent / f".{output.name}.partial.shards"
+
+
+def _shard_name(i: int) -> str:
+    return f"part-{i:05d}.parquet"
+
+
+def begin_shards(output: Path, job: dict, resume: bool) -> int:
+    """Rows the partial folder already holds (``--resume``, after ``streaming.begin_job`` checked the record:
+    its shards 0..k-1, each written whole); otherwise a fresh partial folder, with the record."""
+    from pyarrow import parquet as pq
+
+    part = shards_partial(output)
+    resuming = resume and job_path(output).exists()
+    begin_job(output, job, resume)  # the record: checked against this job, or written
+    if not resuming and part.exists():
+        shutil.rmtree(part)  # an interrupted one of ours (check_destination proved it), started afresh
+    part.mkdir(exist_ok=True)
+    (part / SHARDS_MARKER).write_text(json.dumps({"partial": True, "shard_rows": job["shard_rows"]}) + "\n")
+    for torn in part.glob(".part-*.tmp"):  # a shard being written when the run was killed
+        torn.unlink()
+    rows, i = 0, 0
+    while (part / _shard_name(i)).is_file():
+        rows, i = rows + pq.ParquetFile(part / _shard_name(i)).metadata.num_rows, i + 1
+    return rows
+
+
+def finish_shards(output: Path, rows: int) -> None:
+    """The partial folder, every row in it, becomes the output (replacing an old --shards folder that
+    --overwrite let through); then the record goes."""
+    part = shards_partial(output)
+    shards = len(list(part.glob("part-*.parquet")))
+    marker = {
+        "rows": rows,
+        "shards": shards,
+        "shard_rows": json.loads((part / SHARDS_MARKER).read_text())["shard_rows"],
+    }
+    (part / SHARDS_MARKER).write_text(json.dumps(marker) + "\n")
+    _swap_in(part, output)
+    job_path(output).unlink(missing_ok=True)
+
+
+def _write_partial_shards(output: Path, tables: Iterable[pa.Table], shard_rows: int, done: int) -> int:
+    """Shards into the partial folder after its ``done`` rows, each written whole (a temporary name, then
+    renamed): a kill keeps every shard written, for ``--resume``; a failure before the first leaves
+    nothing. Then ``finish_shards``."""
+    from pyarrow import parquet as pq
+
+    part = shards_partial(output)
+    n, shards, pending = done, done // shard_rows, None
+
+    def write(table: pa.Table) -> None:
+        tmp = part / f".{_shard_name(shards)}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, part / _shard_name(shards))
+
+    try:
+        for table in tables:
+            table = table.add_column(0, "index", pa.array(range(n, n + table.num_rows), pa.int64()))
+            n += table.num_rows
+            pending = (
+                table if pending is None else pa.concat_tables([pending, table], promote_options="default")
+            )
+            while pending.num_rows >= shard_rows:
+                write(pending.slice(0, shard_rows))
+                pending, shards = pending.slice(shard_rows), shards + 1
+        if pending is not None and pending.num_rows:
+            write(pending)
+    except BaseException:
+        if not any(part.glob("part-*.parquet")):  # nothing to resume: nothing left behind
+            shutil.rmtree(part, ignore_errors=True)
+            job_path(output).unlink(missing_ok=True)
+        raise
+    finish_shards(output, n)
     return n
 
 
