@@ -268,3 +268,24 @@ def test_a_stopped_shards_prediction_resumes_where_it_stopped(run, local_ray, tm
         "shard_rows": 150,
     }
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "rows.csv", "whole"]
+
+
+def test_a_users_folder_or_record_of_the_partial_names_is_never_taken(tmp_path):
+    """check_destination, before Ray or a model: a folder named like the --shards partial folder but not
+    raftlm's (no record, no marker), or a record that is not raftlm's, stops the command with its name."""
+    from raftlm.core import RaftlmError
+    from raftlm.integrations.ray import check_destination, shards_partial
+    from raftlm.streaming import job_path
+
+    data = write_csv(tmp_path / "rows.csv", review_rows(5))
+    out = tmp_path / "out"
+    part = shards_partial(out)
+    part.mkdir()
+    (part / "notes.txt").write_text("mine")
+    with pytest.raises(RaftlmError, match="partial.shards exists but raftlm has no record of writing it"):
+        check_destination(out, True, 100, str(data), False)
+    part.rename(tmp_path / "kept")
+    job_path(out).write_text('{"mine": 1}')
+    with pytest.raises(RaftlmError, match="is not a raftlm prediction record"):
+        check_destination(out, False, 100, str(data), True)
+    assert (tmp_path / "kept" / "notes.txt").read_text() == "mine" and job_path(out).exists()
