@@ -207,6 +207,9 @@ def test_its_distribution_is_the_grid_distribution_shifted_by_the_correction(tmp
     )
     after = json.loads(res.read_text())["mean_entropy_after"]
     assert after == pytest.approx(float(np.mean([r["entropy"] for r in rows])), abs=1e-6)
+    # and plain evaluate reports the distribution's entropy and grid mass, as for every grid model
+    assert got["mean_entropy"] == pytest.approx(after, abs=1e-6)
+    assert got["mean_grid_mass"] == pytest.approx(float(probs.sum(1).mean()), abs=1e-5)
 
 
 def test_the_server_gives_its_distribution_exactly_as_raftlm_predict(tmp_path, toy_csv):

@@ -247,7 +247,7 @@ def evaluate_predictor(
         # decodes far outside the target range (e.g. '100' on a 0-5 scale) dominate RMSE: count them
         g = predictor.scaler.to_grid(preds.values)
         metrics["outside_grid_range"] = int(((g < predictor.grid.low) | (g > predictor.grid.high)).sum())
-    elif decoder != "head":
+    elif preds.probs is not None:  # a grid model's, or raft-head's (its grid distribution, shifted)
         metrics["mean_entropy"] = float(np.mean(preds.entropy))
         metrics["mean_grid_mass"] = float(np.mean(preds.probs.sum(-1)))
     return metrics, preds
