@@ -485,11 +485,15 @@ def test_grid_probabilities_of_a_text_decoder_are_refused_as_raftlm_predict_refu
     run_dir, data, _ = run
     out = tmp_path / "p.jsonl"
     argv = ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(out)]
-    assert main([*argv, "--decoder", "greedy", "--with-probs"]) == 2
+    for flag in ("--with-probs", "--with-uncertainty"):  # refused before the model loads
+        assert main([*argv, "--decoder", "greedy", flag]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} reads the grid distribution, which --decoder greedy does not (it decodes text)" in err
+        assert not out.exists()
+    # the server's rows go through the same streaming.prediction_rows, which says it in its words
     said = (
         'grid probabilities (--with-probs, "with_probs") were asked of a text decoder (greedy, sample-rail)'
     )
-    assert said in capsys.readouterr().err and not out.exists()
     predictor, cfg = loaded
     cfg = replace(cfg, eval=replace(cfg.eval, decoder="greedy"))
     settings = ServeSettings(max_wait_ms=0)
@@ -502,7 +506,10 @@ def test_grid_probabilities_of_a_text_decoder_are_refused_as_raftlm_predict_refu
         assert info["decoder"] == "greedy" and info["grid_distribution"] is False
         assert info["calibration"]["n"] == 40 and info["calibration"]["levels"] == []
         r = client.post("/predict", json={"inputs": ["x"], "interval": 0.8})
-        assert r.status_code == 400 and "intervals need the grid distribution" in r.json()["error"]
+        assert (
+            r.status_code == 400
+            and "intervals and the uncertainty summary need the grid" in r.json()["error"]
+        )
         assert client.post("/predict", json={"inputs": ["x"]}).status_code == 200
         r = client.post("/predict", json={"inputs": ["x"], "with_probs": True})
         assert r.status_code == 400 and said in r.json()["error"]

@@ -473,6 +473,16 @@ def _refuse_unread(args, cfg: Config, model: str | None) -> None:
                 f"is read by --decoder sample-rail only (the decoder here is {decoder})",
                 "drop {flag}, or pass --decoder sample-rail",
             )
+    if decoder in TEXT_DECODERS and not meta.get("head"):
+        # a decoded number has no distribution: no probabilities, summary or intervals to give
+        why = f"reads the grid distribution, which --decoder {decoder} does not (it decodes text)"
+        fix = "drop {flag}, or use --decoder rail, mode or median"
+        for key in ("eval.interval", "eval.interval_kind"):
+            refuse(key, why, fix)
+        for name in ("with_probs", "with_uncertainty"):
+            if getattr(args, name, False):
+                flag = "--" + name.replace("_", "-")
+                raise RaftlmError(f"{flag} {why}: {fix.format(flag=flag)}")
     if decoder not in TEXT_DECODERS and not meta.get("head"):
         refuse(
             "eval.max_new_tokens",
