@@ -293,3 +293,5 @@ def test_mode_and_median_decode_its_shifted_distribution_alike_in_cli_api_and_se
     assert main(train_args(toy_csv, fresh, "--method", "head-pooled", "--decoder", "mode")) == 2
     assert "decoder 'mode' does not apply to a head-pooled model" in capsys.readouterr().err
     assert not fresh.exists()
+    assert main(["serve", str(pooled), "--decoder", "median", "--port", "0"]) == 2  # before the model loads
+    assert "decoder 'median' does not apply to a head-pooled model" in capsys.readouterr().err

@@ -490,6 +490,10 @@ def test_grid_probabilities_of_a_text_decoder_are_refused_as_raftlm_predict_refu
         err = capsys.readouterr().err
         assert f"{flag} reads the grid distribution, which --decoder greedy does not (it decodes text)" in err
         assert not out.exists()
+    assert main(["serve", str(run_dir), "--decoder", "greedy", "--interval-kind", "cqr", "--port", "0"]) == 2
+    assert "--interval-kind chooses the kind of intervals, which a server decoding with --decoder greedy" in (
+        capsys.readouterr().err
+    )
     # the server's rows go through the same streaming.prediction_rows, which says it in its words
     said = (
         'grid probabilities (--with-probs, "with_probs") were asked of a text decoder (greedy, sample-rail)'

@@ -718,7 +718,27 @@ def cmd_serve(args) -> None:
     base = Config.from_yaml(str(saved)).to_dict() if saved.exists() else {}
     overrides = {dest.replace("__", "."): value for dest, value in vars(args).items() if "__" in dest}
     settings = ServeSettings(**{f.name: getattr(args, f.name) for f in fields(ServeSettings)})
-    serve(args.run_dir, Config.build(base, overrides), settings)
+    cfg = Config.build(base, overrides)
+    _refuse_unserved(args, cfg)
+    serve(args.run_dir, cfg, settings)
+
+
+def _refuse_unserved(args, cfg: Config) -> None:
+    """Before the model loads, what `raftlm serve` could not honour: a decoder the run's head would ignore,
+    an interval kind under a text decoder (it gives no intervals)."""
+    from raftlm import methods
+    from raftlm.decoders import TEXT_DECODERS
+    from raftlm.run import read_metadata
+
+    decoder = cfg.eval.decoder
+    if is_run_dir(args.run_dir):
+        method = read_metadata(Path(args.run_dir)).get("method", methods.ZERO_SHOT_NAME)
+        methods.get(method).decoder_name(decoder, method)
+    if decoder in TEXT_DECODERS and hasattr(args, "eval__interval_kind"):
+        raise RaftlmError(
+            f"--interval-kind chooses the kind of intervals, which a server decoding with --decoder {decoder} "
+            "does not give (it decodes text): drop --interval-kind, or use --decoder rail, mode or median"
+        )
 
 
 def cmd_calibrate(args) -> None:
