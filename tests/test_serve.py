@@ -519,6 +519,26 @@ def test_grid_probabilities_of_a_text_decoder_are_refused_as_raftlm_predict_refu
         assert r.status_code == 400 and said in r.json()["error"]
 
 
+def test_sampled_predictions_are_the_same_in_a_file_the_api_and_the_server(run, loaded, tmp_path):
+    """sample-rail through every interface, at the run's own sampling settings: a file of rows, the Python
+    API on two of them in another order, and server requests of one row each give each row the same
+    number (each prompt samples from its own seed)."""
+    from raftlm import RAFTRegressor
+
+    run_dir, data, rows = run
+    want = [r["prediction"] for r in offline(run_dir, data, tmp_path / "p.jsonl", "--decoder", "sample-rail")]
+    texts = [r["text"] for r in rows]
+    api = RAFTRegressor.load(str(run_dir)).predict([texts[5], texts[4]], decoder="sample-rail")
+    assert list(api) == [want[5], want[4]]
+    predictor, cfg = loaded
+    cfg = replace(cfg, eval=replace(cfg.eval, decoder="sample-rail"))
+    settings = ServeSettings(max_wait_ms=0)
+    app = create_app(predictor, cfg, settings, run_info(run_dir, predictor, cfg, settings, None), None)
+    with TestClient(app) as client:
+        got = [client.post("/predict", json={"inputs": [t]}).json()["predictions"][0] for t in texts[:6]]
+    assert got == want[:6] and len(set(want)) > 1
+
+
 def test_an_uncalibrated_or_damaged_calibration_refuses_intervals_not_predictions(
     run, loaded, tmp_path, caplog
 ):
