@@ -525,20 +525,11 @@ def _write_shards(output: Path, tables: Iterable[pa.Table], shard_rows: int) -> 
 
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".shards", dir=output.parent))
-    n, shards, pending = 0, 0, None
+    n, shards = 0, 0
     try:
-        for table in tables:
-            table = table.add_column(0, "index", pa.array(range(n, n + table.num_rows), pa.int64()))
-            n += table.num_rows
-            pending = (
-                table if pending is None else pa.concat_tables([pending, table], promote_options="default")
-            )
-            while pending.num_rows >= shard_rows:
-                pq.write_table(pending.slice(0, shard_rows), staging / f"part-{shards:05d}.parquet")
-                pending, shards = pending.slice(shard_rows), shards + 1
-        if pending is not None and pending.num_rows:
-            pq.write_table(pending, staging / f"part-{shards:05d}.parquet")
-            shards += 1
+        for shards, shard in enumerate(_shards(tables, shard_rows, 0), start=1):
+            pq.write_table(shard, staging / _shard_name(shards - 1))
+            n += shard.num_rows
         marker = {"rows": n, "shards": shards, "shard_rows": shard_rows}
         (staging / SHARDS_MARKER).write_text(json.dumps(marker) + "\n")
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700
@@ -556,6 +547,21 @@ def shards_partial(output: Path) -> Path:
 
 def _shard_name(i: int) -> str:
     return f"part-{i:05d}.parquet"
+
+
+def _shards(tables: Iterable[pa.Table], shard_rows: int, start: int) -> Iterator[pa.Table]:
+    """The rows of ``tables``, numbered from ``start`` (column ``index``), cut into tables of ``shard_rows``
+    rows (the last one shorter)."""
+    n, pending = start, None
+    for table in tables:
+        table = table.add_column(0, "index", pa.array(range(n, n + table.num_rows), pa.int64()))
+        n += table.num_rows
+        pending = table if pending is None else pa.concat_tables([pending, table], promote_options="default")
+        while pending.num_rows >= shard_rows:
+            yield pending.slice(0, shard_rows)
+            pending = pending.slice(shard_rows)
+    if pending is not None and pending.num_rows:
+        yield pending
 
 
 def begin_shards(output: Path, job: dict, resume: bool) -> int:
@@ -599,26 +605,13 @@ def _write_partial_shards(output: Path, tables: Iterable[pa.Table], shard_rows: 
     nothing. Then ``finish_shards``."""
     from pyarrow import parquet as pq
 
-    part = shards_partial(output)
-    n, shards, pending = done, done // shard_rows, None
-
-    def write(table: pa.Table) -> None:
-        tmp = part / f".{_shard_name(shards)}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, part / _shard_name(shards))
-
+    part, n = shards_partial(output), done
     try:
-        for table in tables:
-            table = table.add_column(0, "index", pa.array(range(n, n + table.num_rows), pa.int64()))
-            n += table.num_rows
-            pending = (
-                table if pending is None else pa.concat_tables([pending, table], promote_options="default")
-            )
-            while pending.num_rows >= shard_rows:
-                write(pending.slice(0, shard_rows))
-                pending, shards = pending.slice(shard_rows), shards + 1
-        if pending is not None and pending.num_rows:
-            write(pending)
+        for i, shard in enumerate(_shards(tables, shard_rows, done), start=done // shard_rows):
+            tmp = part / f".{_shard_name(i)}.tmp"
+            pq.write_table(shard, tmp)
+            os.replace(tmp, part / _shard_name(i))
+            n += shard.num_rows
     except BaseException:
         if not any(part.glob("part-*.parquet")):  # nothing to resume: nothing left behind
             shutil.rmtree(part, ignore_errors=True)
