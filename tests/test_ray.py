@@ -41,6 +41,22 @@ def read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def stopped_after_one_batch(monkeypatch, run_dir, data, out, *extra) -> int:
+    """`raftlm predict --engine ray` interrupted (Ctrl+C) once its first batch of predictions is written."""
+    import raftlm.integrations.ray as ray_engine
+
+    real_ordered = ray_engine._ordered
+
+    def stops(preds, input, start=0):
+        tables = real_ordered(preds, input, start)
+        yield next(tables)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ray_engine, "_ordered", stops)
+        return predict(run_dir, data, out, "--engine", "ray", *extra)
+
+
 def same_rows(a: list[dict], b: list[dict]) -> None:
     """Same rows in the same order, same fields, predictions within 1e-6, probabilities (6 decimals) within
     one rounding step of that."""
@@ -147,7 +163,6 @@ def test_a_stopped_prediction_resumes_on_either_engine(run, local_ray, tmp_path,
     """Both engines write the same partial file and record: a local prediction stopped after its first
     chunk finishes on Ray (which predicts only the rows it lacks), and a Ray prediction stopped after its
     first batch finishes locally, each equal to one uninterrupted `raftlm predict`."""
-    import raftlm.integrations.ray as ray_engine
     import raftlm.streaming as streaming
 
     data = write_csv(tmp_path / "rows.csv", review_rows(600))
@@ -181,17 +196,8 @@ def test_a_stopped_prediction_resumes_on_either_engine(run, local_ray, tmp_path,
     assert out.read_text().startswith(first)  # appended to, not rewritten
     same_rows(read(out), want)
 
-    real_ordered = ray_engine._ordered
-
-    def stops_after_one_batch(preds, input, start=0):
-        tables = real_ordered(preds, input, start)
-        yield next(tables)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ray_engine, "_ordered", stops_after_one_batch)
     out2 = tmp_path / "ray.jsonl"
-    assert predict(run, data, out2, "--with-probs", "--engine", "ray", "--actors", "2") == 130
-    monkeypatch.undo()
+    assert stopped_after_one_batch(monkeypatch, run, data, out2, "--with-probs", "--actors", "2") == 130
     kept = len(streaming.partial_path(out2).read_text().splitlines())
     assert not out2.exists() and 0 < kept < 600
     assert predict(run, data, out2, "--with-probs") == 2  # the partial file is never silently replaced
@@ -224,17 +230,8 @@ def test_a_stopped_shards_prediction_resumes_where_it_stopped(run, local_ray, tm
     assert predict(run, data, whole, "--engine", "ray", "--shards", "100") == 0
     want = pq.read_table(whole).to_pylist()
 
-    real_ordered = ray_engine._ordered
-
-    def stops_after_one_batch(preds, input, start=0):
-        tables = real_ordered(preds, input, start)
-        yield next(tables)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ray_engine, "_ordered", stops_after_one_batch)
     out = tmp_path / "out"
-    assert predict(run, data, out, "--engine", "ray", "--shards", "100") == 130
-    monkeypatch.undo()
+    assert stopped_after_one_batch(monkeypatch, run, data, out, "--shards", "100") == 130
     part = ray_engine.shards_partial(out)
     stamps = {p.name: p.stat().st_mtime_ns for p in part.glob("part-*")}
     assert not out.exists() and 0 < len(stamps) < 5
@@ -257,9 +254,7 @@ def test_a_stopped_shards_prediction_resumes_where_it_stopped(run, local_ray, tm
     assert not part.exists() and not job_path(out).exists()
 
     # --overwrite of a finished folder, stopped: the old folder stays until a resume finishes the new one
-    monkeypatch.setattr(ray_engine, "_ordered", stops_after_one_batch)
-    assert predict(run, data, out, "--engine", "ray", "--shards", "150", "--overwrite") == 130
-    monkeypatch.undo()
+    assert stopped_after_one_batch(monkeypatch, run, data, out, "--shards", "150", "--overwrite") == 130
     assert sorted(p.name for p in out.iterdir()) == names and part.is_dir()
     assert predict(run, data, out, "--engine", "ray", "--shards", "150", "--resume") == 0
     assert json.loads((out / "_raftlm_shards.json").read_text()) == {
