@@ -16,4 +16,10 @@ LOG="$(git rev-parse --show-toplevel 2>/dev/null || echo /tmp)/benchmarks/work/p
 START=$(date +%s.%N)
 [ -n "$PIDS" ] && kill -STOP $PIDS
 trap '[ -n "${PIDS// }" ] && kill -CONT $PIDS && mkdir -p "$(dirname "$LOG")" && echo "$START $(date +%s.%N) $PIDS" >>"$LOG"' EXIT
-"$@"
+# the command runs as a child this shell waits for, so that a signal to this shell (`timeout 60 paused ...`,
+# Ctrl+C, a kill) is passed on to it and the sweeps resume: a shell in a foreground wait would act on the
+# signal only once the command ended (a `timeout` around a server left the sweeps stopped for good)
+"$@" &
+CHILD=$!
+trap 'kill -TERM $CHILD 2>/dev/null; wait $CHILD; exit 143' TERM INT HUP
+wait $CHILD
