@@ -537,6 +537,11 @@ def test_sampled_predictions_are_the_same_in_a_file_the_api_and_the_server(run, 
     with TestClient(app) as client:
         got = [client.post("/predict", json={"inputs": [t]}).json()["predictions"][0] for t in texts[:6]]
     assert got == want[:6] and len(set(want)) > 1
+    # another seed: the command line's --seed and the estimator's seed parameter (the run's own by default)
+    seeded = offline(run_dir, data, tmp_path / "s.jsonl", "--decoder", "sample-rail", "--seed", "3")
+    reg = RAFTRegressor.load(str(run_dir)).set_params(seed=3)
+    assert list(reg.predict(texts[:4], decoder="sample-rail")) == [r["prediction"] for r in seeded[:4]]
+    assert [r["prediction"] for r in seeded] != want
 
 
 def test_an_uncalibrated_or_damaged_calibration_refuses_intervals_not_predictions(

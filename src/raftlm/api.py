@@ -261,8 +261,20 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         return examples_from(X, None, self.predictor_.template)
 
     def _predictions(self, X, decoder: str | None = None):
-        p, decoder = self.predictor_, decoder or self.decoder
-        preds = p.predict(p.texts_of(self._examples(X)), decoder, self.batch_size, bf16=self._bf16())
+        """Predictions as `raftlm predict` makes them for this run: sample-rail with the run's sampling
+        settings (``eval.num_samples``, ``temperature``, ``max_new_tokens``) and ``seed``, as the command
+        line reads them from its config.yaml (``--seed`` there, ``set_params(seed=...)`` here)."""
+        p, decoder, e = self.predictor_, decoder or self.decoder, self._saved_config().eval
+        preds = p.predict(
+            p.texts_of(self._examples(X)),
+            decoder,
+            self.batch_size,
+            e.num_samples,
+            e.temperature,
+            e.max_new_tokens,
+            self._bf16(),
+            self.seed,
+        )
         return p.average_orders(preds, decoder)  # (both orders of a symmetric pair)
 
     def prompts(self, X) -> list[str]:
