@@ -44,6 +44,13 @@ def test_bf16_auto_turns_autocast_on_only_where_the_hardware_runs_it_fast(monkey
     assert _yaml(tmp_path, "eval: {bf16: auto, device: cpu}\n").eval.bf16 is False
     args = build_parser().parse_args(["train", "--set", "training.bf16=auto"])
     assert config_from_args(args).training.bf16 is True
+    # a run trained in bf16 evaluates and predicts in bf16 (as RAFTRegressor's one bf16 does), whether
+    # --bf16 or --set said it, unless eval.bf16 is set too
+    assert config_from_args(args).eval.bf16 is True
+    args = build_parser().parse_args(["train", "--bf16"])
+    assert config_from_args(args).eval.bf16 is True
+    args = build_parser().parse_args(["train", "--bf16", "--set", "eval.bf16=false"])
+    assert config_from_args(args).eval.bf16 is False
 
 
 def test_set_and_flags_convert_the_same_way():
