@@ -576,6 +576,10 @@ def test_every_shipped_sweep_has_a_row_in_reproducing_md():
     assert not missing
 
 
+# pre-registered sweeps queued behind others (benchmarks/sweep_queue.sh): no cells committed yet
+NOT_RUN_YET = {"bf16-lever.yaml"}
+
+
 @pytest.mark.parametrize(
     "name", sorted(p.name for p in (Path(__file__).parents[1] / "sweeps").glob("*.yaml")), ids=str
 )
@@ -593,7 +597,7 @@ def test_every_committed_cell_matches_its_shipped_sweep_file(name):
         if path.exists():
             check_cell_settings(json.loads(path.read_text()), c, sweep, out, path)
             checked += 1
-    assert checked  # every shipped sweep has committed cells
+    assert checked or name in NOT_RUN_YET  # every shipped sweep has committed cells, or is queued
 
 
 def docs_at(results: Path, monkeypatch):
