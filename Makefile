@@ -26,7 +26,7 @@ demo: $(STAMP)  ## zero-shot vs RAFT on Amazon review snippets with Gemma 3 270M
 
 test: $(STAMP)  ## docs match their results files, then the fast tests (tiny random models; ~minutes)
 	$(BIN)/python benchmarks/docs.py --check
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 docs: $(STAMP)  ## rewrite every generated number in README.md and docs/ from benchmarks/results/
 	$(BIN)/python benchmarks/docs.py --write
