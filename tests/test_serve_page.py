@@ -149,46 +149,51 @@ def test_the_page_predicts_for_head_runs_with_and_without_a_grid(run, tmp_path):
     row = {"title": "a new kettle", "text": "it was great, really"}
     (d / "one.jsonl").write_text(json.dumps(row) + "\n")
     template = "{title}: {text}. rating:"
-    for method in ("head-pooled", "raft-head"):
-        run_dir = tmp_path / method
-        assert main(train_args(d / "toy.csv", run_dir, "--template", template, "--method", method)) == 0
-        flags = ("--with-probs",) if method == "raft-head" else ()
-        want = offline(run_dir, d / "one.jsonl", tmp_path / f"{method}.jsonl", *flags)[0]
-        with server(run_dir) as (url, _, _), browser() as driver:
-            predict_on_page(driver, url, row)
-            assert driver.find_element(By.ID, "error").text == ""
-            assert (
-                float(driver.find_element(By.ID, "prediction").get_attribute("data-value"))
-                == want["prediction"]
-            )
-            bars = driver.find_elements(By.CSS_SELECTOR, "#chart rect.bar")
-            note = driver.find_element(By.ID, "chart-note").text
-            if method == "head-pooled":
-                assert not bars and note == "this run predicts one number (a head): no grid distribution"
-            else:
-                assert [float(b.get_attribute("data-prob")) for b in bars] == list(want["probs"].values())
-                assert f"their mean + the head's correction {want['correction']:.3f}" in note
+    with browser() as driver:  # one browser, a new page per server
+        for method in ("head-pooled", "raft-head"):
+            run_dir = tmp_path / method
+            assert main(train_args(d / "toy.csv", run_dir, "--template", template, "--method", method)) == 0
+            flags = ("--with-probs",) if method == "raft-head" else ()
+            want = offline(run_dir, d / "one.jsonl", tmp_path / f"{method}.jsonl", *flags)[0]
+            with server(run_dir) as (url, _, _):
+                predict_on_page(driver, url, row)
+                assert driver.find_element(By.ID, "error").text == ""
+                assert (
+                    float(driver.find_element(By.ID, "prediction").get_attribute("data-value"))
+                    == want["prediction"]
+                )
+                bars = driver.find_elements(By.CSS_SELECTOR, "#chart rect.bar")
+                note = driver.find_element(By.ID, "chart-note").text
+                if method == "head-pooled":
+                    assert not bars and note == "this run predicts one number (a head): no grid distribution"
+                else:
+                    assert [float(b.get_attribute("data-prob")) for b in bars] == list(want["probs"].values())
+                    assert f"their mean + the head's correction {want['correction']:.3f}" in note
 
-    # a server that decodes with the median (raft-head: of its shifted distribution), or decodes text: the
-    # page says what the number is (a greedy server has no probabilities to give, and is not asked for them)
-    for run_dir, decoder, said in (
-        (tmp_path / "raft-head", "median", "(dashed: the prediction, their median + the head's correction"),
-        (
-            run[0],
-            "greedy",
-            "this server decodes text (--decoder greedy): no grid distribution behind the number",
-        ),
-    ):
-        want = offline(run_dir, d / "one.jsonl", tmp_path / f"{decoder}.jsonl", "--decoder", decoder)[0]
-        with server(run_dir, "--decoder", decoder) as (url, _, _), browser() as driver:
-            predict_on_page(driver, url, row)
-            assert driver.find_element(By.ID, "error").text == ""
-            value = float(driver.find_element(By.ID, "prediction").get_attribute("data-value"))
-            assert value == want["prediction"]
-            assert said in driver.find_element(By.ID, "chart-note").text
-            # the run is calibrated, but a greedy server gives no intervals: the page offers none
-            shown = driver.find_element(By.ID, "level-box").is_displayed()
-            assert shown == (decoder != "greedy")
+        # a server that decodes with the median (raft-head: of its shifted distribution), or decodes text: the
+        # page says what the number is (a greedy server has no probabilities to give, and is not asked for them)
+        for run_dir, decoder, said in (
+            (
+                tmp_path / "raft-head",
+                "median",
+                "(dashed: the prediction, their median + the head's correction",
+            ),
+            (
+                run[0],
+                "greedy",
+                "this server decodes text (--decoder greedy): no grid distribution behind the number",
+            ),
+        ):
+            want = offline(run_dir, d / "one.jsonl", tmp_path / f"{decoder}.jsonl", "--decoder", decoder)[0]
+            with server(run_dir, "--decoder", decoder) as (url, _, _):
+                predict_on_page(driver, url, row)
+                assert driver.find_element(By.ID, "error").text == ""
+                value = float(driver.find_element(By.ID, "prediction").get_attribute("data-value"))
+                assert value == want["prediction"]
+                assert said in driver.find_element(By.ID, "chart-note").text
+                # the run is calibrated, but a greedy server gives no intervals: the page offers none
+                shown = driver.find_element(By.ID, "level-box").is_displayed()
+                assert shown == (decoder != "greedy")
 
 
 @NEEDS_BROWSER
