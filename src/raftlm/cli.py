@@ -429,7 +429,8 @@ def _flag(key: str) -> str:
 def _refuse_unread(args, cfg: Config, model: str | None) -> None:
     """A flag this command accepts but would not read for this model and these settings is refused in
     one line (it was taken and did nothing): the decoding flags of a decoder that does not sample, any
-    decoder of a head (raft-head reads rail, mode and median), a dataset beside --input for a run, a run's --max-length, --interval-kind alone."""
+    decoder of a head (raft-head reads rail, mode and median), a text decoder's grid-distribution flags, a
+    dataset beside --input for a run, a run's --max-length, --interval-kind alone."""
     from raftlm import methods
     from raftlm.decoders import TEXT_DECODERS
     from raftlm.run import read_metadata

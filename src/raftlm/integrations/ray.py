@@ -439,13 +439,13 @@ def check_destination(
         raise RaftlmError(
             "--overwrite starts the prediction afresh and --resume continues it: pass one of them"
         )
-    part, record = shards_partial(output), job_path(output)
-    if part.exists() and not (our_job(output) and (part / SHARDS_MARKER).is_file()):
+    part, record, ours = shards_partial(output), job_path(output), our_job(output)
+    if part.exists() and not (ours and (part / SHARDS_MARKER).is_file()):
         raise RaftlmError(
             f"{part} exists but raftlm has no record of writing it: it may be a user's folder; move it, or "
             "write to another path"
         )
-    if record.exists() and not our_job(output):
+    if record.exists() and not ours:
         raise RaftlmError(
             f"{record} exists and is not a raftlm prediction record: move it, or write to another path"
         )
