@@ -43,6 +43,23 @@ def test_greedy_is_the_parsed_decode_and_sampling_averages_k_draws(tiny):
     np.testing.assert_allclose(sampled.values, [np.mean([parse_float(s) for s in row]) for row in samples])
 
 
+def test_text_that_is_not_a_number_is_counted_per_row_and_said(tiny):
+    """eq. 1 counts a decoded text that is not a number as 0.0; each row says how many of its texts did,
+    and a warning says it at all (a random model's text rarely is a number)."""
+    from raftlm.core import RaftlmWarning
+
+    p = make(tiny)
+    samples = p.generate(TEXTS, num_return_sequences=4, do_sample=True, max_new_tokens=4, seed=3)
+    want = [sum(np.isnan(parse_float(s, np.nan)) for s in row) for row in samples]
+    assert sum(want) > 0
+    with pytest.warns(
+        RaftlmWarning, match=rf"{sum(want)} of 12 decoded texts were not a number and count as 0.0"
+    ):
+        sampled = p.predict(TEXTS, "sample-rail", num_samples=4, max_new_tokens=4, seed=3)
+    assert sampled.unparsed.tolist() == want and sampled.n_unparsed == sum(want)
+    assert p.predict(TEXTS, "rail").unparsed is None
+
+
 def test_a_rows_samples_do_not_depend_on_the_rows_beside_it(tiny):
     """sample-rail seeds each prompt by itself: a row alone, among others, in another order or after a
     shorter prompt (sorted first) gets the same samples (a file, the API and the server's micro-batches

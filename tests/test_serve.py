@@ -526,7 +526,8 @@ def test_sampled_predictions_are_the_same_in_a_file_the_api_and_the_server(run, 
     from raftlm import RAFTRegressor
 
     run_dir, data, rows = run
-    want = [r["prediction"] for r in offline(run_dir, data, tmp_path / "p.jsonl", "--decoder", "sample-rail")]
+    written = offline(run_dir, data, tmp_path / "p.jsonl", "--decoder", "sample-rail")
+    want = [r["prediction"] for r in written]
     texts = [r["text"] for r in rows]
     api = RAFTRegressor.load(str(run_dir)).predict([texts[5], texts[4]], decoder="sample-rail")
     assert list(api) == [want[5], want[4]]
@@ -536,7 +537,17 @@ def test_sampled_predictions_are_the_same_in_a_file_the_api_and_the_server(run, 
     app = create_app(predictor, cfg, settings, run_info(run_dir, predictor, cfg, settings, None), None)
     with TestClient(app) as client:
         got = [client.post("/predict", json={"inputs": [t]}).json()["predictions"][0] for t in texts[:6]]
+        # each row says how many of its sampled texts were not a number (counted as 0.0), as the file does
+        r = client.post("/predict", json={"inputs": texts[:6]}).json()
     assert got == want[:6] and len(set(want)) > 1
+    unparsed = [w["unparsed"] for w in written[:6]]
+    assert r["unparsed"] == unparsed and r["predictions"] == want[:6] and any(unparsed)
+    bad = [i for i, n in enumerate(unparsed) if n]
+    assert r["warnings"] == [
+        f'rows {bad} decoded text that was not a number, counted as 0.0 (their "unparsed" says how many of '
+        "their texts): decode with rail, which reads the grid's probabilities instead of text"
+    ]
+    assert "truncated" not in r
     # another seed: the command line's --seed and the estimator's seed parameter (the run's own by default)
     seeded = offline(run_dir, data, tmp_path / "s.jsonl", "--decoder", "sample-rail", "--seed", "3")
     reg = RAFTRegressor.load(str(run_dir)).set_params(seed=3)

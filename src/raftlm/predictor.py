@@ -38,17 +38,33 @@ class Predictions:
     values: np.ndarray
     probs: np.ndarray | None = None
     entropy: np.ndarray | None = None
-    n_unparsed: int = 0
+    # per row, text decoders (greedy, sample-rail): how many of its decoded texts were not a number (each
+    # counts as 0.0, the paper's eq. 1); None when no text was decoded
+    unparsed: np.ndarray | None = None
     truncated: np.ndarray | None = None  # per row: the prompt was longer than max_length (cut on the left)
     # per row (data units): a head correction added to the grid distribution's mean (raft-head); the
     # prediction's distribution is the grid distribution shifted by it
     shift: np.ndarray | None = None
 
     @property
+    def n_unparsed(self) -> int:
+        """Decoded texts, over all rows, that were not a number."""
+        return 0 if self.unparsed is None else int(self.unparsed.sum())
+
+    @property
     def grid_alone(self) -> np.ndarray | None:
         """The grid probabilities when they alone make the prediction (what ``metrics.collapse`` judges):
         None without a grid, and for raft-head, whose correction may carry the signal where its grid died."""
         return self.probs if self.shift is None else None
+
+
+def warn_unparsed(n: int, total: int, max_new_tokens: int) -> None:
+    """Decoded texts that were not a number, said (they count as 0.0, which moves the prediction)."""
+    warn(
+        f"{n} of {total} decoded texts were not a number and count as 0.0 (the paper's eq. 1; each row's "
+        f'"unparsed" says how many of its own): raise max_new_tokens ({max_new_tokens}) if numbers were cut '
+        "off, or decode with rail, which reads the grid's probabilities instead of text"
+    )
 
 
 def autocast(bf16: bool, device: str = "cpu"):
@@ -432,7 +448,8 @@ class Predictor:
             return Predictions(values, probs, decoders.entropy(probs), truncated=cut, shift=shift)
         if preds.probs is None or decoder not in decoders.GRID_DECODERS:
             values = (preds.values[:n] + preds.values[n:]) / 2
-            return Predictions(values, n_unparsed=preds.n_unparsed, truncated=cut)
+            unparsed = None if preds.unparsed is None else preds.unparsed[:n] + preds.unparsed[n:]
+            return Predictions(values, unparsed=unparsed, truncated=cut)
         probs = (preds.probs[:n] + preds.probs[n:]) / 2
         g = self._decode(decoder, probs)
         return Predictions(self.scaler.to_data(g), probs, decoders.entropy(probs), truncated=cut)
@@ -472,10 +489,12 @@ class Predictor:
             desc,
         )
         parsed = [[self._parse(s) for s in row] for row in texts_out]
-        n_unparsed = int(sum(np.isnan(v) for row in parsed for v in row))
+        unparsed = np.array([int(np.isnan(row).sum()) for row in parsed], dtype=np.int64)
+        if unparsed.any():
+            warn_unparsed(int(unparsed.sum()), k * len(texts), max_new_tokens)
         # eq. 1: a non-numeric decode counts as 0.0 (in the model's output units, then mapped back)
         g = np.array([np.mean(np.nan_to_num(row, nan=0.0)) for row in parsed])
-        return Predictions(self.scaler.to_data(g), n_unparsed=n_unparsed)
+        return Predictions(self.scaler.to_data(g), unparsed=unparsed)
 
     def _shifted_grid(self, texts, decoder, batch_size, bf16, desc) -> Predictions:
         """A correction head's predictions with their distribution: the grid probabilities and the

@@ -200,6 +200,7 @@ def _rows(preds: Predictions, a: int, b: int) -> Predictions:
         preds.values[a:b],
         cut(preds.probs),
         cut(preds.entropy),
+        unparsed=cut(preds.unparsed),
         truncated=cut(preds.truncated),
         shift=cut(preds.shift),
     )
@@ -323,6 +324,11 @@ class PredictResponse(BaseModel):
     upper: Floats | None = None
     interval_kind: str | None = None
     prompts: list[str] | None = None
+    unparsed: list[int] | None = Field(
+        None,
+        description="text decoders (greedy, sample-rail): how many of the row's decoded texts were not a number "
+        "(each counts as 0.0)",
+    )
     truncated: list[bool] | None = None
     warnings: list[str] | None = None
 
@@ -746,15 +752,21 @@ class Server:
                 row.setdefault("upper", {})[f"{c:g}"] = bounds["upper"]
         return rows
 
-    def warnings(self, truncated: list[bool]) -> list[str] | None:
-        """A prompt cut to max_length, said to the caller (not only in the server's log)."""
-        if not any(truncated):
-            return None
-        cut = [i for i, t in enumerate(truncated) if t]
-        return [
-            f"rows {cut} are longer than max_length={self.predictor.max_length} tokens and were cut on the left "
-            "(their beginning was not read): shorten them"
-        ]
+    def warnings(self, truncated: list[bool], rows: list[dict]) -> list[str] | None:
+        """A prompt cut to max_length, and a decoded text that was not a number (text decoders), said to
+        the caller (not only in the server's log)."""
+        notes = []
+        if cut := [i for i, t in enumerate(truncated) if t]:
+            notes.append(
+                f"rows {cut} are longer than max_length={self.predictor.max_length} tokens and were cut on the "
+                "left (their beginning was not read): shorten them"
+            )
+        if bad := [i for i, r in enumerate(rows) if r.get("unparsed")]:
+            notes.append(
+                f'rows {bad} decoded text that was not a number, counted as 0.0 (their "unparsed" says how many '
+                "of their texts): decode with rail, which reads the grid's probabilities instead of text"
+            )
+        return notes or None
 
     def resolved_kind(self, opts: PredictOptions) -> str | None:
         if opts.interval is None:
@@ -875,8 +887,10 @@ def create_app(
             for k, v in row.items():
                 out.setdefault(COLUMNS.get(k, k), []).append(v)
         out["interval_kind"] = server.resolved_kind(req)
-        if notes := server.warnings(truncated):
-            out["truncated"], out["warnings"] = truncated, notes
+        if notes := server.warnings(truncated, rows):
+            out["warnings"] = notes
+            if any(truncated):
+                out["truncated"] = truncated
         return out
 
     @app.post(
@@ -898,7 +912,7 @@ def create_app(
         plain = opts == PredictOptions()  # a number per row; with options, the rows `raftlm predict` writes
         return {
             "predictions": [r["prediction"] for r in out] if plain else out,
-            "warnings": server.warnings(truncated),
+            "warnings": server.warnings(truncated, out),
         }
 
     app.openapi = lambda: _openapi(app)

@@ -123,6 +123,8 @@ def prediction_rows(
             row["entropy"] = float(preds.entropy[j])
             if preds.shift is not None:  # raft-head: prediction = the grid distribution's mean + this
                 row["correction"] = float(preds.shift[j])
+        if preds.unparsed is not None:  # text decoders: decoded texts that were not a number (count as 0.0)
+            row["unparsed"] = int(preds.unparsed[j])
         yield {**row, **(extra[j] if extra else {})}
 
 
