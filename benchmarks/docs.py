@@ -363,7 +363,7 @@ def lever_decision(arms: dict[str, list], label: str, adopts, said: str, adopt: 
     elif passed == len(DATASETS):
         verdict = f"{said} on all three: {adopt}"
     else:
-        verdict = f"{said} on {passed} of 3: {keep}"
+        verdict = f"{said} on {passed} of {len(DATASETS)}: {keep}"
     return "; ".join(out) + f" ({verdict})"
 
 

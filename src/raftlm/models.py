@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import tempfile
 import types
 from pathlib import Path
@@ -590,6 +589,3 @@ def unwrap_for_saving(model):
         return model.merge_and_unload()
     return model
 
-
-def clear_cache(name: str) -> None:
-    shutil.rmtree(cache_dir() / name, ignore_errors=True)
