@@ -1,4 +1,5 @@
 import math
+import re
 
 import numpy as np
 import pytest
@@ -281,6 +282,20 @@ def test_api_return_std_predict_interval_and_save_load(tmp_path):
     assert pis2.shape == (4, 2, 2) and np.all(pis2[:, 1, 0] <= pis2[:, 1, 1])  # wider at 90 %
     with pytest.raises(RaftlmError, match="strictly between 0 and 1"):
         reg.predict_interval(TEXTS[:4], confidence_level=1.5)
+    # a text decoder has no distribution: refused in the API's own words before any text is decoded
+    import raftlm.predictor
+
+    def decodes(*a, **k):
+        raise AssertionError("text was decoded before the refusal")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(raftlm.predictor.Predictor, "generate", decodes)
+        said = "reads the grid distribution, which decoder='greedy' does not (it decodes text): use decoder 'rail'"
+        with pytest.raises(RaftlmError, match=re.escape("return_std " + said)):
+            reg.predict(TEXTS[:4], decoder="greedy", return_std=True)
+        with pytest.raises(RaftlmError, match=re.escape("predict_interval " + said)):
+            reg.set_params(decoder="greedy").predict_interval(TEXTS[:4], 0.9, kind="grid")
+    reg.set_params(decoder="rail")
     reg.save(tmp_path / "saved")
     again = RAFTRegressor.load(tmp_path / "saved")
     for kind in ("absolute", "std", "cqr"):

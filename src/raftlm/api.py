@@ -19,6 +19,7 @@ from raftlm import methods, uncertainty
 from raftlm.config import Config, DataConfig, MethodConfig, ModelConfig, TrainConfig, to_bf16
 from raftlm.core import Example, RaftlmError, Splits, short
 from raftlm.data import IN_MEMORY, SPLIT_NAMES
+from raftlm.decoders import TEXT_DECODERS
 from raftlm.io import check_no_tilde, output_lock, write_json, write_run_marker, write_text
 from raftlm.prompts import render, resolve_template
 from raftlm.rows import check_columns, parse_target, row_fields
@@ -242,6 +243,8 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         """Point predictions; with ``return_std`` also the std of the grid distribution (data units),
         as (y_mean, y_std) like GaussianProcessRegressor."""
         self._check_fitted()
+        if return_std:
+            self._check_grid_decoder(decoder or self.decoder, "return_std")
         preds = self._predictions(X, decoder)
         if not return_std:
             return preds.values
@@ -256,6 +259,17 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         return preds.values, uncertainty.grid_std(
             uncertainty.data_values(p), probs, uncertainty.predictor_rest(p)
         )
+
+    def _check_grid_decoder(self, decoder: str, what: str) -> None:
+        """Before any text is decoded: ``what`` reads the grid distribution, which a text decoder lacks
+        (a head run's own refusal of such a decoder comes from ``Predictor.decoder_name``)."""
+        p = self.predictor_
+        p.decoder_name(decoder)
+        if decoder in TEXT_DECODERS and p.head is None:
+            raise RaftlmError(
+                f"{what} reads the grid distribution, which decoder={decoder!r} does not (it decodes text): "
+                "use decoder 'rail', 'mode' or 'median'"
+            )
 
     def _examples(self, X) -> list:
         return examples_from(X, None, self.predictor_.template)
@@ -308,6 +322,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             raise RaftlmError(
                 f"unknown interval kind {short(kind)}: use one of {list(uncertainty.KIND_CHOICES)}"
             )
+        self._check_grid_decoder(self.decoder, "predict_interval")
         cal = getattr(self, "calibration_", None)
         preds = self._predictions(X)
         features = uncertainty.features(self.predictor_, preds)

@@ -467,8 +467,8 @@ def features(predictor, preds) -> np.ndarray:
     if preds.probs is not None or predictor.head is not None or predictor.fmt is None:
         return np.asarray(preds.values, dtype=np.float64)[:, None]
     raise RaftlmError(
-        "intervals and the uncertainty summary need the grid distribution: use --decoder rail, mode or "
-        "median (greedy and sample-rail decode text and have none)"
+        "intervals and the uncertainty summary need the grid distribution: decode with rail, mode or median "
+        "(--decoder; decoder= in Python): greedy and sample-rail decode text and have none"
     )
 
 
