@@ -588,4 +588,3 @@ def unwrap_for_saving(model):
     if hasattr(model, "merge_and_unload"):
         return model.merge_and_unload()
     return model
-
