@@ -298,8 +298,15 @@ def test_plain_strings_and_mlflow_routes_give_the_same_numbers(url, run):
     csv_body = "text\n" + "\n".join(f'"{t}"' for t in texts) + "\n"
     r = post(url, csv_body, "/invocations", headers={"content-type": "text/csv"})
     assert r.json() == {"predictions": want}
+    r = post(url, "\ufeff" + csv_body, "/invocations", headers={"content-type": "text/csv"})
+    assert r.json() == {"predictions": want}  # a byte-order mark (Excel's) is dropped, as from a file
     r = post(url, "text,text\na,b\n", "/invocations", headers={"content-type": "text/csv"})
     assert r.status_code == 400 and "header: column 'text' appears 2 times" in r.json()["error"]
+    # an unquoted comma: refused with its line as `raftlm predict` refuses the file (it was cut at the comma)
+    r = post(url, "text\nfine\ngreat, really\n", "/invocations", headers={"content-type": "text/csv"})
+    assert r.status_code == 400 and r.json()["error"] == (
+        "the CSV body line 3: 2 fields but the header has 1: quote fields that contain ',', or fix the row"
+    )
     for body, fragment in (
         ({"instances": texts, "inputs": texts}, "send exactly one of dataframe_split"),
         ({"dataframe_split": {"columns": ["text"], "data": [["a", "b"]]}}, "2 values for 1 columns"),

@@ -89,7 +89,7 @@ def iter_rows(path: str | Path) -> Iterator[Row]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
-            yield from (_csv_rows(f, path, FILE_KINDS[kind]) if FILE_KINDS[kind] else _jsonl_rows(f, path))
+            yield from (csv_rows(f, path, FILE_KINDS[kind]) if FILE_KINDS[kind] else _jsonl_rows(f, path))
     except UnicodeDecodeError:
         raise _not_utf8(path, opener) from None
     except (OSError, EOFError) as err:
@@ -111,7 +111,10 @@ def _not_utf8(path: Path, opener) -> RaftlmError:
         )
 
 
-def _csv_rows(f, path: Path, delimiter: str) -> Iterator[Row]:
+def csv_rows(f, path: Path | str, delimiter: str = ",") -> Iterator[Row]:
+    """Rows of CSV text ``f`` (opened with ``newline=""``) under its header, each knowing its line; errors
+    name ``path`` and the line. `raftlm predict`'s files and the server's ``text/csv`` bodies both read this
+    way (a row with a field too many is refused in both, never cut)."""
     reader = csv.reader(f, delimiter=delimiter)
     header = next(reader, [])
     check_columns(header, f"{path} header")

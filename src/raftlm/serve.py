@@ -59,7 +59,7 @@ from raftlm import __version__
 from raftlm.config import Config, ServeSettings
 from raftlm.core import KIND_CHOICES, RaftlmError, level_text, short
 from raftlm.decoders import TEXT_DECODERS
-from raftlm.files import to_examples
+from raftlm.files import csv_rows, to_examples
 from raftlm.io import finite
 from raftlm.pipeline import load_for_eval, predict_texts
 from raftlm.predictor import Predictions, Predictor
@@ -509,11 +509,11 @@ def _invocation_rows(req: InvocationsRequest) -> list:
 
 
 def _csv_rows(body: bytes) -> list[dict]:
-    """``text/csv`` (MLflow's other content type): a header line, then rows."""
+    """``text/csv`` (MLflow's other content type): a header line, then rows, read as `raftlm predict` reads
+    a CSV file (``files.csv_rows``: a byte-order mark dropped, a row with more or fewer fields than the
+    header refused with its line)."""
     try:
-        text = body.decode("utf-8")
-        check_columns(next(csv.reader(io.StringIO(text)), []), "the CSV body's header")
-        rows = list(csv.DictReader(io.StringIO(text)))
+        rows = list(csv_rows(io.StringIO(body.decode("utf-8-sig"), newline=""), "the CSV body"))
     except RaftlmError as err:
         raise Reject(400, str(err)) from None
     except (UnicodeDecodeError, csv.Error) as err:
