@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -220,3 +222,29 @@ def test_fit_validates_on_val_size_of_eval_set_as_train_does(tmp_path):
     small(output_dir=str(tmp_path / "all"), progress_bar=False).fit(TEXTS, Y, eval_set=(TEXTS[:10], Y[:10]))
     results = json.loads((tmp_path / "all" / "eval_results.json").read_text())
     assert results["validation"] == {"n": 10, "split_size": 10, "chosen": "all"}
+
+
+def test_texts_fill_the_templates_one_field_as_the_server_takes_them():
+    """A text alone is a row of the template's one field, whatever its name, in the Python API as in the
+    server (the API made every text {"text": ...}: a run templated "Review: {review}" refused a list of
+    texts that the server took); with two fields both refuse it in the same words."""
+    from raftlm.api import examples_from
+    from raftlm.files import to_examples
+    from raftlm.serve import _as_rows
+
+    one = "Review: {review}\nStars:"
+    api = examples_from(["great", "bad"], None, one)
+    served = to_examples(_as_rows(["great", "bad"], one), one, None, "request")
+    assert (
+        [e.text for e in api] == [e.text for e in served] == ["Review: great\nStars:", "Review: bad\nStars:"]
+    )
+    two = "{title}: {text}"
+    said = re.escape(
+        "a text alone is a row only when the prompt template has one field; this one has 2 (title, text)"
+    )
+    with pytest.raises(RaftlmError, match=rf"^X\[1\]: {said}"):
+        examples_from([{"title": "a", "text": "b"}, "c"], None, two)
+    with pytest.raises(RaftlmError, match=rf"^request row 2: {said}"):
+        _as_rows([{"title": "a", "text": "b"}, "c"], two)
+    with pytest.raises(RaftlmError, match=r"X\[0\]: field 'review' is 3 \(a int\), not text"):
+        examples_from([3], None, one)

@@ -239,7 +239,12 @@ def test_health_and_info_describe_the_run(url, run):
         ({"inputs": ["x"], "rows": 1}, 422, "unknown field 'rows': the fields are with_probs"),
         ({"with_probs": True}, 422, "inputs: Field required"),
         ({"inputs": []}, 422, "inputs: send a non-empty list of rows"),
-        ({"inputs": [5]}, 400, "request row 1: a row is an object of column: text pairs, got 5"),
+        (
+            {"inputs": [5]},
+            400,
+            "request row 1: field 'text' is 5 (a int), not text: give text (quote numbers",
+        ),
+        ({"inputs": [[5]]}, 400, "request row 1: field 'text' is [5] (a list), not text"),
         (  # the fix a client can make (it cannot change the run's template)
             {"inputs": [{"txt": "x"}]},
             400,

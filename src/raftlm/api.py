@@ -22,7 +22,7 @@ from raftlm.data import IN_MEMORY, SPLIT_NAMES
 from raftlm.decoders import TEXT_DECODERS
 from raftlm.io import check_no_tilde, output_lock, write_json, write_run_marker, write_text
 from raftlm.prompts import render, resolve_template
-from raftlm.rows import check_columns, parse_target, row_fields
+from raftlm.rows import check_columns, parse_target, row_fields, text_rows
 from raftlm.run import FINISHED_FILE, load_run, save_run
 
 _NUMERIC = "feeds numeric features (an (n, k) array of numbers); RAFTRegressor reads text"
@@ -476,14 +476,14 @@ def examples_from(X, y, template: str) -> list[Example]:
     """``X`` (and ``y``, None when predicting) as Examples, pairing rows by position; each row passes
     the row contract (``rows.render_row``: the same rules as a CSV/JSONL line or a served request)."""
     template = resolve_template(template)
-    rows = _rows(X)
+    rows = text_rows(_rows(X), template, lambda i: f"X[{i}]")
     targets = [None] * len(rows) if y is None else _targets(y, len(rows))
     fields = [row_fields(template, r, f"X[{i}]") for i, r in enumerate(rows)]
     return [Example(render(template, dict(f)), t, f) for f, t in zip(fields, targets, strict=True)]
 
 
 def _rows(X) -> list:
-    """Template rows of ``X``, by position: a DataFrame's records, dicts, or texts as ``{"text": x}``."""
+    """Rows of ``X``, by position: a DataFrame's records, dicts, or texts (``text_rows`` makes them rows)."""
     if hasattr(X, "columns") and hasattr(X, "to_dict"):  # a pandas DataFrame
         check_columns(X.columns, "X")
         return X.to_dict("records")
@@ -500,8 +500,7 @@ def _rows(X) -> list:
             f"X has shape {X.shape}: give a 1-D sequence of texts (or one column, shape (n, 1)), a list "
             "of dicts or a DataFrame"
         )
-    rows = list(X)  # a Series iterates its values in order, whatever its index
-    return [x if isinstance(x, dict) else {"text": x} for x in rows]
+    return list(X)  # a Series iterates its values in order, whatever its index (texts: rows.text_rows)
 
 
 def _targets(y, n: int) -> list[float]:

@@ -61,6 +61,25 @@ def check_text(value, where: str, name: str) -> str:
     return value
 
 
+def text_rows(items: list, template: str, where) -> list:
+    """Items that are not rows (a text) become rows of the template's one field, whatever its name
+    (``{"review": s}`` for ``Review: {review}``), as the Python API and the server both take them (TEI's
+    ``/predict`` shape); the row contract then checks the value (a number or None is refused there). A
+    dict is a row already. ``where(i)`` names item ``i`` (0-based) in errors."""
+    fields = list(dict.fromkeys(template_fields(template)))
+    rows = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            if len(fields) != 1:
+                raise RaftlmError(
+                    f"{where(i)}: a text alone is a row only when the prompt template has one field; this one "
+                    f"has {len(fields)} ({', '.join(fields)}): give rows with those fields (dicts or a DataFrame)"
+                )
+            item = {fields[0]: item}
+        rows.append(item)
+    return rows
+
+
 def row_fields(template: str, row: dict, where: str) -> tuple:
     """The template's fields of one row, each checked by ``check_text``: ((name, text), ...)."""
     if not isinstance(row, dict):

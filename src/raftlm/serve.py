@@ -64,7 +64,7 @@ from raftlm.io import finite
 from raftlm.pipeline import load_for_eval, predict_texts
 from raftlm.predictor import Predictions, Predictor
 from raftlm.prompts import template_fields
-from raftlm.rows import check_columns
+from raftlm.rows import check_columns, text_rows
 from raftlm.run import is_run_dir
 from raftlm.streaming import prediction_rows
 from raftlm.uncertainty import KINDS, Calibration, min_calibration_size, prediction_fields
@@ -442,20 +442,10 @@ def _check_size(rows: list, max_rows: int) -> None:
 
 
 def _as_rows(inputs: list | str, template: str) -> list:
-    """Bare strings become rows of the template's one field (as TEI's ``/predict`` takes them); any
-    other item goes to the row contract as it is, to be accepted or refused there."""
-    fields = list(dict.fromkeys(template_fields(template)))
-    rows = []
-    for i, item in enumerate([inputs] if isinstance(inputs, str) else inputs, start=1):
-        if isinstance(item, str):
-            if len(fields) != 1:
-                raise RaftlmError(
-                    f"request row {i}: a plain string is a row only when the prompt template has one field; "
-                    f"this one has {fields}: send objects of column: text"
-                )
-            item = {fields[0]: item}
-        rows.append(item)
-    return rows
+    """Bare strings become rows of the template's one field (``rows.text_rows``, as the Python API takes
+    them); any other item goes to the row contract as it is, to be accepted or refused there."""
+    items = [inputs] if isinstance(inputs, str) else inputs
+    return text_rows(items, template, lambda i: f"request row {i + 1}")
 
 
 def _records(value, key: str) -> list:
