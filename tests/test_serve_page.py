@@ -99,7 +99,10 @@ def run(tmp_path_factory):
 
 @NEEDS_BROWSER
 def test_the_page_predicts_like_raftlm_predict(run):
+    """The page's number, interval, bars and card equal `raftlm predict`'s; a refused row shows the
+    server's line; /docs renders from the server alone (one server, one browser)."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
     from test_serve import offline, server
 
     run_dir, d = run
@@ -132,6 +135,14 @@ def test_the_page_predicts_like_raftlm_predict(run):
         # a row the contract refuses: the server's one line, on the page
         predict_on_page(driver, url, {"title": "   ", "text": "fine"})
         assert "request row 1: field 'title' is empty" in driver.find_element(By.ID, "error").text
+
+        # GET /docs (Swagger UI) loads its script and styles from the server itself (fastapi-offline): the
+        # page listed no operation where the server or its users cannot reach jsDelivr, as here
+        driver.get(url + "/docs")
+        assert "cdn.jsdelivr.net" not in driver.page_source
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+        paths = {e.text.strip() for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+        assert {"/predict", "/invocations", "/info"} <= paths, paths
 
 
 @NEEDS_BROWSER
@@ -194,23 +205,6 @@ def test_the_page_predicts_for_head_runs_with_and_without_a_grid(run, tmp_path):
                 # the run is calibrated, but a greedy server gives no intervals: the page offers none
                 shown = driver.find_element(By.ID, "level-box").is_displayed()
                 assert shown == (decoder != "greedy")
-
-
-@NEEDS_BROWSER
-def test_the_docs_page_renders_without_a_cdn(run):
-    """GET /docs (Swagger UI) loads its script and styles from the server itself (fastapi-offline): the
-    page listed no operation where the server or its users cannot reach jsDelivr, as here."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-    from test_serve import server
-
-    run_dir, _ = run
-    with server(run_dir) as (url, _, _), browser() as driver:
-        driver.get(url + "/docs")
-        assert "cdn.jsdelivr.net" not in driver.page_source
-        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
-        paths = {e.text.strip() for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
-        assert {"/predict", "/invocations", "/info"} <= paths, paths
 
 
 def screenshot(url: str, out: str, row: dict) -> None:

@@ -600,7 +600,7 @@ def test_flags_this_model_would_not_read_are_refused(run, tmp_path, capsys, extr
     # what they apply to still runs: sampling flags with the sampling decoder, a kind with its interval
     ok = [*argv(run_dir, data, tmp_path / "ok.jsonl"), "--decoder", "sample-rail", "--num-samples", "2"]
     assert main([*ok, "--temperature", "0.5", "--seed", "3", "--max-new-tokens", "2", "--quiet"]) == 0
-    assert "decoded texts were not a number and count as 0.0" in capsys.readouterr().err  # (2 tokens)
+    capsys.readouterr()  # (its warning that 2 new tokens decoded no number, where not shown before)
     # calibrate reads none of them: not its flags at all
     code, said = _bad(capsys, ["calibrate", str(run_dir), "--decoder", "greedy"])
     assert code == 2 and "unrecognized arguments: --decoder greedy" in said
