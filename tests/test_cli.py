@@ -201,9 +201,12 @@ def test_unknown_dataset_and_existing_outputs(tmp_path, toy_csv, capsys):
 
 
 def test_console_script_exit_code(tmp_path):
+    """A bad --model is one line and exit 2 before torch is imported (seconds sooner)."""
     proc = subprocess.run(
         [
             sys.executable,
+            "-X",
+            "importtime",
             "-m",
             "raftlm",
             "train",
@@ -219,6 +222,15 @@ def test_console_script_exit_code(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("raftlm train: error: unknown model 'nope'")
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "raftlm.cli" in imported and "torch" not in imported
+
+
+def test_the_model_names_config_checks_are_the_ones_models_loads():
+    from raftlm.config import MODEL_NAMES
+    from raftlm.models import ENCODERS, GGUF_MODELS
+
+    assert set(MODEL_NAMES) == {*GGUF_MODELS, *ENCODERS, "tiny-random-llama", "tiny-random-bert"}
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from raftlm.config import SECTIONS, Config, ServeSettings, load_yaml, read_recipe
+from raftlm.config import SECTIONS, Config, ServeSettings, check_model_name, load_yaml, read_recipe
 from raftlm.core import CE_TARGETS, RaftlmError, RaftlmWarning, level_text, short
 from raftlm.io import is_run_dir, main_rank  # not raftlm.run: --help must not wait for torch
 from raftlm.tables import format_table
@@ -372,6 +372,7 @@ def _dataset_given(args: argparse.Namespace) -> bool:
 
 def cmd_train(args) -> None:
     cfg = config_from_args(args)  # a bad setting fails here, before seconds of importing torch
+    _check_model_early(cfg.model.name)
     from raftlm.pipeline import is_main_process, train_run
 
     out = train_run(cfg, overwrite=args.overwrite, resume=args.resume)
@@ -396,6 +397,13 @@ def _print_results(path: Path) -> None:
         print(format_table([{"split": "test", **results["test"]}]))
 
 
+def _check_model_early(name: str) -> None:
+    """A --model that names nothing (not a built-in, a folder or a hub id) is said before seconds of
+    importing torch; a folder is judged later, by what it holds (a run, an unfinished run, a model)."""
+    if not Path(name).exists():
+        check_model_name(name)
+
+
 def _run_config(args) -> Config:
     """A run directory's own config (dataset, template) under the flags given now."""
 
@@ -408,6 +416,7 @@ def _run_config(args) -> Config:
     if model and is_run_dir(model) and (Path(model) / "config.yaml").exists() and not args.config:
         base = Config.from_yaml(str(Path(model) / "config.yaml")).to_dict()
     cfg = config_from_args(args, base)  # (a setting out of range is said first)
+    _check_model_early(cfg.model.name)
     if model and is_run_dir(model):
         _refuse_run_bound(args, model)
     if getattr(args, "input", None) and hasattr(args, "eval__split"):
@@ -557,19 +566,19 @@ def _file_examples(rows: list[dict], path: str, predictor, target_column: str, n
 
 
 def cmd_evaluate(args) -> None:
+    cfg = _run_config(args)  # settings and --model first: a bad one is said before torch loads
     _check_output(args)
     with _locked_output(args):
-        _evaluate(args)
+        _evaluate(args, cfg)
 
 
-def _evaluate(args) -> None:
+def _evaluate(args, cfg: Config) -> None:
     from raftlm.data import cap_words, load_splits
     from raftlm.files import read_rows
     from raftlm.io import prepare_output, register_output, write_json
     from raftlm.pipeline import check_eval_model, eval_limit, evaluate_predictor, load_for_eval
     from raftlm.uncertainty import Calibration
 
-    cfg = _run_config(args)
     rows = read_rows(args.input) if args.input else None
     check_eval_model(cfg, _dataset_given(args))
     if args.entropy:  # its two files obey the output contract too, checked before any work
@@ -645,10 +654,11 @@ def _entropy_files(args, cfg: Config) -> tuple[Path, Path]:
 
 
 def cmd_predict(args) -> None:
+    cfg = _run_config(args)  # settings and --model first: a bad one is said before torch loads
     if args.engine == "ray":  # Ray Data reads the input, a pool of actors predicts: integrations/ray.py
         from raftlm.integrations.ray import predict_on_ray
 
-        predict_on_ray(args, _run_config(args), _dataset_given(args))
+        predict_on_ray(args, cfg, _dataset_given(args))
         return
     from raftlm.io import check_output_file
     from raftlm.streaming import check_output
@@ -658,10 +668,10 @@ def cmd_predict(args) -> None:
     check_output_file(args.output, True, [args.input])  # the path (not the input, a file, a folder)...
     with _locked_output(args):
         check_output(args.output, args.overwrite, args.resume, args.input)  # ...and, locked, its state
-        _predict(args)
+        _predict(args, cfg)
 
 
-def _predict(args) -> None:
+def _predict(args, cfg: Config) -> None:
     from raftlm.data import load_splits
     from raftlm.files import iter_rows
     from raftlm.pipeline import check_eval_model, is_main_process, load_for_eval
@@ -669,7 +679,6 @@ def _predict(args) -> None:
     from raftlm.streaming import fields_settings, predict_file, scan
     from raftlm.uncertainty import Calibration, prediction_fields
 
-    cfg = _run_config(args)
     next(iter_rows(args.input), None)  # a missing or unreadable input fails before the model loads
     check_eval_model(cfg, _dataset_given(args))
     run = is_run_dir(cfg.model.name)

@@ -21,7 +21,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-from raftlm.config import DEVICE, top_blocks
+from raftlm.config import DEVICE, check_model_name, top_blocks
 from raftlm.core import RaftlmError, short
 from raftlm.fetch import missing, package_file
 from raftlm.io import INT8_MAXIMA_FILE, make_folder
@@ -114,19 +114,8 @@ def model_path(name: str) -> str:
         return str(_convert_gguf(name))
     if name in ENCODERS:
         return ENCODERS[name]()
-    if Path(name).exists():
-        if not (Path(name) / "config.json").exists():
-            raise RaftlmError(
-                f"model directory {name} has no config.json: point --model at a saved model or run directory"
-            )
-        return name
-    if name.startswith((".", "/", "~")):
-        raise RaftlmError(f"model path {name} does not exist: check --model")
-    if name.count("/") != 1:
-        raise RaftlmError(
-            f"unknown model {name!r}: use one of {sorted([*GGUF_MODELS, *ENCODERS, 'tiny-random-llama', 'tiny-random-bert'])}, a local directory or a hub id"
-        )
-    return name  # a hub id
+    check_model_name(name)
+    return name  # a local folder or a hub id
 
 
 def refuse_pickle_weights(path: str) -> None:
