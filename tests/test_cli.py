@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -200,30 +201,58 @@ def test_unknown_dataset_and_existing_outputs(tmp_path, toy_csv, capsys):
     assert existing.read_text().startswith('{"index": 0')
 
 
-def test_console_script_exit_code(tmp_path):
-    """A bad --model is one line and exit 2 before torch is imported (seconds sooner)."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-X",
-            "importtime",
-            "-m",
-            "raftlm",
-            "train",
-            "--model",
-            "nope",
-            "--dataset",
-            "synthetic-original1",
-            "--output-dir",
-            str(tmp_path / "r"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("raftlm train: error: unknown model 'nope'")
-    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
-    assert "raftlm.cli" in imported and "torch" not in imported
+def test_console_script_exit_code_and_common_mistakes_before_torch(tmp_path):
+    """The everyday mistakes are one line and exit 2 before torch is imported (seconds sooner): a model
+    that names nothing, a missing input, the output on the input, a damaged run's raftlm.json."""
+    rows = write_csv(tmp_path / "rows.csv", [{"text": "fine", "target": 3}])
+    damaged = tmp_path / "run"
+    damaged.mkdir()
+    (damaged / "raftlm.json").write_text('{"grid": ')
+    out = str(tmp_path / "p.jsonl")
+    for argv, said in (
+        (
+            [
+                "train",
+                "--model",
+                "nope",
+                "--dataset",
+                "synthetic-original1",
+                "--output-dir",
+                str(tmp_path / "r"),
+            ],
+            "raftlm train: error: unknown model 'nope'",
+        ),
+        (
+            ["predict", "--model", "tiny-random-llama", "--input", str(tmp_path / "no.csv"), "--output", out],
+            "raftlm predict: error: input file",
+        ),
+        (
+            [
+                "predict",
+                "--model",
+                "tiny-random-llama",
+                "--input",
+                str(rows),
+                "--output",
+                str(rows),
+                "--overwrite",
+            ],
+            "raftlm predict: error: --output",
+        ),
+        (["evaluate", "--model", str(tmp_path / "nothere" / "x")], "raftlm evaluate: error: model path"),
+        (
+            ["predict", "--model", str(damaged), "--input", str(rows), "--output", out],
+            f"raftlm predict: error: {damaged / 'raftlm.json'} is unreadable",
+        ),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "raftlm", *argv], capture_output=True, text=True
+        )
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 2 and last.startswith(said), (argv, last)
+        imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+        assert "raftlm.cli" in imported and "torch" not in imported, argv
+    assert not Path(out).exists()
 
 
 def test_the_model_names_config_checks_are_the_ones_models_loads():

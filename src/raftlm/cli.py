@@ -18,7 +18,12 @@ from pathlib import Path
 
 from raftlm.config import SECTIONS, Config, ServeSettings, check_model_name, load_yaml, read_recipe
 from raftlm.core import CE_TARGETS, RaftlmError, RaftlmWarning, level_text, short
-from raftlm.io import is_run_dir, main_rank  # not raftlm.run: --help must not wait for torch
+from raftlm.io import (  # not raftlm.run: --help must not wait for torch
+    check_eval_model,
+    is_run_dir,
+    main_rank,
+    read_metadata,
+)
 from raftlm.tables import format_table
 
 # the config fields each command reads (a section name stands for all its fields): its --help lists
@@ -442,7 +447,6 @@ def _refuse_unread(args, cfg: Config, model: str | None) -> None:
     dataset beside --input for a run, a run's --max-length, --interval-kind alone."""
     from raftlm import methods
     from raftlm.decoders import TEXT_DECODERS
-    from raftlm.run import read_metadata
 
     run = bool(model) and is_run_dir(model)
     meta = read_metadata(Path(model)) if run else {}
@@ -576,11 +580,12 @@ def _evaluate(args, cfg: Config) -> None:
     from raftlm.data import cap_words, load_splits
     from raftlm.files import read_rows
     from raftlm.io import prepare_output, register_output, write_json
-    from raftlm.pipeline import check_eval_model, eval_limit, evaluate_predictor, load_for_eval
-    from raftlm.uncertainty import Calibration
 
     rows = read_rows(args.input) if args.input else None
-    check_eval_model(cfg, _dataset_given(args))
+    check_eval_model(cfg.model.name, _dataset_given(args))  # (all three before seconds of importing torch)
+    from raftlm.pipeline import eval_limit, evaluate_predictor, load_for_eval
+    from raftlm.uncertainty import Calibration
+
     if args.entropy:  # its two files obey the output contract too, checked before any work
         for path in _entropy_files(args, cfg):
             prepare_output(path, args.overwrite, [args.input] if args.input else ())
@@ -660,12 +665,16 @@ def cmd_predict(args) -> None:
 
         predict_on_ray(args, cfg, _dataset_given(args))
         return
+    from raftlm.files import iter_rows
     from raftlm.io import check_output_file
-    from raftlm.streaming import check_output
 
     if not args.input or not args.output:
         raise RaftlmError("predict needs --input FILE (CSV/JSONL) and --output FILE (JSONL)")
     check_output_file(args.output, True, [args.input])  # the path (not the input, a file, a folder)...
+    next(iter_rows(args.input), None)  # a missing or unreadable input fails before the model loads
+    check_eval_model(cfg.model.name, _dataset_given(args))  # (these three before importing torch)
+    from raftlm.streaming import check_output
+
     with _locked_output(args):
         check_output(args.output, args.overwrite, args.resume, args.input)  # ...and, locked, its state
         _predict(args, cfg)
@@ -673,14 +682,10 @@ def cmd_predict(args) -> None:
 
 def _predict(args, cfg: Config) -> None:
     from raftlm.data import load_splits
-    from raftlm.files import iter_rows
-    from raftlm.pipeline import check_eval_model, is_main_process, load_for_eval
-    from raftlm.run import read_metadata
+    from raftlm.pipeline import is_main_process, load_for_eval
     from raftlm.streaming import fields_settings, predict_file, scan
     from raftlm.uncertainty import Calibration, prediction_fields
 
-    next(iter_rows(args.input), None)  # a missing or unreadable input fails before the model loads
-    check_eval_model(cfg, _dataset_given(args))
     run = is_run_dir(cfg.model.name)
     splits = None if run else load_splits(cfg.data)
     template = read_metadata(Path(cfg.model.name))["template"] if run else splits.template
@@ -738,7 +743,6 @@ def _refuse_unserved(args, cfg: Config) -> None:
     an interval kind under a text decoder (it gives no intervals)."""
     from raftlm import methods
     from raftlm.decoders import TEXT_DECODERS
-    from raftlm.run import read_metadata
 
     decoder = cfg.eval.decoder
     if is_run_dir(args.run_dir):

@@ -417,6 +417,51 @@ def read_json(path: str | Path, fix: str) -> Any:
         raise RaftlmError(f"{path} is unreadable ({why}): {fix}") from None
 
 
+FORMAT_VERSION = 1  # of a run's raftlm.json (raftlm.run writes it)
+REQUIRED_META = ("grid", "scaler", "template", "normalize_grid", "max_length")
+
+
+def read_metadata(directory: Path) -> dict:
+    """``raftlm.json`` of a run, checked: a truncated or edited file is one line, not a KeyError later.
+    (Here, not in raftlm.run, so the CLI reads a run's settings without importing torch.)"""
+    path = Path(directory) / META_FILE
+    meta = read_json(path, "the run is damaged; retrain it or restore it from a copy")
+    absent = [k for k in REQUIRED_META if not isinstance(meta, dict) or k not in meta]
+    if absent:
+        raise RaftlmError(f"{path} lacks {absent}: the run is damaged; retrain it or restore it from a copy")
+    if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise RaftlmError(
+            f"{path} is format {meta['format_version']}, newer than this raftlm reads ({FORMAT_VERSION}): "
+            "upgrade raftlm"
+        )
+    return meta
+
+
+def check_eval_model(model: str, dataset_given: bool = True) -> None:
+    """Before any data is read or torch imported: ``--model`` is a finished run, a saved model or a model
+    name; one that is not a run predicts zero-shot, which needs a dataset for its prompt and grid."""
+    path = Path(model)
+    if is_run_dir(path):
+        return
+    if path.is_dir() and (path / "config.yaml").exists():
+        raise RaftlmError(
+            f"{path} holds an unfinished run (no raftlm.json yet): continue it with "
+            f"`raftlm train --output-dir {path} --resume`, or pass a finished run"
+        )
+    if path.is_dir() and not (path / "config.json").exists():
+        raise RaftlmError(
+            f"{path} is not a raftlm run (no raftlm.json) nor a saved model (no config.json): "
+            "pass a run directory from `raftlm train`"
+        )
+    if not path.exists() and path.parent != Path(".") and path.parent.is_dir():
+        raise RaftlmError(f"model path {path} does not exist: check --model")
+    if not dataset_given:
+        raise RaftlmError(
+            f"{model} is not a run directory: zero-shot prediction needs --dataset (for its "
+            "prompt and grid), or pass a run directory from `raftlm train`"
+        )
+
+
 def finite(obj: Any) -> Any:
     """``obj`` with every NaN or infinite float replaced by None (JSON has no NaN/Infinity tokens)."""
     if isinstance(obj, float):

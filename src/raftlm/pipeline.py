@@ -562,31 +562,6 @@ def load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:
     return predictor
 
 
-def check_eval_model(cfg: Config, dataset_given: bool = True) -> None:
-    """Before any data is read: ``--model`` is a finished run, a saved model or a model name; one that
-    is not a run predicts zero-shot, which needs a dataset for its prompt and grid."""
-    path = Path(cfg.model.name)
-    if is_run_dir(path):
-        return
-    if path.is_dir() and (path / "config.yaml").exists():
-        raise RaftlmError(
-            f"{path} holds an unfinished run (no raftlm.json yet): continue it with "
-            f"`raftlm train --output-dir {path} --resume`, or pass a finished run"
-        )
-    if path.is_dir() and not (path / "config.json").exists():
-        raise RaftlmError(
-            f"{path} is not a raftlm run (no raftlm.json) nor a saved model (no config.json): "
-            "pass a run directory from `raftlm train`"
-        )
-    if not path.exists() and path.parent != Path(".") and path.parent.is_dir():
-        raise RaftlmError(f"model path {path} does not exist: check --model")
-    if not dataset_given:
-        raise RaftlmError(
-            f"{cfg.model.name} is not a run directory: zero-shot prediction needs --dataset (for its "
-            "prompt and grid), or pass a run directory from `raftlm train`"
-        )
-
-
 def _load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:
     if is_run_dir(cfg.model.name):
         return load_run(cfg.model.name, cfg.eval.device, cfg.eval.dtype)

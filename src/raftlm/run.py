@@ -19,6 +19,7 @@ from raftlm.core import RaftlmError, warn
 from raftlm.grid import Grid, TargetScaler
 from raftlm.heads import HEAD_CLASSES
 from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's API too)
+    FORMAT_VERSION,
     META_FILE,
     RUN_MARKER,
     check_no_tilde,
@@ -31,6 +32,7 @@ from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's AP
     journal_path,
     old_dir,
     read_json,
+    read_metadata,
     read_run_marker,
     recover_swap,
     staging_dir,
@@ -49,7 +51,6 @@ from raftlm.models import (
 from raftlm.predictor import Predictor
 from raftlm.scoring import AnswerFormat
 
-FORMAT_VERSION = 1
 FINISHED_FILE = "eval_results.json"  # written last by `raftlm train`
 KNOWN = {
     "format_version",
@@ -214,24 +215,6 @@ def save_run(p: Predictor, directory: str | Path) -> Path:
         p.int8_maxima.save(directory)
     write_json(directory / META_FILE, metadata(p))
     return directory
-
-
-REQUIRED_META = ("grid", "scaler", "template", "normalize_grid", "max_length")
-
-
-def read_metadata(directory: Path) -> dict:
-    """``raftlm.json`` of a run, checked: a truncated or edited file is one line, not a KeyError later."""
-    path = directory / META_FILE
-    meta = read_json(path, "the run is damaged; retrain it or restore it from a copy")
-    absent = [k for k in REQUIRED_META if not isinstance(meta, dict) or k not in meta]
-    if absent:
-        raise RaftlmError(f"{path} lacks {absent}: the run is damaged; retrain it or restore it from a copy")
-    if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise RaftlmError(
-            f"{path} is format {meta['format_version']}, newer than this raftlm reads ({FORMAT_VERSION}): "
-            "upgrade raftlm"
-        )
-    return meta
 
 
 def load_run(directory: str | Path, device: str = "auto", dtype: str = "auto") -> Predictor:

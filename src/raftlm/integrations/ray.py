@@ -41,13 +41,14 @@ from raftlm.files import FILE_KINDS, to_examples
 from raftlm.io import (
     META_FILE,
     atomic_write,
+    check_eval_model,
     check_folder,
     check_output_file,
     is_run_dir,
     output_lock,
     same_file,
 )
-from raftlm.pipeline import check_eval_model, load_for_eval, predict_examples
+from raftlm.pipeline import load_for_eval, predict_examples
 from raftlm.streaming import (
     appending,
     begin_job,
@@ -217,7 +218,7 @@ def predict_on_ray(args, cfg: Config, dataset_given: bool) -> None:
 
 
 def _predict_on_ray(ray, args, cfg: Config, dataset_given: bool, output: Path) -> None:
-    check_eval_model(cfg, dataset_given)
+    check_eval_model(cfg.model.name, dataset_given)
     if Path(cfg.model.name).exists():  # actors may start in another working directory
         cfg = Config.build(cfg.to_dict(), {"model.name": str(Path(cfg.model.name).absolute())})
     splits = None if is_run_dir(cfg.model.name) else load_splits(cfg.data)
