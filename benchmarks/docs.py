@@ -338,9 +338,10 @@ def raft_head_rail_part() -> str:
 def lever_decision(arms: dict[str, list], label: str, adopts, said: str, adopt: str, keep: str) -> str:
     """A lever sweep's pre-registered rule, said in numbers: per dataset the lever's mean validation RMSE
     (its LR chosen on seed 0) against the shipped default's on the same seeds; the lever is adopted only if
-    ``adopts(lever's, default's)`` holds on all three datasets once each has seeds 0-2. ``said`` names
-    that test ("lower"), ``adopt`` and ``keep`` the two outcomes."""
-    out, passed, done = [], 0, 0
+    ``adopts(lever's, default's)`` holds on all three datasets once each has seeds 0-2, so one dataset
+    with seeds 0-2 where it does not decides it (the others pending or not). ``said`` names that test
+    ("lower"), ``adopt`` and ``keep`` the two outcomes."""
+    out, passed, done, failed = [], 0, 0, []
     for ds, name in DATASETS.items():
         mine = arm_entry(ds, arms[ds], label)
         if mine is None:
@@ -356,9 +357,15 @@ def lever_decision(arms: dict[str, list], label: str, adopts, said: str, adopt: 
         out.append(
             f"{name}: {fmt(mine['validation_rmse'])} against {fmt(theirs)} ({n}, LR {lr_text(mine['lr'])})"
         )
-        done += set(seeds) >= set(FIRST_SEEDS)
-        passed += bool(adopts(mine["validation_rmse"], theirs))
-    if done < len(DATASETS):
+        complete = set(seeds) >= set(FIRST_SEEDS)
+        holds = bool(adopts(mine["validation_rmse"], theirs))
+        done += complete
+        passed += holds
+        if complete and not holds:
+            failed.append(name)
+    if failed and done < len(DATASETS):
+        verdict = f"not {said} on {', '.join(failed)} at seeds 0-2, which decides it: {keep}"
+    elif done < len(DATASETS):
         verdict = f"decision pending: {done} of {len(DATASETS)} datasets have seeds 0-2"
     elif passed == len(DATASETS):
         verdict = f"{said} on all three: {adopt}"

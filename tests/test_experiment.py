@@ -873,6 +873,15 @@ def test_docs_raft_head_decision_follows_its_preregistered_rule(tmp_path, monkey
     text = write(mixed)
     assert "MovieLens-100K: 1.070 against 1.060 (3 seeds, LR 1e-4)" in text
     assert text.endswith("(lower on 2 of 3: the default stays, raft-head is an option)")
+    # not lower on one dataset with seeds 0-2 decides it while the others are still pending
+    text = write(mixed[6:] + lower[:4])
+    assert (
+        "STS-B-1K: 0.735 against 0.750 (3 seeds, LR 1e-4); Amazon snippets: 0.605 against 0.610 (1 seed"
+        in text
+    )
+    assert text.endswith(
+        "(not lower on MovieLens-100K at seeds 0-2, which decides it: the default stays, raft-head is an option)"
+    )
 
     # sweeps/bf16-lever.yaml's rule: at most the default's + 0.005 on all three (the same comparison)
     def bf16(rows):
