@@ -203,11 +203,13 @@ def test_unknown_dataset_and_existing_outputs(tmp_path, toy_csv, capsys):
 
 def test_console_script_exit_code_and_common_mistakes_before_torch(tmp_path):
     """The everyday mistakes are one line and exit 2 before torch is imported (seconds sooner): a model
-    that names nothing, a missing input, the output on the input, a damaged run's raftlm.json."""
+    that names nothing, a missing input, the output on the input, a damaged run's raftlm.json, an unknown
+    dataset or a missing data file for train, an output that exists."""
     rows = write_csv(tmp_path / "rows.csv", [{"text": "fine", "target": 3}])
     damaged = tmp_path / "run"
     damaged.mkdir()
     (damaged / "raftlm.json").write_text('{"grid": ')
+    rows.with_name("mine.jsonl").write_text("a user's file\n")
     out = str(tmp_path / "p.jsonl")
     for argv, said in (
         (
@@ -241,6 +243,28 @@ def test_console_script_exit_code_and_common_mistakes_before_torch(tmp_path):
         ),
         (["evaluate", "--model", str(tmp_path / "nothere" / "x")], "raftlm evaluate: error: model path"),
         (
+            [
+                "train",
+                "--model",
+                "tiny-random-llama",
+                "--dataset",
+                "nope",
+                "--output-dir",
+                str(tmp_path / "r"),
+            ],
+            "raftlm train: error: unknown dataset 'nope'",
+        ),
+        (
+            ["train", "--model", "tiny-random-llama", "--dataset", f"csv:{tmp_path / 'no.csv'}"]
+            + ["--output-dir", str(tmp_path / "r")],
+            "raftlm train: error: input file",
+        ),
+        (
+            ["predict", "--model", "tiny-random-llama", "--dataset", "synthetic-original1"]
+            + ["--input", str(rows), "--output", str(rows.with_name("mine.jsonl"))],
+            f"raftlm predict: error: output path {rows.with_name('mine.jsonl')} already exists: pass --overwrite",
+        ),
+        (
             ["predict", "--model", str(damaged), "--input", str(rows), "--output", out],
             f"raftlm predict: error: {damaged / 'raftlm.json'} is unreadable",
         ),
@@ -252,7 +276,8 @@ def test_console_script_exit_code_and_common_mistakes_before_torch(tmp_path):
         assert proc.returncode == 2 and last.startswith(said), (argv, last)
         imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
         assert "raftlm.cli" in imported and "torch" not in imported, argv
-    assert not Path(out).exists()
+    assert not Path(out).exists() and not (tmp_path / "r").exists()
+    assert rows.with_name("mine.jsonl").read_text() == "a user's file\n"
 
 
 def test_the_model_names_config_checks_are_the_ones_models_loads():

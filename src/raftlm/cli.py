@@ -378,9 +378,14 @@ def _dataset_given(args: argparse.Namespace) -> bool:
 def cmd_train(args) -> None:
     cfg = config_from_args(args)  # a bad setting fails here, before seconds of importing torch
     _check_model_early(cfg.model.name)
-    from raftlm.pipeline import is_main_process, train_run
+    # the data too (an unknown --dataset, a missing file, a bad row): data.py imports no torch. A resumed
+    # run reads its own saved data settings, so it loads them later, as the run was saved
+    from raftlm.data import load_splits
 
-    out = train_run(cfg, overwrite=args.overwrite, resume=args.resume)
+    splits = None if args.resume else load_splits(cfg.data)
+    from raftlm.pipeline import fit_run, is_main_process
+
+    out = fit_run(cfg, overwrite=args.overwrite, resume=args.resume, splits=splits).path
 
     if is_main_process():
         print(f"run directory: {out}")
@@ -672,8 +677,8 @@ def cmd_predict(args) -> None:
         raise RaftlmError("predict needs --input FILE (CSV/JSONL) and --output FILE (JSONL)")
     check_output_file(args.output, True, [args.input])  # the path (not the input, a file, a folder)...
     next(iter_rows(args.input), None)  # a missing or unreadable input fails before the model loads
-    check_eval_model(cfg.model.name, _dataset_given(args))  # (these three before importing torch)
-    from raftlm.streaming import check_output
+    check_eval_model(cfg.model.name, _dataset_given(args))  # (all these before importing torch)
+    from raftlm.io import check_output
 
     with _locked_output(args):
         check_output(args.output, args.overwrite, args.resume, args.input)  # ...and, locked, its state

@@ -590,3 +590,61 @@ def recover_swap(out: str | Path) -> str | None:
     message = f"raftlm: finished an interrupted --overwrite of {out}: {did}"
     print(message, file=sys.stderr)
     return message
+
+
+# --- `raftlm predict`'s partial files (streaming.py writes them; these rules import no torch, so the CLI
+# checks them before loading a model) ---
+
+
+def partial_path(output: Path, rank: int = 0, world: int = 1) -> Path:
+    tag = "" if world == 1 else f".{rank}of{world}"
+    return output.parent / f".{output.name}{tag}.partial"
+
+
+def job_path(output: Path) -> Path:
+    return output.parent / f".{output.name}.partial.json"
+
+
+def check_output(output: str | Path, overwrite: bool, resume: bool, input: str | Path | None = None) -> Path:
+    """Before loading a model: the output contract (``io.check_output_file``: not the input, not a
+    special file, an existing folder), never clobber a finished output, nor an interrupted one's
+    partial file; clean what a kill left of an atomic write of this output (not the partial file: that
+    resumes)."""
+    output = prepare_output(output, overwrite, [input] if input else ())
+    if input is not None and any(same_file(p, input) for p in (partial_path(output), job_path(output))):
+        raise RaftlmError(f"--input {input} is the partial file of --output {output}: choose another output")
+    if overwrite and resume:
+        raise RaftlmError(
+            "--overwrite starts the prediction afresh and --resume continues it: pass one of them"
+        )
+    ours = our_job(output)
+    if (parts := _partials(output)) and not ours:
+        raise RaftlmError(
+            f"{parts[0]} exists but raftlm has no record of writing it ({job_path(output).name} is missing or "
+            "not raftlm's): it may be a user's file; move it, or write to another path"
+        )
+    if job_path(output).exists() and not ours:
+        raise RaftlmError(
+            f"{job_path(output)} exists and is not a raftlm prediction record: move it, or write to another path"
+        )
+    if job_path(output).exists() and not (resume or overwrite):
+        raise RaftlmError(
+            f"an interrupted prediction into {output} left its partial file: pass --resume to continue "
+            "it or --overwrite to start over"
+        )
+    return output
+
+
+def our_job(output: Path) -> bool:
+    """Whether ``output``'s prediction record (``.NAME.partial.json``) is one raftlm wrote."""
+    try:
+        job = json.loads(job_path(output).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(job, dict) and {"input_sha256", "model", "rows"} <= job.keys()
+
+
+def _partials(output: Path) -> list[Path]:
+    """Partial files of ``output`` from any number of processes (and of no other output)."""
+    pattern = re.compile(rf"\.{re.escape(output.name)}(\.\d+of\d+)?\.partial")
+    return [p for p in output.parent.iterdir() if pattern.fullmatch(p.name)]

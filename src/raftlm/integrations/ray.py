@@ -43,8 +43,10 @@ from raftlm.io import (
     atomic_write,
     check_eval_model,
     check_folder,
+    check_output,
     check_output_file,
     is_run_dir,
+    our_job,
     output_lock,
     same_file,
 )
@@ -52,11 +54,9 @@ from raftlm.pipeline import load_for_eval, predict_examples
 from raftlm.streaming import (
     appending,
     begin_job,
-    check_output,
     fields_settings,
     finish_job,
     job_path,
-    our_job,
     partial_path,
     prediction_job,
     prediction_rows,
@@ -424,7 +424,7 @@ def _one_line(err: Exception, input: str) -> RaftlmError | None:
 def check_destination(
     output: str | Path, overwrite: bool, shard_rows: int | None, input: str, resume: bool = False
 ) -> Path:
-    """Before Ray starts or a model loads: a JSONL output goes through ``streaming.check_output`` (the
+    """Before Ray starts or a model loads: a JSONL output goes through ``io.check_output`` (the
     output contract of ``raftlm predict``, its partial file's included); a --shards folder must be new, or
     one --shards wrote (its marker) with --overwrite, and not the input; an interrupted one's partial
     folder is continued (--resume) or replaced (--overwrite), never silently. A killed --shards write's
