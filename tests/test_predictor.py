@@ -47,6 +47,7 @@ def test_text_that_is_not_a_number_is_counted_per_row_and_said(tiny):
     """eq. 1 counts a decoded text that is not a number as 0.0; each row says how many of its texts did,
     and a warning says it at all (a random model's text rarely is a number)."""
     from raftlm.core import RaftlmWarning
+    from raftlm.predictor import unparsed_said_once
 
     p = make(tiny)
     samples = p.generate(TEXTS, num_return_sequences=4, do_sample=True, max_new_tokens=4, seed=3)
@@ -58,6 +59,10 @@ def test_text_that_is_not_a_number_is_counted_per_row_and_said(tiny):
         sampled = p.predict(TEXTS, "sample-rail", num_samples=4, max_new_tokens=4, seed=3)
     assert sampled.unparsed.tolist() == want and sampled.n_unparsed == sum(want)
     assert p.predict(TEXTS, "rail").unparsed is None
+    with pytest.warns(RaftlmWarning) as said, unparsed_said_once():  # several calls: one line, the total
+        for _ in range(3):
+            p.predict(TEXTS, "sample-rail", num_samples=4, max_new_tokens=4, seed=3)
+    assert [str(w.message).split(" decoded")[0] for w in said] == [f"{3 * sum(want)} of 36"]
 
 
 def test_a_rows_samples_do_not_depend_on_the_rows_beside_it(tiny):

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,20 @@ def test_small_chunks_write_the_same_rows_in_input_order(run, tmp_path, monkeypa
     assert n == 40 and seen == [7, 7, 7, 7, 7, 5]
     same_rows(read(out), read(tmp_path / "whole.jsonl"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chunked.jsonl", "whole.jsonl"]
+
+
+def test_a_streamed_text_decode_says_its_unparsed_texts_once(run, tmp_path):
+    """A file predicted chunk by chunk gives one "not a number" warning with the file's total, not one
+    per chunk; it equals the rows' own counts."""
+    run_dir, data = run
+    predictor, cfg = _loaded(run_dir)
+    cfg.eval.decoder = "greedy"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        raftlm.streaming.predict_file(predictor, cfg, data, tmp_path / "greedy.jsonl", chunk_rows=7)
+    said = [str(w.message) for w in caught if "decoded texts were not a number" in str(w.message)]
+    total = sum(r["unparsed"] for r in read(tmp_path / "greedy.jsonl"))
+    assert total > 0 and len(said) == 1 and said[0].startswith(f"{total} of 40 decoded texts"), said
 
 
 def _loaded(run_dir):

@@ -7,6 +7,7 @@ the prompt template and the answer format; the weights are an ordinary causal LM
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -58,13 +59,37 @@ class Predictions:
         return self.probs if self.shift is None else None
 
 
+# while ``unparsed_said_once`` runs: [unparsed, decoded, max_new_tokens] summed over its predict calls
+_HELD: contextvars.ContextVar[list | None] = contextvars.ContextVar("raftlm_unparsed_held", default=None)
+
+
+@contextlib.contextmanager
+def unparsed_said_once():
+    """Within it, the predict calls' "N of M decoded texts were not a number" warnings are summed and said
+    once, as one total, when it ends (a streamed prediction decodes its file chunk by chunk: one line per
+    chunk would repeat itself)."""
+    held = [0, 0, 0]
+    token = _HELD.set(held)
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
+        if held[0]:
+            warn_unparsed(*held)
+
+
 def warn_unparsed(n: int, total: int, max_new_tokens: int) -> None:
-    """Decoded texts that were not a number, said (they count as 0.0, which moves the prediction)."""
-    warn(
-        f"{n} of {total} decoded texts were not a number and count as 0.0 (the paper's eq. 1; each row's "
-        f'"unparsed" says how many of its own): raise max_new_tokens ({max_new_tokens}) if numbers were cut '
-        "off, or decode with rail, which reads the grid's probabilities instead of text"
-    )
+    """Decoded texts that were not a number, said (they count as 0.0, which moves the prediction); nothing
+    when ``n`` is 0."""
+    if (held := _HELD.get()) is not None:
+        held[0], held[1], held[2] = held[0] + n, held[1] + total, max_new_tokens
+        return
+    if n:
+        warn(
+            f"{n} of {total} decoded texts were not a number and count as 0.0 (the paper's eq. 1; each row's "
+            f'"unparsed" says how many of its own): raise max_new_tokens ({max_new_tokens}) if numbers were cut '
+            "off, or decode with rail, which reads the grid's probabilities instead of text"
+        )
 
 
 def autocast(bf16: bool, device: str = "cpu"):
@@ -490,8 +515,7 @@ class Predictor:
         )
         parsed = [[self._parse(s) for s in row] for row in texts_out]
         unparsed = np.array([int(np.isnan(row).sum()) for row in parsed], dtype=np.int64)
-        if unparsed.any():
-            warn_unparsed(int(unparsed.sum()), k * len(texts), max_new_tokens)
+        warn_unparsed(int(unparsed.sum()), k * len(texts), max_new_tokens)
         # eq. 1: a non-numeric decode counts as 0.0 (in the model's output units, then mapped back)
         g = np.array([np.mean(np.nan_to_num(row, nan=0.0)) for row in parsed])
         return Predictions(self.scaler.to_data(g), unparsed=unparsed)

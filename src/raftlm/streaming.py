@@ -36,7 +36,7 @@ from raftlm.io import (  # (the partial-file rules import no torch: `raftlm pred
     partial_path,
 )
 from raftlm.pipeline import predict_examples
-from raftlm.predictor import Predictions, Predictor
+from raftlm.predictor import Predictions, Predictor, unparsed_said_once
 from raftlm.rows import TargetsIn
 from raftlm.run import model_fingerprint, read_metadata
 
@@ -274,7 +274,7 @@ def predict_file(
     quiet = not cfg.training.progress_bar or not state.is_main_process
     bar = tqdm(total=end - begin, initial=done, desc="predict", disable=quiet)
     try:
-        with appending(output, part, done, state.num_processes) as write:
+        with unparsed_said_once(), appending(output, part, done, state.num_processes) as write:
             for start, rows in row_chunks(input, chunk_rows, begin + done, end):
                 examples = to_examples(rows, predictor.template, target, str(input), start + 1)
                 preds = predict_examples(predictor, examples, cfg, desc=None)
