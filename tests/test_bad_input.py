@@ -197,6 +197,18 @@ def test_predict_on_a_directory_that_is_not_a_run(tmp_path, run_dir, capsys, mon
     code, line = _bad(capsys, ["predict", "--model", "tiny-random-llama", *out])
     assert code == 2 and "zero-shot prediction needs --dataset" in line
     assert not (tmp_path / "p.jsonl").exists()
+    # a relative typo beside its folder is a missing path, for train's base model as for predict's run
+    # (not a hub id "runs/typo" tried online): one rule, config.check_model_name
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for argv in (
+        ["train", "--model", "runs/typo", "--dataset", "synthetic-original1", "--output-dir", "r"],
+        ["evaluate", "--model", "runs/typo"],
+        ["predict", "--model", "runs/typo", *out],
+    ):
+        code, line = _bad(capsys, argv)
+        assert code == 2 and line.endswith("model path runs/typo does not exist: check --model"), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "runs"]
 
 
 def test_predict_cleans_the_temp_file_a_kill_left(tmp_path, run_dir):

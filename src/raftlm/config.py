@@ -138,7 +138,9 @@ def check_model_name(name: str) -> None:
                 f"model directory {name} has no config.json: point --model at a saved model or run directory"
             )
         return
-    if name.startswith((".", "/", "~")):
+    parent = Path(name).parent
+    if name.startswith((".", "/", "~")) or (parent != Path(".") and parent.is_dir()):
+        # (a hub id's owner is not a folder here: ``runs/typo`` beside a runs/ folder is a path's typo)
         raise RaftlmError(f"model path {name} does not exist: check --model")
     if name.count("/") != 1:
         raise RaftlmError(

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from raftlm.config import check_model_name
 from raftlm.core import RaftlmError
 
 META_FILE = "raftlm.json"  # what makes a directory a saved raftlm model (raftlm.run writes it)
@@ -453,8 +454,8 @@ def check_eval_model(model: str, dataset_given: bool = True) -> None:
             f"{path} is not a raftlm run (no raftlm.json) nor a saved model (no config.json): "
             "pass a run directory from `raftlm train`"
         )
-    if not path.exists() and path.parent != Path(".") and path.parent.is_dir():
-        raise RaftlmError(f"model path {path} does not exist: check --model")
+    if not path.exists():
+        check_model_name(model)  # the rule train's --model obeys: a built-in name, a hub id, no missing path
     if not dataset_given:
         raise RaftlmError(
             f"{model} is not a run directory: zero-shot prediction needs --dataset (for its "
