@@ -203,8 +203,9 @@ def test_unknown_dataset_and_existing_outputs(tmp_path, toy_csv, capsys):
 
 def test_console_script_exit_code_and_common_mistakes_before_torch(tmp_path):
     """The everyday mistakes are one line and exit 2 before torch is imported (seconds sooner): a model
-    that names nothing, a missing input, the output on the input, a damaged run's raftlm.json, an unknown
-    dataset or a missing data file for train, an output that exists."""
+    that names nothing, a missing input, the output on the input, a damaged run's raftlm.json, train
+    without a run directory or with a method that does not train, an unknown dataset or a missing data
+    file for train, an output that exists."""
     rows = write_csv(tmp_path / "rows.csv", [{"text": "fine", "target": 3}])
     damaged = tmp_path / "run"
     damaged.mkdir()
@@ -242,6 +243,11 @@ def test_console_script_exit_code_and_common_mistakes_before_torch(tmp_path):
             "raftlm predict: error: --output",
         ),
         (["evaluate", "--model", str(tmp_path / "nothere" / "x")], "raftlm evaluate: error: model path"),
+        (["train", "--model", "tiny-random-llama"], "raftlm train: error: train needs --output-dir"),
+        (
+            ["train", "--method", "none", "--output-dir", str(tmp_path / "r")],
+            "raftlm train: error: method none is zero-shot",
+        ),
         (
             [
                 "train",

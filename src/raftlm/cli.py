@@ -378,6 +378,9 @@ def _dataset_given(args: argparse.Namespace) -> bool:
 def cmd_train(args) -> None:
     cfg = config_from_args(args)  # a bad setting fails here, before seconds of importing torch
     _check_model_early(cfg.model.name)
+    from raftlm import methods
+
+    methods.check_train(cfg.method.method, cfg.eval.decoder, cfg.training.output_dir)
     # the data too (an unknown --dataset, a missing file, a bad row): data.py imports no torch. A resumed
     # run reads its own saved data settings, so it loads them later, as the run was saved
     from raftlm.data import load_splits

@@ -283,3 +283,17 @@ def get(name: str) -> Method:
 
 def display_name(name: str) -> str:
     return get(name).label or name
+
+
+def check_train(method: str, decoder: str, output_dir: str | None) -> None:
+    """What ``raftlm train`` and ``RAFTRegressor.fit`` refuse from their settings alone (imports no torch,
+    so the command line says it before loading anything): a method that does not train, a decoder this
+    method's predictions cannot use, no run directory, an unexpanded ``~`` in it."""
+    from raftlm.io import check_no_tilde
+
+    if not get(method).trains:
+        raise RaftlmError("method none is zero-shot: use `raftlm evaluate --model NAME` instead of train")
+    get(method).decoder_name(decoder, method)  # one a head reads
+    if not output_dir:
+        raise RaftlmError("train needs --output-dir for the run directory")
+    check_no_tilde(output_dir, "--output-dir")

@@ -25,7 +25,6 @@ from raftlm.data import cap, cap_words, load_splits
 from raftlm.grid import Grid, TargetScaler, make_scaler
 from raftlm.io import (
     INT8_MAXIMA_FILE,
-    check_no_tilde,
     clean_stale_tmp,
     foreign_files,
     is_marked_run,
@@ -324,13 +323,8 @@ def fit_run(
     Under ``accelerate launch`` every process trains (Trainer does DDP); only the main process writes
     the run directory and evaluates on the test split.
     """
-    if not methods.get(cfg.method.method).trains:
-        raise RaftlmError("method none is zero-shot: use `raftlm evaluate --model NAME` instead of train")
-    methods.get(cfg.method.method).decoder_name(cfg.eval.decoder, cfg.method.method)  # one a head reads
-    if not cfg.training.output_dir:
-        raise RaftlmError("train needs --output-dir for the run directory")
+    methods.check_train(cfg.method.method, cfg.eval.decoder, cfg.training.output_dir)
     reporting(cfg.training.report_to)  # a tracker that is not installed fails before any work
-    check_no_tilde(cfg.training.output_dir, "--output-dir")
     out = Path(cfg.training.output_dir)
     if resume:  # the run continues as it was saved, its data included
         cfg = _resumed_config(cfg, out)
