@@ -205,7 +205,8 @@ def test_console_script_exit_code_and_common_mistakes_before_torch(tmp_path):
     """The everyday mistakes are one line and exit 2 before torch is imported (seconds sooner): a model
     that names nothing, a missing input, the output on the input, a damaged run's raftlm.json, train
     without a run directory or with a method that does not train, an unknown dataset or a missing data
-    file for train, an output that exists."""
+    file, an output that exists, a bad row of the input, serve or calibrate of a folder that is no run,
+    an unexpanded ~."""
     rows = write_csv(tmp_path / "rows.csv", [{"text": "fine", "target": 3}])
     damaged = tmp_path / "run"
     damaged.mkdir()
@@ -243,6 +244,18 @@ def test_console_script_exit_code_and_common_mistakes_before_torch(tmp_path):
             "raftlm predict: error: --output",
         ),
         (["evaluate", "--model", str(tmp_path / "nothere" / "x")], "raftlm evaluate: error: model path"),
+        (["serve", str(damaged.parent / "nope")], "raftlm serve: error:"),
+        (["calibrate", str(damaged.parent / "nope")], "raftlm calibrate: error:"),
+        (["evaluate", "--dataset", "nope"], "raftlm evaluate: error: unknown dataset 'nope'"),
+        (
+            ["predict", "--model", "tiny-random-llama", "--dataset", "synthetic-original1"]
+            + ["--input", str(rows), "--output", out],
+            f"raftlm predict: error: {rows} line 2: column",
+        ),
+        (
+            ["demo", "--output-dir", "~/raftlm-demo-x"],
+            "raftlm demo: error: --output-dir ~/raftlm-demo-x starts with ~",
+        ),
         (["train", "--model", "tiny-random-llama"], "raftlm train: error: train needs --output-dir"),
         (
             ["train", "--method", "none", "--output-dir", str(tmp_path / "r")],

@@ -20,6 +20,7 @@ from raftlm.config import SECTIONS, Config, ServeSettings, check_model_name, loa
 from raftlm.core import CE_TARGETS, RaftlmError, RaftlmWarning, level_text, short
 from raftlm.io import (  # not raftlm.run: --help must not wait for torch
     check_eval_model,
+    check_served_run,
     is_run_dir,
     main_rank,
     read_metadata,
@@ -590,14 +591,14 @@ def _evaluate(args, cfg: Config) -> None:
     from raftlm.io import prepare_output, register_output, write_json
 
     rows = read_rows(args.input) if args.input else None
-    check_eval_model(cfg.model.name, _dataset_given(args))  # (all three before seconds of importing torch)
-    from raftlm.pipeline import eval_limit, evaluate_predictor, load_for_eval
-    from raftlm.uncertainty import Calibration
-
+    check_eval_model(cfg.model.name, _dataset_given(args))  # (all these before seconds of importing torch)
     if args.entropy:  # its two files obey the output contract too, checked before any work
         for path in _entropy_files(args, cfg):
             prepare_output(path, args.overwrite, [args.input] if args.input else ())
     splits = None if (args.input and is_run_dir(cfg.model.name)) else load_splits(cfg.data)
+    from raftlm.pipeline import eval_limit, evaluate_predictor, load_for_eval
+    from raftlm.uncertainty import Calibration
+
     predictor = load_for_eval(cfg, splits)
     if args.input:
         examples = _file_examples(rows, args.input, predictor, cfg.data.target_column, need_target=True)
@@ -690,14 +691,16 @@ def cmd_predict(args) -> None:
 
 def _predict(args, cfg: Config) -> None:
     from raftlm.data import load_splits
-    from raftlm.pipeline import is_main_process, load_for_eval
-    from raftlm.streaming import fields_settings, predict_file, scan
-    from raftlm.uncertainty import Calibration, prediction_fields
+    from raftlm.files import scan
 
     run = is_run_dir(cfg.model.name)
     splits = None if run else load_splits(cfg.data)
     template = read_metadata(Path(cfg.model.name))["template"] if run else splits.template
     scanned = scan(args.input, template, cfg.data.target_column)  # every row checked before the model loads
+    from raftlm.pipeline import is_main_process, load_for_eval  # (the data and rows before torch)
+    from raftlm.streaming import fields_settings, predict_file
+    from raftlm.uncertainty import Calibration, prediction_fields
+
     predictor = load_for_eval(cfg, splits)
     e = cfg.eval
     # read only when intervals are asked for: a damaged calibration.json must not stop plain predictions
@@ -731,6 +734,7 @@ def _predict(args, cfg: Config) -> None:
 
 
 def cmd_serve(args) -> None:
+    check_served_run(args.run_dir)  # before seconds of importing torch, FastAPI and uvicorn
     try:
         from raftlm.serve import serve
     except ModuleNotFoundError as err:
@@ -766,15 +770,15 @@ def _refuse_unserved(args, cfg: Config) -> None:
 def cmd_calibrate(args) -> None:
     """Score the run's validation split (or ``--split``, or a labelled ``--input`` file from the data
     the model will see) once and store what split-conformal intervals need in RUN/calibration.json."""
+    if not is_run_dir(args.run):  # (before seconds of importing torch)
+        raise RaftlmError(
+            f"{args.run} is not a run directory: calibrate a run from `raftlm train` (its calibration is stored there)"
+        )
     from raftlm.data import load_splits
     from raftlm.files import read_rows
     from raftlm.pipeline import load_for_eval
     from raftlm.uncertainty import calibrate
 
-    if not is_run_dir(args.run):
-        raise RaftlmError(
-            f"{args.run} is not a run directory: calibrate a run from `raftlm train` (its calibration is stored there)"
-        )
     args.model__name = args.run
     cfg = _run_config(args)
     predictor = load_for_eval(cfg, None)

@@ -12,7 +12,7 @@ import numpy as np
 from raftlm.config import Config
 from raftlm.core import RaftlmError, cpu_has_bf16
 from raftlm.data import load_splits
-from raftlm.io import atomic_write, check_folder, register_output, write_json, write_text
+from raftlm.io import atomic_write, check_folder, check_no_tilde, register_output, write_json, write_text
 from raftlm.tables import format_table
 
 # bf16 autocast where the CPU has bf16 units (the published demo ran so), float32 elsewhere: without them
@@ -67,15 +67,16 @@ def scatter(path: Path, y_true: np.ndarray, preds: dict[str, np.ndarray], scores
 def run_demo(cfg: Config, overwrite: bool = True) -> dict:
     """The demo with ``cfg``: build it over ``DEMO_DEFAULTS`` (``raftlm demo`` does), so a flag the
     user gives wins even when it equals a default of ``Config``."""
-    from raftlm.pipeline import evaluate_predictor, load_for_eval, train_run  # torch: only when it runs
-    from raftlm.run import check_run_dir
-
     out = Path(cfg.training.output_dir)
+    check_no_tilde(out, "--output-dir")  # these and the data before seconds of importing torch
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RaftlmError(f"demo output {out} exists: pass --overwrite or another --output-dir")
     check_folder(out)  # before minutes of zero-shot scoring: writable, and a run raftlm may replace
-    check_run_dir(out, overwrite=True, resume=False)
     splits = load_splits(cfg.data)
+    from raftlm.pipeline import evaluate_predictor, load_for_eval, train_run  # torch: only when it runs
+    from raftlm.run import check_run_dir
+
+    check_run_dir(out, overwrite=True, resume=False)
     test = splits.test
     y = np.array([e.target for e in test])
     rows, preds = [], {}

@@ -311,7 +311,7 @@ def fingerprint(values: dict, data_sha256: str | None) -> str:
 @functools.lru_cache(maxsize=64)
 def _data_sha256(path: str, size: int, mtime_ns: int) -> str:
     """A data file's content hash, read once per version of the file (every cell of a dataset asks)."""
-    from raftlm.streaming import file_sha256
+    from raftlm.files import file_sha256
 
     return file_sha256(path)
 

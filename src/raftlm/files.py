@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
+import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from pathlib import Path
 from raftlm.core import Example, RaftlmError, short
 from raftlm.io import describe
 from raftlm.prompts import render, template_fields
-from raftlm.rows import check_columns, parse_target, row_fields
+from raftlm.rows import TargetsIn, check_columns, parse_target, row_fields
 
 # csv's default field limit is 131,072 characters: a longer text (a whole article) is a valid field,
 # and prompts that long are truncated with a warning where they are tokenized, not refused here
@@ -176,3 +178,41 @@ def _jsonl_rows(f, path: Path) -> Iterator[Row]:
                 'e.g. {"text": "...", "target": 3}'
             )
         yield Row(obj, n)
+
+
+# --- a file read in chunks (`raftlm predict` streams it; no torch: the CLI scans it before loading a model) ---
+
+CHUNK_ROWS = 2048  # rows read, predicted and written at a time: memory is bounded by this, not the file
+
+
+def row_chunks(path: str | Path, size: int, begin: int = 0, end: int | None = None):
+    """(index of the first row, rows) for rows [begin, end) of a CSV/JSONL file, ``size`` at a time."""
+    rows = itertools.islice(iter_rows(path), begin, end)
+    start = begin
+    while chunk := list(itertools.islice(rows, size)):
+        yield start, chunk
+        start += len(chunk)
+
+
+def scan(path: str | Path, template: str, target_column: str) -> tuple[int, bool]:
+    """Rows in the input and whether they carry targets (decided over all rows: a file with targets in
+    some rows only is refused, naming the first row that differs). Every row is rendered, so bad input
+    fails with its row number before anything is predicted or written."""
+    n, targets = 0, TargetsIn(target_column, str(path))
+    for start, rows in row_chunks(path, CHUNK_ROWS):
+        for i, row in enumerate(rows, start=start + 1):
+            targets.see(row, f"line {row.line}" if getattr(row, "line", None) else f"row {i}")
+        to_examples(rows, template, target_column if targets.present else None, str(path), start + 1)
+        n += len(rows)
+    if n == 0:
+        raise RaftlmError(f"{path} has no rows: give a file with a header and data")
+    return n, targets.present
+
+
+def file_sha256(path: str | Path) -> str:
+    """The content hash of a file (what a resume checks the input against)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()

@@ -463,6 +463,14 @@ def check_eval_model(model: str, dataset_given: bool = True) -> None:
         )
 
 
+def check_served_run(run_dir: str | Path) -> None:
+    """``raftlm serve`` serves a finished run (its raftlm.json holds the prompt and grid)."""
+    if not is_run_dir(run_dir):
+        raise RaftlmError(
+            f"{run_dir} is not a raftlm run (no raftlm.json): pass a run directory from `raftlm train`"
+        )
+
+
 def finite(obj: Any) -> Any:
     """``obj`` with every NaN or infinite float replaced by None (JSON has no NaN/Infinity tokens)."""
     if isinstance(obj, float):

@@ -60,12 +60,11 @@ from raftlm.config import Config, ServeSettings
 from raftlm.core import KIND_CHOICES, RaftlmError, level_text, short
 from raftlm.decoders import TEXT_DECODERS
 from raftlm.files import csv_rows, to_examples
-from raftlm.io import finite
+from raftlm.io import check_served_run, finite
 from raftlm.pipeline import load_for_eval, predict_texts
 from raftlm.predictor import Predictions, Predictor
 from raftlm.prompts import template_fields
 from raftlm.rows import check_columns, text_rows
-from raftlm.run import is_run_dir
 from raftlm.streaming import prediction_rows
 from raftlm.uncertainty import KINDS, Calibration, min_calibration_size, prediction_fields
 
@@ -1043,10 +1042,7 @@ def log_config(access_log: bool) -> dict:
 
 def serve(run_dir: str, cfg: Config, settings: ServeSettings) -> None:
     """Listen, load the run, serve until SIGTERM or Ctrl+C."""
-    if not is_run_dir(run_dir):
-        raise RaftlmError(
-            f"{run_dir} is not a raftlm run (no raftlm.json): pass a run directory from `raftlm train`"
-        )
+    check_served_run(run_dir)
     sock = bind(settings.host, settings.port)  # a taken port fails now, not after loading the model
     try:
         predictor = load_for_eval(replace(cfg, model=replace(cfg.model, name=str(run_dir))), None)

@@ -11,8 +11,6 @@ deletes them. Under torchrun / accelerate every process predicts one contiguous 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import itertools
 import json
 import os
 import shutil
@@ -26,7 +24,7 @@ from tqdm.auto import tqdm
 from raftlm import methods
 from raftlm.config import Config
 from raftlm.core import Example, RaftlmError, short
-from raftlm.files import iter_rows, to_examples
+from raftlm.files import CHUNK_ROWS, file_sha256, row_chunks, scan, to_examples
 from raftlm.io import (  # (the partial-file rules import no torch: `raftlm predict` checks them first)
     _partials,
     atomic_write,
@@ -37,10 +35,7 @@ from raftlm.io import (  # (the partial-file rules import no torch: `raftlm pred
 )
 from raftlm.pipeline import predict_examples
 from raftlm.predictor import Predictions, Predictor, unparsed_said_once
-from raftlm.rows import TargetsIn
 from raftlm.run import model_fingerprint, read_metadata
-
-CHUNK_ROWS = 2048  # rows read, predicted and written at a time: memory is bounded by this, not the file
 
 
 def grid_probs(predictor: Predictor, probs: np.ndarray) -> dict[str, float]:
@@ -84,39 +79,6 @@ def prediction_rows(
         if preds.unparsed is not None:  # text decoders: decoded texts that were not a number (count as 0.0)
             row["unparsed"] = int(preds.unparsed[j])
         yield {**row, **(extra[j] if extra else {})}
-
-
-def row_chunks(path: str | Path, size: int, begin: int = 0, end: int | None = None):
-    """(index of the first row, rows) for rows [begin, end) of a CSV/JSONL file, ``size`` at a time."""
-    rows = itertools.islice(iter_rows(path), begin, end)
-    start = begin
-    while chunk := list(itertools.islice(rows, size)):
-        yield start, chunk
-        start += len(chunk)
-
-
-def scan(path: str | Path, template: str, target_column: str) -> tuple[int, bool]:
-    """Rows in the input and whether they carry targets (decided over all rows: a file with targets in
-    some rows only is refused, naming the first row that differs). Every row is rendered, so bad input
-    fails with its row number before anything is predicted or written."""
-    n, targets = 0, TargetsIn(target_column, str(path))
-    for start, rows in row_chunks(path, CHUNK_ROWS):
-        for i, row in enumerate(rows, start=start + 1):
-            targets.see(row, f"line {row.line}" if getattr(row, "line", None) else f"row {i}")
-        to_examples(rows, template, target_column if targets.present else None, str(path), start + 1)
-        n += len(rows)
-    if n == 0:
-        raise RaftlmError(f"{path} has no rows: give a file with a header and data")
-    return n, targets.present
-
-
-def file_sha256(path: str | Path) -> str:
-    """The content hash of a file (what a resume checks the input against)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def shard(n: int, rank: int, world: int) -> tuple[int, int]:

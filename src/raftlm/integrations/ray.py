@@ -37,7 +37,7 @@ import pyarrow as pa
 from raftlm.config import Config
 from raftlm.core import RaftlmError, Splits
 from raftlm.data import load_splits
-from raftlm.files import FILE_KINDS, to_examples
+from raftlm.files import FILE_KINDS, scan, to_examples
 from raftlm.io import (
     META_FILE,
     atomic_write,
@@ -60,7 +60,6 @@ from raftlm.streaming import (
     partial_path,
     prediction_job,
     prediction_rows,
-    scan,
 )
 from raftlm.uncertainty import Calibration, prediction_fields
 
