@@ -248,6 +248,19 @@ def test_compiled_blocks_train_the_same_weights_as_eager_and_leave_the_model_eag
     assert all(block._compiled_call_impl is None for block in blocks) and list(cache) == [id(blocks[1])]
 
 
+def test_stopped_clock_does_not_count_a_step_of_the_wall_clock(monkeypatch):
+    """An NTP correction or a clock set by hand moves time.time: not a stop (it counted 100 s a tick)."""
+    import time
+
+    from raftlm.core import StoppedClock
+
+    real, calls = time.time, []
+    monkeypatch.setattr(time, "time", lambda: real() + 100 * len(calls.append(1) or calls))
+    clock = StoppedClock(tick=0.05, slack=0.3)
+    time.sleep(0.4)
+    assert clock.close() == 0.0
+
+
 STOPPED_CHILD = """
 import sys, time
 from raftlm.core import StoppedClock

@@ -221,8 +221,11 @@ class StoppedClock:
     benchmark queue pausing it) or, on clocks that count it, a suspended machine. Trainer's
     ``train_runtime`` counts those seconds; subtracting these makes a run's time its working time.
 
-    A daemon thread waits ``tick`` seconds at a time on ``time.time`` (Trainer's clock); a wake more than
-    ``slack`` seconds late means the process did not run, and the time past ``tick`` is counted. Torch
+    A daemon thread waits ``tick`` seconds at a time; a wake more than ``slack`` seconds late means the
+    process did not run, and the time past ``tick`` is counted. Lateness is read on ``CLOCK_BOOTTIME``
+    (Linux; elsewhere ``time.monotonic``), which counts stops and a suspended machine as Trainer's
+    ``time.time`` does but not a step of the wall clock (NTP, a changed time zone setting): a clock set
+    forward by an hour is not an hour stopped. Torch
     ops release the GIL and Python threads switch every 5 ms, so a busy step delays a wake by
     milliseconds, far under ``slack``. Example: stopped for 10 s with tick 1 -> the wake after the stop
     comes ~11 s after the last -> 10 s counted (to within a tick).
@@ -235,10 +238,15 @@ class StoppedClock:
         self._thread = threading.Thread(target=self._run, name="raftlm-stopped-clock", daemon=True)
         self._thread.start()
 
+    @staticmethod
+    def _now() -> float:
+        boot = getattr(time, "CLOCK_BOOTTIME", None)
+        return time.clock_gettime(boot) if boot is not None else time.monotonic()
+
     def _run(self) -> None:
-        last = time.time()
+        last = self._now()
         while not self._done.wait(self.tick):
-            now = time.time()
+            now = self._now()
             if now - last > self.tick + self.slack:
                 self.stopped += now - last - self.tick
             last = now
