@@ -48,6 +48,9 @@ def test_make_scaler_auto_and_warning():
     np.testing.assert_allclose(s.to_grid([10, 110]), [0, 9])
     with pytest.warns(UserWarning, match="2/3 targets fall outside"):
         make_scaler(Grid.parse("1-5"), [0.0, 3.0, 5.5], None)
+    # one distinct training target (a 3-row file's random 80 %): said as what it is, with the fix
+    with pytest.raises(RaftlmError, match=r"every training target is 5 \(2 of them\).*--target-range LO,HI"):
+        make_scaler(Grid.parse("1-5"), [5.0, 5.0], "auto")
 
 
 @pytest.mark.parametrize(

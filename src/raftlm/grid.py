@@ -212,6 +212,11 @@ def make_scaler(grid: Grid, targets, target_range) -> TargetScaler:
     elif target_range == "auto":
         if y.size == 0:
             raise RaftlmError("target_range 'auto' needs training targets: give --target-range LO,HI")
+        if y.min() == y.max():  # (a small file's random 80 % can hold one value of several)
+            raise RaftlmError(
+                f"every training target is {y[0]:g} ({y.size} of them), and target_range 'auto' maps the "
+                "training targets' min..max onto the grid: give more rows, or --target-range LO,HI"
+            )
         scaler = TargetScaler(float(y.min()), float(y.max()), grid.low, grid.high)
     else:
         lo, hi = (float(v) for v in target_range)
