@@ -337,3 +337,77 @@ def test_length_chunks_refuse_what_they_cannot_join_in_one_line(extra, message):
     assert "forward" not in vars(predictor.model.model)  # the transformer's own forward again
     loss_fn_plain = lambda model, b, **_: model(**b.model_inputs(), logits_to_keep=1).logits.sum()  # noqa: E731
     chunked_loss(loss_fn_plain, predictor.model, batch, inputs["targets"], inputs["answer_len"], 3)
+
+
+def test_a_sweeps_runs_share_their_cached_states_and_train_as_without(tmp_path, toy_csv, monkeypatch):
+    """`raftlm experiment` builds a store once for the runs that differ only in LR or seed
+    (``cache.reuse_stores``): 2 LRs x 2 seeds build the training and validation stores once per seed (the
+    tiny model's random weights are its seed's: other frozen weights, other states), and every cell's
+    numbers equal those of the same sweep building them in every run."""
+    import contextlib
+
+    import yaml
+
+    import raftlm.cache as cache
+    from raftlm.experiment import run_sweep
+
+    built, real = [], cache._build
+    monkeypatch.setattr(cache, "_build", lambda *a, **k: built.append(len(a[1])) or real(*a, **k))
+
+    def sweep(name: str) -> dict:
+        path = tmp_path / f"{name}.yaml"
+        spec = {
+            "output_dir": str(tmp_path / name),
+            "base": {
+                "model": {"trainable": "top-1"},
+                "training": {"max_steps": 8, "eval_steps": 4, "batch_size": 4},
+            },
+            "datasets": [f"csv:{toy_csv}"],
+            "models": ["tiny-random-llama"],
+            "methods": [{"method": "raft"}],
+            "lrs": [1e-3, 1e-2],
+            "seeds": [0, 1],
+        }
+        path.write_text(yaml.safe_dump(spec))
+        rows = json.loads((run_sweep(str(path)) / "results.json").read_text())
+        return {r["cell_id"]: (r["validation_rmse"], r["rmse"], r["spearman"]) for r in rows}
+
+    shared = sweep("shared")
+    assert built == [32, 4] * 2 and len(shared) == 4  # the 32 training and 4 validation prompts
+    built.clear()
+    monkeypatch.setattr(cache, "reuse_stores", contextlib.nullcontext)
+    assert sweep("every-run") == shared and built == [32, 4] * 4
+    assert cache._KEPT is None
+
+
+def test_a_kept_store_is_keyed_by_the_frozen_weights_and_sequences_and_equals_a_fresh_build(tmp_path):
+    """Inside ``reuse_stores``: the same model, sequences and settings give the kept store back; a weight
+    of a trained block above the frozen ones does not change it, one of a frozen block or the
+    embeddings does, as do other sequences; its rows are a fresh build's, bit for bit, and its owner's
+    close() keeps them for the next run; the least recently used of more than KEEP stores is let go."""
+    from raftlm.cache import reuse_stores
+
+    _, predictor, _, feats = _setup("raft", "top-1")
+    model, seqs = predictor.model, [f["prompt_ids"] + f["answer_ids"] for f in feats]
+
+    def build(s=seqs):
+        return build_store(model, s, 1, predictor.pad_id, tmp_path, 4)
+
+    fresh = build()
+    with reuse_stores():
+        kept = build()
+        assert np.array_equal(kept.rows, fresh.rows) and kept is not fresh
+        kept.close()  # its run ended: the rows stay for the next
+        assert build() is kept and kept.rows is not None
+        with torch.no_grad():
+            decoder_layers(model)[1].mlp.down_proj.weight.add_(1.0)  # above the frozen block: same states
+        assert build() is kept
+        with torch.no_grad():
+            decoder_layers(model)[0].mlp.down_proj.weight.add_(1.0)  # a frozen block: other states
+        changed = build()
+        assert changed is not kept and not np.array_equal(changed.rows, kept.rows)
+        other = build(seqs[:3])
+        assert other is not changed and build() is changed  # KEEP = 2: both stay
+        build(seqs[:2])  # a third: the least recently used (other) is let go
+        assert not other.kept and changed.kept
+    assert not changed.kept and not list(tmp_path.iterdir())

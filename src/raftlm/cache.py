@@ -18,6 +18,7 @@ fits); a store that would not fit on the disk either is refused before any work.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -142,11 +143,56 @@ class HiddenStore:
     def get(self, i: int) -> torch.Tensor:
         return torch.from_numpy(np.asarray(self.rows[self.offsets[i] : self.offsets[i + 1]]))
 
+    kept = False  # held by ``reuse_stores`` for the next run: its owner's close() leaves it
+
     def close(self) -> None:
-        """Release the rows (and delete the disk file, if any)."""
+        """Release the rows (and delete the disk file, if any); a store ``reuse_stores`` keeps stays."""
+        if not self.kept:
+            self.release()
+
+    def release(self) -> None:
         self.rows = None
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+# while ``reuse_stores`` runs: the stores built, by what determines their rows, most recently used last
+_KEPT: dict[str, HiddenStore] | None = None
+KEEP = 2  # a run's training and validation stores
+
+
+@contextlib.contextmanager
+def reuse_stores():
+    """Within it, a store is built once for the same frozen weights, token sequences and settings, and
+    later runs in this process get it back (``raftlm experiment``: cells that differ only in LR, seed or
+    what trains above the frozen blocks, one after another, share their states: the frozen blocks'
+    pass over the training set takes minutes of a cell on a CPU). The rows are the ones a fresh build gives (the same computation).
+    The last ``KEEP`` stores used stay in RAM (one let go is freed with its last reference, never under a
+    run using it); a store too large for RAM (on disk beside its run) is never kept."""
+    global _KEPT
+    outer, _KEPT = _KEPT, {}
+    try:
+        yield
+    finally:
+        for store in _KEPT.values():  # (a run still holding one closes it as usual)
+            store.kept = False
+        _KEPT = outer
+
+
+def _store_key(model, seqs, k: int, pad_id: int, batch_size: int, bf16: bool, bidirectional: bool) -> str:
+    """What a store's rows depend on: the embeddings' and the ``k`` frozen blocks' weights (their bytes),
+    the model's configuration, the sequences and how they are batched."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(repr((k, pad_id, batch_size, bf16, bidirectional, model.config.to_json_string())).encode())
+    frozen = [_base(model).get_input_embeddings(), *list(decoder_layers(model))[:k]]
+    for module in frozen:
+        for name, t in [*module.named_parameters(), *module.named_buffers()]:
+            h.update(name.encode())
+            h.update(repr((t.dtype, tuple(t.shape))).encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy())
+    for seq in seqs:
+        h.update(np.asarray(seq, dtype=np.int64).tobytes() + b";")
+    return h.hexdigest()
 
 
 def available_memory() -> int:
@@ -170,7 +216,24 @@ def build_store(
     bf16: bool = False,
     bidirectional: bool = False,
 ) -> HiddenStore:
-    """Run the frozen bottom (eval mode) once over every token sequence; length-bucketed batches."""
+    """Run the frozen bottom (eval mode) once over every token sequence; length-bucketed batches. Inside
+    ``reuse_stores``, a store built for the same inputs is returned instead."""
+    key = None
+    if _KEPT is not None:
+        key = _store_key(model, seqs, k, pad_id, batch_size, bf16, bidirectional)
+        if key in _KEPT:
+            _KEPT[key] = _KEPT.pop(key)  # used last
+            return _KEPT[key]
+    store = _build(model, seqs, k, pad_id, workdir, batch_size, bf16, bidirectional)
+    if key is not None and store.path is None:
+        store.kept = True
+        _KEPT[key] = store
+        while len(_KEPT) > KEEP:  # the least recently used is let go: freed with its last reference
+            _KEPT.pop(next(iter(_KEPT))).kept = False
+    return store
+
+
+def _build(model, seqs, k, pad_id, workdir, batch_size, bf16, bidirectional) -> HiddenStore:
     dim = model.config.get_text_config().hidden_size
     store = HiddenStore([len(s) for s in seqs], dim, workdir)
     order = np.argsort([len(s) for s in seqs], kind="stable")

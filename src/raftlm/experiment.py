@@ -569,7 +569,10 @@ def run_sweep(path: str, quiet: bool = False) -> Path:
     check_sweep_dir(root)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / SWEEP_MARKER, {"format": "raftlm-sweep", "version": 1})
-    with output_lock(root, "the sweep's results"):
+    from raftlm.cache import reuse_stores  # (torch: only when cells run)
+
+    # cells that differ in LR, seed or what trains above the frozen blocks share their cached states
+    with output_lock(root, "the sweep's results"), reuse_stores():
         ran = _run_cells(sweep, todo, root, as_written)
     done = sum((root / "cells" / f"{c.cell_id}.json").exists() for c in todo)
     skipped = f", {len(todo) - done} skipped (lr_choice first_seed)" if done < len(todo) else ""
