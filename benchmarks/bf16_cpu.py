@@ -4,7 +4,8 @@ bf16 autocast halves a step's time on CPUs with bf16 units (AVX512-BF16 or AMX) 
 CPUs without them; raftlm warns when ``--bf16`` runs on such a CPU (``core.warn_slow_bf16``). This
 measures both on the CPU it runs on, with no download: Gemma 3 270M decoder blocks (random weights,
 the model's own sizes: 640 dims, MLP 2048, 4 heads of 256; two of them) forward + backward on a batch
-of 16 x 128 tokens, and one of its MLP's linear layers alone; float32 and bf16 autocast in interleaved rounds,
+of 16 x 128 tokens, one of its MLP's linear layers alone, and the two blocks frozen, forward only (as in
+inference and the frozen-block cache; also with the weights stored in bf16, ``--dtype bfloat16``); float32 and bf16 autocast in interleaved rounds,
 medians and the bf16 / float32 ratio. Each machine's figures are kept in the results file under its
 CPU's name and bf16 flags, beside the other machines'.
 
@@ -14,6 +15,7 @@ CPU's name and bf16 flags, beside the other machines'.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -84,22 +86,51 @@ def main() -> None:
         with torch.no_grad():
             linear(flat)
 
-    cases = {"2 decoder blocks forward + backward": block_step, "MLP linear forward": linear_forward}
+    # inference and the frozen-block cache: weights that do not train. autocast caches its bf16 copy of a
+    # weight only for weights that require grad, so a frozen weight is cast again at every op; weights
+    # stored in bf16 (--dtype bfloat16) are not cast at all
+    _, frozen = gemma_blocks()
+    frozen.requires_grad_(False).eval()
+    stored = copy.deepcopy(frozen).to(torch.bfloat16)
+
+    def frozen_forward(model=frozen):
+        with torch.no_grad():
+            model(input_ids=ids)
+
+    cases = {
+        "2 decoder blocks forward + backward": (block_step, None),
+        "MLP linear forward": (linear_forward, None),
+        "2 frozen decoder blocks forward (inference, the frozen-block cache)": (
+            frozen_forward,
+            lambda: frozen_forward(stored),
+        ),
+    }
     rows = {}
-    for name, fn in cases.items():
+    for name, (fn, bf16_fn) in cases.items():
         times = {False: [], True: []}
-        for bf16 in (False, True):  # warm-up
-            timer(fn, bf16)()
+        runs = {False: timer(fn, False), True: timer(fn, True)}
+        if bf16_fn is not None:
+            times["stored"], runs["stored"] = [], timer(bf16_fn, False)
+        for run in runs.values():  # warm-up
+            run()
         for _ in range(a.rounds):
-            for bf16 in (False, True):
-                times[bf16].append(timer(fn, bf16)())
+            for key, run in runs.items():
+                times[key].append(run())
         f32, b16 = statistics.median(times[False]), statistics.median(times[True])
         rows[name] = {
             "float32_ms": round(1000 * f32, 1),
             "bf16_autocast_ms": round(1000 * b16, 1),
             "bf16_over_float32": round(b16 / f32, 2),
         }
-        print(f"{name}: float32 {1000 * f32:.1f} ms, bf16 autocast {1000 * b16:.1f} ms: x{b16 / f32:.2f}")
+        said = f"{name}: float32 {1000 * f32:.1f} ms, bf16 autocast {1000 * b16:.1f} ms: x{b16 / f32:.2f}"
+        if "stored" in times:
+            st = statistics.median(times["stored"])
+            rows[name] |= {
+                "bf16_weights_ms": round(1000 * st, 1),
+                "bf16_weights_over_float32": round(st / f32, 2),
+            }
+            said += f"; weights stored in bf16 {1000 * st:.1f} ms: x{st / f32:.2f}"
+        print(said)
 
     cpuinfo = read_cpuinfo()
     flags = cpu_flags(cpuinfo)  # those that decide bf16 speed
