@@ -802,6 +802,20 @@ def efficiency(variant: str, key: str = "fraction_of_peak", inverse: bool = Fals
     return f"{1 / row[key] if inverse else row[key]:.2f}x"
 
 
+def bf16_peak_ratio() -> str:
+    """The bf16 over float32 matmul peak of the machine that measured speed.json's train-step rows."""
+    row = next(r for r in load("speed.json") if r["name"] == "train step vs matmul peak: default")
+    return f"{row['bf16_peak_flops_per_s'] / row['peak_flops_per_s']:.1f}x"
+
+
+def bf16_without_fast_units(case: str) -> str:
+    """bf16 autocast's slowdown on bf16_cpu.json's machine whose flags say avx512_bf16 but have no AMX."""
+    (entry,) = [
+        e for e in load("bf16_cpu.json").values() if e["cpu_has_bf16"] and "amx_bf16" not in e["flags"]
+    ]
+    return f"{entry['cases'][case]['bf16_over_float32']:.1f}x"
+
+
 def int8_layer(variant: str) -> str:
     v = load("int8_layers.json")["variants"][variant]
     return f"{v['speedup']:.2f}x at {'delta RMSE ' if not v['kept_float32'] else ''}{v['delta_rmse']:+.3f}"
@@ -1024,6 +1038,11 @@ VALUES: dict[str, Callable[[], str]] = {
     "head.speedup": lambda: f"{load('head_matmul.json')['summary']['median_speedup']:.1f}x",
     "head.range": lambda: span_of(load("head_matmul.json")["summary"]),
     "efficiency.bf16_speedup": lambda: efficiency("bf16 autocast (opt-in)", "speedup_vs_default"),
+    "efficiency.bf16_peak_ratio": bf16_peak_ratio,
+    "bf16_cpu.slow_step": lambda: bf16_without_fast_units("2 decoder blocks forward + backward"),
+    "bf16_cpu.slow_frozen": lambda: bf16_without_fast_units(
+        "2 frozen decoder blocks forward (inference, the frozen-block cache)"
+    ),
     "efficiency.compiled": lambda: efficiency("compiled blocks (opt-in)"),
     "efficiency.compiled_speedup": lambda: efficiency("compiled blocks (opt-in)", "speedup_vs_default"),
     "efficiency.compile_seconds": compile_seconds,

@@ -40,7 +40,8 @@ def bf16_warning(monkeypatch):
     from raftlm import core
 
     def cpu(has_bf16: bool) -> None:
-        monkeypatch.setattr(core, "cpu_has_bf16", lambda: has_bf16)
+        monkeypatch.setattr(core, "cpu_bf16_is_fast", lambda: has_bf16)
+        monkeypatch.setattr(core, "cpu_bf16_speedup", lambda: 2.0 if has_bf16 else None)  # None: no units
         core.warn_slow_bf16.cache_clear()
 
     yield cpu

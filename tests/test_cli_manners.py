@@ -12,7 +12,11 @@ from raftlm.methods import METHODS
 
 def _demo_config(monkeypatch, *flags):
     seen = {}
-    monkeypatch.setattr(raftlm.demo, "run_demo", lambda cfg, overwrite: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(
+        raftlm.demo,
+        "run_demo",
+        lambda cfg, overwrite, bf16_given: seen.update(cfg=cfg, bf16_given=bf16_given),
+    )
     assert main(["demo", *flags]) == 0
     return seen["cfg"]
 
@@ -71,7 +75,8 @@ def test_usage_errors_are_one_line(capsys, argv):
 
 
 def test_demo_uses_bf16_only_on_a_cpu_with_bf16_units(monkeypatch):
-    """bf16 autocast is 3.3x slower than float32 on a CPU without AVX512-BF16/AMX: the demo asks the CPU."""
+    """bf16 autocast is 3.3x slower than float32 on a CPU without AVX512-BF16/AMX, and 1.5x on one with
+    avx512_bf16 and no AMX: the demo asks the CPU's flags, then measures its bf16 matmul when it runs."""
     from raftlm.core import cpu_has_bf16
 
     assert cpu_has_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
@@ -83,6 +88,33 @@ def test_demo_uses_bf16_only_on_a_cpu_with_bf16_units(monkeypatch):
     assert cfg.training.bf16 == cfg.eval.bf16 == cpu_has_bf16()
     assert _demo_config(monkeypatch, "--bf16").training.bf16 is True
     assert _demo_config(monkeypatch, "--set", "training.bf16=false").training.bf16 is False
+    # flags are not enough (avx512_bf16 without AMX ran a bf16 matmul at 0.6x float32's): when the demo
+    # runs, a CPU whose bf16 matmul measures slow runs it in float32, and says so
+    from raftlm import demo
+    from raftlm.core import BF16_MIN_SPEEDUP, cpu_bf16_is_fast, cpu_bf16_speedup
+
+    measured = cpu_bf16_speedup()  # this machine's, for real: a ratio where the flags say bf16
+    assert (measured is None) == (not cpu_has_bf16()) and (measured is None or measured > 0)
+    assert cpu_bf16_is_fast() == (measured is not None and measured >= BF16_MIN_SPEEDUP)
+    monkeypatch.setattr(demo, "cpu_bf16_speedup", lambda: 0.61)
+    for fast in (False, True):
+        monkeypatch.setattr(demo, "cpu_bf16_is_fast", lambda fast=fast: fast)
+        cfg = _demo_config(monkeypatch, "--bf16")
+        cfg.training.bf16 = cfg.eval.bf16 = True  # (the demo's defaults on a CPU whose flags say bf16)
+        said = demo.bf16_measured(cfg)
+        if fast:
+            assert said is None and cfg.training.bf16 is True
+        else:
+            assert "bf16 matmul measured 0.61x float32's" in said
+            assert cfg.training.bf16 is cfg.eval.bf16 is False
+
+
+def test_the_demo_measures_bf16_only_where_no_bf16_flag_was_given(monkeypatch):
+    given = []
+    monkeypatch.setattr(raftlm.demo, "run_demo", lambda cfg, overwrite, bf16_given: given.append(bf16_given))
+    for flags in ([], ["--bf16"], ["--set", "eval.bf16=false"], ["--lr", "1e-5"]):
+        assert main(["demo", *flags]) == 0
+    assert given == [False, True, True, False]
 
 
 def test_quiet_silences_every_command(tmp_path, toy_csv, capsys):

@@ -33,7 +33,7 @@ def test_bf16_auto_turns_autocast_on_only_where_the_hardware_runs_it_fast(monkey
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for has_units in (True, False):
-        monkeypatch.setattr(core, "cpu_has_bf16", lambda has_units=has_units: has_units)
+        monkeypatch.setattr(core, "cpu_bf16_is_fast", lambda has_units=has_units: has_units)
         cfg = _yaml(tmp_path, "training: {bf16: auto}\neval: {bf16: AUTO}\n")
         assert cfg.training.bf16 is cfg.eval.bf16 is has_units
         assert f"bf16: {str(has_units).lower()}\n" in cfg.to_yaml()

@@ -838,7 +838,8 @@ def _warn_calibration(source: str, n: int) -> None:
 def cmd_demo(args) -> None:
     from raftlm.demo import DEMO_DEFAULTS, run_demo
 
-    run_demo(config_from_args(args, DEMO_DEFAULTS), overwrite=args.overwrite)
+    bf16_given = _given(args, "training.bf16") or _given(args, "eval.bf16")
+    run_demo(config_from_args(args, DEMO_DEFAULTS), overwrite=args.overwrite, bf16_given=bf16_given)
 
 
 def cmd_experiment(args) -> None:

@@ -483,8 +483,8 @@ class TrainConfig:
         default=False,
         metadata={
             "group": "basic",
-            "help": "bf16 autocast, ~2x faster on a GPU with bf16 or a CPU with AVX512-BF16/AMX, several "
-            "times slower on other CPUs (--set training.bf16=auto: on only where it is fast)",
+            "help": "bf16 autocast, ~2x faster on a GPU with bf16 or a CPU with fast bf16 units (AMX), slower "
+            "on other CPUs (--set training.bf16=auto: on only where a bf16 matmul measures fast)",
         },
     )
     seed: int = field(default=0, metadata={"group": "basic", "help": "training seed", "range": SEED})

@@ -182,23 +182,59 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
 
 
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU has bf16 units (AVX512-BF16 or AMX), where bf16 autocast speeds training up;
-    without them it slows it down (a Gemma RAFT step 3.3x slower measured, DEVELOPERS.md). Reads Linux's
+    """Whether this CPU's flags name bf16 units (AVX512-BF16 or AMX); without them bf16 autocast slows it
+    down (a Gemma RAFT step 3.3x slower measured, DEVELOPERS.md), and with them it may still
+    (``cpu_bf16_speedup`` measures it). Reads Linux's
     /proc/cpuinfo (False where there is none); ``cpuinfo`` is its text, for tests."""
     flags = cpu_flags(cpuinfo)
     return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
+BF16_MIN_SPEEDUP = 1.2  # a CPU's bf16 matmul counts as fast at this many times float32's throughput
+
+
+@functools.cache
+def cpu_bf16_speedup() -> float | None:
+    """bf16 matmul throughput over float32's on this CPU, measured once per process (~0.2 s; None without
+    bf16 flags: not measured). The flags alone do not decide it: an Intel Xeon with avx512_bf16 and no
+    AMX ran a bf16 matmul at 0.6x float32's and Gemma's training step 1.5x slower under autocast, while
+    an earlier machine's bf16 matmul peak was over twice float32's (benchmarks/bf16_cpu.py, speed.json)."""
+    if not cpu_has_bf16():
+        return None
+    import time
+
+    import torch
+
+    a, b = torch.randn(1024, 640), torch.randn(640, 2048)  # a Gemma 3 270M MLP projection's shape
+    pairs = {torch.float32: (a, b), torch.bfloat16: (a.bfloat16(), b.bfloat16())}
+    times = {dtype: [] for dtype in pairs}
+    for round_ in range(6):  # interleaved, the first round a warm-up: a busy machine slows both alike
+        for dtype, (x, y) in pairs.items():
+            start = time.perf_counter()
+            for _ in range(3):
+                x @ y
+            if round_:
+                times[dtype].append(time.perf_counter() - start)
+    return min(times[torch.float32]) / min(times[torch.bfloat16])
+
+
+def cpu_bf16_is_fast() -> bool:
+    """Whether bf16 autocast speeds this CPU up: bf16 flags, and a bf16 matmul measured at least
+    ``BF16_MIN_SPEEDUP`` times as fast as float32's."""
+    speedup = cpu_bf16_speedup()
+    return speedup is not None and speedup >= BF16_MIN_SPEEDUP
+
+
 def bf16_is_fast(device: str = "auto") -> bool:
     """What ``bf16: auto`` resolves to: whether bf16 autocast speeds this machine up. On the GPU that will
-    run (``device`` auto or cuda[:N] with one present): whether it supports bf16; on a CPU: whether it has
-    bf16 units (without them bf16 is several times slower, benchmarks/bf16_cpu.py)."""
+    run (``device`` auto or cuda[:N] with one present): whether it supports bf16; on a CPU: whether its
+    bf16 matmul measures faster than float32's (``cpu_bf16_is_fast``)."""
     if device != "cpu":
         import torch
 
         if torch.cuda.is_available():
             return torch.cuda.is_bf16_supported()
-    return cpu_has_bf16()
+    return cpu_bf16_is_fast()
 
 
 SLOW_BF16 = (
@@ -208,12 +244,23 @@ SLOW_BF16 = (
 )
 
 
+def slow_bf16_message() -> str:
+    speedup = cpu_bf16_speedup()
+    if speedup is None:
+        return SLOW_BF16
+    return (
+        f"bf16 autocast is slower than float32 on this CPU: its bf16 matmul measured {speedup:.2f}x float32's "
+        "throughput (bf16 flags without fast bf16 units, e.g. avx512_bf16 without AMX; benchmarks/bf16_cpu.py): "
+        "drop --bf16 on this machine"
+    )
+
+
 @functools.cache
 def warn_slow_bf16() -> None:
-    """Call before bf16 autocast runs on a CPU: reads the CPU once per process and warns (once) where
+    """Call before bf16 autocast runs on a CPU: asks the CPU once per process and warns (once) where
     bf16 is a slowdown; ``warn_slow_bf16.cache_clear()`` rearms it."""
-    if not cpu_has_bf16():
-        warn(SLOW_BF16, RuntimeWarning)
+    if not cpu_bf16_is_fast():
+        warn(slow_bf16_message(), RuntimeWarning)
 
 
 class StoppedClock:
