@@ -389,6 +389,8 @@ def test_a_kept_store_is_keyed_by_the_frozen_weights_and_sequences_and_equals_a_
 
     _, predictor, _, feats = _setup("raft", "top-1")
     model, seqs = predictor.model, [f["prompt_ids"] + f["answer_ids"] for f in feats]
+    embed = model.get_input_embeddings()  # a 0-dim buffer, as Gemma's embedding scale, is hashed too
+    embed.register_buffer("scale", torch.tensor(1.0), persistent=False)
 
     def build(s=seqs):
         return build_store(model, s, 1, predictor.pad_id, tmp_path, 4)
@@ -406,6 +408,10 @@ def test_a_kept_store_is_keyed_by_the_frozen_weights_and_sequences_and_equals_a_
             decoder_layers(model)[0].mlp.down_proj.weight.add_(1.0)  # a frozen block: other states
         changed = build()
         assert changed is not kept and not np.array_equal(changed.rows, kept.rows)
+        embed.scale.fill_(2.0)  # (unused by the tiny model's forward: only the key sees it)
+        assert build() is not changed
+        embed.scale.fill_(1.0)
+        assert build() is changed
         other = build(seqs[:3])
         assert other is not changed and build() is changed  # KEEP = 2: both stay
         build(seqs[:2])  # a third: the least recently used (other) is let go

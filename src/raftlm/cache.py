@@ -189,7 +189,7 @@ def _store_key(model, seqs, k: int, pad_id: int, batch_size: int, bf16: bool, bi
         for name, t in [*module.named_parameters(), *module.named_buffers()]:
             h.update(name.encode())
             h.update(repr((t.dtype, tuple(t.shape))).encode())
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # (0-dim too)
     for seq in seqs:
         h.update(np.asarray(seq, dtype=np.int64).tobytes() + b";")
     return h.hexdigest()
