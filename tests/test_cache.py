@@ -1,6 +1,7 @@
 """The frozen-block cache: training from cached states equals training through every block."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -339,7 +340,7 @@ def test_length_chunks_refuse_what_they_cannot_join_in_one_line(extra, message):
     chunked_loss(loss_fn_plain, predictor.model, batch, inputs["targets"], inputs["answer_len"], 3)
 
 
-def test_a_sweeps_runs_share_their_cached_states_and_train_as_without(tmp_path, toy_csv, monkeypatch):
+def test_a_sweeps_runs_share_their_cached_states_and_train_as_without(tmp_path, toy_csv, monkeypatch, caplog):
     """`raftlm experiment` builds a store once for the runs that differ only in LR or seed
     (``cache.reuse_stores``): 2 LRs x 2 seeds build the training and validation stores once per seed (the
     tiny model's random weights are its seed's: other frozen weights, other states), and every cell's
@@ -372,8 +373,10 @@ def test_a_sweeps_runs_share_their_cached_states_and_train_as_without(tmp_path, 
         rows = json.loads((run_sweep(str(path)) / "results.json").read_text())
         return {r["cell_id"]: (r["validation_rmse"], r["rmse"], r["spearman"]) for r in rows}
 
+    caplog.set_level(logging.INFO, logger="raftlm")
     shared = sweep("shared")
     assert built == [32, 4] * 2 and len(shared) == 4  # the 32 training and 4 validation prompts
+    assert caplog.text.count("frozen-block cache: the states of 32 sequences, built for an earlier run") == 2
     built.clear()
     monkeypatch.setattr(cache, "reuse_stores", contextlib.nullcontext)
     assert sweep("every-run") == shared and built == [32, 4] * 4

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -31,6 +32,8 @@ from raftlm.config import top_blocks
 from raftlm.core import RaftlmError
 from raftlm.models import decoder_layers
 from raftlm.scoring import PromptBatch, left_pad
+
+log = logging.getLogger(__name__)
 
 RAM_FRACTION = 0.25  # beyond this share of available memory the store goes to disk
 
@@ -223,6 +226,9 @@ def build_store(
         key = _store_key(model, seqs, k, pad_id, batch_size, bf16, bidirectional)
         if key in _KEPT:
             _KEPT[key] = _KEPT.pop(key)  # used last
+            log.info(
+                "frozen-block cache: the states of %d sequences, built for an earlier run, reused", len(seqs)
+            )
             return _KEPT[key]
     store = _build(model, seqs, k, pad_id, workdir, batch_size, bf16, bidirectional)
     if key is not None and store.path is None:
