@@ -198,7 +198,7 @@ def test_predict_on_a_directory_that_is_not_a_run(tmp_path, run_dir, capsys, mon
     assert code == 2 and "zero-shot prediction needs --dataset" in line
     assert not (tmp_path / "p.jsonl").exists()
     # a relative typo beside its folder is a missing path, for train's base model as for predict's run
-    # (not a hub id "runs/typo" tried online): one rule, config.check_model_name
+    # (not a hub id "runs/typo" tried online): one rule, io.check_model_name
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     for argv in (

@@ -300,7 +300,7 @@ def test_console_script_exit_code_and_common_mistakes_before_torch(tmp_path):
 
 
 def test_the_model_names_config_checks_are_the_ones_models_loads():
-    from raftlm.config import MODEL_NAMES
+    from raftlm.io import MODEL_NAMES
     from raftlm.models import ENCODERS, GGUF_MODELS
 
     assert set(MODEL_NAMES) == {*GGUF_MODELS, *ENCODERS, "tiny-random-llama", "tiny-random-bert"}

@@ -16,10 +16,11 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from raftlm.config import SECTIONS, Config, ServeSettings, check_model_name, load_yaml, read_recipe
+from raftlm.config import SECTIONS, Config, ServeSettings, load_yaml, read_recipe
 from raftlm.core import CE_TARGETS, RaftlmError, RaftlmWarning, level_text, short
 from raftlm.io import (  # not raftlm.run: --help must not wait for torch
     check_eval_model,
+    check_model_name,
     check_served_run,
     is_run_dir,
     main_rank,

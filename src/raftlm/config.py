@@ -123,31 +123,6 @@ def typed(section) -> None:
         setattr(section, f.name, convert(f, value, f"{name}.{f.name}"))
 
 
-# the names --model takes besides a path or a hub id (models.py holds how each loads, and checks this list)
-MODEL_NAMES = ("gemma-3-270m", "minilm-l6", "smollm2-135m", "tiny-random-bert", "tiny-random-llama")
-
-
-def check_model_name(name: str) -> None:
-    """--model names a built-in model, a local model folder (with its config.json) or a hub id
-    (``owner/name``); anything else is one line. Needs no torch: the CLI says it before importing it."""
-    if name in MODEL_NAMES:
-        return
-    if Path(name).exists():
-        if not (Path(name) / "config.json").exists():
-            raise RaftlmError(
-                f"model directory {name} has no config.json: point --model at a saved model or run directory"
-            )
-        return
-    parent = Path(name).parent
-    if name.startswith((".", "/", "~")) or (parent != Path(".") and parent.is_dir()):
-        # (a hub id's owner is not a folder here: ``runs/typo`` beside a runs/ folder is a path's typo)
-        raise RaftlmError(f"model path {name} does not exist: check --model")
-    if name.count("/") != 1:
-        raise RaftlmError(
-            f"unknown model {name!r}: use one of {list(MODEL_NAMES)}, a local directory or a hub id"
-        )
-
-
 @dataclass
 class ModelConfig:
     name: str = field(

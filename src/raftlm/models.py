@@ -21,10 +21,10 @@ from transformers import (
     AutoTokenizer,
 )
 
-from raftlm.config import DEVICE, check_model_name, top_blocks
+from raftlm.config import DEVICE, top_blocks
 from raftlm.core import RaftlmError, short
 from raftlm.fetch import missing, package_file
-from raftlm.io import INT8_MAXIMA_FILE, make_folder
+from raftlm.io import INT8_MAXIMA_FILE, check_model_name, make_folder
 from raftlm.testing import tiny_random_bert, tiny_random_llama
 
 DROPOUT_KEYS = (
