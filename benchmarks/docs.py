@@ -802,6 +802,13 @@ def efficiency(variant: str, key: str = "fraction_of_peak", inverse: bool = Fals
     return f"{1 / row[key] if inverse else row[key]:.2f}x"
 
 
+def readme_printed() -> tuple[str, str]:
+    """The README Python example's printed line (``[p1 p2 ...] r2``) as "p1, p2, ..." and "r2"."""
+    inside, after = load("readme_example.json")["printed"].split("]")
+    predictions = ", ".join(f"{float(v):.2f}" for v in inside.strip("[ ").split())
+    return predictions, f"{float(after):.2f}"
+
+
 def bf16_peak_ratio() -> str:
     """The bf16 over float32 matmul peak of the machine that measured speed.json's train-step rows."""
     row = next(r for r in load("speed.json") if r["name"] == "train step vs matmul peak: default")
@@ -1039,6 +1046,9 @@ VALUES: dict[str, Callable[[], str]] = {
     "head.range": lambda: span_of(load("head_matmul.json")["summary"]),
     "efficiency.bf16_speedup": lambda: efficiency("bf16 autocast (opt-in)", "speedup_vs_default"),
     "efficiency.bf16_peak_ratio": bf16_peak_ratio,
+    "readme.python_minutes": lambda: f"{load('readme_example.json')['minutes']:.1f}",
+    "readme.python_predictions": lambda: readme_printed()[0],
+    "readme.python_r2": lambda: readme_printed()[1],
     "bf16_cpu.slow_step": lambda: bf16_without_fast_units("2 decoder blocks forward + backward"),
     "bf16_cpu.slow_frozen": lambda: bf16_without_fast_units(
         "2 frozen decoder blocks forward (inference, the frozen-block cache)"
