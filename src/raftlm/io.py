@@ -452,10 +452,14 @@ def check_model_name(name: str) -> None:
                 f"model directory {name} has no config.json: point --model at a saved model or run directory"
             )
         return
-    parent = Path(name).parent
-    if name.startswith((".", "/", "~")) or (parent != Path(".") and parent.is_dir()):
-        # (a hub id's owner is not a folder here: ``runs/typo`` beside a runs/ folder is a path's typo)
+    if name.startswith((".", "/", "~")):
         raise RaftlmError(f"model path {name} does not exist: check --model")
+    parent = Path(name).parent
+    if parent != Path(".") and parent.is_dir():  # ``runs/typo`` beside a runs/ folder: a path's typo
+        raise RaftlmError(
+            f"model path {name} does not exist: check --model (its folder {parent}/ is here, so it is read as "
+            "a path; a hub id whose owner is a folder here: run from another folder)"
+        )
     if name.count("/") != 1:
         raise RaftlmError(
             f"unknown model {name!r}: use one of {list(MODEL_NAMES)}, a local directory or a hub id"
