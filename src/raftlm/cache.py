@@ -168,10 +168,11 @@ KEEP = 2  # a run's training and validation stores
 def reuse_stores():
     """Within it, a store is built once for the same frozen weights, token sequences and settings, and
     later runs in this process get it back (``raftlm experiment``: cells that differ only in LR, seed or
-    what trains above the frozen blocks, one after another, share their states: the frozen blocks'
-    pass over the training set takes minutes of a cell on a CPU). The rows are the ones a fresh build gives (the same computation).
-    The last ``KEEP`` stores used stay in RAM (one let go is freed with its last reference, never under a
-    run using it); a store too large for RAM (on disk beside its run) is never kept."""
+    what trains above the frozen blocks, one after another, share their states: the frozen blocks' pass
+    over the training set takes minutes of a cell on a CPU). The rows are the ones a fresh build gives
+    (the same computation). The last ``KEEP`` stores used stay in RAM (one let go is freed with its last
+    reference, never under a run using it); a store too large for RAM (on disk beside its run) is never
+    kept."""
     global _KEPT
     outer, _KEPT = _KEPT, {}
     try:

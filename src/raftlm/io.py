@@ -655,7 +655,7 @@ def check_output(output: str | Path, overwrite: bool, resume: bool, input: str |
             "--overwrite starts the prediction afresh and --resume continues it: pass one of them"
         )
     ours = our_job(output)
-    if (parts := _partials(output)) and not ours:
+    if (parts := partial_files(output)) and not ours:
         raise RaftlmError(
             f"{parts[0]} exists but raftlm has no record of writing it ({job_path(output).name} is missing or "
             "not raftlm's): it may be a user's file; move it, or write to another path"
@@ -681,7 +681,7 @@ def our_job(output: Path) -> bool:
     return isinstance(job, dict) and {"input_sha256", "model", "rows"} <= job.keys()
 
 
-def _partials(output: Path) -> list[Path]:
+def partial_files(output: Path) -> list[Path]:
     """Partial files of ``output`` from any number of processes (and of no other output)."""
     pattern = re.compile(rf"\.{re.escape(output.name)}(\.\d+of\d+)?\.partial")
     return [p for p in output.parent.iterdir() if pattern.fullmatch(p.name)]

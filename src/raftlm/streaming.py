@@ -26,11 +26,11 @@ from raftlm.config import Config
 from raftlm.core import Example, RaftlmError, short
 from raftlm.files import CHUNK_ROWS, file_sha256, row_chunks, scan, to_examples
 from raftlm.io import (  # (the partial-file rules import no torch: `raftlm predict` checks them first)
-    _partials,
     atomic_write,
     disk_error,
     is_run_dir,
     job_path,
+    partial_files,
     partial_path,
 )
 from raftlm.pipeline import predict_examples
@@ -169,7 +169,7 @@ def begin_job(output: Path, job: dict, resume: bool) -> int:
         part = partial_path(output, state.process_index, state.num_processes)
         return complete_rows(part) if part.exists() else 0
     if state.is_main_process:
-        for stale in _partials(output):
+        for stale in partial_files(output):
             stale.unlink()
         atomic_write(saved, lambda p: p.write_text(json.dumps(job) + "\n"))
     state.wait_for_everyone()
