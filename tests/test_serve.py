@@ -500,15 +500,19 @@ def test_grid_probabilities_of_a_text_decoder_are_refused_as_raftlm_predict_refu
     for flag in ("--with-probs", "--with-uncertainty"):  # refused before the model loads
         assert main([*argv, "--decoder", "greedy", flag]) == 2
         err = capsys.readouterr().err
-        assert f"{flag} reads the grid distribution, which --decoder greedy does not (it decodes text)" in err
+        assert (
+            f"{flag} reads the grid distribution, which --decoder greedy does not give (it decodes text)"
+            in err
+        )
         assert not out.exists()
     assert main(["serve", str(run_dir), "--decoder", "greedy", "--interval-kind", "cqr", "--port", "0"]) == 2
-    assert "--interval-kind chooses the kind of intervals, which a server decoding with --decoder greedy" in (
+    assert "--interval-kind reads the grid distribution, which --decoder greedy does not give" in (
         capsys.readouterr().err
     )
     # the server's rows go through the same streaming.prediction_rows, which says it in its words
     said = (
-        'grid probabilities (--with-probs, "with_probs") were asked of a text decoder (greedy, sample-rail)'
+        '--with-probs ("with_probs", the grid probabilities) reads the grid distribution, which a text decoder '
+        "(greedy, sample-rail) does not give (it decodes text)"
     )
     predictor, cfg = loaded
     cfg = replace(cfg, eval=replace(cfg.eval, decoder="greedy"))

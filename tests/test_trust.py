@@ -581,7 +581,7 @@ def test_flags_a_trained_run_cannot_honour_are_refused(run, tmp_path, capsys):
          "too, or drop --interval-kind"),
         # evaluate took it and wrote no intervals; predict refused it only after loading the model
         (["--decoder", "greedy", "--interval", "0.9"], "--interval reads the grid distribution, which --decoder "
-         "greedy does not (it decodes text): drop --interval, or use --decoder rail, mode or median"),
+         "greedy does not give (it decodes text): drop --interval, or use --decoder rail, mode or median"),
     ],
 )  # fmt: skip
 def test_flags_this_model_would_not_read_are_refused(run, tmp_path, capsys, extra, line):

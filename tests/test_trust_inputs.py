@@ -483,7 +483,7 @@ def test_grid_probabilities_of_a_head_are_refused_not_empty(tmp_path, capsys):
         main(["predict", "--model", str(run), "--input", str(data), "--output", str(out), "--with-probs"])
         == 2
     )
-    assert "a model that predicts one number (a head)" in capsys.readouterr().err and not out.exists()
+    assert "this model predicts one number (a head)" in capsys.readouterr().err and not out.exists()
     for extra, said in (
         (
             ["--decoder", "greedy"],

@@ -290,7 +290,7 @@ def test_api_return_std_predict_interval_and_save_load(tmp_path):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(raftlm.predictor.Predictor, "generate", decodes)
-        said = "reads the grid distribution, which decoder='greedy' does not (it decodes text): use decoder 'rail'"
+        said = "reads the grid distribution, which decoder='greedy' does not give (it decodes text): use decoder 'rail'"
         with pytest.raises(RaftlmError, match=re.escape("return_std " + said)):
             reg.predict(TEXTS[:4], decoder="greedy", return_std=True)
         with pytest.raises(RaftlmError, match=re.escape("predict_interval " + said)):

@@ -19,7 +19,7 @@ from raftlm import methods, uncertainty
 from raftlm.config import Config, DataConfig, MethodConfig, ModelConfig, TrainConfig, to_bf16
 from raftlm.core import Example, RaftlmError, Splits, short
 from raftlm.data import IN_MEMORY, SPLIT_NAMES
-from raftlm.decoders import TEXT_DECODERS
+from raftlm.decoders import TEXT_DECODERS, one_number, text_decoded
 from raftlm.io import check_no_tilde, output_lock, write_json, write_run_marker, write_text
 from raftlm.prompts import render, resolve_template
 from raftlm.rows import check_columns, parse_target, row_fields, text_rows
@@ -251,8 +251,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         features = uncertainty.features(self.predictor_, preds)
         if features.shape[1] < 2:
             raise RaftlmError(
-                "return_std reads the grid distribution, and this model predicts one number (a head): "
-                "use calibrate(X, y) and predict_interval (residual intervals)"
+                one_number("return_std", "use calibrate(X, y) and predict_interval (residual intervals)")
             )
         p = self.predictor_
         probs, _ = uncertainty.split_features(features, p.grid.values)  # (a shift moves no std)
@@ -267,8 +266,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         p.decoder_name(decoder)
         if decoder in TEXT_DECODERS and p.head is None:
             raise RaftlmError(
-                f"{what} reads the grid distribution, which decoder={decoder!r} does not (it decodes text): "
-                "use decoder 'rail', 'mode' or 'median'"
+                text_decoded(what, f"decoder={decoder!r}", "use decoder 'rail', 'mode' or 'median'")
             )
 
     def _examples(self, X) -> list:
@@ -350,10 +348,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         self._check_fitted()
         p = self.predictor_
         if not p.has_grid:
-            raise RaftlmError(
-                "predict_proba reads the grid distribution, and this model predicts one number (a head): it "
-                "has no grid probabilities"
-            )
+            raise RaftlmError(one_number("predict_proba", "it has no grid probabilities"))
         texts = p.texts_of(self._examples(X))
         # a symmetric pair: the mean of both orders' distributions, as every prediction averages them
         return p.average_orders(p.predict(texts, "rail", self.batch_size, bf16=self._bf16()), "rail").probs

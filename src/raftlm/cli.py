@@ -456,7 +456,7 @@ def _refuse_unread(args, cfg: Config, model: str | None) -> None:
     decoder of a head (raft-head reads rail, mode and median), a text decoder's grid-distribution flags, a
     dataset beside --input for a run, a run's --max-length, --interval-kind alone."""
     from raftlm import methods
-    from raftlm.decoders import TEXT_DECODERS
+    from raftlm.decoders import TEXT_DECODERS, text_decoded
 
     run = bool(model) and is_run_dir(model)
     meta = read_metadata(Path(model)) if run else {}
@@ -499,14 +499,15 @@ def _refuse_unread(args, cfg: Config, model: str | None) -> None:
             )
     if decoder in TEXT_DECODERS and not meta.get("head"):
         # a decoded number has no distribution: no probabilities, summary or intervals to give
-        why = f"reads the grid distribution, which --decoder {decoder} does not (it decodes text)"
         fix = "drop {flag}, or use --decoder rail, mode or median"
         for key in ("eval.interval", "eval.interval_kind"):
-            refuse(key, why, fix)
+            if _given(args, key):
+                flag = _flag(key)
+                raise RaftlmError(text_decoded(flag, f"--decoder {decoder}", fix.format(flag=flag)))
         for name in ("with_probs", "with_uncertainty"):
             if getattr(args, name, False):
                 flag = "--" + name.replace("_", "-")
-                raise RaftlmError(f"{flag} {why}: {fix.format(flag=flag)}")
+                raise RaftlmError(text_decoded(flag, f"--decoder {decoder}", fix.format(flag=flag)))
     if decoder not in TEXT_DECODERS and not meta.get("head"):
         refuse(
             "eval.max_new_tokens",
@@ -755,7 +756,7 @@ def _refuse_unserved(args, cfg: Config) -> None:
     """Before the model loads, what `raftlm serve` could not honour: a decoder the run's head would ignore,
     an interval kind under a text decoder (it gives no intervals)."""
     from raftlm import methods
-    from raftlm.decoders import TEXT_DECODERS
+    from raftlm.decoders import TEXT_DECODERS, text_decoded
 
     decoder = cfg.eval.decoder
     if is_run_dir(args.run_dir):
@@ -763,8 +764,11 @@ def _refuse_unserved(args, cfg: Config) -> None:
         methods.get(method).decoder_name(decoder, method)
     if decoder in TEXT_DECODERS and hasattr(args, "eval__interval_kind"):
         raise RaftlmError(
-            f"--interval-kind chooses the kind of intervals, which a server decoding with --decoder {decoder} "
-            "does not give (it decodes text): drop --interval-kind, or use --decoder rail, mode or median"
+            text_decoded(
+                "--interval-kind",
+                f"--decoder {decoder}",
+                "drop --interval-kind, or use --decoder rail, mode or median",
+            )
         )
 
 

@@ -73,6 +73,18 @@ TEXT_DECODERS = ("greedy", "sample-rail")
 DECODERS = (*GRID_DECODERS, *TEXT_DECODERS)
 
 
+def text_decoded(what: str, decoder: str, fix: str) -> str:
+    """The one wording, in every interface, of asking a text decoder for what only the grid distribution
+    gives (probabilities, a summary, intervals): ``decoder`` as the interface spells it (``--decoder
+    greedy``, ``decoder='greedy'``), ``fix`` what to do instead."""
+    return f"{what} reads the grid distribution, which {decoder} does not give (it decodes text): {fix}"
+
+
+def one_number(what: str, fix: str) -> str:
+    """The same for a head run, which predicts one number and has no grid distribution at all."""
+    return f"{what} reads the grid distribution, and this model predicts one number (a head): {fix}"
+
+
 def decode(decoder: str, values: np.ndarray, probs: np.ndarray, normalize_grid: bool = False) -> np.ndarray:
     """Grid decoder ``decoder`` of ``GRID_DECODERS`` applied to ``probs`` (grid units); only RAIL reads
     ``normalize_grid`` (the mode and median are the same either way)."""

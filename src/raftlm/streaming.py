@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from raftlm import methods
 from raftlm.config import Config
 from raftlm.core import Example, RaftlmError, short
+from raftlm.decoders import TEXT_DECODERS, one_number, text_decoded
 from raftlm.files import CHUNK_ROWS, file_sha256, row_chunks, scan, to_examples
 from raftlm.io import (  # (the partial-file rules import no torch: `raftlm predict` checks them first)
     atomic_write,
@@ -43,6 +44,9 @@ def grid_probs(predictor: Predictor, probs: np.ndarray) -> dict[str, float]:
     return dict(zip(predictor.grid.strings, np.round(probs, 6).tolist(), strict=True))
 
 
+WITH_PROBS = '--with-probs ("with_probs", the grid probabilities)'
+
+
 def prediction_rows(
     predictor: Predictor,
     preds: Predictions,
@@ -56,14 +60,14 @@ def prediction_rows(
     the prompt the row became (``with_prompts``), and ``extra``'s fields per row (uncertainty: std,
     quantiles, intervals)."""
     if with_probs and predictor.head is not None and not predictor.has_grid:
-        raise RaftlmError(
-            'grid probabilities (--with-probs, "with_probs") were asked of a model that predicts one number '
-            "(a head): it has none; drop them"
-        )
+        raise RaftlmError(one_number(WITH_PROBS, "it has none; drop them"))
     if with_probs and preds.probs is None:  # greedy, sample-rail: the numbers come from decoded text
         raise RaftlmError(
-            'grid probabilities (--with-probs, "with_probs") were asked of a text decoder (greedy, '
-            "sample-rail), which reads none: drop them, or use --decoder rail, mode or median"
+            text_decoded(
+                WITH_PROBS,
+                f"a text decoder ({', '.join(TEXT_DECODERS)})",
+                "drop them, or use decoder rail, mode or median",
+            )
         )
     for j, x in enumerate(examples):
         row = {"index": start + j, "prediction": float(preds.values[j])}

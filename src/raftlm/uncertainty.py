@@ -604,9 +604,10 @@ def prediction_fields(
     if summary:
         if X.shape[1] < 2:
             raise RaftlmError(
-                'the uncertainty summary (--with-uncertainty, "with_uncertainty") reads the grid distribution, '
-                "and this model predicts one number (a head): ask for an interval of a calibrated run instead "
-                "(residual intervals)"
+                decoders.one_number(
+                    'the uncertainty summary (--with-uncertainty, "with_uncertainty")',
+                    "ask for an interval of a calibrated run instead (residual intervals)",
+                )
             )
         probs, shift = split_features(X, predictor.grid.values)
         s = summarize(data_values(predictor), probs, predictor_rest(predictor), shift=shift)
