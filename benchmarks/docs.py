@@ -341,7 +341,7 @@ def lever_decision(arms: dict[str, list], label: str, adopts, said: str, adopt: 
     ``adopts(lever's, default's)`` holds on all three datasets once each has seeds 0-2, so one dataset
     with seeds 0-2 where it does not decides it (the others pending or not). ``said`` names that test
     ("lower"), ``adopt`` and ``keep`` the two outcomes."""
-    out, passed, done, failed = [], 0, 0, []
+    out, judged = [], []
     for ds, name in DATASETS.items():
         mine = arm_entry(ds, arms[ds], label)
         if mine is None:
@@ -357,21 +357,24 @@ def lever_decision(arms: dict[str, list], label: str, adopts, said: str, adopt: 
         out.append(
             f"{name}: {fmt(mine['validation_rmse'])} against {fmt(theirs)} ({n}, LR {lr_text(mine['lr'])})"
         )
-        complete = set(seeds) >= set(FIRST_SEEDS)
-        holds = bool(adopts(mine["validation_rmse"], theirs))
-        done += complete
-        passed += holds
-        if complete and not holds:
-            failed.append(name)
+        judged.append((name, set(seeds) >= set(FIRST_SEEDS), bool(adopts(mine["validation_rmse"], theirs))))
+    return "; ".join(out) + f" ({rule_verdict(judged, said, adopt, keep)})"
+
+
+def rule_verdict(judged: list[tuple[str, bool, bool]], said: str, adopt: str, keep: str) -> str:
+    """A lever's verdict from (dataset name, has seeds 0-2, the rule holds) per dataset run so far: adopted
+    only if the rule holds on all three once each has seeds 0-2; one complete dataset where it does not
+    decides it."""
+    done = sum(complete for _, complete, _ in judged)
+    passed = sum(holds for _, _, holds in judged)
+    failed = [name for name, complete, holds in judged if complete and not holds]
     if failed and done < len(DATASETS):
-        verdict = f"not {said} on {', '.join(failed)} at seeds 0-2, which decides it: {keep}"
-    elif done < len(DATASETS):
-        verdict = f"decision pending: {done} of {len(DATASETS)} datasets have seeds 0-2"
-    elif passed == len(DATASETS):
-        verdict = f"{said} on all three: {adopt}"
-    else:
-        verdict = f"{said} on {passed} of {len(DATASETS)}: {keep}"
-    return "; ".join(out) + f" ({verdict})"
+        return f"not {said} on {', '.join(failed)} at seeds 0-2, which decides it: {keep}"
+    if done < len(DATASETS):
+        return f"decision pending: {done} of {len(DATASETS)} datasets have seeds 0-2"
+    if passed == len(DATASETS):
+        return f"{said} on all three: {adopt}"
+    return f"{said} on {passed} of {len(DATASETS)}: {keep}"
 
 
 def raft_head_decision() -> str:
@@ -697,6 +700,29 @@ def ema_table() -> str:
                 f"{p if rows is ema else ''} |"
             )
     return "\n" + "\n".join(lines) + "\n"
+
+
+def ema_decision() -> str:
+    """sweeps/ema-lever.yaml's rule, fixed before its seeds 1-2 ran: --ema 0.99 becomes the default only if
+    its mean validation RMSE is lower than the default's without it (LR 1e-4, the same seeds) on all three
+    datasets at seeds 0-2."""
+    out, judged = [], []
+    for dataset, base in EMA_BASE.items():
+        ema = lever_cells("ema-lever", "raft", "ema=0.99", dataset)
+        name = DATASETS[dataset]
+        if not ema:
+            out.append(f"{name}: not run yet")
+            continue
+        seeds = {r["seed"] for r in ema}
+        plain = [r for r in lever_cells(*base, dataset) if r["seed"] in seeds]
+        if {r["seed"] for r in plain} != seeds:
+            out.append(f"{name}: the default lacks seeds {sorted(seeds)} at LR 1e-4")
+            continue
+        mine, theirs = (sum(r["validation_rmse"] for r in rows) / len(rows) for rows in (ema, plain))
+        out.append(f"{name}: {fmt(mine)} against {fmt(theirs)} ({n_seeds({'seeds': sorted(seeds)})})")
+        judged.append((name, seeds >= set(FIRST_SEEDS), mine < theirs))
+    verdict = rule_verdict(judged, "lower", "--ema 0.99 becomes the default", "the average stays an option")
+    return "; ".join(out) + f" ({verdict})"
 
 
 def default_shipped_table() -> str:
@@ -1027,6 +1053,7 @@ VALUES: dict[str, Callable[[], str]] = {
     "levers.temperature_bound": lambda: correction_bound("temperature_"),
     "levers.patience": patience,
     "levers.ema_table": ema_table,
+    "levers.ema_decision": ema_decision,
     "levers.lr_probe_runs": lambda: str(load("lr_probe.json")["runs"]),
     "levers.lr_probe_gap": lambda: f"{load('lr_probe.json')['mean_gap_between_lrs']:.3f}",
     "chunks.tokens_stsb": lambda: chunk_tokens("stsb-1k"),
