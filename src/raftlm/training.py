@@ -396,11 +396,11 @@ def trim_metrics(path: Path, step: int) -> None:
 
 def reporting(report_to: str) -> list[str]:
     """``training.report_to`` as Trainer's list of trackers; a tracker that is not installed is an error."""
+    if report_to.strip() in ("none", ""):  # (the default: no seconds of importing the integrations)
+        return []
     from transformers.integrations import get_available_reporting_integrations
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
-    if report_to.strip() in ("none", ""):
-        return []
     if report_to.strip() == "all":
         return get_available_reporting_integrations()
     names = [n.strip() for n in report_to.split(",") if n.strip()]
