@@ -908,6 +908,43 @@ def test_docs_raft_head_decision_follows_its_preregistered_rule(tmp_path, monkey
     assert docs.raft_head_rail_part().startswith("STS-B-1K: 0.755 with it, 0.850 without (2 seeds); Amazon")
 
 
+def test_docs_ema_decision_compares_the_same_seeds_at_lr_1e_4(tmp_path, monkeypatch):
+    """sweeps/ema-lever.yaml's rule as benchmarks/docs.py says it: the average's mean validation RMSE
+    against the default's without it over the same seeds (LR 1e-4, from each dataset's own folder), adopted
+    only if lower on all three at seeds 0-2."""
+    docs = docs_at(tmp_path, monkeypatch)
+    base = {"stsb-1k": 0.74, "amazon-snippets": 0.61, "movielens-100k": 1.05}
+
+    def cell(ds, seed, val, options=""):
+        return {"dataset": ds, "method": "raft", "lr": 1e-4, "seed": seed, "options": options,
+                "validation_rmse": val, "rmse": val + 0.02, "spearman": 0.8}  # fmt: skip
+
+    plain = [cell(ds, s, v + 0.01 * s) for ds, v in base.items() for s in range(3)]
+    plain.append({**cell("stsb-1k", 0, 0.5), "lr": 5e-5})  # another LR: not compared
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "results.json").write_text(json.dumps(plain))
+    for ds in base:
+        monkeypatch.setitem(docs.EMA_BASE, ds, ("plain", "raft", ""))
+
+    def decide(rows):
+        (tmp_path / "ema-lever").mkdir(exist_ok=True)
+        (tmp_path / "ema-lever" / "results.json").write_text(json.dumps(rows))
+        docs.load.cache_clear()
+        return docs.ema_decision()
+
+    ema = [cell(ds, s, v + 0.01 * s - 0.004, "ema=0.99") for ds, v in base.items() for s in range(3)]
+    text = decide([ema[1]])  # STS-B seed 1 alone: the default's seed 1 only
+    assert text.startswith("STS-B-1K: 0.746 against 0.750 (1 seed); Amazon snippets: not run yet")
+    assert text.endswith("(decision pending: 0 of 3 datasets have seeds 0-2)")
+    assert decide(ema).endswith("(lower on all three: --ema 0.99 becomes the default)")
+    worse = [*ema[:3], {**ema[3], "validation_rmse": 0.63}, *ema[4:6]]  # Amazon 0.630, 0.616, 0.626
+    text = decide(worse)
+    assert "Amazon snippets: 0.624 against 0.620 (3 seeds); MovieLens-100K: not run yet" in text
+    assert text.endswith(
+        "(not lower on Amazon snippets at seeds 0-2, which decides it: the average stays an option)"
+    )
+
+
 def test_a_raft_head_cell_records_its_rail_part_alone(tmp_path, toy_csv):
     """A raft-head cell's predictions carry each row's correction, and the cell the test RMSE of its RAIL
     part alone (the prediction less the correction): what the correction adds, from the one test pass."""
