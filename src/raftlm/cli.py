@@ -499,15 +499,13 @@ def _refuse_unread(args, cfg: Config, model: str | None) -> None:
             )
     if decoder in TEXT_DECODERS and not meta.get("head"):
         # a decoded number has no distribution: no probabilities, summary or intervals to give
-        fix = "drop {flag}, or use --decoder rail, mode or median"
-        for key in ("eval.interval", "eval.interval_kind"):
-            if _given(args, key):
-                flag = _flag(key)
-                raise RaftlmError(text_decoded(flag, f"--decoder {decoder}", fix.format(flag=flag)))
-        for name in ("with_probs", "with_uncertainty"):
-            if getattr(args, name, False):
-                flag = "--" + name.replace("_", "-")
-                raise RaftlmError(text_decoded(flag, f"--decoder {decoder}", fix.format(flag=flag)))
+        asked = [_flag(key) for key in ("eval.interval", "eval.interval_kind") if _given(args, key)]
+        asked += [
+            "--" + n.replace("_", "-") for n in ("with_probs", "with_uncertainty") if getattr(args, n, False)
+        ]
+        if asked:
+            fix = f"drop {asked[0]}, or use --decoder rail, mode or median"
+            raise RaftlmError(text_decoded(asked[0], f"--decoder {decoder}", fix))
     if decoder not in TEXT_DECODERS and not meta.get("head"):
         refuse(
             "eval.max_new_tokens",
