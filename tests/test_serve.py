@@ -56,27 +56,44 @@ def run(tmp_path_factory):
 
 
 @contextmanager
-def server(run_dir: Path, *flags: str):
-    """`raftlm serve RUN --port 0 ...` as a child process; yields (base URL, process, its stderr file);
-    SIGTERM at exit. stderr goes to a file: a pipe nobody reads would fill with the access log and
-    block the server."""
+def servers(*specs: tuple[Path, tuple[str, ...]]):
+    """`raftlm serve RUN --port 0 FLAGS` for each (RUN, FLAGS), as child processes started together (each
+    spends seconds importing torch: side by side they overlap); yields [(base URL, process, its stderr
+    file)] in the order given; SIGTERM to each at exit. stderr goes to a file: a pipe nobody reads would
+    fill with the access log and block the server."""
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "raftlm", "serve", str(run_dir), "--port", "0", *flags]
-    log = run_dir.parent / f"serve-{time.monotonic_ns()}.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+    started = []
     try:
-        line = proc.stdout.readline()  # printed once the socket listens
-        assert "http://127.0.0.1:" in line, log.read_text()[-2000:]
-        # device and dtype as /info reports them, then the batching
-        assert re.search(
-            r"\((cpu|cuda:\d+), (float32|bfloat16), batches of up to \d+ rows within \d+ ms\)$", line
-        ), line
-        yield line.split(" on ")[1].split()[0], proc, log
+        for run_dir, flags in specs:
+            cmd = [sys.executable, "-m", "raftlm", "serve", str(run_dir), "--port", "0", *flags]
+            log = run_dir.parent / f"serve-{time.monotonic_ns()}.log"
+            with open(log, "w") as err:
+                started.append(
+                    (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env), log)
+                )
+        ready = []
+        for proc, log in started:
+            line = proc.stdout.readline()  # printed once the socket listens
+            assert "http://127.0.0.1:" in line, log.read_text()[-2000:]
+            # device and dtype as /info reports them, then the batching
+            assert re.search(
+                r"\((cpu|cuda:\d+), (float32|bfloat16), batches of up to \d+ rows within \d+ ms\)$", line
+            ), line
+            ready.append((line.split(" on ")[1].split()[0], proc, log))
+        yield ready
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        for proc, _ in started:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in started:
             proc.wait(timeout=60)
+
+
+@contextmanager
+def server(run_dir: Path, *flags: str):
+    """One `raftlm serve` child process (see `servers`): yields (base URL, process, its stderr file)."""
+    with servers((run_dir, flags)) as [one]:
+        yield one
 
 
 @pytest.fixture(scope="module")

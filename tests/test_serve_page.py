@@ -152,7 +152,7 @@ def test_the_page_predicts_for_head_runs_with_and_without_a_grid(run, tmp_path):
     grid probabilities and the note names its correction."""
     from helpers import train_args
     from selenium.webdriver.common.by import By
-    from test_serve import offline, server
+    from test_serve import offline, servers
 
     from raftlm.cli import main
 
@@ -160,51 +160,48 @@ def test_the_page_predicts_for_head_runs_with_and_without_a_grid(run, tmp_path):
     row = {"title": "a new kettle", "text": "it was great, really"}
     (d / "one.jsonl").write_text(json.dumps(row) + "\n")
     template = "{title}: {text}. rating:"
-    with browser() as driver:  # one browser, a new page per server
-        for method in ("head-pooled", "raft-head"):
-            run_dir = tmp_path / method
-            assert main(train_args(d / "toy.csv", run_dir, "--template", template, "--method", method)) == 0
-            flags = ("--with-probs",) if method == "raft-head" else ()
-            want = offline(run_dir, d / "one.jsonl", tmp_path / f"{method}.jsonl", *flags)[0]
-            with server(run_dir) as (url, _, _):
-                predict_on_page(driver, url, row)
-                assert driver.find_element(By.ID, "error").text == ""
-                assert (
-                    float(driver.find_element(By.ID, "prediction").get_attribute("data-value"))
-                    == want["prediction"]
-                )
-                bars = driver.find_elements(By.CSS_SELECTOR, "#chart rect.bar")
-                note = driver.find_element(By.ID, "chart-note").text
-                if method == "head-pooled":
-                    assert not bars and note == "this run predicts one number (a head): no grid distribution"
-                else:
-                    assert [float(b.get_attribute("data-prob")) for b in bars] == list(want["probs"].values())
-                    assert f"their mean + the head's correction {want['correction']:.3f}" in note
-
-        # a server that decodes with the median (raft-head: of its shifted distribution), or decodes text: the
-        # page says what the number is (a greedy server has no probabilities to give, and is not asked for them)
-        for run_dir, decoder, said in (
-            (
-                tmp_path / "raft-head",
-                "median",
-                "(dashed: the prediction, their median + the head's correction",
-            ),
-            (
-                run[0],
-                "greedy",
-                "this server decodes text (--decoder greedy): no grid distribution behind the number",
-            ),
-        ):
-            want = offline(run_dir, d / "one.jsonl", tmp_path / f"{decoder}.jsonl", "--decoder", decoder)[0]
-            with server(run_dir, "--decoder", decoder) as (url, _, _):
-                predict_on_page(driver, url, row)
-                assert driver.find_element(By.ID, "error").text == ""
-                value = float(driver.find_element(By.ID, "prediction").get_attribute("data-value"))
-                assert value == want["prediction"]
-                assert said in driver.find_element(By.ID, "chart-note").text
-                # the run is calibrated, but a greedy server gives no intervals: the page offers none
-                shown = driver.find_element(By.ID, "level-box").is_displayed()
-                assert shown == (decoder != "greedy")
+    for method in ("head-pooled", "raft-head"):
+        args = train_args(d / "toy.csv", tmp_path / method, "--template", template, "--method", method)
+        assert main(args) == 0
+    # (run, server flags, what the page's note says): the two heads; then a server that decodes with the
+    # median (raft-head: of its shifted distribution) or decodes text: the page says what the number is (a
+    # greedy server has no probabilities to give, and is not asked for them)
+    cases = [
+        (tmp_path / "head-pooled", (), "this run predicts one number (a head): no grid distribution"),
+        (tmp_path / "raft-head", (), "their mean + the head's correction"),
+        (
+            tmp_path / "raft-head",
+            ("--decoder", "median"),
+            "(dashed: the prediction, their median + the head's",
+        ),
+        (
+            run[0],
+            ("--decoder", "greedy"),
+            "this server decodes text (--decoder greedy): no grid distribution",
+        ),
+    ]
+    wants = []
+    for i, (run_dir, flags, _) in enumerate(cases):
+        probs = ("--with-probs",) if run_dir.name == "raft-head" and not flags else ()
+        wants.append(offline(run_dir, d / "one.jsonl", tmp_path / f"want{i}.jsonl", *flags, *probs)[0])
+    # the four servers start side by side (each spends seconds importing torch); one browser, a page each
+    with servers(*[(run_dir, flags) for run_dir, flags, _ in cases]) as ready, browser() as driver:
+        for (run_dir, flags, said), want, (url, _, _) in zip(cases, wants, ready, strict=True):
+            predict_on_page(driver, url, row)
+            assert driver.find_element(By.ID, "error").text == ""
+            value = float(driver.find_element(By.ID, "prediction").get_attribute("data-value"))
+            assert value == want["prediction"]
+            note = driver.find_element(By.ID, "chart-note").text
+            assert said in note
+            bars = driver.find_elements(By.CSS_SELECTOR, "#chart rect.bar")
+            if run_dir.name == "head-pooled":
+                assert not bars and note == said
+            elif flags == ():  # raft-head's bars are its grid probabilities; the note gives its correction
+                assert [float(b.get_attribute("data-prob")) for b in bars] == list(want["probs"].values())
+                assert f"{said} {want['correction']:.3f}" in note
+            else:
+                # calibrated runs, but a greedy server gives no intervals: the page offers none
+                assert driver.find_element(By.ID, "level-box").is_displayed() == (flags[1] != "greedy")
 
 
 def screenshot(url: str, out: str, row: dict) -> None:
