@@ -244,9 +244,10 @@ def test_lrs_are_compared_on_the_seeds_they_all_have():
     assert raft["lr"] == 1e-5 and raft["seeds"] == [0, 1, 2] and np.isclose(raft["rmse"], 0.35)
 
 
-def test_lr_choice_first_seed_runs_later_seeds_at_the_winning_lr_only(tmp_path, toy_csv, caplog):
+def test_lr_choice_first_seed_runs_later_seeds_at_the_winning_lr_only(tmp_path, toy_csv, caplog, capsys):
     import logging
 
+    from raftlm.cli import main
     from raftlm.core import RaftlmError
     from raftlm.experiment import run_sweep
 
@@ -263,8 +264,20 @@ def test_lr_choice_first_seed_runs_later_seeds_at_the_winning_lr_only(tmp_path, 
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
+    # --dry-run: every cell's state and the count, before anything ran; nothing written, no folder made
+    capsys.readouterr()
+    assert main(["experiment", str(path), "--dry-run"]) == 0
+    plan = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0].strip() for line in plan[:-1]] == ["to run"] * 4 + ["run or skip"] * 4
+    assert plan[-1].startswith("0 of 6 cells written, 6 to run, run or skip: the first seed's cells choose")
+    assert "next: " in plan[-1] and not (tmp_path / "out").exists()
     root = run_sweep(str(path))
     rows = json.loads((root / "results.json").read_text())
+    capsys.readouterr()
+    assert main(["experiment", str(path), "--dry-run"]) == 0
+    plan = capsys.readouterr().out.splitlines()
+    assert sorted(line.split("  ")[0] for line in plan[:-1]) == ["skipped"] * 2 + ["written"] * 6
+    assert plan[-1] == f"6 of 6 cells written, 0 to run, 2 skipped (their LR lost on the first seed) ({root})"
     seed0 = {(r["decoder"], r["lr"]): r["validation_rmse"] for r in rows if r["seed"] == 0}
     assert len(seed0) == 4  # every lr on the first seed
     for decoder in ("rail", "greedy"):

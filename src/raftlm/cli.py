@@ -296,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument(
         "--quiet", action="store_true", help="no progress bars, loss lines or info logs (warnings still show)"
     )
+    experiment.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list every cell (written, to run, skipped) and the time left, from the sweep file and its "
+        "written cells; runs and writes nothing",
+    )
     report = sub.add_parser(
         "report", help="tables (table 3 / 8 shapes), figures and an HTML page from a sweep"
     )
@@ -846,9 +852,12 @@ def cmd_demo(args) -> None:
 
 
 def cmd_experiment(args) -> None:
-    from raftlm.experiment import run_sweep
+    from raftlm.experiment import plan_sweep, run_sweep
 
-    run_sweep(args.sweep, quiet=args.quiet)
+    if args.dry_run:
+        print(plan_sweep(args.sweep))
+    else:
+        run_sweep(args.sweep, quiet=args.quiet)
 
 
 def cmd_report(args) -> None:

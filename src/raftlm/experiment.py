@@ -554,7 +554,9 @@ def read_cell(path: Path) -> dict:
     return row
 
 
-def run_sweep(path: str, quiet: bool = False) -> Path:
+def _open_sweep(path: str, quiet: bool = False) -> tuple[dict, dict, Path, list[Cell]]:
+    """The sweep file read and checked as a run starts (every cell's config builds, the output folder is a
+    sweep's or new): (sweep, the sweep as written, its output folder, its cells)."""
     sweep = load_sweep(path)
     as_written = copy.deepcopy(sweep)
     if quiet:  # every cell's bars and loss lines off (a setting of how runs report, not of what they train)
@@ -567,6 +569,75 @@ def run_sweep(path: str, quiet: bool = False) -> Path:
         raise RaftlmError(f"sweep file {path} has no cells to run: list datasets, models and methods")
     check_cells(sweep, todo, root)
     check_sweep_dir(root)
+    return sweep, as_written, root, todo
+
+
+def _check_written(sweep: dict, todo: list[Cell], root: Path) -> None:
+    """A damaged or stale written result fails now, not after hours of other cells."""
+    for c in todo:
+        path = root / "cells" / f"{c.cell_id}.json"
+        if path.exists():
+            check_cell_settings(read_cell(path), c, sweep, root, path)
+
+
+def cell_states(sweep: dict, todo: list[Cell], root: Path) -> list[str]:
+    """Each cell's state now, in run order: "written", "skipped" (``lr_choice: first_seed``: its LR lost
+    on the first seed), "to run", or "run or skip" (a later seed whose LR waits for the first seed's
+    cells: the first seed decides which of its LRs runs)."""
+    first = sweep_seeds(sweep)[0] if sweep.get("lr_choice") == "first_seed" else None
+    states = []
+    for c in todo:
+        if (root / "cells" / f"{c.cell_id}.json").exists():
+            states.append("written")
+        elif lost_on_first_seed(sweep, c, todo, root):
+            states.append("skipped")
+        elif first is not None and c.lr is not None and c.seed != first and _undecided(c, todo, root):
+            states.append("run or skip")
+        else:
+            states.append("to run")
+    return states
+
+
+def _undecided(cell: Cell, todo: list[Cell], root: Path) -> bool:
+    """Whether a later seed's LR still waits for first-seed cells (more than one LR and not all written)."""
+    rivals = [c for c in todo if c.seed != cell.seed and replace(c, seed=cell.seed, lr=cell.lr) == cell]
+    rivals = [c for c in rivals if c.seed == min(r.seed for r in rivals)]
+    lrs = {c.lr for c in rivals}
+    return len(lrs) > 1 and not all((root / "cells" / f"{c.cell_id}.json").exists() for c in rivals)
+
+
+def plan_sweep(path: str) -> str:
+    """``raftlm experiment SWEEP --dry-run``: what a run of the sweep would do now, read from its file and
+    its written cells (checked as a run checks them); runs nothing and writes nothing."""
+    sweep, _, root, todo = _open_sweep(path)
+    _check_written(sweep, todo, root)
+    states = cell_states(sweep, todo, root)
+    done = [
+        read_cell(root / "cells" / f"{c.cell_id}.json")
+        for c, s in zip(todo, states, strict=True)
+        if s == "written"
+    ]
+    left = [c for c, s in zip(todo, states, strict=True) if s not in ("written", "skipped")]
+    width = max(map(len, states))
+    lines = [f"{s:<{width}}  {c.cell_id}" for c, s in zip(todo, states, strict=True)]
+    seconds = eta_seconds(sweep, left, done)
+    eta = (
+        "" if seconds is None or not left else f", about {seconds / 60:.0f} min from the written cells' times"
+    )
+    runs = len(cells_to_run(sweep, left))
+    skipped = states.count("skipped")
+    lines.append(
+        f"{len(done)} of {len(done) + runs} cells written, {runs} to run{eta}"
+        + (f", {skipped} skipped (their LR lost on the first seed)" if skipped else "")
+        + (", run or skip: the first seed's cells choose which LR runs" if "run or skip" in states else "")
+        + (f"; next: {left[0].cell_id}" if left else "")
+        + f" ({root})"
+    )
+    return "\n".join(lines)
+
+
+def run_sweep(path: str, quiet: bool = False) -> Path:
+    sweep, as_written, root, todo = _open_sweep(path, quiet)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / SWEEP_MARKER, {"format": "raftlm-sweep", "version": 1})
     from raftlm.cache import reuse_stores  # (torch: only when cells run)
@@ -588,9 +659,7 @@ def _run_cells(sweep: dict, todo: list[Cell], root: Path, as_written: dict) -> i
     for folder in (root, root / "cells", root / "predictions", root / CURVES):
         clean_stale_tmp(folder)  # left by a kill during a write
     result = lambda c: root / "cells" / f"{c.cell_id}.json"  # noqa: E731  (written once the cell is done)
-    for c in todo:
-        if result(c).exists():  # a damaged or stale result fails now, not after hours of other cells
-            check_cell_settings(read_cell(result(c)), c, sweep, root, result(c))
+    _check_written(sweep, todo, root)
     write_text(root / "sweep.yaml", yaml.safe_dump(as_written, sort_keys=False))
     skip = lambda c: lost_on_first_seed(sweep, c, todo, root)  # noqa: E731
     ran = 0
