@@ -462,6 +462,7 @@ def test_eta_prices_each_run_to_train_once_and_each_cell_its_test_time():
     def done(c, train, test):
         return {
             "dataset": c.dataset["dataset"],
+            "decoder": c.decoder,
             "run_id": c.run_id,
             "train_runtime_s": train,
             "eval_seconds": test,
@@ -483,6 +484,19 @@ def test_eta_prices_each_run_to_train_once_and_each_cell_its_test_time():
     rows.append(done(b0, 3000, 50))
     # a: 1 + 2 runs x 1000, 2 + 4 cells x 20; b: 1 + 2 runs x 3000 (one of seed 0's is trained), 1 + 2 + 4 cells x 50
     assert eta_seconds(sweep, left, rows) == 3 * 1000 + 6 * 20 + 3 * 3000 + 7 * 50
+
+    # arms price apart: a head on a frozen LM trains in a fraction of a fine-tuning's time, and a greedy
+    # decode tests slower than RAIL; an arm with no history yet costs its dataset's mean
+    sweep["methods"] = [{"method": "ce", "decoder": "rail"}, {"method": "head-pooled", "trainable": "none"}]
+    sweep["datasets"], sweep["lr_choice"] = ["a"], "all_seeds"
+    todo = cells(sweep)
+    ce, head = ([c for c in todo if c.method == m] for m in ("ce", "head-pooled"))
+    assert len(ce) == len(head) == 4
+    rows = [done(ce[0], 1000, 10)]
+    assert eta_seconds(sweep, todo[1:], rows) == 3 * 1000 + 3 * 10 + 4 * (1000 + 10)
+    rows.append(done(head[0], 60, 4))
+    left = [c for c in todo if c not in (ce[0], head[0])]
+    assert eta_seconds(sweep, left, rows) == 3 * 1000 + 3 * 10 + 3 * (60 + 4)
 
 
 def test_report_sets_each_raft_entry_against_the_best_other_method():

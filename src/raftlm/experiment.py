@@ -505,31 +505,44 @@ def cells_to_run(sweep: dict, left: list[Cell]) -> list[Cell]:
     return list(once.values())
 
 
+def _arm(run_id: str) -> str:
+    """A run's dataset, model, method and settings: its id less the LR, seed and train fraction."""
+    return "--".join(run_id.split("--")[:3])
+
+
 def eta_seconds(sweep: dict, left: list[Cell], done: list[dict]) -> float | None:
     """Time the cells in ``left`` will take, from what the written cells ``done`` recorded: each run
-    still to train costs its dataset's mean training time, each cell its dataset's mean test time (the
-    mean over all datasets where one has none yet). Counting cells alone would price a greedy decode
-    of a trained run like its training. Under ``lr_choice: first_seed`` a later seed whose lr is not
-    yet decided counts once, not once per lr. None before any cell is written."""
+    still to train costs the mean training time of its arm (dataset, model, method and settings: a frozen
+    LM's head trains in a fraction of a fine-tuning's time), each cell the mean test time of its arm and
+    decoder; where those have none yet, its dataset's mean, then the mean over all datasets. Counting
+    cells alone would price a greedy decode of a trained run like its training. Under ``lr_choice:
+    first_seed`` a later seed whose lr is not yet decided counts once, not once per lr. None before any
+    cell is written."""
     if not done:
         return None
     left = cells_to_run(sweep, left)
 
-    def mean_by_dataset(rows: list[dict], key: str) -> tuple[dict, float]:
-        per: dict[str, list[float]] = {}
-        for r in rows:
-            if r.get(key) is not None:
-                per.setdefault(r["dataset"], []).append(float(r[key]))
-        every = [v for vs in per.values() for v in vs]
-        return {d: sum(vs) / len(vs) for d, vs in per.items()}, (sum(every) / len(every) if every else 0.0)
+    def means(rows: list[dict], key: str, *groups) -> list[dict]:
+        """Per group function: {group: mean of ``key``}, then {None: the mean over every row}."""
+        out = []
+        for group in (*groups, lambda r: None):
+            per: dict = {}
+            for r in rows:
+                if r.get(key) is not None:
+                    per.setdefault(group(r), []).append(float(r[key]))
+            out.append({g: sum(vs) / len(vs) for g, vs in per.items()})
+        return out
+
+    def price(table: list[dict], *keys) -> float:
+        return next((t[k] for t, k in zip(table, (*keys, None), strict=True) if k in t), 0.0)
 
     runs = list({r["run_id"]: r for r in done if r.get("train_runtime_s") is not None}.values())
-    train, train_all = mean_by_dataset(runs, "train_runtime_s")
-    test, test_all = mean_by_dataset(done, "eval_seconds")
+    train = means(runs, "train_runtime_s", lambda r: _arm(r["run_id"]), lambda r: r["dataset"])
+    test = means(done, "eval_seconds", lambda r: (_arm(r["run_id"]), r["decoder"]), lambda r: r["dataset"])
     trained = {r["run_id"] for r in done}
     to_train = {c.run_id: c.dataset["dataset"] for c in left if methods.get(c.method).trains}
-    seconds = sum(train.get(d, train_all) for r, d in to_train.items() if r not in trained)
-    return seconds + sum(test.get(c.dataset["dataset"], test_all) for c in left)
+    seconds = sum(price(train, _arm(r), d) for r, d in to_train.items() if r not in trained)
+    return seconds + sum(price(test, (_arm(c.run_id), c.decoder), c.dataset["dataset"]) for c in left)
 
 
 def check_sweep_dir(root: Path) -> None:
