@@ -9,7 +9,7 @@
 #   interrupted run resumes from its last checkpoint while the worktree's runs/ survives).
 # - The sweep starts unless it already runs there; its log is <worktree>.log.
 # - Every EVERY seconds (default 240) and once after the sweep ends: when the worktree has more cells
-#   than this checkout, copy cells/, predictions/, results.{csv,json}, sweep.yaml and the curves of
+#   than this checkout (or this checkout's results folder holds a stopped sync's uncommitted files), copy cells/, predictions/, results.{csv,json}, sweep.yaml and the curves of
 #   finished runs, rerun `raftlm report` and (when README.md and docs/ have no uncommitted edits)
 #   `benchmarks/docs.py --write`, and commit the results folder and those pages only (other staged work is
 #   left alone). Its own log: <worktree>.sync.log.
@@ -37,7 +37,9 @@ count() { find "$1/cells" -name '*.json' 2>/dev/null | wc -l; }
 sync_once() {
   local src="$WT/$OUT" dst="$MAIN/$OUT" n
   n=$(count "$src")
-  [ "$n" -gt "$(count "$dst")" ] || return 0
+  # a sync stopped between its copy and its commit (a kill, the session's end) left the results folder
+  # uncommitted: finish it now, or it would wait for the next cell (and the docs, for a clean tree)
+  [ "$n" -gt "$(count "$dst")" ] || [ -n "$(git -C "$MAIN" status --porcelain -- "$OUT")" ] || return 0
   mkdir -p "$dst/cells" "$dst/predictions" "$dst/curves"
   cp "$src"/cells/*.json "$dst/cells/"
   [ -d "$src/predictions" ] && cp "$src"/predictions/* "$dst/predictions/" 2>/dev/null || true
