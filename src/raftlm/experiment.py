@@ -604,17 +604,21 @@ def cell_states(sweep: dict, todo: list[Cell], root: Path) -> list[str]:
             states.append("written")
         elif lost_on_first_seed(sweep, c, todo, root):
             states.append("skipped")
-        elif first is not None and c.lr is not None and c.seed != first and _undecided(c, todo, root):
+        elif first is not None and c.lr is not None and c.seed != first and _undecided(c, first, todo, root):
             states.append("run or skip")
         else:
             states.append("to run")
     return states
 
 
-def _undecided(cell: Cell, todo: list[Cell], root: Path) -> bool:
-    """Whether a later seed's LR still waits for first-seed cells (more than one LR and not all written)."""
-    rivals = [c for c in todo if c.seed != cell.seed and replace(c, seed=cell.seed, lr=cell.lr) == cell]
-    rivals = [c for c in rivals if c.seed == min(r.seed for r in rivals)]
+def _undecided(cell: Cell, first: int, todo: list[Cell], root: Path) -> bool:
+    """Whether a later seed's LR still waits for the ``first`` seed's cells (more than one LR there, not
+    every one written)."""
+    rivals = [
+        c
+        for c in todo
+        if c.seed == first and c.lr is not None and replace(c, seed=cell.seed, lr=cell.lr) == cell
+    ]
     lrs = {c.lr for c in rivals}
     return len(lrs) > 1 and not all((root / "cells" / f"{c.cell_id}.json").exists() for c in rivals)
 
