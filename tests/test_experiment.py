@@ -140,6 +140,15 @@ def test_sweep_resumes_after_being_killed_mid_cell(tmp_path, toy_csv):
     run = next(p for p in runs.glob("*raft*") if p.is_dir())  # (a kill leaves the run's lock file beside it)
     assert not (run / "eval_results.json").exists()  # killed mid-cell
     assert len(list((tmp_path / "out" / "cells").glob("*.json"))) == 1  # the zero-shot cell finished
+    # --dry-run says where the killed cell will pick up (its latest complete checkpoint)
+    from raftlm.experiment import plan_sweep
+    from raftlm.io import latest_complete_checkpoint
+
+    step = latest_complete_checkpoint(run / "checkpoints").name.rsplit("-", 1)[1]
+    plan = plan_sweep(str(path)).splitlines()
+    assert plan[0].startswith("written  ") and plan[1].startswith("to run   ")
+    assert plan[1].endswith(f"--rail  (resumes from step {step})") and int(step) >= 100
+    assert plan[2].startswith("1 of 2 cells written, 1 to run, about ")
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "[2/2 cells]" in done.stderr  # one cell left, counted from the finished one (a log line)

@@ -47,6 +47,7 @@ from raftlm.io import (
     check_no_tilde,
     clean_stale_tmp,
     is_sweep_dir,
+    latest_complete_checkpoint,
     output_lock,
     read_json,
     write_json,
@@ -636,7 +637,11 @@ def plan_sweep(path: str) -> str:
     ]
     left = [c for c, s in zip(todo, states, strict=True) if s not in ("written", "skipped")]
     width = max(map(len, states))
-    lines = [f"{s:<{width}}  {c.cell_id}" for c, s in zip(todo, states, strict=True)]
+    lines = []
+    for c, s in zip(todo, states, strict=True):
+        last = latest_complete_checkpoint(root / "runs" / c.run_id / "checkpoints")
+        resumes = f"  (resumes from step {last.name.rsplit('-', 1)[1]})" if last and s != "written" else ""
+        lines.append(f"{s:<{width}}  {c.cell_id}{resumes}")
     seconds = eta_seconds(sweep, left, done)
     eta = (
         "" if seconds is None or not left else f", about {seconds / 60:.0f} min from the written cells' times"

@@ -685,3 +685,10 @@ def partial_files(output: Path) -> list[Path]:
     """Partial files of ``output`` from any number of processes (and of no other output)."""
     pattern = re.compile(rf"\.{re.escape(output.name)}(\.\d+of\d+)?\.partial")
     return [p for p in output.parent.iterdir() if pattern.fullmatch(p.name)]
+
+
+def latest_complete_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest checkpoint that was fully written (Trainer writes trainer_state.json last); a
+    checkpoint cut short by a kill is skipped, so resume falls back to the one before."""
+    done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)

@@ -29,7 +29,7 @@ from raftlm.cache import HiddenStore, build_store, cached_prompts, frozen_blocks
 from raftlm.config import Config
 from raftlm.core import Example, RaftlmError, StoppedClock, warn, warn_slow_bf16
 from raftlm.decoders import GRID_DECODERS
-from raftlm.io import to_json, write_text
+from raftlm.io import latest_complete_checkpoint, to_json, write_text
 from raftlm.metrics import DEAD_GRID, collapse, regression_metrics
 from raftlm.models import decoder_layers
 from raftlm.predictor import Predictor
@@ -707,13 +707,6 @@ def frozen_blocks_to_cache(predictor: Predictor, cfg: Config, n_train: int | Non
         )
         return 0
     return frozen
-
-
-def latest_complete_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest checkpoint that was fully written (Trainer writes trainer_state.json last); a
-    checkpoint cut short by a kill is skipped, so resume falls back to the one before."""
-    done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
 
 
 def fit(
