@@ -9,10 +9,11 @@
 #   interrupted run resumes from its last checkpoint while the worktree's runs/ survives).
 # - The sweep starts unless it already runs there; its log is <worktree>.log.
 # - Every EVERY seconds (default 240) and once after the sweep ends: when the worktree has more cells
-#   than this checkout (or this checkout's results folder holds a stopped sync's uncommitted files), copy cells/, predictions/, results.{csv,json}, sweep.yaml and the curves of
-#   finished runs, rerun `raftlm report` and (when README.md and docs/ have no uncommitted edits)
-#   `benchmarks/docs.py --write`, and commit the results folder and those pages only (other staged work is
-#   left alone). Its own log: <worktree>.sync.log.
+#   than this checkout (or this checkout's results folder holds a stopped sync's uncommitted files),
+#   copy cells/, predictions/, results.{csv,json}, sweep.yaml and the curves of finished runs, rerun
+#   `raftlm report` and (when README.md and docs/ have no uncommitted edits) `benchmarks/docs.py --write`,
+#   and commit the results folder and those pages only (other staged work is left alone). Its own log:
+#   <worktree>.sync.log.
 # Needs this checkout's .venv (make venv). Timing anything else meanwhile: benchmarks/paused.sh.
 set -euo pipefail
 SWEEP=${1:?usage: benchmarks/background_sweep.sh SWEEP.yaml [WORKTREE]}

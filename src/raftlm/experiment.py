@@ -475,6 +475,20 @@ def collect(root: Path) -> list[dict]:
     return rows
 
 
+def cell_result(root: Path, cell: Cell) -> Path:
+    """Where a sweep writes ``cell``'s result once it is done."""
+    return root / "cells" / f"{cell.cell_id}.json"
+
+
+def first_seed_rivals(cell: Cell, first: int, todo: list[Cell]) -> list[Cell]:
+    """The ``first`` seed's cells of ``cell``'s arm and decoder, one per lr: those its lr is chosen on."""
+    return [
+        c
+        for c in todo
+        if c.seed == first and c.lr is not None and replace(c, lr=cell.lr, seed=cell.seed) == cell
+    ]
+
+
 def lost_on_first_seed(sweep: dict, cell: Cell, todo: list[Cell], root: Path) -> bool:
     """``lr_choice: first_seed``: whether ``cell`` (a later seed) has an lr that lost on the first seed,
     i.e. whose first-seed validation RMSE is not the lowest among its lrs. Until every first-seed rival
@@ -485,13 +499,12 @@ def lost_on_first_seed(sweep: dict, cell: Cell, todo: list[Cell], root: Path) ->
     if cell.seed == first:
         return False
     scores = {}
-    for c in todo:
-        if c.seed == first and c.lr is not None and replace(c, lr=cell.lr, seed=cell.seed) == cell:
-            path = root / "cells" / f"{c.cell_id}.json"
-            score = read_cell(path).get("validation_rmse") if path.exists() else None
-            if score is None:
-                return False
-            scores[c.lr] = score
+    for c in first_seed_rivals(cell, first, todo):
+        path = cell_result(root, c)
+        score = read_cell(path).get("validation_rmse") if path.exists() else None
+        if score is None:
+            return False
+        scores[c.lr] = score
     return len(scores) > 1 and cell.lr != best_lr(scores)
 
 
@@ -586,12 +599,16 @@ def _open_sweep(path: str, quiet: bool = False) -> tuple[dict, dict, Path, list[
     return sweep, as_written, root, todo
 
 
-def _check_written(sweep: dict, todo: list[Cell], root: Path) -> None:
-    """A damaged or stale written result fails now, not after hours of other cells."""
+def _check_written(sweep: dict, todo: list[Cell], root: Path) -> dict[str, dict]:
+    """The written results by cell id, each checked: a damaged or stale one fails now, not after hours of
+    other cells."""
+    written = {}
     for c in todo:
-        path = root / "cells" / f"{c.cell_id}.json"
+        path = cell_result(root, c)
         if path.exists():
-            check_cell_settings(read_cell(path), c, sweep, root, path)
+            written[c.cell_id] = read_cell(path)
+            check_cell_settings(written[c.cell_id], c, sweep, root, path)
+    return written
 
 
 def cell_states(sweep: dict, todo: list[Cell], root: Path) -> list[str]:
@@ -601,7 +618,7 @@ def cell_states(sweep: dict, todo: list[Cell], root: Path) -> list[str]:
     first = sweep_seeds(sweep)[0] if sweep.get("lr_choice") == "first_seed" else None
     states = []
     for c in todo:
-        if (root / "cells" / f"{c.cell_id}.json").exists():
+        if cell_result(root, c).exists():
             states.append("written")
         elif lost_on_first_seed(sweep, c, todo, root):
             states.append("skipped")
@@ -615,26 +632,17 @@ def cell_states(sweep: dict, todo: list[Cell], root: Path) -> list[str]:
 def _undecided(cell: Cell, first: int, todo: list[Cell], root: Path) -> bool:
     """Whether a later seed's LR still waits for the ``first`` seed's cells (more than one LR there, not
     every one written)."""
-    rivals = [
-        c
-        for c in todo
-        if c.seed == first and c.lr is not None and replace(c, seed=cell.seed, lr=cell.lr) == cell
-    ]
-    lrs = {c.lr for c in rivals}
-    return len(lrs) > 1 and not all((root / "cells" / f"{c.cell_id}.json").exists() for c in rivals)
+    rivals = first_seed_rivals(cell, first, todo)
+    return len({c.lr for c in rivals}) > 1 and not all(cell_result(root, c).exists() for c in rivals)
 
 
 def plan_sweep(path: str) -> str:
     """``raftlm experiment SWEEP --dry-run``: what a run of the sweep would do now, read from its file and
     its written cells (checked as a run checks them); runs nothing and writes nothing."""
     sweep, _, root, todo = _open_sweep(path)
-    _check_written(sweep, todo, root)
+    written = _check_written(sweep, todo, root)
     states = cell_states(sweep, todo, root)
-    done = [
-        read_cell(root / "cells" / f"{c.cell_id}.json")
-        for c, s in zip(todo, states, strict=True)
-        if s == "written"
-    ]
+    done = list(written.values())
     left = [c for c, s in zip(todo, states, strict=True) if s not in ("written", "skipped")]
     width = max(map(len, states))
     lines = []
@@ -667,7 +675,7 @@ def run_sweep(path: str, quiet: bool = False) -> Path:
     # cells that differ in LR, seed or what trains above the frozen blocks share their cached states
     with output_lock(root, "the sweep's results"), reuse_stores():
         ran = _run_cells(sweep, todo, root, as_written)
-    done = sum((root / "cells" / f"{c.cell_id}.json").exists() for c in todo)
+    done = sum(cell_result(root, c).exists() for c in todo)
     skipped = f", {len(todo) - done} skipped (lr_choice first_seed)" if done < len(todo) else ""
     print(f"{done} of {len(todo)} cells done ({ran} run now{skipped}): {root / 'results.csv'}")
     return root
@@ -680,7 +688,7 @@ def _run_cells(sweep: dict, todo: list[Cell], root: Path, as_written: dict) -> i
     (root / "cells").mkdir(parents=True, exist_ok=True)
     for folder in (root, root / "cells", root / "predictions", root / CURVES):
         clean_stale_tmp(folder)  # left by a kill during a write
-    result = lambda c: root / "cells" / f"{c.cell_id}.json"  # noqa: E731  (written once the cell is done)
+    result = functools.partial(cell_result, root)
     _check_written(sweep, todo, root)
     write_text(root / "sweep.yaml", yaml.safe_dump(as_written, sort_keys=False))
     skip = lambda c: lost_on_first_seed(sweep, c, todo, root)  # noqa: E731
