@@ -359,27 +359,35 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         the run) in ``directory``: a run directory as ``raftlm train`` writes it, marked as raftlm's. An
         existing run there is replaced only with ``overwrite=True`` (once the new one is complete); a
         folder that is not a raftlm run is never written into."""
+        from raftlm.io import disk_error, make_folder
         from raftlm.modelcard import write_model_card
-        from raftlm.run import check_run_dir, discard_staged, swap_in
+        from raftlm.run import check_run_dir, discard_failed, discard_staged, swap_in, writable_place
 
         self._check_fitted()
         check_no_tilde(directory, "directory")
-        out = Path(directory).resolve()
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out = writable_place(Path(directory))  # (the checks and the lock of `raftlm train`'s run directory)
         with output_lock(out, "the run directory"):
             build = check_run_dir(out, self.overwrite, resume=False)
             if build != out:
                 discard_staged(build)
-            build.mkdir(parents=True, exist_ok=True)
+            created = not build.exists()
+            make_folder(build, f"run directory {out}", "choose a writable directory")
             write_run_marker(build)
-            save_run(self.predictor_, build)
-            write_text(build / "config.yaml", self._saved_config().to_yaml())
-            if getattr(self, "calibration_", None) is not None:
-                self.calibration_.save(build)
-            if getattr(self, "results_", None):  # the metrics, so a later load().save() keeps them
-                write_json(build / FINISHED_FILE, self.results_)
-            write_model_card(build, getattr(self, "results_", None))
-            write_run_marker(build, [p.name for p in build.iterdir()])
+            try:
+                save_run(self.predictor_, build)
+                write_text(build / "config.yaml", self._saved_config().to_yaml())
+                if getattr(self, "calibration_", None) is not None:
+                    self.calibration_.save(build)
+                write_model_card(build, getattr(self, "results_", None))
+                # last, as `raftlm train` writes it: the metrics (so a later load().save() keeps them), and
+                # what makes the run a finished one
+                write_json(build / FINISHED_FILE, getattr(self, "results_", None) or {})
+                write_run_marker(build, [p.name for p in build.iterdir()])
+            except BaseException as err:  # nothing half-written: the new directory (or staged run) goes
+                discard_failed(build, out, created)
+                if isinstance(err, OSError):
+                    raise disk_error(err, out, "save again") from None
+                raise
             if build != out:
                 swap_in(build, out)
         return out
@@ -410,7 +418,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         reg.predictor_ = predictor
         reg.config_ = _run_config(Path(directory))
         if (Path(directory) / FINISHED_FILE).is_file():  # save() puts its metrics in the card again
-            reg.results_ = json.loads((Path(directory) / FINISHED_FILE).read_text())
+            reg.results_ = json.loads((Path(directory) / FINISHED_FILE).read_text()) or None  # {}: none
         if (cal := uncertainty.Calibration.load(directory, required=False)) is not None:
             reg.calibration_ = cal
         return reg

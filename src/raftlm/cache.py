@@ -30,6 +30,7 @@ import torch
 
 from raftlm.config import top_blocks
 from raftlm.core import RaftlmError
+from raftlm.io import HIDDEN_CACHE_PREFIX, HIDDEN_CACHE_SUFFIX
 from raftlm.models import decoder_layers
 from raftlm.scoring import PromptBatch, left_pad
 
@@ -135,7 +136,7 @@ class HiddenStore:
                 f"memory and than the free disk ({free / 2**30:.1f} GiB): set training.cache_frozen: false, "
                 "or use fewer training examples"
             )
-        fd, name = tempfile.mkstemp(prefix=".hidden-cache-", suffix=".f32", dir=workdir)
+        fd, name = tempfile.mkstemp(prefix=HIDDEN_CACHE_PREFIX, suffix=HIDDEN_CACHE_SUFFIX, dir=workdir)
         os.close(fd)
         self.path = Path(name)
         self.rows = np.memmap(self.path, dtype=np.float32, mode="w+", shape=(int(self.offsets[-1]), dim))

@@ -559,13 +559,15 @@ def _refuse_run_bound(args, model: str) -> None:
         )
 
 
-def _check_output(args) -> None:
+def _check_output(args, clean: bool = False) -> None:
     """Where the output goes is checked before any work (the output contract of ``io``: not the input,
-    not a special file, an existing folder; a kill's leftover temp file cleaned)."""
-    from raftlm.io import prepare_output
+    not a special file, an existing folder); ``clean`` (only under the output's lock: another process's
+    write in progress is not a leftover): a kill's leftover temp file goes too."""
+    from raftlm.io import check_output_file, prepare_output
 
     if args.output:
-        prepare_output(args.output, args.overwrite, [args.input] if args.input else ())
+        check = prepare_output if clean else check_output_file
+        check(args.output, args.overwrite, [args.input] if args.input else ())
 
 
 def _locked_output(args):
@@ -588,6 +590,7 @@ def cmd_evaluate(args) -> None:
     cfg = _run_config(args)  # settings and --model first: a bad one is said before torch loads
     _check_output(args)
     with _locked_output(args):
+        _check_output(args, clean=True)
         _evaluate(args, cfg)
 
 

@@ -87,6 +87,8 @@ def run_demo(cfg: Config, overwrite: bool = True, bf16_given: bool = False) -> d
     measures fast (``bf16_measured``)."""
     out = Path(cfg.training.output_dir)
     check_no_tilde(out, "--output-dir")  # these and the data before seconds of importing torch
+    if out.exists() and not out.is_dir():
+        raise RaftlmError(f"demo output {out} is not a folder: choose a folder for --output-dir")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RaftlmError(f"demo output {out} exists: pass --overwrite or another --output-dir")
     check_folder(out)  # before minutes of zero-shot scoring: writable, and a run raftlm may replace

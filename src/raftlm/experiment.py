@@ -46,6 +46,7 @@ from raftlm.io import (
     check_folder,
     check_no_tilde,
     clean_stale_tmp,
+    is_marked_run,
     is_sweep_dir,
     latest_complete_checkpoint,
     output_lock,
@@ -438,7 +439,7 @@ def rail_only_rmse(test: list, preds) -> float:
     return regression_metrics([e.target for e in test], preds.values - preds.shift)["rmse"]
 
 
-WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+WEIGHTS = ("*.safetensors",)  # what raftlm writes (a .bin or .pt in a run is not raftlm's to delete)
 
 
 def _weights(run_dir: Path) -> list[Path]:
@@ -447,9 +448,12 @@ def _weights(run_dir: Path) -> list[Path]:
 
 def drop_weights(run_dir: Path) -> int:
     """Delete a finished run's weight files and leftover checkpoints; returns the bytes freed. The
-    run's config.yaml, eval_results.json and metrics.jsonl stay."""
+    run's config.yaml, eval_results.json and metrics.jsonl stay; a folder without raftlm's run marker
+    keeps everything."""
     import shutil
 
+    if not is_marked_run(run_dir):
+        return 0
     freed = 0
     for p in _weights(run_dir):
         freed += p.stat().st_size

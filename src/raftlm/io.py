@@ -116,7 +116,7 @@ def _ours(name: str, listed: set[str]) -> bool:
     return (
         name in RUN_FILES
         or name in listed
-        or bool(TMP_NAME.fullmatch(name) or OLD_TMP_NAME.fullmatch(name))
+        or bool(TMP_NAME.fullmatch(name) or OLD_TMP_NAME.fullmatch(name) or HIDDEN_CACHE_NAME.fullmatch(name))
         or name.startswith(".final-")
     )
 
@@ -346,6 +346,9 @@ TMP_NAME = re.compile(
     r"\..+\.raftlm-[a-z0-9_]{8}\.tmp"
 )  # atomic_write's temp files: .NAME.raftlm-XXXXXXXX.tmp
 OLD_TMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # before 2026-12 (inside a marked run only)
+# the frozen-block cache's file when it outgrows RAM (cache.HiddenStore: a tempfile.mkstemp name in the run)
+HIDDEN_CACHE_PREFIX, HIDDEN_CACHE_SUFFIX = ".hidden-cache-", ".f32"
+HIDDEN_CACHE_NAME = re.compile(r"\.hidden-cache-[a-z0-9_]{8}\.f32")
 
 
 def clean_stale_tmp(directory: str | Path, name: str | None = None) -> list[Path]:
@@ -541,10 +544,22 @@ def journal_path(out: Path) -> Path:
     return out.parent / f".{out.name}.raftlm-swap.json"
 
 
+def remove_run(path: Path, keep_folder: bool = False) -> None:
+    """Delete run directory ``path`` (raftlm's: the caller checked its marker) with its marker last, so a
+    kill midway leaves a marked, partly deleted run that the next command deletes again, never an
+    unmarked folder that raftlm must then refuse to touch as a user's; ``keep_folder``: empty it only."""
+    for p in path.iterdir():
+        if p.name != RUN_MARKER:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    (path / RUN_MARKER).unlink(missing_ok=True)
+    if not keep_folder:
+        path.rmdir()
+
+
 def discard_staged(staged: Path) -> None:
     """Delete a staging directory of ours (a marked run), e.g. of an earlier --overwrite that never finished."""
     if staged.exists() and is_marked_run(staged):
-        shutil.rmtree(staged)
+        remove_run(staged)
 
 
 def swap_in(staged: Path, out: Path) -> None:
@@ -576,11 +591,18 @@ def is_our_journal(out: Path) -> bool:
     }
 
 
+def _emptied(path: Path) -> bool:
+    """An empty directory (what a kill between ``remove_run``'s last two steps leaves)."""
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+
+
 def check_swap_names(out: Path) -> None:
     """Before an ``--overwrite`` of run ``out``: the hidden names its swap uses (``.OUT.raftlm-new``,
     ``.OUT.raftlm-old``, ``.OUT.raftlm-swap.json``) hold nothing but raftlm's own, or it is refused (a
     user's folder of that name would be trained into, or deleted)."""
     for path in (staging_dir(out), old_dir(out)):
+        if _emptied(path):
+            path.rmdir()
         if path.exists() and not is_marked_run(path):
             raise RaftlmError(
                 f"{path} exists and is not a raftlm run: --overwrite of {out} uses that name while it "
@@ -596,6 +618,8 @@ def check_swap_names(out: Path) -> None:
 def _finish_swap(out: Path) -> str:
     """The swap's remaining steps, whichever were done (each is idempotent); what it did, in words."""
     staged, old = staging_dir(out), old_dir(out)
+    if _emptied(old):  # remove_run was killed between the marker and the folder: nothing is left in it
+        old.rmdir()
     if old.exists() and not is_marked_run(old):
         raise RaftlmError(
             f"{old} is not a raftlm run, so the interrupted --overwrite of {out} cannot use that name: move it "
@@ -605,14 +629,14 @@ def _finish_swap(out: Path) -> str:
     if staged.exists() and is_marked_run(staged):
         if out.exists():
             if old.exists():
-                shutil.rmtree(old)
+                remove_run(old)
             os.replace(out, old)
         os.replace(staged, out)
     elif not out.exists() and old.exists():  # the new run is gone: put the old one back
         os.replace(old, out)
         did = "the new run was missing, so the old run is back in place"
     if old.exists() and is_marked_run(old):
-        shutil.rmtree(old)
+        remove_run(old)
     journal_path(out).unlink(missing_ok=True)
     return did
 
@@ -687,8 +711,13 @@ def partial_files(output: Path) -> list[Path]:
     return [p for p in output.parent.iterdir() if pattern.fullmatch(p.name)]
 
 
-def latest_complete_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest checkpoint that was fully written (Trainer writes trainer_state.json last); a
-    checkpoint cut short by a kill is skipped, so resume falls back to the one before."""
-    done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+def latest_complete_checkpoint(ckpt_dir: Path, needs: tuple[str, ...] = ()) -> Path | None:
+    """The newest checkpoint that was fully written (Trainer writes trainer_state.json last; ``needs``:
+    files a callback writes after it, e.g. the weight average's); a checkpoint cut short by a kill is
+    skipped, so resume falls back to the one before."""
+    done = [
+        p
+        for p in ckpt_dir.glob("checkpoint-*")
+        if all((p / name).exists() for name in ("trainer_state.json", *needs))
+    ]
     return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)

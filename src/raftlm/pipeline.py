@@ -24,9 +24,11 @@ from raftlm.core import Example, RaftlmError, Splits, short, warn
 from raftlm.data import cap, cap_words, load_splits
 from raftlm.grid import Grid, TargetScaler, make_scaler
 from raftlm.io import (
+    HIDDEN_CACHE_NAME,
+    HIDDEN_CACHE_PREFIX,
+    HIDDEN_CACHE_SUFFIX,
     INT8_MAXIMA_FILE,
     clean_stale_tmp,
-    foreign_files,
     is_marked_run,
     make_folder,
     normal_permissions,
@@ -51,12 +53,13 @@ from raftlm.prompts import template_fields
 from raftlm.run import (
     FINISHED_FILE,
     check_run_dir,
+    discard_failed,
     discard_staged,
     is_run_dir,
     load_run,
-    refuse_unsafe_place,
     save_run,
     swap_in,
+    writable_place,
 )
 from raftlm.training import fit, latest_complete_checkpoint, reporting
 
@@ -348,16 +351,7 @@ def fit_run(
             "split (training keeps its last step and writes no calibration); give one (a split column with "
             "'validation' rows, or fit(..., eval_set=...))"
         )
-    out = out.resolve()  # (a symlinked run directory: where it really is)
-    refuse_unsafe_place(out)
-    _make_dir(out.parent)
-    try:
-        with tempfile.TemporaryFile(dir=out.parent):
-            pass
-    except OSError as err:
-        raise RaftlmError(
-            f"cannot create run directory {out} ({err.strerror}): choose a writable --output-dir"
-        ) from None
+    out = writable_place(out)
     with output_lock(out, "the run directory"):
         return _fit_locked(cfg, out, overwrite, resume, evaluate_test, splits, callbacks)
 
@@ -383,12 +377,8 @@ def _fit_locked(
         # a staged --overwrite run goes (the old run stays as it was); so does a new run directory
         # with no checkpoint to resume from
         nothing_to_resume = was_empty and latest_complete_checkpoint(build / "checkpoints") is None
-        if is_main_process() and (build != out or nothing_to_resume) and not foreign_files(build):
-            if created or build != out:
-                shutil.rmtree(build, ignore_errors=True)
-            else:  # an empty folder the user made: emptied again, kept
-                for p in build.iterdir():
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if is_main_process() and (build != out or nothing_to_resume):
+            discard_failed(build, out, created)
         raise
     if build != out and is_main_process():
         swap_in(build, out)
@@ -402,6 +392,11 @@ def _clean_leftovers(run_dir: Path) -> None:
     clean_stale_tmp(run_dir)
     for tmp in run_dir.glob(".final-*"):
         shutil.rmtree(tmp, ignore_errors=True)
+    for cache in run_dir.glob(
+        f"{HIDDEN_CACHE_PREFIX}*{HIDDEN_CACHE_SUFFIX}"
+    ):  # the frozen-block cache's file
+        if HIDDEN_CACHE_NAME.fullmatch(cache.name) and cache.is_file():
+            cache.unlink(missing_ok=True)
 
 
 def _make_dir(path: Path) -> None:

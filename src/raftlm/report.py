@@ -15,7 +15,7 @@ import numpy as np
 from raftlm import methods
 from raftlm.config import to_int
 from raftlm.core import RaftlmError, short
-from raftlm.io import atomic_write, clean_stale_tmp, is_sweep_dir, write_json, write_text
+from raftlm.io import atomic_write, clean_stale_tmp, is_sweep_dir, output_lock, write_json, write_text
 
 LOWER_IS_BETTER = {
     "rmse": True,
@@ -736,8 +736,12 @@ def write_report(results_dir: str) -> Path:
             f"{path} is not valid JSON ({err.msg}, line {err.lineno}): rerun `raftlm experiment` to rewrite it"
         ) from None
     check_report_dir(root)
-    clean_stale_tmp(root)
-    clean_stale_tmp(root / "figures")
+    try:  # a kill's leftover temp files go, unless a sweep writes here now (its lock): not leftovers then
+        with output_lock(root, "the sweep's results"):
+            clean_stale_tmp(root)
+            clean_stale_tmp(root / "figures")
+    except RaftlmError:
+        pass
     if not isinstance(rows, list):
         raise RaftlmError(f"{path} is not a list of cells: rerun `raftlm experiment` to rewrite it")
     if not rows:

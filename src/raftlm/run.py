@@ -8,8 +8,10 @@ model card README.md, and eval_results.json, written last: its presence marks a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -21,6 +23,7 @@ from raftlm.heads import HEAD_CLASSES
 from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's API too)
     FORMAT_VERSION,
     META_FILE,
+    MODEL_FILE,
     RUN_MARKER,
     check_no_tilde,
     check_swap_names,
@@ -30,11 +33,13 @@ from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's AP
     is_marked_run,
     is_run_dir,
     journal_path,
+    make_folder,
     old_dir,
     read_json,
     read_metadata,
     read_run_marker,
     recover_swap,
+    remove_run,
     staging_dir,
     swap_in,
     write_json,
@@ -152,8 +157,37 @@ def check_run_dir(out: Path, overwrite: bool, resume: bool) -> Path:
             "RAFTRegressor; it is replaced once the new run has finished) or choose another --output-dir"
         )
     raise RaftlmError(
-        f"run directory {out} holds an unfinished run: pass --resume to continue it or --overwrite to restart"
+        f"run directory {out} holds an unfinished run: pass --resume to continue it or --overwrite to restart "
+        "(overwrite=True in RAFTRegressor)"
     )
+
+
+def writable_place(out: Path) -> Path:
+    """Before any work: ``out`` where it really is (a symlinked run directory resolved), not an unsafe
+    place (``refuse_unsafe_place``), its parent made and writable; else one line naming the fix."""
+    out = Path(out).resolve()
+    refuse_unsafe_place(out)
+    make_folder(out.parent, f"run directory {out}", "choose a writable --output-dir")
+    try:
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as err:
+        raise RaftlmError(
+            f"cannot create run directory {out} ({err.strerror}): choose a writable --output-dir"
+        ) from None
+    return out
+
+
+def discard_failed(build: Path, out: Path, created: bool) -> None:
+    """What a build that failed leaves goes: a staged run (``build`` beside ``out``) or a run directory
+    this command created is deleted; an empty folder the user made is emptied again and kept; a folder that
+    gained files raftlm did not write is left as it is. (Called while an error propagates: a failure here
+    must not hide that error.)"""
+    with contextlib.suppress(OSError):
+        # (save_run's model files are listed in the marker only once the run is whole: not foreign here)
+        if not build.is_dir() or [n for n in foreign_files(build) if not MODEL_FILE.fullmatch(n)]:
+            return
+        remove_run(build, keep_folder=not created and build == out)
 
 
 FINGERPRINTED = (META_FILE, "config.json", "config.yaml", "tokenizer.json", "model.safetensors.index.json")

@@ -29,7 +29,7 @@ from raftlm.cache import HiddenStore, build_store, cached_prompts, frozen_blocks
 from raftlm.config import Config
 from raftlm.core import Example, RaftlmError, StoppedClock, warn, warn_slow_bf16
 from raftlm.decoders import GRID_DECODERS
-from raftlm.io import latest_complete_checkpoint, to_json, write_text
+from raftlm.io import atomic_write, latest_complete_checkpoint, to_json, write_text
 from raftlm.metrics import DEAD_GRID, collapse, regression_metrics
 from raftlm.models import decoder_layers
 from raftlm.predictor import Predictor
@@ -447,7 +447,10 @@ class WeightAverage(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            save_file({n: t.contiguous() for n, t in self.shadow.items()}, checkpoint / EMA_FILE)
+            # whole or not at all (Trainer has written the checkpoint's trainer_state.json already: a
+            # resume takes a checkpoint as complete only with this file, latest_complete_checkpoint's needs)
+            shadow = {n: t.contiguous() for n, t in self.shadow.items()}
+            atomic_write(checkpoint / EMA_FILE, lambda tmp: save_file(shadow, tmp))
 
     @contextlib.contextmanager
     def swapped(self):
@@ -748,10 +751,15 @@ def fit(
         )
         store = cache([f["prompt_ids"] + f["answer_ids"] for f in feats])
         if validation:  # every validation scores these prompts: their frozen blocks run once too
-            val_store = cache(predictor.encode(predictor.texts_of(validation)))
+            try:
+                val_store = cache(predictor.encode(predictor.texts_of(validation)))
+            except BaseException:
+                store.close()  # (its file on disk, if it outgrew RAM, goes with it)
+                raise
     ckpt_dir = run_dir / "checkpoints"
     decoder = cfg.eval.decoder if cfg.eval.decoder in GRID_DECODERS else "rail"
-    last = latest_complete_checkpoint(ckpt_dir) if resume else None
+    needs = (EMA_FILE,) if cfg.training.ema is not None else ()
+    last = latest_complete_checkpoint(ckpt_dir, needs) if resume else None
     if last is not None:
         trim_metrics(run_dir / "metrics.jsonl", int(last.name.rsplit("-", 1)[1]))
     totals = RunTotals.from_checkpoint(last)

@@ -69,6 +69,7 @@ BLOCK_ROWS = 2048  # a local file is read as blocks of at most this many rows (a
 READERS = {"csv": "csv", "tsv": "csv", "jsonl": "json", "json": "json", "parquet": "parquet"}
 ROW_ERROR = "_raftlm_row_error"  # the column an actor answers with when a row is bad (CLI mode)
 SHARDS_MARKER = "_raftlm_shards.json"  # what makes a folder one that --shards wrote (and may replace)
+SHARDS_FILE = re.compile(r"part-\d{5,}\.parquet|" + re.escape(SHARDS_MARKER))  # what --shards writes
 SHARDS_STAGING = re.compile(r"\..+\.[a-z0-9_]{8}\.shards")  # a --shards write in progress (mkdtemp)
 
 
@@ -468,6 +469,11 @@ def check_destination(
         if not overwrite and not (resume and record.exists()):
             raise RaftlmError(
                 f"output folder {output} already exists: pass --overwrite or choose another path"
+            )
+        if foreign := sorted(p.name for p in output.iterdir() if not SHARDS_FILE.fullmatch(p.name)):
+            raise RaftlmError(
+                f"output folder {output} holds files --shards did not write ({', '.join(foreign[:4])}), and "
+                "replacing it would delete them: move them out of it, or choose another path"
             )
     elif output.exists():
         raise RaftlmError(f"--shards writes a folder, and {output} is a file: choose another path")

@@ -1,0 +1,224 @@
+"""The edges where raftlm deletes or replaces files (issue: a user's files are sacred; nothing half-written):
+RAFTRegressor.save's failures, an interrupted deletion of a replaced run, the frozen-block cache's disk file,
+the weight average's checkpoint file, leftovers cleaned only under the output's lock, --shards folders,
+a sweep's dropped weights and the demo's output path."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import numpy as np
+import pytest
+
+from raftlm import RaftlmError, RAFTRegressor
+from raftlm.io import (
+    RUN_MARKER,
+    foreign_files,
+    is_marked_run,
+    journal_path,
+    latest_complete_checkpoint,
+    old_dir,
+    output_lock,
+    recover_swap,
+    remove_run,
+    staging_dir,
+    swap_in,
+    write_run_marker,
+)
+
+TEXTS = [
+    f"review {i}: it was {w}. rating:" for i, w in enumerate(["awful", "bad", "fine", "good", "great"] * 4)
+]
+Y = np.array([1.0, 2.0, 3.0, 4.0, 5.0] * 4)
+
+
+@pytest.fixture(scope="module")
+def zero_shot():
+    """A fitted estimator that trained nothing (the tiny model, method none): save() without a fit's minutes."""
+    return RAFTRegressor(model="tiny-random-llama", method="none", grid="1-5", batch_size=8).fit(TEXTS, Y)
+
+
+def test_a_save_that_fails_midway_leaves_nothing_and_says_one_line(zero_shot, tmp_path, monkeypatch):
+    """A disk filling up while the weights are written: one line, and the new directory is gone; a folder
+    the user made empty stays, empty; a finished save is a finished run (its metrics file written last),
+    which a second save refuses with the API's own fix."""
+    import raftlm.api as api
+
+    def disk_full(predictor, directory):
+        (directory / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(api, "save_run", disk_full)
+    with pytest.raises(RaftlmError, match=r"^disk full while writing .*new-run \(No space left on device\)"):
+        zero_shot.save(str(tmp_path / "new-run"))
+    assert not (tmp_path / "new-run").exists()
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(RaftlmError, match="disk full"):
+        zero_shot.save(str(tmp_path / "mine"))
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
+    monkeypatch.undo()
+
+    out = zero_shot.save(str(tmp_path / "mine"))
+    assert json.loads((out / "eval_results.json").read_text()) == {} and not foreign_files(out)
+    with pytest.raises(RaftlmError, match=r"already holds a finished run: .*overwrite=True in RAFTRegressor"):
+        zero_shot.save(str(tmp_path / "mine"))
+    assert RAFTRegressor.load(out).results_ is None  # no metrics: a zero-shot fit measured none
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / "ro", 0o555)
+    try:
+        if not os.access(tmp_path / "ro", os.W_OK):  # (root writes anywhere)
+            with pytest.raises(RaftlmError, match=r"^cannot create run directory .*: choose a writable"):
+                zero_shot.save(str(tmp_path / "ro" / "run"))
+    finally:
+        os.chmod(tmp_path / "ro", 0o755)
+
+
+def a_run(path, files=("model.safetensors", "config.json")):
+    path.mkdir(parents=True)
+    write_run_marker(path)
+    for name in files:
+        (path / name).write_text(name)
+    (path / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    write_run_marker(path, [*files, "checkpoints"])
+    return path
+
+
+def test_a_replaced_run_is_deleted_marker_last_so_a_kill_midway_is_finished_later(tmp_path, monkeypatch):
+    """The old run of an --overwrite is deleted with its marker last: killed after some files went, it is
+    still a marked run, and the next command deletes the rest; killed between the marker and the folder,
+    the empty folder is taken away too (both used to leave a folder raftlm refused as a user's)."""
+    out = a_run(tmp_path / "run")
+    a_run(staging_dir(out), ("model.safetensors", "tokenizer.json"))
+    import raftlm.io as io
+
+    real_unlink, calls = os.unlink, []
+
+    def killed_after_first_file(path, *a, **k):  # Path.unlink -> os.unlink
+        calls.append(str(path))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # (a SIGKILL, as far as the files on disk are concerned)
+        return real_unlink(path, *a, **k)
+
+    monkeypatch.setattr(io.os, "unlink", killed_after_first_file)
+    with pytest.raises(KeyboardInterrupt):
+        swap_in(staging_dir(out), out)
+    monkeypatch.undo()
+    assert is_marked_run(old_dir(out)) and journal_path(out).exists()  # half deleted, still raftlm's
+    assert "finished an interrupted --overwrite" in recover_swap(out)
+    assert not old_dir(out).exists() and sorted(p.name for p in out.iterdir()) == [
+        RUN_MARKER,
+        "checkpoints",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
+
+    a_run(staging_dir(out), ("model.safetensors",))
+    remove_run(a_run(old_dir(out)), keep_folder=True)  # the kill between the marker and the folder
+    journal_path(out).write_text(
+        json.dumps(
+            {"format": "raftlm-swap", "out": "run", "old": old_dir(out).name, "new": staging_dir(out).name}
+        )
+    )
+    assert "the new run is in place" in recover_swap(out)
+    assert not old_dir(out).exists() and (out / "model.safetensors").exists()
+
+
+def test_the_frozen_block_caches_disk_file_is_raftlms_and_a_kills_leftover_goes(tmp_path):
+    """A cache that outgrew RAM lives in the run as .hidden-cache-XXXXXXXX.f32: not a user's file (an
+    --overwrite used to refuse the run over it), and a kill's leftover is deleted at the next start (each
+    resume used to add another copy, GiBs each); a user's file of a like name stays."""
+    from raftlm.cache import HiddenStore
+    from raftlm.pipeline import _clean_leftovers
+
+    run = a_run(tmp_path / "run")
+    store = HiddenStore([3, 2], 4, run, ram_bytes=0)  # no RAM budget: on disk
+    assert store.path.parent == run and foreign_files(run) == []
+    (run / ".hidden-cache-notes.txt").write_text("mine")
+    assert foreign_files(run) == [".hidden-cache-notes.txt"]
+    _clean_leftovers(run)  # the process died without close()
+    assert not store.path.exists() and (run / ".hidden-cache-notes.txt").exists()
+
+
+def test_a_checkpoint_without_its_weight_average_is_not_resumed_from(tmp_path):
+    """--ema writes ema.safetensors after Trainer finished the checkpoint: a kill in between leaves a
+    checkpoint a resume of an --ema run must skip (it restarted the average from the raw weights)."""
+    for step, files in ((2, ("trainer_state.json", "ema.safetensors")), (4, ("trainer_state.json",))):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        for name in files:
+            (tmp_path / f"checkpoint-{step}" / name).write_text("{}")
+    assert latest_complete_checkpoint(tmp_path).name == "checkpoint-4"
+    assert latest_complete_checkpoint(tmp_path, ("ema.safetensors",)).name == "checkpoint-2"
+
+
+def test_leftover_temp_files_are_cleaned_only_under_the_outputs_lock(tmp_path, capsys):
+    """Another process's write in progress (its temp file) is not a kill's leftover: `raftlm evaluate` and
+    `raftlm report` used to delete it before taking the lock, and that process lost its result."""
+    from raftlm.cli import main
+    from raftlm.report import write_report
+
+    out = tmp_path / "metrics.json"
+    tmp = tmp_path / ".metrics.json.raftlm-abcd1234.tmp"
+    tmp.write_text("{")
+    data = tmp_path / "rows.csv"
+    data.write_text("text,target\ngood,4\nbad,2\n")
+    evaluate = ["evaluate", "--model", "tiny-random-llama", "--input", str(data), "--output", str(out)]
+    with output_lock(out):  # a second raftlm process writes metrics.json now
+        assert main(evaluate) == 2
+    assert "another raftlm process" in capsys.readouterr().err and tmp.exists()
+
+    sweep = tmp_path / "sweep"
+    (sweep / "cells").mkdir(parents=True)
+    (sweep / ".raftlm-sweep").write_text("{}")
+    (sweep / "results.json").write_text("[]")
+    left = sweep / ".results.json.raftlm-abcd1234.tmp"
+    left.write_text("[")
+    with output_lock(sweep, "the sweep's results"), pytest.raises(RaftlmError, match="no finished cells yet"):
+        write_report(str(sweep))
+    assert left.exists()  # the sweep holds its lock: not a leftover
+    with pytest.raises(RaftlmError, match="no finished cells yet"):
+        write_report(str(sweep))
+    assert not left.exists()  # no sweep running: a kill's leftover, cleaned
+
+
+def test_shards_overwrite_never_deletes_a_file_shards_did_not_write(tmp_path):
+    from raftlm.integrations.ray import SHARDS_MARKER, check_destination
+
+    data = tmp_path / "in.csv"
+    data.write_text("text,target\na,1\n")
+    out = tmp_path / "shards"
+    out.mkdir()
+    for name in (SHARDS_MARKER, "part-00000.parquet", "part-00001.parquet"):
+        (out / name).write_text("")
+    assert check_destination(out, True, 10, str(data)) == out  # only what --shards wrote: replaced
+    (out / "notes.md").write_text("mine")
+    with pytest.raises(RaftlmError, match=r"holds files --shards did not write \(notes.md\).*move them out"):
+        check_destination(out, True, 10, str(data))
+
+
+def test_a_sweep_drops_only_raftlms_weights(tmp_path):
+    from raftlm.experiment import drop_weights
+
+    run = a_run(tmp_path / "run")
+    (run / "mine.bin").write_text("a user's")
+    assert drop_weights(run) == len("model.safetensors") and (run / "mine.bin").exists()
+    assert not (run / "model.safetensors").exists() and not (run / "checkpoints").exists()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "model.safetensors").write_text("x")
+    assert drop_weights(plain) == 0 and (plain / "model.safetensors").exists()  # no marker: not raftlm's
+
+
+def test_the_demo_says_its_output_dir_is_a_file(tmp_path):
+    from raftlm.config import Config
+    from raftlm.demo import run_demo
+
+    (tmp_path / "out").write_text("mine")
+    cfg = Config()
+    cfg.training.output_dir = str(tmp_path / "out")
+    with pytest.raises(
+        RaftlmError, match=r"^demo output .*out is not a folder: choose a folder for --output-dir"
+    ):
+        run_demo(cfg)
+    assert (tmp_path / "out").read_text() == "mine"
