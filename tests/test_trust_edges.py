@@ -222,3 +222,50 @@ def test_the_demo_says_its_output_dir_is_a_file(tmp_path):
     ):
         run_demo(cfg)
     assert (tmp_path / "out").read_text() == "mine"
+
+
+def test_an_interrupted_swap_is_finished_by_one_process_while_the_others_wait(tmp_path):
+    """Two commands that find the same journal (two `raftlm predict` of a run whose --overwrite a kill cut
+    short) used to finish the swap both at once, and one order of their renames deleted the new run. The
+    swap is finished under the run's lock: a command waits while another holds it, then finds it done."""
+    import subprocess
+    import sys
+    import time
+
+    out = a_run(tmp_path / "run")
+    a_run(staging_dir(out), ("model.safetensors", "new.json"))
+    journal_path(out).write_text(
+        json.dumps(
+            {"format": "raftlm-swap", "out": "run", "old": old_dir(out).name, "new": staging_dir(out).name}
+        )
+    )
+    holder = subprocess.Popen(  # another command, in the middle of its recovery of the same run
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from raftlm.io import output_lock\n"
+            f"with output_lock({str(out)!r}, 'the run directory'):\n"
+            "    print('held', flush=True); time.sleep(1.5)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline() == "held\n"
+    start = time.monotonic()
+    assert "the new run is in place" in recover_swap(out)  # the holder did nothing: this one finishes it
+    assert time.monotonic() - start > 1.0 and holder.wait(10) == 0  # ...after the holder let go (1.5 s)
+    assert (out / "new.json").exists() and not staging_dir(out).exists() and not old_dir(out).exists()
+    with output_lock(out, "the run directory"):  # as `train` holds it when it finds a journal
+        a_run(staging_dir(out), ("model.safetensors", "newer.json"))
+        journal_path(out).write_text(
+            json.dumps(
+                {
+                    "format": "raftlm-swap",
+                    "out": "run",
+                    "old": old_dir(out).name,
+                    "new": staging_dir(out).name,
+                }
+            )
+        )
+        assert "the new run is in place" in recover_swap(out)
+    assert (out / "newer.json").exists()

@@ -25,6 +25,8 @@ import shutil
 import stat
 import sys
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
@@ -257,11 +259,20 @@ def main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+_HELD: dict[Path, int] = {}  # the output locks this process holds: lock file -> the thread holding it
+
+
+def holds_lock(path: str | Path) -> bool:
+    """Whether this thread holds ``output_lock(path)`` now."""
+    return _HELD.get(lock_path(path).absolute()) == threading.get_ident()
+
+
 @contextlib.contextmanager
-def output_lock(path: str | Path, what: str = "output") -> Iterator[None]:
+def output_lock(path: str | Path, what: str = "output", wait: float = 0.0) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (the file ``.NAME.lock`` beside it) while the block runs: a
-    second raftlm process writing the same output fails at once with one line. The lock file goes when
-    the block ends; a kill leaves it unlocked (the kernel drops the lock), and the next run reuses it."""
+    second raftlm process writing the same output fails at once with one line (after up to ``wait``
+    seconds of trying). The lock file goes when the block ends; a kill leaves it unlocked (the kernel
+    drops the lock), and the next run reuses it."""
     if not main_rank():
         yield
         return
@@ -271,6 +282,8 @@ def output_lock(path: str | Path, what: str = "output") -> Iterator[None]:
         yield
         return
     lock = lock_path(path)
+    key = lock.absolute()
+    deadline = time.monotonic() + wait
     if lock.is_symlink() or (lock.exists() and not _our_lock(lock)):
         raise RaftlmError(
             f"{lock} exists and is not a raftlm lock file: raftlm locks {what} {path} with that name; move it, "
@@ -288,6 +301,9 @@ def output_lock(path: str | Path, what: str = "output") -> Iterator[None]:
         except OSError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip().removeprefix("raftlm ") or "?"
             os.close(fd)
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
             raise RaftlmError(
                 f"another raftlm process (pid {holder}) is writing {what} {path}: wait for it to finish, "
                 "or write to another path"
@@ -299,11 +315,13 @@ def output_lock(path: str | Path, what: str = "output") -> Iterator[None]:
         if same:
             break
         os.close(fd)
+    _HELD[key] = threading.get_ident()
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"raftlm {os.getpid()}".encode(), 0)
         yield
     finally:
+        del _HELD[key]
         with contextlib.suppress(OSError):
             os.unlink(lock)
         os.close(fd)
@@ -641,13 +659,31 @@ def _finish_swap(out: Path) -> str:
     return did
 
 
+SWAP_WAIT = 120.0  # seconds a command waits for another process's swap of the same run (renames, a delete)
+
+
 def recover_swap(out: str | Path) -> str | None:
     """Finish an ``--overwrite`` swap of run ``out`` that a kill interrupted (its journal is still there);
-    says what it did on stderr. None when there was nothing to do."""
+    says what it did on stderr. None when there was nothing to do. Under the run's lock: two commands
+    that found the same journal (two ``predict`` of the run, every rank of a launch) took each other's
+    renames for the swap's steps, and one order deleted the new run; now one finishes it, the others wait
+    for it (another launch's ranks: for rank 0's)."""
     out = Path(out).absolute()
     if not is_our_journal(out):  # none, or a user's file of that name: not a swap of raftlm's
         return None
-    did = _finish_swap(out)
+    if not main_rank():
+        deadline = time.monotonic() + SWAP_WAIT
+        while is_our_journal(out) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return None
+    # (``train`` and ``save`` hold the run's lock already when they finish a swap of it)
+    held = (
+        contextlib.nullcontext() if holds_lock(out) else output_lock(out, "the run directory", wait=SWAP_WAIT)
+    )
+    with held:
+        if not is_our_journal(out):  # another process finished it while this one waited
+            return None
+        did = _finish_swap(out)
     message = f"raftlm: finished an interrupted --overwrite of {out}: {did}"
     print(message, file=sys.stderr)
     return message
