@@ -269,3 +269,81 @@ def test_an_interrupted_swap_is_finished_by_one_process_while_the_others_wait(tm
         )
         assert "the new run is in place" in recover_swap(out)
     assert (out / "newer.json").exists()
+
+
+# --- one behaviour: the Python API reads a run as `raftlm predict` and the server do ----------------------
+
+
+def test_the_api_reads_a_templates_escapes_once_as_files_and_the_server_do(tmp_path):
+    r"""`C:\\temp` in a template is a literal backslash and t. The API resolved the run's (already
+    resolved) template again on every predict, so its prompts had a tab there: other prompts than it
+    trained on, and than `raftlm predict` and the server read."""
+    from raftlm.files import to_examples
+
+    reg = RAFTRegressor(
+        model="tiny-random-llama", method="none", grid="1-5", prompt_template=r"Path: C:\\temp {text}"
+    )
+    reg.fit(TEXTS[:6], Y[:6])
+    want = "Path: C:\\temp good"  # one backslash, then "temp"
+    assert reg.predictor_.template == "Path: C:\\temp {text}"
+    assert reg.prompts(["good"]) == [want] == [e.text for e in reg._examples(["good"])]
+    assert [e.text for e in to_examples([{"text": "good"}], reg.predictor_.template, None, "f")] == [want]
+    loaded = RAFTRegressor.load(reg.save(str(tmp_path / "run")))
+    assert loaded.prompts(["good"]) == [want]
+    assert loaded.predict(["good"]) == pytest.approx(reg.predict(["good"]))
+
+
+def test_a_loaded_run_predicts_with_its_eval_settings_as_the_cli_does(tmp_path):
+    """The API took bf16 from training.bf16 (a recipe may train in bf16 and predict in float32, as
+    `raftlm predict` and the server then do), its intervals' auto kind as cqr (not the run's
+    eval.interval_kind) and loaded in float32 whatever the run's eval.dtype."""
+    import yaml
+
+    reg = RAFTRegressor(model="tiny-random-llama", method="none", grid="1-5", batch_size=8)
+    reg.fit(TEXTS, Y, eval_set=(TEXTS, Y))  # calibrated on 20 rows
+    out = reg.save(str(tmp_path / "run"))
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    cfg["training"]["bf16"], cfg["eval"]["bf16"] = True, False
+    cfg["eval"]["interval_kind"], cfg["eval"]["dtype"] = "std", "bfloat16"
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg))
+    loaded = RAFTRegressor.load(out)
+    assert loaded.bf16 is False and loaded._bf16() is False
+    assert str(next(loaded.predictor_.model.parameters()).dtype) == "torch.bfloat16"
+    assert (
+        str(next(RAFTRegressor.load(out, dtype="float32").predictor_.model.parameters()).dtype)
+        == "torch.float32"
+    )
+    _, auto = loaded.predict_interval(TEXTS[:4], 0.8)
+    _, std = loaded.predict_interval(TEXTS[:4], 0.8, kind="std")
+    _, cqr = loaded.predict_interval(TEXTS[:4], 0.8, kind="cqr")
+    np.testing.assert_array_equal(auto, std)
+    assert not np.allclose(auto, cqr)
+
+
+def test_a_non_finite_prediction_is_null_in_every_jsonl_raftlm_writes(tmp_path, monkeypatch):
+    """`raftlm predict` wrote a NaN prediction as a bare NaN (not JSON: most readers refuse the line) while
+    the server wrote null."""
+    import dataclasses
+
+    import raftlm.streaming as streaming
+    from raftlm.cli import main
+
+    data = tmp_path / "rows.csv"
+    data.write_text("text\ngood\nbad\n")
+    run = RAFTRegressor(model="tiny-random-llama", method="none", grid="1-5").fit(TEXTS[:6], Y[:6])
+    saved = run.save(str(tmp_path / "run"))
+    real = streaming.predict_examples
+
+    def nan_first(p, examples, *a, **k):
+        preds = real(p, examples, *a, **k)
+        values = preds.values.copy()
+        values[0] = float("nan")
+        return dataclasses.replace(preds, values=values)
+
+    monkeypatch.setattr(streaming, "predict_examples", nan_first)
+    out = tmp_path / "p.jsonl"
+    assert main(["predict", "--model", str(saved), "--input", str(data), "--output", str(out)]) == 0
+    rows = [
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in {out}")) for line in out.open()
+    ]
+    assert rows[0]["prediction"] is None and isinstance(rows[1]["prediction"], float)

@@ -191,11 +191,12 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
 
         if y is None:  # scikit-learn's wording (check_requires_y_none)
             raise RaftlmError("RAFTRegressor requires y to be passed, but the target y is None: pass y")
-        train = examples_from(X, y, self.prompt_template)
+        template = resolve_template(self.prompt_template)  # (once: a resolved template has no escapes left)
+        train = examples_from(X, y, template)
         val = []
         if eval_set is not None:
             X_val, y_val = eval_set
-            val = examples_from(X_val, y_val, self.prompt_template)
+            val = examples_from(X_val, y_val, template)
         self.calibration_ = None  # a refit's model is not the one an earlier calibration measured
         if not methods.get(self.method).trains:  # zero-shot: bind the grid and scaling, train nothing
             if self.output_dir is not None:
@@ -203,12 +204,11 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                     f"method {self.method!r} is zero-shot: fit trains nothing and writes no run into output_dir; "
                     "drop output_dir (save(dir) keeps the fitted model)"
                 )
-            self.predictor_ = new_predictor(self._config(None), train, resolve_template(self.prompt_template))
+            self.predictor_ = new_predictor(self._config(None), train, template)
             self.train_summary_, self.results_, self.config_ = {}, None, self._config(None)
             if val:  # as a trained fit: conformal calibration on the validation set
                 self.calibrate(*eval_set)
             return self
-        template = resolve_template(self.prompt_template)
         splits = Splits(train, val, [], template, grid="1-5", target_range="auto", file_order=SPLIT_NAMES)
         with self._run_dir() as run_dir:
             run = fit_run(
@@ -291,7 +291,8 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
 
     def prompts(self, X) -> list[str]:
         """The prompt each row of ``X`` becomes (the template filled in), exactly as the model reads it."""
-        template = self.predictor_.template if hasattr(self, "predictor_") else self.prompt_template
+        fitted = hasattr(self, "predictor_")
+        template = self.predictor_.template if fitted else resolve_template(self.prompt_template)
         return [e.text for e in examples_from(X, None, template)]
 
     def calibrate(self, X, y) -> RAFTRegressor:
@@ -299,7 +300,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         on ``eval_set``), and, as ``raftlm calibrate`` does, SmoothQuant's int8 activation maxima measured
         on them (unless the model is int8 already); ``save`` keeps both."""
         self._check_fitted()
-        examples = examples_from(X, y, self.prompt_template)
+        examples = examples_from(X, y, self.predictor_.template)  # the prompts predict reads
         self.calibration_ = uncertainty.calibrate(
             self.predictor_, examples, self.batch_size, self._bf16(), source="calibrate()"
         )
@@ -312,9 +313,12 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
     def predict_interval(self, X, confidence_level=0.9, kind: str = "auto"):
         """(predictions (n,), intervals (n, 2, n_levels)) as MAPIE 1.x returns them: [:, 0, j] lower and
         [:, 1, j] upper bound at ``confidence_level`` (a float or a list). ``kind``: absolute, std, cqr
-        (split conformal; need ``calibrate``), grid (raw quantiles); auto = cqr, or absolute for a head
-        without a grid distribution."""
+        (split conformal; need ``calibrate``), grid (raw quantiles); auto: the run's ``eval.interval_kind``
+        (as `raftlm predict --interval` and the server take it), whose own auto is cqr, or absolute for a
+        head without a grid distribution."""
         self._check_fitted()
+        if kind == "auto":
+            kind = self._saved_config().eval.interval_kind
         levels = [uncertainty.check_level(c) for c in np.atleast_1d(confidence_level)]
         if kind != "auto" and kind not in uncertainty.KINDS:
             raise RaftlmError(
@@ -409,14 +413,19 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         return getattr(self, "config_", None) or self._config(None)
 
     @classmethod
-    def load(cls, directory: str, device: str = "auto", dtype: str = "auto") -> RAFTRegressor:
+    def load(cls, directory: str, device: str | None = None, dtype: str | None = None) -> RAFTRegressor:
         """A saved run on ``device`` (auto: the GPU if there is one, else the CPU) with weights in
-        ``dtype`` (auto: bfloat16 on a GPU, else float32). Its parameters (``get_params``) are the
-        run's own settings, so ``clone(loaded).fit(X, y)`` trains the same way again."""
+        ``dtype`` (auto: bfloat16 on a GPU, else float32); each by default the run's own (its
+        ``eval.device`` / ``eval.dtype``, as `raftlm predict` and the server load it). Its parameters
+        (``get_params``) are the run's own settings, so ``clone(loaded).fit(X, y)`` trains the same way
+        again."""
+        saved = _run_config(Path(directory))
+        device = device or (saved.eval.device if saved else "auto")
+        dtype = dtype or (saved.eval.dtype if saved else "auto")
         predictor = load_run(directory, device, dtype)
         reg = cls(**run_params(Path(directory), predictor))
         reg.predictor_ = predictor
-        reg.config_ = _run_config(Path(directory))
+        reg.config_ = saved
         if (Path(directory) / FINISHED_FILE).is_file():  # save() puts its metrics in the card again
             reg.results_ = json.loads((Path(directory) / FINISHED_FILE).read_text()) or None  # {}: none
         if (cal := uncertainty.Calibration.load(directory, required=False)) is not None:
@@ -459,7 +468,7 @@ def run_params(directory: Path, predictor) -> dict:
         eval_steps=t.eval_steps,
         patience=t.patience,
         ema=t.ema,
-        bf16=t.bf16,
+        bf16=cfg.eval.bf16,  # what `raftlm predict` and the server run it in (a recipe may train in bf16 only)
         seed=t.seed,
     )
     if m.grid is not None and not predictor.extra.get("new_tokens"):
@@ -477,8 +486,9 @@ def _range_of(scaler) -> list | None:
 
 def examples_from(X, y, template: str) -> list[Example]:
     """``X`` (and ``y``, None when predicting) as Examples, pairing rows by position; each row passes
-    the row contract (``rows.render_row``: the same rules as a CSV/JSONL line or a served request)."""
-    template = resolve_template(template)
+    the row contract (``rows.render_row``: the same rules as a CSV/JSONL line or a served request).
+    ``template`` is resolved (``resolve_template``: a run's, as files and the server fill it; resolving
+    it again would read its escapes twice, and ``C:\\temp`` would become a tab)."""
     rows = text_rows(_rows(X), template, lambda i: f"X[{i}]")
     targets = [None] * len(rows) if y is None else _targets(y, len(rows))
     fields = [row_fields(template, r, f"X[{i}]") for i, r in enumerate(rows)]

@@ -33,6 +33,7 @@ from raftlm.io import (  # (the partial-file rules import no torch: `raftlm pred
     job_path,
     partial_files,
     partial_path,
+    to_json,
 )
 from raftlm.pipeline import predict_examples
 from raftlm.predictor import Predictions, Predictor, unparsed_said_once
@@ -245,7 +246,7 @@ def predict_file(
                 examples = to_examples(rows, predictor.template, target, str(input), start + 1)
                 preds = predict_examples(predictor, examples, cfg, desc=None)
                 write(
-                    json.dumps(r) + "\n"
+                    to_json(r) + "\n"  # strict JSON: a non-finite number is null, as the server writes it
                     for r in prediction_rows(
                         predictor,
                         preds,

@@ -49,6 +49,7 @@ from raftlm.io import (
     our_job,
     output_lock,
     same_file,
+    to_json,
 )
 from raftlm.pipeline import load_for_eval, predict_examples
 from raftlm.streaming import (
@@ -498,7 +499,7 @@ def write_output(
 def _jsonl(tables: Iterable[pa.Table], start: int) -> Iterator[list[str]]:
     """Each table's rows as the lines ``streaming.predict_file`` writes, numbered from ``start``."""
     for table in tables:
-        yield [json.dumps({"index": i, **row}) + "\n" for i, row in enumerate(table.to_pylist(), start)]
+        yield [to_json({"index": i, **row}) + "\n" for i, row in enumerate(table.to_pylist(), start)]
         start += table.num_rows
 
 
