@@ -347,3 +347,20 @@ def test_a_non_finite_prediction_is_null_in_every_jsonl_raftlm_writes(tmp_path, 
         json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in {out}")) for line in out.open()
     ]
     assert rows[0]["prediction"] is None and isinstance(rows[1]["prediction"], float)
+
+
+def test_an_atomic_write_reaches_the_disk_before_its_rename(tmp_path, monkeypatch):
+    """Without an fsync, a power cut after the rename can leave an empty file under the name (the rename
+    reached the disk, the bytes did not)."""
+    import raftlm.io as io
+
+    done, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(
+        io.os,
+        "fsync",
+        lambda fd: done.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd),
+    )
+    monkeypatch.setattr(io.os, "replace", lambda a, b: done.append(("replace", str(a))) or real_replace(a, b))
+    io.write_json(tmp_path / "m.json", {"rmse": 0.5})
+    assert [what for what, _ in done] == ["fsync", "replace"] and done[0][1] == done[1][1]
+    assert json.loads((tmp_path / "m.json").read_text()) == {"rmse": 0.5}

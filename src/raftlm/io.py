@@ -391,7 +391,9 @@ def make_folder(folder: Path, what: str, fix: str) -> None:
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename the temp file onto ``path`` (same directory, so atomic)."""
+    """Call ``write(tmp_path)`` then rename the temp file onto ``path`` (same directory, so atomic); the
+    bytes reach the disk before the rename (fsync, ~2 ms), so a power cut leaves the old file or the new
+    one, never an empty one under the name."""
     path = Path(path)
     make_folder(path.parent, str(path.parent), "choose a writable path")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.raftlm-", suffix=".tmp", dir=path.parent)
@@ -399,6 +401,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     try:
         write(Path(tmp))
         normal_permissions(tmp)  # mkstemp creates 0600
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
