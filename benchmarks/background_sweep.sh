@@ -14,6 +14,8 @@
 #   `raftlm report` and (when README.md and docs/ have no uncommitted edits) `benchmarks/docs.py --write`,
 #   and commit the results folder and those pages only (other staged work is left alone). Its own log:
 #   <worktree>.sync.log.
+# - This checkout's results folder is the worktree's copy: a hand edit there (a cell deleted or changed)
+#   is overwritten by the next sync; edit the worktree's, or stop the sync first.
 # Needs this checkout's .venv (make venv). Timing anything else meanwhile: benchmarks/paused.sh.
 set -euo pipefail
 SWEEP=${1:?usage: benchmarks/background_sweep.sh SWEEP.yaml [WORKTREE]}
