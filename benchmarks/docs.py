@@ -34,6 +34,17 @@ def load(name: str):
     return json.loads((RESULTS / name).read_text())
 
 
+def folder_cells(folder: str) -> list[dict]:
+    """Every cell result a sweep wrote into ``folder`` (its cells/, in results.json's order). Not its
+    results.json, which holds only the cells its sweep file lists now: a row named here by folder,
+    method and options keeps a cell its sweep file no longer lists (lr-default's Amazon seed 0, the
+    evidence for Amazon's LR choice, after Amazon left that sweep). A folder without cells/ (a results file
+    alone): its results.json; no folder: none."""
+    if (RESULTS / folder / "cells").is_dir():
+        return [json.loads(p.read_text()) for p in sorted((RESULTS / folder / "cells").glob("*.json"))]
+    return load(f"{folder}/results.json") if (RESULTS / folder / "results.json").is_file() else []
+
+
 def fmt(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
@@ -124,9 +135,7 @@ def arm_cells(dataset: str, arms: list[tuple[str, str, str]]) -> dict[tuple[floa
     """One row's cells on one dataset by (LR, seed), from every (folder, method, options) of ``arms``."""
     cells: dict[tuple[float, int], dict] = {}
     for folder, method, options in arms:
-        if not (RESULTS / folder / "results.json").exists():
-            continue
-        for r in load(f"{folder}/results.json"):
+        for r in folder_cells(folder):
             if r["dataset"] == dataset and r["method"] == method and (r.get("options") or "") == options:
                 cells.setdefault((r["lr"], r["seed"]), {**r, "options": ""})  # one entry, whatever its folder
     return cells
@@ -584,7 +593,7 @@ LEVER_ARMS = [  # (label, results folder, method, options), every cell at LR 1e-
 def lever_cells(folder: str, method: str, options: str, dataset: str = "stsb-1k") -> list[dict]:
     return [
         r
-        for r in load(f"{folder}/results.json")
+        for r in folder_cells(folder)
         if r["dataset"] == dataset
         and r["method"] == method
         and r["lr"] == 1e-4
@@ -679,9 +688,8 @@ def ema_arms(dataset: str) -> tuple[list[dict], list[dict]]:
     ema = lever_cells("ema-lever", "raft", "ema=0.99", dataset)
     plain = {}
     for folder, method, options in EMA_BASE[dataset]:
-        if (RESULTS / folder / "results.json").exists():
-            for r in lever_cells(folder, method, options, dataset):
-                plain.setdefault(r["seed"], r)  # a seed found twice: the first source listed
+        for r in lever_cells(folder, method, options, dataset):
+            plain.setdefault(r["seed"], r)  # a seed found twice: the first source listed
     both = {r["seed"] for r in ema} & set(plain)
     return [r for r in ema if r["seed"] in both], [plain[s] for s in sorted(both)]
 

@@ -1007,3 +1007,58 @@ def test_a_raft_head_cell_records_its_rail_part_alone(tmp_path, toy_csv):
     assert cell["rail_only_rmse"] == pytest.approx(regression_metrics(y, rail)["rmse"])
     assert cell["rmse"] == pytest.approx(regression_metrics(y, [r["prediction"] for r in rows])["rmse"])
     assert cell["rail_only_rmse"] != pytest.approx(cell["rmse"])  # the trained correction moved it
+
+
+def test_a_sweep_file_is_checked_whole_before_its_first_cell(tmp_path, toy_csv):
+    """A base section left empty crashed with a TypeError; a misspelled dataset or model, or a data file
+    that is not there, passed every check and failed only when its cells came up (hours in)."""
+    from raftlm.experiment import plan_sweep
+
+    path, sweep = one_cell_sweep(tmp_path, Path(toy_csv))
+    sweep["base"]["model"] = None  # `model:` with nothing under it
+    path.write_text(yaml.safe_dump(sweep))
+    assert "0 of 1 cells written, 1 to run" in plan_sweep(str(path))
+    for key, entry, said in (
+        ("datasets", "amazon-snipets", r"^sweep datasets: unknown dataset 'amazon-snipets': use one of"),
+        (
+            "datasets",
+            f"csv:{tmp_path}/missing.csv",
+            r"^sweep datasets: dataset 'csv:.*missing.csv': .* does not exist",
+        ),
+        ("models", "smolm2-135m", r"^sweep models: "),
+    ):
+        bad = {**sweep, key: [*sweep[key], entry]}
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(RaftlmError, match=said):
+            plan_sweep(str(path))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_leaves_out_cells_its_file_no_longer_lists_and_never_resumes_a_changed_run(tmp_path, toy_csv):
+    """Cells of an earlier version of the sweep file (never checked against it) went into results.json
+    and the report's means; a run a kill left mid-training resumed with its old settings while its cell
+    recorded the new ones."""
+    from raftlm.config import Config
+    from raftlm.experiment import cell_config, cells, check_run_settings, plan_sweep, run_sweep
+
+    path, sweep = one_cell_sweep(tmp_path, Path(toy_csv))
+    run_sweep(str(path), quiet=True)
+    out = tmp_path / "out"
+    (cell,) = (out / "cells").glob("*.json")
+    stray = out / "cells" / cell.name.replace("--s0--", "--s7--")
+    stray.write_text(cell.read_text().replace('"seed": 0', '"seed": 7'))
+    assert "1 cell result in" in plan_sweep(str(path)) and stray.name in plan_sweep(str(path))
+    run_sweep(str(path), quiet=True)  # (its one cell is written: it collects again)
+    assert [r["seed"] for r in json.loads((out / "results.json").read_text())] == [0]
+
+    (c,) = cells(sweep)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = cell_config(sweep, c, run_dir)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    check_run_settings(run_dir, cfg)  # the same settings: it resumes
+    changed = Config.from_yaml(str(run_dir / "config.yaml"), {"training.max_steps": 3})
+    with pytest.raises(
+        RaftlmError, match=r"was started with other settings .*training.max_steps 1 -> 3.*delete"
+    ):
+        check_run_settings(run_dir, changed)

@@ -644,6 +644,25 @@ PATH_DATASETS: dict[str, Callable[..., Splits]] = {
 IN_MEMORY = "in-memory"  # the dataset of a run trained by RAFTRegressor.fit from Python objects
 
 
+def unknown_dataset(name: str) -> RaftlmError:
+    return RaftlmError(
+        f"unknown dataset {short(name)}: use one of {sorted(DATASETS)}, amazon:PATH, movielens-1m:PATH, "
+        "csv:PATH, jsonl:PATH or hf:ID"
+    )
+
+
+def check_dataset_name(name: str) -> None:
+    """A dataset name ``load_splits`` reads, and the local file or folder it names there, checked without
+    reading it (``raftlm experiment`` says a misspelled entry before hours of the cells before it)."""
+    prefix, sep, path = name.partition(":")
+    if name in DATASETS or name == IN_MEMORY or (sep and prefix == "hf"):
+        return
+    if not sep or prefix not in (*PATH_DATASETS, "csv", "jsonl"):
+        raise unknown_dataset(name)
+    if not Path(path).exists():
+        raise RaftlmError(f"dataset {short(name)}: {path} does not exist: check the path")
+
+
 def load_splits(cfg) -> Splits:
     """Resolve ``cfg.dataset`` (a DATASETS name, ``csv:PATH``, ``jsonl:PATH`` or ``hf:ID``)."""
     name = cfg.dataset
@@ -664,10 +683,7 @@ def load_splits(cfg) -> Splits:
     elif name.startswith("hf:"):
         splits = _hub_dataset(name[3:], cfg.template, cfg.text_column, cfg.target_column)
     else:
-        raise RaftlmError(
-            f"unknown dataset {short(name)}: use one of {sorted(DATASETS)}, amazon:PATH, movielens-1m:PATH, "
-            "csv:PATH, jsonl:PATH or hf:ID"
-        )
+        raise unknown_dataset(name)
     if cfg.template and name in DATASETS:
         raise RaftlmError(
             f"dataset {name} has its own prompt (table 6): drop --template, or export it to csv: and template that"

@@ -44,6 +44,7 @@ from raftlm.core import RaftlmError, short
 from raftlm.io import (
     SWEEP_MARKER,
     check_folder,
+    check_model_name,
     check_no_tilde,
     clean_stale_tmp,
     is_marked_run,
@@ -176,8 +177,10 @@ def check_sweep(sweep: dict, where: str) -> None:
     for m in sweep["methods"]:
         if isinstance(m, dict) and "lrs" in m:
             _list(m, "lrs", f"{where}: methods entry {short(m)}", number, "learning rates")
-    base = sweep.get("base") or {}
-    if not isinstance(base, dict) or any(v is not None and not isinstance(v, dict) for v in base.values()):
+    base = sweep.get("base", {})
+    if not isinstance(base, dict | None) or any(
+        v is not None and not isinstance(v, dict) for v in (base or {}).values()
+    ):
         raise RaftlmError(f"{where}: base must map config sections to settings, got {short(base)}")
     if sweep.get("lr_choice", "all_seeds") not in LR_CHOICES:
         raise RaftlmError(f"{where}: lr_choice {short(sweep['lr_choice'])} is not one of {list(LR_CHOICES)}")
@@ -219,7 +222,20 @@ def cells(sweep: dict) -> list[Cell]:
 
 
 def check_cells(sweep: dict, todo: list[Cell], root: Path) -> None:
-    """Build every cell's config before the first cell runs: a bad setting fails now, not hours in."""
+    """Build every cell's config before the first cell runs, and check each dataset and model name (a
+    misspelled one, a data file that is not there): a bad setting fails now, not hours in."""
+    from raftlm.data import check_dataset_name
+
+    for name in dict.fromkeys(str(c.dataset["dataset"]) for c in todo):
+        try:
+            check_dataset_name(name)
+        except RaftlmError as err:
+            raise RaftlmError(f"sweep datasets: {err}") from None
+    for name in dict.fromkeys(c.model for c in todo):
+        try:
+            check_model_name(name)
+        except RaftlmError as err:
+            raise RaftlmError(f"sweep models: {err}".replace("--model", "the sweep's models")) from None
     for cell in todo:
         try:
             cell_config(sweep, cell, root / "runs" / cell.run_id)
@@ -251,7 +267,7 @@ def option_section(key: str) -> str:
 
 
 def cell_config(sweep: dict, cell: Cell, run_dir: Path) -> Config:
-    base = {k: dict(v) for k, v in (sweep.get("base") or {}).items()}
+    base = {k: dict(v or {}) for k, v in (sweep.get("base") or {}).items()}  # (a section left empty: {})
     base.setdefault("model", {})["name"] = cell.model
     base.setdefault("data", {}).update(cell.dataset)
     if cell.train_fraction is not None:
@@ -366,6 +382,7 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
     train = {}
     trains = methods.get(cell.method).trains
     if trains:
+        check_run_settings(run_dir, cfg)
         if not (run_dir / "eval_results.json").exists():
             fresh = run_dir.exists() and not (run_dir / "config.yaml").exists()
             train_run(cfg, overwrite=fresh, resume=not fresh, evaluate_test=False)  # evaluated below
@@ -465,8 +482,38 @@ def drop_weights(run_dir: Path) -> int:
     return freed
 
 
-def collect(root: Path) -> list[dict]:
-    rows = [read_cell(p) for p in sorted((root / "cells").glob("*.json"))]
+def check_run_settings(run_dir: Path, cfg: Config) -> None:
+    """A run directory a cell resumes or reuses was started with the settings the cell now gives: a sweep
+    edited after a kill would otherwise resume (or reuse) a run of the old settings and record the new
+    ones."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    before, now = config_values(Config.from_yaml(str(saved))), config_values(cfg)
+    changed = [
+        f"{k} {short(before.get(k))} -> {short(v)}"
+        for k, v in now.items()
+        if before.get(k) != v and k != "eval.decoder"  # (a run's cells differ in it: each its own decoder)
+    ]
+    if changed:
+        raise RaftlmError(
+            f"run {run_dir} was started with other settings than the sweep file now gives "
+            f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}): delete {run_dir} to train it "
+            "again, or write the changed sweep to a new output_dir"
+        )
+
+
+def stray_cells(root: Path, todo: list[Cell]) -> list[Path]:
+    """Cell results in ``root/cells`` that the sweep does not list (an earlier version of its file's)."""
+    ids = {c.cell_id for c in todo}
+    return sorted(p for p in (root / "cells").glob("*.json") if p.stem not in ids)
+
+
+def collect(root: Path, todo: list[Cell]) -> list[dict]:
+    """results.json and results.csv from the sweep's written cells; a stray cell (not in the sweep now:
+    its settings were never checked against it) stays out, so the report never averages it in."""
+    ids = {c.cell_id for c in todo}
+    rows = [read_cell(p) for p in sorted((root / "cells").glob("*.json")) if p.stem in ids]
     write_json(root / "results.json", rows)
     buf = io.StringIO()
     if rows:  # every key any cell has (heads lack crps); lists and the settings stay in results.json
@@ -667,7 +714,21 @@ def plan_sweep(path: str) -> str:
         + (f"; next: {left[0].cell_id}" if left else "")
         + f" ({root})"
     )
+    if stray := stray_note(root, todo):
+        lines.append(stray)
     return "\n".join(lines)
+
+
+def stray_note(root: Path, todo: list[Cell]) -> str | None:
+    """What a sweep says of cell results in its folder that it does not list."""
+    stray = stray_cells(root, todo)
+    if not stray:
+        return None
+    return (
+        f"{len(stray)} cell result{'s' if len(stray) > 1 else ''} in {root / 'cells'} "
+        f"{'are' if len(stray) > 1 else 'is'} not in this sweep (e.g. {stray[0].name}: an earlier version of the "
+        "file's?): left out of results.json and the report; list its entry again, or move it out"
+    )
 
 
 def run_sweep(path: str, quiet: bool = False) -> Path:
@@ -694,6 +755,8 @@ def _run_cells(sweep: dict, todo: list[Cell], root: Path, as_written: dict) -> i
         clean_stale_tmp(folder)  # left by a kill during a write
     result = functools.partial(cell_result, root)
     _check_written(sweep, todo, root)
+    if stray := stray_note(root, todo):
+        log.warning(stray)
     write_text(root / "sweep.yaml", yaml.safe_dump(as_written, sort_keys=False))
     skip = lambda c: lost_on_first_seed(sweep, c, todo, root)  # noqa: E731
     ran = 0
@@ -718,6 +781,6 @@ def _run_cells(sweep: dict, todo: list[Cell], root: Path, as_written: dict) -> i
         if not keep and run_dir.exists() and all(result(c).exists() or skip(c) for c in siblings):
             freed = drop_weights(run_dir)
             log.info(f"  {cell.run_id}: every cell written, weights deleted ({freed / 2**20:.0f} MB)")
-        collect(root)
-    collect(root)
+        collect(root, todo)
+    collect(root, todo)
     return ran
