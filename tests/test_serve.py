@@ -293,6 +293,14 @@ def test_health_and_info_describe_the_run(url, run):
             '"interval_kind" chooses the kind of "interval"\'s intervals: ask for "interval" too',
         ),
         ({"inputs": ["x"], "interval": 0.99}, 400, "40 examples, too few for a 0.99 interval"),
+        # a low level needs many examples too (0.01: 100): the level that fails is named, not the highest
+        (
+            {"inputs": ["x"], "interval": [0.01, 0.9]},
+            400,
+            "too few for a 0.01 interval (split conformal needs 100)",
+        ),
+        # (1 - 1e-17 rounds to 1: a ZeroDivisionError, a 500 with a traceback)
+        ({"inputs": ["x"], "interval": 1e-17}, 422, "confidence level 1e-17 is too close to 0 to compute"),
         ({"inputs": [{"text": "x"}] * 257}, 413, "257 rows in one request exceed the limit of 256"),
         ({"inputs": [{"text": "x" * 2_000_000}]}, 413, "exceeds the limit of 1048576"),
     ],
@@ -754,6 +762,17 @@ def test_micro_batcher_bounds_its_queue_and_drains_on_close():
         b.submit(["5"])
 
 
+def test_a_pair_runs_queue_holds_max_queue_rows_of_two_prompts_each():
+    """A symmetric pair's run queues both orders of each row: with max_queue rows counted as prompts, a
+    request of more than half max_queue rows got a 503 that no retry could fix."""
+    b = MicroBatcher(_echo([]), max_batch=100, max_wait_s=5.0, max_queue=3, per_row=2)
+    whole = b.submit([str(i) for i in range(6)])  # 3 rows, both orders
+    with pytest.raises(Busy, match=r"queue is full \(3 rows waiting\)"):
+        b.submit(["7", "8"])
+    b.close()
+    assert whole.result(0).values.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
 def test_micro_batcher_drops_cancelled_requests_and_says_so():
     batches: list[int] = []
     seen: list[tuple] = []
@@ -786,3 +805,20 @@ def test_a_failing_batch_fails_its_requests_and_the_worker_lives_on():
         b.submit(["a"]).result(timeout=10)
     assert b.submit(["b"]).result(timeout=10).values.tolist() == [0.0]
     b.close()
+
+
+def test_an_unknown_nested_field_is_told_its_own_models_fields_and_many_columns_cost_linear_time(url):
+    """A typo inside "params" was told the request's top-level fields; a dataframe_split of 100,000
+    column names took quadratic time in the request handler (minutes, every route blocked)."""
+    import time
+
+    r = post(url, {"instances": ["x"], "params": {"with_prob": True}}, route="/invocations")
+    assert r.status_code == 422
+    assert r.json()["error"].startswith(
+        "unknown field 'params.with_prob': the fields are with_probs, with_prompts"
+    )
+    columns = [f"c{i}" for i in range(100_000)]
+    start = time.monotonic()
+    r = post(url, {"dataframe_split": {"columns": columns, "data": []}}, route="/invocations")
+    assert r.status_code in (400, 413, 422) and time.monotonic() - start < 10
+    assert post(url, {"inputs": ["x"]}).status_code == 200  # the server lives on

@@ -152,11 +152,15 @@ def check_level(level) -> float:
         value = to_number(level)
     except (TypeError, ValueError, OverflowError):
         value = None
+    shown = short(level.item() if hasattr(level, "item") else level)
     if value is None or not 0.0 < value < 1.0:  # also rejects nan
-        shown = short(level.item() if hasattr(level, "item") else level)
         what = "is not a number" if value is None else "must lie"
         raise RaftlmError(
             f"confidence level {shown} {what} strictly between 0 and 1: use e.g. 0.9 for a 90 % interval"
+        )
+    if 1.0 - value == 1.0:  # its miscoverage 1 - level rounds to 1: no interval arithmetic holds there
+        raise RaftlmError(
+            f"confidence level {shown} is too close to 0 to compute an interval at: use e.g. 0.5 or 0.9"
         )
     return value
 

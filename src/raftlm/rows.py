@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 
 from raftlm.core import RaftlmError, short, to_number
 from raftlm.prompts import missing_column, render, template_fields
@@ -26,12 +27,11 @@ SURROGATE = re.compile("[\ud800-\udfff]")
 def check_columns(columns, where: str) -> None:
     """Column names are unique (a table with two columns of one name would fill the template from
     whichever came last)."""
-    columns = [str(c) for c in columns]
-    repeated = next((c for c in columns if columns.count(c) > 1), None)
+    counts = Counter(str(c) for c in columns)  # (linear: a request may name 100,000 columns)
+    repeated = next((c for c, n in counts.items() if n > 1), None)
     if repeated is not None:
         raise RaftlmError(
-            f"{where}: column {short(repeated)} appears {columns.count(repeated)} times: give every column its "
-            "own name"
+            f"{where}: column {short(repeated)} appears {counts[repeated]} times: give every column its own name"
         )
 
 

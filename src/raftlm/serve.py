@@ -37,7 +37,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -57,7 +57,7 @@ from starlette.requests import ClientDisconnect
 
 from raftlm import __version__
 from raftlm.config import Config, ServeSettings
-from raftlm.core import KIND_CHOICES, RaftlmError, level_text, short
+from raftlm.core import KIND_CHOICES, RaftlmError, check_level, level_text, short
 from raftlm.decoders import TEXT_DECODERS
 from raftlm.files import csv_rows, to_examples
 from raftlm.io import check_served_run, finite
@@ -99,13 +99,17 @@ class MicroBatcher:
         max_queue: int,
         on_batch: Callable[[int, float], None] | None = None,
         on_drop: Callable[[int], None] | None = None,
+        per_row: int = 1,
     ):
+        # ``per_row``: prompts a request row becomes (2: a symmetric pair's run scores both orders); the
+        # queue holds ``max_queue`` rows, so max_queue x per_row prompts
         self.run_batch, self.max_batch, self.max_wait_s, self.max_queue = (
             run_batch,
             max_batch,
             max_wait_s,
-            max_queue,
+            max_queue * per_row,
         )
+        self.per_row = per_row
         self.on_batch, self.on_drop = on_batch, on_drop
         self._jobs: deque[_Job] = deque()
         self._rows = 0  # rows queued, not yet taken by the worker
@@ -125,7 +129,7 @@ class MicroBatcher:
             if self._closed:
                 raise Busy("the server is shutting down: retry on another instance")
             if self._rows + len(texts) > self.max_queue:
-                raise Busy(f"the queue is full ({self._rows} rows waiting): retry shortly")
+                raise Busy(f"the queue is full ({self._rows // self.per_row} rows waiting): retry shortly")
             self._jobs.append(job)
             self._rows += len(texts)
             self._cond.notify()
@@ -232,6 +236,10 @@ def _levels(value):
             raise ValueError(
                 f"confidence level {short(c)} is not a number strictly between 0 and 1: e.g. 0.9"
             )
+        try:
+            check_level(c)  # the rule files and the Python API follow, past the JSON types
+        except RaftlmError as err:
+            raise ValueError(str(err)) from None
     return value
 
 
@@ -428,11 +436,26 @@ def _validate(model: type[BaseModel], body: bytes, example: str):
         # the field's path, without pydantic's union branch tags ("list[float]", "function-before[...]")
         path = [str(p) for p in e["loc"] if isinstance(p, int) or str(p).isidentifier()]
         if e["type"] == "extra_forbidden":
-            known = ", ".join(model.model_fields)
+            known = ", ".join(_fields_at(model, path[:-1]))
             raise Reject(422, f"unknown field {'.'.join(path)!r}: the fields are {known}") from None
         message = f"{'.'.join(path) or 'body'}: {e['msg'].removeprefix('Value error, ')}"
         shape = not path or e["type"] == "missing"  # the body itself is off: show what one looks like
         raise Reject(422, f"{message}: send {example}" if shape else message) from None
+
+
+def _fields_at(model: type[BaseModel], path: list[str]) -> list[str]:
+    """The fields of the (nested) model at ``path`` (list positions skipped): what an unknown field
+    inside "params" or "dataframe_split" is told, not the request's top-level fields."""
+    for name in path:
+        field = model.model_fields.get(name)
+        if field is None:
+            continue  # a list position
+        inner = [a for a in (field.annotation, *get_args(field.annotation)) if isinstance(a, type)]
+        sub = next((a for a in inner if issubclass(a, BaseModel)), None)
+        if sub is None:
+            break
+        model = sub
+    return list(model.model_fields)
 
 
 def _check_size(rows: list, max_rows: int) -> None:
@@ -663,6 +686,7 @@ class Server:
             s.max_queue,
             on_batch=m.batch if m else None,
             on_drop=m.dropped.inc if m else None,
+            per_row=2 if self.predictor.pair else 1,  # (texts_of: both orders of a symmetric pair)
         )
         if m:
             m.queue.set_function(lambda: self.batcher.queued_rows)
@@ -723,7 +747,7 @@ class Server:
         kind = cal.kind(kind)
         levels = opts.interval if isinstance(opts.interval, list) else [opts.interval]
         if KINDS[kind].conformal and any(cal.n < min_calibration_size(c) for c in levels):
-            worst = max(levels)
+            worst = max(levels, key=min_calibration_size)  # (a low level needs many examples too: 0.01, 100)
             raise RaftlmError(
                 f"the run's calibration has {cal.n} examples, too few for a {level_text(worst)} interval (split conformal "
                 f"needs {min_calibration_size(worst)}): ask for a lower level or calibrate on more examples"
