@@ -805,6 +805,24 @@ def test_a_failing_batch_fails_its_requests_and_the_worker_lives_on():
         b.submit(["a"]).result(timeout=10)
     assert b.submit(["b"]).result(timeout=10).values.tolist() == [0.0]
     b.close()
+    # what follows the forward pass fails too (a metrics callback, a model giving too few rows): the
+    # worker used to die there, and every later request waited for ever
+    reports = []
+
+    def on_batch(n, seconds):
+        reports.append(n)
+        if len(reports) == 1:
+            raise ValueError("a metrics backend is down")
+
+    b = MicroBatcher(lambda texts: Predictions(np.zeros(len(texts))), 4, 0.0, 10, on_batch=on_batch)
+    with pytest.raises(ValueError, match="metrics backend"):
+        b.submit(["a"]).result(timeout=10)
+    assert b.submit(["b"]).result(timeout=10).values.tolist() == [0.0]
+    b.close()
+    b = MicroBatcher(lambda texts: Predictions(np.zeros(1)), 4, 0.0, 10)
+    with pytest.raises(RuntimeError, match="the model gave 1 predictions for 2 prompts"):
+        b.submit(["a", "b"]).result(timeout=10)
+    b.close()
 
 
 def test_an_unknown_nested_field_is_told_its_own_models_fields_and_many_columns_cost_linear_time(url):

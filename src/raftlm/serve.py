@@ -179,22 +179,29 @@ class MicroBatcher:
 
     def _run(self, jobs: list[_Job]) -> None:
         t0 = time.perf_counter()
-        try:
-            preds = self.run_batch([t for j in jobs for t in j.texts])
+        texts = [t for j in jobs for t in j.texts]
+        try:  # (all of it: a worker that died here would leave every later request waiting for ever)
+            preds = self.run_batch(texts)
+            if len(preds.values) != len(texts):
+                raise RuntimeError(f"the model gave {len(preds.values)} predictions for {len(texts)} prompts")
+            self.batches_run += 1
+            self.rows_run += len(preds.values)
+            if self.on_batch:
+                self.on_batch(len(preds.values), time.perf_counter() - t0)
+            results, start = [], 0
+            for j in jobs:
+                results.append(_rows(preds, start, start + len(j.texts)))
+                start += len(j.texts)
         except Exception as err:  # every request of the batch gets the error; the worker lives on
             if not isinstance(err, RaftlmError):
                 log.exception("prediction failed")
             for j in jobs:
-                j.future.set_exception(err)
+                if not j.future.done():
+                    j.future.set_exception(err)
             return
-        self.batches_run += 1
-        self.rows_run += len(preds.values)
-        if self.on_batch:
-            self.on_batch(len(preds.values), time.perf_counter() - t0)
-        start = 0
-        for j in jobs:
-            j.future.set_result(_rows(preds, start, start + len(j.texts)))
-            start += len(j.texts)
+        for j, rows in zip(jobs, results, strict=True):
+            if not j.future.done():
+                j.future.set_result(rows)
 
 
 def _rows(preds: Predictions, a: int, b: int) -> Predictions:
