@@ -1062,3 +1062,22 @@ def test_a_sweep_leaves_out_cells_its_file_no_longer_lists_and_never_resumes_a_c
         RaftlmError, match=r"was started with other settings .*training.max_steps 1 -> 3.*delete"
     ):
         check_run_settings(run_dir, changed)
+
+
+def test_one_dataset_listed_twice_with_other_settings_is_told_what_to_do():
+    """Two entries of one dataset that differ in a setting made the same cell ids, refused as "listed
+    twice: drop the repeats", which they are not."""
+    sweep = {
+        "output_dir": "x",
+        "datasets": [{"dataset": "stsb-1k", "stsb_test": "dev"}, {"dataset": "stsb-1k", "stsb_test": "test"}],
+        "models": ["m"],
+        "methods": ["raft"],
+        "lrs": [1e-4],
+    }
+    with pytest.raises(
+        RaftlmError, match=r"^sweep datasets: stsb-1k is listed 2 times with other settings .*own"
+    ):
+        cells(sweep)
+    sweep["datasets"] = ["stsb-1k", "stsb-1k"]  # a plain repeat keeps its message
+    with pytest.raises(RaftlmError, match="listed twice\\): drop the repeats"):
+        cells(sweep)

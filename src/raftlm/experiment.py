@@ -189,6 +189,17 @@ def check_sweep(sweep: dict, where: str) -> None:
 
 
 def cells(sweep: dict) -> list[Cell]:
+    entries = [{"dataset": d} if isinstance(d, str) else dict(d) for d in sweep["datasets"]]
+    names = Counter(str(d["dataset"]) for d in entries)
+    twice = next(
+        (n for n, k in names.items() if k > 1 and len({repr(d) for d in entries if d["dataset"] == n}) > 1),
+        None,
+    )
+    if twice:  # a cell's id names the dataset alone: the entries' cells would be one another's
+        raise RaftlmError(
+            f"sweep datasets: {twice} is listed {names[twice]} times with other settings (a cell's id names the "
+            "dataset alone): run each setting as a sweep of its own (another output_dir), or set it in base"
+        )
     out, seeds = [], sweep_seeds(sweep)
     for d in sweep["datasets"]:
         dataset = {"dataset": d} if isinstance(d, str) else dict(d)
