@@ -1078,6 +1078,10 @@ def test_one_dataset_listed_twice_with_other_settings_is_told_what_to_do():
         RaftlmError, match=r"^sweep datasets: stsb-1k is listed 2 times with other settings .*own"
     ):
         cells(sweep)
+    from raftlm.experiment import option_section
+
+    with pytest.raises(RaftlmError, match="^output_dir in a sweep's methods entry: .*drop it"):
+        option_section("output_dir")
     sweep["datasets"] = ["stsb-1k", "stsb-1k"]  # a plain repeat keeps its message
     with pytest.raises(RaftlmError, match="listed twice\\): drop the repeats"):
         cells(sweep)

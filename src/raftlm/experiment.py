@@ -266,6 +266,11 @@ AXES = {
 def option_section(key: str) -> str:
     """The config section of a method entry's extra key (method first: ``normalize_grid``, ``ce_weight``;
     then training, model, data: ``warmup_steps``, ``trainable``...)."""
+    if key == "output_dir":  # (it was taken, and each run went to the sweep's runs/ folder anyway)
+        raise RaftlmError(
+            "output_dir in a sweep's methods entry: a sweep puts each run in its output_dir's runs/ folder; "
+            "drop it"
+        )
     if key in AXES:
         raise RaftlmError(
             f"{key} in a sweep's methods entry would be overridden by the sweep's own axis: list it under "
