@@ -247,6 +247,11 @@ def _levels(value):
             check_level(c)  # the rule files and the Python API follow, past the JSON types
         except RaftlmError as err:
             raise ValueError(str(err)) from None
+    keys = [f"{c:g}" for c in levels]  # each level's key in "lower" and "upper" (at most MAX_LEVELS)
+    if same := next((k for k in keys if keys.count(k) > 1), None):
+        raise ValueError(
+            f"two confidence levels are {same} to 6 digits (one answer key): give distinct levels"
+        )
     return value
 
 
