@@ -302,6 +302,11 @@ def test_health_and_info_describe_the_run(url, run):
         # (1 - 1e-17 rounds to 1: a ZeroDivisionError, a 500 with a traceback)
         ({"inputs": ["x"], "interval": 1e-17}, 422, "confidence level 1e-17 is too close to 0 to compute"),
         ({"inputs": ["x"], "interval": [0.9, 0.9000001]}, 422, "two confidence levels are 0.9 to 6 digits"),
+        (
+            '{"inputs": ["x"], "interval": 1' + "0" * 5000 + "}",
+            400,
+            "a number in the request body has over 4300",
+        ),
         ({"inputs": [{"text": "x"}] * 257}, 413, "257 rows in one request exceed the limit of 256"),
         ({"inputs": [{"text": "x" * 2_000_000}]}, 413, "exceeds the limit of 1048576"),
     ],

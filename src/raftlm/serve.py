@@ -438,6 +438,12 @@ def _validate(model: type[BaseModel], body: bytes, example: str):
     except (json.JSONDecodeError, RecursionError, UnicodeDecodeError):
         pass  # pydantic's reader says what is wrong below
     except ValueError as err:
+        if "int_max_str_digits" in str(
+            err
+        ):  # Python's own fix names the server's interpreter, not the client's
+            raise Reject(
+                400, "a number in the request body has over 4300 digits: send numbers of ordinary size"
+            ) from None
         raise Reject(400, f"request body is not plain JSON ({err}): send a JSON object") from None
     try:
         return model.model_validate_json(body)
