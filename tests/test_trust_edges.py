@@ -364,3 +364,19 @@ def test_an_atomic_write_reaches_the_disk_before_its_rename(tmp_path, monkeypatc
     io.write_json(tmp_path / "m.json", {"rmse": 0.5})
     assert [what for what, _ in done] == ["fsync", "replace"] and done[0][1] == done[1][1]
     assert json.loads((tmp_path / "m.json").read_text()) == {"rmse": 0.5}
+
+
+def test_an_interrupted_swap_is_found_through_a_symlinked_path(tmp_path):
+    """`train` resolves its run directory, so a swap's journal lies beside the real folder; `predict` of a
+    symlinked run looked for it beside the link and loaded a half-swapped run."""
+    real = tmp_path / "real"
+    out = a_run(real / "run")
+    a_run(staging_dir(out), ("model.safetensors", "new.json"))
+    journal_path(out).write_text(
+        json.dumps(
+            {"format": "raftlm-swap", "out": "run", "old": old_dir(out).name, "new": staging_dir(out).name}
+        )
+    )
+    (tmp_path / "link").symlink_to(out, target_is_directory=True)
+    assert "the new run is in place" in recover_swap(tmp_path / "link")
+    assert (out / "new.json").exists() and not journal_path(out).exists()

@@ -674,8 +674,9 @@ def recover_swap(out: str | Path) -> str | None:
     says what it did on stderr. None when there was nothing to do. Under the run's lock: two commands
     that found the same journal (two ``predict`` of the run, every rank of a launch) took each other's
     renames for the swap's steps, and one order deleted the new run; now one finishes it, the others wait
-    for it (another launch's ranks: for rank 0's)."""
-    out = Path(out).absolute()
+    for it (another launch's ranks: for rank 0's). ``out`` where it really is (a symlinked run or parent
+    resolved, as ``train`` resolves it): its journal and lock lie beside the real folder."""
+    out = Path(out).resolve()
     if not is_our_journal(out):  # none, or a user's file of that name: not a swap of raftlm's
         return None
     if not main_rank():
