@@ -1078,7 +1078,10 @@ def test_one_dataset_listed_twice_with_other_settings_is_told_what_to_do():
         RaftlmError, match=r"^sweep datasets: stsb-1k is listed 2 times with other settings .*own"
     ):
         cells(sweep)
-    from raftlm.experiment import option_section
+    from raftlm.experiment import check_sweep, option_section
+
+    with pytest.raises(RaftlmError, match=r"train_fractions \[None, 1.0\] lists one fraction twice"):
+        check_sweep({**sweep, "output_dir": "x", "train_fractions": [None, 1.0]}, "sweep.yaml")
 
     with pytest.raises(RaftlmError, match="^output_dir in a sweep's methods entry: .*drop it"):
         option_section("output_dir")

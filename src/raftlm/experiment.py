@@ -177,6 +177,14 @@ def check_sweep(sweep: dict, where: str) -> None:
     for m in sweep["methods"]:
         if isinstance(m, dict) and "lrs" in m:
             _list(m, "lrs", f"{where}: methods entry {short(m)}", number, "learning rates")
+    fractions = [
+        1.0 if f is None else to_float(f, "sweep train_fractions") for f in sweep.get("train_fractions", [])
+    ]
+    if len(fractions) != len(set(fractions)):  # (null is all the data: 1.0)
+        raise RaftlmError(
+            f"{where}: train_fractions {short(sweep['train_fractions'])} lists one fraction twice (null is "
+            "all the data, as 1.0): drop the repeat"
+        )
     base = sweep.get("base", {})
     if not isinstance(base, dict | None) or any(
         v is not None and not isinstance(v, dict) for v in (base or {}).values()
