@@ -770,13 +770,26 @@ def test_micro_batcher_bounds_its_queue_and_drains_on_close():
 
 def test_a_pair_runs_queue_holds_max_queue_rows_of_two_prompts_each():
     """A symmetric pair's run queues both orders of each row: with max_queue rows counted as prompts, a
-    request of more than half max_queue rows got a 503 that no retry could fix."""
-    b = MicroBatcher(_echo([]), max_batch=100, max_wait_s=5.0, max_queue=3, per_row=2)
+    request of more than half max_queue rows got a 503 that no retry could fix; its counts are rows."""
+    seen = []
+    b = MicroBatcher(
+        _echo([]),
+        100,
+        5.0,
+        4,
+        on_batch=lambda n, s: seen.append(("batch", n)),
+        on_drop=lambda n: seen.append(("drop", n)),
+        per_row=2,
+    )
     whole = b.submit([str(i) for i in range(6)])  # 3 rows, both orders
-    with pytest.raises(Busy, match=r"queue is full \(3 rows waiting\)"):
-        b.submit(["7", "8"])
+    gone = b.submit(["6", "7"])  # 1 row whose client leaves
+    assert b.queued_rows == 4  # rows, as /health and the metrics say, not prompts
+    with pytest.raises(Busy, match=r"queue is full \(4 rows waiting\)"):
+        b.submit(["8", "9"])
+    assert gone.cancel()
     b.close()
     assert whole.result(0).values.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert (b.rows_run, b.rows_dropped) == (3, 1) and sorted(seen) == [("batch", 3), ("drop", 1)]
 
 
 def test_micro_batcher_drops_cancelled_requests_and_says_so():

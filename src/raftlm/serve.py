@@ -121,7 +121,7 @@ class MicroBatcher:
 
     @property
     def queued_rows(self) -> int:
-        return self._rows
+        return self._rows // self.per_row  # (rows, not prompts: a symmetric pair's row queues 2)
 
     def submit(self, texts: list[str]) -> Future:
         job = _Job(list(texts))
@@ -167,6 +167,7 @@ class MicroBatcher:
                 else:  # its client is gone: never computed
                     dropped += len(job.texts)
         if dropped:
+            dropped //= self.per_row  # rows, as every count the server reports
             self.rows_dropped += dropped
             if self.on_drop:
                 self.on_drop(dropped)
@@ -185,9 +186,9 @@ class MicroBatcher:
             if len(preds.values) != len(texts):
                 raise RuntimeError(f"the model gave {len(preds.values)} predictions for {len(texts)} prompts")
             self.batches_run += 1
-            self.rows_run += len(preds.values)
+            self.rows_run += len(preds.values) // self.per_row
             if self.on_batch:
-                self.on_batch(len(preds.values), time.perf_counter() - t0)
+                self.on_batch(len(preds.values) // self.per_row, time.perf_counter() - t0)
             results, start = [], 0
             for j in jobs:
                 results.append(_rows(preds, start, start + len(j.texts)))
