@@ -366,7 +366,9 @@ TMP_NAME = re.compile(
 OLD_TMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # before 2026-12 (inside a marked run only)
 # the frozen-block cache's file when it outgrows RAM (cache.HiddenStore: a tempfile.mkstemp name in the run)
 HIDDEN_CACHE_PREFIX, HIDDEN_CACHE_SUFFIX = ".hidden-cache-", ".f32"
-HIDDEN_CACHE_NAME = re.compile(r"\.hidden-cache-[a-z0-9_]{8}\.f32")
+HIDDEN_CACHE_NAME = re.compile(
+    re.escape(HIDDEN_CACHE_PREFIX) + "[a-z0-9_]{8}" + re.escape(HIDDEN_CACHE_SUFFIX)
+)
 
 
 def clean_stale_tmp(directory: str | Path, name: str | None = None) -> list[Path]:
