@@ -169,6 +169,17 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 @functools.cache
+def launch_state():
+    """The processes of this launch (torchrun / accelerate launch; one when launched plainly), as accelerate
+    sees them. Without a GPU accelerate joins several processes only when told to use the CPU (gloo): a bare
+    ``PartialState()`` there is one process on every rank, so every rank took itself for the main one (wrote
+    the run's files) and its barriers waited for nobody."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def read_cpuinfo() -> str:
     """Linux's /proc/cpuinfo ("" where there is none), read once per process: ``bf16: auto`` resolves per
     predict call (RAFTRegressor), and the CPU does not change under a running process."""

@@ -20,7 +20,7 @@ from transformers import set_seed
 
 from raftlm import methods, uncertainty
 from raftlm.config import VAL_SIZE, Config
-from raftlm.core import Example, RaftlmError, Splits, short, warn
+from raftlm.core import Example, RaftlmError, Splits, launch_state, short, warn
 from raftlm.data import cap, cap_words, load_splits
 from raftlm.grid import Grid, TargetScaler, make_scaler
 from raftlm.io import (
@@ -256,15 +256,11 @@ def evaluate_predictor(
 
 
 def is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
+    return launch_state().is_main_process
 
 
 def _barrier() -> None:
-    from accelerate import PartialState
-
-    PartialState().wait_for_everyone()
+    launch_state().wait_for_everyone()
 
 
 @dataclass

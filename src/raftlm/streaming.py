@@ -18,12 +18,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from raftlm import methods
 from raftlm.config import Config
-from raftlm.core import Example, RaftlmError, short
+from raftlm.core import Example, RaftlmError, launch_state, short
 from raftlm.decoders import TEXT_DECODERS, one_number, text_decoded
 from raftlm.files import CHUNK_ROWS, file_sha256, row_chunks, scan, to_examples
 from raftlm.io import (  # (the partial-file rules import no torch: `raftlm predict` checks them first)
@@ -103,14 +102,6 @@ def complete_rows(part: Path) -> int:
     return count
 
 
-def _state():
-    """The processes of this launch (torchrun / accelerate); one when launched plainly. Without a GPU
-    accelerate only joins several processes when told to use the CPU (gloo)."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
 def prediction_job(
     cfg: Config,
     input: str | Path,
@@ -155,7 +146,7 @@ def job_decoder(cfg: Config) -> str:
 def begin_job(output: Path, job: dict, resume: bool) -> int:
     """Rows this process already wrote (``--resume``); otherwise stale partial files go (main process)
     and ``job`` is recorded."""
-    state, saved = _state(), job_path(output)
+    state, saved = launch_state(), job_path(output)
     if resume and saved.exists():
         try:
             old = json.loads(saved.read_text())
@@ -231,7 +222,7 @@ def predict_file(
     """Predict every row of ``input`` into the JSON-lines file ``output`` in bounded memory; returns
     the number of rows. Call ``check_output`` first (before loading the model). ``fields(preds)`` adds
     per-row fields (described by ``fields_settings``, which a resume must match)."""
-    output, state = Path(output), _state()
+    output, state = Path(output), launch_state()
     n, has_target = scanned or scan(input, predictor.template, cfg.data.target_column)
     job = prediction_job(cfg, input, n, with_probs, with_prompts, fields_settings, state.num_processes)
     done = begin_job(output, job, resume)
