@@ -380,3 +380,22 @@ def test_an_interrupted_swap_is_found_through_a_symlinked_path(tmp_path):
     (tmp_path / "link").symlink_to(out, target_is_directory=True)
     assert "the new run is in place" in recover_swap(tmp_path / "link")
     assert (out / "new.json").exists() and not journal_path(out).exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "main"),
+    [({}, True), ({"RANK": "1"}, False), ({"OMPI_COMM_WORLD_RANK": "1"}, False), ({"PMI_RANK": "0"}, True)],
+)
+def test_only_rank_zero_locks_an_output_under_torchrun_or_mpi(tmp_path, monkeypatch, env, main):
+    """An MPI launch (``accelerate launch`` on several CPUs) names its ranks PMI_RANK / OMPI_COMM_WORLD_RANK:
+    every rank read RANK (unset) as 0, took the run's lock, and the second failed as 'another raftlm process'."""
+    from raftlm.io import RANK_VARIABLES, lock_path, main_rank, output_lock
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main_rank() is main
+    out = tmp_path / "run"
+    with output_lock(out, "the run directory"):
+        assert lock_path(out).exists() is main

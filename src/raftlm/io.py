@@ -254,9 +254,18 @@ def lock_path(path: str | Path) -> Path:
     return path.parent / f".{path.name}.lock"
 
 
+# accelerate's, in its order
+RANK_VARIABLES = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+
+
 def main_rank() -> bool:
-    """Rank 0 of a torchrun / accelerate launch (or a plain process): the one that takes output locks."""
-    return int(os.environ.get("RANK", "0")) == 0
+    """Rank 0 of a torchrun / accelerate launch, an MPI one included (``accelerate launch`` on several CPUs:
+    its ranks read as accelerate reads them), or a plain process: the one that takes output locks. Read
+    from the environment, before accelerate has set a process group up (and without importing torch)."""
+    for name in RANK_VARIABLES:
+        if os.environ.get(name, "").strip():
+            return int(os.environ[name]) == 0
+    return True
 
 
 _HELD: dict[Path, int] = {}  # the output locks this process holds: lock file -> the thread holding it
