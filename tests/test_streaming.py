@@ -162,13 +162,14 @@ def test_two_processes_shard_the_rows_and_write_the_same_file_as_one(run, tmp_pa
     out = tmp_path / "two.jsonl"
     cmd = [
         *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
-        *("--master_port", str(free_port()), "-m", "raftlm"),
+        *("--master_port", str(free_port()), str(Path(__file__).with_name("ddp_slow_rank.py"))),
         *("predict", "--model", str(run_dir), "--input", str(data), "--output", str(out), "--with-probs"),
     ]
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(Path(raftlm.__file__).resolve().parents[1]),
+        "RAFTLM_TEST_SLOW_RANK_S": "3",  # rank 1 checks the output 3 s late (tests/ddp_slow_rank.py)
     }
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=280)
     assert proc.returncode == 0, proc.stderr[-2000:]

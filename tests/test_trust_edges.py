@@ -245,15 +245,16 @@ def test_an_interrupted_swap_is_finished_by_one_process_while_the_others_wait(tm
             "-c",
             "import sys, time; from raftlm.io import output_lock\n"
             f"with output_lock({str(out)!r}, 'the run directory'):\n"
-            "    print('held', flush=True); time.sleep(1.5)",
+            "    print('held', flush=True); time.sleep(1.5)\n"
+            "    print(time.monotonic(), flush=True)",  # (just before it lets go; one clock for both processes)
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
     assert holder.stdout.readline() == "held\n"
-    start = time.monotonic()
     assert "the new run is in place" in recover_swap(out)  # the holder did nothing: this one finishes it
-    assert time.monotonic() - start > 1.0 and holder.wait(10) == 0  # ...after the holder let go (1.5 s)
+    finished = time.monotonic()
+    assert holder.wait(10) == 0 and finished > float(holder.stdout.readline())  # ...after the holder let go
     assert (out / "new.json").exists() and not staging_dir(out).exists() and not old_dir(out).exists()
     with output_lock(out, "the run directory"):  # as `train` holds it when it finds a journal
         a_run(staging_dir(out), ("model.safetensors", "newer.json"))
@@ -399,3 +400,50 @@ def test_only_rank_zero_locks_an_output_under_torchrun_or_mpi(tmp_path, monkeypa
     out = tmp_path / "run"
     with output_lock(out, "the run directory"):
         assert lock_path(out).exists() is main
+
+
+@pytest.fixture
+def rank_one_of_two(monkeypatch):
+    """This process as rank 1 of a 2-process torchrun launch (its environment; no process group)."""
+    from raftlm.io import RANK_VARIABLES
+
+    for name in (*RANK_VARIABLES, "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+
+
+@pytest.mark.parametrize("command", [["evaluate", "--model", "x"], ["experiment", "x.yaml"], ["report", "x"]])
+def test_commands_that_run_in_one_process_are_refused_under_a_launcher(rank_one_of_two, command, capsys):
+    """Under torchrun every rank ran `evaluate` / `experiment` / `report` whole: each wrote the same files (a
+    sweep's ranks deleted the weights another was loading). Refused before any work, in one line."""
+    from raftlm.cli import main
+
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"raftlm {command[0]}: error: raftlm {command[0]} runs in one process, not under torchrun / accelerate "
+        "launch (2 processes): run it plainly (train and predict run under a launcher)"
+    )
+
+
+def test_fit_without_output_dir_is_refused_under_a_launcher(rank_one_of_two):
+    """Each process's temporary run folder was its own: rank 1 never found the best checkpoint rank 0 saved
+    and kept other weights than rank 0."""
+    with pytest.raises(RaftlmError, match=r"needs output_dir: every process trains into the same run"):
+        RAFTRegressor(model="tiny-random-llama", max_steps=1).fit(["a. rating:"] * 2, [1.0, 2.0])
+
+
+def test_only_rank_zero_cleans_temp_files_and_swap_leftovers(rank_one_of_two, tmp_path):
+    """Rank 1 holds no lock (rank 0 holds it for the launch): it deleted a writer's temp file, and removed an
+    emptied swap folder rank 0 was looking at."""
+    from raftlm.io import check_swap_names, prepare_output
+
+    tmp = tmp_path / ".out.jsonl.raftlm-abcd1234.tmp"
+    tmp.write_text("{}")
+    prepare_output(tmp_path / "out.jsonl", overwrite=True)
+    assert tmp.exists()
+    out = a_run(tmp_path / "run")
+    staging_dir(out).mkdir()  # what a kill between remove_run's last two steps leaves
+    check_swap_names(out)  # (rank 0 removes it)
+    assert staging_dir(out).is_dir()

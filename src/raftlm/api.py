@@ -17,10 +17,10 @@ from sklearn.exceptions import NotFittedError
 
 from raftlm import methods, uncertainty
 from raftlm.config import Config, DataConfig, MethodConfig, ModelConfig, TrainConfig, to_bf16
-from raftlm.core import Example, RaftlmError, Splits, short
+from raftlm.core import Example, RaftlmError, Splits, launch_state, short
 from raftlm.data import IN_MEMORY, SPLIT_NAMES
 from raftlm.decoders import TEXT_DECODERS, one_number, text_decoded
-from raftlm.io import check_no_tilde, output_lock, write_json, write_run_marker, write_text
+from raftlm.io import check_no_tilde, launch_size, output_lock, write_json, write_run_marker, write_text
 from raftlm.prompts import render, resolve_template
 from raftlm.rows import check_columns, parse_target, row_fields, text_rows
 from raftlm.run import FINISHED_FILE, load_run, save_run
@@ -210,6 +210,11 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                 self.calibrate(*eval_set)
             return self
         splits = Splits(train, val, [], template, grid="1-5", target_range="auto", file_order=SPLIT_NAMES)
+        if self.output_dir is None and launch_size() > 1:  # each process's temporary folder is its own
+            raise RaftlmError(
+                f"fit under torchrun / accelerate launch ({launch_size()} processes) needs output_dir: every "
+                "process trains into the same run directory"
+            )
         with self._run_dir() as run_dir:
             run = fit_run(
                 self._config(str(run_dir)),
@@ -363,13 +368,24 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         the run) in ``directory``: a run directory as ``raftlm train`` writes it, marked as raftlm's. An
         existing run there is replaced only with ``overwrite=True`` (once the new one is complete); a
         folder that is not a raftlm run is never written into."""
-        from raftlm.io import disk_error, make_folder
-        from raftlm.modelcard import write_model_card
-        from raftlm.run import check_run_dir, discard_failed, discard_staged, swap_in, writable_place
+        from raftlm.run import writable_place
 
         self._check_fitted()
         check_no_tilde(directory, "directory")
         out = writable_place(Path(directory))  # (the checks and the lock of `raftlm train`'s run directory)
+        if launch_size() > 1:  # under torchrun / accelerate launch: rank 0 saves, the others wait for it
+            state = launch_state()
+            if state.is_main_process:
+                self._save_into(out)
+            state.wait_for_everyone()
+            return out
+        return self._save_into(out)
+
+    def _save_into(self, out: Path) -> Path:
+        from raftlm.io import disk_error, make_folder
+        from raftlm.modelcard import write_model_card
+        from raftlm.run import check_run_dir, discard_failed, discard_staged, swap_in
+
         with output_lock(out, "the run directory"):
             build = check_run_dir(out, self.overwrite, resume=False)
             if build != out:

@@ -969,6 +969,22 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+LAUNCHED = ("train", "predict")  # the commands that share their work across torchrun / accelerate's processes
+
+
+def _check_launch(command: str) -> None:
+    """Under torchrun / accelerate launch only ``train`` and ``predict`` share the work; any other command
+    ran whole in every process (each wrote the same outputs, a sweep's ranks deleted each other's weights):
+    refused in one line."""
+    from raftlm.io import launch_size
+
+    if command not in LAUNCHED and (n := launch_size()) > 1:
+        raise RaftlmError(
+            f"raftlm {command} runs in one process, not under torchrun / accelerate launch ({n} processes): "
+            f"run it plainly ({' and '.join(LAUNCHED)} run under a launcher)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Results go to stdout; logs, warnings, progress bars and errors to stderr. Bad input: one line
     on stderr and exit code 2."""
@@ -981,6 +997,7 @@ def main(argv: list[str] | None = None) -> int:
         # (serve: uvicorn's own handlers shut the server down gracefully)
         terminate = _terminate_as_interrupt() if args.command != "serve" else contextlib.nullcontext()
         with _logging(getattr(args, "quiet", False)), terminate:
+            _check_launch(args.command)
             COMMANDS[args.command](args)
             _leave_process_group()
     except RaftlmError as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import re
 import reprlib
 import sys
@@ -168,18 +169,26 @@ def check_level(level) -> float:
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-@functools.cache
 def launch_state():
     """The processes of this launch (torchrun / accelerate launch; one when launched plainly), as accelerate
     sees them. Without a GPU accelerate joins several processes only when told to use the CPU (gloo): a bare
     ``PartialState()`` there is one process on every rank, so every rank took itself for the main one (wrote
     the run's files) and its barriers waited for nobody."""
-    import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=cpu_only())
 
 
+def cpu_only() -> bool:
+    """Whether this process trains and joins its launch on the CPU: no GPU, or ``accelerate launch --cpu``
+    (ACCELERATE_USE_CPU), as TrainingArguments' ``use_cpu`` and accelerate's state must agree."""
+    import torch
+
+    flag = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "y", "yes", "t", "true", "on")
+    return flag or not torch.cuda.is_available()
+
+
+@functools.cache
 def read_cpuinfo() -> str:
     """Linux's /proc/cpuinfo ("" where there is none), read once per process: ``bf16: auto`` resolves per
     predict call (RAFTRegressor), and the CPU does not change under a running process."""

@@ -245,7 +245,8 @@ def check_no_tilde(path: str | Path, flag: str) -> None:
 def prepare_output(path: str | Path, overwrite: bool, inputs: Iterable[str | Path] = ()) -> Path:
     """``check_output_file``, then clean what a kill left of an earlier atomic write of this output."""
     path = check_output_file(path, overwrite, inputs)
-    clean_stale_tmp(path.parent, path.name)
+    if main_rank():  # (the rank that holds the output's lock: another rank cleaned a writer's temp file)
+        clean_stale_tmp(path.parent, path.name)
     return path
 
 
@@ -266,6 +267,15 @@ def main_rank() -> bool:
         if os.environ.get(name, "").strip():
             return int(os.environ[name]) == 0
     return True
+
+
+def launch_size() -> int:
+    """How many processes this launch runs (torchrun, accelerate launch, MPI), read as accelerate reads it;
+    1 when launched plainly."""
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        if os.environ.get(name, "").strip():
+            return int(os.environ[name])
+    return 1
 
 
 _HELD: dict[Path, int] = {}  # the output locks this process holds: lock file -> the thread holding it
@@ -637,8 +647,10 @@ def check_swap_names(out: Path) -> None:
     ``.OUT.raftlm-old``, ``.OUT.raftlm-swap.json``) hold nothing but raftlm's own, or it is refused (a
     user's folder of that name would be trained into, or deleted)."""
     for path in (staging_dir(out), old_dir(out)):
-        if _emptied(path):
-            path.rmdir()
+        if _emptied(path):  # a kill's leftover: rank 0 removes it (every rank of a launch looks)
+            if main_rank():
+                path.rmdir()
+            continue
         if path.exists() and not is_marked_run(path):
             raise RaftlmError(
                 f"{path} exists and is not a raftlm run: --overwrite of {out} uses that name while it "

@@ -356,6 +356,7 @@ def _fit_locked(
     cfg: Config, out: Path, overwrite: bool, resume: bool, evaluate_test: bool, splits: Splits, callbacks
 ) -> Run:
     build = check_run_dir(out, overwrite, resume)
+    _barrier()  # every rank has looked at the folder before rank 0 changes it
     if build != out and is_main_process():
         discard_staged(build)  # a staged run of an earlier --overwrite that never finished
     if build == out and is_main_process() and out.exists():

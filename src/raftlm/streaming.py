@@ -147,7 +147,9 @@ def begin_job(output: Path, job: dict, resume: bool) -> int:
     """Rows this process already wrote (``--resume``); otherwise stale partial files go (main process)
     and ``job`` is recorded."""
     state, saved = launch_state(), job_path(output)
-    if resume and saved.exists():
+    resuming = resume and saved.exists()
+    state.wait_for_everyone()  # every rank has looked (here and in check_output) before rank 0 writes the record
+    if resuming:
         try:
             old = json.loads(saved.read_text())
         except (OSError, ValueError):

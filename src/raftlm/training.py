@@ -27,7 +27,7 @@ from transformers.trainer_callback import ExportableState, PrinterCallback, Prog
 from raftlm import methods
 from raftlm.cache import HiddenStore, build_store, cached_prompts, frozen_blocks, skip_frozen, stack_states
 from raftlm.config import Config
-from raftlm.core import Example, RaftlmError, StoppedClock, warn, warn_slow_bf16
+from raftlm.core import Example, RaftlmError, StoppedClock, cpu_only, warn, warn_slow_bf16
 from raftlm.decoders import GRID_DECODERS
 from raftlm.io import atomic_write, latest_complete_checkpoint, to_json, write_text
 from raftlm.metrics import DEAD_GRID, collapse, regression_metrics
@@ -666,7 +666,7 @@ def training_arguments(cfg: Config, checkpoint_dir: Path, has_validation: bool) 
         max_grad_norm=t.max_grad_norm,
         optim="adamw_torch_fused",  # transformers' default on torch >= 2.8: one kernel, 6x the for-loop's speed on a CPU
         bf16=t.bf16,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=cpu_only(),  # (as the launch joined its processes: core.launch_state)
         seed=t.seed,
         data_seed=t.seed,
         eval_strategy="steps" if has_validation else "no",
