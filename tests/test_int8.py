@@ -265,8 +265,8 @@ def test_serve_takes_dtype_int8_and_says_so(run):
         line = proc.stdout.readline()  # printed once the socket listens
         assert "(cpu, int8 + SmoothQuant, batches of up to" in line, line
         url = line.split(" on ")[1].split()[0]
-        assert httpx.get(f"{url}/info").json()["dtype"] == "int8 + SmoothQuant"
-        served = httpx.post(f"{url}/predict", json={"inputs": TEXTS}).json()["predictions"]
+        assert httpx.get(f"{url}/info", timeout=60).json()["dtype"] == "int8 + SmoothQuant"
+        served = httpx.post(f"{url}/predict", json={"inputs": TEXTS}, timeout=60).json()["predictions"]
         expected = load_run(run_dir, "cpu", "int8").predict(TEXTS).values
         np.testing.assert_allclose(served, expected, atol=1e-5)
     finally:

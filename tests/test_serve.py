@@ -112,9 +112,14 @@ def post(base: str, body, route: str = "/predict", **kw) -> httpx.Response:
     return httpx.post(f"{base}{route}", content=data, timeout=60, **kw)
 
 
+def get(url: str, **kw) -> httpx.Response:
+    """GET with post()'s 60 s timeout (httpx's default 5 s is a loaded machine's forward pass)."""
+    return httpx.get(url, timeout=60, **kw)
+
+
 def metrics(base: str) -> dict[tuple, float]:
     """/metrics as {(sample name, sorted labels...): value}."""
-    text = httpx.get(f"{base}/metrics").text
+    text = get(f"{base}/metrics").text
     return {
         (s.name, *sorted(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)
@@ -192,7 +197,7 @@ def test_predictions_equal_raftlm_predict_under_concurrent_clients(run, url, tmp
         assert pred == pytest.approx(expected[i]["prediction"], abs=1e-6)
         assert probs == pytest.approx(expected[i]["probs"], abs=2e-6)
         assert ent == pytest.approx(expected[i]["entropy"], abs=1e-6)
-    health = httpx.get(f"{url}/health").json()
+    health = get(f"{url}/health").json()
     # requests that arrive within the wait share one forward pass: far fewer passes than requests
     assert health["status"] == "ok" and health["rows"] >= len(covered)
     assert health["batches"] < len(requests)
@@ -228,7 +233,7 @@ def test_intervals_and_uncertainty_equal_raftlm_predict(run, url, tmp_path):
 
 
 def test_health_and_info_describe_the_run(url, run):
-    info = httpx.get(f"{url}/info").json()
+    info = get(f"{url}/info").json()
     assert info["base_model"] == "tiny-random-llama" and info["method"] == "raft"
     assert info["grid_distribution"] is True  # with_probs applies
     assert info["grid"]["strings"] == ["1", "2", "3", "4", "5"] and info["columns"] == ["text"]
@@ -242,7 +247,7 @@ def test_health_and_info_describe_the_run(url, run):
         "interval_kind": "cqr",
         "levels": [0.5, 0.8, 0.9, 0.95],
     }
-    assert httpx.get(f"{url}/ping").status_code == 200
+    assert get(f"{url}/ping").status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -359,7 +364,7 @@ def test_plain_strings_and_mlflow_routes_give_the_same_numbers(url, run):
 
 
 def test_openapi_docs_page_and_json_errors(url):
-    spec = httpx.get(f"{url}/openapi.json").json()
+    spec = get(f"{url}/openapi.json").json()
     assert {"/predict", "/invocations", "/info", "/health", "/ping"} <= set(spec["paths"])
     predict = spec["paths"]["/predict"]["post"]
     assert predict["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictRequest")
@@ -371,11 +376,11 @@ def test_openapi_docs_page_and_json_errors(url):
     assert {"dataframe_split", "dataframe_records", "instances", "inputs", "params"} <= set(
         schemas["InvocationsRequest"]["properties"]
     )
-    assert "swagger" in httpx.get(f"{url}/docs").text.lower()
-    page = httpx.get(f"{url}/")
+    assert "swagger" in get(f"{url}/docs").text.lower()
+    page = get(f"{url}/")
     assert page.status_code == 200 and "<svg" in page.text and "//cdn" not in page.text
-    assert httpx.get(f"{url}/nope").json() == {"error": "Not Found"}
-    assert httpx.get(f"{url}/predict").status_code == 405
+    assert get(f"{url}/nope").json() == {"error": "Not Found"}
+    assert get(f"{url}/predict").status_code == 405
 
 
 def test_a_truncated_prompt_is_reported_to_the_caller(url):
@@ -425,10 +430,13 @@ def test_metrics_count_what_clients_saw(url):
 
 @pytest.fixture(scope="module")
 def patient(run):
-    """A 4-row queue and a 1.5 s wait for a 64-row batch: a request sits in the queue long enough to
-    watch it. No access log; a 30 s body timeout (so only shutdown ends a half body)."""
-    flags = ("--max-wait-ms", "1500", "--max-batch", "64", "--max-queue", "4", "--max-rows", "4")
-    with server(run[0], *flags, "--no-access-log", "--body-timeout-s", "30") as started:
+    """A 4-row queue and a 5 s wait for a 64-row batch: a request sits in the queue long enough to
+    watch it (and to act while it waits, on a loaded machine too). No access log; a 30 s body timeout (so
+    only shutdown ends a half body) and a 30 s graceful timeout (a prompt exit is not that timeout's)."""
+    flags = ("--max-wait-ms", "5000", "--max-batch", "64", "--max-queue", "4", "--max-rows", "4")
+    with server(
+        run[0], *flags, "--no-access-log", "--body-timeout-s", "30", "--graceful-timeout-s", "30"
+    ) as started:
         yield started
 
 
@@ -437,13 +445,13 @@ def test_a_disconnected_client_is_dropped_before_its_forward_pass(patient):
     before = metrics(base)
     body = json.dumps({"inputs": ["gone. rating:"] * 4}).encode()
     sock = raw(base, request_bytes(body))
-    wait_for(lambda: httpx.get(f"{base}/health").json()["queued_rows"] == 4, what="the request queued")
+    wait_for(lambda: get(f"{base}/health").json()["queued_rows"] == 4, what="the request queued")
     sock.close()  # the client leaves while its rows wait for the batch
     wait_for(lambda: requests_with(metrics(base), "/predict", 499) == 1, what="a 499")
-    wait_for(lambda: httpx.get(f"{base}/health").json()["queued_rows"] == 0, what="the queue to empty")
+    wait_for(lambda: get(f"{base}/health").json()["queued_rows"] == 0, what="the queue to empty")
     after = metrics(base)
     assert after[("raftlm_rows_dropped_total",)] - before[("raftlm_rows_dropped_total",)] == 4
-    health = httpx.get(f"{base}/health").json()
+    health = get(f"{base}/health").json()
     assert health["rows"] == 0 and health["batches"] == 0 and health["rows_dropped"] == 4  # never computed
 
 
@@ -454,7 +462,7 @@ def test_full_queue_is_503_and_sigterm_finishes_in_flight_requests_within_second
     first = {}
     waiting = threading.Thread(target=lambda: first.update(r=post(base, body)))
     waiting.start()
-    wait_for(lambda: httpx.get(f"{base}/health").json()["queued_rows"] == 4 or not waiting.is_alive())
+    wait_for(lambda: get(f"{base}/health").json()["queued_rows"] == 4 or not waiting.is_alive())
     busy = post(base, {"inputs": [{"text": "one more. rating:"}]})
     assert busy.status_code == 503 and "queue is full" in busy.json()["error"]
     half = raw(base, request_bytes(b'{"inputs": ["half', length=1000))  # a body that never ends
@@ -464,12 +472,12 @@ def test_full_queue_is_503_and_sigterm_finishes_in_flight_requests_within_second
     waiting.join(timeout=60)
     assert first["r"].status_code == 200 and len(first["r"].json()["predictions"]) == 4
     assert read_all(half).startswith("HTTP/1.1 503")  # ended at once, not at its timeout
-    assert proc.wait(timeout=30) == 0
-    assert time.monotonic() - start < 5
+    assert proc.wait(timeout=60) == 0
+    assert time.monotonic() - start < 15  # the queued batch and the exit, not the 30 s graceful timeout
     stderr = log.read_text()
     assert "Traceback" not in stderr and "HTTP/1.1" not in stderr, stderr  # --no-access-log
     with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{base}/health")
+        get(f"{base}/health")
 
 
 def test_serve_errors_exit_2_with_one_line(tmp_path, capsys, run, url):
