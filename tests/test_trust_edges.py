@@ -447,3 +447,20 @@ def test_only_rank_zero_cleans_temp_files_and_swap_leftovers(rank_one_of_two, tm
     staging_dir(out).mkdir()  # what a kill between remove_run's last two steps leaves
     check_swap_names(out)  # (rank 0 removes it)
     assert staging_dir(out).is_dir()
+
+
+def test_fsdp_across_processes_is_refused_before_any_work(rank_one_of_two, monkeypatch, toy_csv, capsys):
+    """Rank 0 alone calibrates, evaluates and saves after training; a sharded model's forward pass gathers
+    from every rank, so an FSDP run across GPUs hung at its end, after all its training."""
+    from helpers import train_args
+
+    from raftlm.cli import main
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert main(train_args(toy_csv, toy_csv.parent / "run")) == 2
+    assert capsys.readouterr().err.strip() == (
+        "raftlm train: error: FSDP across 2 processes is not supported yet: rank 0 alone evaluates and saves the "
+        "trained model, which a sharded model cannot do (the run would hang at its end): train with DDP "
+        "(recipes/accelerate/ddp.yaml), or LoRA (trainable: lora) on one GPU"
+    )
+    assert sorted(p.name for p in toy_csv.parent.iterdir()) == ["toy.csv"]

@@ -184,8 +184,12 @@ def cpu_only() -> bool:
     (ACCELERATE_USE_CPU), as TrainingArguments' ``use_cpu`` and accelerate's state must agree."""
     import torch
 
-    flag = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "y", "yes", "t", "true", "on")
-    return flag or not torch.cuda.is_available()
+    return env_flag("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+
+
+def env_flag(name: str) -> bool:
+    """An environment variable set to a true value, as accelerate reads its flags (``str_to_bool``)."""
+    return os.environ.get(name, "").strip().lower() in ("1", "y", "yes", "t", "true", "on")
 
 
 @functools.cache

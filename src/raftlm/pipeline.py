@@ -20,7 +20,7 @@ from transformers import set_seed
 
 from raftlm import methods, uncertainty
 from raftlm.config import VAL_SIZE, Config
-from raftlm.core import Example, RaftlmError, Splits, launch_state, short, warn
+from raftlm.core import Example, RaftlmError, Splits, env_flag, launch_state, short, warn
 from raftlm.data import cap, cap_words, load_splits
 from raftlm.grid import Grid, TargetScaler, make_scaler
 from raftlm.io import (
@@ -30,6 +30,7 @@ from raftlm.io import (
     INT8_MAXIMA_FILE,
     clean_stale_tmp,
     is_marked_run,
+    launch_size,
     make_folder,
     normal_permissions,
     output_lock,
@@ -323,6 +324,7 @@ def fit_run(
     the run directory and evaluates on the test split.
     """
     methods.check_train(cfg.method.method, cfg.eval.decoder, cfg.training.output_dir)
+    check_sharding()
     reporting(cfg.training.report_to)  # a tracker that is not installed fails before any work
     out = Path(cfg.training.output_dir)
     if resume:  # the run continues as it was saved, its data included
@@ -350,6 +352,19 @@ def fit_run(
     out = writable_place(out)
     with output_lock(out, "the run directory"):
         return _fit_locked(cfg, out, overwrite, resume, evaluate_test, splits, callbacks)
+
+
+def check_sharding() -> None:
+    """FSDP across several processes is refused before any work: after training rank 0 alone calibrates,
+    evaluates and saves, and each forward pass of an FSDP-sharded model gathers its weights from every
+    rank, so the run would hang at its end (after all its training). FSDP on one process (what
+    benchmarks/gpu.py checks) and DDP across many run."""
+    if env_flag("ACCELERATE_USE_FSDP") and (n := launch_size()) > 1:
+        raise RaftlmError(
+            f"FSDP across {n} processes is not supported yet: rank 0 alone evaluates and saves the trained "
+            "model, which a sharded model cannot do (the run would hang at its end): train with DDP "
+            "(recipes/accelerate/ddp.yaml), or LoRA (trainable: lora) on one GPU"
+        )
 
 
 def _fit_locked(
