@@ -93,3 +93,22 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tmp_path
     assert proc.stdout.count("run directory:") == 1
     # the toy collapses; rank 1 is quiet
     assert proc.stderr.count("raftlm: warning: validation at step 2") == 1
+
+
+def test_the_python_api_fits_and_saves_once_under_torchrun(tmp_path):
+    """Every rank ran `save` whole into one folder (one's cleanup could delete another's staged run; two
+    swaps raced), and `fit` without output_dir trained each rank in its own temporary folder."""
+    cmd = [
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
+        *("--master_port", str(free_port()), str(Path(__file__).with_name("ddp_api.py"))),
+        *(str(tmp_path / "run"), str(tmp_path / "saved")),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=280)
+    assert proc.returncode == 0, _why(proc)
+    saved = tmp_path / "saved"
+    assert sorted(proc.stdout.split("\n")[:2]) == [f"rank 0 saved {saved}", f"rank 1 saved {saved}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "saved"]  # no staged or temp folder left
+    a, b = load_file(tmp_path / "run" / "model.safetensors"), load_file(saved / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)

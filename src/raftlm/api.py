@@ -373,13 +373,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         self._check_fitted()
         check_no_tilde(directory, "directory")
         out = writable_place(Path(directory))  # (the checks and the lock of `raftlm train`'s run directory)
-        if launch_size() > 1:  # under torchrun / accelerate launch: rank 0 saves, the others wait for it
-            state = launch_state()
-            if state.is_main_process:
-                self._save_into(out)
-            state.wait_for_everyone()
-            return out
-        return self._save_into(out)
+        return on_rank_zero(lambda: self._save_into(out))
 
     def _save_into(self, out: Path) -> Path:
         from raftlm.io import disk_error, make_folder
@@ -418,11 +412,17 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         metrics and the model card (``raftlm push`` of a temporary save). Returns the commit's URL;
         offline, a one-line error before anything is saved."""
         from raftlm.hub import check_online, push
+        from raftlm.run import writable_place
 
         self._check_fitted()
         check_online(repo_id)
-        with tempfile.TemporaryDirectory(prefix="raftlm-push-") as tmp:
-            return push(self.save(str(Path(tmp) / "run")), repo_id, private=private, revision=revision)
+
+        def save_and_push() -> str:
+            with tempfile.TemporaryDirectory(prefix="raftlm-push-") as tmp:
+                saved = self._save_into(writable_place(Path(tmp) / "run"))
+                return push(saved, repo_id, private=private, revision=revision)
+
+        return on_rank_zero(save_and_push)
 
     def _saved_config(self) -> Config:
         """The settings this estimator trained with (a loaded one's are its run's)."""
@@ -452,6 +452,18 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
 def _run_config(directory: Path) -> Config | None:
     path = directory / "config.yaml"
     return Config.from_yaml(str(path)) if path.is_file() else None
+
+
+def on_rank_zero(work):
+    """``work()`` once: under torchrun / accelerate launch rank 0 does it (a save, a push) and every rank
+    returns its result; plainly, this process does it."""
+    if launch_size() == 1:
+        return work()
+    import torch.distributed as dist
+
+    result = [work() if launch_state().is_main_process else None]
+    dist.broadcast_object_list(result, src=0)
+    return result[0]
 
 
 def run_params(directory: Path, predictor) -> dict:

@@ -1,0 +1,31 @@
+"""``RAFTRegressor`` under torchrun (tests/test_distributed.py): every process fits into one run directory
+(``output_dir``), then ``save`` writes the copy from rank 0 while the others wait (rank 1 fails if it writes
+it too); each rank prints the path it was given back."""
+
+import os
+import sys
+
+import raftlm.api
+from raftlm import RAFTRegressor
+
+if os.environ.get("RANK") == "1":  # rank 0 writes the saved copy; rank 1 failing to is a failed test
+
+    def rank_one_saves(*args, **kwargs):
+        raise SystemExit("raftlm test: rank 1 saved the model too")
+
+    raftlm.api.save_run = rank_one_saves
+
+words = ["awful", "bad", "fine", "good", "great"]
+X = [f"review {i}: it was {words[i % 5]}. rating:" for i in range(8)]
+y = [1.0 + (i % 5) for i in range(8)]
+reg = RAFTRegressor(
+    model="tiny-random-llama",
+    max_steps=2,
+    eval_steps=1,
+    batch_size=4,
+    lr=1e-2,
+    output_dir=sys.argv[1],
+    progress_bar=False,
+)
+reg.fit(X, y, eval_set=(X[:2], y[:2]))
+print(f"rank {os.environ['RANK']} saved {reg.save(sys.argv[2])}", flush=True)
