@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import socket
 from pathlib import Path
 
 SHARED_STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
@@ -36,13 +35,6 @@ def train_args(data, out, *extra) -> list[str]:
         "1e-2",
         *extra,
     ]
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (for torchrun's rendezvous)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import free_port, train_args
+from helpers import train_args
 from safetensors.torch import load_file
 
 from raftlm.config import Config
@@ -71,8 +71,7 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tmp_path
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
-        "--master_port",
-        str(free_port()),
+        "--standalone",  # (its rendezvous binds a port itself: a port chosen first could be taken meanwhile)
         str(Path(__file__).with_name("ddp_slow_rank.py")),
         *train_args(toy_csv, ddp),
     ]
@@ -100,7 +99,7 @@ def test_the_python_api_fits_and_saves_once_under_torchrun(tmp_path):
     swaps raced), and `fit` without output_dir trained each rank in its own temporary folder."""
     cmd = [
         *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
-        *("--master_port", str(free_port()), str(Path(__file__).with_name("ddp_api.py"))),
+        *("--standalone", str(Path(__file__).with_name("ddp_api.py"))),
         *(str(tmp_path / "run"), str(tmp_path / "saved")),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

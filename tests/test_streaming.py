@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from helpers import free_port, train_args, write_csv
+from helpers import train_args, write_csv
 
 import raftlm
 import raftlm.streaming
@@ -162,7 +162,7 @@ def test_two_processes_shard_the_rows_and_write_the_same_file_as_one(run, tmp_pa
     out = tmp_path / "two.jsonl"
     cmd = [
         *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
-        *("--master_port", str(free_port()), str(Path(__file__).with_name("ddp_slow_rank.py"))),
+        *("--standalone", str(Path(__file__).with_name("ddp_slow_rank.py"))),
         *("predict", "--model", str(run_dir), "--input", str(data), "--output", str(out), "--with-probs"),
     ]
     env = {

@@ -29,7 +29,7 @@ from raftlm.cache import HiddenStore, build_store, cached_prompts, frozen_blocks
 from raftlm.config import Config
 from raftlm.core import Example, RaftlmError, StoppedClock, cpu_only, warn, warn_slow_bf16
 from raftlm.decoders import GRID_DECODERS
-from raftlm.io import atomic_write, latest_complete_checkpoint, to_json, write_text
+from raftlm.io import atomic_write, latest_complete_checkpoint, main_rank, to_json, write_text
 from raftlm.metrics import DEAD_GRID, collapse, regression_metrics
 from raftlm.models import decoder_layers
 from raftlm.predictor import Predictor
@@ -760,7 +760,7 @@ def fit(
     decoder = cfg.eval.decoder if cfg.eval.decoder in GRID_DECODERS else "rail"
     needs = (EMA_FILE,) if cfg.training.ema is not None else ()
     last = latest_complete_checkpoint(ckpt_dir, needs) if resume else None
-    if last is not None:
+    if last is not None and main_rank():  # (rank 0 writes metrics.jsonl)
         trim_metrics(run_dir / "metrics.jsonl", int(last.name.rsplit("-", 1)[1]))
     totals = RunTotals.from_checkpoint(last)
     callbacks = [MetricsLogger(run_dir / "metrics.jsonl"), totals, *callbacks]
