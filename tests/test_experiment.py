@@ -135,6 +135,7 @@ def test_sweep_resumes_after_being_killed_mid_cell(tmp_path, toy_csv):
         runs.glob("*raft*/checkpoints/checkpoint-100/trainer_state.json")
     ):
         time.sleep(0.05)
+    assert list(runs.glob("*raft*/checkpoints/checkpoint-100/trainer_state.json")), "no checkpoint in 120 s"
     proc.kill()
     proc.wait()
     run = next(p for p in runs.glob("*raft*") if p.is_dir())  # (a kill leaves the run's lock file beside it)

@@ -106,7 +106,8 @@ def test_without_the_extra_one_line_names_the_pip_command(run, tmp_path, monkeyp
 def local_ray():
     """A local Ray on 2 CPUs for this module; `--engine ray` joins it (and leaves it running)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # a new local Ray even where RAY_ADDRESS names a cluster (joining one refuses num_cpus)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

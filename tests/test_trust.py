@@ -339,6 +339,7 @@ def test_two_real_predict_processes_on_one_output(run, tmp_path):
     deadline = time.time() + 60
     while not (tmp_path / ".p.jsonl.lock").exists() and time.time() < deadline:
         time.sleep(0.05)
+    assert (tmp_path / ".p.jsonl.lock").exists(), "the first predict took no lock within 60 s"
     second = subprocess.run([*cmd, "--input", str(data)], capture_output=True, text=True, timeout=120)
     assert first.wait(timeout=300) == 0, first.stderr.read()
     assert second.returncode == 2 and "is writing output" in second.stderr.strip().splitlines()[-1]
@@ -859,6 +860,7 @@ def test_sigterm_in_predict_is_one_line_exit_143_and_resumable(run, tmp_path):
         not (partial.exists() and partial.stat().st_size) and proc.poll() is None and time.time() < deadline
     ):
         time.sleep(0.05)
+    assert partial.exists() and partial.stat().st_size, "predict wrote no row within 120 s (or ended first)"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
