@@ -1119,3 +1119,19 @@ def test_overwriting_a_run_through_a_symlink_replaces_the_real_run(run, tmp_path
     assert (tmp_path / "link").is_symlink() and (tmp_path / "link").resolve() == real
     assert (real / "model.safetensors").read_bytes() != old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # no swap leftovers
+
+
+def test_a_loaded_runs_template_trains_its_clone_on_the_same_prompts(tmp_path):
+    """A loaded run's params gave its template resolved, and fit resolved it again: `dir C:\\temp: {text}`
+    trained its clone on `dir C:<tab>emp: ...`. The params hold it as written."""
+    from sklearn.base import clone
+
+    from raftlm import RAFTRegressor
+
+    texts, y = [r["text"] for r in _rows(8)], [r["target"] for r in _rows(8)]
+    reg = RAFTRegressor(model="tiny-random-llama", prompt_template="dir C:\\\\temp: {text}", max_steps=1)
+    reg.fit(texts, y).save(str(tmp_path / "run"))
+    loaded = RAFTRegressor.load(str(tmp_path / "run"))
+    assert loaded.get_params()["prompt_template"] == "dir C:\\\\temp: {text}"
+    again = clone(loaded).fit(texts, y)
+    assert again.prompts(texts[:1]) == loaded.prompts(texts[:1]) == [f"dir C:\\temp: {texts[0]}"]

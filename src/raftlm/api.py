@@ -21,7 +21,7 @@ from raftlm.core import Example, RaftlmError, Splits, launch_state, short
 from raftlm.data import IN_MEMORY, SPLIT_NAMES
 from raftlm.decoders import TEXT_DECODERS, one_number, text_decoded
 from raftlm.io import check_no_tilde, launch_size, output_lock, write_json, write_run_marker, write_text
-from raftlm.prompts import render, resolve_template
+from raftlm.prompts import escape, render, resolve_template
 from raftlm.rows import check_columns, parse_target, row_fields, text_rows
 from raftlm.run import FINISHED_FILE, load_run, save_run
 
@@ -473,7 +473,7 @@ def run_params(directory: Path, predictor) -> dict:
         "model": str(directory),
         "method": predictor.method,
         "grid": predictor.grid.spec(),
-        "prompt_template": predictor.template,
+        "prompt_template": escape(predictor.template),  # as written: fit resolves it (its escapes) again
         "normalize_grid": predictor.normalize_grid,
         "max_length": predictor.max_length,
         "pair_swap": ",".join(predictor.pair) if predictor.pair else None,

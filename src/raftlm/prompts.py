@@ -48,6 +48,15 @@ def unescape(template: str) -> str:
     return ESCAPE.sub(lambda m: ESCAPES[m.group(1)], template)
 
 
+def escape(template: str) -> str:
+    """A resolved template written back as a user writes one (each backslash doubled, a newline, tab or
+    carriage return as its escape): ``unescape(escape(t)) == t``, so a template a run saved resolved
+    resolves to itself again."""
+    for char, name in (("\\", "\\\\"), ("\n", "\\n"), ("\t", "\\t"), ("\r", "\\r")):
+        template = template.replace(char, name)
+    return template
+
+
 def resolve_template(template: str) -> str:
     """A template name from PROMPTS, or a format string with {field} placeholders (escapes read by
     ``unescape``)."""
