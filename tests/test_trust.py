@@ -963,6 +963,12 @@ def test_calibrating_on_training_or_test_data_or_one_example_warns(run, tmp_path
     assert "coverage guarantee is void" in capsys.readouterr().err
     assert main(["calibrate", str(mine), "--split", "test"]) == 0
     assert "calibrating on the test split leaks it" in capsys.readouterr().err
+    assert main(["calibrate", str(mine), "--set", "eval.split=test"]) == 0  # (--set was read as validation)
+    assert "calibrating on the test split leaks it" in capsys.readouterr().err
+    assert main(["calibrate", str(mine)]) == 0  # the default: validation, whatever eval.split the run saved
+    assert "calibrated on validation" in capsys.readouterr().out
+    assert main(["calibrate", str(mine), "--input", str(data), "--set", "eval.split=test"]) == 2
+    assert "--input scores that file and --split a split" in capsys.readouterr().err
     one = write_csv(tmp_path / "one.csv", _rows(1))
     assert main(["calibrate", str(mine), "--input", str(one)]) == 0
     assert "only 1 calibration example(s)" in capsys.readouterr().err
@@ -1135,3 +1141,19 @@ def test_a_loaded_runs_template_trains_its_clone_on_the_same_prompts(tmp_path):
     assert loaded.get_params()["prompt_template"] == "dir C:\\\\temp: {text}"
     again = clone(loaded).fit(texts, y)
     assert again.prompts(texts[:1]) == loaded.prompts(texts[:1]) == [f"dir C:\\temp: {texts[0]}"]
+
+
+def test_a_recipe_given_to_evaluate_a_run_layers_over_the_runs_settings(tmp_path):
+    """`evaluate --model RUN --config eval.yaml` dropped the run's own config.yaml: its dataset fell back to
+    the default (STS-B-1K: another dataset's test split, scored without a word), its split seed and decoder
+    too. The run's settings, then the recipe, then flags, as without --config."""
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    run = tmp_path / "run"
+    assert main([*train_args(data, run), "--max-steps", "2", "--split-seed", "3", "--decoder", "median"]) == 0
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text("eval:\n  split: test\n")
+    plain, recipes = tmp_path / "plain.json", tmp_path / "recipe.json"
+    assert main(["evaluate", "--model", str(run), "--split", "test", "--output", str(plain)]) == 0
+    assert main(["evaluate", "--model", str(run), "--config", str(recipe), "--output", str(recipes)]) == 0
+    a, b = json.loads(plain.read_text()), json.loads(recipes.read_text())
+    assert a == b and a["n"] == 4 and a["decoder"] == "median"

@@ -433,14 +433,14 @@ def _run_config(args) -> Config:
     model = getattr(args, "model__name", None)
     if model:
         recover_swap(model)  # an --overwrite that a kill interrupted is finished first (and said)
-    base = None
-    if model and is_run_dir(model) and (Path(model) / "config.yaml").exists() and not args.config:
+    base = None  # the run's settings, then a --config recipe over them, then flags (config_from_args)
+    if model and is_run_dir(model) and (Path(model) / "config.yaml").exists():
         base = Config.from_yaml(str(Path(model) / "config.yaml")).to_dict()
     cfg = config_from_args(args, base)  # (a setting out of range is said first)
     _check_model_early(cfg.model.name)
     if model and is_run_dir(model):
         _refuse_run_bound(args, model)
-    if getattr(args, "input", None) and hasattr(args, "eval__split"):
+    if getattr(args, "input", None) and _given(args, "eval.split"):
         raise RaftlmError("--input scores that file and --split a split of the dataset: pass one of them")
     _refuse_unread(args, cfg, model)
     return cfg
@@ -800,7 +800,8 @@ def cmd_calibrate(args) -> None:
         )
         source = args.input
     else:
-        source = getattr(args, "eval__split", "validation")  # --split only when given (the default is test)
+        # --split (or --set eval.split=) only when given: eval.split's default is test, calibrate's validation
+        source = cfg.eval.split if _given(args, "eval.split") else "validation"
         examples = load_splits(cfg.data).split(source)
     _warn_calibration(source, len(examples))
     bar = "calibrate" if cfg.training.progress_bar else None
