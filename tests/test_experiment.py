@@ -1089,3 +1089,29 @@ def test_one_dataset_listed_twice_with_other_settings_is_told_what_to_do():
     sweep["datasets"] = ["stsb-1k", "stsb-1k"]  # a plain repeat keeps its message
     with pytest.raises(RaftlmError, match="listed twice\\): drop the repeats"):
         cells(sweep)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "axis"),
+    [("training", "lr", "lrs"), ("training", "seed", "seeds"), ("eval", "decoder", "methods")],
+)
+def test_a_base_setting_each_cell_sets_is_refused(tmp_path, toy_csv, section, key, axis):
+    """`base: {training: {lr: ...}}` trained every cell at the sweep's lrs instead (1e-5 when it gave none),
+    seed 0 and the method's decoder, without a word. Refused before any work, naming the axis."""
+    from raftlm.experiment import run_sweep
+
+    value = {"lr": 1e-4, "seed": 3, "decoder": "median"}[key]
+    path, _ = one_cell_sweep(tmp_path, toy_csv, **{section: {key: value}})
+    with pytest.raises(
+        RaftlmError, match=rf"base {section}\.{key} is set by each cell from the sweep's {axis}"
+    ):
+        run_sweep(str(path), quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_without_lrs_trains_at_trains_default_lr():
+    from raftlm.config import TrainConfig
+    from raftlm.experiment import cells
+
+    sweep = {"datasets": ["stsb-1k"], "models": ["tiny-random-llama"], "methods": ["raft"], "seeds": [0]}
+    assert [c.lr for c in cells(sweep)] == [TrainConfig.lr] == [1e-4]  # as `raftlm train` (it was 1e-5)

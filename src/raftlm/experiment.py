@@ -39,7 +39,7 @@ import numpy as np
 import yaml
 
 from raftlm import methods, uncertainty
-from raftlm.config import SECTIONS, Config, read_yaml_file, to_float
+from raftlm.config import SECTIONS, Config, TrainConfig, read_yaml_file, to_float
 from raftlm.core import RaftlmError, short
 from raftlm.io import (
     SWEEP_MARKER,
@@ -146,6 +146,18 @@ def _text(x) -> bool:
     return isinstance(x, str) and bool(x.strip())
 
 
+# settings each cell sets from the sweep's axes (``cell_config``), so ``base`` cannot give them
+CELL_SETS = {
+    ("model", "name"): "models",
+    ("data", "dataset"): "datasets",
+    ("method", "method"): "methods",
+    ("training", "lr"): "lrs (or a methods entry's lrs)",
+    ("training", "seed"): "seeds",
+    ("training", "output_dir"): "output_dir (each cell's run goes under it)",
+    ("eval", "decoder"): "methods (a methods entry's decoder)",
+}
+
+
 def check_sweep(sweep: dict, where: str) -> None:
     out = sweep["output_dir"]
     if not _text(out):
@@ -190,6 +202,15 @@ def check_sweep(sweep: dict, where: str) -> None:
         v is not None and not isinstance(v, dict) for v in (base or {}).values()
     ):
         raise RaftlmError(f"{where}: base must map config sections to settings, got {short(base)}")
+    for (
+        section,
+        key,
+    ), axis in CELL_SETS.items():  # each cell sets these: a base value was overwritten unsaid
+        if key in ((base or {}).get(section) or {}):
+            raise RaftlmError(
+                f"{where}: base {section}.{key} is set by each cell from the sweep's {axis}: give it there, "
+                "and drop it from base"
+            )
     if sweep.get("lr_choice", "all_seeds") not in LR_CHOICES:
         raise RaftlmError(f"{where}: lr_choice {short(sweep['lr_choice'])} is not one of {list(LR_CHOICES)}")
     if not isinstance(sweep.get("keep_models", False), bool):
@@ -226,7 +247,7 @@ def cells(sweep: dict) -> list[Cell]:
                     out.append(Cell(dataset, model, method, decoder, None, 0, None, options))
                     continue
                 for frac in sweep.get("train_fractions", [None]):
-                    for lr in m.get("lrs", sweep.get("lrs", [1e-5])):
+                    for lr in m.get("lrs", sweep.get("lrs", [TrainConfig.lr])):  # (train's default)
                         for seed in seeds:
                             lr = to_float(lr, "sweep lrs")
                             out.append(Cell(dataset, model, method, decoder, lr, seed, frac, options))
