@@ -1157,3 +1157,43 @@ def test_a_recipe_given_to_evaluate_a_run_layers_over_the_runs_settings(tmp_path
     assert main(["evaluate", "--model", str(run), "--config", str(recipe), "--output", str(recipes)]) == 0
     a, b = json.loads(plain.read_text()), json.loads(recipes.read_text())
     assert a == b and a["n"] == 4 and a["decoder"] == "median"
+
+
+def test_a_loaded_runs_clone_trains_with_all_the_runs_settings(tmp_path):
+    """`clone(RAFTRegressor.load(run)).fit` trains the same way again: settings no parameter carries
+    (scheduler, warmup, dropout, weight decay, sampling...) reach it through `settings`; the clone used
+    its defaults (a cosine schedule with warmup, no dropout), and val_size fell back to 300."""
+    from sklearn.base import clone
+
+    from raftlm import RAFTRegressor
+    from raftlm.api import _owned_keys
+    from raftlm.config import Config
+
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    run = tmp_path / "run"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "model: {dropout: 0.1}\ndata: {val_size: all}\n"
+        "training: {scheduler: constant, warmup_steps: 0, weight_decay: 0.05, logging_steps: 1}\n"
+        "eval: {num_samples: 8, temperature: 0.5}\n"
+    )
+    assert main([*train_args(data, run), "--config", str(recipe), "--max-steps", "2"]) == 0
+    loaded = RAFTRegressor.load(str(run))
+    assert loaded.get_params()["settings"] == {
+        "model": {"dropout": 0.1},
+        "training": {"scheduler": "constant", "warmup_steps": 0, "weight_decay": 0.05, "logging_steps": 1},
+        "eval": {"num_samples": 8, "temperature": 0.5},
+    }
+    texts, y = [r["text"] for r in _rows(40)], [r["target"] for r in _rows(40)]
+    again = clone(loaded).fit(texts, y)
+    saved, trained = Config.from_yaml(str(run / "config.yaml")).to_dict(), again.config_.to_dict()
+    owned = _owned_keys()  # (a parameter's value is the run's resolved one: grid 1-5 for the data's default)
+    for section in ("model", "method", "training", "eval"):
+        for key, value in saved[section].items():
+            if key not in owned[section] | {"progress_bar"}:
+                assert trained[section][key] == value, (section, key)
+    assert loaded.get_params()["val_size"] in ("all", None) and trained["data"]["val_size"] is None  # all
+    with pytest.raises(RaftlmError, match=r"settings training.lr is one of RAFTRegressor's own parameters"):
+        RAFTRegressor(settings={"training": {"lr": 1e-3}}).fit(texts, y)
+    with pytest.raises(RaftlmError, match=r"settings \{'trainer'.*map config sections"):
+        RAFTRegressor(settings={"trainer": {}}).fit(texts, y)

@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import NotFittedError
 
 from raftlm import methods, uncertainty
-from raftlm.config import Config, DataConfig, MethodConfig, ModelConfig, TrainConfig, to_bf16
+from raftlm.config import SECTIONS, Config, DataConfig, MethodConfig, ModelConfig, TrainConfig, to_bf16
 from raftlm.core import Example, RaftlmError, Splits, launch_state, short
 from raftlm.data import IN_MEMORY, SPLIT_NAMES
 from raftlm.decoders import TEXT_DECODERS, one_number, text_decoded
@@ -108,6 +108,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         overwrite: bool = False,
         progress_bar: bool = True,
         callbacks: list | None = None,
+        settings: dict | None = None,
     ):
         self.model = model
         self.method = method
@@ -135,6 +136,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         self.overwrite = overwrite
         self.progress_bar = progress_bar
         self.callbacks = callbacks
+        self.settings = settings
 
     def __sklearn_tags__(self):
         # texts (1-D, or one column of an (n, 1) array) and dicts; numeric features are refused (the
@@ -146,41 +148,44 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         return tags
 
     def _config(self, output_dir: str | None) -> Config:
-        """The run's config, converted and validated like a YAML recipe (``lr="1e-4"`` is accepted)."""
-        return Config.build(
-            {
-                "model": {"name": self.model, "trainable": self.trainable},
-                "data": {
-                    "dataset": IN_MEMORY,
-                    "template": self.prompt_template,
-                    "max_length": self.max_length,
-                    "pair_swap": self.pair_swap,
-                    "val_size": self.val_size,
-                },
-                "method": {
-                    "method": self.method,
-                    "grid": self.grid,
-                    "normalize_grid": self.normalize_grid,
-                    "ce_weight": self.ce_weight,
-                    "ce_target": self.ce_target,
-                    "target_range": "none" if self.target_range is None else self.target_range,
-                },
-                "training": {
-                    "output_dir": output_dir,
-                    "max_steps": self.max_steps,
-                    "batch_size": self.batch_size,
-                    "lr": self.lr,
-                    "optimizer": self.optimizer,
-                    "eval_steps": self.eval_steps,
-                    "patience": self.patience,
-                    "ema": self.ema,
-                    "bf16": self.bf16,
-                    "seed": self.seed,
-                    "progress_bar": self.progress_bar,
-                },
-                "eval": {"decoder": self.decoder, "bf16": self.bf16, "batch_size": self.batch_size},
-            }
-        )
+        """The run's config, converted and validated like a YAML recipe (``lr="1e-4"`` is accepted):
+        ``settings`` (a recipe's sections: ``{"training": {"warmup_steps": 0}}``), then the parameters."""
+        return Config.build(merge_settings(self.settings, self._own(output_dir)))
+
+    def _own(self, output_dir: str | None) -> dict:
+        """The settings this estimator's parameters give, as recipe sections."""
+        return {
+            "model": {"name": self.model, "trainable": self.trainable},
+            "data": {
+                "dataset": IN_MEMORY,
+                "template": self.prompt_template,
+                "max_length": self.max_length,
+                "pair_swap": self.pair_swap,
+                "val_size": self.val_size,
+            },
+            "method": {
+                "method": self.method,
+                "grid": self.grid,
+                "normalize_grid": self.normalize_grid,
+                "ce_weight": self.ce_weight,
+                "ce_target": self.ce_target,
+                "target_range": "none" if self.target_range is None else self.target_range,
+            },
+            "training": {
+                "output_dir": output_dir,
+                "max_steps": self.max_steps,
+                "batch_size": self.batch_size,
+                "lr": self.lr,
+                "optimizer": self.optimizer,
+                "eval_steps": self.eval_steps,
+                "patience": self.patience,
+                "ema": self.ema,
+                "bf16": self.bf16,
+                "seed": self.seed,
+                "progress_bar": self.progress_bar,
+            },
+            "eval": {"decoder": self.decoder, "bf16": self.bf16, "batch_size": self.batch_size},
+        }
 
     def fit(self, X, y, eval_set: tuple | None = None) -> RAFTRegressor:
         """Fine-tune on (X, y); ``eval_set=(X_val, y_val)`` validates every ``eval_steps`` and keeps the
@@ -454,6 +459,34 @@ def _run_config(directory: Path) -> Config | None:
     return Config.from_yaml(str(path)) if path.is_file() else None
 
 
+def merge_settings(settings: dict | None, own: dict) -> dict:
+    """``RAFTRegressor``'s ``settings`` (recipe sections) under its own parameters (``own``, the same
+    shape). A setting a parameter owns is refused: the parameter would win over it without a word."""
+    if settings is None:
+        return own
+    if not isinstance(settings, dict) or any(
+        section not in SECTIONS or not isinstance(values, dict | None) for section, values in settings.items()
+    ):
+        raise RaftlmError(
+            f"settings {short(settings)}: map config sections ({', '.join(SECTIONS)}) to settings, e.g. "
+            "settings={'training': {'warmup_steps': 0}}"
+        )
+    merged = {section: dict(values or {}) for section, values in settings.items()}
+    for section, values in own.items():
+        if taken := sorted(set(values) & set(merged.get(section, {}))):
+            raise RaftlmError(
+                f"settings {section}.{taken[0]} is one of RAFTRegressor's own parameters: pass it as that "
+                "parameter (e.g. lr=1e-4, prompt_template=..., decoder=...), not in settings"
+            )
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
+# a run's settings that a loaded estimator's ``settings`` leave out: the data's (fit takes its rows in
+# memory) and how that run reported
+NOT_CARRIED = {"data": None, "training": {"progress_bar", "report_to"}}
+
+
 def on_rank_zero(work):
     """``work()`` once: under torchrun / accelerate launch rank 0 does it (a save, a push) and every rank
     returns its result; plainly, this process does it."""
@@ -498,12 +531,35 @@ def run_params(directory: Path, predictor) -> dict:
         ema=t.ema,
         bf16=cfg.eval.bf16,  # what `raftlm predict` and the server run it in (a recipe may train in bf16 only)
         seed=t.seed,
+        val_size=cfg.data.val_size,
     )
+    params["settings"] = _other_settings(cfg, RAFTRegressor(**params)._config(None)) or None
     if m.grid is not None and not predictor.extra.get("new_tokens"):
         params["grid"] = m.grid
     if m.target_range not in ("dataset", None):
         params["target_range"] = None if m.target_range == "none" else m.target_range
     return params
+
+
+def _other_settings(cfg: Config, own: Config) -> dict:
+    """The run's settings that ``RAFTRegressor``'s parameters do not carry and that differ from what they
+    give (scheduler, warmup, dropout, LoRA rank, a head's options, sampling...): its ``settings``, so that
+    ``clone(load(run)).fit`` trains as the run did."""
+    owned = {section: set(values) for section, values in _owned_keys().items()}
+    saved, given, other = cfg.to_dict(), own.to_dict(), {}
+    for section, values in saved.items():
+        skip = NOT_CARRIED.get(section, set())
+        if section in NOT_CARRIED and skip is None:
+            continue
+        for key, value in values.items():
+            if key not in owned.get(section, set()) and key not in skip and value != given[section].get(key):
+                other.setdefault(section, {})[key] = value
+    return other
+
+
+def _owned_keys() -> dict:
+    """The settings ``RAFTRegressor``'s own parameters set, per section."""
+    return {section: set(values) for section, values in RAFTRegressor()._own(None).items()}
 
 
 def _range_of(scaler) -> list | None:
