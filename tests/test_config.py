@@ -176,3 +176,31 @@ def test_ce_target_is_a_raft_option_with_two_values():
         Config.build({"method": {"method": "ce", "ce_target": "two-hot"}})
     # a sweep's base may pin the nearest target (the old default) for every method: harmless beside CE
     assert Config.build({"method": {"method": "ce", "ce_target": "nearest"}}).method.ce_target == "nearest"
+
+
+def test_a_bf16_run_evaluates_in_bf16_from_a_flag_a_recipe_or_a_sweep_alike(tmp_path, toy_csv):
+    """`--bf16` set eval.bf16 too, but a recipe's or a sweep's `training.bf16: true` did not: the same run
+    evaluated, saved `eval.bf16: false` and was served in float32. An eval.bf16 given anywhere still wins."""
+    import argparse
+
+    from raftlm.cli import build_parser, config_from_args
+    from raftlm.experiment import cell_config, cells
+
+    assert Config.build({"training": {"bf16": True}}).eval.bf16 is True
+    assert Config.build({"training": {"bf16": True}, "eval": {"bf16": False}}).eval.bf16 is False
+    assert Config.build({}, {"training.bf16": True}).eval.bf16 is True
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("training: {bf16: true}\n")
+    args = build_parser().parse_args(["train", "--config", str(recipe)])
+    assert isinstance(args, argparse.Namespace) and config_from_args(args).eval.bf16 is True
+    recipe.write_text("eval: {bf16: false}\n")
+    flagged = build_parser().parse_args(["train", "--config", str(recipe), "--bf16"])
+    assert config_from_args(flagged).eval.bf16 is False  # the recipe said so (the flag overrode it)
+    sweep = {
+        "output_dir": str(tmp_path / "s"),
+        "datasets": [f"csv:{toy_csv}"],
+        "models": ["tiny-random-llama"],
+    }
+    sweep |= {"methods": [{"method": "raft", "bf16": True}], "lrs": [1e-4], "seeds": [0]}
+    (cell,) = cells(sweep)
+    assert cell_config(sweep, cell, tmp_path / "s").eval.bf16 is True

@@ -368,8 +368,6 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Conf
         if not sep or "." not in key:
             raise RaftlmError(f"--set {item!r}: use SECTION.FIELD=VALUE, e.g. --set training.lr=1e-4")
         overrides[key.strip()] = load_yaml(value, f"--set {short(item)}")
-    if "training.bf16" in overrides and "eval.bf16" not in overrides:  # --bf16 or --set: a bf16 run
-        overrides["eval.bf16"] = overrides["training.bf16"]  # also evaluates, and predicts, in bf16
     recipe = {k: dict(v) for k, v in (base or {}).items()}
     for section, values in (read_recipe(args.config) if args.config else {}).items():
         recipe.setdefault(section, {}).update(values or {})

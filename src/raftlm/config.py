@@ -684,6 +684,9 @@ class Config:
             section, _, name = key.partition(".")
             merged.setdefault(section, {})[name] = value
         _rename_eval_size(merged.get("data"))
+        training, evaluation = merged.get("training") or {}, merged.get("eval") or {}
+        if "bf16" in training and "bf16" not in evaluation:  # a bf16 run also evaluates and predicts in bf16,
+            merged.setdefault("eval", {})["bf16"] = training["bf16"]  # from a flag, a recipe or a sweep alike
         kwargs = {}
         for section, values in merged.items():
             if section not in SECTIONS:
