@@ -405,9 +405,9 @@ def test_only_rank_zero_locks_an_output_under_torchrun_or_mpi(tmp_path, monkeypa
 @pytest.fixture
 def rank_one_of_two(monkeypatch):
     """This process as rank 1 of a 2-process torchrun launch (its environment; no process group)."""
-    from raftlm.io import RANK_VARIABLES
+    from raftlm.io import RANK_VARIABLES, SIZE_VARIABLES
 
-    for name in (*RANK_VARIABLES, "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+    for name in (*RANK_VARIABLES, *SIZE_VARIABLES):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -423,7 +423,8 @@ def test_commands_that_run_in_one_process_are_refused_under_a_launcher(rank_one_
     err = capsys.readouterr().err.strip()
     assert err == (
         f"raftlm {command[0]}: error: raftlm {command[0]} runs in one process, not under torchrun / accelerate "
-        "launch (2 processes): run it plainly (train and predict run under a launcher)"
+        "launch (WORLD_SIZE=2): run it plainly, without WORLD_SIZE in its environment (train and predict run "
+        "under a launcher)"
     )
 
 

@@ -975,12 +975,13 @@ def _check_launch(command: str) -> None:
     """Under torchrun / accelerate launch only ``train`` and ``predict`` share the work; any other command
     ran whole in every process (each wrote the same outputs, a sweep's ranks deleted each other's weights):
     refused in one line."""
-    from raftlm.io import launch_size
+    from raftlm.io import launch_env
 
-    if command not in LAUNCHED and (n := launch_size()) > 1:
+    n, name = launch_env()
+    if command not in LAUNCHED and n > 1:
         raise RaftlmError(
-            f"raftlm {command} runs in one process, not under torchrun / accelerate launch ({n} processes): "
-            f"run it plainly ({' and '.join(LAUNCHED)} run under a launcher)"
+            f"raftlm {command} runs in one process, not under torchrun / accelerate launch ({name}={n}): run "
+            f"it plainly, without {name} in its environment ({' and '.join(LAUNCHED)} run under a launcher)"
         )
 
 

@@ -269,13 +269,21 @@ def main_rank() -> bool:
     return True
 
 
+SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
 def launch_size() -> int:
     """How many processes this launch runs (torchrun, accelerate launch, MPI), read as accelerate reads it;
     1 when launched plainly."""
-    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+    return launch_env()[0]
+
+
+def launch_env() -> tuple[int, str | None]:
+    """``launch_size()`` and the environment variable that says it (None when launched plainly)."""
+    for name in SIZE_VARIABLES:
         if os.environ.get(name, "").strip():
-            return int(os.environ[name])
-    return 1
+            return int(os.environ[name]), name
+    return 1, None
 
 
 _HELD: dict[Path, int] = {}  # the output locks this process holds: lock file -> the thread holding it
