@@ -215,9 +215,9 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                 self.calibrate(*eval_set)
             return self
         splits = Splits(train, val, [], template, grid="1-5", target_range="auto", file_order=SPLIT_NAMES)
-        if self.output_dir is None and launch_size() > 1:  # each process's temporary folder is its own
+        if self.output_dir is None and (n := launch_size()) > 1:  # each process's temp folder is its own
             raise RaftlmError(
-                f"fit under torchrun / accelerate launch ({launch_size()} processes) needs output_dir: every "
+                f"fit under torchrun / accelerate launch ({n} processes) needs output_dir: every "
                 "process trains into the same run directory"
             )
         with self._run_dir() as run_dir:
@@ -545,14 +545,13 @@ def _other_settings(cfg: Config, own: Config) -> dict:
     """The run's settings that ``RAFTRegressor``'s parameters do not carry and that differ from what they
     give (scheduler, warmup, dropout, LoRA rank, a head's options, sampling...): its ``settings``, so that
     ``clone(load(run)).fit`` trains as the run did."""
-    owned = {section: set(values) for section, values in _owned_keys().items()}
-    saved, given, other = cfg.to_dict(), own.to_dict(), {}
-    for section, values in saved.items():
+    owned, given, other = _owned_keys(), own.to_dict(), {}
+    for section, values in cfg.to_dict().items():
         skip = NOT_CARRIED.get(section, set())
-        if section in NOT_CARRIED and skip is None:
+        if skip is None:  # (the whole section)
             continue
         for key, value in values.items():
-            if key not in owned.get(section, set()) and key not in skip and value != given[section].get(key):
+            if key not in owned.get(section, set()) | skip and value != given[section].get(key):
                 other.setdefault(section, {})[key] = value
     return other
 

@@ -202,10 +202,8 @@ def check_sweep(sweep: dict, where: str) -> None:
         v is not None and not isinstance(v, dict) for v in (base or {}).values()
     ):
         raise RaftlmError(f"{where}: base must map config sections to settings, got {short(base)}")
-    for (
-        section,
-        key,
-    ), axis in CELL_SETS.items():  # each cell sets these: a base value was overwritten unsaid
+    # each cell sets these: a base value was overwritten without a word
+    for (section, key), axis in CELL_SETS.items():
         if key in ((base or {}).get(section) or {}):
             raise RaftlmError(
                 f"{where}: base {section}.{key} is set by each cell from the sweep's {axis}: give it there, "

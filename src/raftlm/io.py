@@ -263,10 +263,8 @@ def main_rank() -> bool:
     """Rank 0 of a torchrun / accelerate launch, an MPI one included (``accelerate launch`` on several CPUs:
     its ranks read as accelerate reads them), or a plain process: the one that takes output locks. Read
     from the environment, before accelerate has set a process group up (and without importing torch)."""
-    for name in RANK_VARIABLES:
-        if os.environ.get(name, "").strip():
-            return int(os.environ[name]) == 0
-    return True
+    rank, _ = _first_set(RANK_VARIABLES)
+    return rank in (None, 0)
 
 
 SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -280,10 +278,16 @@ def launch_size() -> int:
 
 def launch_env() -> tuple[int, str | None]:
     """``launch_size()`` and the environment variable that says it (None when launched plainly)."""
-    for name in SIZE_VARIABLES:
+    size, name = _first_set(SIZE_VARIABLES)
+    return (1, None) if size is None else (size, name)
+
+
+def _first_set(names: tuple[str, ...]) -> tuple[int | None, str | None]:
+    """The first of the environment variables ``names`` that is set, as a number, and its name."""
+    for name in names:
         if os.environ.get(name, "").strip():
             return int(os.environ[name]), name
-    return 1, None
+    return None, None
 
 
 _HELD: dict[Path, int] = {}  # the output locks this process holds: lock file -> the thread holding it
