@@ -204,3 +204,31 @@ def test_a_bf16_run_evaluates_in_bf16_from_a_flag_a_recipe_or_a_sweep_alike(tmp_
     sweep |= {"methods": [{"method": "raft", "bf16": True}], "lrs": [1e-4], "seeds": [0]}
     (cell,) = cells(sweep)
     assert cell_config(sweep, cell, tmp_path / "s").eval.bf16 is True
+
+
+def test_a_runs_training_batch_is_its_eval_batch_and_the_servers_from_every_interface(tmp_path):
+    """`RAFTRegressor(batch_size=4)` validated, calibrated and predicted in batches of 4, `raftlm train
+    --batch-size 4` in batches of 16 (a batch lowered for memory ran out at the first validation), and the
+    server batched 16 rows whatever the run's eval batch. Now one batch size everywhere unless given."""
+    from raftlm.api import RAFTRegressor
+    from raftlm.cli import build_parser, config_from_args
+    from raftlm.config import ServeSettings
+
+    assert Config.build({"training": {"batch_size": 4}}).eval.batch_size == 4
+    assert Config.build({}, {"training.batch_size": 4}).eval.batch_size == 4
+    assert Config.build({"training": {"batch_size": 4}, "eval": {"batch_size": 32}}).eval.batch_size == 32
+    cli = config_from_args(build_parser().parse_args(["train", "--batch-size", "4"]))
+    api = RAFTRegressor(batch_size=4)._config(str(tmp_path / "r"))
+    assert [(c.training.batch_size, c.eval.batch_size) for c in (cli, api)] == [(4, 4), (4, 4)]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("eval: {batch_size: 2}\n")
+    given = config_from_args(
+        build_parser().parse_args(["train", "--config", str(recipe), "--batch-size", "8"])
+    )
+    assert (given.training.batch_size, given.eval.batch_size) == (8, 2)
+    # the server's batch cap: the run's eval batch unless --max-batch says otherwise
+    assert (
+        ServeSettings().for_run(cli).max_batch == 4 and ServeSettings(max_batch=8).for_run(cli).max_batch == 8
+    )
+    flags = build_parser().parse_args(["serve", "run"])
+    assert ServeSettings(**{f: getattr(flags, f) for f in ("max_batch", "port")}).for_run(api).max_batch == 4

@@ -238,7 +238,8 @@ def test_health_and_info_describe_the_run(url, run):
     assert info["grid_distribution"] is True  # with_probs applies
     assert info["grid"]["strings"] == ["1", "2", "3", "4", "5"] and info["columns"] == ["text"]
     assert info["template"] == "{text}" and info["device"] == "cpu" and info["dtype"] == "float32"
-    assert info["metrics"]["test"]["n"] == 4 and info["serving"]["max_batch"] == 16
+    # no --max-batch: the run's eval.batch_size (4, its training batch), the batches `raftlm predict` runs
+    assert info["metrics"]["test"]["n"] == 4 and info["serving"]["max_batch"] == 4
     assert info["run"] == run[0].resolve().name and "run_dir" not in info
     # calibrated on toy.csv: its name, not the server's path to it
     assert info["calibration"] == {

@@ -203,7 +203,8 @@ def add_serve(p: argparse.ArgumentParser) -> None:
         if f.type == "bool":  # on by default: its --no- flag turns it off
             p.add_argument(f"--no-{flag[2:]}", dest=f.name, action="store_false", help=f.metadata["help"])
         else:
-            p.add_argument(flag, default=f.default, help=f"{f.metadata['help']} (default: {f.default})")
+            shown = "" if f.default is None else f" (default: {f.default})"  # (None: its help says whose)
+            p.add_argument(flag, default=f.default, help=f"{f.metadata['help']}{shown}")
     add_config_flags(p, "serve", Config())
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -429,7 +429,14 @@ def _target_range(value):
 class TrainConfig:
     output_dir: str | None = field(default=None, metadata={"group": "basic", "help": "run directory"})
     max_steps: int = field(default=500, metadata={"group": "basic", "help": "optimizer steps"})
-    batch_size: int = field(default=16, metadata={"group": "basic", "help": "examples per device per step"})
+    batch_size: int = field(
+        default=16,
+        metadata={
+            "group": "basic",
+            "help": "examples per device per step (validation's and the run's predictions' batch too, unless "
+            "eval.batch_size is given)",
+        },
+    )
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     lr: float = field(
         default=1e-4, metadata={"group": "basic", "help": "learning rate (paper sweeps 1e-4, 1e-5, 1e-6)"}
@@ -663,6 +670,12 @@ def convert_setting(key: str, value, where: str | None = None):
     return convert(f, value, where or key)
 
 
+# eval settings a run takes from its training's unless given: a bf16 run evaluates, predicts and is served in
+# bf16; a batch lowered for memory is lowered at validation, calibration and prediction too (the Python
+# API's one batch_size always set both)
+EVAL_FOLLOWS_TRAINING = ("bf16", "batch_size")
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -685,8 +698,9 @@ class Config:
             merged.setdefault(section, {})[name] = value
         _rename_eval_size(merged.get("data"))
         training, evaluation = merged.get("training") or {}, merged.get("eval") or {}
-        if "bf16" in training and "bf16" not in evaluation:  # a bf16 run also evaluates and predicts in bf16,
-            merged.setdefault("eval", {})["bf16"] = training["bf16"]  # from a flag, a recipe or a sweep alike
+        for name in EVAL_FOLLOWS_TRAINING:  # from a flag, a recipe, a sweep or the API alike
+            if name in training and name not in evaluation:
+                merged.setdefault("eval", {})[name] = training[name]
         kwargs = {}
         for section, values in merged.items():
             if section not in SECTIONS:
@@ -715,7 +729,12 @@ class ServeSettings:
 
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind (0.0.0.0: every interface)"})
     port: int = field(default=8000, metadata={"help": "TCP port (0: any free port; the URL is printed)"})
-    max_batch: int = field(default=16, metadata={"help": "rows per forward pass at most (the batch cap)"})
+    max_batch: int | None = field(
+        default=None,
+        metadata={
+            "help": "rows per forward pass at most (the batch cap; default: the run's eval.batch_size)"
+        },
+    )
     max_wait_ms: float = field(
         default=5.0, metadata={"help": "wait this long after the oldest queued row for more rows"}
     )
@@ -739,9 +758,10 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         for f in fields(self):  # finite numbers of the right type, whatever the caller passed
-            setattr(self, f.name, convert(f, getattr(self, f.name), f"--{f.name.replace('_', '-')}"))
+            if getattr(self, f.name) is not None or not f.type.endswith("| None"):
+                setattr(self, f.name, convert(f, getattr(self, f.name), f"--{f.name.replace('_', '-')}"))
         for name in ("max_batch", "max_queue", "max_rows", "max_body_kb"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise RaftlmError(f"{name}={getattr(self, name)}: use a positive integer")
         if self.max_wait_ms > 60_000:
             raise RaftlmError(f"max_wait_ms={self.max_wait_ms:g}: use a wait of at most 60000 ms")
@@ -760,6 +780,11 @@ class ServeSettings:
                 f"max_rows={self.max_rows} exceeds max_queue={self.max_queue}: such a request could never "
                 "be queued; raise --max-queue or lower --max-rows"
             )
+
+    def for_run(self, cfg: Config) -> ServeSettings:
+        """These settings with --max-batch, when not given, at the run's eval.batch_size: the batches
+        `raftlm predict` runs, so a request of up to that many rows gets predict's numbers to the last bit."""
+        return self if self.max_batch is not None else replace(self, max_batch=cfg.eval.batch_size)
 
 
 MAX_YAML_NODES = 100_000  # values a YAML document may expand to through aliases (recipes hold ~100)

@@ -688,7 +688,7 @@ class Server:
     """What the routes share: the model, its calibration, settings, the batcher and the metrics."""
 
     def __init__(self, predictor: Predictor, cfg: Config, settings: ServeSettings, info: dict, calibration):
-        self.predictor, self.cfg, self.settings, self.info = predictor, cfg, settings, info
+        self.predictor, self.cfg, self.settings, self.info = predictor, cfg, settings.for_run(cfg), info
         self.calibration = calibration
         self.metrics = Metrics() if settings.metrics else None
         self.batcher: MicroBatcher | None = None
@@ -996,7 +996,7 @@ def run_info(
         "device": str(predictor.device),
         "dtype": predictor.dtype_name,
         "version": __version__,
-        "serving": {k: v for k, v in vars(settings).items() if k not in ("host", "port")},
+        "serving": {k: v for k, v in vars(settings.for_run(cfg)).items() if k not in ("host", "port")},
     }
 
 
@@ -1086,6 +1086,7 @@ def log_config(access_log: bool) -> dict:
 def serve(run_dir: str, cfg: Config, settings: ServeSettings) -> None:
     """Listen, load the run, serve until SIGTERM or Ctrl+C."""
     check_served_run(run_dir)
+    settings = settings.for_run(cfg)
     sock = bind(settings.host, settings.port)  # a taken port fails now, not after loading the model
     try:
         predictor = load_for_eval(replace(cfg, model=replace(cfg.model, name=str(run_dir))), None)
