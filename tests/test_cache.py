@@ -123,6 +123,37 @@ def test_a_store_too_big_for_memory_goes_to_disk_and_one_too_big_for_disk_is_ref
         HiddenStore([10**9], 10**4, tmp_path, ram_bytes=1)  # 40 TB
 
 
+def test_each_process_of_a_launch_takes_its_share_of_memory_and_disk_for_its_copy(tmp_path, monkeypatch):
+    """Every rank builds the whole store: two on one machine held two copies, each sized against all the
+    memory and all the free disk (the second copy could fill the disk the first one measured)."""
+    import shutil
+
+    # 5 rows x 4 dims x 4 bytes = 80 bytes; a quarter of 400 bytes fits one copy in RAM
+    alone = HiddenStore([3, 2], 4, tmp_path, ram_bytes=400)
+    assert alone.path is None
+    monkeypatch.setenv("WORLD_SIZE", "4")  # no local size said: the whole launch shares the machine
+    shared = HiddenStore([3, 2], 4, tmp_path, ram_bytes=400)
+    assert shared.path is not None
+    shared.close()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two of the four on this machine
+    free = shutil.disk_usage(tmp_path)._replace(free=170)  # 0.9 x 170 = 153 bytes: one copy, not two
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: free)
+    with pytest.raises(
+        RaftlmError, match=r"one for each of 2 processes on this machine.*cache_frozen: false"
+    ):
+        HiddenStore([3, 2], 4, tmp_path, ram_bytes=0)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    HiddenStore([3, 2], 4, tmp_path, ram_bytes=0).close()
+    assert not list(tmp_path.iterdir())
+    # the cache pays off counting every process's visits, however the launcher says how many there are
+    cfg, predictor, _, _ = _setup("raft", "top-1")
+    cfg.training.max_steps, cfg.training.batch_size, cfg.training.grad_accum = 10, 4, 1  # 40 visits
+    monkeypatch.delenv("WORLD_SIZE")
+    assert frozen_blocks_to_cache(predictor, cfg, 80) == 0
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")  # accelerate launch on CPUs over MPI: 80 visits
+    assert frozen_blocks_to_cache(predictor, cfg, 80) > 0
+
+
 def test_a_cached_run_trains_and_leaves_no_cache_behind(tmp_path, toy_csv, monkeypatch):
     import raftlm.training
 

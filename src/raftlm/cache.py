@@ -30,7 +30,7 @@ import torch
 
 from raftlm.config import top_blocks
 from raftlm.core import RaftlmError
-from raftlm.io import HIDDEN_CACHE_PREFIX, HIDDEN_CACHE_SUFFIX
+from raftlm.io import HIDDEN_CACHE_PREFIX, HIDDEN_CACHE_SUFFIX, local_launch_size
 from raftlm.models import decoder_layers
 from raftlm.scoring import PromptBatch, left_pad
 
@@ -124,17 +124,20 @@ class HiddenStore:
         self.dim = dim
         need = int(self.offsets[-1]) * dim * 4
         self.nbytes, self.path = need, None
-        budget = RAM_FRACTION * (ram_bytes if ram_bytes is not None else available_memory())
+        # every process of a launch on this machine builds its own copy: each gets its share of both
+        copies = local_launch_size()
+        budget = RAM_FRACTION * (ram_bytes if ram_bytes is not None else available_memory()) / copies
         if need <= budget:
             self.rows = np.zeros((int(self.offsets[-1]), dim), dtype=np.float32)
             return
         workdir.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(workdir).free
-        if need > 0.9 * free:
+        if need * copies > 0.9 * free:
+            each = f", one for each of {copies} processes on this machine" if copies > 1 else ""
             raise RaftlmError(
-                f"the hidden-state cache needs {need / 2**30:.1f} GiB, more than {RAM_FRACTION:.0%} of the "
-                f"memory and than the free disk ({free / 2**30:.1f} GiB): set training.cache_frozen: false, "
-                "or use fewer training examples"
+                f"the hidden-state cache needs {need * copies / 2**30:.1f} GiB{each}, more than "
+                f"{RAM_FRACTION:.0%} of the memory and than the free disk ({free / 2**30:.1f} GiB): set "
+                "training.cache_frozen: false, or use fewer training examples"
             )
         fd, name = tempfile.mkstemp(prefix=HIDDEN_CACHE_PREFIX, suffix=HIDDEN_CACHE_SUFFIX, dir=workdir)
         os.close(fd)

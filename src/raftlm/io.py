@@ -276,6 +276,22 @@ def launch_size() -> int:
     return launch_env()[0]
 
 
+# the processes of a launch on this machine (torchrun, MPICH / Intel MPI, Open MPI, MVAPICH)
+LOCAL_SIZE_VARIABLES = (
+    "LOCAL_WORLD_SIZE",
+    "MPI_LOCALNRANKS",
+    "OMPI_COMM_WORLD_LOCAL_SIZE",
+    "MV2_COMM_WORLD_LOCAL_SIZE",
+)
+
+
+def local_launch_size() -> int:
+    """How many processes of this launch share this machine's memory and disk; the whole launch when the
+    launcher does not say (a larger share only sends a cache to disk sooner); 1 when launched plainly."""
+    size, _ = _first_set(LOCAL_SIZE_VARIABLES)
+    return launch_size() if size is None else max(size, 1)
+
+
 def launch_env() -> tuple[int, str | None]:
     """``launch_size()`` and the environment variable that says it (None when launched plainly)."""
     size, name = _first_set(SIZE_VARIABLES)

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from raftlm.cache import HiddenStore, build_store, cached_prompts, frozen_blocks
 from raftlm.config import Config
 from raftlm.core import Example, RaftlmError, StoppedClock, cpu_only, warn, warn_slow_bf16
 from raftlm.decoders import GRID_DECODERS
-from raftlm.io import atomic_write, latest_complete_checkpoint, main_rank, to_json, write_text
+from raftlm.io import atomic_write, latest_complete_checkpoint, launch_size, main_rank, to_json, write_text
 from raftlm.metrics import DEAD_GRID, collapse, regression_metrics
 from raftlm.models import decoder_layers
 from raftlm.predictor import Predictor
@@ -698,7 +697,7 @@ def frozen_blocks_to_cache(predictor: Predictor, cfg: Config, n_train: int | Non
         return 0
     frozen = frozen_blocks(predictor.model, cfg.model.trainable)
     t = cfg.training
-    visits = t.max_steps * t.batch_size * t.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
+    visits = t.max_steps * t.batch_size * t.grad_accum * launch_size()
     if frozen and n_train is not None and visits < n_train:
         log.info(
             "training uncached: %d steps x %d examples visit %d examples, fewer than the %d the frozen-block "
