@@ -1,12 +1,15 @@
 """``RAFTRegressor`` under torchrun (tests/test_distributed.py): every process fits into one run directory
 (``output_dir``), then ``save`` writes the copy from rank 0 while the others wait (rank 1 fails if it writes
-it too); each rank prints the path it was given back."""
+it too); each rank prints the path it was given back. Then a second fit whose final save fails on rank 0
+(a full disk): each rank prints the error it raised (rank 1 waited silent at a barrier before)."""
 
 import os
 import sys
 
 import raftlm.api
+import raftlm.pipeline
 from raftlm import RAFTRegressor
+from raftlm.core import RaftlmError
 
 if os.environ.get("RANK") == "1":  # rank 0 writes the saved copy; rank 1 failing to is a failed test
 
@@ -29,3 +32,15 @@ reg = RAFTRegressor(
 )
 reg.fit(X, y, eval_set=(X[:2], y[:2]))
 print(f"rank {os.environ['RANK']} saved {reg.save(sys.argv[2])}", flush=True)
+
+
+def disk_full(*args, **kwargs):
+    raise RaftlmError("no space left on device writing model.safetensors: free some space")
+
+
+if os.environ.get("RANK") == "0":
+    raftlm.pipeline.save_run = disk_full
+try:
+    RAFTRegressor(**{**reg.get_params(), "output_dir": sys.argv[3]}).fit(X, y, eval_set=(X[:2], y[:2]))
+except RaftlmError as err:
+    print(f"rank {os.environ['RANK']} failed: {err}", flush=True)

@@ -100,14 +100,22 @@ def test_the_python_api_fits_and_saves_once_under_torchrun(tmp_path):
     cmd = [
         *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
         *("--standalone", str(Path(__file__).with_name("ddp_api.py"))),
-        *(str(tmp_path / "run"), str(tmp_path / "saved")),
+        *(str(tmp_path / "run"), str(tmp_path / "saved"), str(tmp_path / "full")),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=280)
     assert proc.returncode == 0, _why(proc)
     saved = tmp_path / "saved"
-    assert sorted(proc.stdout.split("\n")[:2]) == [f"rank 0 saved {saved}", f"rank 1 saved {saved}"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "saved"]  # no staged or temp folder left
+    lines = proc.stdout.splitlines()
+    assert sorted(lines[:2]) == [f"rank 0 saved {saved}", f"rank 1 saved {saved}"]
+    # rank 0's final save failed: every rank says so (rank 1 waited at a barrier until torchrun's teardown)
+    full = "no space left on device writing model.safetensors: free some space"
+    assert sorted(lines[2:]) == [f"rank 0 failed: {full}", f"rank 1 failed: rank 0 failed: {full}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "run", "saved"]  # no staged or temp folder
+    # the failed run keeps its checkpoints for --resume, and nothing of the save that failed
+    names = sorted(p.name for p in (tmp_path / "full").iterdir())
+    assert "checkpoints" in names and "eval_results.json" not in names and "model.safetensors" not in names
+    assert not [n for n in names if n.startswith(".final-") or n.endswith(".tmp")]
     a, b = load_file(tmp_path / "run" / "model.safetensors"), load_file(saved / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)

@@ -17,7 +17,7 @@ from sklearn.exceptions import NotFittedError
 
 from raftlm import methods, uncertainty
 from raftlm.config import SECTIONS, Config, DataConfig, MethodConfig, ModelConfig, TrainConfig, to_bf16
-from raftlm.core import Example, RaftlmError, Splits, launch_state, short
+from raftlm.core import Example, RaftlmError, Splits, on_rank_zero, short
 from raftlm.data import IN_MEMORY, SPLIT_NAMES
 from raftlm.decoders import TEXT_DECODERS, one_number, text_decoded
 from raftlm.io import check_no_tilde, launch_size, output_lock, write_json, write_run_marker, write_text
@@ -485,18 +485,6 @@ def merge_settings(settings: dict | None, own: dict) -> dict:
 # a run's settings that a loaded estimator's ``settings`` leave out: the data's (fit takes its rows in
 # memory) and how that run reported
 NOT_CARRIED = {"data": None, "training": {"progress_bar", "report_to"}}
-
-
-def on_rank_zero(work):
-    """``work()`` once: under torchrun / accelerate launch rank 0 does it (a save, a push) and every rank
-    returns its result; plainly, this process does it."""
-    if launch_size() == 1:
-        return work()
-    import torch.distributed as dist
-
-    result = [work() if launch_state().is_main_process else None]
-    dist.broadcast_object_list(result, src=0)
-    return result[0]
 
 
 def run_params(directory: Path, predictor) -> dict:

@@ -20,7 +20,17 @@ from transformers import set_seed
 
 from raftlm import methods, uncertainty
 from raftlm.config import VAL_SIZE, Config
-from raftlm.core import Example, RaftlmError, Splits, env_flag, launch_state, short, warn
+from raftlm.core import (
+    Example,
+    RaftlmError,
+    Splits,
+    env_flag,
+    every_rank_failed,
+    launch_state,
+    on_rank_zero,
+    short,
+    warn,
+)
 from raftlm.data import cap, cap_words, load_splits
 from raftlm.grid import Grid, TargetScaler, make_scaler
 from raftlm.io import (
@@ -372,30 +382,37 @@ def _fit_locked(
 ) -> Run:
     build = check_run_dir(out, overwrite, resume)
     _barrier()  # every rank has looked at the folder before rank 0 changes it
-    if build != out and is_main_process():
-        discard_staged(build)  # a staged run of an earlier --overwrite that never finished
-    if build == out and is_main_process() and out.exists():
-        _clean_leftovers(out)
-    _barrier()
+    on_rank_zero(lambda: _clear_for(build, out))  # (rank 0's error is every rank's, here and below)
     created = not build.exists()
     was_empty = created or not any(build.iterdir())
-    if is_main_process():
-        _make_dir(build)
-        write_run_marker(build)  # first: from here on the directory is provably raftlm's
-    _barrier()
+    on_rank_zero(lambda: _start_run_dir(build))
     try:
         predictor, results = _train_into(build, cfg, splits, resume, evaluate_test, callbacks)
-    except BaseException:
+    except BaseException as err:
         # a staged --overwrite run goes (the old run stays as it was); so does a new run directory
         # with no checkpoint to resume from
         nothing_to_resume = was_empty and latest_complete_checkpoint(build / "checkpoints") is None
         if is_main_process() and (build != out or nothing_to_resume):
             discard_failed(build, out, created)
+        if every_rank_failed(err):  # the others wait for rank 0's cleaning: the launcher stops the rest of
+            _barrier()  # a launch once one process exits, and a kill mid-cleaning would leave it half done
         raise
-    if build != out and is_main_process():
-        swap_in(build, out)
+    if build != out:
+        on_rank_zero(lambda: swap_in(build, out))
     _barrier()
     return Run(out, predictor, results)
+
+
+def _clear_for(build: Path, out: Path) -> None:
+    if build != out:
+        discard_staged(build)  # a staged run of an earlier --overwrite that never finished
+    elif out.exists():
+        _clean_leftovers(out)
+
+
+def _start_run_dir(build: Path) -> None:
+    _make_dir(build)
+    write_run_marker(build)  # first: from here on the directory is provably raftlm's
 
 
 def _clean_leftovers(run_dir: Path) -> None:
@@ -420,9 +437,7 @@ def _train_into(
 ) -> tuple[Predictor, dict]:
     predictor = new_predictor(cfg, splits)
     make_trainable(predictor, cfg)
-    if is_main_process():
-        write_text(build / "config.yaml", cfg.to_yaml())
-    _barrier()
+    on_rank_zero(lambda: write_text(build / "config.yaml", cfg.to_yaml()))
     validation = validation_subset(splits, cfg)
     summary = fit(
         predictor,
@@ -444,23 +459,29 @@ def _train_into(
         }
     if splits.source:  # e.g. STS-B from the Hub (id, revision) or from --data-dir
         results["data_source"] = splits.source
-    if is_main_process():
-        calibration = None
-        if cfg.training.calibrate and splits.validation:  # the whole split, not the val_size subset
-            e = cfg.eval
-            calibration = uncertainty.calibrate(
-                predictor,
-                splits.validation,
-                e.batch_size,
-                e.bf16,
-                desc="calibrate" if cfg.training.progress_bar else None,
-            )
-            calibration.save(build)
-            results["calibration"] = {"source": calibration.source, "n": calibration.n}
-        if splits.test and evaluate_test:  # callers that evaluate the test split themselves skip this
-            results["test"], _ = evaluate_predictor(predictor, splits.test, cfg, "test", calibration)
-        _finalize(predictor, build, results, cfg.training.keep_checkpoints, splits.train)
+    on_rank_zero(lambda: _finish_run(predictor, build, cfg, splits, results, evaluate_test))
     return predictor, results
+
+
+def _finish_run(
+    predictor: Predictor, build: Path, cfg: Config, splits: Splits, results: dict, evaluate_test: bool
+):
+    """Rank 0's end of a run: calibration, the test split's metrics and the saved model."""
+    calibration = None
+    if cfg.training.calibrate and splits.validation:  # the whole split, not the val_size subset
+        e = cfg.eval
+        calibration = uncertainty.calibrate(
+            predictor,
+            splits.validation,
+            e.batch_size,
+            e.bf16,
+            desc="calibrate" if cfg.training.progress_bar else None,
+        )
+        calibration.save(build)
+        results["calibration"] = {"source": calibration.source, "n": calibration.n}
+    if splits.test and evaluate_test:  # callers that evaluate the test split themselves skip this
+        results["test"], _ = evaluate_predictor(predictor, splits.test, cfg, "test", calibration)
+    _finalize(predictor, build, results, cfg.training.keep_checkpoints, splits.train)
 
 
 def _finalize(predictor: Predictor, out: Path, results: dict, keep_checkpoints: bool, train) -> None:
