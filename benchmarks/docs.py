@@ -1164,6 +1164,10 @@ VALUES: dict[str, Callable[[], str]] = {
     "cli.calibrate": lambda: cli_help("calibrate"),
     "cli.serve": lambda: cli_help("serve"),
     "cli.experiment": lambda: cli_help("experiment"),
+    "cli.report": lambda: cli_help("report"),
+    "cli.demo": lambda: cli_help("demo"),
+    "cli.fetch": lambda: cli_help("fetch"),
+    "cli.push": lambda: cli_help("push"),
 }
 
 

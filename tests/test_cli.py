@@ -311,6 +311,7 @@ def test_the_model_names_config_checks_are_the_ones_models_loads():
 )
 def test_recipes_load(recipe):
     cfg = Config.from_yaml(str(recipe))
+    assert cfg.data.data_dir is None  # the Hub copy (--data-dir FOLDER offline): no folder users lack
     assert cfg.method.method in METHODS and cfg.training.bf16 in (True, False) and cfg.model.dropout == 0.1
     # the paper's recipes pick the checkpoint on the whole validation split (appendix D), not the default 300
     assert cfg.data.val_size == (300 if recipe.name == "stsb1k-raft-cpu.yaml" else None)
