@@ -465,3 +465,24 @@ def test_fsdp_across_processes_is_refused_before_any_work(rank_one_of_two, monke
         "(recipes/accelerate/ddp.yaml), or LoRA (trainable: lora) on one GPU"
     )
     assert sorted(p.name for p in toy_csv.parent.iterdir()) == ["toy.csv"]
+
+
+def test_a_failure_after_the_model_is_saved_keeps_the_run_for_resume(tmp_path, toy_csv, monkeypatch, capsys):
+    """_finalize deleted checkpoints/ before it wrote the model card and eval_results.json: a full disk (or
+    Ctrl+C) at that moment left a new run with nothing to resume, so the whole run was deleted."""
+    from helpers import train_args
+
+    import raftlm.pipeline
+    from raftlm.cli import main
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "README.md")
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(raftlm.pipeline, "write_model_card", disk_full)
+    assert main(train_args(toy_csv, run)) != 0
+    assert "No space left on device" in capsys.readouterr().err
+    assert (run / "checkpoints").is_dir() and not (run / "eval_results.json").exists()
+    monkeypatch.undo()
+    assert main(train_args(toy_csv, run, "--resume")) == 0
+    assert (run / "eval_results.json").is_file() and not (run / "checkpoints").exists()

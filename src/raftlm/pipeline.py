@@ -486,7 +486,8 @@ def _finish_run(
 
 def _finalize(predictor: Predictor, out: Path, results: dict, keep_checkpoints: bool, train) -> None:
     """Save the model, SmoothQuant's activation maxima for ``--dtype int8`` (measured on training rows) and
-    the model card (README.md) next to the run's files, eval_results.json last (it marks a finished run)."""
+    the model card (README.md) next to the run's files, eval_results.json last (it marks a finished run);
+    then the checkpoints go, unless kept."""
     predictor.model = unwrap_for_saving(predictor.model)  # LoRA merged: the layers --dtype int8 will see
     try:
         predictor.record_int8_maxima(train, "train")
@@ -499,10 +500,10 @@ def _finalize(predictor: Predictor, out: Path, results: dict, keep_checkpoints: 
         for name in names:
             normal_permissions(Path(tmp) / name, directory=(Path(tmp) / name).is_dir())
             os.replace(Path(tmp) / name, out / name)
-    if not keep_checkpoints:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     write_model_card(out, results)
     write_json(out / FINISHED_FILE, results)
+    if not keep_checkpoints:  # last: a failure before here keeps them, so the run can --resume (not be lost)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
 
 def entropy_change(
