@@ -170,6 +170,39 @@ def test_overwrite_never_uses_a_users_folders_of_the_swaps_names(tmp_path, capsy
     assert journal.read_text() == '{"mine": 1}' and (run_dir / "model.safetensors").read_bytes() == weights
 
 
+def test_a_finished_overwrite_whose_swap_was_refused_is_never_deleted(tmp_path, capsys, monkeypatch):
+    """A run that gained a user's file while --overwrite trained keeps it, and the new run waits staged. The
+    message said "move them out and rerun with --overwrite", and that rerun deleted the finished staged run
+    (hours of training) before training from zero. Predictions written into a run are raftlm's files now."""
+    import raftlm.pipeline
+
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    run_dir, staged = tmp_path / "run", tmp_path / ".run.raftlm-new"
+    assert main(train_args(data, run_dir, "--max-steps", "2")) == 0
+    assert predict(run_dir, data, run_dir / "preds.jsonl") == 0  # listed in the run's marker: not foreign
+    finish = raftlm.pipeline._finish_run
+
+    def finish_while_the_user_writes(*args, **kwargs):
+        finish(*args, **kwargs)
+        (run_dir / "notes.md").write_text("mine")
+
+    monkeypatch.setattr(raftlm.pipeline, "_finish_run", finish_while_the_user_writes)
+    capsys.readouterr()
+    assert main([*train_args(data, run_dir, "--max-steps", "3"), "--overwrite"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # (after the training's lines)
+    assert "gained files raftlm did not write while training (notes.md)" in line
+    assert f"mv {run_dir} {run_dir}.old && mv {staged} {run_dir}" in line
+    new_weights = (staged / "model.safetensors").read_bytes()
+    monkeypatch.undo()
+    (run_dir / "notes.md").unlink()  # what the message used to ask, then --overwrite again
+    code, line = _bad(capsys, [*train_args(data, run_dir, "--max-steps", "3"), "--overwrite"])
+    assert code == 2 and f"{staged} holds a finished run of an earlier --overwrite" in line
+    assert (staged / "model.safetensors").read_bytes() == new_weights
+    (run_dir).rename(tmp_path / "run.old")  # the steps it gives
+    staged.rename(run_dir)
+    assert predict(run_dir, data, tmp_path / "p.jsonl") == 0
+
+
 def test_report_never_replaces_a_users_report(tmp_path, capsys):
     folder = tmp_path / "rep"
     folder.mkdir()

@@ -700,6 +700,7 @@ def cmd_predict(args) -> None:
 def _predict(args, cfg: Config) -> None:
     from raftlm.data import load_splits
     from raftlm.files import scan
+    from raftlm.io import register_output
 
     run = is_run_dir(cfg.model.name)
     splits = None if run else load_splits(cfg.data)
@@ -732,6 +733,7 @@ def _predict(args, cfg: Config) -> None:
         scanned=scanned,
     )
     if is_main_process():
+        register_output(args.output)  # written into a run: its marker lists it (an --overwrite keeps it)
         print(f"wrote {n} predictions to {args.output}")
         if e.interval:
             how = (

@@ -42,6 +42,7 @@ RUN_MARKER_VERSION = 1
 INT8_MAXIMA_FILE = (
     "int8_maxima.safetensors"  # a run's SmoothQuant statistics for --dtype int8 (models.Int8Maxima)
 )
+FINISHED_FILE = "eval_results.json"  # written last by `raftlm train`
 # what raftlm writes into a run directory besides the files the marker lists (save_run's model files)
 RUN_FILES = frozenset(
     {
@@ -51,7 +52,7 @@ RUN_FILES = frozenset(
         "metrics.jsonl",
         "checkpoints",
         "logs",
-        "eval_results.json",
+        FINISHED_FILE,
         "calibration.json",
         INT8_MAXIMA_FILE,
         "README.md",
@@ -631,9 +632,20 @@ def remove_run(path: Path, keep_folder: bool = False) -> None:
 
 
 def discard_staged(staged: Path) -> None:
-    """Delete a staging directory of ours (a marked run), e.g. of an earlier --overwrite that never finished."""
+    """Delete a staging directory of ours (a marked run) of an earlier --overwrite that never finished; one
+    that finished (its swap was refused: the run had gained a user's files) is work raftlm keeps: refused."""
     if staged.exists() and is_marked_run(staged):
+        if (staged / FINISHED_FILE).exists():
+            out = staged.parent / staged.name.removeprefix(".").removesuffix(".raftlm-new")
+            raise RaftlmError(
+                f"{staged} holds a finished run of an earlier --overwrite that could not replace {out}: "
+                f"{_adopt_steps(staged, out)}, or delete {staged} to train afresh"
+            )
         remove_run(staged)
+
+
+def _adopt_steps(staged: Path, out: Path) -> str:
+    return f"to keep it, put it in place yourself (mv {out} {out}.old && mv {staged} {out})"
 
 
 def swap_in(staged: Path, out: Path) -> None:
@@ -643,7 +655,7 @@ def swap_in(staged: Path, out: Path) -> None:
     if foreign := foreign_files(out):
         raise RaftlmError(
             f"run directory {out} gained files raftlm did not write while training ({', '.join(foreign[:4])}), "
-            f"so it was not replaced: the new run is in {staged}; move them out and rerun with --overwrite"
+            f"so it was not replaced: the new run is in {staged}; {_adopt_steps(staged, out)}"
         )
     write_json(journal_path(out), _journal(out))
     _finish_swap(out)

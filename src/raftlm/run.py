@@ -21,6 +21,7 @@ from raftlm.core import RaftlmError, warn
 from raftlm.grid import Grid, TargetScaler
 from raftlm.heads import HEAD_CLASSES
 from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's API too)
+    FINISHED_FILE,
     FORMAT_VERSION,
     META_FILE,
     MODEL_FILE,
@@ -56,7 +57,6 @@ from raftlm.models import (
 from raftlm.predictor import Predictor
 from raftlm.scoring import AnswerFormat
 
-FINISHED_FILE = "eval_results.json"  # written last by `raftlm train`
 KNOWN = {
     "format_version",
     "method",
