@@ -197,6 +197,34 @@ def test_shards_overwrite_never_deletes_a_file_shards_did_not_write(tmp_path):
         check_destination(out, True, 10, str(data))
 
 
+def test_shards_cleans_only_its_own_outputs_leftovers_and_a_swap_never_deletes_new_files(tmp_path):
+    """The cleanup of a killed swap's folder (.OUT.XXXXXXXX.shards) also matched another output's in use
+    (.preds.v2.k2j3h4g5.shards for --output preds), and the swap deleted the old folder whatever it had
+    gained while the job ran."""
+    from raftlm.integrations.ray import SHARDS_MARKER, _swap_in, check_destination
+
+    data = tmp_path / "in.csv"
+    data.write_text("text,target\na,1\n")
+    others = [tmp_path / ".preds.v2.k2j3h4g5.shards", tmp_path / ".p[1].abcd1234.shards"]
+    own = tmp_path / ".preds.abcd1234.shards"
+    for folder in (*others, own):
+        folder.mkdir()
+        (folder / "part-00000.parquet").write_text("rows")
+    check_destination(tmp_path / "preds", True, 10, str(data))
+    assert all(f.is_dir() for f in others) and not own.exists()
+    out, staging = tmp_path / "out", tmp_path / "staging"
+    for folder in (out, staging):
+        folder.mkdir()
+        (folder / SHARDS_MARKER).write_text("{}")
+    (out / "_SUCCESS").write_text("")  # written there while the job ran
+    with pytest.raises(RaftlmError, match=r"gained files --shards did not write .*\(_SUCCESS\).*--resume"):
+        _swap_in(staging, out)
+    assert (out / "_SUCCESS").exists() and (staging / SHARDS_MARKER).exists()
+    (out / "_SUCCESS").unlink()
+    _swap_in(staging, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.csv", "out", *(f.name for f in others)])
+
+
 def test_a_sweep_drops_only_raftlms_weights(tmp_path):
     from raftlm.experiment import drop_weights
 

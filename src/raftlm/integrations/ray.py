@@ -22,6 +22,7 @@ continues an interrupted prediction of either engine.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -71,7 +72,12 @@ READERS = {"csv": "csv", "tsv": "csv", "jsonl": "json", "json": "json", "parquet
 ROW_ERROR = "_raftlm_row_error"  # the column an actor answers with when a row is bad (CLI mode)
 SHARDS_MARKER = "_raftlm_shards.json"  # what makes a folder one that --shards wrote (and may replace)
 SHARDS_FILE = re.compile(r"part-\d{5,}\.parquet|" + re.escape(SHARDS_MARKER))  # what --shards writes
-SHARDS_STAGING = re.compile(r"\..+\.[a-z0-9_]{8}\.shards")  # a --shards write in progress (mkdtemp)
+
+
+def stale_swap(name: str, output: str) -> bool:
+    """Whether ``name`` is the folder a swap onto --shards output ``output`` parks the old output in
+    (``_swap_in``'s mkdtemp: ``.OUTPUT.XXXXXXXX.shards``), left by a kill."""
+    return re.fullmatch(re.escape(f".{output}.") + r"[a-z0-9_]{8}\.shards", name) is not None
 
 
 def require_ray():
@@ -456,9 +462,9 @@ def check_destination(
             f"an interrupted --shards prediction into {output} left its partial folder: pass --resume to "
             "continue it or --overwrite to start over"
         )
-    if output.parent.is_dir():
-        for stale in output.parent.glob(f".{output.name}.*.shards"):
-            if SHARDS_STAGING.fullmatch(stale.name) and stale.is_dir():
+    if output.parent.is_dir():  # (this output's own: .preds.v2.*.shards is another output's, in use maybe)
+        for stale in output.parent.glob(f".{glob.escape(output.name)}.*.shards"):
+            if stale_swap(stale.name, output.name) and stale.is_dir():
                 shutil.rmtree(stale)
     if output.is_dir():
         if not (output / SHARDS_MARKER).is_file():
@@ -639,6 +645,12 @@ def _swap_in(staging: Path, output: Path) -> None:
     if not output.exists():
         os.replace(staging, output)
         return
+    if foreign := sorted(p.name for p in output.iterdir() if not SHARDS_FILE.fullmatch(p.name)):
+        raise RaftlmError(  # (checked before the job too: these came while it ran)
+            f"output folder {output} gained files --shards did not write while it predicted "
+            f"({', '.join(foreign[:4])}), so it was not replaced: the predictions wait in {staging}; move "
+            "those files out, then rerun with --resume"
+        )
     old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".shards", dir=output.parent))
     os.replace(output, old / output.name)
     os.replace(staging, output)
