@@ -1032,7 +1032,9 @@ def test_no_output_may_replace_a_file_of_a_run(run, tmp_path, capsys, monkeypatc
     mine = tmp_path / "run"
     shutil.copytree(run_dir, mine)
     before = _snapshot(mine)
-    for name in ("model.safetensors", "raftlm.json", "config.yaml", "tokenizer.json", ".raftlm-run"):
+    # (and in another case: on macOS and Windows Model.safetensors is model.safetensors)
+    names = ("model.safetensors", "raftlm.json", "config.yaml", "tokenizer.json", ".raftlm-run")
+    for name in (*names, "Model.SafeTensors", "Config.yaml", "RAFTLM.json", "Tokenizer.json"):
         code, line = _bad(
             capsys,
             argv(mine, str(data), str(mine / name), "--overwrite"),

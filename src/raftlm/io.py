@@ -134,6 +134,9 @@ MODEL_FILE = re.compile(
     r".*\.safetensors|.*\.safetensors\.index\.json|config\.json|generation_config\.json|tokenizer.*|"
     r"special_tokens_map\.json|added_tokens\.json|chat_template.*|vocab\.json|merges\.txt"
 )
+# what an output may not be named in a run, in any case: on macOS and Windows Model.safetensors IS the model
+# (MODEL_FILE itself stays exact: it also decides which of a failed run's files are raftlm's to delete)
+ANY_CASE_MODEL_FILE = re.compile(MODEL_FILE.pattern, re.IGNORECASE)
 
 
 def run_file(path: str | Path) -> bool:
@@ -142,11 +145,12 @@ def run_file(path: str | Path) -> bool:
     path = Path(path)
     if not (is_marked_run(path.parent) or is_run_dir(path.parent)):
         return False
-    listed = set((read_run_marker(path.parent) or {}).get("files", []))
+    fold = lambda names: {n.casefold() for n in names}  # noqa: E731
+    listed, name = fold((read_run_marker(path.parent) or {}).get("files", [])), path.name.casefold()
     return (
-        path.name in RUN_FILES
-        or (path.name in listed and path.name not in _registered(path.parent))
-        or bool(MODEL_FILE.fullmatch(path.name))
+        name in fold(RUN_FILES)
+        or (name in listed and name not in fold(_registered(path.parent)))
+        or bool(ANY_CASE_MODEL_FILE.fullmatch(path.name))
     )
 
 
