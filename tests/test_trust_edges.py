@@ -230,7 +230,9 @@ def test_a_sweep_drops_only_raftlms_weights(tmp_path):
 
     run = a_run(tmp_path / "run")
     (run / "mine.bin").write_text("a user's")
+    (run / "mine.safetensors").write_text("a user's")  # not listed in the run's marker: not raftlm's
     assert drop_weights(run) == len("model.safetensors") and (run / "mine.bin").exists()
+    assert (run / "mine.safetensors").read_text() == "a user's"
     assert not (run / "model.safetensors").exists() and not (run / "checkpoints").exists()
     plain = tmp_path / "plain"
     plain.mkdir()

@@ -42,6 +42,7 @@ from raftlm import methods, uncertainty
 from raftlm.config import SECTIONS, Config, TrainConfig, read_yaml_file, to_float
 from raftlm.core import RaftlmError, short
 from raftlm.io import (
+    RUN_FILES,
     SWEEP_MARKER,
     check_folder,
     check_model_name,
@@ -52,6 +53,7 @@ from raftlm.io import (
     latest_complete_checkpoint,
     output_lock,
     read_json,
+    read_run_marker,
     write_json,
     write_text,
 )
@@ -503,7 +505,10 @@ WEIGHTS = ("*.safetensors",)  # what raftlm writes (a .bin or .pt in a run is no
 
 
 def _weights(run_dir: Path) -> list[Path]:
-    return [p for pattern in WEIGHTS for p in run_dir.glob(pattern)]
+    """The weight files raftlm saved into the run (its marker lists them; head.safetensors is a fixed name):
+    a user's mine.safetensors beside them is not one."""
+    ours = set((read_run_marker(run_dir) or {}).get("files", [])) | RUN_FILES
+    return [p for pattern in WEIGHTS for p in run_dir.glob(pattern) if p.name in ours]
 
 
 def drop_weights(run_dir: Path) -> int:
