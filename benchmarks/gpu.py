@@ -153,7 +153,14 @@ def cell_row(work: Path, data: Path, model: str, size: dict, dry: bool) -> tuple
     }
     path = work / "table3-cell.yaml"
     path.write_text(json.dumps(sweep))  # JSON is YAML
-    shutil.rmtree(work / "table3-cell", ignore_errors=True)
+    if (work / "table3-cell").exists():  # an earlier run's sweep folder goes; anything else is the user's
+        from raftlm.io import is_sweep_dir
+
+        if not is_sweep_dir(work / "table3-cell"):
+            sys.exit(
+                f"gpu.py: {work / 'table3-cell'} is not a sweep folder raftlm wrote: choose another --work"
+            )
+        shutil.rmtree(work / "table3-cell")
     seconds = raftlm(["experiment", str(path)], work / "table3-cell.log", 1200)
     cell = json.loads(next((work / "table3-cell" / "cells").glob("*.json")).read_text())
     row = {
