@@ -516,3 +516,30 @@ def test_a_failure_after_the_model_is_saved_keeps_the_run_for_resume(tmp_path, t
     monkeypatch.undo()
     assert main(train_args(toy_csv, run, "--resume")) == 0
     assert (run / "eval_results.json").is_file() and not (run / "checkpoints").exists()
+
+
+def test_overwrite_of_a_mount_point_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """A container's volume at --output-dir: --overwrite built the new run on the other filesystem, and
+    renaming the mount point failed (EBUSY) after all the training, leaving a journal every later command
+    of the run failed on."""
+    from helpers import train_args
+
+    from raftlm.cli import main
+    from raftlm.integrations.ray import SHARDS_MARKER, check_destination
+
+    data = tmp_path / "toy.csv"
+    data.write_text("text,target\n" + "".join(f"r{i},{1 + i % 5}\n" for i in range(40)))
+    run = tmp_path / "output"
+    assert main(train_args(data, run, "--max-steps", "1")) == 0
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / SHARDS_MARKER).write_text("{}")
+    mounts = {str(run), str(shards)}
+    monkeypatch.setattr(os.path, "ismount", lambda p: str(p) in mounts)
+    capsys.readouterr()
+    assert main([*train_args(data, run, "--max-steps", "1"), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"--output-dir {run} is a mount point" in err and f"e.g. {run / 'run'}" in err
+    assert not (tmp_path / ".output.raftlm-new").exists() and (run / "eval_results.json").is_file()
+    with pytest.raises(RaftlmError, match=f"--output {shards} is a mount point"):
+        check_destination(shards, True, 10, str(data))

@@ -635,6 +635,17 @@ def remove_run(path: Path, keep_folder: bool = False) -> None:
         path.rmdir()
 
 
+def check_replaceable(out: Path, flag: str) -> None:
+    """Before an --overwrite that builds beside ``out`` and renames it into place: ``out`` is not a mount
+    point (a container's volume: the new folder would be built on the other filesystem, and the rename of a
+    mount point fails, EBUSY, after all the work)."""
+    if os.path.ismount(out) or (out.exists() and out.stat().st_dev != out.parent.stat().st_dev):
+        raise RaftlmError(
+            f"{flag} {out} is a mount point (a filesystem of its own), which --overwrite cannot replace (it "
+            f"builds the new one beside it, then renames): write into a folder inside it, e.g. {out / 'run'}"
+        )
+
+
 def discard_staged(staged: Path) -> None:
     """Delete a staging directory of ours (a marked run) of an earlier --overwrite that never finished; one
     that finished (its swap was refused: the run had gained a user's files) is work raftlm keeps: refused."""

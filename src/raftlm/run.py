@@ -27,6 +27,7 @@ from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's AP
     MODEL_FILE,
     RUN_MARKER,
     check_no_tilde,
+    check_replaceable,
     check_swap_names,
     describe,
     discard_staged,
@@ -146,6 +147,7 @@ def check_run_dir(out: Path, overwrite: bool, resume: bool) -> Path:
                 f"run directory {out} holds files raftlm did not write ({', '.join(foreign[:4])}): "
                 "move them out of it before --overwrite, or choose another --output-dir"
             )
+        check_replaceable(out, "--output-dir")
         check_swap_names(out)
         return staging_dir(out)
     finished = is_finished(out)

@@ -46,6 +46,7 @@ from raftlm.io import (
     check_folder,
     check_output,
     check_output_file,
+    check_replaceable,
     is_run_dir,
     our_job,
     output_lock,
@@ -482,6 +483,7 @@ def check_destination(
                 f"output folder {output} holds files --shards did not write ({', '.join(foreign[:4])}), and "
                 "replacing it would delete them: move them out of it, or choose another path"
             )
+        check_replaceable(output, "--output")
     elif output.exists():
         raise RaftlmError(f"--shards writes a folder, and {output} is a file: choose another path")
     check_folder(output.parent, output)
