@@ -125,6 +125,37 @@ def test_a_replaced_run_is_deleted_marker_last_so_a_kill_midway_is_finished_late
     assert not old_dir(out).exists() and (out / "model.safetensors").exists()
 
 
+def test_an_interrupted_swap_never_deletes_a_users_new_file_and_a_failed_rename_names_the_new_run(
+    tmp_path, monkeypatch
+):
+    """A kill after the journal, then a user's file in the run: the next command moved the run aside and
+    deleted it whole with the file. A rename that fails (EBUSY, EACCES) was an OSError naming neither run."""
+    import raftlm.io as io
+
+    out = a_run(tmp_path / "run")
+    a_run(staging_dir(out), ("model.safetensors",))
+    journal_path(out).write_text(json.dumps(io._journal(out)))
+    (out / "notes.md").write_text("mine")  # after the kill
+    with pytest.raises(RaftlmError, match=r"holds files raftlm did not write \(notes.md\).*move those files"):
+        recover_swap(out)
+    assert (out / "notes.md").read_text() == "mine" and staging_dir(out).is_dir()
+    (out / "notes.md").unlink()
+    real = os.replace
+
+    def busy(src, dst):
+        if str(src) == str(staging_dir(out)):
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return real(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", busy)
+    with pytest.raises(RaftlmError, match=r"could not put the new run in place \(Device or resource busy\)"):
+        recover_swap(out)
+    assert journal_path(out).exists() and staging_dir(out).is_dir() and old_dir(out).is_dir()
+    monkeypatch.undo()
+    assert "the new run is in place" in recover_swap(out)
+    assert not old_dir(out).exists() and not staging_dir(out).exists()
+
+
 def test_the_frozen_block_caches_disk_file_is_raftlms_and_a_kills_leftover_goes(tmp_path):
     """A cache that outgrew RAM lives in the run as .hidden-cache-XXXXXXXX.f32: not a user's file (an
     --overwrite used to refuse the run over it), and a kill's leftover is deleted at the next start (each

@@ -729,15 +729,28 @@ def _finish_swap(out: Path) -> str:
             "and run the command again"
         )
     did = "the new run is in place"
-    if staged.exists() and is_marked_run(staged):
-        if out.exists():
-            if old.exists():
-                remove_run(old)
-            os.replace(out, old)
-        os.replace(staged, out)
-    elif not out.exists() and old.exists():  # the new run is gone: put the old one back
-        os.replace(old, out)
-        did = "the new run was missing, so the old run is back in place"
+    try:
+        if staged.exists() and is_marked_run(staged):
+            if out.exists():
+                if foreign := foreign_files(out):  # (gained since the swap was checked: a kill, then a user)
+                    raise RaftlmError(
+                        f"run directory {out} holds files raftlm did not write ({', '.join(foreign[:4])}), so "
+                        f"its interrupted --overwrite did not replace it: the new run is in {staged}; move "
+                        "those files out, and the next train, predict, evaluate or serve of it finishes the swap"
+                    )
+                if old.exists():
+                    remove_run(old)
+                os.replace(out, old)
+            os.replace(staged, out)
+        elif not out.exists() and old.exists():  # the new run is gone: put the old one back
+            os.replace(old, out)
+            did = "the new run was missing, so the old run is back in place"
+    except OSError as err:  # (the journal stays: the next command of the run tries again)
+        raise RaftlmError(
+            f"the --overwrite of {out} could not put the new run in place ({err.strerror or err}): it is in "
+            f"{staged} (the old run in {out if out.exists() else old}); the next train, predict, evaluate or "
+            "serve of it tries again"
+        ) from None
     if old.exists() and is_marked_run(old):
         remove_run(old)
     journal_path(out).unlink(missing_ok=True)
