@@ -158,6 +158,15 @@ def test_ray_engine_equals_predict_row_for_row(run, local_ray, tmp_path, capsys)
         "ray.jsonl",
         "shards",
     ]
+    # written into a run, the output is listed in its marker, as `raftlm predict`'s (an --overwrite of the
+    # run took it for a user's file and refused)
+    import shutil
+
+    from raftlm.io import foreign_files, read_run_marker
+
+    mine = shutil.copytree(run, tmp_path / "mine")
+    assert predict(mine, head, mine / "preds.jsonl", "--engine", "ray", "--actors", "2") == 0
+    assert "preds.jsonl" in read_run_marker(mine)["outputs"] and foreign_files(mine) == []
 
 
 def test_a_stopped_prediction_resumes_on_either_engine(run, local_ray, tmp_path, monkeypatch, capsys):

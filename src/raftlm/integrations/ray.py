@@ -50,6 +50,7 @@ from raftlm.io import (
     is_run_dir,
     our_job,
     output_lock,
+    register_output,
     same_file,
     to_json,
 )
@@ -242,6 +243,7 @@ def _predict_on_ray(ray, args, cfg: Config, dataset_given: bool, output: Path) -
             done = begin_job(output, job, args.resume)
         if done == n:  # killed after its last row, before the rename
             finish_shards(output, n) if args.shards else finish_job(output)
+            register_output(output)  # written into a run: its marker lists it
             print(f"wrote {n} predictions to {output}")
             return
     started = _connect(ray, args.ray_address, args.quiet)
@@ -281,6 +283,7 @@ def _predict_on_ray(ray, args, cfg: Config, dataset_given: bool, output: Path) -
             ray.shutdown()
     if n is not None and written != n:
         raise RaftlmError(f"Ray Data read {written} rows of {args.input}, raftlm's reader {n}: report this")
+    register_output(output)  # written into a run: its marker lists it (as `raftlm predict`'s output)
     print(f"wrote {written} predictions to {output}")
 
 
