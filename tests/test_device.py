@@ -113,3 +113,32 @@ def test_on_a_gpu_auto_is_cuda_bfloat16_and_predicts_like_the_cpu(run):
     np.testing.assert_allclose(gpu.predict(TEXTS).values, cpu.predict(TEXTS).values, atol=0.05)
     fp32 = load_run(run_dir, "cuda", "float32")
     np.testing.assert_allclose(fp32.predict(TEXTS).values, cpu.predict(TEXTS).values, atol=1e-4)
+
+
+def test_a_fresh_fit_measures_and_predicts_as_its_run_is_loaded_in_eval_dtype(run, tmp_path, capsys):
+    """eval.dtype bfloat16 (a GPU's auto): `train` calibrated and measured the test split on the float32
+    weights in memory, and `fit(...).predict` used them, while `raftlm evaluate`, `predict`, the server and
+    `RAFTRegressor.load` run the saved run in bfloat16: eval_results.json and the model card disagreed with
+    `raftlm evaluate` of the same run. Now the trained model is placed as the run is loaded (after saving it
+    in float32), so every number agrees."""
+    from safetensors.torch import load_file
+
+    _, data = run
+    recipe = tmp_path / "bf16.yaml"
+    recipe.write_text("eval: {dtype: bfloat16}\n")
+    out = tmp_path / "run"
+    assert main([*train_args(data, out, "--lr", "1e-3"), "--config", str(recipe)]) == 0
+    assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.float32}  # as trained
+    trained = json.loads((out / "eval_results.json").read_text())["test"]
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--output", str(tmp_path / "eval.json")]) == 0
+    again = json.loads((tmp_path / "eval.json").read_text())
+    assert again["rmse"] == trained["rmse"] and again["spearman"] == trained["spearman"]
+    fit_dir = tmp_path / "fit"
+    reg = RAFTRegressor(
+        model="tiny-random-llama", max_steps=2, batch_size=4, lr=1e-3, output_dir=str(fit_dir),
+        settings={"eval": {"dtype": "bfloat16"}}, progress_bar=False,
+    )  # fmt: skip
+    fitted = reg.fit(TEXTS * 5, [1.0, 2.0, 3.0, 4.0] * 5, eval_set=(TEXTS, [1.0, 2.0, 3.0, 4.0]))
+    assert fitted.predictor_.dtype == torch.bfloat16
+    np.testing.assert_array_equal(fitted.predict(TEXTS), RAFTRegressor.load(str(fit_dir)).predict(TEXTS))

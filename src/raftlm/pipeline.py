@@ -466,40 +466,60 @@ def _train_into(
 def _finish_run(
     predictor: Predictor, build: Path, cfg: Config, splits: Splits, results: dict, evaluate_test: bool
 ):
-    """Rank 0's end of a run: calibration, the test split's metrics and the saved model."""
-    calibration = None
-    if cfg.training.calibrate and splits.validation:  # the whole split, not the val_size subset
-        e = cfg.eval
-        calibration = uncertainty.calibrate(
-            predictor,
-            splits.validation,
-            e.batch_size,
-            e.bf16,
-            desc="calibrate" if cfg.training.progress_bar else None,
-        )
-        calibration.save(build)
-        results["calibration"] = {"source": calibration.source, "n": calibration.n}
-    if splits.test and evaluate_test:  # callers that evaluate the test split themselves skip this
-        results["test"], _ = evaluate_predictor(predictor, splits.test, cfg, "test", calibration)
-    _finalize(predictor, build, results, cfg.training.keep_checkpoints, splits.train)
+    """Rank 0's end of a run: the trained weights saved as trained (float32), then the model placed as
+    every later command loads the run (``eval.device``, ``eval.dtype``: bfloat16 weights on a GPU by
+    default) calibrates and measures the test split, so eval_results.json, the model card and
+    calibration.json are what `raftlm evaluate`, `predict`, the server and ``RAFTRegressor.load`` get."""
+    with _saved_weights(predictor, build, splits.train) as names:
+        place_for_eval(predictor, cfg)
+        calibration = None
+        if cfg.training.calibrate and splits.validation:  # the whole split, not the val_size subset
+            e = cfg.eval
+            calibration = uncertainty.calibrate(
+                predictor,
+                splits.validation,
+                e.batch_size,
+                e.bf16,
+                desc="calibrate" if cfg.training.progress_bar else None,
+            )
+            calibration.save(build)
+            results["calibration"] = {"source": calibration.source, "n": calibration.n}
+        if splits.test and evaluate_test:  # callers that evaluate the test split themselves skip this
+            results["test"], _ = evaluate_predictor(predictor, splits.test, cfg, "test", calibration)
+        _finalize(build, names, results, cfg.training.keep_checkpoints)
 
 
-def _finalize(predictor: Predictor, out: Path, results: dict, keep_checkpoints: bool, train) -> None:
-    """Save the model, SmoothQuant's activation maxima for ``--dtype int8`` (measured on training rows) and
-    the model card (README.md) next to the run's files, eval_results.json last (it marks a finished run);
-    then the checkpoints go, unless kept."""
-    predictor.model = unwrap_for_saving(predictor.model)  # LoRA merged: the layers --dtype int8 will see
+def place_for_eval(predictor: Predictor, cfg: Config) -> Predictor:
+    """A trained (or zero-shot) predictor on ``eval.device`` with weights in ``eval.dtype``, as
+    ``load_for_eval`` loads a run; int8 (CPU only, from the saved float32 weights) is left to the commands
+    that load the run: a quantization failing here would fail the run after all its training."""
+    if cfg.eval.dtype != "int8":
+        predictor.to(cfg.eval.device, cfg.eval.dtype)
+    return predictor
+
+
+@contextlib.contextmanager
+def _saved_weights(predictor: Predictor, out: Path, train):
+    """The model (LoRA merged: the layers --dtype int8 will see), SmoothQuant's activation maxima for
+    ``--dtype int8`` (measured on training rows) and the tokenizer saved into a temporary folder in ``out``;
+    yields their names (``_finalize`` moves them into place)."""
+    predictor.model = unwrap_for_saving(predictor.model)
     try:
         predictor.record_int8_maxima(train, "train")
     except RaftlmError as err:  # an optional file: the trained run is saved without it
         warn(f"no int8 activation maxima recorded ({err}); --dtype int8 will run plain int8")
     with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as tmp:
         save_run(predictor, tmp)
-        names = [f.name for f in Path(tmp).iterdir()]
-        write_run_marker(out, names)  # before they land: a kill now leaves nothing unaccounted for
-        for name in names:
-            normal_permissions(Path(tmp) / name, directory=(Path(tmp) / name).is_dir())
-            os.replace(Path(tmp) / name, out / name)
+        yield [Path(tmp) / f.name for f in Path(tmp).iterdir()]
+
+
+def _finalize(out: Path, saved: list[Path], results: dict, keep_checkpoints: bool) -> None:
+    """The saved files moved into the run (listed in its marker first), the model card (README.md) beside
+    them, eval_results.json last (it marks a finished run); then the checkpoints go, unless kept."""
+    write_run_marker(out, [p.name for p in saved])  # before they land: a kill now leaves nothing unaccounted
+    for path in saved:
+        normal_permissions(path, directory=path.is_dir())
+        os.replace(path, out / path.name)
     write_model_card(out, results)
     write_json(out / FINISHED_FILE, results)
     if not keep_checkpoints:  # last: a failure before here keeps them, so the run can --resume (not be lost)
