@@ -167,6 +167,14 @@ def test_ray_engine_equals_predict_row_for_row(run, local_ray, tmp_path, capsys)
     mine = shutil.copytree(run, tmp_path / "mine")
     assert predict(mine, head, mine / "preds.jsonl", "--engine", "ray", "--actors", "2") == 0
     assert "preds.jsonl" in read_run_marker(mine)["outputs"] and foreign_files(mine) == []
+    # JSONL text that looks like numbers stays text, as `raftlm predict` reads it (Ray's pandas reader made
+    # the column numbers, and every row was refused: "field 'text' is 1999 (a int), not text")
+    lines = [{"text": f"{1990 + i}", "target": 1 + i % 5, "created_at": "2026-12-07"} for i in range(40)]
+    digits = tmp_path / "digits.jsonl"
+    digits.write_text("".join(json.dumps(r) + "\n" for r in [{**lines[0], "text": "007"}, *lines[1:]]))
+    assert predict(run, digits, tmp_path / "d-local.jsonl") == 0
+    assert predict(run, digits, tmp_path / "d-ray.jsonl", "--engine", "ray", "--actors", "2") == 0
+    same_rows(read(tmp_path / "d-ray.jsonl"), read(tmp_path / "d-local.jsonl"))
 
 
 def test_a_stopped_prediction_resumes_on_either_engine(run, local_ray, tmp_path, monkeypatch, capsys):

@@ -55,6 +55,7 @@ from raftlm.io import (
     to_json,
 )
 from raftlm.pipeline import load_for_eval, predict_examples
+from raftlm.prompts import template_fields
 from raftlm.streaming import (
     appending,
     begin_job,
@@ -249,7 +250,7 @@ def _predict_on_ray(ray, args, cfg: Config, dataset_given: bool, output: Path) -
     started = _connect(ray, args.ray_address, args.quiet)
     try:
         actors = args.actors or _default_actors(ray)
-        ds = _read(ray, args.input, kind, columns, n, actors)
+        ds = _read(ray, args.input, kind, columns, n, actors, template_fields(_template(cfg, splits)))
         if done:
             ds = ds.split_at_indices([done])[1]  # the rows the partial file lacks (reading is cheap)
         preds = ds.map_batches(
@@ -385,14 +386,26 @@ def _actor_resources(ray, actors: int, device: str) -> dict:
     return {"num_cpus": share, **({"num_gpus": 1} if gpus else {})}
 
 
-def _read(ray, path: str, kind: str, columns: list[str] | None, n: int | None, actors: int):
-    """The input as a Ray dataset; a local file of ``n`` rows in enough blocks for every actor."""
+def _read(
+    ray, path: str, kind: str, columns: list[str] | None, n: int | None, actors: int, fields: list[str] = ()
+):
+    """The input as a Ray dataset; a local file of ``n`` rows in enough blocks for every actor. A JSONL
+    line's values keep their JSON types (Arrow's reader, which reads one object per line): Ray's
+    ``lines=True`` went through pandas, which made a column of "1999" or "007" numbers and a column named
+    like a date timestamps; the template's ``fields`` are text, as `raftlm predict` reads them."""
     blocks = max(2 * actors, math.ceil(n / BLOCK_ROWS)) if n else None
     if READERS[kind] == "parquet":
         return ray.data.read_parquet(path, override_num_blocks=blocks)
     if READERS[kind] == "json":
+        from pyarrow import json as pajson
+
         extensions = [f"{k}{gz}" for k in ("jsonl", "json") for gz in ("", ".gz")]
-        return ray.data.read_json(path, lines=True, file_extensions=extensions, override_num_blocks=blocks)
+        text = pajson.ParseOptions(
+            explicit_schema=pa.schema([(f, pa.string()) for f in fields]), unexpected_field_behavior="infer"
+        )
+        return ray.data.read_json(
+            path, file_extensions=extensions, override_num_blocks=blocks, parse_options=text
+        )
     from pyarrow import csv as pacsv
 
     return ray.data.read_csv(
