@@ -1210,15 +1210,27 @@ def test_a_loaded_runs_clone_trains_with_all_the_runs_settings(tmp_path):
     recipe.write_text(
         "model: {dropout: 0.1}\ndata: {val_size: all}\n"
         "training: {scheduler: constant, warmup_steps: 0, weight_decay: 0.05, logging_steps: 1}\n"
-        "eval: {num_samples: 8, temperature: 0.5}\n"
+        "eval: {num_samples: 8, temperature: 0.5, batch_size: 2}\n"  # (training's: 4, lowered for memory)
     )
     assert main([*train_args(data, run), "--config", str(recipe), "--max-steps", "2"]) == 0
     loaded = RAFTRegressor.load(str(run))
     assert loaded.get_params()["settings"] == {
         "model": {"dropout": 0.1},
         "training": {"scheduler": "constant", "warmup_steps": 0, "weight_decay": 0.05, "logging_steps": 1},
-        "eval": {"num_samples": 8, "temperature": 0.5},
+        "eval": {"num_samples": 8, "temperature": 0.5, "batch_size": 2},
     }
+    # it predicts in the run's eval batches, as `raftlm predict` and the server (it used training's 4)
+    seen, real = [], loaded.predictor_.predict
+
+    def spy(texts, decoder="rail", batch_size=16, *args, **kwargs):
+        seen.append(batch_size)
+        return real(texts, decoder, batch_size, *args, **kwargs)
+
+    loaded.predictor_.predict = spy
+    texts = [r["text"] for r in _rows(6)]
+    loaded.predict(texts), loaded.predict_proba(texts)
+    assert loaded.get_params()["batch_size"] == 4 and set(seen) == {2}
+    del loaded.predictor_.predict
     texts, y = [r["text"] for r in _rows(40)], [r["target"] for r in _rows(40)]
     again = clone(loaded).fit(texts, y)
     saved, trained = Config.from_yaml(str(run / "config.yaml")).to_dict(), again.config_.to_dict()

@@ -184,7 +184,8 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                 "seed": self.seed,
                 "progress_bar": self.progress_bar,
             },
-            "eval": {"decoder": self.decoder, "bf16": self.bf16, "batch_size": self.batch_size},
+            # (eval.batch_size follows batch_size unless settings give it: a run's smaller one is carried)
+            "eval": {"decoder": self.decoder, "bf16": self.bf16},
         }
 
     def fit(self, X, y, eval_set: tuple | None = None) -> RAFTRegressor:
@@ -244,6 +245,11 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         with tempfile.TemporaryDirectory(prefix="raftlm-") as tmp:
             yield Path(tmp) / "run"
 
+    def _eval_batch_size(self) -> int:
+        """Rows per forward pass at prediction: ``eval.batch_size``, as `raftlm predict` and the server
+        batch (``batch_size``'s unless ``settings`` give it; a loaded run's own)."""
+        return self._config(None).eval.batch_size
+
     def _bf16(self) -> bool:
         """``bf16`` at inference, ``"auto"`` resolved for the device the model is on."""
         return to_bf16(self.bf16, "bf16", self.predictor_.device.type)
@@ -293,7 +299,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         preds = p.predict(
             p.texts_of(self._examples(X)),
             decoder,
-            self.batch_size,
+            self._eval_batch_size(),
             e.num_samples,
             e.temperature,
             e.max_new_tokens,
@@ -315,7 +321,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         self._check_fitted()
         examples = examples_from(X, y, self.predictor_.template)  # the prompts predict reads
         self.calibration_ = uncertainty.calibrate(
-            self.predictor_, examples, self.batch_size, self._bf16(), source="calibrate()"
+            self.predictor_, examples, self._eval_batch_size(), self._bf16(), source="calibrate()"
         )
         from raftlm.models import is_int8
 
@@ -368,7 +374,8 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             raise RaftlmError(one_number("predict_proba", "it has no grid probabilities"))
         texts = p.texts_of(self._examples(X))
         # a symmetric pair: the mean of both orders' distributions, as every prediction averages them
-        return p.average_orders(p.predict(texts, "rail", self.batch_size, bf16=self._bf16()), "rail").probs
+        preds = p.predict(texts, "rail", self._eval_batch_size(), bf16=self._bf16())
+        return p.average_orders(preds, "rail").probs
 
     def save(self, directory: str) -> Path:
         """The model, its tokenizer, ``raftlm.json``, the settings (``config.yaml``), the calibration, the
