@@ -32,6 +32,12 @@ def test_fit_predict_score_save_load(tmp_path):
         RaftlmError, match=r"y\[2\]: target nan is NaN or infinite"
     ):  # not sklearn's ValueError
         reg.score(TEXTS, np.where(np.arange(30) == 2, np.nan, Y))
+    # targets as fit reads them ("3.5" is 3.5: sklearn's r2_score refused text), and a diverged model's
+    # NaN predictions score NaN, as `raftlm evaluate` reports them (sklearn raised "Input contains NaN")
+    assert reg.score(TEXTS, [str(v) for v in Y]) == r2
+    reg.predict = lambda X: np.full(len(X), np.nan)
+    assert np.isnan(reg.score(TEXTS, Y))
+    del reg.predict
     with pytest.raises(RaftlmError, match="unknown interval kind 'cqrr'"):  # the kind first, then calibration
         reg.predict_interval(TEXTS[:2], kind="cqrr")
     with pytest.raises(RaftlmError, match="^confidence level 1.0 must lie strictly between 0 and 1"):

@@ -358,12 +358,19 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         return preds.values, np.stack([lower, upper], axis=1)
 
     def score(self, X, y, sample_weight=None) -> float:
-        """R^2 of the predictions (scikit-learn's ``score``), after the targets pass the row contract (a
-        NaN or non-numeric target is a one-line error naming the row, as in ``fit``)."""
+        """R^2 of the predictions (scikit-learn's ``r2_score``) against the targets as the row contract reads
+        them (a NaN or non-numeric target is a one-line error naming the row, and "3.5" is 3.5, as in
+        ``fit``); NaN when a prediction is not finite (a diverged model), as `raftlm evaluate` reports it."""
+        from sklearn.metrics import r2_score
+
         self._check_fitted()
-        if len(examples_from(X, y, self.predictor_.template)) < 2:
+        examples = examples_from(X, y, self.predictor_.template)
+        if len(examples) < 2:
             raise RaftlmError("score (R^2) needs at least 2 examples: score more examples")
-        return super().score(X, y, sample_weight=sample_weight)
+        preds = np.asarray(self.predict(X), dtype=float)
+        if not np.isfinite(preds).all():
+            return float("nan")
+        return float(r2_score([e.target for e in examples], preds, sample_weight=sample_weight))
 
     def predict_proba(self, X) -> np.ndarray:
         """Grid probabilities p(str(y)|x), shape (n, len(grid)). raft-head: the LM's grid distribution, whose
