@@ -295,6 +295,8 @@ def test_api_return_std_predict_interval_and_save_load(tmp_path):
             reg.predict(TEXTS[:4], decoder="greedy", return_std=True)
         with pytest.raises(RaftlmError, match=re.escape("predict_interval " + said)):
             reg.set_params(decoder="greedy").predict_interval(TEXTS[:4], 0.9, kind="grid")
+        with pytest.raises(RaftlmError, match=re.escape("predict_proba " + said)):  # (it gave RAIL's)
+            reg.predict_proba(TEXTS[:4])
     reg.set_params(decoder="rail")
     reg.save(tmp_path / "saved")
     again = RAFTRegressor.load(tmp_path / "saved")

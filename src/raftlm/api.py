@@ -379,6 +379,8 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         p = self.predictor_
         if not p.has_grid:
             raise RaftlmError(one_number("predict_proba", "it has no grid probabilities"))
+        # (a text decoder's numbers come from no distribution: refused, as the server's with_probs is)
+        self._check_grid_decoder(self.decoder, "predict_proba")
         texts = p.texts_of(self._examples(X))
         # a symmetric pair: the mean of both orders' distributions, as every prediction averages them
         preds = p.predict(texts, "rail", self._eval_batch_size(), bf16=self._bf16())
