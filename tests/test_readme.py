@@ -116,3 +116,40 @@ def test_the_serve_example_runs(tmp_path, monkeypatch):
         server.wait(timeout=30)
     answer = json.loads(out)
     assert len(answer["predictions"]) == 1 and len(answer["probs"][0]) == 5
+
+
+def _doc_commands(text: str):
+    """The raftlm command lines a page shows: in bash blocks (continuations joined, comments cut; also
+    `python -m raftlm`, `accelerate launch ... -m raftlm`, `torchrun ... -m raftlm`) and in inline code
+    that gives flags; "..." elides, so such a line is skipped."""
+    for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            yield line.split(" #")[0].strip()
+    for span in re.findall(r"(?<!`)`([^`\n]+)`(?!`)", text):
+        if " --" in span and "COMMAND" not in span and not span.split()[-1].startswith("--"):
+            yield span.strip()
+
+
+def test_every_raftlm_command_line_in_the_readme_and_docs_parses():
+    """A flag renamed or dropped leaves a copied example failing with "unrecognized arguments": every
+    command line the pages show parses with the CLI's own parser (docs/hub.md offered train a --dtype)."""
+    import contextlib
+    import io
+
+    from raftlm.cli import build_parser
+
+    pages, seen, failed = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))], 0, []
+    for page in pages:
+        for line in _doc_commands(page.read_text()):
+            found = re.match(r"(?:(?:accelerate|torchrun|python3?)\s.*?-m\s+)?raftlm\s+(.*)", line)
+            if not found or "..." in line:
+                continue
+            seen += 1
+            err = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+                    build_parser().parse_args(shlex.split(found.group(1)))
+            except SystemExit as stop:
+                if stop.code:
+                    failed.append(f"{page.name}: {line}: {err.getvalue().strip()}")
+    assert seen >= 30 and not failed, failed
