@@ -732,7 +732,8 @@ class ServeSettings:
     max_batch: int | None = field(
         default=None,
         metadata={
-            "help": "rows per forward pass at most (the batch cap; default: the run's eval.batch_size)"
+            "help": "prompts per forward pass at most (a symmetric pair's row is two, both orders; the "
+            "batch cap; default: the run's eval.batch_size, as predict batches)"
         },
     )
     max_wait_ms: float = field(
