@@ -26,7 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-MARKER = re.compile(r"<!-- docs:(?P<key>[\w.:-]+) -->(?P<body>.*?)<!-- /docs -->", re.S)
+# (a body never spans another opening marker: one whose closing tag is mistyped is left alone, and said)
+MARKER = re.compile(r"<!-- docs:(?P<key>[\w.:-]+) -->(?P<body>(?:(?!<!-- docs:).)*?)<!-- /docs -->", re.S)
+OPENING = re.compile(r"<!-- docs:(?P<key>[\w.:-]+) -->")
 
 
 @functools.cache
@@ -1171,6 +1173,13 @@ VALUES: dict[str, Callable[[], str]] = {
 }
 
 
+def unclosed(text: str) -> list[str]:
+    """The keys of opening markers with no closing ``<!-- /docs -->`` before the next one (a mistyped
+    close): --write would otherwise replace the prose up to some later marker's close."""
+    closed = {m.start() for m in MARKER.finditer(text)}
+    return [m["key"] for m in OPENING.finditer(text) if m.start() not in closed]
+
+
 def render(text: str, page: Path, problems: list[str]) -> str:
     def fill(m: re.Match) -> str:
         key = m["key"]
@@ -1196,11 +1205,18 @@ def main(argv: list[str]) -> int:
     stale = []
     for page in PAGES:
         old = page.read_text(encoding="utf-8")
+        if keys := unclosed(old):  # the page is left as it is until its markers are whole
+            problems.append(
+                f"{page.relative_to(ROOT)}: marker {keys[0]} has no <!-- /docs --> before the next one"
+            )
+            continue
         new = render(old, page, problems)
         if new != old:
             stale.append(page)
-            if argv == ["--write"]:
-                page.write_text(new, encoding="utf-8")
+            if argv == ["--write"]:  # (whole or not at all: a temporary file renamed over the page)
+                tmp = page.with_name(f".{page.name}.docs-tmp")
+                tmp.write_text(new, encoding="utf-8")
+                os.replace(tmp, page)
     for p in problems:
         print(f"docs: {p}", file=sys.stderr)
     if argv == ["--check"] and stale:

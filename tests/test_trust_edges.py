@@ -574,3 +574,25 @@ def test_overwrite_of_a_mount_point_is_refused_before_any_work(tmp_path, monkeyp
     assert not (tmp_path / ".output.raftlm-new").exists() and (run / "eval_results.json").is_file()
     with pytest.raises(RaftlmError, match=f"--output {shards} is a mount point"):
         check_destination(shards, True, 10, str(data))
+
+
+def test_docs_write_leaves_a_page_with_a_mistyped_closing_marker_untouched(tmp_path, monkeypatch, capsys):
+    """benchmarks/docs.py --write filled an opening marker up to the NEXT marker's close when its own was
+    mistyped (<!-- /doc -->): the heading and prose between them were replaced by one number."""
+    from helpers import benchmark_module
+
+    docs = benchmark_module("docs")
+    page = tmp_path / "page.md"
+    text = (
+        "Cells: <!-- docs:table3.cells -->0<!-- /doc -->\n\n## A heading\n\nHand-written prose.\n\n"
+        "Again: <!-- docs:table3.cells -->0<!-- /docs -->\n"
+    )
+    page.write_text(text)
+    monkeypatch.setattr(docs, "ROOT", tmp_path)
+    monkeypatch.setattr(docs, "PAGES", [page])
+    assert docs.main(["--write"]) == 1
+    assert page.read_text() == text and not list(tmp_path.glob(".*"))
+    assert "page.md: marker table3.cells has no <!-- /docs --> before the next one" in capsys.readouterr().err
+    page.write_text(text.replace("<!-- /doc -->", "<!-- /docs -->"))
+    assert docs.main(["--write"]) == 0
+    assert "## A heading\n\nHand-written prose." in page.read_text() and "-->0<" not in page.read_text()
