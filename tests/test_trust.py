@@ -219,6 +219,49 @@ def test_report_never_replaces_a_users_report(tmp_path, capsys):
     assert (folder / "report.md").read_text().startswith("**RMSE on test")
 
 
+def test_a_report_that_fails_leaves_the_last_report_as_it_was(tmp_path, capsys):
+    """report wrote its marker and summary.json, then report.md, then figures, checking as it went: a
+    damaged curve line, a diverged check's null RMSE (a TypeError in the figure), a cell without its seed,
+    a damaged sweep.yaml or a non-UTF-8 results.json left a new summary beside an old report, or a
+    traceback. Now a damaged input is one line and the folder is untouched; a null RMSE is no point."""
+    folder = tmp_path / "rep"
+    (folder / "curves").mkdir(parents=True)
+    row = {"dataset": "d", "model": "m", "method": "raft", "decoder": "rail", "rmse": 1.0, "run_id": "r"}
+    rows = [{**row, "cell_id": f"c{s}", "seed": s, "lr": 1e-4, "validation_rmse": 1.0} for s in (0, 1)]
+    (folder / "results.json").write_text(json.dumps(rows))
+    (folder / "curves" / "r.jsonl").write_text(
+        '{"step": 50, "eval_rmse": 1.2}\n{"step": 100, "eval_rmse": null}\n'
+    )
+    assert main(["report", str(folder)]) == 0  # (the null point: none drawn)
+    assert (folder / "figures" / "rmse_vs_step_d.png").is_file()
+    before = _snapshot(folder)
+    capsys.readouterr()
+    (folder / "curves" / "r.jsonl").write_text('{"step": 50, "eval_rmse": 1.2}\n{"step": 100,\n')
+    code, line = _bad(capsys, ["report", str(folder)])
+    assert code == 2 and "r.jsonl is not JSON lines" in line
+    (folder / "curves" / "r.jsonl").write_text('{"step": 50, "eval_rmse": 1.2}\n')
+    snapshot = _snapshot(folder)
+    for damaged, said in (
+        (json.dumps([{**rows[0], "seed": None}]), "entry 0 is not a cell's result (seed is None"),
+        (
+            json.dumps([{k: v for k, v in rows[0].items() if k != "lr"}]),
+            "entry 0 is not a cell's result (no lr)",
+        ),
+        (b"\xff\xfe[", "results.json is not UTF-8 text"),
+    ):
+        path = folder / "results.json"
+        path.write_bytes(damaged) if isinstance(damaged, bytes) else path.write_text(damaged)
+        code, line = _bad(capsys, ["report", str(folder)])
+        assert code == 2 and said in line, line
+        assert {k: v for k, v in _snapshot(folder).items() if k != "results.json"} == {
+            k: v for k, v in snapshot.items() if k != "results.json"
+        }
+    (folder / "results.json").write_text(json.dumps(rows))
+    (folder / "sweep.yaml").write_text("seeds: 5\nbase: text\n")  # damaged: the report goes on without it
+    assert main(["report", str(folder)]) == 0
+    assert before.keys() <= _snapshot(folder).keys() and not list(folder.glob(".report-*"))
+
+
 def test_evaluate_entropy_files_obey_the_output_contract(run, tmp_path, capsys):
     run_dir, data = run
     mine = tmp_path / "res.entropy.jsonl"

@@ -6,7 +6,11 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
+import os
 import re
+import shutil
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,7 +19,15 @@ import numpy as np
 from raftlm import methods
 from raftlm.config import to_int
 from raftlm.core import RaftlmError, short
-from raftlm.io import atomic_write, clean_stale_tmp, is_sweep_dir, output_lock, write_json, write_text
+from raftlm.io import (
+    atomic_write,
+    clean_stale_tmp,
+    describe,
+    is_sweep_dir,
+    output_lock,
+    write_json,
+    write_text,
+)
 
 LOWER_IS_BETTER = {
     "rmse": True,
@@ -362,7 +374,18 @@ def _save(fig, path: Path) -> Path:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    """A JSONL file's objects (blank lines skipped); a damaged one is one line naming it."""
+    if not path.exists():
+        return []
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RaftlmError(f"{path} is not JSON lines ({err}): rerun the cell, or delete the file") from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise RaftlmError(
+            f"{path} holds a line that is not a JSON object: rerun the cell, or delete the file"
+        )
+    return rows
 
 
 def _seeds(n: int) -> str:
@@ -381,7 +404,15 @@ def run_log(root: Path, run_id: str) -> list[dict]:
 def eval_curve(root: Path, run_id: str) -> list[tuple[int, float]]:
     """A trained run's validation curve, (step, eval_rmse) per check: what the convergence table and the
     RMSE-vs-step figure both read."""
-    return [(x["step"], x["eval_rmse"]) for x in run_log(root, run_id) if "eval_rmse" in x]
+    return [  # (a diverged check logs its RMSE as null: no point, as a NaN draws none)
+        (x["step"], x["eval_rmse"])
+        for x in run_log(root, run_id)
+        if _finite(x.get("eval_rmse")) and _finite(x.get("step"))
+    ]
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _chosen(root: Path, aggs: list[dict], rows: list[dict]):
@@ -459,9 +490,10 @@ def convergence_table(root: Path, aggs: list[dict], rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figures(root: Path, aggs: list[dict], rows: list[dict]) -> list[Path]:
+def figures(root: Path, aggs: list[dict], rows: list[dict], figdir: Path | None = None) -> list[Path]:
+    """The report's figures, saved into ``figdir`` (default: root/figures); their paths."""
     plt, out = _plt(), []
-    figdir = root / "figures"
+    figdir = figdir or root / "figures"
     chosen = list(_chosen(root, full_data(aggs), rows))
     for dataset in dict.fromkeys(a["dataset"] for a, _ in chosen):
         here = [(a, r) for a, r in chosen if a["dataset"] == dataset]
@@ -639,8 +671,12 @@ def saved_sweep(root: Path) -> dict | None:
 
     path = root / "sweep.yaml"
     try:
-        sweep = yaml.safe_load(path.read_text()) if path.exists() else None
-    except (yaml.YAMLError, OSError):  # not a readable sweep: the report goes on without it
+        sweep = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
+    except (
+        yaml.YAMLError,
+        OSError,
+        UnicodeDecodeError,
+    ):  # not a readable sweep: the report goes on without it
         return None
     return sweep if isinstance(sweep, dict) else None
 
@@ -650,14 +686,15 @@ def planned_seeds(root: Path) -> int | None:
     sweep = saved_sweep(root)
     try:
         return len(sweep_seeds(sweep)) if sweep else None
-    except RaftlmError:
+    except (RaftlmError, TypeError, ValueError):  # (seeds: 5, or other damage: the count is not known)
         return None
 
 
 def base_method(root: Path) -> dict:
     """The sweep's ``base.method`` settings (what every cell's options add to), for the labels."""
-    base = ((saved_sweep(root) or {}).get("base") or {}).get("method") or {}
-    return base if isinstance(base, dict) else {}
+    base = (saved_sweep(root) or {}).get("base") or {}
+    method = (base.get("method") or {}) if isinstance(base, dict) else {}
+    return method if isinstance(method, dict) else {}
 
 
 CELL_TEXT = ("dataset", "model", "method", "decoder", "run_id", "cell_id")
@@ -680,9 +717,11 @@ def cell_problem(row) -> str | None:
     of a cell file (experiment) and of results.json's entries (report)."""
     if not isinstance(row, dict):
         return "not an object"
-    for key in (*CELL_TEXT, "rmse"):
+    for key in (*CELL_TEXT, "rmse", "seed", "lr"):  # (lr null: a zero-shot cell's)
         if key not in row:
             return f"no {key}"
+    if isinstance(row["seed"], bool) or not isinstance(row["seed"], int):
+        return f"seed is {short(row['seed'])}, not a whole number"
     for key in CELL_TEXT:
         if not isinstance(row[key], str):
             return f"{key} is {short(row[key])}, not text"
@@ -730,16 +769,23 @@ def write_report(results_dir: str) -> Path:
             f"{path} not found: run `raftlm experiment SWEEP.yaml` first (it writes results.json)"
         )
     try:
-        rows = json.loads(path.read_text())
+        rows = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise RaftlmError(
             f"{path} is not valid JSON ({err.msg}, line {err.lineno}): rerun `raftlm experiment` to rewrite it"
         ) from None
+    except UnicodeDecodeError:
+        raise RaftlmError(f"{path} is not UTF-8 text: rerun `raftlm experiment` to rewrite it") from None
     check_report_dir(root)
     try:  # a kill's leftover temp files go, unless a sweep writes here now (its lock): not leftovers then
         with output_lock(root, "the sweep's results"):
             clean_stale_tmp(root)
             clean_stale_tmp(root / "figures")
+            for drawn in root.glob(".report-*"):  # a killed report's figures, drawn but never moved in
+                if re.fullmatch(r"\.report-[a-z0-9_]{8}", drawn.name) and all(
+                    p.suffix == ".png" for p in drawn.iterdir()
+                ):
+                    shutil.rmtree(drawn)
     except RaftlmError:
         pass
     if not isinstance(rows, list):
@@ -751,18 +797,31 @@ def write_report(results_dir: str) -> Path:
         raise RaftlmError(
             f"{path}: entry {bad[0]} is not a cell's result ({bad[1]}): rerun `raftlm experiment` to rewrite it"
         )
+    figdir = root / "figures"
+    if figdir.exists() and not figdir.is_dir():
+        raise RaftlmError(f"{figdir} is {describe(figdir)}, where the report's figures go: move it")
+    # everything computed and drawn first (a damaged cell, curve or sweep.yaml fails here), then written:
+    # never a new summary.json beside an old report.md
     aggs = aggregate(rows, base_method(root))
-    write_json(root / REPORT_MARKER, {"format": "raftlm-report", "version": 1, "files": list(REPORT_FILES)})
-    write_json(root / "summary.json", aggs)
     md = tables(aggs, rows, planned_seeds(root))
     if ended := convergence_table(root, full_data(aggs), rows):
         md = f"{md}\n{ended}"
-    write_text(root / "report.md", md)
-    pngs = figures(root, aggs, rows)
-    images = "".join(
-        f'<h3>{p.stem}</h3><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"/>'
-        for p in pngs
-    )
+    with tempfile.TemporaryDirectory(dir=root, prefix=".report-") as drawn:
+        pngs = figures(root, aggs, rows, Path(drawn))
+        images = "".join(
+            f'<h3>{p.stem}</h3><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"/>'
+            for p in pngs
+        )
+        write_json(
+            root / REPORT_MARKER, {"format": "raftlm-report", "version": 1, "files": list(REPORT_FILES)}
+        )
+        write_json(root / "summary.json", aggs)
+        write_text(root / "report.md", md)
+        if pngs:
+            figdir.mkdir(exist_ok=True)
+        for png in pngs:
+            os.replace(png, figdir / png.name)
+        pngs = [figdir / png.name for png in pngs]
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>raftlm report</title><style>"
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
