@@ -390,6 +390,23 @@ def test_push_refuses_what_is_not_a_marked_run(tmp_path, hub, capsys):
     assert "is not a raftlm run (no raftlm.json)" in capsys.readouterr().err and "repo" not in hub
 
 
+def test_push_refuses_a_run_whose_weights_a_sweep_dropped(run, hub, tmp_path, capsys):
+    """A sweep's runs keep raftlm.json and their marker after keep_models: false deletes the weights:
+    push uploaded the rest and said it succeeded, a model repository that cannot load."""
+    import shutil
+
+    from raftlm.experiment import drop_weights
+
+    dropped = shutil.copytree(run, tmp_path / "dropped")
+    assert drop_weights(dropped) > 0
+    assert main(["push", str(dropped), "me/toy"]) == 2
+    assert "holds no model weights (model.safetensors)" in capsys.readouterr().err and "repo" not in hub
+    marker = json.loads((dropped / ".raftlm-run").read_text())
+    (dropped / ".raftlm-run").write_text(json.dumps({**marker, "files": 5}))
+    assert main(["push", str(dropped), "me/toy"]) == 2  # (a TypeError before)
+    assert ".raftlm-run marker is damaged" in capsys.readouterr().err
+
+
 def test_push_to_hub_uploads_what_save_writes(run, hub, tmp_path):
     reg = RAFTRegressor.load(str(run))
     url = reg.push_to_hub("me/toy-api")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from pathlib import Path
 
 from raftlm.core import RaftlmError, short
@@ -34,8 +35,13 @@ def push_files(run_dir: str | Path) -> list[str]:
             f"{short(str(run))} has no .raftlm-run marker (made before raftlm marked its runs), so which "
             "files are the run's is unknown: re-save it with RAFTRegressor.load(RUN).save(NEW) and push NEW"
         )
-    ours = RUN_FILES | set(read_run_marker(run).get("files", []))
-    return sorted(
+    listed = read_run_marker(run).get("files", [])
+    if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+        raise RaftlmError(
+            f"{short(str(run))}'s .raftlm-run marker is damaged (its files are not a list of names)"
+        )
+    ours = RUN_FILES | set(listed)
+    names = sorted(
         p.name
         for p in run.iterdir()
         if p.name in ours
@@ -44,6 +50,15 @@ def push_files(run_dir: str | Path) -> list[str]:
         and not p.name.startswith(".")
         and p.name not in NOT_UPLOADED
     )
+    if not any(WEIGHTS.fullmatch(n) for n in names):  # (a sweep drops its runs' weights: keep_models false)
+        raise RaftlmError(
+            f"{short(str(run))} holds no model weights (model.safetensors), so it would push a model that "
+            "cannot load: push a run that has them (a sweep keeps them with keep_models: true)"
+        )
+    return names
+
+
+WEIGHTS = re.compile(r"model(-\d+-of-\d+)?\.safetensors")
 
 
 def offline() -> bool:
