@@ -1115,3 +1115,16 @@ def test_a_sweep_without_lrs_trains_at_trains_default_lr():
 
     sweep = {"datasets": ["stsb-1k"], "models": ["tiny-random-llama"], "methods": ["raft"], "seeds": [0]}
     assert [c.lr for c in cells(sweep)] == [TrainConfig.lr] == [1e-4]  # as `raftlm train` (it was 1e-5)
+
+
+def test_a_quoted_train_fraction_is_a_fraction_and_a_zero_shot_entry_refuses_lrs():
+    """train_fractions: ["0.5"] passed the sweep's checks, then every dry run and run failed with a
+    traceback (Unknown format code 'g' for str); lrs on a zero-shot entry were ignored without a word."""
+    from raftlm.experiment import cells
+
+    sweep = {"datasets": ["stsb-1k"], "models": ["tiny-random-llama"], "lrs": [1e-4], "seeds": [0]}
+    (quoted,) = cells({**sweep, "methods": ["raft"], "train_fractions": ["0.5"]})
+    (plain,) = cells({**sweep, "methods": ["raft"], "train_fractions": [0.5]})
+    assert quoted.train_fraction == 0.5 and quoted.cell_id == plain.cell_id and "--f0.5" in quoted.run_id
+    with pytest.raises(RaftlmError, match=r"none is zero-shot and trains nothing: drop its lrs"):
+        cells({**sweep, "methods": [{"method": "none", "lrs": [1e-3]}]})

@@ -244,9 +244,14 @@ def cells(sweep: dict) -> list[Cell]:
                 options = tuple(sorted((k, v) for k, v in m.items() if k not in ("method", "decoder", "lrs")))
                 decoder = m.get("decoder", kind.default_decoder)
                 if not kind.trains:
+                    if "lrs" in m:  # (it trains nothing: its lrs were ignored without a word)
+                        raise RaftlmError(
+                            f"sweep methods entry {short(m)}: {method} is zero-shot and trains nothing: drop its lrs"
+                        )
                     out.append(Cell(dataset, model, method, decoder, None, 0, None, options))
                     continue
                 for frac in sweep.get("train_fractions", [None]):
+                    frac = None if frac is None else to_float(frac, "sweep train_fractions")  # "0.5" too
                     for lr in m.get("lrs", sweep.get("lrs", [TrainConfig.lr])):  # (train's default)
                         for seed in seeds:
                             lr = to_float(lr, "sweep lrs")
