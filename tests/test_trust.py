@@ -282,6 +282,36 @@ def test_calibrate_takes_no_output_flag(run, tmp_path, capsys):
     assert code == 2 and "unrecognized arguments: --output" in line
 
 
+def test_calibrate_checks_its_rows_and_the_run_folder_before_the_model_loads(run, tmp_path, capsys, monkeypatch):
+    """calibrate loaded the model, then read --input: a missing file, a missing target column or a bad
+    row was said after the load (seconds to minutes), and a run folder it cannot write into after all the
+    scoring."""
+    import raftlm.pipeline
+
+    run_dir, _ = run
+
+    def loads(*args, **kwargs):
+        raise AssertionError("the model loaded before the input was checked")
+
+    monkeypatch.setattr(raftlm.pipeline, "load_for_eval", loads)
+    no_target = tmp_path / "rows.csv"
+    no_target.write_text("text\nit was fine\n")
+    for argv_, said in (
+        (["--input", str(tmp_path / "missing.csv")], "missing.csv"),
+        (["--input", str(no_target)], "target column 'target' is missing"),
+    ):
+        code, line = _bad(capsys, ["calibrate", str(run_dir), *argv_])
+        assert code == 2 and said in line, line
+    import tempfile
+
+    def read_only(*args, **kwargs):  # (a read-only run folder; root here writes anywhere)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    code, line = _bad(capsys, ["calibrate", str(run_dir)])
+    assert code == 2 and f"cannot write {run_dir / 'calibration.json'} (Permission denied" in line
+
+
 def test_predict_deletes_no_partial_lock_or_temp_file_it_cannot_prove_it_wrote(run, tmp_path, capsys):
     run_dir, data = run
     out = tmp_path / "o.jsonl"

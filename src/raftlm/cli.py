@@ -20,6 +20,7 @@ from raftlm.config import SECTIONS, Config, ServeSettings, load_yaml, read_recip
 from raftlm.core import CE_TARGETS, RaftlmError, RaftlmWarning, level_text, short
 from raftlm.io import (  # not raftlm.run: --help must not wait for torch
     check_eval_model,
+    check_folder,
     check_model_name,
     check_served_run,
     is_run_dir,
@@ -576,13 +577,13 @@ def _locked_output(args):
     return output_lock(args.output) if args.output else contextlib.nullcontext()
 
 
-def _file_examples(rows: list[dict], path: str, predictor, target_column: str, need_target: bool):
+def _file_examples(rows: list[dict], path: str, template: str, target_column: str, need_target: bool):
     from raftlm.files import to_examples
 
     has_target = target_column in rows[0]
     if need_target and not has_target:
         raise RaftlmError(f"{path}: target column {target_column!r} is missing: pass --target-column")
-    return to_examples(rows, predictor.template, target_column if has_target else None, path)
+    return to_examples(rows, template, target_column if has_target else None, path)
 
 
 def cmd_evaluate(args) -> None:
@@ -609,7 +610,9 @@ def _evaluate(args, cfg: Config) -> None:
 
     predictor = load_for_eval(cfg, splits)
     if args.input:
-        examples = _file_examples(rows, args.input, predictor, cfg.data.target_column, need_target=True)
+        examples = _file_examples(
+            rows, args.input, predictor.template, cfg.data.target_column, need_target=True
+        )
     else:
         examples = splits.split(cfg.eval.split)
     n_split = len(examples)
@@ -794,16 +797,19 @@ def cmd_calibrate(args) -> None:
 
     args.model__name = args.run
     cfg = _run_config(args)
-    predictor = load_for_eval(cfg, None)
+    # the rows and the run folder first: a missing input, column or bad row, or a run it cannot write into,
+    # is said before the model loads (as evaluate does)
+    template = read_metadata(Path(args.run))["template"]
     if args.input:
-        examples = _file_examples(
-            read_rows(args.input), args.input, predictor, cfg.data.target_column, need_target=True
-        )
+        rows = read_rows(args.input)
+        examples = _file_examples(rows, args.input, template, cfg.data.target_column, need_target=True)
         source = args.input
     else:
         # --split (or --set eval.split=) only when given: eval.split's default is test, calibrate's validation
         source = cfg.eval.split if _given(args, "eval.split") else "validation"
         examples = load_splits(cfg.data).split(source)
+    check_folder(args.run, Path(args.run) / "calibration.json", create=False)
+    predictor = load_for_eval(cfg, None)
     _warn_calibration(source, len(examples))
     bar = "calibrate" if cfg.training.progress_bar else None
     cal = calibrate(predictor, examples, cfg.eval.batch_size, cfg.eval.bf16, source, desc=bar)
