@@ -240,7 +240,8 @@ def test_help_is_built_from_the_config_and_cannot_drift():
     flat = " ".join(predict.split())
     assert "(default: stsb-1k)" not in flat and "(default: the run's; zero-shot: stsb-1k)" in flat
     assert "--batch-size" in predict and "prediction batch size" in predict  # eval.batch_size there
-    assert "(default: 16)" in serve and "(default: 5.0)" in serve and "--bf16 [{true,false,auto}]" in serve
+    assert "default: the run's eval.batch_size" in " ".join(serve.split())  # --max-batch: no fixed number
+    assert "(default: 5.0)" in serve and "--bf16 [{true,false,auto}]" in serve
     assert "raftlm/experiment.py" not in experiment and "--quiet" in experiment
     parser = build_parser()
     for argv in (["serve", "r", "--bf16=auto"], ["predict", "--bf16", "auto"], ["train", "--bf16"]):
