@@ -1128,3 +1128,15 @@ def test_a_quoted_train_fraction_is_a_fraction_and_a_zero_shot_entry_refuses_lrs
     assert quoted.train_fraction == 0.5 and quoted.cell_id == plain.cell_id and "--f0.5" in quoted.run_id
     with pytest.raises(RaftlmError, match=r"none is zero-shot and trains nothing: drop its lrs"):
         cells({**sweep, "methods": [{"method": "none", "lrs": [1e-3]}]})
+
+
+def test_an_entry_is_named_by_the_settings_its_cells_recorded_not_todays_defaults():
+    """Labels read only sweep.yaml's base: a results.json moved away from it (or a damaged sweep.yaml)
+    named the paper's RAFT (ce_weight 0) "RAFT + 1.0 x CE (two-hot target)", today's default."""
+    from raftlm.report import label
+
+    row = {"method": "raft", "decoder": "rail", "options": None}
+    paper = {**row, "config": {"method.ce_weight": 0.0, "method.ce_target": "nearest", "training.lr": 1e-4}}
+    assert label(paper) == "RAFT (the paper's: no CE term)"
+    assert label(paper, {"ce_weight": 1.0}) == "RAFT (the paper's: no CE term)"  # what ran, over the file
+    assert label(row) == "RAFT + 1.0 x CE (two-hot target)"  # an older cell: the file's base, else defaults

@@ -213,6 +213,14 @@ def test_report_never_replaces_a_users_report(tmp_path, capsys):
     before = _snapshot(folder)
     code, line = _bad(capsys, ["report", str(folder)])
     assert code == 2 and "already holds report.md, summary.json" in line and _snapshot(folder) == before
+    (folder / ".raftlm-report").write_text("")  # a file of the marker's name is not report's marker
+    code, line = _bad(capsys, ["report", str(folder)])
+    assert (
+        code == 2
+        and "already holds report.md" in line
+        and (folder / "report.md").read_text() == "# my own report"
+    )
+    (folder / ".raftlm-report").unlink()
     for name in ("report.md", "summary.json"):
         (folder / name).unlink()
     assert main(["report", str(folder)]) == 0 and main(["report", str(folder)]) == 0  # its own: replaced

@@ -49,7 +49,16 @@ def label(row: dict, base: dict | None = None) -> str:
     """An entry's name in the words the README uses, saying what ran: the method with its settings as
     resolved from the cell's options over the sweep's ``base`` method section (e.g. RAFT's CE term and
     target), then the decoder where the paper compares decoders, then any other options."""
-    opts = {**{k: str(v) for k, v in (base or {}).items() if v is not None}, **_options(row.get("options"))}
+    # what ran: the cell's recorded settings (newer cells keep them), over the sweep's base (sweep.yaml,
+    # which may be missing or edited since: today's defaults would name the arm otherwise)
+    recorded = row.get("config") if isinstance(row.get("config"), dict) else {}
+    ran = {
+        k.removeprefix("method."): str(v)
+        for k, v in recorded.items()
+        if k.startswith("method.") and k.removeprefix("method.") in WORDED and v is not None
+    }
+    given = {k: str(v) for k, v in (base or {}).items() if v is not None}
+    opts = {**given, **ran, **_options(row.get("options"))}
     name = _method_words(row["method"], opts)
     plain = row["decoder"] in ("rail", "head") and not methods.get(row["method"]).decoder_in_label
     name = name if plain else f"{name} + {DECODER_WORDS.get(row['decoder'], row['decoder'])}"
@@ -748,12 +757,21 @@ REPORT_FILES = ("report.md", "report.html", "summary.json", "figures")
 REPORT_MARKER = ".raftlm-report"  # written beside them: the next report may replace them
 
 
+def _our_report_marker(root: Path) -> bool:
+    """Whether ``root`` holds the marker ``report`` writes (its content, not just a file of that name)."""
+    try:
+        marker = json.loads((root / REPORT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("format") == "raftlm-report"
+
+
 def check_report_dir(root: Path) -> None:
     """``report`` writes report.md, report.html, summary.json and figures/ beside results.json: into a
     folder a sweep wrote (``experiment.check_sweep_dir``), or where none of those exist yet; a user's
     file of those names is never replaced."""
     there = [name for name in REPORT_FILES if (root / name).exists()]
-    if there and not (root / REPORT_MARKER).is_file() and not is_sweep_dir(root):
+    if there and not _our_report_marker(root) and not is_sweep_dir(root):
         raise RaftlmError(
             f"{root} is not a sweep's output_dir (no .raftlm-sweep marker, no cells/ beside sweep.yaml) and "
             f"already holds {', '.join(there)}, which raftlm report would replace: move them, or report a "
