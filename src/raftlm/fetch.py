@@ -95,6 +95,7 @@ def command(name: str) -> list[str]:
 
 def fetch(names: list[str], dry_run: bool = False) -> None:
     """Install each package (printing its command first); ``dry_run`` prints the commands only."""
+    names = list(dict.fromkeys(names))  # a name given twice installs once
     commands = [command(n) for n in names]  # every name checked before anything is installed
     for name, cmd in zip(names, commands, strict=True):
         print(shlex.join(cmd), flush=True)
