@@ -515,3 +515,12 @@ def test_patience_without_a_validation_split_is_said(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RaftlmWarning)
         assert main([*argv, "--batch-size", "4", "--output-dir", str(tmp_path / "d")]) == 0
+
+
+def test_a_folder_given_for_a_sweep_or_recipe_file_says_it_is_a_folder(tmp_path, capsys):
+    """`raftlm experiment FOLDER` said "not found: check the path" of a folder that is there."""
+    from raftlm.cli import main
+
+    for argv in (["experiment", str(tmp_path), "--dry-run"], ["train", "--config", str(tmp_path)]):
+        assert main(argv) == 2
+        assert f"{tmp_path} is a folder: give the YAML file's path" in capsys.readouterr().err

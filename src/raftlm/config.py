@@ -879,7 +879,9 @@ def read_yaml_file(path: str | Path, what: str) -> object:
     """``load_yaml`` of a file (``what``: "config file", "sweep file"...), with one line when it cannot be read."""
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+    except IsADirectoryError:
+        raise RaftlmError(f"{what} {path} is a folder: give the YAML file's path") from None
+    except (FileNotFoundError, NotADirectoryError):
         raise RaftlmError(f"{what} {path} not found: check the path") from None
     except UnicodeDecodeError:
         raise RaftlmError(f"{what} {path} is not UTF-8 text: save it as UTF-8") from None
