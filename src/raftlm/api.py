@@ -17,10 +17,18 @@ from sklearn.exceptions import NotFittedError
 
 from raftlm import methods, uncertainty
 from raftlm.config import SECTIONS, Config, DataConfig, MethodConfig, ModelConfig, TrainConfig, to_bf16
-from raftlm.core import Example, RaftlmError, Splits, on_rank_zero, short
+from raftlm.core import Example, RaftlmError, Splits, short
 from raftlm.data import IN_MEMORY, SPLIT_NAMES
 from raftlm.decoders import TEXT_DECODERS, one_number, text_decoded
-from raftlm.io import check_no_tilde, launch_size, output_lock, write_json, write_run_marker, write_text
+from raftlm.io import (
+    check_no_tilde,
+    launch_size,
+    on_rank_zero,
+    output_lock,
+    write_json,
+    write_run_marker,
+    write_text,
+)
 from raftlm.prompts import escape, render, resolve_template
 from raftlm.rows import check_columns, parse_target, row_fields, text_rows
 from raftlm.run import FINISHED_FILE, load_run, save_run

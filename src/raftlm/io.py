@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from raftlm.core import RaftlmError
+from raftlm.core import RaftlmError, launch_state
 
 META_FILE = "raftlm.json"  # what makes a directory a saved raftlm model (raftlm.run writes it)
 RUN_MARKER = ".raftlm-run"  # what makes a directory a raftlm run directory (only raftlm writes it)
@@ -295,6 +295,41 @@ def local_launch_size() -> int:
     launcher does not say (a larger share only sends a cache to disk sooner); 1 when launched plainly."""
     size, _ = _first_set(LOCAL_SIZE_VARIABLES)
     return launch_size() if size is None else max(size, 1)
+
+
+def on_rank_zero(work):
+    """``work()`` once: under torchrun / accelerate launch rank 0 does it and every rank returns its result,
+    or fails with its error (rank 0 raises its own, the others a RaftlmError with rank 0's line: they waited
+    silent at the next collective until the launcher tore the group down); plainly, this process does it."""
+    if launch_size() == 1:
+        return work()
+    import torch.distributed as dist
+
+    outcome, error = [None, None], None
+    if launch_state().is_main_process:
+        try:
+            outcome[0] = work()
+        except BaseException as err:
+            error = err
+            said = str(err) if isinstance(err, RaftlmError) else f"{type(err).__name__}: {err}"
+            outcome = [None, f"rank 0 failed: {said}"]
+    try:
+        dist.broadcast_object_list(outcome, src=0)
+    except BaseException:
+        if error is not None:  # (the others are gone: rank 0's own error is the one to tell)
+            raise error from None
+        raise
+    if outcome[1] is not None:
+        error = error or RaftlmError(outcome[1])
+        with contextlib.suppress(AttributeError):  # every rank raises it here: they may wait for each
+            error.every_rank = True  # other while they unwind
+        raise error
+    return outcome[0]
+
+
+def every_rank_failed(err: BaseException) -> bool:
+    """Whether ``err`` came out of ``on_rank_zero`` under a launch, raised on every rank at once."""
+    return getattr(err, "every_rank", False)
 
 
 def launch_env() -> tuple[int, str | None]:
