@@ -1180,6 +1180,7 @@ def test_the_demo_runs_twice_into_its_own_folder_and_never_into_a_users(tmp_path
     assert {"scatter.png", "demo_results.json", "raftlm.json"} <= {p.name for p in out.iterdir()}
     rows = json.loads((out / "demo_results.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["zero-shot greedy", "zero-shot rail", "RAFT + median"]
+    assert [r["decoder"] for r in rows] == ["greedy", "rail", "median"]  # (scored so, not only named)
     assert "amazon-snippets, tiny-random-llama, held-out test split:" in capsys.readouterr().out
     monkeypatch.setattr(raftlm.demo, "load_splits", lambda cfg: pytest.fail("loaded data for --method none"))
     code, line = _bad(capsys, ["demo", "--output-dir", str(out), "--overwrite", "--method", "none", *tiny])

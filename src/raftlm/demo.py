@@ -114,11 +114,11 @@ def run_demo(cfg: Config, overwrite: bool = True, bf16_given: bool = False) -> d
     rows, preds = [], {}
     start = time.time()
     zero = load_for_eval(cfg, splits)
-    for decoder in ("greedy", "rail"):
-        cfg.eval.decoder = decoder
-        m, p = evaluate_predictor(zero, test, cfg, desc=f"zero-shot {decoder}")
-        rows.append({"method": f"zero-shot {decoder}", **m})
-        preds[f"zero-shot {decoder}"] = p.values
+    for zero_shot in ("greedy", "rail"):
+        cfg.eval.decoder = zero_shot
+        m, p = evaluate_predictor(zero, test, cfg, desc=f"zero-shot {zero_shot}")
+        rows.append({"method": f"zero-shot {zero_shot}", **m})
+        preds[f"zero-shot {zero_shot}"] = p.values
     del zero
     cfg.eval.decoder = decoder
     run = train_run(cfg, overwrite=True)
