@@ -524,3 +524,42 @@ def test_a_folder_given_for_a_sweep_or_recipe_file_says_it_is_a_folder(tmp_path,
     for argv in (["experiment", str(tmp_path), "--dry-run"], ["train", "--config", str(tmp_path)]):
         assert main(argv) == 2
         assert f"{tmp_path} is a folder: give the YAML file's path" in capsys.readouterr().err
+
+
+def test_a_frozen_lm_without_a_head_is_refused_before_anything_loads(tmp_path, toy_csv, capsys, monkeypatch):
+    """`trainable: none` (a head-attn sweep entry copied to ce-ntl, or --freeze-backbone with raft) left
+    nothing to train: the frozen blocks were cached, then the optimizer or backward failed in a traceback."""
+    import raftlm.pipeline
+    from raftlm.cli import main
+    from raftlm.experiment import plan_sweep
+
+    monkeypatch.setattr(raftlm.pipeline, "new_predictor", lambda *a, **k: pytest.fail("loaded a model"))
+    for argv in (["--method", "ce-ntl", "--trainable", "none"], ["--freeze-backbone"]):
+        out = tmp_path / "run"
+        assert (
+            main(
+                [
+                    "train",
+                    "--model",
+                    "tiny-random-llama",
+                    "--dataset",
+                    f"csv:{toy_csv}",
+                    "--output-dir",
+                    str(out),
+                    *argv,
+                ]
+            )
+            == 2
+        )
+        assert (
+            "has no head to train: train some of the LM (top-N, lora, full) or use a head method"
+            in capsys.readouterr().err
+        )
+        assert not out.exists()
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(
+        f"output_dir: {tmp_path / 'out'}\ndatasets: ['csv:{toy_csv}']\nmodels: [tiny-random-llama]\n"
+        "methods: [{method: ce-ntl, trainable: none}]\nlrs: [1e-4]\nseeds: [0]\n"
+    )
+    with pytest.raises(RaftlmError, match=r"sweep cell .*ce-ntl.*: trainable none freezes the whole LM"):
+        plan_sweep(str(sweep))

@@ -388,7 +388,7 @@ def cmd_train(args) -> None:
     _check_model_early(cfg.model.name)
     from raftlm import methods
 
-    methods.check_train(cfg.method.method, cfg.eval.decoder, cfg.training.output_dir)
+    methods.check_train(cfg.method.method, cfg.eval.decoder, cfg.training.output_dir, cfg.model.trainable)
     # the data too (an unknown --dataset, a missing file, a bad row): data.py imports no torch. A resumed
     # run reads its own saved data settings, so it loads them later, as the run was saved
     from raftlm.data import load_splits

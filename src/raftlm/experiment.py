@@ -283,7 +283,11 @@ def check_cells(sweep: dict, todo: list[Cell], root: Path) -> None:
             raise RaftlmError(f"sweep models: {err}".replace("--model", "the sweep's models")) from None
     for cell in todo:
         try:
-            cell_config(sweep, cell, root / "runs" / cell.run_id)
+            cfg = cell_config(sweep, cell, root / "runs" / cell.run_id)
+            if methods.get(cell.method).trains:  # what train refuses from its settings alone, said now
+                methods.check_train(
+                    cell.method, cfg.eval.decoder, str(cfg.training.output_dir), cfg.model.trainable
+                )
         except RaftlmError as err:
             raise RaftlmError(f"sweep cell {cell.cell_id}: {err}") from None
 

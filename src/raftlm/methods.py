@@ -285,14 +285,21 @@ def display_name(name: str) -> str:
     return get(name).label or name
 
 
-def check_train(method: str, decoder: str, output_dir: str | None) -> None:
+def check_train(method: str, decoder: str, output_dir: str | None, trainable: str | None = None) -> None:
     """What ``raftlm train`` and ``RAFTRegressor.fit`` refuse from their settings alone (imports no torch,
-    so the command line says it before loading anything): a method that does not train, a decoder this
-    method's predictions cannot use, no run directory, an unexpanded ``~`` in it."""
+    so the command line says it before loading anything): a method that does not train, a frozen LM with
+    no head to train, a decoder this method's predictions cannot use, no run directory, an unexpanded ``~``
+    in it."""
     from raftlm.io import check_no_tilde
 
     if not get(method).trains:
         raise RaftlmError("method none is zero-shot: use `raftlm evaluate --model NAME` instead of train")
+    if trainable == "none" and get(method).head is None:  # (nothing would train: a traceback at step 1)
+        heads = sorted(n for n, m in METHODS.items() if m.head is not None)
+        raise RaftlmError(
+            f"trainable none freezes the whole LM, and {method} has no head to train: train some of the LM "
+            f"(top-N, lora, full) or use a head method ({', '.join(heads)})"
+        )
     get(method).decoder_name(decoder, method)  # one a head reads
     if not output_dir:
         raise RaftlmError("train needs --output-dir for the run directory")

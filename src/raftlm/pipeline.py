@@ -333,7 +333,7 @@ def fit_run(
     Under ``accelerate launch`` every process trains (Trainer does DDP); only the main process writes
     the run directory and evaluates on the test split.
     """
-    methods.check_train(cfg.method.method, cfg.eval.decoder, cfg.training.output_dir)
+    methods.check_train(cfg.method.method, cfg.eval.decoder, cfg.training.output_dir, cfg.model.trainable)
     check_sharding()
     reporting(cfg.training.report_to)  # a tracker that is not installed fails before any work
     out = Path(cfg.training.output_dir)
