@@ -563,3 +563,25 @@ def test_a_frozen_lm_without_a_head_is_refused_before_anything_loads(tmp_path, t
     )
     with pytest.raises(RaftlmError, match=r"sweep cell .*ce-ntl.*: trainable none freezes the whole LM"):
         plan_sweep(str(sweep))
+
+
+def test_evaluate_refuses_intervals_a_head_cannot_give_as_predict_does(tmp_path, toy_csv, capsys):
+    """`evaluate --interval-kind cqr` of a head run (no grid distribution), or `--interval 0.9` of an
+    uncalibrated one, gave results without intervals and no word; predict and the server refuse them."""
+    from helpers import train_args
+
+    from raftlm.cli import main
+
+    run = tmp_path / "head"
+    assert (
+        main([*train_args(toy_csv, run, "--method", "head-pooled", "--max-steps", "2"), "--no-calibrate"])
+        == 0
+    )
+    capsys.readouterr()
+    for argv, said in (
+        (["--interval", "0.9", "--interval-kind", "cqr"], "interval kind cqr needs a grid distribution"),
+        (["--interval", "0.9"], "this model has no calibration"),
+    ):
+        assert main(["evaluate", "--model", str(run), "--output", str(tmp_path / "e.json"), *argv]) == 2
+        assert said in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(run), "--output", str(tmp_path / "e.json")]) == 0  # none asked

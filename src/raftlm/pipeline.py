@@ -254,7 +254,10 @@ def evaluate_predictor(
     levels = [e.interval] if e.interval else uncertainty.LEVELS
     kinds = None if e.interval_kind == "auto" else [e.interval_kind]
     targets = [x.target for x in examples]
-    metrics.update(uncertainty.evaluation(predictor, preds, targets, calibration, levels, kinds, e.decoder))
+    asked = bool(e.interval) or kinds is not None  # (then what cannot be given is said, as predict says it)
+    metrics.update(
+        uncertainty.evaluation(predictor, preds, targets, calibration, levels, kinds, e.decoder, asked)
+    )
     if decoder in ("greedy", "sample-rail"):
         metrics["unparsed"] = preds.n_unparsed
         # decodes far outside the target range (e.g. '100' on a 0-5 scale) dominate RMSE: count them

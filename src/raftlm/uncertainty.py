@@ -530,14 +530,15 @@ def interval_rows(
     levels: Sequence[float] = LEVELS,
     kinds: Sequence[str] | None = None,
     rule: str = "rail",
+    asked: bool = False,
 ) -> list[dict]:
     """Coverage and mean width per (kind, level) on labelled examples. Kinds the calibration cannot run
     (conformal ones when it is ``uncalibrated``, grid ones for a head) and levels it is too small for are
-    left out."""
+    left out, unless ``asked`` (a level or kind given: refused in one line, as `predict` refuses it)."""
     y = np.asarray(targets, dtype=np.float64)
     rows = []
     for kind in kinds or list(KINDS):
-        spec = KINDS[kind]
+        spec = KINDS[cal.kind(kind) if kinds else kind]  # (a kind given that cannot run: refused)
         if (spec.needs_grid and cal.grid is None) or (spec.conformal and cal.n == 0):
             continue
         ok = [c for c in levels if not spec.conformal or cal.n >= min_calibration_size(c)]
@@ -555,7 +556,19 @@ def interval_rows(
                     "n": int(y.size),
                 }
             )
+    if asked and not rows:  # nothing could be given: the reason, in predict's words
+        kind = cal.kind((kinds or ["auto"])[0])
+        if KINDS[kind].conformal and cal.n == 0:
+            raise RaftlmError(NOT_CALIBRATED)
+        cal.intervals(X, levels, kind, rule)
     return rows
+
+
+NOT_CALIBRATED = (
+    "this model has no calibration: a run from `raftlm train` is calibrated (unless --no-calibrate; "
+    "`raftlm calibrate RUN` adds one), a model that is not a run cannot be: pass --interval-kind "
+    "grid for the raw, uncalibrated grid quantiles"
+)
 
 
 def evaluation(
@@ -566,6 +579,7 @@ def evaluation(
     levels: Sequence[float] = LEVELS,
     kinds: Sequence[str] | None = None,
     decoder: str = "rail",
+    asked: bool = False,
 ) -> dict:
     """What `evaluate` adds: CRPS, NLL and mean std of the grid distribution (data units), and interval
     coverage / width rows (conformal kinds when calibrated, the raw grid quantiles always)."""
@@ -581,7 +595,7 @@ def evaluation(
         out["nll"] = float(grid_nll(values, probs, y - shift, rest).mean())
         out["mean_std"] = float(grid_std(values, probs, rest).mean())
     cal = cal if cal is not None else Calibration.uncalibrated(predictor, X)
-    if rows := interval_rows(cal, X, y, levels, kinds, center_rule(decoder)):
+    if rows := interval_rows(cal, X, y, levels, kinds, center_rule(decoder), asked):
         out["intervals"] = rows
     return out
 
@@ -616,11 +630,7 @@ def prediction_fields(
             row["quantiles"] = {f"{q:g}": float(v) for q, v in zip(QUANTILES, s["quantiles"][i], strict=True)}
     if level is not None:
         if cal is None and kind != "grid":
-            raise RaftlmError(
-                "this model has no calibration: a run from `raftlm train` is calibrated (unless --no-calibrate; "
-                "`raftlm calibrate RUN` adds one), a model that is not a run cannot be: pass --interval-kind "
-                "grid for the raw, uncalibrated grid quantiles"
-            )
+            raise RaftlmError(NOT_CALIBRATED)
         cal = cal if cal is not None else Calibration.uncalibrated(predictor, X)
         lower, upper = cal.intervals(X, [level], kind, center_rule(decoder))
         for i, row in enumerate(rows):
