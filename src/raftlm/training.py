@@ -681,6 +681,9 @@ def training_arguments(cfg: Config, checkpoint_dir: Path, has_validation: bool) 
         disable_tqdm=not t.progress_bar,
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        # a predictive head runs on the backbone's hidden states outside DDP's forward: the unused-parameter
+        # search marked its parameters ready (unused) in the forward, then again in backward, and failed
+        ddp_find_unused_parameters=False if methods.get(cfg.method.method).head is not None else None,
     )
 
 
