@@ -32,6 +32,11 @@ def eight_csv(tmp_path):
     return write_csv(tmp_path / "eight.csv", rows)
 
 
+# torchrun with 2 CPU processes (gloo); --standalone: its rendezvous binds a port itself (a port chosen
+# first could be taken meanwhile)
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+
+
 def _why(proc: subprocess.CompletedProcess) -> str:
     """What each rank said: raftlm's lines, errors, and torchrun's summary of which rank exited how."""
     keep = ("raftlm", "Error", "rank", "exitcode", "Signal", "error_file")
@@ -67,12 +72,7 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tmp_path
     # Rank 1 reloads the best checkpoint 4 s late (tests/ddp_slow_rank.py): rank 0 waits for it before it
     # removes checkpoints/ (it did not, and a slow rank 1 failed inside a busy make test, exit 2)
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--standalone",  # (its rendezvous binds a port itself: a port chosen first could be taken meanwhile)
+        *TORCHRUN,
         str(Path(__file__).with_name("ddp_slow_rank.py")),
         *train_args(toy_csv, ddp),
     ]
@@ -99,8 +99,7 @@ def test_the_python_api_fits_and_saves_once_under_torchrun(tmp_path):
     """Every rank ran `save` whole into one folder (one's cleanup could delete another's staged run; two
     swaps raced), and `fit` without output_dir trained each rank in its own temporary folder."""
     cmd = [
-        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
-        *("--standalone", str(Path(__file__).with_name("ddp_api.py"))),
+        *(*TORCHRUN, str(Path(__file__).with_name("ddp_api.py"))),
         *(str(tmp_path / "run"), str(tmp_path / "saved"), str(tmp_path / "full")),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -131,19 +130,7 @@ def test_ddp_trains_an_attention_head_as_one_process_does(tmp_path, eight_csv):
     args = train_args(eight_csv, single, *extra)
     args[args.index("--batch-size") + 1] = "8"
     assert main([*args, "--quiet"]) == 0
-    cmd = [
-        *(
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--standalone",
-            "-m",
-            "raftlm",
-        ),
-        *train_args(eight_csv, tmp_path / "ddp", *extra, "--quiet"),
-    ]
+    cmd = [*TORCHRUN, "-m", "raftlm", *train_args(eight_csv, tmp_path / "ddp", *extra, "--quiet")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=280)
     assert proc.returncode == 0, _why(proc)

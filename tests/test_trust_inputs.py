@@ -573,14 +573,15 @@ def test_evaluate_refuses_intervals_a_head_cannot_give_as_predict_does(tmp_path,
     from raftlm.cli import main
 
     run = tmp_path / "head"
-    assert (
-        main([*train_args(toy_csv, run, "--method", "head-pooled", "--max-steps", "2"), "--no-calibrate"])
-        == 0
-    )
+    # (train itself reports what it can on its test split: the refusal is evaluate's, after no training)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("eval: {interval: 0.9, interval_kind: cqr}\n")
+    args = train_args(toy_csv, run, "--method", "head-pooled", "--max-steps", "2", "--config", str(recipe))
+    assert main([*args, "--no-calibrate"]) == 0
     capsys.readouterr()
     for argv, said in (
         (["--interval", "0.9", "--interval-kind", "cqr"], "interval kind cqr needs a grid distribution"),
-        (["--interval", "0.9"], "this model has no calibration"),
+        (["--interval", "0.9", "--interval-kind", "auto"], "this model has no calibration"),
     ):
         assert main(["evaluate", "--model", str(run), "--output", str(tmp_path / "e.json"), *argv]) == 2
         assert said in capsys.readouterr().err

@@ -619,7 +619,8 @@ def _evaluate(args, cfg: Config) -> None:
     file_order = bool(args.input) or splits.in_file_order(cfg.eval.split)
     examples = eval_limit(examples, cfg, file_order)
     calibration = Calibration.load(cfg.model.name, required=False) if is_run_dir(cfg.model.name) else None
-    metrics, _ = evaluate_predictor(predictor, examples, cfg, calibration=calibration)
+    asked = _given(args, "eval.interval") or _given(args, "eval.interval_kind")  # (now, not the run's)
+    metrics, _ = evaluate_predictor(predictor, examples, cfg, calibration=calibration, asked=asked)
     metrics["split_size"] = n_split
     if len(examples) < n_split:
         print(

@@ -27,7 +27,9 @@ def _last_logits(model, batch: PromptBatch) -> torch.Tensor:
 def _last_hidden(model, batch: PromptBatch) -> torch.Tensor:
     """e_out(x): final hidden states (after the final norm), without materializing vocabulary logits."""
     kwargs = batch.model_inputs()
-    base = getattr(model, "module", model)  # (under DDP: the wrapped model's attributes; its forward, the wrapper's)
+    base = getattr(
+        model, "module", model
+    )  # (under DDP: the wrapped model's attributes; its forward, the wrapper's)
     if base.get_output_embeddings() is not None:  # a causal LM (an encoder AutoModel has none)
         return model(**kwargs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1].float()
     return model(**kwargs).last_hidden_state.float()

@@ -242,6 +242,7 @@ def evaluate_predictor(
     cfg: Config,
     desc: str = "evaluate",
     calibration: uncertainty.Calibration | None = None,
+    asked: bool = False,
 ) -> tuple[dict, object]:
     """Point metrics, plus (``uncertainty.evaluation``) CRPS / NLL of the grid distribution and interval
     coverage and width: conformal kinds with a ``calibration``, at ``eval.interval`` or 80/90/95 %."""
@@ -254,7 +255,9 @@ def evaluate_predictor(
     levels = [e.interval] if e.interval else uncertainty.LEVELS
     kinds = None if e.interval_kind == "auto" else [e.interval_kind]
     targets = [x.target for x in examples]
-    asked = bool(e.interval) or kinds is not None  # (then what cannot be given is said, as predict says it)
+    # ``asked``: `raftlm evaluate`'s --interval / --interval-kind, refused in one line when they cannot be
+    # given (train's test split, a sweep cell and the demo report what they can, after all their training)
+    asked = asked and (bool(e.interval) or kinds is not None)
     metrics.update(
         uncertainty.evaluation(predictor, preds, targets, calibration, levels, kinds, e.decoder, asked)
     )
