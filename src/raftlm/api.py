@@ -201,7 +201,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         checkpoint with the best RMSE (and enables ``patience``): on a seeded sample of ``val_size`` of its
         rows (default 300, in their order) when it has more, on all of them with ``val_size="all"``;
         calibration uses every row."""
-        from raftlm.pipeline import fit_run, new_predictor, place_for_eval
+        from raftlm.pipeline import fit_run, new_predictor
 
         if y is None:  # scikit-learn's wording (check_requires_y_none)
             raise RaftlmError("RAFTRegressor requires y to be passed, but the target y is None: pass y")
@@ -218,10 +218,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                     f"method {self.method!r} is zero-shot: fit trains nothing and writes no run into output_dir; "
                     "drop output_dir (save(dir) keeps the fitted model)"
                 )
-            # on eval.device in eval.dtype, as load() and every command place a model
-            self.predictor_ = place_for_eval(
-                new_predictor(self._config(None), train, template), self._config(None)
-            )
+            self.predictor_ = new_predictor(self._config(None), train, template)
             self.train_summary_, self.results_, self.config_ = {}, None, self._config(None)
             if val:  # as a trained fit: conformal calibration on the validation set
                 self.calibrate(*eval_set)

@@ -8,6 +8,7 @@ training, checkpoints/ (for resume).
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import shutil
@@ -472,12 +473,13 @@ def _train_into(
 def _finish_run(
     predictor: Predictor, build: Path, cfg: Config, splits: Splits, results: dict, evaluate_test: bool
 ):
-    """Rank 0's end of a run: the trained weights saved as trained (float32), then the model placed as
-    every later command loads the run (``eval.device``, ``eval.dtype``: bfloat16 weights on a GPU by
-    default) calibrates and measures the test split, so eval_results.json, the model card and
-    calibration.json are what `raftlm evaluate`, `predict`, the server and ``RAFTRegressor.load`` get."""
+    """Rank 0's end of a run: the trained weights saved as trained (float32), then the model as every later
+    command loads the run (``eval.device``, ``eval.dtype``: bfloat16 weights on a GPU by default) calibrates
+    and measures the test split, so eval_results.json, the model card and calibration.json are what `raftlm
+    evaluate`, `predict`, the server and ``RAFTRegressor.load`` get. ``predictor`` itself stays as trained
+    (``fit``'s estimator saves it again)."""
     with _saved_weights(predictor, build, splits.train) as names:
-        place_for_eval(predictor, cfg)
+        trained, predictor = predictor, placed_for_eval(predictor, cfg)
         calibration = None
         if cfg.training.calibrate and splits.validation:  # the whole split, not the val_size subset
             e = cfg.eval
@@ -493,15 +495,22 @@ def _finish_run(
         if splits.test and evaluate_test:  # callers that evaluate the test split themselves skip this
             results["test"], _ = evaluate_predictor(predictor, splits.test, cfg, "test", calibration)
         _finalize(build, names, results, cfg.training.keep_checkpoints)
+    del trained
 
 
-def place_for_eval(predictor: Predictor, cfg: Config) -> Predictor:
-    """A trained (or zero-shot) predictor on ``eval.device`` with weights in ``eval.dtype``, as
-    ``load_for_eval`` loads a run; int8 (CPU only, from the saved float32 weights) is left to the commands
-    that load the run: a quantization failing here would fail the run after all its training."""
-    if cfg.eval.dtype != "int8":
-        predictor.to(cfg.eval.device, cfg.eval.dtype)
-    return predictor
+def placed_for_eval(predictor: Predictor, cfg: Config) -> Predictor:
+    """``predictor`` as ``load_for_eval`` places a run (``eval.device``, ``eval.dtype``): itself where that
+    changes nothing (a CPU's float32), else a copy there, the trained weights left as they are. int8 (CPU
+    only, from the saved float32 weights) is left to the commands that load the run: a quantization
+    failing here would fail the run after all its training."""
+    from raftlm.models import resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.eval.device)
+    if cfg.eval.dtype == "int8" or (
+        predictor.device == device and predictor.dtype == resolve_dtype(cfg.eval.dtype, device)
+    ):
+        return predictor
+    return copy.deepcopy(predictor).to(cfg.eval.device, cfg.eval.dtype)
 
 
 @contextlib.contextmanager

@@ -538,7 +538,8 @@ def interval_rows(
     y = np.asarray(targets, dtype=np.float64)
     rows = []
     for kind in kinds or list(KINDS):
-        spec = KINDS[cal.kind(kind) if asked and kinds else kind]  # (a kind asked for that cannot run: refused)
+        # (a kind asked for that cannot run: refused)
+        spec = KINDS[cal.kind(kind) if asked and kinds else kind]
         if (spec.needs_grid and cal.grid is None) or (spec.conformal and cal.n == 0):
             continue
         ok = [c for c in levels if not spec.conformal or cal.n >= min_calibration_size(c)]
