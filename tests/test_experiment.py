@@ -581,6 +581,18 @@ def test_a_sweep_run_again_with_other_settings_or_data_refuses_its_old_cells(tmp
     del row["config"]["training.warmup_steps"]
     cell.write_text(json.dumps(row))
     assert run_sweep(str(path), quiet=True)
+    # a cell of a sweep that leaves eval.batch_size to follow training's (4), recorded at the fixed 16 of
+    # before: the same numbers but for summation order, so it stands (every such folder was refused)
+    assert row["config"]["eval.batch_size"] == 4
+    row["config"]["eval.batch_size"] = 16
+    cell.write_text(json.dumps(row))
+    assert run_sweep(str(path), quiet=True)
+    row["config"]["eval.batch_size"] = 8  # (not what any default gave: refused)
+    cell.write_text(json.dumps(row))
+    with pytest.raises(RaftlmError, match=r"other settings or data .*\(eval.batch_size 8 -> 4\)"):
+        run_sweep(str(path), quiet=True)
+    row["config"]["eval.batch_size"] = 4
+    cell.write_text(json.dumps(row))
     data.write_text(data.read_text() + "an added row. rating:,3\n")
     with pytest.raises(RaftlmError, match=r"other settings or data .*\(the data file .*toy.csv changed\)"):
         run_sweep(str(path), quiet=True)

@@ -402,7 +402,11 @@ def check_cell_settings(row: dict, cell: Cell, sweep: dict, root: Path, path: Pa
             if key in recorded
             else f"{key} (new) {short(value)}"
             for key, value in now.items()
-            if (recorded[key] != value if key in recorded else value != defaults.get(key))
+            if (
+                recorded[key] != value and not _followed_batch(key, recorded[key], now)
+                if key in recorded
+                else value != defaults.get(key)
+            )
         ]
         if row.get("data_sha256") != cell_data_hash(cell):
             changed.append(f"the data file {cell.dataset['dataset'].partition(':')[2]} changed")
@@ -416,6 +420,17 @@ def check_cell_settings(row: dict, cell: Cell, sweep: dict, root: Path, path: Pa
             f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}): write the changed sweep to a "
             f"new output_dir, or delete that cell and runs/{cell.run_id} to recompute it"
         )
+
+
+def _followed_batch(key: str, before, now: dict) -> bool:
+    """eval.batch_size follows training.batch_size unless given (since cda22b2); a cell or run recorded at
+    the fixed 16 before, where the sweep leaves it to follow, computed the same numbers (batching changes
+    nothing but float summation order), so it stands."""
+    return (
+        key == "eval.batch_size"
+        and before == _default_values()[key]
+        and now[key] == now.get("training.batch_size")
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -550,7 +565,9 @@ def check_run_settings(run_dir: Path, cfg: Config) -> None:
     changed = [
         f"{k} {short(before.get(k))} -> {short(v)}"
         for k, v in now.items()
-        if before.get(k) != v and k != "eval.decoder"  # (a run's cells differ in it: each its own decoder)
+        if before.get(k) != v
+        and k != "eval.decoder"  # (a run's cells differ in it: each its own decoder)
+        and not _followed_batch(k, before.get(k), now)
     ]
     if changed:
         raise RaftlmError(
