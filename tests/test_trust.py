@@ -1321,7 +1321,7 @@ def test_a_loaded_runs_clone_trains_with_all_the_runs_settings(tmp_path):
 
     loaded.predictor_.predict = spy
     texts = [r["text"] for r in _rows(6)]
-    loaded.predict(texts), loaded.predict_proba(texts)
+    loaded.predict(texts), loaded.predict_proba(texts), loaded.calibrate(texts * 2, [1.0, 2.0] * 6)
     assert loaded.get_params()["batch_size"] == 4 and set(seen) == {2}
     del loaded.predictor_.predict
     texts, y = [r["text"] for r in _rows(40)], [r["target"] for r in _rows(40)]

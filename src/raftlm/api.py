@@ -331,7 +331,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         from raftlm.models import is_int8
 
         if not is_int8(self.predictor_.model):
-            self.predictor_.record_int8_maxima(examples, "calibrate()")
+            self.predictor_.record_int8_maxima(examples, "calibrate()", batch_size=self._eval_batch_size())
         return self
 
     def predict_interval(self, X, confidence_level=0.9, kind: str = "auto"):

@@ -828,7 +828,7 @@ def cmd_calibrate(args) -> None:
             "int8 activation maxima left as they were (measuring them needs float weights: drop --dtype int8)"
         )
         return
-    maxima = predictor.record_int8_maxima(examples, source)
+    maxima = predictor.record_int8_maxima(examples, source, batch_size=cfg.eval.batch_size)
     print(f"int8 activation maxima ({maxima.describe()}) for --dtype int8: {maxima.save(args.run)}")
 
 

@@ -478,7 +478,7 @@ def _finish_run(
     and measures the test split, so eval_results.json, the model card and calibration.json are what `raftlm
     evaluate`, `predict`, the server and ``RAFTRegressor.load`` get. ``predictor`` itself stays as trained
     (``fit``'s estimator saves it again)."""
-    with _saved_weights(predictor, build, splits.train) as names:
+    with _saved_weights(predictor, build, splits.train, cfg.eval.batch_size) as names:
         trained, predictor = predictor, placed_for_eval(predictor, cfg)
         calibration = None
         if cfg.training.calibrate and splits.validation:  # the whole split, not the val_size subset
@@ -514,13 +514,13 @@ def placed_for_eval(predictor: Predictor, cfg: Config) -> Predictor:
 
 
 @contextlib.contextmanager
-def _saved_weights(predictor: Predictor, out: Path, train):
+def _saved_weights(predictor: Predictor, out: Path, train, batch_size: int):
     """The model (LoRA merged: the layers --dtype int8 will see), SmoothQuant's activation maxima for
     ``--dtype int8`` (measured on training rows) and the tokenizer saved into a temporary folder in ``out``;
     yields their names (``_finalize`` moves them into place)."""
     predictor.model = unwrap_for_saving(predictor.model)
     try:
-        predictor.record_int8_maxima(train, "train")
+        predictor.record_int8_maxima(train, "train", batch_size=batch_size)  # (a batch lowered for memory)
     except RaftlmError as err:  # an optional file: the trained run is saved without it
         warn(f"no int8 activation maxima recorded ({err}); --dtype int8 will run plain int8")
     with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as tmp:
