@@ -264,6 +264,12 @@ def test_a_sweep_drops_only_raftlms_weights(tmp_path):
     (run / "mine.safetensors").write_text("a user's")  # not listed in the run's marker: not raftlm's
     assert drop_weights(run) == len("model.safetensors") and (run / "mine.bin").exists()
     assert (run / "mine.safetensors").read_text() == "a user's"
+    from raftlm.experiment import _weights
+
+    old = tmp_path / "old"  # a run from before the marker listed its files: its weights are its own
+    old.mkdir()
+    (old / "model.safetensors").write_text("x")
+    assert [p.name for p in _weights(old)] == ["model.safetensors"]
     assert not (run / "model.safetensors").exists() and not (run / "checkpoints").exists()
     plain = tmp_path / "plain"
     plain.mkdir()

@@ -530,9 +530,13 @@ WEIGHTS = ("*.safetensors",)  # what raftlm writes (a .bin or .pt in a run is no
 
 def _weights(run_dir: Path) -> list[Path]:
     """The weight files raftlm saved into the run (its marker lists them; head.safetensors is a fixed name):
-    a user's mine.safetensors beside them is not one."""
-    ours = set((read_run_marker(run_dir) or {}).get("files", [])) | RUN_FILES
-    return [p for pattern in WEIGHTS for p in run_dir.glob(pattern) if p.name in ours]
+    a user's mine.safetensors beside them is not one. A run from before markers listed files: all of them."""
+    marker = read_run_marker(run_dir) or {}
+    found = [p for pattern in WEIGHTS for p in run_dir.glob(pattern)]
+    if not isinstance(marker.get("files"), list):
+        return found
+    ours = set(marker["files"]) | RUN_FILES
+    return [p for p in found if p.name in ours]
 
 
 def drop_weights(run_dir: Path) -> int:
