@@ -266,7 +266,14 @@ def test_a_report_that_fails_leaves_the_last_report_as_it_was(tmp_path, capsys):
         }
     (folder / "results.json").write_text(json.dumps(rows))
     (folder / "sweep.yaml").write_text("seeds: 5\nbase: text\n")  # damaged: the report goes on without it
+    killed = folder / ".report-abcd1234"  # a report killed while drawing: a PNG and savefig's temp file
+    killed.mkdir()
+    (killed / "a.png").write_bytes(b"png")
+    (killed / ".b.png.raftlm-abcd1234.tmp").write_bytes(b"half")
+    (folder / ".report-efgh5678").write_text("a file of that shape")  # (not a folder: left, no traceback)
     assert main(["report", str(folder)]) == 0
+    assert not killed.exists() and (folder / ".report-efgh5678").exists()
+    (folder / ".report-efgh5678").unlink()
     assert before.keys() <= _snapshot(folder).keys() and not list(folder.glob(".report-*"))
 
 

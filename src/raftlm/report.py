@@ -20,6 +20,7 @@ from raftlm import methods
 from raftlm.config import to_int
 from raftlm.core import RaftlmError, short
 from raftlm.io import (
+    TMP_NAME,
     atomic_write,
     clean_stale_tmp,
     describe,
@@ -800,10 +801,13 @@ def write_report(results_dir: str) -> Path:
             clean_stale_tmp(root)
             clean_stale_tmp(root / "figures")
             for drawn in root.glob(".report-*"):  # a killed report's figures, drawn but never moved in
-                if re.fullmatch(r"\.report-[a-z0-9_]{8}", drawn.name) and all(
-                    p.suffix == ".png" for p in drawn.iterdir()
-                ):
-                    shutil.rmtree(drawn)
+                if (
+                    re.fullmatch(r"\.report-[a-z0-9_]{8}", drawn.name)
+                    and drawn.is_dir()
+                    and not drawn.is_symlink()
+                    and all(p.suffix == ".png" or TMP_NAME.fullmatch(p.name) for p in drawn.iterdir())
+                ):  # (only PNGs and atomic_write's temp files: ours)
+                    shutil.rmtree(drawn, ignore_errors=True)
     except RaftlmError:
         pass
     if not isinstance(rows, list):
