@@ -401,7 +401,9 @@ def _read(
 
         extensions = [f"{k}{gz}" for k in ("jsonl", "json") for gz in ("", ".gz")]
         text = pajson.ParseOptions(
-            explicit_schema=pa.schema([(f, pa.string()) for f in fields]), unexpected_field_behavior="infer"
+            # (a field a template names twice is one column: a schema naming it twice read every column as text)
+            explicit_schema=pa.schema([(f, pa.string()) for f in dict.fromkeys(fields)]),
+            unexpected_field_behavior="infer",
         )
         return ray.data.read_json(
             path, file_extensions=extensions, override_num_blocks=blocks, parse_options=text
