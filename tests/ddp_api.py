@@ -44,3 +44,25 @@ try:
     RAFTRegressor(**{**reg.get_params(), "output_dir": sys.argv[3]}).fit(X, y, eval_set=(X[:2], y[:2]))
 except RaftlmError as err:
     print(f"rank {os.environ['RANK']} failed: {err}", flush=True)
+
+# an --overwrite of the first run that a kill interrupted, and a user's file put in the run since: rank 0
+# refuses to finish the swap; every rank says so at once (the others waited 120 s, then sat at a barrier)
+import json  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch.distributed as dist  # noqa: E402
+
+run = Path(sys.argv[1])
+if os.environ["RANK"] == "0":
+    shutil.copytree(run, run.parent / f".{run.name}.raftlm-new")
+    (run / "notes.md").write_text("mine")
+    journal = {"format": "raftlm-swap", "out": run.name, "old": f".{run.name}.raftlm-old"}
+    (run.parent / f".{run.name}.raftlm-swap.json").write_text(
+        json.dumps({**journal, "new": f".{run.name}.raftlm-new"})
+    )
+dist.barrier()
+try:
+    RAFTRegressor(**{**reg.get_params(), "overwrite": True}).fit(X, y, eval_set=(X[:2], y[:2]))
+except RaftlmError as err:
+    print(f"rank {os.environ['RANK']} refused: {err}", flush=True)

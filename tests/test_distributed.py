@@ -110,8 +110,19 @@ def test_the_python_api_fits_and_saves_once_under_torchrun(tmp_path):
     assert sorted(lines[:2]) == [f"rank 0 saved {saved}", f"rank 1 saved {saved}"]
     # rank 0's final save failed: every rank says so (rank 1 waited at a barrier until torchrun's teardown)
     full = "no space left on device writing model.safetensors: free some space"
-    assert sorted(lines[2:]) == [f"rank 0 failed: {full}", f"rank 1 failed: rank 0 failed: {full}"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "run", "saved"]  # no staged or temp folder
+    assert sorted(lines[2:4]) == [f"rank 0 failed: {full}", f"rank 1 failed: rank 0 failed: {full}"]
+    # an interrupted --overwrite that rank 0 refuses to finish (a user's file in the run): every rank says it
+    assert sorted(line.split(": ", 1)[0] for line in lines[4:]) == ["rank 0 refused", "rank 1 refused"]
+    said = "holds files raftlm did not write (notes.md), so its interrupted --overwrite did not replace it"
+    assert all(said in line for line in lines[4:]) and "rank 1 refused: rank 0 failed: " in "".join(lines[4:])
+    assert (tmp_path / "run" / "notes.md").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # (the interrupted swap's, kept as it was)
+        ".run.raftlm-new",
+        ".run.raftlm-swap.json",
+        "full",
+        "run",
+        "saved",
+    ]
     # the failed run keeps its checkpoints for --resume, and nothing of the save that failed
     names = sorted(p.name for p in (tmp_path / "full").iterdir())
     assert "checkpoints" in names and "eval_results.json" not in names and "model.safetensors" not in names

@@ -45,6 +45,7 @@ from raftlm.io import (
     normal_permissions,
     on_rank_zero,
     output_lock,
+    recover_swap,
     write_json,
     write_run_marker,
     write_text,
@@ -387,6 +388,9 @@ def check_sharding() -> None:
 def _fit_locked(
     cfg: Config, out: Path, overwrite: bool, resume: bool, evaluate_test: bool, splits: Splits, callbacks
 ) -> Run:
+    # an --overwrite a kill interrupted is finished by rank 0 first: its refusal (a user's file in the run)
+    # is every rank's (the others waited SWAP_WAIT for it, then sat alone at the next barrier)
+    on_rank_zero(lambda: recover_swap(out))
     build = check_run_dir(out, overwrite, resume)
     _barrier()  # every rank has looked at the folder before rank 0 changes it
     on_rank_zero(lambda: _clear_for(build, out))  # (rank 0's error is every rank's, here and below)
