@@ -155,3 +155,20 @@ def test_ddp_trains_an_attention_head_as_one_process_does(tmp_path, eight_csv):
                     torch.cat([b[key][:d], b[key][2 * d :]]),
                 )
             torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3)
+
+
+def test_ddp_trains_an_encoder_head_whose_pooler_feeds_nothing(tmp_path, eight_csv):
+    """encoder-cls with trainable full under torchrun: BERT's pooler (read by no head) kept a trainable
+    parameter without a gradient, and DDP failed the second step ("Expected to have finished reduction");
+    the pooler is frozen now (its gradient was none anyway). Dropout makes the ranks' weights differ from
+    one process's, so this asserts the run, not equality."""
+    args = train_args(
+        eight_csv, tmp_path / "ddp", "--method", "encoder-cls", "--trainable", "full", "--quiet"
+    )
+    args[args.index("--model") + 1] = "tiny-random-bert"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [*TORCHRUN, "-m", "raftlm", *args], capture_output=True, text=True, env=env, timeout=280
+    )
+    assert proc.returncode == 0, _why(proc)
+    assert (tmp_path / "ddp" / "eval_results.json").is_file()

@@ -202,6 +202,12 @@ def make_trainable(predictor: Predictor, cfg: Config) -> None:
         predictor.model, cfg.model.trainable, cfg.model.lora_r, cfg.model.lora_alpha
     )
     if predictor.head is not None:
+        # an encoder's pooler (BERT's) feeds no head (they read the hidden states): frozen, as its gradient is
+        # none anyway; under DDP, where the head runs outside DDP's forward, a trainable parameter without a
+        # gradient failed the second step ("Expected to have finished reduction in the prior iteration")
+        for name, module in predictor.model.named_modules():
+            if name.split(".")[-1] == "pooler":
+                module.requires_grad_(False)
         attach_head(predictor.model, predictor.head)
 
 
