@@ -241,3 +241,19 @@ def test_cli_flags_reach_the_saved_head_and_predict_reads_it(tmp_path, toy_csv):
     texts = [line.split(",")[0] for line in toy_csv.read_text().splitlines()[1:]]
     expected = load_run(run).predict(texts).values
     np.testing.assert_allclose([r["prediction"] for r in rows], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_lora_wraps_the_backbone_and_the_head_trains_whole():
+    """With trainable lora, peft wrapped the attached head's own Linear layers too: LoRA branches beside
+    their full weights (one on out_proj never read: MultiheadAttention reads out_proj.weight directly)."""
+    cfg = Config.build(
+        {"model": {"name": "tiny-random-llama", "trainable": "lora"}, "method": {"method": "head-attn"}}
+    )
+    examples = [Example(f"review {i}: fine. rating:", 1.0 + i % 5) for i in range(8)]
+    predictor = new_predictor(cfg, examples)
+    make_trainable(predictor, cfg)
+    head = dict(predictor.model.named_modules())
+    head = next(m for name, m in head.items() if name.endswith("raftlm_head"))
+    assert not [n for n, _ in head.named_modules() if "lora" in n]
+    assert all(p.requires_grad for p in head.parameters())
+    assert [n for n, _ in predictor.model.named_modules() if "lora_A" in n]  # the backbone: LoRA

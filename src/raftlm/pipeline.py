@@ -55,6 +55,7 @@ from raftlm.modelcard import write_model_card
 from raftlm.models import (
     add_number_tokens,
     attach_head,
+    detach_head,
     is_int8,
     is_smoothed,
     load_model,
@@ -197,7 +198,11 @@ def both_orders(predictor: Predictor, train: list[Example]) -> list[Example]:
 
 
 def make_trainable(predictor: Predictor, cfg: Config) -> None:
-    """Freeze/unfreeze per ``cfg.model.trainable`` (or wrap in LoRA); a head always trains."""
+    """Freeze/unfreeze per ``cfg.model.trainable`` (or wrap in LoRA); a head always trains, whole (it is
+    detached while LoRA wraps the backbone: peft put adapters on the head's own Linear layers, trained
+    beside their full weights, one never read (MultiheadAttention reads out_proj.weight directly))."""
+    if predictor.head is not None:
+        detach_head(predictor.model)
     predictor.model = set_trainable(
         predictor.model, cfg.model.trainable, cfg.model.lora_r, cfg.model.lora_alpha
     )
