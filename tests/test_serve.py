@@ -77,7 +77,7 @@ def servers(*specs: tuple[Path, tuple[str, ...]]):
             assert "http://127.0.0.1:" in line, log.read_text()[-2000:]
             # device and dtype as /info reports them, then the batching
             assert re.search(
-                r"\((cpu|cuda:\d+), (float32|bfloat16), batches of up to \d+ rows within \d+ ms\)$", line
+                r"\((cpu|cuda:\d+), (float32|bfloat16), batches of up to \d+ prompts within \d+ ms\)$", line
             ), line
             ready.append((line.split(" on ")[1].split()[0], proc, log))
         yield ready

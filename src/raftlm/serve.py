@@ -1114,6 +1114,6 @@ def serve(run_dir: str, cfg: Config, settings: ServeSettings) -> None:
 def info_line(info: dict, settings: ServeSettings) -> str:
     """The startup line's device, dtype and batching, from ``run_info``'s dict (what /info serves)."""
     return (
-        f"{info['device']}, {info['dtype']}, batches of up to {settings.max_batch} rows within "
+        f"{info['device']}, {info['dtype']}, batches of up to {settings.max_batch} prompts within "
         f"{settings.max_wait_ms:g} ms"
     )
