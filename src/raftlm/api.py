@@ -412,7 +412,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         with output_lock(out, "the run directory"):
             build = check_run_dir(out, self.overwrite, resume=False)
             if build != out:
-                discard_staged(build)
+                discard_staged(build, out)
             created = not build.exists()
             make_folder(build, f"run directory {out}", "choose a writable directory")
             write_run_marker(build)

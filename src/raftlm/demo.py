@@ -100,8 +100,8 @@ def run_demo(cfg: Config, overwrite: bool = True, bf16_given: bool = False) -> d
             "nothing: pick a trained method (raft, the default)"
         )
     # the trained run's row: its method and the decoder asked for (--decoder; rail by default), named so
-    trained = f"{'RAFT' if cfg.method.method == 'raft' else cfg.method.method} + {cfg.eval.decoder}"
     decoder = cfg.eval.decoder
+    trained = f"{'RAFT' if cfg.method.method == 'raft' else cfg.method.method} + {decoder}"
     splits = load_splits(cfg.data)
     from raftlm.pipeline import evaluate_predictor, load_for_eval, train_run  # torch: only when it runs
     from raftlm.run import check_run_dir

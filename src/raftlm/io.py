@@ -674,19 +674,19 @@ def check_replaceable(out: Path, flag: str) -> None:
     """Before an --overwrite that builds beside ``out`` and renames it into place: ``out`` is not a mount
     point (a container's volume: the new folder would be built on the other filesystem, and the rename of a
     mount point fails, EBUSY, after all the work)."""
-    if os.path.ismount(out) or (out.exists() and out.stat().st_dev != out.parent.stat().st_dev):
+    if os.path.ismount(out):  # (another device than its parent's, or the same inode as it)
         raise RaftlmError(
             f"{flag} {out} is a mount point (a filesystem of its own), which --overwrite cannot replace (it "
             f"builds the new one beside it, then renames): write into a folder inside it, e.g. {out / 'run'}"
         )
 
 
-def discard_staged(staged: Path) -> None:
-    """Delete a staging directory of ours (a marked run) of an earlier --overwrite that never finished; one
-    that finished (its swap was refused: the run had gained a user's files) is work raftlm keeps: refused."""
+def discard_staged(staged: Path, out: Path) -> None:
+    """Delete a staging directory of ours (a marked run) of an earlier --overwrite of ``out`` that never
+    finished; one that finished (its swap was refused: the run had gained a user's files) is work raftlm
+    keeps: refused."""
     if staged.exists() and is_marked_run(staged):
         if (staged / FINISHED_FILE).exists():
-            out = staged.parent / staged.name.removeprefix(".").removesuffix(".raftlm-new")
             raise RaftlmError(
                 f"{staged} holds a finished run of an earlier --overwrite that could not replace {out}: "
                 f"{_adopt_steps(staged, out)}, or delete {staged} to train afresh"

@@ -427,7 +427,7 @@ def _fit_locked(
 
 def _clear_for(build: Path, out: Path) -> None:
     if build != out:
-        discard_staged(build)  # a staged run of an earlier --overwrite that never finished
+        discard_staged(build, out)  # a staged run of an earlier --overwrite that never finished
     elif out.exists():
         _clean_leftovers(out)
 

@@ -77,6 +77,11 @@ SHARDS_MARKER = "_raftlm_shards.json"  # what makes a folder one that --shards w
 SHARDS_FILE = re.compile(r"part-\d{5,}\.parquet|" + re.escape(SHARDS_MARKER))  # what --shards writes
 
 
+def _not_shards(output: Path) -> list[str]:
+    """What a --shards output folder holds that --shards did not write (sorted names)."""
+    return sorted(p.name for p in output.iterdir() if not SHARDS_FILE.fullmatch(p.name))
+
+
 def stale_swap(name: str, output: str) -> bool:
     """Whether ``name`` is the folder a swap onto --shards output ``output`` parks the old output in
     (``_swap_in``'s mkdtemp: ``.OUTPUT.XXXXXXXX.shards``), left by a kill."""
@@ -496,7 +501,7 @@ def check_destination(
             raise RaftlmError(
                 f"output folder {output} already exists: pass --overwrite or choose another path"
             )
-        if foreign := sorted(p.name for p in output.iterdir() if not SHARDS_FILE.fullmatch(p.name)):
+        if foreign := _not_shards(output):
             raise RaftlmError(
                 f"output folder {output} holds files --shards did not write ({', '.join(foreign[:4])}), and "
                 "replacing it would delete them: move them out of it, or choose another path"
@@ -665,7 +670,7 @@ def _swap_in(staging: Path, output: Path) -> None:
     if not output.exists():
         os.replace(staging, output)
         return
-    if foreign := sorted(p.name for p in output.iterdir() if not SHARDS_FILE.fullmatch(p.name)):
+    if foreign := _not_shards(output):
         raise RaftlmError(  # (checked before the job too: these came while it ran)
             f"output folder {output} gained files --shards did not write while it predicted "
             f"({', '.join(foreign[:4])}), so it was not replaced: the predictions wait in {staging}; move "
