@@ -72,6 +72,9 @@ class PooledHead(nn.Module):
     """b + w^T pool(e_out(x)) (Zhuang et al. 2023; table 4 mean/min/max). Also the encoder heads
     of appendix E.4 (``cls`` or ``mean`` pooling of an encoder's output)."""
 
+    # the final hidden states only: an LM head (when not the input embeddings) gets no gradient
+    reads_logits = False
+
     def __init__(self, hidden_size: int, pooling: str = "mean", bias: float = 0.0):
         super().__init__()
         if pooling not in ("mean", "min", "max", "cls"):
@@ -261,6 +264,8 @@ class AttentionPoolHead(nn.Module):
     (first layer) + hidden + 1 (output); Gemma 3 270M (D 640) with the defaults Q 4, hidden 768:
     2,560 + 1,280 + 1,640,960 + 1,966,848 + 769 = 3,612,417 (RELISH: 3.4-3.7M).
     """
+
+    reads_logits = False
 
     def __init__(
         self, hidden_size: int, queries: int = 4, hidden: int = 768, num_heads: int = 0, bias: float = 0.0

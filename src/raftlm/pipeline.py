@@ -213,6 +213,12 @@ def make_trainable(predictor: Predictor, cfg: Config) -> None:
         for name, module in predictor.model.named_modules():
             if name.split(".")[-1] == "pooler":
                 module.requires_grad_(False)
+        # so is an LM head not tied to the input embeddings under a head that reads hidden states only
+        # (Llama-3-8B, Qwen2.5-7B; the tiny test model): its logits feed no loss
+        reads_logits = getattr(predictor.head, "reads_logits", True)
+        out = None if reads_logits else predictor.model.get_output_embeddings()
+        if out is not None and out.weight is not predictor.model.get_input_embeddings().weight:
+            out.requires_grad_(False)
         attach_head(predictor.model, predictor.head)
 
 
