@@ -1344,3 +1344,39 @@ def test_a_loaded_runs_clone_trains_with_all_the_runs_settings(tmp_path):
         RAFTRegressor(settings={"training": {"lr": 1e-3}}).fit(texts, y)
     with pytest.raises(RaftlmError, match=r"settings \{'trainer'.*map config sections"):
         RAFTRegressor(settings={"trainer": {}}).fit(texts, y)
+
+
+def test_a_second_report_waits_for_the_first_instead_of_deleting_its_drawings(tmp_path, capsys, monkeypatch):
+    """Two reports of one folder (a sweep's sync and a user's): the second one's clean-up of a killed
+    report's drawing folder (.report-XXXXXXXX, PNGs only) took the first's while it drew, and the first
+    failed saving its figures. Now a report holds the report's lock: the second waits (REPORT_WAIT), and
+    says who holds it if the wait ends."""
+    import raftlm.report as report
+
+    folder = tmp_path / "rep"
+    folder.mkdir()
+    row = {"dataset": "d", "model": "m", "method": "raft", "decoder": "rail", "rmse": 1.0, "run_id": "r"}
+    rows = [{**row, "cell_id": f"c{s}", "seed": s, "lr": 1e-4, "validation_rmse": 1.0} for s in (0, 1)]
+    (folder / "results.json").write_text(json.dumps(rows))
+    (folder / "curves").mkdir()
+    (folder / "curves" / "r.jsonl").write_text(
+        '{"step": 50, "eval_rmse": 1.2}\n{"step": 100, "eval_rmse": 1.1}\n'
+    )
+    real_figures, second = report.figures, []
+
+    def figures(root, aggs, rows, figdir):
+        if not second:
+            second.append("started")
+            (figdir / "half.png").write_bytes(b"drawn before the second report started")
+            second.append(main(["report", str(folder)]))
+            second.append(capsys.readouterr().err.strip())
+            assert (figdir / "half.png").is_file()
+            (figdir / "half.png").unlink()
+        return real_figures(root, aggs, rows, figdir)
+
+    monkeypatch.setattr(report, "figures", figures)
+    monkeypatch.setattr(report, "REPORT_WAIT", 0.2, raising=False)
+    assert main(["report", str(folder)]) == 0
+    assert second[1] == 2 and "another raftlm process" in second[2] and "is writing the report" in second[2]
+    assert (folder / "figures" / "rmse_vs_step_d.png").is_file()
+    assert not list(folder.glob(".report*")) and not list(folder.glob(".*.lock"))

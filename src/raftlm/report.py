@@ -780,6 +780,9 @@ def check_report_dir(root: Path) -> None:
         )
 
 
+REPORT_WAIT = 300.0  # seconds a report waits for another report of the same folder to finish
+
+
 def write_report(results_dir: str) -> Path:
     root = Path(results_dir)
     path = root / "results.json"
@@ -795,7 +798,23 @@ def write_report(results_dir: str) -> Path:
         ) from None
     except UnicodeDecodeError:
         raise RaftlmError(f"{path} is not UTF-8 text: rerun `raftlm experiment` to rewrite it") from None
-    check_report_dir(root)
+    if not isinstance(rows, list):
+        raise RaftlmError(f"{path} is not a list of cells: rerun `raftlm experiment` to rewrite it")
+    if not rows:
+        raise RaftlmError(f"{path} has no finished cells yet: let the sweep run")
+    bad = next(((i, why) for i, r in enumerate(rows) if (why := cell_problem(r))), None)
+    if bad is not None:
+        raise RaftlmError(
+            f"{path}: entry {bad[0]} is not a cell's result ({bad[1]}): rerun `raftlm experiment` to rewrite it"
+        )
+    # one report at a time: a second one's clean-up took the first's drawing folder for a killed report's
+    with output_lock(root / "report.md", "the report", wait=REPORT_WAIT):
+        check_report_dir(root)
+        _write_report(root, rows)
+    return root / "report.html"
+
+
+def _write_report(root: Path, rows) -> None:
     try:  # a kill's leftover temp files go, unless a sweep writes here now (its lock): not leftovers then
         with output_lock(root, "the sweep's results"):
             clean_stale_tmp(root)
@@ -810,15 +829,6 @@ def write_report(results_dir: str) -> Path:
                     shutil.rmtree(drawn, ignore_errors=True)
     except RaftlmError:
         pass
-    if not isinstance(rows, list):
-        raise RaftlmError(f"{path} is not a list of cells: rerun `raftlm experiment` to rewrite it")
-    if not rows:
-        raise RaftlmError(f"{path} has no finished cells yet: let the sweep run")
-    bad = next(((i, why) for i, r in enumerate(rows) if (why := cell_problem(r))), None)
-    if bad is not None:
-        raise RaftlmError(
-            f"{path}: entry {bad[0]} is not a cell's result ({bad[1]}): rerun `raftlm experiment` to rewrite it"
-        )
     figdir = root / "figures"
     if figdir.exists() and not figdir.is_dir():
         raise RaftlmError(f"{figdir} is {describe(figdir)}, where the report's figures go: move it")
@@ -853,4 +863,3 @@ def write_report(results_dir: str) -> Path:
     write_text(root / "report.html", page)
     print(md)
     print(f"report: {root / 'report.md'}, {root / 'report.html'} ({len(pngs)} figures)")
-    return root / "report.html"
