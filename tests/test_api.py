@@ -1,3 +1,4 @@
+import json
 import re
 
 import numpy as np
@@ -46,6 +47,21 @@ def test_fit_predict_score_save_load(tmp_path):
     again = RAFTRegressor.load(tmp_path / "saved")
     np.testing.assert_allclose(again.predict(TEXTS), pred, rtol=1e-5, atol=1e-6)
     assert reg.train_summary_["global_step"] == 3
+
+
+def test_save_writes_the_training_log_as_train_leaves_it(tmp_path):
+    """save() wrote no metrics.jsonl after a fit into a temporary folder (the default), though the docs list
+    it among a saved run's files and `raftlm push` uploads it; now the log goes with the estimator, a
+    load().save() keeps it, and a zero-shot refit (which trains nothing) drops it."""
+    reg = small(progress_bar=False).fit(TEXTS, Y, eval_set=(TEXTS[:5], Y[:5]))
+    reg.save(tmp_path / "saved")
+    log = (tmp_path / "saved" / "metrics.jsonl").read_text()
+    steps = [json.loads(line) for line in log.splitlines()]
+    assert [r["step"] for r in steps if "eval_rmse" in r] == [3] and any("loss" in r for r in steps)
+    RAFTRegressor.load(tmp_path / "saved").save(tmp_path / "again")
+    assert (tmp_path / "again" / "metrics.jsonl").read_text() == log
+    reg.set_params(method="none").fit(TEXTS, Y).save(tmp_path / "zero-shot")
+    assert not (tmp_path / "zero-shot" / "metrics.jsonl").exists()
 
 
 def test_init_only_stores_arguments_and_predict_needs_fit():

@@ -239,6 +239,13 @@ def test_help_is_built_from_the_config_and_cannot_drift():
     assert train.index("--lr") < train.index("--grad-accum") < train.index("--new-tokens")
     flat = " ".join(predict.split())
     assert "(default: stsb-1k)" not in flat and "(default: the run's; zero-shot: stsb-1k)" in flat
+    # a trained run's grid and template are its own (--grid is refused for one): not "the dataset's";
+    # calibrate measures on validation whatever the run's eval.split (it said "the run's; zero-shot: test")
+    assert "1=a,2=b (default: the run's; zero-shot: the dataset's)" in flat
+    assert "(csv/jsonl/hf) (default: the run's)" in flat
+    assert "--split SPLIT train, validation or test (default: validation)" in " ".join(
+        _help("calibrate").split()
+    )
     assert "--batch-size" in predict and "prediction batch size" in predict  # eval.batch_size there
     assert "default: the run's eval.batch_size" in " ".join(serve.split())  # --max-batch: no fixed number
     assert "(default: 5.0)" in serve and "--bf16 [{true,false,auto}]" in serve

@@ -16,11 +16,21 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import NotFittedError
 
 from raftlm import methods, uncertainty
-from raftlm.config import SECTIONS, Config, DataConfig, MethodConfig, ModelConfig, TrainConfig, to_bf16
+from raftlm.config import (
+    SECTIONS,
+    Config,
+    DataConfig,
+    EvalConfig,
+    MethodConfig,
+    ModelConfig,
+    TrainConfig,
+    to_bf16,
+)
 from raftlm.core import Example, RaftlmError, Splits, short
 from raftlm.data import IN_MEMORY, SPLIT_NAMES
 from raftlm.decoders import TEXT_DECODERS, one_number, text_decoded
 from raftlm.io import (
+    TRAINING_LOG,
     check_no_tilde,
     launch_size,
     on_rank_zero,
@@ -90,12 +100,12 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
     def __init__(
         self,
         model: str = ModelConfig.name,
-        method: str = "raft",
+        method: str = MethodConfig.method,
         grid: str | None = "1-5",
         prompt_template: str = "{text}",
         target_range: str | list | None = "auto",
-        decoder: str = "rail",
-        normalize_grid: bool = False,
+        decoder: str = EvalConfig.decoder,
+        normalize_grid: bool = MethodConfig.normalize_grid,
         ce_weight: float | None = None,
         ce_target: str | None = MethodConfig.ce_target,
         # raftlm train's defaults (benchmarks/results/frontier.md), read from the config, not restated
@@ -105,13 +115,13 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         lr: float = TrainConfig.lr,
         optimizer: str = TrainConfig.optimizer,
         eval_steps: int = TrainConfig.eval_steps,
-        patience: int | None = None,
+        patience: int | None = TrainConfig.patience,
         val_size: int | str | None = DataConfig.val_size,
-        ema: float | None = None,
-        bf16: bool | str = False,
-        max_length: int = 512,
+        ema: float | None = TrainConfig.ema,
+        bf16: bool | str = TrainConfig.bf16,
+        max_length: int = DataConfig.max_length,
         pair_swap: str | None = None,
-        seed: int = 0,
+        seed: int = TrainConfig.seed,
         output_dir: str | None = None,
         overwrite: bool = False,
         progress_bar: bool = True,
@@ -212,6 +222,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             X_val, y_val = eval_set
             val = examples_from(X_val, y_val, template)
         self.calibration_ = None  # a refit's model is not the one an earlier calibration measured
+        self.training_log_ = None  # (nor its training log)
         if not methods.get(self.method).trains:  # zero-shot: bind the grid and scaling, train nothing
             if self.output_dir is not None:
                 raise RaftlmError(
@@ -238,6 +249,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             )
             # as `raftlm train`: conformal calibration on the validation set (None without eval_set)
             self.calibration_ = uncertainty.Calibration.load(run_dir)
+            self.training_log_ = _training_log(run_dir)  # save() writes it, as train leaves it
         self.predictor_, self.train_summary_ = run.predictor, run.results["train"]
         self.results_, self.config_ = run.results, self._config(None)
         return self
@@ -422,6 +434,8 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                 if getattr(self, "calibration_", None) is not None:
                     self.calibration_.save(build)
                 write_model_card(build, getattr(self, "results_", None))
+                if (log := getattr(self, "training_log_", None)) is not None:
+                    write_text(build / TRAINING_LOG, log)
                 # last, as `raftlm train` writes it: the metrics (so a later load().save() keeps them), and
                 # what makes the run a finished one
                 write_json(build / FINISHED_FILE, getattr(self, "results_", None) or {})
@@ -475,7 +489,14 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             reg.results_ = json.loads((Path(directory) / FINISHED_FILE).read_text()) or None  # {}: none
         if (cal := uncertainty.Calibration.load(directory, required=False)) is not None:
             reg.calibration_ = cal
+        reg.training_log_ = _training_log(Path(directory))
         return reg
+
+
+def _training_log(run_dir: Path) -> str | None:
+    """A run's training log (metrics.jsonl), for save() to write again; None: it has none."""
+    path = run_dir / TRAINING_LOG
+    return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
 def _run_config(directory: Path) -> Config | None:

@@ -117,10 +117,20 @@ def dest_of(key: str) -> str:
     return key.replace(".", "__")
 
 
-def _help(f, default, command: str | None) -> str:
+# a command's own default of a field, where it is neither the field's nor the run's
+COMMAND_DEFAULTS = {("calibrate", "eval.split"): "validation"}
+
+
+def _help(key: str, f, default, command: str | None) -> str:
     """The field's help with the command's default (a run's own settings for commands that load a run)."""
     full = f.metadata.get("help", "").replace("%", "%%")  # its own "(default: ...)" says what None means
     text = re.sub(r" \(default: [^)]*\)", "", full)
+    if (command, key) in COMMAND_DEFAULTS:
+        return f"{text} (default: {COMMAND_DEFAULTS[command, key]})"
+    if command in RUN_COMMANDS and key in RUN_BOUND:  # a trained run's own, not to be changed
+        own = re.search(r"\(default: ([^)]*)\)", full)
+        zero_shot = own[1] if own else None if default is None else _shown(default)
+        return f"{text} (default: the run's{f'; zero-shot: {zero_shot}' if zero_shot else ''})"
     if default is None:
         return full
     if f.type == "bool" and f.default is True:
@@ -182,7 +192,7 @@ def _config_flag(group, key: str, f, defaults: Config, command: str | None) -> N
     """One flag of a config field (unset unless given), its help with the field's default in ``defaults``."""
     section, name = key.split(".")
     default = getattr(getattr(defaults, section), name)
-    flag, dest, text = flag_of(key, f), dest_of(key), _help(f, default, command)
+    flag, dest, text = flag_of(key, f), dest_of(key), _help(key, f, default, command)
     metavar = name.upper()
     if name == "bf16":  # true, false or auto: --bf16 alone turns it on
         group.add_argument(

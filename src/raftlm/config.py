@@ -215,7 +215,7 @@ class DataConfig:
         metadata={
             "group": "basic",
             "help": "validate on N validation examples while training, chosen as --train-size's; all: the "
-            "whole split (docs/defaults.md: on STS-B-1K it kept the same checkpoints for ~5 more minutes)",
+            "whole split (docs/defaults.md measures what it costs and brings on STS-B-1K)",
         },
     )
     train_fraction: float | None = field(
@@ -465,8 +465,8 @@ class TrainConfig:
         default=False,
         metadata={
             "group": "basic",
-            "help": "bf16 autocast, ~2x faster on a GPU with bf16 or a CPU with fast bf16 units (AMX), slower "
-            "on other CPUs (--set training.bf16=auto: on only where a bf16 matmul measures fast)",
+            "help": "bf16 autocast: faster on a GPU with bf16 or a CPU with fast bf16 units (AMX; docs/speed.md), "
+            "slower on other CPUs (--set training.bf16=auto: on only where a bf16 matmul measures fast)",
         },
     )
     seed: int = field(default=0, metadata={"group": "basic", "help": "training seed", "range": SEED})

@@ -43,13 +43,14 @@ INT8_MAXIMA_FILE = (
     "int8_maxima.safetensors"  # a run's SmoothQuant statistics for --dtype int8 (models.Int8Maxima)
 )
 FINISHED_FILE = "eval_results.json"  # written last by `raftlm train`
+TRAINING_LOG = "metrics.jsonl"  # every logged step (loss, lr, validation metrics)
 # what raftlm writes into a run directory besides the files the marker lists (save_run's model files)
 RUN_FILES = frozenset(
     {
         RUN_MARKER,
         META_FILE,
         "config.yaml",
-        "metrics.jsonl",
+        TRAINING_LOG,
         "checkpoints",
         "logs",
         FINISHED_FILE,

@@ -28,7 +28,15 @@ from raftlm.cache import HiddenStore, build_store, cached_prompts, frozen_blocks
 from raftlm.config import Config
 from raftlm.core import Example, RaftlmError, StoppedClock, cpu_only, warn, warn_slow_bf16
 from raftlm.decoders import GRID_DECODERS
-from raftlm.io import atomic_write, latest_complete_checkpoint, launch_size, main_rank, to_json, write_text
+from raftlm.io import (
+    TRAINING_LOG,
+    atomic_write,
+    latest_complete_checkpoint,
+    launch_size,
+    main_rank,
+    to_json,
+    write_text,
+)
 from raftlm.metrics import DEAD_GRID, collapse, regression_metrics
 from raftlm.models import decoder_layers
 from raftlm.predictor import Predictor
@@ -763,9 +771,9 @@ def fit(
     needs = (EMA_FILE,) if cfg.training.ema is not None else ()
     last = latest_complete_checkpoint(ckpt_dir, needs) if resume else None
     if last is not None and main_rank():  # (rank 0 writes metrics.jsonl)
-        trim_metrics(run_dir / "metrics.jsonl", int(last.name.rsplit("-", 1)[1]))
+        trim_metrics(run_dir / TRAINING_LOG, int(last.name.rsplit("-", 1)[1]))
     totals = RunTotals.from_checkpoint(last)
-    callbacks = [MetricsLogger(run_dir / "metrics.jsonl"), totals, *callbacks]
+    callbacks = [MetricsLogger(run_dir / TRAINING_LOG), totals, *callbacks]
     if cfg.training.patience and validation:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.patience))
     trainer = RegressionTrainer(
