@@ -958,10 +958,11 @@ def test_ctrl_c_in_train_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch)
 
     monkeypatch.setattr(raftlm.pipeline, "fit", interrupted)
     code, line = _bad(capsys, train_args(data, tmp_path / "run"))
-    assert (
-        code == 130
-        and line == "raftlm train: error: interrupted; resume with --resume (from the last checkpoint)"
+    assert code == 130 and line == (  # (a new run without a checkpoint: removed, and said so)
+        f"raftlm train: error: interrupted; no checkpoint had been saved, so nothing was kept "
+        f"({tmp_path / 'run'} removed): run the command again"
     )
+    assert not (tmp_path / "run").exists()
 
 
 def test_sigterm_in_predict_is_one_line_exit_143_and_resumable(run, tmp_path):

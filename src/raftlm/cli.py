@@ -1023,7 +1023,9 @@ def main(argv: list[str] | None = None) -> int:
     except RaftlmError as err:
         return _fail(args.command, str(err), 2)
     except KeyboardInterrupt as stop:
-        hint = INTERRUPTED.get(args.command, "nothing half-written was left")
+        hint = getattr(stop, "raftlm_hint", None) or INTERRUPTED.get(
+            args.command, "nothing half-written was left"
+        )
         killed = isinstance(stop, Terminated)
         return _fail(
             args.command, f"{'terminated' if killed else 'interrupted'}; {hint}", 143 if killed else 130

@@ -889,6 +889,15 @@ def latest_complete_checkpoint(ckpt_dir: Path, needs: tuple[str, ...] = ()) -> P
     done = [
         p
         for p in ckpt_dir.glob("checkpoint-*")
-        if all((p / name).exists() for name in ("trainer_state.json", *needs))
+        if re.fullmatch(r"checkpoint-\d+", p.name)
+        and all((p / name).exists() for name in needs)
+        and _whole_json(p / "trainer_state.json")  # written in place: a full disk or a kill cuts it short
     ]
     return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+
+
+def _whole_json(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False

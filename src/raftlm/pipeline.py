@@ -418,17 +418,50 @@ def _fit_locked(
         predictor, results = _train_into(build, cfg, splits, resume, evaluate_test, callbacks)
     except BaseException as err:
         # a staged --overwrite run goes (the old run stays as it was); so does a new run directory
-        # with no checkpoint to resume from
+        # with no checkpoint to resume from. Never a finished one (eval_results.json written)
+        finished = (build / FINISHED_FILE).is_file()
         nothing_to_resume = was_empty and latest_complete_checkpoint(build / "checkpoints") is None
-        if is_main_process() and (build != out or nothing_to_resume):
+        discard = not finished and (build != out or nothing_to_resume)
+        if is_main_process() and discard:
             discard_failed(build, out, created)
+        if isinstance(err, KeyboardInterrupt):  # what the interrupt left, for the CLI's one line
+            err.raftlm_hint = _interrupted_hint(build, out, finished, discard)
         if every_rank_failed(err):  # the others wait for rank 0's cleaning: the launcher stops the rest of
             _barrier()  # a launch once one process exits, and a kill mid-cleaning would leave it half done
         raise
     if build != out:
         on_rank_zero(lambda: swap_in(build, out))
     _barrier()
+    if not cfg.training.keep_checkpoints:
+        on_rank_zero(lambda: _drop_checkpoints(out))
     return Run(out, predictor, results)
+
+
+def _interrupted_hint(build: Path, out: Path, finished: bool, discarded: bool) -> str:
+    """What an interrupted train left and what to run next."""
+    if finished and build != out:
+        return (
+            f"the new run had finished but was not swapped in: {out} is the old run; keep the new one with "
+            f"`mv {out} {out}.old && mv {build} {out}`"
+        )
+    if finished:
+        return f"the run had finished: {out} is whole"
+    if build != out:
+        return (
+            f"the old run {out} is as it was and the unfinished new one was discarded: rerun with --overwrite"
+        )
+    if discarded:
+        return f"no checkpoint had been saved, so nothing was kept ({out} removed): run the command again"
+    return "resume with --resume (from the last checkpoint)"
+
+
+def _drop_checkpoints(out: Path) -> None:
+    """A finished run's checkpoints, last (an interrupt here leaves a whole run and part of checkpoints/)."""
+    try:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    except KeyboardInterrupt as stop:
+        stop.raftlm_hint = f"the run had finished: {out} is whole (delete what is left of {out}/checkpoints)"
+        raise
 
 
 def _clear_for(build: Path, out: Path) -> None:
@@ -515,7 +548,7 @@ def _finish_run(
             results["calibration"] = {"source": calibration.source, "n": calibration.n}
         if splits.test and evaluate_test:  # callers that evaluate the test split themselves skip this
             results["test"], _ = evaluate_predictor(predictor, splits.test, cfg, "test", calibration)
-        _finalize(build, names, results, cfg.training.keep_checkpoints)
+        _finalize(build, names, results)
     del trained
 
 
@@ -549,17 +582,16 @@ def _saved_weights(predictor: Predictor, out: Path, train, batch_size: int):
         yield [Path(tmp) / f.name for f in Path(tmp).iterdir()]
 
 
-def _finalize(out: Path, saved: list[Path], results: dict, keep_checkpoints: bool) -> None:
+def _finalize(out: Path, saved: list[Path], results: dict) -> None:
     """The saved files moved into the run (listed in its marker first), the model card (README.md) beside
-    them, eval_results.json last (it marks a finished run); then the checkpoints go, unless kept."""
+    them, eval_results.json last (it marks a finished run). The checkpoints stay until the run is in place
+    (``_drop_checkpoints``): a failure before then can --resume."""
     write_run_marker(out, [p.name for p in saved])  # before they land: a kill now leaves nothing unaccounted
     for path in saved:
         normal_permissions(path, directory=path.is_dir())
         os.replace(path, out / path.name)
     write_model_card(out, results)
     write_json(out / FINISHED_FILE, results)
-    if not keep_checkpoints:  # last: a failure before here keeps them, so the run can --resume (not be lost)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
 
 def entropy_change(

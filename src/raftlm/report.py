@@ -798,23 +798,24 @@ def write_report(results_dir: str) -> Path:
         ) from None
     except UnicodeDecodeError:
         raise RaftlmError(f"{path} is not UTF-8 text: rerun `raftlm experiment` to rewrite it") from None
-    if not isinstance(rows, list):
-        raise RaftlmError(f"{path} is not a list of cells: rerun `raftlm experiment` to rewrite it")
-    if not rows:
-        raise RaftlmError(f"{path} has no finished cells yet: let the sweep run")
-    bad = next(((i, why) for i, r in enumerate(rows) if (why := cell_problem(r))), None)
-    if bad is not None:
-        raise RaftlmError(
-            f"{path}: entry {bad[0]} is not a cell's result ({bad[1]}): rerun `raftlm experiment` to rewrite it"
-        )
     # one report at a time: a second one's clean-up took the first's drawing folder for a killed report's
     with output_lock(root / "report.md", "the report", wait=REPORT_WAIT):
+        _clean_leftovers(root)
+        if not isinstance(rows, list):
+            raise RaftlmError(f"{path} is not a list of cells: rerun `raftlm experiment` to rewrite it")
+        if not rows:
+            raise RaftlmError(f"{path} has no finished cells yet: let the sweep run")
+        bad = next(((i, why) for i, r in enumerate(rows) if (why := cell_problem(r))), None)
+        if bad is not None:
+            raise RaftlmError(
+                f"{path}: entry {bad[0]} is not a cell's result ({bad[1]}): rerun `raftlm experiment` to rewrite it"
+            )
         check_report_dir(root)
         _write_report(root, rows)
     return root / "report.html"
 
 
-def _write_report(root: Path, rows) -> None:
+def _clean_leftovers(root: Path) -> None:
     try:  # a kill's leftover temp files go, unless a sweep writes here now (its lock): not leftovers then
         with output_lock(root, "the sweep's results"):
             clean_stale_tmp(root)
@@ -829,6 +830,9 @@ def _write_report(root: Path, rows) -> None:
                     shutil.rmtree(drawn, ignore_errors=True)
     except RaftlmError:
         pass
+
+
+def _write_report(root: Path, rows: list[dict]) -> None:
     figdir = root / "figures"
     if figdir.exists() and not figdir.is_dir():
         raise RaftlmError(f"{figdir} is {describe(figdir)}, where the report's figures go: move it")

@@ -388,8 +388,8 @@ class RunTotals(TrainerCallback, ExportableState):
 
 
 def trim_metrics(path: Path, step: int) -> None:
-    """Resuming from checkpoint ``step``: drop what was logged after it (those steps run again) and
-    any end-of-training summary, so metrics.jsonl holds each step once."""
+    """Resuming from checkpoint ``step`` (0: none): drop what was logged after it (those steps run again),
+    any end-of-training summary and a line a kill cut short, so metrics.jsonl holds each step once."""
     if not path.exists():
         return
     keep = []
@@ -770,8 +770,8 @@ def fit(
     decoder = cfg.eval.decoder if cfg.eval.decoder in GRID_DECODERS else "rail"
     needs = (EMA_FILE,) if cfg.training.ema is not None else ()
     last = latest_complete_checkpoint(ckpt_dir, needs) if resume else None
-    if last is not None and main_rank():  # (rank 0 writes metrics.jsonl)
-        trim_metrics(run_dir / TRAINING_LOG, int(last.name.rsplit("-", 1)[1]))
+    if main_rank():  # (rank 0 writes metrics.jsonl): a resume without a checkpoint starts it again
+        trim_metrics(run_dir / TRAINING_LOG, 0 if last is None else int(last.name.rsplit("-", 1)[1]))
     totals = RunTotals.from_checkpoint(last)
     callbacks = [MetricsLogger(run_dir / TRAINING_LOG), totals, *callbacks]
     if cfg.training.patience and validation:

@@ -1,0 +1,154 @@
+"""What an interrupt (Ctrl+C, SIGTERM) or a failure midway through writing leaves on disk, and whether the
+rerun the one-line message names works (a read-only audit of every writing command, stop 64)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import train_args, write_csv
+
+import raftlm.pipeline as pipeline
+import raftlm.training as training
+from raftlm.cli import main
+from raftlm.io import FINISHED_FILE, TRAINING_LOG
+
+
+@pytest.fixture
+def data(tmp_path):
+    words = ["awful", "bad", "fine", "good", "great"]
+    rows = [
+        {
+            "text": f"review {i}: the product was {words[i % 5]}. rating:",
+            "target": (i % 5) + 1 + 0.5 * (i % 2),
+        }
+        for i in range(40)
+    ]
+    return write_csv(tmp_path / "toy.csv", rows)
+
+
+def _said(capsys) -> str:
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _interrupt_when_checkpoints_go(monkeypatch):
+    real = shutil.rmtree
+
+    def rmtree(path, *a, **k):
+        real(path, *a, **k)
+        if Path(path).name == "checkpoints":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.shutil, "rmtree", rmtree)
+
+
+def test_an_interrupt_while_a_finished_run_drops_its_checkpoints_keeps_the_run(
+    tmp_path, data, monkeypatch, capsys
+):
+    """Ctrl+C while a finished run deleted its checkpoints (eval_results.json written) found no checkpoint
+    to resume from and deleted the whole run; an --overwrite's finished staged run went the same way, and
+    the line said "resume with --resume". Now the finished run stays, and the line says it is whole."""
+    run = tmp_path / "run"
+    _interrupt_when_checkpoints_go(monkeypatch)
+    assert main(train_args(data, run, "--quiet")) == 130
+    assert "the run had finished" in _said(capsys)
+    assert (run / FINISHED_FILE).is_file() and (run / "model.safetensors").is_file()
+    monkeypatch.undo()
+    assert (
+        main(["predict", "--model", str(run), "--input", str(data), "--output", str(tmp_path / "p.jsonl")])
+        == 0
+    )
+
+    _interrupt_when_checkpoints_go(monkeypatch)
+    assert main(train_args(data, run, "--quiet", "--overwrite", "--max-steps", "2")) == 130
+    assert "the run had finished" in _said(capsys)
+    assert "max_steps: 2\n" in (run / "config.yaml").read_text() and (run / FINISHED_FILE).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl", "run", "toy.csv"]
+
+
+def test_an_interrupted_overwrite_says_the_old_run_stands_and_what_to_rerun(
+    tmp_path, data, monkeypatch, capsys
+):
+    """Ctrl+C during `train --overwrite` discarded the staged run (the old one untouched, rightly) but said
+    "resume with --resume", which then refused ("already holds a finished run"). A new run interrupted
+    before its first checkpoint is removed, and said so."""
+    run = tmp_path / "run"
+    assert main(train_args(data, run, "--quiet")) == 0
+    before = _files(run)
+    real_on_log = training.MetricsLogger.on_log
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        real_on_log(self, args, state, control, logs=logs, **kw)
+        if state.global_step >= 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.MetricsLogger, "on_log", on_log)
+    assert (
+        main(train_args(data, run, "--quiet", "--overwrite", "--max-steps", "8", "--logging-steps", "1"))
+        == 130
+    )
+    said = _said(capsys)
+    assert f"the old run {run} is as it was" in said and "rerun with --overwrite" in said, said
+    assert _files(run) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run", "toy.csv"]
+
+    fresh = tmp_path / "fresh"
+    assert main(train_args(data, fresh, "--quiet", "--eval-steps", "5", "--logging-steps", "1")) == 130
+    assert "no checkpoint had been saved" in _said(capsys) and not fresh.exists()
+    assert main(train_args(data, fresh, "--quiet", "--logging-steps", "1")) == 130  # (a checkpoint at 2)
+    assert "resume with --resume" in _said(capsys)
+    monkeypatch.undo()
+    assert main(train_args(data, fresh, "--quiet", "--resume")) == 0
+
+
+def test_a_resume_without_a_checkpoint_starts_the_training_log_again(tmp_path, data, monkeypatch):
+    """A kill before the first checkpoint (no clean-up runs) left metrics.jsonl with steps 1-2 and a line
+    cut short; `train --resume` (which the refusal of the unfinished run names) appended onto the torn
+    line and logged steps 1-2 again, and a sweep's report then refused the curve. Now it starts again."""
+    run = tmp_path / "run"
+    args = train_args(data, run, "--quiet", "--eval-steps", "10", "--logging-steps", "1")
+    real_on_log = training.MetricsLogger.on_log
+
+    def killed(self, args, state, control, logs=None, **kw):
+        real_on_log(self, args, state, control, logs=logs, **kw)
+        if state.global_step >= 2:
+            with open(self.path, "a") as f:
+                f.write('{"step": 3, "loss": 1.2')  # the append a kill cut short
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.MetricsLogger, "on_log", killed)
+    monkeypatch.setattr(pipeline, "discard_failed", lambda *a: None)  # a SIGKILL: no clean-up ran
+    assert main(args) == 130
+    monkeypatch.undo()
+    assert not (run / "checkpoints").exists() or not list((run / "checkpoints").iterdir())
+    assert main([*args, "--resume"]) == 0
+    records = [json.loads(line) for line in (run / TRAINING_LOG).read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_a_checkpoint_whose_state_a_full_disk_cut_short_is_skipped_by_resume(
+    tmp_path, data, monkeypatch, capsys
+):
+    """Trainer writes trainer_state.json in place and last: a full disk there left a checkpoint that
+    counted as complete (the file existed), and every --resume ended in a JSONDecodeError traceback. Now
+    such a checkpoint is skipped, as a half-written one is, and resume starts from the one before."""
+    run = tmp_path / "run"
+    args = train_args(data, run, "--quiet", "--max-steps", "6")
+
+    def on_save(self, args, state, control, **kw):
+        if state.global_step >= 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.MetricsLogger, "on_save", on_save, raising=False)
+    assert main(args) == 130
+    monkeypatch.undo()
+    state = run / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    state.write_text(state.read_text()[:100])  # the disk filled midway
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0, capsys.readouterr().err
+    assert json.loads((run / FINISHED_FILE).read_text())["train"]["global_step"] == 6
