@@ -152,3 +152,109 @@ def test_a_checkpoint_whose_state_a_full_disk_cut_short_is_skipped_by_resume(
     capsys.readouterr()
     assert main([*args, "--resume"]) == 0, capsys.readouterr().err
     assert json.loads((run / FINISHED_FILE).read_text())["train"]["global_step"] == 6
+
+
+@pytest.fixture
+def trained(tmp_path, data):
+    run = tmp_path / "run"
+    assert main(train_args(data, run, "--quiet", "--max-steps", "2")) == 0
+    return run
+
+
+def test_an_output_written_into_a_run_is_listed_before_it_is_written(tmp_path, data, trained, monkeypatch):
+    """evaluate --output RUN/test.json wrote the file, then listed it in the run's marker: a kill between
+    the two left a file the run did not list, and `train --overwrite RUN` refused it as a user's forever
+    (demo's three files, predict's output and --entropy's two, likewise). Now the name is listed first."""
+    import raftlm.io as io
+
+    real = io.write_json
+
+    def killed_after(path, obj):
+        real(path, obj)
+        if Path(path).name == "test.json":
+            raise KeyboardInterrupt  # (a SIGKILL right after the write, as far as the disk is concerned)
+
+    monkeypatch.setattr(io, "write_json", killed_after)
+    evaluate = ["evaluate", "--model", str(trained), "--output", str(trained / "test.json"), "--quiet"]
+    assert main(evaluate) == 130 and (trained / "test.json").is_file()
+    monkeypatch.undo()
+    assert main([*train_args(data, trained, "--quiet", "--max-steps", "2"), "--overwrite"]) == 0
+
+
+def test_a_full_disk_while_an_output_is_listed_leaves_it_writable_again(
+    tmp_path, trained, monkeypatch, capsys
+):
+    """Listing an output rewrote the marker twice (its name among the run's files, then among its
+    outputs): a full disk between the two left a name the run took for one of its own files, and every
+    later `evaluate --output RUN/test.json --overwrite` was refused ("writing it would damage the run").
+    Now one atomic write; whatever fails, the rerun works."""
+    import errno
+
+    import raftlm.io as io
+
+    real, writes = io.write_json, []
+
+    def second_marker_write_fails(path, obj):
+        if Path(path).name == ".raftlm-run":
+            writes.append(path)
+            if len(writes) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, obj)
+
+    monkeypatch.setattr(io, "write_json", second_marker_write_fails)
+    evaluate = ["evaluate", "--model", str(trained), "--output", str(trained / "test.json"), "--quiet"]
+    main(evaluate)
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*evaluate, "--overwrite"]) == 0, capsys.readouterr().err
+    assert json.loads((trained / "test.json").read_text())["n"] > 0
+
+
+def test_a_lock_file_a_kill_left_in_a_run_does_not_block_its_overwrite(tmp_path, data, trained, capsys):
+    """A SIGKILLed `evaluate --output RUN/test.json` leaves its lock file RUN/.test.json.lock (the kernel
+    drops the lock, the file stays): `train --overwrite RUN` refused it as a file raftlm did not write. A
+    file of that name that is not raftlm's lock still counts as the user's."""
+    (trained / ".test.json.lock").write_text("raftlm 12345")
+    assert main([*train_args(data, trained, "--quiet", "--max-steps", "2"), "--overwrite"]) == 0
+    (trained / ".notes.lock").write_text("my own notes, not a lock")
+    assert main([*train_args(data, trained, "--quiet", "--max-steps", "2"), "--overwrite"]) == 2
+    assert ".notes.lock" in capsys.readouterr().err
+
+
+def test_an_interrupted_predict_overwrite_resumes_as_its_line_says(tmp_path, trained, monkeypatch, capsys):
+    """Ctrl+C during `predict --overwrite` of an existing output kept the rows written so far and said
+    "resume with --resume", which refused (the old output exists: "pass --overwrite"), as did --resume
+    --overwrite; only --overwrite went on, from zero. Now --resume continues and replaces the old output;
+    a new file a user put at a path whose interrupted predict did not start with --overwrite stays refused."""
+    import raftlm.streaming as streaming
+
+    rows = write_csv(tmp_path / "many.csv", [{"text": f"review {i}: fine. rating:"} for i in range(300)])
+    out = tmp_path / "p.jsonl"
+    predict = ["predict", "--model", str(trained), "--input", str(rows), "--output", str(out), "--quiet"]
+    assert main(predict) == 0
+    want = out.read_text()
+    out.write_text("the old output\n")
+    real_chunks, real_predict, calls = streaming.row_chunks, streaming.predict_examples, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_predict(*a, **k)
+
+    monkeypatch.setattr(streaming, "row_chunks", lambda i, n, b, e: real_chunks(i, 100, b, e))
+    monkeypatch.setattr(streaming, "predict_examples", interrupted)
+    assert main([*predict, "--overwrite"]) == 130
+    assert "resume with --resume" in _said(capsys) and out.read_text() == "the old output\n"
+    monkeypatch.setattr(streaming, "predict_examples", real_predict)
+    assert main([*predict, "--resume"]) == 0, capsys.readouterr().err
+    assert out.read_text() == want and len(calls) == 3  # (the first 200 rows were not predicted again)
+
+    out.unlink()
+    calls.clear()
+    monkeypatch.setattr(streaming, "predict_examples", interrupted)
+    assert main(predict) == 130  # a new output: no --overwrite
+    out.write_text("a user's file, put there since\n")
+    monkeypatch.setattr(streaming, "predict_examples", real_predict)
+    assert main([*predict, "--resume"]) == 2 and "already exists" in _said(capsys)
+    assert out.read_text() == "a user's file, put there since\n"

@@ -643,8 +643,8 @@ def _evaluate(args, cfg: Config) -> None:
         metrics.update(_entropy(args, cfg, predictor, examples))
     row = {"model": cfg.model.name, "split": args.input or cfg.eval.split, **metrics}
     if args.output:  # written before anything is printed: a closed stdout cannot lose it
+        register_output(args.output)  # (listed first: a kill midway leaves no unlisted file in a run)
         write_json(args.output, row)
-        register_output(args.output)
     print(format_table([row]))
     _print_uncertainty(row, calibration)
 
@@ -675,10 +675,9 @@ def _entropy(args, cfg: Config, predictor, examples) -> dict:
 
     before, after = entropy_change(predictor, base, [e.text for e in examples], cfg)
     jsonl, png = _entropy_files(args, cfg)
-    metrics = write_entropy_report(jsonl, png, before, after)
     for path in (jsonl, png):
-        register_output(path)  # recorded in the run's marker when written into a run
-    return metrics
+        register_output(path)  # recorded in the run's marker when written into a run (first)
+    return write_entropy_report(jsonl, png, before, after)
 
 
 def _entropy_files(args, cfg: Config) -> tuple[Path, Path]:
@@ -734,6 +733,8 @@ def _predict(args, cfg: Config) -> None:
             predictor, preds, calibration, e.interval, e.interval_kind, e.decoder, args.with_uncertainty
         )
 
+    if is_main_process():  # written into a run: its marker lists it first (an --overwrite keeps it)
+        register_output(args.output)
     n = predict_file(
         predictor,
         cfg,
@@ -747,7 +748,6 @@ def _predict(args, cfg: Config) -> None:
         scanned=scanned,
     )
     if is_main_process():
-        register_output(args.output)  # written into a run: its marker lists it (an --overwrite keeps it)
         print(f"wrote {n} predictions to {args.output}")
         if e.interval:
             how = (

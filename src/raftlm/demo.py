@@ -129,6 +129,8 @@ def run_demo(cfg: Config, overwrite: bool = True, bf16_given: bool = False) -> d
     rows.append({"method": trained, **m})
     preds[trained] = p.values
     scores = {r["method"]: r for r in rows}
+    for name in ("scatter.png", "demo_results.json", "demo_results.md"):  # listed first: the next
+        register_output(out / name)  # --overwrite may replace them, even after a kill midway
     scatter(out / "scatter.png", y, preds, scores)
     summary = {
         "rows": rows,
@@ -140,12 +142,6 @@ def run_demo(cfg: Config, overwrite: bool = True, bf16_given: bool = False) -> d
     write_json(out / "demo_results.json", summary)
     table = format_table(rows, columns=("rmse", "pearson", "spearman", "n"))
     write_text(out / "demo_results.md", table + "\n")
-    for name in (
-        "scatter.png",
-        "demo_results.json",
-        "demo_results.md",
-    ):  # the next --overwrite may replace them
-        register_output(out / name)
     print(f"\n{cfg.data.dataset}, {cfg.model.name}, held-out test split:\n" + table)
     print(f"\nscatter plot: {out / 'scatter.png'}   run directory: {run}   ({summary['minutes']} min)")
     return json.loads(json.dumps(summary))

@@ -86,9 +86,10 @@ def is_marked_run(path: str | Path) -> bool:
     return Path(path).is_dir() and read_run_marker(path) is not None
 
 
-def write_run_marker(path: str | Path, files: Iterable[str] = ()) -> dict:
+def write_run_marker(path: str | Path, files: Iterable[str] = (), outputs: Iterable[str] = ()) -> dict:
     """Mark directory ``path`` as a raftlm run (kept: its id and creation time; ``files`` are added to
-    the names raftlm wrote there)."""
+    the names raftlm wrote there, ``outputs`` to those of them a command wrote into the run), in one
+    atomic write."""
     from raftlm import __version__
 
     old = read_run_marker(path) or {}
@@ -99,20 +100,20 @@ def write_run_marker(path: str | Path, files: Iterable[str] = ()) -> dict:
         "created": old.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "raftlm": __version__,
         "files": sorted(set(old.get("files", [])) | set(files)),
-        **({"outputs": old["outputs"]} if old.get("outputs") else {}),
     }
+    if every_output := sorted(set(old.get("outputs", [])) | set(outputs)):
+        marker["outputs"] = every_output
     write_json(Path(path) / RUN_MARKER, marker)
     return marker
 
 
 def register_output(path: str | Path) -> None:
-    """A file raftlm wrote into a run directory (e.g. ``evaluate --output RUN/test.json``) is recorded
-    in its marker, so replacing the run later does not take it for a user's file."""
+    """A file raftlm writes into a run directory (e.g. ``evaluate --output RUN/test.json``) is recorded
+    in its marker (before it is written: a kill or a full disk midway leaves no unlisted file), so
+    replacing the run later does not take it for a user's file."""
     path = Path(path)
     if is_marked_run(path.parent) and path.name not in RUN_FILES:
-        marker = write_run_marker(path.parent, [path.name])
-        outputs = sorted(set(marker.get("outputs", [])) | {path.name})
-        write_json(path.parent / RUN_MARKER, {**marker, "outputs": outputs})
+        write_run_marker(path.parent, [path.name], [path.name])
 
 
 def _ours(name: str, listed: set[str]) -> bool:
@@ -128,7 +129,12 @@ def _ours(name: str, listed: set[str]) -> bool:
 def foreign_files(path: str | Path) -> list[str]:
     """Entries of run directory ``path`` that raftlm did not write (sorted)."""
     listed = set((read_run_marker(path) or {}).get("files", []))
-    return sorted(p.name for p in Path(path).iterdir() if not _ours(p.name, listed))
+    return sorted(
+        p.name
+        for p in Path(path).iterdir()
+        # (an output's lock, e.g. evaluate --output RUN/test.json's .test.json.lock, a kill left behind)
+        if not (_ours(p.name, listed) or (LOCK_NAME.fullmatch(p.name) and _our_lock(p)))
+    )
 
 
 MODEL_FILE = re.compile(
@@ -254,6 +260,9 @@ def prepare_output(path: str | Path, overwrite: bool, inputs: Iterable[str | Pat
     if main_rank():  # (the rank that holds the output's lock: another rank cleaned a writer's temp file)
         clean_stale_tmp(path.parent, path.name)
     return path
+
+
+LOCK_NAME = re.compile(r"\..+\.lock")  # lock_path's names
 
 
 def lock_path(path: str | Path) -> Path:
@@ -842,7 +851,10 @@ def check_output(output: str | Path, overwrite: bool, resume: bool, input: str |
     special file, an existing folder), never clobber a finished output, nor an interrupted one's
     partial file; clean what a kill left of an atomic write of this output (not the partial file: that
     resumes)."""
-    output = prepare_output(output, overwrite, [input] if input else ())
+    # an --overwrite interrupted midway kept the old output (replaced once the new one is whole): its
+    # --resume goes on replacing it
+    replacing = resume and our_job(Path(output)) and _job(Path(output)).get(REPLACES) is True
+    output = prepare_output(output, overwrite or replacing, [input] if input else ())
     if input is not None and any(same_file(p, input) for p in (partial_path(output), job_path(output))):
         raise RaftlmError(f"--input {input} is the partial file of --output {output}: choose another output")
     if overwrite and resume:
@@ -867,13 +879,20 @@ def check_output(output: str | Path, overwrite: bool, resume: bool, input: str |
     return output
 
 
+REPLACES = "replaces"  # a prediction record's flag: the job started with --overwrite of an existing output
+
+
 def our_job(output: Path) -> bool:
     """Whether ``output``'s prediction record (``.NAME.partial.json``) is one raftlm wrote."""
-    try:
-        job = json.loads(job_path(output).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+    job = _job(output)
     return isinstance(job, dict) and {"input_sha256", "model", "rows"} <= job.keys()
+
+
+def _job(output: Path):
+    try:
+        return json.loads(job_path(output).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def partial_files(output: Path) -> list[Path]:

@@ -26,6 +26,7 @@ from raftlm.core import Example, RaftlmError, launch_state, short
 from raftlm.decoders import TEXT_DECODERS, one_number, text_decoded
 from raftlm.files import CHUNK_ROWS, file_sha256, row_chunks, scan, to_examples
 from raftlm.io import (  # (the partial-file rules import no torch: `raftlm predict` checks them first)
+    REPLACES,
     atomic_write,
     disk_error,
     is_run_dir,
@@ -159,6 +160,7 @@ def begin_job(output: Path, job: dict, resume: bool) -> int:
                 f"cannot resume the prediction into {output}: its record {saved} is unreadable; pass "
                 "--overwrite to start over"
             )
+        old.pop(REPLACES, None)
         if old != job:
             raise RaftlmError(
                 f"cannot resume the prediction into {output}: {_changes(old, job)} since it started; "
@@ -169,7 +171,8 @@ def begin_job(output: Path, job: dict, resume: bool) -> int:
     if state.is_main_process:
         for stale in partial_files(output):
             stale.unlink()
-        atomic_write(saved, lambda p: p.write_text(json.dumps(job) + "\n"))
+        record = {**job, **({REPLACES: True} if output.exists() else {})}  # an --overwrite's
+        atomic_write(saved, lambda p: p.write_text(json.dumps(record) + "\n"))
     state.wait_for_everyone()
     return 0
 
