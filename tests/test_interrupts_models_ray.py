@@ -8,10 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from raftlm import models
+from raftlm.integrations import ray as rr
 
 # --- the model cache: a killed conversion ---------------------------------------------------------
 
@@ -109,3 +113,78 @@ def test_a_failed_conversion_leaves_no_work_folder(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         models._convert_gguf("smollm2-135m")
     assert [p.name for p in tmp_path.iterdir()] == [".smollm2-135m.lock"]
+
+
+# --- --engine ray --shards --overwrite: interrupted between the two renames -------------------------
+
+
+def tables(values):
+    return [pa.table({"prediction": values})]
+
+
+def values(out: Path) -> list[float]:
+    parts = sorted(out.glob("part-*.parquet"))
+    return [v for p in parts for v in pq.read_table(p).column("prediction").to_pylist()]
+
+
+def test_an_interrupted_shards_swap_puts_the_old_output_back(tmp_path, monkeypatch):
+    """predict --engine ray --shards OUT --overwrite, Ctrl+C between _swap_in's two renames: the old output
+    was parked in .OUT.XXXXXXXX.shards/OUT, the except handler deleted the new staging folder, and OUT was
+    missing; the next predict's cleanup deleted the parked old output: neither old nor new was left. Now
+    the interrupt puts the old output back at OUT."""
+    out = tmp_path / "preds"
+    rr._write_shards(out, tables([1.0, 2.0, 3.0]), 2)
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # the old output parked, the new one not yet renamed onto OUT
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        rr._write_shards(out, tables([7.0, 8.0, 9.0]), 2)
+    monkeypatch.setattr(os, "replace", real)
+    assert values(out) == [1.0, 2.0, 3.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds"]  # no staging, no parked folder
+
+
+def test_the_next_predict_puts_a_parked_output_back_instead_of_deleting_it(tmp_path):
+    """A second interrupt while the old output was put back (or a kill between the renames) leaves it
+    parked and OUT missing: check_destination took the parked folder for a killed write's leftover and
+    deleted it. Now it puts the newest whole one back first (and says so); a parked one cut short by a
+    kill, with OUT in place, is still cleaned; a folder of that name holding a user's file is not."""
+    data = tmp_path / "in.csv"
+    data.write_text("text\na\n")
+    out = tmp_path / "preds"
+    rr._write_shards(out, tables([1.0, 2.0, 3.0]), 2)
+    parked = tmp_path / ".preds.k2j3h4g5.shards"
+    parked.mkdir()
+    os.replace(out, parked / "preds")
+    torn = tmp_path / ".preds.a1b2c3d4.shards"  # an older park, half deleted: not whole, never put back
+    rr._write_shards(torn / "preds", tables([5.0, 6.0, 7.0]), 2)
+    (torn / "preds" / "part-00000.parquet").unlink()
+    os.utime(torn, (0, 0))
+    mine = tmp_path / ".preds.mine0000.shards"
+    mine.mkdir()
+    (mine / "notes.md").write_text("mine")
+    (tmp_path / ".preds.file0000.shards").write_text("mine too")  # a file of that name: not a folder
+    assert rr.check_destination(out, True, 2, str(data)) == out
+    assert values(out) == [1.0, 2.0, 3.0]
+    kept = [".preds.file0000.shards", ".preds.mine0000.shards", "in.csv", "preds"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == kept
+    assert (mine / "notes.md").read_text() == "mine"
+
+
+def test_a_parked_output_is_not_put_back_over_a_new_one(tmp_path):
+    """With OUT in place (the swap got as far as the new output), a parked old one is a leftover: deleted,
+    never swapped back over the new."""
+    data = tmp_path / "in.csv"
+    data.write_text("text\na\n")
+    out = tmp_path / "preds"
+    rr._write_shards(out, tables([7.0, 8.0]), 2)
+    parked = tmp_path / ".preds.k2j3h4g5.shards"
+    rr._write_shards(parked / "preds", tables([1.0, 2.0]), 2)
+    rr.check_destination(out, True, 2, str(data))
+    assert values(out) == [7.0, 8.0] and not parked.exists()

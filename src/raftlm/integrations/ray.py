@@ -22,12 +22,14 @@ continues an interrupted prediction of either engine.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -86,6 +88,17 @@ def stale_swap(name: str, output: str) -> bool:
     """Whether ``name`` is the folder a swap onto --shards output ``output`` parks the old output in
     (``_swap_in``'s mkdtemp: ``.OUTPUT.XXXXXXXX.shards``), left by a kill."""
     return re.fullmatch(re.escape(f".{output}.") + r"[a-z0-9_]{8}\.shards", name) is not None
+
+
+def _shards_leftover(folder: Path, output: str) -> bool:
+    """Whether ``folder`` (named as ``stale_swap`` says) holds only what a --shards write puts there: its
+    shards (a staging folder), or an old output of them (a swap's parked one, whole or part deleted)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    inside = list(folder.iterdir())
+    if [p.name for p in inside] == [output] and inside[0].is_dir() and not inside[0].is_symlink():
+        folder = inside[0]
+    return not _not_shards(folder) and not any(p.is_symlink() or not p.is_file() for p in folder.iterdir())
 
 
 def require_ray():
@@ -458,8 +471,9 @@ def check_destination(
     """Before Ray starts or a model loads: a JSONL output goes through ``io.check_output`` (the
     output contract of ``raftlm predict``, its partial file's included); a --shards folder must be new, or
     one --shards wrote (its marker) with --overwrite, and not the input; an interrupted one's partial
-    folder is continued (--resume) or replaced (--overwrite), never silently. A killed --shards write's
-    staging folder is cleaned."""
+    folder is continued (--resume) or replaced (--overwrite), never silently. An old output that an
+    interrupted swap left parked (the output itself missing) is put back first; then a killed --shards
+    write's staging folder is cleaned."""
     if not shard_rows:
         return check_output(output, overwrite, resume, input)
     if shard_rows < 1:
@@ -471,6 +485,7 @@ def check_destination(
         raise RaftlmError(
             "--overwrite starts the prediction afresh and --resume continues it: pass one of them"
         )
+    restore_parked(output)  # before the stale-folder cleanup below, which would delete it
     part, record, ours = shards_partial(output), job_path(output), our_job(output)
     if part.exists() and not (ours and (part / SHARDS_MARKER).is_file()):
         raise RaftlmError(
@@ -488,7 +503,7 @@ def check_destination(
         )
     if output.parent.is_dir():  # (this output's own: .preds.v2.*.shards is another output's, in use maybe)
         for stale in output.parent.glob(f".{glob.escape(output.name)}.*.shards"):
-            if stale_swap(stale.name, output.name) and stale.is_dir():
+            if stale_swap(stale.name, output.name) and _shards_leftover(stale, output.name):
                 shutil.rmtree(stale)
     if output.is_dir():
         if not (output / SHARDS_MARKER).is_file():
@@ -677,6 +692,55 @@ def _swap_in(staging: Path, output: Path) -> None:
             "those files out, then rerun with --resume"
         )
     old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".shards", dir=output.parent))
-    os.replace(output, old / output.name)
-    os.replace(staging, output)
+    try:
+        os.replace(output, old / output.name)
+        os.replace(staging, output)
+    except BaseException:  # (Ctrl+C, SIGTERM, a failed rename) between the two renames: the old one back
+        if not os.path.lexists(output) and (old / output.name).is_dir():
+            os.replace(old / output.name, output)
+        with contextlib.suppress(OSError):
+            old.rmdir()
+        raise
     shutil.rmtree(old)
+
+
+def _whole_shards(folder: Path) -> bool:
+    """Whether ``folder`` is a finished --shards output, whole: its marker's shard count of part files,
+    nothing else (a parked old output that a kill left mid-deletion is not)."""
+    if folder.is_symlink() or not folder.is_dir() or _not_shards(folder):
+        return False
+    try:
+        shards = json.loads((folder / SHARDS_MARKER).read_text())["shards"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+    names = {p.name for p in folder.glob("part-*.parquet")}
+    return isinstance(shards, int) and names == {_shard_name(i) for i in range(shards)}
+
+
+def restore_parked(output: Path) -> Path | None:
+    """Put back an old --shards output that an interrupted ``_swap_in`` had parked
+    (``.OUTPUT.XXXXXXXX.shards/OUTPUT``) when ``output`` is missing: an interrupt between its two renames
+    left neither there, and the stale-folder cleanup then deleted the old one. The newest whole one, said on
+    stderr; None when there was none. Under the output's lock (``check_destination``)."""
+    if os.path.lexists(output) or not output.parent.is_dir():
+        return None
+    parked = [
+        stale / output.name
+        for stale in output.parent.glob(f".{glob.escape(output.name)}.*.shards")
+        if stale_swap(stale.name, output.name)
+        and stale.is_dir()
+        and not stale.is_symlink()
+        and [p.name for p in stale.iterdir()] == [output.name]
+        and _whole_shards(stale / output.name)
+    ]
+    if not parked:
+        return None
+    newest = max(parked, key=lambda p: p.parent.stat().st_mtime)
+    os.replace(newest, output)
+    newest.parent.rmdir()
+    print(
+        f"raftlm: put back {output}, the old --shards output an interrupted --overwrite had moved to "
+        f"{newest.parent} (the new one was never in place)",
+        file=sys.stderr,
+    )
+    return output
