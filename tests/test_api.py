@@ -270,3 +270,62 @@ def test_texts_fill_the_templates_one_field_as_the_server_takes_them():
         _as_rows([{"title": "a", "text": "b"}, "c"], two)
     with pytest.raises(RaftlmError, match=r"X\[0\]: field 'review' is 3 \(a int\), not text"):
         examples_from([3], None, one)
+
+
+def test_data_settings_apply_to_fit_or_are_refused(tmp_path):
+    """settings={"data": {"train_size": 5}} (or train_fraction) was accepted, written into config.yaml and
+    ignored: fit trained on all 30 rows where `raftlm train --train-size 5` trains on 5. Now fit samples
+    its rows as train does; settings of a file or dataset (text_column, data_dir, ...) are refused."""
+    for settings, n in (({"data": {"train_size": 5}}, 5), ({"data": {"train_fraction": 0.2}}, 6)):
+        reg = small(progress_bar=False, settings=settings).fit(TEXTS, Y)
+        assert reg.results_["n_train"] == n
+    for key in ("text_column", "target_column", "data_dir", "history", "stsb_test"):
+        with pytest.raises(RaftlmError, match=f"^settings data.{key} says how `raftlm train` reads"):
+            small(settings={"data": {key: "x"}}).fit(TEXTS, Y)
+
+
+def test_eval_set_is_checked_and_its_rows_are_named_as_its_own():
+    """eval_set=(X_val, None) trained every step validating on rows without targets (RMSE nan), then
+    failed at calibration (or, without it, kept a NaN-driven early stop); a list of pairs was a raw
+    ValueError; a bad validation row was named as a training row (y[3])."""
+    for bad in ((TEXTS[:4], None), [(TEXTS[:4], Y[:4])], TEXTS[:4]):
+        with pytest.raises(RaftlmError, match=r"^eval_set is .*: give \(X_val, y_val\)"):
+            small().fit(TEXTS, Y, eval_set=bad)
+    with pytest.raises(RaftlmError, match=r"^eval_set y\[3\]: target nan"):
+        small().fit(TEXTS, Y, eval_set=(TEXTS[:4], [1.0, 2.0, 3.0, float("nan")]))
+
+
+def test_a_failed_first_fit_is_not_fitted_and_predict_reads_no_training_setting(tmp_path):
+    """check_is_fitted passed after a fit that failed (calibration_ was set before the model was built);
+    predict re-checked every training setting, so set_params(lr=-1) after fit failed predict."""
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    reg = small(lr=-1)
+    with pytest.raises(RaftlmError):
+        reg.fit(TEXTS, Y)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(reg)
+    reg.set_params(lr=1e-2).fit(TEXTS, Y)
+    check_is_fitted(reg)
+    pred = reg.predict(TEXTS[:3])
+    np.testing.assert_array_equal(reg.set_params(lr=-1, max_steps=0).predict(TEXTS[:3]), pred)
+
+
+def test_load_keeps_what_trains_and_validates_as_the_run_did(tmp_path):
+    """load() gave bf16=eval.bf16, so a run trained in bf16 and predicted in float32 came back training in
+    float32 (and the reverse turned bf16 training on); it dropped data.split_seed, which picks the
+    val_size validation rows, so clone(load(run)).fit validated on other rows."""
+    from sklearn.base import clone
+
+    reg = small(
+        progress_bar=False,
+        output_dir=str(tmp_path / "run"),
+        val_size=4,
+        settings={"eval": {"bf16": False}, "data": {"split_seed": 7}},
+        bf16=True,
+    ).fit(TEXTS, Y, eval_set=(TEXTS[:10], Y[:10]))
+    assert (reg.config_.training.bf16, reg.config_.eval.bf16) == (True, False)
+    again = clone(RAFTRegressor.load(tmp_path / "run"))
+    cfg = again._config(None)
+    assert (cfg.training.bf16, cfg.eval.bf16, cfg.data.split_seed) == (True, False, 7)

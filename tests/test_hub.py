@@ -411,7 +411,7 @@ def test_push_to_hub_uploads_what_save_writes(run, hub, tmp_path):
     reg = RAFTRegressor.load(str(run))
     url = reg.push_to_hub("me/toy-api")
     assert url == "https://huggingface.co/me/toy-api/commit/abc123"
-    assert hub["uploaded"] == [f for f in RUN_FILES if f != "metrics.jsonl"]  # what save() writes
+    assert hub["uploaded"] == RUN_FILES  # what save() writes: the run's training log too, since stop 64
     saved = reg.save(str(tmp_path / "saved"))
     assert hub["readme"] == (saved / "README.md").read_text() == (run / "README.md").read_text()
     with pytest.raises(RaftlmError, match="not fitted"):

@@ -27,7 +27,7 @@ from raftlm.config import (
     to_bf16,
 )
 from raftlm.core import Example, RaftlmError, Splits, short
-from raftlm.data import IN_MEMORY, SPLIT_NAMES
+from raftlm.data import IN_MEMORY, SPLIT_NAMES, sample_train
 from raftlm.decoders import TEXT_DECODERS, one_number, text_decoded
 from raftlm.io import (
     TRAINING_LOG,
@@ -202,8 +202,9 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                 "seed": self.seed,
                 "progress_bar": self.progress_bar,
             },
-            # (eval.batch_size follows batch_size unless settings give it: a run's smaller one is carried)
-            "eval": {"decoder": self.decoder, "bf16": self.bf16},
+            # (eval.batch_size and eval.bf16 follow batch_size and bf16 unless settings give them: a run's
+            # own, where they differ, are carried there)
+            "eval": {"decoder": self.decoder},
         }
 
     def fit(self, X, y, eval_set: tuple | None = None) -> RAFTRegressor:
@@ -211,7 +212,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         checkpoint with the best RMSE (and enables ``patience``): on a seeded sample of ``val_size`` of its
         rows (default 300, in their order) when it has more, on all of them with ``val_size="all"``;
         calibration uses every row."""
-        from raftlm.pipeline import fit_run, new_predictor
+        from raftlm.pipeline import fit_run, new_predictor, no_load_bars
 
         if y is None:  # scikit-learn's wording (check_requires_y_none)
             raise RaftlmError("RAFTRegressor requires y to be passed, but the target y is None: pass y")
@@ -219,8 +220,11 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         train = examples_from(X, y, template)
         val = []
         if eval_set is not None:
-            X_val, y_val = eval_set
-            val = examples_from(X_val, y_val, template)
+            if not isinstance(eval_set, tuple | list) or len(eval_set) != 2 or eval_set[1] is None:
+                raise RaftlmError(
+                    f"eval_set is {short(eval_set)}: give (X_val, y_val), the validation rows and their targets"
+                )
+            val = examples_from(*eval_set, template, names=("eval_set X", "eval_set y"))
         self.calibration_ = None  # a refit's model is not the one an earlier calibration measured
         self.training_log_ = None  # (nor its training log)
         if not methods.get(self.method).trains:  # zero-shot: bind the grid and scaling, train nothing
@@ -235,12 +239,13 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                 self.calibrate(*eval_set)
             return self
         splits = Splits(train, val, [], template, grid="1-5", target_range="auto", file_order=SPLIT_NAMES)
+        splits = sample_train(splits, self._config(None).data)  # data.train_size / train_fraction, as train
         if self.output_dir is None and (n := launch_size()) > 1:  # each process's temp folder is its own
             raise RaftlmError(
                 f"fit under torchrun / accelerate launch ({n} processes) needs output_dir: every "
                 "process trains into the same run directory"
             )
-        with self._run_dir() as run_dir:
+        with self._run_dir() as run_dir, no_load_bars(not self.progress_bar):  # (checkpoints' too)
             run = fit_run(
                 self._config(str(run_dir)),
                 overwrite=self.overwrite,
@@ -262,14 +267,27 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         with tempfile.TemporaryDirectory(prefix="raftlm-") as tmp:
             yield Path(tmp) / "run"
 
+    def _eval_settings(self):
+        """``eval`` as the run's config has it, read from what decides it alone (``settings``' eval section,
+        ``batch_size`` and ``bf16``, which it follows): predicting does not check the training settings
+        (a ``set_params(lr=-1)`` after fit fails the next fit, not predict)."""
+        given = dict(((self.settings or {}).get("eval") or {}) if isinstance(self.settings, dict) else {})
+        return Config.build(
+            {"training": {"batch_size": self.batch_size, "bf16": self.bf16}, "eval": given}
+        ).eval
+
     def _eval_batch_size(self) -> int:
         """Rows per forward pass at prediction: ``eval.batch_size``, as `raftlm predict` and the server
         batch (``batch_size``'s unless ``settings`` give it; a loaded run's own)."""
-        return self._config(None).eval.batch_size
+        return self._eval_settings().batch_size
 
     def _bf16(self) -> bool:
-        """``bf16`` at inference, ``"auto"`` resolved for the device the model is on."""
-        return to_bf16(self.bf16, "bf16", self.predictor_.device.type)
+        """``eval.bf16`` at inference (``bf16``'s unless ``settings`` give it), ``"auto"`` resolved for the
+        device the model is on."""
+        return to_bf16(self._eval_settings().bf16, "bf16", self.predictor_.device.type)
+
+    def __sklearn_is_fitted__(self) -> bool:  # (a failed first fit leaves calibration_, not a model)
+        return hasattr(self, "predictor_")
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "predictor_"):
@@ -338,7 +356,12 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         self._check_fitted()
         examples = examples_from(X, y, self.predictor_.template)  # the prompts predict reads
         self.calibration_ = uncertainty.calibrate(
-            self.predictor_, examples, self._eval_batch_size(), self._bf16(), source="calibrate()"
+            self.predictor_,
+            examples,
+            self._eval_batch_size(),
+            self._bf16(),
+            source="calibrate()",
+            desc="calibrate" if self.progress_bar else None,
         )
         from raftlm.models import is_int8
 
@@ -419,6 +442,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
     def _save_into(self, out: Path) -> Path:
         from raftlm.io import disk_error, make_folder
         from raftlm.modelcard import write_model_card
+        from raftlm.pipeline import no_load_bars
         from raftlm.run import check_run_dir, discard_failed, discard_staged, swap_in
 
         with output_lock(out, "the run directory"):
@@ -429,7 +453,8 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             make_folder(build, f"run directory {out}", "choose a writable directory")
             write_run_marker(build)
             try:
-                save_run(self.predictor_, build)
+                with no_load_bars(not self.progress_bar):
+                    save_run(self.predictor_, build)
                 write_text(build / "config.yaml", self._saved_config().to_yaml())
                 if getattr(self, "calibration_", None) is not None:
                     self.calibration_.save(build)
@@ -517,6 +542,11 @@ def merge_settings(settings: dict | None, own: dict) -> dict:
             "settings={'training': {'warmup_steps': 0}}"
         )
     merged = {section: dict(values or {}) for section, values in settings.items()}
+    if unread := sorted(set(merged.get("data", {})) & FILE_ONLY):
+        raise RaftlmError(
+            f"settings data.{unread[0]} says how `raftlm train` reads a dataset or file; fit reads the rows "
+            "you pass (X, y): drop it"
+        )
     for section, values in own.items():
         if taken := sorted(set(values) & set(merged.get(section, {}))):
             raise RaftlmError(
@@ -529,7 +559,9 @@ def merge_settings(settings: dict | None, own: dict) -> dict:
 
 # a run's settings that a loaded estimator's ``settings`` leave out: the data's (fit takes its rows in
 # memory) and how that run reported
-NOT_CARRIED = {"data": None, "training": {"progress_bar", "report_to"}}
+# data settings of a dataset or file, which fit (given its rows) never reads: refused in settings, not carried
+FILE_ONLY = {"dataset", "data_dir", "text_column", "target_column", "history", "stsb_test"}
+NOT_CARRIED = {"data": FILE_ONLY | {"template"}, "training": {"progress_bar", "report_to"}}
 
 
 def run_params(directory: Path, predictor) -> dict:
@@ -562,7 +594,8 @@ def run_params(directory: Path, predictor) -> dict:
         eval_steps=t.eval_steps,
         patience=t.patience,
         ema=t.ema,
-        bf16=cfg.eval.bf16,  # what `raftlm predict` and the server run it in (a recipe may train in bf16 only)
+        bf16=t.bf16,  # (eval.bf16, what `raftlm predict` and the server run it in, is carried in settings
+        # where it differs: a recipe may train in bf16 only)
         seed=t.seed,
         val_size=cfg.data.val_size,
     )
@@ -600,45 +633,48 @@ def _range_of(scaler) -> list | None:
     return None if same else [scaler.data_low, scaler.data_high]
 
 
-def examples_from(X, y, template: str) -> list[Example]:
+def examples_from(X, y, template: str, names: tuple[str, str] = ("X", "y")) -> list[Example]:
     """``X`` (and ``y``, None when predicting) as Examples, pairing rows by position; each row passes
     the row contract (``rows.render_row``: the same rules as a CSV/JSONL line or a served request).
     ``template`` is resolved (``resolve_template``: a run's, as files and the server fill it; resolving
-    it again would read its escapes twice, and ``C:\\temp`` would become a tab)."""
-    rows = text_rows(_rows(X), template, lambda i: f"X[{i}]")
-    targets = [None] * len(rows) if y is None else _targets(y, len(rows))
-    fields = [row_fields(template, r, f"X[{i}]") for i, r in enumerate(rows)]
+    it again would read its escapes twice, and ``C:\\temp`` would become a tab). ``names``: what errors
+    call X and y (``eval_set X``)."""
+    x, yname = names
+    rows = text_rows(_rows(X, x), template, lambda i: f"{x}[{i}]")
+    targets = [None] * len(rows) if y is None else _targets(y, len(rows), yname)
+    fields = [row_fields(template, r, f"{x}[{i}]") for i, r in enumerate(rows)]
     return [Example(render(template, dict(f)), t, f) for f, t in zip(fields, targets, strict=True)]
 
 
-def _rows(X) -> list:
+def _rows(X, name: str = "X") -> list:
     """Rows of ``X``, by position: a DataFrame's records, dicts, or texts (``text_rows`` makes them rows)."""
     if hasattr(X, "columns") and hasattr(X, "to_dict"):  # a pandas DataFrame
-        check_columns(X.columns, "X")
+        check_columns(X.columns, name)
         return X.to_dict("records")
     if hasattr(X, "tocsr") or hasattr(X, "todense"):  # scipy.sparse: features, not texts
-        raise RaftlmError("X is a sparse matrix, and sparse input is not supported: give texts")
+        raise RaftlmError(f"{name} is a sparse matrix, and sparse input is not supported: give texts")
     if isinstance(X, str | bytes | dict) or not hasattr(X, "__iter__"):
         raise RaftlmError(
-            f"X is {short(X)}: give a sequence of texts (a list, array or Series), a list of dicts or a DataFrame"
+            f"{name} is {short(X)}: give a sequence of texts (a list, array or Series), a list of dicts or a "
+            "DataFrame"
         )
     if getattr(X, "ndim", 1) == 2 and X.shape[1] == 1:  # a column of texts, e.g. df[["review"]].to_numpy()
         X = X[:, 0]
     if getattr(X, "ndim", 1) != 1:
         raise RaftlmError(
-            f"X has shape {X.shape}: give a 1-D sequence of texts (or one column, shape (n, 1)), a list "
+            f"{name} has shape {X.shape}: give a 1-D sequence of texts (or one column, shape (n, 1)), a list "
             "of dicts or a DataFrame"
         )
     return list(X)  # a Series iterates its values in order, whatever its index (texts: rows.text_rows)
 
 
-def _targets(y, n: int) -> list[float]:
+def _targets(y, n: int, name: str = "y") -> list[float]:
     """``y`` by position (a pandas Series' index is ignored), each a finite number."""
     values = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y, dtype=object)
     if values.ndim == 2 and values.shape[1] == 1:
         values = values[:, 0]
     if values.ndim != 1:
-        raise RaftlmError(f"y has shape {values.shape}: give one number per row of X")
+        raise RaftlmError(f"{name} has shape {values.shape}: give one number per row")
     if len(values) != n:
-        raise RaftlmError(f"got {n} texts but {len(values)} targets: pass one target per text")
-    return [parse_target(v, f"y[{i}]") for i, v in enumerate(values)]
+        raise RaftlmError(f"got {n} texts but {len(values)} targets in {name}: pass one target per text")
+    return [parse_target(v, f"{name}[{i}]") for i, v in enumerate(values)]

@@ -692,7 +692,15 @@ def load_splits(cfg) -> Splits:
         raise RaftlmError(
             f"--stsb-test {cfg.stsb_test} applies to the stsb datasets only, not {name}: drop it"
         )
-    if cfg.train_size is not None and name not in (*STSB_DATASETS, "amazon-snippets"):
+    # (the stsb datasets and amazon-snippets take train_size as they read their files)
+    return sample_train(splits, cfg, train_size=name not in (*STSB_DATASETS, "amazon-snippets"))
+
+
+def sample_train(splits: Splits, cfg, train_size: bool = True) -> Splits:
+    """The training split as ``data.train_size`` (unless ``train_size`` is False: applied already) and
+    ``data.train_fraction`` take it (``cap``: a seeded sample of a split in its file's order); the same
+    for a dataset, a file and ``RAFTRegressor.fit``'s rows."""
+    if train_size and cfg.train_size is not None:
         splits = replace(
             splits, train=cap(splits.train, cfg.train_size, splits.in_file_order("train"), cfg.split_seed)
         )
