@@ -252,6 +252,7 @@ def _predict_on_ray(ray, args, cfg: Config, dataset_given: bool, output: Path) -
     splits = None if is_run_dir(cfg.model.name) else load_splits(cfg.data)
     kind, columns = _source(args.input)
     n, has_target = _check_rows(args.input, _template(cfg, splits), cfg.data.target_column)
+    register_output(output)  # written into a run: its marker lists it first (as `raftlm predict`'s output)
     done = None  # rows already in the partial file or folder: an output from a local file goes through one
     if n is not None:
         fields = fields_settings(cfg, args.with_uncertainty)
@@ -262,7 +263,6 @@ def _predict_on_ray(ray, args, cfg: Config, dataset_given: bool, output: Path) -
             done = begin_job(output, job, args.resume)
         if done == n:  # killed after its last row, before the rename
             finish_shards(output, n) if args.shards else finish_job(output)
-            register_output(output)  # written into a run: its marker lists it
             print(f"wrote {n} predictions to {output}")
             return
     started = _connect(ray, args.ray_address, args.quiet)
@@ -302,7 +302,6 @@ def _predict_on_ray(ray, args, cfg: Config, dataset_given: bool, output: Path) -
             ray.shutdown()
     if n is not None and written != n:
         raise RaftlmError(f"Ray Data read {written} rows of {args.input}, raftlm's reader {n}: report this")
-    register_output(output)  # written into a run: its marker lists it (as `raftlm predict`'s output)
     print(f"wrote {written} predictions to {output}")
 
 
