@@ -329,3 +329,23 @@ def test_load_keeps_what_trains_and_validates_as_the_run_did(tmp_path):
     again = clone(RAFTRegressor.load(tmp_path / "run"))
     cfg = again._config(None)
     assert (cfg.training.bf16, cfg.eval.bf16, cfg.data.split_seed) == (True, False, 7)
+
+
+def test_a_fitted_estimator_predicts_as_its_run_is_loaded_and_saves_as_trained(tmp_path):
+    """On a GPU eval.dtype is bfloat16: train measured test and calibration on a bfloat16 copy, `raftlm
+    predict` and load() predict with one, but fit().predict used the float32 weights as trained (and its
+    intervals a calibration of the other copy). Shown on the CPU with eval.dtype bfloat16: fit().predict
+    equals load().predict now, and save() still writes the float32 weights."""
+    from safetensors.torch import load_file
+
+    reg = small(
+        progress_bar=False, output_dir=str(tmp_path / "run"), settings={"eval": {"dtype": "bfloat16"}}
+    )
+    reg.fit(TEXTS, Y, eval_set=(TEXTS[:8], Y[:8]))
+    loaded = RAFTRegressor.load(tmp_path / "run")
+    np.testing.assert_array_equal(reg.predict(TEXTS), loaded.predict(TEXTS))
+    mine, theirs = reg.predict_interval(TEXTS[:4], 0.8), loaded.predict_interval(TEXTS[:4], 0.8)
+    np.testing.assert_array_equal(mine[1], theirs[1])
+    reg.save(tmp_path / "saved")
+    weights = load_file(tmp_path / "saved" / "model.safetensors")
+    assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}

@@ -227,6 +227,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             val = examples_from(*eval_set, template, names=("eval_set X", "eval_set y"))
         self.calibration_ = None  # a refit's model is not the one an earlier calibration measured
         self.training_log_ = None  # (nor its training log)
+        self._placed = None
         if not methods.get(self.method).trains:  # zero-shot: bind the grid and scaling, train nothing
             if self.output_dir is not None:
                 raise RaftlmError(
@@ -235,6 +236,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                 )
             self.predictor_ = new_predictor(self._config(None), train, template)
             self.train_summary_, self.results_, self.config_ = {}, None, self._config(None)
+            self._place()
             if val:  # as a trained fit: conformal calibration on the validation set
                 self.calibrate(*eval_set)
             return self
@@ -257,7 +259,22 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             self.training_log_ = _training_log(run_dir)  # save() writes it, as train leaves it
         self.predictor_, self.train_summary_ = run.predictor, run.results["train"]
         self.results_, self.config_ = run.results, self._config(None)
+        self._place()
         return self
+
+    def _place(self) -> None:
+        """The fitted model as every command loads its run (``eval.device``, ``eval.dtype``: bfloat16 on a
+        GPU), for predictions: train measured its test split and calibration on that copy, and `raftlm
+        predict`, the server and ``load`` predict with it. ``predictor_`` stays as trained (float32), what
+        ``save`` writes; a copy only where the placement differs (nothing on a CPU)."""
+        from raftlm.pipeline import placed_for_eval
+
+        placed = placed_for_eval(self.predictor_, self.config_)
+        self._placed = None if placed is self.predictor_ else placed
+
+    def _model(self):
+        """The predictor predictions come from: the placed copy of a fitted model, or a loaded one."""
+        return getattr(self, "_placed", None) or self.predictor_
 
     @contextlib.contextmanager
     def _run_dir(self):
@@ -284,7 +301,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
     def _bf16(self) -> bool:
         """``eval.bf16`` at inference (``bf16``'s unless ``settings`` give it), ``"auto"`` resolved for the
         device the model is on."""
-        return to_bf16(self._eval_settings().bf16, "bf16", self.predictor_.device.type)
+        return to_bf16(self._eval_settings().bf16, "bf16", self._model().device.type)
 
     def __sklearn_is_fitted__(self) -> bool:  # (a failed first fit leaves calibration_, not a model)
         return hasattr(self, "predictor_")
@@ -330,7 +347,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         """Predictions as `raftlm predict` makes them for this run: sample-rail with the run's sampling
         settings (``eval.num_samples``, ``temperature``, ``max_new_tokens``) and ``seed``, as the command
         line reads them from its config.yaml (``--seed`` there, ``set_params(seed=...)`` here)."""
-        p, decoder, e = self.predictor_, decoder or self.decoder, self._saved_config().eval
+        p, decoder, e = self._model(), decoder or self.decoder, self._saved_config().eval
         preds = p.predict(
             p.texts_of(self._examples(X)),
             decoder,
@@ -356,7 +373,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         self._check_fitted()
         examples = examples_from(X, y, self.predictor_.template)  # the prompts predict reads
         self.calibration_ = uncertainty.calibrate(
-            self.predictor_,
+            self._model(),
             examples,
             self._eval_batch_size(),
             self._bf16(),
@@ -416,7 +433,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         """Grid probabilities p(str(y)|x), shape (n, len(grid)). raft-head: the LM's grid distribution, whose
         mean plus the head's correction is the prediction."""
         self._check_fitted()
-        p = self.predictor_
+        p = self._model()
         if not p.has_grid:
             raise RaftlmError(one_number("predict_proba", "it has no grid probabilities"))
         # (a text decoder's numbers come from no distribution: refused, as the server's with_probs is)
