@@ -258,3 +258,16 @@ def test_an_interrupted_predict_overwrite_resumes_as_its_line_says(tmp_path, tra
     monkeypatch.setattr(streaming, "predict_examples", real_predict)
     assert main([*predict, "--resume"]) == 2 and "already exists" in _said(capsys)
     assert out.read_text() == "a user's file, put there since\n"
+
+
+def test_ctrl_c_while_the_parser_is_built_is_one_line(monkeypatch, capsys):
+    """Ctrl+C in the first fraction of a second (the parser imports the method and dataset tables) printed
+    a traceback: that code ran before main's handler."""
+    import raftlm.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["train", "--help"]) == 130
+    assert capsys.readouterr().err == "raftlm: error: interrupted before it started; nothing was written\n"

@@ -1012,6 +1012,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv))
     except SystemExit as stop:  # --help, --version, or a usage error (already printed in one line)
         return stop.code
+    except KeyboardInterrupt:  # Ctrl+C while the parser imports its tables: one line, as later
+        print("raftlm: error: interrupted before it started; nothing was written", file=sys.stderr)
+        return 130
     warnings.filterwarnings("ignore", message=".*generation flags.*")
     try:
         # (serve: uvicorn's own handlers shut the server down gracefully)
