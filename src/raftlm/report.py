@@ -851,19 +851,20 @@ def _write_report(root: Path, rows: list[dict]) -> None:
         write_json(
             root / REPORT_MARKER, {"format": "raftlm-report", "version": 1, "files": list(REPORT_FILES)}
         )
+        page = (
+            "<!doctype html><html><head><meta charset='utf-8'><title>raftlm report</title><style>"
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+            "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}</style></head><body>"
+            f"<h1>raftlm report: {html.escape(str(root))}</h1>{_md_to_html(md)}{images}</body></html>"
+        )
+        # the files one after another, the page (the whole report) among them, each whole (atomic writes)
         write_json(root / "summary.json", aggs)
         write_text(root / "report.md", md)
+        write_text(root / "report.html", page)
         if pngs:
             figdir.mkdir(exist_ok=True)
         for png in pngs:
             os.replace(png, figdir / png.name)
         pngs = [figdir / png.name for png in pngs]
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>raftlm report</title><style>"
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}</style></head><body>"
-        f"<h1>raftlm report: {html.escape(str(root))}</h1>{_md_to_html(md)}{images}</body></html>"
-    )
-    write_text(root / "report.html", page)
     print(md)
     print(f"report: {root / 'report.md'}, {root / 'report.html'} ({len(pngs)} figures)")
