@@ -220,7 +220,7 @@ def test_a_sweep_deletes_a_runs_weights_once_its_last_cell_is_written(tmp_path, 
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     root = run_sweep(str(path))
-    run = next((root / "runs").iterdir())
+    run = next(p for p in (root / "runs").iterdir() if p.is_dir())  # (beside it: its data record)
     assert len(list((root / "cells").glob("*.json"))) == 2  # both decoders evaluated the one run
     assert not list(run.glob("*.safetensors")) and not (run / "checkpoints").exists()
     assert (run / "eval_results.json").exists() and (run / "config.yaml").exists()
@@ -233,7 +233,7 @@ def test_a_sweep_deletes_a_runs_weights_once_its_last_cell_is_written(tmp_path, 
 
     sweep.update(output_dir=str(tmp_path / "kept"), keep_models=True)
     path.write_text(yaml.safe_dump(sweep))
-    kept = next((run_sweep(str(path)) / "runs").iterdir())
+    kept = next(p for p in (run_sweep(str(path)) / "runs").iterdir() if p.is_dir())
     assert list(kept.glob("*.safetensors"))
     sweep["keep_models"] = "no"
     path.write_text(yaml.safe_dump(sweep))
@@ -1152,3 +1152,93 @@ def test_an_entry_is_named_by_the_settings_its_cells_recorded_not_todays_default
     assert label(paper) == "RAFT (the paper's: no CE term)"
     assert label(paper, {"ce_weight": 1.0}) == "RAFT (the paper's: no CE term)"  # what ran, over the file
     assert label(row) == "RAFT + 1.0 x CE (two-hot target)"  # an older cell: the file's base, else defaults
+
+
+def test_a_killed_run_is_checked_against_the_data_and_the_file_before_any_cell_runs(tmp_path, toy_csv):
+    """A run a kill left unwritten (its cell not written yet) resumed on a data file edited since: the
+    cell recorded the new file's hash, the validation and the kept checkpoint were the old rows'. And a
+    killed run whose settings the sweep file changed since was refused only when the sweep reached it
+    (hours in), while --dry-run said it would resume. Both are said before the first cell now."""
+    from raftlm.experiment import cells, plan_sweep, run_sweep
+
+    original = Path(toy_csv).read_bytes()
+    data = tmp_path / "data.csv"
+    data.write_bytes(original)
+    path, sweep = one_cell_sweep(tmp_path, data)
+    sweep["keep_models"] = True
+    path.write_text(yaml.safe_dump(sweep))
+    run_sweep(str(path), quiet=True)
+    out = tmp_path / "out"
+    (cell,) = (out / "cells").glob("*.json")
+    cell.unlink()  # killed after its run finished, before its cell was written
+    data.write_text(data.read_text().replace(",3\n", ",4\n"))  # the file edited since
+    with pytest.raises(RaftlmError, match=r"^run .* was started on other contents of .*data.csv"):
+        plan_sweep(str(path))
+    with pytest.raises(RaftlmError, match=r"^run .* was started on other contents of .*data.csv"):
+        run_sweep(str(path), quiet=True)
+    data.write_bytes(original)  # restored: it reuses the run
+    run_sweep(str(path), quiet=True)
+    assert cell.is_file()
+
+    cell.unlink()
+    sweep["base"]["training"]["weight_decay"] = 0.1  # the file edited since the run started
+    path.write_text(yaml.safe_dump(sweep))
+    with pytest.raises(RaftlmError, match=r"was started with other settings .*weight_decay"):
+        plan_sweep(str(path))
+    (c,) = cells(sweep)
+    assert not cell.exists() and (out / "runs" / c.run_id).is_dir()
+
+
+def test_results_follow_the_sweep_file_from_its_start(tmp_path, toy_csv, monkeypatch):
+    """A sweep file edited to drop a method, then run and killed in its first new cell: sweep.yaml said
+    the new design while results.json (and so the report) still held the dropped method's cells."""
+    import raftlm.experiment as experiment
+
+    path, sweep = one_cell_sweep(tmp_path, Path(toy_csv))
+    sweep["methods"] = ["raft", {"method": "ce", "decoder": "rail"}]
+    path.write_text(yaml.safe_dump(sweep))
+    experiment.run_sweep(str(path), quiet=True)
+    out = tmp_path / "out"
+    assert {r["method"] for r in json.loads((out / "results.json").read_text())} == {"raft", "ce"}
+    sweep["methods"], sweep["seeds"] = ["raft"], [0, 1]
+    path.write_text(yaml.safe_dump(sweep))
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "run_cell", killed)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run_sweep(str(path), quiet=True)
+    assert [r["method"] for r in json.loads((out / "results.json").read_text())] == ["raft"]
+
+
+def test_report_states_its_statistics_and_lrs_and_refuses_a_cell_listed_twice(tmp_path):
+    """report.md never said which LR each entry's numbers came from, which std, or which Welch test; and a
+    results.json with a cell twice (a hand merge) counted its seed twice (n=4, a smaller std, a smaller p)."""
+    (tmp_path / "results.json").write_text(json.dumps(FIXTURE))
+    write_report(str(tmp_path))
+    md = (tmp_path / "report.md").read_text()
+    assert "sample std (ddof 1)" in md and "Welch's two-sided t-test" in md
+    lrs = md[md.index("**Learning rate chosen on validation**") :]
+    chosen = {a["label"]: a["lr"] for a in aggregate(FIXTURE) if a["lr"] is not None}
+    for label, lr in chosen.items():
+        assert f"| {label} | {lr:g} |" in lrs
+    (tmp_path / "results.json").write_text(json.dumps(FIXTURE + FIXTURE[-1:]))
+    with pytest.raises(RaftlmError, match=r"results.json holds cell c 2 times"):
+        write_report(str(tmp_path))
+
+
+def test_a_base_train_fraction_beside_train_fractions_is_refused(tmp_path, toy_csv):
+    """base data.train_fraction 0.5 with train_fractions [null, 0.5]: the null cell ("all the data", the
+    sweep's own check says) trained on half and the report counted it as full data; with [1.0] the base
+    value was overridden without a word. Without train_fractions it stays a plain setting."""
+    from raftlm.experiment import plan_sweep
+
+    path, sweep = one_cell_sweep(tmp_path, toy_csv)
+    sweep["base"]["data"] = {"train_fraction": 0.5}
+    path.write_text(yaml.safe_dump(sweep))
+    plan_sweep(str(path))  # (a plain setting: every cell trains on half)
+    sweep["train_fractions"] = [None, 0.5]
+    path.write_text(yaml.safe_dump(sweep))
+    with pytest.raises(RaftlmError, match=r"base data\.train_fraction is set by each cell from the sweep's"):
+        plan_sweep(str(path))

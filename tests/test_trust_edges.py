@@ -375,7 +375,8 @@ def test_a_loaded_run_predicts_with_its_eval_settings_as_the_cli_does(tmp_path):
     cfg["eval"]["interval_kind"], cfg["eval"]["dtype"] = "std", "bfloat16"
     (out / "config.yaml").write_text(yaml.safe_dump(cfg))
     loaded = RAFTRegressor.load(out)
-    assert loaded.bf16 is False and loaded._bf16() is False
+    # bf16 is what it trains in (clone(loaded).fit trains as the run did), eval.bf16 what it predicts in
+    assert loaded.bf16 is True and loaded.settings["eval"]["bf16"] is False and loaded._bf16() is False
     assert str(next(loaded.predictor_.model.parameters()).dtype) == "torch.bfloat16"
     assert (
         str(next(RAFTRegressor.load(out, dtype="float32").predictor_.model.parameters()).dtype)

@@ -211,6 +211,11 @@ def check_sweep(sweep: dict, where: str) -> None:
                 f"{where}: base {section}.{key} is set by each cell from the sweep's {axis}: give it there, "
                 "and drop it from base"
             )
+    if "train_fractions" in sweep and "train_fraction" in (((base or {}).get("data")) or {}):
+        raise RaftlmError(  # (a null fraction, "all the data", trained on base's; 1.0 overrode it)
+            f"{where}: base data.train_fraction is set by each cell from the sweep's train_fractions: give it "
+            "there, and drop it from base"
+        )
     if sweep.get("lr_choice", "all_seeds") not in LR_CHOICES:
         raise RaftlmError(f"{where}: lr_choice {short(sweep['lr_choice'])} is not one of {list(LR_CHOICES)}")
     if not isinstance(sweep.get("keep_models", False), bool):
@@ -363,6 +368,10 @@ def cell_data_hash(cell: Cell) -> str | None:
     _, _, path = str(cell.dataset["dataset"]).partition(":")
     if path and Path(path).is_file():
         st = Path(path).stat()
+        if time.time() - st.st_mtime < 2:  # (as git: an edit within the same timestamp tick that keeps the
+            from raftlm.files import file_sha256  # size looks unchanged to the cache, so it is read)
+
+            return file_sha256(path)
         return _data_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
     return None
 
@@ -451,9 +460,11 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
     train = {}
     trains = methods.get(cell.method).trains
     if trains:
-        check_run_settings(run_dir, cfg)
+        check_run_settings(run_dir, cfg, data_sha256)
         if not (run_dir / "eval_results.json").exists():
             fresh = run_dir.exists() and not (run_dir / "config.yaml").exists()
+            if data_sha256 is not None and not (run_dir / "config.yaml").exists():
+                write_json(run_data_record(run_dir), {"data_sha256": data_sha256})  # (before it trains)
             train_run(cfg, overwrite=fresh, resume=not fresh, evaluate_test=False)  # evaluated below
         train = json.loads((run_dir / "eval_results.json").read_text())["train"]
         # the validation curve outlives the run directory (weights dropped, runs/ not committed)
@@ -558,13 +569,30 @@ def drop_weights(run_dir: Path) -> int:
     return freed
 
 
-def check_run_settings(run_dir: Path, cfg: Config) -> None:
-    """A run directory a cell resumes or reuses was started with the settings the cell now gives: a sweep
-    edited after a kill would otherwise resume (or reuse) a run of the old settings and record the new
-    ones."""
+def run_data_record(run_dir: Path) -> Path:
+    """Where a sweep records the content hash of the local data file a run trains on (beside the run: a
+    run directory holds only what `raftlm train` writes)."""
+    return run_dir.parent / f".{run_dir.name}.data.json"
+
+
+def check_run_settings(run_dir: Path, cfg: Config, data_sha256: str | None = None) -> None:
+    """A run directory a cell resumes or reuses was started with the settings the cell now gives, on the
+    same local data file (``data_sha256``, recorded when it started): a sweep edited after a kill, or a
+    data file edited since, would otherwise resume (or reuse) a run of the old settings or rows and record
+    the new ones."""
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
+    if data_sha256 is not None:
+        try:
+            started = json.loads(run_data_record(run_dir).read_text(encoding="utf-8")).get("data_sha256")
+        except (OSError, ValueError, AttributeError):
+            started = None  # (a run started before sweeps recorded it: its data cannot be checked)
+        if started is not None and started != data_sha256:
+            raise RaftlmError(
+                f"run {run_dir} was started on other contents of {cfg.data.dataset.partition(':')[2]} than "
+                f"the file has now: delete {run_dir} to train it again on the file as it is, or restore the file"
+            )
     before, now = config_values(Config.from_yaml(str(saved))), config_values(cfg)
     changed = [
         f"{k} {short(before.get(k))} -> {short(v)}"
@@ -731,12 +759,16 @@ def _open_sweep(path: str, quiet: bool = False) -> tuple[dict, dict, Path, list[
 def _check_written(sweep: dict, todo: list[Cell], root: Path) -> dict[str, dict]:
     """The written results by cell id, each checked: a damaged or stale one fails now, not after hours of
     other cells."""
-    written = {}
+    written, runs = {}, set()
     for c in todo:
         path = cell_result(root, c)
         if path.exists():
             written[c.cell_id] = read_cell(path)
             check_cell_settings(written[c.cell_id], c, sweep, root, path)
+        elif c.run_id not in runs and methods.get(c.method).trains:  # a killed run it would resume
+            runs.add(c.run_id)
+            run_dir = root / "runs" / c.run_id
+            check_run_settings(run_dir, cell_config(sweep, c, run_dir), cell_data_hash(c))
     return written
 
 
@@ -836,6 +868,7 @@ def _run_cells(sweep: dict, todo: list[Cell], root: Path, as_written: dict) -> i
     if stray := stray_note(root, todo):
         log.warning(stray)
     write_text(root / "sweep.yaml", yaml.safe_dump(as_written, sort_keys=False))
+    collect(root, todo)  # results.json as the file lists cells now (a kill in the first cell: not the old)
     skip = lambda c: lost_on_first_seed(sweep, c, todo, root)  # noqa: E731
     ran = 0
     for cell in todo:

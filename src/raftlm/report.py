@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -253,6 +253,29 @@ def collapsed_note(rows: list[dict]) -> str:
     )
 
 
+def lr_table(aggs: list[dict]) -> str:
+    """The learning rate each trained entry's numbers come from (chosen on validation), per dataset."""
+    trained = [a for a in aggs if a["lr"] is not None]
+    if not trained:
+        return ""
+    datasets = list(dict.fromkeys(a["dataset"] for a in trained))
+    lines = [
+        "**Learning rate chosen on validation**",
+        "",
+        "| entry | " + " | ".join(datasets) + " |",
+        "|---|" + "---|" * len(datasets),
+    ]
+    for model, label in dict.fromkeys((a["model"], a["label"]) for a in trained):
+        lrs = {a["dataset"]: a["lr"] for a in trained if (a["model"], a["label"]) == (model, label)}
+        name = label if len({a["model"] for a in trained}) == 1 else f"{label} ({model})"
+        lines.append(f"| {name} | " + " | ".join(_lr_text(lrs.get(d)) for d in datasets) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _lr_text(lr) -> str:
+    return "-" if lr is None else f"{lr:g}"
+
+
 def welch_p(a: dict, b: dict) -> str:
     """Welch's t-test p over seeds between two aggregates' mean test RMSE, formatted; "-" when either has
     fewer than 2 seeds or the test is undefined (both stds 0)."""
@@ -307,7 +330,11 @@ def tables(aggs: list[dict], rows: list[dict] | None = None, planned_seeds: int 
     """The report's markdown. ``planned_seeds``: how many seeds the sweep runs (its sweep.yaml), so that
     entries resting on fewer are named while it is still running."""
     full = full_data(aggs)
-    parts = []
+    parts = [
+        "Each trained entry: the mean ± sample std (ddof 1) over its seeds, at the learning rate with the "
+        "lowest mean validation RMSE on the seeds every LR has (appendix D; the LR table below); p: Welch's "
+        "two-sided t-test over seeds.\n"
+    ]
     for model in dict.fromkeys(a["model"] for a in full):
         sub = [a for a in full if a["model"] == model]
         for metric in ("rmse", "pearson", "spearman"):
@@ -358,6 +385,8 @@ def tables(aggs: list[dict], rows: list[dict] | None = None, planned_seeds: int 
             parts.append(
                 table(sub, "crps", "label", "dataset", f"CRPS of the grid distribution on test, {model}")
             )
+    if chosen := lr_table(full):
+        parts.append(chosen)
     if intervals := interval_table(full):
         parts.append(intervals)
     if note := collapsed_note(rows or []):
@@ -780,6 +809,19 @@ def check_report_dir(root: Path) -> None:
         )
 
 
+# what tells a sweep's cells apart: a row twice in results.json (a hand-merged file) would count its seed
+# twice in the means and the Welch test
+CELL_IDENTITY = (
+    "cell_id",
+    "dataset",
+    "model",
+    "method",
+    "decoder",
+    "options",
+    "lr",
+    "seed",
+    "train_fraction",
+)
 REPORT_WAIT = 300.0  # seconds a report waits for another report of the same folder to finish
 
 
@@ -809,6 +851,11 @@ def write_report(results_dir: str) -> Path:
         if bad is not None:
             raise RaftlmError(
                 f"{path}: entry {bad[0]} is not a cell's result ({bad[1]}): rerun `raftlm experiment` to rewrite it"
+            )
+        seen = Counter(tuple(str(r.get(k)) for k in CELL_IDENTITY) for r in rows)
+        if twice := sorted(c for c, n in seen.items() if n > 1):  # (its seeds would count twice in the means)
+            raise RaftlmError(
+                f"{path} holds cell {twice[0][0]} {seen[twice[0]]} times: rerun `raftlm experiment` to rewrite it"
             )
         check_report_dir(root)
         _write_report(root, rows)
