@@ -1242,3 +1242,20 @@ def test_a_base_train_fraction_beside_train_fractions_is_refused(tmp_path, toy_c
     path.write_text(yaml.safe_dump(sweep))
     with pytest.raises(RaftlmError, match=r"base data\.train_fraction is set by each cell from the sweep's"):
         plan_sweep(str(path))
+
+
+def test_report_tables_the_data_scaling_entries_and_names_their_fraction(tmp_path):
+    """A sweep with train_fractions: its entries below 1 were in summary.json and a figure only, report.md
+    showed none of them (nor which fraction a collapsed cell had)."""
+    rows = []
+    for fraction, rmse in ((None, 0.5), (0.5, 0.7)):
+        for seed in (0, 1):
+            r = _row("raft", "rail", 1e-4, seed, rmse + 0.01 * seed, rmse)
+            rows.append({**r, "train_fraction": fraction, "cell_id": f"c{fraction}-{seed}"})
+    rows[-1]["collapsed"] = "every prediction is 3.0"
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    write_report(str(tmp_path))
+    md = (tmp_path / "report.md").read_text()
+    scaling = md[md.index("by fraction of the training data") :]
+    assert "| | 1 | 0.5 |" in scaling and "0.505 ± 0.007" in scaling and "0.705 ± 0.007" in scaling
+    assert "lr 0.0001, 0.5 of the training data, seed 1" in md

@@ -234,7 +234,9 @@ def table(
 
 
 def _lr(row: dict) -> str:
-    return f"lr {row['lr']:g}" if row.get("lr") else "zero-shot"  # zero-shot cells have no lr
+    text = f"lr {row['lr']:g}" if row.get("lr") else "zero-shot"  # zero-shot cells have no lr
+    fraction = row.get("train_fraction")
+    return text if not fraction or fraction == 1.0 else f"{text}, {fraction:g} of the training data"
 
 
 def collapsed_note(rows: list[dict]) -> str:
@@ -387,6 +389,20 @@ def tables(aggs: list[dict], rows: list[dict] | None = None, planned_seeds: int 
             )
     if chosen := lr_table(full):
         parts.append(chosen)
+    scaling = [a for a in aggs if a not in full]  # the data-scaling study (figure 4): its own table
+    several = len({a["model"] for a in aggs}) > 1
+    for dataset in dict.fromkeys(a["dataset"] for a in scaling):
+        sub = [
+            {
+                **a,
+                "fraction": f"{a['train_fraction'] or 1.0:g}",
+                "entry": a["label"] + (f" ({a['model']})" if several else ""),
+            }
+            for a in aggs
+            if a["dataset"] == dataset and a["lr"] is not None
+        ]
+        title = f"RMSE on test of {dataset} by fraction of the training data (figure 4)"
+        parts.append(table(sub, "rmse", "entry", "fraction", title))
     if intervals := interval_table(full):
         parts.append(intervals)
     if note := collapsed_note(rows or []):
