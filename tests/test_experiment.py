@@ -1259,3 +1259,18 @@ def test_report_tables_the_data_scaling_entries_and_names_their_fraction(tmp_pat
     scaling = md[md.index("by fraction of the training data") :]
     assert "| | 1 | 0.5 |" in scaling and "0.505 ± 0.007" in scaling and "0.705 ± 0.007" in scaling
     assert "lr 0.0001, 0.5 of the training data, seed 1" in md
+
+
+def test_keep_checkpoints_with_keep_models_false_is_refused(tmp_path, toy_csv):
+    """base training.keep_checkpoints: true under keep_models: false (the default): the sweep deleted the
+    checkpoints with the weights once the run's cells were written, without a word."""
+    from raftlm.experiment import plan_sweep
+
+    path, sweep = one_cell_sweep(tmp_path, toy_csv)
+    sweep["base"]["training"]["keep_checkpoints"] = True
+    path.write_text(yaml.safe_dump(sweep))
+    with pytest.raises(RaftlmError, match=r"keep_checkpoints keeps checkpoints that keep_models: false"):
+        plan_sweep(str(path))
+    sweep["keep_models"] = True
+    path.write_text(yaml.safe_dump(sweep))
+    plan_sweep(str(path))

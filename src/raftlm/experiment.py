@@ -216,6 +216,12 @@ def check_sweep(sweep: dict, where: str) -> None:
             f"{where}: base data.train_fraction is set by each cell from the sweep's train_fractions: give it "
             "there, and drop it from base"
         )
+    kept = ((base or {}).get("training") or {}).get("keep_checkpoints")
+    if kept in (True, "true") and sweep.get("keep_models", False) is False:
+        raise RaftlmError(  # (keep_models false deleted the checkpoints with the weights, without a word)
+            f"{where}: base training.keep_checkpoints keeps checkpoints that keep_models: false (the default) "
+            "deletes once a run's cells are written: set keep_models: true, or drop keep_checkpoints"
+        )
     if sweep.get("lr_choice", "all_seeds") not in LR_CHOICES:
         raise RaftlmError(f"{where}: lr_choice {short(sweep['lr_choice'])} is not one of {list(LR_CHOICES)}")
     if not isinstance(sweep.get("keep_models", False), bool):
