@@ -868,3 +868,90 @@ def test_an_unknown_nested_field_is_told_its_own_models_fields_and_many_columns_
     r = post(url, {"dataframe_split": {"columns": columns, "data": []}}, route="/invocations")
     assert r.status_code in (400, 413, 422) and time.monotonic() - start < 10
     assert post(url, {"inputs": ["x"]}).status_code == 200  # the server lives on
+
+
+def test_a_stop_runs_the_queued_requests_at_once_and_a_second_ctrl_c_exits_cleanly(run):
+    """SIGTERM while a request waited for its batch (--max-wait-ms longer than --graceful-timeout-s): the
+    batch kept waiting for rows, the graceful time ran out and the request got 503 though the docs say
+    the queue is drained. And two Ctrl+C with a request inside the model: uvicorn's forced exit skipped
+    the app's shutdown: two tracebacks, and in 2 of 3 runs an abort (exit 134, "terminate called without
+    an active exception"), the worker thread left inside torch as the interpreter exited. Now a second
+    Ctrl+C refuses what is queued and the shutdown stays graceful."""
+    rows = run[2]
+    waiting = ("--max-wait-ms", "20000", "--max-batch", "64", "--graceful-timeout-s", "3", "--no-access-log")
+    busy = ("--max-batch", "1", "--no-access-log", "--graceful-timeout-s", "2")
+    with servers((run[0], waiting), (run[0], busy)) as [(base, proc, log), (base2, proc2, log2)]:
+        answer, long = {}, {}
+        asked = threading.Thread(target=lambda: answer.update(r=post(base, {"inputs": [rows[0]["text"]]})))
+        asked.start()
+        wait_for(lambda: get(f"{base}/health").json()["queued_rows"] == 1, what="the request queued")
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        asked.join(timeout=60)
+        assert answer["r"].status_code == 200 and time.monotonic() - start < 3, answer["r"].text
+        assert proc.wait(timeout=60) == 0
+
+        texts = [("many words " * 200) + r["text"] for r in rows] * 6  # 240 rows: one job each request
+        many = [
+            threading.Thread(target=lambda i=i: long.update({i: _quietly(post, base2, {"inputs": texts})}))
+            for i in range(4)
+        ]
+        for t in many:
+            t.start()
+        wait_for(lambda: get(f"{base2}/health").json()["queued_rows"] > 0, what="requests queued")
+        proc2.send_signal(signal.SIGINT)  # (one request inside the model, others queued)
+        time.sleep(0.3)
+        proc2.send_signal(signal.SIGINT)
+        assert proc2.wait(timeout=60) == 0
+        for t in many:
+            t.join(timeout=60)
+        codes = [getattr(r, "status_code", None) for r in long.values()]
+        assert 503 in codes, codes  # the queued ones, refused at the second Ctrl+C
+    for said in (log.read_text(), log2.read_text()):
+        assert "Traceback" not in said and "terminate called" not in said, said
+
+
+def _quietly(call, *a):
+    try:
+        return call(*a)
+    except httpx.HTTPError as err:  # (a forced exit may close the connection unanswered)
+        return err
+
+
+def test_requests_the_model_cannot_answer_are_refused_before_its_forward_pass(run, loaded):
+    """Under a text decoder with_probs, with_uncertainty and an interval were refused after every row of
+    the request had been decoded (/health's rows grew by the request's size each time); an unknown field
+    with a dash was named '' ("with-probs"), and one inside params blamed "params"; a CSV body of more
+    rows than --max-rows was read whole (seconds, the event loop held) before its 413; a 405 had no Allow
+    header; /openapi.json's instances and inputs had a null default their schema did not allow."""
+    run_dir = run[0]
+    predictor, cfg = loaded
+    settings = ServeSettings(max_wait_ms=0, max_rows=5)
+    greedy = replace(cfg, eval=replace(cfg.eval, decoder="greedy"))
+    app = create_app(predictor, greedy, settings, run_info(run_dir, predictor, greedy, settings, None), None)
+    with TestClient(app) as client:
+        for extra in ({"with_probs": True}, {"with_uncertainty": True}, {"interval": 0.9}):
+            r = client.post("/predict", json={"inputs": ["x", "y"], **extra})
+            assert r.status_code == 400, r.text
+        assert client.get("/health").json()["rows"] == 0  # nothing was decoded for them
+        r = client.post("/predict", json={"inputs": ["x"], "with-probs": True})
+        assert r.status_code == 422 and "unknown field 'with-probs': the fields are" in r.json()["error"]
+        r = client.post("/invocations", json={"instances": ["x"], "params": {"with-probs": True}})
+        assert "unknown field 'params.with-probs': the fields are with_probs" in r.json()["error"]
+        body = "text\n" + "a\n" * 6
+        r = client.post("/invocations", content=body, headers={"content-type": "text/csv"})
+        assert (
+            r.status_code == 413 and "over 5 rows in one request exceed the limit of 5" in r.json()["error"]
+        )
+        r = client.get("/predict")
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["InvocationsRequest"]
+        for name in ("instances", "inputs"):
+            assert {"type": "null"} in schema["properties"][name]["anyOf"]
+
+
+def test_the_startup_url_brackets_an_ipv6_host():
+    from raftlm.serve import url_of
+
+    assert url_of("::1", 8000) == "http://[::1]:8000" and url_of("::", 1) == "http://[::]:1"
+    assert url_of("127.0.0.1", 8000) == "http://127.0.0.1:8000"

@@ -23,6 +23,7 @@ import contextlib
 import copy
 import csv
 import io
+import itertools
 import json
 import logging
 import signal
@@ -65,8 +66,8 @@ from raftlm.pipeline import load_for_eval, predict_texts
 from raftlm.predictor import Predictions, Predictor
 from raftlm.prompts import template_fields
 from raftlm.rows import check_columns, text_rows
-from raftlm.streaming import prediction_rows
-from raftlm.uncertainty import KINDS, Calibration, min_calibration_size, prediction_fields
+from raftlm.streaming import check_with_probs, prediction_rows
+from raftlm.uncertainty import KINDS, NO_DISTRIBUTION, Calibration, min_calibration_size, prediction_fields
 
 log = logging.getLogger("raftlm.serve")
 
@@ -114,6 +115,7 @@ class MicroBatcher:
         self._jobs: deque[_Job] = deque()
         self._rows = 0  # rows queued, not yet taken by the worker
         self._closed = False
+        self._flushing = False  # shutting down: what is queued runs now, without waiting for more
         self.batches_run = self.rows_run = self.rows_dropped = 0  # so far (GET /health)
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="raftlm-batcher", daemon=True)
@@ -135,6 +137,23 @@ class MicroBatcher:
             self._cond.notify()
         return job.future
 
+    def flush(self) -> None:
+        """A stop signal came: batches stop waiting (``max_wait``) for more rows, so the requests queued
+        run within the graceful shutdown's time instead of being cut off by it."""
+        with self._cond:
+            self._flushing = True
+            self._cond.notify_all()
+
+    def cancel_queued(self) -> None:
+        """A second Ctrl+C: the requests still queued are refused (503) now; the batch running finishes."""
+        with self._cond:
+            while self._jobs:
+                job = self._jobs.popleft()
+                self._rows -= len(job.texts)
+                if job.future.set_running_or_notify_cancel():
+                    job.future.set_exception(Busy("the server is shutting down: retry on another instance"))
+            self._cond.notify_all()
+
     def close(self) -> None:
         """Stop taking requests; the worker finishes what is queued, then exits."""
         with self._cond:
@@ -152,7 +171,7 @@ class MicroBatcher:
                     return None
                 self._cond.wait()
             deadline = self._jobs[0].arrived + self.max_wait_s
-            while self._rows < self.max_batch and not self._closed:
+            while self._rows < self.max_batch and not self._closed and not self._flushing:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -305,18 +324,17 @@ class DataFrameSplit(BaseModel):
     index: list[Any] | None = None
 
 
+INPUT_TYPES = [{"type": "array"}, {"type": "object"}, {"type": "string"}]  # (null: the default, absent)
+
+
 class InvocationsRequest(BaseModel):
     """MLflow's scoring protocol: exactly one of the four inputs; ``params`` are ``/predict``'s switches."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     dataframe_split: DataFrameSplit | None = None
     dataframe_records: list[Any] | None = None
-    instances: Annotated[
-        Any, WithJsonSchema({"anyOf": [{"type": "array"}, {"type": "object"}, {"type": "string"}]})
-    ] = None
-    inputs: Annotated[
-        Any, WithJsonSchema({"anyOf": [{"type": "array"}, {"type": "object"}, {"type": "string"}]})
-    ] = None
+    instances: Annotated[Any, WithJsonSchema({"anyOf": [*INPUT_TYPES, {"type": "null"}]})] = None
+    inputs: Annotated[Any, WithJsonSchema({"anyOf": [*INPUT_TYPES, {"type": "null"}]})] = None
     params: PredictOptions | None = None
 
 
@@ -454,9 +472,12 @@ def _validate(model: type[BaseModel], body: bytes, example: str):
             raise Reject(400, f"request body is not valid JSON ({e['msg']}): send a JSON object") from None
         # the field's path, without pydantic's union branch tags ("list[float]", "function-before[...]")
         path = [str(p) for p in e["loc"] if isinstance(p, int) or str(p).isidentifier()]
-        if e["type"] == "extra_forbidden":
-            known = ", ".join(_fields_at(model, path[:-1]))
-            raise Reject(422, f"unknown field {'.'.join(path)!r}: the fields are {known}") from None
+        if e["type"] == "extra_forbidden":  # (the unknown key itself, whatever its characters: "with-probs")
+            parent = [str(p) for p in e["loc"][:-1] if isinstance(p, int) or str(p).isidentifier()]
+            known = ", ".join(_fields_at(model, parent))
+            raise Reject(
+                422, f"unknown field {'.'.join([*parent, str(e['loc'][-1])])!r}: the fields are {known}"
+            ) from None
         message = f"{'.'.join(path) or 'body'}: {e['msg'].removeprefix('Value error, ')}"
         shape = not path or e["type"] == "missing"  # the body itself is off: show what one looks like
         raise Reject(422, f"{message}: send {example}" if shape else message) from None
@@ -539,12 +560,19 @@ def _invocation_rows(req: InvocationsRequest) -> list:
     return rows
 
 
-def _csv_rows(body: bytes) -> list[dict]:
+def _csv_rows(body: bytes, max_rows: int) -> list[dict]:
     """``text/csv`` (MLflow's other content type): a header line, then rows, read as `raftlm predict` reads
     a CSV file (``files.csv_rows``: a byte-order mark dropped, a row with more or fewer fields than the
-    header refused with its line)."""
+    header refused with its line). Reading stops past ``max_rows`` (a body of half a million short rows
+    held the event loop, every other request waiting, for seconds before its 413)."""
     try:
-        rows = list(csv_rows(io.StringIO(body.decode("utf-8-sig"), newline=""), "the CSV body"))
+        rows = list(
+            itertools.islice(
+                csv_rows(io.StringIO(body.decode("utf-8-sig"), newline=""), "the CSV body"), max_rows + 1
+            )
+        )
+        if len(rows) > max_rows:
+            raise Reject(413, f"over {max_rows} rows in one request exceed the limit of {max_rows}: split it")
     except RaftlmError as err:
         raise Reject(400, str(err)) from None
     except (UnicodeDecodeError, csv.Error) as err:
@@ -579,13 +607,13 @@ class Metrics:
         )
         self.batch_rows = Histogram(
             "raftlm_batch_rows",
-            "rows per forward pass",
+            "rows per micro-batch (its requests together: one or more forward passes of up to --max-batch prompts)",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
             registry=r,
         )
         self.batch_seconds = Histogram(
             "raftlm_batch_duration_seconds",
-            "time of one forward pass",
+            "time of one micro-batch",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
@@ -652,8 +680,8 @@ async def _error(request, exc: Exception) -> Response:
         status, message = 503, str(exc)
     elif isinstance(exc, ClientGone | ClientDisconnect):
         return Response(status_code=499)  # nobody is listening; the metrics and the log count it
-    elif isinstance(exc, HTTPException):
-        status, message = exc.status_code, str(exc.detail)
+    elif isinstance(exc, HTTPException):  # (its headers kept: a 405's Allow)
+        status, message, headers = exc.status_code, str(exc.detail), getattr(exc, "headers", None)
     else:
         status, message = 500, f"internal error ({type(exc).__name__}): see the server log"
     return JSONResponse({"error": message.replace("\n", " ")}, status_code=status, headers=headers)
@@ -710,10 +738,19 @@ class Server:
         if m:
             m.queue.set_function(lambda: self.batcher.queued_rows)
 
+    def hurry_shutdown(self) -> None:
+        """A second Ctrl+C (uvicorn's forced exit skipped the app's shutdown and left the worker inside
+        torch as the interpreter exited: an abort): the queued requests are refused now instead."""
+        if self._loop is not None and self.batcher is not None:
+            self._loop.call_soon_threadsafe(self.batcher.cancel_queued)
+
     def begin_shutdown(self) -> None:
-        """From uvicorn's signal handler: body reads still in progress end now (503)."""
+        """From uvicorn's signal handler: body reads still in progress end now (503); the requests queued
+        run at once (not after --max-wait-ms) and are answered."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.stopping.set)
+            if self.batcher is not None:
+                self._loop.call_soon_threadsafe(self.batcher.flush)
 
     async def body(self, request: Request) -> bytes:
         s = self.settings
@@ -745,8 +782,14 @@ class Server:
         return opts.interval_kind or self.cfg.eval.interval_kind
 
     def _check_interval(self, opts: PredictOptions) -> None:
-        """Refuse what no forward pass can fix before running one: an interval from an uncalibrated run,
-        a kind the model cannot give, a level its calibration is too small for."""
+        """Refuse what no forward pass can fix before running one: probabilities, an uncertainty summary
+        or an interval under a text decoder (they were refused after every row was decoded), an interval
+        from an uncalibrated run, a kind the model cannot give, a level its calibration is too small for."""
+        text = self.cfg.eval.decoder in TEXT_DECODERS and self.predictor.head is None
+        if opts.with_probs:
+            check_with_probs(self.predictor, not text)
+        if text and (opts.interval is not None or opts.with_uncertainty):
+            raise RaftlmError(NO_DISTRIBUTION)
         if opts.interval is None:
             if opts.interval_kind is not None:  # it would be taken and do nothing
                 raise RaftlmError(
@@ -936,7 +979,7 @@ def create_app(
     async def invocations(request: Request):
         body = await server.body(request)
         if request.headers.get("content-type", "").split(";")[0].strip().lower() == "text/csv":
-            rows, opts = _csv_rows(body), PredictOptions()
+            rows, opts = _csv_rows(body, server.settings.max_rows), PredictOptions()
         else:
             req = _validate(InvocationsRequest, body, INVOCATIONS_EXAMPLE)
             rows, opts = _invocation_rows(req), req.params or PredictOptions()
@@ -1055,17 +1098,21 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def _exit_quietly(signum, frame) -> None:
-    raise SystemExit(0)
+    """uvicorn re-raises the stop signal it handled to the handler it found: noted, nothing more (raising
+    here ran inside the still-running event loop: tracebacks, and a worker thread left inside torch)."""
 
 
 class _Uvicorn(uvicorn.Server):
     """uvicorn's server, telling the app the moment a stop signal arrives (so body reads end at once)."""
 
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]):
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None], on_again: Callable[[], None]):
         super().__init__(config)
-        self.on_exit = on_exit
+        self.on_exit, self.on_again = on_exit, on_again
 
     def handle_exit(self, sig, frame) -> None:
+        if self.should_exit and sig == signal.SIGINT:  # a second Ctrl+C: no forced exit (see hurry_shutdown)
+            self.on_again()
+            return
         super().handle_exit(sig, frame)
         self.on_exit()
 
@@ -1094,7 +1141,7 @@ def serve(run_dir: str, cfg: Config, settings: ServeSettings) -> None:
         info = run_info(run_dir, predictor, cfg, settings, calibration)
         app = create_app(predictor, cfg, settings, info, calibration)
         host, port = sock.getsockname()[:2]
-        print(f"raftlm serve: {run_dir} on http://{host}:{port} ({info_line(info, settings)})", flush=True)
+        print(f"raftlm serve: {run_dir} on {url_of(host, port)} ({info_line(info, settings)})", flush=True)
         config = uvicorn.Config(
             app,
             log_config=log_config(settings.access_log),
@@ -1106,9 +1153,15 @@ def serve(run_dir: str, cfg: Config, settings: ServeSettings) -> None:
         # found: this one, so a clean stop exits 0 instead of dying from the signal it just handled
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, _exit_quietly)
-        _Uvicorn(config, app.state.server.begin_shutdown).run(sockets=[sock])
+        state = app.state.server
+        _Uvicorn(config, state.begin_shutdown, state.hurry_shutdown).run(sockets=[sock])
     finally:
         sock.close()
+
+
+def url_of(host: str, port: int) -> str:
+    """The server's URL: an IPv6 address in brackets (``--host ::1`` printed ``http://::1:8000``)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def info_line(info: dict, settings: ServeSettings) -> str:

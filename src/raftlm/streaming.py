@@ -48,6 +48,21 @@ def grid_probs(predictor: Predictor, probs: np.ndarray) -> dict[str, float]:
 WITH_PROBS = '--with-probs ("with_probs", the grid probabilities)'
 
 
+def check_with_probs(predictor: Predictor, has_probs: bool) -> None:
+    """Grid probabilities asked of a model or decoder without them (``has_probs``: the decoder reads the
+    grid's distribution; greedy and sample-rail decode text): refused, before or after the forward pass."""
+    if predictor.head is not None and not predictor.has_grid:
+        raise RaftlmError(one_number(WITH_PROBS, "it has none; drop them"))
+    if not has_probs:  # greedy, sample-rail: the numbers come from decoded text
+        raise RaftlmError(
+            text_decoded(
+                WITH_PROBS,
+                f"a text decoder ({', '.join(TEXT_DECODERS)})",
+                "drop them, or use decoder rail, mode or median",
+            )
+        )
+
+
 def prediction_rows(
     predictor: Predictor,
     preds: Predictions,
@@ -60,16 +75,8 @@ def prediction_rows(
     """Output rows: index (0-based row of the input), prediction, target if known, probs + entropy,
     the prompt the row became (``with_prompts``), and ``extra``'s fields per row (uncertainty: std,
     quantiles, intervals)."""
-    if with_probs and predictor.head is not None and not predictor.has_grid:
-        raise RaftlmError(one_number(WITH_PROBS, "it has none; drop them"))
-    if with_probs and preds.probs is None:  # greedy, sample-rail: the numbers come from decoded text
-        raise RaftlmError(
-            text_decoded(
-                WITH_PROBS,
-                f"a text decoder ({', '.join(TEXT_DECODERS)})",
-                "drop them, or use decoder rail, mode or median",
-            )
-        )
+    if with_probs:
+        check_with_probs(predictor, preds.probs is not None)
     for j, x in enumerate(examples):
         row = {"index": start + j, "prediction": float(preds.values[j])}
         if x.target is not None:

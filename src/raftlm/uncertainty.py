@@ -466,10 +466,14 @@ def features(predictor, preds) -> np.ndarray:
         return preds.probs
     if preds.probs is not None or predictor.head is not None or predictor.fmt is None:
         return np.asarray(preds.values, dtype=np.float64)[:, None]
-    raise RaftlmError(
-        "intervals and the uncertainty summary need the grid distribution: decode with rail, mode or median "
-        "(--decoder; decoder= in Python): greedy and sample-rail decode text and have none"
-    )
+    raise RaftlmError(NO_DISTRIBUTION)
+
+
+# (a text decoder's predictions: what features refuses, and what the server refuses before computing them)
+NO_DISTRIBUTION = (
+    "intervals and the uncertainty summary need the grid distribution: decode with rail, mode or median "
+    "(--decoder; decoder= in Python): greedy and sample-rail decode text and have none"
+)
 
 
 def _grid_of(predictor, X: np.ndarray) -> tuple | None:
