@@ -123,6 +123,7 @@ def test_sweep_resumes_after_being_killed_mid_cell(tmp_path, toy_csv):
         "methods": [{"method": "none", "decoder": "rail"}, "raft"],
         "lrs": [1e-3],
         "seeds": [0],
+        "keep_models": True,  # (keep_checkpoints asks for it: c278347)
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))

@@ -17,16 +17,8 @@ from raftlm.io import FINISHED_FILE, TRAINING_LOG
 
 
 @pytest.fixture
-def data(tmp_path):
-    words = ["awful", "bad", "fine", "good", "great"]
-    rows = [
-        {
-            "text": f"review {i}: the product was {words[i % 5]}. rating:",
-            "target": (i % 5) + 1 + 0.5 * (i % 2),
-        }
-        for i in range(40)
-    ]
-    return write_csv(tmp_path / "toy.csv", rows)
+def data(toy_csv):
+    return toy_csv  # (tmp_path/toy.csv: 40 reviews)
 
 
 def _said(capsys) -> str:

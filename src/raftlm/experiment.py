@@ -39,7 +39,7 @@ import numpy as np
 import yaml
 
 from raftlm import methods, uncertainty
-from raftlm.config import SECTIONS, Config, TrainConfig, read_yaml_file, to_float
+from raftlm.config import SECTIONS, Config, TrainConfig, read_yaml_file, to_bool, to_float
 from raftlm.core import RaftlmError, short
 from raftlm.io import (
     RUN_FILES,
@@ -216,8 +216,8 @@ def check_sweep(sweep: dict, where: str) -> None:
             f"{where}: base data.train_fraction is set by each cell from the sweep's train_fractions: give it "
             "there, and drop it from base"
         )
-    kept = ((base or {}).get("training") or {}).get("keep_checkpoints")
-    if kept in (True, "true") and sweep.get("keep_models", False) is False:
+    kept = ((base or {}).get("training") or {}).get("keep_checkpoints", False)
+    if to_bool(kept, "base training.keep_checkpoints") and sweep.get("keep_models", False) is False:
         raise RaftlmError(  # (keep_models false deleted the checkpoints with the weights, without a word)
             f"{where}: base training.keep_checkpoints keeps checkpoints that keep_models: false (the default) "
             "deletes once a run's cells are written: set keep_models: true, or drop keep_checkpoints"

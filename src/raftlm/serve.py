@@ -422,7 +422,10 @@ async def _read_body(request: Request, limit: int, timeout_s: float, stopping: a
     it has not all arrived within ``timeout_s``, 503 when the server begins to stop meanwhile."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        if int(declared) <= DRAIN_LIMIT:  # read and drop it: a client still uploading reads the 413
+        # read and drop it: a client still uploading reads the 413; one that waits for "100 Continue"
+        # (Expect) has sent nothing yet, and reading would invite the upload the 413 refuses
+        waits = request.headers.get("expect", "").lower() == "100-continue"
+        if int(declared) <= DRAIN_LIMIT and not waits:
             await _discard(request, timeout_s)  # (a reset connection instead, when answered mid-upload)
         raise Reject(413, f"request body of {declared} bytes exceeds the limit of {limit}: send fewer rows")
 
@@ -449,9 +452,11 @@ async def _read_body(request: Request, limit: int, timeout_s: float, stopping: a
 
 def _validate(model: type[BaseModel], body: bytes, example: str):
     """The request as ``model``; bad JSON is 400, a wrong shape 422 (the first problem, in one line). A
-    key written twice, NaN or Infinity are refused as in a JSONL file (pydantic keeps the last key)."""
+    key written twice, NaN or Infinity are refused as in a JSONL file (pydantic keeps the last key). A
+    UTF-8 byte-order mark before it is dropped (RFC 8259 lets a reader ignore it; the CSV body drops it too)."""
     from raftlm.files import not_json, unique_keys
 
+    body = body.removeprefix(b"\xef\xbb\xbf")
     try:
         json.loads(body, object_pairs_hook=unique_keys, parse_constant=not_json)
     except (json.JSONDecodeError, RecursionError, UnicodeDecodeError):
