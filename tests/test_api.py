@@ -349,3 +349,13 @@ def test_a_fitted_estimator_predicts_as_its_run_is_loaded_and_saves_as_trained(t
     reg.save(tmp_path / "saved")
     weights = load_file(tmp_path / "saved" / "model.safetensors")
     assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}
+
+
+def test_interval_levels_and_a_generator_are_read_as_given():
+    """predict_interval(X, []) returned intervals of no level without a word and [[0.8, 0.9]] raised a
+    ValueError; score(generator, y) read X twice, the second time empty (sklearn's "inconsistent numbers")."""
+    reg = small(progress_bar=False, method="none").fit(TEXTS, Y, eval_set=(TEXTS, Y))
+    for bad in ([], [[0.8, 0.9]]):
+        with pytest.raises(RaftlmError, match=r"^confidence_level .*: give a level between 0 and 1"):
+            reg.predict_interval(TEXTS[:2], bad)
+    assert reg.score((t for t in TEXTS), Y) == reg.score(TEXTS, Y)

@@ -965,3 +965,27 @@ def test_a_json_body_may_start_with_a_bom_and_an_oversized_expect_100_is_not_inv
     assert r.status_code == 200 and len(r.json()["predictions"]) == 1
     head = b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2000000\r\n\r\n"
     assert read_all(raw(url, head)).startswith("HTTP/1.1 413")
+
+
+def test_sigterm_while_the_server_loads_is_one_line_and_exit_143(run):
+    """A scheduler's stop while `raftlm serve` loaded its model killed it by the signal, without a word
+    (commands other than serve turned SIGTERM into their one line; serve had no handler until it listened)."""
+    script = (
+        "import os, signal, sys, time\n"
+        "import raftlm.serve as serve\n"
+        "from raftlm.cli import main\n"
+        "def loading(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n"
+        "serve.load_for_eval = loading\n"
+        f"sys.exit(main(['serve', {str(run[0])!r}, '--port', '0']))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 143, (proc.returncode, proc.stderr[-2000:])
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == "raftlm serve: error: terminated; nothing half-written was left"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -395,7 +396,12 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         self._check_fitted()
         if kind == "auto":
             kind = self._saved_config().eval.interval_kind
-        levels = [uncertainty.check_level(c) for c in np.atleast_1d(confidence_level)]
+        given = np.atleast_1d(np.asarray(confidence_level, dtype=object))
+        if given.ndim != 1 or not len(given):  # ([] gave intervals of no level; [[0.8, 0.9]] a ValueError)
+            raise RaftlmError(
+                f"confidence_level {short(confidence_level)}: give a level between 0 and 1, or a list of them"
+            )
+        levels = [uncertainty.check_level(c) for c in given]
         if kind != "auto" and kind not in uncertainty.KINDS:
             raise RaftlmError(
                 f"unknown interval kind {short(kind)}: use one of {list(uncertainty.KIND_CHOICES)}"
@@ -421,6 +427,8 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         from sklearn.metrics import r2_score
 
         self._check_fitted()
+        if isinstance(X, Iterator):  # (read twice below: a generator's rows would be gone the second time)
+            X = list(X)
         examples = examples_from(X, y, self.predictor_.template)
         if len(examples) < 2:
             raise RaftlmError("score (R^2) needs at least 2 examples: score more examples")

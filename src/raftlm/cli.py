@@ -1017,9 +1017,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     warnings.filterwarnings("ignore", message=".*generation flags.*")
     try:
-        # (serve: uvicorn's own handlers shut the server down gracefully)
-        terminate = _terminate_as_interrupt() if args.command != "serve" else contextlib.nullcontext()
-        with _logging(getattr(args, "quiet", False)), terminate:
+        # (serve: while it loads; once it listens, uvicorn's own handlers shut the server down gracefully)
+        with _logging(getattr(args, "quiet", False)), _terminate_as_interrupt():
             _check_launch(args.command)
             COMMANDS[args.command](args)
             _leave_process_group()
