@@ -1275,3 +1275,13 @@ def test_keep_checkpoints_with_keep_models_false_is_refused(tmp_path, toy_csv):
     sweep["keep_models"] = True
     path.write_text(yaml.safe_dump(sweep))
     plan_sweep(str(path))
+
+
+def test_a_diverged_entry_first_in_a_column_does_not_take_the_bold_from_the_best():
+    """min() over a column whose first mean is NaN (a diverged entry) returned NaN: nothing equalled it,
+    and the column had no bold entry at all."""
+    aggs = aggregate(FIXTURE)
+    first = next(a for a in aggs if a["label"] == "zero-shot + RAIL")
+    diverged = [{**first, "rmse": float("nan")}, *[a for a in aggs if a is not first]]
+    md = table(diverged, "rmse", "label", "dataset", "RMSE")
+    assert "| RAFT + 1.0 x CE (two-hot target) | **0.500 ± 0.100** |" in md

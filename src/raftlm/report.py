@@ -218,7 +218,8 @@ def table(
     best = set()  # (row, col) of each winner
     for keys in groups.values():
         pick = min if LOWER_IS_BETTER[metric] else max
-        present = [k for k in keys if k in cell and cell[k].get(metric) is not None]
+        # (a diverged entry's NaN mean is no candidate: min() with a NaN first returned NaN, no bold at all)
+        present = [k for k in keys if k in cell and _finite(cell[k].get(metric))]
         if present:
             top = pick(cell[k][metric] for k in present)
             best.update(k for k in present if cell[k][metric] == top)
