@@ -359,3 +359,12 @@ def test_interval_levels_and_a_generator_are_read_as_given():
         with pytest.raises(RaftlmError, match=r"^confidence_level .*: give a level between 0 and 1"):
             reg.predict_interval(TEXTS[:2], bad)
     assert reg.score((t for t in TEXTS), Y) == reg.score(TEXTS, Y)
+
+
+def test_fit_errors_speak_of_the_api_not_a_file():
+    """fit([], []) said "dataset in-memory has no training examples: check the file or its split column";
+    a row missing the template's field said "training, --template can name yours instead"."""
+    with pytest.raises(RaftlmError, match=r"^fit got no rows: pass X and y with at least one row each$"):
+        small().fit([], [])
+    with pytest.raises(RaftlmError, match=r"prompt_template= in Python\) can name yours instead"):
+        small(prompt_template="{review}").fit([{"text": "x"}, {"text": "y"}], [1, 2])

@@ -219,6 +219,8 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             raise RaftlmError("RAFTRegressor requires y to be passed, but the target y is None: pass y")
         template = resolve_template(self.prompt_template)  # (once: a resolved template has no escapes left)
         train = examples_from(X, y, template)
+        if not train:  # (said in the API's words: the pipeline's names a file and its split column)
+            raise RaftlmError("fit got no rows: pass X and y with at least one row each")
         val = []
         if eval_set is not None:
             if not isinstance(eval_set, tuple | list) or len(eval_set) != 2 or eval_set[1] is None:

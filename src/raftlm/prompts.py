@@ -122,7 +122,7 @@ def missing_column(template: str, row: dict, where: str = "") -> RaftlmError | N
     return RaftlmError(
         f"{where + ': ' if where else ''}column {short(absent[0])} needed by the prompt template is missing "
         f"(columns: {short(sorted(map(str, row)))}): give each row the template's columns ({', '.join(fields)}); "
-        "training, --template can name yours instead"
+        "when training, the template (--template; prompt_template= in Python) can name yours instead"
     )
 
 
