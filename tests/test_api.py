@@ -368,3 +368,14 @@ def test_fit_errors_speak_of_the_api_not_a_file():
         small().fit([], [])
     with pytest.raises(RaftlmError, match=r"prompt_template= in Python\) can name yours instead"):
         small(prompt_template="{review}").fit([{"text": "x"}, {"text": "y"}], [1, 2])
+
+
+def test_a_refit_that_fails_leaves_the_earlier_fit_whole(tmp_path):
+    """A refit reset calibration_, the training log and the placed copy before it trained: one that failed
+    left the earlier model with none of them (intervals refused, save() without its log)."""
+    reg = small(progress_bar=False).fit(TEXTS, Y, eval_set=(TEXTS[:8], Y[:8]))
+    before = reg.predict_interval(TEXTS[:3], 0.8)
+    with pytest.raises(RaftlmError):
+        reg.set_params(lr=-1).fit(TEXTS, Y, eval_set=(TEXTS[:8], Y[:8]))
+    np.testing.assert_array_equal(reg.predict_interval(TEXTS[:3], 0.8)[1], before[1])
+    assert reg.training_log_ is not None

@@ -160,23 +160,26 @@ def test_the_method_builds_the_head_from_its_config_fields():
     [("head-attn", False), ("head-pooled", False), ("head-mlp-logits", True), ("raft", True)],
 )
 def test_full_training_freezes_an_untied_lm_head_only_under_heads_that_skip_the_logits(
-    method, lm_head_trains
+    method, lm_head_trains, monkeypatch
 ):
     """The tiny model's LM head is its own matrix (as Llama-3-8B's): under a head that reads the final hidden
-    states it gets no gradient, so it is frozen (DDP failed on it); a head or loss that reads logits trains
-    it, and the input embeddings train under full either way."""
+    states it gets no gradient, so under a launch it is frozen (DDP failed on it); a head or loss that reads
+    logits trains it, and the input embeddings train under full either way. One process leaves it as it
+    was (the same numbers; a checkpoint of an earlier version holds its optimizer state)."""
     cfg = Config.build(
         {
             "model": {"name": "tiny-random-llama", "trainable": "full"},
             "method": {"method": method, "grid": "1-5"},
         }
     )
-    predictor = new_predictor(cfg, EXAMPLES)
-    make_trainable(predictor, cfg)
-    model = predictor.model
-    assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight
-    assert model.get_output_embeddings().weight.requires_grad is lm_head_trains
-    assert model.get_input_embeddings().weight.requires_grad
+    for processes, trains in (("1", True), ("2", lm_head_trains)):
+        monkeypatch.setenv("WORLD_SIZE", processes)
+        predictor = new_predictor(cfg, EXAMPLES)
+        make_trainable(predictor, cfg)
+        model = predictor.model
+        assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight
+        assert model.get_output_embeddings().weight.requires_grad is trains
+        assert model.get_input_embeddings().weight.requires_grad
 
 
 @pytest.mark.parametrize("trainable, frozen", [("none", 2), ("top-1", 1)])

@@ -263,3 +263,31 @@ def test_ctrl_c_while_the_parser_is_built_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "build_parser", interrupted)
     assert cli.main(["train", "--help"]) == 130
     assert capsys.readouterr().err == "raftlm: error: interrupted before it started; nothing was written\n"
+
+
+def test_a_lock_a_live_command_holds_in_a_run_still_blocks_its_overwrite(tmp_path, data, trained, capsys):
+    """A lock file a kill left counts as raftlm's (54cc823): one a running command holds now does not, as that
+    command is writing into the run (its output would land in a run being replaced)."""
+    from raftlm.io import output_lock
+
+    with output_lock(trained / "test.json"):
+        assert main([*train_args(data, trained, "--quiet", "--max-steps", "2"), "--overwrite"]) == 2
+    assert ".test.json.lock" in capsys.readouterr().err
+    assert main([*train_args(data, trained, "--quiet", "--max-steps", "2"), "--overwrite"]) == 0
+
+
+def test_an_interrupt_in_a_folder_the_user_made_says_it_was_emptied_not_removed(
+    tmp_path, data, monkeypatch, capsys
+):
+    """The line said "(RUN removed)" where raftlm emptied an empty folder the user had made and kept it."""
+    run = tmp_path / "mine"
+    run.mkdir()
+    real_on_log = training.MetricsLogger.on_log
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        real_on_log(self, args, state, control, logs=logs, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.MetricsLogger, "on_log", on_log)
+    assert main(train_args(data, run, "--quiet", "--eval-steps", "5", "--logging-steps", "1")) == 130
+    assert f"({run} emptied: it is your folder)" in _said(capsys) and run.is_dir() and not any(run.iterdir())

@@ -989,3 +989,20 @@ def test_sigterm_while_the_server_loads_is_one_line_and_exit_143(run):
         proc.stderr.strip().splitlines()[-1]
         == "raftlm serve: error: terminated; nothing half-written was left"
     )
+
+
+def test_a_stop_signal_before_uvicorn_takes_the_signals_exits_and_after_only_is_noted():
+    """The handler uvicorn re-raises a handled signal to did nothing at all, so a SIGTERM that came between
+    its install and uvicorn's (the event loop starting) was lost and the server came up; it raised
+    SystemExit inside the running loop before that (tracebacks)."""
+    import raftlm.serve as serve
+
+    was = serve._SERVING.is_set()
+    serve._SERVING.clear()
+    try:
+        with pytest.raises(SystemExit):
+            serve._exit_quietly(signal.SIGTERM, None)
+        serve._SERVING.set()
+        assert serve._exit_quietly(signal.SIGTERM, None) is None
+    finally:
+        serve._SERVING.set() if was else serve._SERVING.clear()

@@ -228,16 +228,16 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                     f"eval_set is {short(eval_set)}: give (X_val, y_val), the validation rows and their targets"
                 )
             val = examples_from(*eval_set, template, names=("eval_set X", "eval_set y"))
-        self.calibration_ = None  # a refit's model is not the one an earlier calibration measured
-        self.training_log_ = None  # (nor its training log)
-        self._placed = None
+        # (a refit's calibration, log and placed copy are set with its model, once it has one: a refit that
+        # fails leaves the earlier fit whole, not its model beside none of its calibration)
         if not methods.get(self.method).trains:  # zero-shot: bind the grid and scaling, train nothing
             if self.output_dir is not None:
                 raise RaftlmError(
                     f"method {self.method!r} is zero-shot: fit trains nothing and writes no run into output_dir; "
                     "drop output_dir (save(dir) keeps the fitted model)"
                 )
-            self.predictor_ = new_predictor(self._config(None), train, template)
+            predictor = new_predictor(self._config(None), train, template)
+            self.predictor_, self.calibration_, self.training_log_ = predictor, None, None
             self.train_summary_, self.results_, self.config_ = {}, None, self._config(None)
             self._place()
             if val:  # as a trained fit: conformal calibration on the validation set
@@ -258,8 +258,9 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                 callbacks=list(self.callbacks or ()),
             )
             # as `raftlm train`: conformal calibration on the validation set (None without eval_set)
-            self.calibration_ = uncertainty.Calibration.load(run_dir)
-            self.training_log_ = _training_log(run_dir)  # save() writes it, as train leaves it
+            calibration = uncertainty.Calibration.load(run_dir)
+            log = _training_log(run_dir)  # save() writes it, as train leaves it
+        self.calibration_, self.training_log_ = calibration, log
         self.predictor_, self.train_summary_ = run.predictor, run.results["train"]
         self.results_, self.config_ = run.results, self._config(None)
         self._place()
@@ -588,7 +589,11 @@ def merge_settings(settings: dict | None, own: dict) -> dict:
 # memory) and how that run reported
 # data settings of a dataset or file, which fit (given its rows) never reads: refused in settings, not carried
 FILE_ONLY = {"dataset", "data_dir", "text_column", "target_column", "history", "stsb_test"}
-NOT_CARRIED = {"data": FILE_ONLY | {"template"}, "training": {"progress_bar", "report_to"}}
+# (nor the run's sampling of its training rows: a refit on new rows takes them all unless settings say)
+NOT_CARRIED = {
+    "data": FILE_ONLY | {"template", "train_size", "train_fraction"},
+    "training": {"progress_bar", "report_to"},
+}
 
 
 def run_params(directory: Path, predictor) -> dict:

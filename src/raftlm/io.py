@@ -132,8 +132,9 @@ def foreign_files(path: str | Path) -> list[str]:
     return sorted(
         p.name
         for p in Path(path).iterdir()
-        # (an output's lock, e.g. evaluate --output RUN/test.json's .test.json.lock, a kill left behind)
-        if not (_ours(p.name, listed) or (LOCK_NAME.fullmatch(p.name) and _our_lock(p)))
+        # (an output's lock, e.g. evaluate --output RUN/test.json's .test.json.lock, a kill left behind; one
+        # a live command holds is not: that command writes into the run now)
+        if not (_ours(p.name, listed) or (LOCK_NAME.fullmatch(p.name) and _our_lock(p) and not _held(p)))
     )
 
 
@@ -425,6 +426,25 @@ def output_lock(path: str | Path, what: str = "output", wait: float = 0.0) -> It
 
 
 LOCK_TEXT = re.compile(rb"(raftlm )?\d*\s*")  # a lock's content: its holder's pid (empty while it is taken)
+
+
+def _held(lock: Path) -> bool:
+    """Whether a process holds lock file ``lock`` now (a kill's leftover is held by none)."""
+    try:
+        import fcntl
+    except ImportError:  # (Windows: no advisory locks)
+        return False
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # (closing releases a lock taken here)
+    return False
 
 
 def _our_lock(lock: Path) -> bool:

@@ -214,9 +214,10 @@ def make_trainable(predictor: Predictor, cfg: Config) -> None:
             if name.split(".")[-1] == "pooler":
                 module.requires_grad_(False)
         # so is an LM head not tied to the input embeddings under a head that reads hidden states only
-        # (Llama-3-8B, Qwen2.5-7B; the tiny test model): its logits feed no loss
+        # (Llama-3-8B, Qwen2.5-7B; the tiny test model), where DDP needs it (its logits feed no loss): one
+        # process trains the same numbers either way, and its checkpoints of earlier versions resume
         reads_logits = getattr(predictor.head, "reads_logits", True)
-        out = None if reads_logits else predictor.model.get_output_embeddings()
+        out = None if reads_logits or launch_size() < 2 else predictor.model.get_output_embeddings()
         if out is not None and out.weight is not predictor.model.get_input_embeddings().weight:
             out.requires_grad_(False)
         attach_head(predictor.model, predictor.head)
@@ -425,33 +426,48 @@ def _fit_locked(
         if is_main_process() and discard:
             discard_failed(build, out, created)
         if isinstance(err, KeyboardInterrupt):  # what the interrupt left, for the CLI's one line
-            err.raftlm_hint = _interrupted_hint(build, out, finished, discard)
+            err.raftlm_hint = _interrupted_hint(
+                build, out, finished, discard and is_main_process(), cfg.training.keep_checkpoints
+            )
         if every_rank_failed(err):  # the others wait for rank 0's cleaning: the launcher stops the rest of
             _barrier()  # a launch once one process exits, and a kill mid-cleaning would leave it half done
         raise
     if build != out:
-        on_rank_zero(lambda: swap_in(build, out))
+        try:
+            on_rank_zero(lambda: swap_in(build, out))
+        except KeyboardInterrupt as stop:  # (deleting a large old run takes seconds)
+            stop.raftlm_hint = (
+                f"the new run had finished and was being swapped in: the next raftlm command of {out} "
+                "completes the swap (its journal says how far it got)"
+            )
+            raise
     _barrier()
     if not cfg.training.keep_checkpoints:
         on_rank_zero(lambda: _drop_checkpoints(out))
     return Run(out, predictor, results)
 
 
-def _interrupted_hint(build: Path, out: Path, finished: bool, discarded: bool) -> str:
-    """What an interrupted train left and what to run next."""
+def _interrupted_hint(build: Path, out: Path, finished: bool, discarded: bool, keep_checkpoints: bool) -> str:
+    """What an interrupted train left and what to run next (said from what is on disk now)."""
     if finished and build != out:
         return (
             f"the new run had finished but was not swapped in: {out} is the old run; keep the new one with "
             f"`mv {out} {out}.old && mv {build} {out}`"
         )
     if finished:
-        return f"the run had finished: {out} is whole"
+        dropped = not keep_checkpoints and (out / "checkpoints").exists()
+        left = " (delete its checkpoints/ folder: it was not dropped)" if dropped else ""
+        return f"the run had finished: {out} is whole{left}"
     if build != out:
-        return (
-            f"the old run {out} is as it was and the unfinished new one was discarded: rerun with --overwrite"
+        gone = (
+            "was discarded"
+            if not build.exists()
+            else f"stays in {build} (it holds files raftlm did not write)"
         )
+        return f"the old run {out} is as it was and the unfinished new one {gone}: rerun with --overwrite"
     if discarded:
-        return f"no checkpoint had been saved, so nothing was kept ({out} removed): run the command again"
+        kept = "removed" if not build.exists() else "emptied: it is your folder"
+        return f"no checkpoint had been saved, so nothing was kept ({out} {kept}): run the command again"
     return "resume with --resume (from the last checkpoint)"
 
 

@@ -1102,9 +1102,15 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+_SERVING = threading.Event()  # uvicorn's own signal handlers are in place (set by _Uvicorn)
+
+
 def _exit_quietly(signum, frame) -> None:
-    """uvicorn re-raises the stop signal it handled to the handler it found: noted, nothing more (raising
-    here ran inside the still-running event loop: tracebacks, and a worker thread left inside torch)."""
+    """A stop signal before uvicorn took the signals over: exit now (nothing serves yet). After: uvicorn
+    re-raises the signal it handled to this handler, which then does nothing more (raising there ran
+    inside the still-running event loop: tracebacks, and a worker thread left inside torch)."""
+    if not _SERVING.is_set():
+        raise SystemExit(0)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -1113,6 +1119,12 @@ class _Uvicorn(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None], on_again: Callable[[], None]):
         super().__init__(config)
         self.on_exit, self.on_again = on_exit, on_again
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        with super().capture_signals():
+            _SERVING.set()
+            yield
 
     def handle_exit(self, sig, frame) -> None:
         if self.should_exit and sig == signal.SIGINT:  # a second Ctrl+C: no forced exit (see hurry_shutdown)
