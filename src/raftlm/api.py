@@ -585,11 +585,11 @@ def merge_settings(settings: dict | None, own: dict) -> dict:
     return merged
 
 
-# a run's settings that a loaded estimator's ``settings`` leave out: the data's (fit takes its rows in
-# memory) and how that run reported
 # data settings of a dataset or file, which fit (given its rows) never reads: refused in settings, not carried
 FILE_ONLY = {"dataset", "data_dir", "text_column", "target_column", "history", "stsb_test"}
-# (nor the run's sampling of its training rows: a refit on new rows takes them all unless settings say)
+# a run's settings that a loaded estimator's ``settings`` leave out: the data's (fit takes its rows in
+# memory; nor the run's sampling of its training rows: a refit on new rows takes them all unless settings
+# say) and how that run reported
 NOT_CARRIED = {
     "data": FILE_ONLY | {"template", "train_size", "train_fraction"},
     "training": {"progress_bar", "report_to"},

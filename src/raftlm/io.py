@@ -871,9 +871,11 @@ def check_output(output: str | Path, overwrite: bool, resume: bool, input: str |
     special file, an existing folder), never clobber a finished output, nor an interrupted one's
     partial file; clean what a kill left of an atomic write of this output (not the partial file: that
     resumes)."""
+    job = _job(Path(output))
+    ours = _is_job(job)
     # an --overwrite interrupted midway kept the old output (replaced once the new one is whole): its
     # --resume goes on replacing it
-    replacing = resume and our_job(Path(output)) and _job(Path(output)).get(REPLACES) is True
+    replacing = resume and ours and job.get(REPLACES) is True
     output = prepare_output(output, overwrite or replacing, [input] if input else ())
     if input is not None and any(same_file(p, input) for p in (partial_path(output), job_path(output))):
         raise RaftlmError(f"--input {input} is the partial file of --output {output}: choose another output")
@@ -881,7 +883,6 @@ def check_output(output: str | Path, overwrite: bool, resume: bool, input: str |
         raise RaftlmError(
             "--overwrite starts the prediction afresh and --resume continues it: pass one of them"
         )
-    ours = our_job(output)
     if (parts := partial_files(output)) and not ours:
         raise RaftlmError(
             f"{parts[0]} exists but raftlm has no record of writing it ({job_path(output).name} is missing or "
@@ -904,7 +905,10 @@ REPLACES = "replaces"  # a prediction record's flag: the job started with --over
 
 def our_job(output: Path) -> bool:
     """Whether ``output``'s prediction record (``.NAME.partial.json``) is one raftlm wrote."""
-    job = _job(output)
+    return _is_job(_job(output))
+
+
+def _is_job(job) -> bool:
     return isinstance(job, dict) and {"input_sha256", "model", "rows"} <= job.keys()
 
 

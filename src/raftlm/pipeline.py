@@ -549,12 +549,12 @@ def _finish_run(
     evaluate`, `predict`, the server and ``RAFTRegressor.load`` get. ``predictor`` itself stays as trained
     (``fit``'s estimator saves it again)."""
     with _saved_weights(predictor, build, splits.train, cfg.eval.batch_size) as names:
-        trained, predictor = predictor, placed_for_eval(predictor, cfg)
+        placed = placed_for_eval(predictor, cfg)
         calibration = None
         if cfg.training.calibrate and splits.validation:  # the whole split, not the val_size subset
             e = cfg.eval
             calibration = uncertainty.calibrate(
-                predictor,
+                placed,
                 splits.validation,
                 e.batch_size,
                 e.bf16,
@@ -563,9 +563,8 @@ def _finish_run(
             calibration.save(build)
             results["calibration"] = {"source": calibration.source, "n": calibration.n}
         if splits.test and evaluate_test:  # callers that evaluate the test split themselves skip this
-            results["test"], _ = evaluate_predictor(predictor, splits.test, cfg, "test", calibration)
+            results["test"], _ = evaluate_predictor(placed, splits.test, cfg, "test", calibration)
         _finalize(build, names, results)
-    del trained
 
 
 def placed_for_eval(predictor: Predictor, cfg: Config) -> Predictor:

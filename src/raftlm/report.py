@@ -268,11 +268,16 @@ def lr_table(aggs: list[dict]) -> str:
         "| entry | " + " | ".join(datasets) + " |",
         "|---|" + "---|" * len(datasets),
     ]
-    for model, label in dict.fromkeys((a["model"], a["label"]) for a in trained):
-        lrs = {a["dataset"]: a["lr"] for a in trained if (a["model"], a["label"]) == (model, label)}
-        name = label if len({a["model"] for a in trained}) == 1 else f"{label} ({model})"
+    several = len({a["model"] for a in trained}) > 1
+    for name in dict.fromkeys(_entry(a, several) for a in trained):
+        lrs = {a["dataset"]: a["lr"] for a in trained if _entry(a, several) == name}
         lines.append(f"| {name} | " + " | ".join(_lr_text(lrs.get(d)) for d in datasets) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _entry(a: dict, several_models: bool) -> str:
+    """An entry's name in a table across models: its label, and its model where there are several."""
+    return f"{a['label']} ({a['model']})" if several_models else a["label"]
 
 
 def _lr_text(lr) -> str:
@@ -394,11 +399,7 @@ def tables(aggs: list[dict], rows: list[dict] | None = None, planned_seeds: int 
     several = len({a["model"] for a in aggs}) > 1
     for dataset in dict.fromkeys(a["dataset"] for a in scaling):
         sub = [
-            {
-                **a,
-                "fraction": f"{a['train_fraction'] or 1.0:g}",
-                "entry": a["label"] + (f" ({a['model']})" if several else ""),
-            }
+            {**a, "fraction": f"{a['train_fraction'] or 1.0:g}", "entry": _entry(a, several)}
             for a in aggs
             if a["dataset"] == dataset and a["lr"] is not None
         ]
