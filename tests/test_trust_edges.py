@@ -603,3 +603,34 @@ def test_docs_write_leaves_a_page_with_a_mistyped_closing_marker_untouched(tmp_p
     page.write_text(text.replace("<!-- /doc -->", "<!-- /docs -->"))
     assert docs.main(["--write"]) == 0
     assert "## A heading\n\nHand-written prose." in page.read_text() and "-->0<" not in page.read_text()
+
+
+def _register_many(run: str, prefix: str, n: int, barrier) -> None:
+    from raftlm.io import register_output
+
+    barrier.wait(60)  # (both at once: the race is in every step)
+    for i in range(n):
+        register_output(os.path.join(run, f"{prefix}{i}.json"))
+
+
+def test_outputs_two_processes_register_in_one_run_at_once_are_all_listed(tmp_path):
+    """The marker's read-modify-write is one process's at a time: two commands writing outputs into one run
+    at once lost listings (then 'a user's file' to --overwrite for ever)."""
+    import multiprocessing
+
+    from raftlm.io import read_run_marker, write_run_marker
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_run_marker(run, ["raftlm.json"])
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_register_many, args=(str(run), p, 150, barrier)) for p in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    listed = read_run_marker(run)["outputs"]
+    assert len(listed) == 300
+    assert sorted(os.listdir(run)) == [".raftlm-run"]  # (the lock leaves no file)

@@ -92,19 +92,41 @@ def write_run_marker(path: str | Path, files: Iterable[str] = (), outputs: Itera
     atomic write."""
     from raftlm import __version__
 
-    old = read_run_marker(path) or {}
-    marker = {
-        "format": RUN_MARKER_FORMAT,
-        "version": RUN_MARKER_VERSION,
-        "id": old.get("id") or uuid.uuid4().hex,
-        "created": old.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "raftlm": __version__,
-        "files": sorted(set(old.get("files", [])) | set(files)),
-    }
-    if every_output := sorted(set(old.get("outputs", [])) | set(outputs)):
-        marker["outputs"] = every_output
-    write_json(Path(path) / RUN_MARKER, marker)
+    with _folder_lock(path):  # (two commands writing outputs into one run at once lost a listing)
+        old = read_run_marker(path) or {}
+        marker = {
+            "format": RUN_MARKER_FORMAT,
+            "version": RUN_MARKER_VERSION,
+            "id": old.get("id") or uuid.uuid4().hex,
+            "created": old.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "raftlm": __version__,
+            "files": sorted(set(old.get("files", [])) | set(files)),
+        }
+        if every_output := sorted(set(old.get("outputs", [])) | set(outputs)):
+            marker["outputs"] = every_output
+        write_json(Path(path) / RUN_MARKER, marker)
     return marker
+
+
+@contextlib.contextmanager
+def _folder_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive lock on folder ``path`` itself (its open descriptor: no file is made) while the block
+    runs, for a read-modify-write of a file in it; other raftlm processes wait (milliseconds)."""
+    try:
+        import fcntl
+    except ImportError:  # (Windows: no advisory locks)
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # (not a folder yet, or unreadable: the write below says what is wrong)
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (closing releases the lock)
 
 
 def register_output(path: str | Path) -> None:
