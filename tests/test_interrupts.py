@@ -291,3 +291,68 @@ def test_an_interrupt_in_a_folder_the_user_made_says_it_was_emptied_not_removed(
     monkeypatch.setattr(training.MetricsLogger, "on_log", on_log)
     assert main(train_args(data, run, "--quiet", "--eval-steps", "5", "--logging-steps", "1")) == 130
     assert f"({run} emptied: it is your folder)" in _said(capsys) and run.is_dir() and not any(run.iterdir())
+
+
+def test_a_kill_between_predicts_last_rename_and_its_records_removal_is_finished_by_the_next_command(
+    tmp_path, trained, monkeypatch, capsys
+):
+    """Killed after the partial file became the output but before the prediction record went: the output was
+    whole, and the rerun its line names refused (--resume: "already exists: pass --overwrite"; without a flag:
+    "left its partial file: pass --resume"). Now the next command finishes that last step (the record goes,
+    the output stays as written) and says the prediction had finished."""
+    import os
+
+    import raftlm.streaming as streaming
+    from raftlm.io import job_path
+
+    rows = write_csv(tmp_path / "rows.csv", [{"text": f"review {i}: fine. rating:"} for i in range(30)])
+    out = tmp_path / "p.jsonl"
+    predict = ["predict", "--model", str(trained), "--input", str(rows), "--output", str(out), "--quiet"]
+
+    def killed(output, world=1):
+        os.replace(streaming.partial_path(output), output)
+        raise KeyboardInterrupt  # (where a SIGKILL would stop it: the record is still there)
+
+    monkeypatch.setattr(streaming, "finish_job", killed)
+    assert main(predict) == 130
+    want = out.read_text()
+    assert len(want.splitlines()) == 30 and job_path(out).exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*predict, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "had finished" in err and "nothing to resume" in err, err
+    assert out.read_text() == want and not job_path(out).exists()
+    assert main(predict) == 2 and "already exists" in _said(capsys)  # (now an output like any other)
+
+
+def test_a_multi_process_predicts_leftover_parts_after_its_output_was_written_go_with_its_record(tmp_path):
+    """Under a launch the output is written from the processes' parts, then the parts and the record go: a kill
+    between left the whole output beside them. A record that predates a replaced output, or a row count that
+    does not match, is still an interrupted prediction."""
+    import os
+
+    from raftlm.io import check_output, job_path, partial_path
+
+    out = tmp_path / "p.jsonl"
+    record = {"input_sha256": "x", "model": "m", "rows": 3, "processes": 2}
+
+    def leftover(lines: int, replaces: bool = False):
+        job_path(out).write_text(json.dumps({**record, **({"replaces": True} if replaces else {})}))
+        for r in range(2):
+            partial_path(out, r, 2).write_text('{"index": 0}\n')
+        out.write_text('{"index": 0}\n' * lines)
+        t = os.stat(job_path(out)).st_mtime_ns
+        os.utime(out, ns=(t + 10**6, t + 10**6) if not replaces else (t - 10**9, t - 10**9))
+
+    leftover(3)
+    with pytest.raises(Exception, match="had finished"):
+        check_output(out, overwrite=False, resume=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl"]
+    leftover(2)  # rows missing: not the finished prediction's output
+    with pytest.raises(Exception, match="already exists"):
+        check_output(out, overwrite=False, resume=True)
+    assert job_path(out).exists()
+    leftover(3, replaces=True)  # the old output an --overwrite is replacing
+    assert check_output(out, overwrite=False, resume=True) == out
+    assert job_path(out).exists() and partial_path(out, 0, 2).exists()

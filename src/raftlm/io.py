@@ -895,6 +895,18 @@ def check_output(output: str | Path, overwrite: bool, resume: bool, input: str |
     resumes)."""
     job = _job(Path(output))
     ours = _is_job(job)
+    if ours and _finished_leftover(Path(output), job):
+        # a kill between the last rename (or a launch's concatenation) and the record's removal: finish that
+        # step (the record and any parts are raftlm's; the output stays as written)
+        if main_rank():
+            for leftover in [*partial_files(Path(output)), job_path(Path(output))]:
+                leftover.unlink(missing_ok=True)
+        if resume:
+            raise RaftlmError(
+                f"the prediction into {output} had finished ({job['rows']} rows; a kill left its record, now "
+                "removed): nothing to resume; pass --overwrite to predict again"
+            )
+        job, ours = None, False
     # an --overwrite interrupted midway kept the old output (replaced once the new one is whole): its
     # --resume goes on replacing it
     replacing = resume and ours and job.get(REPLACES) is True
@@ -923,6 +935,22 @@ def check_output(output: str | Path, overwrite: bool, resume: bool, input: str |
 
 
 REPLACES = "replaces"  # a prediction record's flag: the job started with --overwrite of an existing output
+
+
+def _finished_leftover(output: Path, job: dict) -> bool:
+    """Whether ``output`` is the whole output of the prediction ``job`` records (written after its record,
+    with its rows, every line complete): what a kill between finishing the output and deleting the record
+    leaves. An --overwrite's old output predates the record."""
+    try:
+        if not output.is_file() or output.stat().st_mtime_ns < job_path(output).stat().st_mtime_ns:
+            return False
+        lines, last = 0, b"\n"
+        with open(output, "rb") as f:
+            while block := f.read(1 << 20):
+                lines, last = lines + block.count(b"\n"), block[-1:]
+    except OSError:
+        return False
+    return last == b"\n" and lines == job.get("rows")
 
 
 def our_job(output: Path) -> bool:
