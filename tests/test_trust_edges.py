@@ -634,3 +634,31 @@ def test_outputs_two_processes_register_in_one_run_at_once_are_all_listed(tmp_pa
     listed = read_run_marker(run)["outputs"]
     assert len(listed) == 300
     assert sorted(os.listdir(run)) == [".raftlm-run"]  # (the lock leaves no file)
+
+
+def _modes(folder) -> dict[str, int]:
+    return {p.name: p.stat().st_mode & 0o777 for p in sorted(folder.iterdir())}
+
+
+def test_a_saved_run_and_a_converted_model_are_readable_as_every_file_raftlm_writes(
+    zero_shot, tmp_path, monkeypatch
+):
+    """safetensors writes model.safetensors 0600: a run saved by the API (train's was made 0644) and the
+    GGUF model converted into a shared $RAFTLM_CACHE could not be read by a colleague (PermissionError
+    loading the run, or every other user's conversion failed for ever). Every file gets the umask's
+    permissions, as any file raftlm writes."""
+    from test_interrupts_models_ray import fake_conversion
+
+    from raftlm import models
+
+    old = os.umask(0o022)
+    try:
+        zero_shot.save(str(tmp_path / "run"))
+        monkeypatch.setenv("RAFTLM_CACHE", str(tmp_path / "cache"))
+        fake_conversion(monkeypatch)
+        converted = models._convert_gguf("smollm2-135m")
+    finally:
+        os.umask(old)
+    saved = _modes(tmp_path / "run")
+    assert saved["model.safetensors"] == 0o644 and set(saved.values()) == {0o644}, saved
+    assert set(_modes(converted).values()) == {0o644} and (converted.stat().st_mode & 0o777) == 0o755

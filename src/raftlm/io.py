@@ -564,6 +564,14 @@ def normal_permissions(path: str | Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
+def normal_tree_permissions(folder: str | Path) -> None:
+    """``normal_permissions`` for everything under ``folder`` (links left alone): what a library wrote there
+    0600 (safetensors' weights) becomes readable as every file raftlm writes."""
+    for path in Path(folder).rglob("*"):
+        if not path.is_symlink():
+            normal_permissions(path, directory=path.is_dir())
+
+
 def disk_error(err: OSError, path: str | Path, then: str = "run the command again") -> Exception:
     """A full disk (or quota) as one line; any other OSError as it was."""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -28,7 +28,13 @@ from transformers import (
 from raftlm.config import DEVICE, top_blocks
 from raftlm.core import RaftlmError, short
 from raftlm.fetch import missing, package_file
-from raftlm.io import INT8_MAXIMA_FILE, check_model_name, make_folder
+from raftlm.io import (
+    INT8_MAXIMA_FILE,
+    check_model_name,
+    make_folder,
+    normal_permissions,
+    normal_tree_permissions,
+)
 from raftlm.testing import tiny_random_bert, tiny_random_llama
 
 DROPOUT_KEYS = (
@@ -156,6 +162,8 @@ def _convert_gguf(name: str) -> Path:
             out = tmp / "converted"
             model.save_pretrained(out)
             tok.save_pretrained(out)
+            normal_tree_permissions(out)  # (safetensors writes 0600: a shared cache others could not read)
+            normal_permissions(out, directory=True)
             os.replace(out, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

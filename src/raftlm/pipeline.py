@@ -42,7 +42,6 @@ from raftlm.io import (
     is_marked_run,
     launch_size,
     make_folder,
-    normal_permissions,
     on_rank_zero,
     output_lock,
     recover_swap,
@@ -602,8 +601,7 @@ def _finalize(out: Path, saved: list[Path], results: dict) -> None:
     them, eval_results.json last (it marks a finished run). The checkpoints stay until the run is in place
     (``_drop_checkpoints``): a failure before then can --resume."""
     write_run_marker(out, [p.name for p in saved])  # before they land: a kill now leaves nothing unaccounted
-    for path in saved:
-        normal_permissions(path, directory=path.is_dir())
+    for path in saved:  # (save_run gave them the umask's permissions)
         os.replace(path, out / path.name)
     write_model_card(out, results)
     write_json(out / FINISHED_FILE, results)

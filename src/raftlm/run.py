@@ -36,6 +36,7 @@ from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's AP
     is_run_dir,
     journal_path,
     make_folder,
+    normal_tree_permissions,
     old_dir,
     read_json,
     read_metadata,
@@ -250,6 +251,9 @@ def save_run(p: Predictor, directory: str | Path) -> Path:
     if p.int8_maxima is not None:
         p.int8_maxima.save(directory)
     write_json(directory / META_FILE, metadata(p))
+    normal_tree_permissions(
+        directory
+    )  # (safetensors writes the weights 0600: a colleague could not load them)
     return directory
 
 
