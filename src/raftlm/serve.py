@@ -10,7 +10,8 @@ requests in flight ``graceful_timeout_s`` to finish, and exits 0.
 Routes (docs/serving.md has the fields, examples and status codes; ``/openapi.json`` the schema):
 ``POST /predict`` ``{"inputs": [rows], ...}`` -> ``{"predictions": [...], ...}`` (columns, one entry per
 row); ``POST /invocations`` (MLflow's scoring protocol) -> ``{"predictions": [...]}``; ``GET /`` a page
-to try the model; ``GET /info``, ``/health``, ``/ping``, ``/metrics`` (Prometheus), ``/docs``.
+to try the model; ``GET /info``, ``/health``, ``/ping``, ``/metrics`` (Prometheus), ``/docs`` (each answers
+HEAD too: the GET's headers, no body).
 Errors are ``{"error": "one line"}``: 400 bad JSON or a bad row (the row contract's message, the same
 as for files and the Python API), 408 body too slow, 413 too large, 422 wrong request shape, 503 queue
 full or shutting down; 499 (logged, never seen) is a client that left.
@@ -549,6 +550,12 @@ def _invocation_rows(req: InvocationsRequest) -> list:
             check_columns(split.columns, "dataframe_split.columns")
         except RaftlmError as err:
             raise Reject(422, str(err)) from None
+        if split.index is not None and len(split.index) != len(split.data):  # (it was dropped unread)
+            raise Reject(
+                422,
+                f"dataframe_split: {len(split.index)} index labels for {len(split.data)} rows of data: one "
+                "label per row, or no index",
+            )
         for i, cells in enumerate(split.data):
             if len(cells) != len(split.columns):
                 raise Reject(
@@ -673,6 +680,25 @@ class _Edge:
                 self.metrics.latency.labels(route).observe(time.perf_counter() - start)
 
 
+class _Head:
+    """HEAD answered as GET without the body (RFC 9110: same status and headers, Content-Length of the GET
+    body): FastAPI's GET routes answered 405, so a load balancer's ``HEAD /health`` saw a dead server."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message):
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 async def _error(request, exc: Exception) -> Response:
     """Every error as ``{"error": one line}``: never a traceback (that goes to the server log)."""
     headers = None
@@ -793,13 +819,13 @@ class Server:
         text = self.cfg.eval.decoder in TEXT_DECODERS and self.predictor.head is None
         if opts.with_probs:
             check_with_probs(self.predictor, not text)
-        if text and (opts.interval is not None or opts.with_uncertainty):
+        if text and (opts.interval is not None or opts.interval_kind is not None or opts.with_uncertainty):
             raise RaftlmError(NO_DISTRIBUTION)
         if opts.interval is None:
-            if opts.interval_kind is not None:  # it would be taken and do nothing
+            if opts.interval_kind is not None:  # it would be taken and do nothing ("auto" too, as in the CLI)
                 raise RaftlmError(
-                    '"interval_kind" chooses the kind of "interval"\'s intervals: ask for "interval" too, or drop '
-                    '"interval_kind"'
+                    '"interval_kind" chooses the kind of "interval"\'s intervals: ask for "interval" too (add '
+                    f'{self._interval_example(opts.interval_kind)}), or drop "interval_kind"'
                 )
             return
         kind, cal = self._kind(opts), self.calibration
@@ -819,6 +845,17 @@ class Server:
                 f"the run's calibration has {cal.n} examples, too few for a {level_text(worst)} interval (split conformal "
                 f"needs {min_calibration_size(worst)}): ask for a lower level or calibrate on more examples"
             )
+
+    def _interval_example(self, kind: str) -> str:
+        """What a lone ``interval_kind`` needs beside it: a level this server gives at that kind (a conformal
+        kind's within the calibration's size; without a calibration, only kind grid gives any)."""
+        grid = '"interval": 0.9 and "interval_kind": "grid"'
+        cal = self.calibration
+        if cal is None:
+            return '"interval": 0.9' if kind == "grid" else f"{grid}: the run has no calibration"
+        conformal = KINDS[cal.kind(kind)].conformal  # (a kind the model cannot give is refused here)
+        level = next((c for c in (0.9, 0.8, 0.5) if not conformal or cal.n >= min_calibration_size(c)), None)
+        return f'"interval": {level:g}' if level else f"{grid}: the run's calibration has {cal.n} examples"
 
     def _fields(self, preds: Predictions, opts: PredictOptions) -> list[dict]:
         """Exactly what `raftlm predict --interval L --with-uncertainty` adds per row (one call per level)."""
@@ -910,7 +947,8 @@ def create_app(
     app.state.server = server
     for exc in (Reject, RaftlmError, Busy, ClientGone, ClientDisconnect, HTTPException, Exception):
         app.add_exception_handler(exc, _error)
-    app.add_middleware(_Edge, metrics=server.metrics, routes=PAGE_ROUTES)
+    app.add_middleware(_Head)
+    app.add_middleware(_Edge, metrics=server.metrics, routes=PAGE_ROUTES)  # (outermost: counts HEAD as HEAD)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
@@ -1042,10 +1080,18 @@ def run_info(
         "metrics": _results(run_dir / "eval_results.json"),
         "calibration": _calibration_info(calibration, cfg),
         "device": str(predictor.device),
-        "dtype": predictor.dtype_name,
+        "dtype": served_dtype(predictor, cfg),
+        "bf16": cfg.eval.bf16,  # bf16 autocast (--bf16), as the run's config and the flag name it
         "version": __version__,
         "serving": {k: v for k, v in vars(settings.for_run(cfg)).items() if k not in ("host", "port")},
     }
+
+
+def served_dtype(predictor: Predictor, cfg: Config) -> str:
+    """The precision the model computes in, as /info and the startup line name it: its weights' dtype, with
+    ``+ bf16 autocast`` when --bf16 runs float weights under bf16 autocast (it said float32 alone)."""
+    name = predictor.dtype_name
+    return f"{name} + bf16 autocast" if cfg.eval.bf16 and name != "bfloat16" else name
 
 
 def _results(path: Path) -> dict | None:
