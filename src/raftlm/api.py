@@ -7,6 +7,7 @@ keyword arguments, fitted state ends in ``_``, and ``score`` is R^2 (``Regressor
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import tempfile
 from collections.abc import Iterator
@@ -157,6 +158,15 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         self.callbacks = callbacks
         self.settings = settings
 
+    def __sklearn_clone__(self) -> RAFTRegressor:
+        """scikit-learn's ``clone``, but ``callbacks`` shared, not deep-copied: its default copies every
+        parameter that is not an estimator (a list's items one by one), so a callback given to a grid search
+        or ``cross_val_score`` would watch copies and never see a fit. Callbacks are observers, meant for
+        every fit (as scikit-learn's own ``_skl_callbacks`` are passed by reference)."""
+        bare = copy.copy(self)  # (a shallow copy: the rest, metadata requests too, is cloned as usual)
+        bare.callbacks = None
+        return super(RAFTRegressor, bare).__sklearn_clone__().set_params(callbacks=self.callbacks)
+
     def __sklearn_tags__(self):
         # texts (1-D, or one column of an (n, 1) array) and dicts; numeric features are refused (the
         # checks that feed them are SKLEARN_EXPECTED_FAILURES). two_d_array stays on: off, check_estimator
@@ -256,6 +266,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                 overwrite=self.overwrite,
                 splits=splits,
                 callbacks=list(self.callbacks or ()),
+                output_name="output_dir",
             )
             # as `raftlm train`: conformal calibration on the validation set (None without eval_set)
             calibration = uncertainty.Calibration.load(run_dir)
@@ -270,10 +281,12 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         """The fitted model as every command loads its run (``eval.device``, ``eval.dtype``: bfloat16 on a
         GPU), for predictions: train measured its test split and calibration on that copy, and `raftlm
         predict`, the server and ``load`` predict with it. ``predictor_`` stays as trained (float32), what
-        ``save`` writes; a copy only where the placement differs (nothing on a CPU)."""
+        ``save`` writes; a copy only where the placement differs (nothing on a CPU). ``eval.compile``
+        compiles the model predictions come from, as those commands compile theirs."""
         from raftlm.pipeline import placed_for_eval
 
         placed = placed_for_eval(self.predictor_, self.config_)
+        _compile_for_eval(placed, self.config_)
         self._placed = None if placed is self.predictor_ else placed
 
     def _model(self):
@@ -376,6 +389,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         on them (unless the model is int8 already); ``save`` keeps both."""
         self._check_fitted()
         examples = examples_from(X, y, self.predictor_.template)  # the prompts predict reads
+        uncertainty.warn_calibration("calibrate()", len(examples), who="calibrate()")  # as `raftlm calibrate`
         self.calibration_ = uncertainty.calibrate(
             self._model(),
             examples,
@@ -464,7 +478,8 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
 
         self._check_fitted()
         check_no_tilde(directory, "directory")
-        out = writable_place(Path(directory))  # (the checks and the lock of `raftlm train`'s run directory)
+        # (the checks and the lock of `raftlm train`'s run directory)
+        out = writable_place(Path(directory), "directory")
         return on_rank_zero(lambda: self._save_into(out))
 
     def _save_into(self, out: Path) -> Path:
@@ -474,7 +489,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         from raftlm.run import check_run_dir, discard_failed, discard_staged, swap_in
 
         with output_lock(out, "the run directory"):
-            build = check_run_dir(out, self.overwrite, resume=False)
+            build = check_run_dir(out, self.overwrite, resume=False, name="directory")
             if build != out:
                 discard_staged(build, out)
             created = not build.exists()
@@ -535,6 +550,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         device = device or (saved.eval.device if saved else "auto")
         dtype = dtype or (saved.eval.dtype if saved else "auto")
         predictor = load_run(directory, device, dtype)
+        _compile_for_eval(predictor, saved)
         reg = cls(**run_params(Path(directory), predictor))
         reg.predictor_ = predictor
         reg.config_ = saved
@@ -544,6 +560,14 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             reg.calibration_ = cal
         reg.training_log_ = _training_log(Path(directory))
         return reg
+
+
+def _compile_for_eval(predictor, cfg: Config | None) -> None:
+    """``eval.compile`` applied as `raftlm predict`, evaluate, calibrate and the server apply it to the run
+    they load (``pipeline.load_for_eval``): the model torch.compile'd for prediction. (A compiled model does
+    not pickle: ``save`` keeps it.)"""
+    if cfg is not None and cfg.eval.compile:
+        predictor.compile()
 
 
 def _training_log(run_dir: Path) -> str | None:
@@ -598,7 +622,8 @@ NOT_CARRIED = {
 
 def run_params(directory: Path, predictor) -> dict:
     """``RAFTRegressor`` keyword arguments that reproduce the run in ``directory``: its config.yaml's
-    settings, with the grid, template and target scaling the run resolved (``raftlm.json``)."""
+    settings, with the grid, template and target scaling the run resolved (``raftlm.json``; a target range
+    the settings leave to the data is inferred again by a refit: ``_range_param``)."""
     params = {
         "model": str(directory),
         "method": predictor.method,
@@ -634,9 +659,18 @@ def run_params(directory: Path, predictor) -> dict:
     params["settings"] = _other_settings(cfg, RAFTRegressor(**params)._config(None)) or None
     if m.grid is not None and not predictor.extra.get("new_tokens"):
         params["grid"] = m.grid
-    if m.target_range not in ("dataset", None):
-        params["target_range"] = None if m.target_range == "none" else m.target_range
+    params["target_range"] = _range_param(m.target_range)
     return params
+
+
+def _range_param(setting) -> str | list | None:
+    """The ``target_range`` parameter a run's ``method.target_range`` setting stands for. "dataset" (the
+    default: the user set none) is the data's own range, inferred from the rows as `raftlm train --config
+    run/config.yaml` does for a new CSV: fit's rows are in memory, whose own is "auto", so a refit on other
+    data scales to its targets, not to the run's (``_range_of`` of its scaler)."""
+    if setting == "dataset":
+        return "auto"
+    return None if setting in ("none", None) else setting
 
 
 def _other_settings(cfg: Config, own: Config) -> dict:

@@ -804,7 +804,7 @@ def cmd_calibrate(args) -> None:
     from raftlm.data import load_splits
     from raftlm.files import read_rows
     from raftlm.pipeline import load_for_eval
-    from raftlm.uncertainty import calibrate
+    from raftlm.uncertainty import calibrate, warn_calibration
 
     args.model__name = args.run
     cfg = _run_config(args)
@@ -821,7 +821,7 @@ def cmd_calibrate(args) -> None:
         examples = load_splits(cfg.data).split(source)
     check_folder(args.run, Path(args.run) / "calibration.json", create=False)
     predictor = load_for_eval(cfg, None)
-    _warn_calibration(source, len(examples))
+    warn_calibration(source, len(examples))
     bar = "calibrate" if cfg.training.progress_bar else None
     cal = calibrate(predictor, examples, cfg.eval.batch_size, cfg.eval.bf16, source, desc=bar)
     earlier = Path(args.run) / "calibration.json"
@@ -840,30 +840,6 @@ def cmd_calibrate(args) -> None:
         return
     maxima = predictor.record_int8_maxima(examples, source, batch_size=cfg.eval.batch_size)
     print(f"int8 activation maxima ({maxima.describe()}) for --dtype int8: {maxima.save(args.run)}")
-
-
-def _warn_calibration(source: str, n: int) -> None:
-    """Calibrations whose coverage guarantee is void or tiny: said, not refused."""
-    from raftlm.uncertainty import LEVELS, min_calibration_size
-
-    log = logging.getLogger("raftlm")
-    if source == "train":
-        log.warning(
-            "raftlm calibrate: calibrating on the training split, which the model has seen: its residuals are "
-            "too small, so the coverage guarantee is void; calibrate on validation or on held-out --input"
-        )
-    if source == "test":
-        log.warning(
-            "raftlm calibrate: calibrating on the test split leaks it: coverage measured on test afterwards is "
-            "no longer an honest estimate; calibrate on validation or on held-out --input"
-        )
-    need = {c: min_calibration_size(c) for c in LEVELS}
-    if n < max(need.values()):
-        levels = ", ".join(f"{c:g} needs {k}" for c, k in need.items())
-        log.warning(
-            f"raftlm calibrate: only {n} calibration example(s): split conformal intervals need more ({levels}); "
-            "the levels it cannot give will be refused"
-        )
 
 
 def cmd_demo(args) -> None:

@@ -201,6 +201,10 @@ class TargetScaler:
         return cls(**d)
 
 
+# how a message names the fix, for `raftlm train` and RAFTRegressor alike (make_scaler is reached from both)
+FIXED_RANGE = "--target-range LO,HI (target_range=[LO, HI] in RAFTRegressor)"
+
+
 def make_scaler(grid: Grid, targets, target_range) -> TargetScaler:
     """Resolve a ``target_range`` setting: None (no scaling), "auto" (the targets' min..max) or [lo, hi].
 
@@ -211,11 +215,11 @@ def make_scaler(grid: Grid, targets, target_range) -> TargetScaler:
         scaler = TargetScaler.identity(grid)
     elif target_range == "auto":
         if y.size == 0:
-            raise RaftlmError("target_range 'auto' needs training targets: give --target-range LO,HI")
+            raise RaftlmError(f"target_range 'auto' needs training targets: give {FIXED_RANGE}")
         if y.min() == y.max():  # (a small file's random 80 % can hold one value of several)
             raise RaftlmError(
                 f"every training target is {y[0]:g} ({y.size} of them), and target_range 'auto' maps the "
-                "training targets' min..max onto the grid: give more rows, or --target-range LO,HI"
+                f"training targets' min..max onto the grid: give more rows, or {FIXED_RANGE}"
             )
         scaler = TargetScaler(float(y.min()), float(y.max()), grid.low, grid.high)
     else:
@@ -228,7 +232,7 @@ def make_scaler(grid: Grid, targets, target_range) -> TargetScaler:
             warn(
                 f"{outside}/{y.size} targets fall outside the grid range [{grid.low:g}, {grid.high:g}] "
                 "(RAIL cannot reach them; lemma 3 needs the grid to span the targets): "
-                "set --target-range auto or widen --grid",
+                "set --target-range auto or widen --grid (target_range='auto', grid= in RAFTRegressor)",
             )
     return scaler
 

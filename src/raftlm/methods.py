@@ -285,11 +285,17 @@ def display_name(name: str) -> str:
     return get(name).label or name
 
 
-def check_train(method: str, decoder: str, output_dir: str | None, trainable: str | None = None) -> None:
+def check_train(
+    method: str,
+    decoder: str,
+    output_dir: str | None,
+    trainable: str | None = None,
+    output_name: str = "--output-dir",
+) -> None:
     """What ``raftlm train`` and ``RAFTRegressor.fit`` refuse from their settings alone (imports no torch,
     so the command line says it before loading anything): a method that does not train, a frozen LM with
     no head to train, a decoder this method's predictions cannot use, no run directory, an unexpanded ``~``
-    in it."""
+    in it. ``output_name``: what the caller calls the run directory (``output_dir`` in RAFTRegressor)."""
     from raftlm.io import check_no_tilde
 
     if not get(method).trains:
@@ -303,4 +309,4 @@ def check_train(method: str, decoder: str, output_dir: str | None, trainable: st
     get(method).decoder_name(decoder, method)  # one a head reads
     if not output_dir:
         raise RaftlmError("train needs --output-dir for the run directory")
-    check_no_tilde(output_dir, "--output-dir")
+    check_no_tilde(output_dir, output_name)

@@ -351,14 +351,18 @@ def fit_run(
     evaluate_test: bool = True,
     splits: Splits | None = None,
     callbacks: list | tuple = (),
+    output_name: str = "--output-dir",
 ) -> Run:
     """Train per ``cfg`` into ``cfg.training.output_dir`` (``raftlm train`` and ``RAFTRegressor.fit``):
-    ``splits`` default to ``cfg.data``'s; ``callbacks`` are more Trainer callbacks.
+    ``splits`` default to ``cfg.data``'s; ``callbacks`` are more Trainer callbacks; ``output_name`` is what
+    errors call the run directory (``output_dir`` in RAFTRegressor).
 
     Under ``accelerate launch`` every process trains (Trainer does DDP); only the main process writes
     the run directory and evaluates on the test split.
     """
-    methods.check_train(cfg.method.method, cfg.eval.decoder, cfg.training.output_dir, cfg.model.trainable)
+    methods.check_train(
+        cfg.method.method, cfg.eval.decoder, cfg.training.output_dir, cfg.model.trainable, output_name
+    )
     check_sharding()
     reporting(cfg.training.report_to)  # a tracker that is not installed fails before any work
     out = Path(cfg.training.output_dir)
@@ -384,9 +388,9 @@ def fit_run(
             "split (training keeps its last step and writes no calibration); give one (a split column with "
             "'validation' rows, or fit(..., eval_set=...))"
         )
-    out = writable_place(out)
+    out = writable_place(out, output_name)
     with output_lock(out, "the run directory"):
-        return _fit_locked(cfg, out, overwrite, resume, evaluate_test, splits, callbacks)
+        return _fit_locked(cfg, out, overwrite, resume, evaluate_test, splits, callbacks, output_name)
 
 
 def check_sharding() -> None:
@@ -403,12 +407,19 @@ def check_sharding() -> None:
 
 
 def _fit_locked(
-    cfg: Config, out: Path, overwrite: bool, resume: bool, evaluate_test: bool, splits: Splits, callbacks
+    cfg: Config,
+    out: Path,
+    overwrite: bool,
+    resume: bool,
+    evaluate_test: bool,
+    splits: Splits,
+    callbacks,
+    output_name: str,
 ) -> Run:
     # an --overwrite a kill interrupted is finished by rank 0 first: its refusal (a user's file in the run)
     # is every rank's (the others waited SWAP_WAIT for it, then sat alone at the next barrier)
     on_rank_zero(lambda: recover_swap(out))
-    build = check_run_dir(out, overwrite, resume)
+    build = check_run_dir(out, overwrite, resume, output_name)
     _barrier()  # every rank has looked at the folder before rank 0 changes it
     on_rank_zero(lambda: _clear_for(build, out))  # (rank 0's error is every rank's, here and below)
     created = not build.exists()

@@ -101,36 +101,36 @@ def _legacy_unfinished(out: Path) -> bool:
 KERNEL_FILESYSTEMS = ("/proc", "/sys")  # (not /dev: /dev/shm is a real scratch space)
 
 
-def refuse_unsafe_place(out: Path) -> None:
+def refuse_unsafe_place(out: Path, name: str = "--output-dir") -> None:
     """A run directory is replaced by renaming it: never the current folder, one of its parents, the
     filesystem root or the home folder; and never inside /proc or /sys (the kernel's views, which
-    hold no files of ours)."""
+    hold no files of ours). ``name``: what the caller calls it (``output_dir``, ``directory`` in the API)."""
     kernel = next((k for k in KERNEL_FILESYSTEMS if out == Path(k) or Path(k) in out.parents), None)
     if kernel and sys.platform.startswith("linux"):
         raise RaftlmError(
-            f"--output-dir {out} is inside {kernel}, a file system the kernel makes up (it holds no run): "
-            "choose a folder on disk, e.g. --output-dir runs/my-run"
+            f"{name} {out} is inside {kernel}, a file system the kernel makes up (it holds no run): "
+            "choose a folder on disk, e.g. runs/my-run"
         )
     here = Path.cwd().resolve()
     if out == here or out in here.parents or out == Path(out.anchor) or out == Path.home().resolve():
         raise RaftlmError(
-            f"--output-dir {out} is the current folder, one of its parents, / or your home folder: "
-            "give a run directory of its own, e.g. --output-dir runs/my-run"
+            f"{name} {out} is the current folder, one of its parents, / or your home folder: "
+            "give a run directory of its own, e.g. runs/my-run"
         )
 
 
-def check_run_dir(out: Path, overwrite: bool, resume: bool) -> Path:
+def check_run_dir(out: Path, overwrite: bool, resume: bool, name: str = "--output-dir") -> Path:
     """Where to build the run: ``out`` itself, or (``--overwrite`` of an existing run) a staging
     directory beside it, so the old run survives until the new one has finished. Only a directory that
     raftlm marked as a run (``.raftlm-run``) and that holds nothing raftlm did not write is ever replaced;
-    anything else is refused before any work."""
-    check_no_tilde(out, "--output-dir")
+    anything else is refused before any work. ``name``: what the caller calls it (``refuse_unsafe_place``)."""
+    check_no_tilde(out, name)
     out = Path(out).resolve()  # a symlinked run is replaced where it really is; the link stays
-    refuse_unsafe_place(out)
+    refuse_unsafe_place(out, name)
     recover_swap(out)
     if out.exists() and not out.is_dir():
         what = "a file" if out.is_file() else describe(out)
-        raise RaftlmError(f"output path {out} is {what}: choose a directory for --output-dir")
+        raise RaftlmError(f"output path {out} is {what}: choose a directory for {name}")
     if overwrite and resume:
         raise RaftlmError("--overwrite starts the run afresh and --resume continues it: pass one of them")
     if not out.exists() or not any(out.iterdir()):
@@ -140,15 +140,15 @@ def check_run_dir(out: Path, overwrite: bool, resume: bool) -> Path:
             return out
         raise RaftlmError(
             f"output directory {out} is not a raftlm run (no {RUN_MARKER} marker; it holds {_contents(out)}) "
-            "and is never replaced or written into: choose another --output-dir"
+            f"and is never replaced or written into: choose another {name}"
         )
     if overwrite:
         if foreign := foreign_files(out):
             raise RaftlmError(
                 f"run directory {out} holds files raftlm did not write ({', '.join(foreign[:4])}): "
-                "move them out of it before --overwrite, or choose another --output-dir"
+                f"move them out of it before it is overwritten, or choose another {name}"
             )
-        check_replaceable(out, "--output-dir")
+        check_replaceable(out, name)
         check_swap_names(out)
         return staging_dir(out)
     finished = is_finished(out)
@@ -157,7 +157,7 @@ def check_run_dir(out: Path, overwrite: bool, resume: bool) -> Path:
     if finished:
         raise RaftlmError(
             f"run directory {out} already holds a finished run: pass --overwrite (overwrite=True in "
-            "RAFTRegressor; it is replaced once the new run has finished) or choose another --output-dir"
+            f"RAFTRegressor; it is replaced once the new run has finished) or choose another {name}"
         )
     raise RaftlmError(
         f"run directory {out} holds an unfinished run: pass --resume to continue it or --overwrite to restart "
@@ -165,18 +165,19 @@ def check_run_dir(out: Path, overwrite: bool, resume: bool) -> Path:
     )
 
 
-def writable_place(out: Path) -> Path:
+def writable_place(out: Path, name: str = "--output-dir") -> Path:
     """Before any work: ``out`` where it really is (a symlinked run directory resolved), not an unsafe
-    place (``refuse_unsafe_place``), its parent made and writable; else one line naming the fix."""
+    place (``refuse_unsafe_place``, which ``name`` is for), its parent made and writable; else one line
+    naming the fix."""
     out = Path(out).resolve()
-    refuse_unsafe_place(out)
-    make_folder(out.parent, f"run directory {out}", "choose a writable --output-dir")
+    refuse_unsafe_place(out, name)
+    make_folder(out.parent, f"run directory {out}", f"choose a writable {name}")
     try:
         with tempfile.TemporaryFile(dir=out.parent):
             pass
     except OSError as err:
         raise RaftlmError(
-            f"cannot create run directory {out} ({err.strerror}): choose a writable --output-dir"
+            f"cannot create run directory {out} ({err.strerror}): choose a writable {name}"
         ) from None
     return out
 

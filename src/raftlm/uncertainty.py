@@ -35,6 +35,7 @@ conformalized grid quantiles [Q(a/2), Q(1 - a/2)] (Romano et al. 2019, symmetric
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -331,6 +332,29 @@ def min_calibration_size(level: float) -> int:
     while np.ceil((1 - alpha) * (n + 1)) / n > 1.0:
         n += 1
     return n
+
+
+def warn_calibration(source: str, n: int, who: str = "raftlm calibrate") -> None:
+    """Calibrations whose coverage guarantee is void or tiny (`raftlm calibrate`, ``RAFTRegressor.calibrate``):
+    said in the log, not refused; ``who`` begins each line."""
+    log = logging.getLogger("raftlm")
+    if source == "train":
+        log.warning(
+            f"{who}: calibrating on the training split, which the model has seen: its residuals are "
+            "too small, so the coverage guarantee is void; calibrate on validation or on held-out --input"
+        )
+    if source == "test":
+        log.warning(
+            f"{who}: calibrating on the test split leaks it: coverage measured on test afterwards is "
+            "no longer an honest estimate; calibrate on validation or on held-out --input"
+        )
+    need = {c: min_calibration_size(c) for c in LEVELS}
+    if n < max(need.values()):
+        levels = ", ".join(f"{c:g} needs {k}" for c, k in need.items())
+        log.warning(
+            f"{who}: only {n} calibration example(s): split conformal intervals need more ({levels}); "
+            "the levels it cannot give will be refused"
+        )
 
 
 # --- a stored calibration --------------------------------------------------------------------------
