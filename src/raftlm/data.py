@@ -663,6 +663,26 @@ def check_dataset_name(name: str) -> None:
         raise RaftlmError(f"dataset {short(name)}: {path} does not exist: check the path")
 
 
+def data_files(data) -> list[Path]:
+    """The local files a dataset reads: its data file, or the files its loader reads in a folder (STS-B's
+    and MovieLens-100K's ``data_dir``, ``movielens-1m:FOLDER``), an Amazon file's product titles beside
+    it; none for a named or Hub dataset, whose name and raftlm's pins give its version. (What each loader
+    of ``raftlm.data`` opens: a file beside them that no loader reads changes no cell.)"""
+    prefix, sep, path = data.dataset.partition(":")
+    if data.data_dir and data.dataset in STSB_DATASETS:
+        return [Path(data.data_dir) / STSB_FILES[part] for part in ("train", data.stsb_test)]
+    if data.data_dir and data.dataset == "movielens-100k":
+        return [Path(data.data_dir) / name for name in ("ml-100k.inter", "ml-100k.item")]
+    if not sep or prefix not in ("csv", "jsonl", "amazon", "movielens-1m"):
+        return []
+    if prefix == "movielens-1m":
+        return [Path(path) / name for name in ("ratings.dat", "movies.dat")]
+    if prefix == "amazon":
+        meta = f"meta_{amazon_category(Path(path)).replace(' ', '_')}.json*"
+        return [Path(path), *sorted(Path(path).parent.glob(meta))]
+    return [Path(path)]
+
+
 def load_splits(cfg) -> Splits:
     """Resolve ``cfg.dataset`` (a DATASETS name, ``csv:PATH``, ``jsonl:PATH`` or ``hf:ID``)."""
     name = cfg.dataset

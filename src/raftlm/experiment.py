@@ -39,8 +39,9 @@ import numpy as np
 import yaml
 
 from raftlm import methods, uncertainty
-from raftlm.config import SECTIONS, Config, TrainConfig, read_yaml_file, to_bool, to_float
+from raftlm.config import SECTIONS, Config, DataConfig, TrainConfig, read_yaml_file, to_bool, to_float
 from raftlm.core import RaftlmError, short
+from raftlm.data import data_files
 from raftlm.io import (
     RUN_FILES,
     SWEEP_MARKER,
@@ -65,7 +66,8 @@ log = logging.getLogger(__name__)
 METRICS = ("rmse", "mae", "pearson", "spearman", "r2", "n")
 # how a sweep with several lrs chooses one (appendix D: on validation): every lr on every seed, or every
 # lr on the first seed and the later seeds only at the lr that won there (a third fewer runs for 2 lrs x
-# 3 seeds). The report compares lrs on the seeds they all have, so it makes the same choice.
+# 3 seeds). The report reads lr_choice from the sweep.yaml saved beside the cells, so it makes the same
+# choice (an lr added to the file after later seeds ran included).
 LR_CHOICES = ("all_seeds", "first_seed")
 
 
@@ -352,11 +354,6 @@ def cell_config(sweep: dict, cell: Cell, run_dir: Path) -> Config:
 NOT_SETTINGS = ("output_dir", "progress_bar", "report_to", "length_chunks")  # how a cell runs, not what
 
 
-def cell_config_values(sweep: dict, cell: Cell, root: Path) -> dict:
-    """What a cell computes with: every setting of its config as ``section.field: value``."""
-    return config_values(cell_config(sweep, cell, root / "runs" / cell.run_id))
-
-
 def config_values(config: Config) -> dict:
     """Every setting of ``config`` as ``section.field: value`` (JSON values), but where or how a run
     reports (``NOT_SETTINGS``)."""
@@ -369,23 +366,56 @@ def config_values(config: Config) -> dict:
     }
 
 
-def cell_data_hash(cell: Cell) -> str | None:
-    """The content hash of the local data file a cell reads (None for a named or hub dataset)."""
-    _, _, path = str(cell.dataset["dataset"]).partition(":")
-    if path and Path(path).is_file():
-        st = Path(path).stat()
-        if time.time() - st.st_mtime < 2:  # (as git: an edit within the same timestamp tick that keeps the
-            from raftlm.files import file_sha256  # size looks unchanged to the cache, so it is read)
+def data_hash(data: DataConfig) -> str | None:
+    """The content hash of every local file a dataset reads (``data_files``; None: it reads none). One
+    file's is its own sha256, as cells have recorded it since sweeps hashed data files."""
+    files = [p for p in data_files(data) if p.is_file()]
+    if len(files) <= 1:
+        return _file_hash(files[0]) if files else None
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.name}\0{_file_hash(p)}\n".encode())
+    return h.hexdigest()
 
-            return file_sha256(path)
-        return _data_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    return None
+
+def legacy_data_hash(data: DataConfig) -> str | None:
+    """What raftlm recorded before it hashed every file a dataset reads: the file the dataset names (a
+    folder's files, a data_dir's, an Amazon file's titles beside it: none). A cell or run that recorded
+    it was checked as far as that went, and still is."""
+    _, _, path = data.dataset.partition(":")
+    return _file_hash(Path(path)) if path and Path(path).is_file() else None
+
+
+def _file_hash(path: Path) -> str:
+    st = path.stat()
+    if time.time() - st.st_mtime < 2:  # (as git: an edit within the same timestamp tick that keeps the
+        from raftlm.files import file_sha256  # size looks unchanged to the cache, so it is read)
+
+        return file_sha256(path)
+    return _data_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def _data_changed(recorded: str | None, data: DataConfig) -> bool:
+    """Whether ``recorded`` (a cell's or run's data hash) is not the data ``data`` reads now: it is
+    neither today's hash nor the one raftlm recorded before it hashed every file read
+    (``legacy_data_hash``: None for a data_dir, whose cells and runs cannot be checked and stand). A
+    dataset that reads no local file now (a data_dir dropped for the Hub's copy) changed a setting, which
+    the settings' check names."""
+    if not data_files(data):
+        return False
+    return recorded != data_hash(data) and recorded != legacy_data_hash(data)
+
+
+def _data_text(data: DataConfig) -> str:
+    files = data_files(data)
+    return f"data file{'s' if len(files) > 1 else ''} {', '.join(map(str, files))}"
 
 
 def cell_settings(sweep: dict, cell: Cell, root: Path) -> str:
-    """A fingerprint of what a cell computes: its whole config and the content of a local data file it
-    reads (cells also record the settings themselves: ``config``, ``data_sha256``)."""
-    return fingerprint(cell_config_values(sweep, cell, root), cell_data_hash(cell))
+    """The fingerprint cells recorded before they recorded their settings (``config``): their config and
+    the content of the data file they named (``legacy_data_hash``)."""
+    cfg = cell_config(sweep, cell, root / "runs" / cell.run_id)
+    return fingerprint(config_values(cfg), legacy_data_hash(cfg.data))
 
 
 def fingerprint(values: dict, data_sha256: str | None) -> str:
@@ -408,10 +438,12 @@ def check_cell_settings(row: dict, cell: Cell, sweep: dict, root: Path, path: Pa
     (``config``) is compared setting by setting: a setting added to raftlm since, at its default, is the
     behaviour the cell ran with and passes; any other difference (a setting or default that changed, other
     data) refuses the cell, naming it. Cells with only a fingerprint compare it; cells written before
-    fingerprints have none, and are trusted."""
+    fingerprints have none, and are trusted. The data is every file the cell reads (``data_files``); a cell
+    recorded before raftlm hashed them all is compared as far as it recorded (``legacy_data_hash``)."""
     recorded = row.get("config")
     if isinstance(recorded, dict):
-        now, defaults = cell_config_values(sweep, cell, root), _default_values()
+        cfg = cell_config(sweep, cell, root / "runs" / cell.run_id)
+        now, defaults = config_values(cfg), _default_values()
         changed = [
             f"{key} {short(recorded[key])} -> {short(value)}"
             if key in recorded
@@ -423,8 +455,8 @@ def check_cell_settings(row: dict, cell: Cell, sweep: dict, root: Path, path: Pa
                 else value != defaults.get(key)
             )
         ]
-        if row.get("data_sha256") != cell_data_hash(cell):
-            changed.append(f"the data file {cell.dataset['dataset'].partition(':')[2]} changed")
+        if _data_changed(row.get("data_sha256"), cfg.data):
+            changed.append(f"the {_data_text(cfg.data)} changed")
     elif "settings" in row and row["settings"] != cell_settings(sweep, cell, root):
         changed = ["its fingerprint differs"]
     else:
@@ -461,12 +493,12 @@ def run_cell(sweep: dict, cell: Cell, root: Path) -> dict:
 
     run_dir = root / "runs" / cell.run_id
     cfg = cell_config(sweep, cell, run_dir)
-    settings, data_sha256 = config_values(cfg), cell_data_hash(cell)  # what the cell records it ran with
+    settings, data_sha256 = config_values(cfg), data_hash(cfg.data)  # what the cell records it ran with
     splits = load_splits(cfg.data)
     train = {}
     trains = methods.get(cell.method).trains
     if trains:
-        check_run_settings(run_dir, cfg, data_sha256)
+        check_run_settings(run_dir, cfg)
         if not (run_dir / "eval_results.json").exists():
             fresh = run_dir.exists() and not (run_dir / "config.yaml").exists()
             if data_sha256 is not None and not (run_dir / "config.yaml").exists():
@@ -576,29 +608,28 @@ def drop_weights(run_dir: Path) -> int:
 
 
 def run_data_record(run_dir: Path) -> Path:
-    """Where a sweep records the content hash of the local data file a run trains on (beside the run: a
-    run directory holds only what `raftlm train` writes)."""
+    """Where a sweep records the content hash of the local data a run trains on (``data_hash``; beside the
+    run: a run directory holds only what `raftlm train` writes)."""
     return run_dir.parent / f".{run_dir.name}.data.json"
 
 
-def check_run_settings(run_dir: Path, cfg: Config, data_sha256: str | None = None) -> None:
+def check_run_settings(run_dir: Path, cfg: Config) -> None:
     """A run directory a cell resumes or reuses was started with the settings the cell now gives, on the
-    same local data file (``data_sha256``, recorded when it started): a sweep edited after a kill, or a
+    same local data (every file it reads, recorded when it started): a sweep edited after a kill, or a
     data file edited since, would otherwise resume (or reuse) a run of the old settings or rows and record
     the new ones."""
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
-    if data_sha256 is not None:
-        try:
-            started = json.loads(run_data_record(run_dir).read_text(encoding="utf-8")).get("data_sha256")
-        except (OSError, ValueError, AttributeError):
-            started = None  # (a run started before sweeps recorded it: its data cannot be checked)
-        if started is not None and started != data_sha256:
-            raise RaftlmError(
-                f"run {run_dir} was started on other contents of {cfg.data.dataset.partition(':')[2]} than "
-                f"the file has now: delete {run_dir} to train it again on the file as it is, or restore the file"
-            )
+    try:
+        started = json.loads(run_data_record(run_dir).read_text(encoding="utf-8")).get("data_sha256")
+    except (OSError, ValueError, AttributeError):
+        started = None  # (a run started before sweeps recorded it: its data cannot be checked)
+    if started is not None and _data_changed(started, cfg.data):
+        raise RaftlmError(
+            f"run {run_dir} was started on other contents of the {_data_text(cfg.data)} than they hold now: "
+            f"delete {run_dir} to train it again on the data as it is, or restore the data"
+        )
     before, now = config_values(Config.from_yaml(str(saved))), config_values(cfg)
     changed = [
         f"{k} {short(before.get(k))} -> {short(v)}"
@@ -734,6 +765,39 @@ def check_sweep_dir(root: Path) -> None:
     )
 
 
+def sweep_file_name(root: Path) -> str | None:
+    """The name of the sweep file that owns output folder ``root`` (its marker says; None: a new folder,
+    or one written before markers named their sweep)."""
+    try:
+        marker = json.loads((root / SWEEP_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = marker.get("sweep_file") if isinstance(marker, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def _own_copy(root: Path, path: str) -> bool:
+    """Whether ``path`` is the copy of the sweep file a sweep saved into ``root`` (its sweep.yaml)."""
+    copy_ = root / "sweep.yaml"
+    return copy_.is_file() and Path(path).resolve() == copy_.resolve()
+
+
+def check_same_sweep(root: Path, path: str) -> None:
+    """One output folder, one sweep: the sweep file that first wrote ``root`` runs there again (to resume,
+    or edited to add or drop cells: results.json then follows the file), and so does the copy it saved
+    there (sweep.yaml); a sweep file of another name would replace that sweep's results.json, sweep.yaml
+    and report with its own, so it is refused, as `raftlm train` refuses a run directory of other settings.
+    (The name, not the path: the same file in another checkout of the project is the same sweep.)"""
+    owner, name = sweep_file_name(root), Path(path).name
+    if owner is None or owner == name or _own_copy(root, path):
+        return
+    raise RaftlmError(
+        f"sweep output_dir {root} holds the results of sweep file {owner}, not {name}: give {name} an "
+        f"output_dir of its own (it would replace {owner}'s results.json and sweep.yaml), or run {owner} "
+        "(or the sweep.yaml saved there) to resume that sweep"
+    )
+
+
 def read_cell(path: Path) -> dict:
     """A written cell's JSON; a damaged one (edited, or a disk error) is one line saying how to redo it."""
     row = read_json(path, "delete it to run that cell again")
@@ -759,6 +823,7 @@ def _open_sweep(path: str, quiet: bool = False) -> tuple[dict, dict, Path, list[
         raise RaftlmError(f"sweep file {path} has no cells to run: list datasets, models and methods")
     check_cells(sweep, todo, root)
     check_sweep_dir(root)
+    check_same_sweep(root, path)
     return sweep, as_written, root, todo
 
 
@@ -774,7 +839,7 @@ def _check_written(sweep: dict, todo: list[Cell], root: Path) -> dict[str, dict]
         elif c.run_id not in runs and methods.get(c.method).trains:  # a killed run it would resume
             runs.add(c.run_id)
             run_dir = root / "runs" / c.run_id
-            check_run_settings(run_dir, cell_config(sweep, c, run_dir), cell_data_hash(c))
+            check_run_settings(run_dir, cell_config(sweep, c, run_dir))
     return written
 
 
@@ -850,7 +915,11 @@ def stray_note(root: Path, todo: list[Cell]) -> str | None:
 def run_sweep(path: str, quiet: bool = False) -> Path:
     sweep, as_written, root, todo = _open_sweep(path, quiet)
     root.mkdir(parents=True, exist_ok=True)
-    write_json(root / SWEEP_MARKER, {"format": "raftlm-sweep", "version": 1})
+    # the marker names the sweep file that owns the folder (check_same_sweep): the first to write it (a
+    # resume from the saved copy, sweep.yaml, names none of its own)
+    owner = sweep_file_name(root) or (None if _own_copy(root, path) else Path(path).name)
+    marker = {"format": "raftlm-sweep", "version": 1, **({"sweep_file": owner} if owner else {})}
+    write_json(root / SWEEP_MARKER, marker)
     from raftlm.cache import reuse_stores  # (torch: only when cells run)
 
     # cells that differ in LR, seed or what trains above the frozen blocks share their cached states

@@ -63,14 +63,22 @@ def label(row: dict, base: dict | None = None) -> str:
     name = _method_words(row["method"], opts)
     plain = row["decoder"] in ("rail", "head") and not methods.get(row["method"]).decoder_in_label
     name = name if plain else f"{name} + {DECODER_WORDS.get(row['decoder'], row['decoder'])}"
-    rest = {k: v for k, v in _options(row.get("options")).items() if k not in WORDED}
+    # an option the method's words do not say (pooling for ce) shows: arms differing in it are two entries
+    rest = {k: v for k, v in _options(row.get("options")).items() if k not in SAID.get(row["method"], ())}
     if rest.get("trainable") == "none":
         name, rest = f"{name}, frozen LM", {k: v for k, v in rest.items() if k != "trainable"}
     return f"{name} ({','.join(f'{k}={v}' for k, v in rest.items())})" if rest else name
 
 
 DECODER_WORDS = {"rail": "RAIL"}
-WORDED = {"ce_weight", "ce_target", "pooling", "ntl_weight"}  # options the method's words already say
+# the options each method's words say (``_method_words``): any other option of an arm shows in brackets
+SAID = {
+    "raft": ("ce_weight", "ce_target"),
+    "raft-head": ("ce_weight", "ce_target", "pooling"),
+    "ce-ntl": ("ntl_weight",),
+    "head-pooled": ("pooling",),
+}
+WORDED = {k for keys in SAID.values() for k in keys}  # settings some method's words read
 
 
 def _method_words(method: str, opts: dict) -> str:
@@ -112,21 +120,27 @@ GROUP = ("dataset", "model", "method", "decoder", "train_fraction", "options")  
 
 def _group(row: dict) -> tuple:
     """A cell's or aggregate's entry key (older cells lack ``options`` and may lack ``train_fraction``)."""
-    return tuple(row.get(k, "" if k == "options" else None) for k in GROUP)
+    return tuple((row.get(k) or "") if k == "options" else row.get(k) for k in GROUP)
 
 
-def aggregate(rows: list[dict], base: dict | None = None) -> list[dict]:
+def aggregate(rows: list[dict], base: dict | None = None, first_seed: int | None = None) -> list[dict]:
     """Per (dataset, model, method, decoder, train fraction): the learning rate with the lowest mean
-    validation RMSE (appendix D) over the seeds every learning rate has (all of them in a full sweep; the
-    first with ``lr_choice: first_seed``), and test metrics as mean and std (ddof=1) over its seeds, beside
-    its seeds' validation RMSE (``validation_rmse``: what every choice is made on)."""
+    validation RMSE (appendix D) over the seeds every learning rate has (all of them in a full sweep), or
+    on ``first_seed`` alone (``lr_choice: first_seed``: as the sweep chooses the lr its later seeds run
+    at, also when an lr added to the file since has later seeds of its own), and test metrics as mean
+    and std (ddof=1) over its seeds, beside its seeds' validation RMSE (``validation_rmse``: what every
+    choice is made on). Under
+    ``first_seed``, ``other_lrs`` lists later seeds that also ran at an lr the first seed does not choose:
+    left out of the entry, and named by the report (``other_lrs_note``)."""
     groups = defaultdict(lambda: defaultdict(list))
     for r in rows:
         groups[_group(r)][r.get("lr")].append(r)
     out = []
     for key, by_lr in groups.items():
-        common = set.intersection(*({r["seed"] for r in v} for v in by_lr.values()))
-        on_common = {x: [r for r in v if r["seed"] in common] or v for x, v in by_lr.items()}
+        compared = set.intersection(*({r["seed"] for r in v} for v in by_lr.values()))
+        if first_seed is not None and all(any(r["seed"] == first_seed for r in v) for v in by_lr.values()):
+            compared = {first_seed}
+        on_common = {x: [r for r in v if r["seed"] in compared] or v for x, v in by_lr.items()}
         lr = best_lr({x: _mean_validation(on_common[x]) for x in by_lr})
         cells = by_lr[lr]
         agg = {
@@ -136,13 +150,28 @@ def aggregate(rows: list[dict], base: dict | None = None) -> list[dict]:
             "label": label(cells[0], base),
             "collapsed_seeds": sorted(r["seed"] for r in cells if r.get("collapsed")),
         }
+        if first_seed is not None:
+            later = {x: sorted(r["seed"] for r in v if r["seed"] != first_seed) for x, v in by_lr.items()}
+            agg["other_lrs"] = [{"lr": x, "seeds": s} for x, s in later.items() if x != lr and s]
         for m in (*LOWER_IS_BETTER, "best_step", "validation_rmse"):
             vals = np.array([r[m] for r in cells if r.get(m) is not None], dtype=float)
             agg[m] = float(vals.mean()) if vals.size else None
             agg[f"{m}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
         agg["intervals"] = _mean_intervals(cells)
         out.append(agg)
-    return out
+    return _distinct_labels(out)
+
+
+def _distinct_labels(aggs: list[dict]) -> list[dict]:
+    """Arms the words name alike (an option at the method's default: raft and raft with ce_weight 1.0)
+    each keep a row: the label gains the arm's options (a table keyed by label kept only one of them)."""
+    arms = defaultdict(set)
+    for a in aggs:
+        arms[a["label"]].add((a["method"], a["decoder"], a["options"]))
+    for a in aggs:
+        if len(arms[a["label"]]) > 1 and a["options"]:
+            a["label"] = f"{a['label']} [{a['options']}]"
+    return aggs
 
 
 def _mean_intervals(cells: list[dict]) -> list[dict]:
@@ -204,7 +233,8 @@ def table(
 ) -> str:
     """Markdown table of ``metric`` (mean ± std); the best entry of each column (table 3: the best method
     per dataset) or of each row (``best_per="row"``, table 8: the best method per model) in bold
-    (``best_per=None``: none)."""
+    (``best_per=None``: none), among the entries there with the most seeds (``_full``): one seed's
+    lucky draw does not take the bold from three seeds' mean."""
     rows = list(dict.fromkeys(a[rows_key] for a in aggs))
     cols = list(dict.fromkeys(a[cols_key] for a in aggs))
     cell = {(a[rows_key], a[cols_key]): a for a in aggs}
@@ -219,7 +249,7 @@ def table(
     for keys in groups.values():
         pick = min if LOWER_IS_BETTER[metric] else max
         # (a diverged entry's NaN mean is no candidate: min() with a NaN first returned NaN, no bold at all)
-        present = [k for k in keys if k in cell and _finite(cell[k].get(metric))]
+        present = _full([k for k in keys if k in cell and _finite(cell[k].get(metric))], cell)
         if present:
             top = pick(cell[k][metric] for k in present)
             best.update(k for k in present if cell[k][metric] == top)
@@ -234,22 +264,29 @@ def table(
     return "\n".join(lines) + "\n"
 
 
+def _full(keys: list, cell: dict) -> list:
+    """The ``keys`` whose entries rest on as many seeds as the most-seeded trained entry among them; a
+    zero-shot entry (no lr: no seed to add) always counts."""
+    most = max((len(cell[k]["seeds"]) for k in keys if cell[k].get("lr") is not None), default=0)
+    return [k for k in keys if cell[k].get("lr") is None or len(cell[k]["seeds"]) >= most]
+
+
 def _lr(row: dict) -> str:
     text = f"lr {row['lr']:g}" if row.get("lr") else "zero-shot"  # zero-shot cells have no lr
     fraction = row.get("train_fraction")
     return text if not fraction or fraction == 1.0 else f"{text}, {fraction:g} of the training data"
 
 
-def collapsed_note(rows: list[dict]) -> str:
-    """Every cell whose test predictions collapsed (``metrics.collapse``), at any learning rate."""
+def collapsed_note(rows: list[dict], names: dict | None = None) -> str:
+    """Every cell whose test predictions collapsed (``metrics.collapse``), at any learning rate; ``names``:
+    each entry's label by its group (``_group``), as the tables name it."""
     dead = [r for r in rows if r.get("collapsed")]
     if not dead:
         return ""
+    name = lambda r: (names or {}).get(_group(r)) or r.get("label") or label(r)  # noqa: E731
     items = [
-        f"- {r.get('label') or label(r)} on {r['dataset']}, {_lr(r)}, seed {r['seed']}: {r['collapsed']}"
-        for r in sorted(
-            dead, key=lambda r: (r["dataset"], r.get("label") or label(r), r["lr"] or 0, r["seed"])
-        )
+        f"- {name(r)} on {r['dataset']}, {_lr(r)}, seed {r['seed']}: {r['collapsed']}"
+        for r in sorted(dead, key=lambda r: (r["dataset"], name(r), r["lr"] or 0, r["seed"]))
     ]
     return "† some seeds of the chosen learning rate collapsed. Collapsed cells (test predictions):\n\n" + (
         "\n".join(items) + "\n"
@@ -334,14 +371,27 @@ def full_data(aggs: list[dict]) -> list[dict]:
     return [a for a in aggs if not a["train_fraction"] or a["train_fraction"] == 1.0]
 
 
-def tables(aggs: list[dict], rows: list[dict] | None = None, planned_seeds: int | None = None) -> str:
+def tables(
+    aggs: list[dict],
+    rows: list[dict] | None = None,
+    planned_seeds: int | None = None,
+    first_seed: int | None = None,
+) -> str:
     """The report's markdown. ``planned_seeds``: how many seeds the sweep runs (its sweep.yaml), so that
-    entries resting on fewer are named while it is still running."""
+    entries resting on fewer are named while it is still running; ``first_seed``: the seed its LRs were
+    chosen on (``lr_choice: first_seed``; ``aggregate``'s)."""
     full = full_data(aggs)
+    chosen_on = (
+        f"the lowest validation RMSE on the first seed (seed {first_seed}, lr_choice: first_seed: the LR the "
+        "sweep ran its later seeds at)"
+        if first_seed is not None
+        else "the lowest mean validation RMSE on the seeds every LR has"
+    )
     parts = [
-        "Each trained entry: the mean ± sample std (ddof 1) over its seeds, at the learning rate with the "
-        "lowest mean validation RMSE on the seeds every LR has (appendix D; the LR table below); p: Welch's "
-        "two-sided t-test over seeds.\n"
+        f"Each trained entry: the mean ± sample std (ddof 1) over its seeds, at the learning rate with {chosen_on} "
+        "(appendix D; the LR table below); p: Welch's two-sided t-test over seeds. Bold: the best entry of "
+        "each column (table 8 shape: of each row) among those there on the most seeds (a zero-shot entry "
+        "has one and always competes): an entry on fewer seeds is never bold.\n"
     ]
     for model in dict.fromkeys(a["model"] for a in full):
         sub = [a for a in full if a["model"] == model]
@@ -407,9 +457,29 @@ def tables(aggs: list[dict], rows: list[dict] | None = None, planned_seeds: int 
         parts.append(table(sub, "rmse", "entry", "fraction", title))
     if intervals := interval_table(full):
         parts.append(intervals)
-    if note := collapsed_note(rows or []):
+    if note := other_lrs_note(full):
+        parts.append(note)
+    if note := collapsed_note(rows or [], {_group(a): a["label"] for a in aggs}):
         parts.append(note)
     return "\n".join(parts)
+
+
+def other_lrs_note(aggs: list[dict]) -> str:
+    """``lr_choice: first_seed``: the later seeds that also ran at an LR the first seed does not choose (run
+    before the LR that wins there was added to the sweep file, or copied in from another sweep), which the
+    entries leave out: an entry's numbers are those of the LR its first seed chose, as the sweep runs it."""
+    items = [
+        f"- {a['label']} on {a['dataset']}: seeds {', '.join(map(str, o['seeds']))} also ran at lr {o['lr']:g}"
+        for a in aggs
+        for o in a.get("other_lrs") or []
+    ]
+    if not items:
+        return ""
+    return (
+        "Later seeds that also ran at an LR the first seed does not choose (run before the LR that wins there "
+        "was added to the sweep file, or copied in): left out of the entries, which use the first seed's LR "
+        "(run the sweep again for any seed it lacks):\n\n" + "\n".join(items) + "\n"
+    )
 
 
 # --- figures --------------------------------------------------------------------------------------
@@ -747,6 +817,17 @@ def planned_seeds(root: Path) -> int | None:
         return None
 
 
+def lr_choice_seed(root: Path) -> int | None:
+    """The seed the sweep that wrote ``root`` chose its LRs on (``lr_choice: first_seed``), else None."""
+    sweep = saved_sweep(root)
+    if not sweep or sweep.get("lr_choice") != "first_seed":
+        return None
+    try:
+        return sweep_seeds(sweep)[0]
+    except (RaftlmError, TypeError, ValueError, IndexError):  # (damage: chosen as without it)
+        return None
+
+
 def base_method(root: Path) -> dict:
     """The sweep's ``base.method`` settings (what every cell's options add to), for the labels."""
     base = (saved_sweep(root) or {}).get("base") or {}
@@ -903,8 +984,9 @@ def _write_report(root: Path, rows: list[dict]) -> None:
         raise RaftlmError(f"{figdir} is {describe(figdir)}, where the report's figures go: move it")
     # everything computed and drawn first (a damaged cell, curve or sweep.yaml fails here), then written:
     # never a new summary.json beside an old report.md
-    aggs = aggregate(rows, base_method(root))
-    md = tables(aggs, rows, planned_seeds(root))
+    first = lr_choice_seed(root)
+    aggs = aggregate(rows, base_method(root), first)
+    md = tables(aggs, rows, planned_seeds(root), first)
     if ended := convergence_table(root, full_data(aggs), rows):
         md = f"{md}\n{ended}"
     with tempfile.TemporaryDirectory(dir=root, prefix=".report-") as drawn:
