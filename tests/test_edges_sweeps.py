@@ -284,3 +284,16 @@ def test_arms_that_differ_in_an_option_the_method_does_not_word_get_distinct_lab
     assert len({a["label"] for a in aggs}) == 2
     md = table(aggs, "rmse", "label", "dataset", "RMSE")
     assert "0.500" in md and "0.400" in md
+
+
+def test_raft_is_compared_with_the_best_other_entry_however_few_its_seeds():
+    """Unlike the bold, the verdict line keeps a method on one seed so far (0.40) as RAFT's comparison: left
+    out, RAFT would read "lower" against the next one (0.45) while a better method is still running. Its p
+    is "-" (Welch needs 2 seeds each), and the line's heading says so."""
+    from raftlm.report import aggregate, raft_vs_best
+
+    rows = [_row("raft", s, 0.42 + 0.01 * s) for s in (0, 1, 2)]
+    rows += [_row("ce", s, 0.44 + 0.01 * s) for s in (0, 1, 2)] + [_row("head-pooled", 0, 0.40)]
+    text = raft_vs_best(aggregate(rows))
+    assert "| mean-pooled head: 0.400 | +0.030 | - | RAFT not lower |" in text, text
+    assert "the best other on any number of seeds, unlike the bold" in text
