@@ -356,3 +356,45 @@ def test_a_multi_process_predicts_leftover_parts_after_its_output_was_written_go
     leftover(3, replaces=True)  # the old output an --overwrite is replacing
     assert check_output(out, overwrite=False, resume=True) == out
     assert job_path(out).exists() and partial_path(out, 0, 2).exists()
+
+
+def test_calibrate_holds_the_runs_lock_and_replaces_only_raftlms_files(tmp_path, data, trained, capsys):
+    """A read-only audit of calibrate: it took no lock, so a `train --overwrite RUN` swapped in meanwhile got
+    the old model's calibration.json and int8 maxima (exit 0 both); in a run without raftlm's marker (a copy
+    from the Hub) it replaced a user's calibration.json; a folder of that name failed after scoring, naming a
+    temp file; an interrupted --overwrite's run was "not a run directory". Now: the run's lock, raftlm's files
+    only, checked before the model loads, the swap finished first."""
+    import raftlm.cli as cli
+    from raftlm.io import RUN_MARKER, output_lock, staging_dir
+
+    calibrate = ["calibrate", str(trained), "--input", str(data)]
+    with output_lock(trained.resolve(), "the run directory"):  # (as train --overwrite holds it)
+        assert main(calibrate) == 2
+    assert "is writing the run directory" in _said(capsys)
+
+    (trained / "calibration.json").unlink()
+    (trained / "calibration.json").mkdir()
+    assert main(calibrate) == 2 and "is a directory, where calibrate writes" in _said(capsys)
+    (trained / "calibration.json").rmdir()
+
+    copy = tmp_path / "from-hub"
+    shutil.copytree(trained, copy)
+    (copy / RUN_MARKER).unlink()
+    (copy / "calibration.json").write_text('{"mine": "my notes"}')
+    assert main(["calibrate", str(copy), "--input", str(data)]) == 2
+    assert "is not a raftlm calibration.json" in _said(capsys)
+    assert (copy / "calibration.json").read_text() == '{"mine": "my notes"}'
+    (copy / "calibration.json").unlink()
+    assert main(["calibrate", str(copy), "--input", str(data)]) == 0  # (a new file: nothing replaced)
+    assert main(["calibrate", str(copy), "--input", str(data)]) == 0  # (raftlm's own, by its format)
+    assert json.loads((copy / "calibration.json").read_text())["source"] == str(data)
+
+    # an --overwrite a kill interrupted mid-swap (journal written, the old run renamed away, the new one staged)
+    from raftlm.io import _journal, journal_path, old_dir, write_json
+
+    shutil.copytree(trained, staging_dir(trained))
+    write_json(journal_path(trained), _journal(trained))
+    trained.rename(old_dir(trained))
+    assert not cli.is_run_dir(trained)
+    assert main(calibrate) == 0, capsys.readouterr().err
+    assert "finished an interrupted --overwrite" in capsys.readouterr().err

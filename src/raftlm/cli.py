@@ -796,15 +796,18 @@ def _refuse_unserved(args, cfg: Config) -> None:
 
 def cmd_calibrate(args) -> None:
     """Score the run's validation split (or ``--split``, or a labelled ``--input`` file from the data
-    the model will see) once and store what split-conformal intervals need in RUN/calibration.json."""
+    the model will see) once and store what split-conformal intervals need in RUN/calibration.json. It holds
+    the run's lock (train's and save's): a `train --overwrite` of the run meanwhile would get the old model's
+    calibration."""
+    from raftlm.io import output_lock, recover_swap
+
+    recover_swap(args.run)  # an --overwrite that a kill interrupted is finished first (and said)
     if not is_run_dir(args.run):  # (before seconds of importing torch)
         raise RaftlmError(
             f"{args.run} is not a run directory: calibrate a run from `raftlm train` (its calibration is stored there)"
         )
     from raftlm.data import load_splits
     from raftlm.files import read_rows
-    from raftlm.pipeline import load_for_eval
-    from raftlm.uncertainty import calibrate, warn_calibration
 
     args.model__name = args.run
     cfg = _run_config(args)
@@ -820,6 +823,15 @@ def cmd_calibrate(args) -> None:
         source = cfg.eval.split if _given(args, "eval.split") else "validation"
         examples = load_splits(cfg.data).split(source)
     check_folder(args.run, Path(args.run) / "calibration.json", create=False)
+    with output_lock(Path(args.run).resolve(), "the run directory"):
+        _check_calibration_files(Path(args.run))
+        _calibrate(args, cfg, examples, source)
+
+
+def _calibrate(args, cfg: Config, examples, source: str) -> None:
+    from raftlm.pipeline import load_for_eval
+    from raftlm.uncertainty import calibrate, warn_calibration
+
     predictor = load_for_eval(cfg, None)
     warn_calibration(source, len(examples))
     bar = "calibrate" if cfg.training.progress_bar else None
@@ -840,6 +852,41 @@ def cmd_calibrate(args) -> None:
         return
     maxima = predictor.record_int8_maxima(examples, source, batch_size=cfg.eval.batch_size)
     print(f"int8 activation maxima ({maxima.describe()}) for --dtype int8: {maxima.save(args.run)}")
+
+
+def _check_calibration_files(run: Path) -> None:
+    """What calibrate replaces in ``run``: regular files, and in a run without raftlm's marker (a copy from
+    the Hub, whose push leaves the marker out) only files of raftlm's own format (a user's file of that name
+    stays)."""
+    import json
+
+    from raftlm.io import INT8_MAXIMA_FILE, RUN_MARKER, describe, is_marked_run, read_safetensors_format
+    from raftlm.models import INT8_MAXIMA_FORMAT
+    from raftlm.uncertainty import CALIBRATION_FILE
+
+    def calibration_format(path: Path) -> bool:
+        try:
+            return {"format_version", "features"} <= json.loads(path.read_text(encoding="utf-8")).keys()
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    ours = {
+        CALIBRATION_FILE: calibration_format,
+        INT8_MAXIMA_FILE: lambda p: read_safetensors_format(p) == INT8_MAXIMA_FORMAT,
+    }
+    marked = is_marked_run(run)
+    for name, raftlms in ours.items():
+        path = run / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise RaftlmError(
+                f"{path} is {describe(path) if not path.is_symlink() else 'a link'}, where calibrate writes "
+                f"the run's {name}: move it, then calibrate"
+            )
+        if path.exists() and not marked and not raftlms(path):
+            raise RaftlmError(
+                f"{path} is not a raftlm {name} and {run} has no {RUN_MARKER} marker, so raftlm cannot tell "
+                "it wrote it: move it, then calibrate"
+            )
 
 
 def cmd_demo(args) -> None:
