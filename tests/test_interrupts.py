@@ -398,3 +398,45 @@ def test_calibrate_holds_the_runs_lock_and_replaces_only_raftlms_files(tmp_path,
     assert not cli.is_run_dir(trained)
     assert main(calibrate) == 0, capsys.readouterr().err
     assert "finished an interrupted --overwrite" in capsys.readouterr().err
+
+
+def test_the_demos_lines_name_fixes_the_demo_has(tmp_path, monkeypatch, capsys):
+    """An interrupted demo said "resume with --resume" (demo has no such flag; a plain rerun then said "pass
+    --overwrite"); a demo into a user's folder said "pass --overwrite", which then refused it as not a
+    raftlm run. Each line now names what works."""
+    import raftlm.demo
+    from raftlm.core import Splits
+
+    real = raftlm.demo.load_splits
+
+    def small(cfg):
+        s = real(cfg)
+        return Splits(s.train[:40], s.validation[:8], s.test[:8], s.template, s.grid, s.target_range)
+
+    monkeypatch.setattr(raftlm.demo, "load_splits", small)
+    monkeypatch.setattr(pipeline, "load_splits", small)
+    out = tmp_path / "demo"
+    tiny = ["--model", "tiny-random-llama", "--max-steps", "4", "--eval-steps", "2", "--quiet"]
+    demo = ["demo", "--output-dir", str(out), "--set", "data.val_size=8", *tiny]
+    real_save, saves = training.Trainer._save_checkpoint, []
+
+    def stop_after_a_checkpoint(self, *a, **k):
+        real_save(self, *a, **k)
+        saves.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.Trainer, "_save_checkpoint", stop_after_a_checkpoint)
+    assert main(demo) == 130
+    assert _said(capsys).endswith(
+        f"{out} holds the unfinished run: rerun with --overwrite (the demo starts over)"
+    )
+    monkeypatch.setattr(training.Trainer, "_save_checkpoint", real_save)
+    assert main([*demo, "--overwrite"]) == 0, capsys.readouterr().err
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main(["demo", "--output-dir", str(mine), *tiny]) == 2
+    assert "holds files raftlm did not write and is never replaced: choose another --output-dir" in _said(
+        capsys
+    )

@@ -13,7 +13,15 @@ import numpy as np
 from raftlm.config import Config
 from raftlm.core import RaftlmError, cpu_bf16_is_fast, cpu_bf16_speedup, cpu_has_bf16
 from raftlm.data import load_splits
-from raftlm.io import atomic_write, check_folder, check_no_tilde, register_output, write_json, write_text
+from raftlm.io import (
+    atomic_write,
+    check_folder,
+    check_no_tilde,
+    is_marked_run,
+    register_output,
+    write_json,
+    write_text,
+)
 from raftlm.tables import format_table
 
 # bf16 autocast where the CPU has bf16 units (the published demo ran so), float32 elsewhere: without them
@@ -90,6 +98,11 @@ def run_demo(cfg: Config, overwrite: bool = True, bf16_given: bool = False) -> d
     if out.exists() and not out.is_dir():
         raise RaftlmError(f"demo output {out} is not a folder: choose a folder for --output-dir")
     if out.exists() and any(out.iterdir()) and not overwrite:
+        if not is_marked_run(out):  # (--overwrite would refuse it too: not a folder raftlm made)
+            raise RaftlmError(
+                f"demo output {out} holds files raftlm did not write and is never replaced: choose another "
+                "--output-dir"
+            )
         raise RaftlmError(f"demo output {out} exists: pass --overwrite or another --output-dir")
     check_folder(out)  # before minutes of zero-shot scoring: writable, and a run raftlm may replace
     from raftlm import methods
@@ -104,7 +117,7 @@ def run_demo(cfg: Config, overwrite: bool = True, bf16_given: bool = False) -> d
     trained = f"{'RAFT' if cfg.method.method == 'raft' else cfg.method.method} + {decoder}"
     splits = load_splits(cfg.data)
     from raftlm.pipeline import evaluate_predictor, load_for_eval, train_run  # torch: only when it runs
-    from raftlm.run import check_run_dir
+    from raftlm.run import check_run_dir, is_finished
 
     check_run_dir(out, overwrite=True, resume=False)
     if not bf16_given and (said := bf16_measured(cfg)):
@@ -121,7 +134,14 @@ def run_demo(cfg: Config, overwrite: bool = True, bf16_given: bool = False) -> d
         preds[f"zero-shot {zero_shot}"] = p.values
     del zero
     cfg.eval.decoder = decoder
-    run = train_run(cfg, overwrite=True)
+    try:
+        run = train_run(cfg, overwrite=True)
+    except KeyboardInterrupt as stop:  # the demo has no --resume: it starts over
+        if out.is_dir() and is_marked_run(out) and not is_finished(out):
+            stop.raftlm_hint = (
+                f"{out} holds the unfinished run: rerun with --overwrite (the demo starts over)"
+            )
+        raise
     raft = load_for_eval(
         Config.build({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "name": str(run)}}), splits
     )
