@@ -440,3 +440,27 @@ def test_the_demos_lines_name_fixes_the_demo_has(tmp_path, monkeypatch, capsys):
     assert "holds files raftlm did not write and is never replaced: choose another --output-dir" in _said(
         capsys
     )
+
+
+def test_predict_refuses_an_interval_its_calibration_cannot_give_before_the_model_loads(
+    tmp_path, trained, monkeypatch, capsys
+):
+    """The README says every command checks its inputs before any model loads: `predict --interval 0.9` of
+    a run calibrated on 4 examples loaded the model and predicted, then refused (a newcomer's first run on a
+    40-row file). Now said first, in the same line; a level it can give still runs."""
+    rows = write_csv(tmp_path / "new.csv", [{"text": "review: fine. rating:"}])
+    out = tmp_path / "p.jsonl"
+    predict = ["predict", "--model", str(trained), "--input", str(rows), "--output", str(out), "--quiet"]
+    real = pipeline._load_for_eval
+
+    def never(*a, **k):
+        raise AssertionError("the model was loaded before the interval was checked")
+
+    monkeypatch.setattr(pipeline, "_load_for_eval", never)
+    assert main([*predict, "--interval", "0.9"]) == 2
+    assert "calibration examples cannot give a 0.9 interval (split conformal needs at least 11)" in _said(
+        capsys
+    )
+    assert not out.exists()
+    monkeypatch.setattr(pipeline, "_load_for_eval", real)
+    assert main([*predict, "--interval", "0.5"]) == 0, capsys.readouterr().err

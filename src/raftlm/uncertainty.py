@@ -409,9 +409,9 @@ class Calibration:
             )
         return kind
 
-    def intervals(self, X, levels, kind: str = "auto", rule: str = "rail") -> tuple[np.ndarray, np.ndarray]:
-        """Lower and upper bounds (N, L) for features X (the model's grid probabilities, or head
-        predictions as a column) at each confidence level."""
+    def check_levels(self, levels, kind: str = "auto") -> tuple[str, list[float]]:
+        """The kind and levels this calibration can give (``kind`` resolved), or one line saying why not: a
+        kind the model has no distribution for, a level its examples are too few for."""
         kind = self.kind(kind)
         levels = [check_level(c) for c in np.atleast_1d(levels)]
         if KINDS[kind].conformal:
@@ -421,6 +421,12 @@ class Calibration:
                         f"{self.n} calibration examples cannot give a {level_text(c)} interval (split conformal needs "
                         f"at least {need}): calibrate on more examples or ask for a lower level"
                     )
+        return kind, levels
+
+    def intervals(self, X, levels, kind: str = "auto", rule: str = "rail") -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds (N, L) for features X (the model's grid probabilities, or head
+        predictions as a column) at each confidence level."""
+        kind, levels = self.check_levels(levels, kind)
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.features.shape[1]:
             raise RaftlmError(
@@ -629,6 +635,16 @@ def evaluation(
     return out
 
 
+def check_interval(cal: Calibration | None, level: float, kind: str = "auto") -> None:
+    """An interval at ``level`` of ``kind`` from calibration ``cal`` (None: the run has none, and only kind
+    grid applies) is one it can give; `raftlm predict` asks before the model loads."""
+    if cal is None:
+        if kind != "grid":
+            raise RaftlmError(NOT_CALIBRATED)
+        return
+    cal.check_levels([level], kind)
+
+
 def prediction_fields(
     predictor,
     preds,
@@ -658,8 +674,7 @@ def prediction_fields(
             row.update({k: float(s[k][i]) for k in ("mean", "std", "median", "entropy")})
             row["quantiles"] = {f"{q:g}": float(v) for q, v in zip(QUANTILES, s["quantiles"][i], strict=True)}
     if level is not None:
-        if cal is None and kind != "grid":
-            raise RaftlmError(NOT_CALIBRATED)
+        check_interval(cal, level, kind)
         cal = cal if cal is not None else Calibration.uncalibrated(predictor, X)
         lower, upper = cal.intervals(X, [level], kind, center_rule(decoder))
         for i, row in enumerate(rows):
