@@ -73,7 +73,7 @@ USES = {
 }  # fmt: skip
 RUN_COMMANDS = ("predict", "evaluate", "calibrate", "serve")
 USAGE = {  # the usage line: what a command needs, then [options] (every flag is listed below it)
-    "train": "%(prog)s --dataset DATASET --output-dir DIR [options]",
+    "train": "%(prog)s [--dataset DATASET] --output-dir DIR [options]",
     "predict": "%(prog)s --model RUN --input FILE --output FILE [options]",
     "evaluate": "%(prog)s --model RUN [--split SPLIT | --input FILE] [options]",
     "calibrate": "%(prog)s RUN [--split SPLIT | --input FILE] [options]",
