@@ -297,3 +297,21 @@ def test_raft_is_compared_with_the_best_other_entry_however_few_its_seeds():
     text = raft_vs_best(aggregate(rows))
     assert "| mean-pooled head: 0.400 | +0.030 | - | RAFT not lower |" in text, text
     assert "the best other on any number of seeds, unlike the bold" in text
+
+
+def test_a_report_never_replaces_a_users_report_files_in_a_sweeps_folder(tmp_path):
+    """In a sweep's folder the report replaced any report.md and figures/ there, a user's too (the sweep's
+    marker proves raftlm made the folder, not those files). Only beside the report's own marker now."""
+    from raftlm.io import SWEEP_MARKER
+
+    (tmp_path / SWEEP_MARKER).write_text(json.dumps({"format": "raftlm-sweep", "version": 1}))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"seeds": [0]}))
+    (tmp_path / "results.json").write_text(json.dumps([_row("raft", 0, 0.5)]))
+    (tmp_path / "report.md").write_text("my own notes on this sweep")
+    with pytest.raises(RaftlmError, match=r"holds report.md that no raftlm report wrote .*move them out"):
+        write_report(str(tmp_path))
+    assert (tmp_path / "report.md").read_text() == "my own notes on this sweep"
+    (tmp_path / "report.md").unlink()
+    write_report(str(tmp_path))
+    write_report(str(tmp_path))  # (its own files, beside its marker: replaced)
+    assert "RAFT" in (tmp_path / "report.md").read_text()

@@ -899,14 +899,19 @@ def _our_report_marker(root: Path) -> bool:
 
 def check_report_dir(root: Path) -> None:
     """``report`` writes report.md, report.html, summary.json and figures/ beside results.json: into a
-    folder a sweep wrote (``experiment.check_sweep_dir``), or where none of those exist yet; a user's
-    file of those names is never replaced."""
+    folder a sweep wrote (``experiment.check_sweep_dir``), or where none of those exist yet; it replaces
+    them only beside its own marker (a user's file of those names, in a sweep's folder too, stays)."""
     there = [name for name in REPORT_FILES if (root / name).exists()]
     if there and not _our_report_marker(root) and not is_sweep_dir(root):
         raise RaftlmError(
             f"{root} is not a sweep's output_dir (no .raftlm-sweep marker, no cells/ beside sweep.yaml) and "
             f"already holds {', '.join(there)}, which raftlm report would replace: move them, or report a "
             "sweep's output_dir"
+        )
+    if there and not _our_report_marker(root):  # (a sweep writes none of them: the marker proves a report's)
+        raise RaftlmError(
+            f"{root} holds {', '.join(there)} that no raftlm report wrote (no {REPORT_MARKER} marker beside "
+            "them), which this report would replace: move them out of the sweep's folder, then report"
         )
 
 
