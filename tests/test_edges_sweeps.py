@@ -315,3 +315,29 @@ def test_a_report_never_replaces_a_users_report_files_in_a_sweeps_folder(tmp_pat
     write_report(str(tmp_path))
     write_report(str(tmp_path))  # (its own files, beside its marker: replaced)
     assert "RAFT" in (tmp_path / "report.md").read_text()
+
+
+def test_an_interrupted_report_says_its_files_may_be_part_new(tmp_path, monkeypatch, capsys):
+    """Ctrl+C among the report's writes left a new summary.json and report.md beside the old report.html and
+    figures, and said "nothing half-written was left". Its line says what is there and the rerun."""
+    import raftlm.report as report
+    from raftlm.cli import main
+
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"seeds": [0]}))
+    (tmp_path / "results.json").write_text(json.dumps([_row("raft", 0, 0.5)]))
+    real = report.write_text
+
+    def interrupted(path, text):
+        if str(path).endswith("report.html"):
+            raise KeyboardInterrupt
+        return real(path, text)
+
+    monkeypatch.setattr(report, "write_text", interrupted)
+    assert main(["report", str(tmp_path)]) == 130
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("some may be the new report's and some the old: run the same command again")
+    )
+    monkeypatch.setattr(report, "write_text", real)
+    assert main(["report", str(tmp_path)]) == 0

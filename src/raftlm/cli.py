@@ -1116,6 +1116,8 @@ INTERRUPTED = {
     "train": "resume with --resume (from the last checkpoint)",
     "predict": "resume with --resume (the rows written so far are kept)",
     "experiment": "run the same command again to resume the sweep",
+    # (its files are written one after another, each whole: an interrupt among them leaves some new)
+    "report": "each report file is whole, some may be the new report's and some the old: run the same command again",
 }
 
 
