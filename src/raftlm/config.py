@@ -635,7 +635,8 @@ class EvalConfig:
             )
         if self.dtype == "int8" and self.device.startswith("cuda"):
             raise RaftlmError(
-                "dtype=int8 runs on the CPU only: use --device cpu, or --dtype bfloat16 on a GPU"
+                "dtype=int8 runs on the CPU only: use device cpu, or dtype bfloat16 on a GPU (--device, --dtype; "
+                "device=, dtype= in Python)"
             )
         if self.dtype == "int8" and self.bf16:
             raise RaftlmError(INT8_BF16)

@@ -308,7 +308,9 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cpu")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
-        raise RaftlmError(f"device={device!r} but no CUDA GPU is visible: use --device cpu (or auto)")
+        raise RaftlmError(
+            f"device={device!r} but no CUDA GPU is visible: use cpu or auto (--device cpu; device='cpu' in Python)"
+        )
     index = int(device.split(":")[1]) if ":" in device else int(os.environ.get("LOCAL_RANK", 0)) % count
     if index >= count:
         raise RaftlmError(
@@ -327,8 +329,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise RaftlmError(f"dtype={dtype!r}: {DTYPE_CHOICES}")
     if dtype == "int8" and device.type != "cpu":
         raise RaftlmError(
-            f"dtype=int8 runs on the CPU only (torchao's dynamic int8 Linear layers), not {device}: use --device cpu, "
-            "or --dtype bfloat16 on a GPU"
+            f"dtype=int8 runs on the CPU only (torchao's dynamic int8 Linear layers), not {device}: use device cpu, "
+            "or dtype bfloat16 on a GPU (--device, --dtype; device=, dtype= in Python)"
         )
     return DTYPES[dtype]
 
