@@ -113,6 +113,23 @@ def test_the_hash_covers_the_files_each_dataset_reads(tmp_path):
     assert experiment.data_hash(DataConfig(dataset="stsb-1k")) is None  # the Hub's copy: its name pins it
 
 
+def test_a_titles_file_added_beside_an_amazon_file_after_its_cells_ran_is_a_change(tmp_path):
+    """An Amazon file alone was hashed as its own sha256, which is also what older cells recorded (accepted
+    as they are): a meta_*.json added beside it later (its titles enter every prompt) passed unseen. Any
+    dataset but a csv or jsonl file now hashes its files' names with their contents, one file included."""
+    from raftlm.config import DataConfig
+    from raftlm.files import file_sha256
+
+    reviews = tmp_path / "reviews_Office_Products_5.json"
+    reviews.write_text('{"overall": 5, "reviewText": "fine"}\n')
+    cfg = DataConfig(dataset=f"amazon:{reviews}")
+    today = experiment.data_hash(cfg)
+    assert today != file_sha256(reviews) and not experiment._data_changed(today, cfg)
+    assert not experiment._data_changed(file_sha256(reviews), cfg)  # an older cell's record still stands
+    (tmp_path / "meta_Office_Products.json").write_text('{"asin": "x", "title": "Stapler"}\n')
+    assert experiment._data_changed(today, cfg)
+
+
 # --- 2: one output_dir, one sweep -----------------------------------------------------------------------
 
 
@@ -314,6 +331,11 @@ def test_a_report_never_replaces_a_users_report_files_in_a_sweeps_folder(tmp_pat
     (tmp_path / "report.md").unlink()
     write_report(str(tmp_path))
     write_report(str(tmp_path))  # (its own files, beside its marker: replaced)
+    assert "RAFT" in (tmp_path / "report.md").read_text()
+    # a report an older raftlm wrote before reports were marked: its page's title says whose it is
+    (tmp_path / ".raftlm-report").unlink()
+    (tmp_path / "report.md").write_text("an older report")
+    write_report(str(tmp_path))
     assert "RAFT" in (tmp_path / "report.md").read_text()
 
 

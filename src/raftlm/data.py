@@ -673,7 +673,7 @@ def data_files(data) -> list[Path]:
         return [Path(data.data_dir) / STSB_FILES[part] for part in ("train", data.stsb_test)]
     if data.data_dir and data.dataset == "movielens-100k":
         return [Path(data.data_dir) / name for name in ("ml-100k.inter", "ml-100k.item")]
-    if not sep or prefix not in ("csv", "jsonl", "amazon", "movielens-1m"):
+    if not sep or prefix not in (*PATH_DATASETS, "csv", "jsonl"):
         return []
     if prefix == "movielens-1m":
         return [Path(path) / name for name in ("ratings.dat", "movies.dat")]

@@ -367,11 +367,15 @@ def config_values(config: Config) -> dict:
 
 
 def data_hash(data: DataConfig) -> str | None:
-    """The content hash of every local file a dataset reads (``data_files``; None: it reads none). One
-    file's is its own sha256, as cells have recorded it since sweeps hashed data files."""
+    """The content hash of every local file a dataset reads (``data_files``; None: it reads none). A csv or
+    jsonl file's is its own sha256, as cells have recorded it since sweeps hashed data files; any other
+    dataset's hashes its files' names and contents, one file included (an Amazon file alone: a titles file
+    added beside it later changes the hash, where its own sha256 is what older cells recorded)."""
     files = [p for p in data_files(data) if p.is_file()]
-    if len(files) <= 1:
-        return _file_hash(files[0]) if files else None
+    if not files:
+        return None
+    if data.dataset.startswith(("csv:", "jsonl:")):
+        return _file_hash(files[0])
     h = hashlib.sha256()
     for p in files:
         h.update(f"{p.name}\0{_file_hash(p)}\n".encode())

@@ -123,7 +123,10 @@ def _folder_lock(path: str | Path) -> Iterator[None]:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(
+            OSError
+        ):  # (a filesystem without locks, e.g. some FUSE or NFS mounts: as before)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # (closing releases the lock)

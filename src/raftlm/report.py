@@ -897,6 +897,17 @@ def _our_report_marker(root: Path) -> bool:
     return isinstance(marker, dict) and marker.get("format") == "raftlm-report"
 
 
+def _older_report(root: Path) -> bool:
+    """A report an older raftlm wrote before reports were marked: its page says so in its title (the other
+    files beside it are the same report's)."""
+    try:
+        with open(root / "report.html", encoding="utf-8") as f:
+            head = f.read(300)
+    except (OSError, ValueError):
+        return False
+    return head.startswith("<!doctype html><html><head><meta charset='utf-8'><title>raftlm report</title>")
+
+
 def check_report_dir(root: Path) -> None:
     """``report`` writes report.md, report.html, summary.json and figures/ beside results.json: into a
     folder a sweep wrote (``experiment.check_sweep_dir``), or where none of those exist yet; it replaces
@@ -908,7 +919,7 @@ def check_report_dir(root: Path) -> None:
             f"already holds {', '.join(there)}, which raftlm report would replace: move them, or report a "
             "sweep's output_dir"
         )
-    if there and not _our_report_marker(root):  # (a sweep writes none of them: the marker proves a report's)
+    if there and not _our_report_marker(root) and not _older_report(root):  # (a sweep writes none of them)
         raise RaftlmError(
             f"{root} holds {', '.join(there)} that no raftlm report wrote (no {REPORT_MARKER} marker beside "
             "them), which this report would replace: move them out of the sweep's folder, then report"
