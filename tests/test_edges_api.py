@@ -151,3 +151,23 @@ def test_shared_refusals_name_the_parameter_the_api_user_passed(tmp_path, monkey
     csv = write_csv(tmp_path / "d.csv", [{"text": t, "target": y} for t, y in zip(TEXTS, Y, strict=True)])
     assert main(train_args(csv, mine)) == 2
     assert capsys.readouterr().err.rstrip().endswith("choose another --output-dir")
+
+
+def test_predict_interval_refuses_what_its_calibration_cannot_give_before_predicting(monkeypatch):
+    """predict_interval predicted every row of X, then refused a level its calibration was too small for (and
+    an uncalibrated estimator's conformal kind): said first now, as `raftlm predict --interval` says it."""
+    reg = small(method="none").fit(TEXTS, Y)
+
+    def never(*a, **k):
+        raise AssertionError("predicted before the interval was checked")
+
+    monkeypatch.setattr(reg, "_predictions", never)
+    with pytest.raises(RaftlmError, match="is not calibrated: call calibrate"):
+        reg.predict_interval(TEXTS, 0.9, kind="cqr")
+    reg.calibrate(TEXTS[:4], Y[:4])
+    monkeypatch.setattr(reg, "_predictions", never)
+    with pytest.raises(RaftlmError, match=r"4 calibration examples cannot give a 0.9 interval"):
+        reg.predict_interval(TEXTS, 0.9)
+    monkeypatch.undo()
+    _, intervals = reg.predict_interval(TEXTS[:2], 0.5)
+    assert intervals.shape == (2, 2, 1)

@@ -425,14 +425,16 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             )
         self._check_grid_decoder(self.decoder, "predict_interval")
         cal = getattr(self, "calibration_", None)
+        if cal is None and kind != "grid":  # (these before predicting every row, as `raftlm predict`)
+            raise RaftlmError(
+                "this RAFTRegressor is not calibrated: call calibrate(X, y) (or fit with eval_set), "
+                "or pass kind='grid' for the raw, uncalibrated grid quantiles"
+            )
+        if cal is not None:
+            cal.check_levels(levels, kind)
         preds = self._predictions(X)
         features = uncertainty.features(self.predictor_, preds)
         if cal is None:
-            if kind != "grid":
-                raise RaftlmError(
-                    "this RAFTRegressor is not calibrated: call calibrate(X, y) (or fit with eval_set), "
-                    "or pass kind='grid' for the raw, uncalibrated grid quantiles"
-                )
             cal = uncertainty.Calibration.uncalibrated(self.predictor_, features)
         lower, upper = cal.intervals(features, levels, kind, uncertainty.center_rule(self.decoder))
         return preds.values, np.stack([lower, upper], axis=1)

@@ -721,13 +721,10 @@ def _predict(args, cfg: Config) -> None:
     scanned = scan(args.input, template, cfg.data.target_column)  # every row checked before the model loads
     from raftlm.pipeline import is_main_process, load_for_eval  # (the data and rows before torch)
     from raftlm.streaming import fields_settings, predict_file
-    from raftlm.uncertainty import Calibration, check_interval, prediction_fields
+    from raftlm.uncertainty import check_run_interval, prediction_fields
 
     e = cfg.eval
-    # read only when intervals are asked for: a damaged calibration.json must not stop plain predictions
-    calibration = Calibration.load(cfg.model.name) if e.interval and is_run_dir(cfg.model.name) else None
-    if e.interval:  # a level or kind it cannot give: said before the model loads
-        check_interval(calibration, e.interval, e.interval_kind)
+    calibration = check_run_interval(cfg)  # a level or kind it cannot give: said before the model loads
     predictor = load_for_eval(cfg, splits)
 
     def fields(preds):

@@ -68,7 +68,7 @@ from raftlm.streaming import (
     prediction_job,
     prediction_rows,
 )
-from raftlm.uncertainty import Calibration, prediction_fields
+from raftlm.uncertainty import Calibration, check_run_interval, prediction_fields
 
 MISSING = "raftlm predict --engine ray needs ray: pip install 'raftlm[ray]'"
 BATCH_ROWS = 256  # rows per actor call; each call runs forward passes of eval.batch_size rows
@@ -252,6 +252,7 @@ def _predict_on_ray(ray, args, cfg: Config, dataset_given: bool, output: Path) -
     splits = None if is_run_dir(cfg.model.name) else load_splits(cfg.data)
     kind, columns = _source(args.input)
     n, has_target = _check_rows(args.input, _template(cfg, splits), cfg.data.target_column)
+    check_run_interval(cfg)  # (as `raftlm predict`: before Ray starts and its actors load the model)
     register_output(output)  # written into a run: its marker lists it first (as `raftlm predict`'s output)
     done = None  # rows already in the partial file or folder: an output from a local file goes through one
     if n is not None:
