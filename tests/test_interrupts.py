@@ -464,3 +464,24 @@ def test_predict_refuses_an_interval_its_calibration_cannot_give_before_the_mode
     assert not out.exists()
     monkeypatch.setattr(pipeline, "_load_for_eval", real)
     assert main([*predict, "--interval", "0.5"]) == 0, capsys.readouterr().err
+
+
+def test_an_overwrites_old_output_is_never_taken_for_the_finished_new_one(tmp_path):
+    """A predict --overwrite killed within its old output's timestamp tick (a filesystem of 1-second times),
+    with as many rows: the old output looked newer than the record and whole, so the record and parts went and
+    --resume said the prediction had finished. The record keeps the old output's identity now."""
+    import os
+
+    from raftlm.io import check_output, file_identity, job_path, partial_path
+
+    out = tmp_path / "p.jsonl"
+    out.write_text('{"index": 0}\n' * 3)  # the old output
+    record = {"input_sha256": "x", "model": "m", "rows": 3, "processes": 1, "replaces": True}
+    job_path(out).write_text(json.dumps({**record, "replaced": file_identity(out)}))
+    partial_path(out).write_text('{"index": 0}\n')
+    t = os.stat(job_path(out)).st_mtime_ns
+    os.utime(out, ns=(t, t))  # (the same tick as the record)
+    job_path(out).write_text(json.dumps({**record, "replaced": file_identity(out)}))
+    os.utime(job_path(out), ns=(t, t))
+    assert check_output(out, overwrite=False, resume=True) == out  # resumes, replacing the old output
+    assert job_path(out).exists() and partial_path(out).exists()

@@ -961,6 +961,13 @@ def check_output(output: str | Path, overwrite: bool, resume: bool, input: str |
 
 
 REPLACES = "replaces"  # a prediction record's flag: the job started with --overwrite of an existing output
+REPLACED = "replaced"  # ... and that output's identity then (``file_identity``): what is not the new output
+
+
+def file_identity(path: Path) -> list[int]:
+    """A file's inode, size and modification time (ns): a rename keeps it, a rewrite changes it."""
+    st = path.stat()
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
 def _finished_leftover(output: Path, job: dict) -> bool:
@@ -969,6 +976,8 @@ def _finished_leftover(output: Path, job: dict) -> bool:
     leaves. An --overwrite's old output predates the record."""
     try:
         if not output.is_file() or output.stat().st_mtime_ns < job_path(output).stat().st_mtime_ns:
+            return False
+        if job.get(REPLACED) == file_identity(output):  # the old output still (a coarse clock's same tick)
             return False
         lines, last = 0, b"\n"
         with open(output, "rb") as f:

@@ -26,9 +26,11 @@ from raftlm.core import Example, RaftlmError, launch_state, short
 from raftlm.decoders import TEXT_DECODERS, one_number, text_decoded
 from raftlm.files import CHUNK_ROWS, file_sha256, row_chunks, scan, to_examples
 from raftlm.io import (  # (the partial-file rules import no torch: `raftlm predict` checks them first)
+    REPLACED,
     REPLACES,
     atomic_write,
     disk_error,
+    file_identity,
     is_run_dir,
     job_path,
     partial_files,
@@ -167,7 +169,7 @@ def begin_job(output: Path, job: dict, resume: bool) -> int:
                 f"cannot resume the prediction into {output}: its record {saved} is unreadable; pass "
                 "--overwrite to start over"
             )
-        old.pop(REPLACES, None)
+        old.pop(REPLACES, None), old.pop(REPLACED, None)
         if old != job:
             raise RaftlmError(
                 f"cannot resume the prediction into {output}: {_changes(old, job)} since it started; "
@@ -178,7 +180,9 @@ def begin_job(output: Path, job: dict, resume: bool) -> int:
     if state.is_main_process:
         for stale in partial_files(output):
             stale.unlink()
-        record = {**job, **({REPLACES: True} if output.exists() else {})}  # an --overwrite's
+        # an --overwrite's: the old output stays until the new one is whole, and is told from it by its identity
+        replaced = {REPLACES: True, REPLACED: file_identity(output)} if output.exists() else {}
+        record = {**job, **replaced}
         atomic_write(saved, lambda p: p.write_text(json.dumps(record) + "\n"))
     state.wait_for_everyone()
     return 0
