@@ -55,8 +55,13 @@ def test_a_loaded_csv_run_refits_with_the_range_of_the_new_data(tmp_path):
     scaler = refit.predictor_.scaler
     assert (scaler.data_low, scaler.data_high) == (0.0, 190.0)
     # a range the run's settings give stays (none: targets on the grid as they are)
-    assert api._range_param([0.0, 10.0]) == [0.0, 10.0] and api._range_param("none") is None
-    assert api._range_param("auto") == "auto"
+    assert api._range_param([0.0, 10.0], "csv:d.csv", None) == [0.0, 10.0]
+    assert api._range_param("none", "csv:d.csv", None) is None
+    assert api._range_param("auto", "csv:d.csv", None) == "auto"
+    # a named dataset's declared range is the run's, as it resolved it (synthetic's [-4, 4]): not inferred
+    # again from a refit's rows, and get_params says how the run was trained
+    assert api._range_param("dataset", "synthetic-original1", [-4.0, 4.0]) == [-4.0, 4.0]
+    assert api._range_param("dataset", "in-memory", [1.0, 5.0]) == "auto"
 
 
 def test_calibrate_warns_of_too_few_examples_as_the_cli_does(caplog):

@@ -661,17 +661,18 @@ def run_params(directory: Path, predictor) -> dict:
     params["settings"] = _other_settings(cfg, RAFTRegressor(**params)._config(None)) or None
     if m.grid is not None and not predictor.extra.get("new_tokens"):
         params["grid"] = m.grid
-    params["target_range"] = _range_param(m.target_range)
+    params["target_range"] = _range_param(m.target_range, cfg.data.dataset, params["target_range"])
     return params
 
 
-def _range_param(setting) -> str | list | None:
+def _range_param(setting, dataset: str, resolved) -> str | list | None:
     """The ``target_range`` parameter a run's ``method.target_range`` setting stands for. "dataset" (the
-    default: the user set none) is the data's own range, inferred from the rows as `raftlm train --config
-    run/config.yaml` does for a new CSV: fit's rows are in memory, whose own is "auto", so a refit on other
-    data scales to its targets, not to the run's (``_range_of`` of its scaler)."""
+    default: the user set none) is the data's own range: for a file's or Python's rows, inferred from the
+    rows as `raftlm train --config run/config.yaml` does for a new CSV ("auto", so a refit on other data
+    scales to its targets, not to the run's); for a named dataset, the range it declares, which the run
+    ``resolved`` (its scaler's)."""
     if setting == "dataset":
-        return "auto"
+        return "auto" if dataset == IN_MEMORY or dataset.startswith(("csv:", "jsonl:")) else resolved
     return None if setting in ("none", None) else setting
 
 
