@@ -188,3 +188,33 @@ def test_a_parked_output_is_not_put_back_over_a_new_one(tmp_path):
     rr._write_shards(parked / "preds", tables([1.0, 2.0]), 2)
     rr.check_destination(out, True, 2, str(data))
     assert values(out) == [7.0, 8.0] and not parked.exists()
+
+
+def test_a_kill_between_the_shards_swap_and_the_records_removal_is_finished_by_the_next_predict(tmp_path):
+    """As for a JSONL output: a kill after the --shards folder was swapped in, before its prediction record
+    went, left a whole output that the next predict called an interrupted one ("left its partial folder:
+    pass --resume", with no partial folder; --resume predicted every row again). The record goes now, and
+    --resume says the prediction had finished; an --overwrite's old folder (older than the record) is not
+    taken for the new one."""
+    import json
+
+    from raftlm.core import RaftlmError
+    from raftlm.io import job_path
+
+    data = tmp_path / "in.csv"
+    data.write_text("text\na\nb\nc\n")
+    out = tmp_path / "preds"
+    record = {"input_sha256": "x", "model": "m", "rows": 3, "processes": 1, "shard_rows": 2}
+    job_path(out).write_text(json.dumps(record))
+    rr._write_shards(out, tables([1.0, 2.0, 3.0]), 2)  # (written after the record, as finish_shards does)
+    with pytest.raises(RaftlmError, match=r"had finished \(3 rows; a kill left its record, now removed\)"):
+        rr.check_destination(out, False, 2, str(data), resume=True)
+    assert not job_path(out).exists() and values(out) == [1.0, 2.0, 3.0]
+    with pytest.raises(RaftlmError, match="already exists: pass --overwrite"):
+        rr.check_destination(out, False, 2, str(data))
+    job_path(out).write_text(json.dumps({**record, "replaces": True}))  # an --overwrite started since
+    marker = out / rr.SHARDS_MARKER
+    t = os.stat(job_path(out)).st_mtime_ns
+    os.utime(marker, ns=(t - 10**9, t - 10**9))
+    assert rr.check_destination(out, False, 2, str(data), resume=True) == out  # resumes it
+    assert job_path(out).exists()

@@ -487,6 +487,15 @@ def check_destination(
         )
     restore_parked(output)  # before the stale-folder cleanup below, which would delete it
     part, record, ours = shards_partial(output), job_path(output), our_job(output)
+    if ours and not part.exists() and (rows := _finished_shards(output)) is not None:
+        # a kill between the swap and the record's removal: that last step is finished here
+        record.unlink(missing_ok=True)
+        if resume:
+            raise RaftlmError(
+                f"the --shards prediction into {output} had finished ({rows} rows; a kill left its record, now "
+                "removed): nothing to resume; pass --overwrite to predict again"
+            )
+        ours = False
     if part.exists() and not (ours and (part / SHARDS_MARKER).is_file()):
         raise RaftlmError(
             f"{part} exists but raftlm has no record of writing it: it may be a user's folder; move it, or "
@@ -635,6 +644,22 @@ def begin_shards(output: Path, job: dict, resume: bool) -> int:
     while (part / _shard_name(i)).is_file():
         rows, i = rows + pq.ParquetFile(part / _shard_name(i)).metadata.num_rows, i + 1
     return rows
+
+
+def _finished_shards(output: Path) -> int | None:
+    """The rows of the finished --shards output folder ``output`` when it is the one its prediction record
+    is for (its marker, written by ``finish_shards`` after the record, counts the record's rows), else None:
+    an --overwrite's old folder predates the record."""
+    record = job_path(output)
+    try:
+        marker = json.loads((output / SHARDS_MARKER).read_text(encoding="utf-8"))
+        job = json.loads(record.read_text(encoding="utf-8"))
+        newer = (output / SHARDS_MARKER).stat().st_mtime_ns >= record.stat().st_mtime_ns
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(marker, dict) and isinstance(job, dict)) or "shards" not in marker:
+        return None
+    return marker["rows"] if newer and marker.get("rows") == job.get("rows") else None
 
 
 def finish_shards(output: Path, rows: int) -> None:
