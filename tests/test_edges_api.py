@@ -176,3 +176,19 @@ def test_predict_interval_refuses_what_its_calibration_cannot_give_before_predic
     monkeypatch.undo()
     _, intervals = reg.predict_interval(TEXTS[:2], 0.5)
     assert intervals.shape == (2, 2, 1)
+
+
+def test_fit_into_an_unfinished_run_names_what_the_api_can_do(tmp_path, toy_csv):
+    """fit(output_dir=an unfinished run) said "pass --resume to continue it": RAFTRegressor has no resume."""
+    from raftlm.io import FINISHED_FILE
+
+    run = tmp_path / "run"
+    assert main(train_args(toy_csv, run, "--quiet", "--max-steps", "1")) == 0
+    (run / FINISHED_FILE).unlink()  # (as a run a kill stopped midway: no metrics file yet)
+    with pytest.raises(
+        RaftlmError,
+        match=r"holds an unfinished run: pass overwrite=True to train it again, or "
+        r"choose another output_dir$",
+    ):
+        small(output_dir=str(run)).fit(TEXTS, Y)
+    assert main([*train_args(toy_csv, run, "--quiet", "--max-steps", "1")]) == 2  # the CLI keeps its flags

@@ -159,6 +159,11 @@ def check_run_dir(out: Path, overwrite: bool, resume: bool, name: str = "--outpu
             f"run directory {out} already holds a finished run: pass --overwrite (overwrite=True in "
             f"RAFTRegressor; it is replaced once the new run has finished) or choose another {name}"
         )
+    if not name.startswith("--"):  # the Python API, which does not resume (its rows are in memory)
+        raise RaftlmError(
+            f"run directory {out} holds an unfinished run: pass overwrite=True to train it again, or choose "
+            f"another {name}"
+        )
     raise RaftlmError(
         f"run directory {out} holds an unfinished run: pass --resume to continue it or --overwrite to restart "
         "(overwrite=True in RAFTRegressor)"
