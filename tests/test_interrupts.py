@@ -485,3 +485,16 @@ def test_an_overwrites_old_output_is_never_taken_for_the_finished_new_one(tmp_pa
     os.utime(job_path(out), ns=(t, t))
     assert check_output(out, overwrite=False, resume=True) == out  # resumes, replacing the old output
     assert job_path(out).exists() and partial_path(out).exists()
+
+
+def test_evaluate_refuses_an_interval_it_cannot_give_before_the_model_loads(
+    tmp_path, trained, monkeypatch, capsys
+):
+    """evaluate --interval 0.9 of a run calibrated on 4 examples scored the whole split, then refused."""
+
+    def never(*a, **k):
+        raise AssertionError("the model was loaded before the interval was checked")
+
+    monkeypatch.setattr(pipeline, "_load_for_eval", never)
+    assert main(["evaluate", "--model", str(trained), "--interval", "0.9", "--quiet"]) == 2
+    assert "calibration examples cannot give a 0.9 interval" in _said(capsys)

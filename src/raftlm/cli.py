@@ -616,8 +616,12 @@ def _evaluate(args, cfg: Config) -> None:
             prepare_output(path, args.overwrite, [args.input] if args.input else ())
     splits = None if (args.input and is_run_dir(cfg.model.name)) else load_splits(cfg.data)
     from raftlm.pipeline import eval_limit, evaluate_predictor, load_for_eval
-    from raftlm.uncertainty import Calibration
+    from raftlm.uncertainty import Calibration, check_interval
 
+    calibration = Calibration.load(cfg.model.name, required=False) if is_run_dir(cfg.model.name) else None
+    asked = _given(args, "eval.interval") or _given(args, "eval.interval_kind")  # (now, not the run's)
+    if asked and cfg.eval.interval:  # an interval it cannot give: said before the model loads and scores
+        check_interval(calibration, cfg.eval.interval, cfg.eval.interval_kind)
     predictor = load_for_eval(cfg, splits)
     if args.input:
         examples = _file_examples(
@@ -628,8 +632,6 @@ def _evaluate(args, cfg: Config) -> None:
     n_split = len(examples)
     file_order = bool(args.input) or splits.in_file_order(cfg.eval.split)
     examples = eval_limit(examples, cfg, file_order)
-    calibration = Calibration.load(cfg.model.name, required=False) if is_run_dir(cfg.model.name) else None
-    asked = _given(args, "eval.interval") or _given(args, "eval.interval_kind")  # (now, not the run's)
     metrics, _ = evaluate_predictor(predictor, examples, cfg, calibration=calibration, asked=asked)
     metrics["split_size"] = n_split
     if len(examples) < n_split:
