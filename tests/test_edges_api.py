@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from helpers import train_args, write_csv
 from sklearn.base import clone
 from sklearn.model_selection import KFold, cross_val_score
@@ -192,3 +193,21 @@ def test_fit_into_an_unfinished_run_names_what_the_api_can_do(tmp_path, toy_csv)
     ):
         small(output_dir=str(run)).fit(TEXTS, Y)
     assert main([*train_args(toy_csv, run, "--quiet", "--max-steps", "1")]) == 2  # the CLI keeps its flags
+
+
+def test_a_fitted_estimator_with_eval_compile_pickles_and_comes_back_compiled():
+    """eval.compile compiles the model predictions come from, in place on a CPU: the fitted estimator then
+    failed to pickle (PicklingError: the compiled forward), so joblib and a saved pickle broke. The predictor
+    pickles without the compiled function and compiles again when unpickled; the weights are one copy."""
+    import pickle
+
+    reg = small(method="none", settings={"eval": {"compile": True}}).fit(TEXTS, Y)
+    back = pickle.loads(pickle.dumps(reg))
+    assert "forward" in vars(
+        back.predictor_.model
+    )  # (compiled again: an instance attribute over the class's)
+    assert "forward" in vars(reg.predictor_.model)  # (the original stays compiled)
+    a, b = reg.predictor_.model, back.predictor_.model
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )

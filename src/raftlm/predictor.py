@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -154,6 +155,23 @@ class Predictor:
         """torch.compile the model's forward for inference (a switch: same numbers within float
         tolerance; worth it for long prediction jobs, the first batches pay the compile time)."""
         self.model.forward = torch.compile(self.model.forward, dynamic=True)
+
+    def __getstate__(self) -> dict:
+        """A compiled model pickles without its compiled forward (a function pickle cannot take: a fitted
+        estimator with eval.compile did not pickle), and is compiled again when unpickled."""
+        state = dict(self.__dict__)
+        model = state.get("model")
+        if model is not None and "forward" in vars(model):
+            plain = copy.copy(model)  # (its __dict__ only: the weights are shared, not copied)
+            del plain.__dict__["forward"]
+            state.update(model=plain, _recompile=True)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        recompile = state.pop("_recompile", False)
+        self.__dict__.update(state)
+        if recompile:
+            self.compile()
 
     def use_grid_rows(self, on: bool) -> None:
         """Switch grid-normalized scoring (on for normalized grids): the same predictions; single-token
