@@ -372,17 +372,28 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Conf
     """``base`` (a command's defaults, or a run's config), then the ``--config`` recipe, then flags."""
     overrides = {dest.replace("__", "."): value for dest, value in vars(args).items() if "__" in dest}
     if getattr(args, "freeze_backbone", False):
+        if overrides.get("model.trainable", "none") != "none":  # (two flags: one won without a word)
+            raise RaftlmError(
+                f"--freeze-backbone and --trainable {overrides['model.trainable']} both set model.trainable: "
+                "give one of them"
+            )
         overrides["model.trainable"] = "none"
     if getattr(args, "quiet", False):
         overrides["training.progress_bar"] = False
-    for item in args.set:
+    for item in args.set:  # --set comes last: it overrides a flag of the same field (docs/cli.md)
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
             raise RaftlmError(f"--set {item!r}: use SECTION.FIELD=VALUE, e.g. --set training.lr=1e-4")
         overrides[key.strip()] = load_yaml(value, f"--set {short(item)}")
     recipe = {k: dict(v) for k, v in (base or {}).items()}
-    for section, values in (read_recipe(args.config) if args.config else {}).items():
+    given = read_recipe(args.config) if args.config else {}
+    for section, values in given.items():
         recipe.setdefault(section, {}).update(values or {})
+    if given:  # the recipe's settings that change what base gives: given, as flags are (``_given``)
+        before, after = Config.build(base or {}).to_dict(), Config.build(recipe).to_dict()
+        args.recipe_given = {
+            f"{s}.{f}" for s, values in given.items() for f in values or {} if before[s][f] != after[s][f]
+        }
     return Config.build(recipe, overrides)
 
 
@@ -457,13 +468,23 @@ def _run_config(args) -> Config:
 
 
 def _given(args, key: str) -> bool:
-    """Whether the flag of config field ``key`` (or ``--set key=...``) was given on the command line."""
-    return hasattr(args, dest_of(key)) or any(item.partition("=")[0].strip() == key for item in args.set)
+    """Whether config field ``key`` was given now: its flag, ``--set key=...``, or a ``--config`` recipe
+    that changes it (``config_from_args``)."""
+    return (
+        hasattr(args, dest_of(key))
+        or any(item.partition("=")[0].strip() == key for item in args.set)
+        or key in getattr(args, "recipe_given", ())
+    )
 
 
-def _flag(key: str) -> str:
-    """How a refusal names config field ``key``: its flag (``data.max_length``: ``--max-length``)."""
-    return "--" + key.split(".", 1)[1].replace("_", "-")
+def _flag(key: str, args=None) -> str:
+    """How a refusal names config field ``key``: its flag (``data.max_length``: ``--max-length``), or the
+    recipe's key when only ``--config`` gave it."""
+    flag = "--" + key.split(".", 1)[1].replace("_", "-")
+    if args is not None and key in getattr(args, "recipe_given", ()) and not hasattr(args, dest_of(key)):
+        if not any(item.partition("=")[0].strip() == key for item in args.set):
+            return f"{key} (in --config {args.config})"
+    return flag
 
 
 def _refuse_unread(args, cfg: Config, model: str | None) -> None:
@@ -562,7 +583,7 @@ RUN_BOUND = (
 def _refuse_run_bound(args, model: str) -> None:
     given = [k for k in RUN_BOUND if _given(args, k)]
     if given:
-        flag = _flag(given[0])
+        flag = _flag(given[0], args)
         raise RaftlmError(
             f"{flag} does not apply to the trained run {model}: it predicts with the prompt template and grid "
             f"it was trained with (its raftlm.json); drop {flag}, or train a new run with it"
@@ -620,8 +641,8 @@ def _evaluate(args, cfg: Config) -> None:
 
     calibration = Calibration.load(cfg.model.name, required=False) if is_run_dir(cfg.model.name) else None
     asked = _given(args, "eval.interval") or _given(args, "eval.interval_kind")  # (now, not the run's)
-    if asked and cfg.eval.interval:  # an interval it cannot give: said before the model loads and scores
-        check_interval(calibration, cfg.eval.interval, cfg.eval.interval_kind)
+    if asked and cfg.eval.interval and calibration is not None:  # a level it cannot give: said before the
+        check_interval(calibration, cfg.eval.interval, cfg.eval.interval_kind)  # model loads and scores
     predictor = load_for_eval(cfg, splits)
     if args.input:
         examples = _file_examples(

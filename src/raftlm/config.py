@@ -694,6 +694,13 @@ class Config:
                     f"config section {short(section)} must be a mapping of settings, got {short(values)}"
                 )
         merged: dict[str, dict] = {k: dict(v or {}) for k, v in (recipe or {}).items()}
+        written_t, written_e = merged.get("training") or {}, merged.get("eval") or {}
+        for name in EVAL_FOLLOWS_TRAINING:  # a recipe's eval value that equals its training one (a run's
+            # config.yaml writes the value it followed) keeps following a training override given now
+            t, e = f"training.{name}", f"eval.{name}"
+            if t in (overrides or {}) and e not in overrides and name in written_e and name in written_t:
+                if written_t[name] == written_e[name]:
+                    del merged["eval"][name]
         for key, value in (overrides or {}).items():
             section, _, name = key.partition(".")
             merged.setdefault(section, {})[name] = value

@@ -648,14 +648,16 @@ def check_interval(cal: Calibration | None, level: float, kind: str = "auto") ->
 def check_run_interval(cfg) -> Calibration | None:
     """`raftlm predict --interval` (either engine), before the model loads: the run's calibration (read
     only when an interval is asked for: a damaged calibration.json must not stop plain predictions), and
-    the interval asked for one it can give (``check_interval``)."""
+    the interval asked for one it can give (``check_interval``; an uncalibrated model's refusal depends on
+    whether it has a grid distribution, so it comes after the model loads)."""
     from raftlm.io import is_run_dir
 
     e = cfg.eval
     if not e.interval:
         return None
     calibration = Calibration.load(cfg.model.name) if is_run_dir(cfg.model.name) else None
-    check_interval(calibration, e.interval, e.interval_kind)
+    if calibration is not None:  # (without one, what the model is decides the line: said once it loads)
+        check_interval(calibration, e.interval, e.interval_kind)
     return calibration
 
 
