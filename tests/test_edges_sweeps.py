@@ -363,3 +363,26 @@ def test_an_interrupted_report_says_its_files_may_be_part_new(tmp_path, monkeypa
     )
     monkeypatch.setattr(report, "write_text", real)
     assert main(["report", str(tmp_path)]) == 0
+
+
+def test_a_setting_given_by_both_a_dataset_entry_and_a_method_arm_is_refused(tmp_path, toy_csv, capsys):
+    """datasets: [{dataset: csv:toy.csv, max_length: 64}] with an arm {method: raft, max_length: 32} ran at 32
+    without a word (a base key that one of the sweep's lists sets is refused: so is this, before any cell)."""
+    from raftlm.cli import main
+
+    sweep = {
+        "output_dir": str(tmp_path / "out"),
+        "datasets": [{"dataset": f"csv:{toy_csv}", "max_length": 64}],
+        "models": ["tiny-random-llama"],
+        "methods": [{"method": "raft", "max_length": 32}],
+        "lrs": [1e-4],
+        "seeds": [0],
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    assert main(["experiment", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "data.max_length is set by both its dataset entry (64) and its method arm (32)" in err, err
+    sweep["methods"] = [{"method": "raft", "max_length": 64}]  # the same value twice is one value
+    path.write_text(yaml.safe_dump(sweep))
+    assert main(["experiment", str(path), "--dry-run"]) == 0

@@ -341,7 +341,13 @@ def cell_config(sweep: dict, cell: Cell, run_dir: Path) -> Config:
         base["data"]["train_fraction"] = cell.train_fraction
     base.setdefault("method", {})["method"] = cell.method
     for key, value in cell.options:
-        base.setdefault(option_section(key), {})[key] = value
+        section = option_section(key)
+        if section == "data" and key in cell.dataset and cell.dataset[key] != value:  # (the arm's won unsaid)
+            raise RaftlmError(
+                f"data.{key} is set by both its dataset entry ({short(cell.dataset[key])}) and its method arm "
+                f"({short(value)}): set it in one of them"
+            )
+        base.setdefault(section, {})[key] = value
     training = base.setdefault("training", {})
     training.update(output_dir=str(run_dir), seed=cell.seed)
     if cell.lr is not None:
