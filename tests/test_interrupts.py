@@ -498,3 +498,25 @@ def test_evaluate_refuses_an_interval_it_cannot_give_before_the_model_loads(
     monkeypatch.setattr(pipeline, "_load_for_eval", never)
     assert main(["evaluate", "--model", str(trained), "--interval", "0.9", "--quiet"]) == 2
     assert "calibration examples cannot give a 0.9 interval" in _said(capsys)
+
+
+def test_a_run_whose_weights_a_sweep_dropped_says_so_in_every_command(tmp_path, trained, capsys):
+    """A sweep's run after keep_models false (model.safetensors deleted): predict, evaluate, calibrate and
+    RAFTRegressor.load said "cannot load model ...: check the path, or go online for hub ids"; push alone
+    named the fix. Every command loading it names it now."""
+    import re
+
+    from raftlm import RaftlmError, RAFTRegressor
+
+    (trained / "model.safetensors").unlink()
+    said = "is a run without its model weights (model.safetensors): a sweep drops its runs' weights"
+    rows = write_csv(tmp_path / "new.csv", [{"text": "review: fine. rating:", "target": 3}] * 3)
+    for argv in (
+        ["predict", "--model", str(trained), "--input", str(rows), "--output", str(tmp_path / "p.jsonl")],
+        ["evaluate", "--model", str(trained)],
+        ["calibrate", str(trained), "--input", str(rows)],
+    ):
+        assert main([*argv, "--quiet"]) == 2
+        assert said in _said(capsys)
+    with pytest.raises(RaftlmError, match=re.escape(said)):
+        RAFTRegressor.load(str(trained))

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 from pathlib import Path
 
 from raftlm.core import RaftlmError, short
-from raftlm.io import RUN_FILES, is_marked_run, is_run_dir, read_run_marker
+from raftlm.io import MODEL_WEIGHTS, RUN_FILES, is_marked_run, is_run_dir, read_run_marker
 
 NOT_UPLOADED = ("checkpoints", "logs")  # resume state and tracker logs: the run's, not the model's
 TRUE = ("1", "ON", "YES", "TRUE")
@@ -50,15 +49,13 @@ def push_files(run_dir: str | Path) -> list[str]:
         and not p.name.startswith(".")
         and p.name not in NOT_UPLOADED
     )
-    if not any(WEIGHTS.fullmatch(n) for n in names):  # (a sweep drops its runs' weights: keep_models false)
+    # (a sweep drops its runs' weights: keep_models false)
+    if not any(MODEL_WEIGHTS.fullmatch(n) for n in names):
         raise RaftlmError(
             f"{short(str(run))} holds no model weights (model.safetensors), so it would push a model that "
             "cannot load: push a run that has them (a sweep keeps them with keep_models: true)"
         )
     return names
-
-
-WEIGHTS = re.compile(r"model(-\d+-of-\d+)?\.safetensors")
 
 
 def offline() -> bool:

@@ -661,6 +661,15 @@ def check_model_name(name: str) -> None:
         )
 
 
+MODEL_WEIGHTS = re.compile(r"model(-\d+-of-\d+)?\.safetensors")  # a run's weights, whole or sharded
+
+
+def has_weights(run: str | Path) -> bool:
+    """Whether run directory ``run`` still holds its model weights (a sweep drops them once its cells are
+    written, unless keep_models: true)."""
+    return any(MODEL_WEIGHTS.fullmatch(p.name) for p in Path(run).iterdir())
+
+
 def check_eval_model(model: str, dataset_given: bool = True) -> None:
     """Before any data is read or torch imported: ``--model`` is a finished run, a saved model or a model
     name; one that is not a run predicts zero-shot, which needs a dataset for its prompt and grid."""

@@ -31,6 +31,8 @@ from raftlm.fetch import missing, package_file
 from raftlm.io import (
     INT8_MAXIMA_FILE,
     check_model_name,
+    has_weights,
+    is_run_dir,
     make_folder,
     normal_permissions,
     normal_tree_permissions,
@@ -261,6 +263,11 @@ def load_model(
         return tiny_random_bert(seed=seed)
     path = model_path(name)
     refuse_pickle_weights(path)
+    if is_run_dir(path) and not has_weights(path):  # (from_pretrained said "check the path, or go online")
+        raise RaftlmError(
+            f"{name} is a run without its model weights (model.safetensors): a sweep drops its runs' weights "
+            "once their cells are written unless keep_models: true; retrain it, or use a run that has them"
+        )
     auto = AutoModel if encoder else AutoModelForCausalLM
     read = torch.float32 if dtype == torch.int8 else dtype  # int8: read in float32, quantized below
     try:
