@@ -283,10 +283,10 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         predict`, the server and ``load`` predict with it. ``predictor_`` stays as trained (float32), what
         ``save`` writes; a copy only where the placement differs (nothing on a CPU). ``eval.compile``
         compiles the model predictions come from, as those commands compile theirs."""
-        from raftlm.pipeline import placed_for_eval
+        from raftlm.pipeline import compile_for_eval, placed_for_eval
 
         placed = placed_for_eval(self.predictor_, self.config_)
-        _compile_for_eval(placed, self.config_)
+        compile_for_eval(placed, self.config_)
         self._placed = None if placed is self.predictor_ else placed
 
     def _model(self):
@@ -551,8 +551,10 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         saved = _run_config(Path(directory))
         device = device or (saved.eval.device if saved else "auto")
         dtype = dtype or (saved.eval.dtype if saved else "auto")
+        from raftlm.pipeline import compile_for_eval
+
         predictor = load_run(directory, device, dtype)
-        _compile_for_eval(predictor, saved)
+        compile_for_eval(predictor, saved)
         reg = cls(**run_params(Path(directory), predictor))
         reg.predictor_ = predictor
         reg.config_ = saved
@@ -562,14 +564,6 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             reg.calibration_ = cal
         reg.training_log_ = _training_log(Path(directory))
         return reg
-
-
-def _compile_for_eval(predictor, cfg: Config | None) -> None:
-    """``eval.compile`` applied as `raftlm predict`, evaluate, calibrate and the server apply it to the run
-    they load (``pipeline.load_for_eval``): the model torch.compile'd for prediction. (A compiled model does
-    not pickle: ``save`` keeps it.)"""
-    if cfg is not None and cfg.eval.compile:
-        predictor.compile()
 
 
 def _training_log(run_dir: Path) -> str | None:

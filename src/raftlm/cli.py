@@ -470,20 +470,20 @@ def _run_config(args) -> Config:
 def _given(args, key: str) -> bool:
     """Whether config field ``key`` was given now: its flag, ``--set key=...``, or a ``--config`` recipe
     that changes it (``config_from_args``)."""
-    return (
-        hasattr(args, dest_of(key))
-        or any(item.partition("=")[0].strip() == key for item in args.set)
-        or key in getattr(args, "recipe_given", ())
-    )
+    return _on_command_line(args, key) or key in getattr(args, "recipe_given", ())
+
+
+def _on_command_line(args, key: str) -> bool:
+    """Whether config field ``key``'s flag, or ``--set key=...``, was given."""
+    return hasattr(args, dest_of(key)) or any(item.partition("=")[0].strip() == key for item in args.set)
 
 
 def _flag(key: str, args=None) -> str:
     """How a refusal names config field ``key``: its flag (``data.max_length``: ``--max-length``), or the
     recipe's key when only ``--config`` gave it."""
     flag = "--" + key.split(".", 1)[1].replace("_", "-")
-    if args is not None and key in getattr(args, "recipe_given", ()) and not hasattr(args, dest_of(key)):
-        if not any(item.partition("=")[0].strip() == key for item in args.set):
-            return f"{key} (in --config {args.config})"
+    if args is not None and key in getattr(args, "recipe_given", ()) and not _on_command_line(args, key):
+        return f"{key} (in --config {args.config})"
     return flag
 
 
@@ -880,31 +880,26 @@ def _check_calibration_files(run: Path) -> None:
     """What calibrate replaces in ``run``: regular files, and in a run without raftlm's marker (a copy from
     the Hub, whose push leaves the marker out) only files of raftlm's own format (a user's file of that name
     stays)."""
-    import json
+    from raftlm.io import INT8_MAXIMA_FILE, RUN_MARKER, describe, is_marked_run
+    from raftlm.models import Int8Maxima
+    from raftlm.uncertainty import CALIBRATION_FILE, Calibration
 
-    from raftlm.io import INT8_MAXIMA_FILE, RUN_MARKER, describe, is_marked_run, read_safetensors_format
-    from raftlm.models import INT8_MAXIMA_FORMAT
-    from raftlm.uncertainty import CALIBRATION_FILE
-
-    def calibration_format(path: Path) -> bool:
+    def raftlms(load) -> bool:  # (what raftlm's own loader reads is raftlm's format)
         try:
-            return {"format_version", "features"} <= json.loads(path.read_text(encoding="utf-8")).keys()
-        except (OSError, ValueError, AttributeError):
+            load(run)
+        except RaftlmError:
             return False
+        return True
 
-    ours = {
-        CALIBRATION_FILE: calibration_format,
-        INT8_MAXIMA_FILE: lambda p: read_safetensors_format(p) == INT8_MAXIMA_FORMAT,
-    }
     marked = is_marked_run(run)
-    for name, raftlms in ours.items():
+    for name, load in ((CALIBRATION_FILE, Calibration.load), (INT8_MAXIMA_FILE, Int8Maxima.load)):
         path = run / name
         if path.is_symlink() or (path.exists() and not path.is_file()):
             raise RaftlmError(
                 f"{path} is {describe(path) if not path.is_symlink() else 'a link'}, where calibrate writes "
                 f"the run's {name}: move it, then calibrate"
             )
-        if path.exists() and not marked and not raftlms(path):
+        if path.exists() and not marked and not raftlms(load):
             raise RaftlmError(
                 f"{path} is not a raftlm {name} and {run} has no {RUN_MARKER} marker, so raftlm cannot tell "
                 "it wrote it: move it, then calibrate"

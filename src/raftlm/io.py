@@ -123,9 +123,8 @@ def _folder_lock(path: str | Path) -> Iterator[None]:
         yield
         return
     try:
-        with contextlib.suppress(
-            OSError
-        ):  # (a filesystem without locks, e.g. some FUSE or NFS mounts: as before)
+        # (a filesystem without locks, e.g. some FUSE or NFS mounts: unlocked, as before)
+        with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
@@ -565,21 +564,6 @@ def normal_permissions(path: str | Path, directory: bool = False) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if directory else 0o666) & ~umask)
-
-
-def read_safetensors_format(path: str | Path) -> str | None:
-    """The ``format`` a safetensors file's metadata names (raftlm's files say which they are), read from its
-    header without torch; None when it names none or is not safetensors."""
-    try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            if not 2 <= size <= 100_000_000:
-                return None
-            header = json.loads(f.read(size))
-    except (OSError, ValueError):
-        return None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return meta.get("format") if isinstance(meta, dict) else None
 
 
 def normal_tree_permissions(folder: str | Path) -> None:

@@ -692,9 +692,15 @@ def load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:
         else:
             how = "plain: a model that is not a run has no recorded activation maxima"
         logging.getLogger("raftlm").info(f"int8 weights ({how})")
-    if cfg.eval.compile:
-        predictor.compile()
+    compile_for_eval(predictor, cfg)
     return predictor
+
+
+def compile_for_eval(predictor: Predictor, cfg: Config | None) -> None:
+    """``eval.compile``: the model torch.compile'd for prediction (every command that loads a run, and the
+    Python API's fitted or loaded estimator)."""
+    if cfg is not None and cfg.eval.compile:
+        predictor.compile()
 
 
 def _load_for_eval(cfg: Config, splits: Splits | None) -> Predictor:

@@ -886,6 +886,8 @@ def cell_problem(row) -> str | None:
 
 REPORT_FILES = ("report.md", "report.html", "summary.json", "figures")
 REPORT_MARKER = ".raftlm-report"  # written beside them: the next report may replace them
+# how report.html begins, in every raftlm version: a report written before the marker is known by it
+PAGE_HEAD = "<!doctype html><html><head><meta charset='utf-8'><title>raftlm report</title>"
 
 
 def _our_report_marker(root: Path) -> bool:
@@ -905,7 +907,7 @@ def _older_report(root: Path) -> bool:
             head = f.read(300)
     except (OSError, ValueError):
         return False
-    return head.startswith("<!doctype html><html><head><meta charset='utf-8'><title>raftlm report</title>")
+    return head.startswith(PAGE_HEAD)
 
 
 def check_report_dir(root: Path) -> None:
@@ -1017,7 +1019,7 @@ def _write_report(root: Path, rows: list[dict]) -> None:
             root / REPORT_MARKER, {"format": "raftlm-report", "version": 1, "files": list(REPORT_FILES)}
         )
         page = (
-            "<!doctype html><html><head><meta charset='utf-8'><title>raftlm report</title><style>"
+            f"{PAGE_HEAD}<style>"
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
             "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}</style></head><body>"
             f"<h1>raftlm report: {html.escape(str(root))}</h1>{_md_to_html(md)}{images}</body></html>"

@@ -257,9 +257,8 @@ def save_run(p: Predictor, directory: str | Path) -> Path:
     if p.int8_maxima is not None:
         p.int8_maxima.save(directory)
     write_json(directory / META_FILE, metadata(p))
-    normal_tree_permissions(
-        directory
-    )  # (safetensors writes the weights 0600: a colleague could not load them)
+    # (safetensors writes the weights 0600: a colleague could not load them)
+    normal_tree_permissions(directory)
     return directory
 
 

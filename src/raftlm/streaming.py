@@ -169,7 +169,8 @@ def begin_job(output: Path, job: dict, resume: bool) -> int:
                 f"cannot resume the prediction into {output}: its record {saved} is unreadable; pass "
                 "--overwrite to start over"
             )
-        old.pop(REPLACES, None), old.pop(REPLACED, None)
+        for key in (REPLACES, REPLACED):  # (what the record adds for an --overwrite, not the job's own)
+            old.pop(key, None)
         if old != job:
             raise RaftlmError(
                 f"cannot resume the prediction into {output}: {_changes(old, job)} since it started; "
