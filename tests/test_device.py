@@ -38,7 +38,9 @@ def test_auto_is_the_cpu_in_float32_without_a_gpu():
     assert resolve_device("auto") == torch.device("cpu")
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
-    with pytest.raises(RaftlmError, match=r"no CUDA GPU is visible: use cpu or auto \(--device cpu; device='cpu' in Python\)"):
+    with pytest.raises(
+        RaftlmError, match=r"no CUDA GPU is visible: use cpu or auto \(--device cpu; device='cpu' in Python\)"
+    ):
         resolve_device("cuda:0")
     with pytest.raises(RaftlmError, match="use auto, cpu, cuda or cuda:N"):
         resolve_device("tpu")

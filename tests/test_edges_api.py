@@ -211,3 +211,56 @@ def test_a_fitted_estimator_with_eval_compile_pickles_and_comes_back_compiled():
     assert all(
         torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     )
+
+
+def test_eval_settings_given_after_load_reach_sampling_and_the_interval_kind_as_the_cli_flags_do(tmp_path):
+    """A loaded run's predict read eval.num_samples and eval.interval_kind from the run as it was saved, so
+    set_params(settings={"eval": ...}) changed batch_size and bf16 but not these: `--num-samples 4` had no
+    API equivalent, and predict_interval's auto kind stayed the run's."""
+    import json
+
+    rows = [{"text": f"review {i}: it was {WORDS[i % 5]}. rating:", "target": 1 + i % 5} for i in range(80)]
+    csv = write_csv(tmp_path / "d.csv", rows)
+    run = tmp_path / "run"
+    assert main(train_args(csv, run, "--quiet", "--max-steps", "1")) == 0
+    out = tmp_path / "p.jsonl"
+    flags = ["--decoder", "sample-rail", "--num-samples", "4", "--quiet"]
+    assert main(["predict", "--model", str(run), "--input", str(csv), "--output", str(out), *flags]) == 0
+    cli = [json.loads(line)["prediction"] for line in out.read_text().splitlines()]
+    reg, texts = RAFTRegressor.load(str(run)), [r["text"] for r in rows]
+    default = reg.predict(texts, decoder="sample-rail")
+    reg.set_params(settings={**(reg.get_params()["settings"] or {}), "eval": {"num_samples": 4}})
+    four = reg.predict(texts, decoder="sample-rail")
+    np.testing.assert_allclose(four, cli, rtol=1e-6)
+    assert not np.allclose(four, default)
+    reg.set_params(settings={"eval": {"interval_kind": "absolute"}})
+    _, auto = reg.predict_interval(TEXTS[:4], 0.8)
+    _, absolute = reg.predict_interval(TEXTS[:4], 0.8, kind="absolute")
+    _, cqr = reg.predict_interval(TEXTS[:4], 0.8, kind="cqr")
+    np.testing.assert_array_equal(auto, absolute)
+    assert not np.allclose(auto, cqr)
+
+
+def test_model_params_set_after_fit_are_said_once_and_apply_at_the_next_fit():
+    """set_params(max_length=..., prompt_template=...) after fit changed nothing until the next fit, in
+    silence, while decoder, batch_size, bf16 and seed apply at once (`raftlm predict` refuses the flags of
+    the first kind for a trained run): the estimator says so once per change."""
+    reg = small().fit(TEXTS, Y)
+    before = reg.predict(TEXTS[:3])
+    reg.set_params(max_length=64, batch_size=2)  # (batch_size: at once, said nothing of)
+    with pytest.warns(RaftlmWarning) as said:
+        after = reg.predict(TEXTS[:3])
+    assert [str(w.message) for w in said] == [
+        "max_length changed since the model was fitted: predictions come from the fitted model (max_length="
+        f"{reg.model_params_['max_length']}); a new value applies at the next fit(X, y)"
+    ]
+    np.testing.assert_allclose(before, after, rtol=1e-6)  # (batch 2: other padding, the last digits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reg.predict(TEXTS[:3])  # said once
+        reg.set_params(max_length=reg.model_params_["max_length"], decoder="mode").predict(TEXTS[:3])
+    reg.set_params(max_length=64).fit(TEXTS, Y)  # the next fit takes it
+    assert reg.predictor_.max_length == 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reg.predict(TEXTS[:3])

@@ -68,3 +68,21 @@ def test_a_recipes_settings_count_as_given_for_the_commands_checks(tmp_path, toy
     split.write_text(yaml.safe_dump({"eval": {"split": "train"}}))
     assert main(["calibrate", str(run), "--config", str(split), "--quiet"]) == 0
     assert "calibrated on train" in capsys.readouterr().out
+
+
+def test_a_recipes_training_batch_and_bf16_reach_a_runs_eval_as_set_and_the_api_do(tmp_path, toy_csv):
+    """`predict --model RUN --config r.yaml` with training.bf16 / batch_size in r.yaml kept the run's eval
+    values (they followed its training ones), where --set training.bf16=true and the API's bf16=True reach
+    eval; docs/cli.md: a --config key counts as given, as its flag would."""
+    from raftlm.cli import _run_config, build_parser
+
+    run = tmp_path / "run"
+    assert main(train_args(toy_csv, run, "--quiet", "--max-steps", "1", "--batch-size", "4")) == 0
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"training": {"bf16": True, "batch_size": 2}}))
+    base = ["predict", "--model", str(run), "--input", str(toy_csv), "--output", str(tmp_path / "p.jsonl")]
+    for extra in (["--config", str(recipe)], ["--set", "training.bf16=true", "--set", "training.batch_size=2"]):
+        cfg = _run_config(build_parser().parse_args([*base, *extra]))
+        assert (cfg.eval.bf16, cfg.eval.batch_size) == (True, 2), extra
+    recipe.write_text(yaml.safe_dump({"training": {"bf16": True}, "eval": {"bf16": False}}))  # its own: kept
+    assert _run_config(build_parser().parse_args([*base, "--config", str(recipe)])).eval.bf16 is False

@@ -289,7 +289,10 @@ def test_bad_combinations_are_refused_in_one_line(run, tmp_path, capsys):
     run_dir, data = run
     base = ["predict", "--model", str(run_dir), "--input", str(data), "--output", str(tmp_path / "x.jsonl")]
     for flags, message in (
-        (["--device", "cuda"], "dtype=int8 runs on the CPU only: use device cpu, or dtype bfloat16 on a GPU (--device, --dtype; device="),
+        (
+            ["--device", "cuda"],
+            "dtype=int8 runs on the CPU only: use device cpu, or dtype bfloat16 on a GPU (--device, --dtype; device=",
+        ),
         (["--bf16"], "dtype=int8 feeds float32 activations to its int8 layers: drop --bf16"),
     ):
         assert main([*base, "--dtype", "int8", *flags]) == 2

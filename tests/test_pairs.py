@@ -53,7 +53,8 @@ def test_predictions_are_the_mean_of_both_orders_and_symmetric(run, tmp_path):
         argv = ["predict", "--model", str(run_dir), "--input", str(tmp_path / f"{name}.csv"), "--with-probs"]
         assert main([*argv, "--output", str(tmp_path / f"{name}.jsonl")]) == 0
     a, b = ([json.loads(x) for x in (tmp_path / f"{n}.jsonl").read_text().splitlines()] for n in "ab")
-    np.testing.assert_allclose([r["prediction"] for r in a], [r["prediction"] for r in b], atol=1e-9)
+    # (the same two prompts, in other batch positions: float32's last digits, 1.1e-8 with transformers 5.25)
+    np.testing.assert_allclose([r["prediction"] for r in a], [r["prediction"] for r in b], atol=1e-7)
     # the mean of the two orders scored one at a time by the same weights
     reg = RAFTRegressor.load(str(run_dir))
     assert reg.get_params()["pair_swap"] == "sentence1,sentence2"

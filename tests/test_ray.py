@@ -175,6 +175,28 @@ def test_ray_engine_equals_predict_row_for_row(run, local_ray, tmp_path, capsys)
     assert predict(run, digits, tmp_path / "d-local.jsonl") == 0
     assert predict(run, digits, tmp_path / "d-ray.jsonl", "--engine", "ray", "--actors", "2") == 0
     same_rows(read(tmp_path / "d-ray.jsonl"), read(tmp_path / "d-local.jsonl"))
+    # a column the template does not read may change type between rows, as `raftlm predict` allows (Arrow
+    # refused the file, and Ray's fallback ended in a JSONDecodeError traceback); integer and float targets
+    # mix; a target of 4 then "4" is one line
+    mixed = [
+        {**r, "meta": i if i % 2 else f"x{i}", "target": r["target"] + 0.5 * (i % 2)}
+        for i, r in enumerate(lines)
+    ]
+    meta = tmp_path / "meta.jsonl"
+    meta.write_text("".join(json.dumps(r) + "\n" for r in mixed))
+    assert predict(run, meta, tmp_path / "m-local.jsonl") == 0
+    assert predict(run, meta, tmp_path / "m-ray.jsonl", "--engine", "ray", "--actors", "2") == 0
+    same_rows(read(tmp_path / "m-ray.jsonl"), read(tmp_path / "m-local.jsonl"))
+    meta.write_text(
+        "".join(
+            json.dumps({**r, "target": str(r["target"]) if i else r["target"]}) + "\n"
+            for i, r in enumerate(lines)
+        )
+    )
+    capsys.readouterr()
+    assert predict(run, meta, tmp_path / "m2.jsonl", "--engine", "ray", "--actors", "2") == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # (above it: Ray's own log of its reader's failure)
+    assert last.startswith("raftlm predict: error: Ray Data cannot read") and "one type per column" in last
 
 
 def test_a_stopped_prediction_resumes_on_either_engine(run, local_ray, tmp_path, monkeypatch, capsys):

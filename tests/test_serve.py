@@ -945,6 +945,9 @@ def test_requests_the_model_cannot_answer_are_refused_before_its_forward_pass(ru
         )
         r = client.get("/predict")
         assert r.status_code == 405 and r.headers["allow"] == "POST"
+        r = client.post("/health")  # (a GET route answers HEAD too: its Allow says so)
+        assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+        assert client.head("/health").status_code == 200
         schema = client.get("/openapi.json").json()["components"]["schemas"]["InvocationsRequest"]
         for name in ("instances", "inputs"):
             assert {"type": "null"} in schema["properties"][name]["anyOf"]

@@ -341,7 +341,11 @@ def test_predict_deletes_no_partial_lock_or_temp_file_it_cannot_prove_it_wrote(r
     lock.write_text("my lock notes")
     code, line = _bad(capsys, argv(run_dir, data, out))
     assert code == 2 and "is not a raftlm lock file" in line and lock.read_text() == "my lock notes"
-    lock.write_text("4242")  # what a killed raftlm left (its pid): reused and removed
+    for other in ("4242", ""):  # a pid alone (another tool's lock) or nothing is no proof either
+        lock.write_text(other)
+        code, line = _bad(capsys, argv(run_dir, data, out))
+        assert code == 2 and "is not a raftlm lock file" in line and lock.read_text() == other
+    lock.write_text("raftlm 4242")  # what a killed raftlm left: reused and removed
     assert predict(run_dir, data, out) == 0 and not lock.exists()
 
 
@@ -1138,6 +1142,40 @@ def test_no_output_may_replace_a_file_of_a_run(run, tmp_path, capsys, monkeypatc
             main(["evaluate", "--model", str(mine), "--output", str(mine / "test.json"), "--overwrite"]) == 0
         )
     capsys.readouterr()
+
+
+def test_no_output_may_be_a_file_the_command_reads(run, tmp_path, capsys, monkeypatch):
+    """Only --input was checked: `evaluate --dataset csv:d.csv --output d.csv --overwrite` replaced the data
+    with its metrics, `--config r.yaml --output r.yaml` the recipe, `--output MODEL/config.json` a model
+    folder's config (a folder that is not a run: run_file does not guard it)."""
+    import shutil
+
+    run_dir, data = run
+    _never_load(monkeypatch)
+    d = tmp_path / "d.csv"
+    d.write_bytes(data.read_bytes())
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"data:\n  dataset: csv:{d}\n")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    for f in run_dir.iterdir():
+        if f.name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(f, hf / f.name)
+    before = _snapshot(tmp_path)
+    model = ["--model", str(run_dir)]
+    for args, output in (
+        (["evaluate", *model, "--dataset", f"csv:{d}"], d),
+        (["predict", "--model", "tiny-random-llama", "--dataset", f"csv:{d}", "--input", str(data)], d),
+        (["evaluate", *model, "--config", str(recipe)], recipe),
+        (["evaluate", "--model", str(hf), "--dataset", f"csv:{data}"], hf / "config.json"),
+    ):
+        code, line = _bad(capsys, [*args, "--output", str(output), "--overwrite"])
+        assert code == 2 and "is the same file as the input" in line, (args, line)
+    assert _snapshot(tmp_path) == before
+    link = tmp_path / "link.json"  # a link to a missing file is an existing entry: it needs --overwrite
+    link.symlink_to(tmp_path / "backup" / "final.json")
+    code, line = _bad(capsys, ["evaluate", *model, "--input", str(data), "--output", str(link)])
+    assert code == 2 and "already exists (a link to the missing" in line and link.is_symlink()
 
 
 def test_out_of_memory_is_one_line(run, tmp_path, capsys, monkeypatch):

@@ -485,9 +485,9 @@ def test_grid_probabilities_of_a_head_are_refused_not_empty(tmp_path, capsys):
     )
     assert "this model predicts one number (a head)" in capsys.readouterr().err and not out.exists()
     for extra, said in (
-        (
+        (  # (the rule the server and the API apply: they took --decoder rail, predict refused it)
             ["--decoder", "greedy"],
-            f"--decoder does not apply to {run}: its head predicts the number directly",
+            "decoder 'greedy' does not apply to a head-pooled model: its head predicts the number directly",
         ),
         (
             ["--with-uncertainty"],
@@ -498,6 +498,10 @@ def test_grid_probabilities_of_a_head_are_refused_not_empty(tmp_path, capsys):
         argv = ["predict", "--model", str(run), "--input", str(data), "--output", str(out), *extra]
         assert main(argv) == 2
         assert said in capsys.readouterr().err and not out.exists()
+    argv = ["predict", "--model", str(run), "--input", str(data), "--output", str(out), "--quiet"]
+    assert main([*argv, "--decoder", "rail"]) == 0  # the head's number, as the default
+    got = [json.loads(line)["prediction"] for line in out.read_text().splitlines()]
+    np.testing.assert_allclose(got, reg.predict(texts, decoder="rail"), rtol=1e-6)
 
 
 def test_patience_without_a_validation_split_is_said(tmp_path):

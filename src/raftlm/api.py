@@ -28,13 +28,15 @@ from raftlm.config import (
     TrainConfig,
     to_bf16,
 )
-from raftlm.core import Example, RaftlmError, Splits, short
+from raftlm.core import Example, RaftlmError, Splits, short, warn
 from raftlm.data import IN_MEMORY, SPLIT_NAMES, sample_train
 from raftlm.decoders import TEXT_DECODERS, one_number, text_decoded
 from raftlm.io import (
+    FINAL_PREFIX,
     TRAINING_LOG,
     check_no_tilde,
     launch_size,
+    move_into_run,
     on_rank_zero,
     output_lock,
     write_json,
@@ -45,6 +47,12 @@ from raftlm.prompts import escape, render, resolve_template
 from raftlm.rows import check_columns, parse_target, row_fields, text_rows
 from raftlm.run import FINISHED_FILE, load_run, save_run
 
+# what a fitted model is made of: set after fit, they apply at the next fit (scikit-learn's rule) and
+# predictions keep the fitted model's, said once (`raftlm predict` refuses their flags for a trained run)
+MODEL_PARAMS = (
+    "model", "method", "trainable", "grid", "prompt_template", "max_length", "normalize_grid", "target_range",
+    "pair_swap",
+)  # fmt: skip
 _NUMERIC = "feeds numeric features (an (n, k) array of numbers); RAFTRegressor reads text"
 # check_estimator's checks that cannot apply to a text model, each with why (docs/python-api.md;
 # tests/test_sklearn.py runs check_estimator with these as expected failures and pins the list). The
@@ -249,6 +257,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             predictor = new_predictor(self._config(None), train, template)
             self.predictor_, self.calibration_, self.training_log_ = predictor, None, None
             self.train_summary_, self.results_, self.config_ = {}, None, self._config(None)
+            self._fitted()
             self._place()
             if val:  # as a trained fit: conformal calibration on the validation set
                 self.calibrate(*eval_set)
@@ -274,6 +283,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         self.calibration_, self.training_log_ = calibration, log
         self.predictor_, self.train_summary_ = run.predictor, run.results["train"]
         self.results_, self.config_ = run.results, self._config(None)
+        self._fitted()
         self._place()
         return self
 
@@ -291,7 +301,25 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
 
     def _model(self):
         """The predictor predictions come from: the placed copy of a fitted model, or a loaded one."""
+        self._say_unfitted_params()
         return getattr(self, "_placed", None) or self.predictor_
+
+    def _fitted(self) -> None:
+        """Remember the parameters the model was fitted (or loaded) with (``_say_unfitted_params``)."""
+        self.model_params_ = {k: copy.deepcopy(getattr(self, k)) for k in MODEL_PARAMS}
+
+    def _say_unfitted_params(self) -> None:
+        """``set_params(max_length=5)`` after fit changed nothing until the next fit, in silence, beside
+        decoder, batch_size, bf16 and seed, which apply at once: said once per change."""
+        fitted = getattr(self, "model_params_", None) or {}
+        changed = tuple(k for k, v in fitted.items() if _differs(getattr(self, k), v))
+        if changed and changed != getattr(self, "_said_params", ()):
+            was = ", ".join(f"{k}={short(fitted[k])}" for k in changed)
+            warn(
+                f"{', '.join(changed)} changed since the model was fitted: predictions come from the fitted model "
+                f"({was}); a new value applies at the next fit(X, y)"
+            )
+        self._said_params = changed
 
     @contextlib.contextmanager
     def _run_dir(self):
@@ -363,8 +391,9 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
     def _predictions(self, X, decoder: str | None = None):
         """Predictions as `raftlm predict` makes them for this run: sample-rail with the run's sampling
         settings (``eval.num_samples``, ``temperature``, ``max_new_tokens``) and ``seed``, as the command
-        line reads them from its config.yaml (``--seed`` there, ``set_params(seed=...)`` here)."""
-        p, decoder, e = self._model(), decoder or self.decoder, self._saved_config().eval
+        line reads them from its config.yaml (``--seed`` there, ``set_params(seed=...)`` here); settings
+        given since (``set_params(settings=...)``, as ``--num-samples``) win, as batch_size and bf16 do."""
+        p, decoder, e = self._model(), decoder or self.decoder, self._eval_settings()
         preds = p.predict(
             p.texts_of(self._examples(X)),
             decoder,
@@ -412,7 +441,7 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         head without a grid distribution."""
         self._check_fitted()
         if kind == "auto":
-            kind = self._saved_config().eval.interval_kind
+            kind = self._eval_settings().interval_kind
         given = np.atleast_1d(np.asarray(confidence_level, dtype=object))
         if given.ndim != 1 or not len(given):  # ([] gave intervals of no level; [[0.8, 0.9]] a ValueError)
             raise RaftlmError(
@@ -498,8 +527,13 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
             make_folder(build, f"run directory {out}", "choose a writable directory")
             write_run_marker(build)
             try:
-                with no_load_bars(not self.progress_bar):
-                    save_run(self.predictor_, build)
+                # (saved beside, then listed and moved in: a file a user put there is never taken for raftlm's)
+                with (
+                    no_load_bars(not self.progress_bar),
+                    tempfile.TemporaryDirectory(dir=build, prefix=FINAL_PREFIX) as tmp,
+                ):
+                    save_run(self.predictor_, Path(tmp))
+                    move_into_run(build, list(Path(tmp).iterdir()), "save again")
                 write_text(build / "config.yaml", self._saved_config().to_yaml())
                 if getattr(self, "calibration_", None) is not None:
                     self.calibration_.save(build)
@@ -509,7 +543,6 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
                 # last, as `raftlm train` writes it: the metrics (so a later load().save() keeps them), and
                 # what makes the run a finished one
                 write_json(build / FINISHED_FILE, getattr(self, "results_", None) or {})
-                write_run_marker(build, [p.name for p in build.iterdir()])
             except BaseException as err:  # nothing half-written: the new directory (or staged run) goes
                 discard_failed(build, out, created)
                 if isinstance(err, OSError):
@@ -558,12 +591,20 @@ class RAFTRegressor(RegressorMixin, BaseEstimator):
         reg = cls(**run_params(Path(directory), predictor))
         reg.predictor_ = predictor
         reg.config_ = saved
+        reg._fitted()
         if (Path(directory) / FINISHED_FILE).is_file():  # save() puts its metrics in the card again
             reg.results_ = json.loads((Path(directory) / FINISHED_FILE).read_text()) or None  # {}: none
         if (cal := uncertainty.Calibration.load(directory, required=False)) is not None:
             reg.calibration_ = cal
         reg.training_log_ = _training_log(Path(directory))
         return reg
+
+
+def _differs(a, b) -> bool:
+    try:
+        return bool(np.any(np.asarray(a, dtype=object) != np.asarray(b, dtype=object)))
+    except (TypeError, ValueError):  # (shapes that do not compare: a list and a string)
+        return True
 
 
 def _training_log(run_dir: Path) -> str | None:

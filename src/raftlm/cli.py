@@ -16,7 +16,7 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from raftlm.config import SECTIONS, Config, ServeSettings, load_yaml, read_recipe
+from raftlm.config import SECTIONS, Config, ServeSettings, follow_training, load_yaml, read_recipe
 from raftlm.core import CE_TARGETS, RaftlmError, RaftlmWarning, level_text, short
 from raftlm.io import (  # not raftlm.run: --help must not wait for torch
     check_eval_model,
@@ -387,6 +387,8 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Conf
         overrides[key.strip()] = load_yaml(value, f"--set {short(item)}")
     recipe = {k: dict(v) for k, v in (base or {}).items()}
     given = read_recipe(args.config) if args.config else {}
+    # (a run's eval batch size and bf16, which followed its training ones, follow the recipe's too)
+    follow_training(recipe, (given.get("training") or {}).keys(), (given.get("eval") or {}).keys())
     for section, values in given.items():
         recipe.setdefault(section, {}).update(values or {})
     if given:  # the recipe's settings that change what base gives: given, as flags are (``_given``)
@@ -520,10 +522,10 @@ def _refuse_unread(args, cfg: Config, model: str | None) -> None:
     decoder = cfg.eval.decoder
     if meta.get("head"):
         method = methods.get(meta["method"])
-        if method.shifted_grid and _given(args, "eval.decoder"):
-            method.decoder_name(decoder, meta["method"])  # raft-head: mode or median of its distribution
+        if _given(args, "eval.decoder"):  # the rule the server and the API apply: rail (the head's number)
+            method.decoder_name(decoder, meta["method"])  # for any head, mode or median for raft-head
         for key in DECODING:
-            if key != "eval.decoder" or not method.shifted_grid:
+            if key != "eval.decoder":
                 refuse(
                     key, f"does not apply to {model}: its head predicts the number directly", "drop {flag}"
                 )
@@ -590,15 +592,22 @@ def _refuse_run_bound(args, model: str) -> None:
         )
 
 
-def _check_output(args, clean: bool = False) -> None:
-    """Where the output goes is checked before any work (the output contract of ``io``: not the input,
-    not a special file, an existing folder); ``clean`` (only under the output's lock: another process's
-    write in progress is not a leftover): a kill's leftover temp file goes too."""
+def _check_output(args, inputs: list[Path], clean: bool = False) -> None:
+    """Where the output goes is checked before any work (the output contract of ``io``: none of the
+    command's ``inputs``, not a special file, an existing folder); ``clean`` (only under the output's lock:
+    another process's write in progress is not a leftover): a kill's leftover temp file goes too."""
     from raftlm.io import check_output_file, prepare_output
 
     if args.output:
         check = prepare_output if clean else check_output_file
-        check(args.output, args.overwrite, [args.input] if args.input else ())
+        check(args.output, args.overwrite, inputs)
+
+
+def _inputs(args, cfg: Config) -> list[Path]:
+    """The files the command reads (``data.command_inputs``): what no output of it may be."""
+    from raftlm.data import command_inputs
+
+    return command_inputs(cfg, args.input, args.config)
 
 
 def _locked_output(args):
@@ -619,22 +628,22 @@ def _file_examples(rows: list[dict], path: str, template: str, target_column: st
 
 def cmd_evaluate(args) -> None:
     cfg = _run_config(args)  # settings and --model first: a bad one is said before torch loads
-    _check_output(args)
+    _check_output(args, _inputs(args, cfg))
     with _locked_output(args):
-        _check_output(args, clean=True)
+        _check_output(args, _inputs(args, cfg), clean=True)
         _evaluate(args, cfg)
 
 
 def _evaluate(args, cfg: Config) -> None:
     from raftlm.data import cap_words, load_splits
     from raftlm.files import read_rows
-    from raftlm.io import prepare_output, register_output, write_json
+    from raftlm.io import prepare_output, registering, write_json
 
     rows = read_rows(args.input) if args.input else None
     check_eval_model(cfg.model.name, _dataset_given(args))  # (all these before seconds of importing torch)
     if args.entropy:  # its two files obey the output contract too, checked before any work
         for path in _entropy_files(args, cfg):
-            prepare_output(path, args.overwrite, [args.input] if args.input else ())
+            prepare_output(path, args.overwrite, _inputs(args, cfg))
     splits = None if (args.input and is_run_dir(cfg.model.name)) else load_splits(cfg.data)
     from raftlm.pipeline import eval_limit, evaluate_predictor, load_for_eval
     from raftlm.uncertainty import Calibration, check_interval
@@ -666,8 +675,8 @@ def _evaluate(args, cfg: Config) -> None:
         metrics.update(_entropy(args, cfg, predictor, examples))
     row = {"model": cfg.model.name, "split": args.input or cfg.eval.split, **metrics}
     if args.output:  # written before anything is printed: a closed stdout cannot lose it
-        register_output(args.output)  # (listed first: a kill midway leaves no unlisted file in a run)
-        write_json(args.output, row)
+        with registering(args.output):  # (listed in a run's marker)
+            write_json(args.output, row)
     print(format_table([row]))
     _print_uncertainty(row, calibration)
 
@@ -694,13 +703,12 @@ def _entropy(args, cfg: Config, predictor, examples) -> dict:
     if not is_run_dir(cfg.model.name) or not (Path(cfg.model.name) / "config.yaml").exists():
         raise RaftlmError("--entropy compares a fine-tuned run with its base model: pass --model RUN_DIR")
     base = Config.from_yaml(str(Path(cfg.model.name) / "config.yaml")).model.name
-    from raftlm.io import register_output
+    from raftlm.io import registering
 
     before, after = entropy_change(predictor, base, [e.text for e in examples], cfg)
     jsonl, png = _entropy_files(args, cfg)
-    for path in (jsonl, png):
-        register_output(path)  # recorded in the run's marker when written into a run (first)
-    return write_entropy_report(jsonl, png, before, after)
+    with registering(jsonl), registering(png):  # recorded in the run's marker when written into a run
+        return write_entropy_report(jsonl, png, before, after)
 
 
 def _entropy_files(args, cfg: Config) -> tuple[Path, Path]:
@@ -723,20 +731,21 @@ def cmd_predict(args) -> None:
 
     if not args.input or not args.output:
         raise RaftlmError("predict needs --input FILE (CSV/JSONL) and --output FILE (JSONL)")
-    check_output_file(args.output, True, [args.input])  # the path (not the input, a file, a folder)...
+    check_output_file(args.output, True, _inputs(args, cfg))  # the path (no input, a file, a folder)...
     next(iter_rows(args.input), None)  # a missing or unreadable input fails before the model loads
     check_eval_model(cfg.model.name, _dataset_given(args))  # (all these before importing torch)
     from raftlm.io import check_output
 
     with _locked_output(args):
-        check_output(args.output, args.overwrite, args.resume, args.input)  # ...and, locked, its state
+        # ...and, locked, its state
+        check_output(args.output, args.overwrite, args.resume, args.input, _inputs(args, cfg))
         _predict(args, cfg)
 
 
 def _predict(args, cfg: Config) -> None:
     from raftlm.data import load_splits
     from raftlm.files import scan
-    from raftlm.io import register_output
+    from raftlm.io import registering
 
     run = is_run_dir(cfg.model.name)
     splits = None if run else load_splits(cfg.data)
@@ -755,20 +764,20 @@ def _predict(args, cfg: Config) -> None:
             predictor, preds, calibration, e.interval, e.interval_kind, e.decoder, args.with_uncertainty
         )
 
-    if is_main_process():  # written into a run: its marker lists it first (an --overwrite keeps it)
-        register_output(args.output)
-    n = predict_file(
-        predictor,
-        cfg,
-        args.input,
-        args.output,
-        args.with_probs,
-        args.resume,
-        fields=fields,
-        fields_settings=fields_settings(cfg, args.with_uncertainty),
-        with_prompts=args.with_prompts,
-        scanned=scanned,
-    )
+    # written into a run: its marker lists it (an --overwrite keeps it)
+    with registering(args.output) if is_main_process() else contextlib.nullcontext():
+        n = predict_file(
+            predictor,
+            cfg,
+            args.input,
+            args.output,
+            args.with_probs,
+            args.resume,
+            fields=fields,
+            fields_settings=fields_settings(cfg, args.with_uncertainty),
+            with_prompts=args.with_prompts,
+            scanned=scanned,
+        )
     if is_main_process():
         print(f"wrote {n} predictions to {args.output}")
         if e.interval:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -677,6 +678,17 @@ def convert_setting(key: str, value, where: str | None = None):
 EVAL_FOLLOWS_TRAINING = ("bf16", "batch_size")
 
 
+def follow_training(written: dict, training: Iterable[str], evaluation: Iterable[str]) -> None:
+    """Settings ``written`` ({section: {field: value}}, e.g. a run's config.yaml, which writes the eval
+    value that followed its training one) about to take the ``training`` fields given now (a flag, a
+    --config recipe's or --set's): a written eval value equal to its training one keeps following, so it is
+    dropped, unless ``evaluation`` gives that eval field too."""
+    written_t, written_e = written.get("training") or {}, written.get("eval") or {}
+    for name in set(EVAL_FOLLOWS_TRAINING) & set(training) - set(evaluation):
+        if name in written_e and name in written_t and written_t[name] == written_e[name]:
+            del written["eval"][name]
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -694,13 +706,10 @@ class Config:
                     f"config section {short(section)} must be a mapping of settings, got {short(values)}"
                 )
         merged: dict[str, dict] = {k: dict(v or {}) for k, v in (recipe or {}).items()}
-        written_t, written_e = merged.get("training") or {}, merged.get("eval") or {}
-        for name in EVAL_FOLLOWS_TRAINING:  # a recipe's eval value that equals its training one (a run's
-            # config.yaml writes the value it followed) keeps following a training override given now
-            t, e = f"training.{name}", f"eval.{name}"
-            if t in (overrides or {}) and e not in overrides and name in written_e and name in written_t:
-                if written_t[name] == written_e[name]:
-                    del merged["eval"][name]
+        given = [key.partition(".") for key in overrides or {}]
+        follow_training(
+            merged, [n for s, _, n in given if s == "training"], [n for s, _, n in given if s == "eval"]
+        )
         for key, value in (overrides or {}).items():
             section, _, name = key.partition(".")
             merged.setdefault(section, {})[name] = value

@@ -140,13 +140,30 @@ def register_output(path: str | Path) -> None:
         write_run_marker(path.parent, [path.name], [path.name])
 
 
+@contextlib.contextmanager
+def registering(path: str | Path) -> Iterator[None]:
+    """The block writes output ``path``; written into a run directory, it is listed in the run's marker:
+    first when it is new (a kill midway leaves no unlisted file), once the block is done when it replaces a
+    file the marker does not list (a user's until then: an --overwrite killed midway kept it, and listing it
+    first had made it raftlm's to delete with the run)."""
+    path = Path(path)
+    replacing = os.path.lexists(path) and path.name not in _registered(path.parent)
+    if not replacing:
+        register_output(path)
+    yield
+    if replacing:
+        register_output(path)
+
+
 def _ours(name: str, listed: set[str]) -> bool:
-    """A name raftlm writes into a run directory: fixed names, listed ones, its own temp files."""
+    """A name raftlm writes into a run directory: fixed names, listed ones, its own temp files (an older
+    raftlm's only of a file it writes: a user's ``.notes.20240101.tmp`` has that shape too)."""
+    old = OLD_TMP_NAME.fullmatch(name)
     return (
         name in RUN_FILES
         or name in listed
-        or bool(TMP_NAME.fullmatch(name) or OLD_TMP_NAME.fullmatch(name) or HIDDEN_CACHE_NAME.fullmatch(name))
-        or name.startswith(".final-")
+        or bool(TMP_NAME.fullmatch(name) or HIDDEN_CACHE_NAME.fullmatch(name) or FINAL_NAME.fullmatch(name))
+        or bool(old and (old[1] in RUN_FILES or old[1] in listed or MODEL_FILE.fullmatch(old[1])))
     )
 
 
@@ -160,6 +177,22 @@ def foreign_files(path: str | Path) -> list[str]:
         # a live command holds is not: that command writes into the run now)
         if not (_ours(p.name, listed) or (LOCK_NAME.fullmatch(p.name) and _our_lock(p) and not _held(p)))
     )
+
+
+def move_into_run(out: Path, saved: list[Path], fix: str) -> None:
+    """Files saved in a temporary folder (the model, its tokenizer) moved into run ``out``, listed in its
+    marker first (a kill midway leaves nothing unaccounted). A file of one of those names that raftlm did
+    not write there (a user's ``config.json`` dropped into the run while it trained) is never replaced:
+    refused, naming it and ``fix``."""
+    listed = set((read_run_marker(out) or {}).get("files", []))
+    if clash := [p.name for p in saved if os.path.lexists(out / p.name) and not _ours(p.name, listed)]:
+        raise RaftlmError(
+            f"run directory {out} gained files raftlm did not write ({', '.join(sorted(clash)[:4])}), of the "
+            f"names of the model it saves: move them out of it, then {fix}"
+        )
+    write_run_marker(out, [p.name for p in saved])
+    for path in saved:
+        os.replace(path, out / path.name)
 
 
 MODEL_FILE = re.compile(
@@ -246,6 +279,11 @@ def check_output_file(
             )
         if not overwrite:
             raise RaftlmError(f"output path {path} already exists: pass --overwrite or choose another path")
+    elif path.is_symlink() and not overwrite:  # (a link to a missing file is an entry too: it was replaced)
+        raise RaftlmError(
+            f"output path {path} already exists (a link to the missing {os.readlink(path)}): pass --overwrite "
+            "to replace the link, or choose another path"
+        )
     check_folder(path.parent, path, create=False)
     return path
 
@@ -406,7 +444,8 @@ def output_lock(path: str | Path, what: str = "output", wait: float = 0.0) -> It
     lock = lock_path(path)
     key = lock.absolute()
     deadline = time.monotonic() + wait
-    if lock.is_symlink() or (lock.exists() and not _our_lock(lock)):
+    # (a lock held now is another raftlm's, empty for the instant it takes it: said below, after the wait)
+    if lock.is_symlink() or (lock.exists() and not _our_lock(lock) and not _held(lock)):
         raise RaftlmError(
             f"{lock} exists and is not a raftlm lock file: raftlm locks {what} {path} with that name; move it, "
             "or write to another path"
@@ -449,7 +488,7 @@ def output_lock(path: str | Path, what: str = "output", wait: float = 0.0) -> It
         os.close(fd)
 
 
-LOCK_TEXT = re.compile(rb"(raftlm )?\d*\s*")  # a lock's content: its holder's pid (empty while it is taken)
+LOCK_TEXT = re.compile(rb"raftlm \d+")  # what output_lock writes into its lock file: "raftlm PID"
 
 
 def _held(lock: Path) -> bool:
@@ -472,7 +511,8 @@ def _held(lock: Path) -> bool:
 
 
 def _our_lock(lock: Path) -> bool:
-    """Whether an existing ``.NAME.lock`` is one raftlm left (a kill leaves it), not a user's file."""
+    """Whether an existing ``.NAME.lock`` is one raftlm left (a kill leaves it), not a user's file: it
+    says ``raftlm PID`` (an empty one is not proof: a user's ``: > .out.json.lock`` was taken and deleted)."""
     try:
         return lock.is_file() and lock.stat().st_size <= 64 and bool(LOCK_TEXT.fullmatch(lock.read_bytes()))
     except OSError:
@@ -504,7 +544,10 @@ def check_folder(folder: str | Path, output: str | Path | None = None, create: b
 TMP_NAME = re.compile(
     r"\..+\.raftlm-[a-z0-9_]{8}\.tmp"
 )  # atomic_write's temp files: .NAME.raftlm-XXXXXXXX.tmp
-OLD_TMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # before 2026-12 (inside a marked run only)
+OLD_TMP_NAME = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")  # before 2026-12 (inside a marked run only)
+# the final model's temporary folder in a run (pipeline._saved_weights: a tempfile.mkdtemp name)
+FINAL_PREFIX = ".final-"
+FINAL_NAME = re.compile(re.escape(FINAL_PREFIX) + "[a-z0-9_]{8}")
 # the frozen-block cache's file when it outgrows RAM (cache.HiddenStore: a tempfile.mkstemp name in the run)
 HIDDEN_CACHE_PREFIX, HIDDEN_CACHE_SUFFIX = ".hidden-cache-", ".f32"
 HIDDEN_CACHE_NAME = re.compile(
@@ -907,11 +950,17 @@ def job_path(output: Path) -> Path:
     return output.parent / f".{output.name}.partial.json"
 
 
-def check_output(output: str | Path, overwrite: bool, resume: bool, input: str | Path | None = None) -> Path:
-    """Before loading a model: the output contract (``io.check_output_file``: not the input, not a
-    special file, an existing folder), never clobber a finished output, nor an interrupted one's
-    partial file; clean what a kill left of an atomic write of this output (not the partial file: that
-    resumes)."""
+def check_output(
+    output: str | Path,
+    overwrite: bool,
+    resume: bool,
+    input: str | Path | None = None,
+    others: Iterable[str | Path] = (),
+) -> Path:
+    """Before loading a model: the output contract (``io.check_output_file``: not the input nor the
+    command's ``others`` inputs, not a special file, an existing folder), never clobber a finished output,
+    nor an interrupted one's partial file; clean what a kill left of an atomic write of this output (not the
+    partial file: that resumes)."""
     job = _job(Path(output))
     ours = _is_job(job)
     if ours and _finished_leftover(Path(output), job):
@@ -920,6 +969,7 @@ def check_output(output: str | Path, overwrite: bool, resume: bool, input: str |
         if main_rank():
             for leftover in [*partial_files(Path(output)), job_path(Path(output))]:
                 leftover.unlink(missing_ok=True)
+            register_output(output)  # (an --overwrite's output is listed once it is in place)
         if resume:
             raise RaftlmError(
                 f"the prediction into {output} had finished ({job['rows']} rows; a kill left its record, now "
@@ -929,7 +979,7 @@ def check_output(output: str | Path, overwrite: bool, resume: bool, input: str |
     # an --overwrite interrupted midway kept the old output (replaced once the new one is whole): its
     # --resume goes on replacing it
     replacing = resume and ours and job.get(REPLACES) is True
-    output = prepare_output(output, overwrite or replacing, [input] if input else ())
+    output = prepare_output(output, overwrite or replacing, [*([input] if input else []), *others])
     if input is not None and any(same_file(p, input) for p in (partial_path(output), job_path(output))):
         raise RaftlmError(f"--input {input} is the partial file of --output {output}: choose another output")
     if overwrite and resume:

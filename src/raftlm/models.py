@@ -131,11 +131,22 @@ def _leftovers(target: Path) -> list[Path]:
 def _cache_lock(target: Path) -> Iterator[None]:
     """Hold the cache's lock for model ``target`` (``.NAME.lock`` beside it: one conversion at a time)
     and delete what killed conversions left (a conversion in progress holds the lock: its folder is none)."""
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # (never truncated, never through a link: `open(..., "w")` emptied whatever a link there pointed at)
+    lock = target.parent / f".{target.name}.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as err:
+        raise RaftlmError(
+            f"cannot take the model cache's lock {lock} ({err.strerror}): remove it if it is not raftlm's "
+            "(raftlm makes it a plain file), or set RAFTLM_CACHE to another folder"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         for left in _leftovers(target):
             shutil.rmtree(left, ignore_errors=True)
         yield
+    finally:
+        os.close(fd)
 
 
 def _convert_gguf(name: str) -> Path:
@@ -144,7 +155,10 @@ def _convert_gguf(name: str) -> Path:
     target = cache_dir() / name
     if (target / "config.json").exists():
         if _leftovers(target):  # (killed after the rename, before its work folder went)
-            with contextlib.suppress(OSError), _cache_lock(target):  # (a cache this user may only read)
+            with (
+                contextlib.suppress(OSError, RaftlmError),
+                _cache_lock(target),
+            ):  # (a cache this user may only read)
                 pass
         return target
     _make_cache(target.parent)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from raftlm.core import (
 from raftlm.data import cap, cap_words, load_splits
 from raftlm.grid import Grid, TargetScaler, make_scaler
 from raftlm.io import (
+    FINAL_NAME,
+    FINAL_PREFIX,
     HIDDEN_CACHE_NAME,
     HIDDEN_CACHE_PREFIX,
     HIDDEN_CACHE_SUFFIX,
@@ -42,6 +43,7 @@ from raftlm.io import (
     is_marked_run,
     launch_size,
     make_folder,
+    move_into_run,
     on_rank_zero,
     output_lock,
     recover_swap,
@@ -506,8 +508,9 @@ def _clean_leftovers(run_dir: Path) -> None:
     """What a kill (SIGKILL cannot be caught) left in a run directory: temp files of atomic writes and
     a half-saved final model; cleaned at the next start."""
     clean_stale_tmp(run_dir)
-    for tmp in run_dir.glob(".final-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+    for tmp in run_dir.glob(f"{FINAL_PREFIX}*"):
+        if FINAL_NAME.fullmatch(tmp.name) and tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
     for cache in run_dir.glob(
         f"{HIDDEN_CACHE_PREFIX}*{HIDDEN_CACHE_SUFFIX}"
     ):  # the frozen-block cache's file
@@ -602,7 +605,7 @@ def _saved_weights(predictor: Predictor, out: Path, train, batch_size: int):
         predictor.record_int8_maxima(train, "train", batch_size=batch_size)  # (a batch lowered for memory)
     except RaftlmError as err:  # an optional file: the trained run is saved without it
         warn(f"no int8 activation maxima recorded ({err}); --dtype int8 will run plain int8")
-    with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as tmp:
+    with tempfile.TemporaryDirectory(dir=out, prefix=FINAL_PREFIX) as tmp:
         save_run(predictor, tmp)
         yield [Path(tmp) / f.name for f in Path(tmp).iterdir()]
 
@@ -611,9 +614,7 @@ def _finalize(out: Path, saved: list[Path], results: dict) -> None:
     """The saved files moved into the run (listed in its marker first), the model card (README.md) beside
     them, eval_results.json last (it marks a finished run). The checkpoints stay until the run is in place
     (``_drop_checkpoints``): a failure before then can --resume."""
-    write_run_marker(out, [p.name for p in saved])  # before they land: a kill now leaves nothing unaccounted
-    for path in saved:  # (save_run gave them the umask's permissions)
-        os.replace(path, out / path.name)
+    move_into_run(out, saved, "run `raftlm train --resume` with the same settings")
     write_model_card(out, results)
     write_json(out / FINISHED_FILE, results)
 

@@ -35,6 +35,7 @@ from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's AP
     is_marked_run,
     is_run_dir,
     journal_path,
+    latest_complete_checkpoint,
     make_folder,
     normal_tree_permissions,
     old_dir,
@@ -87,10 +88,13 @@ def _contents(out: Path, n: int = 4) -> str:
 
 def _legacy_unfinished(out: Path) -> bool:
     """An unfinished run of a raftlm from before run markers: its config.yaml is a raftlm config whose
-    ``training.output_dir`` is this very directory (raftlm wrote it there). Only ``--resume`` accepts it
-    (resuming deletes nothing); it is marked then."""
+    ``training.output_dir`` is this very directory, and Trainer saved a whole checkpoint in its checkpoints/
+    (a user's recipe folder naming itself as output_dir has the first: `train --config exp/config.yaml
+    --resume` took it over and replaced the recipe). Only ``--resume`` accepts it; it is marked then."""
     from raftlm.config import Config
 
+    if latest_complete_checkpoint(out / "checkpoints") is None:
+        return False
     try:
         saved = Config.from_yaml(str(out / "config.yaml")).training.output_dir
     except (RaftlmError, OSError, ValueError):
@@ -193,8 +197,8 @@ def discard_failed(build: Path, out: Path, created: bool) -> None:
     gained files raftlm did not write is left as it is. (Called while an error propagates: a failure here
     must not hide that error.)"""
     with contextlib.suppress(OSError):
-        # (save_run's model files are listed in the marker only once the run is whole: not foreign here)
-        if not build.is_dir() or [n for n in foreign_files(build) if not MODEL_FILE.fullmatch(n)]:
+        # (the model's files are listed in the marker before they land: io.move_into_run)
+        if not build.is_dir() or foreign_files(build):
             return
         remove_run(build, keep_folder=not created and build == out)
 

@@ -713,6 +713,9 @@ async def _error(request, exc: Exception) -> Response:
         return Response(status_code=499)  # nobody is listening; the metrics and the log count it
     elif isinstance(exc, HTTPException):  # (its headers kept: a 405's Allow)
         status, message, headers = exc.status_code, str(exc.detail), getattr(exc, "headers", None)
+        allow = (headers or {}).get("Allow", "").split(", ")
+        if status == 405 and "GET" in allow and "HEAD" not in allow:  # (_Head answers HEAD wherever GET is)
+            headers = {**headers, "Allow": ", ".join([*allow, "HEAD"])}
     else:
         status, message = 500, f"internal error ({type(exc).__name__}): see the server log"
     return JSONResponse({"error": message.replace("\n", " ")}, status_code=status, headers=headers)

@@ -39,8 +39,8 @@ import pyarrow as pa
 
 from raftlm.config import Config
 from raftlm.core import RaftlmError, Splits
-from raftlm.data import load_splits
-from raftlm.files import FILE_KINDS, scan, to_examples
+from raftlm.data import command_inputs, load_splits
+from raftlm.files import FILE_KINDS, iter_rows, scan, to_examples
 from raftlm.io import (
     META_FILE,
     atomic_write,
@@ -52,7 +52,7 @@ from raftlm.io import (
     is_run_dir,
     our_job,
     output_lock,
-    register_output,
+    registering,
     same_file,
     to_json,
 )
@@ -236,12 +236,13 @@ def predict_on_ray(args, cfg: Config, dataset_given: bool) -> None:
         )
     if args.actors is not None and args.actors < 1:
         raise RaftlmError(f"--actors {args.actors}: give a positive number of model copies")
+    inputs = command_inputs(cfg, args.input, args.config)  # (no output may be one: as `raftlm predict`)
     if args.shards:
         check_folder(Path(args.output).absolute().parent, args.output, create=False)
     else:
-        check_output_file(args.output, True, [args.input])  # the path first, then (locked) its state
+        check_output_file(args.output, True, inputs)  # the path first, then (locked) its state
     with output_lock(args.output):  # one writer per output, as `raftlm predict`
-        output = check_destination(args.output, args.overwrite, args.shards, args.input, args.resume)
+        output = check_destination(args.output, args.overwrite, args.shards, args.input, args.resume, inputs)
         _predict_on_ray(ray, args, cfg, dataset_given, output)
 
 
@@ -253,57 +254,61 @@ def _predict_on_ray(ray, args, cfg: Config, dataset_given: bool, output: Path) -
     kind, columns = _source(args.input)
     n, has_target = _check_rows(args.input, _template(cfg, splits), cfg.data.target_column)
     check_run_interval(cfg)  # (as `raftlm predict`: before Ray starts and its actors load the model)
-    register_output(output)  # written into a run: its marker lists it first (as `raftlm predict`'s output)
-    done = None  # rows already in the partial file or folder: an output from a local file goes through one
-    if n is not None:
-        fields = fields_settings(cfg, args.with_uncertainty)
-        job = prediction_job(cfg, args.input, n, args.with_probs, args.with_prompts, fields)
-        if args.shards:
-            done = begin_shards(output, {**job, "shard_rows": args.shards}, args.resume)
-        else:
-            done = begin_job(output, job, args.resume)
-        if done == n:  # killed after its last row, before the rename
-            finish_shards(output, n) if args.shards else finish_job(output)
-            print(f"wrote {n} predictions to {output}")
-            return
-    started = _connect(ray, args.ray_address, args.quiet)
-    try:
-        actors = args.actors or _default_actors(ray)
-        ds = _read(ray, args.input, kind, columns, n, actors, template_fields(_template(cfg, splits)))
-        if done:
-            ds = ds.split_at_indices([done])[1]  # the rows the partial file lacks (reading is cheap)
-        preds = ds.map_batches(
-            RaftlmPredictor,
-            fn_constructor_kwargs={
-                "config": cfg,
-                "with_probs": args.with_probs,
-                "with_uncertainty": args.with_uncertainty,
-                "with_prompts": args.with_prompts,
-                "targets": has_target,
-                "splits": splits,
-                "row_errors": "column",
-            },
-            batch_format="pyarrow",
-            batch_size=BATCH_ROWS,
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            **_actor_resources(ray, actors, cfg.eval.device),
-        )
-        preds.context.execution_options.preserve_order = True
-        preds.context.enable_progress_bars = not args.quiet
-        written = write_output(output, _ordered(preds, args.input, done or 0), args.shards, done)
-    except (RaftlmError, KeyboardInterrupt):
-        raise
-    except Exception as err:
-        one_line = _one_line(err, args.input)
-        if one_line is None:
+    with registering(output):  # written into a run: its marker lists it (as `raftlm predict`'s output)
+        # rows already in the partial file or folder: an output from a local file goes through one
+        done = None
+        if n is not None:
+            fields = fields_settings(cfg, args.with_uncertainty)
+            job = prediction_job(cfg, args.input, n, args.with_probs, args.with_prompts, fields)
+            if args.shards:
+                done = begin_shards(output, {**job, "shard_rows": args.shards}, args.resume)
+            else:
+                done = begin_job(output, job, args.resume)
+            if done == n:  # killed after its last row, before the rename
+                finish_shards(output, n) if args.shards else finish_job(output)
+                print(f"wrote {n} predictions to {output}")
+                return
+        started = _connect(ray, args.ray_address, args.quiet)
+        try:
+            actors = args.actors or _default_actors(ray)
+            names = template_fields(_template(cfg, splits))
+            ds = _read(ray, args.input, kind, columns, n, actors, names, cfg.data.target_column)
+            if done:
+                ds = ds.split_at_indices([done])[1]  # the rows the partial file lacks (reading is cheap)
+            preds = ds.map_batches(
+                RaftlmPredictor,
+                fn_constructor_kwargs={
+                    "config": cfg,
+                    "with_probs": args.with_probs,
+                    "with_uncertainty": args.with_uncertainty,
+                    "with_prompts": args.with_prompts,
+                    "targets": has_target,
+                    "splits": splits,
+                    "row_errors": "column",
+                },
+                batch_format="pyarrow",
+                batch_size=BATCH_ROWS,
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                **_actor_resources(ray, actors, cfg.eval.device),
+            )
+            preds.context.execution_options.preserve_order = True
+            preds.context.enable_progress_bars = not args.quiet
+            written = write_output(output, _ordered(preds, args.input, done or 0), args.shards, done)
+        except (RaftlmError, KeyboardInterrupt):
             raise
-        raise one_line from None
-    finally:
-        if started:
-            ray.shutdown()
-    if n is not None and written != n:
-        raise RaftlmError(f"Ray Data read {written} rows of {args.input}, raftlm's reader {n}: report this")
-    print(f"wrote {written} predictions to {output}")
+        except Exception as err:
+            one_line = _one_line(err, args.input)
+            if one_line is None:
+                raise
+            raise one_line from None
+        finally:
+            if started:
+                ray.shutdown()
+        if n is not None and written != n:
+            raise RaftlmError(
+                f"Ray Data read {written} rows of {args.input}, raftlm's reader {n}: report this"
+            )
+        print(f"wrote {written} predictions to {output}")
 
 
 def _template(cfg: Config, splits: Splits | None) -> str:
@@ -405,12 +410,21 @@ def _actor_resources(ray, actors: int, device: str) -> dict:
 
 
 def _read(
-    ray, path: str, kind: str, columns: list[str] | None, n: int | None, actors: int, fields: list[str] = ()
+    ray,
+    path: str,
+    kind: str,
+    columns: list[str] | None,
+    n: int | None,
+    actors: int,
+    fields: list[str] = (),
+    target: str | None = None,
 ):
     """The input as a Ray dataset; a local file of ``n`` rows in enough blocks for every actor. A JSONL
     line's values keep their JSON types (Arrow's reader, which reads one object per line): Ray's
     ``lines=True`` went through pandas, which made a column of "1999" or "007" numbers and a column named
-    like a date timestamps; the template's ``fields`` are text, as `raftlm predict` reads them."""
+    like a date timestamps; the template's ``fields`` are text, as `raftlm predict` reads them. A local
+    file's other columns are not read but its ``target`` column (Arrow wants one type per column: a
+    metadata column of 1 and "x" failed, where `raftlm predict` ignores it)."""
     blocks = max(2 * actors, math.ceil(n / BLOCK_ROWS)) if n else None
     if READERS[kind] == "parquet":
         return ray.data.read_parquet(path, override_num_blocks=blocks)
@@ -418,10 +432,12 @@ def _read(
         from pyarrow import json as pajson
 
         extensions = [f"{k}{gz}" for k in ("jsonl", "json") for gz in ("", ".gz")]
+        # (a field a template names twice is one column: a schema naming it twice read every column as text)
+        schema = [(f, pa.string()) for f in dict.fromkeys(fields)]
+        if n is not None and target and target not in fields:
+            schema.append((target, _json_type(path, target)))
         text = pajson.ParseOptions(
-            # (a field a template names twice is one column: a schema naming it twice read every column as text)
-            explicit_schema=pa.schema([(f, pa.string()) for f in dict.fromkeys(fields)]),
-            unexpected_field_behavior="infer",
+            explicit_schema=pa.schema(schema), unexpected_field_behavior="infer" if n is None else "ignore"
         )
         return ray.data.read_json(
             path, file_extensions=extensions, override_num_blocks=blocks, parse_options=text
@@ -435,6 +451,14 @@ def _read(
         file_extensions=[kind, f"{kind}.gz"],
         override_num_blocks=blocks,
     )
+
+
+def _json_type(path: str, column: str) -> pa.DataType:
+    """How Arrow reads a local JSONL file's ``column``: numbers when its first row's value is a number (an
+    integer among floats too), else text (``rows.parse_target`` reads "3.5" as `raftlm predict` does)."""
+    value = next(iter_rows(path), {}).get(column)
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return pa.float64() if number or value is None else pa.string()
 
 
 def _ordered(preds, input: str, start: int = 0) -> Iterator[pa.Table]:
@@ -459,6 +483,11 @@ def _one_line(err: Exception, input: str) -> RaftlmError | None:
     found = re.search(r"Arrow(?:Invalid|TypeError): (.+)", text)
     if found:
         return RaftlmError(f"Ray Data cannot read {input} ({found.group(1)}): fix the file")
+    if "JSONDecodeError" in text:  # (Arrow refused the file, and Ray's fallback read it as one JSON value)
+        return RaftlmError(
+            f"Ray Data cannot read {input}: Arrow's JSON reader wants one type per column, and a column it "
+            'reads changes type between rows (e.g. 4 and "4"): give the column one type, or drop --engine ray'
+        )
     return None
 
 
@@ -466,7 +495,12 @@ def _one_line(err: Exception, input: str) -> RaftlmError | None:
 
 
 def check_destination(
-    output: str | Path, overwrite: bool, shard_rows: int | None, input: str, resume: bool = False
+    output: str | Path,
+    overwrite: bool,
+    shard_rows: int | None,
+    input: str,
+    resume: bool = False,
+    others: Iterable[str | Path] = (),
 ) -> Path:
     """Before Ray starts or a model loads: a JSONL output goes through ``io.check_output`` (the
     output contract of ``raftlm predict``, its partial file's included); a --shards folder must be new, or
@@ -475,7 +509,7 @@ def check_destination(
     interrupted swap left parked (the output itself missing) is put back first; then a killed --shards
     write's staging folder is cleaned."""
     if not shard_rows:
-        return check_output(output, overwrite, resume, input)
+        return check_output(output, overwrite, resume, input, others)
     if shard_rows < 1:
         raise RaftlmError(f"--shards {shard_rows}: give the rows per Parquet file, a positive number")
     output = Path(output)

@@ -1,0 +1,192 @@
+"""raftlm deletes, replaces or claims only what it can prove it wrote (a red-team's third catalogue): a user's
+file in a run folder, beside an output or in the model cache is never taken for raftlm's by its name, its
+emptiness or the moment it appeared. Each test compares the user's files byte for byte afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import train_args, write_csv
+
+from raftlm import io, models
+from raftlm.cli import main
+from raftlm.core import RaftlmError
+
+WORDS = ["awful", "bad", "fine", "good", "great"]
+
+
+def _rows(n: int) -> list[dict]:
+    return [{"text": f"review {i}: it was {WORDS[i % 5]}. rating:", "target": 1 + i % 5} for i in range(n)]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("raftlm")]
+    return err[-1] if err else ""
+
+
+def test_a_recipe_folder_naming_itself_as_output_dir_is_not_taken_for_an_old_run(tmp_path, capsys):
+    """`train --config exp/config.yaml --resume` with the recipe's output_dir exp/ took exp/ for a run of a
+    raftlm from before markers, marked it, trained into it and replaced the hand-written recipe."""
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "config.yaml").write_text(
+        "# my recipe: keep these comments\n"
+        f"model: {{name: tiny-random-llama}}\ndata: {{dataset: 'csv:{data}'}}\n"
+        f"training: {{output_dir: {exp}, max_steps: 2, eval_steps: 2, batch_size: 4}}\n"
+    )
+    (exp / "notes.txt").write_text("notes")
+    before = _snapshot(exp)
+    for extra in ([], ["--resume"]):
+        assert main(["train", "--config", str(exp / "config.yaml"), *extra]) == 2
+        assert "is not a raftlm run (no .raftlm-run marker" in _one_line(capsys)
+        assert _snapshot(exp) == before
+
+
+def test_a_failed_build_keeps_a_file_a_user_added_with_a_model_files_name(tmp_path):
+    """A failed train emptied the run folder of files named like a model's (config.json, *.safetensors)
+    that the user had put there while it trained ("emptied: it is your folder")."""
+    from raftlm.run import discard_failed
+
+    build = tmp_path / "run"
+    build.mkdir()
+    io.write_run_marker(build)
+    (build / "config.yaml").write_text("model: {}\n")  # raftlm's
+    (build / "config.json").write_text('{"mine": 1}')  # the user's
+    (build / "embeddings.safetensors").write_bytes(b"precious")
+    discard_failed(build, build, created=True)
+    assert (build / "config.json").read_text() == '{"mine": 1}'
+    assert (build / "embeddings.safetensors").read_bytes() == b"precious"
+    (build / "config.json").unlink()
+    (build / "embeddings.safetensors").unlink()
+    discard_failed(build, build, created=True)  # only raftlm's files left: it goes
+    assert not build.exists()
+
+
+def test_the_saved_model_never_replaces_a_users_file_that_appeared_in_the_run(tmp_path):
+    """The final model moved over a config.json the user dropped into the run during training; now the
+    train stops in one line naming it, the user's file as it was, the checkpoints kept for --resume."""
+    from transformers import TrainerCallback
+
+    from raftlm import RAFTRegressor
+
+    out = tmp_path / "run"
+
+    class Drop(TrainerCallback):
+        def on_train_end(self, args, state, control, **kwargs):
+            (out / "config.json").write_text('{"mine": 1}')
+
+    texts, y = [r["text"] for r in _rows(30)], np.array([r["target"] for r in _rows(30)], float)
+    reg = RAFTRegressor(
+        model="tiny-random-llama", max_steps=2, batch_size=8, lr=1e-2, eval_steps=2, progress_bar=False,
+        output_dir=str(out), callbacks=[Drop()],
+    )  # fmt: skip
+    with pytest.raises(RaftlmError, match=r"gained files raftlm did not write \(config.json\)"):
+        reg.fit(texts, y)
+    assert (out / "config.json").read_text() == '{"mine": 1}' and (out / "checkpoints").is_dir()
+    saved = tmp_path / "saved"  # RAFTRegressor.save lands its files the same way
+    saved.mkdir()
+    (saved / "tokenizer.json").write_text("mine")
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "tokenizer.json").write_text("raftlm's")
+    io.write_run_marker(saved)
+    with pytest.raises(RaftlmError, match=r"\(tokenizer.json\), of the names of the model it saves"):
+        io.move_into_run(saved, [staged / "tokenizer.json"], "save again")
+    assert (saved / "tokenizer.json").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "name", [".notes.20240101.tmp", ".final-notes.txt", ".final-notes", ".todo.lock", ".pid.lock"]
+)
+def test_overwrite_stops_at_a_users_file_named_like_raftlms_leftovers(tmp_path, capsys, name):
+    """Counted as raftlm's by their shape and deleted by --overwrite: any `.X.<8 chars>.tmp` (an older
+    raftlm's temp name), anything starting `.final-`, an unheld lock file that was empty or held a pid."""
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    run = tmp_path / "run"
+    assert main(train_args(data, run, "--max-steps", "2", "--no-calibrate")) == 0
+    target = run / name
+    if name == ".final-notes":
+        target.mkdir()
+        (target / "a.txt").write_text("kept")
+    else:
+        target.write_text("4242" if name == ".pid.lock" else "" if name.endswith(".lock") else "kept")
+    before = _snapshot(run)
+    assert main(train_args(data, run, "--max-steps", "2", "--overwrite")) == 2
+    assert f"holds files raftlm did not write ({name})" in _one_line(capsys)
+    assert _snapshot(run) == before and target.exists()
+    # raftlm's own leftovers of those shapes still go: an older raftlm's temp file of a file it writes
+    target.rename(tmp_path / "moved")
+    (run / ".config.yaml.k3j5h2a9.tmp").write_text("half")
+    (run / ".out.json.lock").write_text(f"raftlm {os.getpid() + 1}")
+    assert main(train_args(data, run, "--max-steps", "2", "--overwrite")) == 0
+
+
+def test_an_empty_lock_file_beside_an_output_is_the_users(tmp_path, capsys):
+    """`: > .out.json.lock` was taken over and deleted by the next evaluate --output out.json."""
+    lock = tmp_path / ".out.json.lock"
+    lock.touch()
+    with pytest.raises(RaftlmError, match="exists and is not a raftlm lock file"):
+        with io.output_lock(tmp_path / "out.json"):
+            pass
+    assert lock.exists()
+    lock.write_text(f"raftlm {os.getpid() + 1}")  # a killed raftlm's: taken and removed
+    with io.output_lock(tmp_path / "out.json"):
+        pass
+    assert not lock.exists()
+
+
+def test_the_model_cache_lock_never_follows_a_link_nor_empties_a_file(tmp_path):
+    """`open(lock, "w")` emptied whatever a `.gemma-3-270m.lock` link in $RAFTLM_CACHE pointed at."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("important")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / ".gemma-3-270m.lock").symlink_to(victim)
+    with pytest.raises(
+        RaftlmError, match="cannot take the model cache's lock .* remove it if it is not raftlm's"
+    ):
+        with models._cache_lock(cache / "gemma-3-270m"):
+            pass
+    assert victim.read_text() == "important"
+    (cache / ".smollm2-135m.lock").write_text("mine")
+    with models._cache_lock(cache / "smollm2-135m"):
+        pass
+    assert (cache / ".smollm2-135m.lock").read_text() == "mine"
+
+
+def test_an_interrupted_overwrite_of_a_users_file_in_a_run_does_not_make_it_raftlms(
+    tmp_path, capsys, monkeypatch
+):
+    """`predict --output RUN/notes.jsonl --overwrite` listed the user's notes.jsonl in the run's marker before
+    writing; killed midway, the notes stayed, now raftlm's, and the next `train --overwrite` deleted them."""
+    import raftlm.streaming
+
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    run = tmp_path / "run"
+    assert main(train_args(data, run, "--max-steps", "2", "--no-calibrate")) == 0
+    notes = run / "notes.jsonl"
+    notes.write_text('{"my": "notes"}\n')
+    real = raftlm.streaming.predict_file
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(raftlm.streaming, "predict_file", killed)
+    argv = ["predict", "--model", str(run), "--input", str(data), "--output", str(notes), "--overwrite"]
+    assert main(argv) == 130
+    assert "notes.jsonl" not in json.loads((run / ".raftlm-run").read_text()).get("files", [])
+    assert main(train_args(data, run, "--max-steps", "2", "--overwrite")) == 2
+    assert "holds files raftlm did not write (notes.jsonl)" in _one_line(capsys)
+    monkeypatch.setattr(raftlm.streaming, "predict_file", real)  # once replaced, it is raftlm's
+    assert main(argv) == 0
+    assert "notes.jsonl" in json.loads((run / ".raftlm-run").read_text())["outputs"]
+    capsys.readouterr()
