@@ -81,7 +81,10 @@ def test_a_recipes_training_batch_and_bf16_reach_a_runs_eval_as_set_and_the_api_
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"training": {"bf16": True, "batch_size": 2}}))
     base = ["predict", "--model", str(run), "--input", str(toy_csv), "--output", str(tmp_path / "p.jsonl")]
-    for extra in (["--config", str(recipe)], ["--set", "training.bf16=true", "--set", "training.batch_size=2"]):
+    for extra in (
+        ["--config", str(recipe)],
+        ["--set", "training.bf16=true", "--set", "training.batch_size=2"],
+    ):
         cfg = _run_config(build_parser().parse_args([*base, *extra]))
         assert (cfg.eval.bf16, cfg.eval.batch_size) == (True, 2), extra
     recipe.write_text(yaml.safe_dump({"training": {"bf16": True}, "eval": {"bf16": False}}))  # its own: kept
