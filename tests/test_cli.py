@@ -213,7 +213,21 @@ def test_console_script_exit_code_and_common_mistakes_before_torch(tmp_path):
     (damaged / "raftlm.json").write_text('{"grid": ')
     rows.with_name("mine.jsonl").write_text("a user's file\n")
     out = str(tmp_path / "p.jsonl")
+    from raftlm.io import write_run_marker
+
+    finished, users = tmp_path / "done", tmp_path / "project"  # (train into them was refused after torch)
+    finished.mkdir()
+    write_run_marker(finished)
+    (finished / "eval_results.json").write_text("{}")
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    train = ["train", "--model", "tiny-random-llama", "--dataset", f"csv:{rows}", "--output-dir"]
     for argv, said in (
+        (
+            [*train, str(finished)],
+            f"raftlm train: error: run directory {finished} already holds a finished run",
+        ),
+        ([*train, str(users)], f"raftlm train: error: output directory {users} is not a raftlm run"),
         (
             [
                 "train",

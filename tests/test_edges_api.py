@@ -223,11 +223,11 @@ def test_eval_settings_given_after_load_reach_sampling_and_the_interval_kind_as_
     csv = write_csv(tmp_path / "d.csv", rows)
     run = tmp_path / "run"
     assert main(train_args(csv, run, "--quiet", "--max-steps", "1")) == 0
-    out = tmp_path / "p.jsonl"
+    out, few = tmp_path / "p.jsonl", write_csv(tmp_path / "few.csv", rows[:6])  # (sampling is slow)
     flags = ["--decoder", "sample-rail", "--num-samples", "4", "--quiet"]
-    assert main(["predict", "--model", str(run), "--input", str(csv), "--output", str(out), *flags]) == 0
+    assert main(["predict", "--model", str(run), "--input", str(few), "--output", str(out), *flags]) == 0
     cli = [json.loads(line)["prediction"] for line in out.read_text().splitlines()]
-    reg, texts = RAFTRegressor.load(str(run)), [r["text"] for r in rows]
+    reg, texts = RAFTRegressor.load(str(run)), [r["text"] for r in rows[:6]]
     default = reg.predict(texts, decoder="sample-rail")
     reg.set_params(settings={**(reg.get_params()["settings"] or {}), "eval": {"num_samples": 4}})
     four = reg.predict(texts, decoder="sample-rail")

@@ -1040,6 +1040,11 @@ def test_a_sweep_file_is_checked_whole_before_its_first_cell(tmp_path, toy_csv):
             r"^sweep datasets: dataset 'csv:.*missing.csv': .* does not exist",
         ),
         ("models", "smolm2-135m", r"^sweep models: "),
+        (  # a data_dir's files (they were found missing when the cell came up, --dry-run said nothing)
+            "datasets",
+            {"dataset": "stsb-1k", "data_dir": f"{tmp_path}/no-stsb"},
+            r"^sweep cell stsb-1k--.*: dataset 'stsb-1k' reads .*no-stsb/sts-train.csv, which does not exist",
+        ),
     ):
         bad = {**sweep, key: [*sweep[key], entry]}
         path.write_text(yaml.safe_dump(bad))

@@ -231,7 +231,19 @@ def test_the_server_gives_its_distribution_exactly_as_raftlm_predict(tmp_path, t
     assert got["interval_kind"] == "cqr"
     names = {"prediction": "predictions"}
     for i, row in enumerate(expected):
-        assert {k: got[names.get(k, k)][i] for k in keys} == {k: row[k] for k in keys}  # exactly equal
+        assert _close({k: got[names.get(k, k)][i] for k in keys}, {k: row[k] for k in keys}), i
+
+
+def _close(a, b) -> bool:
+    """Equal, floats up to float32's last digits: the server runs a request in one forward pass, `raftlm
+    predict` in batches of eval.batch_size (with transformers 5.25 the batch size moves the last bit)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-6, abs=1e-7)
+    return a == b
 
 
 def test_mode_and_median_decode_its_shifted_distribution_alike_in_cli_api_and_server(
@@ -269,7 +281,7 @@ def test_mode_and_median_decode_its_shifted_distribution_alike_in_cli_api_and_se
     with server(run, "--decoder", "median") as (base, _, _):
         answer = post(base, {"inputs": [{"text": t} for t in texts]}).json()
     median_rows = [json.loads(line) for line in (tmp_path / "median.jsonl").read_text().splitlines()]
-    assert answer["predictions"] == [r["prediction"] for r in median_rows]  # exactly equal
+    assert _close(answer["predictions"], [r["prediction"] for r in median_rows])
 
     capsys.readouterr()
     args = ["predict", "--model", str(run), "--input", str(toy_csv), "--output", str(tmp_path / "g.jsonl")]

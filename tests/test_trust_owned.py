@@ -51,6 +51,20 @@ def test_a_recipe_folder_naming_itself_as_output_dir_is_not_taken_for_an_old_run
         assert _snapshot(exp) == before
 
 
+def test_a_pre_marker_run_resumes_only_with_a_whole_checkpoint(tmp_path):
+    """What still proves a run of a raftlm from before markers: its config.yaml names the folder as
+    output_dir and Trainer saved a whole checkpoint there (the first alone is any recipe folder)."""
+    old = tmp_path / "old"
+    (old / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (old / "config.yaml").write_text(f"training: {{output_dir: {old}}}\n")
+    with pytest.raises(RaftlmError, match="is not a raftlm run"):
+        io.check_run_dir(old, overwrite=False, resume=True)
+    (old / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    assert io.check_run_dir(old, overwrite=False, resume=True) == old.resolve()
+    with pytest.raises(RaftlmError, match="is not a raftlm run"):  # only --resume takes it
+        io.check_run_dir(old, overwrite=True, resume=False)
+
+
 def test_a_failed_build_keeps_a_file_a_user_added_with_a_model_files_name(tmp_path):
     """A failed train emptied the run folder of files named like a model's (config.json, *.safetensors)
     that the user had put there while it trained ("emptied: it is your folder")."""
@@ -190,3 +204,24 @@ def test_an_interrupted_overwrite_of_a_users_file_in_a_run_does_not_make_it_raft
     assert main(argv) == 0
     assert "notes.jsonl" in json.loads((run / ".raftlm-run").read_text())["outputs"]
     capsys.readouterr()
+
+
+def test_report_never_draws_its_figures_through_a_link(tmp_path, capsys):
+    """A report folder's figures/ that is a link had the PNGs replaced into wherever it pointed."""
+    folder = tmp_path / "rep"
+    folder.mkdir()
+    row = {"dataset": "d", "model": "m", "method": "raft", "decoder": "rail", "rmse": 1.0, "run_id": "r"}
+    (folder / "results.json").write_text(json.dumps([{**row, "cell_id": "c", "seed": 0, "lr": 1e-4}]))
+    assert main(["report", str(folder)]) == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "photo.png").write_bytes(b"mine")
+    import shutil
+
+    shutil.rmtree(folder / "figures", ignore_errors=True)
+    (folder / "figures").symlink_to(mine)
+    before = _snapshot(mine)
+    capsys.readouterr()
+    assert main(["report", str(folder)]) == 2
+    assert "figures is a link, where the report's figures go" in _one_line(capsys)
+    assert _snapshot(mine) == before

@@ -301,6 +301,13 @@ def check_cells(sweep: dict, todo: list[Cell], root: Path) -> None:
                 methods.check_train(
                     cell.method, cfg.eval.decoder, str(cfg.training.output_dir), cfg.model.trainable
                 )
+            # the files a cell still to run reads (a data_dir's: STS-B's CSVs) are there: said now, not hours in
+            missing = [p for p in data_files(cfg.data) if not p.exists()]
+            if missing and not cell_result(root, cell).exists():
+                raise RaftlmError(
+                    f"dataset {short(cfg.data.dataset)} reads {missing[0]}, which does not exist: check the "
+                    "dataset's data_dir"
+                )
         except RaftlmError as err:
             raise RaftlmError(f"sweep cell {cell.cell_id}: {err}") from None
 

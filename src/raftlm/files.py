@@ -55,9 +55,13 @@ def to_examples(
         target = None
         if target_column is not None:
             if target_column not in row:
+                # (missing from every row, a CSV's header: no row's line is to blame, and the rows of a
+                # dataset reach here shuffled into splits)
+                missing = all(target_column not in r for r in rows)
                 raise RaftlmError(
-                    f"{_where(where, row, i)}: target column {target_column!r} is missing "
-                    f"(columns: {short(sorted(map(str, row)))}): pass --target-column"
+                    f"{where if missing else _where(where, row, i)}: target column {target_column!r} is missing "
+                    f"{'from every row ' if missing else ''}(columns: {short(sorted(map(str, row)))}): "
+                    "pass --target-column"
                 )
             target = parse_target(row[target_column], _where(where, row, i))
         fields = row_fields(template, row, _where(where, row, i))

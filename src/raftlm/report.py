@@ -1000,6 +1000,8 @@ def _clean_leftovers(root: Path) -> None:
 
 def _write_report(root: Path, rows: list[dict]) -> None:
     figdir = root / "figures"
+    if figdir.is_symlink():  # (the figures went wherever it pointed, over the files there)
+        raise RaftlmError(f"{figdir} is a link, where the report's figures go: replace it with a folder")
     if figdir.exists() and not figdir.is_dir():
         raise RaftlmError(f"{figdir} is {describe(figdir)}, where the report's figures go: move it")
     # everything computed and drawn first (a damaged cell, curve or sweep.yaml fails here), then written:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,18 +19,21 @@ from safetensors.torch import load_file, save_file
 from raftlm.core import RaftlmError, warn
 from raftlm.grid import Grid, TargetScaler
 from raftlm.heads import HEAD_CLASSES
-from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's API too)
+from raftlm.io import (  # noqa: F401  (the swap's and the run folder's functions are raftlm.run's API too)
     FINISHED_FILE,
     FORMAT_VERSION,
+    KERNEL_FILESYSTEMS,
     META_FILE,
     MODEL_FILE,
     RUN_MARKER,
     check_no_tilde,
     check_replaceable,
+    check_run_dir,
     check_swap_names,
     describe,
     discard_staged,
     foreign_files,
+    is_finished,
     is_marked_run,
     is_run_dir,
     journal_path,
@@ -43,6 +45,7 @@ from raftlm.io import (  # noqa: F401  (the swap's functions are raftlm.run's AP
     read_metadata,
     read_run_marker,
     recover_swap,
+    refuse_unsafe_place,
     remove_run,
     staging_dir,
     swap_in,
@@ -75,103 +78,6 @@ KNOWN = {
     "head",
     "encoder",
 }
-
-
-def is_finished(path: str | Path) -> bool:
-    return (Path(path) / FINISHED_FILE).exists()
-
-
-def _contents(out: Path, n: int = 4) -> str:
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
-    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
-
-
-def _legacy_unfinished(out: Path) -> bool:
-    """An unfinished run of a raftlm from before run markers: its config.yaml is a raftlm config whose
-    ``training.output_dir`` is this very directory, and Trainer saved a whole checkpoint in its checkpoints/
-    (a user's recipe folder naming itself as output_dir has the first: `train --config exp/config.yaml
-    --resume` took it over and replaced the recipe). Only ``--resume`` accepts it; it is marked then."""
-    from raftlm.config import Config
-
-    if latest_complete_checkpoint(out / "checkpoints") is None:
-        return False
-    try:
-        saved = Config.from_yaml(str(out / "config.yaml")).training.output_dir
-    except (RaftlmError, OSError, ValueError):
-        return False
-    return bool(saved) and Path(saved).absolute() == out
-
-
-KERNEL_FILESYSTEMS = ("/proc", "/sys")  # (not /dev: /dev/shm is a real scratch space)
-
-
-def refuse_unsafe_place(out: Path, name: str = "--output-dir") -> None:
-    """A run directory is replaced by renaming it: never the current folder, one of its parents, the
-    filesystem root or the home folder; and never inside /proc or /sys (the kernel's views, which
-    hold no files of ours). ``name``: what the caller calls it (``output_dir``, ``directory`` in the API)."""
-    kernel = next((k for k in KERNEL_FILESYSTEMS if out == Path(k) or Path(k) in out.parents), None)
-    if kernel and sys.platform.startswith("linux"):
-        raise RaftlmError(
-            f"{name} {out} is inside {kernel}, a file system the kernel makes up (it holds no run): "
-            "choose a folder on disk, e.g. runs/my-run"
-        )
-    here = Path.cwd().resolve()
-    if out == here or out in here.parents or out == Path(out.anchor) or out == Path.home().resolve():
-        raise RaftlmError(
-            f"{name} {out} is the current folder, one of its parents, / or your home folder: "
-            "give a run directory of its own, e.g. runs/my-run"
-        )
-
-
-def check_run_dir(out: Path, overwrite: bool, resume: bool, name: str = "--output-dir") -> Path:
-    """Where to build the run: ``out`` itself, or (``--overwrite`` of an existing run) a staging
-    directory beside it, so the old run survives until the new one has finished. Only a directory that
-    raftlm marked as a run (``.raftlm-run``) and that holds nothing raftlm did not write is ever replaced;
-    anything else is refused before any work. ``name``: what the caller calls it (``refuse_unsafe_place``)."""
-    check_no_tilde(out, name)
-    out = Path(out).resolve()  # a symlinked run is replaced where it really is; the link stays
-    refuse_unsafe_place(out, name)
-    recover_swap(out)
-    if out.exists() and not out.is_dir():
-        what = "a file" if out.is_file() else describe(out)
-        raise RaftlmError(f"output path {out} is {what}: choose a directory for {name}")
-    if overwrite and resume:
-        raise RaftlmError("--overwrite starts the run afresh and --resume continues it: pass one of them")
-    if not out.exists() or not any(out.iterdir()):
-        return out
-    if not is_marked_run(out):
-        if resume and _legacy_unfinished(out):
-            return out
-        raise RaftlmError(
-            f"output directory {out} is not a raftlm run (no {RUN_MARKER} marker; it holds {_contents(out)}) "
-            f"and is never replaced or written into: choose another {name}"
-        )
-    if overwrite:
-        if foreign := foreign_files(out):
-            raise RaftlmError(
-                f"run directory {out} holds files raftlm did not write ({', '.join(foreign[:4])}): "
-                f"move them out of it before it is overwritten, or choose another {name}"
-            )
-        check_replaceable(out, name)
-        check_swap_names(out)
-        return staging_dir(out)
-    finished = is_finished(out)
-    if resume and not finished:
-        return out
-    if finished:
-        raise RaftlmError(
-            f"run directory {out} already holds a finished run: pass --overwrite (overwrite=True in "
-            f"RAFTRegressor; it is replaced once the new run has finished) or choose another {name}"
-        )
-    if not name.startswith("--"):  # the Python API, which does not resume (its rows are in memory)
-        raise RaftlmError(
-            f"run directory {out} holds an unfinished run: pass overwrite=True to train it again, or choose "
-            f"another {name}"
-        )
-    raise RaftlmError(
-        f"run directory {out} holds an unfinished run: pass --resume to continue it or --overwrite to restart "
-        "(overwrite=True in RAFTRegressor)"
-    )
 
 
 def writable_place(out: Path, name: str = "--output-dir") -> Path:
