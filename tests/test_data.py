@@ -32,7 +32,9 @@ def test_csv_dataset_splits_and_errors(tmp_path):
     s = load_splits(DataConfig(dataset=f"csv:{write_csv(tmp_path / 'a.csv', rows)}"))
     assert (len(s.train), len(s.validation), len(s.test)) == (40, 5, 5)
     # (a CSV header's: named as such, not as the line of whichever row the split put first)
-    with pytest.raises(RaftlmError, match=r"a.csv: target column 'score' is missing from every row \(columns"):
+    with pytest.raises(
+        RaftlmError, match=r"a.csv: target column 'score' is missing from every row \(columns"
+    ):
         load_splits(DataConfig(dataset=f"csv:{tmp_path / 'a.csv'}", target_column="score"))
     jsonl = tmp_path / "b.jsonl"
     jsonl.write_text("".join(f'{{"text": "r{i}", "target": 1}}\n' for i in range(9)) + '{"text": "r9"}\n')
