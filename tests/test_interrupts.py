@@ -34,7 +34,7 @@ def _interrupt_when_checkpoints_go(monkeypatch):
 
     def rmtree(path, *a, **k):
         real(path, *a, **k)
-        if Path(path).name == "checkpoints":
+        if Path(path).name.startswith("checkpoint-"):  # (_drop_checkpoints deletes them one by one)
             raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline.shutil, "rmtree", rmtree)
@@ -249,6 +249,17 @@ def test_an_interrupted_predict_overwrite_resumes_as_its_line_says(tmp_path, tra
     out.write_text("a user's file, put there since\n")
     monkeypatch.setattr(streaming, "predict_examples", real_predict)
     assert main([*predict, "--resume"]) == 2 and "already exists" in _said(capsys)
+    assert out.read_text() == "a user's file, put there since\n"
+    # and one put where an interrupted --overwrite's old output was: not the file it was replacing
+    out.write_text("the old output\n")
+    monkeypatch.setattr(streaming, "predict_examples", interrupted)
+    calls.clear()
+    assert main([*predict, "--overwrite"]) == 130
+    out.unlink()
+    out.write_text("a user's file, put there since\n")
+    monkeypatch.setattr(streaming, "predict_examples", real_predict)
+    assert main([*predict, "--resume"]) == 2
+    assert "is not the file the interrupted --overwrite was replacing" in _said(capsys)
     assert out.read_text() == "a user's file, put there since\n"
 
 

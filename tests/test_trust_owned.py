@@ -225,3 +225,53 @@ def test_report_never_draws_its_figures_through_a_link(tmp_path, capsys):
     assert main(["report", str(folder)]) == 2
     assert "figures is a link, where the report's figures go" in _one_line(capsys)
     assert _snapshot(mine) == before
+
+
+def test_a_sweep_run_from_its_saved_copy_keeps_the_users_edits_of_it(tmp_path):
+    """`raftlm experiment OUT/sweep.yaml` rewrote that copy through yaml.safe_dump: the comments and layout
+    the user gave it were lost (the settings survived)."""
+    from raftlm.experiment import run_sweep
+
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    sweep = {
+        "output_dir": str(tmp_path / "out"),
+        "base": {"training": {"max_steps": 1, "eval_steps": 1, "batch_size": 4}, "method": {"grid": "1-5"}},
+        "datasets": [f"csv:{data}"], "models": ["tiny-random-llama"], "methods": ["raft"], "lrs": [1e-3],
+        "seeds": [0],
+    }  # fmt: skip
+    (tmp_path / "sweep.yaml").write_text(json.dumps(sweep))  # (JSON is YAML)
+    run_sweep(str(tmp_path / "sweep.yaml"), quiet=True)
+    saved = tmp_path / "out" / "sweep.yaml"
+    edited = "# the sweep of the paper's table 3, run again from here\n" + saved.read_text()
+    saved.write_text(edited)
+    run_sweep(str(saved), quiet=True)
+    assert saved.read_text() == edited
+
+
+def test_overwrite_looks_inside_the_runs_own_folders(tmp_path, capsys):
+    """checkpoints/ and logs/ were raftlm's by name and deleted whole: a scheduler's job log sent to
+    RUN/logs/ (`#SBATCH -o runs/a/logs/%j.out`) went with a `train --overwrite`, and a file a user left in
+    checkpoints/ with the finished run's checkpoints."""
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    run = tmp_path / "run"
+    assert main(train_args(data, run, "--max-steps", "2", "--no-calibrate", "--keep-checkpoints")) == 0
+    (run / "logs" / "tb").mkdir(parents=True)
+    (run / "logs" / "tb" / "events.out.tfevents.1.host").write_bytes(b"raftlm's tracker")
+    (run / "logs" / "4242.out").write_text("my job's log")
+    (run / "checkpoints" / "notes.txt").write_text("mine")
+    before = _snapshot(run)
+    assert main(train_args(data, run, "--max-steps", "2", "--overwrite")) == 2
+    assert "holds files raftlm did not write (checkpoints/notes.txt, logs/4242.out)" in _one_line(capsys)
+    assert _snapshot(run) == before
+    (run / "logs" / "4242.out").unlink()
+    (run / "checkpoints" / "notes.txt").unlink()
+    assert main(train_args(data, run, "--max-steps", "2", "--overwrite")) == 0  # events files are raftlm's
+    mine = tmp_path / "mine"  # a finished run drops its checkpoints, not a file of yours among them
+    (mine / "checkpoints").mkdir(parents=True)
+    io.write_run_marker(mine)
+    (mine / "checkpoints" / "checkpoint-2").mkdir()
+    (mine / "checkpoints" / "notes.txt").write_text("mine")
+    from raftlm.pipeline import _drop_checkpoints
+
+    _drop_checkpoints(mine)
+    assert sorted(p.name for p in (mine / "checkpoints").iterdir()) == ["notes.txt"]

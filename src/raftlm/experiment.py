@@ -941,16 +941,17 @@ def run_sweep(path: str, quiet: bool = False) -> Path:
 
     # cells that differ in LR, seed or what trains above the frozen blocks share their cached states
     with output_lock(root, "the sweep's results"), reuse_stores():
-        ran = _run_cells(sweep, todo, root, as_written)
+        ran = _run_cells(sweep, todo, root, None if _own_copy(root, path) else as_written)
     done = sum(cell_result(root, c).exists() for c in todo)
     skipped = f", {len(todo) - done} skipped (lr_choice first_seed)" if done < len(todo) else ""
     print(f"{done} of {len(todo)} cells done ({ran} run now{skipped}): {root / 'results.csv'}")
     return root
 
 
-def _run_cells(sweep: dict, todo: list[Cell], root: Path, as_written: dict) -> int:
+def _run_cells(sweep: dict, todo: list[Cell], root: Path, as_written: dict | None) -> int:
     """Run every cell of ``todo`` not written yet; returns how many ran. ``as_written`` is the sweep file
-    as the user wrote it (saved beside the results)."""
+    as the user wrote it (saved beside the results; None: the sweep runs from that copy, which stays as
+    the user edited it, comments and layout)."""
     keep = bool(sweep.get("keep_models", False))
     (root / "cells").mkdir(parents=True, exist_ok=True)
     for folder in (root, root / "cells", root / "predictions", root / CURVES):
@@ -959,7 +960,8 @@ def _run_cells(sweep: dict, todo: list[Cell], root: Path, as_written: dict) -> i
     _check_written(sweep, todo, root)
     if stray := stray_note(root, todo):
         log.warning(stray)
-    write_text(root / "sweep.yaml", yaml.safe_dump(as_written, sort_keys=False))
+    if as_written is not None:
+        write_text(root / "sweep.yaml", yaml.safe_dump(as_written, sort_keys=False))
     collect(root, todo)  # results.json as the file lists cells now (a kill in the first cell: not the old)
     skip = lambda c: lost_on_first_seed(sweep, c, todo, root)  # noqa: E731
     ran = 0

@@ -168,15 +168,43 @@ def _ours(name: str, listed: set[str]) -> bool:
 
 
 def foreign_files(path: str | Path) -> list[str]:
-    """Entries of run directory ``path`` that raftlm did not write (sorted)."""
+    """Entries of run directory ``path`` that raftlm did not write (sorted), and what its own folders hold
+    that is not of their kind (``_foreign_inside``)."""
     listed = set((read_run_marker(path) or {}).get("files", []))
+    entries = list(Path(path).iterdir())
     return sorted(
-        p.name
-        for p in Path(path).iterdir()
-        # (an output's lock, e.g. evaluate --output RUN/test.json's .test.json.lock, a kill left behind; one
-        # a live command holds is not: that command writes into the run now)
-        if not (_ours(p.name, listed) or (LOCK_NAME.fullmatch(p.name) and _our_lock(p) and not _held(p)))
+        [
+            p.name
+            for p in entries
+            # (an output's lock, e.g. evaluate --output RUN/test.json's .test.json.lock, a kill left behind;
+            # one a live command holds is not: that command writes into the run now)
+            if not (_ours(p.name, listed) or (LOCK_NAME.fullmatch(p.name) and _our_lock(p) and not _held(p)))
+        ]
+        + [name for p in entries for name in _foreign_inside(p)]
     )
+
+
+CHECKPOINT_NAME = re.compile(r"(tmp-)?checkpoint-\d+")  # Trainer's checkpoint folders in a run's checkpoints/
+TRACKER_LOG = "events.out.tfevents."  # what --report-to tensorboard writes under a run's logs/
+
+
+def _foreign_inside(p: Path) -> list[str]:
+    """In a run's checkpoints/ and logs/ (deleted whole with the run), what raftlm's trainer did not write:
+    a folder that is not a checkpoint, a file that is not a TensorBoard event file (a scheduler's job log
+    sent to RUN/logs/ went with a `train --overwrite`)."""
+    if p.is_symlink() or not p.is_dir() or p.name not in ("checkpoints", "logs"):
+        return []
+    if p.name == "checkpoints":
+        return [
+            f"checkpoints/{c.name}"
+            for c in p.iterdir()
+            if not (CHECKPOINT_NAME.fullmatch(c.name) and c.is_dir())
+        ]
+    return [
+        f"logs/{f.relative_to(p)}"
+        for f in p.rglob("*")
+        if not f.is_dir() and not f.name.startswith(TRACKER_LOG)
+    ]
 
 
 def move_into_run(out: Path, saved: list[Path], fix: str) -> None:
@@ -1079,6 +1107,16 @@ def check_output(
     # an --overwrite interrupted midway kept the old output (replaced once the new one is whole): its
     # --resume goes on replacing it
     replacing = resume and ours and job.get(REPLACES) is True
+    if (
+        replacing
+        and REPLACED in job
+        and Path(output).is_file()
+        and file_identity(Path(output)) != job[REPLACED]
+    ):
+        raise RaftlmError(  # (a file put there since: not the output the interrupted --overwrite replaces)
+            f"{output} is not the file the interrupted --overwrite was replacing (it changed since): pass "
+            "--overwrite to replace it too, or move it"
+        )
     output = prepare_output(output, overwrite or replacing, [*([input] if input else []), *others])
     if input is not None and any(same_file(p, input) for p in (partial_path(output), job_path(output))):
         raise RaftlmError(f"--input {input} is the partial file of --output {output}: choose another output")

@@ -32,6 +32,7 @@ from raftlm.core import (
 from raftlm.data import cap, cap_words, load_splits
 from raftlm.grid import Grid, TargetScaler, make_scaler
 from raftlm.io import (
+    CHECKPOINT_NAME,
     FINAL_NAME,
     FINAL_PREFIX,
     HIDDEN_CACHE_NAME,
@@ -485,8 +486,14 @@ def _interrupted_hint(build: Path, out: Path, finished: bool, discarded: bool, k
 
 def _drop_checkpoints(out: Path) -> None:
     """A finished run's checkpoints, last (an interrupt here leaves a whole run and part of checkpoints/)."""
+    folder = out / "checkpoints"
     try:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        if folder.is_dir() and not folder.is_symlink():
+            for ckpt in folder.iterdir():  # Trainer's checkpoints only: a file of yours there stays, and so
+                if CHECKPOINT_NAME.fullmatch(ckpt.name) and ckpt.is_dir() and not ckpt.is_symlink():
+                    shutil.rmtree(ckpt, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # does the folder, then
     except KeyboardInterrupt as stop:
         stop.raftlm_hint = f"the run had finished: {out} is whole (delete what is left of {out}/checkpoints)"
         raise
