@@ -113,7 +113,7 @@ def test_the_saved_model_never_replaces_a_users_file_that_appeared_in_the_run(tm
     staged.mkdir()
     (staged / "tokenizer.json").write_text("raftlm's")
     io.write_run_marker(saved)
-    with pytest.raises(RaftlmError, match=r"\(tokenizer.json\), of the names of the model it saves"):
+    with pytest.raises(RaftlmError, match=r"\(tokenizer.json\), of the names of the files it writes last"):
         io.move_into_run(saved, [staged / "tokenizer.json"], "save again")
     assert (saved / "tokenizer.json").read_text() == "mine"
 
@@ -275,3 +275,55 @@ def test_overwrite_looks_inside_the_runs_own_folders(tmp_path, capsys):
 
     _drop_checkpoints(mine)
     assert sorted(p.name for p in (mine / "checkpoints").iterdir()) == ["notes.txt"]
+
+
+def test_a_readme_of_yours_in_an_unfinished_run_is_not_replaced_by_the_model_card(tmp_path, capsys):
+    """The run's last files (model card README.md, calibration.json, eval_results.json) were raftlm's by
+    name: a README.md the user wrote into a run killed after its checkpoint was replaced by the card at the
+    end of `train --resume`. Now they are claimed before the first is written, and one of yours is refused."""
+    from transformers import TrainerCallback
+
+    from raftlm import RAFTRegressor
+
+    out = tmp_path / "run"
+
+    class Note(TrainerCallback):
+        def on_train_end(self, args, state, control, **kwargs):
+            (out / "README.md").write_text("my notes on this run")
+
+    texts, y = [r["text"] for r in _rows(30)], np.array([r["target"] for r in _rows(30)], float)
+    reg = RAFTRegressor(
+        model="tiny-random-llama", max_steps=2, batch_size=8, lr=1e-2, eval_steps=2, progress_bar=False,
+        output_dir=str(out), callbacks=[Note()],
+    )  # fmt: skip
+    with pytest.raises(RaftlmError, match=r"gained files raftlm did not write \(README.md\)"):
+        reg.fit(texts, y)
+    assert (out / "README.md").read_text() == "my notes on this run" and not (
+        out / "eval_results.json"
+    ).exists()
+
+
+def test_an_unmarked_run_folders_files_are_inputs_an_output_may_not_replace(tmp_path, capsys, monkeypatch):
+    """A run folder without the marker (a Hub copy) had only raftlm's own names guarded: `evaluate --output
+    COPY/vocab.txt --overwrite` replaced a tokenizer file of another name."""
+    import shutil
+
+    import raftlm.pipeline
+
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    run = tmp_path / "run"
+    assert main(train_args(data, run, "--max-steps", "1", "--no-calibrate", "--quiet")) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / ".raftlm-run").unlink()
+    (copy / "vocab.txt").write_text("a tokenizer's vocabulary")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(raftlm.pipeline, "_load_for_eval", never)
+    capsys.readouterr()
+    argv = ["evaluate", "--model", str(copy), "--input", str(data), "--output", str(copy / "vocab.txt")]
+    assert main([*argv, "--overwrite"]) == 2
+    assert "is the same file as the input" in _one_line(capsys)
+    assert (copy / "vocab.txt").read_text() == "a tokenizer's vocabulary"

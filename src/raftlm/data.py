@@ -27,7 +27,7 @@ import numpy as np
 from raftlm.core import Example, RaftlmError, Splits, short, to_number, to_whole
 from raftlm.fetch import PACKAGES, package_file
 from raftlm.files import Row, _not_utf8, read_rows, to_examples
-from raftlm.io import describe, is_marked_run, is_run_dir
+from raftlm.io import describe, is_marked_run
 from raftlm.prompts import PROMPTS, render, resolve_template, template_fields
 from raftlm.rows import parse_target
 
@@ -685,14 +685,14 @@ def data_files(data) -> list[Path]:
 
 def command_inputs(cfg, *given: str | Path | None) -> list[Path]:
     """Every local file a command with settings ``cfg`` may read, besides ``given`` (its --input, its
-    --config recipe): the dataset's files, and the files of a model folder that is not a raftlm run (a
-    run's own files are ``io.run_file``'s to guard). An output may be none of them (``io.check_output_file``:
+    --config recipe): the dataset's files, and the files of a model folder without raftlm's run marker (a
+    marked run's own files are ``io.run_file``'s to guard; an unmarked one's tokenizer may be vocab.txt). An output may be none of them (``io.check_output_file``:
     ``evaluate --dataset csv:d.csv --output d.csv --overwrite`` replaced the data with its metrics)."""
     paths = [Path(p) for p in given if p]
     with contextlib.suppress(RaftlmError, OSError):  # (a dataset a later step names the problem of)
         paths += data_files(cfg.data)
     model = Path(cfg.model.name)
-    if model.is_dir() and not (is_marked_run(model) or is_run_dir(model)):
+    if model.is_dir() and not is_marked_run(model):  # (a run without the marker, a Hub copy: all its files)
         paths += [p for p in model.iterdir() if p.is_file()]
     return paths
 

@@ -207,18 +207,25 @@ def _foreign_inside(p: Path) -> list[str]:
     ]
 
 
-def move_into_run(out: Path, saved: list[Path], fix: str) -> None:
-    """Files saved in a temporary folder (the model, its tokenizer) moved into run ``out``, listed in its
-    marker first (a kill midway leaves nothing unaccounted). A file of one of those names that raftlm did
-    not write there (a user's ``config.json`` dropped into the run while it trained) is never replaced:
-    refused, naming it and ``fix``."""
+def claim(out: Path, names: Iterable[str], fix: str) -> None:
+    """Files raftlm is about to write into run ``out`` (the model, its card, calibration, results: a run's
+    last files) listed in its marker first (a kill midway leaves nothing unaccounted). One of those names
+    that is there already but unlisted is not raftlm's (a user's ``config.json`` or ``README.md`` put into
+    the run while it trained): never replaced, refused, naming it and ``fix``."""
+    names = list(names)
     listed = set((read_run_marker(out) or {}).get("files", []))
-    if clash := [p.name for p in saved if os.path.lexists(out / p.name) and not _ours(p.name, listed)]:
+    if clash := [n for n in names if os.path.lexists(out / n) and n not in listed]:
         raise RaftlmError(
             f"run directory {out} gained files raftlm did not write ({', '.join(sorted(clash)[:4])}), of the "
-            f"names of the model it saves: move them out of it, then {fix}"
+            f"names of the files it writes last: move them out of it, then {fix}"
         )
-    write_run_marker(out, [p.name for p in saved])
+    write_run_marker(out, names)
+
+
+def move_into_run(out: Path, saved: list[Path], fix: str) -> None:
+    """Files saved in a temporary folder (the model, its tokenizer) moved into run ``out``, claimed first
+    (``claim``)."""
+    claim(out, [p.name for p in saved], fix)
     for path in saved:
         os.replace(path, out / path.name)
 

@@ -39,6 +39,7 @@ from raftlm.io import (
     HIDDEN_CACHE_PREFIX,
     HIDDEN_CACHE_SUFFIX,
     INT8_MAXIMA_FILE,
+    claim,
     clean_stale_tmp,
     every_rank_failed,
     is_marked_run,
@@ -569,6 +570,9 @@ def _finish_run(
     evaluate`, `predict`, the server and ``RAFTRegressor.load`` get. ``predictor`` itself stays as trained
     (``fit``'s estimator saves it again)."""
     with _saved_weights(predictor, build, splits.train, cfg.eval.batch_size) as names:
+        # the run's last files, claimed before any is written (a README.md of yours there is refused)
+        last = [*(p.name for p in names), "calibration.json", "README.md", FINISHED_FILE]
+        claim(build, last, RESUME_FIX)
         placed = placed_for_eval(predictor, cfg)
         calibration = None
         if cfg.training.calibrate and splits.validation:  # the whole split, not the val_size subset
@@ -617,11 +621,14 @@ def _saved_weights(predictor: Predictor, out: Path, train, batch_size: int):
         yield [Path(tmp) / f.name for f in Path(tmp).iterdir()]
 
 
+RESUME_FIX = "run `raftlm train --resume` with the same settings"
+
+
 def _finalize(out: Path, saved: list[Path], results: dict) -> None:
     """The saved files moved into the run (listed in its marker first), the model card (README.md) beside
     them, eval_results.json last (it marks a finished run). The checkpoints stay until the run is in place
     (``_drop_checkpoints``): a failure before then can --resume."""
-    move_into_run(out, saved, "run `raftlm train --resume` with the same settings")
+    move_into_run(out, saved, RESUME_FIX)
     write_model_card(out, results)
     write_json(out / FINISHED_FILE, results)
 
