@@ -327,3 +327,26 @@ def test_an_unmarked_run_folders_files_are_inputs_an_output_may_not_replace(tmp_
     assert main([*argv, "--overwrite"]) == 2
     assert "is the same file as the input" in _one_line(capsys)
     assert (copy / "vocab.txt").read_text() == "a tokenizer's vocabulary"
+
+
+def test_an_interrupted_new_output_in_a_run_is_unlisted_again(tmp_path, capsys, monkeypatch):
+    """`predict --output RUN/preds.jsonl` listed preds.jsonl in the run's marker before writing; stopped
+    before its output existed, the name stayed listed, and a file of yours saved there later was raftlm's
+    to delete with the run."""
+    import raftlm.streaming
+
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    run = tmp_path / "run"
+    assert main(train_args(data, run, "--max-steps", "2", "--no-calibrate")) == 0
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(raftlm.streaming, "predict_file", stopped)
+    argv = ["predict", "--model", str(run), "--input", str(data), "--output", str(run / "preds.jsonl")]
+    assert main(argv) == 130
+    assert "preds.jsonl" not in json.loads((run / ".raftlm-run").read_text()).get("files", [])
+    (run / "preds.jsonl").write_text("my own predictions\n")
+    capsys.readouterr()
+    assert main(train_args(data, run, "--max-steps", "2", "--overwrite")) == 2
+    assert "holds files raftlm did not write (preds.jsonl)" in _one_line(capsys)

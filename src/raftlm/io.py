@@ -147,12 +147,31 @@ def registering(path: str | Path) -> Iterator[None]:
     file the marker does not list (a user's until then: an --overwrite killed midway kept it, and listing it
     first had made it raftlm's to delete with the run)."""
     path = Path(path)
-    replacing = os.path.lexists(path) and path.name not in _registered(path.parent)
+    listed = path.name in _registered(path.parent)
+    replacing = os.path.lexists(path) and not listed
     if not replacing:
         register_output(path)
-    yield
+    try:
+        yield
+    except BaseException:  # (an error, Ctrl+C, SIGTERM: a new output never written is unlisted again, so a
+        # file of yours put at that name later is not raftlm's; a SIGKILL leaves it listed)
+        if not replacing and not listed and not os.path.lexists(path):
+            _unlist(path)
+        raise
     if replacing:
         register_output(path)
+
+
+def _unlist(path: Path) -> None:
+    """Take output ``path``'s name out of its run's marker (``registering``: it was never written)."""
+    if not is_marked_run(path.parent):
+        return
+    with _folder_lock(path.parent):
+        marker = read_run_marker(path.parent) or {}
+        for key in ("files", "outputs"):
+            if path.name in marker.get(key, []):
+                marker[key] = [n for n in marker[key] if n != path.name]
+        write_json(path.parent / RUN_MARKER, marker)
 
 
 def _ours(name: str, listed: set[str]) -> bool:
