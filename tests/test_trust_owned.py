@@ -85,26 +85,29 @@ def test_a_failed_build_keeps_a_file_a_user_added_with_a_model_files_name(tmp_pa
     assert not build.exists()
 
 
-def test_the_saved_model_never_replaces_a_users_file_that_appeared_in_the_run(tmp_path):
-    """The final model moved over a config.json the user dropped into the run during training; now the
-    train stops in one line naming it, the user's file as it was, the checkpoints kept for --resume."""
+def _fit_while_a_user_writes(out: Path, name: str, text: str) -> None:
+    """RAFTRegressor.fit into ``out`` on the tiny model, the user writing ``out/name`` as training ends."""
     from transformers import TrainerCallback
 
     from raftlm import RAFTRegressor
 
-    out = tmp_path / "run"
-
-    class Drop(TrainerCallback):
+    class Write(TrainerCallback):
         def on_train_end(self, args, state, control, **kwargs):
-            (out / "config.json").write_text('{"mine": 1}')
+            (out / name).write_text(text)
 
     texts, y = [r["text"] for r in _rows(30)], np.array([r["target"] for r in _rows(30)], float)
-    reg = RAFTRegressor(
+    RAFTRegressor(
         model="tiny-random-llama", max_steps=2, batch_size=8, lr=1e-2, eval_steps=2, progress_bar=False,
-        output_dir=str(out), callbacks=[Drop()],
-    )  # fmt: skip
+        output_dir=str(out), callbacks=[Write()],
+    ).fit(texts, y)  # fmt: skip
+
+
+def test_the_saved_model_never_replaces_a_users_file_that_appeared_in_the_run(tmp_path):
+    """The final model moved over a config.json the user dropped into the run during training; now the
+    train stops in one line naming it, the user's file as it was, the checkpoints kept for --resume."""
+    out = tmp_path / "run"
     with pytest.raises(RaftlmError, match=r"gained files raftlm did not write \(config.json\)"):
-        reg.fit(texts, y)
+        _fit_while_a_user_writes(out, "config.json", '{"mine": 1}')
     assert (out / "config.json").read_text() == '{"mine": 1}' and (out / "checkpoints").is_dir()
     saved = tmp_path / "saved"  # RAFTRegressor.save lands its files the same way
     saved.mkdir()
@@ -281,23 +284,9 @@ def test_a_readme_of_yours_in_an_unfinished_run_is_not_replaced_by_the_model_car
     """The run's last files (model card README.md, calibration.json, eval_results.json) were raftlm's by
     name: a README.md the user wrote into a run killed after its checkpoint was replaced by the card at the
     end of `train --resume`. Now they are claimed before the first is written, and one of yours is refused."""
-    from transformers import TrainerCallback
-
-    from raftlm import RAFTRegressor
-
     out = tmp_path / "run"
-
-    class Note(TrainerCallback):
-        def on_train_end(self, args, state, control, **kwargs):
-            (out / "README.md").write_text("my notes on this run")
-
-    texts, y = [r["text"] for r in _rows(30)], np.array([r["target"] for r in _rows(30)], float)
-    reg = RAFTRegressor(
-        model="tiny-random-llama", max_steps=2, batch_size=8, lr=1e-2, eval_steps=2, progress_bar=False,
-        output_dir=str(out), callbacks=[Note()],
-    )  # fmt: skip
     with pytest.raises(RaftlmError, match=r"gained files raftlm did not write \(README.md\)"):
-        reg.fit(texts, y)
+        _fit_while_a_user_writes(out, "README.md", "my notes on this run")
     assert (out / "README.md").read_text() == "my notes on this run" and not (
         out / "eval_results.json"
     ).exists()
