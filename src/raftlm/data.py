@@ -686,8 +686,9 @@ def data_files(data) -> list[Path]:
 def command_inputs(cfg, *given: str | Path | None) -> list[Path]:
     """Every local file a command with settings ``cfg`` may read, besides ``given`` (its --input, its
     --config recipe): the dataset's files, and the files of a model folder without raftlm's run marker (a
-    marked run's own files are ``io.run_file``'s to guard; an unmarked one's tokenizer may be vocab.txt). An output may be none of them (``io.check_output_file``:
-    ``evaluate --dataset csv:d.csv --output d.csv --overwrite`` replaced the data with its metrics)."""
+    marked run's own files are ``io.run_file``'s to guard; an unmarked copy's tokenizer may be vocab.txt).
+    An output may be none of them (``io.check_output_file``: `evaluate --dataset csv:d.csv --output d.csv
+    --overwrite` replaced the data with its metrics)."""
     paths = [Path(p) for p in given if p]
     with contextlib.suppress(RaftlmError, OSError):  # (a dataset a later step names the problem of)
         paths += data_files(cfg.data)
