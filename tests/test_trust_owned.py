@@ -339,3 +339,19 @@ def test_an_interrupted_new_output_in_a_run_is_unlisted_again(tmp_path, capsys, 
     capsys.readouterr()
     assert main(train_args(data, run, "--max-steps", "2", "--overwrite")) == 2
     assert "holds files raftlm did not write (preds.jsonl)" in _one_line(capsys)
+
+
+def test_a_shards_output_in_a_run_is_looked_inside_before_the_run_is_replaced(tmp_path):
+    """`predict --engine ray --shards N --output RUN/preds` lists preds/ in the run: a notebook the user then
+    saved in it went with the run's --overwrite, where replacing the shards folder itself refuses it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    io.write_run_marker(run, ["preds"], ["preds"])
+    (run / "preds").mkdir()
+    for name in (io.SHARDS_MARKER, "part-00000.parquet"):
+        (run / "preds" / name).write_bytes(b"raftlm's")
+    assert io.foreign_files(run) == []
+    (run / "preds" / "analysis.ipynb").write_text("mine")
+    assert io.foreign_files(run) == ["preds/analysis.ipynb"]
+    with pytest.raises(RaftlmError, match=r"holds files raftlm did not write \(preds/analysis.ipynb\)"):
+        io.check_run_dir(run, overwrite=True, resume=False)

@@ -199,19 +199,28 @@ def foreign_files(path: str | Path) -> list[str]:
             # one a live command holds is not: that command writes into the run now)
             if not (_ours(p.name, listed) or (LOCK_NAME.fullmatch(p.name) and _our_lock(p) and not _held(p)))
         ]
-        + [name for p in entries for name in _foreign_inside(p)]
+        + [name for p in entries for name in _foreign_inside(p, _registered(Path(path)))]
     )
+
+
+SHARDS_MARKER = "_raftlm_shards.json"  # what makes a folder one that --shards wrote (and may replace)
+SHARDS_FILE = re.compile(r"part-\d{5,}\.parquet|" + re.escape(SHARDS_MARKER))  # what --shards writes
 
 
 CHECKPOINT_NAME = re.compile(r"(tmp-)?checkpoint-\d+")  # Trainer's checkpoint folders in a run's checkpoints/
 TRACKER_LOG = "events.out.tfevents."  # what --report-to tensorboard writes under a run's logs/
 
 
-def _foreign_inside(p: Path) -> list[str]:
-    """In a run's checkpoints/ and logs/ (deleted whole with the run), what raftlm's trainer did not write:
-    a folder that is not a checkpoint, a file that is not a TensorBoard event file (a scheduler's job log
-    sent to RUN/logs/ went with a `train --overwrite`)."""
-    if p.is_symlink() or not p.is_dir() or p.name not in ("checkpoints", "logs"):
+def _foreign_inside(p: Path, outputs: set[str]) -> list[str]:
+    """In a run's folders (deleted whole with the run), what raftlm did not write: in checkpoints/ a folder
+    that is not a checkpoint, in logs/ a file that is not a TensorBoard event file (a scheduler's job log
+    sent to RUN/logs/ went with a `train --overwrite`), in a --shards output (one of ``outputs``) a file
+    that is not a shard or its marker."""
+    if p.is_symlink() or not p.is_dir():
+        return []
+    if p.name in outputs:
+        return [f"{p.name}/{c.name}" for c in p.iterdir() if not SHARDS_FILE.fullmatch(c.name)]
+    if p.name not in ("checkpoints", "logs"):
         return []
     if p.name == "checkpoints":
         return [

@@ -43,6 +43,8 @@ from raftlm.data import command_inputs, load_splits
 from raftlm.files import FILE_KINDS, iter_rows, scan, to_examples
 from raftlm.io import (
     META_FILE,
+    SHARDS_FILE,
+    SHARDS_MARKER,
     atomic_write,
     check_eval_model,
     check_folder,
@@ -75,8 +77,6 @@ BATCH_ROWS = 256  # rows per actor call; each call runs forward passes of eval.b
 BLOCK_ROWS = 2048  # a local file is read as blocks of at most this many rows (at least 2 per actor)
 READERS = {"csv": "csv", "tsv": "csv", "jsonl": "json", "json": "json", "parquet": "parquet"}
 ROW_ERROR = "_raftlm_row_error"  # the column an actor answers with when a row is bad (CLI mode)
-SHARDS_MARKER = "_raftlm_shards.json"  # what makes a folder one that --shards wrote (and may replace)
-SHARDS_FILE = re.compile(r"part-\d{5,}\.parquet|" + re.escape(SHARDS_MARKER))  # what --shards writes
 
 
 def _not_shards(output: Path) -> list[str]:
