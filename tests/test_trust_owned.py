@@ -355,3 +355,18 @@ def test_a_shards_output_in_a_run_is_looked_inside_before_the_run_is_replaced(tm
     assert io.foreign_files(run) == ["preds/analysis.ipynb"]
     with pytest.raises(RaftlmError, match=r"holds files raftlm did not write \(preds/analysis.ipynb\)"):
         io.check_run_dir(run, overwrite=True, resume=False)
+
+
+def test_a_refused_report_cleans_nothing(tmp_path, capsys):
+    """report cleaned a killed report's leftovers (`.report-XXXXXXXX` folders of PNGs) before it checked the
+    folder was a sweep's or its own: a user's `.report-march_01` of figures went, then the report refused."""
+    folder = tmp_path / "rep"
+    folder.mkdir()
+    row = {"dataset": "d", "model": "m", "method": "raft", "decoder": "rail", "rmse": 1.0, "run_id": "r"}
+    (folder / "results.json").write_text(json.dumps([{**row, "cell_id": "c", "seed": 0, "lr": 1e-4}]))
+    (folder / "report.md").write_text("# my own report")
+    (folder / ".report-march_01").mkdir()
+    (folder / ".report-march_01" / "fig.png").write_bytes(b"my figure")
+    before = _snapshot(folder)
+    assert main(["report", str(folder)]) == 2
+    assert "already holds report.md" in _one_line(capsys) and _snapshot(folder) == before
