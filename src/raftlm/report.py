@@ -961,6 +961,8 @@ def write_report(results_dir: str) -> Path:
         raise RaftlmError(f"{path} is not UTF-8 text: rerun `raftlm experiment` to rewrite it") from None
     # one report at a time: a second one's clean-up took the first's drawing folder for a killed report's
     with output_lock(root / "report.md", "the report", wait=REPORT_WAIT):
+        check_report_dir(root)  # (first: a folder that is no sweep's nor a report's is never cleaned)
+        _clean_leftovers(root)
         if not isinstance(rows, list):
             raise RaftlmError(f"{path} is not a list of cells: rerun `raftlm experiment` to rewrite it")
         if not rows:
@@ -975,8 +977,6 @@ def write_report(results_dir: str) -> Path:
             raise RaftlmError(
                 f"{path} holds cell {twice[0][0]} {seen[twice[0]]} times: rerun `raftlm experiment` to rewrite it"
             )
-        check_report_dir(root)  # (first: a folder that is no sweep's nor a report's is never cleaned)
-        _clean_leftovers(root)
         _write_report(root, rows)
     return root / "report.html"
 
