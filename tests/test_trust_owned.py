@@ -370,3 +370,16 @@ def test_a_refused_report_cleans_nothing(tmp_path, capsys):
     before = _snapshot(folder)
     assert main(["report", str(folder)]) == 2
     assert "already holds report.md" in _one_line(capsys) and _snapshot(folder) == before
+
+
+def test_evaluate_entropy_locks_its_two_files(tmp_path, capsys):
+    """evaluate --entropy's two files had no lock of their own: a second evaluate writing them at once
+    (or cleaning their temp files) went ahead."""
+    data = write_csv(tmp_path / "toy.csv", _rows(40))
+    run = tmp_path / "run"
+    assert main(train_args(data, run, "--max-steps", "1", "--no-calibrate", "--quiet")) == 0
+    capsys.readouterr()
+    with io.output_lock(run / "entropy_test.entropy.png"):  # another evaluate --entropy writes it now
+        assert main(["evaluate", "--model", str(run), "--entropy", "--quiet"]) == 2
+    line = _one_line(capsys)
+    assert "another raftlm process" in line and "entropy_test.entropy.png" in line

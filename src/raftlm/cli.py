@@ -615,11 +615,18 @@ def _inputs(args, cfg: Config) -> list[Path]:
     return command_inputs(cfg, args.input, args.config)
 
 
-def _locked_output(args):
-    """The output's lock for the whole command (nothing to lock without --output)."""
+def _locked_output(args, cfg: Config | None = None):
+    """The output's lock for the whole command (nothing to lock without --output), and with ``cfg`` those
+    of evaluate --entropy's two files (their leftovers are cleaned under them, and a second writer stops)."""
     from raftlm.io import output_lock
 
-    return output_lock(args.output) if args.output else contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    if args.output:
+        stack.enter_context(output_lock(args.output))
+    if cfg is not None and getattr(args, "entropy", False):
+        for path in _entropy_files(args, cfg):
+            stack.enter_context(output_lock(path))
+    return stack
 
 
 def _file_examples(rows: list[dict], path: str, template: str, target_column: str, need_target: bool):
@@ -634,7 +641,7 @@ def _file_examples(rows: list[dict], path: str, template: str, target_column: st
 def cmd_evaluate(args) -> None:
     cfg = _run_config(args)  # settings and --model first: a bad one is said before torch loads
     _check_output(args, _inputs(args, cfg))
-    with _locked_output(args):
+    with _locked_output(args, cfg):
         _check_output(args, _inputs(args, cfg), clean=True)
         _evaluate(args, cfg)
 
