@@ -640,13 +640,14 @@ def _file_examples(rows: list[dict], path: str, template: str, target_column: st
 
 def cmd_evaluate(args) -> None:
     cfg = _run_config(args)  # settings and --model first: a bad one is said before torch loads
-    _check_output(args, _inputs(args, cfg))
+    inputs = _inputs(args, cfg)
+    _check_output(args, inputs)
     with _locked_output(args, cfg):
-        _check_output(args, _inputs(args, cfg), clean=True)
-        _evaluate(args, cfg)
+        _check_output(args, inputs, clean=True)
+        _evaluate(args, cfg, inputs)
 
 
-def _evaluate(args, cfg: Config) -> None:
+def _evaluate(args, cfg: Config, inputs: list[Path]) -> None:
     from raftlm.data import cap_words, load_splits
     from raftlm.files import read_rows
     from raftlm.io import prepare_output, registering, write_json
@@ -655,7 +656,7 @@ def _evaluate(args, cfg: Config) -> None:
     check_eval_model(cfg.model.name, _dataset_given(args))  # (all these before seconds of importing torch)
     if args.entropy:  # its two files obey the output contract too, checked before any work
         for path in _entropy_files(args, cfg):
-            prepare_output(path, args.overwrite, _inputs(args, cfg))
+            prepare_output(path, args.overwrite, inputs)
     splits = None if (args.input and is_run_dir(cfg.model.name)) else load_splits(cfg.data)
     from raftlm.pipeline import eval_limit, evaluate_predictor, load_for_eval
     from raftlm.uncertainty import Calibration, check_interval
@@ -743,14 +744,15 @@ def cmd_predict(args) -> None:
 
     if not args.input or not args.output:
         raise RaftlmError("predict needs --input FILE (CSV/JSONL) and --output FILE (JSONL)")
-    check_output_file(args.output, True, _inputs(args, cfg))  # the path (no input, a file, a folder)...
+    inputs = _inputs(args, cfg)
+    check_output_file(args.output, True, inputs)  # the path (no input, a file, a folder)...
     next(iter_rows(args.input), None)  # a missing or unreadable input fails before the model loads
     check_eval_model(cfg.model.name, _dataset_given(args))  # (all these before importing torch)
     from raftlm.io import check_output
 
     with _locked_output(args):
         # ...and, locked, its state
-        check_output(args.output, args.overwrite, args.resume, args.input, _inputs(args, cfg))
+        check_output(args.output, args.overwrite, args.resume, args.input, inputs)
         _predict(args, cfg)
 
 

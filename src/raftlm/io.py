@@ -189,7 +189,8 @@ def _ours(name: str, listed: set[str]) -> bool:
 def foreign_files(path: str | Path) -> list[str]:
     """Entries of run directory ``path`` that raftlm did not write (sorted), and what its own folders hold
     that is not of their kind (``_foreign_inside``)."""
-    listed = set((read_run_marker(path) or {}).get("files", []))
+    marker = read_run_marker(path) or {}
+    listed, outputs = set(marker.get("files", [])), set(marker.get("outputs", []))
     entries = list(Path(path).iterdir())
     return sorted(
         [
@@ -199,7 +200,7 @@ def foreign_files(path: str | Path) -> list[str]:
             # one a live command holds is not: that command writes into the run now)
             if not (_ours(p.name, listed) or (LOCK_NAME.fullmatch(p.name) and _our_lock(p) and not _held(p)))
         ]
-        + [name for p in entries for name in _foreign_inside(p, _registered(Path(path)))]
+        + [name for p in entries for name in _foreign_inside(p, outputs)]
     )
 
 

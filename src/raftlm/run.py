@@ -22,7 +22,6 @@ from raftlm.heads import HEAD_CLASSES
 from raftlm.io import (  # noqa: F401  (the swap's and the run folder's functions are raftlm.run's API too)
     FINISHED_FILE,
     FORMAT_VERSION,
-    KERNEL_FILESYSTEMS,
     META_FILE,
     MODEL_FILE,
     RUN_MARKER,
@@ -37,7 +36,6 @@ from raftlm.io import (  # noqa: F401  (the swap's and the run folder's function
     is_marked_run,
     is_run_dir,
     journal_path,
-    latest_complete_checkpoint,
     make_folder,
     normal_tree_permissions,
     old_dir,
